@@ -1,0 +1,73 @@
+//! Accounts and their API keys.
+//!
+//! A key is `hk_` followed by 32 random bytes in URL-safe base64. It is shown once; the store
+//! keeps only its SHA-256 (a fast hash is right for 256 random bits: there is nothing to
+//! brute-force) and its first characters, to tell keys apart in listings.
+
+use crate::model::{Account, Plan};
+use crate::store::{Store, StoreError};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use rand::RngExt as _;
+use sha2::{Digest, Sha256};
+
+/// The stored form of an API key: lowercase hex SHA-256.
+pub fn hash_api_key(key: &str) -> String {
+    let digest = Sha256::digest(key.as_bytes());
+    let mut out = String::with_capacity(64);
+    for b in digest {
+        out.push(char::from_digit((b >> 4) as u32, 16).unwrap_or('0'));
+        out.push(char::from_digit((b & 0xf) as u32, 16).unwrap_or('0'));
+    }
+    out
+}
+
+fn generate_key() -> String {
+    let bytes: [u8; 32] = rand::rng().random();
+    format!("hk_{}", URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// Creates an account and its first key. Returns the account and the raw key.
+pub async fn create(store: &Store, name: &str, plan: Plan) -> Result<(Account, String), StoreError> {
+    let name = name.trim();
+    if name.is_empty() || name.len() > 200 {
+        return Err(StoreError::Conflict(
+            "an account name must be 1 to 200 characters".into(),
+        ));
+    }
+    let account = store.create_account(name.to_owned(), plan).await?;
+    let key = issue_key_for(store, &account).await?;
+    Ok((account, key))
+}
+
+/// Issues one more key for the account named `name`; `None` when there is none.
+pub async fn issue_key(store: &Store, name: &str) -> Result<Option<(Account, String)>, StoreError> {
+    let Some(account) = store.account_by_name(name.trim().to_owned()).await? else {
+        return Ok(None);
+    };
+    let key = issue_key_for(store, &account).await?;
+    Ok(Some((account, key)))
+}
+
+async fn issue_key_for(store: &Store, account: &Account) -> Result<String, StoreError> {
+    let key = generate_key();
+    let prefix: String = key.chars().take(10).collect();
+    store
+        .add_api_key(account.id.clone(), hash_api_key(&key), prefix)
+        .await?;
+    Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn keys_are_long_random_and_hash_to_hex() {
+        let (a, b) = (super::generate_key(), super::generate_key());
+        assert_ne!(a, b);
+        assert!(a.starts_with("hk_") && a.len() == 3 + 43, "{a}");
+        let h = super::hash_api_key(&a);
+        assert_eq!(h.len(), 64);
+        assert!(h.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(h, super::hash_api_key(&b));
+    }
+}

@@ -1,0 +1,72 @@
+//! `/v1/deliveries`: one event for one endpoint, and its attempts.
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::Auth;
+use crate::model::{Attempt, Delivery};
+use crate::store::RetryRefusal;
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// A delivery with every attempt, oldest first.
+#[derive(Serialize, ToSchema)]
+pub struct DeliveryDetail {
+    #[serde(flatten)]
+    pub delivery: Delivery,
+    pub attempts: Vec<Attempt>,
+}
+
+/// Reads one delivery and its attempts.
+#[utoipa::path(get, path = "/v1/deliveries/{id}", tag = "deliveries",
+    params(("id" = String, Path, description = "dlv_…")), security(("api_key" = [])),
+    responses((status = 200, body = DeliveryDetail), (status = 404, body = super::error::ErrorBody)))]
+pub async fn get(
+    State(state): State<AppState>,
+    Auth(account): Auth,
+    Path(id): Path<String>,
+) -> Result<Json<DeliveryDetail>, ApiError> {
+    let (delivery, attempts) = state
+        .store
+        .get_delivery(account.id, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("delivery"))?;
+    Ok(Json(DeliveryDetail { delivery, attempts }))
+}
+
+/// Makes one more attempt now, whatever the delivery's state. A delivery the dispatcher
+/// holds already is left to it. `409` when its endpoint is removed or disabled.
+#[utoipa::path(post, path = "/v1/deliveries/{id}/retry", tag = "deliveries",
+    params(("id" = String, Path, description = "dlv_…")), security(("api_key" = [])),
+    responses((status = 202, body = DeliveryDetail), (status = 404, body = super::error::ErrorBody),
+        (status = 409, body = super::error::ErrorBody)))]
+pub async fn retry(
+    State(state): State<AppState>,
+    Auth(account): Auth,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<DeliveryDetail>), ApiError> {
+    match state
+        .store
+        .claim_for_retry(account.id.clone(), id.clone())
+        .await?
+    {
+        Ok(due) => state.dispatcher.submit_unreserved(due),
+        Err(RetryRefusal::AlreadyDelivering) => {}
+        Err(RetryRefusal::NotFound) => return Err(ApiError::not_found("delivery")),
+        Err(RetryRefusal::EndpointDisabled) => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "endpoint_disabled",
+                "the delivery's endpoint is removed or disabled; enable it first",
+            ));
+        }
+    }
+    let (delivery, attempts) = state
+        .store
+        .get_delivery(account.id, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("delivery"))?;
+    Ok((StatusCode::ACCEPTED, Json(DeliveryDetail { delivery, attempts })))
+}

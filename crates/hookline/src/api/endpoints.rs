@@ -1,0 +1,413 @@
+//! `/v1/endpoints`: where an account's webhooks go.
+
+use super::error::ApiError;
+use super::extract::{ApiQuery, Auth, JsonBody, PageParams};
+use super::{AppState, List, UrlRules};
+use crate::model::{BUILTIN_EVENT_TYPES, Delivery, DeliveryStatus, Endpoint, Timestamp, new_id};
+use crate::store::DeliveryFilter;
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use hookline_signing::Secret;
+use rand::RngExt as _;
+use serde::{Deserialize, Deserializer, Serialize};
+use std::collections::BTreeMap;
+use utoipa::ToSchema;
+
+/// A new endpoint.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateEndpoint {
+    /// `https://…` (or `http://…` when the server allows insecure URLs).
+    pub url: String,
+    /// Event type names, or `["*"]` for every type.
+    pub event_types: Vec<String>,
+    pub description: Option<String>,
+    /// Extra headers sent with every request.
+    pub headers: Option<BTreeMap<String, String>>,
+    /// A `whsec_…` secret of 24 to 64 bytes; generated when absent.
+    pub secret: Option<String>,
+    pub rate_limit_per_sec: Option<u32>,
+    pub enabled: Option<bool>,
+}
+
+/// Changes to an endpoint; absent fields stay as they are.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateEndpoint {
+    pub url: Option<String>,
+    pub event_types: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub description: Option<Option<String>>,
+    pub headers: Option<BTreeMap<String, String>>,
+    /// `null` removes the limit.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<u32>)]
+    pub rate_limit_per_sec: Option<Option<u32>>,
+    pub enabled: Option<bool>,
+}
+
+/// `Some(None)` for an explicit `null`, `None` (via `default`) for an absent field.
+fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// An endpoint as created: with its secret, shown this once.
+#[derive(Serialize, ToSchema)]
+pub struct CreatedEndpoint {
+    #[serde(flatten)]
+    pub endpoint: Endpoint,
+    pub secret: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SecretBody {
+    pub secret: String,
+}
+
+/// Registers an endpoint.
+#[utoipa::path(post, path = "/v1/endpoints", tag = "endpoints", request_body = CreateEndpoint,
+    security(("api_key" = [])),
+    responses((status = 201, body = CreatedEndpoint), (status = 422, body = super::error::ErrorBody)))]
+pub async fn create(
+    State(state): State<AppState>,
+    Auth(account): Auth,
+    JsonBody(body): JsonBody<CreateEndpoint>,
+) -> Result<(StatusCode, Json<CreatedEndpoint>), ApiError> {
+    let url = check_url(&body.url, &state.rules)?;
+    let event_types = check_event_types(&body.event_types)?;
+    let description = check_description(body.description)?;
+    let headers = check_headers(body.headers.unwrap_or_default())?;
+    let rate_limit_per_sec = check_rate(body.rate_limit_per_sec)?;
+    let secret = match body.secret {
+        Some(text) => Secret::parse(&text)
+            .map_err(|e| ApiError::unprocessable(format!("secret: {e}")))?
+            .to_string(),
+        None => generate_secret()?,
+    };
+    let now = Timestamp::now();
+    let ep = Endpoint {
+        id: new_id("ep"),
+        account_id: account.id,
+        url,
+        description,
+        event_types,
+        headers,
+        rate_limit_per_sec,
+        enabled: body.enabled.unwrap_or(true),
+        disabled_reason: None,
+        created_at: now,
+        updated_at: now,
+        secret,
+    };
+    let ep = state.store.insert_endpoint(ep).await?;
+    let secret = ep.secret.clone();
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedEndpoint {
+            endpoint: ep,
+            secret,
+        }),
+    ))
+}
+
+/// Lists the account's endpoints, oldest first.
+#[utoipa::path(get, path = "/v1/endpoints", tag = "endpoints", params(PageParams),
+    security(("api_key" = [])), responses((status = 200, body = List<Endpoint>)))]
+pub async fn list(
+    State(state): State<AppState>,
+    Auth(account): Auth,
+    ApiQuery(page): ApiQuery<PageParams>,
+) -> Result<Json<List<Endpoint>>, ApiError> {
+    let items = state
+        .store
+        .list_endpoints(account.id, page.position()?, page.limit()?)
+        .await?;
+    Ok(Json(List::from_page(items)))
+}
+
+/// Reads one endpoint.
+#[utoipa::path(get, path = "/v1/endpoints/{id}", tag = "endpoints",
+    params(("id" = String, Path, description = "ep_…")), security(("api_key" = [])),
+    responses((status = 200, body = Endpoint), (status = 404, body = super::error::ErrorBody)))]
+pub async fn get(
+    State(state): State<AppState>,
+    Auth(account): Auth,
+    Path(id): Path<String>,
+) -> Result<Json<Endpoint>, ApiError> {
+    let ep = state.store.get_endpoint(account.id, id).await?;
+    ep.map(Json).ok_or_else(|| ApiError::not_found("endpoint"))
+}
+
+/// Changes an endpoint. Disabling it ends its open deliveries as `failed`.
+#[utoipa::path(patch, path = "/v1/endpoints/{id}", tag = "endpoints", request_body = UpdateEndpoint,
+    params(("id" = String, Path, description = "ep_…")), security(("api_key" = [])),
+    responses((status = 200, body = Endpoint), (status = 404, body = super::error::ErrorBody),
+        (status = 422, body = super::error::ErrorBody)))]
+pub async fn update(
+    State(state): State<AppState>,
+    Auth(account): Auth,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<UpdateEndpoint>,
+) -> Result<Json<Endpoint>, ApiError> {
+    let url = body.url.map(|u| check_url(&u, &state.rules)).transpose()?;
+    let event_types = body.event_types.map(|t| check_event_types(&t)).transpose()?;
+    let description = body.description.map(check_description).transpose()?;
+    let headers = body.headers.map(check_headers).transpose()?;
+    let rate = body.rate_limit_per_sec.map(check_rate).transpose()?;
+    let enabled = body.enabled;
+    let ep = state
+        .store
+        .update_endpoint(account.id, id, move |ep| {
+            if let Some(u) = url {
+                ep.url = u;
+            }
+            if let Some(t) = event_types {
+                ep.event_types = t;
+            }
+            if let Some(d) = description {
+                ep.description = d;
+            }
+            if let Some(h) = headers {
+                ep.headers = h;
+            }
+            if let Some(r) = rate {
+                ep.rate_limit_per_sec = r;
+            }
+            if let Some(e) = enabled {
+                ep.enabled = e;
+            }
+        })
+        .await?
+        .ok_or_else(|| ApiError::not_found("endpoint"))?;
+    state.dispatcher.endpoint_changed(&ep);
+    Ok(Json(ep))
+}
+
+/// Removes an endpoint. Its open deliveries end as `failed`; its history stays readable.
+#[utoipa::path(delete, path = "/v1/endpoints/{id}", tag = "endpoints",
+    params(("id" = String, Path, description = "ep_…")), security(("api_key" = [])),
+    responses((status = 204), (status = 404, body = super::error::ErrorBody)))]
+pub async fn delete(
+    State(state): State<AppState>,
+    Auth(account): Auth,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let Some(ep) = state.store.get_endpoint(account.id.clone(), id.clone()).await? else {
+        return Err(ApiError::not_found("endpoint"));
+    };
+    if !state.store.delete_endpoint(account.id, id).await? {
+        return Err(ApiError::not_found("endpoint"));
+    }
+    state.dispatcher.endpoint_changed(&Endpoint {
+        enabled: false,
+        ..ep
+    });
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The endpoint's signing secret.
+#[utoipa::path(get, path = "/v1/endpoints/{id}/secret", tag = "endpoints",
+    params(("id" = String, Path, description = "ep_…")), security(("api_key" = [])),
+    responses((status = 200, body = SecretBody), (status = 404, body = super::error::ErrorBody)))]
+pub async fn secret(
+    State(state): State<AppState>,
+    Auth(account): Auth,
+    Path(id): Path<String>,
+) -> Result<Json<SecretBody>, ApiError> {
+    let ep = state
+        .store
+        .get_endpoint(account.id, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("endpoint"))?;
+    Ok(Json(SecretBody { secret: ep.secret }))
+}
+
+/// `?status=` and paging.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DeliveryQuery {
+    /// Only deliveries in this state.
+    pub status: Option<DeliveryStatus>,
+    pub limit: Option<i64>,
+    pub cursor: Option<String>,
+}
+
+impl DeliveryQuery {
+    pub fn page(&self) -> PageParams {
+        PageParams {
+            limit: self.limit,
+            cursor: self.cursor.clone(),
+        }
+    }
+}
+
+/// The endpoint's deliveries, newest first.
+#[utoipa::path(get, path = "/v1/endpoints/{id}/deliveries", tag = "endpoints",
+    params(("id" = String, Path, description = "ep_…"), DeliveryQuery), security(("api_key" = [])),
+    responses((status = 200, body = List<Delivery>), (status = 404, body = super::error::ErrorBody)))]
+pub async fn deliveries(
+    State(state): State<AppState>,
+    Auth(account): Auth,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<DeliveryQuery>,
+) -> Result<Json<List<Delivery>>, ApiError> {
+    let page = q.page();
+    let (pos, limit) = (page.position()?, page.limit()?);
+    if state
+        .store
+        .get_endpoint(account.id.clone(), id.clone())
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::not_found("endpoint"));
+    }
+    let filter = DeliveryFilter {
+        endpoint_id: Some(id),
+        status: q.status,
+        ..Default::default()
+    };
+    let items = state
+        .store
+        .list_deliveries(account.id, filter, pos, limit)
+        .await?;
+    Ok(Json(List::from_page(items)))
+}
+
+// ---- input rules -------------------------------------------------------------------------
+
+const MAX_URL: usize = 2048;
+const MAX_DESCRIPTION: usize = 1024;
+const MAX_HEADERS: usize = 20;
+/// Headers Hookline sets itself or that would change the request's framing.
+const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "proxy-authorization",
+    "proxy-connection",
+    "user-agent",
+];
+
+fn check_url(text: &str, rules: &UrlRules) -> Result<String, ApiError> {
+    let bad = |why: &str| ApiError::unprocessable(format!("url: {why}"));
+    if text.len() > MAX_URL {
+        return Err(bad(&format!("longer than {MAX_URL} characters")));
+    }
+    let url = url::Url::parse(text).map_err(|e| bad(&format!("not a valid URL ({e})")))?;
+    match url.scheme() {
+        "https" => {}
+        "http" if rules.allow_insecure_urls => {}
+        "http" => return Err(bad("must be https:// (this server does not allow http://)")),
+        other => return Err(bad(&format!("scheme {other:?} is not http(s)"))),
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(bad("has no host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(bad("must not carry credentials; use headers instead"));
+    }
+    if url.fragment().is_some() {
+        return Err(bad("must not have a #fragment"));
+    }
+    // The request target must also parse as an HTTP URI.
+    url.as_str()
+        .parse::<http::Uri>()
+        .map_err(|e| bad(&format!("not a valid request URI ({e})")))?;
+    Ok(url.to_string())
+}
+
+fn check_event_types(types: &[String]) -> Result<Vec<String>, ApiError> {
+    if types.is_empty() {
+        return Err(ApiError::unprocessable(
+            "event_types: must name at least one type, or [\"*\"]",
+        ));
+    }
+    if types.iter().any(|t| t == "*") {
+        if types.len() > 1 {
+            return Err(ApiError::unprocessable(
+                "event_types: \"*\" already means every type; list it alone",
+            ));
+        }
+        return Ok(vec!["*".into()]);
+    }
+    let mut out: Vec<String> = Vec::with_capacity(types.len());
+    for (i, t) in types.iter().enumerate() {
+        if !BUILTIN_EVENT_TYPES.iter().any(|(n, _)| n == t) {
+            let known: Vec<&str> = BUILTIN_EVENT_TYPES.iter().map(|(n, _)| *n).collect();
+            return Err(ApiError::unprocessable(format!(
+                "event_types[{i}]: unknown event type {t:?} (known: {})",
+                known.join(", ")
+            )));
+        }
+        if !out.contains(t) {
+            out.push(t.clone());
+        }
+    }
+    Ok(out)
+}
+
+fn check_description(d: Option<String>) -> Result<String, ApiError> {
+    let d = d.unwrap_or_default();
+    if d.chars().count() > MAX_DESCRIPTION {
+        return Err(ApiError::unprocessable(format!(
+            "description: longer than {MAX_DESCRIPTION} characters"
+        )));
+    }
+    Ok(d)
+}
+
+fn check_headers(h: BTreeMap<String, String>) -> Result<BTreeMap<String, String>, ApiError> {
+    if h.len() > MAX_HEADERS {
+        return Err(ApiError::unprocessable(format!(
+            "headers: at most {MAX_HEADERS} headers"
+        )));
+    }
+    let mut out = BTreeMap::new();
+    for (name, value) in h {
+        let lower = name.to_ascii_lowercase();
+        let bad = |why: &str| ApiError::unprocessable(format!("headers.{name}: {why}"));
+        if http::HeaderName::from_bytes(lower.as_bytes()).is_err() {
+            return Err(bad("not a valid header name"));
+        }
+        if RESERVED_HEADERS.contains(&lower.as_str()) || lower.starts_with("webhook-") {
+            return Err(bad("is set by Hookline and cannot be replaced"));
+        }
+        if value.contains(['\r', '\n', '\0']) || http::HeaderValue::from_str(&value).is_err() {
+            return Err(bad("not a valid header value"));
+        }
+        out.insert(lower, value);
+    }
+    Ok(out)
+}
+
+fn check_rate(r: Option<u32>) -> Result<Option<u32>, ApiError> {
+    match r {
+        Some(0) => Err(ApiError::unprocessable(
+            "rate_limit_per_sec: must be at least 1 (or absent for no limit)",
+        )),
+        Some(n) if n > 100_000 => Err(ApiError::unprocessable(
+            "rate_limit_per_sec: at most 100000",
+        )),
+        other => Ok(other),
+    }
+}
+
+/// A fresh `whsec_` secret of 32 random bytes.
+fn generate_secret() -> Result<String, ApiError> {
+    let bytes: [u8; 32] = rand::rng().random();
+    let secret = Secret::from_bytes(&bytes).map_err(|e| {
+        tracing::error!(error = %e, "generating a secret");
+        ApiError::internal()
+    })?;
+    Ok(secret.to_string())
+}

@@ -1,0 +1,175 @@
+//! `/v1/events`: what producers send.
+
+use super::error::ApiError;
+use super::extract::{ApiQuery, Auth, JsonBody};
+use super::endpoints::DeliveryQuery;
+use super::{AppState, List};
+use crate::ingest::EventInput;
+use crate::model::{Delivery, Event, Timestamp};
+use crate::store::{AcceptedEvent, DeliveryFilter};
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use utoipa::ToSchema;
+
+/// The most events one batch may carry.
+pub const MAX_BATCH: usize = 1000;
+
+/// One event from a producer.
+#[derive(Deserialize, ToSchema)]
+pub struct CreateEvent {
+    /// A built-in type name, e.g. `click`.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// The event's payload: a JSON object.
+    #[schema(value_type = Object)]
+    pub data: Box<RawValue>,
+    /// Accepted for forward compatibility; deduplication by key is not applied yet.
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct CreateBatch {
+    /// 1 to 1000 events, accepted all or none.
+    pub events: Vec<CreateEvent>,
+}
+
+/// A delivery created for an accepted event.
+#[derive(Serialize, ToSchema)]
+pub struct CreatedDelivery {
+    pub id: String,
+    pub endpoint_id: String,
+}
+
+/// An accepted event: stored durably, with one delivery per subscribed endpoint.
+#[derive(Serialize, ToSchema)]
+pub struct Accepted {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub created_at: Timestamp,
+    pub deliveries: Vec<CreatedDelivery>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AcceptedBatch {
+    pub data: Vec<Accepted>,
+}
+
+impl From<&AcceptedEvent> for Accepted {
+    fn from(a: &AcceptedEvent) -> Self {
+        Accepted {
+            id: a.event.id.clone(),
+            event_type: a.event.event_type.clone(),
+            created_at: a.event.created_at,
+            deliveries: a
+                .deliveries
+                .iter()
+                .map(|d| CreatedDelivery {
+                    id: d.id.clone(),
+                    endpoint_id: d.endpoint.id.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<CreateEvent> for EventInput {
+    fn from(e: CreateEvent) -> Self {
+        EventInput {
+            event_type: e.event_type,
+            data: e.data,
+        }
+    }
+}
+
+/// Sends one event. `202` means it and its deliveries are durably stored.
+#[utoipa::path(post, path = "/v1/events", tag = "events", request_body = CreateEvent,
+    security(("api_key" = [])),
+    responses((status = 202, body = Accepted), (status = 400, body = super::error::ErrorBody),
+        (status = 413, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)))]
+pub async fn create(
+    State(state): State<AppState>,
+    Auth(account): Auth,
+    JsonBody(body): JsonBody<CreateEvent>,
+) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+    let accepted = state
+        .ingest
+        .accept(&account, vec![body.into()], false)
+        .await?;
+    let first = accepted.first().ok_or_else(ApiError::internal)?;
+    Ok((StatusCode::ACCEPTED, Json(first.into())))
+}
+
+/// Sends up to 1000 events, all or nothing.
+#[utoipa::path(post, path = "/v1/events/batch", tag = "events", request_body = CreateBatch,
+    security(("api_key" = [])),
+    responses((status = 202, body = AcceptedBatch), (status = 400, body = super::error::ErrorBody),
+        (status = 413, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)))]
+pub async fn create_batch(
+    State(state): State<AppState>,
+    Auth(account): Auth,
+    JsonBody(body): JsonBody<CreateBatch>,
+) -> Result<(StatusCode, Json<AcceptedBatch>), ApiError> {
+    if body.events.is_empty() || body.events.len() > MAX_BATCH {
+        return Err(ApiError::unprocessable(format!(
+            "events: must hold 1 to {MAX_BATCH} events, not {}",
+            body.events.len()
+        )));
+    }
+    let inputs = body.events.into_iter().map(EventInput::from).collect();
+    let accepted = state.ingest.accept(&account, inputs, true).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(AcceptedBatch {
+            data: accepted.iter().map(Accepted::from).collect(),
+        }),
+    ))
+}
+
+/// Reads one event.
+#[utoipa::path(get, path = "/v1/events/{id}", tag = "events",
+    params(("id" = String, Path, description = "evt_…")), security(("api_key" = [])),
+    responses((status = 200, body = Event), (status = 404, body = super::error::ErrorBody)))]
+pub async fn get(
+    State(state): State<AppState>,
+    Auth(account): Auth,
+    Path(id): Path<String>,
+) -> Result<Json<Event>, ApiError> {
+    let ev = state.store.get_event(account.id, id).await?;
+    ev.map(Json).ok_or_else(|| ApiError::not_found("event"))
+}
+
+/// The event's deliveries, newest first.
+#[utoipa::path(get, path = "/v1/events/{id}/deliveries", tag = "events",
+    params(("id" = String, Path, description = "evt_…"), DeliveryQuery), security(("api_key" = [])),
+    responses((status = 200, body = List<Delivery>), (status = 404, body = super::error::ErrorBody)))]
+pub async fn deliveries(
+    State(state): State<AppState>,
+    Auth(account): Auth,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<DeliveryQuery>,
+) -> Result<Json<List<Delivery>>, ApiError> {
+    let page = q.page();
+    let (pos, limit) = (page.position()?, page.limit()?);
+    if state
+        .store
+        .get_event(account.id.clone(), id.clone())
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::not_found("event"));
+    }
+    let filter = DeliveryFilter {
+        event_id: Some(id),
+        status: q.status,
+        ..Default::default()
+    };
+    let items = state
+        .store
+        .list_deliveries(account.id, filter, pos, limit)
+        .await?;
+    Ok(Json(List::from_page(items)))
+}

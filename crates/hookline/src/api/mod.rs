@@ -1,0 +1,133 @@
+//! The HTTP API: thin handlers over ingest, the store and the dispatcher.
+//!
+//! Handlers parse (see [`extract`]), call one service, and shape the answer. Every `/v1`
+//! handler takes [`extract::Auth`] and passes its account to every store call: another
+//! account's ids are simply not found (`404`). The OpenAPI document is generated from the
+//! handlers' own annotations and types, so it cannot drift from them.
+
+pub mod deliveries;
+pub mod endpoints;
+pub mod error;
+pub mod events;
+pub mod extract;
+
+use crate::dispatch::Dispatcher;
+use crate::ingest::Ingest;
+use crate::store::Store;
+use axum::Json;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::response::IntoResponse;
+use error::ApiError;
+use serde::Serialize;
+use std::sync::Arc;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub ingest: Ingest,
+    pub dispatcher: Dispatcher,
+    pub rules: Arc<UrlRules>,
+    pub max_body_bytes: usize,
+}
+
+/// Which endpoint URLs are accepted.
+#[derive(Clone, Debug, Default)]
+pub struct UrlRules {
+    /// `http://` URLs are accepted (development).
+    pub allow_insecure_urls: bool,
+    /// Loopback and private targets are accepted (development, tests).
+    pub allow_private_targets: bool,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Hookline",
+        description = "Durable, signed, real-time webhook delivery. Errors are \
+            `{\"error\": {\"code\", \"message\"}}`; lists are `{\"data\", \"next_cursor\"}`."
+    ),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "endpoints", description = "Where webhooks go"),
+        (name = "events", description = "What producers send"),
+        (name = "deliveries", description = "One event for one endpoint, and its attempts"),
+        (name = "health", description = "Liveness"),
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+/// A page of a list.
+#[derive(Serialize, ToSchema)]
+pub struct List<T: ToSchema> {
+    pub data: Vec<T>,
+    /// Pass as `?cursor=` for the next page; `null` on the last one.
+    pub next_cursor: Option<String>,
+}
+
+impl<T: ToSchema> List<T> {
+    pub fn from_page(page: crate::store::Page<T>) -> Self {
+        List {
+            data: page.items,
+            next_cursor: page.next.map(extract::encode_cursor),
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+struct Health {
+    status: &'static str,
+}
+
+/// Liveness.
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = Health)))]
+async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+/// The whole HTTP application.
+pub fn router(state: AppState) -> Router {
+    let max_body = state.max_body_bytes;
+    let (router, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(healthz))
+        .routes(routes!(endpoints::create, endpoints::list))
+        .routes(routes!(endpoints::get, endpoints::update, endpoints::delete))
+        .routes(routes!(endpoints::secret))
+        .routes(routes!(endpoints::deliveries))
+        .routes(routes!(events::create))
+        .routes(routes!(events::create_batch))
+        .routes(routes!(events::get))
+        .routes(routes!(events::deliveries))
+        .routes(routes!(deliveries::get))
+        .routes(routes!(deliveries::retry))
+        .split_for_parts();
+    let openapi = Arc::new(openapi);
+    router
+        .route(
+            "/openapi.json",
+            axum::routing::get(move || {
+                let doc = openapi.clone();
+                async move { Json(doc.as_ref().clone()) }
+            }),
+        )
+        .fallback(|| async { ApiError::not_found("route").into_response() })
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}

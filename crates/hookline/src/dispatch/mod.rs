@@ -1,0 +1,437 @@
+//! The dispatcher: per-endpoint queues, HTTP attempts, retries.
+//!
+//! - **Real time.** Ingest hands every delivery it could *admit* straight to the dispatcher
+//!   after the commit; nothing waits for a poll.
+//! - **Per-endpoint queues.** Each endpoint with work has one worker task and its own queue;
+//!   at most `concurrency_per_endpoint` requests to one endpoint are in flight, so a slow or
+//!   dead endpoint only ever delays itself.
+//! - **Bounded memory.** The dispatcher holds at most `max_in_memory` deliveries (and
+//!   `max_per_endpoint` per endpoint). What it cannot admit stays `pending` in the database
+//!   and the poller takes it when there is room.
+//! - **The database is the truth.** A delivery is `delivering` in the database exactly while
+//!   this process holds it. The poller takes deliveries that are `pending` and due (retries,
+//!   overflow, and after a restart everything a dead process held).
+
+pub mod retry;
+pub mod sender;
+
+use crate::model::{Attempt, Endpoint, Timestamp};
+use crate::store::{AttemptRecord, DueDelivery, Outcome, Store};
+use retry::RetrySchedule;
+use sender::{Sender, Target};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Tunables of the dispatcher.
+#[derive(Clone, Debug)]
+pub struct DispatchConfig {
+    pub retry: RetrySchedule,
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+    pub concurrency_per_endpoint: usize,
+    pub max_in_memory: usize,
+    pub max_per_endpoint: usize,
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        DispatchConfig {
+            retry: RetrySchedule::default(),
+            connect_timeout: Duration::from_secs(5),
+            timeout: Duration::from_secs(15),
+            concurrency_per_endpoint: 32,
+            max_in_memory: 50_000,
+            max_per_endpoint: 10_000,
+        }
+    }
+}
+
+/// A handle on the dispatcher. Cheap to clone.
+#[derive(Clone)]
+pub struct Dispatcher {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    config: DispatchConfig,
+    sender: Sender,
+    admission: Mutex<Admission>,
+    queues: Mutex<HashMap<String, QueueHandle>>,
+    /// Wakes the poller early.
+    poke: Notify,
+    /// Set when due work was left in the database for want of room.
+    starved: AtomicBool,
+    /// When the poller plans to wake next (ms since epoch).
+    planned_wake: AtomicI64,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+#[derive(Default)]
+struct Admission {
+    total: usize,
+    per_endpoint: HashMap<String, usize>,
+}
+
+struct QueueHandle {
+    tx: mpsc::UnboundedSender<DueDelivery>,
+    shared: Arc<QueueShared>,
+}
+
+/// What an endpoint's worker shares with the rest of the dispatcher.
+struct QueueShared {
+    /// The endpoint was removed, disabled or answered 410: drop what is queued (the store
+    /// has already ended those deliveries).
+    closed: AtomicBool,
+    /// The newest version of the endpoint the API has seen.
+    latest: Mutex<Option<Arc<Endpoint>>>,
+}
+
+impl Dispatcher {
+    /// Starts the poller. Deliveries left `delivering` by a previous process must have been
+    /// released (`Store::release_all_claims`) before.
+    pub fn start(store: Store, config: DispatchConfig, shutdown: CancellationToken) -> Self {
+        let sender = Sender::new(config.connect_timeout, config.timeout);
+        let inner = Arc::new(Inner {
+            store,
+            config,
+            sender,
+            admission: Mutex::new(Admission::default()),
+            queues: Mutex::new(HashMap::new()),
+            poke: Notify::new(),
+            starved: AtomicBool::new(true),
+            planned_wake: AtomicI64::new(0),
+            shutdown,
+            tasks: TaskTracker::new(),
+        });
+        let poller = inner.clone();
+        inner.tasks.spawn(async move { poll_loop(poller).await });
+        Dispatcher { inner }
+    }
+
+    /// Reserves room for one delivery to `endpoint_id`. `false` leaves it to the poller.
+    pub fn try_admit(&self, endpoint_id: &str) -> bool {
+        let cfg = &self.inner.config;
+        let Ok(mut a) = self.inner.admission.lock() else {
+            return false;
+        };
+        let here = a.per_endpoint.get(endpoint_id).copied().unwrap_or(0);
+        if a.total >= cfg.max_in_memory || here >= cfg.max_per_endpoint {
+            drop(a);
+            self.inner.starved.store(true, Ordering::Release);
+            return false;
+        }
+        a.total += 1;
+        *a.per_endpoint.entry(endpoint_id.to_owned()).or_insert(0) += 1;
+        true
+    }
+
+    /// Gives back room reserved with [`Dispatcher::try_admit`] for a delivery that will not
+    /// be submitted (its commit failed).
+    pub fn release(&self, endpoint_id: &str) {
+        self.inner.release(endpoint_id);
+    }
+
+    /// Queues a delivery whose room was reserved and whose row is `delivering`.
+    pub fn submit(&self, due: DueDelivery) {
+        self.inner.submit(due);
+    }
+
+    /// Queues a delivery taken outside admission (a manual retry).
+    pub fn submit_unreserved(&self, due: DueDelivery) {
+        self.inner.force_admit(&due.endpoint.id, 1);
+        self.inner.submit(due);
+    }
+
+    /// Tells the dispatcher an endpoint changed (or was removed: `enabled == false`).
+    pub fn endpoint_changed(&self, ep: &Endpoint) {
+        let Ok(queues) = self.inner.queues.lock() else {
+            return;
+        };
+        if let Some(q) = queues.get(&ep.id) {
+            if !ep.enabled {
+                q.shared.closed.store(true, Ordering::Release);
+            } else {
+                q.shared.closed.store(false, Ordering::Release);
+                if let Ok(mut latest) = q.shared.latest.lock() {
+                    *latest = Some(Arc::new(ep.clone()));
+                }
+            }
+        }
+    }
+
+    /// Waits (at most `grace`) for the attempts in flight to finish after shutdown began.
+    pub async fn drain(&self, grace: Duration) {
+        self.inner.tasks.close();
+        let _ = tokio::time::timeout(grace, self.inner.tasks.wait()).await;
+    }
+}
+
+impl Inner {
+    fn release(&self, endpoint_id: &str) {
+        if let Ok(mut a) = self.admission.lock() {
+            a.total = a.total.saturating_sub(1);
+            if let Some(n) = a.per_endpoint.get_mut(endpoint_id) {
+                *n -= 1;
+                if *n == 0 {
+                    a.per_endpoint.remove(endpoint_id);
+                }
+            }
+        }
+        if self.starved.load(Ordering::Acquire) {
+            self.poke.notify_one();
+        }
+    }
+
+    fn force_admit(&self, endpoint_id: &str, n: usize) {
+        if let Ok(mut a) = self.admission.lock() {
+            a.total += n;
+            *a.per_endpoint.entry(endpoint_id.to_owned()).or_insert(0) += n;
+        }
+    }
+
+    /// How many more deliveries of `endpoint_id` may be taken now.
+    fn room(&self, endpoint_id: &str) -> usize {
+        let Ok(a) = self.admission.lock() else {
+            return 0;
+        };
+        let here = a.per_endpoint.get(endpoint_id).copied().unwrap_or(0);
+        (self.config.max_per_endpoint.saturating_sub(here))
+            .min(self.config.max_in_memory.saturating_sub(a.total))
+    }
+
+    fn submit(self: &Arc<Self>, due: DueDelivery) {
+        let Ok(mut queues) = self.queues.lock() else {
+            return;
+        };
+        let endpoint_id = due.endpoint.id.clone();
+        let handle = queues.entry(endpoint_id.clone()).or_insert_with(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let shared = Arc::new(QueueShared {
+                closed: AtomicBool::new(false),
+                latest: Mutex::new(None),
+            });
+            let me = self.clone();
+            let s = shared.clone();
+            let id = endpoint_id.clone();
+            self.tasks
+                .spawn(async move { endpoint_worker(me, id, rx, s).await });
+            QueueHandle { tx, shared }
+        });
+        if let Err(mpsc::error::SendError(due)) = handle.tx.send(due) {
+            // The worker is gone (shutdown); the row stays `delivering` and is released at
+            // the next start.
+            drop(queues);
+            self.release(&due.endpoint.id);
+        }
+    }
+
+    /// Asks the poller to look again at `at` if that is earlier than it planned.
+    fn note_due(&self, at: Timestamp) {
+        if at.0 < self.planned_wake.load(Ordering::Acquire) {
+            self.poke.notify_one();
+        }
+    }
+}
+
+/// How long an idle endpoint worker lives before it is reaped.
+const WORKER_IDLE: Duration = Duration::from_secs(300);
+
+async fn endpoint_worker(
+    inner: Arc<Inner>,
+    endpoint_id: String,
+    mut rx: mpsc::UnboundedReceiver<DueDelivery>,
+    shared: Arc<QueueShared>,
+) {
+    let slots = Arc::new(Semaphore::new(inner.config.concurrency_per_endpoint.max(1)));
+    let mut target: Option<Arc<Target>> = None;
+    let mut next_slot = tokio::time::Instant::now();
+    loop {
+        let due = tokio::select! {
+            biased;
+            _ = inner.shutdown.cancelled() => return,
+            msg = tokio::time::timeout(WORKER_IDLE, rx.recv()) => match msg {
+                Ok(Some(due)) => due,
+                Ok(None) => return,
+                Err(_) => {
+                    // Idle: leave, unless something arrived meanwhile.
+                    let Ok(mut queues) = inner.queues.lock() else { return };
+                    if rx.is_empty() {
+                        queues.remove(&endpoint_id);
+                        return;
+                    }
+                    continue;
+                }
+            },
+        };
+        if shared.closed.load(Ordering::Acquire) {
+            inner.release(&endpoint_id);
+            continue;
+        }
+        // The newest known version of the endpoint wins.
+        let latest = shared.latest.lock().ok().and_then(|l| l.clone());
+        let newest = match latest {
+            Some(l) if l.updated_at > due.endpoint.updated_at => l,
+            _ => due.endpoint.clone(),
+        };
+        if target.as_ref().is_none_or(|t| t.version < newest.updated_at.0) {
+            match Target::from_endpoint(&newest) {
+                Ok(t) => target = Some(Arc::new(t)),
+                Err(e) => {
+                    tracing::error!(endpoint = %endpoint_id, error = %e, "endpoint cannot be sent to");
+                    inner.release(&endpoint_id);
+                    continue;
+                }
+            }
+        }
+        let Some(t) = target.clone() else { continue };
+        if let Some(rate) = t.rate_limit_per_sec.filter(|r| *r > 0) {
+            let now = tokio::time::Instant::now();
+            next_slot = next_slot.max(now);
+            tokio::select! {
+                _ = inner.shutdown.cancelled() => return,
+                _ = tokio::time::sleep_until(next_slot) => {}
+            }
+            next_slot += Duration::from_secs(1) / rate;
+        }
+        let permit = tokio::select! {
+            _ = inner.shutdown.cancelled() => return,
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+        };
+        let me = inner.clone();
+        inner
+            .tasks
+            .spawn(async move { attempt(me, due, t, permit).await });
+    }
+}
+
+async fn attempt(inner: Arc<Inner>, due: DueDelivery, target: Arc<Target>, permit: OwnedSemaphorePermit) {
+    let number = due.attempts + 1;
+    let started_at = Timestamp::now();
+    let result = inner
+        .sender
+        .send(&target, &due.event_id, due.payload.clone())
+        .await;
+    drop(permit);
+
+    let status = result.status.map(|s| s.as_u16());
+    let outcome = if result.is_success() {
+        Outcome::Succeeded
+    } else if status == Some(410) {
+        Outcome::Gone
+    } else if due.manual_after_end {
+        Outcome::Failed
+    } else {
+        match inner.config.retry.next_delay(number, result.retry_after) {
+            Some(wait) => Outcome::RetryAt(Timestamp(
+                Timestamp::now().0 + wait.as_millis() as i64,
+            )),
+            None => Outcome::Failed,
+        }
+    };
+    tracing::debug!(
+        delivery = %due.delivery_id, endpoint = %target.endpoint_id, attempt = number,
+        status = ?status, error = ?result.error, outcome = ?outcome, "attempt"
+    );
+    let record = AttemptRecord {
+        delivery_id: due.delivery_id.clone(),
+        endpoint_id: target.endpoint_id.clone(),
+        attempt: Attempt {
+            attempt: number,
+            started_at,
+            duration_ms: result.duration.as_millis() as u64,
+            status_code: status,
+            error: result.error,
+            response_body: result.body,
+        },
+        outcome: outcome.clone(),
+    };
+    // Recording must not be lost to a passing error; if it still fails, the row stays
+    // `delivering` and is attempted again after the next start (at-least-once).
+    let mut wait = Duration::from_millis(50);
+    for _ in 0..5 {
+        match inner.store.record_attempt(record.clone()).await {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::error!(delivery = %due.delivery_id, error = %e, "recording an attempt failed");
+                tokio::time::sleep(wait).await;
+                wait *= 4;
+            }
+        }
+    }
+    if matches!(outcome, Outcome::Gone) {
+        if let Ok(queues) = inner.queues.lock()
+            && let Some(q) = queues.get(&target.endpoint_id)
+        {
+            q.shared.closed.store(true, Ordering::Release);
+        }
+    }
+    inner.release(&target.endpoint_id);
+    if let Outcome::RetryAt(at) = outcome {
+        inner.note_due(at);
+    }
+}
+
+/// The longest the poller sleeps without being asked.
+const POLL_MAX_SLEEP: Duration = Duration::from_secs(5);
+/// The shortest pause between two polls.
+const POLL_MIN_GAP: Duration = Duration::from_millis(10);
+
+async fn poll_loop(inner: Arc<Inner>) {
+    loop {
+        if inner.shutdown.is_cancelled() {
+            return;
+        }
+        inner.starved.store(false, Ordering::Release);
+        let now = Timestamp::now();
+        let room_of = inner.clone();
+        match inner
+            .store
+            .claim_due(now, move |ep| room_of.room(ep))
+            .await
+        {
+            Ok(due) => {
+                if !due.is_empty() {
+                    tracing::debug!(count = due.len(), "took due deliveries");
+                }
+                for d in due {
+                    inner.force_admit(&d.endpoint.id, 1);
+                    inner.submit(d);
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "taking due deliveries failed"),
+        }
+        let next = match inner.store.next_due_at().await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!(error = %e, "finding the next due delivery failed");
+                None
+            }
+        };
+        let now = Timestamp::now();
+        let cap = now.0 + POLL_MAX_SLEEP.as_millis() as i64;
+        let wake = match next {
+            // Due now but no room: wait for room (a release pokes) or the cap.
+            Some(t) if t.0 <= now.0 => {
+                inner.starved.store(true, Ordering::Release);
+                cap
+            }
+            Some(t) => t.0.min(cap),
+            None => cap,
+        };
+        inner.planned_wake.store(wake, Ordering::Release);
+        let sleep = Duration::from_millis((wake - now.0).max(0) as u64);
+        tokio::select! {
+            _ = inner.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(sleep) => {}
+            _ = inner.poke.notified() => {}
+        }
+        tokio::time::sleep(POLL_MIN_GAP).await;
+    }
+}

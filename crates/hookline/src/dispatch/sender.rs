@@ -1,0 +1,238 @@
+//! Sending one signed request to one endpoint.
+//!
+//! One pooled hyper client serves every endpoint: keep-alive connections are reused per
+//! host, `TCP_NODELAY` is set, HTTPS goes through rustls (HTTP/2 where the receiver offers
+//! it). Redirects are never followed: a 3xx is a failed attempt like any other non-2xx.
+
+use crate::model::Endpoint;
+use bytes::Bytes;
+use hookline_signing::Secret;
+use http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode, Uri};
+use http_body_util::{BodyExt as _, Full};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::{Client, connect::HttpConnector};
+use hyper_util::rt::TokioExecutor;
+use std::time::{Duration, Instant};
+
+/// How much of a response body is kept in the attempt log.
+pub const KEPT_BODY_BYTES: usize = 4096;
+/// How much more of a response body is read (and dropped) so the connection can be reused.
+const DRAINED_BODY_BYTES: usize = 64 * 1024;
+
+/// An endpoint ready to be sent to: URL parsed, secret decoded, headers built.
+#[derive(Debug)]
+pub struct Target {
+    pub endpoint_id: String,
+    /// The endpoint's `updated_at`: a newer version replaces an older one.
+    pub version: i64,
+    pub uri: Uri,
+    pub secrets: Vec<Secret>,
+    pub headers: HeaderMap,
+    pub rate_limit_per_sec: Option<u32>,
+}
+
+impl Target {
+    /// Builds a target from a stored endpoint. Fails only on corrupt stored data (the API
+    /// validates all of it before storing).
+    pub fn from_endpoint(ep: &Endpoint) -> Result<Self, String> {
+        let uri: Uri = ep
+            .url
+            .parse()
+            .map_err(|e| format!("stored url of {} does not parse: {e}", ep.id))?;
+        let secret = Secret::parse(&ep.secret)
+            .map_err(|e| format!("stored secret of {} is invalid: {e}", ep.id))?;
+        let mut headers = HeaderMap::new();
+        for (k, v) in &ep.headers {
+            let name = HeaderName::from_bytes(k.as_bytes())
+                .map_err(|e| format!("stored header name of {} is invalid: {e}", ep.id))?;
+            let value = HeaderValue::from_str(v)
+                .map_err(|e| format!("stored header value of {} is invalid: {e}", ep.id))?;
+            headers.insert(name, value);
+        }
+        Ok(Target {
+            endpoint_id: ep.id.clone(),
+            version: ep.updated_at.0,
+            uri,
+            secrets: vec![secret],
+            headers,
+            rate_limit_per_sec: ep.rate_limit_per_sec,
+        })
+    }
+}
+
+/// What one request came to.
+#[derive(Debug)]
+pub struct SendResult {
+    pub status: Option<StatusCode>,
+    /// Set when no response arrived (connect, DNS, TLS, timeout) or it could not be read.
+    pub error: Option<String>,
+    pub body: Option<String>,
+    pub retry_after: Option<Duration>,
+    pub duration: Duration,
+}
+
+impl SendResult {
+    pub fn is_success(&self) -> bool {
+        self.error.is_none() && self.status.is_some_and(|s| s.is_success())
+    }
+}
+
+/// The shared HTTP client.
+#[derive(Clone)]
+pub struct Sender {
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    timeout: Duration,
+    user_agent: HeaderValue,
+}
+
+impl Sender {
+    pub fn new(connect_timeout: Duration, timeout: Duration) -> Self {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(connect_timeout));
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(256)
+            .build(https);
+        Sender {
+            client,
+            timeout,
+            user_agent: HeaderValue::from_static(concat!("Hookline/", env!("CARGO_PKG_VERSION"))),
+        }
+    }
+
+    /// Signs and sends `payload` for message `msg_id` to `target`, within the total timeout.
+    pub async fn send(&self, target: &Target, msg_id: &str, payload: Bytes) -> SendResult {
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(self.timeout, self.exchange(target, msg_id, payload)).await;
+        let duration = started.elapsed();
+        match outcome {
+            Ok(Ok((status, body, retry_after))) => SendResult {
+                status: Some(status),
+                error: None,
+                body,
+                retry_after,
+                duration,
+            },
+            Ok(Err((status, error))) => SendResult {
+                status,
+                error: Some(error),
+                body: None,
+                retry_after: None,
+                duration,
+            },
+            Err(_) => SendResult {
+                status: None,
+                error: Some(format!("timed out after {} ms", self.timeout.as_millis())),
+                body: None,
+                retry_after: None,
+                duration,
+            },
+        }
+    }
+
+    async fn exchange(
+        &self,
+        target: &Target,
+        msg_id: &str,
+        payload: Bytes,
+    ) -> Result<(StatusCode, Option<String>, Option<Duration>), (Option<StatusCode>, String)> {
+        let now = chrono::Utc::now().timestamp();
+        let signature = hookline_signing::sign(&target.secrets, msg_id, now, &payload);
+        let mut req = Request::post(target.uri.clone())
+            .body(Full::new(payload))
+            .map_err(|e| (None, format!("building the request: {e}")))?;
+        let h = req.headers_mut();
+        for (k, v) in &target.headers {
+            h.insert(k, v.clone());
+        }
+        h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(http::header::USER_AGENT, self.user_agent.clone());
+        let header = |s: &str| HeaderValue::from_str(s).map_err(|e| (None, format!("header: {e}")));
+        h.insert("webhook-id", header(msg_id)?);
+        h.insert("webhook-timestamp", HeaderValue::from(now));
+        h.insert("webhook-signature", header(&signature)?);
+
+        let resp = self
+            .client
+            .request(req)
+            .await
+            .map_err(|e| (None, error_chain(&e)))?;
+        let status = resp.status();
+        let retry_after = if status == StatusCode::TOO_MANY_REQUESTS
+            || status == StatusCode::SERVICE_UNAVAILABLE
+        {
+            resp.headers()
+                .get(http::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_retry_after)
+        } else {
+            None
+        };
+        let mut body = resp.into_body();
+        let mut kept = Vec::new();
+        let mut read = 0usize;
+        while read < KEPT_BODY_BYTES + DRAINED_BODY_BYTES {
+            match body.frame().await {
+                None => break,
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        read += data.len();
+                        let room = KEPT_BODY_BYTES.saturating_sub(kept.len());
+                        kept.extend_from_slice(&data[..data.len().min(room)]);
+                    }
+                }
+                Some(Err(e)) => {
+                    return Err((Some(status), format!("reading the response body: {e}")));
+                }
+            }
+        }
+        let body = (!kept.is_empty()).then(|| String::from_utf8_lossy(&kept).into_owned());
+        Ok((status, body, retry_after))
+    }
+}
+
+/// `Retry-After` as seconds or as an HTTP date; capped at one day.
+fn parse_retry_after(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    let secs = match v.parse::<u64>() {
+        Ok(s) => s,
+        Err(_) => {
+            let at = chrono::DateTime::parse_from_rfc2822(v).ok()?;
+            (at.timestamp() - chrono::Utc::now().timestamp()).max(0) as u64
+        }
+    };
+    Some(Duration::from_secs(secs.min(86_400)))
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        src = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_forms() {
+        assert_eq!(parse_retry_after("7"), Some(Duration::from_secs(7)));
+        assert_eq!(parse_retry_after("999999"), Some(Duration::from_secs(86_400)));
+        assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT"), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+}

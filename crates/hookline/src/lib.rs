@@ -1,0 +1,15 @@
+//! Hookline: durable, signed, real-time webhook delivery.
+//!
+//! The modules, from the outside in (each depends only on those after it):
+//! [`server`] wires everything; [`api`] holds thin HTTP handlers; [`ingest`] validates and
+//! commits events; [`dispatch`] queues, sends and retries; [`accounts`] issues keys;
+//! [`store`] is the only door to the database; [`model`] is plain data. Signing lives in the
+//! `hookline-signing` crate. See ARCHITECTURE.md for the map and the invariants.
+
+pub mod accounts;
+pub mod api;
+pub mod dispatch;
+pub mod ingest;
+pub mod model;
+pub mod server;
+pub mod store;

@@ -1,0 +1,190 @@
+//! The `hookline` command: `serve`, and account administration on the same storage.
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Parser, Subcommand};
+use hookline::dispatch::retry::{RetrySchedule, parse_duration};
+use hookline::model::Plan;
+use hookline::server::{self, Config};
+use hookline::store::Store;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "hookline", version, about = "Durable, signed, real-time webhook delivery")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs the API and the dispatcher.
+    Serve(ServeArgs),
+    /// Creates accounts and issues API keys.
+    #[command(subcommand)]
+    Account(AccountCommand),
+}
+
+#[derive(Args, Clone)]
+struct StorageArgs {
+    /// Where the embedded SQLite database lives.
+    #[arg(long, env = "HOOKLINE_DATA_DIR", default_value = "./hookline-data")]
+    data_dir: PathBuf,
+    /// `postgres://…` to store everything in PostgreSQL instead of SQLite.
+    #[arg(long, env = "HOOKLINE_DATABASE_URL")]
+    database_url: Option<String>,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    storage: StorageArgs,
+    /// The address to listen on.
+    #[arg(long, env = "HOOKLINE_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Waits between attempts, e.g. `5s,1m,10m,1h` (default: 14 steps over about 4 days).
+    #[arg(long, env = "HOOKLINE_RETRY_SCHEDULE", value_parser = RetrySchedule::parse)]
+    retry_schedule: Option<RetrySchedule>,
+    /// Lets endpoints point at loopback and private addresses (development and tests).
+    #[arg(long, env = "HOOKLINE_ALLOW_PRIVATE_TARGETS")]
+    allow_private_targets: bool,
+    /// Lets endpoint URLs use http:// (development).
+    #[arg(long, env = "HOOKLINE_ALLOW_INSECURE_URLS")]
+    allow_insecure_urls: bool,
+    /// The total time an attempt may take.
+    #[arg(long, env = "HOOKLINE_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
+    timeout: Duration,
+    /// The time a connection may take to open.
+    #[arg(long, env = "HOOKLINE_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    connect_timeout: Duration,
+    /// Requests in flight to one endpoint at most.
+    #[arg(long, env = "HOOKLINE_ENDPOINT_CONCURRENCY", default_value_t = 32)]
+    endpoint_concurrency: usize,
+    /// The largest request body accepted, in bytes.
+    #[arg(long, env = "HOOKLINE_MAX_BODY_BYTES", default_value_t = 256 * 1024)]
+    max_body_bytes: usize,
+}
+
+#[derive(Subcommand)]
+enum AccountCommand {
+    /// Creates an account; prints its API key on the last line.
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "pro", value_parser = parse_plan)]
+        plan: Plan,
+        #[command(flatten)]
+        storage: StorageArgs,
+    },
+    /// Issues one more API key for an account; prints it on the last line.
+    Key {
+        name: String,
+        #[command(flatten)]
+        storage: StorageArgs,
+    },
+}
+
+fn parse_plan(text: &str) -> Result<Plan, String> {
+    Plan::parse(text).ok_or_else(|| format!("{text:?} is not a plan (free, pro or business)"))
+}
+
+fn open_store(storage: &StorageArgs) -> anyhow::Result<Store> {
+    if storage.database_url.is_some() {
+        bail!("PostgreSQL storage (--database-url) is not available yet; use --data-dir");
+    }
+    Store::open(&storage.data_dir)
+        .with_context(|| format!("opening the store in {}", storage.data_dir.display()))
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HOOKLINE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => serve(args).await,
+            Command::Account(AccountCommand::Create {
+                name,
+                plan,
+                storage,
+            }) => {
+                let store = open_store(&storage)?;
+                let (account, key) = hookline::accounts::create(&store, &name, plan).await?;
+                println!("created account {} ({}, plan {})", account.name, account.id, plan.as_str());
+                println!("{key}");
+                Ok(())
+            }
+            Command::Account(AccountCommand::Key { name, storage }) => {
+                let store = open_store(&storage)?;
+                match hookline::accounts::issue_key(&store, &name).await? {
+                    Some((account, key)) => {
+                        println!("new key for account {} ({})", account.name, account.id);
+                        println!("{key}");
+                        Ok(())
+                    }
+                    None => bail!("no account named {name:?}"),
+                }
+            }
+        }
+    })
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    if args.storage.database_url.is_some() {
+        bail!("PostgreSQL storage (--database-url) is not available yet; use --data-dir");
+    }
+    let mut config = Config::new(args.storage.data_dir);
+    if let Some(schedule) = args.retry_schedule {
+        config.dispatch.retry = schedule;
+    }
+    config.dispatch.timeout = args.timeout;
+    config.dispatch.connect_timeout = args.connect_timeout;
+    config.dispatch.concurrency_per_endpoint = args.endpoint_concurrency.max(1);
+    config.url_rules.allow_insecure_urls = args.allow_insecure_urls;
+    config.url_rules.allow_private_targets = args.allow_private_targets;
+    config.max_body_bytes = args.max_body_bytes;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let shutdown = CancellationToken::new();
+    let trigger = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        trigger.cancel();
+    });
+    server::run(config, listener, shutdown).await
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

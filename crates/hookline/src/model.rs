@@ -1,0 +1,260 @@
+//! Plain data: the records Hookline stores and serves. No I/O, no HTTP, no database.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use utoipa::ToSchema;
+
+/// Milliseconds since the Unix epoch. Serialised as RFC 3339 UTC with milliseconds,
+/// e.g. `2026-11-26T17:43:35.123Z`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, ToSchema)]
+#[schema(value_type = String, format = DateTime, example = "2026-11-26T17:43:35.123Z")]
+pub struct Timestamp(pub i64);
+
+impl Timestamp {
+    /// The current wall-clock time.
+    pub fn now() -> Self {
+        Timestamp(chrono::Utc::now().timestamp_millis())
+    }
+    /// Whole seconds since the epoch.
+    pub fn as_secs(self) -> i64 {
+        self.0.div_euclid(1000)
+    }
+    /// Parses an RFC 3339 time.
+    pub fn parse(text: &str) -> Option<Self> {
+        chrono::DateTime::parse_from_rfc3339(text)
+            .ok()
+            .map(|t| Timestamp(t.timestamp_millis()))
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match chrono::DateTime::from_timestamp_millis(self.0) {
+            Some(t) => write!(f, "{}", t.format("%Y-%m-%dT%H:%M:%S%.3fZ")),
+            None => write!(f, "{}", self.0),
+        }
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Timestamp::parse(&text)
+            .ok_or_else(|| serde::de::Error::custom("expected an RFC 3339 time"))
+    }
+}
+
+/// An account's plan. Webhooks are a Pro and Business feature.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Plan {
+    Free,
+    Pro,
+    Business,
+}
+
+impl Plan {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Plan::Free => "free",
+            Plan::Pro => "pro",
+            Plan::Business => "business",
+        }
+    }
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "free" => Some(Plan::Free),
+            "pro" => Some(Plan::Pro),
+            "business" => Some(Plan::Business),
+            _ => None,
+        }
+    }
+}
+
+/// A tenant. Every other record belongs to exactly one account.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct Account {
+    pub id: String,
+    pub name: String,
+    pub plan: Plan,
+    pub created_at: Timestamp,
+}
+
+/// A receiver registered by an account.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct Endpoint {
+    pub id: String,
+    #[serde(skip)]
+    pub account_id: String,
+    pub url: String,
+    pub description: String,
+    /// Type names, or `["*"]` for every type.
+    pub event_types: Vec<String>,
+    /// Extra headers sent with every request to this endpoint.
+    pub headers: std::collections::BTreeMap<String, String>,
+    pub rate_limit_per_sec: Option<u32>,
+    pub enabled: bool,
+    /// Why the endpoint was disabled, when Hookline disabled it (e.g. it answered 410).
+    pub disabled_reason: Option<String>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    /// The signing secret (`whsec_…`). Never serialised with the endpoint itself.
+    #[serde(skip)]
+    pub secret: String,
+}
+
+impl Endpoint {
+    /// Whether this endpoint wants events of `event_type`.
+    pub fn subscribes_to(&self, event_type: &str) -> bool {
+        self.event_types
+            .iter()
+            .any(|t| t == "*" || t == event_type)
+    }
+}
+
+/// One event, as stored and as served by the API.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct Event {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub created_at: Timestamp,
+    #[schema(value_type = Object)]
+    pub data: Box<serde_json::value::RawValue>,
+}
+
+impl Event {
+    /// The exact bytes a receiver gets: `{"id","type","timestamp","data"}`.
+    /// Built once per event and shared by all of its deliveries.
+    pub fn envelope(&self) -> Vec<u8> {
+        envelope(&self.id, &self.event_type, self.created_at, self.data.get())
+    }
+}
+
+/// The body a receiver gets, from its parts. `data` must be valid JSON text.
+pub fn envelope(id: &str, event_type: &str, created_at: Timestamp, data: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + id.len() + event_type.len() + 64);
+    out.extend_from_slice(b"{\"id\":");
+    push_json_str(&mut out, id);
+    out.extend_from_slice(b",\"type\":");
+    push_json_str(&mut out, event_type);
+    out.extend_from_slice(b",\"timestamp\":\"");
+    out.extend_from_slice(created_at.to_string().as_bytes());
+    out.extend_from_slice(b"\",\"data\":");
+    out.extend_from_slice(data.as_bytes());
+    out.push(b'}');
+    out
+}
+
+fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    // Serialising a &str into a Vec cannot fail.
+    if serde_json::to_writer(&mut *out, s).is_err() {
+        out.extend_from_slice(b"\"\"");
+    }
+}
+
+/// Where a delivery stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryStatus {
+    /// Waiting for its next attempt (`next_attempt_at`).
+    Pending,
+    /// Taken by the dispatcher: queued in memory or being sent.
+    Delivering,
+    Succeeded,
+    /// Retries exhausted, or the endpoint was removed or disabled.
+    Failed,
+    Cancelled,
+}
+
+impl DeliveryStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::Delivering => "delivering",
+            DeliveryStatus::Succeeded => "succeeded",
+            DeliveryStatus::Failed => "failed",
+            DeliveryStatus::Cancelled => "cancelled",
+        }
+    }
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "pending" => DeliveryStatus::Pending,
+            "delivering" => DeliveryStatus::Delivering,
+            "succeeded" => DeliveryStatus::Succeeded,
+            "failed" => DeliveryStatus::Failed,
+            "cancelled" => DeliveryStatus::Cancelled,
+            _ => return None,
+        })
+    }
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            DeliveryStatus::Succeeded | DeliveryStatus::Failed | DeliveryStatus::Cancelled
+        )
+    }
+}
+
+/// One event for one endpoint.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct Delivery {
+    pub id: String,
+    pub event_id: String,
+    pub endpoint_id: String,
+    pub event_type: String,
+    pub status: DeliveryStatus,
+    /// Attempts made so far.
+    pub attempt_count: u32,
+    pub next_attempt_at: Option<Timestamp>,
+    pub last_attempt_at: Option<Timestamp>,
+    pub last_status_code: Option<u16>,
+    pub last_error: Option<String>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// One HTTP request made for a delivery, and what came of it.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct Attempt {
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    pub started_at: Timestamp,
+    pub duration_ms: u64,
+    pub status_code: Option<u16>,
+    pub error: Option<String>,
+    /// The first 4 KiB of the response body (lossy UTF-8).
+    pub response_body: Option<String>,
+}
+
+/// The built-in event types, with a one-line description each.
+pub const BUILTIN_EVENT_TYPES: &[(&str, &str)] = &[
+    ("delivery", "The receiving mail server accepted the message."),
+    ("open", "A recipient opened the message."),
+    ("click", "A recipient clicked a tracked link."),
+    ("bounce", "The message bounced."),
+    ("complaint", "A recipient marked the message as spam."),
+    ("unsubscribe", "A contact unsubscribed from a list or from everything."),
+    ("form_submit", "A contact submitted a form."),
+    ("trigger_action", "An automation was triggered for a contact."),
+    ("workflow_step", "An automation executed one step for a contact."),
+];
+
+/// The type `POST /v1/endpoints/{id}/test` sends. Producers cannot emit it.
+pub const PING_EVENT_TYPE: &str = "ping";
+
+/// Whether `name` is a built-in event type.
+pub fn is_builtin_event_type(name: &str) -> bool {
+    BUILTIN_EVENT_TYPES.iter().any(|(n, _)| *n == name)
+}
+
+/// A new prefixed id (`evt_`, `ep_`, …): the prefix, an underscore and a ULID, so ids sort
+/// by creation time.
+pub fn new_id(prefix: &str) -> String {
+    format!("{prefix}_{}", ulid::Ulid::generate())
+}

@@ -1,0 +1,71 @@
+//! Wires the service together: store, dispatcher, ingest and API, on one listener.
+
+use crate::api::{self, AppState, UrlRules};
+use crate::dispatch::{DispatchConfig, Dispatcher};
+use crate::ingest::Ingest;
+use crate::store::Store;
+use anyhow::Context as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Everything `hookline serve` needs.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub dispatch: DispatchConfig,
+    pub url_rules: UrlRules,
+    pub max_body_bytes: usize,
+    /// How long in-flight attempts may finish after shutdown began.
+    pub shutdown_grace: Duration,
+}
+
+impl Config {
+    /// Defaults for a data directory.
+    pub fn new(data_dir: PathBuf) -> Self {
+        Config {
+            data_dir,
+            dispatch: DispatchConfig::default(),
+            url_rules: UrlRules::default(),
+            max_body_bytes: 256 * 1024,
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Runs the service on `listener` until `shutdown` is cancelled.
+pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let _lock = Store::lock_dir(&config.data_dir)?;
+    let store = Store::open(&config.data_dir)
+        .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+    let released = store
+        .release_all_claims()
+        .await
+        .context("releasing deliveries held by a previous process")?;
+    if released > 0 {
+        tracing::info!(released, "resuming deliveries a previous process held");
+    }
+    let dispatcher = Dispatcher::start(store.clone(), config.dispatch.clone(), shutdown.child_token());
+    let ingest = Ingest::new(store.clone(), dispatcher.clone());
+    let state = AppState {
+        store,
+        ingest,
+        dispatcher: dispatcher.clone(),
+        rules: Arc::new(config.url_rules.clone()),
+        max_body_bytes: config.max_body_bytes,
+    };
+    let app = api::router(state);
+    let addr = listener.local_addr().context("reading the listen address")?;
+    tracing::info!(%addr, data_dir = %config.data_dir.display(), "hookline is serving");
+    let stop = shutdown.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
+        .context("serving HTTP")?;
+    shutdown.cancel();
+    dispatcher.drain(config.shutdown_grace).await;
+    tracing::info!("hookline stopped");
+    Ok(())
+}

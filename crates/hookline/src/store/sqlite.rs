@@ -1,0 +1,1045 @@
+//! The embedded SQLite engine.
+//!
+//! - One **writer thread** owns the only write connection. Callers hand it closures; it runs
+//!   every closure that is waiting, each in its own savepoint, inside one transaction, commits
+//!   once (WAL, `synchronous=FULL`: the commit is fsynced) and only then answers each caller.
+//!   Concurrent requests therefore share one fsync (group commit), and a caller that got `Ok`
+//!   knows its rows are on disk.
+//! - A small pool of **read connections** serves queries on blocking threads; WAL lets them
+//!   read while the writer writes.
+//! - `hookline serve` holds an exclusive lock on `serve.lock` in the data directory: one
+//!   SQLite database has one dispatcher, so a delivery marked `delivering` belongs to the
+//!   running process, and at start every `delivering` row is put back to `pending`.
+
+use super::{
+    AcceptedEvent, AttemptRecord, Context, DeliveryFilter, DueDelivery, NewDelivery, NewEvent,
+    Outcome, Page, RetryRefusal, StoreError,
+};
+use crate::model::{
+    Account, Attempt, Delivery, DeliveryStatus, Endpoint, Event, Plan, Timestamp, envelope, new_id,
+};
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+/// A write: run against the open transaction (or `None` when it could not be opened),
+/// returning what to do once the commit is known.
+type WriteJob = Box<dyn FnOnce(Option<&Connection>) -> Completion + Send>;
+
+/// How many queued writes one transaction takes at most.
+const MAX_GROUP: usize = 2048;
+const READERS: usize = 4;
+
+/// The SQLite store. Cheap to clone.
+#[derive(Clone)]
+pub struct SqliteStore {
+    writer: mpsc::Sender<WriteJob>,
+    readers: Arc<ReadPool>,
+    path: Arc<PathBuf>,
+}
+
+struct ReadPool {
+    conns: Mutex<Vec<Connection>>,
+    permits: Arc<Semaphore>,
+}
+
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE accounts (
+    id          TEXT PRIMARY KEY,
+    name        TEXT NOT NULL UNIQUE,
+    plan        TEXT NOT NULL,
+    created_at  INTEGER NOT NULL
+);
+CREATE TABLE api_keys (
+    id          TEXT PRIMARY KEY,
+    account_id  TEXT NOT NULL,
+    key_hash    TEXT NOT NULL UNIQUE,
+    prefix      TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    revoked_at  INTEGER
+);
+CREATE TABLE endpoints (
+    seq                 INTEGER PRIMARY KEY,
+    id                  TEXT NOT NULL UNIQUE,
+    account_id          TEXT NOT NULL,
+    url                 TEXT NOT NULL,
+    description         TEXT NOT NULL,
+    event_types         TEXT NOT NULL,
+    headers             TEXT NOT NULL,
+    secret              TEXT NOT NULL,
+    rate_limit_per_sec  INTEGER,
+    enabled             INTEGER NOT NULL,
+    disabled_reason     TEXT,
+    created_at          INTEGER NOT NULL,
+    updated_at          INTEGER NOT NULL,
+    deleted_at          INTEGER
+);
+CREATE INDEX endpoints_by_account ON endpoints (account_id, seq);
+CREATE TABLE events (
+    seq         INTEGER PRIMARY KEY,
+    id          TEXT NOT NULL UNIQUE,
+    account_id  TEXT NOT NULL,
+    type        TEXT NOT NULL,
+    data        TEXT NOT NULL,
+    created_at  INTEGER NOT NULL
+);
+CREATE INDEX events_by_account ON events (account_id, seq);
+CREATE TABLE deliveries (
+    seq               INTEGER PRIMARY KEY,
+    id                TEXT NOT NULL UNIQUE,
+    account_id        TEXT NOT NULL,
+    event_id          TEXT NOT NULL,
+    event_type        TEXT NOT NULL,
+    endpoint_id       TEXT NOT NULL,
+    status            TEXT NOT NULL,
+    attempts          INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at   INTEGER,
+    last_attempt_at   INTEGER,
+    last_status_code  INTEGER,
+    last_error        TEXT,
+    created_at        INTEGER NOT NULL,
+    updated_at        INTEGER NOT NULL
+);
+CREATE INDEX deliveries_by_event ON deliveries (event_id);
+CREATE INDEX deliveries_by_endpoint ON deliveries (endpoint_id, seq);
+CREATE INDEX deliveries_due_by_endpoint ON deliveries (endpoint_id, next_attempt_at)
+    WHERE status = 'pending';
+CREATE INDEX deliveries_due ON deliveries (next_attempt_at) WHERE status = 'pending';
+CREATE TABLE attempts (
+    delivery_id    TEXT NOT NULL,
+    attempt        INTEGER NOT NULL,
+    started_at     INTEGER NOT NULL,
+    duration_ms    INTEGER NOT NULL,
+    status_code    INTEGER,
+    error          TEXT,
+    response_body  TEXT,
+    PRIMARY KEY (delivery_id, attempt)
+) WITHOUT ROWID;
+"#];
+
+fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path).ctx("opening the SQLite database")?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = FULL;
+         PRAGMA busy_timeout = 10000;
+         PRAGMA foreign_keys = OFF;
+         PRAGMA cache_size = -16000;",
+    )
+    .ctx("setting SQLite pragmas")?;
+    Ok(conn)
+}
+
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .ctx("reading the schema version")?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let next = i as i64 + 1;
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {sql}; PRAGMA user_version = {next}; COMMIT;"
+        ))
+        .ctx("applying a schema migration")?;
+    }
+    Ok(())
+}
+
+/// An exclusive lock on a data directory, held while a `hookline serve` runs on it.
+pub struct DirLock {
+    _file: std::fs::File,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database in `data_dir`, applies migrations and starts
+    /// the writer thread.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::Io {
+            context: "creating the data directory",
+            source,
+        })?;
+        let path = data_dir.join("hookline.db");
+        let conn = open_connection(&path)?;
+        migrate(&conn)?;
+        let (tx, rx) = mpsc::channel::<WriteJob>(8192);
+        std::thread::Builder::new()
+            .name("hookline-sqlite-writer".into())
+            .spawn(move || writer_loop(conn, rx))
+            .map_err(|source| StoreError::Io {
+                context: "starting the writer thread",
+                source,
+            })?;
+        let mut conns = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            let c = open_connection(&path)?;
+            c.execute_batch("PRAGMA query_only = ON;")
+                .ctx("opening a read connection")?;
+            conns.push(c);
+        }
+        Ok(SqliteStore {
+            writer: tx,
+            readers: Arc::new(ReadPool {
+                conns: Mutex::new(conns),
+                permits: Arc::new(Semaphore::new(READERS)),
+            }),
+            path: Arc::new(path),
+        })
+    }
+
+    /// Takes the data directory's exclusive serve lock, or says who holds it.
+    pub fn lock_dir(data_dir: &Path) -> Result<DirLock, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::Io {
+            context: "creating the data directory",
+            source,
+        })?;
+        let lock_path = data_dir.join("serve.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|source| StoreError::Io {
+                context: "opening serve.lock",
+                source,
+            })?;
+        match file.try_lock() {
+            Ok(()) => Ok(DirLock { _file: file }),
+            Err(_) => Err(StoreError::Locked(lock_path.display().to_string())),
+        }
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` in the next group commit and returns its result once committed.
+    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel::<Result<T, StoreError>>();
+        let job: WriteJob = Box::new(move |conn| {
+            let result = match conn {
+                Some(conn) => in_savepoint(conn, f),
+                None => Err(StoreError::Commit("could not begin a transaction".into())),
+            };
+            Box::new(move |commit: Result<(), StoreError>| {
+                let _ = tx.send(commit.and(result));
+            })
+        });
+        self.writer
+            .send(job)
+            .await
+            .map_err(|_| StoreError::WriterGone)?;
+        rx.await.map_err(|_| StoreError::WriterGone)?
+    }
+
+    /// Runs `f` on a read connection on a blocking thread.
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let permit = self
+            .readers
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::WriterGone)?;
+        let pool = self.readers.clone();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let conn = match pool.conns.lock().map(|mut c| c.pop()) {
+                Ok(Some(c)) => c,
+                _ => open_connection(&path)?,
+            };
+            let result = f(&conn);
+            if let Ok(mut conns) = pool.conns.lock() {
+                conns.push(conn);
+            }
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Commit(format!("a read task failed: {e}")))?
+    }
+
+    // ---- accounts and keys ---------------------------------------------------------------
+
+    pub async fn create_account(&self, name: String, plan: Plan) -> Result<Account, StoreError> {
+        self.write(move |c| {
+            let exists: Option<String> = c
+                .query_row("SELECT id FROM accounts WHERE name = ?1", [&name], |r| {
+                    r.get(0)
+                })
+                .optional()
+                .ctx("looking up an account name")?;
+            if exists.is_some() {
+                return Err(StoreError::Conflict(format!(
+                    "an account named {name:?} exists already"
+                )));
+            }
+            let account = Account {
+                id: new_id("acc"),
+                name,
+                plan,
+                created_at: Timestamp::now(),
+            };
+            c.execute(
+                "INSERT INTO accounts (id, name, plan, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![account.id, account.name, plan.as_str(), account.created_at.0],
+            )
+            .ctx("inserting an account")?;
+            Ok(account)
+        })
+        .await
+    }
+
+    pub async fn account_by_name(&self, name: String) -> Result<Option<Account>, StoreError> {
+        self.read(move |c| {
+            c.query_row(
+                "SELECT id, name, plan, created_at FROM accounts WHERE name = ?1",
+                [&name],
+                account_from_row,
+            )
+            .optional()
+            .ctx("reading an account")
+        })
+        .await
+    }
+
+    /// Stores the hash of a new API key for `account_id`.
+    pub async fn add_api_key(
+        &self,
+        account_id: String,
+        key_hash: String,
+        prefix: String,
+    ) -> Result<(), StoreError> {
+        self.write(move |c| {
+            c.execute(
+                "INSERT INTO api_keys (id, account_id, key_hash, prefix, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![new_id("key"), account_id, key_hash, prefix, Timestamp::now().0],
+            )
+            .ctx("inserting an API key")?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The account whose live key hashes to `key_hash`.
+    pub async fn account_by_key_hash(
+        &self,
+        key_hash: String,
+    ) -> Result<Option<Account>, StoreError> {
+        self.read(move |c| {
+            c.prepare_cached(
+                "SELECT a.id, a.name, a.plan, a.created_at FROM api_keys k
+                 JOIN accounts a ON a.id = k.account_id
+                 WHERE k.key_hash = ?1 AND k.revoked_at IS NULL",
+            )
+            .ctx("preparing the key lookup")?
+            .query_row([&key_hash], account_from_row)
+            .optional()
+            .ctx("looking up an API key")
+        })
+        .await
+    }
+
+    // ---- endpoints -----------------------------------------------------------------------
+
+    pub async fn insert_endpoint(&self, ep: Endpoint) -> Result<Endpoint, StoreError> {
+        self.write(move |c| {
+            c.execute(
+                "INSERT INTO endpoints (id, account_id, url, description, event_types, headers,
+                    secret, rate_limit_per_sec, enabled, disabled_reason, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                params![
+                    ep.id,
+                    ep.account_id,
+                    ep.url,
+                    ep.description,
+                    serde_json::to_string(&ep.event_types).ctx("encoding event types")?,
+                    serde_json::to_string(&ep.headers).ctx("encoding headers")?,
+                    ep.secret,
+                    ep.rate_limit_per_sec,
+                    ep.enabled,
+                    ep.disabled_reason,
+                    ep.created_at.0,
+                    ep.updated_at.0,
+                ],
+            )
+            .ctx("inserting an endpoint")?;
+            Ok(ep)
+        })
+        .await
+    }
+
+    pub async fn list_endpoints(
+        &self,
+        account_id: String,
+        after: Option<i64>,
+        limit: usize,
+    ) -> Result<Page<Endpoint>, StoreError> {
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached(&format!(
+                    "SELECT {ENDPOINT_COLS}, seq FROM endpoints
+                     WHERE account_id = ?1 AND deleted_at IS NULL AND seq > ?2
+                     ORDER BY seq LIMIT ?3"
+                ))
+                .ctx("preparing the endpoint list")?;
+            let rows = stmt
+                .query_map(
+                    params![account_id, after.unwrap_or(0), limit as i64 + 1],
+                    |r| Ok((endpoint_from_row(r)?, r.get::<_, i64>(13)?)),
+                )
+                .ctx("listing endpoints")?
+                .collect::<Result<Vec<_>, _>>()
+                .ctx("listing endpoints")?;
+            Ok(page(rows, limit))
+        })
+        .await
+    }
+
+    pub async fn get_endpoint(
+        &self,
+        account_id: String,
+        id: String,
+    ) -> Result<Option<Endpoint>, StoreError> {
+        self.read(move |c| load_endpoint(c, Some(&account_id), &id)).await
+    }
+
+    /// Changes an endpoint with `change` (already validated). Disabling it ends its open
+    /// deliveries as `failed`. Returns `None` when there is no such endpoint.
+    pub async fn update_endpoint<F>(
+        &self,
+        account_id: String,
+        id: String,
+        change: F,
+    ) -> Result<Option<Endpoint>, StoreError>
+    where
+        F: FnOnce(&mut Endpoint) + Send + 'static,
+    {
+        self.write(move |c| {
+            let Some(mut ep) = load_endpoint(c, Some(&account_id), &id)? else {
+                return Ok(None);
+            };
+            let was_enabled = ep.enabled;
+            change(&mut ep);
+            if ep.enabled && !was_enabled {
+                ep.disabled_reason = None;
+            }
+            ep.updated_at = Timestamp(Timestamp::now().0.max(ep.updated_at.0 + 1));
+            c.execute(
+                "UPDATE endpoints SET url = ?2, description = ?3, event_types = ?4, headers = ?5,
+                    secret = ?6, rate_limit_per_sec = ?7, enabled = ?8, disabled_reason = ?9,
+                    updated_at = ?10
+                 WHERE id = ?1",
+                params![
+                    ep.id,
+                    ep.url,
+                    ep.description,
+                    serde_json::to_string(&ep.event_types).ctx("encoding event types")?,
+                    serde_json::to_string(&ep.headers).ctx("encoding headers")?,
+                    ep.secret,
+                    ep.rate_limit_per_sec,
+                    ep.enabled,
+                    ep.disabled_reason,
+                    ep.updated_at.0,
+                ],
+            )
+            .ctx("updating an endpoint")?;
+            if was_enabled && !ep.enabled {
+                fail_open_deliveries(c, &ep.id, "endpoint disabled")?;
+            }
+            Ok(Some(ep))
+        })
+        .await
+    }
+
+    /// Removes an endpoint (kept, marked deleted, so its delivery history stays readable) and
+    /// ends its open deliveries as `failed`. `false` when there is no such endpoint.
+    pub async fn delete_endpoint(&self, account_id: String, id: String) -> Result<bool, StoreError> {
+        self.write(move |c| {
+            let now = Timestamp::now().0;
+            let n = c
+                .execute(
+                    "UPDATE endpoints SET deleted_at = ?3, enabled = 0, updated_at = ?3
+                     WHERE id = ?1 AND account_id = ?2 AND deleted_at IS NULL",
+                    params![id, account_id, now],
+                )
+                .ctx("deleting an endpoint")?;
+            if n == 1 {
+                fail_open_deliveries(c, &id, "endpoint removed")?;
+            }
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    // ---- events --------------------------------------------------------------------------
+
+    /// Commits `events` and one delivery per subscribed, enabled endpoint of `account_id`, all
+    /// or nothing. `admit(endpoint_id)` says whether the dispatcher takes a delivery at once.
+    pub async fn insert_events<A>(
+        &self,
+        account_id: String,
+        events: Vec<NewEvent>,
+        mut admit: A,
+    ) -> Result<Vec<AcceptedEvent>, StoreError>
+    where
+        A: FnMut(&str) -> bool + Send + 'static,
+    {
+        self.write(move |c| {
+            let endpoints: Vec<Arc<Endpoint>> = {
+                let mut stmt = c
+                    .prepare_cached(&format!(
+                        "SELECT {ENDPOINT_COLS} FROM endpoints
+                         WHERE account_id = ?1 AND enabled = 1 AND deleted_at IS NULL"
+                    ))
+                    .ctx("preparing the subscriber lookup")?;
+                stmt.query_map([&account_id], endpoint_from_row)
+                    .ctx("finding subscribers")?
+                    .map(|r| r.map(Arc::new))
+                    .collect::<Result<_, _>>()
+                    .ctx("finding subscribers")?
+            };
+            let mut ins_event = c
+                .prepare_cached(
+                    "INSERT INTO events (id, account_id, type, data, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .ctx("preparing the event insert")?;
+            let mut ins_delivery = c
+                .prepare_cached(
+                    "INSERT INTO deliveries (id, account_id, event_id, event_type, endpoint_id,
+                        status, next_attempt_at, created_at, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
+                )
+                .ctx("preparing the delivery insert")?;
+            let mut out = Vec::with_capacity(events.len());
+            for ev in events {
+                ins_event
+                    .execute(params![
+                        ev.id,
+                        account_id,
+                        ev.event_type,
+                        ev.data.get(),
+                        ev.created_at.0
+                    ])
+                    .ctx("inserting an event")?;
+                let mut deliveries = Vec::new();
+                for ep in endpoints.iter().filter(|e| e.subscribes_to(&ev.event_type)) {
+                    let claimed = admit(&ep.id);
+                    let d = NewDelivery {
+                        id: new_id("dlv"),
+                        endpoint: ep.clone(),
+                        claimed,
+                    };
+                    let status = if claimed { "delivering" } else { "pending" };
+                    ins_delivery
+                        .execute(params![
+                            d.id,
+                            account_id,
+                            ev.id,
+                            ev.event_type,
+                            ep.id,
+                            status,
+                            ev.created_at.0,
+                            ev.created_at.0
+                        ])
+                        .ctx("inserting a delivery")?;
+                    deliveries.push(d);
+                }
+                out.push(AcceptedEvent {
+                    event: Arc::new(Event {
+                        id: ev.id,
+                        event_type: ev.event_type,
+                        created_at: ev.created_at,
+                        data: ev.data,
+                    }),
+                    deliveries,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    pub async fn get_event(&self, account_id: String, id: String) -> Result<Option<Event>, StoreError> {
+        self.read(move |c| {
+            c.query_row(
+                "SELECT id, type, created_at, data FROM events WHERE id = ?1 AND account_id = ?2",
+                params![id, account_id],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get(2)?, r.get::<_, String>(3)?)),
+            )
+            .optional()
+            .ctx("reading an event")?
+            .map(|(id, event_type, created_at, data)| {
+                Ok(Event {
+                    id,
+                    event_type,
+                    created_at: Timestamp(created_at),
+                    data: serde_json::value::RawValue::from_string(data).ctx("reading event data")?,
+                })
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    // ---- deliveries ----------------------------------------------------------------------
+
+    /// Deliveries, newest first.
+    pub async fn list_deliveries(
+        &self,
+        account_id: String,
+        filter: DeliveryFilter,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Page<Delivery>, StoreError> {
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached(&format!(
+                    "SELECT {DELIVERY_COLS}, seq FROM deliveries
+                     WHERE account_id = ?1 AND seq < ?2
+                       AND (?3 IS NULL OR event_id = ?3)
+                       AND (?4 IS NULL OR endpoint_id = ?4)
+                       AND (?5 IS NULL OR status = ?5)
+                     ORDER BY seq DESC LIMIT ?6"
+                ))
+                .ctx("preparing the delivery list")?;
+            let rows = stmt
+                .query_map(
+                    params![
+                        account_id,
+                        before.unwrap_or(i64::MAX),
+                        filter.event_id,
+                        filter.endpoint_id,
+                        filter.status.map(|s| s.as_str()),
+                        limit as i64 + 1
+                    ],
+                    |r| Ok((delivery_from_row(r)?, r.get::<_, i64>(12)?)),
+                )
+                .ctx("listing deliveries")?
+                .collect::<Result<Vec<_>, _>>()
+                .ctx("listing deliveries")?;
+            Ok(page(rows, limit))
+        })
+        .await
+    }
+
+    /// One delivery with all its attempts, oldest attempt first.
+    pub async fn get_delivery(
+        &self,
+        account_id: String,
+        id: String,
+    ) -> Result<Option<(Delivery, Vec<Attempt>)>, StoreError> {
+        self.read(move |c| {
+            let Some(d) = c
+                .query_row(
+                    &format!(
+                        "SELECT {DELIVERY_COLS} FROM deliveries WHERE id = ?1 AND account_id = ?2"
+                    ),
+                    params![id, account_id],
+                    delivery_from_row,
+                )
+                .optional()
+                .ctx("reading a delivery")?
+            else {
+                return Ok(None);
+            };
+            let attempts = c
+                .prepare_cached(
+                    "SELECT attempt, started_at, duration_ms, status_code, error, response_body
+                     FROM attempts WHERE delivery_id = ?1 ORDER BY attempt",
+                )
+                .ctx("preparing the attempt list")?
+                .query_map([&id], |r| {
+                    Ok(Attempt {
+                        attempt: r.get(0)?,
+                        started_at: Timestamp(r.get(1)?),
+                        duration_ms: r.get::<_, i64>(2)?.max(0) as u64,
+                        status_code: r.get(3)?,
+                        error: r.get(4)?,
+                        response_body: r.get(5)?,
+                    })
+                })
+                .ctx("listing attempts")?
+                .collect::<Result<Vec<_>, _>>()
+                .ctx("listing attempts")?;
+            Ok(Some((d, attempts)))
+        })
+        .await
+    }
+
+    // ---- the dispatcher's side -----------------------------------------------------------
+
+    /// At start: deliveries a previous process had taken go back to `pending`, due now.
+    pub async fn release_all_claims(&self) -> Result<usize, StoreError> {
+        self.write(|c| {
+            c.execute(
+                "UPDATE deliveries SET status = 'pending',
+                    next_attempt_at = COALESCE(next_attempt_at, ?1)
+                 WHERE status = 'delivering'",
+                [Timestamp::now().0],
+            )
+            .ctx("releasing claims of a previous process")
+        })
+        .await
+    }
+
+    /// Takes up to `room(endpoint_id)` due deliveries of each enabled endpoint and marks them
+    /// `delivering`.
+    pub async fn claim_due<R>(&self, now: Timestamp, room: R) -> Result<Vec<DueDelivery>, StoreError>
+    where
+        R: Fn(&str) -> usize + Send + 'static,
+    {
+        self.write(move |c| {
+            let endpoints: Vec<Endpoint> = c
+                .prepare_cached(&format!(
+                    "SELECT {ENDPOINT_COLS} FROM endpoints WHERE enabled = 1 AND deleted_at IS NULL"
+                ))
+                .ctx("preparing the endpoint scan")?
+                .query_map([], endpoint_from_row)
+                .ctx("scanning endpoints")?
+                .collect::<Result<_, _>>()
+                .ctx("scanning endpoints")?;
+            let mut select = c
+                .prepare_cached(
+                    "SELECT d.id, d.attempts, e.id, e.type, e.created_at, e.data
+                     FROM deliveries d JOIN events e ON e.id = d.event_id
+                     WHERE d.endpoint_id = ?1 AND d.status = 'pending' AND d.next_attempt_at <= ?2
+                     ORDER BY d.next_attempt_at LIMIT ?3",
+                )
+                .ctx("preparing the due scan")?;
+            let mut mark = c
+                .prepare_cached("UPDATE deliveries SET status = 'delivering' WHERE id = ?1")
+                .ctx("preparing the claim")?;
+            let mut out = Vec::new();
+            let mut payloads: HashMap<String, bytes::Bytes> = HashMap::new();
+            for ep in endpoints {
+                let n = room(&ep.id);
+                if n == 0 {
+                    continue;
+                }
+                let ep = Arc::new(ep);
+                let rows = select
+                    .query_map(params![ep.id, now.0, n as i64], |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, u32>(1)?,
+                            r.get::<_, String>(2)?,
+                            r.get::<_, String>(3)?,
+                            r.get::<_, i64>(4)?,
+                            r.get::<_, String>(5)?,
+                        ))
+                    })
+                    .ctx("scanning due deliveries")?
+                    .collect::<Result<Vec<_>, _>>()
+                    .ctx("scanning due deliveries")?;
+                for (delivery_id, attempts, event_id, event_type, created_at, data) in rows {
+                    mark.execute([&delivery_id]).ctx("claiming a delivery")?;
+                    let payload = payloads
+                        .entry(event_id.clone())
+                        .or_insert_with(|| {
+                            envelope(&event_id, &event_type, Timestamp(created_at), &data).into()
+                        })
+                        .clone();
+                    out.push(DueDelivery {
+                        delivery_id,
+                        attempts,
+                        event_id,
+                        payload,
+                        endpoint: ep.clone(),
+                        manual_after_end: false,
+                    });
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// When the earliest `pending` delivery is due.
+    pub async fn next_due_at(&self) -> Result<Option<Timestamp>, StoreError> {
+        self.read(|c| {
+            c.query_row(
+                "SELECT MIN(next_attempt_at) FROM deliveries WHERE status = 'pending'",
+                [],
+                |r| r.get::<_, Option<i64>>(0),
+            )
+            .ctx("finding the next due delivery")
+            .map(|t| t.map(Timestamp))
+        })
+        .await
+    }
+
+    /// Records one attempt and moves its delivery on.
+    pub async fn record_attempt(&self, rec: AttemptRecord) -> Result<(), StoreError> {
+        self.write(move |c| {
+            let a = &rec.attempt;
+            c.prepare_cached(
+                "INSERT OR REPLACE INTO attempts
+                    (delivery_id, attempt, started_at, duration_ms, status_code, error, response_body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )
+            .ctx("preparing the attempt insert")?
+            .execute(params![
+                rec.delivery_id,
+                a.attempt,
+                a.started_at.0,
+                a.duration_ms as i64,
+                a.status_code,
+                a.error,
+                a.response_body
+            ])
+            .ctx("inserting an attempt")?;
+            let now = Timestamp::now().0;
+            let (status, next, only_if_delivering) = match rec.outcome {
+                Outcome::Succeeded => ("succeeded", None, false),
+                Outcome::RetryAt(t) => ("pending", Some(t.0), true),
+                Outcome::Failed | Outcome::Gone => ("failed", None, true),
+            };
+            c.prepare_cached(
+                "UPDATE deliveries SET status = ?2, attempts = MAX(attempts, ?3),
+                    next_attempt_at = ?4, last_attempt_at = ?5, last_status_code = ?6,
+                    last_error = ?7, updated_at = ?8
+                 WHERE id = ?1 AND (?9 = 0 OR status = 'delivering')",
+            )
+            .ctx("preparing the delivery update")?
+            .execute(params![
+                rec.delivery_id,
+                status,
+                a.attempt,
+                next,
+                a.started_at.0,
+                a.status_code,
+                a.error,
+                now,
+                only_if_delivering
+            ])
+            .ctx("updating a delivery")?;
+            if matches!(rec.outcome, Outcome::Gone) {
+                c.execute(
+                    "UPDATE endpoints SET enabled = 0, disabled_reason = ?2, updated_at = ?3
+                     WHERE id = ?1",
+                    params![rec.endpoint_id, "the endpoint answered 410 Gone", now],
+                )
+                .ctx("disabling a gone endpoint")?;
+                fail_open_deliveries(c, &rec.endpoint_id, "endpoint answered 410 Gone")?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Takes one delivery for a manual retry, whatever its state.
+    pub async fn claim_for_retry(
+        &self,
+        account_id: String,
+        delivery_id: String,
+    ) -> Result<Result<DueDelivery, RetryRefusal>, StoreError> {
+        self.write(move |c| {
+            let row = c
+                .query_row(
+                    "SELECT d.status, d.attempts, d.endpoint_id, e.id, e.type, e.created_at, e.data
+                     FROM deliveries d JOIN events e ON e.id = d.event_id
+                     WHERE d.id = ?1 AND d.account_id = ?2",
+                    params![delivery_id, account_id],
+                    |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, u32>(1)?,
+                            r.get::<_, String>(2)?,
+                            r.get::<_, String>(3)?,
+                            r.get::<_, String>(4)?,
+                            r.get::<_, i64>(5)?,
+                            r.get::<_, String>(6)?,
+                        ))
+                    },
+                )
+                .optional()
+                .ctx("reading a delivery to retry")?;
+            let Some((status, attempts, endpoint_id, event_id, event_type, created_at, data)) = row
+            else {
+                return Ok(Err(RetryRefusal::NotFound));
+            };
+            let status = DeliveryStatus::parse(&status).unwrap_or(DeliveryStatus::Pending);
+            if status == DeliveryStatus::Delivering {
+                return Ok(Err(RetryRefusal::AlreadyDelivering));
+            }
+            let Some(ep) = load_endpoint(c, Some(&account_id), &endpoint_id)? else {
+                return Ok(Err(RetryRefusal::EndpointDisabled));
+            };
+            if !ep.enabled {
+                return Ok(Err(RetryRefusal::EndpointDisabled));
+            }
+            c.execute(
+                "UPDATE deliveries SET status = 'delivering', updated_at = ?2 WHERE id = ?1",
+                params![delivery_id, Timestamp::now().0],
+            )
+            .ctx("claiming a delivery to retry")?;
+            let payload = envelope(&event_id, &event_type, Timestamp(created_at), &data).into();
+            Ok(Ok(DueDelivery {
+                delivery_id,
+                attempts,
+                event_id,
+                payload,
+                endpoint: Arc::new(ep),
+                manual_after_end: status.is_terminal(),
+            }))
+        })
+        .await
+    }
+}
+
+fn in_savepoint<T>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    conn.execute_batch("SAVEPOINT job").ctx("opening a savepoint")?;
+    match f(conn) {
+        Ok(v) => {
+            conn.execute_batch("RELEASE job").ctx("releasing a savepoint")?;
+            Ok(v)
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
+            Err(e)
+        }
+    }
+}
+
+fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<WriteJob>) {
+    let mut batch: Vec<WriteJob> = Vec::with_capacity(MAX_GROUP);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let began = conn.execute_batch("BEGIN IMMEDIATE");
+        let conn_ref = began.is_ok().then_some(&conn);
+        let completions: Vec<Completion> = batch.drain(..).map(|job| job(conn_ref)).collect();
+        let committed = match began {
+            Ok(()) => match conn.execute_batch("COMMIT") {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    tracing::error!(error = %e, "group commit failed");
+                    let _ = conn.execute_batch("ROLLBACK");
+                    Err(e.to_string())
+                }
+            },
+            Err(e) => {
+                tracing::error!(error = %e, "could not begin a write transaction");
+                Err(e.to_string())
+            }
+        };
+        for done in completions {
+            done(committed.clone().map_err(StoreError::Commit));
+        }
+    }
+}
+
+fn fail_open_deliveries(c: &Connection, endpoint_id: &str, why: &str) -> Result<usize, StoreError> {
+    c.execute(
+        "UPDATE deliveries SET status = 'failed', next_attempt_at = NULL,
+            last_error = COALESCE(last_error, ?2), updated_at = ?3
+         WHERE endpoint_id = ?1 AND status IN ('pending', 'delivering')",
+        params![endpoint_id, why, Timestamp::now().0],
+    )
+    .ctx("ending an endpoint's open deliveries")
+}
+
+fn page<T>(mut rows: Vec<(T, i64)>, limit: usize) -> Page<T> {
+    let next = if rows.len() > limit {
+        rows.truncate(limit);
+        rows.last().map(|(_, seq)| *seq)
+    } else {
+        None
+    };
+    Page {
+        items: rows.into_iter().map(|(t, _)| t).collect(),
+        next,
+    }
+}
+
+const ENDPOINT_COLS: &str = "id, account_id, url, description, event_types, headers, secret, \
+     rate_limit_per_sec, enabled, disabled_reason, created_at, updated_at, deleted_at";
+
+fn endpoint_from_row(r: &Row<'_>) -> rusqlite::Result<Endpoint> {
+    let json_err = |i, e: serde_json::Error| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+    };
+    let event_types: String = r.get(4)?;
+    let headers: String = r.get(5)?;
+    Ok(Endpoint {
+        id: r.get(0)?,
+        account_id: r.get(1)?,
+        url: r.get(2)?,
+        description: r.get(3)?,
+        event_types: serde_json::from_str(&event_types).map_err(|e| json_err(4, e))?,
+        headers: serde_json::from_str(&headers).map_err(|e| json_err(5, e))?,
+        secret: r.get(6)?,
+        rate_limit_per_sec: r.get(7)?,
+        enabled: r.get(8)?,
+        disabled_reason: r.get(9)?,
+        created_at: Timestamp(r.get(10)?),
+        updated_at: Timestamp(r.get(11)?),
+    })
+}
+
+fn load_endpoint(
+    c: &Connection,
+    account_id: Option<&str>,
+    id: &str,
+) -> Result<Option<Endpoint>, StoreError> {
+    c.prepare_cached(&format!(
+        "SELECT {ENDPOINT_COLS} FROM endpoints
+         WHERE id = ?1 AND (?2 IS NULL OR account_id = ?2) AND deleted_at IS NULL"
+    ))
+    .ctx("preparing the endpoint lookup")?
+    .query_row(params![id, account_id], endpoint_from_row)
+    .optional()
+    .ctx("reading an endpoint")
+}
+
+fn account_from_row(r: &Row<'_>) -> rusqlite::Result<Account> {
+    let plan: String = r.get(2)?;
+    Ok(Account {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        plan: Plan::parse(&plan).unwrap_or(Plan::Free),
+        created_at: Timestamp(r.get(3)?),
+    })
+}
+
+const DELIVERY_COLS: &str = "id, event_id, endpoint_id, event_type, status, attempts, \
+     next_attempt_at, last_attempt_at, last_status_code, last_error, created_at, updated_at";
+
+fn delivery_from_row(r: &Row<'_>) -> rusqlite::Result<Delivery> {
+    let status: String = r.get(4)?;
+    Ok(Delivery {
+        id: r.get(0)?,
+        event_id: r.get(1)?,
+        endpoint_id: r.get(2)?,
+        event_type: r.get(3)?,
+        status: DeliveryStatus::parse(&status).unwrap_or(DeliveryStatus::Pending),
+        attempt_count: r.get(5)?,
+        next_attempt_at: r.get::<_, Option<i64>>(6)?.map(Timestamp),
+        last_attempt_at: r.get::<_, Option<i64>>(7)?.map(Timestamp),
+        last_status_code: r.get(8)?,
+        last_error: r.get(9)?,
+        created_at: Timestamp(r.get(10)?),
+        updated_at: Timestamp(r.get(11)?),
+    })
+}
