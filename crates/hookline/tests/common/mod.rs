@@ -1,0 +1,349 @@
+//! Test harness: a real Hookline server (in-process, port 0, temporary data directory) and
+//! a real HTTP receiver on 127.0.0.1 whose answers each test scripts.
+#![allow(dead_code)]
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use hookline::model::Plan;
+use hookline::server::{self, Config};
+use hookline::store::Store;
+use serde_json::{Value, json};
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// How long a test waits for something that should happen quickly, on a slow machine.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Polls `check` until it returns `Some`, or panics after `PATIENCE`.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if start.elapsed() > PATIENCE {
+            panic!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// ---- the receiver ------------------------------------------------------------------------
+
+/// How the receiver answers one request.
+#[derive(Clone, Debug)]
+pub enum Reply {
+    Status(u16),
+    /// A status with `Retry-After: secs`.
+    RetryAfter(u16, u64),
+    /// Never answers (until the client gives up).
+    Hang,
+}
+
+/// One request the receiver got.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub at: Instant,
+}
+
+impl Received {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).expect("receiver got JSON")
+    }
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+}
+
+#[derive(Default)]
+struct ReceiverState {
+    got: Vec<Received>,
+    scripts: HashMap<String, VecDeque<Reply>>,
+    defaults: HashMap<String, Reply>,
+}
+
+/// A real HTTP server on 127.0.0.1 that records every request. Each endpoint gets its own
+/// path (`/r/{name}`) with its own scripted answers; unscripted requests get `200`.
+#[derive(Clone)]
+pub struct Receiver {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<ReceiverState>>,
+}
+
+impl Receiver {
+    pub async fn start() -> Self {
+        let state: Arc<Mutex<ReceiverState>> = Arc::default();
+        let app = axum::Router::new()
+            .route("/r/{name}", axum::routing::post(receive))
+            .with_state(state.clone());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Receiver { addr, state }
+    }
+
+    pub fn url(&self, name: &str) -> String {
+        format!("http://{}/r/{name}", self.addr)
+    }
+
+    /// Answers the next requests to `name` with `replies`, in order.
+    pub fn script(&self, name: &str, replies: Vec<Reply>) {
+        self.state
+            .lock()
+            .unwrap()
+            .scripts
+            .insert(format!("/r/{name}"), replies.into());
+    }
+
+    /// Answers every unscripted request to `name` with `reply`.
+    pub fn always(&self, name: &str, reply: Reply) {
+        self.state
+            .lock()
+            .unwrap()
+            .defaults
+            .insert(format!("/r/{name}"), reply);
+    }
+
+    /// Everything `name` got so far.
+    pub fn got(&self, name: &str) -> Vec<Received> {
+        let path = format!("/r/{name}");
+        self.state
+            .lock()
+            .unwrap()
+            .got
+            .iter()
+            .filter(|r| r.path == path)
+            .cloned()
+            .collect()
+    }
+
+    pub fn all(&self) -> Vec<Received> {
+        self.state.lock().unwrap().got.clone()
+    }
+
+    /// Waits until `name` got at least `n` requests.
+    pub async fn wait_for(&self, name: &str, n: usize) -> Vec<Received> {
+        eventually(&format!("{n} requests at {name}"), || async {
+            let got = self.got(name);
+            (got.len() >= n).then_some(got)
+        })
+        .await
+    }
+}
+
+async fn receive(
+    State(state): State<Arc<Mutex<ReceiverState>>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = format!("/r/{name}");
+    let reply = {
+        let mut s = state.lock().unwrap();
+        s.got.push(Received {
+            path: path.clone(),
+            headers,
+            body,
+            at: Instant::now(),
+        });
+        let scripted = s.scripts.get_mut(&path).and_then(|q| q.pop_front());
+        scripted
+            .or_else(|| s.defaults.get(&path).cloned())
+            .unwrap_or(Reply::Status(200))
+    };
+    match reply {
+        Reply::Status(code) => StatusCode::from_u16(code).unwrap().into_response(),
+        Reply::RetryAfter(code, secs) => (
+            StatusCode::from_u16(code).unwrap(),
+            [("retry-after", secs.to_string())],
+        )
+            .into_response(),
+        Reply::Hang => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            StatusCode::OK.into_response()
+        }
+    }
+}
+
+// ---- the server --------------------------------------------------------------------------
+
+/// A Hookline server running in this process.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub key: String,
+    pub http: reqwest::Client,
+    pub dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+/// A test config: http:// and private targets allowed, a short retry schedule.
+pub fn test_config(dir: &FsPath) -> Config {
+    let mut config = Config::new(dir.to_path_buf());
+    config.url_rules.allow_insecure_urls = true;
+    config.url_rules.allow_private_targets = true;
+    config.dispatch.retry = hookline::dispatch::retry::RetrySchedule::parse("100ms,100ms,100ms")
+        .unwrap();
+    config.dispatch.timeout = Duration::from_secs(10);
+    config.shutdown_grace = Duration::from_millis(200);
+    config
+}
+
+/// Creates an account in the store at `dir`; returns its key.
+pub async fn create_account(dir: &FsPath, name: &str) -> String {
+    let store = Store::open(dir).unwrap();
+    let (_, key) = hookline::accounts::create(&store, name, Plan::Pro)
+        .await
+        .unwrap();
+    key
+}
+
+impl TestServer {
+    /// A fresh server with the test config and one account.
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// A fresh server whose config `tweak` adjusts.
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        let key = create_account(&dir, "acme").await;
+        let mut config = test_config(&dir);
+        tweak(&mut config);
+        let mut s = Self::launch(config, key).await;
+        s._tmp = Some(tmp);
+        s
+    }
+
+    /// A server on an existing data directory.
+    pub async fn launch(config: Config, key: String) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let dir = config.data_dir.clone();
+        let task = tokio::spawn(server::run(config, listener, shutdown.clone()));
+        let s = TestServer {
+            addr,
+            key,
+            http: reqwest::Client::new(),
+            dir,
+            _tmp: None,
+            shutdown,
+            task: Some(task),
+        };
+        eventually("the server to answer", || async {
+            s.http
+                .get(s.url("/healthz"))
+                .send()
+                .await
+                .ok()
+                .filter(|r| r.status() == 200)
+        })
+        .await;
+        s
+    }
+
+    /// Stops the server and waits for it; keeps the data directory.
+    pub async fn stop(mut self) -> Option<tempfile::TempDir> {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+        self._tmp.take()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// A request with this server's API key.
+    pub fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, self.url(path))
+            .bearer_auth(&self.key)
+    }
+
+    /// Sends JSON with the key; returns status and JSON body.
+    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut rb = self.req(method, path);
+        if let Some(b) = body {
+            rb = rb.json(&b);
+        }
+        let resp = rb.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        let v = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
+        };
+        (status, v)
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    /// Creates an endpoint; returns its JSON (with `secret`).
+    pub async fn endpoint(&self, url: &str, types: &[&str]) -> Value {
+        let (status, ep) = self
+            .post("/v1/endpoints", json!({"url": url, "event_types": types}))
+            .await;
+        assert_eq!(status, 201, "{ep}");
+        ep
+    }
+
+    /// Sends one event; returns the 202 body.
+    pub async fn event(&self, event_type: &str, data: Value) -> Value {
+        let (status, ev) = self
+            .post("/v1/events", json!({"type": event_type, "data": data}))
+            .await;
+        assert_eq!(status, 202, "{ev}");
+        ev
+    }
+
+    /// Waits until delivery `id` has status `status`; returns it.
+    pub async fn wait_delivery(&self, id: &str, status: &str) -> Value {
+        eventually(&format!("delivery {id} to be {status}"), || async {
+            let (_, d) = self.get(&format!("/v1/deliveries/{id}")).await;
+            (d["status"] == status).then_some(d)
+        })
+        .await
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Checks a received webhook with the independent `standardwebhooks` crate.
+pub fn verify_with_standardwebhooks(secret: &str, r: &Received) {
+    let wh = standardwebhooks::Webhook::new(secret).expect("secret accepted by standardwebhooks");
+    wh.verify(&r.body, &r.headers)
+        .expect("standardwebhooks verifies the signature");
+}

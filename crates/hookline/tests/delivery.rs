@@ -1,0 +1,267 @@
+//! End to end over real HTTP: subscriptions, the envelope and signature, retries,
+//! Retry-After, 410 Gone, isolation of a hanging endpoint, manual retry.
+
+mod common;
+
+use common::{Receiver, Reply, TestServer, verify_with_standardwebhooks};
+use serde_json::json;
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+fn ids(v: &serde_json::Value) -> BTreeSet<String> {
+    v["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["endpoint_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_filter_by_exact_type_and_star() {
+    let rx = Receiver::start().await;
+    let s = TestServer::start().await;
+    let clicks = s.endpoint(&rx.url("clicks"), &["click"]).await;
+    let all = s.endpoint(&rx.url("all"), &["*"]).await;
+    let opens = s.endpoint(&rx.url("opens"), &["open", "bounce"]).await;
+    let (c, a, o) = (
+        clicks["id"].as_str().unwrap().to_owned(),
+        all["id"].as_str().unwrap().to_owned(),
+        opens["id"].as_str().unwrap().to_owned(),
+    );
+
+    let e1 = s.event("click", json!({"n": 1})).await;
+    let e2 = s.event("open", json!({"n": 2})).await;
+    let e3 = s.event("delivery", json!({"n": 3})).await;
+    assert_eq!(ids(&e1), BTreeSet::from([c.clone(), a.clone()]));
+    assert_eq!(ids(&e2), BTreeSet::from([a.clone(), o.clone()]));
+    assert_eq!(ids(&e3), BTreeSet::from([a.clone()]));
+
+    let got_all = rx.wait_for("all", 3).await;
+    let got_clicks = rx.wait_for("clicks", 1).await;
+    let got_opens = rx.wait_for("opens", 1).await;
+    // Let any stray delivery arrive before checking that none did.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let types = |name: &str| -> BTreeSet<String> {
+        rx.got(name)
+            .iter()
+            .map(|r| r.json()["type"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(got_all.len(), 3);
+    assert_eq!(types("all"), BTreeSet::from(["click".into(), "open".into(), "delivery".into()]));
+    assert_eq!(rx.got("clicks").len(), 1, "{got_clicks:?}");
+    assert_eq!(types("clicks"), BTreeSet::from(["click".into()]));
+    assert_eq!(rx.got("opens").len(), 1, "{got_opens:?}");
+    assert_eq!(types("opens"), BTreeSet::from(["open".into()]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envelope_headers_and_signature_follow_standard_webhooks() {
+    let rx = Receiver::start().await;
+    let s = TestServer::start().await;
+    let (status, ep) = s
+        .post(
+            "/v1/endpoints",
+            json!({"url": rx.url("crm"), "event_types": ["click"],
+                   "headers": {"X-Tenant": "acme"}, "description": "CRM"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{ep}");
+    let secret = ep["secret"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with("whsec_"));
+    // The secret can be read again, and is not part of the endpoint's other answers.
+    let (_, again) = s
+        .get(&format!("/v1/endpoints/{}/secret", ep["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(again["secret"], secret);
+    let (_, read) = s.get(&format!("/v1/endpoints/{}", ep["id"].as_str().unwrap())).await;
+    assert!(read.get("secret").is_none(), "{read}");
+
+    let data = json!({"message": {"message_id": "m1", "recipient": "a@example.com"},
+                      "url": "https://example.com/x", "first_click": true});
+    let accepted = s.event("click", data.clone()).await;
+    let got = rx.wait_for("crm", 1).await;
+    let r = &got[0];
+    let body = r.json();
+    assert_eq!(body["id"], accepted["id"]);
+    assert_eq!(body["type"], "click");
+    assert_eq!(body["data"], data);
+    assert_eq!(body["timestamp"], accepted["created_at"]);
+    let ts = body["timestamp"].as_str().unwrap();
+    assert!(ts.ends_with('Z') && ts.len() == "2026-11-26T17:43:35.123Z".len(), "{ts}");
+    assert_eq!(body.as_object().unwrap().len(), 4, "{body}");
+
+    assert_eq!(r.header("webhook-id"), accepted["id"].as_str().unwrap());
+    let sent_at: i64 = r.header("webhook-timestamp").parse().unwrap();
+    let now = chrono::Utc::now().timestamp();
+    assert!((now - sent_at).abs() < 60, "{sent_at} vs {now}");
+    assert!(r.header("webhook-signature").starts_with("v1,"));
+    assert_eq!(r.header("content-type"), "application/json");
+    assert!(r.header("user-agent").starts_with("Hookline/"));
+    assert_eq!(r.header("x-tenant"), "acme");
+    verify_with_standardwebhooks(&secret, r);
+    let stranger = standardwebhooks::Webhook::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+        .unwrap();
+    assert!(stranger.verify(&r.body, &r.headers).is_err());
+
+    let d = s
+        .wait_delivery(accepted["deliveries"][0]["id"].as_str().unwrap(), "succeeded")
+        .await;
+    assert_eq!(d["attempt_count"], 1);
+    assert_eq!(d["attempts"][0]["status_code"], 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_500s_then_success_is_retried_with_every_attempt_recorded() {
+    let rx = Receiver::start().await;
+    rx.script("flaky", vec![Reply::Status(500), Reply::Status(500)]);
+    let s = TestServer::start().await;
+    let ep = s.endpoint(&rx.url("flaky"), &["*"]).await;
+    let secret = ep["secret"].as_str().unwrap();
+    let ev = s.event("open", json!({"k": "v"})).await;
+    let got = rx.wait_for("flaky", 3).await;
+    for r in &got {
+        assert_eq!(r.header("webhook-id"), ev["id"].as_str().unwrap());
+        verify_with_standardwebhooks(secret, r);
+    }
+    let d = s
+        .wait_delivery(ev["deliveries"][0]["id"].as_str().unwrap(), "succeeded")
+        .await;
+    assert_eq!(d["attempt_count"], 3);
+    let codes: Vec<_> = d["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["status_code"].as_u64().unwrap())
+        .collect();
+    assert_eq!(codes, vec![500, 500, 200]);
+    let numbers: Vec<_> = d["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["attempt"].as_u64().unwrap())
+        .collect();
+    assert_eq!(numbers, vec![1, 2, 3]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_exhausted_end_as_failed_and_manual_retry_sends_again() {
+    let rx = Receiver::start().await;
+    rx.always("down", Reply::Status(503));
+    let s = TestServer::start().await;
+    s.endpoint(&rx.url("down"), &["*"]).await;
+    let ev = s.event("bounce", json!({})).await;
+    let id = ev["deliveries"][0]["id"].as_str().unwrap().to_owned();
+    // The schedule has three retries: four attempts, then failed.
+    let d = s.wait_delivery(&id, "failed").await;
+    assert_eq!(d["attempt_count"], 4);
+    assert_eq!(rx.got("down").len(), 4);
+
+    rx.always("down", Reply::Status(204));
+    let (status, body) = s.post(&format!("/v1/deliveries/{id}/retry"), json!({})).await;
+    assert_eq!(status, 202, "{body}");
+    let d = s.wait_delivery(&id, "succeeded").await;
+    assert_eq!(d["attempt_count"], 5);
+    assert_eq!(rx.got("down").len(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_on_429_is_honoured() {
+    let rx = Receiver::start().await;
+    rx.script("busy", vec![Reply::RetryAfter(429, 2)]);
+    let s = TestServer::start().await;
+    s.endpoint(&rx.url("busy"), &["*"]).await;
+    let ev = s.event("click", json!({})).await;
+    let got = rx.wait_for("busy", 2).await;
+    let gap = got[1].at - got[0].at;
+    // The schedule alone would retry after about 100 ms.
+    assert!(gap >= Duration::from_millis(1900), "retried after {gap:?}");
+    s.wait_delivery(ev["deliveries"][0]["id"].as_str().unwrap(), "succeeded")
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gone_disables_the_endpoint_and_ends_its_deliveries() {
+    let rx = Receiver::start().await;
+    rx.always("gone", Reply::Status(410));
+    let s = TestServer::start().await;
+    let ep = s.endpoint(&rx.url("gone"), &["*"]).await;
+    let ep_id = ep["id"].as_str().unwrap();
+    let ev = s.event("complaint", json!({})).await;
+    let d = s
+        .wait_delivery(ev["deliveries"][0]["id"].as_str().unwrap(), "failed")
+        .await;
+    assert_eq!(d["attempt_count"], 1);
+    assert_eq!(d["attempts"][0]["status_code"], 410);
+    let (_, ep) = s.get(&format!("/v1/endpoints/{ep_id}")).await;
+    assert_eq!(ep["enabled"], false);
+    assert!(ep["disabled_reason"].as_str().unwrap().contains("410"));
+    // A disabled endpoint gets no new deliveries.
+    let later = s.event("complaint", json!({})).await;
+    assert_eq!(later["deliveries"].as_array().unwrap().len(), 0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(rx.got("gone").len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_endpoint_does_not_delay_another() {
+    let rx = Receiver::start().await;
+    rx.always("stuck", Reply::Hang);
+    let s = TestServer::start_with(|c| {
+        c.dispatch.timeout = Duration::from_secs(20);
+        c.dispatch.concurrency_per_endpoint = 4;
+    })
+    .await;
+    s.endpoint(&rx.url("stuck"), &["*"]).await;
+    s.endpoint(&rx.url("fine"), &["*"]).await;
+    let started = std::time::Instant::now();
+    for i in 0..40 {
+        s.event("open", json!({"i": i})).await;
+    }
+    rx.wait_for("fine", 40).await;
+    // Every healthy delivery arrived while the hanging endpoint still held its first
+    // requests open (the attempt timeout is 20 s), with at most 4 of them in flight.
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let stuck = rx.got("stuck").len();
+    assert!((1..=4).contains(&stuck), "{stuck} requests to the hanging endpoint");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_are_accepted_whole_and_delivered() {
+    let rx = Receiver::start().await;
+    let s = TestServer::start().await;
+    s.endpoint(&rx.url("sink"), &["click", "open"]).await;
+    let events: Vec<_> = (0..200)
+        .map(|i| json!({"type": if i % 2 == 0 { "click" } else { "open" }, "data": {"i": i}}))
+        .collect();
+    let (status, body) = s.post("/v1/events/batch", json!({"events": events})).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["data"].as_array().unwrap().len(), 200);
+    let got = rx.wait_for("sink", 200).await;
+    let distinct: BTreeSet<_> = got.iter().map(|r| r.header("webhook-id").to_owned()).collect();
+    assert_eq!(distinct.len(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_deliveries_resume_after_a_restart() {
+    let rx = Receiver::start().await;
+    rx.always("later", Reply::Status(500));
+    let s = TestServer::start_with(|c| {
+        c.dispatch.retry = hookline::dispatch::retry::RetrySchedule::parse("1s,1s,1s,1s").unwrap();
+    })
+    .await;
+    let ep = s.endpoint(&rx.url("later"), &["*"]).await;
+    let ev = s.event("unsubscribe", json!({})).await;
+    rx.wait_for("later", 1).await;
+    let key = s.key.clone();
+    let dir = s.stop().await.unwrap();
+    rx.always("later", Reply::Status(200));
+
+    let s = TestServer::launch(common::test_config(dir.path()), key).await;
+    let d = s
+        .wait_delivery(ev["deliveries"][0]["id"].as_str().unwrap(), "succeeded")
+        .await;
+    assert!(d["attempt_count"].as_u64().unwrap() >= 2);
+    verify_with_standardwebhooks(ep["secret"].as_str().unwrap(), rx.got("later").last().unwrap());
+}
