@@ -1,0 +1,344 @@
+//! Bad input gets the contract's status and a JSON error, and changes nothing; another
+//! account's ids are not found.
+
+mod common;
+
+use common::{Receiver, TestServer, create_account};
+use reqwest::Method;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+fn assert_error(status: u16, body: &Value, want: u16) {
+    assert_eq!(status, want, "{body}");
+    assert!(body["error"]["code"].is_string(), "{body}");
+    assert!(body["error"]["message"].is_string(), "{body}");
+}
+
+/// Everything the account can see: endpoints and the deliveries of each.
+async fn snapshot(s: &TestServer) -> Value {
+    let (_, eps) = s.get("/v1/endpoints?limit=1000").await;
+    let mut out = vec![eps.clone()];
+    for ep in eps["data"].as_array().unwrap() {
+        let (_, d) = s
+            .get(&format!("/v1/endpoints/{}/deliveries", ep["id"].as_str().unwrap()))
+            .await;
+        out.push(d);
+    }
+    Value::Array(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_oversized_and_invalid_events_change_nothing() {
+    let rx = Receiver::start().await;
+    let s = TestServer::start().await;
+    s.endpoint(&rx.url("sink"), &["*"]).await;
+    let before = snapshot(&s).await;
+
+    // Malformed JSON.
+    let resp = s
+        .req(Method::POST, "/v1/events")
+        .header("content-type", "application/json")
+        .body(r#"{"type": "click", "data": {"#)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    assert_error(status, &resp.json().await.unwrap(), 400);
+
+    // 300 KB event: over the 256 KiB limit.
+    let big = "x".repeat(300 * 1024);
+    let (status, body) = s
+        .post("/v1/events", json!({"type": "click", "data": {"blob": big}}))
+        .await;
+    assert_error(status, &body, 413);
+    let (status, body) = s
+        .post("/v1/events/batch", json!({"events": [{"type": "click", "data": {"blob": big}}]}))
+        .await;
+    assert_error(status, &body, 413);
+
+    // Valid JSON, wrong shape.
+    for bad in [
+        json!({"type": "click"}),
+        json!({"type": "nonsense", "data": {}}),
+        json!({"type": "ping", "data": {}}),
+        json!({"type": "click", "data": [1, 2]}),
+        json!({"type": 7, "data": {}}),
+        json!([]),
+    ] {
+        let (status, body) = s.post("/v1/events", bad.clone()).await;
+        assert_error(status, &body, 422);
+    }
+    // A batch with one bad event is refused whole, naming it.
+    let (status, body) = s
+        .post(
+            "/v1/events/batch",
+            json!({"events": [{"type": "click", "data": {}}, {"type": "nope", "data": {}}]}),
+        )
+        .await;
+    assert_error(status, &body, 422);
+    assert!(body["error"]["message"].as_str().unwrap().contains("events[1].type"), "{body}");
+    let (status, body) = s.post("/v1/events/batch", json!({"events": []})).await;
+    assert_error(status, &body, 422);
+    let too_many: Vec<_> = (0..1001).map(|_| json!({"type": "open", "data": {}})).collect();
+    let (status, body) = s.post("/v1/events/batch", json!({"events": too_many})).await;
+    assert_error(status, &body, 422);
+
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(snapshot(&s).await, before);
+    assert!(rx.all().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_endpoints_are_refused_and_change_nothing() {
+    let s = TestServer::start_with(|c| c.url_rules.allow_insecure_urls = false).await;
+    let before = snapshot(&s).await;
+    let cases = [
+        json!({"url": "http://example.com/hook", "event_types": ["click"]}),
+        json!({"url": "ftp://example.com/hook", "event_types": ["click"]}),
+        json!({"url": "not a url", "event_types": ["click"]}),
+        json!({"url": "https://", "event_types": ["click"]}),
+        json!({"url": "https://user:pw@example.com/", "event_types": ["click"]}),
+        json!({"url": "https://example.com/", "event_types": []}),
+        json!({"url": "https://example.com/", "event_types": ["clicks"]}),
+        json!({"url": "https://example.com/", "event_types": ["*", "click"]}),
+        json!({"url": "https://example.com/", "event_types": ["click"], "secret": "short"}),
+        json!({"url": "https://example.com/", "event_types": ["click"], "secret": "whsec_AAAA"}),
+        json!({"url": "https://example.com/", "event_types": ["click"], "headers": {"Host": "x"}}),
+        json!({"url": "https://example.com/", "event_types": ["click"], "headers": {"webhook-id": "x"}}),
+        json!({"url": "https://example.com/", "event_types": ["click"], "headers": {"X-A": "a\r\nB: c"}}),
+        json!({"url": "https://example.com/", "event_types": ["click"], "headers": {"bad name": "x"}}),
+        json!({"url": "https://example.com/", "event_types": ["click"], "rate_limit_per_sec": 0}),
+        json!({"url": "https://example.com/", "event_types": ["click"], "surprise": true}),
+        json!({"event_types": ["click"]}),
+    ];
+    for case in cases {
+        let (status, body) = s.post("/v1/endpoints", case.clone()).await;
+        assert_error(status, &body, 422);
+    }
+    let resp = s
+        .req(Method::POST, "/v1/endpoints")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    assert_eq!(snapshot(&s).await, before);
+
+    // A good one, then a bad change to it changes nothing.
+    let (status, ep) = s
+        .post("/v1/endpoints", json!({"url": "https://example.com/ok", "event_types": ["open"]}))
+        .await;
+    assert_eq!(status, 201, "{ep}");
+    let path = format!("/v1/endpoints/{}", ep["id"].as_str().unwrap());
+    let (_, before) = s.get(&path).await;
+    for bad in [
+        json!({"url": "ftp://x"}),
+        json!({"event_types": []}),
+        json!({"headers": {"content-length": "1"}}),
+        json!({"enabled": "yes"}),
+    ] {
+        let (status, body) = s.call(Method::PATCH, &path, Some(bad)).await;
+        assert_error(status, &body, 422);
+    }
+    let (_, after) = s.get(&path).await;
+    assert_eq!(before, after);
+    // And a good change applies.
+    let (status, changed) = s
+        .call(
+            Method::PATCH,
+            &path,
+            Some(json!({"description": "new", "event_types": ["open", "click"], "rate_limit_per_sec": 5})),
+        )
+        .await;
+    assert_eq!(status, 200, "{changed}");
+    assert_eq!(changed["description"], "new");
+    assert_eq!(changed["event_types"], json!(["open", "click"]));
+    assert_eq!(changed["rate_limit_per_sec"], 5);
+    let (_, cleared) = s
+        .call(Method::PATCH, &path, Some(json!({"rate_limit_per_sec": null})))
+        .await;
+    assert_eq!(cleared["rate_limit_per_sec"], Value::Null);
+    assert_eq!(cleared["description"], "new");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_or_wrong_keys_get_401_and_change_nothing() {
+    let s = TestServer::start().await;
+    let before = snapshot(&s).await;
+    let routes = [
+        (Method::POST, "/v1/events"),
+        (Method::POST, "/v1/events/batch"),
+        (Method::POST, "/v1/endpoints"),
+        (Method::GET, "/v1/endpoints"),
+        (Method::GET, "/v1/deliveries/dlv_x"),
+    ];
+    for (method, path) in routes {
+        let body = json!({"type": "click", "data": {}, "url": "https://example.com", "event_types": ["*"]});
+        let none = s
+            .http
+            .request(method.clone(), s.url(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(none.status(), 401, "{path}");
+        let v: Value = none.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "unauthorized");
+        for key in ["hk_wrong", "", "Basic abc"] {
+            let wrong = s
+                .http
+                .request(method.clone(), s.url(path))
+                .header("authorization", format!("Bearer {key}"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(wrong.status(), 401, "{path} with {key:?}");
+        }
+    }
+    assert_eq!(snapshot(&s).await, before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_and_foreign_ids_are_404() {
+    let rx = Receiver::start().await;
+    let s = TestServer::start().await;
+    let ep = s.endpoint(&rx.url("a"), &["*"]).await;
+    let ev = s.event("click", json!({})).await;
+    let ep_id = ep["id"].as_str().unwrap();
+    let ev_id = ev["id"].as_str().unwrap();
+    let dlv_id = ev["deliveries"][0]["id"].as_str().unwrap();
+    rx.wait_for("a", 1).await;
+
+    // Another account on the same server.
+    let other_key = create_account(&s.dir, "globex").await;
+    let other = |method: Method, path: String| {
+        s.http
+            .request(method, s.url(&path))
+            .bearer_auth(&other_key)
+            .json(&json!({"description": "taken"}))
+    };
+    let foreign = [
+        (Method::GET, format!("/v1/endpoints/{ep_id}")),
+        (Method::PATCH, format!("/v1/endpoints/{ep_id}")),
+        (Method::DELETE, format!("/v1/endpoints/{ep_id}")),
+        (Method::GET, format!("/v1/endpoints/{ep_id}/secret")),
+        (Method::GET, format!("/v1/endpoints/{ep_id}/deliveries")),
+        (Method::GET, format!("/v1/events/{ev_id}")),
+        (Method::GET, format!("/v1/events/{ev_id}/deliveries")),
+        (Method::GET, format!("/v1/deliveries/{dlv_id}")),
+        (Method::POST, format!("/v1/deliveries/{dlv_id}/retry")),
+    ];
+    for (method, path) in foreign {
+        let resp = other(method.clone(), path.clone()).send().await.unwrap();
+        assert_eq!(resp.status(), 404, "{method} {path}");
+        let body = resp.text().await.unwrap();
+        assert!(!body.contains(ep_id) && !body.contains("whsec_"), "{body}");
+    }
+    let resp = other(Method::GET, "/v1/endpoints".into()).send().await.unwrap();
+    let list: Value = resp.json().await.unwrap();
+    assert_eq!(list["data"], json!([]));
+    // The owner still sees it all, unchanged.
+    let (status, mine) = s.get(&format!("/v1/endpoints/{ep_id}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(mine["description"], "");
+    assert_eq!(rx.got("a").len(), 1);
+
+    for path in [
+        "/v1/endpoints/ep_nope",
+        "/v1/events/evt_nope",
+        "/v1/deliveries/dlv_nope",
+        "/v1/events/evt_nope/deliveries",
+        "/v1/nothing-here",
+    ] {
+        let (status, body) = s.get(path).await;
+        assert_error(status, &body, 404);
+    }
+    let (status, body) = s.post("/v1/deliveries/dlv_nope/retry", json!({})).await;
+    assert_error(status, &body, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_paginate_with_opaque_cursors() {
+    let s = TestServer::start().await;
+    for i in 0..7 {
+        s.post(
+            "/v1/endpoints",
+            json!({"url": format!("https://example.com/{i}"), "event_types": ["*"]}),
+        )
+        .await;
+    }
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/endpoints?limit=3&cursor={c}"),
+            None => "/v1/endpoints?limit=3".into(),
+        };
+        let (status, page) = s.get(&path).await;
+        assert_eq!(status, 200);
+        for ep in page["data"].as_array().unwrap() {
+            seen.push(ep["url"].as_str().unwrap().to_owned());
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    let want: Vec<_> = (0..7).map(|i| format!("https://example.com/{i}")).collect();
+    assert_eq!(seen, want);
+    for bad in ["/v1/endpoints?limit=0", "/v1/endpoints?limit=1001", "/v1/endpoints?limit=x", "/v1/endpoints?cursor=zzz"] {
+        let (status, body) = s.get(bad).await;
+        assert_error(status, &body, 400);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_an_endpoint_ends_its_open_deliveries() {
+    let rx = Receiver::start().await;
+    rx.always("down", common::Reply::Status(500));
+    let s = TestServer::start_with(|c| {
+        c.dispatch.retry = hookline::dispatch::retry::RetrySchedule::parse("1h").unwrap();
+    })
+    .await;
+    let ep = s.endpoint(&rx.url("down"), &["*"]).await;
+    let ev = s.event("open", json!({})).await;
+    let dlv = ev["deliveries"][0]["id"].as_str().unwrap();
+    s.wait_delivery(dlv, "pending").await;
+    let path = format!("/v1/endpoints/{}", ep["id"].as_str().unwrap());
+    let (status, _) = s.call(Method::DELETE, &path, None).await;
+    assert_eq!(status, 204);
+    let (status, _) = s.get(&path).await;
+    assert_eq!(status, 404);
+    let (_, d) = s.get(&format!("/v1/deliveries/{dlv}")).await;
+    assert_eq!(d["status"], "failed");
+    let (status, body) = s.post(&format!("/v1/deliveries/{dlv}/retry"), json!({})).await;
+    assert_error(status, &body, 409);
+    let (status, _) = s.call(Method::DELETE, &path, None).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_document_lists_every_route() {
+    let s = TestServer::start().await;
+    let resp = s.http.get(s.url("/openapi.json")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let doc: Value = resp.json().await.unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
+    for path in [
+        "/v1/endpoints",
+        "/v1/endpoints/{id}",
+        "/v1/endpoints/{id}/secret",
+        "/v1/endpoints/{id}/deliveries",
+        "/v1/events",
+        "/v1/events/batch",
+        "/v1/events/{id}",
+        "/v1/events/{id}/deliveries",
+        "/v1/deliveries/{id}",
+        "/v1/deliveries/{id}/retry",
+        "/healthz",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} missing");
+    }
+    assert!(doc["components"]["schemas"]["Endpoint"].is_object());
+}
