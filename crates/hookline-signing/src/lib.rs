@@ -225,10 +225,7 @@ mod tests {
         assert_eq!(Secret::parse(&s.to_string()).unwrap(), s);
         assert_eq!(Secret::parse("abc"), Err(SecretError::MissingPrefix));
         assert_eq!(Secret::parse("whsec_!!!"), Err(SecretError::NotBase64));
-        assert_eq!(
-            Secret::parse("whsec_AAAA"),
-            Err(SecretError::BadLength(3))
-        );
+        assert_eq!(Secret::parse("whsec_AAAA"), Err(SecretError::BadLength(3)));
     }
 
     #[test]
@@ -236,7 +233,10 @@ mod tests {
         let s = secret(1);
         let sig = sign([&s], "evt_1", 1_700_000_000, b"{}");
         let v = Verifier::new(vec![s]);
-        assert_eq!(v.verify("evt_1", "1700000000", &sig, b"{}", 1_700_000_010), Ok(()));
+        assert_eq!(
+            v.verify("evt_1", "1700000000", &sig, b"{}", 1_700_000_010),
+            Ok(())
+        );
         assert_eq!(
             v.verify("evt_1", "1700000000", &sig, b"{ }", 1_700_000_010),
             Err(VerifyError::NoMatchingSignature)
@@ -277,7 +277,8 @@ mod tests {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_secs() as i64;
-        let body = br#"{"id":"evt_x","type":"click","timestamp":"2026-11-26T17:43:35.123Z","data":{}}"#;
+        let body =
+            br#"{"id":"evt_x","type":"click","timestamp":"2026-11-26T17:43:35.123Z","data":{}}"#;
         let sig = sign([&old, &new], "evt_x", now, body);
         let mut headers = http::HeaderMap::new();
         headers.insert("webhook-id", "evt_x".parse().unwrap());

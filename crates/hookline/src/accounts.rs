@@ -28,7 +28,11 @@ fn generate_key() -> String {
 }
 
 /// Creates an account and its first key. Returns the account and the raw key.
-pub async fn create(store: &Store, name: &str, plan: Plan) -> Result<(Account, String), StoreError> {
+pub async fn create(
+    store: &Store,
+    name: &str,
+    plan: Plan,
+) -> Result<(Account, String), StoreError> {
     let name = name.trim();
     if name.is_empty() || name.len() > 200 {
         return Err(StoreError::Conflict(

@@ -117,10 +117,7 @@ impl Ingest {
 /// Checks one event: a known type and an object for `data`.
 fn validate(input: &EventInput) -> Result<(), (&'static str, String)> {
     if !is_builtin_event_type(&input.event_type) {
-        return Err((
-            "type",
-            format!("unknown event type {:?}", input.event_type),
-        ));
+        return Err(("type", format!("unknown event type {:?}", input.event_type)));
     }
     if !input.data.get().trim_start().starts_with('{') {
         return Err(("data", "must be a JSON object".into()));

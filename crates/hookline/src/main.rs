@@ -12,7 +12,11 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "hookline", version, about = "Durable, signed, real-time webhook delivery")]
+#[command(
+    name = "hookline",
+    version,
+    about = "Durable, signed, real-time webhook delivery"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -121,7 +125,12 @@ fn main() -> anyhow::Result<()> {
             }) => {
                 let store = open_store(&storage)?;
                 let (account, key) = hookline::accounts::create(&store, &name, plan).await?;
-                println!("created account {} ({}, plan {})", account.name, account.id, plan.as_str());
+                println!(
+                    "created account {} ({}, plan {})",
+                    account.name,
+                    account.id,
+                    plan.as_str()
+                );
                 println!("{key}");
                 Ok(())
             }

@@ -45,8 +45,7 @@ impl Serialize for Timestamp {
 impl<'de> Deserialize<'de> for Timestamp {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        Timestamp::parse(&text)
-            .ok_or_else(|| serde::de::Error::custom("expected an RFC 3339 time"))
+        Timestamp::parse(&text).ok_or_else(|| serde::de::Error::custom("expected an RFC 3339 time"))
     }
 }
 
@@ -112,9 +111,7 @@ pub struct Endpoint {
 impl Endpoint {
     /// Whether this endpoint wants events of `event_type`.
     pub fn subscribes_to(&self, event_type: &str) -> bool {
-        self.event_types
-            .iter()
-            .any(|t| t == "*" || t == event_type)
+        self.event_types.iter().any(|t| t == "*" || t == event_type)
     }
 }
 
@@ -234,15 +231,27 @@ pub struct Attempt {
 
 /// The built-in event types, with a one-line description each.
 pub const BUILTIN_EVENT_TYPES: &[(&str, &str)] = &[
-    ("delivery", "The receiving mail server accepted the message."),
+    (
+        "delivery",
+        "The receiving mail server accepted the message.",
+    ),
     ("open", "A recipient opened the message."),
     ("click", "A recipient clicked a tracked link."),
     ("bounce", "The message bounced."),
     ("complaint", "A recipient marked the message as spam."),
-    ("unsubscribe", "A contact unsubscribed from a list or from everything."),
+    (
+        "unsubscribe",
+        "A contact unsubscribed from a list or from everything.",
+    ),
     ("form_submit", "A contact submitted a form."),
-    ("trigger_action", "An automation was triggered for a contact."),
-    ("workflow_step", "An automation executed one step for a contact."),
+    (
+        "trigger_action",
+        "An automation was triggered for a contact.",
+    ),
+    (
+        "workflow_step",
+        "An automation executed one step for a contact.",
+    ),
 ];
 
 /// The type `POST /v1/endpoints/{id}/test` sends. Producers cannot emit it.

@@ -36,7 +36,11 @@ impl Config {
 }
 
 /// Runs the service on `listener` until `shutdown` is cancelled.
-pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let _lock = Store::lock_dir(&config.data_dir)?;
     let store = Store::open(&config.data_dir)
         .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
@@ -47,7 +51,11 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     if released > 0 {
         tracing::info!(released, "resuming deliveries a previous process held");
     }
-    let dispatcher = Dispatcher::start(store.clone(), config.dispatch.clone(), shutdown.child_token());
+    let dispatcher = Dispatcher::start(
+        store.clone(),
+        config.dispatch.clone(),
+        shutdown.child_token(),
+    );
     let ingest = Ingest::new(store.clone(), dispatcher.clone());
     let state = AppState {
         store,
@@ -57,7 +65,9 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         max_body_bytes: config.max_body_bytes,
     };
     let app = api::router(state);
-    let addr = listener.local_addr().context("reading the listen address")?;
+    let addr = listener
+        .local_addr()
+        .context("reading the listen address")?;
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "hookline is serving");
     let stop = shutdown.clone();
     axum::serve(listener, app)

@@ -20,7 +20,10 @@ async fn snapshot(s: &TestServer) -> Value {
     let mut out = vec![eps.clone()];
     for ep in eps["data"].as_array().unwrap() {
         let (_, d) = s
-            .get(&format!("/v1/endpoints/{}/deliveries", ep["id"].as_str().unwrap()))
+            .get(&format!(
+                "/v1/endpoints/{}/deliveries",
+                ep["id"].as_str().unwrap()
+            ))
             .await;
         out.push(d);
     }
@@ -48,11 +51,17 @@ async fn malformed_oversized_and_invalid_events_change_nothing() {
     // 300 KB event: over the 256 KiB limit.
     let big = "x".repeat(300 * 1024);
     let (status, body) = s
-        .post("/v1/events", json!({"type": "click", "data": {"blob": big}}))
+        .post(
+            "/v1/events",
+            json!({"type": "click", "data": {"blob": big}}),
+        )
         .await;
     assert_error(status, &body, 413);
     let (status, body) = s
-        .post("/v1/events/batch", json!({"events": [{"type": "click", "data": {"blob": big}}]}))
+        .post(
+            "/v1/events/batch",
+            json!({"events": [{"type": "click", "data": {"blob": big}}]}),
+        )
         .await;
     assert_error(status, &body, 413);
 
@@ -76,11 +85,21 @@ async fn malformed_oversized_and_invalid_events_change_nothing() {
         )
         .await;
     assert_error(status, &body, 422);
-    assert!(body["error"]["message"].as_str().unwrap().contains("events[1].type"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("events[1].type"),
+        "{body}"
+    );
     let (status, body) = s.post("/v1/events/batch", json!({"events": []})).await;
     assert_error(status, &body, 422);
-    let too_many: Vec<_> = (0..1001).map(|_| json!({"type": "open", "data": {}})).collect();
-    let (status, body) = s.post("/v1/events/batch", json!({"events": too_many})).await;
+    let too_many: Vec<_> = (0..1001)
+        .map(|_| json!({"type": "open", "data": {}}))
+        .collect();
+    let (status, body) = s
+        .post("/v1/events/batch", json!({"events": too_many}))
+        .await;
     assert_error(status, &body, 422);
 
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -126,7 +145,10 @@ async fn bad_endpoints_are_refused_and_change_nothing() {
 
     // A good one, then a bad change to it changes nothing.
     let (status, ep) = s
-        .post("/v1/endpoints", json!({"url": "https://example.com/ok", "event_types": ["open"]}))
+        .post(
+            "/v1/endpoints",
+            json!({"url": "https://example.com/ok", "event_types": ["open"]}),
+        )
         .await;
     assert_eq!(status, 201, "{ep}");
     let path = format!("/v1/endpoints/{}", ep["id"].as_str().unwrap());
@@ -155,7 +177,11 @@ async fn bad_endpoints_are_refused_and_change_nothing() {
     assert_eq!(changed["event_types"], json!(["open", "click"]));
     assert_eq!(changed["rate_limit_per_sec"], 5);
     let (_, cleared) = s
-        .call(Method::PATCH, &path, Some(json!({"rate_limit_per_sec": null})))
+        .call(
+            Method::PATCH,
+            &path,
+            Some(json!({"rate_limit_per_sec": null})),
+        )
         .await;
     assert_eq!(cleared["rate_limit_per_sec"], Value::Null);
     assert_eq!(cleared["description"], "new");
@@ -235,7 +261,10 @@ async fn unknown_and_foreign_ids_are_404() {
         let body = resp.text().await.unwrap();
         assert!(!body.contains(ep_id) && !body.contains("whsec_"), "{body}");
     }
-    let resp = other(Method::GET, "/v1/endpoints".into()).send().await.unwrap();
+    let resp = other(Method::GET, "/v1/endpoints".into())
+        .send()
+        .await
+        .unwrap();
     let list: Value = resp.json().await.unwrap();
     assert_eq!(list["data"], json!([]));
     // The owner still sees it all, unchanged.
@@ -287,7 +316,12 @@ async fn lists_paginate_with_opaque_cursors() {
     }
     let want: Vec<_> = (0..7).map(|i| format!("https://example.com/{i}")).collect();
     assert_eq!(seen, want);
-    for bad in ["/v1/endpoints?limit=0", "/v1/endpoints?limit=1001", "/v1/endpoints?limit=x", "/v1/endpoints?cursor=zzz"] {
+    for bad in [
+        "/v1/endpoints?limit=0",
+        "/v1/endpoints?limit=1001",
+        "/v1/endpoints?limit=x",
+        "/v1/endpoints?cursor=zzz",
+    ] {
         let (status, body) = s.get(bad).await;
         assert_error(status, &body, 400);
     }
@@ -312,7 +346,9 @@ async fn deleting_an_endpoint_ends_its_open_deliveries() {
     assert_eq!(status, 404);
     let (_, d) = s.get(&format!("/v1/deliveries/{dlv}")).await;
     assert_eq!(d["status"], "failed");
-    let (status, body) = s.post(&format!("/v1/deliveries/{dlv}/retry"), json!({})).await;
+    let (status, body) = s
+        .post(&format!("/v1/deliveries/{dlv}/retry"), json!({}))
+        .await;
     assert_error(status, &body, 409);
     let (status, _) = s.call(Method::DELETE, &path, None).await;
     assert_eq!(status, 404);

@@ -49,7 +49,10 @@ async fn subscriptions_filter_by_exact_type_and_star() {
             .collect()
     };
     assert_eq!(got_all.len(), 3);
-    assert_eq!(types("all"), BTreeSet::from(["click".into(), "open".into(), "delivery".into()]));
+    assert_eq!(
+        types("all"),
+        BTreeSet::from(["click".into(), "open".into(), "delivery".into()])
+    );
     assert_eq!(rx.got("clicks").len(), 1, "{got_clicks:?}");
     assert_eq!(types("clicks"), BTreeSet::from(["click".into()]));
     assert_eq!(rx.got("opens").len(), 1, "{got_opens:?}");
@@ -72,10 +75,15 @@ async fn envelope_headers_and_signature_follow_standard_webhooks() {
     assert!(secret.starts_with("whsec_"));
     // The secret can be read again, and is not part of the endpoint's other answers.
     let (_, again) = s
-        .get(&format!("/v1/endpoints/{}/secret", ep["id"].as_str().unwrap()))
+        .get(&format!(
+            "/v1/endpoints/{}/secret",
+            ep["id"].as_str().unwrap()
+        ))
         .await;
     assert_eq!(again["secret"], secret);
-    let (_, read) = s.get(&format!("/v1/endpoints/{}", ep["id"].as_str().unwrap())).await;
+    let (_, read) = s
+        .get(&format!("/v1/endpoints/{}", ep["id"].as_str().unwrap()))
+        .await;
     assert!(read.get("secret").is_none(), "{read}");
 
     let data = json!({"message": {"message_id": "m1", "recipient": "a@example.com"},
@@ -89,7 +97,10 @@ async fn envelope_headers_and_signature_follow_standard_webhooks() {
     assert_eq!(body["data"], data);
     assert_eq!(body["timestamp"], accepted["created_at"]);
     let ts = body["timestamp"].as_str().unwrap();
-    assert!(ts.ends_with('Z') && ts.len() == "2026-11-26T17:43:35.123Z".len(), "{ts}");
+    assert!(
+        ts.ends_with('Z') && ts.len() == "2026-11-26T17:43:35.123Z".len(),
+        "{ts}"
+    );
     assert_eq!(body.as_object().unwrap().len(), 4, "{body}");
 
     assert_eq!(r.header("webhook-id"), accepted["id"].as_str().unwrap());
@@ -101,12 +112,15 @@ async fn envelope_headers_and_signature_follow_standard_webhooks() {
     assert!(r.header("user-agent").starts_with("Hookline/"));
     assert_eq!(r.header("x-tenant"), "acme");
     verify_with_standardwebhooks(&secret, r);
-    let stranger = standardwebhooks::Webhook::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
-        .unwrap();
+    let stranger =
+        standardwebhooks::Webhook::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
     assert!(stranger.verify(&r.body, &r.headers).is_err());
 
     let d = s
-        .wait_delivery(accepted["deliveries"][0]["id"].as_str().unwrap(), "succeeded")
+        .wait_delivery(
+            accepted["deliveries"][0]["id"].as_str().unwrap(),
+            "succeeded",
+        )
         .await;
     assert_eq!(d["attempt_count"], 1);
     assert_eq!(d["attempts"][0]["status_code"], 200);
@@ -159,7 +173,9 @@ async fn retries_exhausted_end_as_failed_and_manual_retry_sends_again() {
     assert_eq!(rx.got("down").len(), 4);
 
     rx.always("down", Reply::Status(204));
-    let (status, body) = s.post(&format!("/v1/deliveries/{id}/retry"), json!({})).await;
+    let (status, body) = s
+        .post(&format!("/v1/deliveries/{id}/retry"), json!({}))
+        .await;
     assert_eq!(status, 202, "{body}");
     let d = s.wait_delivery(&id, "succeeded").await;
     assert_eq!(d["attempt_count"], 5);
@@ -224,7 +240,10 @@ async fn a_hanging_endpoint_does_not_delay_another() {
     // requests open (the attempt timeout is 20 s), with at most 4 of them in flight.
     assert!(started.elapsed() < Duration::from_secs(20));
     let stuck = rx.got("stuck").len();
-    assert!((1..=4).contains(&stuck), "{stuck} requests to the hanging endpoint");
+    assert!(
+        (1..=4).contains(&stuck),
+        "{stuck} requests to the hanging endpoint"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -239,7 +258,10 @@ async fn batches_are_accepted_whole_and_delivered() {
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["data"].as_array().unwrap().len(), 200);
     let got = rx.wait_for("sink", 200).await;
-    let distinct: BTreeSet<_> = got.iter().map(|r| r.header("webhook-id").to_owned()).collect();
+    let distinct: BTreeSet<_> = got
+        .iter()
+        .map(|r| r.header("webhook-id").to_owned())
+        .collect();
     assert_eq!(distinct.len(), 200);
 }
 
@@ -263,5 +285,8 @@ async fn pending_deliveries_resume_after_a_restart() {
         .wait_delivery(ev["deliveries"][0]["id"].as_str().unwrap(), "succeeded")
         .await;
     assert!(d["attempt_count"].as_u64().unwrap() >= 2);
-    verify_with_standardwebhooks(ep["secret"].as_str().unwrap(), rx.got("later").last().unwrap());
+    verify_with_standardwebhooks(
+        ep["secret"].as_str().unwrap(),
+        rx.got("later").last().unwrap(),
+    );
 }

@@ -68,5 +68,8 @@ pub async fn retry(
         .get_delivery(account.id, id)
         .await?
         .ok_or_else(|| ApiError::not_found("delivery"))?;
-    Ok((StatusCode::ACCEPTED, Json(DeliveryDetail { delivery, attempts })))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(DeliveryDetail { delivery, attempts }),
+    ))
 }

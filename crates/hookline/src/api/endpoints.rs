@@ -154,7 +154,10 @@ pub async fn update(
     JsonBody(body): JsonBody<UpdateEndpoint>,
 ) -> Result<Json<Endpoint>, ApiError> {
     let url = body.url.map(|u| check_url(&u, &state.rules)).transpose()?;
-    let event_types = body.event_types.map(|t| check_event_types(&t)).transpose()?;
+    let event_types = body
+        .event_types
+        .map(|t| check_event_types(&t))
+        .transpose()?;
     let description = body.description.map(check_description).transpose()?;
     let headers = body.headers.map(check_headers).transpose()?;
     let rate = body.rate_limit_per_sec.map(check_rate).transpose()?;
@@ -196,7 +199,11 @@ pub async fn delete(
     Auth(account): Auth,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let Some(ep) = state.store.get_endpoint(account.id.clone(), id.clone()).await? else {
+    let Some(ep) = state
+        .store
+        .get_endpoint(account.id.clone(), id.clone())
+        .await?
+    else {
         return Err(ApiError::not_found("endpoint"));
     };
     if !state.store.delete_endpoint(account.id, id).await? {

@@ -1,8 +1,8 @@
 //! `/v1/events`: what producers send.
 
+use super::endpoints::DeliveryQuery;
 use super::error::ApiError;
 use super::extract::{ApiQuery, Auth, JsonBody};
-use super::endpoints::DeliveryQuery;
 use super::{AppState, List};
 use crate::ingest::EventInput;
 use crate::model::{Delivery, Event, Timestamp};

@@ -2,6 +2,7 @@
 
 use super::AppState;
 use super::error::ApiError;
+use crate::accounts::hash_api_key;
 use crate::model::Account;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
@@ -10,7 +11,6 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use crate::accounts::hash_api_key;
 
 /// The account of the request's API key (`Authorization: Bearer <key>`).
 pub struct Auth(pub Account);
@@ -50,7 +50,10 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
                 ApiError::new(
                     http::StatusCode::PAYLOAD_TOO_LARGE,
                     "payload_too_large",
-                    format!("the body is over the limit of {} bytes", state.max_body_bytes),
+                    format!(
+                        "the body is over the limit of {} bytes",
+                        state.max_body_bytes
+                    ),
                 )
             } else {
                 ApiError::bad_request("unreadable_body", e.body_text())
@@ -119,5 +122,7 @@ fn decode_cursor(text: &str) -> Result<i64, ApiError> {
         .ok()
         .and_then(|b| String::from_utf8(b).ok())
         .and_then(|s| s.strip_prefix('p').and_then(|n| n.parse().ok()))
-        .ok_or_else(|| ApiError::bad_request("invalid_cursor", "the cursor is not one this API gave"))
+        .ok_or_else(|| {
+            ApiError::bad_request("invalid_cursor", "the cursor is not one this API gave")
+        })
 }

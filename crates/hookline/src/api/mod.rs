@@ -108,7 +108,11 @@ pub fn router(state: AppState) -> Router {
     let (router, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(healthz))
         .routes(routes!(endpoints::create, endpoints::list))
-        .routes(routes!(endpoints::get, endpoints::update, endpoints::delete))
+        .routes(routes!(
+            endpoints::get,
+            endpoints::update,
+            endpoints::delete
+        ))
         .routes(routes!(endpoints::secret))
         .routes(routes!(endpoints::deliveries))
         .routes(routes!(events::create))

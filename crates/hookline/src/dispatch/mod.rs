@@ -280,7 +280,10 @@ async fn endpoint_worker(
             Some(l) if l.updated_at > due.endpoint.updated_at => l,
             _ => due.endpoint.clone(),
         };
-        if target.as_ref().is_none_or(|t| t.version < newest.updated_at.0) {
+        if target
+            .as_ref()
+            .is_none_or(|t| t.version < newest.updated_at.0)
+        {
             match Target::from_endpoint(&newest) {
                 Ok(t) => target = Some(Arc::new(t)),
                 Err(e) => {
@@ -311,7 +314,12 @@ async fn endpoint_worker(
     }
 }
 
-async fn attempt(inner: Arc<Inner>, due: DueDelivery, target: Arc<Target>, permit: OwnedSemaphorePermit) {
+async fn attempt(
+    inner: Arc<Inner>,
+    due: DueDelivery,
+    target: Arc<Target>,
+    permit: OwnedSemaphorePermit,
+) {
     let number = due.attempts + 1;
     let started_at = Timestamp::now();
     let result = inner
@@ -329,9 +337,7 @@ async fn attempt(inner: Arc<Inner>, due: DueDelivery, target: Arc<Target>, permi
         Outcome::Failed
     } else {
         match inner.config.retry.next_delay(number, result.retry_after) {
-            Some(wait) => Outcome::RetryAt(Timestamp(
-                Timestamp::now().0 + wait.as_millis() as i64,
-            )),
+            Some(wait) => Outcome::RetryAt(Timestamp(Timestamp::now().0 + wait.as_millis() as i64)),
             None => Outcome::Failed,
         }
     };
@@ -365,12 +371,11 @@ async fn attempt(inner: Arc<Inner>, due: DueDelivery, target: Arc<Target>, permi
             }
         }
     }
-    if matches!(outcome, Outcome::Gone) {
-        if let Ok(queues) = inner.queues.lock()
-            && let Some(q) = queues.get(&target.endpoint_id)
-        {
-            q.shared.closed.store(true, Ordering::Release);
-        }
+    if matches!(outcome, Outcome::Gone)
+        && let Ok(queues) = inner.queues.lock()
+        && let Some(q) = queues.get(&target.endpoint_id)
+    {
+        q.shared.closed.store(true, Ordering::Release);
     }
     inner.release(&target.endpoint_id);
     if let Outcome::RetryAt(at) = outcome {
@@ -391,11 +396,7 @@ async fn poll_loop(inner: Arc<Inner>) {
         inner.starved.store(false, Ordering::Release);
         let now = Timestamp::now();
         let room_of = inner.clone();
-        match inner
-            .store
-            .claim_due(now, move |ep| room_of.room(ep))
-            .await
-        {
+        match inner.store.claim_due(now, move |ep| room_of.room(ep)).await {
             Ok(due) => {
                 if !due.is_empty() {
                     tracing::debug!(count = due.len(), "took due deliveries");

@@ -112,7 +112,8 @@ impl Sender {
     /// Signs and sends `payload` for message `msg_id` to `target`, within the total timeout.
     pub async fn send(&self, target: &Target, msg_id: &str, payload: Bytes) -> SendResult {
         let started = Instant::now();
-        let outcome = tokio::time::timeout(self.timeout, self.exchange(target, msg_id, payload)).await;
+        let outcome =
+            tokio::time::timeout(self.timeout, self.exchange(target, msg_id, payload)).await;
         let duration = started.elapsed();
         match outcome {
             Ok(Ok((status, body, retry_after))) => SendResult {
@@ -154,7 +155,10 @@ impl Sender {
         for (k, v) in &target.headers {
             h.insert(k, v.clone());
         }
-        h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         h.insert(http::header::USER_AGENT, self.user_agent.clone());
         let header = |s: &str| HeaderValue::from_str(s).map_err(|e| (None, format!("header: {e}")));
         h.insert("webhook-id", header(msg_id)?);
@@ -231,8 +235,14 @@ mod tests {
     #[test]
     fn retry_after_forms() {
         assert_eq!(parse_retry_after("7"), Some(Duration::from_secs(7)));
-        assert_eq!(parse_retry_after("999999"), Some(Duration::from_secs(86_400)));
-        assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT"), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("999999"),
+            Some(Duration::from_secs(86_400))
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(Duration::ZERO)
+        );
         assert_eq!(parse_retry_after("soon"), None);
     }
 }

@@ -292,7 +292,12 @@ impl SqliteStore {
             };
             c.execute(
                 "INSERT INTO accounts (id, name, plan, created_at) VALUES (?1, ?2, ?3, ?4)",
-                params![account.id, account.name, plan.as_str(), account.created_at.0],
+                params![
+                    account.id,
+                    account.name,
+                    plan.as_str(),
+                    account.created_at.0
+                ],
             )
             .ctx("inserting an account")?;
             Ok(account)
@@ -324,7 +329,13 @@ impl SqliteStore {
             c.execute(
                 "INSERT INTO api_keys (id, account_id, key_hash, prefix, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![new_id("key"), account_id, key_hash, prefix, Timestamp::now().0],
+                params![
+                    new_id("key"),
+                    account_id,
+                    key_hash,
+                    prefix,
+                    Timestamp::now().0
+                ],
             )
             .ctx("inserting an API key")?;
             Ok(())
@@ -412,7 +423,8 @@ impl SqliteStore {
         account_id: String,
         id: String,
     ) -> Result<Option<Endpoint>, StoreError> {
-        self.read(move |c| load_endpoint(c, Some(&account_id), &id)).await
+        self.read(move |c| load_endpoint(c, Some(&account_id), &id))
+            .await
     }
 
     /// Changes an endpoint with `change` (already validated). Disabling it ends its open
@@ -465,7 +477,11 @@ impl SqliteStore {
 
     /// Removes an endpoint (kept, marked deleted, so its delivery history stays readable) and
     /// ends its open deliveries as `failed`. `false` when there is no such endpoint.
-    pub async fn delete_endpoint(&self, account_id: String, id: String) -> Result<bool, StoreError> {
+    pub async fn delete_endpoint(
+        &self,
+        account_id: String,
+        id: String,
+    ) -> Result<bool, StoreError> {
         self.write(move |c| {
             let now = Timestamp::now().0;
             let n = c
@@ -572,12 +588,23 @@ impl SqliteStore {
         .await
     }
 
-    pub async fn get_event(&self, account_id: String, id: String) -> Result<Option<Event>, StoreError> {
+    pub async fn get_event(
+        &self,
+        account_id: String,
+        id: String,
+    ) -> Result<Option<Event>, StoreError> {
         self.read(move |c| {
             c.query_row(
                 "SELECT id, type, created_at, data FROM events WHERE id = ?1 AND account_id = ?2",
                 params![id, account_id],
-                |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get(2)?, r.get::<_, String>(3)?)),
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get(2)?,
+                        r.get::<_, String>(3)?,
+                    ))
+                },
             )
             .optional()
             .ctx("reading an event")?
@@ -586,7 +613,8 @@ impl SqliteStore {
                     id,
                     event_type,
                     created_at: Timestamp(created_at),
-                    data: serde_json::value::RawValue::from_string(data).ctx("reading event data")?,
+                    data: serde_json::value::RawValue::from_string(data)
+                        .ctx("reading event data")?,
                 })
             })
             .transpose()
@@ -697,7 +725,11 @@ impl SqliteStore {
 
     /// Takes up to `room(endpoint_id)` due deliveries of each enabled endpoint and marks them
     /// `delivering`.
-    pub async fn claim_due<R>(&self, now: Timestamp, room: R) -> Result<Vec<DueDelivery>, StoreError>
+    pub async fn claim_due<R>(
+        &self,
+        now: Timestamp,
+        room: R,
+    ) -> Result<Vec<DueDelivery>, StoreError>
     where
         R: Fn(&str) -> usize + Send + 'static,
     {
@@ -904,10 +936,12 @@ fn in_savepoint<T>(
     conn: &Connection,
     f: impl FnOnce(&Connection) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
-    conn.execute_batch("SAVEPOINT job").ctx("opening a savepoint")?;
+    conn.execute_batch("SAVEPOINT job")
+        .ctx("opening a savepoint")?;
     match f(conn) {
         Ok(v) => {
-            conn.execute_batch("RELEASE job").ctx("releasing a savepoint")?;
+            conn.execute_batch("RELEASE job")
+                .ctx("releasing a savepoint")?;
             Ok(v)
         }
         Err(e) => {

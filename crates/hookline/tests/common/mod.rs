@@ -49,6 +49,8 @@ pub enum Reply {
     RetryAfter(u16, u64),
     /// Never answers (until the client gives up).
     Hang,
+    /// `200` after a pause.
+    SlowOk(Duration),
 }
 
 /// One request the receiver got.
@@ -179,6 +181,10 @@ async fn receive(
             tokio::time::sleep(Duration::from_secs(3600)).await;
             StatusCode::OK.into_response()
         }
+        Reply::SlowOk(pause) => {
+            tokio::time::sleep(pause).await;
+            StatusCode::OK.into_response()
+        }
     }
 }
 
@@ -200,8 +206,8 @@ pub fn test_config(dir: &FsPath) -> Config {
     let mut config = Config::new(dir.to_path_buf());
     config.url_rules.allow_insecure_urls = true;
     config.url_rules.allow_private_targets = true;
-    config.dispatch.retry = hookline::dispatch::retry::RetrySchedule::parse("100ms,100ms,100ms")
-        .unwrap();
+    config.dispatch.retry =
+        hookline::dispatch::retry::RetrySchedule::parse("100ms,100ms,100ms").unwrap();
     config.dispatch.timeout = Duration::from_secs(10);
     config.shutdown_grace = Duration::from_millis(200);
     config
@@ -283,7 +289,12 @@ impl TestServer {
     }
 
     /// Sends JSON with the key; returns status and JSON body.
-    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let mut rb = self.req(method, path);
         if let Some(b) = body {
             rb = rb.json(&b);
