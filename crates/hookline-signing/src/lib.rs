@@ -12,6 +12,22 @@
 //!
 //! This crate has no async runtime and no I/O: [`Secret`], [`sign`] and [`Verifier`] are all
 //! there is.
+//!
+//! A receiver checks a webhook like this:
+//!
+//! ```
+//! use hookline_signing::{Secret, Verifier, sign};
+//!
+//! let secret = Secret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+//! let body = br#"{"id":"evt_1","type":"click","timestamp":"2026-11-26T17:43:35.123Z","data":{}}"#;
+//! // What Hookline sends in the `webhook-signature` header:
+//! let header = sign([&secret], "evt_1", 1_764_179_015, body);
+//!
+//! let verifier = Verifier::new(vec![secret]);
+//! // The receiver passes the three headers, the raw body and its own clock.
+//! assert!(verifier.verify("evt_1", "1764179015", &header, body, 1_764_179_020).is_ok());
+//! assert!(verifier.verify("evt_1", "1764179015", &header, b"{}", 1_764_179_020).is_err());
+//! ```
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
