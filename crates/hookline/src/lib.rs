@@ -3,11 +3,13 @@
 //! The modules, from the outside in (each depends only on those after it):
 //! [`server`] wires everything; [`api`] holds thin HTTP handlers; [`ingest`] validates and
 //! commits events; [`dispatch`] queues, sends and retries; [`accounts`] issues keys;
-//! [`store`] is the only door to the database; [`model`] is plain data. Signing lives in the
+//! [`store`] is the only door to the database; [`model`] is plain data. [`bench`] is the
+//! load generator and receiver sink behind `hookline bench`. Signing lives in the
 //! `hookline-signing` crate. See ARCHITECTURE.md for the map and the invariants.
 
 pub mod accounts;
 pub mod api;
+pub mod bench;
 pub mod dispatch;
 pub mod ingest;
 pub mod model;

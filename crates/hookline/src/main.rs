@@ -29,6 +29,8 @@ enum Command {
     /// Creates accounts and issues API keys.
     #[command(subcommand)]
     Account(AccountCommand),
+    /// Measures Hookline end to end over loopback, against a raw reference client.
+    Bench(hookline::bench::BenchArgs),
 }
 
 #[derive(Args, Clone)]
@@ -118,6 +120,7 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => serve(args).await,
+            Command::Bench(args) => hookline::bench::run(args).await.map(|_| ()),
             Command::Account(AccountCommand::Create {
                 name,
                 plan,

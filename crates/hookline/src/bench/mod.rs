@@ -1,0 +1,517 @@
+//! `hookline bench`: load generator, receiver sink and report, over real HTTP on loopback.
+//!
+//! Every run first measures the **raw reference**: the fastest plain client we have (hyper,
+//! keep-alive, `TCP_NODELAY`, pooled) POSTing signed bodies straight to the sink. Every
+//! end-to-end result is also given as a ratio to it, measured in the same run.
+//!
+//! An end-to-end phase starts a fresh `hookline serve` (this same binary, as a child process,
+//! on a temporary SQLite data directory) unless `--api` names a running one, creates F
+//! endpoints pointing at the sink, sends events, and waits for every delivery. Each event's
+//! `data.sent_us` carries the time its request was (or, in an open loop, should have been)
+//! sent, so the sink measures latency from there: no coordinated omission.
+
+pub mod sink;
+
+use crate::model::Plan;
+use crate::store::Store;
+use anyhow::{Context as _, bail};
+use bytes::Bytes;
+use hookline_signing::{Secret, Verifier};
+use http::Request;
+use http_body_util::{BodyExt as _, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde::Serialize;
+use serde_json::json;
+use sink::Sink;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// What to measure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scenario {
+    /// The raw reference alone.
+    Raw,
+    /// Closed loop: single-event requests, then batches.
+    Throughput,
+    /// Open loop at `--rate` events/s, single-event requests.
+    Latency,
+}
+
+/// `hookline bench` options.
+#[derive(clap::Args, Clone, Debug)]
+pub struct BenchArgs {
+    pub scenario: Scenario,
+    /// Events per end-to-end phase (default: 20,000 closed loop; rate × seconds open loop).
+    #[arg(long)]
+    pub events: Option<u64>,
+    /// Endpoints, each subscribed to every event.
+    #[arg(long, default_value_t = 1)]
+    pub fanout: usize,
+    /// Events per batch request in the batch phase.
+    #[arg(long, default_value_t = 100)]
+    pub batch: usize,
+    /// Concurrent senders in a closed loop.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// Open-loop rate, events/s.
+    #[arg(long, default_value_t = 1000)]
+    pub rate: u64,
+    /// Open-loop duration.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// How long the raw reference runs.
+    #[arg(long, default_value_t = 3)]
+    pub raw_seconds: u64,
+    /// Concurrent connections of the raw reference.
+    #[arg(long, default_value_t = 64)]
+    pub raw_concurrency: usize,
+    /// A running Hookline to target instead of starting one (needs `--key`).
+    #[arg(long)]
+    pub api: Option<String>,
+    /// The API key for `--api`.
+    #[arg(long)]
+    pub key: Option<String>,
+}
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+fn client(max_idle: usize) -> HttpClient {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(max_idle)
+        .build(http)
+}
+
+/// One end-to-end phase's results.
+#[derive(Serialize, Debug)]
+pub struct Phase {
+    pub name: String,
+    pub mode: &'static str,
+    pub events: u64,
+    pub fanout: usize,
+    pub batch: usize,
+    pub accepted: u64,
+    pub rejected: u64,
+    pub accepted_per_sec: f64,
+    pub delivered: u64,
+    pub delivered_per_sec: f64,
+    pub delivered_ratio_to_raw: f64,
+    pub lost: u64,
+    pub duplicates: u64,
+    pub bad_signatures: u64,
+    pub latency_ms: Percentiles,
+    pub server_peak_rss_mb: Option<f64>,
+}
+
+#[derive(Serialize, Debug, Default)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+}
+
+impl Percentiles {
+    fn of(mut us: Vec<u64>) -> Self {
+        if us.is_empty() {
+            return Percentiles::default();
+        }
+        us.sort_unstable();
+        let at = |q: f64| {
+            let i = ((us.len() as f64 * q).ceil() as usize).clamp(1, us.len()) - 1;
+            us[i] as f64 / 1000.0
+        };
+        Percentiles {
+            p50: at(0.5),
+            p90: at(0.9),
+            p99: at(0.99),
+            p999: at(0.999),
+            max: at(1.0),
+        }
+    }
+}
+
+#[derive(Serialize, Debug)]
+pub struct Report {
+    pub scenario: Scenario,
+    pub cores: usize,
+    pub raw_per_sec: f64,
+    pub phases: Vec<Phase>,
+}
+
+/// Runs a benchmark and prints a table, then the report as one JSON line.
+pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
+    let secret = Secret::from_bytes(&rand::random::<[u8; 32]>())
+        .map_err(|e| anyhow::anyhow!("making a secret: {e}"))?;
+    let raw = raw_reference(&args, &secret).await?;
+    println!(
+        "raw reference: {raw:.0} signed requests/s ({} connections, {} s)",
+        args.raw_concurrency, args.raw_seconds
+    );
+    let mut phases = Vec::new();
+    match args.scenario {
+        Scenario::Raw => {}
+        Scenario::Throughput => {
+            let n = args.events.unwrap_or(20_000);
+            phases.push(end_to_end(&args, &secret, raw, Load::Closed { batch: 1 }, n).await?);
+            let batch = args.batch.clamp(1, 1000);
+            phases.push(end_to_end(&args, &secret, raw, Load::Closed { batch }, n).await?);
+        }
+        Scenario::Latency => {
+            let n = args.events.unwrap_or(args.rate * args.seconds);
+            let load = Load::Open {
+                rate: args.rate.max(1),
+            };
+            phases.push(end_to_end(&args, &secret, raw, load, n).await?);
+        }
+    }
+    let report = Report {
+        scenario: args.scenario,
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        raw_per_sec: raw,
+        phases,
+    };
+    print_table(&report);
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(report)
+}
+
+fn print_table(r: &Report) {
+    println!(
+        "{:<22} {:>8} {:>10} {:>11} {:>7} {:>6} {:>5} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "phase",
+        "events",
+        "accepted/s",
+        "delivered/s",
+        "of raw",
+        "lost",
+        "dup",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "p999 ms",
+        "max ms",
+        "RSS MB"
+    );
+    for p in &r.phases {
+        println!(
+            "{:<22} {:>8} {:>10.0} {:>11.0} {:>6.1}% {:>6} {:>5} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8}",
+            p.name,
+            p.events,
+            p.accepted_per_sec,
+            p.delivered_per_sec,
+            p.delivered_ratio_to_raw * 100.0,
+            p.lost,
+            p.duplicates,
+            p.latency_ms.p50,
+            p.latency_ms.p90,
+            p.latency_ms.p99,
+            p.latency_ms.p999,
+            p.latency_ms.max,
+            p.server_peak_rss_mb
+                .map_or("-".to_owned(), |m| format!("{m:.0}")),
+        );
+    }
+}
+
+/// The physical limit: signed POSTs straight to the sink.
+async fn raw_reference(args: &BenchArgs, secret: &Secret) -> anyhow::Result<f64> {
+    let epoch = Instant::now();
+    let sink = Sink::start(Verifier::new(vec![secret.clone()]), epoch).await?;
+    let http = client(args.raw_concurrency);
+    let url: http::Uri = sink.url("/ok/raw").parse()?;
+    let deadline = Instant::now() + Duration::from_secs(args.raw_seconds.max(1));
+    let counter = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    let start = Instant::now();
+    for _ in 0..args.raw_concurrency.max(1) {
+        let (http, url, counter, secret) =
+            (http.clone(), url.clone(), counter.clone(), secret.clone());
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < deadline {
+                let k = counter.fetch_add(1, Ordering::Relaxed);
+                let id = format!("raw_{k}");
+                let sent = epoch.elapsed().as_micros() as u64;
+                let body = Bytes::from(format!(
+                    r#"{{"id":"{id}","type":"click","timestamp":"2026-11-26T17:43:35.123Z","data":{{"sent_us":{sent}}}}}"#
+                ));
+                let ts = chrono::Utc::now().timestamp();
+                let sig = hookline_signing::sign([&secret], &id, ts, &body);
+                let req = Request::post(url.clone())
+                    .header("content-type", "application/json")
+                    .header("webhook-id", id)
+                    .header("webhook-timestamp", ts)
+                    .header("webhook-signature", sig)
+                    .body(Full::new(body))?;
+                let resp = http.request(req).await?;
+                resp.into_body().collect().await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    if sink.bad_signatures.load(Ordering::Relaxed) > 0 {
+        bail!("the sink refused signatures of the raw reference");
+    }
+    Ok(sink.distinct() as f64 / elapsed)
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Load {
+    Closed { batch: usize },
+    Open { rate: u64 },
+}
+
+/// A `hookline serve` child process, SIGKILLed when dropped.
+struct ServerProcess {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl ServerProcess {
+    fn peak_rss_mb(&self) -> Option<f64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb / 1024.0)
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start_server() -> anyhow::Result<(ServerProcess, String, String)> {
+    let dir = tempfile::tempdir().context("making a data directory")?;
+    let key = {
+        let store = Store::open(dir.path())?;
+        crate::accounts::create(&store, "bench", Plan::Business)
+            .await?
+            .1
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let exe = std::env::current_exe().context("finding the hookline binary")?;
+    let child = Command::new(exe)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--allow-insecure-urls", "--allow-private-targets"])
+        .env("HOOKLINE_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting hookline serve")?;
+    let server = ServerProcess { child, _dir: dir };
+    let api = format!("http://127.0.0.1:{port}");
+    let http = client(1);
+    let started = Instant::now();
+    loop {
+        let req = Request::get(format!("{api}/healthz")).body(Full::new(Bytes::new()))?;
+        if let Ok(r) = http.request(req).await
+            && r.status() == 200
+        {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            bail!("hookline serve did not start within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok((server, api, key))
+}
+
+async fn post_json(
+    http: &HttpClient,
+    url: &str,
+    key: &str,
+    body: String,
+) -> anyhow::Result<(u16, Bytes)> {
+    let req = Request::post(url)
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {key}"))
+        .body(Full::new(Bytes::from(body)))?;
+    let resp = http.request(req).await?;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok((status, body))
+}
+
+async fn end_to_end(
+    args: &BenchArgs,
+    secret: &Secret,
+    raw: f64,
+    load: Load,
+    events: u64,
+) -> anyhow::Result<Phase> {
+    let epoch = Instant::now();
+    let sink = Sink::start(Verifier::new(vec![secret.clone()]), epoch).await?;
+    let (server, api, key) = match (&args.api, &args.key) {
+        (Some(api), Some(key)) => (None, api.trim_end_matches('/').to_owned(), key.clone()),
+        (Some(_), None) => bail!("--api needs --key"),
+        _ => {
+            let (s, api, key) = start_server().await?;
+            (Some(s), api, key)
+        }
+    };
+    let http = client(args.concurrency.max(64));
+    for i in 0..args.fanout.max(1) {
+        let body = json!({"url": sink.url(&format!("/ok/{i}")), "event_types": ["*"],
+                          "secret": secret.to_string()});
+        let (status, resp) = post_json(
+            &http,
+            &format!("{api}/v1/endpoints"),
+            &key,
+            body.to_string(),
+        )
+        .await?;
+        if status != 201 {
+            bail!(
+                "creating an endpoint: {status} {}",
+                String::from_utf8_lossy(&resp)
+            );
+        }
+    }
+
+    let accepted = Arc::new(AtomicU64::new(0));
+    let rejected = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let (name, mode, batch) = match load {
+        Load::Closed { batch } => {
+            let next = Arc::new(AtomicU64::new(0));
+            let mut tasks = Vec::new();
+            for _ in 0..args.concurrency.max(1) {
+                let (http, api, key) = (http.clone(), api.clone(), key.clone());
+                let (next, accepted, rejected) = (next.clone(), accepted.clone(), rejected.clone());
+                tasks.push(tokio::spawn(async move {
+                    loop {
+                        let first = next.fetch_add(batch as u64, Ordering::Relaxed);
+                        if first >= events {
+                            return;
+                        }
+                        let n = (events - first).min(batch as u64);
+                        let sent = epoch.elapsed().as_micros() as u64;
+                        let (url, body) = request_body(&api, first, n, sent, batch > 1);
+                        match post_json(&http, &url, &key, body).await {
+                            Ok((202, _)) => accepted.fetch_add(n, Ordering::Relaxed),
+                            _ => rejected.fetch_add(n, Ordering::Relaxed),
+                        };
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await?;
+            }
+            let name = if batch > 1 {
+                format!("closed batch={batch} F={}", args.fanout)
+            } else {
+                format!("closed single F={}", args.fanout)
+            };
+            (name, "closed", batch)
+        }
+        Load::Open { rate } => {
+            let mut tasks = Vec::with_capacity(events as usize);
+            let interval = Duration::from_secs_f64(1.0 / rate as f64);
+            let t0 = tokio::time::Instant::now();
+            for k in 0..events {
+                let intended = t0 + interval * k as u32;
+                tokio::time::sleep_until(intended).await;
+                let sent = (intended.into_std().duration_since(epoch)).as_micros() as u64;
+                let (http, api, key) = (http.clone(), api.clone(), key.clone());
+                let (accepted, rejected) = (accepted.clone(), rejected.clone());
+                tasks.push(tokio::spawn(async move {
+                    let (url, body) = request_body(&api, k, 1, sent, false);
+                    match post_json(&http, &url, &key, body).await {
+                        Ok((202, _)) => accepted.fetch_add(1, Ordering::Relaxed),
+                        _ => rejected.fetch_add(1, Ordering::Relaxed),
+                    };
+                }));
+            }
+            for t in tasks {
+                t.await?;
+            }
+            (format!("open {rate}/s F={}", args.fanout), "open", 1)
+        }
+    };
+    let ingest_secs = start.elapsed().as_secs_f64();
+    let accepted = accepted.load(Ordering::Relaxed);
+    let rejected = rejected.load(Ordering::Relaxed);
+    let expected = accepted * args.fanout.max(1) as u64;
+
+    // Wait for every delivery, or until nothing arrives for 15 s.
+    let mut last = (sink.distinct(), Instant::now());
+    while (sink.distinct() as u64) < expected {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let now = sink.distinct();
+        if now != last.0 {
+            last = (now, Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(15) {
+            break;
+        }
+    }
+    let tally = sink
+        .tally
+        .lock()
+        .map_err(|_| anyhow::anyhow!("sink state poisoned"))?;
+    let delivered = tally.seen.len() as u64;
+    let duplicates: u64 = tally.seen.values().map(|n| u64::from(n - 1)).sum();
+    let span = tally
+        .last_receipt
+        .map_or(ingest_secs, |t| t.duration_since(start).as_secs_f64());
+    let delivered_per_sec = delivered as f64 / span.max(1e-9);
+    Ok(Phase {
+        name,
+        mode,
+        events,
+        fanout: args.fanout,
+        batch,
+        accepted,
+        rejected,
+        accepted_per_sec: accepted as f64 / ingest_secs.max(1e-9),
+        delivered,
+        delivered_per_sec,
+        delivered_ratio_to_raw: if raw > 0.0 {
+            delivered_per_sec / raw
+        } else {
+            0.0
+        },
+        lost: expected.saturating_sub(delivered),
+        duplicates,
+        bad_signatures: sink.bad_signatures.load(Ordering::Relaxed),
+        latency_ms: Percentiles::of(tally.latencies_us.clone()),
+        server_peak_rss_mb: server.as_ref().and_then(ServerProcess::peak_rss_mb),
+    })
+}
+
+/// The URL and body for events `first..first+n`.
+fn request_body(api: &str, first: u64, n: u64, sent_us: u64, batch: bool) -> (String, String) {
+    const TYPES: [&str; 3] = ["click", "open", "delivery"];
+    let one = |k: u64| {
+        format!(
+            r#"{{"type":"{}","data":{{"sent_us":{sent_us},"seq":{k},"message":{{"message_id":"m-{k}","recipient":"r{k}@example.com"}}}}}}"#,
+            TYPES[(k % 3) as usize]
+        )
+    };
+    if batch {
+        let items: Vec<String> = (first..first + n).map(one).collect();
+        (
+            format!("{api}/v1/events/batch"),
+            format!(r#"{{"events":[{}]}}"#, items.join(",")),
+        )
+    } else {
+        (format!("{api}/v1/events"), one(first))
+    }
+}

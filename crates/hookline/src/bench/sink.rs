@@ -1,0 +1,159 @@
+//! The benchmark's receiver: a bare hyper HTTP/1.1 server on 127.0.0.1 that verifies every
+//! signature and records, per delivery, when it arrived.
+//!
+//! Paths say how to answer: `/ok/{n}` answers `200`; `/down/{n}` answers `503` while the
+//! sink is switched down, `200` after; `/hang/{n}` never answers.
+
+use bytes::Bytes;
+use hookline_signing::Verifier;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+
+/// What the sink has seen.
+#[derive(Default)]
+pub struct Tally {
+    /// Deliveries seen per (path, message id): 1 for each, more for duplicates.
+    pub seen: HashMap<(String, String), u32>,
+    /// Request-sent → receipt, in microseconds, for first receipts only.
+    pub latencies_us: Vec<u64>,
+    /// When the last first receipt arrived.
+    pub last_receipt: Option<Instant>,
+}
+
+/// The sink's shared state.
+pub struct Sink {
+    pub addr: SocketAddr,
+    /// The zero of the `sent_us` clock that producers embed in `data`.
+    pub epoch: Instant,
+    pub tally: Mutex<Tally>,
+    pub requests: AtomicU64,
+    pub bad_signatures: AtomicU64,
+    pub down: AtomicBool,
+    verifier: Verifier,
+}
+
+#[derive(Deserialize)]
+struct Envelope {
+    id: String,
+    data: Option<Stamp>,
+}
+
+#[derive(Deserialize)]
+struct Stamp {
+    sent_us: Option<u64>,
+}
+
+impl Sink {
+    /// Starts the sink; it runs until the process ends.
+    pub async fn start(verifier: Verifier, epoch: Instant) -> std::io::Result<Arc<Sink>> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let sink = Arc::new(Sink {
+            addr: listener.local_addr()?,
+            epoch,
+            tally: Mutex::new(Tally::default()),
+            requests: AtomicU64::new(0),
+            bad_signatures: AtomicU64::new(0),
+            down: AtomicBool::new(false),
+            verifier,
+        });
+        let s = sink.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        let s = s.clone();
+                        async move { Ok::<_, std::convert::Infallible>(s.handle(req).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Ok(sink)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let path = req.uri().path().to_owned();
+        if path.starts_with("/hang/") {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+        if path.starts_with("/down/") && self.down.load(Ordering::Acquire) {
+            return reply(StatusCode::SERVICE_UNAVAILABLE);
+        }
+        let (parts, body) = req.into_parts();
+        let Ok(body) = body.collect().await.map(|b| b.to_bytes()) else {
+            return reply(StatusCode::BAD_REQUEST);
+        };
+        let arrived = Instant::now();
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let header = |n: &str| {
+            parts
+                .headers
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+        };
+        let now = chrono::Utc::now().timestamp();
+        if self
+            .verifier
+            .verify(
+                header("webhook-id"),
+                header("webhook-timestamp"),
+                header("webhook-signature"),
+                &body,
+                now,
+            )
+            .is_err()
+        {
+            self.bad_signatures.fetch_add(1, Ordering::Relaxed);
+            return reply(StatusCode::UNAUTHORIZED);
+        }
+        let Ok(env) = serde_json::from_slice::<Envelope>(&body) else {
+            return reply(StatusCode::BAD_REQUEST);
+        };
+        let sent_us = env.data.and_then(|d| d.sent_us);
+        if let Ok(mut t) = self.tally.lock() {
+            let n = t.seen.entry((path, env.id)).or_insert(0);
+            *n += 1;
+            if *n == 1 {
+                if let Some(sent) = sent_us {
+                    let at = arrived.duration_since(self.epoch).as_micros() as u64;
+                    t.latencies_us.push(at.saturating_sub(sent));
+                }
+                t.last_receipt = Some(arrived);
+            }
+        }
+        reply(StatusCode::OK)
+    }
+
+    /// Distinct deliveries seen so far.
+    pub fn distinct(&self) -> usize {
+        self.tally.lock().map(|t| t.seen.len()).unwrap_or(0)
+    }
+}
+
+fn reply(status: StatusCode) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = status;
+    r
+}

@@ -1,0 +1,46 @@
+//! `hookline bench` runs a tiny scenario correctly: nothing lost, every signature verified.
+//! (Benchmarks measure speed; this test only checks that the tool tells the truth.)
+
+use serde_json::Value;
+use std::process::Command;
+
+#[test]
+fn tiny_throughput_scenario_loses_nothing_and_verifies_every_signature() {
+    let out = Command::new(env!("CARGO_BIN_EXE_hookline"))
+        .args([
+            "bench",
+            "throughput",
+            "--events",
+            "300",
+            "--fanout",
+            "2",
+            "--batch",
+            "50",
+            "--concurrency",
+            "4",
+            "--raw-seconds",
+            "1",
+            "--raw-concurrency",
+            "4",
+        ])
+        .env_remove("HOOKLINE_DATABASE_URL")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert!(report["raw_per_sec"].as_f64().unwrap() > 0.0);
+    let phases = report["phases"].as_array().unwrap();
+    assert_eq!(phases.len(), 2, "{report}");
+    for p in phases {
+        assert_eq!(p["accepted"], 300, "{p}");
+        assert_eq!(p["delivered"], 600, "{p}");
+        assert_eq!(p["lost"], 0, "{p}");
+        assert_eq!(p["bad_signatures"], 0, "{p}");
+        assert!(p["latency_ms"]["max"].as_f64().unwrap() > 0.0, "{p}");
+    }
+}
