@@ -70,6 +70,23 @@ impl Ingest {
             });
         }
 
+        // The commit and the hand-over run in their own task: if the client goes away
+        // mid-request, deliveries that were committed as `delivering` still reach the
+        // dispatcher (a dropped future would strand them until the next restart).
+        let me = self.clone();
+        let account_id = account.id.clone();
+        tokio::spawn(async move { me.commit_and_hand_over(account_id, events).await })
+            .await
+            .map_err(|e| {
+                IngestError::Store(StoreError::Commit(format!("ingest task failed: {e}")))
+            })?
+    }
+
+    async fn commit_and_hand_over(
+        &self,
+        account_id: String,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<AcceptedEvent>, IngestError> {
         // Remember what was admitted, to give the room back if the commit fails.
         let admitted: Arc<Mutex<Vec<String>>> = Arc::default();
         let (d, a) = (self.dispatcher.clone(), admitted.clone());
@@ -80,11 +97,7 @@ impl Ingest {
             }
             ok
         };
-        let accepted = match self
-            .store
-            .insert_events(account.id.clone(), events, admit)
-            .await
-        {
+        let accepted = match self.store.insert_events(account_id, events, admit).await {
             Ok(accepted) => accepted,
             Err(e) => {
                 let held = admitted.lock().map(|mut a| std::mem::take(&mut *a));

@@ -48,12 +48,11 @@ pub async fn retry(
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<DeliveryDetail>), ApiError> {
     match state
-        .store
-        .claim_for_retry(account.id.clone(), id.clone())
+        .dispatcher
+        .retry_now(account.id.clone(), id.clone())
         .await?
     {
-        Ok(due) => state.dispatcher.submit_unreserved(due),
-        Err(RetryRefusal::AlreadyDelivering) => {}
+        Ok(()) | Err(RetryRefusal::AlreadyDelivering) => {}
         Err(RetryRefusal::NotFound) => return Err(ApiError::not_found("delivery")),
         Err(RetryRefusal::EndpointDisabled) => {
             return Err(ApiError::new(

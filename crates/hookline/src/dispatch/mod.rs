@@ -16,7 +16,7 @@ pub mod retry;
 pub mod sender;
 
 use crate::model::{Attempt, Endpoint, Timestamp};
-use crate::store::{AttemptRecord, DueDelivery, Outcome, Store};
+use crate::store::{AttemptRecord, DueDelivery, Outcome, RetryRefusal, Store, StoreError};
 use retry::RetrySchedule;
 use sender::{Sender, Target};
 use std::collections::HashMap;
@@ -143,10 +143,26 @@ impl Dispatcher {
         self.inner.submit(due);
     }
 
-    /// Queues a delivery taken outside admission (a manual retry).
-    pub fn submit_unreserved(&self, due: DueDelivery) {
-        self.inner.force_admit(&due.endpoint.id, 1);
-        self.inner.submit(due);
+    /// Takes one delivery of `account_id` for an attempt now, whatever its state (a manual
+    /// retry). Runs in its own task, so a caller that goes away cannot strand the delivery
+    /// between the claim and the queue.
+    pub async fn retry_now(
+        &self,
+        account_id: String,
+        delivery_id: String,
+    ) -> Result<Result<(), RetryRefusal>, StoreError> {
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            let due = match inner.store.claim_for_retry(account_id, delivery_id).await? {
+                Ok(due) => due,
+                Err(refusal) => return Ok(Err(refusal)),
+            };
+            inner.force_admit(&due.endpoint.id, 1);
+            inner.submit(due);
+            Ok(Ok(()))
+        })
+        .await
+        .map_err(|e| StoreError::Commit(format!("retry task failed: {e}")))?
     }
 
     /// Tells the dispatcher an endpoint changed (or was removed: `enabled == false`).
