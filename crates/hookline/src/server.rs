@@ -11,6 +11,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+/// How long a verified API key is trusted without asking the database again.
+const AUTH_CACHE_TTL: Duration = Duration::from_secs(5);
+
 /// Everything `hookline serve` needs.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -63,6 +66,7 @@ pub async fn run(
         dispatcher: dispatcher.clone(),
         rules: Arc::new(config.url_rules.clone()),
         max_body_bytes: config.max_body_bytes,
+        auth_cache: Arc::new(api::extract::AuthCache::new(AUTH_CACHE_TTL)),
     };
     let app = api::router(state);
     let addr = listener

@@ -11,9 +11,45 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// The account of the request's API key (`Authorization: Bearer <key>`).
 pub struct Auth(pub Account);
+
+/// Keys verified in the last few seconds, so that a busy producer does not cost a database
+/// read per request. Entries live `ttl`; only hits of the database are cached, never misses.
+pub struct AuthCache {
+    entries: Mutex<HashMap<String, (Account, Instant)>>,
+    ttl: Duration,
+}
+
+const AUTH_CACHE_MAX: usize = 10_000;
+
+impl AuthCache {
+    pub fn new(ttl: Duration) -> Self {
+        AuthCache {
+            entries: Mutex::new(HashMap::new()),
+            ttl,
+        }
+    }
+
+    fn get(&self, key_hash: &str) -> Option<Account> {
+        let entries = self.entries.lock().ok()?;
+        let (account, at) = entries.get(key_hash)?;
+        (at.elapsed() < self.ttl).then(|| account.clone())
+    }
+
+    fn put(&self, key_hash: String, account: Account) {
+        if let Ok(mut entries) = self.entries.lock() {
+            if entries.len() >= AUTH_CACHE_MAX {
+                entries.clear();
+            }
+            entries.insert(key_hash, (account, Instant::now()));
+        }
+    }
+}
 
 impl FromRequestParts<AppState> for Auth {
     type Rejection = ApiError;
@@ -30,8 +66,15 @@ impl FromRequestParts<AppState> for Auth {
             .map(str::trim)
             .filter(|k| !k.is_empty())
             .ok_or_else(|| ApiError::unauthorized("expected Authorization: Bearer <api key>"))?;
-        match state.store.account_by_key_hash(hash_api_key(key)).await? {
-            Some(account) => Ok(Auth(account)),
+        let hash = hash_api_key(key);
+        if let Some(account) = state.auth_cache.get(&hash) {
+            return Ok(Auth(account));
+        }
+        match state.store.account_by_key_hash(hash.clone()).await? {
+            Some(account) => {
+                state.auth_cache.put(hash, account.clone());
+                Ok(Auth(account))
+            }
             None => Err(ApiError::unauthorized("invalid API key")),
         }
     }

@@ -34,6 +34,7 @@ pub struct AppState {
     pub dispatcher: Dispatcher,
     pub rules: Arc<UrlRules>,
     pub max_body_bytes: usize,
+    pub auth_cache: Arc<extract::AuthCache>,
 }
 
 /// Which endpoint URLs are accepted.

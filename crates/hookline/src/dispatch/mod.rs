@@ -71,6 +71,11 @@ struct Inner {
     planned_wake: AtomicI64,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    /// Finished attempts, on their way to the recorder.
+    records: mpsc::Sender<AttemptRecord>,
+    /// Tells the recorder to write what it holds and stop (after the attempts drained).
+    recorder_stop: CancellationToken,
+    recorder: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 #[derive(Default)]
@@ -98,6 +103,7 @@ impl Dispatcher {
     /// released (`Store::release_all_claims`) before.
     pub fn start(store: Store, config: DispatchConfig, shutdown: CancellationToken) -> Self {
         let sender = Sender::new(config.connect_timeout, config.timeout);
+        let (records, records_rx) = mpsc::channel(RECORD_QUEUE);
         let inner = Arc::new(Inner {
             store,
             config,
@@ -109,9 +115,17 @@ impl Dispatcher {
             planned_wake: AtomicI64::new(0),
             shutdown,
             tasks: TaskTracker::new(),
+            records,
+            recorder_stop: CancellationToken::new(),
+            recorder: Mutex::new(None),
         });
         let poller = inner.clone();
         inner.tasks.spawn(async move { poll_loop(poller).await });
+        let recorder = inner.clone();
+        let handle = tokio::spawn(async move { record_loop(recorder, records_rx).await });
+        if let Ok(mut slot) = inner.recorder.lock() {
+            *slot = Some(handle);
+        }
         Dispatcher { inner }
     }
 
@@ -182,10 +196,16 @@ impl Dispatcher {
         }
     }
 
-    /// Waits (at most `grace`) for the attempts in flight to finish after shutdown began.
+    /// Waits (at most `grace`) for the attempts in flight to finish after shutdown began,
+    /// then lets the recorder write what it holds.
     pub async fn drain(&self, grace: Duration) {
         self.inner.tasks.close();
         let _ = tokio::time::timeout(grace, self.inner.tasks.wait()).await;
+        self.inner.recorder_stop.cancel();
+        let handle = self.inner.recorder.lock().ok().and_then(|mut h| h.take());
+        if let Some(handle) = handle {
+            let _ = tokio::time::timeout(Duration::from_secs(5), handle).await;
+        }
     }
 }
 
@@ -374,28 +394,67 @@ async fn attempt(
         },
         outcome: outcome.clone(),
     };
-    // Recording must not be lost to a passing error; if it still fails, the row stays
-    // `delivering` and is attempted again after the next start (at-least-once).
-    let mut wait = Duration::from_millis(50);
-    for _ in 0..5 {
-        match inner.store.record_attempt(record.clone()).await {
-            Ok(()) => break,
-            Err(e) => {
-                tracing::error!(delivery = %due.delivery_id, error = %e, "recording an attempt failed");
-                tokio::time::sleep(wait).await;
-                wait *= 4;
+    // The recorder writes it, then gives the room back. If the recorder is gone (shutdown),
+    // the row stays `delivering` and is attempted again after the next start.
+    if inner.records.send(record).await.is_err() {
+        inner.release(&target.endpoint_id);
+    }
+}
+
+/// How many finished attempts may wait for the recorder.
+const RECORD_QUEUE: usize = 16 * 1024;
+/// How many attempts one recorder write takes at most.
+const RECORD_BATCH: usize = 1024;
+
+/// Writes finished attempts in batches (one write job for many attempts), then releases
+/// their room and tells the poller about retries.
+async fn record_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<AttemptRecord>) {
+    let mut batch = Vec::with_capacity(RECORD_BATCH);
+    let mut stopping = false;
+    loop {
+        batch.clear();
+        if stopping {
+            while batch.len() < RECORD_BATCH {
+                match rx.try_recv() {
+                    Ok(rec) => batch.push(rec),
+                    Err(_) => break,
+                }
+            }
+            if batch.is_empty() {
+                return;
+            }
+        } else {
+            tokio::select! {
+                biased;
+                n = rx.recv_many(&mut batch, RECORD_BATCH) => if n == 0 { return },
+                _ = inner.recorder_stop.cancelled() => { stopping = true; continue; }
             }
         }
-    }
-    if matches!(outcome, Outcome::Gone)
-        && let Ok(queues) = inner.queues.lock()
-        && let Some(q) = queues.get(&target.endpoint_id)
-    {
-        q.shared.closed.store(true, Ordering::Release);
-    }
-    inner.release(&target.endpoint_id);
-    if let Outcome::RetryAt(at) = outcome {
-        inner.note_due(at);
+        // A passing error must not lose a record; if it still fails, the rows stay
+        // `delivering` and are attempted again after the next start (at-least-once).
+        let mut wait = Duration::from_millis(50);
+        for _ in 0..5 {
+            match inner.store.record_attempts(batch.clone()).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::error!(count = batch.len(), error = %e, "recording attempts failed");
+                    tokio::time::sleep(wait).await;
+                    wait *= 4;
+                }
+            }
+        }
+        for rec in &batch {
+            if matches!(rec.outcome, Outcome::Gone)
+                && let Ok(queues) = inner.queues.lock()
+                && let Some(q) = queues.get(&rec.endpoint_id)
+            {
+                q.shared.closed.store(true, Ordering::Release);
+            }
+            inner.release(&rec.endpoint_id);
+            if let Outcome::RetryAt(at) = rec.outcome {
+                inner.note_due(at);
+            }
+        }
     }
 }
 

@@ -39,6 +39,55 @@ pub struct SqliteStore {
     writer: mpsc::Sender<WriteJob>,
     readers: Arc<ReadPool>,
     path: Arc<PathBuf>,
+    subscribers: Subscribers,
+}
+
+/// Each account's enabled endpoints, as ingest needs them, cached for the writer thread.
+/// Only the writer thread reads or changes it: every endpoint write clears the account's
+/// entry inside its job, and a failed commit clears everything, so the cache never holds
+/// what the database does not.
+#[derive(Clone, Default)]
+struct Subscribers(Arc<Mutex<HashMap<String, EndpointList>>>);
+
+type EndpointList = Arc<Vec<Arc<Endpoint>>>;
+
+impl Subscribers {
+    fn forget(&self, account_id: &str) {
+        if let Ok(mut m) = self.0.lock() {
+            m.remove(account_id);
+        }
+    }
+    fn forget_all(&self) {
+        if let Ok(mut m) = self.0.lock() {
+            m.clear();
+        }
+    }
+    fn get_or_load(
+        &self,
+        c: &Connection,
+        account_id: &str,
+    ) -> Result<Arc<Vec<Arc<Endpoint>>>, StoreError> {
+        if let Some(hit) = self.0.lock().ok().and_then(|m| m.get(account_id).cloned()) {
+            return Ok(hit);
+        }
+        let mut stmt = c
+            .prepare_cached(&format!(
+                "SELECT {ENDPOINT_COLS} FROM endpoints
+                 WHERE account_id = ?1 AND enabled = 1 AND deleted_at IS NULL"
+            ))
+            .ctx("preparing the subscriber lookup")?;
+        let list: Vec<Arc<Endpoint>> = stmt
+            .query_map([account_id], endpoint_from_row)
+            .ctx("finding subscribers")?
+            .map(|r| r.map(Arc::new))
+            .collect::<Result<_, _>>()
+            .ctx("finding subscribers")?;
+        let list = Arc::new(list);
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(account_id.to_owned(), list.clone());
+        }
+        Ok(list)
+    }
 }
 
 struct ReadPool {
@@ -164,9 +213,11 @@ impl SqliteStore {
         let conn = open_connection(&path)?;
         migrate(&conn)?;
         let (tx, rx) = mpsc::channel::<WriteJob>(8192);
+        let subscribers = Subscribers::default();
+        let on_rollback = subscribers.clone();
         std::thread::Builder::new()
             .name("hookline-sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx))
+            .spawn(move || writer_loop(conn, rx, move || on_rollback.forget_all()))
             .map_err(|source| StoreError::Io {
                 context: "starting the writer thread",
                 source,
@@ -185,6 +236,7 @@ impl SqliteStore {
                 permits: Arc::new(Semaphore::new(READERS)),
             }),
             path: Arc::new(path),
+            subscribers,
         })
     }
 
@@ -365,7 +417,9 @@ impl SqliteStore {
     // ---- endpoints -----------------------------------------------------------------------
 
     pub async fn insert_endpoint(&self, ep: Endpoint) -> Result<Endpoint, StoreError> {
+        let subscribers = self.subscribers.clone();
         self.write(move |c| {
+            subscribers.forget(&ep.account_id);
             c.execute(
                 "INSERT INTO endpoints (id, account_id, url, description, event_types, headers,
                     secret, rate_limit_per_sec, enabled, disabled_reason, created_at, updated_at)
@@ -438,7 +492,9 @@ impl SqliteStore {
     where
         F: FnOnce(&mut Endpoint) + Send + 'static,
     {
+        let subscribers = self.subscribers.clone();
         self.write(move |c| {
+            subscribers.forget(&account_id);
             let Some(mut ep) = load_endpoint(c, Some(&account_id), &id)? else {
                 return Ok(None);
             };
@@ -512,20 +568,9 @@ impl SqliteStore {
     where
         A: FnMut(&str) -> bool + Send + 'static,
     {
+        let subscribers = self.subscribers.clone();
         self.write(move |c| {
-            let endpoints: Vec<Arc<Endpoint>> = {
-                let mut stmt = c
-                    .prepare_cached(&format!(
-                        "SELECT {ENDPOINT_COLS} FROM endpoints
-                         WHERE account_id = ?1 AND enabled = 1 AND deleted_at IS NULL"
-                    ))
-                    .ctx("preparing the subscriber lookup")?;
-                stmt.query_map([&account_id], endpoint_from_row)
-                    .ctx("finding subscribers")?
-                    .map(|r| r.map(Arc::new))
-                    .collect::<Result<_, _>>()
-                    .ctx("finding subscribers")?
-            };
+            let endpoints = subscribers.get_or_load(c, &account_id)?;
             let mut ins_event = c
                 .prepare_cached(
                     "INSERT INTO events (id, account_id, type, data, created_at)
@@ -813,59 +858,69 @@ impl SqliteStore {
         .await
     }
 
-    /// Records one attempt and moves its delivery on.
-    pub async fn record_attempt(&self, rec: AttemptRecord) -> Result<(), StoreError> {
+    /// Records attempts and moves their deliveries on, in one job.
+    pub async fn record_attempts(&self, records: Vec<AttemptRecord>) -> Result<(), StoreError> {
+        let subscribers = self.subscribers.clone();
         self.write(move |c| {
-            let a = &rec.attempt;
-            c.prepare_cached(
-                "INSERT OR REPLACE INTO attempts
-                    (delivery_id, attempt, started_at, duration_ms, status_code, error, response_body)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )
-            .ctx("preparing the attempt insert")?
-            .execute(params![
-                rec.delivery_id,
-                a.attempt,
-                a.started_at.0,
-                a.duration_ms as i64,
-                a.status_code,
-                a.error,
-                a.response_body
-            ])
-            .ctx("inserting an attempt")?;
-            let now = Timestamp::now().0;
-            let (status, next, only_if_delivering) = match rec.outcome {
-                Outcome::Succeeded => ("succeeded", None, false),
-                Outcome::RetryAt(t) => ("pending", Some(t.0), true),
-                Outcome::Failed | Outcome::Gone => ("failed", None, true),
-            };
-            c.prepare_cached(
-                "UPDATE deliveries SET status = ?2, attempts = MAX(attempts, ?3),
-                    next_attempt_at = ?4, last_attempt_at = ?5, last_status_code = ?6,
-                    last_error = ?7, updated_at = ?8
-                 WHERE id = ?1 AND (?9 = 0 OR status = 'delivering')",
-            )
-            .ctx("preparing the delivery update")?
-            .execute(params![
-                rec.delivery_id,
-                status,
-                a.attempt,
-                next,
-                a.started_at.0,
-                a.status_code,
-                a.error,
-                now,
-                only_if_delivering
-            ])
-            .ctx("updating a delivery")?;
-            if matches!(rec.outcome, Outcome::Gone) {
-                c.execute(
-                    "UPDATE endpoints SET enabled = 0, disabled_reason = ?2, updated_at = ?3
-                     WHERE id = ?1",
-                    params![rec.endpoint_id, "the endpoint answered 410 Gone", now],
+            let mut insert = c
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO attempts (delivery_id, attempt, started_at,
+                        duration_ms, status_code, error, response_body)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 )
-                .ctx("disabling a gone endpoint")?;
-                fail_open_deliveries(c, &rec.endpoint_id, "endpoint answered 410 Gone")?;
+                .ctx("preparing the attempt insert")?;
+            let mut update = c
+                .prepare_cached(
+                    "UPDATE deliveries SET status = ?2, attempts = MAX(attempts, ?3),
+                        next_attempt_at = ?4, last_attempt_at = ?5, last_status_code = ?6,
+                        last_error = ?7, updated_at = ?8
+                     WHERE id = ?1 AND (?9 = 0 OR status = 'delivering')",
+                )
+                .ctx("preparing the delivery update")?;
+            let now = Timestamp::now().0;
+            for rec in &records {
+                let a = &rec.attempt;
+                insert
+                    .execute(params![
+                        rec.delivery_id,
+                        a.attempt,
+                        a.started_at.0,
+                        a.duration_ms as i64,
+                        a.status_code,
+                        a.error,
+                        a.response_body
+                    ])
+                    .ctx("inserting an attempt")?;
+                // A failure moves a delivery on only while it is still ours (`delivering`):
+                // one whose endpoint was disabled meanwhile stays `failed`.
+                let (status, next, only_if_delivering) = match rec.outcome {
+                    Outcome::Succeeded => ("succeeded", None, false),
+                    Outcome::RetryAt(t) => ("pending", Some(t.0), true),
+                    Outcome::Failed | Outcome::Gone => ("failed", None, true),
+                };
+                update
+                    .execute(params![
+                        rec.delivery_id,
+                        status,
+                        a.attempt,
+                        next,
+                        a.started_at.0,
+                        a.status_code,
+                        a.error,
+                        now,
+                        only_if_delivering
+                    ])
+                    .ctx("updating a delivery")?;
+                if matches!(rec.outcome, Outcome::Gone) {
+                    c.execute(
+                        "UPDATE endpoints SET enabled = 0, disabled_reason = ?2, updated_at = ?3
+                         WHERE id = ?1",
+                        params![rec.endpoint_id, "the endpoint answered 410 Gone", now],
+                    )
+                    .ctx("disabling a gone endpoint")?;
+                    fail_open_deliveries(c, &rec.endpoint_id, "endpoint answered 410 Gone")?;
+                    subscribers.forget_all();
+                }
             }
             Ok(())
         })
@@ -951,7 +1006,7 @@ fn in_savepoint<T>(
     }
 }
 
-fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<WriteJob>) {
+fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<WriteJob>, on_rollback: impl Fn()) {
     let mut batch: Vec<WriteJob> = Vec::with_capacity(MAX_GROUP);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -970,6 +1025,7 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<WriteJob>) {
                 Err(e) => {
                     tracing::error!(error = %e, "group commit failed");
                     let _ = conn.execute_batch("ROLLBACK");
+                    on_rollback();
                     Err(e.to_string())
                 }
             },
