@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Receiver, Reply, TestServer, verify_with_standardwebhooks};
+use common::{Receiver, Reply, TestServer, eventually, verify_with_standardwebhooks};
 use serde_json::json;
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -289,4 +289,64 @@ async fn pending_deliveries_resume_after_a_restart() {
         ep["secret"].as_str().unwrap(),
         rx.got("later").last().unwrap(),
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_endpoint_trips_its_breaker_and_its_backlog_drains_when_it_is_back() {
+    let rx = Receiver::start().await;
+    rx.always("dead", Reply::Status(503));
+    let s = TestServer::start_with(|c| {
+        // Without the breaker's pull-forward, failed deliveries would wait an hour.
+        c.dispatch.retry = hookline::dispatch::retry::RetrySchedule::parse("1h,1h,1h").unwrap();
+        c.dispatch.concurrency_per_endpoint = 1;
+        c.dispatch.breaker_threshold = 3;
+        c.dispatch.breaker_probe_max = Duration::from_millis(1000);
+    })
+    .await;
+    s.endpoint(&rx.url("dead"), &["*"]).await;
+    let mut events = Vec::new();
+    for i in 0..30 {
+        events.push(s.event("click", json!({"i": i})).await);
+    }
+    rx.wait_for("dead", 4).await; // three failures, then at least one probe
+    // The breaker is open: the dead endpoint is not hammered with every delivery.
+    let hammered = rx.got("dead").len();
+    assert!(
+        hammered < 30,
+        "{hammered} requests: every delivery was attempted"
+    );
+    let mut parked = 0;
+    for ev in &events {
+        let (_, d) = s
+            .get(&format!(
+                "/v1/deliveries/{}",
+                ev["deliveries"][0]["id"].as_str().unwrap()
+            ))
+            .await;
+        assert_ne!(d["status"], "failed", "{d}");
+        if d["attempt_count"] == 0 {
+            parked += 1;
+        }
+    }
+    assert!(parked > 0, "no delivery was held back by the breaker");
+
+    rx.always("dead", Reply::Status(200));
+    let got = eventually(
+        "every event to arrive once the endpoint is back",
+        || async {
+            let ids: BTreeSet<String> = rx
+                .got("dead")
+                .iter()
+                .filter(|r| !r.body.is_empty())
+                .map(|r| r.header("webhook-id").to_owned())
+                .collect();
+            (ids.len() == 30).then_some(ids)
+        },
+    )
+    .await;
+    assert_eq!(got.len(), 30);
+    for ev in &events {
+        s.wait_delivery(ev["deliveries"][0]["id"].as_str().unwrap(), "succeeded")
+            .await;
+    }
 }

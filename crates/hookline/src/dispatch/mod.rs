@@ -8,6 +8,13 @@
 //! - **Bounded memory.** The dispatcher holds at most `max_in_memory` deliveries (and
 //!   `max_per_endpoint` per endpoint). What it cannot admit stays `pending` in the database
 //!   and the poller takes it when there is room.
+//! - **Circuit breaker.** After `breaker_threshold` consecutive failures an endpoint's breaker
+//!   opens: its deliveries are no longer attempted but wait, `pending`, in the database; one
+//!   *probe* delivery is tried after 1 s, then at doubling intervals up to
+//!   `breaker_probe_max`. The first success closes the breaker and makes every pending
+//!   delivery of the endpoint due at once, so a backlog drains as soon as the endpoint is
+//!   back instead of at each delivery's next backoff step. Deliveries that wait out the whole
+//!   retry schedule behind an open breaker end as `failed`.
 //! - **The database is the truth.** A delivery is `delivering` in the database exactly while
 //!   this process holds it. The poller takes deliveries that are `pending` and due (retries,
 //!   overflow, and after a restart everything a dead process held).
@@ -36,6 +43,10 @@ pub struct DispatchConfig {
     pub concurrency_per_endpoint: usize,
     pub max_in_memory: usize,
     pub max_per_endpoint: usize,
+    /// Consecutive failures that open an endpoint's circuit breaker.
+    pub breaker_threshold: u32,
+    /// The longest wait between two probes of an endpoint whose breaker is open.
+    pub breaker_probe_max: Duration,
 }
 
 impl Default for DispatchConfig {
@@ -47,6 +58,8 @@ impl Default for DispatchConfig {
             concurrency_per_endpoint: 32,
             max_in_memory: 50_000,
             max_per_endpoint: 10_000,
+            breaker_threshold: 10,
+            breaker_probe_max: Duration::from_secs(10),
         }
     }
 }
@@ -82,6 +95,31 @@ struct Inner {
 struct Admission {
     total: usize,
     per_endpoint: HashMap<String, usize>,
+    /// Endpoints that failed lately; absent means healthy.
+    breakers: HashMap<String, Breaker>,
+}
+
+/// An endpoint's run of failures, and its breaker.
+#[derive(Debug)]
+struct Breaker {
+    failures: u32,
+    open: bool,
+    /// When the next probe may go (ms since epoch), while open.
+    next_probe: i64,
+    backoff_ms: i64,
+    probing: bool,
+}
+
+/// The first wait before probing an endpoint whose breaker just opened.
+const FIRST_PROBE_MS: i64 = 1000;
+
+/// What the breaker says about one delivery about to be attempted.
+#[derive(Debug, PartialEq, Eq)]
+enum Gate {
+    Go,
+    Probe,
+    /// Give it back to the database without an attempt.
+    Park,
 }
 
 struct QueueHandle {
@@ -135,6 +173,9 @@ impl Dispatcher {
         let Ok(mut a) = self.inner.admission.lock() else {
             return false;
         };
+        if a.breakers.get(endpoint_id).is_some_and(|b| b.open) {
+            return false; // it waits in the database until the endpoint is back
+        }
         let here = a.per_endpoint.get(endpoint_id).copied().unwrap_or(0);
         if a.total >= cfg.max_in_memory || here >= cfg.max_per_endpoint {
             drop(a);
@@ -238,8 +279,91 @@ impl Inner {
             return 0;
         };
         let here = a.per_endpoint.get(endpoint_id).copied().unwrap_or(0);
-        (self.config.max_per_endpoint.saturating_sub(here))
-            .min(self.config.max_in_memory.saturating_sub(a.total))
+        let room = (self.config.max_per_endpoint.saturating_sub(here))
+            .min(self.config.max_in_memory.saturating_sub(a.total));
+        match a.breakers.get(endpoint_id) {
+            // An open breaker takes one delivery at a time, as a probe, when one is due.
+            Some(b) if b.open => {
+                let probe_due = !b.probing && b.next_probe <= Timestamp::now().0 && here == 0;
+                room.min(usize::from(probe_due))
+            }
+            _ => room,
+        }
+    }
+
+    /// Whether to attempt a delivery of `endpoint_id` now.
+    fn gate(&self, endpoint_id: &str) -> Gate {
+        let Ok(mut a) = self.admission.lock() else {
+            return Gate::Go;
+        };
+        match a.breakers.get_mut(endpoint_id) {
+            Some(b) if b.open => {
+                if !b.probing && b.next_probe <= Timestamp::now().0 {
+                    b.probing = true;
+                    Gate::Probe
+                } else {
+                    Gate::Park
+                }
+            }
+            _ => Gate::Go,
+        }
+    }
+
+    /// Feeds an attempt's result to the endpoint's breaker. Returns true when this success
+    /// closed an open breaker (the endpoint is back).
+    fn breaker_result(&self, endpoint_id: &str, success: bool, probe: bool) -> bool {
+        let Ok(mut a) = self.admission.lock() else {
+            return false;
+        };
+        if success {
+            return a.breakers.remove(endpoint_id).is_some_and(|b| b.open);
+        }
+        let now = Timestamp::now().0;
+        let max_ms = self.config.breaker_probe_max.as_millis() as i64;
+        let threshold = self.config.breaker_threshold.max(1);
+        let b = a.breakers.entry(endpoint_id.to_owned()).or_insert(Breaker {
+            failures: 0,
+            open: false,
+            next_probe: 0,
+            backoff_ms: FIRST_PROBE_MS,
+            probing: false,
+        });
+        b.failures = b.failures.saturating_add(1);
+        if b.open && probe {
+            b.probing = false;
+            b.backoff_ms = (b.backoff_ms * 2).min(max_ms.max(FIRST_PROBE_MS));
+            b.next_probe = now + b.backoff_ms;
+        } else if !b.open && b.failures >= threshold {
+            tracing::warn!(endpoint = %endpoint_id, failures = b.failures, "circuit breaker opened");
+            b.open = true;
+            b.backoff_ms = FIRST_PROBE_MS;
+            b.next_probe = now + FIRST_PROBE_MS;
+        }
+        false
+    }
+
+    /// The earliest time a probe is due, over every open breaker.
+    fn next_probe(&self) -> Option<i64> {
+        let a = self.admission.lock().ok()?;
+        a.breakers
+            .values()
+            .filter(|b| b.open && !b.probing)
+            .map(|b| b.next_probe)
+            .min()
+    }
+
+    /// Endpoints whose breaker is open.
+    fn open_breakers(&self) -> Vec<String> {
+        self.admission
+            .lock()
+            .map(|a| {
+                a.breakers
+                    .iter()
+                    .filter(|(_, b)| b.open)
+                    .map(|(id, _)| id.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     fn submit(self: &Arc<Self>, due: DueDelivery) {
@@ -343,10 +467,30 @@ async fn endpoint_worker(
             _ = inner.shutdown.cancelled() => return,
             p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
         };
+        // A manual retry of an ended delivery is attempted whatever the breaker says.
+        let gate = if due.manual_after_end {
+            Gate::Go
+        } else {
+            inner.gate(&endpoint_id)
+        };
+        if gate == Gate::Park {
+            drop(permit);
+            let record = AttemptRecord {
+                delivery_id: due.delivery_id,
+                endpoint_id: endpoint_id.clone(),
+                attempt: None,
+                outcome: Outcome::Released,
+            };
+            if inner.records.send(record).await.is_err() {
+                inner.release(&endpoint_id);
+            }
+            continue;
+        }
         let me = inner.clone();
+        let probe = gate == Gate::Probe;
         inner
             .tasks
-            .spawn(async move { attempt(me, due, t, permit).await });
+            .spawn(async move { attempt(me, due, t, permit, probe).await });
     }
 }
 
@@ -355,6 +499,7 @@ async fn attempt(
     due: DueDelivery,
     target: Arc<Target>,
     permit: OwnedSemaphorePermit,
+    probe: bool,
 ) {
     let number = due.attempts + 1;
     let started_at = Timestamp::now();
@@ -363,6 +508,13 @@ async fn attempt(
         .send(&target, &due.event_id, due.payload.clone())
         .await;
     drop(permit);
+    if inner.breaker_result(&target.endpoint_id, result.is_success(), probe) {
+        tracing::info!(endpoint = %target.endpoint_id, "endpoint is back; its backlog is due now");
+        match inner.store.pull_forward(target.endpoint_id.clone()).await {
+            Ok(_) => inner.poke.notify_one(),
+            Err(e) => tracing::error!(error = %e, "making a recovered endpoint's deliveries due"),
+        }
+    }
 
     let status = result.status.map(|s| s.as_u16());
     let outcome = if result.is_success() {
@@ -384,14 +536,14 @@ async fn attempt(
     let record = AttemptRecord {
         delivery_id: due.delivery_id.clone(),
         endpoint_id: target.endpoint_id.clone(),
-        attempt: Attempt {
+        attempt: Some(Attempt {
             attempt: number,
             started_at,
             duration_ms: result.duration.as_millis() as u64,
             status_code: status,
             error: result.error,
             response_body: result.body,
-        },
+        }),
         outcome: outcome.clone(),
     };
     // The recorder writes it, then gives the room back. If the recorder is gone (shutdown),
@@ -463,10 +615,28 @@ const POLL_MAX_SLEEP: Duration = Duration::from_secs(5);
 /// The shortest pause between two polls.
 const POLL_MIN_GAP: Duration = Duration::from_millis(10);
 
+/// How often deliveries waiting behind open breakers are checked for expiry.
+const STALE_SWEEP: Duration = Duration::from_secs(60);
+
 async fn poll_loop(inner: Arc<Inner>) {
+    let mut last_sweep = tokio::time::Instant::now();
     loop {
         if inner.shutdown.is_cancelled() {
             return;
+        }
+        if last_sweep.elapsed() >= STALE_SWEEP {
+            last_sweep = tokio::time::Instant::now();
+            let before =
+                Timestamp(Timestamp::now().0 - inner.config.retry.total().as_millis() as i64);
+            for ep in inner.open_breakers() {
+                match inner.store.fail_stale(ep.clone(), before).await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::warn!(endpoint = %ep, count = n, "deliveries waited out the retry schedule")
+                    }
+                    Err(e) => tracing::error!(error = %e, "ending stale deliveries failed"),
+                }
+            }
         }
         inner.starved.store(false, Ordering::Release);
         let now = Timestamp::now();
@@ -500,6 +670,10 @@ async fn poll_loop(inner: Arc<Inner>) {
             }
             Some(t) => t.0.min(cap),
             None => cap,
+        };
+        let wake = match inner.next_probe() {
+            Some(p) => wake.min(p.max(now.0)),
+            None => wake,
         };
         inner.planned_wake.store(wake, Ordering::Release);
         let sleep = Duration::from_millis((wake - now.0).max(0) as u64);

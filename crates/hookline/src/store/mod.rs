@@ -113,6 +113,9 @@ pub enum Outcome {
     Failed,
     /// The endpoint answered 410 Gone: disable it and end all its open deliveries.
     Gone,
+    /// Not attempted (the endpoint's circuit breaker is open): back to `pending`, due now,
+    /// for when the endpoint is back.
+    Released,
 }
 
 /// The result of one attempt, to record.
@@ -120,7 +123,8 @@ pub enum Outcome {
 pub struct AttemptRecord {
     pub delivery_id: String,
     pub endpoint_id: String,
-    pub attempt: crate::model::Attempt,
+    /// `None` for a delivery given back without an attempt ([`Outcome::Released`]).
+    pub attempt: Option<crate::model::Attempt>,
     pub outcome: Outcome,
 }
 

@@ -877,9 +877,20 @@ impl SqliteStore {
                      WHERE id = ?1 AND (?9 = 0 OR status = 'delivering')",
                 )
                 .ctx("preparing the delivery update")?;
+            let mut release = c
+                .prepare_cached(
+                    "UPDATE deliveries SET status = 'pending', next_attempt_at = ?2, updated_at = ?2
+                     WHERE id = ?1 AND status = 'delivering'",
+                )
+                .ctx("preparing the release")?;
             let now = Timestamp::now().0;
             for rec in &records {
-                let a = &rec.attempt;
+                let Some(a) = &rec.attempt else {
+                    release
+                        .execute(params![rec.delivery_id, now])
+                        .ctx("releasing a delivery")?;
+                    continue;
+                };
                 insert
                     .execute(params![
                         rec.delivery_id,
@@ -897,6 +908,7 @@ impl SqliteStore {
                     Outcome::Succeeded => ("succeeded", None, false),
                     Outcome::RetryAt(t) => ("pending", Some(t.0), true),
                     Outcome::Failed | Outcome::Gone => ("failed", None, true),
+                    Outcome::Released => ("pending", Some(now), true),
                 };
                 update
                     .execute(params![
@@ -923,6 +935,39 @@ impl SqliteStore {
                 }
             }
             Ok(())
+        })
+        .await
+    }
+
+    /// Makes every `pending` delivery of an endpoint due now (the endpoint is back).
+    pub async fn pull_forward(&self, endpoint_id: String) -> Result<usize, StoreError> {
+        self.write(move |c| {
+            let now = Timestamp::now().0;
+            c.execute(
+                "UPDATE deliveries SET next_attempt_at = ?2
+                 WHERE endpoint_id = ?1 AND status = 'pending' AND next_attempt_at > ?2",
+                params![endpoint_id, now],
+            )
+            .ctx("making an endpoint's deliveries due")
+        })
+        .await
+    }
+
+    /// Ends as `failed` the `pending` deliveries of an endpoint created before `before`
+    /// (they waited out the whole retry schedule while the endpoint was unreachable).
+    pub async fn fail_stale(
+        &self,
+        endpoint_id: String,
+        before: Timestamp,
+    ) -> Result<usize, StoreError> {
+        self.write(move |c| {
+            c.execute(
+                "UPDATE deliveries SET status = 'failed', next_attempt_at = NULL, updated_at = ?3,
+                    last_error = COALESCE(last_error, 'the endpoint was unreachable for the whole retry schedule')
+                 WHERE endpoint_id = ?1 AND status = 'pending' AND created_at < ?2",
+                params![endpoint_id, before.0, Timestamp::now().0],
+            )
+            .ctx("ending deliveries that waited out the schedule")
         })
         .await
     }
