@@ -40,6 +40,12 @@ pub enum Scenario {
     Throughput,
     /// Open loop at `--rate` events/s, single-event requests.
     Latency,
+    /// The endpoint is down (503) while `--events` (default 1,000,000) queue, then comes
+    /// back: RSS, and how fast the backlog drains.
+    Backlog,
+    /// Open loop to `--fanout` healthy endpoints, without and then with one more endpoint
+    /// that never answers: the healthy endpoints' latency in both.
+    Isolation,
 }
 
 /// `hookline bench` options.
@@ -107,6 +113,23 @@ pub struct Phase {
     pub bad_signatures: u64,
     pub latency_ms: Percentiles,
     pub server_peak_rss_mb: Option<f64>,
+    /// Backlog only: deliveries/s from the endpoint's return to the last receipt.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drain_per_sec: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drain_ratio_to_raw: Option<f64>,
+    /// Backlog only: from the endpoint's return to the first delivery.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub back_to_first_ms: Option<f64>,
+}
+
+/// The endpoints of a phase.
+#[derive(Clone, Copy, Debug, Default)]
+struct Setup {
+    /// Extra endpoints that never answer.
+    hanging: usize,
+    /// The endpoints answer 503 until every event is accepted.
+    down_during_ingest: bool,
 }
 
 #[derive(Serialize, Debug, Default)]
@@ -160,16 +183,47 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
         Scenario::Raw => {}
         Scenario::Throughput => {
             let n = args.events.unwrap_or(20_000);
-            phases.push(end_to_end(&args, &secret, raw, Load::Closed { batch: 1 }, n).await?);
-            let batch = args.batch.clamp(1, 1000);
-            phases.push(end_to_end(&args, &secret, raw, Load::Closed { batch }, n).await?);
+            let single = Load::Closed { batch: 1 };
+            phases.push(end_to_end(&args, &secret, raw, single, n, Setup::default()).await?);
+            let batch = Load::Closed {
+                batch: args.batch.clamp(1, 1000),
+            };
+            phases.push(end_to_end(&args, &secret, raw, batch, n, Setup::default()).await?);
         }
         Scenario::Latency => {
             let n = args.events.unwrap_or(args.rate * args.seconds);
             let load = Load::Open {
                 rate: args.rate.max(1),
             };
-            phases.push(end_to_end(&args, &secret, raw, load, n).await?);
+            phases.push(end_to_end(&args, &secret, raw, load, n, Setup::default()).await?);
+        }
+        Scenario::Backlog => {
+            let n = args.events.unwrap_or(1_000_000);
+            let load = Load::Closed {
+                batch: args.batch.clamp(1, 1000),
+            };
+            let setup = Setup {
+                down_during_ingest: true,
+                ..Setup::default()
+            };
+            phases.push(end_to_end(&args, &secret, raw, load, n, setup).await?);
+        }
+        Scenario::Isolation => {
+            let n = args.events.unwrap_or(args.rate * args.seconds);
+            let load = Load::Open {
+                rate: args.rate.max(1),
+            };
+            phases.push(end_to_end(&args, &secret, raw, load, n, Setup::default()).await?);
+            let hang = Setup {
+                hanging: 1,
+                ..Setup::default()
+            };
+            phases.push(end_to_end(&args, &secret, raw, load, n, hang).await?);
+            let (calm, disturbed) = (phases[0].latency_ms.p99, phases[1].latency_ms.p99);
+            println!(
+                "isolation: healthy p99 {calm:.2} ms alone, {disturbed:.2} ms beside a hanging endpoint ({:+.1} %)",
+                (disturbed / calm.max(1e-9) - 1.0) * 100.0
+            );
         }
     }
     let report = Report {
@@ -184,6 +238,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
 }
 
 fn print_table(r: &Report) {
+    for p in &r.phases {
+        if let (Some(d), Some(ratio)) = (p.drain_per_sec, p.drain_ratio_to_raw) {
+            println!(
+                "{}: backlog drained at {d:.0} deliveries/s ({:.1} % of raw), first delivery {:.0} ms after the endpoint came back",
+                p.name,
+                ratio * 100.0,
+                p.back_to_first_ms.unwrap_or(0.0)
+            );
+        }
+    }
     println!(
         "{:<22} {:>8} {:>10} {:>11} {:>7} {:>6} {:>5} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
         "phase",
@@ -356,6 +420,7 @@ async fn end_to_end(
     raw: f64,
     load: Load,
     events: u64,
+    setup: Setup,
 ) -> anyhow::Result<Phase> {
     let epoch = Instant::now();
     let sink = Sink::start(Verifier::new(vec![secret.clone()]), epoch).await?;
@@ -368,8 +433,18 @@ async fn end_to_end(
         }
     };
     let http = client(args.concurrency.max(64));
-    for i in 0..args.fanout.max(1) {
-        let body = json!({"url": sink.url(&format!("/ok/{i}")), "event_types": ["*"],
+    sink.down.store(setup.down_during_ingest, Ordering::Release);
+    let kind = if setup.down_during_ingest {
+        "down"
+    } else {
+        "ok"
+    };
+    let mut paths: Vec<String> = (0..args.fanout.max(1))
+        .map(|i| format!("/{kind}/{i}"))
+        .collect();
+    paths.extend((0..setup.hanging).map(|i| format!("/hang/{i}")));
+    for path in &paths {
+        let body = json!({"url": sink.url(path), "event_types": ["*"],
                           "secret": secret.to_string()});
         let (status, resp) = post_json(
             &http,
@@ -450,6 +525,14 @@ async fn end_to_end(
     let accepted = accepted.load(Ordering::Relaxed);
     let rejected = rejected.load(Ordering::Relaxed);
     let expected = accepted * args.fanout.max(1) as u64;
+    let name = match (setup.down_during_ingest, setup.hanging) {
+        (true, _) => format!("backlog {events}"),
+        (false, 0) => name,
+        (false, h) => format!("{name} +{h} hanging"),
+    };
+    let back = Instant::now();
+    let before_back = sink.distinct();
+    sink.down.store(false, Ordering::Release);
 
     // Wait for every delivery, or until nothing arrives for 15 s.
     let mut last = (sink.distinct(), Instant::now());
@@ -472,6 +555,18 @@ async fn end_to_end(
         .last_receipt
         .map_or(ingest_secs, |t| t.duration_since(start).as_secs_f64());
     let delivered_per_sec = delivered as f64 / span.max(1e-9);
+    let (drain_per_sec, back_to_first_ms) = if setup.down_during_ingest {
+        let drained = delivered.saturating_sub(before_back as u64) as f64;
+        let span = tally
+            .last_receipt
+            .map_or(0.0, |t| t.saturating_duration_since(back).as_secs_f64());
+        let first = tally
+            .first_receipt_after(back)
+            .map(|t| t.saturating_duration_since(back).as_secs_f64() * 1000.0);
+        (Some(drained / span.max(1e-9)), first)
+    } else {
+        (None, None)
+    };
     Ok(Phase {
         name,
         mode,
@@ -493,6 +588,9 @@ async fn end_to_end(
         bad_signatures: sink.bad_signatures.load(Ordering::Relaxed),
         latency_ms: Percentiles::of(tally.latencies_us.clone()),
         server_peak_rss_mb: server.as_ref().and_then(ServerProcess::peak_rss_mb),
+        drain_per_sec,
+        drain_ratio_to_raw: drain_per_sec.map(|d| if raw > 0.0 { d / raw } else { 0.0 }),
+        back_to_first_ms,
     })
 }
 

@@ -28,6 +28,22 @@ pub struct Tally {
     pub latencies_us: Vec<u64>,
     /// When the last first receipt arrived.
     pub last_receipt: Option<Instant>,
+    /// Every first receipt's time, in microseconds since the sink's epoch.
+    pub receipts_us: Vec<u64>,
+    epoch: Option<Instant>,
+}
+
+impl Tally {
+    /// The first receipt at or after `t`.
+    pub fn first_receipt_after(&self, t: Instant) -> Option<Instant> {
+        let epoch = self.epoch?;
+        let from = t.saturating_duration_since(epoch).as_micros() as u64;
+        self.receipts_us
+            .iter()
+            .filter(|&&r| r >= from)
+            .min()
+            .map(|&r| epoch + Duration::from_micros(r))
+    }
 }
 
 /// The sink's shared state.
@@ -60,7 +76,10 @@ impl Sink {
         let sink = Arc::new(Sink {
             addr: listener.local_addr()?,
             epoch,
-            tally: Mutex::new(Tally::default()),
+            tally: Mutex::new(Tally {
+                epoch: Some(epoch),
+                ..Tally::default()
+            }),
             requests: AtomicU64::new(0),
             bad_signatures: AtomicU64::new(0),
             down: AtomicBool::new(false),
@@ -136,10 +155,11 @@ impl Sink {
             let n = t.seen.entry((path, env.id)).or_insert(0);
             *n += 1;
             if *n == 1 {
+                let at = arrived.duration_since(self.epoch).as_micros() as u64;
                 if let Some(sent) = sent_us {
-                    let at = arrived.duration_since(self.epoch).as_micros() as u64;
                     t.latencies_us.push(at.saturating_sub(sent));
                 }
+                t.receipts_us.push(at);
                 t.last_receipt = Some(arrived);
             }
         }

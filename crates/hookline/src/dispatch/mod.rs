@@ -26,7 +26,7 @@ use crate::model::{Attempt, Endpoint, Timestamp};
 use crate::store::{AttemptRecord, DueDelivery, Outcome, RetryRefusal, Store, StoreError};
 use retry::RetrySchedule;
 use sender::{Sender, Target};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -78,8 +78,6 @@ struct Inner {
     queues: Mutex<HashMap<String, QueueHandle>>,
     /// Wakes the poller early.
     poke: Notify,
-    /// Set when due work was left in the database for want of room.
-    starved: AtomicBool,
     /// When the poller plans to wake next (ms since epoch).
     planned_wake: AtomicI64,
     shutdown: CancellationToken,
@@ -97,6 +95,11 @@ struct Admission {
     per_endpoint: HashMap<String, usize>,
     /// Endpoints that failed lately; absent means healthy.
     breakers: HashMap<String, Breaker>,
+    /// Endpoints that left due work in the database for want of room of their own: a release
+    /// of theirs wakes the poller.
+    starved: HashSet<String>,
+    /// Due work was left in the database for want of room overall: any release wakes it.
+    globally_starved: bool,
 }
 
 /// An endpoint's run of failures, and its breaker.
@@ -149,7 +152,6 @@ impl Dispatcher {
             admission: Mutex::new(Admission::default()),
             queues: Mutex::new(HashMap::new()),
             poke: Notify::new(),
-            starved: AtomicBool::new(true),
             planned_wake: AtomicI64::new(0),
             shutdown,
             tasks: TaskTracker::new(),
@@ -177,9 +179,12 @@ impl Dispatcher {
             return false; // it waits in the database until the endpoint is back
         }
         let here = a.per_endpoint.get(endpoint_id).copied().unwrap_or(0);
-        if a.total >= cfg.max_in_memory || here >= cfg.max_per_endpoint {
-            drop(a);
-            self.inner.starved.store(true, Ordering::Release);
+        if a.total >= cfg.max_in_memory {
+            a.globally_starved = true;
+            return false;
+        }
+        if here >= cfg.max_per_endpoint {
+            a.starved.insert(endpoint_id.to_owned());
             return false;
         }
         a.total += 1;
@@ -252,6 +257,7 @@ impl Dispatcher {
 
 impl Inner {
     fn release(&self, endpoint_id: &str) {
+        let mut wake = false;
         if let Ok(mut a) = self.admission.lock() {
             a.total = a.total.saturating_sub(1);
             if let Some(n) = a.per_endpoint.get_mut(endpoint_id) {
@@ -260,8 +266,11 @@ impl Inner {
                     a.per_endpoint.remove(endpoint_id);
                 }
             }
+            // Only a release that makes room where work is waiting wakes the poller, so a
+            // busy endpoint's traffic does not keep it polling for a stuck one.
+            wake = std::mem::take(&mut a.globally_starved) | a.starved.remove(endpoint_id);
         }
-        if self.starved.load(Ordering::Acquire) {
+        if wake {
             self.poke.notify_one();
         }
     }
@@ -273,14 +282,22 @@ impl Inner {
         }
     }
 
-    /// How many more deliveries of `endpoint_id` may be taken now.
+    /// How many more deliveries of `endpoint_id` may be taken now. An endpoint (or the
+    /// whole dispatcher) with no room left is marked starved, so its next release wakes the
+    /// poller.
     fn room(&self, endpoint_id: &str) -> usize {
-        let Ok(a) = self.admission.lock() else {
+        let Ok(mut a) = self.admission.lock() else {
             return 0;
         };
         let here = a.per_endpoint.get(endpoint_id).copied().unwrap_or(0);
-        let room = (self.config.max_per_endpoint.saturating_sub(here))
-            .min(self.config.max_in_memory.saturating_sub(a.total));
+        let own = self.config.max_per_endpoint.saturating_sub(here);
+        let overall = self.config.max_in_memory.saturating_sub(a.total);
+        if overall == 0 {
+            a.globally_starved = true;
+        } else if own == 0 {
+            a.starved.insert(endpoint_id.to_owned());
+        }
+        let room = own.min(overall);
         match a.breakers.get(endpoint_id) {
             // An open breaker takes one delivery at a time, as a probe, when one is due.
             Some(b) if b.open => {
@@ -638,17 +655,38 @@ async fn poll_loop(inner: Arc<Inner>) {
                 }
             }
         }
-        inner.starved.store(false, Ordering::Release);
         let now = Timestamp::now();
         let room_of = inner.clone();
-        match inner.store.claim_due(now, move |ep| room_of.room(ep)).await {
+        let offered: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+        let offered_in = offered.clone();
+        let room = move |ep: &str| {
+            let n = room_of.room(ep);
+            if n > 0
+                && let Ok(mut o) = offered_in.lock()
+            {
+                o.insert(ep.to_owned(), n);
+            }
+            n
+        };
+        match inner.store.claim_due(now, room).await {
             Ok(due) => {
                 if !due.is_empty() {
                     tracing::debug!(count = due.len(), "took due deliveries");
                 }
+                let mut taken: HashMap<String, usize> = HashMap::new();
                 for d in due {
+                    *taken.entry(d.endpoint.id.clone()).or_default() += 1;
                     inner.force_admit(&d.endpoint.id, 1);
                     inner.submit(d);
+                }
+                // An endpoint that filled all the room offered may have more waiting.
+                let offered = offered.lock().map(|o| o.clone()).unwrap_or_default();
+                if let Ok(mut a) = inner.admission.lock() {
+                    for (ep, n) in taken {
+                        if offered.get(&ep) == Some(&n) {
+                            a.starved.insert(ep);
+                        }
+                    }
                 }
             }
             Err(e) => tracing::error!(error = %e, "taking due deliveries failed"),
@@ -663,11 +701,9 @@ async fn poll_loop(inner: Arc<Inner>) {
         let now = Timestamp::now();
         let cap = now.0 + POLL_MAX_SLEEP.as_millis() as i64;
         let wake = match next {
-            // Due now but no room: wait for room (a release pokes) or the cap.
-            Some(t) if t.0 <= now.0 => {
-                inner.starved.store(true, Ordering::Release);
-                cap
-            }
+            // Due now but no room (full queues or open breakers): a release of a starved
+            // endpoint, a probe's time or the cap wakes the poller.
+            Some(t) if t.0 <= now.0 => cap,
             Some(t) => t.0.min(cap),
             None => cap,
         };

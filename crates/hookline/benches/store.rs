@@ -1,0 +1,159 @@
+//! The store's hot operations on a real SQLite file (WAL, fsync on commit): ingest with
+//! fan-out, recording attempts, and the poller's claim.
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use hookline::model::{Attempt, Endpoint, Plan, Timestamp, new_id};
+use hookline::store::{AttemptRecord, NewEvent, Outcome, Store};
+use serde_json::value::RawValue;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+fn endpoint(account_id: &str, n: usize) -> Endpoint {
+    let now = Timestamp::now();
+    Endpoint {
+        id: new_id("ep"),
+        account_id: account_id.to_owned(),
+        url: format!("https://example.com/{n}"),
+        description: String::new(),
+        event_types: vec!["*".into()],
+        headers: BTreeMap::new(),
+        rate_limit_per_sec: None,
+        enabled: true,
+        disabled_reason: None,
+        created_at: now,
+        updated_at: now,
+        secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+    }
+}
+
+fn events(n: usize) -> Vec<NewEvent> {
+    (0..n)
+        .map(|i| NewEvent {
+            id: new_id("evt"),
+            event_type: "click".into(),
+            data: RawValue::from_string(format!(
+                r#"{{"message":{{"message_id":"m-{i}","recipient":"a@example.com"}},"url":"https://example.com","first_click":true}}"#
+            ))
+            .unwrap(),
+            created_at: Timestamp::now(),
+        })
+        .collect()
+}
+
+/// A successful first attempt.
+fn success(delivery_id: String, endpoint_id: String) -> AttemptRecord {
+    AttemptRecord {
+        delivery_id,
+        endpoint_id,
+        attempt: Some(Attempt {
+            attempt: 1,
+            started_at: Timestamp::now(),
+            duration_ms: 1,
+            status_code: Some(200),
+            error: None,
+            response_body: None,
+        }),
+        outcome: Outcome::Succeeded,
+    }
+}
+
+/// A store with one account and `fanout` endpoints.
+async fn setup(dir: &std::path::Path, fanout: usize) -> (Store, String) {
+    let store = Store::open(dir).unwrap();
+    let account = store
+        .create_account("bench".into(), Plan::Pro)
+        .await
+        .unwrap();
+    for n in 0..fanout {
+        store
+            .insert_endpoint(endpoint(&account.id, n))
+            .await
+            .unwrap();
+    }
+    (store, account.id)
+}
+
+fn store_ops(c: &mut Criterion) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut group = c.benchmark_group("insert_events");
+    for (fanout, batch) in [(1usize, 1usize), (10, 1), (1, 100)] {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, account) = rt.block_on(setup(dir.path(), fanout));
+        group.throughput(Throughput::Elements(batch as u64));
+        group.bench_function(BenchmarkId::new(format!("fanout {fanout}"), batch), |b| {
+            b.to_async(&rt).iter(|| {
+                let (store, account) = (store.clone(), account.clone());
+                async move {
+                    store
+                        .insert_events(account, events(batch), |_| false)
+                        .await
+                        .unwrap()
+                }
+            })
+        });
+    }
+    group.finish();
+
+    // Record 100 attempts per write, as the recorder does under load.
+    let dir = tempfile::tempdir().unwrap();
+    let (store, account) = rt.block_on(setup(dir.path(), 1));
+    let mut group = c.benchmark_group("record_attempts");
+    group.throughput(Throughput::Elements(100));
+    group.bench_function("100 successes", |b| {
+        b.to_async(&rt).iter_custom(|iters| {
+            let (store, account) = (store.clone(), account.clone());
+            async move {
+                let mut timed = Duration::ZERO;
+                for _ in 0..iters {
+                    let accepted = store
+                        .insert_events(account.clone(), events(100), |_| true)
+                        .await
+                        .unwrap();
+                    let records = accepted
+                        .iter()
+                        .flat_map(|a| a.deliveries.iter())
+                        .map(|d| success(d.id.clone(), d.endpoint.id.clone()))
+                        .collect::<Vec<_>>();
+                    let start = Instant::now();
+                    store.record_attempts(records).await.unwrap();
+                    timed += start.elapsed();
+                }
+                timed
+            }
+        })
+    });
+    group.finish();
+
+    // The poller's claim of 1,000 due deliveries.
+    let mut group = c.benchmark_group("claim_due");
+    group.throughput(Throughput::Elements(1000));
+    group.bench_function("1000 due", |b| {
+        b.to_async(&rt).iter_custom(|iters| {
+            let (store, account) = (store.clone(), account.clone());
+            async move {
+                let mut timed = Duration::ZERO;
+                for _ in 0..iters {
+                    store
+                        .insert_events(account.clone(), events(1000), |_| false)
+                        .await
+                        .unwrap();
+                    let start = Instant::now();
+                    let claimed = store.claim_due(Timestamp::now(), |_| 1000).await.unwrap();
+                    timed += start.elapsed();
+                    assert_eq!(claimed.len(), 1000);
+                    let released = claimed
+                        .into_iter()
+                        .map(|d| success(d.delivery_id, d.endpoint.id.clone()))
+                        .collect();
+                    // Leave nothing due for the next round.
+                    store.record_attempts(released).await.unwrap();
+                }
+                timed
+            }
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, store_ops);
+criterion_main!(benches);
