@@ -36,6 +36,7 @@ fn events(n: usize) -> Vec<NewEvent> {
             ))
             .unwrap(),
             created_at: Timestamp::now(),
+            payload: Default::default(),
         })
         .collect()
 }
@@ -85,7 +86,7 @@ fn store_ops(c: &mut Criterion) {
                 let (store, account) = (store.clone(), account.clone());
                 async move {
                     store
-                        .insert_events(account, events(batch), |_| false)
+                        .insert_events(account, events(batch), |_| false, |_| {})
                         .await
                         .unwrap()
                 }
@@ -106,7 +107,7 @@ fn store_ops(c: &mut Criterion) {
                 let mut timed = Duration::ZERO;
                 for _ in 0..iters {
                     let accepted = store
-                        .insert_events(account.clone(), events(100), |_| true)
+                        .insert_events(account.clone(), events(100), |_| true, |_| {})
                         .await
                         .unwrap();
                     let records = accepted
@@ -134,7 +135,7 @@ fn store_ops(c: &mut Criterion) {
                 let mut timed = Duration::ZERO;
                 for _ in 0..iters {
                     store
-                        .insert_events(account.clone(), events(1000), |_| false)
+                        .insert_events(account.clone(), events(1000), |_| false, |_| {})
                         .await
                         .unwrap();
                     let start = Instant::now();

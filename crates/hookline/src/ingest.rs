@@ -6,7 +6,7 @@
 //! the others wait, `pending` and due, for its poller.
 
 use crate::dispatch::Dispatcher;
-use crate::model::{Account, Timestamp, is_builtin_event_type, new_id};
+use crate::model::{Account, Timestamp, envelope, is_builtin_event_type, new_id};
 use crate::store::{AcceptedEvent, DueDelivery, NewEvent, Store, StoreError};
 use bytes::Bytes;
 use serde_json::value::RawValue;
@@ -62,32 +62,26 @@ impl Ingest {
                 path: at(field),
                 message,
             })?;
+            let id = new_id("evt");
+            let created_at = Timestamp::now();
+            let payload = Bytes::from(envelope(
+                &id,
+                &input.event_type,
+                created_at,
+                input.data.get(),
+            ));
             events.push(NewEvent {
-                id: new_id("evt"),
+                id,
                 event_type: input.event_type,
                 data: input.data,
-                created_at: Timestamp::now(),
+                created_at,
+                payload,
             });
         }
 
-        // The commit and the hand-over run in their own task: if the client goes away
-        // mid-request, deliveries that were committed as `delivering` still reach the
-        // dispatcher (a dropped future would strand them until the next restart).
-        let me = self.clone();
-        let account_id = account.id.clone();
-        tokio::spawn(async move { me.commit_and_hand_over(account_id, events).await })
-            .await
-            .map_err(|e| {
-                IngestError::Store(StoreError::Commit(format!("ingest task failed: {e}")))
-            })?
-    }
-
-    async fn commit_and_hand_over(
-        &self,
-        account_id: String,
-        events: Vec<NewEvent>,
-    ) -> Result<Vec<AcceptedEvent>, IngestError> {
-        // Remember what was admitted, to give the room back if the commit fails.
+        // Admission is decided in the commit; the hand-over (or giving the room back) runs
+        // on the writer thread once the commit's outcome is known, so a client that goes
+        // away mid-request cannot strand a committed delivery.
         let admitted: Arc<Mutex<Vec<String>>> = Arc::default();
         let (d, a) = (self.dispatcher.clone(), admitted.clone());
         let admit = move |endpoint_id: &str| {
@@ -97,33 +91,33 @@ impl Ingest {
             }
             ok
         };
-        let accepted = match self.store.insert_events(account_id, events, admit).await {
-            Ok(accepted) => accepted,
-            Err(e) => {
+        let dispatcher = self.dispatcher.clone();
+        let on_done = move |outcome: Result<&Vec<AcceptedEvent>, &StoreError>| match outcome {
+            Ok(accepted) => {
+                for ev in accepted {
+                    for d in ev.deliveries.iter().filter(|d| d.claimed) {
+                        dispatcher.submit(DueDelivery {
+                            delivery_id: d.id.clone(),
+                            attempts: 0,
+                            event_id: ev.event.id.clone(),
+                            payload: ev.payload.clone(),
+                            endpoint: d.endpoint.clone(),
+                            manual_after_end: false,
+                        });
+                    }
+                }
+            }
+            Err(_) => {
                 let held = admitted.lock().map(|mut a| std::mem::take(&mut *a));
                 for ep in held.unwrap_or_default() {
-                    self.dispatcher.release(&ep);
+                    dispatcher.release(&ep);
                 }
-                return Err(e.into());
             }
         };
-        for ev in &accepted {
-            if !ev.deliveries.iter().any(|d| d.claimed) {
-                continue;
-            }
-            let payload = Bytes::from(ev.event.envelope());
-            for d in ev.deliveries.iter().filter(|d| d.claimed) {
-                self.dispatcher.submit(DueDelivery {
-                    delivery_id: d.id.clone(),
-                    attempts: 0,
-                    event_id: ev.event.id.clone(),
-                    payload: payload.clone(),
-                    endpoint: d.endpoint.clone(),
-                    manual_after_end: false,
-                });
-            }
-        }
-        Ok(accepted)
+        Ok(self
+            .store
+            .insert_events(account.id.clone(), events, admit, on_done)
+            .await?)
     }
 }
 

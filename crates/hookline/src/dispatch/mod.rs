@@ -87,6 +87,8 @@ struct Inner {
     /// Tells the recorder to write what it holds and stop (after the attempts drained).
     recorder_stop: CancellationToken,
     recorder: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The runtime workers run on: `submit` may be called from the store's writer thread.
+    runtime: tokio::runtime::Handle,
 }
 
 #[derive(Default)]
@@ -140,8 +142,8 @@ struct QueueShared {
 }
 
 impl Dispatcher {
-    /// Starts the poller. Deliveries left `delivering` by a previous process must have been
-    /// released (`Store::release_all_claims`) before.
+    /// Starts the poller, on the current Tokio runtime. Deliveries left `delivering` by a
+    /// previous process must have been released (`Store::release_all_claims`) before.
     pub fn start(store: Store, config: DispatchConfig, shutdown: CancellationToken) -> Self {
         let sender = Sender::new(config.connect_timeout, config.timeout);
         let (records, records_rx) = mpsc::channel(RECORD_QUEUE);
@@ -158,6 +160,7 @@ impl Dispatcher {
             records,
             recorder_stop: CancellationToken::new(),
             recorder: Mutex::new(None),
+            runtime: tokio::runtime::Handle::current(),
         });
         let poller = inner.clone();
         inner.tasks.spawn(async move { poll_loop(poller).await });
@@ -397,8 +400,10 @@ impl Inner {
             let me = self.clone();
             let s = shared.clone();
             let id = endpoint_id.clone();
-            self.tasks
-                .spawn(async move { endpoint_worker(me, id, rx, s).await });
+            self.tasks.spawn_on(
+                async move { endpoint_worker(me, id, rx, s).await },
+                &self.runtime,
+            );
             QueueHandle { tx, shared }
         });
         if let Err(mpsc::error::SendError(due)) = handle.tx.send(due) {

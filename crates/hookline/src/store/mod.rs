@@ -69,6 +69,8 @@ pub struct NewEvent {
     pub event_type: String,
     pub data: Box<serde_json::value::RawValue>,
     pub created_at: Timestamp,
+    /// The envelope receivers get, built once before the commit.
+    pub payload: bytes::Bytes,
 }
 
 /// One delivery created at ingest.
@@ -85,6 +87,7 @@ pub struct NewDelivery {
 #[derive(Debug)]
 pub struct AcceptedEvent {
     pub event: Arc<Event>,
+    pub payload: bytes::Bytes,
     pub deliveries: Vec<NewDelivery>,
 }
 

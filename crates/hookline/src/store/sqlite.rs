@@ -273,6 +273,18 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
+        self.write_then(f, |_| {}).await
+    }
+
+    /// Like `write`, and runs `on_done` on the writer thread once the outcome is known (after
+    /// the commit, or the failure). It runs even if the caller has stopped waiting, so work
+    /// that must follow a commit cannot be lost to a dropped request.
+    async fn write_then<T, F, D>(&self, f: F, on_done: D) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        D: FnOnce(Result<&T, &StoreError>) + Send + 'static,
+    {
         let (tx, rx) = oneshot::channel::<Result<T, StoreError>>();
         let job: WriteJob = Box::new(move |conn| {
             let result = match conn {
@@ -280,7 +292,9 @@ impl SqliteStore {
                 None => Err(StoreError::Commit("could not begin a transaction".into())),
             };
             Box::new(move |commit: Result<(), StoreError>| {
-                let _ = tx.send(commit.and(result));
+                let out = commit.and(result);
+                on_done(out.as_ref());
+                let _ = tx.send(out);
             })
         });
         self.writer
@@ -559,77 +573,83 @@ impl SqliteStore {
 
     /// Commits `events` and one delivery per subscribed, enabled endpoint of `account_id`, all
     /// or nothing. `admit(endpoint_id)` says whether the dispatcher takes a delivery at once.
-    pub async fn insert_events<A>(
+    pub async fn insert_events<A, D>(
         &self,
         account_id: String,
         events: Vec<NewEvent>,
         mut admit: A,
+        on_done: D,
     ) -> Result<Vec<AcceptedEvent>, StoreError>
     where
         A: FnMut(&str) -> bool + Send + 'static,
+        D: FnOnce(Result<&Vec<AcceptedEvent>, &StoreError>) + Send + 'static,
     {
         let subscribers = self.subscribers.clone();
-        self.write(move |c| {
-            let endpoints = subscribers.get_or_load(c, &account_id)?;
-            let mut ins_event = c
-                .prepare_cached(
-                    "INSERT INTO events (id, account_id, type, data, created_at)
+        self.write_then(
+            move |c| {
+                let endpoints = subscribers.get_or_load(c, &account_id)?;
+                let mut ins_event = c
+                    .prepare_cached(
+                        "INSERT INTO events (id, account_id, type, data, created_at)
                      VALUES (?1, ?2, ?3, ?4, ?5)",
-                )
-                .ctx("preparing the event insert")?;
-            let mut ins_delivery = c
-                .prepare_cached(
-                    "INSERT INTO deliveries (id, account_id, event_id, event_type, endpoint_id,
+                    )
+                    .ctx("preparing the event insert")?;
+                let mut ins_delivery = c
+                    .prepare_cached(
+                        "INSERT INTO deliveries (id, account_id, event_id, event_type, endpoint_id,
                         status, next_attempt_at, created_at, updated_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
-                )
-                .ctx("preparing the delivery insert")?;
-            let mut out = Vec::with_capacity(events.len());
-            for ev in events {
-                ins_event
-                    .execute(params![
-                        ev.id,
-                        account_id,
-                        ev.event_type,
-                        ev.data.get(),
-                        ev.created_at.0
-                    ])
-                    .ctx("inserting an event")?;
-                let mut deliveries = Vec::new();
-                for ep in endpoints.iter().filter(|e| e.subscribes_to(&ev.event_type)) {
-                    let claimed = admit(&ep.id);
-                    let d = NewDelivery {
-                        id: new_id("dlv"),
-                        endpoint: ep.clone(),
-                        claimed,
-                    };
-                    let status = if claimed { "delivering" } else { "pending" };
-                    ins_delivery
+                    )
+                    .ctx("preparing the delivery insert")?;
+                let mut out = Vec::with_capacity(events.len());
+                for ev in events {
+                    ins_event
                         .execute(params![
-                            d.id,
-                            account_id,
                             ev.id,
+                            account_id,
                             ev.event_type,
-                            ep.id,
-                            status,
-                            ev.created_at.0,
+                            ev.data.get(),
                             ev.created_at.0
                         ])
-                        .ctx("inserting a delivery")?;
-                    deliveries.push(d);
+                        .ctx("inserting an event")?;
+                    let mut deliveries = Vec::new();
+                    for ep in endpoints.iter().filter(|e| e.subscribes_to(&ev.event_type)) {
+                        let claimed = admit(&ep.id);
+                        let d = NewDelivery {
+                            id: new_id("dlv"),
+                            endpoint: ep.clone(),
+                            claimed,
+                        };
+                        let status = if claimed { "delivering" } else { "pending" };
+                        ins_delivery
+                            .execute(params![
+                                d.id,
+                                account_id,
+                                ev.id,
+                                ev.event_type,
+                                ep.id,
+                                status,
+                                ev.created_at.0,
+                                ev.created_at.0
+                            ])
+                            .ctx("inserting a delivery")?;
+                        deliveries.push(d);
+                    }
+                    out.push(AcceptedEvent {
+                        event: Arc::new(Event {
+                            id: ev.id,
+                            event_type: ev.event_type,
+                            created_at: ev.created_at,
+                            data: ev.data,
+                        }),
+                        payload: ev.payload,
+                        deliveries,
+                    });
                 }
-                out.push(AcceptedEvent {
-                    event: Arc::new(Event {
-                        id: ev.id,
-                        event_type: ev.event_type,
-                        created_at: ev.created_at,
-                        data: ev.data,
-                    }),
-                    deliveries,
-                });
-            }
-            Ok(out)
-        })
+                Ok(out)
+            },
+            on_done,
+        )
         .await
     }
 
@@ -1063,7 +1083,21 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<WriteJob>, on_rollback: 
         }
         let began = conn.execute_batch("BEGIN IMMEDIATE");
         let conn_ref = began.is_ok().then_some(&conn);
-        let completions: Vec<Completion> = batch.drain(..).map(|job| job(conn_ref)).collect();
+        let completions: Vec<Completion> = batch
+            .drain(..)
+            .filter_map(|job| {
+                // A panicking job (a bug) must not take the writer down with it: its
+                // savepoint is rolled back and its caller sees the writer refuse it.
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(conn_ref))) {
+                    Ok(done) => Some(done),
+                    Err(_) => {
+                        tracing::error!("a write job panicked; its changes were rolled back");
+                        let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
+                        None
+                    }
+                }
+            })
+            .collect();
         let committed = match began {
             Ok(()) => match conn.execute_batch("COMMIT") {
                 Ok(()) => Ok(()),
@@ -1080,7 +1114,10 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<WriteJob>, on_rollback: 
             }
         };
         for done in completions {
-            done(committed.clone().map_err(StoreError::Commit));
+            let outcome = committed.clone().map_err(StoreError::Commit);
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| done(outcome))).is_err() {
+                tracing::error!("a write job's completion panicked");
+            }
         }
     }
 }
