@@ -76,6 +76,9 @@ pub struct BenchArgs {
     /// Concurrent connections of the raw reference.
     #[arg(long, default_value_t = 64)]
     pub raw_concurrency: usize,
+    /// Isolation: how many times to alternate the two phases (latencies are pooled).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
     /// A running Hookline to target instead of starting one (needs `--key`).
     #[arg(long)]
     pub api: Option<String>,
@@ -165,20 +168,35 @@ impl Percentiles {
 pub struct Report {
     pub scenario: Scenario,
     pub cores: usize,
+    /// The mean of the raw reference measured before and after the phases.
     pub raw_per_sec: f64,
+    pub raw_before_per_sec: f64,
+    pub raw_after_per_sec: f64,
     pub phases: Vec<Phase>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub isolation: Option<Isolation>,
+}
+
+/// The healthy endpoints' latency, pooled over every round, alone and beside a hanging one.
+#[derive(Serialize, Debug)]
+pub struct Isolation {
+    pub alone_ms: Percentiles,
+    pub beside_hanging_ms: Percentiles,
+    pub p99_change_pct: f64,
 }
 
 /// Runs a benchmark and prints a table, then the report as one JSON line.
 pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
     let secret = Secret::from_bytes(&rand::random::<[u8; 32]>())
         .map_err(|e| anyhow::anyhow!("making a secret: {e}"))?;
-    let raw = raw_reference(&args, &secret).await?;
+    let raw_before = raw_reference(&args, &secret).await?;
     println!(
-        "raw reference: {raw:.0} signed requests/s ({} connections, {} s)",
+        "raw reference: {raw_before:.0} signed requests/s ({} connections, {} s)",
         args.raw_concurrency, args.raw_seconds
     );
+    let raw = raw_before;
     let mut phases = Vec::new();
+    let mut isolation = None;
     match args.scenario {
         Scenario::Raw => {}
         Scenario::Throughput => {
@@ -213,24 +231,50 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
             let load = Load::Open {
                 rate: args.rate.max(1),
             };
-            phases.push(end_to_end(&args, &secret, raw, load, n, Setup::default()).await?);
             let hang = Setup {
                 hanging: 1,
                 ..Setup::default()
             };
-            phases.push(end_to_end(&args, &secret, raw, load, n, hang).await?);
-            let (calm, disturbed) = (phases[0].latency_ms.p99, phases[1].latency_ms.p99);
+            let (mut alone, mut beside) = (Vec::new(), Vec::new());
+            for _ in 0..args.rounds.max(1) {
+                let (p, lat) =
+                    end_to_end_raw(&args, &secret, raw, load, n, Setup::default()).await?;
+                alone.extend(lat);
+                phases.push(p);
+                let (p, lat) = end_to_end_raw(&args, &secret, raw, load, n, hang).await?;
+                beside.extend(lat);
+                phases.push(p);
+            }
+            let (alone, beside) = (Percentiles::of(alone), Percentiles::of(beside));
+            let change = (beside.p99 / alone.p99.max(1e-9) - 1.0) * 100.0;
             println!(
-                "isolation: healthy p99 {calm:.2} ms alone, {disturbed:.2} ms beside a hanging endpoint ({:+.1} %)",
-                (disturbed / calm.max(1e-9) - 1.0) * 100.0
+                "isolation ({} rounds, pooled): healthy p99 {:.2} ms alone, {:.2} ms beside a hanging endpoint ({change:+.1} %)",
+                args.rounds.max(1),
+                alone.p99,
+                beside.p99
             );
+            isolation = Some(Isolation {
+                alone_ms: alone,
+                beside_hanging_ms: beside,
+                p99_change_pct: change,
+            });
         }
+    }
+    let raw_after = raw_reference(&args, &secret).await?;
+    println!("raw reference again: {raw_after:.0} signed requests/s");
+    let raw = (raw_before + raw_after) / 2.0;
+    for p in &mut phases {
+        p.delivered_ratio_to_raw = p.delivered_per_sec / raw.max(1e-9);
+        p.drain_ratio_to_raw = p.drain_per_sec.map(|d| d / raw.max(1e-9));
     }
     let report = Report {
         scenario: args.scenario,
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
         raw_per_sec: raw,
+        raw_before_per_sec: raw_before,
+        raw_after_per_sec: raw_after,
         phases,
+        isolation,
     };
     print_table(&report);
     println!("{}", serde_json::to_string(&report)?);
@@ -422,6 +466,20 @@ async fn end_to_end(
     events: u64,
     setup: Setup,
 ) -> anyhow::Result<Phase> {
+    Ok(end_to_end_raw(args, secret, raw, load, events, setup)
+        .await?
+        .0)
+}
+
+/// One phase, with every latency sample (µs).
+async fn end_to_end_raw(
+    args: &BenchArgs,
+    secret: &Secret,
+    raw: f64,
+    load: Load,
+    events: u64,
+    setup: Setup,
+) -> anyhow::Result<(Phase, Vec<u64>)> {
     let epoch = Instant::now();
     let sink = Sink::start(Verifier::new(vec![secret.clone()]), epoch).await?;
     let (server, api, key) = match (&args.api, &args.key) {
@@ -567,7 +625,8 @@ async fn end_to_end(
     } else {
         (None, None)
     };
-    Ok(Phase {
+    let latencies = tally.latencies_us.clone();
+    let phase = Phase {
         name,
         mode,
         events,
@@ -591,7 +650,8 @@ async fn end_to_end(
         drain_per_sec,
         drain_ratio_to_raw: drain_per_sec.map(|d| if raw > 0.0 { d / raw } else { 0.0 }),
         back_to_first_ms,
-    })
+    };
+    Ok((phase, latencies))
 }
 
 /// The URL and body for events `first..first+n`.
