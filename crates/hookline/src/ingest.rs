@@ -98,6 +98,7 @@ impl Ingest {
                     for d in ev.deliveries.iter().filter(|d| d.claimed) {
                         dispatcher.submit(DueDelivery {
                             delivery_id: d.id.clone(),
+                            row: d.row,
                             attempts: 0,
                             event_id: ev.event.id.clone(),
                             payload: ev.payload.clone(),

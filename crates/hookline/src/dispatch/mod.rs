@@ -499,6 +499,7 @@ async fn endpoint_worker(
             drop(permit);
             let record = AttemptRecord {
                 delivery_id: due.delivery_id,
+                row: due.row,
                 endpoint_id: endpoint_id.clone(),
                 attempt: None,
                 outcome: Outcome::Released,
@@ -557,6 +558,7 @@ async fn attempt(
     );
     let record = AttemptRecord {
         delivery_id: due.delivery_id.clone(),
+        row: due.row,
         endpoint_id: target.endpoint_id.clone(),
         attempt: Some(Attempt {
             attempt: number,

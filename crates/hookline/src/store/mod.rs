@@ -77,6 +77,8 @@ pub struct NewEvent {
 #[derive(Debug, Clone)]
 pub struct NewDelivery {
     pub id: String,
+    /// The delivery's row number in the store (a stable handle for fast updates).
+    pub row: i64,
     pub endpoint: Arc<Endpoint>,
     /// Taken by this process's dispatcher at once (`delivering`); otherwise `pending`, due
     /// now, for the dispatcher's poller to take when it has room.
@@ -95,6 +97,8 @@ pub struct AcceptedEvent {
 #[derive(Debug, Clone)]
 pub struct DueDelivery {
     pub delivery_id: String,
+    /// The delivery's row number in the store (a stable handle for fast updates).
+    pub row: i64,
     /// Attempts made before this one.
     pub attempts: u32,
     pub event_id: String,
@@ -125,6 +129,8 @@ pub enum Outcome {
 #[derive(Debug, Clone)]
 pub struct AttemptRecord {
     pub delivery_id: String,
+    /// The delivery's row number (`DueDelivery::row`).
+    pub row: i64,
     pub endpoint_id: String,
     /// `None` for a delivery given back without an attempt ([`Outcome::Released`]).
     pub attempt: Option<crate::model::Attempt>,

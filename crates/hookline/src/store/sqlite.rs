@@ -32,6 +32,8 @@ type WriteJob = Box<dyn FnOnce(Option<&Connection>) -> Completion + Send>;
 /// How many queued writes one transaction takes at most.
 const MAX_GROUP: usize = 2048;
 const READERS: usize = 4;
+/// A group commit slower than this is logged.
+const SLOW_COMMIT: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// The SQLite store. Cheap to clone.
 #[derive(Clone)]
@@ -615,8 +617,9 @@ impl SqliteStore {
                     let mut deliveries = Vec::new();
                     for ep in endpoints.iter().filter(|e| e.subscribes_to(&ev.event_type)) {
                         let claimed = admit(&ep.id);
-                        let d = NewDelivery {
+                        let mut d = NewDelivery {
                             id: new_id("dlv"),
+                            row: 0,
                             endpoint: ep.clone(),
                             claimed,
                         };
@@ -633,6 +636,7 @@ impl SqliteStore {
                                 ev.created_at.0
                             ])
                             .ctx("inserting a delivery")?;
+                        d.row = c.last_insert_rowid();
                         deliveries.push(d);
                     }
                     out.push(AcceptedEvent {
@@ -810,14 +814,14 @@ impl SqliteStore {
                 .ctx("scanning endpoints")?;
             let mut select = c
                 .prepare_cached(
-                    "SELECT d.id, d.attempts, e.id, e.type, e.created_at, e.data
+                    "SELECT d.id, d.attempts, e.id, e.type, e.created_at, e.data, d.seq
                      FROM deliveries d JOIN events e ON e.id = d.event_id
                      WHERE d.endpoint_id = ?1 AND d.status = 'pending' AND d.next_attempt_at <= ?2
                      ORDER BY d.next_attempt_at LIMIT ?3",
                 )
                 .ctx("preparing the due scan")?;
             let mut mark = c
-                .prepare_cached("UPDATE deliveries SET status = 'delivering' WHERE id = ?1")
+                .prepare_cached("UPDATE deliveries SET status = 'delivering' WHERE seq = ?1")
                 .ctx("preparing the claim")?;
             let mut out = Vec::new();
             let mut payloads: HashMap<String, bytes::Bytes> = HashMap::new();
@@ -836,13 +840,14 @@ impl SqliteStore {
                             r.get::<_, String>(3)?,
                             r.get::<_, i64>(4)?,
                             r.get::<_, String>(5)?,
+                            r.get::<_, i64>(6)?,
                         ))
                     })
                     .ctx("scanning due deliveries")?
                     .collect::<Result<Vec<_>, _>>()
                     .ctx("scanning due deliveries")?;
-                for (delivery_id, attempts, event_id, event_type, created_at, data) in rows {
-                    mark.execute([&delivery_id]).ctx("claiming a delivery")?;
+                for (delivery_id, attempts, event_id, event_type, created_at, data, row) in rows {
+                    mark.execute([row]).ctx("claiming a delivery")?;
                     let payload = payloads
                         .entry(event_id.clone())
                         .or_insert_with(|| {
@@ -851,6 +856,7 @@ impl SqliteStore {
                         .clone();
                     out.push(DueDelivery {
                         delivery_id,
+                        row,
                         attempts,
                         event_id,
                         payload,
@@ -894,20 +900,20 @@ impl SqliteStore {
                     "UPDATE deliveries SET status = ?2, attempts = MAX(attempts, ?3),
                         next_attempt_at = ?4, last_attempt_at = ?5, last_status_code = ?6,
                         last_error = ?7, updated_at = ?8
-                     WHERE id = ?1 AND (?9 = 0 OR status = 'delivering')",
+                     WHERE seq = ?1 AND (?9 = 0 OR status = 'delivering')",
                 )
                 .ctx("preparing the delivery update")?;
             let mut release = c
                 .prepare_cached(
                     "UPDATE deliveries SET status = 'pending', next_attempt_at = ?2, updated_at = ?2
-                     WHERE id = ?1 AND status = 'delivering'",
+                     WHERE seq = ?1 AND status = 'delivering'",
                 )
                 .ctx("preparing the release")?;
             let now = Timestamp::now().0;
             for rec in &records {
                 let Some(a) = &rec.attempt else {
                     release
-                        .execute(params![rec.delivery_id, now])
+                        .execute(params![rec.row, now])
                         .ctx("releasing a delivery")?;
                     continue;
                 };
@@ -932,7 +938,7 @@ impl SqliteStore {
                 };
                 update
                     .execute(params![
-                        rec.delivery_id,
+                        rec.row,
                         status,
                         a.attempt,
                         next,
@@ -1001,7 +1007,8 @@ impl SqliteStore {
         self.write(move |c| {
             let row = c
                 .query_row(
-                    "SELECT d.status, d.attempts, d.endpoint_id, e.id, e.type, e.created_at, e.data
+                    "SELECT d.status, d.attempts, d.endpoint_id, e.id, e.type, e.created_at, e.data,
+                        d.seq
                      FROM deliveries d JOIN events e ON e.id = d.event_id
                      WHERE d.id = ?1 AND d.account_id = ?2",
                     params![delivery_id, account_id],
@@ -1014,12 +1021,14 @@ impl SqliteStore {
                             r.get::<_, String>(4)?,
                             r.get::<_, i64>(5)?,
                             r.get::<_, String>(6)?,
+                            r.get::<_, i64>(7)?,
                         ))
                     },
                 )
                 .optional()
                 .ctx("reading a delivery to retry")?;
-            let Some((status, attempts, endpoint_id, event_id, event_type, created_at, data)) = row
+            let Some((status, attempts, endpoint_id, event_id, event_type, created_at, data, row)) =
+                row
             else {
                 return Ok(Err(RetryRefusal::NotFound));
             };
@@ -1041,6 +1050,7 @@ impl SqliteStore {
             let payload = envelope(&event_id, &event_type, Timestamp(created_at), &data).into();
             Ok(Ok(DueDelivery {
                 delivery_id,
+                row,
                 attempts,
                 event_id,
                 payload,
@@ -1081,6 +1091,8 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<WriteJob>, on_rollback: 
                 Err(_) => break,
             }
         }
+        let started = std::time::Instant::now();
+        let jobs = batch.len();
         let began = conn.execute_batch("BEGIN IMMEDIATE");
         let conn_ref = began.is_ok().then_some(&conn);
         let completions: Vec<Completion> = batch
@@ -1113,6 +1125,10 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<WriteJob>, on_rollback: 
                 Err(e.to_string())
             }
         };
+        let took = started.elapsed();
+        if took > SLOW_COMMIT {
+            tracing::warn!(ms = took.as_millis() as u64, jobs, "slow group commit");
+        }
         for done in completions {
             let outcome = committed.clone().map_err(StoreError::Commit);
             if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| done(outcome))).is_err() {
