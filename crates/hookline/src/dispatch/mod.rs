@@ -675,8 +675,10 @@ async fn poll_loop(inner: Arc<Inner>) {
             }
             n
         };
+        let mut full_claim = false;
         match inner.store.claim_due(now, room).await {
             Ok(due) => {
+                full_claim = due.len() >= crate::store::sqlite::MAX_CLAIM;
                 if !due.is_empty() {
                     tracing::debug!(count = due.len(), "took due deliveries");
                 }
@@ -719,7 +721,12 @@ async fn poll_loop(inner: Arc<Inner>) {
             None => wake,
         };
         inner.planned_wake.store(wake, Ordering::Release);
-        let sleep = Duration::from_millis((wake - now.0).max(0) as u64);
+        // A claim that hit its cap left due work behind: come back right away.
+        let sleep = if full_claim {
+            Duration::ZERO
+        } else {
+            Duration::from_millis((wake - now.0).max(0) as u64)
+        };
         tokio::select! {
             _ = inner.shutdown.cancelled() => return,
             _ = tokio::time::sleep(sleep) => {}

@@ -32,6 +32,10 @@ type WriteJob = Box<dyn FnOnce(Option<&Connection>) -> Completion + Send>;
 /// How many queued writes one transaction takes at most.
 const MAX_GROUP: usize = 2048;
 const READERS: usize = 4;
+/// The most deliveries one claim takes, so that it never holds the writer for long.
+pub const MAX_CLAIM: usize = 2000;
+/// How often the checkpointer folds the WAL back into the database file.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 /// A group commit slower than this is logged.
 const SLOW_COMMIT: std::time::Duration = std::time::Duration::from_millis(100);
 
@@ -42,6 +46,8 @@ pub struct SqliteStore {
     readers: Arc<ReadPool>,
     path: Arc<PathBuf>,
     subscribers: Subscribers,
+    /// Dropped with the last clone of the store: stops the checkpointer.
+    _checkpointer: Arc<std::sync::mpsc::Sender<()>>,
 }
 
 /// Each account's enabled endpoints, as ingest needs them, cached for the writer thread.
@@ -214,6 +220,10 @@ impl SqliteStore {
         let path = data_dir.join("hookline.db");
         let conn = open_connection(&path)?;
         migrate(&conn)?;
+        // Checkpoints run on their own thread, so a commit never waits for one.
+        conn.execute_batch("PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = 67108864;")
+            .ctx("configuring checkpoints")?;
+        let checkpointer = start_checkpointer(&path)?;
         let (tx, rx) = mpsc::channel::<WriteJob>(8192);
         let subscribers = Subscribers::default();
         let on_rollback = subscribers.clone();
@@ -239,6 +249,7 @@ impl SqliteStore {
             }),
             path: Arc::new(path),
             subscribers,
+            _checkpointer: Arc::new(checkpointer),
         })
     }
 
@@ -792,8 +803,8 @@ impl SqliteStore {
         .await
     }
 
-    /// Takes up to `room(endpoint_id)` due deliveries of each enabled endpoint and marks them
-    /// `delivering`.
+    /// Takes up to `room(endpoint_id)` due deliveries of each enabled endpoint, and at most
+    /// [`MAX_CLAIM`] in all, and marks them `delivering`.
     pub async fn claim_due<R>(
         &self,
         now: Timestamp,
@@ -826,7 +837,12 @@ impl SqliteStore {
             let mut out = Vec::new();
             let mut payloads: HashMap<String, bytes::Bytes> = HashMap::new();
             for ep in endpoints {
-                let n = room(&ep.id);
+                // One claim holds the writer: keep it short, the poller comes back at once.
+                let left = MAX_CLAIM.saturating_sub(out.len());
+                if left == 0 {
+                    break;
+                }
+                let n = room(&ep.id).min(left);
                 if n == 0 {
                     continue;
                 }
@@ -1060,6 +1076,29 @@ impl SqliteStore {
         })
         .await
     }
+}
+
+/// Folds the WAL back into the database every [`CHECKPOINT_EVERY`] (passive: it never
+/// blocks the writer or readers), until the store is dropped.
+fn start_checkpointer(path: &Path) -> Result<std::sync::mpsc::Sender<()>, StoreError> {
+    let conn = open_connection(path)?;
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    std::thread::Builder::new()
+        .name("hookline-sqlite-checkpoint".into())
+        .spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                stopped.recv_timeout(CHECKPOINT_EVERY)
+            {
+                if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)") {
+                    tracing::warn!(error = %e, "WAL checkpoint failed");
+                }
+            }
+        })
+        .map_err(|source| StoreError::Io {
+            context: "starting the checkpoint thread",
+            source,
+        })?;
+    Ok(stop)
 }
 
 fn in_savepoint<T>(
