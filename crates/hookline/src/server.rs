@@ -5,6 +5,7 @@ use crate::dispatch::{DispatchConfig, Dispatcher};
 use crate::ingest::Ingest;
 use crate::store::Store;
 use anyhow::Context as _;
+use axum::serve::ListenerExt as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -74,6 +75,12 @@ pub async fn run(
         .context("reading the listen address")?;
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "hookline is serving");
     let stop = shutdown.clone();
+    // Responses are small and latency matters: no Nagle delay on accepted connections.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await
