@@ -124,6 +124,9 @@ pub struct Phase {
     /// Backlog only: from the endpoint's return to the first delivery.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub back_to_first_ms: Option<f64>,
+    /// Backlog only: deliveries/s from the first delivery after the return to the last.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drain_after_first_per_sec: Option<f64>,
 }
 
 /// The endpoints of a phase.
@@ -285,9 +288,12 @@ fn print_table(r: &Report) {
     for p in &r.phases {
         if let (Some(d), Some(ratio)) = (p.drain_per_sec, p.drain_ratio_to_raw) {
             println!(
-                "{}: backlog drained at {d:.0} deliveries/s ({:.1} % of raw), first delivery {:.0} ms after the endpoint came back",
+                "{}: backlog drained at {d:.0} deliveries/s ({:.1} % of raw) from the endpoint's return, \
+                 {:.0}/s ({:.1} %) from its first delivery, {:.0} ms after the return",
                 p.name,
                 ratio * 100.0,
+                p.drain_after_first_per_sec.unwrap_or(0.0),
+                p.drain_after_first_per_sec.unwrap_or(0.0) / r.raw_per_sec.max(1e-9) * 100.0,
                 p.back_to_first_ms.unwrap_or(0.0)
             );
         }
@@ -613,17 +619,22 @@ async fn end_to_end_raw(
         .last_receipt
         .map_or(ingest_secs, |t| t.duration_since(start).as_secs_f64());
     let delivered_per_sec = delivered as f64 / span.max(1e-9);
-    let (drain_per_sec, back_to_first_ms) = if setup.down_during_ingest {
+    let (drain_per_sec, back_to_first_ms, drain_after_first_per_sec) = if setup.down_during_ingest {
         let drained = delivered.saturating_sub(before_back as u64) as f64;
         let span = tally
             .last_receipt
             .map_or(0.0, |t| t.saturating_duration_since(back).as_secs_f64());
-        let first = tally
-            .first_receipt_after(back)
-            .map(|t| t.saturating_duration_since(back).as_secs_f64() * 1000.0);
-        (Some(drained / span.max(1e-9)), first)
+        let first = tally.first_receipt_after(back);
+        let after_first = match (first, tally.last_receipt) {
+            (Some(f), Some(l)) => {
+                Some(drained / l.saturating_duration_since(f).as_secs_f64().max(1e-9))
+            }
+            _ => None,
+        };
+        let first_ms = first.map(|t| t.saturating_duration_since(back).as_secs_f64() * 1000.0);
+        (Some(drained / span.max(1e-9)), first_ms, after_first)
     } else {
-        (None, None)
+        (None, None, None)
     };
     let latencies = tally.latencies_us.clone();
     let phase = Phase {
@@ -650,6 +661,7 @@ async fn end_to_end_raw(
         drain_per_sec,
         drain_ratio_to_raw: drain_per_sec.map(|d| if raw > 0.0 { d / raw } else { 0.0 }),
         back_to_first_ms,
+        drain_after_first_per_sec,
     };
     Ok((phase, latencies))
 }
