@@ -1,15 +1,34 @@
 //! `/v1/deliveries`: one event for one endpoint, and its attempts.
 
-use super::AppState;
+use super::endpoints::DeliveryQuery;
 use super::error::ApiError;
 use super::extract::Auth;
+use super::{AppState, List};
 use crate::model::{Attempt, Delivery};
-use crate::store::RetryRefusal;
+use crate::store::{DeliveryFilter, RetryRefusal};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::Serialize;
 use utoipa::ToSchema;
+
+/// One page of `account_id`'s deliveries matching `filter` and the query's `?status=`,
+/// newest first: the body of `/v1/endpoints/{id}/deliveries` and `/v1/events/{id}/deliveries`.
+pub(super) async fn list(
+    state: &AppState,
+    account_id: String,
+    mut filter: DeliveryFilter,
+    q: DeliveryQuery,
+) -> Result<Json<List<Delivery>>, ApiError> {
+    let page = q.page();
+    let (pos, limit) = (page.position()?, page.limit()?);
+    filter.status = q.status;
+    let items = state
+        .store
+        .list_deliveries(account_id, filter, pos, limit)
+        .await?;
+    Ok(Json(List::from_page(items)))
+}
 
 /// A delivery with every attempt, oldest first.
 #[derive(Serialize, ToSchema)]

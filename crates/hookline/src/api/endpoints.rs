@@ -262,8 +262,6 @@ pub async fn deliveries(
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<DeliveryQuery>,
 ) -> Result<Json<List<Delivery>>, ApiError> {
-    let page = q.page();
-    let (pos, limit) = (page.position()?, page.limit()?);
     if state
         .store
         .get_endpoint(account.id.clone(), id.clone())
@@ -274,14 +272,9 @@ pub async fn deliveries(
     }
     let filter = DeliveryFilter {
         endpoint_id: Some(id),
-        status: q.status,
         ..Default::default()
     };
-    let items = state
-        .store
-        .list_deliveries(account.id, filter, pos, limit)
-        .await?;
-    Ok(Json(List::from_page(items)))
+    super::deliveries::list(&state, account.id, filter, q).await
 }
 
 // ---- input rules -------------------------------------------------------------------------

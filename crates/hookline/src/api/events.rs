@@ -152,8 +152,6 @@ pub async fn deliveries(
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<DeliveryQuery>,
 ) -> Result<Json<List<Delivery>>, ApiError> {
-    let page = q.page();
-    let (pos, limit) = (page.position()?, page.limit()?);
     if state
         .store
         .get_event(account.id.clone(), id.clone())
@@ -164,12 +162,7 @@ pub async fn deliveries(
     }
     let filter = DeliveryFilter {
         event_id: Some(id),
-        status: q.status,
         ..Default::default()
     };
-    let items = state
-        .store
-        .list_deliveries(account.id, filter, pos, limit)
-        .await?;
-    Ok(Json(List::from_page(items)))
+    super::deliveries::list(&state, account.id, filter, q).await
 }
