@@ -46,6 +46,7 @@ fn success(delivery_id: String, row: i64, endpoint_id: String) -> AttemptRecord 
     AttemptRecord {
         delivery_id,
         row,
+        endpoint_version: 0,
         endpoint_id,
         attempt: Some(Attempt {
             attempt: 1,

@@ -350,3 +350,56 @@ async fn a_dead_endpoint_trips_its_breaker_and_its_backlog_drains_when_it_is_bac
             .await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_turned_back_on_gets_new_deliveries_again() {
+    let rx = Receiver::start().await;
+    rx.script("flip", vec![Reply::Status(410)]);
+    let s = TestServer::start().await;
+    let ep = s.endpoint(&rx.url("flip"), &["*"]).await;
+    let path = format!("/v1/endpoints/{}", ep["id"].as_str().unwrap());
+    let first = s.event("open", json!({"n": 1})).await;
+    s.wait_delivery(first["deliveries"][0]["id"].as_str().unwrap(), "failed")
+        .await;
+
+    // Turned back on after 410: new events are delivered (the worker that saw the 410 is
+    // still alive and must not drop them).
+    let (status, body) = s
+        .call(
+            reqwest::Method::PATCH,
+            &path,
+            Some(json!({"enabled": true})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let second = s.event("open", json!({"n": 2})).await;
+    s.wait_delivery(second["deliveries"][0]["id"].as_str().unwrap(), "succeeded")
+        .await;
+
+    // Off and on again by hand, with events in between.
+    s.call(
+        reqwest::Method::PATCH,
+        &path,
+        Some(json!({"enabled": false})),
+    )
+    .await;
+    let none = s.event("open", json!({"n": 3})).await;
+    assert_eq!(none["deliveries"].as_array().unwrap().len(), 0);
+    s.call(
+        reqwest::Method::PATCH,
+        &path,
+        Some(json!({"enabled": true})),
+    )
+    .await;
+    let third = s.event("open", json!({"n": 4})).await;
+    s.wait_delivery(third["deliveries"][0]["id"].as_str().unwrap(), "succeeded")
+        .await;
+    let ids: BTreeSet<String> = rx
+        .got("flip")
+        .iter()
+        .map(|r| r.header("webhook-id").to_owned())
+        .collect();
+    assert!(ids.contains(second["id"].as_str().unwrap()));
+    assert!(ids.contains(third["id"].as_str().unwrap()));
+    assert!(!ids.contains(none["id"].as_str().unwrap()));
+}

@@ -27,7 +27,7 @@ use crate::store::{AttemptRecord, DueDelivery, Outcome, RetryRefusal, Store, Sto
 use retry::RetrySchedule;
 use sender::{Sender, Target};
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
@@ -134,9 +134,12 @@ struct QueueHandle {
 
 /// What an endpoint's worker shares with the rest of the dispatcher.
 struct QueueShared {
-    /// The endpoint was removed, disabled or answered 410: drop what is queued (the store
-    /// has already ended those deliveries).
-    closed: AtomicBool,
+    /// The endpoint was removed, disabled or answered 410 at this version (its
+    /// `updated_at`, ms; `i64::MIN` when never): queued deliveries that carry this version or
+    /// an older one are given back instead of sent (the store has ended them already, and
+    /// the give-back only touches rows still `delivering`). A delivery carrying a newer
+    /// version — the endpoint was turned back on — goes through.
+    closed_at: AtomicI64,
     /// The newest version of the endpoint the API has seen.
     latest: Mutex<Option<Arc<Endpoint>>>,
 }
@@ -235,13 +238,17 @@ impl Dispatcher {
         };
         if let Some(q) = queues.get(&ep.id) {
             if !ep.enabled {
-                q.shared.closed.store(true, Ordering::Release);
-            } else {
-                q.shared.closed.store(false, Ordering::Release);
-                if let Ok(mut latest) = q.shared.latest.lock() {
-                    *latest = Some(Arc::new(ep.clone()));
-                }
+                q.shared
+                    .closed_at
+                    .fetch_max(ep.updated_at.0, Ordering::AcqRel);
+            } else if let Ok(mut latest) = q.shared.latest.lock() {
+                *latest = Some(Arc::new(ep.clone()));
             }
+        }
+        drop(queues);
+        // A changed endpoint (new URL, turned off or on) starts with a clean slate.
+        if let Ok(mut a) = self.inner.admission.lock() {
+            a.breakers.remove(&ep.id);
         }
     }
 
@@ -304,8 +311,13 @@ impl Inner {
         match a.breakers.get(endpoint_id) {
             // An open breaker takes one delivery at a time, as a probe, when one is due.
             Some(b) if b.open => {
-                let probe_due = !b.probing && b.next_probe <= Timestamp::now().0 && here == 0;
-                room.min(usize::from(probe_due))
+                let probe_due = !b.probing && b.next_probe <= Timestamp::now().0;
+                if probe_due && here > 0 {
+                    // Parked deliveries are still on their way back: the last one's
+                    // release wakes the poller for the probe.
+                    a.starved.insert(endpoint_id.to_owned());
+                }
+                room.min(usize::from(probe_due && here == 0))
             }
             _ => room,
         }
@@ -364,10 +376,13 @@ impl Inner {
 
     /// The earliest time a probe is due, over every open breaker.
     fn next_probe(&self) -> Option<i64> {
+        let now = Timestamp::now().0;
         let a = self.admission.lock().ok()?;
+        // A probe already due waits for a delivery to probe with (a release or a new
+        // pending delivery wakes the poller, or its 5 s cap): only future ones set the alarm.
         a.breakers
             .values()
-            .filter(|b| b.open && !b.probing)
+            .filter(|b| b.open && !b.probing && b.next_probe > now)
             .map(|b| b.next_probe)
             .min()
     }
@@ -394,7 +409,7 @@ impl Inner {
         let handle = queues.entry(endpoint_id.clone()).or_insert_with(|| {
             let (tx, rx) = mpsc::unbounded_channel();
             let shared = Arc::new(QueueShared {
-                closed: AtomicBool::new(false),
+                closed_at: AtomicI64::new(i64::MIN),
                 latest: Mutex::new(None),
             });
             let me = self.clone();
@@ -452,8 +467,8 @@ async fn endpoint_worker(
                 }
             },
         };
-        if shared.closed.load(Ordering::Acquire) {
-            inner.release(&endpoint_id);
+        if due.endpoint.updated_at.0 <= shared.closed_at.load(Ordering::Acquire) {
+            give_back(&inner, due).await;
             continue;
         }
         // The newest known version of the endpoint wins.
@@ -470,7 +485,7 @@ async fn endpoint_worker(
                 Ok(t) => target = Some(Arc::new(t)),
                 Err(e) => {
                     tracing::error!(endpoint = %endpoint_id, error = %e, "endpoint cannot be sent to");
-                    inner.release(&endpoint_id);
+                    give_back(&inner, due).await;
                     continue;
                 }
             }
@@ -497,16 +512,7 @@ async fn endpoint_worker(
         };
         if gate == Gate::Park {
             drop(permit);
-            let record = AttemptRecord {
-                delivery_id: due.delivery_id,
-                row: due.row,
-                endpoint_id: endpoint_id.clone(),
-                attempt: None,
-                outcome: Outcome::Released,
-            };
-            if inner.records.send(record).await.is_err() {
-                inner.release(&endpoint_id);
-            }
+            give_back(&inner, due).await;
             continue;
         }
         let me = inner.clone();
@@ -514,6 +520,23 @@ async fn endpoint_worker(
         inner
             .tasks
             .spawn(async move { attempt(me, due, t, permit, probe).await });
+    }
+}
+
+/// Gives a delivery back to the database without an attempt (`pending`, due now, if it is
+/// still `delivering`), then releases its room.
+async fn give_back(inner: &Arc<Inner>, due: DueDelivery) {
+    let endpoint_id = due.endpoint.id.clone();
+    let record = AttemptRecord {
+        delivery_id: due.delivery_id,
+        row: due.row,
+        endpoint_id: endpoint_id.clone(),
+        endpoint_version: due.endpoint.updated_at.0,
+        attempt: None,
+        outcome: Outcome::Released,
+    };
+    if inner.records.send(record).await.is_err() {
+        inner.release(&endpoint_id);
     }
 }
 
@@ -559,6 +582,7 @@ async fn attempt(
     let record = AttemptRecord {
         delivery_id: due.delivery_id.clone(),
         row: due.row,
+        endpoint_version: target.version,
         endpoint_id: target.endpoint_id.clone(),
         attempt: Some(Attempt {
             attempt: number,
@@ -606,25 +630,37 @@ async fn record_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<AttemptRecord>) {
                 _ = inner.recorder_stop.cancelled() => { stopping = true; continue; }
             }
         }
-        // A passing error must not lose a record; if it still fails, the rows stay
-        // `delivering` and are attempted again after the next start (at-least-once).
+        // The outcomes must reach the database before their room is given back: retry until
+        // they do. Only when stopping does it give up; the rows then stay `delivering` and
+        // are attempted again after the next start (at-least-once).
         let mut wait = Duration::from_millis(50);
-        for _ in 0..5 {
+        let mut tries = 0;
+        let written = loop {
             match inner.store.record_attempts(batch.clone()).await {
-                Ok(()) => break,
+                Ok(()) => break true,
                 Err(e) => {
-                    tracing::error!(count = batch.len(), error = %e, "recording attempts failed");
+                    tries += 1;
+                    tracing::error!(count = batch.len(), tries, error = %e, "recording attempts failed");
+                    if (stopping || inner.recorder_stop.is_cancelled()) && tries >= 3 {
+                        break false;
+                    }
                     tokio::time::sleep(wait).await;
-                    wait *= 4;
+                    wait = (wait * 2).min(Duration::from_secs(5));
                 }
             }
-        }
+        };
         for rec in &batch {
-            if matches!(rec.outcome, Outcome::Gone)
-                && let Ok(queues) = inner.queues.lock()
-                && let Some(q) = queues.get(&rec.endpoint_id)
-            {
-                q.shared.closed.store(true, Ordering::Release);
+            if written && matches!(rec.outcome, Outcome::Gone) {
+                if let Ok(queues) = inner.queues.lock()
+                    && let Some(q) = queues.get(&rec.endpoint_id)
+                {
+                    q.shared
+                        .closed_at
+                        .fetch_max(rec.endpoint_version, Ordering::AcqRel);
+                }
+                if let Ok(mut a) = inner.admission.lock() {
+                    a.breakers.remove(&rec.endpoint_id);
+                }
             }
             inner.release(&rec.endpoint_id);
             if let Outcome::RetryAt(at) = rec.outcome {

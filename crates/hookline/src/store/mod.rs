@@ -131,6 +131,8 @@ pub struct AttemptRecord {
     pub delivery_id: String,
     /// The delivery's row number (`DueDelivery::row`).
     pub row: i64,
+    /// The version (`updated_at`, ms) of the endpoint the attempt was made with.
+    pub endpoint_version: i64,
     pub endpoint_id: String,
     /// `None` for a delivery given back without an attempt ([`Outcome::Released`]).
     pub attempt: Option<crate::model::Attempt>,

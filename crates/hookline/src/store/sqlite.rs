@@ -301,7 +301,20 @@ impl SqliteStore {
         let (tx, rx) = oneshot::channel::<Result<T, StoreError>>();
         let job: WriteJob = Box::new(move |conn| {
             let result = match conn {
-                Some(conn) => in_savepoint(conn, f),
+                Some(conn) => {
+                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        in_savepoint(conn, f)
+                    })) {
+                        Ok(result) => result,
+                        Err(_) => {
+                            // A bug, not a data problem: undo the job, keep the writer, and
+                            // still run `on_done` so that nothing it guards leaks.
+                            tracing::error!("a write job panicked; its changes were rolled back");
+                            let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
+                            Err(StoreError::Commit("a write job failed unexpectedly".into()))
+                        }
+                    }
+                }
                 None => Err(StoreError::Commit("could not begin a transaction".into())),
             };
             Box::new(move |commit: Result<(), StoreError>| {
@@ -1133,23 +1146,27 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<WriteJob>, on_rollback: 
         let started = std::time::Instant::now();
         let jobs = batch.len();
         let began = conn.execute_batch("BEGIN IMMEDIATE");
-        let conn_ref = began.is_ok().then_some(&conn);
-        let completions: Vec<Completion> = batch
-            .drain(..)
-            .filter_map(|job| {
-                // A panicking job (a bug) must not take the writer down with it: its
-                // savepoint is rolled back and its caller sees the writer refuse it.
-                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(conn_ref))) {
-                    Ok(done) => Some(done),
-                    Err(_) => {
-                        tracing::error!("a write job panicked; its changes were rolled back");
-                        let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
-                        None
-                    }
-                }
-            })
-            .collect();
+        let mut open = began.is_ok();
+        let mut completions: Vec<Completion> = Vec::with_capacity(batch.len());
+        for job in batch.drain(..) {
+            let conn_ref = open.then_some(&conn);
+            // `write_then` catches a job's own panic; this is the last line of defence.
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(conn_ref))) {
+                Ok(done) => completions.push(done),
+                Err(_) => tracing::error!("a write job panicked outside its savepoint guard"),
+            }
+            // SQLite itself may roll the whole transaction back (disk full, I/O error): the
+            // jobs after that must not run in autocommit mode, each committing on its own.
+            if open && conn.is_autocommit() {
+                tracing::error!("SQLite rolled the group transaction back");
+                open = false;
+            }
+        }
         let committed = match began {
+            Ok(()) if !open => {
+                on_rollback();
+                Err("the transaction was rolled back by the database".to_owned())
+            }
             Ok(()) => match conn.execute_batch("COMMIT") {
                 Ok(()) => Ok(()),
                 Err(e) => {
