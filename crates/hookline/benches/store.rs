@@ -42,11 +42,12 @@ fn events(n: usize) -> Vec<NewEvent> {
 }
 
 /// A successful first attempt.
-fn success(delivery_id: String, row: i64, endpoint_id: String) -> AttemptRecord {
+fn success(delivery_id: String, row: i64, claim: i64, endpoint_id: String) -> AttemptRecord {
     AttemptRecord {
         delivery_id,
         row,
         endpoint_version: 0,
+        claim,
         endpoint_id,
         attempt: Some(Attempt {
             attempt: 1,
@@ -115,7 +116,7 @@ fn store_ops(c: &mut Criterion) {
                     let records = accepted
                         .iter()
                         .flat_map(|a| a.deliveries.iter())
-                        .map(|d| success(d.id.clone(), d.row, d.endpoint.id.clone()))
+                        .map(|d| success(d.id.clone(), d.row, 1, d.endpoint.id.clone()))
                         .collect::<Vec<_>>();
                     let start = Instant::now();
                     store.record_attempts(records).await.unwrap();
@@ -146,7 +147,7 @@ fn store_ops(c: &mut Criterion) {
                     assert_eq!(claimed.len(), 1000);
                     let released = claimed
                         .into_iter()
-                        .map(|d| success(d.delivery_id, d.row, d.endpoint.id.clone()))
+                        .map(|d| success(d.delivery_id, d.row, d.claim, d.endpoint.id.clone()))
                         .collect();
                     // Leave nothing due for the next round.
                     store.record_attempts(released).await.unwrap();

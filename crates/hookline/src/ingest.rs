@@ -99,6 +99,7 @@ impl Ingest {
                         dispatcher.submit(DueDelivery {
                             delivery_id: d.id.clone(),
                             row: d.row,
+                            claim: 1,
                             attempts: 0,
                             event_id: ev.event.id.clone(),
                             payload: ev.payload.clone(),

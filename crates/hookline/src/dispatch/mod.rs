@@ -530,6 +530,7 @@ async fn give_back(inner: &Arc<Inner>, due: DueDelivery) {
     let record = AttemptRecord {
         delivery_id: due.delivery_id,
         row: due.row,
+        claim: due.claim,
         endpoint_id: endpoint_id.clone(),
         endpoint_version: due.endpoint.updated_at.0,
         attempt: None,
@@ -582,6 +583,7 @@ async fn attempt(
     let record = AttemptRecord {
         delivery_id: due.delivery_id.clone(),
         row: due.row,
+        claim: due.claim,
         endpoint_version: target.version,
         endpoint_id: target.endpoint_id.clone(),
         attempt: Some(Attempt {

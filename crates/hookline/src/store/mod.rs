@@ -99,6 +99,9 @@ pub struct DueDelivery {
     pub delivery_id: String,
     /// The delivery's row number in the store (a stable handle for fast updates).
     pub row: i64,
+    /// Which claim of the delivery this is: an outcome of an older claim (an attempt that
+    /// outlived its endpoint being turned off and on, say) cannot move it on.
+    pub claim: i64,
     /// Attempts made before this one.
     pub attempts: u32,
     pub event_id: String,
@@ -131,6 +134,8 @@ pub struct AttemptRecord {
     pub delivery_id: String,
     /// The delivery's row number (`DueDelivery::row`).
     pub row: i64,
+    /// The claim the attempt was made under (`DueDelivery::claim`).
+    pub claim: i64,
     /// The version (`updated_at`, ms) of the endpoint the attempt was made with.
     pub endpoint_version: i64,
     pub endpoint_id: String,

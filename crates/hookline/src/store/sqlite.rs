@@ -103,7 +103,8 @@ struct ReadPool {
     permits: Arc<Semaphore>,
 }
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE accounts (
     id          TEXT PRIMARY KEY,
     name        TEXT NOT NULL UNIQUE,
@@ -175,7 +176,13 @@ CREATE TABLE attempts (
     response_body  TEXT,
     PRIMARY KEY (delivery_id, attempt)
 ) WITHOUT ROWID;
-"#];
+"#,
+    // Every claim of a delivery (by ingest, the poller or a manual retry) gets a number; an
+    // outcome only moves the delivery on if it belongs to the current claim.
+    r#"
+ALTER TABLE deliveries ADD COLUMN claim INTEGER NOT NULL DEFAULT 0;
+"#,
+];
 
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path).ctx("opening the SQLite database")?;
@@ -623,8 +630,8 @@ impl SqliteStore {
                 let mut ins_delivery = c
                     .prepare_cached(
                         "INSERT INTO deliveries (id, account_id, event_id, event_type, endpoint_id,
-                        status, next_attempt_at, created_at, updated_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
+                        status, next_attempt_at, created_at, updated_at, claim)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9)",
                     )
                     .ctx("preparing the delivery insert")?;
                 let mut out = Vec::with_capacity(events.len());
@@ -657,7 +664,8 @@ impl SqliteStore {
                                 ep.id,
                                 status,
                                 ev.created_at.0,
-                                ev.created_at.0
+                                ev.created_at.0,
+                                i64::from(claimed)
                             ])
                             .ctx("inserting a delivery")?;
                         d.row = c.last_insert_rowid();
@@ -838,14 +846,16 @@ impl SqliteStore {
                 .ctx("scanning endpoints")?;
             let mut select = c
                 .prepare_cached(
-                    "SELECT d.id, d.attempts, e.id, e.type, e.created_at, e.data, d.seq
+                    "SELECT d.id, d.attempts, e.id, e.type, e.created_at, e.data, d.seq, d.claim + 1
                      FROM deliveries d JOIN events e ON e.id = d.event_id
                      WHERE d.endpoint_id = ?1 AND d.status = 'pending' AND d.next_attempt_at <= ?2
                      ORDER BY d.next_attempt_at LIMIT ?3",
                 )
                 .ctx("preparing the due scan")?;
             let mut mark = c
-                .prepare_cached("UPDATE deliveries SET status = 'delivering' WHERE seq = ?1")
+                .prepare_cached(
+                    "UPDATE deliveries SET status = 'delivering', claim = claim + 1 WHERE seq = ?1",
+                )
                 .ctx("preparing the claim")?;
             let mut out = Vec::new();
             let mut payloads: HashMap<String, bytes::Bytes> = HashMap::new();
@@ -870,12 +880,15 @@ impl SqliteStore {
                             r.get::<_, i64>(4)?,
                             r.get::<_, String>(5)?,
                             r.get::<_, i64>(6)?,
+                            r.get::<_, i64>(7)?,
                         ))
                     })
                     .ctx("scanning due deliveries")?
                     .collect::<Result<Vec<_>, _>>()
                     .ctx("scanning due deliveries")?;
-                for (delivery_id, attempts, event_id, event_type, created_at, data, row) in rows {
+                for (delivery_id, attempts, event_id, event_type, created_at, data, row, claim) in
+                    rows
+                {
                     mark.execute([row]).ctx("claiming a delivery")?;
                     let payload = payloads
                         .entry(event_id.clone())
@@ -886,6 +899,7 @@ impl SqliteStore {
                     out.push(DueDelivery {
                         delivery_id,
                         row,
+                        claim,
                         attempts,
                         event_id,
                         payload,
@@ -929,20 +943,20 @@ impl SqliteStore {
                     "UPDATE deliveries SET status = ?2, attempts = MAX(attempts, ?3),
                         next_attempt_at = ?4, last_attempt_at = ?5, last_status_code = ?6,
                         last_error = ?7, updated_at = ?8
-                     WHERE seq = ?1 AND (?9 = 0 OR status = 'delivering')",
+                     WHERE seq = ?1 AND (?9 = 0 OR (status = 'delivering' AND claim = ?10))",
                 )
                 .ctx("preparing the delivery update")?;
             let mut release = c
                 .prepare_cached(
                     "UPDATE deliveries SET status = 'pending', next_attempt_at = ?2, updated_at = ?2
-                     WHERE seq = ?1 AND status = 'delivering'",
+                     WHERE seq = ?1 AND status = 'delivering' AND claim = ?3",
                 )
                 .ctx("preparing the release")?;
             let now = Timestamp::now().0;
             for rec in &records {
                 let Some(a) = &rec.attempt else {
                     release
-                        .execute(params![rec.row, now])
+                        .execute(params![rec.row, now, rec.claim])
                         .ctx("releasing a delivery")?;
                     continue;
                 };
@@ -975,7 +989,8 @@ impl SqliteStore {
                         a.status_code,
                         a.error,
                         now,
-                        only_if_delivering
+                        only_if_delivering,
+                        rec.claim
                     ])
                     .ctx("updating a delivery")?;
                 if matches!(rec.outcome, Outcome::Gone) {
@@ -1037,7 +1052,7 @@ impl SqliteStore {
             let row = c
                 .query_row(
                     "SELECT d.status, d.attempts, d.endpoint_id, e.id, e.type, e.created_at, e.data,
-                        d.seq
+                        d.seq, d.claim + 1
                      FROM deliveries d JOIN events e ON e.id = d.event_id
                      WHERE d.id = ?1 AND d.account_id = ?2",
                     params![delivery_id, account_id],
@@ -1051,13 +1066,23 @@ impl SqliteStore {
                             r.get::<_, i64>(5)?,
                             r.get::<_, String>(6)?,
                             r.get::<_, i64>(7)?,
+                            r.get::<_, i64>(8)?,
                         ))
                     },
                 )
                 .optional()
                 .ctx("reading a delivery to retry")?;
-            let Some((status, attempts, endpoint_id, event_id, event_type, created_at, data, row)) =
-                row
+            let Some((
+                status,
+                attempts,
+                endpoint_id,
+                event_id,
+                event_type,
+                created_at,
+                data,
+                row,
+                claim,
+            )) = row
             else {
                 return Ok(Err(RetryRefusal::NotFound));
             };
@@ -1072,7 +1097,8 @@ impl SqliteStore {
                 return Ok(Err(RetryRefusal::EndpointDisabled));
             }
             c.execute(
-                "UPDATE deliveries SET status = 'delivering', updated_at = ?2 WHERE id = ?1",
+                "UPDATE deliveries SET status = 'delivering', claim = claim + 1, updated_at = ?2
+                 WHERE id = ?1",
                 params![delivery_id, Timestamp::now().0],
             )
             .ctx("claiming a delivery to retry")?;
@@ -1080,6 +1106,7 @@ impl SqliteStore {
             Ok(Ok(DueDelivery {
                 delivery_id,
                 row,
+                claim,
                 attempts,
                 event_id,
                 payload,
@@ -1286,4 +1313,118 @@ fn delivery_from_row(r: &Row<'_>) -> rusqlite::Result<Delivery> {
         created_at: Timestamp(r.get(10)?),
         updated_at: Timestamp(r.get(11)?),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::DeliveryStatus;
+    use std::collections::BTreeMap;
+
+    fn endpoint(account_id: &str) -> Endpoint {
+        let now = Timestamp::now();
+        Endpoint {
+            id: new_id("ep"),
+            account_id: account_id.to_owned(),
+            url: "https://example.com/hook".into(),
+            description: String::new(),
+            event_types: vec!["*".into()],
+            headers: BTreeMap::new(),
+            rate_limit_per_sec: None,
+            enabled: true,
+            disabled_reason: None,
+            created_at: now,
+            updated_at: now,
+            secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+        }
+    }
+
+    fn failure(due: &DueDelivery, claim: i64) -> AttemptRecord {
+        AttemptRecord {
+            delivery_id: due.delivery_id.clone(),
+            row: due.row,
+            claim,
+            endpoint_id: due.endpoint.id.clone(),
+            endpoint_version: due.endpoint.updated_at.0,
+            attempt: Some(Attempt {
+                attempt: due.attempts + 1,
+                started_at: Timestamp::now(),
+                duration_ms: 1,
+                status_code: Some(500),
+                error: None,
+                response_body: None,
+            }),
+            outcome: Outcome::RetryAt(Timestamp(Timestamp::now().0 + 60_000)),
+        }
+    }
+
+    /// An attempt that outlived its claim (its endpoint was turned off and on, and the
+    /// delivery retried by hand meanwhile) cannot move the delivery on; the current one can.
+    #[tokio::test]
+    async fn an_outcome_of_an_old_claim_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let account = store.create_account("a".into(), Plan::Pro).await.unwrap();
+        let ep = store.insert_endpoint(endpoint(&account.id)).await.unwrap();
+        let event = NewEvent {
+            id: new_id("evt"),
+            event_type: "click".into(),
+            data: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
+            created_at: Timestamp::now(),
+            payload: Default::default(),
+        };
+        let accepted = store
+            .insert_events(account.id.clone(), vec![event], |_| true, |_| {})
+            .await
+            .unwrap();
+        let d = &accepted[0].deliveries[0];
+        let status = |store: SqliteStore, id: String, account: String| async move {
+            store
+                .get_delivery(account, id)
+                .await
+                .unwrap()
+                .unwrap()
+                .0
+                .status
+        };
+
+        // Claim 1 is in flight; the endpoint goes off (the delivery fails) and on again.
+        for enabled in [false, true] {
+            store
+                .update_endpoint(account.id.clone(), ep.id.clone(), move |e| {
+                    e.enabled = enabled
+                })
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            status(store.clone(), d.id.clone(), account.id.clone()).await,
+            DeliveryStatus::Failed
+        );
+        // A manual retry takes claim 2.
+        let retry = store
+            .claim_for_retry(account.id.clone(), d.id.clone())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(retry.claim, 2);
+        // Claim 1's late failure changes nothing: claim 2 still holds it.
+        store
+            .record_attempts(vec![failure(&retry, 1)])
+            .await
+            .unwrap();
+        assert_eq!(
+            status(store.clone(), d.id.clone(), account.id.clone()).await,
+            DeliveryStatus::Delivering
+        );
+        // Claim 2's failure schedules the retry.
+        store
+            .record_attempts(vec![failure(&retry, 2)])
+            .await
+            .unwrap();
+        assert_eq!(
+            status(store.clone(), d.id.clone(), account.id.clone()).await,
+            DeliveryStatus::Pending
+        );
+    }
 }
