@@ -185,7 +185,26 @@ pub struct Report {
 pub struct Isolation {
     pub alone_ms: Percentiles,
     pub beside_hanging_ms: Percentiles,
+    /// Change of the pooled p99.
     pub p99_change_pct: f64,
+    /// The median over rounds of each phase's own p99, alone and beside the hanging one:
+    /// less sensitive than the pooled p99 to one noisy round.
+    pub median_round_p99_alone_ms: f64,
+    pub median_round_p99_beside_ms: f64,
+    pub median_round_p99_change_pct: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    }
 }
 
 /// Runs a benchmark and prints a table, then the report as one JSON line.
@@ -239,15 +258,20 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
                 ..Setup::default()
             };
             let (mut alone, mut beside) = (Vec::new(), Vec::new());
+            let (mut alone_p99, mut beside_p99) = (Vec::new(), Vec::new());
             for _ in 0..args.rounds.max(1) {
                 let (p, lat) =
                     end_to_end_raw(&args, &secret, raw, load, n, Setup::default()).await?;
                 alone.extend(lat);
+                alone_p99.push(p.latency_ms.p99);
                 phases.push(p);
                 let (p, lat) = end_to_end_raw(&args, &secret, raw, load, n, hang).await?;
                 beside.extend(lat);
+                beside_p99.push(p.latency_ms.p99);
                 phases.push(p);
             }
+            let (m_alone, m_beside) = (median(alone_p99), median(beside_p99));
+            let m_change = (m_beside / m_alone.max(1e-9) - 1.0) * 100.0;
             let (alone, beside) = (Percentiles::of(alone), Percentiles::of(beside));
             let change = (beside.p99 / alone.p99.max(1e-9) - 1.0) * 100.0;
             println!(
@@ -256,10 +280,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
                 alone.p99,
                 beside.p99
             );
+            println!(
+                "isolation (median of per-round p99): {m_alone:.2} ms alone, {m_beside:.2} ms beside ({m_change:+.1} %)"
+            );
             isolation = Some(Isolation {
                 alone_ms: alone,
                 beside_hanging_ms: beside,
                 p99_change_pct: change,
+                median_round_p99_alone_ms: m_alone,
+                median_round_p99_beside_ms: m_beside,
+                median_round_p99_change_pct: m_change,
             });
         }
     }
