@@ -537,6 +537,7 @@ async fn end_to_end_raw(
         .map(|i| format!("/{kind}/{i}"))
         .collect();
     paths.extend((0..setup.hanging).map(|i| format!("/hang/{i}")));
+    let mut created = Vec::new();
     for path in &paths {
         let body = json!({"url": sink.url(path), "event_types": ["*"],
                           "secret": secret.to_string()});
@@ -552,6 +553,10 @@ async fn end_to_end_raw(
                 "creating an endpoint: {status} {}",
                 String::from_utf8_lossy(&resp)
             );
+        }
+        let ep: serde_json::Value = serde_json::from_slice(&resp)?;
+        if let Some(id) = ep["id"].as_str() {
+            created.push(id.to_owned());
         }
     }
 
@@ -639,60 +644,76 @@ async fn end_to_end_raw(
             break;
         }
     }
-    let tally = sink
-        .tally
-        .lock()
-        .map_err(|_| anyhow::anyhow!("sink state poisoned"))?;
-    let delivered = tally.seen.len() as u64;
-    let duplicates: u64 = tally.seen.values().map(|n| u64::from(n - 1)).sum();
-    let span = tally
-        .last_receipt
-        .map_or(ingest_secs, |t| t.duration_since(start).as_secs_f64());
-    let delivered_per_sec = delivered as f64 / span.max(1e-9);
-    let (drain_per_sec, back_to_first_ms, drain_after_first_per_sec) = if setup.down_during_ingest {
-        let drained = delivered.saturating_sub(before_back as u64) as f64;
+    let (phase, latencies) = {
+        let tally = sink
+            .tally
+            .lock()
+            .map_err(|_| anyhow::anyhow!("sink state poisoned"))?;
+        let delivered = tally.seen.len() as u64;
+        let duplicates: u64 = tally.seen.values().map(|n| u64::from(n - 1)).sum();
         let span = tally
             .last_receipt
-            .map_or(0.0, |t| t.saturating_duration_since(back).as_secs_f64());
-        let first = tally.first_receipt_after(back);
-        let after_first = match (first, tally.last_receipt) {
-            (Some(f), Some(l)) => {
-                Some(drained / l.saturating_duration_since(f).as_secs_f64().max(1e-9))
-            }
-            _ => None,
-        };
-        let first_ms = first.map(|t| t.saturating_duration_since(back).as_secs_f64() * 1000.0);
-        (Some(drained / span.max(1e-9)), first_ms, after_first)
-    } else {
-        (None, None, None)
-    };
-    let latencies = tally.latencies_us.clone();
-    let phase = Phase {
-        name,
-        mode,
-        events,
-        fanout: args.fanout,
-        batch,
-        accepted,
-        rejected,
-        accepted_per_sec: accepted as f64 / ingest_secs.max(1e-9),
-        delivered,
-        delivered_per_sec,
-        delivered_ratio_to_raw: if raw > 0.0 {
-            delivered_per_sec / raw
+            .map_or(ingest_secs, |t| t.duration_since(start).as_secs_f64());
+        let delivered_per_sec = delivered as f64 / span.max(1e-9);
+        let (drain_per_sec, back_to_first_ms, drain_after_first_per_sec) = if setup
+            .down_during_ingest
+        {
+            let drained = delivered.saturating_sub(before_back as u64) as f64;
+            let span = tally
+                .last_receipt
+                .map_or(0.0, |t| t.saturating_duration_since(back).as_secs_f64());
+            let first = tally.first_receipt_after(back);
+            let after_first = match (first, tally.last_receipt) {
+                (Some(f), Some(l)) => {
+                    Some(drained / l.saturating_duration_since(f).as_secs_f64().max(1e-9))
+                }
+                _ => None,
+            };
+            let first_ms = first.map(|t| t.saturating_duration_since(back).as_secs_f64() * 1000.0);
+            (Some(drained / span.max(1e-9)), first_ms, after_first)
         } else {
-            0.0
-        },
-        lost: expected.saturating_sub(delivered),
-        duplicates,
-        bad_signatures: sink.bad_signatures.load(Ordering::Relaxed),
-        latency_ms: Percentiles::of(tally.latencies_us.clone()),
-        server_peak_rss_mb: server.as_ref().and_then(ServerProcess::peak_rss_mb),
-        drain_per_sec,
-        drain_ratio_to_raw: drain_per_sec.map(|d| if raw > 0.0 { d / raw } else { 0.0 }),
-        back_to_first_ms,
-        drain_after_first_per_sec,
+            (None, None, None)
+        };
+        let latencies = tally.latencies_us.clone();
+
+        let phase = Phase {
+            name,
+            mode,
+            events,
+            fanout: args.fanout,
+            batch,
+            accepted,
+            rejected,
+            accepted_per_sec: accepted as f64 / ingest_secs.max(1e-9),
+            delivered,
+            delivered_per_sec,
+            delivered_ratio_to_raw: if raw > 0.0 {
+                delivered_per_sec / raw
+            } else {
+                0.0
+            },
+            lost: expected.saturating_sub(delivered),
+            duplicates,
+            bad_signatures: sink.bad_signatures.load(Ordering::Relaxed),
+            latency_ms: Percentiles::of(tally.latencies_us.clone()),
+            server_peak_rss_mb: server.as_ref().and_then(ServerProcess::peak_rss_mb),
+            drain_per_sec,
+            drain_ratio_to_raw: drain_per_sec.map(|d| if raw > 0.0 { d / raw } else { 0.0 }),
+            back_to_first_ms,
+            drain_after_first_per_sec,
+        };
+        (phase, latencies)
     };
+    // A server this run does not own (`--api`) keeps running: remove this phase's endpoints
+    // so that the next phase's events do not also go to this phase's sink.
+    if server.is_none() {
+        for id in &created {
+            let req = Request::delete(format!("{api}/v1/endpoints/{id}"))
+                .header("authorization", format!("Bearer {key}"))
+                .body(Full::new(Bytes::new()))?;
+            http.request(req).await?;
+        }
+    }
     Ok((phase, latencies))
 }
 
