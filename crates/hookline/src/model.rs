@@ -137,15 +137,9 @@ pub struct Event {
     pub data: Box<serde_json::value::RawValue>,
 }
 
-impl Event {
-    /// The exact bytes a receiver gets: `{"id","type","timestamp","data"}`.
-    /// Built once per event and shared by all of its deliveries.
-    pub fn envelope(&self) -> Vec<u8> {
-        envelope(&self.id, &self.event_type, self.created_at, self.data.get())
-    }
-}
-
-/// The body a receiver gets, from its parts. `data` must be valid JSON text.
+/// The exact bytes a receiver gets, `{"id","type","timestamp","data"}`, from an event's
+/// parts; built once per event and shared by all of its deliveries. `data` must be valid
+/// JSON text.
 pub fn envelope(id: &str, event_type: &str, created_at: Timestamp, data: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(data.len() + id.len() + event_type.len() + 64);
     out.extend_from_slice(b"{\"id\":");

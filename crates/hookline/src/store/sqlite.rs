@@ -282,11 +282,6 @@ impl SqliteStore {
         }
     }
 
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Runs `f` in the next group commit and returns its result once committed.
     async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
     where
