@@ -352,6 +352,9 @@ async fn deleting_an_endpoint_ends_its_open_deliveries() {
     assert_error(status, &body, 409);
     let (status, _) = s.call(Method::DELETE, &path, None).await;
     assert_eq!(status, 404);
+    // A removed endpoint gets no new deliveries.
+    let after = s.event("open", json!({})).await;
+    assert_eq!(after["deliveries"], json!([]), "{after}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

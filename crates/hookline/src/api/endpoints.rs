@@ -199,20 +199,12 @@ pub async fn delete(
     Auth(account): Auth,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let Some(ep) = state
+    let ep = state
         .store
-        .get_endpoint(account.id.clone(), id.clone())
+        .delete_endpoint(account.id, id)
         .await?
-    else {
-        return Err(ApiError::not_found("endpoint"));
-    };
-    if !state.store.delete_endpoint(account.id, id).await? {
-        return Err(ApiError::not_found("endpoint"));
-    }
-    state.dispatcher.endpoint_changed(&Endpoint {
-        enabled: false,
-        ..ep
-    });
+        .ok_or_else(|| ApiError::not_found("endpoint"))?;
+    state.dispatcher.endpoint_changed(&ep);
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -574,25 +574,29 @@ impl SqliteStore {
     }
 
     /// Removes an endpoint (kept, marked deleted, so its delivery history stays readable) and
-    /// ends its open deliveries as `failed`. `false` when there is no such endpoint.
+    /// ends its open deliveries as `failed`. Returns the endpoint as removed (disabled, at its
+    /// new version), or `None` when there is no such endpoint.
     pub async fn delete_endpoint(
         &self,
         account_id: String,
         id: String,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Option<Endpoint>, StoreError> {
+        let subscribers = self.subscribers.clone();
         self.write(move |c| {
-            let now = Timestamp::now().0;
-            let n = c
-                .execute(
-                    "UPDATE endpoints SET deleted_at = ?3, enabled = 0, updated_at = ?3
-                     WHERE id = ?1 AND account_id = ?2 AND deleted_at IS NULL",
-                    params![id, account_id, now],
-                )
-                .ctx("deleting an endpoint")?;
-            if n == 1 {
-                fail_open_deliveries(c, &id, "endpoint removed")?;
-            }
-            Ok(n == 1)
+            let Some(mut ep) = load_endpoint(c, Some(&account_id), &id)? else {
+                return Ok(None);
+            };
+            subscribers.forget(&account_id);
+            let now = Timestamp(Timestamp::now().0.max(ep.updated_at.0 + 1));
+            c.execute(
+                "UPDATE endpoints SET deleted_at = ?2, enabled = 0, updated_at = ?2 WHERE id = ?1",
+                params![id, now.0],
+            )
+            .ctx("deleting an endpoint")?;
+            fail_open_deliveries(c, &id, "endpoint removed")?;
+            ep.enabled = false;
+            ep.updated_at = now;
+            Ok(Some(ep))
         })
         .await
     }
