@@ -1144,11 +1144,14 @@ fn in_savepoint<T>(
     conn: &Connection,
     f: impl FnOnce(&Connection) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
-    conn.execute_batch("SAVEPOINT job")
+    // Cached statements: every write job opens and releases one, so skip the re-parse.
+    conn.prepare_cached("SAVEPOINT job")
+        .and_then(|mut s| s.execute([]))
         .ctx("opening a savepoint")?;
     match f(conn) {
         Ok(v) => {
-            conn.execute_batch("RELEASE job")
+            conn.prepare_cached("RELEASE job")
+                .and_then(|mut s| s.execute([]))
                 .ctx("releasing a savepoint")?;
             Ok(v)
         }
