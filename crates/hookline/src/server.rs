@@ -61,14 +61,14 @@ pub async fn run(
         shutdown.child_token(),
     );
     let ingest = Ingest::new(store.clone(), dispatcher.clone());
-    let state = AppState {
+    let state = AppState::new(api::Shared {
         store,
         ingest,
         dispatcher: dispatcher.clone(),
         rules: Arc::new(config.url_rules.clone()),
         max_body_bytes: config.max_body_bytes,
         auth_cache: Arc::new(api::extract::AuthCache::new(AUTH_CACHE_TTL)),
-    };
+    });
     let app = api::router(state);
     let addr = listener
         .local_addr()

@@ -186,12 +186,15 @@ ALTER TABLE deliveries ADD COLUMN claim INTEGER NOT NULL DEFAULT 0;
 
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path).ctx("opening the SQLite database")?;
+    // `temp_store = MEMORY` keeps each write job's savepoint journal in memory: on disk it
+    // cost a file write per page a job touched (a fifth of the writer's time, by profile).
     conn.execute_batch(
         "PRAGMA journal_mode = WAL;
          PRAGMA synchronous = FULL;
          PRAGMA busy_timeout = 10000;
          PRAGMA foreign_keys = OFF;
-         PRAGMA cache_size = -16000;",
+         PRAGMA cache_size = -16000;
+         PRAGMA temp_store = MEMORY;",
     )
     .ctx("setting SQLite pragmas")?;
     Ok(conn)
