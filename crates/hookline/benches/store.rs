@@ -63,7 +63,7 @@ fn success(delivery_id: String, row: i64, claim: i64, endpoint_id: String) -> At
 
 /// A store with one account and `fanout` endpoints.
 async fn setup(dir: &std::path::Path, fanout: usize) -> (Store, String) {
-    let store = Store::open(dir).unwrap();
+    let store = Store::sqlite(dir).unwrap();
     let account = store
         .create_account("bench".into(), Plan::Pro)
         .await

@@ -5,7 +5,7 @@ use clap::{Args, Parser, Subcommand};
 use hookline::dispatch::retry::{RetrySchedule, parse_duration};
 use hookline::model::Plan;
 use hookline::server::{self, Config};
-use hookline::store::Store;
+use hookline::store::{Location, Store};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -35,6 +35,11 @@ enum Command {
     Account(AccountCommand),
     /// Measures Hookline end to end over loopback, against a raw reference client.
     Bench(hookline::bench::BenchArgs),
+    /// Brings the database's schema up to date (`serve` also does this at start).
+    Migrate {
+        #[command(flatten)]
+        storage: StorageArgs,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -100,12 +105,27 @@ fn parse_plan(text: &str) -> Result<Plan, String> {
     Plan::parse(text).ok_or_else(|| format!("{text:?} is not a plan (free, pro or business)"))
 }
 
-fn open_store(storage: &StorageArgs) -> anyhow::Result<Store> {
-    if storage.database_url.is_some() {
-        bail!("PostgreSQL storage (--database-url) is not available yet; use --data-dir");
+impl StorageArgs {
+    /// `--database-url` when given (it must be `postgres://…`), else the data directory.
+    fn location(&self) -> anyhow::Result<Location> {
+        match &self.database_url {
+            None => Ok(Location::Sqlite(self.data_dir.clone())),
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Ok(Location::Postgres(url.clone()))
+            }
+            Some(_) => bail!(
+                "--database-url must be a PostgreSQL URL (postgres://user@host:port/database); \
+                 for the embedded database use --data-dir"
+            ),
+        }
     }
-    Store::open(&storage.data_dir)
-        .with_context(|| format!("opening the store in {}", storage.data_dir.display()))
+}
+
+async fn open_store(storage: &StorageArgs) -> anyhow::Result<Store> {
+    let location = storage.location()?;
+    Store::open(&location)
+        .await
+        .with_context(|| format!("opening the store at {}", location.describe()))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -126,12 +146,18 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Serve(args) => serve(args).await,
             Command::Bench(args) => hookline::bench::run(args).await.map(|_| ()),
+            Command::Migrate { storage } => {
+                let location = storage.location()?;
+                open_store(&storage).await?;
+                println!("the schema at {} is up to date", location.describe());
+                Ok(())
+            }
             Command::Account(AccountCommand::Create {
                 name,
                 plan,
                 storage,
             }) => {
-                let store = open_store(&storage)?;
+                let store = open_store(&storage).await?;
                 let (account, key) = hookline::accounts::create(&store, &name, plan).await?;
                 println!(
                     "created account {} ({}, plan {})",
@@ -143,7 +169,7 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             }
             Command::Account(AccountCommand::Key { name, storage }) => {
-                let store = open_store(&storage)?;
+                let store = open_store(&storage).await?;
                 match hookline::accounts::issue_key(&store, &name).await? {
                     Some((account, key)) => {
                         println!("new key for account {} ({})", account.name, account.id);
@@ -158,10 +184,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    if args.storage.database_url.is_some() {
-        bail!("PostgreSQL storage (--database-url) is not available yet; use --data-dir");
-    }
-    let mut config = Config::new(args.storage.data_dir);
+    let mut config = Config::at(args.storage.location()?);
     if let Some(schedule) = args.retry_schedule {
         config.dispatch.retry = schedule;
     }

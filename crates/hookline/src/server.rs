@@ -3,7 +3,7 @@
 use crate::api::{self, AppState, UrlRules};
 use crate::dispatch::{DispatchConfig, Dispatcher};
 use crate::ingest::Ingest;
-use crate::store::Store;
+use crate::store::{Location, Store};
 use anyhow::Context as _;
 use axum::serve::ListenerExt as _;
 use std::path::PathBuf;
@@ -18,7 +18,8 @@ const AUTH_CACHE_TTL: Duration = Duration::from_secs(5);
 /// Everything `hookline serve` needs.
 #[derive(Clone, Debug)]
 pub struct Config {
-    pub data_dir: PathBuf,
+    /// Where the data lives: the embedded SQLite directory, or PostgreSQL.
+    pub location: Location,
     pub dispatch: DispatchConfig,
     pub url_rules: UrlRules,
     pub max_body_bytes: usize,
@@ -27,10 +28,15 @@ pub struct Config {
 }
 
 impl Config {
-    /// Defaults for a data directory.
+    /// Defaults for an embedded SQLite data directory.
     pub fn new(data_dir: PathBuf) -> Self {
+        Self::at(Location::Sqlite(data_dir))
+    }
+
+    /// Defaults for a store at `location`.
+    pub fn at(location: Location) -> Self {
         Config {
-            data_dir,
+            location,
             dispatch: DispatchConfig::default(),
             url_rules: UrlRules::default(),
             max_body_bytes: 256 * 1024,
@@ -45,9 +51,12 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let _lock = Store::lock_dir(&config.data_dir)?;
-    let store = Store::open(&config.data_dir)
-        .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+    let where_ = config.location.describe();
+    let _lock = Store::lock(&config.location).await?;
+    let store = Store::open(&config.location)
+        .await
+        .with_context(|| format!("opening the store at {where_}"))?;
+    let engine = store.engine();
     let released = store
         .release_all_claims()
         .await
@@ -73,7 +82,7 @@ pub async fn run(
     let addr = listener
         .local_addr()
         .context("reading the listen address")?;
-    tracing::info!(%addr, data_dir = %config.data_dir.display(), "hookline is serving");
+    tracing::info!(%addr, engine, store = %where_, "hookline is serving");
     let stop = shutdown.clone();
     // Responses are small and latency matters: no Nagle delay on accepted connections.
     let listener = listener.tap_io(|tcp| {

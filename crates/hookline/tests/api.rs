@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Receiver, TestServer, create_account};
+use common::{Engine, Receiver, TestServer, create_account};
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -30,10 +30,9 @@ async fn snapshot(s: &TestServer) -> Value {
     Value::Array(out)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn malformed_oversized_and_invalid_events_change_nothing() {
+async fn malformed_oversized_and_invalid_events_change_nothing(engine: Engine) {
     let rx = Receiver::start().await;
-    let s = TestServer::start().await;
+    let s = TestServer::start(&engine).await;
     s.endpoint(&rx.url("sink"), &["*"]).await;
     let before = snapshot(&s).await;
 
@@ -107,9 +106,8 @@ async fn malformed_oversized_and_invalid_events_change_nothing() {
     assert!(rx.all().is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_endpoints_are_refused_and_change_nothing() {
-    let s = TestServer::start_with(|c| c.url_rules.allow_insecure_urls = false).await;
+async fn bad_endpoints_are_refused_and_change_nothing(engine: Engine) {
+    let s = TestServer::start_with(&engine, |c| c.url_rules.allow_insecure_urls = false).await;
     let before = snapshot(&s).await;
     let cases = [
         json!({"url": "http://example.com/hook", "event_types": ["click"]}),
@@ -187,9 +185,8 @@ async fn bad_endpoints_are_refused_and_change_nothing() {
     assert_eq!(cleared["description"], "new");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn missing_or_wrong_keys_get_401_and_change_nothing() {
-    let s = TestServer::start().await;
+async fn missing_or_wrong_keys_get_401_and_change_nothing(engine: Engine) {
+    let s = TestServer::start(&engine).await;
     let before = snapshot(&s).await;
     let routes = [
         (Method::POST, "/v1/events"),
@@ -225,10 +222,9 @@ async fn missing_or_wrong_keys_get_401_and_change_nothing() {
     assert_eq!(snapshot(&s).await, before);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unknown_and_foreign_ids_are_404() {
+async fn unknown_and_foreign_ids_are_404(engine: Engine) {
     let rx = Receiver::start().await;
-    let s = TestServer::start().await;
+    let s = TestServer::start(&engine).await;
     let ep = s.endpoint(&rx.url("a"), &["*"]).await;
     let ev = s.event("click", json!({})).await;
     let ep_id = ep["id"].as_str().unwrap();
@@ -237,7 +233,7 @@ async fn unknown_and_foreign_ids_are_404() {
     rx.wait_for("a", 1).await;
 
     // Another account on the same server.
-    let other_key = create_account(&s.dir, "globex").await;
+    let other_key = create_account(&s.location, "globex").await;
     let other = |method: Method, path: String| {
         s.http
             .request(method, s.url(&path))
@@ -287,9 +283,8 @@ async fn unknown_and_foreign_ids_are_404() {
     assert_error(status, &body, 404);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lists_paginate_with_opaque_cursors() {
-    let s = TestServer::start().await;
+async fn lists_paginate_with_opaque_cursors(engine: Engine) {
+    let s = TestServer::start(&engine).await;
     for i in 0..7 {
         s.post(
             "/v1/endpoints",
@@ -327,11 +322,10 @@ async fn lists_paginate_with_opaque_cursors() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deleting_an_endpoint_ends_its_open_deliveries() {
+async fn deleting_an_endpoint_ends_its_open_deliveries(engine: Engine) {
     let rx = Receiver::start().await;
     rx.always("down", common::Reply::Status(500));
-    let s = TestServer::start_with(|c| {
+    let s = TestServer::start_with(&engine, |c| {
         c.dispatch.retry = hookline::dispatch::retry::RetrySchedule::parse("1h").unwrap();
     })
     .await;
@@ -357,9 +351,8 @@ async fn deleting_an_endpoint_ends_its_open_deliveries() {
     assert_eq!(after["deliveries"], json!([]), "{after}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn openapi_document_lists_every_route() {
-    let s = TestServer::start().await;
+async fn openapi_document_lists_every_route(engine: Engine) {
+    let s = TestServer::start(&engine).await;
     let resp = s.http.get(s.url("/openapi.json")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let doc: Value = resp.json().await.unwrap();
@@ -380,4 +373,37 @@ async fn openapi_document_lists_every_route() {
         assert!(doc["paths"][path].is_object(), "{path} missing");
     }
     assert!(doc["components"]["schemas"]["Endpoint"].is_object());
+}
+
+on_both_engines!(
+    malformed_oversized_and_invalid_events_change_nothing,
+    bad_endpoints_are_refused_and_change_nothing,
+    missing_or_wrong_keys_get_401_and_change_nothing,
+    unknown_and_foreign_ids_are_404,
+    lists_paginate_with_opaque_cursors,
+    deleting_an_endpoint_ends_its_open_deliveries,
+    openapi_document_lists_every_route,
+);
+
+/// One database has one serving node (until leases let several share it): a second
+/// `hookline serve` on the same data is refused with a clear error, and the first one keeps
+/// working.
+async fn a_second_server_on_the_same_data_is_refused(engine: Engine) {
+    let s = TestServer::start(&engine).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let second = hookline::server::run(
+        common::test_config(&s.location),
+        listener,
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await;
+    let err = format!("{:#}", second.expect_err("a second server must not start"));
+    assert!(err.contains("in use by another `hookline serve`"), "{err}");
+    let (status, _) = s.get("/v1/endpoints").await;
+    assert_eq!(status, 200);
+}
+
+mod single_node {
+    use super::*;
+    on_both_engines!(a_second_server_on_the_same_data_is_refused);
 }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Receiver, Reply, TestServer, eventually, verify_with_standardwebhooks};
+use common::{Engine, Receiver, Reply, TestServer, eventually, verify_with_standardwebhooks};
 use serde_json::json;
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -17,10 +17,9 @@ fn ids(v: &serde_json::Value) -> BTreeSet<String> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn subscriptions_filter_by_exact_type_and_star() {
+async fn subscriptions_filter_by_exact_type_and_star(engine: Engine) {
     let rx = Receiver::start().await;
-    let s = TestServer::start().await;
+    let s = TestServer::start(&engine).await;
     let clicks = s.endpoint(&rx.url("clicks"), &["click"]).await;
     let all = s.endpoint(&rx.url("all"), &["*"]).await;
     let opens = s.endpoint(&rx.url("opens"), &["open", "bounce"]).await;
@@ -59,10 +58,9 @@ async fn subscriptions_filter_by_exact_type_and_star() {
     assert_eq!(types("opens"), BTreeSet::from(["open".into()]));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn envelope_headers_and_signature_follow_standard_webhooks() {
+async fn envelope_headers_and_signature_follow_standard_webhooks(engine: Engine) {
     let rx = Receiver::start().await;
-    let s = TestServer::start().await;
+    let s = TestServer::start(&engine).await;
     let (status, ep) = s
         .post(
             "/v1/endpoints",
@@ -126,11 +124,10 @@ async fn envelope_headers_and_signature_follow_standard_webhooks() {
     assert_eq!(d["attempts"][0]["status_code"], 200);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_500s_then_success_is_retried_with_every_attempt_recorded() {
+async fn two_500s_then_success_is_retried_with_every_attempt_recorded(engine: Engine) {
     let rx = Receiver::start().await;
     rx.script("flaky", vec![Reply::Status(500), Reply::Status(500)]);
-    let s = TestServer::start().await;
+    let s = TestServer::start(&engine).await;
     let ep = s.endpoint(&rx.url("flaky"), &["*"]).await;
     let secret = ep["secret"].as_str().unwrap();
     let ev = s.event("open", json!({"k": "v"})).await;
@@ -159,11 +156,10 @@ async fn two_500s_then_success_is_retried_with_every_attempt_recorded() {
     assert_eq!(numbers, vec![1, 2, 3]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retries_exhausted_end_as_failed_and_manual_retry_sends_again() {
+async fn retries_exhausted_end_as_failed_and_manual_retry_sends_again(engine: Engine) {
     let rx = Receiver::start().await;
     rx.always("down", Reply::Status(503));
-    let s = TestServer::start().await;
+    let s = TestServer::start(&engine).await;
     s.endpoint(&rx.url("down"), &["*"]).await;
     let ev = s.event("bounce", json!({})).await;
     let id = ev["deliveries"][0]["id"].as_str().unwrap().to_owned();
@@ -182,11 +178,10 @@ async fn retries_exhausted_end_as_failed_and_manual_retry_sends_again() {
     assert_eq!(rx.got("down").len(), 5);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retry_after_on_429_is_honoured() {
+async fn retry_after_on_429_is_honoured(engine: Engine) {
     let rx = Receiver::start().await;
     rx.script("busy", vec![Reply::RetryAfter(429, 2)]);
-    let s = TestServer::start().await;
+    let s = TestServer::start(&engine).await;
     s.endpoint(&rx.url("busy"), &["*"]).await;
     let ev = s.event("click", json!({})).await;
     let got = rx.wait_for("busy", 2).await;
@@ -197,11 +192,10 @@ async fn retry_after_on_429_is_honoured() {
         .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gone_disables_the_endpoint_and_ends_its_deliveries() {
+async fn gone_disables_the_endpoint_and_ends_its_deliveries(engine: Engine) {
     let rx = Receiver::start().await;
     rx.always("gone", Reply::Status(410));
-    let s = TestServer::start().await;
+    let s = TestServer::start(&engine).await;
     let ep = s.endpoint(&rx.url("gone"), &["*"]).await;
     let ep_id = ep["id"].as_str().unwrap();
     let ev = s.event("complaint", json!({})).await;
@@ -220,11 +214,10 @@ async fn gone_disables_the_endpoint_and_ends_its_deliveries() {
     assert_eq!(rx.got("gone").len(), 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hanging_endpoint_does_not_delay_another() {
+async fn a_hanging_endpoint_does_not_delay_another(engine: Engine) {
     let rx = Receiver::start().await;
     rx.always("stuck", Reply::Hang);
-    let s = TestServer::start_with(|c| {
+    let s = TestServer::start_with(&engine, |c| {
         c.dispatch.timeout = Duration::from_secs(20);
         c.dispatch.concurrency_per_endpoint = 4;
     })
@@ -246,10 +239,9 @@ async fn a_hanging_endpoint_does_not_delay_another() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn batches_are_accepted_whole_and_delivered() {
+async fn batches_are_accepted_whole_and_delivered(engine: Engine) {
     let rx = Receiver::start().await;
-    let s = TestServer::start().await;
+    let s = TestServer::start(&engine).await;
     s.endpoint(&rx.url("sink"), &["click", "open"]).await;
     let events: Vec<_> = (0..200)
         .map(|i| json!({"type": if i % 2 == 0 { "click" } else { "open" }, "data": {"i": i}}))
@@ -265,11 +257,10 @@ async fn batches_are_accepted_whole_and_delivered() {
     assert_eq!(distinct.len(), 200);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pending_deliveries_resume_after_a_restart() {
+async fn pending_deliveries_resume_after_a_restart(engine: Engine) {
     let rx = Receiver::start().await;
     rx.always("later", Reply::Status(500));
-    let s = TestServer::start_with(|c| {
+    let s = TestServer::start_with(&engine, |c| {
         c.dispatch.retry = hookline::dispatch::retry::RetrySchedule::parse("1s,1s,1s,1s").unwrap();
     })
     .await;
@@ -277,10 +268,10 @@ async fn pending_deliveries_resume_after_a_restart() {
     let ev = s.event("unsubscribe", json!({})).await;
     rx.wait_for("later", 1).await;
     let key = s.key.clone();
-    let dir = s.stop().await.unwrap();
+    let data = s.stop().await.unwrap();
     rx.always("later", Reply::Status(200));
 
-    let s = TestServer::launch(common::test_config(dir.path()), key).await;
+    let s = TestServer::launch(common::test_config(&data.location), key).await;
     let d = s
         .wait_delivery(ev["deliveries"][0]["id"].as_str().unwrap(), "succeeded")
         .await;
@@ -291,11 +282,10 @@ async fn pending_deliveries_resume_after_a_restart() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dead_endpoint_trips_its_breaker_and_its_backlog_drains_when_it_is_back() {
+async fn a_dead_endpoint_trips_its_breaker_and_its_backlog_drains_when_it_is_back(engine: Engine) {
     let rx = Receiver::start().await;
     rx.always("dead", Reply::Status(503));
-    let s = TestServer::start_with(|c| {
+    let s = TestServer::start_with(&engine, |c| {
         // Without the breaker's pull-forward, failed deliveries would wait an hour.
         c.dispatch.retry = hookline::dispatch::retry::RetrySchedule::parse("1h,1h,1h").unwrap();
         c.dispatch.concurrency_per_endpoint = 1;
@@ -351,11 +341,10 @@ async fn a_dead_endpoint_trips_its_breaker_and_its_backlog_drains_when_it_is_bac
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_endpoint_turned_back_on_gets_new_deliveries_again() {
+async fn an_endpoint_turned_back_on_gets_new_deliveries_again(engine: Engine) {
     let rx = Receiver::start().await;
     rx.script("flip", vec![Reply::Status(410)]);
-    let s = TestServer::start().await;
+    let s = TestServer::start(&engine).await;
     let ep = s.endpoint(&rx.url("flip"), &["*"]).await;
     let path = format!("/v1/endpoints/{}", ep["id"].as_str().unwrap());
     let first = s.event("open", json!({"n": 1})).await;
@@ -403,3 +392,17 @@ async fn an_endpoint_turned_back_on_gets_new_deliveries_again() {
     assert!(ids.contains(third["id"].as_str().unwrap()));
     assert!(!ids.contains(none["id"].as_str().unwrap()));
 }
+
+on_both_engines!(
+    subscriptions_filter_by_exact_type_and_star,
+    envelope_headers_and_signature_follow_standard_webhooks,
+    two_500s_then_success_is_retried_with_every_attempt_recorded,
+    retries_exhausted_end_as_failed_and_manual_retry_sends_again,
+    retry_after_on_429_is_honoured,
+    gone_disables_the_endpoint_and_ends_its_deliveries,
+    a_hanging_endpoint_does_not_delay_another,
+    batches_are_accepted_whole_and_delivered,
+    pending_deliveries_resume_after_a_restart,
+    a_dead_endpoint_trips_its_breaker_and_its_backlog_drains_when_it_is_back,
+    an_endpoint_turned_back_on_gets_new_deliveries_again,
+);

@@ -441,7 +441,7 @@ impl Drop for ServerProcess {
 async fn start_server() -> anyhow::Result<(ServerProcess, String, String)> {
     let dir = tempfile::tempdir().context("making a data directory")?;
     let key = {
-        let store = Store::open(dir.path())?;
+        let store = Store::sqlite(dir.path())?;
         crate::accounts::create(&store, "bench", Plan::Business)
             .await?
             .1

@@ -3,16 +3,279 @@
 //! Every query is scoped by account where a caller acts for one; the dispatcher's internal
 //! operations (claiming due deliveries, recording attempts) are keyed by delivery id.
 //!
-//! Today there is one engine, embedded SQLite ([`sqlite::SqliteStore`]). Its writes go through
-//! one writer thread that commits whatever is queued in one transaction (group commit): a
-//! caller's write returns only after the fsync of the commit that holds it.
+//! Two engines behind one type, [`Store`]: embedded SQLite ([`sqlite::SqliteStore`], the
+//! default: one writer thread commits whatever is queued in one transaction) and PostgreSQL
+//! ([`postgres::PgStore`]: a transaction per operation on a connection pool). Both answer a
+//! write only once its commit is durable, and both keep the same rules (see ARCHITECTURE.md).
 
+pub mod postgres;
 pub mod sqlite;
 
-use crate::model::{Endpoint, Event, Timestamp};
+use crate::model::{Account, Attempt, Delivery, Endpoint, Event, Plan, Timestamp};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use sqlite::SqliteStore as Store;
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+
+/// Where the data lives.
+#[derive(Clone, Debug)]
+pub enum Location {
+    /// The embedded SQLite database in this directory.
+    Sqlite(PathBuf),
+    /// A PostgreSQL database (`postgres://…`).
+    Postgres(String),
+}
+
+impl Location {
+    /// For logs and errors: the directory, or the URL without its password.
+    pub fn describe(&self) -> String {
+        match self {
+            Location::Sqlite(dir) => dir.display().to_string(),
+            Location::Postgres(url) => match url::Url::parse(url) {
+                Ok(mut u) => {
+                    if u.password().is_some() {
+                        let _ = u.set_password(Some("***"));
+                    }
+                    u.to_string()
+                }
+                Err(_) => "(an unparsable PostgreSQL URL)".to_owned(),
+            },
+        }
+    }
+}
+
+/// The store, on either engine. Cheap to clone.
+#[derive(Clone)]
+pub enum Store {
+    Sqlite(SqliteStore),
+    Postgres(PgStore),
+}
+
+/// Held while `hookline serve` runs: only one node serves one database (for now).
+pub enum ServeLock {
+    Sqlite(sqlite::DirLock),
+    Postgres(postgres::PgServeLock),
+}
+
+macro_rules! on_engine {
+    ($self:ident, $s:ident => $call:expr) => {
+        match $self {
+            Store::Sqlite($s) => $call,
+            Store::Postgres($s) => $call,
+        }
+    };
+}
+
+impl Store {
+    /// Opens the store at `location`, bringing its schema up to date.
+    pub async fn open(location: &Location) -> Result<Store, StoreError> {
+        match location {
+            Location::Sqlite(dir) => Ok(Store::Sqlite(SqliteStore::open(dir)?)),
+            Location::Postgres(url) => Ok(Store::Postgres(PgStore::open(url).await?)),
+        }
+    }
+
+    /// The embedded SQLite store in `dir`.
+    pub fn sqlite(dir: &Path) -> Result<Store, StoreError> {
+        Ok(Store::Sqlite(SqliteStore::open(dir)?))
+    }
+
+    /// Takes the serve lock of the database at `location`, or says who holds it.
+    pub async fn lock(location: &Location) -> Result<ServeLock, StoreError> {
+        match location {
+            Location::Sqlite(dir) => Ok(ServeLock::Sqlite(SqliteStore::lock_dir(dir)?)),
+            Location::Postgres(url) => Ok(ServeLock::Postgres(PgStore::lock_at(url).await?)),
+        }
+    }
+
+    /// Which engine this is, for logs.
+    pub fn engine(&self) -> &'static str {
+        match self {
+            Store::Sqlite(_) => "sqlite",
+            Store::Postgres(_) => "postgres",
+        }
+    }
+
+    pub async fn create_account(&self, name: String, plan: Plan) -> Result<Account, StoreError> {
+        on_engine!(self, s => s.create_account(name, plan).await)
+    }
+
+    pub async fn account_by_name(&self, name: String) -> Result<Option<Account>, StoreError> {
+        on_engine!(self, s => s.account_by_name(name).await)
+    }
+
+    pub async fn add_api_key(
+        &self,
+        account_id: String,
+        key_hash: String,
+        prefix: String,
+    ) -> Result<(), StoreError> {
+        on_engine!(self, s => s.add_api_key(account_id, key_hash, prefix).await)
+    }
+
+    pub async fn account_by_key_hash(
+        &self,
+        key_hash: String,
+    ) -> Result<Option<Account>, StoreError> {
+        on_engine!(self, s => s.account_by_key_hash(key_hash).await)
+    }
+
+    pub async fn insert_endpoint(&self, ep: Endpoint) -> Result<Endpoint, StoreError> {
+        on_engine!(self, s => s.insert_endpoint(ep).await)
+    }
+
+    pub async fn list_endpoints(
+        &self,
+        account_id: String,
+        after: Option<i64>,
+        limit: usize,
+    ) -> Result<Page<Endpoint>, StoreError> {
+        on_engine!(self, s => s.list_endpoints(account_id, after, limit).await)
+    }
+
+    pub async fn get_endpoint(
+        &self,
+        account_id: String,
+        id: String,
+    ) -> Result<Option<Endpoint>, StoreError> {
+        on_engine!(self, s => s.get_endpoint(account_id, id).await)
+    }
+
+    /// Changes an endpoint with `change` (already validated). Disabling it ends its open
+    /// deliveries as `failed`. Returns `None` when there is no such endpoint.
+    pub async fn update_endpoint<F>(
+        &self,
+        account_id: String,
+        id: String,
+        change: F,
+    ) -> Result<Option<Endpoint>, StoreError>
+    where
+        F: FnOnce(&mut Endpoint) + Send + 'static,
+    {
+        on_engine!(self, s => s.update_endpoint(account_id, id, change).await)
+    }
+
+    /// Removes an endpoint (kept, marked deleted, so its delivery history stays readable) and
+    /// ends its open deliveries as `failed`.
+    pub async fn delete_endpoint(
+        &self,
+        account_id: String,
+        id: String,
+    ) -> Result<Option<Endpoint>, StoreError> {
+        on_engine!(self, s => s.delete_endpoint(account_id, id).await)
+    }
+
+    /// Commits `events` and one delivery per subscribed, enabled endpoint of `account_id`, all
+    /// or nothing. `admit(endpoint_id)` says whether the dispatcher takes a delivery at once;
+    /// `on_done` runs once the outcome is known, even if the caller stopped waiting.
+    pub async fn insert_events<A, D>(
+        &self,
+        account_id: String,
+        events: Vec<NewEvent>,
+        admit: A,
+        on_done: D,
+    ) -> Result<Vec<AcceptedEvent>, StoreError>
+    where
+        A: FnMut(&str) -> bool + Send + 'static,
+        D: FnOnce(Result<&Vec<AcceptedEvent>, &StoreError>) + Send + 'static,
+    {
+        on_engine!(self, s => s.insert_events(account_id, events, admit, on_done).await)
+    }
+
+    pub async fn get_event(
+        &self,
+        account_id: String,
+        id: String,
+    ) -> Result<Option<Event>, StoreError> {
+        on_engine!(self, s => s.get_event(account_id, id).await)
+    }
+
+    /// Deliveries, newest first.
+    pub async fn list_deliveries(
+        &self,
+        account_id: String,
+        filter: DeliveryFilter,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Page<Delivery>, StoreError> {
+        on_engine!(self, s => s.list_deliveries(account_id, filter, before, limit).await)
+    }
+
+    /// One delivery with all its attempts, oldest attempt first.
+    pub async fn get_delivery(
+        &self,
+        account_id: String,
+        id: String,
+    ) -> Result<Option<(Delivery, Vec<Attempt>)>, StoreError> {
+        on_engine!(self, s => s.get_delivery(account_id, id).await)
+    }
+
+    /// At start: deliveries a previous process had taken go back to `pending`, due now.
+    pub async fn release_all_claims(&self) -> Result<usize, StoreError> {
+        on_engine!(self, s => s.release_all_claims().await)
+    }
+
+    /// Takes up to `room(endpoint_id)` due deliveries of each enabled endpoint (and a bounded
+    /// number in all) and marks them `delivering`.
+    pub async fn claim_due<R>(
+        &self,
+        now: Timestamp,
+        room: R,
+    ) -> Result<Vec<DueDelivery>, StoreError>
+    where
+        R: Fn(&str) -> usize + Send + 'static,
+    {
+        on_engine!(self, s => s.claim_due(now, room).await)
+    }
+
+    /// When the earliest `pending` delivery is due.
+    pub async fn next_due_at(&self) -> Result<Option<Timestamp>, StoreError> {
+        on_engine!(self, s => s.next_due_at().await)
+    }
+
+    /// Records attempts and moves their deliveries on, in one transaction.
+    pub async fn record_attempts(&self, records: Vec<AttemptRecord>) -> Result<(), StoreError> {
+        on_engine!(self, s => s.record_attempts(records).await)
+    }
+
+    /// Makes every `pending` delivery of an endpoint due now (the endpoint is back).
+    pub async fn pull_forward(&self, endpoint_id: String) -> Result<usize, StoreError> {
+        on_engine!(self, s => s.pull_forward(endpoint_id).await)
+    }
+
+    /// Ends as `failed` the `pending` deliveries of an endpoint created before `before`.
+    pub async fn fail_stale(
+        &self,
+        endpoint_id: String,
+        before: Timestamp,
+    ) -> Result<usize, StoreError> {
+        on_engine!(self, s => s.fail_stale(endpoint_id, before).await)
+    }
+
+    /// Takes one delivery for a manual retry, whatever its state.
+    pub async fn claim_for_retry(
+        &self,
+        account_id: String,
+        delivery_id: String,
+    ) -> Result<Result<DueDelivery, RetryRefusal>, StoreError> {
+        on_engine!(self, s => s.claim_for_retry(account_id, delivery_id).await)
+    }
+}
+
+/// Cuts `rows` (fetched with one extra) to a page, with the position after its last item.
+pub(crate) fn page<T>(mut rows: Vec<(T, i64)>, limit: usize) -> Page<T> {
+    let next = if rows.len() > limit {
+        rows.truncate(limit);
+        rows.last().map(|(_, seq)| *seq)
+    } else {
+        None
+    };
+    Page {
+        items: rows.into_iter().map(|(t, _)| t).collect(),
+        next,
+    }
+}
 
 /// What went wrong in the store.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +285,12 @@ pub enum StoreError {
         context: &'static str,
         #[source]
         source: rusqlite::Error,
+    },
+    #[error("PostgreSQL error while {context}: {source}")]
+    Pg {
+        context: &'static str,
+        #[source]
+        source: sqlx::Error,
     },
     #[error("stored JSON is corrupt while {context}: {source}")]
     Json {
@@ -39,7 +308,7 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the data directory is in use by another `hookline serve` ({0})")]
+    #[error("the database is in use by another `hookline serve` ({0})")]
     Locked(String),
     #[error("a write transaction failed to commit: {0}")]
     Commit(String),

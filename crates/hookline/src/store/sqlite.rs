@@ -512,7 +512,7 @@ impl SqliteStore {
                 .ctx("listing endpoints")?
                 .collect::<Result<Vec<_>, _>>()
                 .ctx("listing endpoints")?;
-            Ok(page(rows, limit))
+            Ok(super::page(rows, limit))
         })
         .await
     }
@@ -761,7 +761,7 @@ impl SqliteStore {
                 .ctx("listing deliveries")?
                 .collect::<Result<Vec<_>, _>>()
                 .ctx("listing deliveries")?;
-            Ok(page(rows, limit))
+            Ok(super::page(rows, limit))
         })
         .await
     }
@@ -1234,19 +1234,6 @@ fn fail_open_deliveries(c: &Connection, endpoint_id: &str, why: &str) -> Result<
         params![endpoint_id, why, Timestamp::now().0],
     )
     .ctx("ending an endpoint's open deliveries")
-}
-
-fn page<T>(mut rows: Vec<(T, i64)>, limit: usize) -> Page<T> {
-    let next = if rows.len() > limit {
-        rows.truncate(limit);
-        rows.last().map(|(_, seq)| *seq)
-    } else {
-        None
-    };
-    Page {
-        items: rows.into_iter().map(|(t, _)| t).collect(),
-        next,
-    }
 }
 
 const ENDPOINT_COLS: &str = "id, account_id, url, description, event_types, headers, secret, \

@@ -1,5 +1,7 @@
-//! Test harness: a real Hookline server (in-process, port 0, temporary data directory) and
-//! a real HTTP receiver on 127.0.0.1 whose answers each test scripts.
+//! Test harness: a real Hookline server (in-process, port 0) on either storage engine — a
+//! temporary SQLite data directory, or a fresh schema in the PostgreSQL database that
+//! `HOOKLINE_TEST_DATABASE_URL` names — and a real HTTP receiver on 127.0.0.1 whose answers
+//! each test scripts.
 #![allow(dead_code)]
 
 use axum::extract::{Path, State};
@@ -8,11 +10,10 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use hookline::model::Plan;
 use hookline::server::{self, Config};
-use hookline::store::Store;
+use hookline::store::{Location, Store};
 use serde_json::{Value, json};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::path::{Path as FsPath, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
@@ -188,6 +189,94 @@ async fn receive(
     }
 }
 
+// ---- the engines --------------------------------------------------------------------------
+
+/// Which storage engine a test runs on.
+#[derive(Clone, Debug)]
+pub enum Engine {
+    Sqlite,
+    /// The PostgreSQL database at this URL; each test gets a schema of its own in it.
+    Postgres(String),
+}
+
+impl Engine {
+    /// PostgreSQL, when `HOOKLINE_TEST_DATABASE_URL` is set.
+    pub fn postgres() -> Option<Engine> {
+        std::env::var("HOOKLINE_TEST_DATABASE_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+            .map(Engine::Postgres)
+    }
+}
+
+/// Where one test's data lives; the SQLite directory goes away with it.
+pub struct Data {
+    pub location: Location,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Data {
+    /// A fresh, empty place on `engine`.
+    pub async fn fresh(engine: &Engine) -> Data {
+        match engine {
+            Engine::Sqlite => {
+                let tmp = tempfile::tempdir().unwrap();
+                Data {
+                    location: Location::Sqlite(tmp.path().to_path_buf()),
+                    _tmp: Some(tmp),
+                }
+            }
+            Engine::Postgres(url) => {
+                use sqlx::Connection as _;
+                let schema = format!("t_{}", ulid::Ulid::generate().to_string().to_lowercase());
+                let mut conn = sqlx::PgConnection::connect(url)
+                    .await
+                    .unwrap_or_else(|e| panic!("connecting to {url}: {e}"));
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                let sep = if url.contains('?') { '&' } else { '?' };
+                Data {
+                    location: Location::Postgres(format!(
+                        "{url}{sep}options[search_path]={schema}"
+                    )),
+                    _tmp: None,
+                }
+            }
+        }
+    }
+}
+
+/// Runs each named `async fn(Engine)` as two tests, `sqlite::name` and `postgres::name`; the
+/// PostgreSQL one says it was skipped when `HOOKLINE_TEST_DATABASE_URL` is unset.
+#[macro_export]
+macro_rules! on_both_engines {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::Engine::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    match $crate::common::Engine::postgres() {
+                        Some(engine) => super::$name(engine).await,
+                        None => eprintln!(
+                            "skipped on PostgreSQL: HOOKLINE_TEST_DATABASE_URL is not set"
+                        ),
+                    }
+                }
+            )*
+        }
+    };
+}
+
 // ---- the server --------------------------------------------------------------------------
 
 /// A Hookline server running in this process.
@@ -195,15 +284,15 @@ pub struct TestServer {
     pub addr: SocketAddr,
     pub key: String,
     pub http: reqwest::Client,
-    pub dir: PathBuf,
-    _tmp: Option<tempfile::TempDir>,
+    pub location: Location,
+    data: Option<Data>,
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
 /// A test config: http:// and private targets allowed, a short retry schedule.
-pub fn test_config(dir: &FsPath) -> Config {
-    let mut config = Config::new(dir.to_path_buf());
+pub fn test_config(location: &Location) -> Config {
+    let mut config = Config::at(location.clone());
     config.url_rules.allow_insecure_urls = true;
     config.url_rules.allow_private_targets = true;
     config.dispatch.retry =
@@ -213,9 +302,9 @@ pub fn test_config(dir: &FsPath) -> Config {
     config
 }
 
-/// Creates an account in the store at `dir`; returns its key.
-pub async fn create_account(dir: &FsPath, name: &str) -> String {
-    let store = Store::open(dir).unwrap();
+/// Creates an account in the store at `location`; returns its key.
+pub async fn create_account(location: &Location, name: &str) -> String {
+    let store = Store::open(location).await.unwrap();
     let (_, key) = hookline::accounts::create(&store, name, Plan::Pro)
         .await
         .unwrap();
@@ -223,36 +312,35 @@ pub async fn create_account(dir: &FsPath, name: &str) -> String {
 }
 
 impl TestServer {
-    /// A fresh server with the test config and one account.
-    pub async fn start() -> Self {
-        Self::start_with(|_| {}).await
+    /// A fresh server on `engine` with the test config and one account.
+    pub async fn start(engine: &Engine) -> Self {
+        Self::start_with(engine, |_| {}).await
     }
 
-    /// A fresh server whose config `tweak` adjusts.
-    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().to_path_buf();
-        let key = create_account(&dir, "acme").await;
-        let mut config = test_config(&dir);
+    /// A fresh server on `engine` whose config `tweak` adjusts.
+    pub async fn start_with(engine: &Engine, tweak: impl FnOnce(&mut Config)) -> Self {
+        let data = Data::fresh(engine).await;
+        let key = create_account(&data.location, "acme").await;
+        let mut config = test_config(&data.location);
         tweak(&mut config);
         let mut s = Self::launch(config, key).await;
-        s._tmp = Some(tmp);
+        s.data = Some(data);
         s
     }
 
-    /// A server on an existing data directory.
+    /// A server on existing data.
     pub async fn launch(config: Config, key: String) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
-        let dir = config.data_dir.clone();
+        let location = config.location.clone();
         let task = tokio::spawn(server::run(config, listener, shutdown.clone()));
         let s = TestServer {
             addr,
             key,
             http: reqwest::Client::new(),
-            dir,
-            _tmp: None,
+            location,
+            data: None,
             shutdown,
             task: Some(task),
         };
@@ -268,13 +356,13 @@ impl TestServer {
         s
     }
 
-    /// Stops the server and waits for it; keeps the data directory.
-    pub async fn stop(mut self) -> Option<tempfile::TempDir> {
+    /// Stops the server and waits for it; hands back its data (to launch on again).
+    pub async fn stop(mut self) -> Option<Data> {
         self.shutdown.cancel();
         if let Some(task) = self.task.take() {
             task.await.unwrap().unwrap();
         }
-        self._tmp.take()
+        self.data.take()
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -1,0 +1,1126 @@
+//! The PostgreSQL engine.
+//!
+//! - Every operation is one transaction on a pooled connection; PostgreSQL's own WAL flush
+//!   makes a commit durable before the caller hears `Ok`, and concurrent commits share
+//!   flushes (PostgreSQL's group commit), so there is no writer thread here.
+//! - Ingest runs its transaction in a task of its own, so the work that must follow a commit
+//!   (the hand-over to the dispatcher) runs even when the client hangs up mid-request.
+//! - Ingest and endpoint writes are ordered by row locks on the endpoint: ingest holds
+//!   `FOR KEY SHARE` on the endpoints it fans out to, a change or removal of an endpoint takes
+//!   `FOR UPDATE` first. So an event committed after an endpoint was disabled never gets a
+//!   delivery for it, and one committed before has its delivery ended with the others.
+//! - One node per database, for now: `hookline serve` holds a session advisory lock
+//!   ([`PgStore::lock`]) while it runs, because a delivery marked `delivering` belongs to the
+//!   running process and is put back to `pending` when the next one starts.
+
+use super::{
+    AcceptedEvent, AttemptRecord, DeliveryFilter, DueDelivery, NewDelivery, NewEvent, Outcome,
+    Page, RetryRefusal, StoreError,
+};
+use crate::model::{
+    Account, Attempt, Delivery, DeliveryStatus, Endpoint, Event, Plan, Timestamp, envelope, new_id,
+};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::{AssertSqlSafe, Connection as _, PgConnection, PgPool, Postgres, Row, Transaction};
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::Arc;
+
+/// The most deliveries one claim takes.
+const MAX_CLAIM: usize = super::sqlite::MAX_CLAIM;
+/// The advisory lock `hookline serve` holds: this class, and the schema's name hashed (so that
+/// two schemas of one database are two stores).
+const SERVE_LOCK_CLASS: i32 = 0x686f_6f6b; // "hook"
+/// Serialises migrations run by concurrent starts (same scheme).
+const MIGRATE_LOCK_CLASS: i32 = 0x6d69_6772; // "migr"
+
+/// The versioned schema: migration `i` takes the database to version `i + 1`.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE accounts (
+    id          TEXT PRIMARY KEY,
+    name        TEXT NOT NULL UNIQUE,
+    plan        TEXT NOT NULL,
+    created_at  BIGINT NOT NULL
+);
+CREATE TABLE api_keys (
+    id          TEXT PRIMARY KEY,
+    account_id  TEXT NOT NULL,
+    key_hash    TEXT NOT NULL UNIQUE,
+    prefix      TEXT NOT NULL,
+    created_at  BIGINT NOT NULL,
+    revoked_at  BIGINT
+);
+CREATE TABLE endpoints (
+    seq                 BIGSERIAL PRIMARY KEY,
+    id                  TEXT NOT NULL UNIQUE,
+    account_id          TEXT NOT NULL,
+    url                 TEXT NOT NULL,
+    description         TEXT NOT NULL,
+    event_types         TEXT NOT NULL,
+    headers             TEXT NOT NULL,
+    secret              TEXT NOT NULL,
+    rate_limit_per_sec  BIGINT,
+    enabled             BOOLEAN NOT NULL,
+    disabled_reason     TEXT,
+    created_at          BIGINT NOT NULL,
+    updated_at          BIGINT NOT NULL,
+    deleted_at          BIGINT
+);
+CREATE INDEX endpoints_by_account ON endpoints (account_id, seq);
+CREATE TABLE events (
+    seq         BIGSERIAL PRIMARY KEY,
+    id          TEXT NOT NULL UNIQUE,
+    account_id  TEXT NOT NULL,
+    type        TEXT NOT NULL,
+    data        TEXT NOT NULL,
+    created_at  BIGINT NOT NULL
+);
+CREATE INDEX events_by_account ON events (account_id, seq);
+CREATE TABLE deliveries (
+    seq               BIGSERIAL PRIMARY KEY,
+    id                TEXT NOT NULL UNIQUE,
+    account_id        TEXT NOT NULL,
+    event_id          TEXT NOT NULL,
+    event_type        TEXT NOT NULL,
+    endpoint_id       TEXT NOT NULL,
+    status            TEXT NOT NULL,
+    attempts          BIGINT NOT NULL DEFAULT 0,
+    next_attempt_at   BIGINT,
+    last_attempt_at   BIGINT,
+    last_status_code  BIGINT,
+    last_error        TEXT,
+    created_at        BIGINT NOT NULL,
+    updated_at        BIGINT NOT NULL,
+    claim             BIGINT NOT NULL DEFAULT 0
+);
+CREATE INDEX deliveries_by_event ON deliveries (event_id);
+CREATE INDEX deliveries_by_endpoint ON deliveries (endpoint_id, seq);
+CREATE INDEX deliveries_due_by_endpoint ON deliveries (endpoint_id, next_attempt_at)
+    WHERE status = 'pending';
+CREATE INDEX deliveries_due ON deliveries (next_attempt_at) WHERE status = 'pending';
+CREATE TABLE attempts (
+    delivery_id    TEXT NOT NULL,
+    attempt        BIGINT NOT NULL,
+    started_at     BIGINT NOT NULL,
+    duration_ms    BIGINT NOT NULL,
+    status_code    BIGINT,
+    error          TEXT,
+    response_body  TEXT,
+    PRIMARY KEY (delivery_id, attempt)
+);
+"#];
+
+/// The PostgreSQL store. Cheap to clone.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+/// Held by the running `hookline serve`: the session advisory lock lives as long as this
+/// connection.
+pub struct PgServeLock {
+    _conn: PgConnection,
+}
+
+trait PgContext<T> {
+    fn ctx(self, context: &'static str) -> Result<T, StoreError>;
+}
+
+impl<T> PgContext<T> for Result<T, sqlx::Error> {
+    fn ctx(self, context: &'static str) -> Result<T, StoreError> {
+        self.map_err(|source| StoreError::Pg { context, source })
+    }
+}
+
+impl<T> PgContext<T> for Result<T, serde_json::Error> {
+    fn ctx(self, context: &'static str) -> Result<T, StoreError> {
+        self.map_err(|source| StoreError::Json { context, source })
+    }
+}
+
+impl PgStore {
+    /// Connects to `url` (`postgres://…`) and brings the schema up to date.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let options = PgConnectOptions::from_str(url).ctx("reading the database URL")?;
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(std::time::Duration::from_secs(10))
+            .connect_with(options)
+            .await
+            .ctx("connecting to PostgreSQL")?;
+        let store = PgStore { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Applies the migrations the database has not seen, each in its own transaction.
+    pub async fn migrate(&self) -> Result<u32, StoreError> {
+        let mut tx = self.pool.begin().await.ctx("starting a migration")?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext(current_schema()))")
+            .bind(MIGRATE_LOCK_CLASS)
+            .execute(&mut *tx)
+            .await
+            .ctx("waiting for other migrations")?;
+        sqlx::query("CREATE TABLE IF NOT EXISTS hookline_schema (version BIGINT NOT NULL)")
+            .execute(&mut *tx)
+            .await
+            .ctx("creating the schema version table")?;
+        let current: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM hookline_schema")
+            .fetch_one(&mut *tx)
+            .await
+            .ctx("reading the schema version")?;
+        let current = current.unwrap_or(0).max(0) as usize;
+        if current > MIGRATIONS.len() {
+            return Err(StoreError::Conflict(format!(
+                "the database is at schema version {current}, newer than this build knows ({}); \
+                 run a newer hookline",
+                MIGRATIONS.len()
+            )));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+            sqlx::raw_sql(*sql)
+                .execute(&mut *tx)
+                .await
+                .ctx("applying a migration")?;
+            sqlx::query("INSERT INTO hookline_schema (version) VALUES ($1)")
+                .bind(i as i64 + 1)
+                .execute(&mut *tx)
+                .await
+                .ctx("recording a migration")?;
+        }
+        tx.commit().await.ctx("committing migrations")?;
+        Ok(MIGRATIONS.len() as u32)
+    }
+
+    /// Takes the serve lock of the database at `url`, or says that another node holds it.
+    pub async fn lock_at(url: &str) -> Result<PgServeLock, StoreError> {
+        let options = PgConnectOptions::from_str(url).ctx("reading the database URL")?;
+        let mut conn = PgConnection::connect_with(&options)
+            .await
+            .ctx("connecting for the serve lock")?;
+        let got: bool =
+            sqlx::query_scalar("SELECT pg_try_advisory_lock($1, hashtext(current_schema()))")
+                .bind(SERVE_LOCK_CLASS)
+                .fetch_one(&mut conn)
+                .await
+                .ctx("taking the serve lock")?;
+        if got {
+            Ok(PgServeLock { _conn: conn })
+        } else {
+            Err(StoreError::Locked(
+                "another `hookline serve` uses this PostgreSQL database".into(),
+            ))
+        }
+    }
+
+    async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
+        self.pool.begin().await.ctx("starting a transaction")
+    }
+
+    // ---- accounts and keys ---------------------------------------------------------------
+
+    pub async fn create_account(&self, name: String, plan: Plan) -> Result<Account, StoreError> {
+        let account = Account {
+            id: new_id("acc"),
+            name,
+            plan,
+            created_at: Timestamp::now(),
+        };
+        let inserted = sqlx::query(
+            "INSERT INTO accounts (id, name, plan, created_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(&account.id)
+        .bind(&account.name)
+        .bind(plan.as_str())
+        .bind(account.created_at.0)
+        .execute(&self.pool)
+        .await
+        .ctx("inserting an account")?;
+        if inserted.rows_affected() == 0 {
+            return Err(StoreError::Conflict(format!(
+                "an account named {:?} exists already",
+                account.name
+            )));
+        }
+        Ok(account)
+    }
+
+    pub async fn account_by_name(&self, name: String) -> Result<Option<Account>, StoreError> {
+        sqlx::query("SELECT id, name, plan, created_at FROM accounts WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .ctx("reading an account")?
+            .map(|r| account_from_row(&r))
+            .transpose()
+    }
+
+    pub async fn add_api_key(
+        &self,
+        account_id: String,
+        key_hash: String,
+        prefix: String,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO api_keys (id, account_id, key_hash, prefix, created_at)
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(new_id("key"))
+        .bind(account_id)
+        .bind(key_hash)
+        .bind(prefix)
+        .bind(Timestamp::now().0)
+        .execute(&self.pool)
+        .await
+        .ctx("inserting an API key")?;
+        Ok(())
+    }
+
+    pub async fn account_by_key_hash(
+        &self,
+        key_hash: String,
+    ) -> Result<Option<Account>, StoreError> {
+        sqlx::query(
+            "SELECT a.id, a.name, a.plan, a.created_at FROM api_keys k
+             JOIN accounts a ON a.id = k.account_id
+             WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
+        )
+        .bind(key_hash)
+        .fetch_optional(&self.pool)
+        .await
+        .ctx("looking up an API key")?
+        .map(|r| account_from_row(&r))
+        .transpose()
+    }
+
+    // ---- endpoints -----------------------------------------------------------------------
+
+    pub async fn insert_endpoint(&self, ep: Endpoint) -> Result<Endpoint, StoreError> {
+        sqlx::query(
+            "INSERT INTO endpoints (id, account_id, url, description, event_types, headers,
+                secret, rate_limit_per_sec, enabled, disabled_reason, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind(&ep.id)
+        .bind(&ep.account_id)
+        .bind(&ep.url)
+        .bind(&ep.description)
+        .bind(serde_json::to_string(&ep.event_types).ctx("encoding event types")?)
+        .bind(serde_json::to_string(&ep.headers).ctx("encoding headers")?)
+        .bind(&ep.secret)
+        .bind(ep.rate_limit_per_sec.map(i64::from))
+        .bind(ep.enabled)
+        .bind(&ep.disabled_reason)
+        .bind(ep.created_at.0)
+        .bind(ep.updated_at.0)
+        .execute(&self.pool)
+        .await
+        .ctx("inserting an endpoint")?;
+        Ok(ep)
+    }
+
+    pub async fn list_endpoints(
+        &self,
+        account_id: String,
+        after: Option<i64>,
+        limit: usize,
+    ) -> Result<Page<Endpoint>, StoreError> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {ENDPOINT_COLS}, seq FROM endpoints
+             WHERE account_id = $1 AND deleted_at IS NULL AND seq > $2
+             ORDER BY seq LIMIT $3"
+        )))
+        .bind(account_id)
+        .bind(after.unwrap_or(0))
+        .bind(limit as i64 + 1)
+        .fetch_all(&self.pool)
+        .await
+        .ctx("listing endpoints")?;
+        let rows = rows
+            .iter()
+            .map(|r| {
+                Ok((
+                    endpoint_from_row(r)?,
+                    r.try_get::<i64, _>(13).ctx("listing endpoints")?,
+                ))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(super::page(rows, limit))
+    }
+
+    pub async fn get_endpoint(
+        &self,
+        account_id: String,
+        id: String,
+    ) -> Result<Option<Endpoint>, StoreError> {
+        let mut conn = self.pool.acquire().await.ctx("taking a connection")?;
+        load_endpoint(&mut conn, Some(&account_id), &id, false).await
+    }
+
+    /// Changes an endpoint with `change` (already validated). Disabling it ends its open
+    /// deliveries as `failed`. Returns `None` when there is no such endpoint.
+    pub async fn update_endpoint<F>(
+        &self,
+        account_id: String,
+        id: String,
+        change: F,
+    ) -> Result<Option<Endpoint>, StoreError>
+    where
+        F: FnOnce(&mut Endpoint) + Send + 'static,
+    {
+        let mut tx = self.begin().await?;
+        let Some(mut ep) = load_endpoint(&mut tx, Some(&account_id), &id, true).await? else {
+            return Ok(None);
+        };
+        let was_enabled = ep.enabled;
+        change(&mut ep);
+        if ep.enabled && !was_enabled {
+            ep.disabled_reason = None;
+        }
+        ep.updated_at = Timestamp(Timestamp::now().0.max(ep.updated_at.0 + 1));
+        sqlx::query(
+            "UPDATE endpoints SET url = $2, description = $3, event_types = $4, headers = $5,
+                secret = $6, rate_limit_per_sec = $7, enabled = $8, disabled_reason = $9,
+                updated_at = $10
+             WHERE id = $1",
+        )
+        .bind(&ep.id)
+        .bind(&ep.url)
+        .bind(&ep.description)
+        .bind(serde_json::to_string(&ep.event_types).ctx("encoding event types")?)
+        .bind(serde_json::to_string(&ep.headers).ctx("encoding headers")?)
+        .bind(&ep.secret)
+        .bind(ep.rate_limit_per_sec.map(i64::from))
+        .bind(ep.enabled)
+        .bind(&ep.disabled_reason)
+        .bind(ep.updated_at.0)
+        .execute(&mut *tx)
+        .await
+        .ctx("updating an endpoint")?;
+        if was_enabled && !ep.enabled {
+            fail_open_deliveries(&mut tx, &ep.id, "endpoint disabled").await?;
+        }
+        tx.commit().await.ctx("committing an endpoint change")?;
+        Ok(Some(ep))
+    }
+
+    /// Removes an endpoint (kept, marked deleted) and ends its open deliveries as `failed`.
+    pub async fn delete_endpoint(
+        &self,
+        account_id: String,
+        id: String,
+    ) -> Result<Option<Endpoint>, StoreError> {
+        let mut tx = self.begin().await?;
+        let Some(mut ep) = load_endpoint(&mut tx, Some(&account_id), &id, true).await? else {
+            return Ok(None);
+        };
+        let now = Timestamp(Timestamp::now().0.max(ep.updated_at.0 + 1));
+        sqlx::query(
+            "UPDATE endpoints SET deleted_at = $2, enabled = FALSE, updated_at = $2 WHERE id = $1",
+        )
+        .bind(&id)
+        .bind(now.0)
+        .execute(&mut *tx)
+        .await
+        .ctx("deleting an endpoint")?;
+        fail_open_deliveries(&mut tx, &id, "endpoint removed").await?;
+        tx.commit().await.ctx("committing an endpoint removal")?;
+        ep.enabled = false;
+        ep.updated_at = now;
+        Ok(Some(ep))
+    }
+
+    // ---- events --------------------------------------------------------------------------
+
+    /// Commits `events` and one delivery per subscribed, enabled endpoint of `account_id`, all
+    /// or nothing; then runs `on_done` (even if the caller stopped waiting).
+    pub async fn insert_events<A, D>(
+        &self,
+        account_id: String,
+        events: Vec<NewEvent>,
+        mut admit: A,
+        on_done: D,
+    ) -> Result<Vec<AcceptedEvent>, StoreError>
+    where
+        A: FnMut(&str) -> bool + Send + 'static,
+        D: FnOnce(Result<&Vec<AcceptedEvent>, &StoreError>) + Send + 'static,
+    {
+        let store = self.clone();
+        let task = tokio::spawn(async move {
+            let result = store.insert_events_tx(account_id, events, &mut admit).await;
+            on_done(result.as_ref());
+            result
+        });
+        task.await
+            .map_err(|e| StoreError::Commit(format!("the ingest task failed: {e}")))?
+    }
+
+    async fn insert_events_tx<A>(
+        &self,
+        account_id: String,
+        events: Vec<NewEvent>,
+        admit: &mut A,
+    ) -> Result<Vec<AcceptedEvent>, StoreError>
+    where
+        A: FnMut(&str) -> bool + Send,
+    {
+        let mut tx = self.begin().await?;
+        // Key-share locks: an endpoint change (`FOR UPDATE`) waits for this commit, and this
+        // waits for a change in progress, then sees the endpoint as changed.
+        let endpoints: Vec<Arc<Endpoint>> = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {ENDPOINT_COLS} FROM endpoints
+             WHERE account_id = $1 AND enabled AND deleted_at IS NULL
+             ORDER BY seq FOR KEY SHARE"
+        )))
+        .bind(&account_id)
+        .fetch_all(&mut *tx)
+        .await
+        .ctx("finding subscribers")?
+        .iter()
+        .map(|r| endpoint_from_row(r).map(Arc::new))
+        .collect::<Result<_, _>>()?;
+
+        let mut ev_cols: (Vec<&str>, Vec<&str>, Vec<&str>, Vec<i64>) = Default::default();
+        for ev in &events {
+            ev_cols.0.push(&ev.id);
+            ev_cols.1.push(&ev.event_type);
+            ev_cols.2.push(ev.data.get());
+            ev_cols.3.push(ev.created_at.0);
+        }
+        sqlx::query(
+            "INSERT INTO events (id, account_id, type, data, created_at)
+             SELECT id, $1, type, data, created_at
+             FROM UNNEST($2::text[], $3::text[], $4::text[], $5::bigint[])
+                  AS t(id, type, data, created_at)",
+        )
+        .bind(&account_id)
+        .bind(&ev_cols.0)
+        .bind(&ev_cols.1)
+        .bind(&ev_cols.2)
+        .bind(&ev_cols.3)
+        .execute(&mut *tx)
+        .await
+        .ctx("inserting events")?;
+
+        let mut planned: Vec<Vec<NewDelivery>> = Vec::with_capacity(events.len());
+        let mut d = DeliveryColumns::default();
+        for ev in &events {
+            let mut deliveries = Vec::new();
+            for ep in endpoints.iter().filter(|e| e.subscribes_to(&ev.event_type)) {
+                let claimed = admit(&ep.id);
+                let new = NewDelivery {
+                    id: new_id("dlv"),
+                    row: 0,
+                    endpoint: ep.clone(),
+                    claimed,
+                };
+                d.id.push(new.id.clone());
+                d.event_id.push(&ev.id);
+                d.event_type.push(&ev.event_type);
+                d.endpoint_id.push(&ep.id);
+                d.status
+                    .push(if claimed { "delivering" } else { "pending" });
+                d.at.push(ev.created_at.0);
+                d.claim.push(i64::from(claimed));
+                deliveries.push(new);
+            }
+            planned.push(deliveries);
+        }
+        let rows: HashMap<String, i64> = if d.id.is_empty() {
+            HashMap::new()
+        } else {
+            sqlx::query(
+                "INSERT INTO deliveries (id, account_id, event_id, event_type, endpoint_id,
+                    status, next_attempt_at, created_at, updated_at, claim)
+                 SELECT id, $1, event_id, event_type, endpoint_id, status, at, at, at, claim
+                 FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                             $7::bigint[], $8::bigint[])
+                      AS t(id, event_id, event_type, endpoint_id, status, at, claim)
+                 RETURNING id, seq",
+            )
+            .bind(&account_id)
+            .bind(&d.id)
+            .bind(&d.event_id)
+            .bind(&d.event_type)
+            .bind(&d.endpoint_id)
+            .bind(&d.status)
+            .bind(&d.at)
+            .bind(&d.claim)
+            .fetch_all(&mut *tx)
+            .await
+            .ctx("inserting deliveries")?
+            .iter()
+            .map(|r| {
+                Ok((
+                    r.try_get::<String, _>(0).ctx("reading a delivery row")?,
+                    r.try_get::<i64, _>(1).ctx("reading a delivery row")?,
+                ))
+            })
+            .collect::<Result<_, StoreError>>()?
+        };
+        tx.commit().await.ctx("committing events")?;
+
+        let mut out = Vec::with_capacity(events.len());
+        for (ev, mut deliveries) in events.into_iter().zip(planned) {
+            for d in &mut deliveries {
+                d.row = rows.get(&d.id).copied().unwrap_or(0);
+            }
+            out.push(AcceptedEvent {
+                event: Arc::new(Event {
+                    id: ev.id,
+                    event_type: ev.event_type,
+                    created_at: ev.created_at,
+                    data: ev.data,
+                }),
+                payload: ev.payload,
+                deliveries,
+            });
+        }
+        Ok(out)
+    }
+
+    pub async fn get_event(
+        &self,
+        account_id: String,
+        id: String,
+    ) -> Result<Option<Event>, StoreError> {
+        let Some(r) = sqlx::query(
+            "SELECT id, type, created_at, data FROM events WHERE id = $1 AND account_id = $2",
+        )
+        .bind(id)
+        .bind(account_id)
+        .fetch_optional(&self.pool)
+        .await
+        .ctx("reading an event")?
+        else {
+            return Ok(None);
+        };
+        let data: String = r.try_get(3).ctx("reading an event")?;
+        Ok(Some(Event {
+            id: r.try_get(0).ctx("reading an event")?,
+            event_type: r.try_get(1).ctx("reading an event")?,
+            created_at: Timestamp(r.try_get(2).ctx("reading an event")?),
+            data: serde_json::value::RawValue::from_string(data).ctx("reading event data")?,
+        }))
+    }
+
+    // ---- deliveries ----------------------------------------------------------------------
+
+    /// Deliveries, newest first.
+    pub async fn list_deliveries(
+        &self,
+        account_id: String,
+        filter: DeliveryFilter,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Page<Delivery>, StoreError> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {DELIVERY_COLS}, seq FROM deliveries
+             WHERE account_id = $1 AND seq < $2
+               AND ($3::text IS NULL OR event_id = $3)
+               AND ($4::text IS NULL OR endpoint_id = $4)
+               AND ($5::text IS NULL OR status = $5)
+             ORDER BY seq DESC LIMIT $6"
+        )))
+        .bind(account_id)
+        .bind(before.unwrap_or(i64::MAX))
+        .bind(filter.event_id)
+        .bind(filter.endpoint_id)
+        .bind(filter.status.map(|s| s.as_str()))
+        .bind(limit as i64 + 1)
+        .fetch_all(&self.pool)
+        .await
+        .ctx("listing deliveries")?;
+        let rows = rows
+            .iter()
+            .map(|r| {
+                Ok((
+                    delivery_from_row(r)?,
+                    r.try_get::<i64, _>(12).ctx("listing deliveries")?,
+                ))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(super::page(rows, limit))
+    }
+
+    /// One delivery with all its attempts, oldest attempt first.
+    pub async fn get_delivery(
+        &self,
+        account_id: String,
+        id: String,
+    ) -> Result<Option<(Delivery, Vec<Attempt>)>, StoreError> {
+        let Some(r) = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {DELIVERY_COLS} FROM deliveries WHERE id = $1 AND account_id = $2"
+        )))
+        .bind(&id)
+        .bind(&account_id)
+        .fetch_optional(&self.pool)
+        .await
+        .ctx("reading a delivery")?
+        else {
+            return Ok(None);
+        };
+        let d = delivery_from_row(&r)?;
+        let attempts = sqlx::query(
+            "SELECT attempt, started_at, duration_ms, status_code, error, response_body
+             FROM attempts WHERE delivery_id = $1 ORDER BY attempt",
+        )
+        .bind(&id)
+        .fetch_all(&self.pool)
+        .await
+        .ctx("listing attempts")?
+        .iter()
+        .map(|r| {
+            Ok(Attempt {
+                attempt: to_u32(r.try_get(0).ctx("reading an attempt")?),
+                started_at: Timestamp(r.try_get(1).ctx("reading an attempt")?),
+                duration_ms: r.try_get::<i64, _>(2).ctx("reading an attempt")?.max(0) as u64,
+                status_code: r
+                    .try_get::<Option<i64>, _>(3)
+                    .ctx("reading an attempt")?
+                    .map(to_u16),
+                error: r.try_get(4).ctx("reading an attempt")?,
+                response_body: r.try_get(5).ctx("reading an attempt")?,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(Some((d, attempts)))
+    }
+
+    // ---- the dispatcher's side -----------------------------------------------------------
+
+    /// At start: deliveries a previous process had taken go back to `pending`, due now.
+    pub async fn release_all_claims(&self) -> Result<usize, StoreError> {
+        let done = sqlx::query(
+            "UPDATE deliveries SET status = 'pending',
+                next_attempt_at = COALESCE(next_attempt_at, $1)
+             WHERE status = 'delivering'",
+        )
+        .bind(Timestamp::now().0)
+        .execute(&self.pool)
+        .await
+        .ctx("releasing claims of a previous process")?;
+        Ok(done.rows_affected() as usize)
+    }
+
+    /// Takes up to `room(endpoint_id)` due deliveries of each enabled endpoint, and at most
+    /// [`MAX_CLAIM`] in all, and marks them `delivering`.
+    pub async fn claim_due<R>(
+        &self,
+        now: Timestamp,
+        room: R,
+    ) -> Result<Vec<DueDelivery>, StoreError>
+    where
+        R: Fn(&str) -> usize + Send + 'static,
+    {
+        let mut tx = self.begin().await?;
+        // Only endpoints that have something due: one index probe each.
+        let endpoints: Vec<Endpoint> = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {ENDPOINT_COLS} FROM endpoints e
+             WHERE enabled AND deleted_at IS NULL AND EXISTS (
+                SELECT 1 FROM deliveries d
+                WHERE d.endpoint_id = e.id AND d.status = 'pending' AND d.next_attempt_at <= $1)"
+        )))
+        .bind(now.0)
+        .fetch_all(&mut *tx)
+        .await
+        .ctx("scanning endpoints")?
+        .iter()
+        .map(endpoint_from_row)
+        .collect::<Result<_, _>>()?;
+        let mut out = Vec::new();
+        let mut payloads: HashMap<String, bytes::Bytes> = HashMap::new();
+        for ep in endpoints {
+            let left = MAX_CLAIM.saturating_sub(out.len());
+            if left == 0 {
+                break;
+            }
+            let n = room(&ep.id).min(left);
+            if n == 0 {
+                continue;
+            }
+            let ep = Arc::new(ep);
+            let rows = sqlx::query(
+                "UPDATE deliveries d SET status = 'delivering', claim = d.claim + 1
+                 FROM (SELECT seq FROM deliveries
+                       WHERE endpoint_id = $1 AND status = 'pending' AND next_attempt_at <= $2
+                       ORDER BY next_attempt_at LIMIT $3
+                       FOR UPDATE SKIP LOCKED) due
+                 WHERE d.seq = due.seq
+                 RETURNING d.id, d.attempts, d.event_id, d.seq, d.claim",
+            )
+            .bind(&ep.id)
+            .bind(now.0)
+            .bind(n as i64)
+            .fetch_all(&mut *tx)
+            .await
+            .ctx("claiming due deliveries")?;
+            let mut claimed = Vec::with_capacity(rows.len());
+            for r in &rows {
+                claimed.push((
+                    r.try_get::<String, _>(0).ctx("reading a claim")?,
+                    to_u32(r.try_get(1).ctx("reading a claim")?),
+                    r.try_get::<String, _>(2).ctx("reading a claim")?,
+                    r.try_get::<i64, _>(3).ctx("reading a claim")?,
+                    r.try_get::<i64, _>(4).ctx("reading a claim")?,
+                ));
+            }
+            let missing: Vec<&str> = claimed
+                .iter()
+                .map(|c| c.2.as_str())
+                .filter(|id| !payloads.contains_key(*id))
+                .collect();
+            if !missing.is_empty() {
+                for r in sqlx::query(
+                    "SELECT id, type, created_at, data FROM events WHERE id = ANY($1::text[])",
+                )
+                .bind(&missing)
+                .fetch_all(&mut *tx)
+                .await
+                .ctx("reading claimed events")?
+                {
+                    let id: String = r.try_get(0).ctx("reading an event")?;
+                    let event_type: String = r.try_get(1).ctx("reading an event")?;
+                    let created_at: i64 = r.try_get(2).ctx("reading an event")?;
+                    let data: String = r.try_get(3).ctx("reading an event")?;
+                    let payload = envelope(&id, &event_type, Timestamp(created_at), &data).into();
+                    payloads.insert(id, payload);
+                }
+            }
+            for (delivery_id, attempts, event_id, row, claim) in claimed {
+                let Some(payload) = payloads.get(&event_id).cloned() else {
+                    return Err(StoreError::Conflict(format!(
+                        "delivery {delivery_id} refers to a missing event {event_id}"
+                    )));
+                };
+                out.push(DueDelivery {
+                    delivery_id,
+                    row,
+                    claim,
+                    attempts,
+                    event_id,
+                    payload,
+                    endpoint: ep.clone(),
+                    manual_after_end: false,
+                });
+            }
+        }
+        tx.commit().await.ctx("committing a claim")?;
+        Ok(out)
+    }
+
+    /// When the earliest `pending` delivery is due.
+    pub async fn next_due_at(&self) -> Result<Option<Timestamp>, StoreError> {
+        let t: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(next_attempt_at) FROM deliveries WHERE status = 'pending'",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .ctx("finding the next due delivery")?;
+        Ok(t.map(Timestamp))
+    }
+
+    /// Records attempts and moves their deliveries on, in one transaction.
+    pub async fn record_attempts(&self, records: Vec<AttemptRecord>) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        let now = Timestamp::now().0;
+        for rec in &records {
+            let Some(a) = &rec.attempt else {
+                sqlx::query(
+                    "UPDATE deliveries SET status = 'pending', next_attempt_at = $2, updated_at = $2
+                     WHERE seq = $1 AND status = 'delivering' AND claim = $3",
+                )
+                .bind(rec.row)
+                .bind(now)
+                .bind(rec.claim)
+                .execute(&mut *tx)
+                .await
+                .ctx("releasing a delivery")?;
+                continue;
+            };
+            sqlx::query(
+                "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code,
+                    error, response_body)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)
+                 ON CONFLICT (delivery_id, attempt) DO UPDATE SET started_at = EXCLUDED.started_at,
+                    duration_ms = EXCLUDED.duration_ms, status_code = EXCLUDED.status_code,
+                    error = EXCLUDED.error, response_body = EXCLUDED.response_body",
+            )
+            .bind(&rec.delivery_id)
+            .bind(i64::from(a.attempt))
+            .bind(a.started_at.0)
+            .bind(a.duration_ms as i64)
+            .bind(a.status_code.map(i64::from))
+            .bind(&a.error)
+            .bind(&a.response_body)
+            .execute(&mut *tx)
+            .await
+            .ctx("inserting an attempt")?;
+            let (status, next, only_if_delivering) = match rec.outcome {
+                Outcome::Succeeded => ("succeeded", None, false),
+                Outcome::RetryAt(t) => ("pending", Some(t.0), true),
+                Outcome::Failed | Outcome::Gone => ("failed", None, true),
+                Outcome::Released => ("pending", Some(now), true),
+            };
+            sqlx::query(
+                "UPDATE deliveries SET status = $2, attempts = GREATEST(attempts, $3),
+                    next_attempt_at = $4, last_attempt_at = $5, last_status_code = $6,
+                    last_error = $7, updated_at = $8
+                 WHERE seq = $1 AND (NOT $9 OR (status = 'delivering' AND claim = $10))",
+            )
+            .bind(rec.row)
+            .bind(status)
+            .bind(i64::from(a.attempt))
+            .bind(next)
+            .bind(a.started_at.0)
+            .bind(a.status_code.map(i64::from))
+            .bind(&a.error)
+            .bind(now)
+            .bind(only_if_delivering)
+            .bind(rec.claim)
+            .execute(&mut *tx)
+            .await
+            .ctx("updating a delivery")?;
+            if matches!(rec.outcome, Outcome::Gone) {
+                // Lock the endpoint first, as every endpoint change does (see the module head).
+                if load_endpoint(&mut tx, None, &rec.endpoint_id, true)
+                    .await?
+                    .is_some()
+                {
+                    sqlx::query(
+                        "UPDATE endpoints SET enabled = FALSE, disabled_reason = $2,
+                            updated_at = $3 WHERE id = $1",
+                    )
+                    .bind(&rec.endpoint_id)
+                    .bind("the endpoint answered 410 Gone")
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await
+                    .ctx("disabling a gone endpoint")?;
+                }
+                fail_open_deliveries(&mut tx, &rec.endpoint_id, "endpoint answered 410 Gone")
+                    .await?;
+            }
+        }
+        tx.commit().await.ctx("committing attempts")?;
+        Ok(())
+    }
+
+    /// Makes every `pending` delivery of an endpoint due now (the endpoint is back).
+    pub async fn pull_forward(&self, endpoint_id: String) -> Result<usize, StoreError> {
+        let now = Timestamp::now().0;
+        let done = sqlx::query(
+            "UPDATE deliveries SET next_attempt_at = $2
+             WHERE endpoint_id = $1 AND status = 'pending' AND next_attempt_at > $2",
+        )
+        .bind(endpoint_id)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .ctx("making an endpoint's deliveries due")?;
+        Ok(done.rows_affected() as usize)
+    }
+
+    /// Ends as `failed` the `pending` deliveries of an endpoint created before `before`.
+    pub async fn fail_stale(
+        &self,
+        endpoint_id: String,
+        before: Timestamp,
+    ) -> Result<usize, StoreError> {
+        let done = sqlx::query(
+            "UPDATE deliveries SET status = 'failed', next_attempt_at = NULL, updated_at = $3,
+                last_error = COALESCE(last_error,
+                    'the endpoint was unreachable for the whole retry schedule')
+             WHERE endpoint_id = $1 AND status = 'pending' AND created_at < $2",
+        )
+        .bind(endpoint_id)
+        .bind(before.0)
+        .bind(Timestamp::now().0)
+        .execute(&self.pool)
+        .await
+        .ctx("ending deliveries that waited out the schedule")?;
+        Ok(done.rows_affected() as usize)
+    }
+
+    /// Takes one delivery for a manual retry, whatever its state.
+    pub async fn claim_for_retry(
+        &self,
+        account_id: String,
+        delivery_id: String,
+    ) -> Result<Result<DueDelivery, RetryRefusal>, StoreError> {
+        let mut tx = self.begin().await?;
+        let Some(r) = sqlx::query(
+            "SELECT d.status, d.attempts, d.endpoint_id, e.id, e.type, e.created_at, e.data,
+                d.seq, d.claim + 1
+             FROM deliveries d JOIN events e ON e.id = d.event_id
+             WHERE d.id = $1 AND d.account_id = $2
+             FOR UPDATE OF d",
+        )
+        .bind(&delivery_id)
+        .bind(&account_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .ctx("reading a delivery to retry")?
+        else {
+            return Ok(Err(RetryRefusal::NotFound));
+        };
+        let status: String = r.try_get(0).ctx("reading a delivery to retry")?;
+        let attempts = to_u32(r.try_get(1).ctx("reading a delivery to retry")?);
+        let endpoint_id: String = r.try_get(2).ctx("reading a delivery to retry")?;
+        let event_id: String = r.try_get(3).ctx("reading a delivery to retry")?;
+        let event_type: String = r.try_get(4).ctx("reading a delivery to retry")?;
+        let created_at: i64 = r.try_get(5).ctx("reading a delivery to retry")?;
+        let data: String = r.try_get(6).ctx("reading a delivery to retry")?;
+        let row: i64 = r.try_get(7).ctx("reading a delivery to retry")?;
+        let claim: i64 = r.try_get(8).ctx("reading a delivery to retry")?;
+        let status = DeliveryStatus::parse(&status).unwrap_or(DeliveryStatus::Pending);
+        if status == DeliveryStatus::Delivering {
+            return Ok(Err(RetryRefusal::AlreadyDelivering));
+        }
+        let Some(ep) = load_endpoint(&mut tx, Some(&account_id), &endpoint_id, false).await? else {
+            return Ok(Err(RetryRefusal::EndpointDisabled));
+        };
+        if !ep.enabled {
+            return Ok(Err(RetryRefusal::EndpointDisabled));
+        }
+        sqlx::query(
+            "UPDATE deliveries SET status = 'delivering', claim = claim + 1, updated_at = $2
+             WHERE seq = $1",
+        )
+        .bind(row)
+        .bind(Timestamp::now().0)
+        .execute(&mut *tx)
+        .await
+        .ctx("claiming a delivery to retry")?;
+        tx.commit().await.ctx("committing a retry claim")?;
+        let payload = envelope(&event_id, &event_type, Timestamp(created_at), &data).into();
+        Ok(Ok(DueDelivery {
+            delivery_id,
+            row,
+            claim,
+            attempts,
+            event_id,
+            payload,
+            endpoint: Arc::new(ep),
+            manual_after_end: status.is_terminal(),
+        }))
+    }
+}
+
+/// Deliveries to insert, column by column, for one `INSERT … SELECT … FROM UNNEST`.
+#[derive(Default)]
+struct DeliveryColumns<'a> {
+    id: Vec<String>,
+    event_id: Vec<&'a str>,
+    event_type: Vec<&'a str>,
+    endpoint_id: Vec<&'a str>,
+    status: Vec<&'static str>,
+    at: Vec<i64>,
+    claim: Vec<i64>,
+}
+
+async fn fail_open_deliveries(
+    c: &mut PgConnection,
+    endpoint_id: &str,
+    why: &str,
+) -> Result<usize, StoreError> {
+    let done = sqlx::query(
+        "UPDATE deliveries SET status = 'failed', next_attempt_at = NULL,
+            last_error = COALESCE(last_error, $2), updated_at = $3
+         WHERE endpoint_id = $1 AND status IN ('pending', 'delivering')",
+    )
+    .bind(endpoint_id)
+    .bind(why)
+    .bind(Timestamp::now().0)
+    .execute(c)
+    .await
+    .ctx("ending an endpoint's open deliveries")?;
+    Ok(done.rows_affected() as usize)
+}
+
+const ENDPOINT_COLS: &str = "id, account_id, url, description, event_types, headers, secret, \
+     rate_limit_per_sec, enabled, disabled_reason, created_at, updated_at, deleted_at";
+
+fn endpoint_from_row(r: &PgRow) -> Result<Endpoint, StoreError> {
+    const CTX: &str = "reading an endpoint";
+    let event_types: String = r.try_get(4).ctx(CTX)?;
+    let headers: String = r.try_get(5).ctx(CTX)?;
+    Ok(Endpoint {
+        id: r.try_get(0).ctx(CTX)?,
+        account_id: r.try_get(1).ctx(CTX)?,
+        url: r.try_get(2).ctx(CTX)?,
+        description: r.try_get(3).ctx(CTX)?,
+        event_types: serde_json::from_str(&event_types).ctx("reading an endpoint's event types")?,
+        headers: serde_json::from_str(&headers).ctx("reading an endpoint's headers")?,
+        secret: r.try_get(6).ctx(CTX)?,
+        rate_limit_per_sec: r.try_get::<Option<i64>, _>(7).ctx(CTX)?.map(to_u32),
+        enabled: r.try_get(8).ctx(CTX)?,
+        disabled_reason: r.try_get(9).ctx(CTX)?,
+        created_at: Timestamp(r.try_get(10).ctx(CTX)?),
+        updated_at: Timestamp(r.try_get(11).ctx(CTX)?),
+    })
+}
+
+/// One endpoint that is not deleted; `lock` takes it `FOR UPDATE` (for a change).
+async fn load_endpoint(
+    c: &mut PgConnection,
+    account_id: Option<&str>,
+    id: &str,
+    lock: bool,
+) -> Result<Option<Endpoint>, StoreError> {
+    let sql = format!(
+        "SELECT {ENDPOINT_COLS} FROM endpoints
+         WHERE id = $1 AND ($2::text IS NULL OR account_id = $2) AND deleted_at IS NULL{}",
+        if lock { " FOR UPDATE" } else { "" }
+    );
+    sqlx::query(AssertSqlSafe(sql))
+        .bind(id)
+        .bind(account_id)
+        .fetch_optional(c)
+        .await
+        .ctx("reading an endpoint")?
+        .map(|r| endpoint_from_row(&r))
+        .transpose()
+}
+
+fn account_from_row(r: &PgRow) -> Result<Account, StoreError> {
+    const CTX: &str = "reading an account";
+    let plan: String = r.try_get(2).ctx(CTX)?;
+    Ok(Account {
+        id: r.try_get(0).ctx(CTX)?,
+        name: r.try_get(1).ctx(CTX)?,
+        plan: Plan::parse(&plan).unwrap_or(Plan::Free),
+        created_at: Timestamp(r.try_get(3).ctx(CTX)?),
+    })
+}
+
+const DELIVERY_COLS: &str = "id, event_id, endpoint_id, event_type, status, attempts, \
+     next_attempt_at, last_attempt_at, last_status_code, last_error, created_at, updated_at";
+
+fn delivery_from_row(r: &PgRow) -> Result<Delivery, StoreError> {
+    const CTX: &str = "reading a delivery";
+    let status: String = r.try_get(4).ctx(CTX)?;
+    Ok(Delivery {
+        id: r.try_get(0).ctx(CTX)?,
+        event_id: r.try_get(1).ctx(CTX)?,
+        endpoint_id: r.try_get(2).ctx(CTX)?,
+        event_type: r.try_get(3).ctx(CTX)?,
+        status: DeliveryStatus::parse(&status).unwrap_or(DeliveryStatus::Pending),
+        attempt_count: to_u32(r.try_get(5).ctx(CTX)?),
+        next_attempt_at: r.try_get::<Option<i64>, _>(6).ctx(CTX)?.map(Timestamp),
+        last_attempt_at: r.try_get::<Option<i64>, _>(7).ctx(CTX)?.map(Timestamp),
+        last_status_code: r.try_get::<Option<i64>, _>(8).ctx(CTX)?.map(to_u16),
+        last_error: r.try_get(9).ctx(CTX)?,
+        created_at: Timestamp(r.try_get(10).ctx(CTX)?),
+        updated_at: Timestamp(r.try_get(11).ctx(CTX)?),
+    })
+}
+
+fn to_u32(v: i64) -> u32 {
+    u32::try_from(v.max(0)).unwrap_or(u32::MAX)
+}
+
+fn to_u16(v: i64) -> u16 {
+    u16::try_from(v.max(0)).unwrap_or(u16::MAX)
+}
