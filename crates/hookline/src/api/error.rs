@@ -96,6 +96,19 @@ impl From<StoreError> for ApiError {
                 err.retry_after_secs = Some(1);
                 err
             }
+            StoreError::Pg {
+                source: sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_),
+                ..
+            } => {
+                tracing::error!(error = %e, "database unreachable");
+                let mut err = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the database cannot be reached; the request was not accepted",
+                );
+                err.retry_after_secs = Some(1);
+                err
+            }
             other => {
                 tracing::error!(error = %other, "store error");
                 ApiError::internal()
