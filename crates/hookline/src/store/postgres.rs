@@ -142,6 +142,14 @@ impl PgStore {
     /// Connects to `url` (`postgres://…`) and brings the schema up to date.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
         let options = PgConnectOptions::from_str(url).ctx("reading the database URL")?;
+        // One plain connection first: a refused connection or a bad password is reported as
+        // such at once, not as a pool timeout ten seconds later.
+        PgConnection::connect_with(&options)
+            .await
+            .ctx("connecting to PostgreSQL")?
+            .close()
+            .await
+            .ctx("connecting to PostgreSQL")?;
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(std::time::Duration::from_secs(10))
