@@ -833,6 +833,25 @@ impl PgStore {
     pub async fn record_attempts(&self, records: Vec<AttemptRecord>) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
         let now = Timestamp::now().0;
+        // Endpoints that answered 410 are locked before any delivery row is touched, in the
+        // order every endpoint change takes (endpoint, then its deliveries): otherwise this
+        // and a concurrent change of the same endpoint could each wait for the other.
+        let mut gone: Vec<&str> = records
+            .iter()
+            .filter(|r| matches!(r.outcome, Outcome::Gone))
+            .map(|r| r.endpoint_id.as_str())
+            .collect();
+        gone.sort_unstable();
+        gone.dedup();
+        if !gone.is_empty() {
+            sqlx::query(
+                "SELECT id FROM endpoints WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE",
+            )
+            .bind(&gone)
+            .fetch_all(&mut *tx)
+            .await
+            .ctx("locking endpoints that answered 410")?;
+        }
         for rec in &records {
             let Some(a) = &rec.attempt else {
                 sqlx::query(
@@ -891,8 +910,8 @@ impl PgStore {
             .await
             .ctx("updating a delivery")?;
             if matches!(rec.outcome, Outcome::Gone) {
-                // Lock the endpoint first, as every endpoint change does (see the module head).
-                if load_endpoint(&mut tx, None, &rec.endpoint_id, true)
+                // Locked at the start (above).
+                if load_endpoint(&mut tx, None, &rec.endpoint_id, false)
                     .await?
                     .is_some()
                 {
