@@ -52,7 +52,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let where_ = config.location.describe();
-    let _lock = Store::lock(&config.location).await?;
+    let lock = Store::lock(&config.location).await?;
     let store = Store::open(&config.location)
         .await
         .with_context(|| format!("opening the store at {where_}"))?;
@@ -90,12 +90,13 @@ pub async fn run(
             tracing::debug!(error = %e, "could not set TCP_NODELAY");
         }
     });
-    axum::serve(listener, app)
+    let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await
-        .context("serving HTTP")?;
+        .context("serving HTTP");
     shutdown.cancel();
     dispatcher.drain(config.shutdown_grace).await;
+    lock.release().await;
     tracing::info!("hookline stopped");
-    Ok(())
+    served
 }

@@ -58,6 +58,16 @@ pub enum ServeLock {
     Postgres(postgres::PgServeLock),
 }
 
+impl ServeLock {
+    /// Gives the lock back now, so that a node restarted at once can take it.
+    pub async fn release(self) {
+        match self {
+            ServeLock::Sqlite(lock) => drop(lock),
+            ServeLock::Postgres(lock) => lock.release().await,
+        }
+    }
+}
+
 macro_rules! on_engine {
     ($self:ident, $s:ident => $call:expr) => {
         match $self {

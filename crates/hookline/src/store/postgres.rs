@@ -119,7 +119,19 @@ pub struct PgStore {
 /// Held by the running `hookline serve`: the session advisory lock lives as long as this
 /// connection.
 pub struct PgServeLock {
-    _conn: PgConnection,
+    conn: PgConnection,
+}
+
+impl PgServeLock {
+    /// Gives the lock back at once (dropping it also does, but only once PostgreSQL notices
+    /// the connection is gone, which can be after a restarted node asks for it).
+    pub async fn release(mut self) {
+        let _ = sqlx::query("SELECT pg_advisory_unlock($1, hashtext(current_schema()))")
+            .bind(SERVE_LOCK_CLASS)
+            .execute(&mut self.conn)
+            .await;
+        let _ = self.conn.close().await;
+    }
 }
 
 trait PgContext<T> {
@@ -213,7 +225,7 @@ impl PgStore {
                 .await
                 .ctx("taking the serve lock")?;
         if got {
-            Ok(PgServeLock { _conn: conn })
+            Ok(PgServeLock { conn })
         } else {
             Err(StoreError::Locked(
                 "another `hookline serve` uses this PostgreSQL database".into(),
@@ -833,25 +845,23 @@ impl PgStore {
     pub async fn record_attempts(&self, records: Vec<AttemptRecord>) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
         let now = Timestamp::now().0;
-        // Endpoints that answered 410 are locked before any delivery row is touched, in the
-        // order every endpoint change takes (endpoint, then its deliveries): otherwise this
-        // and a concurrent change of the same endpoint could each wait for the other.
-        let mut gone: Vec<&str> = records
-            .iter()
-            .filter(|r| matches!(r.outcome, Outcome::Gone))
-            .map(|r| r.endpoint_id.as_str())
-            .collect();
-        gone.sort_unstable();
-        gone.dedup();
-        if !gone.is_empty() {
-            sqlx::query(
-                "SELECT id FROM endpoints WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE",
-            )
-            .bind(&gone)
-            .fetch_all(&mut *tx)
-            .await
-            .ctx("locking endpoints that answered 410")?;
-        }
+        // The batch's endpoints are locked before any delivery row is touched, in `seq` order
+        // as ingest takes them: every endpoint change locks the endpoint and then its
+        // deliveries, so without this the recorder and a change could each wait for the
+        // other. `FOR UPDATE` when one answered 410 (it is disabled below), else key-share.
+        let mut endpoint_ids: Vec<&str> = records.iter().map(|r| r.endpoint_id.as_str()).collect();
+        endpoint_ids.sort_unstable();
+        endpoint_ids.dedup();
+        let any_gone = records.iter().any(|r| matches!(r.outcome, Outcome::Gone));
+        sqlx::query(if any_gone {
+            "SELECT id FROM endpoints WHERE id = ANY($1::text[]) ORDER BY seq FOR UPDATE"
+        } else {
+            "SELECT id FROM endpoints WHERE id = ANY($1::text[]) ORDER BY seq FOR KEY SHARE"
+        })
+        .bind(&endpoint_ids)
+        .fetch_all(&mut *tx)
+        .await
+        .ctx("locking the batch's endpoints")?;
         for rec in &records {
             let Some(a) = &rec.attempt else {
                 sqlx::query(
