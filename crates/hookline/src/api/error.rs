@@ -96,15 +96,12 @@ impl From<StoreError> for ApiError {
                 err.retry_after_secs = Some(1);
                 err
             }
-            StoreError::Pg {
-                source: sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_),
-                ..
-            } => {
-                tracing::error!(error = %e, "database unreachable");
+            StoreError::Pg { ref source, .. } if transient(source) => {
+                tracing::error!(error = %e, "database unavailable");
                 let mut err = ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "unavailable",
-                    "the database cannot be reached; the request was not accepted",
+                    "the database is unavailable for a moment; the request was not accepted",
                 );
                 err.retry_after_secs = Some(1);
                 err
@@ -114,6 +111,19 @@ impl From<StoreError> for ApiError {
                 ApiError::internal()
             }
         }
+    }
+}
+
+/// PostgreSQL errors worth a retry by the client: the database cannot be reached, is
+/// restarting, or aborted the transaction to break a deadlock or a serialization conflict.
+fn transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(db) => matches!(
+            db.code().as_deref(),
+            Some("40001" | "40P01" | "57P01" | "57P02" | "57P03" | "08000" | "08003" | "08006")
+        ),
+        _ => false,
     }
 }
 

@@ -126,10 +126,11 @@ impl PgServeLock {
     /// Gives the lock back at once (dropping it also does, but only once PostgreSQL notices
     /// the connection is gone, which can be after a restarted node asks for it).
     pub async fn release(mut self) {
-        let _ = sqlx::query("SELECT pg_advisory_unlock($1, hashtext(current_schema()))")
-            .bind(SERVE_LOCK_CLASS)
-            .execute(&mut self.conn)
-            .await;
+        let _ =
+            sqlx::query("SELECT pg_advisory_unlock($1, hashtext(COALESCE(current_schema(), '')))")
+                .bind(SERVE_LOCK_CLASS)
+                .execute(&mut self.conn)
+                .await;
         let _ = self.conn.close().await;
     }
 }
@@ -176,7 +177,7 @@ impl PgStore {
     /// Applies the migrations the database has not seen, each in its own transaction.
     pub async fn migrate(&self) -> Result<u32, StoreError> {
         let mut tx = self.pool.begin().await.ctx("starting a migration")?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext(current_schema()))")
+        sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext(COALESCE(current_schema(), '')))")
             .bind(MIGRATE_LOCK_CLASS)
             .execute(&mut *tx)
             .await
@@ -218,12 +219,13 @@ impl PgStore {
         let mut conn = PgConnection::connect_with(&options)
             .await
             .ctx("connecting for the serve lock")?;
-        let got: bool =
-            sqlx::query_scalar("SELECT pg_try_advisory_lock($1, hashtext(current_schema()))")
-                .bind(SERVE_LOCK_CLASS)
-                .fetch_one(&mut conn)
-                .await
-                .ctx("taking the serve lock")?;
+        let got: bool = sqlx::query_scalar(
+            "SELECT pg_try_advisory_lock($1, hashtext(COALESCE(current_schema(), '')))",
+        )
+        .bind(SERVE_LOCK_CLASS)
+        .fetch_one(&mut conn)
+        .await
+        .ctx("taking the serve lock")?;
         if got {
             Ok(PgServeLock { conn })
         } else {
@@ -468,8 +470,11 @@ impl PgStore {
     {
         let store = self.clone();
         let task = tokio::spawn(async move {
+            // Runs `on_done` exactly once: after the transaction, or with an error if the task
+            // unwinds or is dropped first (so admission taken by `admit` is always given back).
+            let guard = OnDone(Some(on_done));
             let result = store.insert_events_tx(account_id, events, &mut admit).await;
-            on_done(result.as_ref());
+            guard.run(result.as_ref());
             result
         });
         task.await
@@ -584,7 +589,11 @@ impl PgStore {
         let mut out = Vec::with_capacity(events.len());
         for (ev, mut deliveries) in events.into_iter().zip(planned) {
             for d in &mut deliveries {
-                d.row = rows.get(&d.id).copied().unwrap_or(0);
+                // Committed: a missing row number is a bug, but the rows are in; the
+                // dispatcher gets them back through a claim after the next start.
+                d.row = rows.get(&d.id).copied().ok_or_else(|| {
+                    StoreError::Commit(format!("delivery {} came back without a row", d.id))
+                })?;
             }
             out.push(AcceptedEvent {
                 event: Arc::new(Event {
@@ -763,10 +772,11 @@ impl PgStore {
             let ep = Arc::new(ep);
             let rows = sqlx::query(
                 "UPDATE deliveries d SET status = 'delivering', claim = d.claim + 1
-                 FROM (SELECT seq FROM deliveries
-                       WHERE endpoint_id = $1 AND status = 'pending' AND next_attempt_at <= $2
-                       ORDER BY next_attempt_at LIMIT $3
-                       FOR UPDATE SKIP LOCKED) due
+                 FROM (SELECT dd.seq FROM deliveries dd JOIN events ev ON ev.id = dd.event_id
+                       WHERE dd.endpoint_id = $1 AND dd.status = 'pending'
+                         AND dd.next_attempt_at <= $2
+                       ORDER BY dd.next_attempt_at LIMIT $3
+                       FOR UPDATE OF dd SKIP LOCKED) due
                  WHERE d.seq = due.seq
                  RETURNING d.id, d.attempts, d.event_id, d.seq, d.claim",
             )
@@ -810,9 +820,9 @@ impl PgStore {
             }
             for (delivery_id, attempts, event_id, row, claim) in claimed {
                 let Some(payload) = payloads.get(&event_id).cloned() else {
-                    return Err(StoreError::Conflict(format!(
-                        "delivery {delivery_id} refers to a missing event {event_id}"
-                    )));
+                    // Cannot happen (the claim joined the event); never block other claims.
+                    tracing::error!(delivery = %delivery_id, event = %event_id, "claimed a delivery whose event is missing");
+                    continue;
                 };
                 out.push(DueDelivery {
                     delivery_id,
@@ -987,6 +997,23 @@ impl PgStore {
         delivery_id: String,
     ) -> Result<Result<DueDelivery, RetryRefusal>, StoreError> {
         let mut tx = self.begin().await?;
+        // The endpoint first (key-share, as ingest takes it), then the delivery: a disable or
+        // removal either committed before (and is seen here) or waits for this commit and
+        // then ends the delivery with the endpoint's others.
+        let endpoint = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {ENDPOINT_COLS_OF_E} FROM endpoints e
+             JOIN deliveries d ON d.endpoint_id = e.id
+             WHERE d.id = $1 AND d.account_id = $2 AND e.account_id = $2
+               AND e.deleted_at IS NULL
+             FOR KEY SHARE OF e"
+        )))
+        .bind(&delivery_id)
+        .bind(&account_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .ctx("locking the endpoint of a delivery to retry")?
+        .map(|r| endpoint_from_row(&r))
+        .transpose()?;
         let Some(r) = sqlx::query(
             "SELECT d.status, d.attempts, d.endpoint_id, e.id, e.type, e.created_at, e.data,
                 d.seq, d.claim + 1
@@ -1015,12 +1042,9 @@ impl PgStore {
         if status == DeliveryStatus::Delivering {
             return Ok(Err(RetryRefusal::AlreadyDelivering));
         }
-        let Some(ep) = load_endpoint(&mut tx, Some(&account_id), &endpoint_id, false).await? else {
+        let Some(ep) = endpoint.filter(|ep| ep.id == endpoint_id && ep.enabled) else {
             return Ok(Err(RetryRefusal::EndpointDisabled));
         };
-        if !ep.enabled {
-            return Ok(Err(RetryRefusal::EndpointDisabled));
-        }
         sqlx::query(
             "UPDATE deliveries SET status = 'delivering', claim = claim + 1, updated_at = $2
              WHERE seq = $1",
@@ -1042,6 +1066,27 @@ impl PgStore {
             endpoint: Arc::new(ep),
             manual_after_end: status.is_terminal(),
         }))
+    }
+}
+
+/// Calls its closure once: through [`OnDone::run`], or with an error when dropped unrun.
+struct OnDone<D: FnOnce(Result<&Vec<AcceptedEvent>, &StoreError>)>(Option<D>);
+
+impl<D: FnOnce(Result<&Vec<AcceptedEvent>, &StoreError>)> OnDone<D> {
+    fn run(mut self, result: Result<&Vec<AcceptedEvent>, &StoreError>) {
+        if let Some(f) = self.0.take() {
+            f(result);
+        }
+    }
+}
+
+impl<D: FnOnce(Result<&Vec<AcceptedEvent>, &StoreError>)> Drop for OnDone<D> {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f(Err(&StoreError::Commit(
+                "the ingest transaction did not finish".into(),
+            )));
+        }
     }
 }
 
@@ -1078,6 +1123,10 @@ async fn fail_open_deliveries(
 
 const ENDPOINT_COLS: &str = "id, account_id, url, description, event_types, headers, secret, \
      rate_limit_per_sec, enabled, disabled_reason, created_at, updated_at, deleted_at";
+/// [`ENDPOINT_COLS`] of the table aliased `e`.
+const ENDPOINT_COLS_OF_E: &str = "e.id, e.account_id, e.url, e.description, e.event_types, \
+     e.headers, e.secret, e.rate_limit_per_sec, e.enabled, e.disabled_reason, e.created_at, \
+     e.updated_at, e.deleted_at";
 
 fn endpoint_from_row(r: &PgRow) -> Result<Endpoint, StoreError> {
     const CTX: &str = "reading an endpoint";

@@ -267,9 +267,16 @@ macro_rules! on_both_engines {
                 async fn $name() {
                     match $crate::common::Engine::postgres() {
                         Some(engine) => super::$name(engine).await,
-                        None => eprintln!(
-                            "skipped on PostgreSQL: HOOKLINE_TEST_DATABASE_URL is not set"
-                        ),
+                        // Straight to the file descriptor: the test harness captures
+                        // `eprintln!` of passing tests, and this notice must be seen.
+                        None => {
+                            use std::io::Write as _;
+                            let _ = writeln!(
+                                std::io::stderr().lock(),
+                                "{}: skipped on PostgreSQL: HOOKLINE_TEST_DATABASE_URL is not set",
+                                stringify!($name)
+                            );
+                        }
                     }
                 }
             )*
@@ -345,6 +352,9 @@ impl TestServer {
             task: Some(task),
         };
         eventually("the server to answer", || async {
+            if s.task.as_ref().is_some_and(|t| t.is_finished()) {
+                panic!("the server stopped while starting (see its error above)");
+            }
             s.http
                 .get(s.url("/healthz"))
                 .send()
