@@ -77,6 +77,10 @@ struct ServeArgs {
     /// Requests in flight to one endpoint at most.
     #[arg(long, env = "HOOKLINE_ENDPOINT_CONCURRENCY", default_value_t = 32)]
     endpoint_concurrency: usize,
+    /// PostgreSQL, several nodes: how long a node silent in the database keeps its
+    /// deliveries before the other nodes take them over.
+    #[arg(long, env = "HOOKLINE_LEASE", default_value = "30s", value_parser = parse_duration)]
+    lease: Duration,
     /// The largest request body accepted, in bytes.
     #[arg(long, env = "HOOKLINE_MAX_BODY_BYTES", default_value_t = 256 * 1024)]
     max_body_bytes: usize,
@@ -190,6 +194,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     config.dispatch.timeout = args.timeout;
     config.dispatch.connect_timeout = args.connect_timeout;
+    config.dispatch.lease = args.lease;
     config.dispatch.concurrency_per_endpoint = args.endpoint_concurrency.max(1);
     config.url_rules.allow_insecure_urls = args.allow_insecure_urls;
     config.url_rules.allow_private_targets = args.allow_private_targets;

@@ -57,8 +57,20 @@ pub async fn run(
         .await
         .with_context(|| format!("opening the store at {where_}"))?;
     let engine = store.engine();
+    if store.is_shared() {
+        let floor =
+            crate::dispatch::cluster::min_lease(config.dispatch.timeout, config.dispatch.lease);
+        if config.dispatch.lease < floor {
+            anyhow::bail!(
+                "the lease ({:?}) must be at least the attempt timeout plus a margin and two \
+                 heartbeats ({floor:?})",
+                config.dispatch.lease
+            );
+        }
+    }
+    store.join().await.context("joining the cluster")?;
     let released = store
-        .release_all_claims()
+        .release_all_claims(config.dispatch.lease)
         .await
         .context("releasing deliveries held by a previous process")?;
     if released > 0 {
@@ -71,7 +83,7 @@ pub async fn run(
     );
     let ingest = Ingest::new(store.clone(), dispatcher.clone());
     let state = AppState::new(api::Shared {
-        store,
+        store: store.clone(),
         ingest,
         dispatcher: dispatcher.clone(),
         rules: Arc::new(config.url_rules.clone()),
@@ -90,13 +102,31 @@ pub async fn run(
             tracing::debug!(error = %e, "could not set TCP_NODELAY");
         }
     });
+    let lost = dispatcher.lease_lost();
+    let lost_too = lost.clone();
     let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .with_graceful_shutdown(async move {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = lost_too.cancelled() => {}
+            }
+        })
         .await
         .context("serving HTTP");
     shutdown.cancel();
     dispatcher.drain(config.shutdown_grace).await;
-    lock.release().await;
+    if lost.is_cancelled() {
+        lock.release();
+        anyhow::bail!("this node lost its lease to the other nodes; restart it to rejoin");
+    }
+    match store.leave().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(count = n, "gave this node's deliveries back to the others"),
+        Err(e) => {
+            tracing::warn!(error = %e, "giving this node's deliveries back failed; the others take them when its lease runs out")
+        }
+    }
+    lock.release();
     tracing::info!("hookline stopped");
     served
 }

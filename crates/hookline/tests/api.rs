@@ -385,11 +385,12 @@ on_both_engines!(
     openapi_document_lists_every_route,
 );
 
-/// One database has one serving node (until leases let several share it): a second
-/// `hookline serve` on the same data is refused with a clear error, and the first one keeps
-/// working.
-async fn a_second_server_on_the_same_data_is_refused(engine: Engine) {
-    let s = TestServer::start(&engine).await;
+/// One SQLite data directory has one serving process: a second `hookline serve` on it is
+/// refused with a clear error, and the first one keeps working. (PostgreSQL is shared by
+/// several nodes: `tests/cluster.rs`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_server_on_the_same_sqlite_data_is_refused() {
+    let s = TestServer::start(&Engine::Sqlite).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let second = hookline::server::run(
         common::test_config(&s.location),
@@ -401,9 +402,4 @@ async fn a_second_server_on_the_same_data_is_refused(engine: Engine) {
     assert!(err.contains("in use by another `hookline serve`"), "{err}");
     let (status, _) = s.get("/v1/endpoints").await;
     assert_eq!(status, 200);
-}
-
-mod single_node {
-    use super::*;
-    on_both_engines!(a_second_server_on_the_same_data_is_refused);
 }

@@ -18,7 +18,11 @@
 //! - **The database is the truth.** A delivery is `delivering` in the database exactly while
 //!   this process holds it. The poller takes deliveries that are `pending` and due (retries,
 //!   overflow, and after a restart everything a dead process held).
+//! - **Several nodes** (PostgreSQL): [`cluster`] keeps this node's lease, takes over dead
+//!   nodes' deliveries and listens to the others; no attempt starts unless it can end within
+//!   the lease.
 
+pub mod cluster;
 pub mod retry;
 pub mod sender;
 
@@ -47,6 +51,10 @@ pub struct DispatchConfig {
     pub breaker_threshold: u32,
     /// The longest wait between two probes of an endpoint whose breaker is open.
     pub breaker_probe_max: Duration,
+    /// Shared stores: how long a node silent in the database keeps its deliveries before the
+    /// others take them over. Must exceed the attempt timeout by a few heartbeats
+    /// ([`cluster::min_lease`]).
+    pub lease: Duration,
 }
 
 impl Default for DispatchConfig {
@@ -60,6 +68,7 @@ impl Default for DispatchConfig {
             max_per_endpoint: 10_000,
             breaker_threshold: 10,
             breaker_probe_max: Duration::from_secs(5),
+            lease: Duration::from_secs(30),
         }
     }
 }
@@ -89,6 +98,10 @@ struct Inner {
     recorder: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The runtime workers run on: `submit` may be called from the store's writer thread.
     runtime: tokio::runtime::Handle,
+    /// This node's lease (always valid on a store of one's own).
+    lease: cluster::Lease,
+    /// Cancelled when the other nodes declared this one dead: the server must stop.
+    lease_lost: CancellationToken,
 }
 
 #[derive(Default)]
@@ -150,6 +163,8 @@ impl Dispatcher {
     pub fn start(store: Store, config: DispatchConfig, shutdown: CancellationToken) -> Self {
         let sender = Sender::new(config.connect_timeout, config.timeout);
         let (records, records_rx) = mpsc::channel(RECORD_QUEUE);
+        let shared = store.is_shared();
+        let lease = cluster::Lease::new(shared, config.lease);
         let inner = Arc::new(Inner {
             store,
             config,
@@ -164,15 +179,33 @@ impl Dispatcher {
             recorder_stop: CancellationToken::new(),
             recorder: Mutex::new(None),
             runtime: tokio::runtime::Handle::current(),
+            lease,
+            lease_lost: CancellationToken::new(),
         });
         let poller = inner.clone();
         inner.tasks.spawn(async move { poll_loop(poller).await });
+        if shared {
+            let heart = inner.clone();
+            inner
+                .tasks
+                .spawn(async move { cluster::heartbeat_loop(heart).await });
+            let ears = inner.clone();
+            inner
+                .tasks
+                .spawn(async move { cluster::listen_loop(ears).await });
+        }
         let recorder = inner.clone();
         let handle = tokio::spawn(async move { record_loop(recorder, records_rx).await });
         if let Ok(mut slot) = inner.recorder.lock() {
             *slot = Some(handle);
         }
         Dispatcher { inner }
+    }
+
+    /// Cancelled if the other nodes declare this one dead: the server must stop (its
+    /// deliveries belong to them now).
+    pub fn lease_lost(&self) -> CancellationToken {
+        self.inner.lease_lost.clone()
     }
 
     /// Reserves room for one delivery to `endpoint_id`. `false` leaves it to the poller.
@@ -514,6 +547,14 @@ async fn endpoint_worker(
             drop(permit);
             give_back(&inner, due).await;
             continue;
+        }
+        // Shared store: wait until an attempt would end within this node's lease (it cannot
+        // while the heartbeat fails; the others take over once the lease runs out).
+        while !inner.lease.allows(inner.config.timeout) {
+            tokio::select! {
+                _ = inner.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
         }
         let me = inner.clone();
         let probe = gate == Gate::Probe;

@@ -52,21 +52,21 @@ pub enum Store {
     Postgres(PgStore),
 }
 
-/// Held while `hookline serve` runs: only one node serves one database (for now).
+/// Held while `hookline serve` runs. One SQLite data directory has one serving process;
+/// PostgreSQL is shared by any number of nodes (leases decide who holds what).
 pub enum ServeLock {
     Sqlite(sqlite::DirLock),
-    Postgres(postgres::PgServeLock),
+    Shared,
 }
 
 impl ServeLock {
-    /// Gives the lock back now, so that a node restarted at once can take it.
-    pub async fn release(self) {
-        match self {
-            ServeLock::Sqlite(lock) => drop(lock),
-            ServeLock::Postgres(lock) => lock.release().await,
-        }
+    /// Gives the lock back now, so that a process restarted at once can take it.
+    pub fn release(self) {
+        drop(self);
     }
 }
+
+pub use postgres::{Notice, Notices};
 
 macro_rules! on_engine {
     ($self:ident, $s:ident => $call:expr) => {
@@ -95,7 +95,7 @@ impl Store {
     pub async fn lock(location: &Location) -> Result<ServeLock, StoreError> {
         match location {
             Location::Sqlite(dir) => Ok(ServeLock::Sqlite(SqliteStore::lock_dir(dir)?)),
-            Location::Postgres(url) => Ok(ServeLock::Postgres(PgStore::lock_at(url).await?)),
+            Location::Postgres(_) => Ok(ServeLock::Shared),
         }
     }
 
@@ -221,9 +221,69 @@ impl Store {
         on_engine!(self, s => s.get_delivery(account_id, id).await)
     }
 
-    /// At start: deliveries a previous process had taken go back to `pending`, due now.
-    pub async fn release_all_claims(&self) -> Result<usize, StoreError> {
-        on_engine!(self, s => s.release_all_claims().await)
+    /// At start: deliveries a previous process had taken go back to `pending`, due now. On
+    /// PostgreSQL only those of dead nodes (silent for longer than `lease`).
+    pub async fn release_all_claims(
+        &self,
+        lease: std::time::Duration,
+    ) -> Result<usize, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.release_all_claims().await,
+            Store::Postgres(s) => s.release_all_claims(lease).await,
+        }
+    }
+
+    /// Whether several nodes may share this store (and need heartbeats and leases).
+    pub fn is_shared(&self) -> bool {
+        matches!(self, Store::Postgres(_))
+    }
+
+    /// Registers this node in a shared store (nothing to do on SQLite).
+    pub async fn join(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(_) => Ok(()),
+            Store::Postgres(s) => s.join().await,
+        }
+    }
+
+    /// Renews this node's heartbeat; `false` when the other nodes declared it dead.
+    pub async fn heartbeat(&self) -> Result<bool, StoreError> {
+        match self {
+            Store::Sqlite(_) => Ok(true),
+            Store::Postgres(s) => s.heartbeat().await,
+        }
+    }
+
+    /// Takes over the deliveries of nodes silent for longer than `lease`.
+    pub async fn reap(&self, lease: std::time::Duration) -> Result<usize, StoreError> {
+        match self {
+            Store::Sqlite(_) => Ok(0),
+            Store::Postgres(s) => s.reap(lease).await,
+        }
+    }
+
+    /// Gives back this node's deliveries at shutdown, for the other nodes.
+    pub async fn leave(&self) -> Result<usize, StoreError> {
+        match self {
+            Store::Sqlite(_) => Ok(0),
+            Store::Postgres(s) => s.leave().await,
+        }
+    }
+
+    /// Other nodes' wake-ups (`None` on SQLite: there are no other nodes).
+    pub async fn listen(&self) -> Result<Option<Notices>, StoreError> {
+        match self {
+            Store::Sqlite(_) => Ok(None),
+            Store::Postgres(s) => s.listen().await.map(Some),
+        }
+    }
+
+    /// An endpoint as the dispatcher needs it, removed ones included (as disabled).
+    pub async fn endpoint_for_dispatch(&self, id: String) -> Result<Option<Endpoint>, StoreError> {
+        match self {
+            Store::Sqlite(_) => Ok(None),
+            Store::Postgres(s) => s.endpoint_for_dispatch(id).await,
+        }
     }
 
     /// Takes up to `room(endpoint_id)` due deliveries of each enabled endpoint (and a bounded

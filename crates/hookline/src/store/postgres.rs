@@ -9,9 +9,11 @@
 //!   `FOR KEY SHARE` on the endpoints it fans out to, a change or removal of an endpoint takes
 //!   `FOR UPDATE` first. So an event committed after an endpoint was disabled never gets a
 //!   delivery for it, and one committed before has its delivery ended with the others.
-//! - One node per database, for now: `hookline serve` holds a session advisory lock
-//!   ([`PgStore::lock`]) while it runs, because a delivery marked `delivering` belongs to the
-//!   running process and is put back to `pending` when the next one starts.
+//! - Several nodes share one database. Each `delivering` row names the node that holds it;
+//!   nodes renew heartbeats in `nodes`, and one whose heartbeat stops for a whole lease is
+//!   declared dead by the others, who put its rows back to `pending` under a new claim
+//!   number. Nodes wake each other with `NOTIFY` (a delivery became due, an endpoint
+//!   changed). The lease protocol is in ARCHITECTURE.md.
 
 use super::{
     AcceptedEvent, AttemptRecord, DeliveryFilter, DueDelivery, NewDelivery, NewEvent, Outcome,
@@ -28,14 +30,13 @@ use std::sync::Arc;
 
 /// The most deliveries one claim takes.
 const MAX_CLAIM: usize = super::sqlite::MAX_CLAIM;
-/// The advisory lock `hookline serve` holds: this class, and the schema's name hashed (so that
-/// two schemas of one database are two stores).
-const SERVE_LOCK_CLASS: i32 = 0x686f_6f6b; // "hook"
-/// Serialises migrations run by concurrent starts (same scheme).
+/// Serialises migrations run by concurrent starts: this advisory lock class, and the schema's
+/// name hashed (two schemas of one database are two stores).
 const MIGRATE_LOCK_CLASS: i32 = 0x6d69_6772; // "migr"
 
 /// The versioned schema: migration `i` takes the database to version `i + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE accounts (
     id          TEXT PRIMARY KEY,
     name        TEXT NOT NULL UNIQUE,
@@ -108,32 +109,37 @@ CREATE TABLE attempts (
     response_body  TEXT,
     PRIMARY KEY (delivery_id, attempt)
 );
-"#];
+"#,
+    // Several nodes share one database: each `delivering` row names the node that holds it,
+    // and a node whose heartbeat stops loses its rows to the others (see ARCHITECTURE.md).
+    r#"
+CREATE TABLE nodes (
+    id            TEXT PRIMARY KEY,
+    started_at    BIGINT NOT NULL,
+    heartbeat_at  BIGINT NOT NULL,
+    dead          BOOLEAN NOT NULL DEFAULT FALSE
+);
+ALTER TABLE deliveries ADD COLUMN node TEXT;
+CREATE INDEX deliveries_held_by_node ON deliveries (node) WHERE status = 'delivering';
+"#,
+];
 
 /// The PostgreSQL store. Cheap to clone.
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// This process's node id: the holder named on the `delivering` rows it claims.
+    node: Arc<str>,
 }
 
-/// Held by the running `hookline serve`: the session advisory lock lives as long as this
-/// connection.
-pub struct PgServeLock {
-    conn: PgConnection,
-}
+/// The database's clock in milliseconds since the epoch: every node judges heartbeats by the
+/// same clock.
+const DB_NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
 
-impl PgServeLock {
-    /// Gives the lock back at once (dropping it also does, but only once PostgreSQL notices
-    /// the connection is gone, which can be after a restarted node asks for it).
-    pub async fn release(mut self) {
-        let _ =
-            sqlx::query("SELECT pg_advisory_unlock($1, hashtext(COALESCE(current_schema(), '')))")
-                .bind(SERVE_LOCK_CLASS)
-                .execute(&mut self.conn)
-                .await;
-        let _ = self.conn.close().await;
-    }
-}
+/// Channels nodes wake each other with: a delivery became due (payload: when, ms), an
+/// endpoint changed (payload: its id).
+pub const DUE_CHANNEL: &str = "hookline_due";
+pub const ENDPOINT_CHANNEL: &str = "hookline_endpoint";
 
 trait PgContext<T> {
     fn ctx(self, context: &'static str) -> Result<T, StoreError>;
@@ -169,7 +175,10 @@ impl PgStore {
             .connect_with(options)
             .await
             .ctx("connecting to PostgreSQL")?;
-        let store = PgStore { pool };
+        let store = PgStore {
+            pool,
+            node: Arc::from(new_id("node")),
+        };
         store.migrate().await?;
         Ok(store)
     }
@@ -211,28 +220,6 @@ impl PgStore {
         }
         tx.commit().await.ctx("committing migrations")?;
         Ok(MIGRATIONS.len() as u32)
-    }
-
-    /// Takes the serve lock of the database at `url`, or says that another node holds it.
-    pub async fn lock_at(url: &str) -> Result<PgServeLock, StoreError> {
-        let options = PgConnectOptions::from_str(url).ctx("reading the database URL")?;
-        let mut conn = PgConnection::connect_with(&options)
-            .await
-            .ctx("connecting for the serve lock")?;
-        let got: bool = sqlx::query_scalar(
-            "SELECT pg_try_advisory_lock($1, hashtext(COALESCE(current_schema(), '')))",
-        )
-        .bind(SERVE_LOCK_CLASS)
-        .fetch_one(&mut conn)
-        .await
-        .ctx("taking the serve lock")?;
-        if got {
-            Ok(PgServeLock { conn })
-        } else {
-            Err(StoreError::Locked(
-                "another `hookline serve` uses this PostgreSQL database".into(),
-            ))
-        }
     }
 
     async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
@@ -423,6 +410,7 @@ impl PgStore {
         if was_enabled && !ep.enabled {
             fail_open_deliveries(&mut tx, &ep.id, "endpoint disabled").await?;
         }
+        notify(&mut tx, ENDPOINT_CHANNEL, &ep.id).await?;
         tx.commit().await.ctx("committing an endpoint change")?;
         Ok(Some(ep))
     }
@@ -447,6 +435,7 @@ impl PgStore {
         .await
         .ctx("deleting an endpoint")?;
         fail_open_deliveries(&mut tx, &id, "endpoint removed").await?;
+        notify(&mut tx, ENDPOINT_CHANNEL, &id).await?;
         tx.commit().await.ctx("committing an endpoint removal")?;
         ep.enabled = false;
         ep.updated_at = now;
@@ -557,8 +546,9 @@ impl PgStore {
         } else {
             sqlx::query(
                 "INSERT INTO deliveries (id, account_id, event_id, event_type, endpoint_id,
-                    status, next_attempt_at, created_at, updated_at, claim)
-                 SELECT id, $1, event_id, event_type, endpoint_id, status, at, at, at, claim
+                    status, next_attempt_at, created_at, updated_at, claim, node)
+                 SELECT id, $1, event_id, event_type, endpoint_id, status, at, at, at, claim,
+                    CASE WHEN status = 'delivering' THEN $9 END
                  FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                              $7::bigint[], $8::bigint[])
                       AS t(id, event_id, event_type, endpoint_id, status, at, claim)
@@ -572,6 +562,7 @@ impl PgStore {
             .bind(&d.status)
             .bind(&d.at)
             .bind(&d.claim)
+            .bind(&*self.node)
             .fetch_all(&mut *tx)
             .await
             .ctx("inserting deliveries")?
@@ -719,18 +710,136 @@ impl PgStore {
 
     // ---- the dispatcher's side -----------------------------------------------------------
 
-    /// At start: deliveries a previous process had taken go back to `pending`, due now.
-    pub async fn release_all_claims(&self) -> Result<usize, StoreError> {
-        let done = sqlx::query(
-            "UPDATE deliveries SET status = 'pending',
-                next_attempt_at = COALESCE(next_attempt_at, $1)
-             WHERE status = 'delivering'",
-        )
-        .bind(Timestamp::now().0)
+    // ---- the cluster ---------------------------------------------------------------------
+
+    /// Registers this node (its heartbeat starts now).
+    pub async fn join(&self) -> Result<(), StoreError> {
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO nodes (id, started_at, heartbeat_at)
+             VALUES ($1, {DB_NOW_MS}, {DB_NOW_MS})"
+        )))
+        .bind(&*self.node)
         .execute(&self.pool)
         .await
-        .ctx("releasing claims of a previous process")?;
-        Ok(done.rows_affected() as usize)
+        .ctx("registering this node")?;
+        Ok(())
+    }
+
+    /// Renews this node's heartbeat. `false`: the other nodes declared it dead (its
+    /// heartbeat was silent for a whole lease) and took its deliveries; it must stop.
+    pub async fn heartbeat(&self) -> Result<bool, StoreError> {
+        let done = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE nodes SET heartbeat_at = {DB_NOW_MS} WHERE id = $1 AND NOT dead"
+        )))
+        .bind(&*self.node)
+        .execute(&self.pool)
+        .await
+        .ctx("renewing this node's heartbeat")?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Declares dead every other node whose heartbeat is older than `lease`, and puts the
+    /// deliveries held by dead nodes back to `pending`, due now, under a new claim number (so
+    /// a dead node's late failure cannot move them). Returns how many came back.
+    pub async fn reap(&self, lease: std::time::Duration) -> Result<usize, StoreError> {
+        let mut tx = self.begin().await?;
+        let freed = sqlx::query(AssertSqlSafe(format!(
+            "WITH newly_dead AS (
+                UPDATE nodes SET dead = TRUE
+                WHERE NOT dead AND id <> $1 AND heartbeat_at < {DB_NOW_MS} - $2
+                RETURNING id)
+             UPDATE deliveries SET status = 'pending', node = NULL, claim = claim + 1,
+                next_attempt_at = COALESCE(next_attempt_at, {DB_NOW_MS}),
+                updated_at = {DB_NOW_MS}
+             WHERE status = 'delivering'
+               AND (node IS NULL
+                    OR node IN (SELECT id FROM newly_dead)
+                    OR node IN (SELECT id FROM nodes WHERE dead))"
+        )))
+        .bind(&*self.node)
+        .bind(lease.as_millis() as i64)
+        .execute(&mut *tx)
+        .await
+        .ctx("taking over the deliveries of dead nodes")?
+        .rows_affected() as usize;
+        // Dead nodes are kept a day, for the record.
+        sqlx::query(AssertSqlSafe(format!(
+            "DELETE FROM nodes WHERE dead AND heartbeat_at < {DB_NOW_MS} - 86400000"
+        )))
+        .execute(&mut *tx)
+        .await
+        .ctx("forgetting long-dead nodes")?;
+        if freed > 0 {
+            notify(&mut tx, DUE_CHANNEL, &Timestamp::now().0.to_string()).await?;
+        }
+        tx.commit().await.ctx("committing a takeover")?;
+        Ok(freed)
+    }
+
+    /// Leaves the cluster at shutdown: the deliveries this node still holds go back to
+    /// `pending`, due now, for the others.
+    pub async fn leave(&self) -> Result<usize, StoreError> {
+        let mut tx = self.begin().await?;
+        let freed = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE deliveries SET status = 'pending', node = NULL, claim = claim + 1,
+                next_attempt_at = COALESCE(next_attempt_at, {DB_NOW_MS}),
+                updated_at = {DB_NOW_MS}
+             WHERE status = 'delivering' AND node = $1"
+        )))
+        .bind(&*self.node)
+        .execute(&mut *tx)
+        .await
+        .ctx("giving back this node's deliveries")?
+        .rows_affected() as usize;
+        sqlx::query("UPDATE nodes SET dead = TRUE WHERE id = $1")
+            .bind(&*self.node)
+            .execute(&mut *tx)
+            .await
+            .ctx("leaving the cluster")?;
+        notify(&mut tx, DUE_CHANNEL, &Timestamp::now().0.to_string()).await?;
+        tx.commit().await.ctx("committing the leave")?;
+        Ok(freed)
+    }
+
+    /// Listens for other nodes' wake-ups.
+    pub async fn listen(&self) -> Result<Notices, StoreError> {
+        let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool)
+            .await
+            .ctx("connecting the notification listener")?;
+        listener
+            .listen_all([DUE_CHANNEL, ENDPOINT_CHANNEL])
+            .await
+            .ctx("listening for other nodes")?;
+        Ok(Notices { listener })
+    }
+
+    /// An endpoint as the dispatcher needs it, removed ones included (as disabled).
+    pub async fn endpoint_for_dispatch(&self, id: String) -> Result<Option<Endpoint>, StoreError> {
+        sqlx::query(AssertSqlSafe(format!(
+            "SELECT {ENDPOINT_COLS} FROM endpoints WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .ctx("reading an endpoint")?
+        .map(|r| {
+            let deleted: Option<i64> = r.try_get(12).ctx("reading an endpoint")?;
+            let mut ep = endpoint_from_row(&r)?;
+            if deleted.is_some() {
+                ep.enabled = false;
+            }
+            Ok(ep)
+        })
+        .transpose()
+    }
+
+    /// At start: the deliveries of nodes that died (this node's previous life included, once
+    /// its lease ran out) go back to `pending`. Nodes that are alive keep theirs.
+    pub async fn release_all_claims(
+        &self,
+        lease: std::time::Duration,
+    ) -> Result<usize, StoreError> {
+        self.reap(lease).await
     }
 
     /// Takes up to `room(endpoint_id)` due deliveries of each enabled endpoint, and at most
@@ -771,7 +880,7 @@ impl PgStore {
             }
             let ep = Arc::new(ep);
             let rows = sqlx::query(
-                "UPDATE deliveries d SET status = 'delivering', claim = d.claim + 1
+                "UPDATE deliveries d SET status = 'delivering', claim = d.claim + 1, node = $4
                  FROM (SELECT dd.seq FROM deliveries dd JOIN events ev ON ev.id = dd.event_id
                        WHERE dd.endpoint_id = $1 AND dd.status = 'pending'
                          AND dd.next_attempt_at <= $2
@@ -783,6 +892,7 @@ impl PgStore {
             .bind(&ep.id)
             .bind(now.0)
             .bind(n as i64)
+            .bind(&*self.node)
             .fetch_all(&mut *tx)
             .await
             .ctx("claiming due deliveries")?;
@@ -875,7 +985,8 @@ impl PgStore {
         for rec in &records {
             let Some(a) = &rec.attempt else {
                 sqlx::query(
-                    "UPDATE deliveries SET status = 'pending', next_attempt_at = $2, updated_at = $2
+                    "UPDATE deliveries SET status = 'pending', next_attempt_at = $2, updated_at = $2,
+                        node = NULL
                      WHERE seq = $1 AND status = 'delivering' AND claim = $3",
                 )
                 .bind(rec.row)
@@ -913,7 +1024,7 @@ impl PgStore {
             sqlx::query(
                 "UPDATE deliveries SET status = $2, attempts = GREATEST(attempts, $3),
                     next_attempt_at = $4, last_attempt_at = $5, last_status_code = $6,
-                    last_error = $7, updated_at = $8
+                    last_error = $7, updated_at = $8, node = NULL
                  WHERE seq = $1 AND (NOT $9 OR (status = 'delivering' AND claim = $10))",
             )
             .bind(rec.row)
@@ -948,7 +1059,20 @@ impl PgStore {
                 }
                 fail_open_deliveries(&mut tx, &rec.endpoint_id, "endpoint answered 410 Gone")
                     .await?;
+                notify(&mut tx, ENDPOINT_CHANNEL, &rec.endpoint_id).await?;
             }
+        }
+        // Other nodes may be asleep until later than the earliest retry set here.
+        let earliest = records
+            .iter()
+            .filter_map(|r| match r.outcome {
+                Outcome::RetryAt(t) => Some(t.0),
+                Outcome::Released => Some(now),
+                _ => None,
+            })
+            .min();
+        if let Some(at) = earliest {
+            notify(&mut tx, DUE_CHANNEL, &at.to_string()).await?;
         }
         tx.commit().await.ctx("committing attempts")?;
         Ok(())
@@ -1046,11 +1170,13 @@ impl PgStore {
             return Ok(Err(RetryRefusal::EndpointDisabled));
         };
         sqlx::query(
-            "UPDATE deliveries SET status = 'delivering', claim = claim + 1, updated_at = $2
+            "UPDATE deliveries SET status = 'delivering', claim = claim + 1, updated_at = $2,
+                node = $3
              WHERE seq = $1",
         )
         .bind(row)
         .bind(Timestamp::now().0)
+        .bind(&*self.node)
         .execute(&mut *tx)
         .await
         .ctx("claiming a delivery to retry")?;
@@ -1100,6 +1226,54 @@ struct DeliveryColumns<'a> {
     status: Vec<&'static str>,
     at: Vec<i64>,
     claim: Vec<i64>,
+}
+
+/// Wake-ups from other nodes, as they arrive.
+pub struct Notices {
+    listener: sqlx::postgres::PgListener,
+}
+
+/// What another node said.
+#[derive(Debug)]
+pub enum Notice {
+    /// A delivery became due at this time.
+    Due(Timestamp),
+    /// This endpoint changed (or was disabled or removed).
+    EndpointChanged(String),
+    /// The listener's connection was lost and re-made: notices may have been missed.
+    Reconnected,
+}
+
+impl Notices {
+    /// The next notice. sqlx re-connects a lost listener by itself; a gap is reported as
+    /// [`Notice::Reconnected`].
+    pub async fn next(&mut self) -> Result<Notice, StoreError> {
+        match self
+            .listener
+            .try_recv()
+            .await
+            .ctx("waiting for other nodes")?
+        {
+            None => Ok(Notice::Reconnected),
+            Some(n) if n.channel() == ENDPOINT_CHANNEL => {
+                Ok(Notice::EndpointChanged(n.payload().to_owned()))
+            }
+            Some(n) => Ok(Notice::Due(Timestamp(
+                n.payload().parse().unwrap_or_else(|_| Timestamp::now().0),
+            ))),
+        }
+    }
+}
+
+/// Sends `payload` on `channel` when the transaction commits.
+async fn notify(c: &mut PgConnection, channel: &str, payload: &str) -> Result<(), StoreError> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(channel)
+        .bind(payload)
+        .execute(c)
+        .await
+        .ctx("notifying other nodes")?;
+    Ok(())
 }
 
 async fn fail_open_deliveries(
