@@ -80,6 +80,31 @@ struct ReceiverState {
     got: Vec<Received>,
     scripts: HashMap<String, VecDeque<Reply>>,
     defaults: HashMap<String, Reply>,
+    /// Requests being answered right now, by path and `webhook-id`.
+    open: HashMap<(String, String), usize>,
+    /// `webhook-id`s that arrived while another request with the same id to the same path
+    /// was still being answered: one delivery attempted twice at once.
+    overlaps: Vec<String>,
+}
+
+/// Takes a request off the receiver's open list when its answer is done or abandoned (the
+/// sender hung up or died).
+struct OpenGuard {
+    state: Arc<Mutex<ReceiverState>>,
+    key: (String, String),
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.state.lock()
+            && let Some(n) = s.open.get_mut(&self.key)
+        {
+            *n -= 1;
+            if *n == 0 {
+                s.open.remove(&self.key);
+            }
+        }
+    }
 }
 
 /// A real HTTP server on 127.0.0.1 that records every request. Each endpoint gets its own
@@ -141,6 +166,12 @@ impl Receiver {
         self.state.lock().unwrap().got.clone()
     }
 
+    /// `webhook-id`s some request arrived with while another with the same id (to the same
+    /// path) was still being answered.
+    pub fn overlaps(&self) -> Vec<String> {
+        self.state.lock().unwrap().overlaps.clone()
+    }
+
     /// Waits until `name` got at least `n` requests.
     pub async fn wait_for(&self, name: &str, n: usize) -> Vec<Received> {
         eventually(&format!("{n} requests at {name}"), || async {
@@ -158,8 +189,23 @@ async fn receive(
     body: Bytes,
 ) -> Response {
     let path = format!("/r/{name}");
+    let id = headers
+        .get("webhook-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let key = (path.clone(), id.clone());
+    let _open = OpenGuard {
+        state: state.clone(),
+        key: key.clone(),
+    };
     let reply = {
         let mut s = state.lock().unwrap();
+        let n = s.open.entry(key).or_default();
+        *n += 1;
+        if *n > 1 {
+            s.overlaps.push(id);
+        }
         s.got.push(Received {
             path: path.clone(),
             headers,

@@ -1,0 +1,301 @@
+//! Three real `hookline serve` processes share one PostgreSQL database. Producers send to all
+//! three at once; one node is killed with SIGKILL midway. Every event that got a 202 is
+//! delivered, duplicates come only from deliveries the dead node held, and no delivery is
+//! ever being answered for two senders at once.
+//!
+//! Runs when `HOOKLINE_TEST_DATABASE_URL` is set (`.ci/run` sets it), like the PostgreSQL
+//! half of the integration suite.
+
+mod common;
+
+use common::{Data, Engine, Receiver, Reply, eventually, verify_with_standardwebhooks};
+use hookline::store::Location;
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_hookline");
+const NODES: usize = 3;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process that is SIGKILLed when dropped, so a failing test leaves none behind.
+struct Serve(Child);
+
+impl Serve {
+    /// SIGKILL (std's `Child::kill` sends SIGKILL on Unix) and reap.
+    fn sigkill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        self.sigkill();
+    }
+}
+
+fn spawn_node(url: &str, port: u16, log: &Path) -> Serve {
+    let log = std::fs::File::create(log).unwrap();
+    Command::new(BIN)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--database-url", url])
+        .args([
+            "--allow-insecure-urls",
+            "--allow-private-targets",
+            "--retry-schedule",
+            "200ms,500ms,1s,1s,1s",
+            // A short lease, so that the takeover happens within the test: attempts of at
+            // most 1 s, heartbeats every 500 ms.
+            "--timeout",
+            "1s",
+            "--lease",
+            "4s",
+            "--endpoint-concurrency",
+            "16",
+        ])
+        .env_remove("HOOKLINE_DATA_DIR")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map(Serve)
+        .unwrap()
+}
+
+async fn wait_healthy(http: &reqwest::Client, base: &str) {
+    eventually("a node to start", || async {
+        http.get(format!("{base}/healthz"))
+            .send()
+            .await
+            .ok()
+            .filter(|r| r.status() == 200)
+    })
+    .await;
+}
+
+/// The deliveries the survivors took over from dead nodes, from their logs.
+fn taken_over(logs: &[&Path]) -> usize {
+    logs.iter()
+        .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+        .flat_map(|text| {
+            text.lines()
+                .filter(|l| l.contains("took over the deliveries of a dead node"))
+                .filter_map(|l| {
+                    l.split_whitespace()
+                        .find_map(|w| w.strip_prefix("count="))
+                        .and_then(|n| n.parse::<usize>().ok())
+                })
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_share_the_work_and_a_killed_one_loses_nothing() {
+    let Some(engine) = Engine::postgres() else {
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "three_nodes_share_the_work_and_a_killed_one_loses_nothing: skipped on PostgreSQL: \
+             HOOKLINE_TEST_DATABASE_URL is not set"
+        );
+        return;
+    };
+    let data = Data::fresh(&engine).await;
+    let Location::Postgres(url) = data.location.clone() else {
+        unreachable!("a PostgreSQL engine gives a PostgreSQL location")
+    };
+    let tmp = tempfile::tempdir().unwrap();
+
+    // The schema and the account come from the real CLI.
+    let out = Command::new(BIN)
+        .args(["migrate", "--database-url", &url])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(BIN)
+        .args(["account", "create", "--name", "acme", "--plan", "pro"])
+        .args(["--database-url", &url])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .trim()
+        .to_owned();
+
+    let rx = Receiver::start().await;
+    rx.always("sink", Reply::SlowOk(Duration::from_millis(5)));
+    let http = reqwest::Client::new();
+    let mut nodes = Vec::new();
+    let mut bases = Vec::new();
+    let logs: Vec<_> = (0..NODES)
+        .map(|i| tmp.path().join(format!("node-{i}.log")))
+        .collect();
+    for log in &logs {
+        let port = free_port();
+        nodes.push(spawn_node(&url, port, log));
+        bases.push(format!("http://127.0.0.1:{port}"));
+    }
+    for base in &bases {
+        wait_healthy(&http, base).await;
+    }
+    let resp = http
+        .post(format!("{}/v1/endpoints", bases[0]))
+        .bearer_auth(&key)
+        .json(&json!({"url": rx.url("sink"), "event_types": ["*"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let ep: Value = resp.json().await.unwrap();
+    let secret = ep["secret"].as_str().unwrap().to_owned();
+
+    // Six producers, two per node, single events and batches of ten, until told to stop (or
+    // their node is gone).
+    let acked: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut producers = Vec::new();
+    for p in 0..2 * NODES {
+        let base = bases[p % NODES].clone();
+        let (http, key, acked, stop) = (http.clone(), key.clone(), acked.clone(), stop.clone());
+        producers.push(tokio::spawn(async move {
+            for i in 0..100_000u32 {
+                if stop.is_cancelled() {
+                    return;
+                }
+                let batch = p >= NODES;
+                let req = if batch {
+                    let events: Vec<_> = (0..10)
+                        .map(|j| json!({"type": "click", "data": {"p": p, "i": i, "j": j}}))
+                        .collect();
+                    http.post(format!("{base}/v1/events/batch"))
+                        .json(&json!({"events": events}))
+                } else {
+                    http.post(format!("{base}/v1/events"))
+                        .json(&json!({"type": "open", "data": {"p": p, "i": i}}))
+                };
+                let Ok(resp) = req.bearer_auth(&key).send().await else {
+                    return; // its node is gone
+                };
+                if resp.status() != 202 {
+                    return;
+                }
+                let Ok(body) = resp.json::<Value>().await else {
+                    return;
+                };
+                let mut a = acked.lock().unwrap();
+                if batch {
+                    for e in body["data"].as_array().unwrap() {
+                        a.insert(e["id"].as_str().unwrap().to_owned());
+                    }
+                } else {
+                    a.insert(body["id"].as_str().unwrap().to_owned());
+                }
+            }
+        }));
+    }
+    eventually("1,500 acknowledged events", || async {
+        (acked.lock().unwrap().len() >= 1500).then_some(())
+    })
+    .await;
+    // SIGKILL the second node, mid-ingest and mid-delivery; the others go on.
+    nodes[1].sigkill();
+    let at_kill = acked.lock().unwrap().len();
+    eventually("500 more acknowledged events after the kill", || async {
+        (acked.lock().unwrap().len() >= at_kill + 500).then_some(())
+    })
+    .await;
+    stop.cancel();
+    for p in producers {
+        p.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+
+    // The survivors declare the dead node dead once its lease (4 s) runs out, and take over
+    // what it held; then every delivery in the database ends `succeeded` — acknowledged
+    // events, and those committed whose 202 the kill swallowed.
+    let db = sqlx::PgPool::connect(&url).await.unwrap();
+    eventually("the survivors to declare the killed node dead", || async {
+        let dead: i64 = sqlx::query_scalar("SELECT count(*) FROM nodes WHERE dead")
+            .fetch_one(&db)
+            .await
+            .ok()?;
+        (dead >= 1).then_some(())
+    })
+    .await;
+    eventually("every delivery to succeed", || async {
+        let open: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE status <> 'succeeded'")
+                .fetch_one(&db)
+                .await
+                .ok()?;
+        (open == 0).then_some(())
+    })
+    .await;
+    let committed: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    let got = eventually("every acknowledged event to arrive", || async {
+        let got = rx.got("sink");
+        let ids: BTreeSet<String> = got
+            .iter()
+            .map(|r| r.header("webhook-id").to_owned())
+            .collect();
+        (acked.is_subset(&ids) && ids.len() as i64 == committed).then_some(got)
+    })
+    .await;
+    let mut per_id: BTreeMap<String, usize> = BTreeMap::new();
+    for r in &got {
+        *per_id.entry(r.header("webhook-id").to_owned()).or_default() += 1;
+        verify_with_standardwebhooks(&secret, r);
+    }
+    let duplicates: usize = per_id.values().map(|n| n - 1).sum();
+    let survivors = [logs[0].as_path(), logs[2].as_path()];
+    let taken = taken_over(&survivors);
+    println!(
+        "cluster test: {} events acknowledged ({} before the kill of node 2 of {NODES}), {} \
+         committed; {} requests received; {} duplicate deliveries; {} deliveries taken over \
+         from the dead node; 0 lost",
+        acked.len(),
+        at_kill,
+        committed,
+        got.len(),
+        duplicates,
+        taken
+    );
+    assert!(
+        rx.overlaps().is_empty(),
+        "deliveries attempted by two senders at once: {:?}",
+        rx.overlaps()
+    );
+    assert!(
+        duplicates <= taken,
+        "{duplicates} duplicates, more than the {taken} deliveries the dead node held"
+    );
+    for mut node in nodes {
+        node.sigkill();
+    }
+}
