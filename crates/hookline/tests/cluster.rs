@@ -299,3 +299,219 @@ async fn three_nodes_share_the_work_and_a_killed_one_loses_nothing() {
         node.sigkill();
     }
 }
+
+/// A TCP forwarder to PostgreSQL that can cut a node off from the database: `cut` drops every
+/// connection through it and refuses new ones until `mend`.
+struct Proxy {
+    port: u16,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Proxy {
+    async fn start(upstream: String) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut: Arc<std::sync::atomic::AtomicBool> = Arc::default();
+        let conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let (c, k) = (cut.clone(), conns.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if c.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue; // dropped: refused
+                }
+                let upstream = upstream.clone();
+                k.lock().unwrap().push(tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                }));
+            }
+        });
+        Proxy { port, cut, conns }
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+
+    fn mend(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A node cut off from the database is alive but cannot renew its lease. The other node takes
+/// its deliveries over once the lease runs out; the cut-off node must have stopped sending by
+/// then (its lease gate), so nothing is sent by both at once and every duplicate is a delivery
+/// it sent before the takeover. When the database is back, it finds itself declared dead and
+/// stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_the_database_stops_sending_before_its_work_is_taken_over() {
+    let Some(engine) = Engine::postgres() else {
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "a_node_cut_off_from_the_database_stops_sending_before_its_work_is_taken_over: \
+             skipped on PostgreSQL: HOOKLINE_TEST_DATABASE_URL is not set"
+        );
+        return;
+    };
+    let data = Data::fresh(&engine).await;
+    let Location::Postgres(url) = data.location.clone() else {
+        unreachable!("a PostgreSQL engine gives a PostgreSQL location")
+    };
+    let parsed = url::Url::parse(&url).unwrap();
+    let upstream = format!(
+        "{}:{}",
+        parsed.host_str().unwrap(),
+        parsed.port().unwrap_or(5432)
+    );
+    let proxy = Proxy::start(upstream).await;
+    let mut via_proxy = parsed.clone();
+    via_proxy.set_host(Some("127.0.0.1")).unwrap();
+    via_proxy.set_port(Some(proxy.port)).unwrap();
+    let via_proxy = via_proxy.to_string();
+
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["account", "create", "--name", "acme", "--plan", "pro"])
+        .args(["--database-url", &url])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .trim()
+        .to_owned();
+
+    // A slow receiver (300 ms a request, 16 at a time per node): 600 deliveries keep the
+    // cut-off node busy for about 11 s, well past the 4 s lease.
+    let rx = Receiver::start().await;
+    rx.always("sink", Reply::SlowOk(Duration::from_millis(300)));
+    let http = reqwest::Client::new();
+    let logs: Vec<_> = (0..2)
+        .map(|i| tmp.path().join(format!("node-{i}.log")))
+        .collect();
+    let (port_a, port_b) = (free_port(), free_port());
+    let mut node_a = spawn_node(&url, port_a, &logs[0]);
+    let mut node_b = spawn_node(&via_proxy, port_b, &logs[1]);
+    let (base_a, base_b) = (
+        format!("http://127.0.0.1:{port_a}"),
+        format!("http://127.0.0.1:{port_b}"),
+    );
+    wait_healthy(&http, &base_a).await;
+    wait_healthy(&http, &base_b).await;
+    let resp = http
+        .post(format!("{base_a}/v1/endpoints"))
+        .bearer_auth(&key)
+        .json(&json!({"url": rx.url("sink"), "event_types": ["*"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let ep: Value = resp.json().await.unwrap();
+    let secret = ep["secret"].as_str().unwrap().to_owned();
+
+    let events: Vec<_> = (0..600)
+        .map(|i| json!({"type": "click", "data": {"i": i}}))
+        .collect();
+    let resp = http
+        .post(format!("{base_b}/v1/events/batch"))
+        .bearer_auth(&key)
+        .json(&json!({"events": events}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let acked: BTreeSet<String> = resp.json::<Value>().await.unwrap()["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
+    rx.wait_for("sink", 1).await;
+    proxy.cut();
+
+    // Node A declares B dead once B's lease runs out, and takes its deliveries over.
+    let db = sqlx::PgPool::connect(&url).await.unwrap();
+    eventually("node A to declare node B dead", || async {
+        let dead: i64 = sqlx::query_scalar("SELECT count(*) FROM nodes WHERE dead")
+            .fetch_one(&db)
+            .await
+            .ok()?;
+        (dead >= 1).then_some(())
+    })
+    .await;
+    let before_takeover = rx.got("sink").len();
+
+    // Everything arrives (node A sends what B held).
+    let got = eventually("every acknowledged event to arrive", || async {
+        let got = rx.got("sink");
+        let ids: BTreeSet<String> = got
+            .iter()
+            .map(|r| r.header("webhook-id").to_owned())
+            .collect();
+        acked.is_subset(&ids).then_some(got)
+    })
+    .await;
+
+    // The database is back: B finds itself declared dead and stops, with an error.
+    proxy.mend();
+    let exited = {
+        let started = std::time::Instant::now();
+        loop {
+            if let Some(status) = node_b.0.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                started.elapsed() < common::PATIENCE,
+                "the cut-off node did not stop once the database was back"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    assert!(
+        !exited.success(),
+        "a node that lost its lease exits with an error"
+    );
+    let log = std::fs::read_to_string(&logs[1]).unwrap();
+    assert!(log.contains("declared dead"), "{log}");
+
+    let mut per_id: BTreeMap<String, usize> = BTreeMap::new();
+    for r in &got {
+        *per_id.entry(r.header("webhook-id").to_owned()).or_default() += 1;
+        verify_with_standardwebhooks(&secret, r);
+    }
+    let duplicates: usize = per_id.values().map(|n| n - 1).sum();
+    let taken = taken_over(&[logs[0].as_path()]);
+    println!(
+        "cut-off test: 600 events through node B, cut off from the database after its first \
+         delivery; {before_takeover} requests before node A took over {taken} deliveries; {} in \
+         all; {duplicates} duplicates; 0 lost",
+        got.len()
+    );
+    assert!(
+        rx.overlaps().is_empty(),
+        "deliveries attempted by two senders at once: {:?}",
+        rx.overlaps()
+    );
+    assert!(taken > 0, "node A took nothing over from node B");
+    // After the takeover only node A sends, each delivery once: every duplicate is one that
+    // node B sent before.
+    assert!(
+        duplicates <= before_takeover,
+        "{duplicates} duplicates, more than the {before_takeover} requests sent before the \
+         takeover: the cut-off node went on sending deliveries it no longer held"
+    );
+    node_a.sigkill();
+}
