@@ -10,6 +10,7 @@ use crate::model::{Account, Timestamp, envelope, is_builtin_event_type, new_id};
 use crate::store::{AcceptedEvent, DueDelivery, NewEvent, Store, StoreError};
 use bytes::Bytes;
 use serde_json::value::RawValue;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 /// One event as a producer sent it.
@@ -94,6 +95,26 @@ impl Ingest {
         let dispatcher = self.dispatcher.clone();
         let on_done = move |outcome: Result<&Vec<AcceptedEvent>, &StoreError>| match outcome {
             Ok(accepted) => {
+                // Room taken for a delivery the store did not create after all (its endpoint
+                // was disabled while the events were being committed) goes back.
+                let held = admitted
+                    .lock()
+                    .map(|mut a| std::mem::take(&mut *a))
+                    .unwrap_or_default();
+                let mut created: HashMap<&str, usize> = HashMap::new();
+                for d in accepted
+                    .iter()
+                    .flat_map(|ev| ev.deliveries.iter())
+                    .filter(|d| d.claimed)
+                {
+                    *created.entry(d.endpoint.id.as_str()).or_default() += 1;
+                }
+                for ep in held {
+                    match created.get_mut(ep.as_str()) {
+                        Some(n) if *n > 0 => *n -= 1,
+                        _ => dispatcher.release(&ep),
+                    }
+                }
                 for ev in accepted {
                     for d in ev.deliveries.iter().filter(|d| d.claimed) {
                         dispatcher.submit(DueDelivery {

@@ -96,16 +96,10 @@ impl From<StoreError> for ApiError {
                 err.retry_after_secs = Some(1);
                 err
             }
-            StoreError::Pg { ref source, .. } if transient(source) => {
-                tracing::error!(error = %e, "database unavailable");
-                let mut err = ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    "the database is unavailable for a moment; the request was not accepted",
-                );
-                err.retry_after_secs = Some(1);
-                err
+            StoreError::Pg { ref source, .. } if crate::store::postgres::is_transient(source) => {
+                unavailable(&e)
             }
+            StoreError::Unavailable(_) => unavailable(&e),
             other => {
                 tracing::error!(error = %other, "store error");
                 ApiError::internal()
@@ -114,17 +108,16 @@ impl From<StoreError> for ApiError {
     }
 }
 
-/// PostgreSQL errors worth a retry by the client: the database cannot be reached, is
-/// restarting, or aborted the transaction to break a deadlock or a serialization conflict.
-fn transient(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
-        sqlx::Error::Database(db) => matches!(
-            db.code().as_deref(),
-            Some("40001" | "40P01" | "57P01" | "57P02" | "57P03" | "08000" | "08003" | "08006")
-        ),
-        _ => false,
-    }
+/// `503` with `Retry-After`: nothing was accepted, try again shortly.
+fn unavailable(e: &StoreError) -> ApiError {
+    tracing::error!(error = %e, "database unavailable");
+    let mut err = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "the database is unavailable for a moment; the request was not accepted",
+    );
+    err.retry_after_secs = Some(1);
+    err
 }
 
 impl From<IngestError> for ApiError {

@@ -5,7 +5,8 @@
 //! end-to-end result is also given as a ratio to it, measured in the same run.
 //!
 //! An end-to-end phase starts a fresh `hookline serve` (this same binary, as a child process,
-//! on a temporary SQLite data directory) unless `--api` names a running one, creates F
+//! on a temporary SQLite data directory; or `--nodes` of them on a fresh schema of the
+//! PostgreSQL database `--database-url` names) unless `--api` names running ones, creates F
 //! endpoints pointing at the sink, sends events, and waits for every delivery. Each event's
 //! `data.sent_us` carries the time its request was (or, in an open loop, should have been)
 //! sent, so the sink measures latency from there: no coordinated omission.
@@ -79,9 +80,17 @@ pub struct BenchArgs {
     /// Isolation: how many times to alternate the two phases (latencies are pooled).
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
-    /// A running Hookline to target instead of starting one (needs `--key`).
+    /// Running Hookline nodes to target instead of starting any (comma-separated base URLs;
+    /// senders are spread over them; needs `--key`).
     #[arg(long)]
     pub api: Option<String>,
+    /// Start the servers on this PostgreSQL database (each phase in a fresh schema, dropped
+    /// after) instead of a temporary SQLite directory.
+    #[arg(long)]
+    pub database_url: Option<String>,
+    /// How many `hookline serve` nodes to start (several need `--database-url`).
+    #[arg(long, default_value_t = 1)]
+    pub nodes: usize,
     /// The API key for `--api`.
     #[arg(long)]
     pub key: Option<String>,
@@ -419,7 +428,42 @@ enum Load {
 /// A `hookline serve` child process, SIGKILLed when dropped.
 struct ServerProcess {
     child: Child,
-    _dir: tempfile::TempDir,
+}
+
+/// The servers a phase started, and where their data lives.
+struct Servers {
+    procs: Vec<ServerProcess>,
+    _dir: Option<tempfile::TempDir>,
+    /// PostgreSQL: the server's URL and the phase's schema, dropped at the end.
+    schema: Option<(String, String)>,
+}
+
+impl Servers {
+    /// The largest peak RSS of the nodes.
+    fn peak_rss_mb(&self) -> Option<f64> {
+        self.procs
+            .iter()
+            .filter_map(ServerProcess::peak_rss_mb)
+            .reduce(f64::max)
+    }
+
+    /// Stops the nodes and drops the phase's schema.
+    async fn finish(mut self) {
+        self.procs.clear();
+        if let Some((url, schema)) = self.schema.take() {
+            use sqlx::Connection as _;
+            match sqlx::PgConnection::connect(&url).await {
+                Ok(mut c) => {
+                    let drop =
+                        sqlx::AssertSqlSafe(format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
+                    if let Err(e) = sqlx::raw_sql(drop).execute(&mut c).await {
+                        eprintln!("dropping the bench schema {schema}: {e}");
+                    }
+                }
+                Err(e) => eprintln!("dropping the bench schema {schema}: {e}"),
+            }
+        }
+    }
 }
 
 impl ServerProcess {
@@ -438,44 +482,92 @@ impl Drop for ServerProcess {
     }
 }
 
-async fn start_server() -> anyhow::Result<(ServerProcess, String, String)> {
-    let dir = tempfile::tempdir().context("making a data directory")?;
+/// Starts `--nodes` servers on a fresh store; returns them, their base URLs and an API key.
+async fn start_servers(args: &BenchArgs) -> anyhow::Result<(Servers, Vec<String>, String)> {
+    let nodes = args.nodes.max(1);
+    let (mut servers, storage): (Servers, Vec<String>) = match &args.database_url {
+        None if nodes > 1 => bail!("several nodes (--nodes) need --database-url"),
+        None => {
+            let dir = tempfile::tempdir().context("making a data directory")?;
+            let flag = vec!["--data-dir".to_owned(), dir.path().display().to_string()];
+            (
+                Servers {
+                    procs: Vec::new(),
+                    _dir: Some(dir),
+                    schema: None,
+                },
+                flag,
+            )
+        }
+        Some(url) => {
+            use sqlx::Connection as _;
+            let schema = format!(
+                "hookline_bench_{}",
+                crate::model::new_id("s").to_lowercase().replace("s_", "")
+            );
+            let mut c = sqlx::PgConnection::connect(url)
+                .await
+                .context("connecting to PostgreSQL")?;
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+                .execute(&mut c)
+                .await
+                .context("creating the bench schema")?;
+            let sep = if url.contains('?') { '&' } else { '?' };
+            let in_schema = format!("{url}{sep}options[search_path]={schema}");
+            (
+                Servers {
+                    procs: Vec::new(),
+                    _dir: None,
+                    schema: Some((url.clone(), schema)),
+                },
+                vec!["--database-url".to_owned(), in_schema],
+            )
+        }
+    };
+    let location = match &servers.schema {
+        Some(_) => crate::store::Location::Postgres(storage[1].clone()),
+        None => crate::store::Location::Sqlite(storage[1].clone().into()),
+    };
     let key = {
-        let store = Store::sqlite(dir.path())?;
+        let store = Store::open(&location).await?;
         crate::accounts::create(&store, "bench", Plan::Business)
             .await?
             .1
     };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
     let exe = std::env::current_exe().context("finding the hookline binary")?;
-    let child = Command::new(exe)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .args(["--allow-insecure-urls", "--allow-private-targets"])
-        .env("HOOKLINE_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .context("starting hookline serve")?;
-    let server = ServerProcess { child, _dir: dir };
-    let api = format!("http://127.0.0.1:{port}");
-    let http = client(1);
-    let started = Instant::now();
-    loop {
-        let req = Request::get(format!("{api}/healthz")).body(Full::new(Bytes::new()))?;
-        if let Ok(r) = http.request(req).await
-            && r.status() == 200
-        {
-            break;
-        }
-        if started.elapsed() > Duration::from_secs(30) {
-            bail!("hookline serve did not start within 30 s");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut apis = Vec::with_capacity(nodes);
+    for _ in 0..nodes {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = Command::new(&exe)
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(&storage)
+            .args(["--allow-insecure-urls", "--allow-private-targets"])
+            .env("HOOKLINE_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting hookline serve")?;
+        servers.procs.push(ServerProcess { child });
+        apis.push(format!("http://127.0.0.1:{port}"));
     }
-    Ok((server, api, key))
+    let http = client(1);
+    for api in &apis {
+        let started = Instant::now();
+        loop {
+            let req = Request::get(format!("{api}/healthz")).body(Full::new(Bytes::new()))?;
+            if let Ok(r) = http.request(req).await
+                && r.status() == 200
+            {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                bail!("hookline serve did not start within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    Ok((servers, apis, key))
 }
 
 async fn post_json(
@@ -518,14 +610,25 @@ async fn end_to_end_raw(
 ) -> anyhow::Result<(Phase, Vec<u64>)> {
     let epoch = Instant::now();
     let sink = Sink::start(Verifier::new(vec![secret.clone()]), epoch).await?;
-    let (server, api, key) = match (&args.api, &args.key) {
-        (Some(api), Some(key)) => (None, api.trim_end_matches('/').to_owned(), key.clone()),
+    let (server, apis, key) = match (&args.api, &args.key) {
+        (Some(api), Some(key)) => (
+            None,
+            api.split(',')
+                .map(|a| a.trim().trim_end_matches('/').to_owned())
+                .filter(|a| !a.is_empty())
+                .collect::<Vec<_>>(),
+            key.clone(),
+        ),
         (Some(_), None) => bail!("--api needs --key"),
         _ => {
-            let (s, api, key) = start_server().await?;
-            (Some(s), api, key)
+            let (s, apis, key) = start_servers(args).await?;
+            (Some(s), apis, key)
         }
     };
+    let Some(api) = apis.first().cloned() else {
+        bail!("--api names no server");
+    };
+    let apis = Arc::new(apis);
     let http = client(args.concurrency.max(64));
     sink.down.store(setup.down_during_ingest, Ordering::Release);
     let kind = if setup.down_during_ingest {
@@ -567,8 +670,9 @@ async fn end_to_end_raw(
         Load::Closed { batch } => {
             let next = Arc::new(AtomicU64::new(0));
             let mut tasks = Vec::new();
-            for _ in 0..args.concurrency.max(1) {
-                let (http, api, key) = (http.clone(), api.clone(), key.clone());
+            for sender in 0..args.concurrency.max(1) {
+                let api = apis[sender % apis.len()].clone();
+                let (http, key) = (http.clone(), key.clone());
                 let (next, accepted, rejected) = (next.clone(), accepted.clone(), rejected.clone());
                 tasks.push(tokio::spawn(async move {
                     loop {
@@ -604,7 +708,8 @@ async fn end_to_end_raw(
                 let intended = t0 + interval * k as u32;
                 tokio::time::sleep_until(intended).await;
                 let sent = (intended.into_std().duration_since(epoch)).as_micros() as u64;
-                let (http, api, key) = (http.clone(), api.clone(), key.clone());
+                let api = apis[k as usize % apis.len()].clone();
+                let (http, key) = (http.clone(), key.clone());
                 let (accepted, rejected) = (accepted.clone(), rejected.clone());
                 tasks.push(tokio::spawn(async move {
                     let (url, body) = request_body(&api, k, 1, sent, false);
@@ -696,7 +801,7 @@ async fn end_to_end_raw(
             duplicates,
             bad_signatures: sink.bad_signatures.load(Ordering::Relaxed),
             latency_ms: Percentiles::of(tally.latencies_us.clone()),
-            server_peak_rss_mb: server.as_ref().and_then(ServerProcess::peak_rss_mb),
+            server_peak_rss_mb: server.as_ref().and_then(Servers::peak_rss_mb),
             drain_per_sec,
             drain_ratio_to_raw: drain_per_sec.map(|d| if raw > 0.0 { d / raw } else { 0.0 }),
             back_to_first_ms,
@@ -706,12 +811,15 @@ async fn end_to_end_raw(
     };
     // A server this run does not own (`--api`) keeps running: remove this phase's endpoints
     // so that the next phase's events do not also go to this phase's sink.
-    if server.is_none() {
-        for id in &created {
-            let req = Request::delete(format!("{api}/v1/endpoints/{id}"))
-                .header("authorization", format!("Bearer {key}"))
-                .body(Full::new(Bytes::new()))?;
-            http.request(req).await?;
+    match server {
+        Some(servers) => servers.finish().await,
+        None => {
+            for id in &created {
+                let req = Request::delete(format!("{api}/v1/endpoints/{id}"))
+                    .header("authorization", format!("Bearer {key}"))
+                    .body(Full::new(Bytes::new()))?;
+                http.request(req).await?;
+            }
         }
     }
     Ok((phase, latencies))

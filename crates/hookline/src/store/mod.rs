@@ -372,6 +372,9 @@ pub enum StoreError {
     Conflict(String),
     #[error("the database writer has stopped")]
     WriterGone,
+    /// The database is unreachable or asked for a retry (deadlock, restart): try again.
+    #[error("the database is unavailable for a moment: {0}")]
+    Unavailable(String),
     #[error("I/O error while {context}: {source}")]
     Io {
         context: &'static str,
@@ -382,6 +385,20 @@ pub enum StoreError {
     Locked(String),
     #[error("a write transaction failed to commit: {0}")]
     Commit(String),
+}
+
+impl StoreError {
+    /// The same failure, for one of several callers that shared the work that failed.
+    pub fn for_each_caller(&self) -> StoreError {
+        match self {
+            StoreError::Pg { source, .. } if postgres::is_transient(source) => {
+                StoreError::Unavailable(self.to_string())
+            }
+            StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+            StoreError::WriterGone => StoreError::WriterGone,
+            other => StoreError::Commit(other.to_string()),
+        }
+    }
 }
 
 /// Adds a context sentence to database errors.

@@ -27,7 +27,10 @@ use sqlx::{AssertSqlSafe, Connection as _, PgConnection, PgPool, Postgres, Row, 
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
 
+/// Connections per node: enough concurrent commits for PostgreSQL to share WAL flushes.
+const POOL_SIZE: u32 = 32;
 /// The most deliveries one claim takes.
 const MAX_CLAIM: usize = super::sqlite::MAX_CLAIM;
 /// Serialises migrations run by concurrent starts: this advisory lock class, and the schema's
@@ -130,6 +133,8 @@ pub struct PgStore {
     pool: PgPool,
     /// This process's node id: the holder named on the `delivering` rows it claims.
     node: Arc<str>,
+    /// Ingest requests, on their way to the batchers.
+    ingest: mpsc::Sender<IngestJob>,
 }
 
 /// The database's clock in milliseconds since the epoch: every node judges heartbeats by the
@@ -140,6 +145,19 @@ const DB_NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint"
 /// endpoint changed (payload: its id).
 pub const DUE_CHANNEL: &str = "hookline_due";
 pub const ENDPOINT_CHANNEL: &str = "hookline_endpoint";
+
+/// PostgreSQL errors worth a retry: the database cannot be reached, is restarting, or
+/// aborted the transaction to break a deadlock or a serialization conflict.
+pub fn is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(db) => matches!(
+            db.code().as_deref(),
+            Some("40001" | "40P01" | "57P01" | "57P02" | "57P03" | "08000" | "08003" | "08006")
+        ),
+        _ => false,
+    }
+}
 
 trait PgContext<T> {
     fn ctx(self, context: &'static str) -> Result<T, StoreError>;
@@ -170,15 +188,14 @@ impl PgStore {
             .await
             .ctx("connecting to PostgreSQL")?;
         let pool = PgPoolOptions::new()
-            .max_connections(16)
+            .max_connections(POOL_SIZE)
             .acquire_timeout(std::time::Duration::from_secs(10))
             .connect_with(options)
             .await
             .ctx("connecting to PostgreSQL")?;
-        let store = PgStore {
-            pool,
-            node: Arc::from(new_id("node")),
-        };
+        let node: Arc<str> = Arc::from(new_id("node"));
+        let ingest = start_ingest_batchers(pool.clone(), node.clone());
+        let store = PgStore { pool, node, ingest };
         store.migrate().await?;
         Ok(store)
     }
@@ -446,158 +463,34 @@ impl PgStore {
 
     /// Commits `events` and one delivery per subscribed, enabled endpoint of `account_id`, all
     /// or nothing; then runs `on_done` (even if the caller stopped waiting).
+    ///
+    /// Concurrent calls are committed together: the ingest batchers take every request
+    /// waiting and write all of them with one statement (see [`run_ingest_batch`]).
     pub async fn insert_events<A, D>(
         &self,
         account_id: String,
         events: Vec<NewEvent>,
-        mut admit: A,
+        admit: A,
         on_done: D,
     ) -> Result<Vec<AcceptedEvent>, StoreError>
     where
         A: FnMut(&str) -> bool + Send + 'static,
         D: FnOnce(Result<&Vec<AcceptedEvent>, &StoreError>) + Send + 'static,
     {
-        let store = self.clone();
-        let task = tokio::spawn(async move {
-            // Runs `on_done` exactly once: after the transaction, or with an error if the task
-            // unwinds or is dropped first (so admission taken by `admit` is always given back).
-            let guard = OnDone(Some(on_done));
-            let result = store.insert_events_tx(account_id, events, &mut admit).await;
-            guard.run(result.as_ref());
-            result
-        });
-        task.await
-            .map_err(|e| StoreError::Commit(format!("the ingest task failed: {e}")))?
-    }
-
-    async fn insert_events_tx<A>(
-        &self,
-        account_id: String,
-        events: Vec<NewEvent>,
-        admit: &mut A,
-    ) -> Result<Vec<AcceptedEvent>, StoreError>
-    where
-        A: FnMut(&str) -> bool + Send,
-    {
-        let mut tx = self.begin().await?;
-        // Key-share locks: an endpoint change (`FOR UPDATE`) waits for this commit, and this
-        // waits for a change in progress, then sees the endpoint as changed.
-        let endpoints: Vec<Arc<Endpoint>> = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {ENDPOINT_COLS} FROM endpoints
-             WHERE account_id = $1 AND enabled AND deleted_at IS NULL
-             ORDER BY seq FOR KEY SHARE"
-        )))
-        .bind(&account_id)
-        .fetch_all(&mut *tx)
-        .await
-        .ctx("finding subscribers")?
-        .iter()
-        .map(|r| endpoint_from_row(r).map(Arc::new))
-        .collect::<Result<_, _>>()?;
-
-        let mut ev_cols: (Vec<&str>, Vec<&str>, Vec<&str>, Vec<i64>) = Default::default();
-        for ev in &events {
-            ev_cols.0.push(&ev.id);
-            ev_cols.1.push(&ev.event_type);
-            ev_cols.2.push(ev.data.get());
-            ev_cols.3.push(ev.created_at.0);
-        }
-        sqlx::query(
-            "INSERT INTO events (id, account_id, type, data, created_at)
-             SELECT id, $1, type, data, created_at
-             FROM UNNEST($2::text[], $3::text[], $4::text[], $5::bigint[])
-                  AS t(id, type, data, created_at)",
-        )
-        .bind(&account_id)
-        .bind(&ev_cols.0)
-        .bind(&ev_cols.1)
-        .bind(&ev_cols.2)
-        .bind(&ev_cols.3)
-        .execute(&mut *tx)
-        .await
-        .ctx("inserting events")?;
-
-        let mut planned: Vec<Vec<NewDelivery>> = Vec::with_capacity(events.len());
-        let mut d = DeliveryColumns::default();
-        for ev in &events {
-            let mut deliveries = Vec::new();
-            for ep in endpoints.iter().filter(|e| e.subscribes_to(&ev.event_type)) {
-                let claimed = admit(&ep.id);
-                let new = NewDelivery {
-                    id: new_id("dlv"),
-                    row: 0,
-                    endpoint: ep.clone(),
-                    claimed,
-                };
-                d.id.push(new.id.clone());
-                d.event_id.push(&ev.id);
-                d.event_type.push(&ev.event_type);
-                d.endpoint_id.push(&ep.id);
-                d.status
-                    .push(if claimed { "delivering" } else { "pending" });
-                d.at.push(ev.created_at.0);
-                d.claim.push(i64::from(claimed));
-                deliveries.push(new);
-            }
-            planned.push(deliveries);
-        }
-        let rows: HashMap<String, i64> = if d.id.is_empty() {
-            HashMap::new()
-        } else {
-            sqlx::query(
-                "INSERT INTO deliveries (id, account_id, event_id, event_type, endpoint_id,
-                    status, next_attempt_at, created_at, updated_at, claim, node)
-                 SELECT id, $1, event_id, event_type, endpoint_id, status, at, at, at, claim,
-                    CASE WHEN status = 'delivering' THEN $9 END
-                 FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                             $7::bigint[], $8::bigint[])
-                      AS t(id, event_id, event_type, endpoint_id, status, at, claim)
-                 RETURNING id, seq",
-            )
-            .bind(&account_id)
-            .bind(&d.id)
-            .bind(&d.event_id)
-            .bind(&d.event_type)
-            .bind(&d.endpoint_id)
-            .bind(&d.status)
-            .bind(&d.at)
-            .bind(&d.claim)
-            .bind(&*self.node)
-            .fetch_all(&mut *tx)
-            .await
-            .ctx("inserting deliveries")?
-            .iter()
-            .map(|r| {
-                Ok((
-                    r.try_get::<String, _>(0).ctx("reading a delivery row")?,
-                    r.try_get::<i64, _>(1).ctx("reading a delivery row")?,
-                ))
-            })
-            .collect::<Result<_, StoreError>>()?
+        let (reply, answer) = oneshot::channel();
+        let job = IngestJob {
+            account_id,
+            events,
+            admit: Box::new(admit),
+            on_done: OnDone(Some(Box::new(on_done))),
+            reply,
         };
-        tx.commit().await.ctx("committing events")?;
-
-        let mut out = Vec::with_capacity(events.len());
-        for (ev, mut deliveries) in events.into_iter().zip(planned) {
-            for d in &mut deliveries {
-                // Committed: a missing row number is a bug, but the rows are in; the
-                // dispatcher gets them back through a claim after the next start.
-                d.row = rows.get(&d.id).copied().ok_or_else(|| {
-                    StoreError::Commit(format!("delivery {} came back without a row", d.id))
-                })?;
-            }
-            out.push(AcceptedEvent {
-                event: Arc::new(Event {
-                    id: ev.id,
-                    event_type: ev.event_type,
-                    created_at: ev.created_at,
-                    data: ev.data,
-                }),
-                payload: ev.payload,
-                deliveries,
-            });
-        }
-        Ok(out)
+        // A job that cannot be queued is dropped here, and its `on_done` runs with an error.
+        self.ingest
+            .send(job)
+            .await
+            .map_err(|_| StoreError::WriterGone)?;
+        answer.await.map_err(|_| StoreError::WriterGone)?
     }
 
     pub async fn get_event(
@@ -961,7 +854,8 @@ impl PgStore {
         Ok(t.map(Timestamp))
     }
 
-    /// Records attempts and moves their deliveries on, in one transaction.
+    /// Records attempts and moves their deliveries on, in one transaction of a few
+    /// statements whatever the batch's size (each an `UNNEST` of the batch's columns).
     pub async fn record_attempts(&self, records: Vec<AttemptRecord>) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
         let now = Timestamp::now().0;
@@ -982,85 +876,143 @@ impl PgStore {
         .fetch_all(&mut *tx)
         .await
         .ctx("locking the batch's endpoints")?;
+
+        // One statement per kind of write; within a batch the last record of a delivery (or
+        // of an attempt) wins, as if they were applied in order.
+        let mut releases: HashMap<i64, i64> = HashMap::new();
+        let mut attempts: HashMap<(&str, u32), &Attempt> = HashMap::new();
+        let mut updates: HashMap<i64, (&AttemptRecord, &Attempt)> = HashMap::new();
         for rec in &records {
-            let Some(a) = &rec.attempt else {
-                sqlx::query(
-                    "UPDATE deliveries SET status = 'pending', next_attempt_at = $2, updated_at = $2,
-                        node = NULL
-                     WHERE seq = $1 AND status = 'delivering' AND claim = $3",
-                )
-                .bind(rec.row)
-                .bind(now)
-                .bind(rec.claim)
-                .execute(&mut *tx)
-                .await
-                .ctx("releasing a delivery")?;
-                continue;
-            };
+            match &rec.attempt {
+                None => {
+                    releases.insert(rec.row, rec.claim);
+                }
+                Some(a) => {
+                    attempts.insert((rec.delivery_id.as_str(), a.attempt), a);
+                    updates.insert(rec.row, (rec, a));
+                    releases.remove(&rec.row);
+                }
+            }
+        }
+        if !releases.is_empty() {
+            let (rows, claims): (Vec<i64>, Vec<i64>) = releases.into_iter().unzip();
+            sqlx::query(
+                "UPDATE deliveries d SET status = 'pending', next_attempt_at = $3,
+                    updated_at = $3, node = NULL
+                 FROM UNNEST($1::bigint[], $2::bigint[]) AS t(seq, claim)
+                 WHERE d.seq = t.seq AND d.status = 'delivering' AND d.claim = t.claim",
+            )
+            .bind(&rows)
+            .bind(&claims)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .ctx("releasing deliveries")?;
+        }
+        if !attempts.is_empty() {
+            let mut c = AttemptColumns::default();
+            for ((delivery_id, number), a) in &attempts {
+                c.delivery_id.push(delivery_id);
+                c.attempt.push(i64::from(*number));
+                c.started_at.push(a.started_at.0);
+                c.duration_ms.push(a.duration_ms as i64);
+                c.status_code.push(a.status_code.map(i64::from));
+                c.error.push(a.error.as_deref());
+                c.response_body.push(a.response_body.as_deref());
+            }
             sqlx::query(
                 "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code,
                     error, response_body)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)
+                 SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::bigint[],
+                                      $5::bigint[], $6::text[], $7::text[])
                  ON CONFLICT (delivery_id, attempt) DO UPDATE SET started_at = EXCLUDED.started_at,
                     duration_ms = EXCLUDED.duration_ms, status_code = EXCLUDED.status_code,
                     error = EXCLUDED.error, response_body = EXCLUDED.response_body",
             )
-            .bind(&rec.delivery_id)
-            .bind(i64::from(a.attempt))
-            .bind(a.started_at.0)
-            .bind(a.duration_ms as i64)
-            .bind(a.status_code.map(i64::from))
-            .bind(&a.error)
-            .bind(&a.response_body)
+            .bind(&c.delivery_id)
+            .bind(&c.attempt)
+            .bind(&c.started_at)
+            .bind(&c.duration_ms)
+            .bind(&c.status_code)
+            .bind(&c.error)
+            .bind(&c.response_body)
             .execute(&mut *tx)
             .await
-            .ctx("inserting an attempt")?;
-            let (status, next, only_if_delivering) = match rec.outcome {
-                Outcome::Succeeded => ("succeeded", None, false),
-                Outcome::RetryAt(t) => ("pending", Some(t.0), true),
-                Outcome::Failed | Outcome::Gone => ("failed", None, true),
-                Outcome::Released => ("pending", Some(now), true),
-            };
-            sqlx::query(
-                "UPDATE deliveries SET status = $2, attempts = GREATEST(attempts, $3),
-                    next_attempt_at = $4, last_attempt_at = $5, last_status_code = $6,
-                    last_error = $7, updated_at = $8, node = NULL
-                 WHERE seq = $1 AND (NOT $9 OR (status = 'delivering' AND claim = $10))",
-            )
-            .bind(rec.row)
-            .bind(status)
-            .bind(i64::from(a.attempt))
-            .bind(next)
-            .bind(a.started_at.0)
-            .bind(a.status_code.map(i64::from))
-            .bind(&a.error)
-            .bind(now)
-            .bind(only_if_delivering)
-            .bind(rec.claim)
-            .execute(&mut *tx)
-            .await
-            .ctx("updating a delivery")?;
-            if matches!(rec.outcome, Outcome::Gone) {
-                // Locked at the start (above).
-                if load_endpoint(&mut tx, None, &rec.endpoint_id, false)
-                    .await?
-                    .is_some()
-                {
-                    sqlx::query(
-                        "UPDATE endpoints SET enabled = FALSE, disabled_reason = $2,
-                            updated_at = $3 WHERE id = $1",
-                    )
-                    .bind(&rec.endpoint_id)
-                    .bind("the endpoint answered 410 Gone")
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await
-                    .ctx("disabling a gone endpoint")?;
-                }
-                fail_open_deliveries(&mut tx, &rec.endpoint_id, "endpoint answered 410 Gone")
-                    .await?;
-                notify(&mut tx, ENDPOINT_CHANNEL, &rec.endpoint_id).await?;
+            .ctx("inserting attempts")?;
+        }
+        if !updates.is_empty() {
+            let mut u = OutcomeColumns::default();
+            for (row, (rec, a)) in &updates {
+                // A failure moves a delivery on only while it is still held under this claim
+                // (`delivering`): one whose endpoint was disabled meanwhile stays `failed`.
+                let (status, next, fenced) = match rec.outcome {
+                    Outcome::Succeeded => ("succeeded", None, false),
+                    Outcome::RetryAt(t) => ("pending", Some(t.0), true),
+                    Outcome::Failed | Outcome::Gone => ("failed", None, true),
+                    Outcome::Released => ("pending", Some(now), true),
+                };
+                u.seq.push(*row);
+                u.status.push(status);
+                u.attempt.push(i64::from(a.attempt));
+                u.next.push(next);
+                u.started_at.push(a.started_at.0);
+                u.status_code.push(a.status_code.map(i64::from));
+                u.error.push(a.error.as_deref());
+                u.fenced.push(fenced);
+                u.claim.push(rec.claim);
             }
+            sqlx::query(
+                "UPDATE deliveries d SET status = t.status,
+                    attempts = GREATEST(d.attempts, t.attempt), next_attempt_at = t.next,
+                    last_attempt_at = t.started_at, last_status_code = t.status_code,
+                    last_error = t.error, updated_at = $10, node = NULL
+                 FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[],
+                             $6::bigint[], $7::text[], $8::bool[], $9::bigint[])
+                      AS t(seq, status, attempt, next, started_at, status_code, error, fenced,
+                           claim)
+                 WHERE d.seq = t.seq
+                   AND (NOT t.fenced OR (d.status = 'delivering' AND d.claim = t.claim))",
+            )
+            .bind(&u.seq)
+            .bind(&u.status)
+            .bind(&u.attempt)
+            .bind(&u.next)
+            .bind(&u.started_at)
+            .bind(&u.status_code)
+            .bind(&u.error)
+            .bind(&u.fenced)
+            .bind(&u.claim)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .ctx("updating deliveries")?;
+        }
+        let mut gone: Vec<&str> = records
+            .iter()
+            .filter(|r| matches!(r.outcome, Outcome::Gone))
+            .map(|r| r.endpoint_id.as_str())
+            .collect();
+        gone.sort_unstable();
+        gone.dedup();
+        for endpoint_id in gone {
+            // Locked `FOR UPDATE` at the start (above).
+            if load_endpoint(&mut tx, None, endpoint_id, false)
+                .await?
+                .is_some()
+            {
+                sqlx::query(
+                    "UPDATE endpoints SET enabled = FALSE, disabled_reason = $2, updated_at = $3
+                     WHERE id = $1",
+                )
+                .bind(endpoint_id)
+                .bind("the endpoint answered 410 Gone")
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .ctx("disabling a gone endpoint")?;
+            }
+            fail_open_deliveries(&mut tx, endpoint_id, "endpoint answered 410 Gone").await?;
+            notify(&mut tx, ENDPOINT_CHANNEL, endpoint_id).await?;
         }
         // Other nodes may be asleep until later than the earliest retry set here.
         let earliest = records
@@ -1195,6 +1147,300 @@ impl PgStore {
     }
 }
 
+/// Attempts to insert, column by column.
+#[derive(Default)]
+struct AttemptColumns<'a> {
+    delivery_id: Vec<&'a str>,
+    attempt: Vec<i64>,
+    started_at: Vec<i64>,
+    duration_ms: Vec<i64>,
+    status_code: Vec<Option<i64>>,
+    error: Vec<Option<&'a str>>,
+    response_body: Vec<Option<&'a str>>,
+}
+
+/// Deliveries to move on after an attempt, column by column.
+#[derive(Default)]
+struct OutcomeColumns<'a> {
+    seq: Vec<i64>,
+    status: Vec<&'static str>,
+    attempt: Vec<i64>,
+    next: Vec<Option<i64>>,
+    started_at: Vec<i64>,
+    status_code: Vec<Option<i64>>,
+    error: Vec<Option<&'a str>>,
+    fenced: Vec<bool>,
+    claim: Vec<i64>,
+}
+
+type Admit = Box<dyn FnMut(&str) -> bool + Send>;
+type Done = Box<dyn FnOnce(Result<&Vec<AcceptedEvent>, &StoreError>) + Send>;
+
+/// One ingest request waiting for its batch.
+struct IngestJob {
+    account_id: String,
+    events: Vec<NewEvent>,
+    admit: Admit,
+    on_done: OnDone<Done>,
+    reply: oneshot::Sender<Result<Vec<AcceptedEvent>, StoreError>>,
+}
+
+/// How many ingest batches may be in flight at once (each on its own connection).
+const INGEST_BATCHERS: usize = 4;
+/// The most events one ingest batch takes.
+const INGEST_BATCH_EVENTS: usize = 5_000;
+
+/// Starts the ingest batchers: each takes every job waiting (up to a bound) and commits
+/// them together, so that concurrent single-event requests share one statement and one
+/// WAL flush instead of paying for one each.
+fn start_ingest_batchers(pool: PgPool, node: Arc<str>) -> mpsc::Sender<IngestJob> {
+    let (tx, rx) = mpsc::channel::<IngestJob>(8192);
+    let rx = Arc::new(tokio::sync::Mutex::new(rx));
+    for _ in 0..INGEST_BATCHERS {
+        let (rx, pool, node) = (rx.clone(), pool.clone(), node.clone());
+        tokio::spawn(async move {
+            loop {
+                let mut jobs = Vec::new();
+                {
+                    let mut rx = rx.lock().await;
+                    let Some(first) = rx.recv().await else {
+                        return;
+                    };
+                    let mut events = first.events.len();
+                    jobs.push(first);
+                    while events < INGEST_BATCH_EVENTS {
+                        match rx.try_recv() {
+                            Ok(job) => {
+                                events += job.events.len();
+                                jobs.push(job);
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                }
+                run_ingest_batch(&pool, &node, jobs).await;
+            }
+        });
+    }
+    tx
+}
+
+/// Commits a batch of ingest jobs in two round trips, then answers each job.
+///
+/// First the subscribers of the batch's accounts, as they are now (no lock); each job's
+/// `admit` decides which of its deliveries the dispatcher takes at once. Then one statement
+/// (one implicit transaction): all the events, and the deliveries of the subscribers that
+/// are still enabled, each locked key-share — an endpoint change (`FOR UPDATE`) in progress
+/// is waited for and then seen (its deliveries are left out, and their room given back by
+/// the caller), one that starts later waits for this commit and then ends them.
+async fn run_ingest_batch(pool: &PgPool, node: &str, jobs: Vec<IngestJob>) {
+    // The requests (plain data) apart from the callbacks, which are only `Send`.
+    let mut requests = Vec::with_capacity(jobs.len());
+    let mut callers = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        requests.push(IngestRequest {
+            account_id: job.account_id,
+            events: job.events,
+        });
+        callers.push((job.admit, job.on_done, job.reply));
+    }
+    let mut accounts: Vec<&str> = requests.iter().map(|j| j.account_id.as_str()).collect();
+    accounts.sort_unstable();
+    accounts.dedup();
+    let subscribers = match load_subscribers(pool, &accounts).await {
+        Ok(s) => s,
+        Err(e) => return fail_batch(callers, &e),
+    };
+    // Per job, per event: the deliveries to create.
+    let mut plans: Vec<Vec<Vec<NewDelivery>>> = Vec::with_capacity(requests.len());
+    for (job, (admit, _, _)) in requests.iter().zip(callers.iter_mut()) {
+        let subs = subscribers.get(&job.account_id);
+        let mut per_event = Vec::with_capacity(job.events.len());
+        for ev in &job.events {
+            let mut deliveries = Vec::new();
+            for ep in subs
+                .into_iter()
+                .flatten()
+                .filter(|e| e.subscribes_to(&ev.event_type))
+            {
+                deliveries.push(NewDelivery {
+                    id: new_id("dlv"),
+                    row: 0,
+                    endpoint: ep.clone(),
+                    claimed: admit(&ep.id),
+                });
+            }
+            per_event.push(deliveries);
+        }
+        plans.push(per_event);
+    }
+    let rows = match write_ingest_batch(pool, node, &requests, &plans).await {
+        Ok(rows) => rows,
+        Err(e) => return fail_batch(callers, &e),
+    };
+    for ((job, per_event), (_, on_done, reply)) in requests.into_iter().zip(plans).zip(callers) {
+        let mut out = Vec::with_capacity(job.events.len());
+        for (ev, deliveries) in job.events.into_iter().zip(per_event) {
+            // A delivery not created (its endpoint was disabled meanwhile) is left out.
+            let deliveries = deliveries
+                .into_iter()
+                .filter_map(|mut d| {
+                    rows.get(&d.id).map(|&row| {
+                        d.row = row;
+                        d
+                    })
+                })
+                .collect();
+            out.push(AcceptedEvent {
+                event: Arc::new(Event {
+                    id: ev.id,
+                    event_type: ev.event_type,
+                    created_at: ev.created_at,
+                    data: ev.data,
+                }),
+                payload: ev.payload,
+                deliveries,
+            });
+        }
+        on_done.run(Ok(&out));
+        let _ = reply.send(Ok(out));
+    }
+}
+
+type Caller = (Admit, OnDone<Done>, Reply);
+type Reply = oneshot::Sender<Result<Vec<AcceptedEvent>, StoreError>>;
+
+/// Answers every caller of a failed batch with the error.
+fn fail_batch(callers: Vec<Caller>, e: &StoreError) {
+    tracing::error!(error = %e, jobs = callers.len(), "an ingest batch failed");
+    for (_, on_done, reply) in callers {
+        let err = e.for_each_caller();
+        on_done.run(Err(&err));
+        let _ = reply.send(Err(err));
+    }
+}
+
+/// The enabled endpoints of `accounts`, by account.
+async fn load_subscribers(
+    pool: &PgPool,
+    accounts: &[&str],
+) -> Result<HashMap<String, Vec<Arc<Endpoint>>>, StoreError> {
+    let mut by_account: HashMap<String, Vec<Arc<Endpoint>>> = HashMap::new();
+    for r in sqlx::query(AssertSqlSafe(format!(
+        "SELECT {ENDPOINT_COLS} FROM endpoints
+         WHERE account_id = ANY($1::text[]) AND enabled AND deleted_at IS NULL
+         ORDER BY seq"
+    )))
+    .bind(accounts)
+    .fetch_all(pool)
+    .await
+    .ctx("finding subscribers")?
+    {
+        let ep = endpoint_from_row(&r)?;
+        by_account
+            .entry(ep.account_id.clone())
+            .or_default()
+            .push(Arc::new(ep));
+    }
+    Ok(by_account)
+}
+
+/// The one statement of an ingest batch; returns the created deliveries' row numbers.
+async fn write_ingest_batch(
+    pool: &PgPool,
+    node: &str,
+    jobs: &[IngestRequest],
+    plans: &[Vec<Vec<NewDelivery>>],
+) -> Result<HashMap<String, i64>, StoreError> {
+    let mut e = EventColumns::default();
+    let mut d = DeliveryColumns::default();
+    let mut endpoint_ids: Vec<&str> = Vec::new();
+    for (job, per_event) in jobs.iter().zip(plans) {
+        for (ev, deliveries) in job.events.iter().zip(per_event) {
+            e.id.push(&ev.id);
+            e.account_id.push(&job.account_id);
+            e.event_type.push(&ev.event_type);
+            e.data.push(ev.data.get());
+            e.created_at.push(ev.created_at.0);
+            for new in deliveries {
+                d.id.push(new.id.clone());
+                d.account_id.push(&job.account_id);
+                d.event_id.push(&ev.id);
+                d.event_type.push(&ev.event_type);
+                d.endpoint_id.push(&new.endpoint.id);
+                d.status
+                    .push(if new.claimed { "delivering" } else { "pending" });
+                d.at.push(ev.created_at.0);
+                d.claim.push(i64::from(new.claimed));
+                endpoint_ids.push(&new.endpoint.id);
+            }
+        }
+    }
+    endpoint_ids.sort_unstable();
+    endpoint_ids.dedup();
+    sqlx::query(
+        "WITH subs AS (
+            SELECT id FROM endpoints
+            WHERE id = ANY($10::text[]) AND enabled AND deleted_at IS NULL
+            ORDER BY seq FOR KEY SHARE),
+         ev AS (
+            INSERT INTO events (id, account_id, type, data, created_at)
+            SELECT * FROM UNNEST($11::text[], $12::text[], $13::text[], $14::text[],
+                                 $15::bigint[]))
+         INSERT INTO deliveries (id, account_id, event_id, event_type, endpoint_id,
+            status, next_attempt_at, created_at, updated_at, claim, node)
+         SELECT id, account_id, event_id, event_type, endpoint_id, status, at, at, at, claim,
+            CASE WHEN status = 'delivering' THEN $9 END
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                     $7::bigint[], $8::bigint[])
+              AS t(id, account_id, event_id, event_type, endpoint_id, status, at, claim)
+         WHERE endpoint_id IN (SELECT id FROM subs)
+         RETURNING id, seq",
+    )
+    .bind(&d.id)
+    .bind(&d.account_id)
+    .bind(&d.event_id)
+    .bind(&d.event_type)
+    .bind(&d.endpoint_id)
+    .bind(&d.status)
+    .bind(&d.at)
+    .bind(&d.claim)
+    .bind(node)
+    .bind(&endpoint_ids)
+    .bind(&e.id)
+    .bind(&e.account_id)
+    .bind(&e.event_type)
+    .bind(&e.data)
+    .bind(&e.created_at)
+    .fetch_all(pool)
+    .await
+    .ctx("inserting events and deliveries")?
+    .iter()
+    .map(|r| {
+        Ok((
+            r.try_get::<String, _>(0).ctx("reading a delivery row")?,
+            r.try_get::<i64, _>(1).ctx("reading a delivery row")?,
+        ))
+    })
+    .collect()
+}
+
+/// What one ingest job asks to store.
+struct IngestRequest {
+    account_id: String,
+    events: Vec<NewEvent>,
+}
+
+/// Events to insert, column by column.
+#[derive(Default)]
+struct EventColumns<'a> {
+    id: Vec<&'a str>,
+    account_id: Vec<&'a str>,
+    event_type: Vec<&'a str>,
+    data: Vec<&'a str>,
+    created_at: Vec<i64>,
+}
+
 /// Calls its closure once: through [`OnDone::run`], or with an error when dropped unrun.
 struct OnDone<D: FnOnce(Result<&Vec<AcceptedEvent>, &StoreError>)>(Option<D>);
 
@@ -1220,6 +1466,7 @@ impl<D: FnOnce(Result<&Vec<AcceptedEvent>, &StoreError>)> Drop for OnDone<D> {
 #[derive(Default)]
 struct DeliveryColumns<'a> {
     id: Vec<String>,
+    account_id: Vec<&'a str>,
     event_id: Vec<&'a str>,
     event_type: Vec<&'a str>,
     endpoint_id: Vec<&'a str>,
