@@ -115,6 +115,15 @@ impl Ingest {
                         _ => dispatcher.release(&ep),
                     }
                 }
+                // Deliveries left `pending` for want of room: the poller may have looked
+                // before this commit was visible, so tell it they are there now.
+                if accepted
+                    .iter()
+                    .flat_map(|ev| ev.deliveries.iter())
+                    .any(|d| !d.claimed)
+                {
+                    dispatcher.due_now();
+                }
                 for ev in accepted {
                     for d in ev.deliveries.iter().filter(|d| d.claimed) {
                         dispatcher.submit(DueDelivery {

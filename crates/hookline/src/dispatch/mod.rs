@@ -231,6 +231,12 @@ impl Dispatcher {
         true
     }
 
+    /// Tells the poller that deliveries became due now in the database (ingest committed
+    /// some it could not admit): it looks at once if it planned to sleep longer.
+    pub fn due_now(&self) {
+        self.inner.note_due(Timestamp::now());
+    }
+
     /// Gives back room reserved with [`Dispatcher::try_admit`] for a delivery that will not
     /// be submitted (its commit failed).
     pub fn release(&self, endpoint_id: &str) {

@@ -1186,7 +1186,7 @@ struct IngestJob {
 }
 
 /// How many ingest batches may be in flight at once (each on its own connection).
-const INGEST_BATCHERS: usize = 4;
+const INGEST_BATCHERS: usize = 2;
 /// The most events one ingest batch takes.
 const INGEST_BATCH_EVENTS: usize = 5_000;
 
