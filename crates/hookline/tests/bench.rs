@@ -6,6 +6,28 @@ use std::process::Command;
 
 #[test]
 fn tiny_throughput_scenario_loses_nothing_and_verifies_every_signature() {
+    tiny_scenario(&[]);
+}
+
+/// The same on PostgreSQL, with two nodes sharing the work.
+#[test]
+fn tiny_scenario_on_two_postgresql_nodes_loses_nothing() {
+    let Some(url) = std::env::var("HOOKLINE_TEST_DATABASE_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    else {
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "tiny_scenario_on_two_postgresql_nodes_loses_nothing: skipped on PostgreSQL: \
+             HOOKLINE_TEST_DATABASE_URL is not set"
+        );
+        return;
+    };
+    tiny_scenario(&["--database-url", &url, "--nodes", "2"]);
+}
+
+fn tiny_scenario(storage: &[&str]) {
     let out = Command::new(env!("CARGO_BIN_EXE_hookline"))
         .args([
             "bench",
@@ -23,6 +45,7 @@ fn tiny_throughput_scenario_loses_nothing_and_verifies_every_signature() {
             "--raw-concurrency",
             "4",
         ])
+        .args(storage)
         .env_remove("HOOKLINE_DATABASE_URL")
         .output()
         .unwrap();
