@@ -68,6 +68,7 @@ pub async fn run(
             );
         }
     }
+    let joined = std::time::Instant::now();
     store.join().await.context("joining the cluster")?;
     let released = store
         .release_all_claims(config.dispatch.lease)
@@ -80,6 +81,7 @@ pub async fn run(
         store.clone(),
         config.dispatch.clone(),
         shutdown.child_token(),
+        joined,
     );
     let ingest = Ingest::new(store.clone(), dispatcher.clone());
     let state = AppState::new(api::Shared {
@@ -114,10 +116,26 @@ pub async fn run(
         .await
         .context("serving HTTP");
     shutdown.cancel();
-    dispatcher.drain(config.shutdown_grace).await;
+    // Shared store: attempts in flight must end (by their timeout at worst) before this
+    // node gives its deliveries back, or another node could send one of them meanwhile.
+    let grace = if store.is_shared() {
+        config
+            .shutdown_grace
+            .max(config.dispatch.timeout + Duration::from_secs(1))
+    } else {
+        config.shutdown_grace
+    };
+    let drained = dispatcher.drain(grace).await;
     if lost.is_cancelled() {
         lock.release();
         anyhow::bail!("this node lost its lease to the other nodes; restart it to rejoin");
+    }
+    if store.is_shared() && !drained {
+        tracing::warn!(
+            "attempts still running at shutdown; this node's deliveries go to the others when its lease runs out"
+        );
+        lock.release();
+        return served;
     }
     match store.leave().await {
         Ok(0) => {}

@@ -20,6 +20,10 @@ use std::time::Duration;
 const BIN: &str = env!("CARGO_BIN_EXE_hookline");
 const NODES: usize = 3;
 
+/// The tests of this file run one at a time: each starts several servers, and together they
+/// would crowd a small machine (and PostgreSQL's connection limit).
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -56,11 +60,11 @@ fn spawn_node(url: &str, port: u16, log: &Path) -> Serve {
             "--retry-schedule",
             "200ms,500ms,1s,1s,1s",
             // A short lease, so that the takeover happens within the test: attempts of at
-            // most 1 s, heartbeats every 500 ms.
+            // most 2 s, heartbeats every 750 ms.
             "--timeout",
-            "1s",
+            "2s",
             "--lease",
-            "4s",
+            "6s",
             "--endpoint-concurrency",
             "16",
         ])
@@ -102,6 +106,7 @@ fn taken_over(logs: &[&Path]) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_share_the_work_and_a_killed_one_loses_nothing() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let Some(engine) = Engine::postgres() else {
         use std::io::Write as _;
         let _ = writeln!(
@@ -200,7 +205,9 @@ async fn three_nodes_share_the_work_and_a_killed_one_loses_nothing() {
                     return; // its node is gone
                 };
                 if resp.status() != 202 {
-                    return;
+                    // A moment's 503 (the database busy): try the next one a little later.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
                 }
                 let Ok(body) = resp.json::<Value>().await else {
                     return;
@@ -304,42 +311,44 @@ async fn three_nodes_share_the_work_and_a_killed_one_loses_nothing() {
 /// connection through it and refuses new ones until `mend`.
 struct Proxy {
     port: u16,
-    cut: Arc<std::sync::atomic::AtomicBool>,
-    conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    /// Whether it is cut, and the connections through it: one lock, so that no connection
+    /// accepted while cutting survives the cut.
+    state: Arc<Mutex<(bool, Vec<tokio::task::JoinHandle<()>>)>>,
 }
 
 impl Proxy {
     async fn start(upstream: String) -> Proxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let cut: Arc<std::sync::atomic::AtomicBool> = Arc::default();
-        let conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
-        let (c, k) = (cut.clone(), conns.clone());
+        let state: Arc<Mutex<(bool, Vec<tokio::task::JoinHandle<()>>)>> = Arc::default();
+        let st = state.clone();
         tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
-                if c.load(std::sync::atomic::Ordering::SeqCst) {
+                let upstream = upstream.clone();
+                let mut guard = st.lock().unwrap();
+                if guard.0 {
                     continue; // dropped: refused
                 }
-                let upstream = upstream.clone();
-                k.lock().unwrap().push(tokio::spawn(async move {
+                guard.1.push(tokio::spawn(async move {
                     if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
                         let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                     }
                 }));
             }
         });
-        Proxy { port, cut, conns }
+        Proxy { port, state }
     }
 
     fn cut(&self) {
-        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
-        for c in self.conns.lock().unwrap().drain(..) {
+        let mut guard = self.state.lock().unwrap();
+        guard.0 = true;
+        for c in guard.1.drain(..) {
             c.abort();
         }
     }
 
     fn mend(&self) {
-        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.state.lock().unwrap().0 = false;
     }
 }
 
@@ -350,6 +359,7 @@ impl Proxy {
 /// stops.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_cut_off_from_the_database_stops_sending_before_its_work_is_taken_over() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let Some(engine) = Engine::postgres() else {
         use std::io::Write as _;
         let _ = writeln!(

@@ -48,12 +48,13 @@ pub(super) struct Lease {
 }
 
 impl Lease {
-    /// A lease renewed now (the node just joined). `shared: false` (SQLite) always allows.
-    pub(super) fn new(shared: bool, length: Duration) -> Lease {
+    /// A lease renewed at `joined` (when the node sent its registration, which is its first
+    /// heartbeat). `shared: false` (SQLite) always allows.
+    pub(super) fn new(shared: bool, length: Duration, joined: Instant) -> Lease {
         Lease {
             shared,
             length,
-            epoch: Instant::now(),
+            epoch: joined,
             renewed_us: AtomicU64::new(0),
         }
     }
@@ -74,8 +75,8 @@ impl Lease {
     }
 }
 
-/// Renews the heartbeat and takes over dead nodes' deliveries, until shutdown; on finding
-/// this node declared dead, cancels `lost` (the server stops).
+/// Renews the heartbeat until shutdown; on finding this node declared dead, cancels
+/// `lease_lost` (the server stops).
 pub(super) async fn heartbeat_loop(inner: Arc<Inner>) {
     let every = heartbeat_every(inner.config.lease);
     loop {
@@ -95,6 +96,21 @@ pub(super) async fn heartbeat_loop(inner: Arc<Inner>) {
                 return;
             }
             Err(e) => tracing::warn!(error = %e, "renewing the heartbeat failed"),
+        }
+    }
+}
+
+/// Takes over the deliveries of dead nodes, every heartbeat interval, until shutdown. Apart
+/// from the heartbeat, so that a slow takeover never delays a renewal.
+pub(super) async fn reap_loop(inner: Arc<Inner>) {
+    let every = heartbeat_every(inner.config.lease);
+    loop {
+        tokio::select! {
+            _ = inner.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        if !inner.lease.allows(Duration::ZERO) {
+            continue; // cut off ourselves: leave the judging to nodes that can see
         }
         match inner.store.reap(inner.config.lease).await {
             Ok(0) => {}

@@ -160,11 +160,17 @@ struct QueueShared {
 impl Dispatcher {
     /// Starts the poller, on the current Tokio runtime. Deliveries left `delivering` by a
     /// previous process must have been released (`Store::release_all_claims`) before.
-    pub fn start(store: Store, config: DispatchConfig, shutdown: CancellationToken) -> Self {
+    /// `joined`: when this node registered in a shared store (its lease starts there).
+    pub fn start(
+        store: Store,
+        config: DispatchConfig,
+        shutdown: CancellationToken,
+        joined: std::time::Instant,
+    ) -> Self {
         let sender = Sender::new(config.connect_timeout, config.timeout);
         let (records, records_rx) = mpsc::channel(RECORD_QUEUE);
         let shared = store.is_shared();
-        let lease = cluster::Lease::new(shared, config.lease);
+        let lease = cluster::Lease::new(shared, config.lease, joined);
         let inner = Arc::new(Inner {
             store,
             config,
@@ -189,6 +195,10 @@ impl Dispatcher {
             inner
                 .tasks
                 .spawn(async move { cluster::heartbeat_loop(heart).await });
+            let reaper = inner.clone();
+            inner
+                .tasks
+                .spawn(async move { cluster::reap_loop(reaper).await });
             let ears = inner.clone();
             inner
                 .tasks
@@ -211,6 +221,9 @@ impl Dispatcher {
     /// Reserves room for one delivery to `endpoint_id`. `false` leaves it to the poller.
     pub fn try_admit(&self, endpoint_id: &str) -> bool {
         let cfg = &self.inner.config;
+        if !self.inner.lease.allows(Duration::ZERO) {
+            return false; // cut off from the others: leave it `pending`, for whoever can send
+        }
         let Ok(mut a) = self.inner.admission.lock() else {
             return false;
         };
@@ -293,14 +306,18 @@ impl Dispatcher {
 
     /// Waits (at most `grace`) for the attempts in flight to finish after shutdown began,
     /// then lets the recorder write what it holds.
-    pub async fn drain(&self, grace: Duration) {
+    /// Returns whether every attempt finished (`false`: some were still running at `grace`).
+    pub async fn drain(&self, grace: Duration) -> bool {
         self.inner.tasks.close();
-        let _ = tokio::time::timeout(grace, self.inner.tasks.wait()).await;
+        let finished = tokio::time::timeout(grace, self.inner.tasks.wait())
+            .await
+            .is_ok();
         self.inner.recorder_stop.cancel();
         let handle = self.inner.recorder.lock().ok().and_then(|mut h| h.take());
         if let Some(handle) = handle {
             let _ = tokio::time::timeout(Duration::from_secs(5), handle).await;
         }
+        finished
     }
 }
 
@@ -596,6 +613,12 @@ async fn attempt(
     probe: bool,
 ) {
     let number = due.attempts + 1;
+    // The lease again, right before sending: the worker's check may be a while ago.
+    if !inner.lease.allows(inner.config.timeout) {
+        drop(permit);
+        give_back(&inner, due).await;
+        return;
+    }
     let started_at = Timestamp::now();
     let result = inner
         .sender
@@ -761,7 +784,13 @@ async fn poll_loop(inner: Arc<Inner>) {
             n
         };
         let mut full_claim = false;
-        match inner.store.claim_due(now, room).await {
+        // Cut off from the others (lease not renewed): claim nothing, they will.
+        let claimable = inner.lease.allows(Duration::ZERO);
+        match if claimable {
+            inner.store.claim_due(now, room).await
+        } else {
+            Ok(Vec::new())
+        } {
             Ok(due) => {
                 full_claim = due.len() >= crate::store::sqlite::MAX_CLAIM;
                 if !due.is_empty() {

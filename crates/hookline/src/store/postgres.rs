@@ -30,7 +30,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 /// Connections per node: enough concurrent commits for PostgreSQL to share WAL flushes.
-const POOL_SIZE: u32 = 32;
+const POOL_SIZE: u32 = 16;
 /// The most deliveries one claim takes.
 const MAX_CLAIM: usize = super::sqlite::MAX_CLAIM;
 /// Serialises migrations run by concurrent starts: this advisory lock class, and the schema's
@@ -839,7 +839,12 @@ impl PgStore {
                 });
             }
         }
-        tx.commit().await.ctx("committing a claim")?;
+        if let Err(e) = tx.commit().await {
+            // The commit may have happened: give back what it would have claimed.
+            let rows: Vec<(i64, i64)> = out.iter().map(|d| (d.row, d.claim)).collect();
+            release_uncertain(&self.pool, &self.node, &rows).await;
+            return Err(e).ctx("committing a claim");
+        }
         Ok(out)
     }
 
@@ -877,50 +882,59 @@ impl PgStore {
         .await
         .ctx("locking the batch's endpoints")?;
 
-        // One statement per kind of write; within a batch the last record of a delivery (or
-        // of an attempt) wins, as if they were applied in order.
-        let mut releases: HashMap<i64, i64> = HashMap::new();
-        let mut attempts: HashMap<(&str, u32), &Attempt> = HashMap::new();
-        let mut updates: HashMap<i64, (&AttemptRecord, &Attempt)> = HashMap::new();
+        // One statement per kind of write. A delivery with several records in the batch
+        // (a stale claim's outcome beside the current one's, say) has them applied in
+        // order, one per round, exactly as one statement per record would.
+        let mut rounds: Vec<Vec<&AttemptRecord>> = Vec::new();
+        let mut seen: HashMap<i64, usize> = HashMap::new();
         for rec in &records {
-            match &rec.attempt {
-                None => {
-                    releases.insert(rec.row, rec.claim);
-                }
-                Some(a) => {
-                    attempts.insert((rec.delivery_id.as_str(), a.attempt), a);
-                    updates.insert(rec.row, (rec, a));
-                    releases.remove(&rec.row);
+            let n = seen.entry(rec.row).or_default();
+            if rounds.len() <= *n {
+                rounds.push(Vec::new());
+            }
+            rounds[*n].push(rec);
+            *n += 1;
+        }
+        for round in rounds {
+            let mut releases: Vec<(i64, i64)> = Vec::new();
+            let mut attempts: Vec<(&str, u32, &Attempt)> = Vec::new();
+            let mut updates: Vec<(i64, &AttemptRecord, &Attempt)> = Vec::new();
+            for rec in round {
+                match &rec.attempt {
+                    None => releases.push((rec.row, rec.claim)),
+                    Some(a) => {
+                        attempts.push((rec.delivery_id.as_str(), a.attempt, a));
+                        updates.push((rec.row, rec, a));
+                    }
                 }
             }
-        }
-        if !releases.is_empty() {
-            let (rows, claims): (Vec<i64>, Vec<i64>) = releases.into_iter().unzip();
-            sqlx::query(
-                "UPDATE deliveries d SET status = 'pending', next_attempt_at = $3,
+            if !releases.is_empty() {
+                let (rows, claims): (Vec<i64>, Vec<i64>) = releases.into_iter().unzip();
+                sqlx::query(
+                    "UPDATE deliveries d SET status = 'pending', next_attempt_at = $3,
                     updated_at = $3, node = NULL
                  FROM UNNEST($1::bigint[], $2::bigint[]) AS t(seq, claim)
                  WHERE d.seq = t.seq AND d.status = 'delivering' AND d.claim = t.claim",
-            )
-            .bind(&rows)
-            .bind(&claims)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .ctx("releasing deliveries")?;
-        }
-        if !attempts.is_empty() {
-            let mut c = AttemptColumns::default();
-            for ((delivery_id, number), a) in &attempts {
-                c.delivery_id.push(delivery_id);
-                c.attempt.push(i64::from(*number));
-                c.started_at.push(a.started_at.0);
-                c.duration_ms.push(a.duration_ms as i64);
-                c.status_code.push(a.status_code.map(i64::from));
-                c.error.push(a.error.as_deref());
-                c.response_body.push(a.response_body.as_deref());
+                )
+                .bind(&rows)
+                .bind(&claims)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .ctx("releasing deliveries")?;
             }
-            sqlx::query(
+            if !attempts.is_empty() {
+                let mut c = AttemptColumns::default();
+                for (delivery_id, number, a) in &attempts {
+                    c.delivery_id.push(delivery_id);
+                    c.attempt.push(i64::from(*number));
+                    c.started_at.push(a.started_at.0);
+                    c.duration_ms.push(a.duration_ms as i64);
+                    c.status_code.push(a.status_code.map(i64::from));
+                    c.error.push(a.error.as_deref());
+                    c.response_body.push(a.response_body.as_deref());
+                }
+                sqlx::query(
                 "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code,
                     error, response_body)
                  SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::bigint[],
@@ -939,30 +953,30 @@ impl PgStore {
             .execute(&mut *tx)
             .await
             .ctx("inserting attempts")?;
-        }
-        if !updates.is_empty() {
-            let mut u = OutcomeColumns::default();
-            for (row, (rec, a)) in &updates {
-                // A failure moves a delivery on only while it is still held under this claim
-                // (`delivering`): one whose endpoint was disabled meanwhile stays `failed`.
-                let (status, next, fenced) = match rec.outcome {
-                    Outcome::Succeeded => ("succeeded", None, false),
-                    Outcome::RetryAt(t) => ("pending", Some(t.0), true),
-                    Outcome::Failed | Outcome::Gone => ("failed", None, true),
-                    Outcome::Released => ("pending", Some(now), true),
-                };
-                u.seq.push(*row);
-                u.status.push(status);
-                u.attempt.push(i64::from(a.attempt));
-                u.next.push(next);
-                u.started_at.push(a.started_at.0);
-                u.status_code.push(a.status_code.map(i64::from));
-                u.error.push(a.error.as_deref());
-                u.fenced.push(fenced);
-                u.claim.push(rec.claim);
             }
-            sqlx::query(
-                "UPDATE deliveries d SET status = t.status,
+            if !updates.is_empty() {
+                let mut u = OutcomeColumns::default();
+                for (row, rec, a) in &updates {
+                    // A failure moves a delivery on only while it is still held under this claim
+                    // (`delivering`): one whose endpoint was disabled meanwhile stays `failed`.
+                    let (status, next, fenced) = match rec.outcome {
+                        Outcome::Succeeded => ("succeeded", None, false),
+                        Outcome::RetryAt(t) => ("pending", Some(t.0), true),
+                        Outcome::Failed | Outcome::Gone => ("failed", None, true),
+                        Outcome::Released => ("pending", Some(now), true),
+                    };
+                    u.seq.push(*row);
+                    u.status.push(status);
+                    u.attempt.push(i64::from(a.attempt));
+                    u.next.push(next);
+                    u.started_at.push(a.started_at.0);
+                    u.status_code.push(a.status_code.map(i64::from));
+                    u.error.push(a.error.as_deref());
+                    u.fenced.push(fenced);
+                    u.claim.push(rec.claim);
+                }
+                sqlx::query(
+                    "UPDATE deliveries d SET status = t.status,
                     attempts = GREATEST(d.attempts, t.attempt), next_attempt_at = t.next,
                     last_attempt_at = t.started_at, last_status_code = t.status_code,
                     last_error = t.error, updated_at = $10, node = NULL
@@ -972,20 +986,21 @@ impl PgStore {
                            claim)
                  WHERE d.seq = t.seq
                    AND (NOT t.fenced OR (d.status = 'delivering' AND d.claim = t.claim))",
-            )
-            .bind(&u.seq)
-            .bind(&u.status)
-            .bind(&u.attempt)
-            .bind(&u.next)
-            .bind(&u.started_at)
-            .bind(&u.status_code)
-            .bind(&u.error)
-            .bind(&u.fenced)
-            .bind(&u.claim)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .ctx("updating deliveries")?;
+                )
+                .bind(&u.seq)
+                .bind(&u.status)
+                .bind(&u.attempt)
+                .bind(&u.next)
+                .bind(&u.started_at)
+                .bind(&u.status_code)
+                .bind(&u.error)
+                .bind(&u.fenced)
+                .bind(&u.claim)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .ctx("updating deliveries")?;
+            }
         }
         let mut gone: Vec<&str> = records
             .iter()
@@ -1000,8 +1015,10 @@ impl PgStore {
                 .await?
                 .is_some()
             {
+                // A new version even if this node's clock is behind the last writer's.
                 sqlx::query(
-                    "UPDATE endpoints SET enabled = FALSE, disabled_reason = $2, updated_at = $3
+                    "UPDATE endpoints SET enabled = FALSE, disabled_reason = $2,
+                        updated_at = GREATEST(updated_at + 1, $3)
                      WHERE id = $1",
                 )
                 .bind(endpoint_id)
@@ -1132,7 +1149,10 @@ impl PgStore {
         .execute(&mut *tx)
         .await
         .ctx("claiming a delivery to retry")?;
-        tx.commit().await.ctx("committing a retry claim")?;
+        if let Err(e) = tx.commit().await {
+            release_uncertain(&self.pool, &self.node, &[(row, claim)]).await;
+            return Err(e).ctx("committing a retry claim");
+        }
         let payload = envelope(&event_id, &event_type, Timestamp(created_at), &data).into();
         Ok(Ok(DueDelivery {
             delivery_id,
@@ -1276,7 +1296,34 @@ async fn run_ingest_batch(pool: &PgPool, node: &str, jobs: Vec<IngestJob>) {
     }
     let rows = match write_ingest_batch(pool, node, &requests, &plans).await {
         Ok(rows) => rows,
-        Err(e) => return fail_batch(callers, &e),
+        Err(e) => {
+            // The statement may have committed before the error (a connection lost while
+            // the answer was on its way): deliveries it would have handed to this node go
+            // back to `pending`, so they are not left `delivering` with nobody holding them.
+            let claimed: Vec<&str> = plans
+                .iter()
+                .flatten()
+                .flatten()
+                .filter(|d| d.claimed)
+                .map(|d| d.id.as_str())
+                .collect();
+            if !claimed.is_empty() {
+                let released = sqlx::query(AssertSqlSafe(format!(
+                    "UPDATE deliveries SET status = 'pending', node = NULL, claim = claim + 1,
+                        next_attempt_at = COALESCE(next_attempt_at, {DB_NOW_MS}),
+                        updated_at = {DB_NOW_MS}
+                     WHERE id = ANY($1::text[]) AND node = $2 AND status = 'delivering'"
+                )))
+                .bind(&claimed)
+                .bind(node)
+                .execute(pool)
+                .await;
+                if let Err(e2) = released {
+                    tracing::error!(error = %e2, "after a failed ingest batch, giving back its deliveries failed too; a restart of this node releases them");
+                }
+            }
+            return fail_batch(callers, &e);
+        }
     };
     for ((job, per_event), (_, on_done, reply)) in requests.into_iter().zip(plans).zip(callers) {
         let mut out = Vec::with_capacity(job.events.len());
@@ -1309,6 +1356,30 @@ async fn run_ingest_batch(pool: &PgPool, node: &str, jobs: Vec<IngestJob>) {
 
 type Caller = (Admit, OnDone<Done>, Reply);
 type Reply = oneshot::Sender<Result<Vec<AcceptedEvent>, StoreError>>;
+
+/// After a commit whose outcome is unknown: the claims it may have made (row, claim) go back
+/// to `pending` under a new claim number, if they are still this node's. Best effort.
+async fn release_uncertain(pool: &PgPool, node: &str, rows: &[(i64, i64)]) {
+    if rows.is_empty() {
+        return;
+    }
+    let (seqs, claims): (Vec<i64>, Vec<i64>) = rows.iter().copied().unzip();
+    let released = sqlx::query(AssertSqlSafe(format!(
+        "UPDATE deliveries d SET status = 'pending', node = NULL, claim = d.claim + 1,
+            updated_at = {DB_NOW_MS}
+         FROM UNNEST($1::bigint[], $2::bigint[]) AS t(seq, claim)
+         WHERE d.seq = t.seq AND d.claim = t.claim AND d.node = $3
+           AND d.status = 'delivering'"
+    )))
+    .bind(&seqs)
+    .bind(&claims)
+    .bind(node)
+    .execute(pool)
+    .await;
+    if let Err(e) = released {
+        tracing::error!(error = %e, "after a failed commit, giving back its claims failed too; a restart of this node releases them");
+    }
+}
 
 /// Answers every caller of a failed batch with the error.
 fn fail_batch(callers: Vec<Caller>, e: &StoreError) {
