@@ -8,46 +8,21 @@
 
 mod common;
 
+use common::process::{BIN, Serve, cli_account, free_port, wait_healthy};
 use common::{Data, Engine, Receiver, Reply, eventually, verify_with_standardwebhooks};
 use hookline::store::Location;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_hookline");
 const NODES: usize = 3;
 
 /// The tests of this file run one at a time: each starts several servers, and together they
 /// would crowd a small machine (and PostgreSQL's connection limit).
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A child process that is SIGKILLed when dropped, so a failing test leaves none behind.
-struct Serve(Child);
-
-impl Serve {
-    /// SIGKILL (std's `Child::kill` sends SIGKILL on Unix) and reap.
-    fn sigkill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        self.sigkill();
-    }
-}
 
 fn spawn_node(url: &str, port: u16, log: &Path) -> Serve {
     let log = std::fs::File::create(log).unwrap();
@@ -74,17 +49,6 @@ fn spawn_node(url: &str, port: u16, log: &Path) -> Serve {
         .spawn()
         .map(Serve)
         .unwrap()
-}
-
-async fn wait_healthy(http: &reqwest::Client, base: &str) {
-    eventually("a node to start", || async {
-        http.get(format!("{base}/healthz"))
-            .send()
-            .await
-            .ok()
-            .filter(|r| r.status() == 200)
-    })
-    .await;
 }
 
 /// The deliveries the survivors took over from dead nodes, from their logs.
@@ -132,23 +96,7 @@ async fn three_nodes_share_the_work_and_a_killed_one_loses_nothing() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = Command::new(BIN)
-        .args(["account", "create", "--name", "acme", "--plan", "pro"])
-        .args(["--database-url", &url])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let key = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .last()
-        .unwrap()
-        .trim()
-        .to_owned();
+    let key = cli_account(&["--database-url", &url]);
 
     let rx = Receiver::start().await;
     rx.always("sink", Reply::SlowOk(Duration::from_millis(5)));
@@ -386,23 +334,7 @@ async fn a_node_cut_off_from_the_database_stops_sending_before_its_work_is_taken
     let via_proxy = via_proxy.to_string();
 
     let tmp = tempfile::tempdir().unwrap();
-    let out = Command::new(BIN)
-        .args(["account", "create", "--name", "acme", "--plan", "pro"])
-        .args(["--database-url", &url])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let key = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .last()
-        .unwrap()
-        .trim()
-        .to_owned();
+    let key = cli_account(&["--database-url", &url]);
 
     // A slow receiver (300 ms a request, 16 at a time per node): 600 deliveries keep the
     // cut-off node busy for about 11 s, well past the 4 s lease.

@@ -4,41 +4,15 @@
 
 mod common;
 
+use common::process::{BIN, Serve, cli_account, free_port, wait_healthy};
 use common::{Data, Engine, Receiver, Reply, eventually, verify_with_standardwebhooks};
 use hookline::store::Location;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-const BIN: &str = env!("CARGO_BIN_EXE_hookline");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A child process that is SIGKILLed when dropped, so a failing test leaves none behind.
-struct Serve(Child);
-
-impl Serve {
-    /// SIGKILL (std's `Child::kill` sends SIGKILL on Unix) and reap.
-    fn sigkill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        self.sigkill();
-    }
-}
 
 /// The storage flags for `location`.
 fn storage(location: &Location) -> Vec<String> {
@@ -77,17 +51,6 @@ fn spawn_serve(location: &Location, logs: &Path, port: u16, log: &str) -> Serve 
         .unwrap()
 }
 
-async fn wait_healthy(http: &reqwest::Client, base: &str) {
-    eventually("the server to start", || async {
-        http.get(format!("{base}/healthz"))
-            .send()
-            .await
-            .ok()
-            .filter(|r| r.status() == 200)
-    })
-    .await;
-}
-
 async fn every_acknowledged_event_is_delivered_after_sigkill(engine: Engine) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
@@ -95,20 +58,9 @@ async fn every_acknowledged_event_is_delivered_after_sigkill(engine: Engine) {
     let location = data.location.clone();
     let account_storage: Vec<String> = storage(&location).into_iter().take(2).collect();
 
-    // The account comes from the real CLI: its key is the last line of stdout.
-    let out = Command::new(BIN)
-        .args(["account", "create", "--name", "acme", "--plan", "pro"])
-        .args(&account_storage)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    let key = stdout.lines().last().unwrap().trim().to_owned();
-    assert!(key.starts_with("hk_"), "{stdout}");
+    // The account comes from the real CLI.
+    let account_storage: Vec<&str> = account_storage.iter().map(String::as_str).collect();
+    let key = cli_account(&account_storage);
 
     let rx = Receiver::start().await;
     rx.always("sink", Reply::SlowOk(Duration::from_millis(5)));

@@ -86,20 +86,14 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Conflict(msg) => ApiError::new(StatusCode::CONFLICT, "conflict", msg),
-            StoreError::WriterGone => {
-                tracing::error!(error = %e, "store unavailable");
-                let mut err = ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    "the server is shutting down; the request was not accepted",
-                );
-                err.retry_after_secs = Some(1);
-                err
-            }
+            StoreError::WriterGone => unavailable(
+                &e,
+                "the server is shutting down; the request was not accepted",
+            ),
             StoreError::Pg { ref source, .. } if crate::store::postgres::is_transient(source) => {
-                unavailable(&e)
+                unavailable(&e, DB_UNAVAILABLE)
             }
-            StoreError::Unavailable(_) => unavailable(&e),
+            StoreError::Unavailable(_) => unavailable(&e, DB_UNAVAILABLE),
             other => {
                 tracing::error!(error = %other, "store error");
                 ApiError::internal()
@@ -108,14 +102,13 @@ impl From<StoreError> for ApiError {
     }
 }
 
+const DB_UNAVAILABLE: &str =
+    "the database is unavailable for a moment; the request was not accepted";
+
 /// `503` with `Retry-After`: nothing was accepted, try again shortly.
-fn unavailable(e: &StoreError) -> ApiError {
-    tracing::error!(error = %e, "database unavailable");
-    let mut err = ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "unavailable",
-        "the database is unavailable for a moment; the request was not accepted",
-    );
+fn unavailable(e: &StoreError, message: &'static str) -> ApiError {
+    tracing::error!(error = %e, "store unavailable");
+    let mut err = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message);
     err.retry_after_secs = Some(1);
     err
 }

@@ -363,16 +363,7 @@ impl PgStore {
         .fetch_all(&self.pool)
         .await
         .ctx("listing endpoints")?;
-        let rows = rows
-            .iter()
-            .map(|r| {
-                Ok((
-                    endpoint_from_row(r)?,
-                    r.try_get::<i64, _>(13).ctx("listing endpoints")?,
-                ))
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        Ok(super::page(rows, limit))
+        page_of(&rows, endpoint_from_row, 13, limit)
     }
 
     pub async fn get_endpoint(
@@ -545,16 +536,7 @@ impl PgStore {
         .fetch_all(&self.pool)
         .await
         .ctx("listing deliveries")?;
-        let rows = rows
-            .iter()
-            .map(|r| {
-                Ok((
-                    delivery_from_row(r)?,
-                    r.try_get::<i64, _>(12).ctx("listing deliveries")?,
-                ))
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        Ok(super::page(rows, limit))
+        page_of(&rows, delivery_from_row, 12, limit)
     }
 
     /// One delivery with all its attempts, oldest attempt first.
@@ -1611,6 +1593,26 @@ async fn fail_open_deliveries(
     .await
     .ctx("ending an endpoint's open deliveries")?;
     Ok(done.rows_affected() as usize)
+}
+
+/// A page of items read by `item`, each row carrying its position in column `seq_col`
+/// (fetched with one row more than `limit`).
+fn page_of<T>(
+    rows: &[PgRow],
+    item: fn(&PgRow) -> Result<T, StoreError>,
+    seq_col: usize,
+    limit: usize,
+) -> Result<Page<T>, StoreError> {
+    let rows = rows
+        .iter()
+        .map(|r| {
+            Ok((
+                item(r)?,
+                r.try_get::<i64, _>(seq_col).ctx("reading a list")?,
+            ))
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    Ok(super::page(rows, limit))
 }
 
 const ENDPOINT_COLS: &str = "id, account_id, url, description, event_types, headers, secret, \

@@ -4,6 +4,8 @@
 //! each test scripts.
 #![allow(dead_code)]
 
+pub mod process;
+
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};

@@ -1,0 +1,65 @@
+//! Real `hookline` processes for the tests that kill them: the binary, free ports, a child
+//! that is SIGKILLed when dropped, and the CLI's account creation.
+
+use super::eventually;
+use std::process::{Child, Command};
+
+/// The `hookline` binary built for these tests.
+pub const BIN: &str = env!("CARGO_BIN_EXE_hookline");
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process that is SIGKILLed when dropped, so a failing test leaves none behind.
+pub struct Serve(pub Child);
+
+impl Serve {
+    /// SIGKILL (std's `Child::kill` sends SIGKILL on Unix) and reap.
+    pub fn sigkill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        self.sigkill();
+    }
+}
+
+/// Waits until the server at `base` answers its health check.
+pub async fn wait_healthy(http: &reqwest::Client, base: &str) {
+    eventually("a server to start", || async {
+        http.get(format!("{base}/healthz"))
+            .send()
+            .await
+            .ok()
+            .filter(|r| r.status() == 200)
+    })
+    .await;
+}
+
+/// Creates the account `acme` with the real CLI (`storage`: `--data-dir …` or
+/// `--database-url …`); returns its key, the last line the command printed.
+pub fn cli_account(storage: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .args(["account", "create", "--name", "acme", "--plan", "pro"])
+        .args(storage)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let key = stdout.lines().last().unwrap().trim().to_owned();
+    assert!(key.starts_with("hk_"), "{stdout}");
+    key
+}
