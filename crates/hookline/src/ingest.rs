@@ -1,12 +1,14 @@
-//! Ingest: validate events, commit them with their deliveries, hand the deliveries over.
+//! Ingest: validate events (each `data` against its type's schema in the
+//! [`Catalogue`]), commit them with their deliveries, hand the deliveries over.
 //!
 //! The caller (the API) answers `202` only after [`Ingest::accept`] returns, and `accept`
 //! returns only after the commit that holds the events and every one of their deliveries
 //! was fsynced. Deliveries the dispatcher admitted are handed to it right after the commit;
 //! the others wait, `pending` and due, for its poller.
 
+use crate::catalogue::{Catalogue, FieldError};
 use crate::dispatch::Dispatcher;
-use crate::model::{Account, Timestamp, envelope, is_builtin_event_type, new_id};
+use crate::model::{Account, Timestamp, envelope, new_id};
 use crate::store::{AcceptedEvent, DueDelivery, NewEvent, Store, StoreError};
 use bytes::Bytes;
 use serde_json::value::RawValue;
@@ -23,11 +25,21 @@ pub struct EventInput {
 /// Why ingest refused or failed.
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
-    /// A field breaks a rule; `path` names it (e.g. `events[3].type`).
-    #[error("{path}: {message}")]
-    Invalid { path: String, message: String },
+    /// Fields break rules; each names its field by path (e.g. `events[3].type`,
+    /// `data.message.recipient`). Every failing field of the request is listed.
+    #[error("{}", describe(.0))]
+    Invalid(Vec<FieldError>),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// `path: message; path: message`.
+pub fn describe(errors: &[FieldError]) -> String {
+    errors
+        .iter()
+        .map(|e| format!("{}: {}", e.path, e.message))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// The ingest service.
@@ -35,11 +47,16 @@ pub enum IngestError {
 pub struct Ingest {
     store: Store,
     dispatcher: Dispatcher,
+    catalogue: Arc<Catalogue>,
 }
 
 impl Ingest {
-    pub fn new(store: Store, dispatcher: Dispatcher) -> Self {
-        Ingest { store, dispatcher }
+    pub fn new(store: Store, dispatcher: Dispatcher, catalogue: Arc<Catalogue>) -> Self {
+        Ingest {
+            store,
+            dispatcher,
+            catalogue,
+        }
     }
 
     /// Validates `inputs` (all or nothing), commits them and hands their deliveries over.
@@ -50,19 +67,22 @@ impl Ingest {
         inputs: Vec<EventInput>,
         batch: bool,
     ) -> Result<Vec<AcceptedEvent>, IngestError> {
+        let mut invalid = Vec::new();
+        for (i, input) in inputs.iter().enumerate() {
+            if let Err(errors) = validate(&self.catalogue, input) {
+                invalid.extend(errors.into_iter().map(|mut e| {
+                    if batch {
+                        e.path = format!("events[{i}].{}", e.path);
+                    }
+                    e
+                }));
+            }
+        }
+        if !invalid.is_empty() {
+            return Err(IngestError::Invalid(invalid));
+        }
         let mut events = Vec::with_capacity(inputs.len());
-        for (i, input) in inputs.into_iter().enumerate() {
-            let at = |field: &str| {
-                if batch {
-                    format!("events[{i}].{field}")
-                } else {
-                    field.to_owned()
-                }
-            };
-            validate(&input).map_err(|(field, message)| IngestError::Invalid {
-                path: at(field),
-                message,
-            })?;
+        for input in inputs {
             let id = new_id("evt");
             let created_at = Timestamp::now();
             let payload = Bytes::from(envelope(
@@ -153,13 +173,24 @@ impl Ingest {
     }
 }
 
-/// Checks one event: a known type and an object for `data`.
-fn validate(input: &EventInput) -> Result<(), (&'static str, String)> {
-    if !is_builtin_event_type(&input.event_type) {
-        return Err(("type", format!("unknown event type {:?}", input.event_type)));
+/// Checks one event: a known type, and `data` an object that satisfies the type's schema.
+fn validate(catalogue: &Catalogue, input: &EventInput) -> Result<(), Vec<FieldError>> {
+    let field = |path: &str, message: String| {
+        vec![FieldError {
+            path: path.to_owned(),
+            message,
+        }]
+    };
+    if !catalogue.knows(&input.event_type) {
+        return Err(field(
+            "type",
+            format!("unknown event type {:?}", input.event_type),
+        ));
     }
     if !input.data.get().trim_start().starts_with('{') {
-        return Err(("data", "must be a JSON object".into()));
+        return Err(field("data", "must be a JSON object".into()));
     }
-    Ok(())
+    let data: serde_json::Value = serde_json::from_str(input.data.get())
+        .map_err(|e| field("data", format!("is not valid JSON: {e}")))?;
+    catalogue.check(&input.event_type, &data)
 }

@@ -2,7 +2,7 @@
 //!
 //! The modules, from the outside in (each depends only on those after it):
 //! [`server`] wires everything; [`api`] holds thin HTTP handlers; [`ingest`] validates and
-//! commits events; [`dispatch`] queues, sends and retries; [`accounts`] issues keys;
+//! commits events, checking `data` against the [`catalogue`] of event types; [`dispatch`] queues, sends and retries; [`accounts`] issues keys;
 //! [`store`] is the only door to the database; [`model`] is plain data. [`bench`] is the
 //! load generator and receiver sink behind `hookline bench`. Signing lives in the
 //! `hookline-signing` crate. See ARCHITECTURE.md for the map and the invariants.
@@ -10,6 +10,7 @@
 pub mod accounts;
 pub mod api;
 pub mod bench;
+pub mod catalogue;
 pub mod dispatch;
 pub mod ingest;
 pub mod model;

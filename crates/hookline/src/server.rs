@@ -83,9 +83,12 @@ pub async fn run(
         shutdown.child_token(),
         joined,
     );
-    let ingest = Ingest::new(store.clone(), dispatcher.clone());
+    let catalogue =
+        Arc::new(crate::catalogue::Catalogue::builtin().map_err(|e| anyhow::anyhow!("{e}"))?);
+    let ingest = Ingest::new(store.clone(), dispatcher.clone(), catalogue.clone());
     let state = AppState::new(api::Shared {
         store: store.clone(),
+        catalogue,
         ingest,
         dispatcher: dispatcher.clone(),
         rules: Arc::new(config.url_rules.clone()),

@@ -9,7 +9,7 @@
 mod common;
 
 use common::process::{BIN, Serve, cli_account, free_port, wait_healthy};
-use common::{Data, Engine, Receiver, Reply, eventually, verify_with_standardwebhooks};
+use common::{Data, Engine, Receiver, Reply, eventually, valid, verify_with_standardwebhooks};
 use hookline::store::Location;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
@@ -141,13 +141,13 @@ async fn three_nodes_share_the_work_and_a_killed_one_loses_nothing() {
                 let batch = p >= NODES;
                 let req = if batch {
                     let events: Vec<_> = (0..10)
-                        .map(|j| json!({"type": "click", "data": {"p": p, "i": i, "j": j}}))
+                        .map(|j| json!({"type": "click", "data": valid("click", json!({"p": p, "i": i, "j": j}))}))
                         .collect();
                     http.post(format!("{base}/v1/events/batch"))
                         .json(&json!({"events": events}))
                 } else {
                     http.post(format!("{base}/v1/events"))
-                        .json(&json!({"type": "open", "data": {"p": p, "i": i}}))
+                        .json(&json!({"type": "open", "data": valid("open", json!({"p": p, "i": i}))}))
                 };
                 let Ok(resp) = req.bearer_auth(&key).send().await else {
                     return; // its node is gone
@@ -364,23 +364,28 @@ async fn a_node_cut_off_from_the_database_stops_sending_before_its_work_is_taken
     let ep: Value = resp.json().await.unwrap();
     let secret = ep["secret"].as_str().unwrap().to_owned();
 
-    let events: Vec<_> = (0..600)
-        .map(|i| json!({"type": "click", "data": {"i": i}}))
-        .collect();
-    let resp = http
-        .post(format!("{base_b}/v1/events/batch"))
-        .bearer_auth(&key)
-        .json(&json!({"events": events}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202);
-    let acked: BTreeSet<String> = resp.json::<Value>().await.unwrap()["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["id"].as_str().unwrap().to_owned())
-        .collect();
+    // In three batches of 200 (a body stays under the 256 KiB limit).
+    let mut acked: BTreeSet<String> = BTreeSet::new();
+    for part in 0..3 {
+        let events: Vec<_> = (part * 200..(part + 1) * 200)
+            .map(|i| json!({"type": "click", "data": valid("click", json!({"i": i}))}))
+            .collect();
+        let resp = http
+            .post(format!("{base_b}/v1/events/batch"))
+            .bearer_auth(&key)
+            .json(&json!({"events": events}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 202);
+        acked.extend(
+            resp.json::<Value>().await.unwrap()["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["id"].as_str().unwrap().to_owned()),
+        );
+    }
     rx.wait_for("sink", 1).await;
     proxy.cut();
 

@@ -5,7 +5,7 @@
 mod common;
 
 use common::process::{BIN, Serve, cli_account, free_port, wait_healthy};
-use common::{Data, Engine, Receiver, Reply, eventually, verify_with_standardwebhooks};
+use common::{Data, Engine, Receiver, Reply, eventually, valid, verify_with_standardwebhooks};
 use hookline::store::Location;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
@@ -90,13 +90,13 @@ async fn every_acknowledged_event_is_delivered_after_sigkill(engine: Engine) {
                 let batch = p % 2 == 1;
                 let req = if batch {
                     let events: Vec<_> = (0..10)
-                        .map(|j| json!({"type": "click", "data": {"p": p, "i": i, "j": j}}))
+                        .map(|j| json!({"type": "click", "data": valid("click", json!({"p": p, "i": i, "j": j}))}))
                         .collect();
                     http.post(format!("{base}/v1/events/batch"))
                         .json(&json!({"events": events}))
                 } else {
                     http.post(format!("{base}/v1/events"))
-                        .json(&json!({"type": "open", "data": {"p": p, "i": i}}))
+                        .json(&json!({"type": "open", "data": valid("open", json!({"p": p, "i": i}))}))
                 };
                 let Ok(resp) = req.bearer_auth(&key).send().await else {
                     return; // the server is gone

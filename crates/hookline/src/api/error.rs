@@ -1,5 +1,6 @@
 //! API errors: every failure is `{"error": {"code", "message"}}` with the contract's status.
 
+use crate::catalogue::FieldError;
 use crate::ingest::IngestError;
 use crate::store::StoreError;
 use axum::Json;
@@ -15,6 +16,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub retry_after_secs: Option<u64>,
+    /// For `422`: every failing field.
+    pub details: Vec<FieldError>,
 }
 
 /// The body of every error.
@@ -29,6 +32,10 @@ pub struct ErrorDetail {
     pub code: String,
     /// A human sentence.
     pub message: String,
+    /// For `422`: every failing field, by path (`data.message.recipient`,
+    /// `events[3].type`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<FieldError>,
 }
 
 impl ApiError {
@@ -38,6 +45,7 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after_secs: None,
+            details: Vec::new(),
         }
     }
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -71,6 +79,7 @@ impl IntoResponse for ApiError {
             error: ErrorDetail {
                 code: self.code.to_owned(),
                 message: self.message,
+                details: self.details,
             },
         };
         let mut resp = (self.status, Json(body)).into_response();
@@ -116,8 +125,10 @@ fn unavailable(e: &StoreError, message: &'static str) -> ApiError {
 impl From<IngestError> for ApiError {
     fn from(e: IngestError) -> Self {
         match e {
-            IngestError::Invalid { path, message } => {
-                ApiError::unprocessable(format!("{path}: {message}"))
+            IngestError::Invalid(details) => {
+                let mut err = ApiError::unprocessable(crate::ingest::describe(&details));
+                err.details = details;
+                err
             }
             IngestError::Store(e) => e.into(),
         }

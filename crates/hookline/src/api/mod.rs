@@ -8,6 +8,7 @@
 pub mod deliveries;
 pub mod endpoints;
 pub mod error;
+pub mod event_types;
 pub mod events;
 pub mod extract;
 
@@ -47,6 +48,7 @@ impl std::ops::Deref for AppState {
 /// The parts of [`AppState`].
 pub struct Shared {
     pub store: Store,
+    pub catalogue: Arc<crate::catalogue::Catalogue>,
     pub ingest: Ingest,
     pub dispatcher: Dispatcher,
     pub rules: Arc<UrlRules>,
@@ -139,6 +141,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(events::deliveries))
         .routes(routes!(deliveries::get))
         .routes(routes!(deliveries::retry))
+        .routes(routes!(event_types::list))
         .split_for_parts();
     let openapi = Arc::new(openapi);
     router

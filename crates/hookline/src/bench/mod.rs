@@ -827,11 +827,31 @@ async fn end_to_end_raw(
 
 /// The URL and body for events `first..first+n`.
 fn request_body(api: &str, first: u64, n: u64, sent_us: u64, batch: bool) -> (String, String) {
-    const TYPES: [&str; 3] = ["click", "open", "delivery"];
+    // Realistic events of three built-in types, valid against their schemas (ingest checks
+    // every one), about 300 bytes of `data` each.
     let one = |k: u64| {
+        let message = format!(
+            r#"{{"message_id":"m-{k}","recipient":"r{k}@example.com","campaign_id":"cmp_autumn","list_id":"lst_news"}}"#
+        );
+        let (event_type, rest) = match k % 3 {
+            0 => (
+                "click",
+                format!(
+                    r#""url":"https://shop.example/p/{k}","first_click":true,"user_agent":"Mozilla/5.0","ip":"192.0.2.1""#
+                ),
+            ),
+            1 => (
+                "open",
+                r#""first_open":true,"user_agent":"Mozilla/5.0","ip":"192.0.2.1","machine_open":false"#
+                    .to_owned(),
+            ),
+            _ => (
+                "delivery",
+                r#""smtp":{"code":250,"enhanced_status":"2.0.0","response":"250 2.0.0 OK"}"#.to_owned(),
+            ),
+        };
         format!(
-            r#"{{"type":"{}","data":{{"sent_us":{sent_us},"seq":{k},"message":{{"message_id":"m-{k}","recipient":"r{k}@example.com"}}}}}}"#,
-            TYPES[(k % 3) as usize]
+            r#"{{"type":"{event_type}","data":{{"sent_us":{sent_us},"seq":{k},"message":{message},{rest}}}}}"#
         )
     };
     if batch {
