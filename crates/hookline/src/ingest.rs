@@ -9,9 +9,13 @@
 use crate::catalogue::{Catalogue, FieldError};
 use crate::dispatch::Dispatcher;
 use crate::model::{Account, Timestamp, envelope, new_id};
-use crate::store::{AcceptedEvent, DueDelivery, NewEvent, Store, StoreError};
+use crate::store::{
+    AcceptedEvent, AcceptedSummary, DueDelivery, IdempotencyKey, Ingested, NewEvent, Store,
+    StoreError,
+};
 use bytes::Bytes;
 use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -48,25 +52,50 @@ pub struct Ingest {
     store: Store,
     dispatcher: Dispatcher,
     catalogue: Arc<Catalogue>,
+    /// How long an idempotency key answers repeats.
+    idempotency_window: std::time::Duration,
 }
 
 impl Ingest {
-    pub fn new(store: Store, dispatcher: Dispatcher, catalogue: Arc<Catalogue>) -> Self {
+    pub fn new(
+        store: Store,
+        dispatcher: Dispatcher,
+        catalogue: Arc<Catalogue>,
+        idempotency_window: std::time::Duration,
+    ) -> Self {
         Ingest {
             store,
             dispatcher,
             catalogue,
+            idempotency_window,
         }
     }
 
     /// Validates `inputs` (all or nothing), commits them and hands their deliveries over.
-    /// With `batch`, error paths name the input as `events[i].field`.
+    /// With `batch`, error paths name the input as `events[i].field`. Under an idempotency
+    /// `key`, a repeat of the same request (within the window, across restarts and nodes)
+    /// answers what the first was accepted as and creates nothing; a different request under
+    /// the key is refused.
     pub async fn accept(
         &self,
         account: &Account,
         inputs: Vec<EventInput>,
         batch: bool,
-    ) -> Result<Vec<AcceptedEvent>, IngestError> {
+        key: Option<String>,
+    ) -> Result<Vec<AcceptedSummary>, IngestError> {
+        if let Some(k) = &key
+            && (k.is_empty() || k.len() > 255 || !k.bytes().all(|b| (0x21..=0x7e).contains(&b)))
+        {
+            return Err(IngestError::Invalid(vec![FieldError {
+                path: "idempotency_key".into(),
+                message: "must be 1 to 255 visible ASCII characters".into(),
+            }]));
+        }
+        let key = key.map(|key| IdempotencyKey {
+            key,
+            request_hash: request_hash(&inputs),
+            window_ms: self.idempotency_window.as_millis() as i64,
+        });
         let mut invalid = Vec::new();
         for (i, input) in inputs.iter().enumerate() {
             if let Err(errors) = validate(&self.catalogue, input) {
@@ -166,11 +195,37 @@ impl Ingest {
                 }
             }
         };
-        Ok(self
-            .store
-            .insert_events(account.id.clone(), events, admit, on_done)
-            .await?)
+        match key {
+            None => Ok(self
+                .store
+                .insert_events(account.id.clone(), events, admit, on_done)
+                .await?
+                .iter()
+                .map(AcceptedSummary::from)
+                .collect()),
+            Some(key) => match self
+                .store
+                .insert_events_once(account.id.clone(), events, key, admit, on_done)
+                .await?
+            {
+                Ingested::New(accepted) => Ok(accepted.iter().map(AcceptedSummary::from).collect()),
+                Ingested::Repeat(first) => Ok(first),
+            },
+        }
     }
+}
+
+/// A digest of what a request asks to store: each event's type and `data`, in order.
+fn request_hash(inputs: &[EventInput]) -> String {
+    let mut h = Sha256::new();
+    for i in inputs {
+        h.update(i.event_type.as_bytes());
+        h.update([0]);
+        h.update(i.data.get().as_bytes());
+        h.update([0]);
+    }
+    let digest = h.finalize();
+    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Checks one event: a known type, and `data` an object that satisfies the type's schema.

@@ -81,6 +81,9 @@ struct ServeArgs {
     /// deliveries before the other nodes take them over.
     #[arg(long, env = "HOOKLINE_LEASE", default_value = "30s", value_parser = parse_duration)]
     lease: Duration,
+    /// How long an idempotency key answers repeats of its request.
+    #[arg(long, env = "HOOKLINE_IDEMPOTENCY_WINDOW", default_value = "24h", value_parser = parse_duration)]
+    idempotency_window: Duration,
     /// The largest request body accepted, in bytes.
     #[arg(long, env = "HOOKLINE_MAX_BODY_BYTES", default_value_t = 256 * 1024)]
     max_body_bytes: usize,
@@ -195,6 +198,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.dispatch.timeout = args.timeout;
     config.dispatch.connect_timeout = args.connect_timeout;
     config.dispatch.lease = args.lease;
+    config.idempotency_window = args.idempotency_window;
     config.dispatch.concurrency_per_endpoint = args.endpoint_concurrency.max(1);
     config.url_rules.allow_insecure_urls = args.allow_insecure_urls;
     config.url_rules.allow_private_targets = args.allow_private_targets;

@@ -25,6 +25,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// How long in-flight attempts may finish after shutdown began.
     pub shutdown_grace: Duration,
+    /// How long an idempotency key answers repeats of its request.
+    pub idempotency_window: Duration,
 }
 
 impl Config {
@@ -41,6 +43,7 @@ impl Config {
             url_rules: UrlRules::default(),
             max_body_bytes: 256 * 1024,
             shutdown_grace: Duration::from_secs(5),
+            idempotency_window: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -85,7 +88,12 @@ pub async fn run(
     );
     let catalogue =
         Arc::new(crate::catalogue::Catalogue::builtin().map_err(|e| anyhow::anyhow!("{e}"))?);
-    let ingest = Ingest::new(store.clone(), dispatcher.clone(), catalogue.clone());
+    let ingest = Ingest::new(
+        store.clone(),
+        dispatcher.clone(),
+        catalogue.clone(),
+        config.idempotency_window,
+    );
     let state = AppState::new(api::Shared {
         store: store.clone(),
         catalogue,

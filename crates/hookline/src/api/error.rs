@@ -95,6 +95,14 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Conflict(msg) => ApiError::new(StatusCode::CONFLICT, "conflict", msg),
+            StoreError::IdempotencyMismatch(key) => ApiError::new(
+                StatusCode::CONFLICT,
+                "idempotency_key_reused",
+                format!(
+                    "the idempotency key {key:?} was used for a different request; nothing was \
+                     accepted"
+                ),
+            ),
             StoreError::WriterGone => unavailable(
                 &e,
                 "the server is shutting down; the request was not accepted",

@@ -6,10 +6,10 @@ use super::extract::{ApiQuery, Auth, JsonBody};
 use super::{AppState, List};
 use crate::ingest::EventInput;
 use crate::model::{Delivery, Event, Timestamp};
-use crate::store::{AcceptedEvent, DeliveryFilter};
+use crate::store::{AcceptedSummary, DeliveryFilter};
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use utoipa::ToSchema;
@@ -26,7 +26,9 @@ pub struct CreateEvent {
     /// The event's payload: a JSON object.
     #[schema(value_type = Object)]
     pub data: Box<RawValue>,
-    /// Accepted for forward compatibility; deduplication by key is not applied yet.
+    /// A repeat under the same key within 24 h (by default) answers the first request's
+    /// `202` and creates nothing; a different request under it is a `409`. (Or the
+    /// `Idempotency-Key` header.)
     pub idempotency_key: Option<String>,
 }
 
@@ -58,21 +60,31 @@ pub struct AcceptedBatch {
     pub data: Vec<Accepted>,
 }
 
-impl From<&AcceptedEvent> for Accepted {
-    fn from(a: &AcceptedEvent) -> Self {
+impl From<&AcceptedSummary> for Accepted {
+    fn from(a: &AcceptedSummary) -> Self {
         Accepted {
-            id: a.event.id.clone(),
-            event_type: a.event.event_type.clone(),
-            created_at: a.event.created_at,
+            id: a.id.clone(),
+            event_type: a.event_type.clone(),
+            created_at: Timestamp(a.created_at),
             deliveries: a
                 .deliveries
                 .iter()
-                .map(|d| CreatedDelivery {
-                    id: d.id.clone(),
-                    endpoint_id: d.endpoint.id.clone(),
+                .map(|(id, endpoint_id)| CreatedDelivery {
+                    id: id.clone(),
+                    endpoint_id: endpoint_id.clone(),
                 })
                 .collect(),
         }
+    }
+}
+
+/// The `Idempotency-Key` header, if any.
+fn key_header(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    match headers.get("idempotency-key") {
+        None => Ok(None),
+        Some(v) => v.to_str().map(|s| Some(s.to_owned())).map_err(|_| {
+            ApiError::unprocessable("idempotency_key: must be 1 to 255 visible ASCII characters")
+        }),
     }
 }
 
@@ -93,11 +105,20 @@ impl From<CreateEvent> for EventInput {
 pub async fn create(
     State(state): State<AppState>,
     Auth(account): Auth,
+    headers: HeaderMap,
     JsonBody(body): JsonBody<CreateEvent>,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+    let key = match (key_header(&headers)?, body.idempotency_key.clone()) {
+        (Some(h), Some(b)) if h != b => {
+            return Err(ApiError::unprocessable(
+                "idempotency_key: differs from the Idempotency-Key header",
+            ));
+        }
+        (h, b) => h.or(b),
+    };
     let accepted = state
         .ingest
-        .accept(&account, vec![body.into()], false)
+        .accept(&account, vec![body.into()], false, key)
         .await?;
     let first = accepted.first().ok_or_else(ApiError::internal)?;
     Ok((StatusCode::ACCEPTED, Json(first.into())))
@@ -111,8 +132,15 @@ pub async fn create(
 pub async fn create_batch(
     State(state): State<AppState>,
     Auth(account): Auth,
+    headers: HeaderMap,
     JsonBody(body): JsonBody<CreateBatch>,
 ) -> Result<(StatusCode, Json<AcceptedBatch>), ApiError> {
+    if let Some(i) = body.events.iter().position(|e| e.idempotency_key.is_some()) {
+        return Err(ApiError::unprocessable(format!(
+            "events[{i}].idempotency_key: a batch takes one key, in the Idempotency-Key header"
+        )));
+    }
+    let key = key_header(&headers)?;
     if body.events.is_empty() || body.events.len() > MAX_BATCH {
         return Err(ApiError::unprocessable(format!(
             "events: must hold 1 to {MAX_BATCH} events, not {}",
@@ -120,7 +148,7 @@ pub async fn create_batch(
         )));
     }
     let inputs = body.events.into_iter().map(EventInput::from).collect();
-    let accepted = state.ingest.accept(&account, inputs, true).await?;
+    let accepted = state.ingest.accept(&account, inputs, true, key).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(AcceptedBatch {

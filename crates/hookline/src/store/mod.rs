@@ -193,6 +193,25 @@ impl Store {
         on_engine!(self, s => s.insert_events(account_id, events, admit, on_done).await)
     }
 
+    /// Like [`Store::insert_events`], under an idempotency key, in the same commit: a repeat
+    /// within the key's window creates nothing and answers [`Ingested::Repeat`] (`on_done`
+    /// then sees no events); a different request under the key is
+    /// [`StoreError::IdempotencyMismatch`].
+    pub async fn insert_events_once<A, D>(
+        &self,
+        account_id: String,
+        events: Vec<NewEvent>,
+        key: IdempotencyKey,
+        admit: A,
+        on_done: D,
+    ) -> Result<Ingested, StoreError>
+    where
+        A: FnMut(&str) -> bool + Send + 'static,
+        D: FnOnce(Result<&Vec<AcceptedEvent>, &StoreError>) + Send + 'static,
+    {
+        on_engine!(self, s => s.insert_events_once(account_id, events, key, admit, on_done).await)
+    }
+
     pub async fn get_event(
         &self,
         account_id: String,
@@ -372,6 +391,9 @@ pub enum StoreError {
     Conflict(String),
     #[error("the database writer has stopped")]
     WriterGone,
+    /// The idempotency key was used, within its window, for a different request.
+    #[error("the idempotency key {0:?} was used for a different request")]
+    IdempotencyMismatch(String),
     /// The database is unreachable or asked for a retry (deadlock, restart): try again.
     #[error("the database is unavailable for a moment: {0}")]
     Unavailable(String),
@@ -439,6 +461,51 @@ pub struct NewDelivery {
     /// Taken by this process's dispatcher at once (`delivering`); otherwise `pending`, due
     /// now, for the dispatcher's poller to take when it has room.
     pub claimed: bool,
+}
+
+/// An ingest request's idempotency key: a repeat of the same request within `window_ms`
+/// gets the first one's answer and creates nothing; a different request under the same
+/// key is refused.
+#[derive(Debug, Clone)]
+pub struct IdempotencyKey {
+    pub key: String,
+    /// A digest of the request (types and `data` of its events).
+    pub request_hash: String,
+    pub window_ms: i64,
+}
+
+/// What an ingest request with an idempotency key got.
+#[derive(Debug)]
+pub enum Ingested {
+    /// Committed now.
+    New(Vec<AcceptedEvent>),
+    /// A repeat: what the first request under the key was accepted as.
+    Repeat(Vec<AcceptedSummary>),
+}
+
+/// An accepted event as recorded under its idempotency key (and answered to a repeat).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct AcceptedSummary {
+    pub id: String,
+    pub event_type: String,
+    pub created_at: i64,
+    /// (delivery id, endpoint id)
+    pub deliveries: Vec<(String, String)>,
+}
+
+impl From<&AcceptedEvent> for AcceptedSummary {
+    fn from(a: &AcceptedEvent) -> Self {
+        AcceptedSummary {
+            id: a.event.id.clone(),
+            event_type: a.event.event_type.clone(),
+            created_at: a.event.created_at.0,
+            deliveries: a
+                .deliveries
+                .iter()
+                .map(|d| (d.id.clone(), d.endpoint.id.clone()))
+                .collect(),
+        }
+    }
 }
 
 /// An event committed with its deliveries.

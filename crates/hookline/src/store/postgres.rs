@@ -16,8 +16,8 @@
 //!   changed). The lease protocol is in ARCHITECTURE.md.
 
 use super::{
-    AcceptedEvent, AttemptRecord, DeliveryFilter, DueDelivery, NewDelivery, NewEvent, Outcome,
-    Page, RetryRefusal, StoreError,
+    AcceptedEvent, AcceptedSummary, AttemptRecord, DeliveryFilter, DueDelivery, IdempotencyKey,
+    Ingested, NewDelivery, NewEvent, Outcome, Page, RetryRefusal, StoreError,
 };
 use crate::model::{
     Account, Attempt, Delivery, DeliveryStatus, Endpoint, Event, Plan, Timestamp, envelope, new_id,
@@ -124,6 +124,17 @@ CREATE TABLE nodes (
 );
 ALTER TABLE deliveries ADD COLUMN node TEXT;
 CREATE INDEX deliveries_held_by_node ON deliveries (node) WHERE status = 'delivering';
+"#,
+    // Idempotency keys: what the first request under a key was accepted as.
+    r#"
+CREATE TABLE idempotency_keys (
+    account_id    TEXT NOT NULL,
+    key           TEXT NOT NULL,
+    request_hash  TEXT NOT NULL,
+    accepted      TEXT NOT NULL,
+    created_at    BIGINT NOT NULL,
+    PRIMARY KEY (account_id, key)
+);
 "#,
 ];
 
@@ -482,6 +493,37 @@ impl PgStore {
             .await
             .map_err(|_| StoreError::WriterGone)?;
         answer.await.map_err(|_| StoreError::WriterGone)?
+    }
+
+    /// [`PgStore::insert_events`] under an idempotency key: one transaction of its own (not
+    /// batched) that takes the key row first, so that concurrent requests with one key —
+    /// on any node — are ordered by its lock.
+    pub async fn insert_events_once<A, D>(
+        &self,
+        account_id: String,
+        events: Vec<NewEvent>,
+        key: IdempotencyKey,
+        mut admit: A,
+        on_done: D,
+    ) -> Result<Ingested, StoreError>
+    where
+        A: FnMut(&str) -> bool + Send + 'static,
+        D: FnOnce(Result<&Vec<AcceptedEvent>, &StoreError>) + Send + 'static,
+    {
+        let (pool, node) = (self.pool.clone(), self.node.clone());
+        let task = tokio::spawn(async move {
+            // `on_done` runs exactly once, even if this task unwinds or is dropped.
+            let guard = OnDone(Some(on_done));
+            let result = once_tx(&pool, &node, &account_id, events, &key, &mut admit).await;
+            let none = Vec::new();
+            guard.run(result.as_ref().map(|i| match i {
+                Ingested::New(v) => v,
+                Ingested::Repeat(_) => &none,
+            }));
+            result
+        });
+        task.await
+            .map_err(|e| StoreError::Commit(format!("the ingest task failed: {e}")))?
     }
 
     pub async fn get_event(
@@ -1249,7 +1291,11 @@ async fn run_ingest_batch(pool: &PgPool, node: &str, jobs: Vec<IngestJob>) {
     let mut accounts: Vec<&str> = requests.iter().map(|j| j.account_id.as_str()).collect();
     accounts.sort_unstable();
     accounts.dedup();
-    let subscribers = match load_subscribers(pool, &accounts).await {
+    let mut conn = match pool.acquire().await.ctx("taking a connection") {
+        Ok(c) => c,
+        Err(e) => return fail_batch(callers, &e),
+    };
+    let subscribers = match load_subscribers(&mut conn, &accounts).await {
         Ok(s) => s,
         Err(e) => return fail_batch(callers, &e),
     };
@@ -1276,7 +1322,7 @@ async fn run_ingest_batch(pool: &PgPool, node: &str, jobs: Vec<IngestJob>) {
         }
         plans.push(per_event);
     }
-    let rows = match write_ingest_batch(pool, node, &requests, &plans).await {
+    let rows = match write_ingest_batch(&mut conn, node, &requests, &plans).await {
         Ok(rows) => rows,
         Err(e) => {
             // The statement may have committed before the error (a connection lost while
@@ -1363,6 +1409,122 @@ async fn release_uncertain(pool: &PgPool, node: &str, rows: &[(i64, i64)]) {
     }
 }
 
+/// The transaction of an ingest request under an idempotency key.
+async fn once_tx(
+    pool: &PgPool,
+    node: &str,
+    account_id: &str,
+    events: Vec<NewEvent>,
+    key: &IdempotencyKey,
+    admit: &mut (dyn FnMut(&str) -> bool + Send),
+) -> Result<Ingested, StoreError> {
+    let mut tx = pool.begin().await.ctx("starting a transaction")?;
+    let now = Timestamp::now().0;
+    // Take the key: a new row (others with the same key wait on it until this commits), or
+    // the existing one, locked.
+    let taken = sqlx::query(
+        "INSERT INTO idempotency_keys (account_id, key, request_hash, accepted, created_at)
+         VALUES ($1, $2, $3, '[]', $4)
+         ON CONFLICT (account_id, key) DO NOTHING",
+    )
+    .bind(account_id)
+    .bind(&key.key)
+    .bind(&key.request_hash)
+    .bind(now)
+    .execute(&mut *tx)
+    .await
+    .ctx("taking an idempotency key")?
+    .rows_affected()
+        == 1;
+    if !taken {
+        let r = sqlx::query(
+            "SELECT request_hash, accepted, created_at FROM idempotency_keys
+             WHERE account_id = $1 AND key = $2 FOR UPDATE",
+        )
+        .bind(account_id)
+        .bind(&key.key)
+        .fetch_one(&mut *tx)
+        .await
+        .ctx("reading an idempotency key")?;
+        let hash: String = r.try_get(0).ctx("reading an idempotency key")?;
+        let accepted: String = r.try_get(1).ctx("reading an idempotency key")?;
+        let created_at: i64 = r.try_get(2).ctx("reading an idempotency key")?;
+        if now - created_at < key.window_ms {
+            if hash != key.request_hash {
+                return Err(StoreError::IdempotencyMismatch(key.key.clone()));
+            }
+            let first: Vec<AcceptedSummary> =
+                serde_json::from_str(&accepted).ctx("reading an idempotency record")?;
+            return Ok(Ingested::Repeat(first));
+        }
+        // Expired: this request takes the key over.
+    }
+    let subscribers = load_subscribers(&mut tx, &[account_id]).await?;
+    let subs = subscribers.get(account_id);
+    let mut per_event = Vec::with_capacity(events.len());
+    for ev in &events {
+        let mut deliveries = Vec::new();
+        for ep in subs
+            .into_iter()
+            .flatten()
+            .filter(|e| e.subscribes_to(&ev.event_type))
+        {
+            deliveries.push(NewDelivery {
+                id: new_id("dlv"),
+                row: 0,
+                endpoint: ep.clone(),
+                claimed: admit(&ep.id),
+            });
+        }
+        per_event.push(deliveries);
+    }
+    let request = [IngestRequest {
+        account_id: account_id.to_owned(),
+        events,
+    }];
+    let plans = [per_event];
+    let rows = write_ingest_batch(&mut tx, node, &request, &plans).await?;
+    let [IngestRequest { events, .. }] = request;
+    let [per_event] = plans;
+    let mut out = Vec::with_capacity(events.len());
+    for (ev, deliveries) in events.into_iter().zip(per_event) {
+        let deliveries = deliveries
+            .into_iter()
+            .filter_map(|mut d| {
+                rows.get(&d.id).map(|&row| {
+                    d.row = row;
+                    d
+                })
+            })
+            .collect();
+        out.push(AcceptedEvent {
+            event: Arc::new(Event {
+                id: ev.id,
+                event_type: ev.event_type,
+                created_at: ev.created_at,
+                data: ev.data,
+            }),
+            payload: ev.payload,
+            deliveries,
+        });
+    }
+    let summary: Vec<AcceptedSummary> = out.iter().map(AcceptedSummary::from).collect();
+    sqlx::query(
+        "UPDATE idempotency_keys SET request_hash = $3, accepted = $4, created_at = $5
+         WHERE account_id = $1 AND key = $2",
+    )
+    .bind(account_id)
+    .bind(&key.key)
+    .bind(&key.request_hash)
+    .bind(serde_json::to_string(&summary).ctx("recording an idempotency key")?)
+    .bind(now)
+    .execute(&mut *tx)
+    .await
+    .ctx("recording an idempotency key")?;
+    tx.commit().await.ctx("committing events")?;
+    Ok(Ingested::New(out))
+}
+
 /// Answers every caller of a failed batch with the error.
 fn fail_batch(callers: Vec<Caller>, e: &StoreError) {
     tracing::error!(error = %e, jobs = callers.len(), "an ingest batch failed");
@@ -1375,7 +1537,7 @@ fn fail_batch(callers: Vec<Caller>, e: &StoreError) {
 
 /// The enabled endpoints of `accounts`, by account.
 async fn load_subscribers(
-    pool: &PgPool,
+    c: &mut PgConnection,
     accounts: &[&str],
 ) -> Result<HashMap<String, Vec<Arc<Endpoint>>>, StoreError> {
     let mut by_account: HashMap<String, Vec<Arc<Endpoint>>> = HashMap::new();
@@ -1385,7 +1547,7 @@ async fn load_subscribers(
          ORDER BY seq"
     )))
     .bind(accounts)
-    .fetch_all(pool)
+    .fetch_all(c)
     .await
     .ctx("finding subscribers")?
     {
@@ -1400,7 +1562,7 @@ async fn load_subscribers(
 
 /// The one statement of an ingest batch; returns the created deliveries' row numbers.
 async fn write_ingest_batch(
-    pool: &PgPool,
+    c: &mut PgConnection,
     node: &str,
     jobs: &[IngestRequest],
     plans: &[Vec<Vec<NewDelivery>>],
@@ -1465,7 +1627,7 @@ async fn write_ingest_batch(
     .bind(&e.event_type)
     .bind(&e.data)
     .bind(&e.created_at)
-    .fetch_all(pool)
+    .fetch_all(c)
     .await
     .ctx("inserting events and deliveries")?
     .iter()

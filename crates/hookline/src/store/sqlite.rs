@@ -12,8 +12,8 @@
 //!   running process, and at start every `delivering` row is put back to `pending`.
 
 use super::{
-    AcceptedEvent, AttemptRecord, Context, DeliveryFilter, DueDelivery, NewDelivery, NewEvent,
-    Outcome, Page, RetryRefusal, StoreError,
+    AcceptedEvent, AcceptedSummary, AttemptRecord, Context, DeliveryFilter, DueDelivery,
+    IdempotencyKey, Ingested, NewDelivery, NewEvent, Outcome, Page, RetryRefusal, StoreError,
 };
 use crate::model::{
     Account, Attempt, Delivery, DeliveryStatus, Endpoint, Event, Plan, Timestamp, envelope, new_id,
@@ -181,6 +181,17 @@ CREATE TABLE attempts (
     // outcome only moves the delivery on if it belongs to the current claim.
     r#"
 ALTER TABLE deliveries ADD COLUMN claim INTEGER NOT NULL DEFAULT 0;
+"#,
+    // Idempotency keys: what the first request under a key was accepted as.
+    r#"
+CREATE TABLE idempotency_keys (
+    account_id    TEXT NOT NULL,
+    key           TEXT NOT NULL,
+    request_hash  TEXT NOT NULL,
+    accepted      TEXT NOT NULL,
+    created_at    INTEGER NOT NULL,
+    PRIMARY KEY (account_id, key)
+) WITHOUT ROWID;
 "#,
 ];
 
@@ -621,72 +632,74 @@ impl SqliteStore {
     {
         let subscribers = self.subscribers.clone();
         self.write_then(
-            move |c| {
-                let endpoints = subscribers.get_or_load(c, &account_id)?;
-                let mut ins_event = c
-                    .prepare_cached(
-                        "INSERT INTO events (id, account_id, type, data, created_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
-                    )
-                    .ctx("preparing the event insert")?;
-                let mut ins_delivery = c
-                    .prepare_cached(
-                        "INSERT INTO deliveries (id, account_id, event_id, event_type, endpoint_id,
-                        status, next_attempt_at, created_at, updated_at, claim)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9)",
-                    )
-                    .ctx("preparing the delivery insert")?;
-                let mut out = Vec::with_capacity(events.len());
-                for ev in events {
-                    ins_event
-                        .execute(params![
-                            ev.id,
-                            account_id,
-                            ev.event_type,
-                            ev.data.get(),
-                            ev.created_at.0
-                        ])
-                        .ctx("inserting an event")?;
-                    let mut deliveries = Vec::new();
-                    for ep in endpoints.iter().filter(|e| e.subscribes_to(&ev.event_type)) {
-                        let claimed = admit(&ep.id);
-                        let mut d = NewDelivery {
-                            id: new_id("dlv"),
-                            row: 0,
-                            endpoint: ep.clone(),
-                            claimed,
-                        };
-                        let status = if claimed { "delivering" } else { "pending" };
-                        ins_delivery
-                            .execute(params![
-                                d.id,
-                                account_id,
-                                ev.id,
-                                ev.event_type,
-                                ep.id,
-                                status,
-                                ev.created_at.0,
-                                ev.created_at.0,
-                                i64::from(claimed)
-                            ])
-                            .ctx("inserting a delivery")?;
-                        d.row = c.last_insert_rowid();
-                        deliveries.push(d);
-                    }
-                    out.push(AcceptedEvent {
-                        event: Arc::new(Event {
-                            id: ev.id,
-                            event_type: ev.event_type,
-                            created_at: ev.created_at,
-                            data: ev.data,
-                        }),
-                        payload: ev.payload,
-                        deliveries,
-                    });
-                }
-                Ok(out)
-            },
+            move |c| insert_rows(c, &subscribers, &account_id, events, &mut admit),
             on_done,
+        )
+        .await
+    }
+
+    /// [`SqliteStore::insert_events`] under an idempotency key, checked and recorded in the
+    /// same job (the writer thread orders concurrent requests with one key).
+    pub async fn insert_events_once<A, D>(
+        &self,
+        account_id: String,
+        events: Vec<NewEvent>,
+        key: IdempotencyKey,
+        mut admit: A,
+        on_done: D,
+    ) -> Result<Ingested, StoreError>
+    where
+        A: FnMut(&str) -> bool + Send + 'static,
+        D: FnOnce(Result<&Vec<AcceptedEvent>, &StoreError>) + Send + 'static,
+    {
+        let subscribers = self.subscribers.clone();
+        self.write_then(
+            move |c| {
+                let now = Timestamp::now().0;
+                let seen: Option<(String, String, i64)> = c
+                    .query_row(
+                        "SELECT request_hash, accepted, created_at FROM idempotency_keys
+                         WHERE account_id = ?1 AND key = ?2",
+                        params![account_id, key.key],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    )
+                    .optional()
+                    .ctx("looking up an idempotency key")?;
+                // Within its window the key answers; past it, this request takes it over.
+                if let Some((hash, accepted, created_at)) = seen
+                    && now - created_at < key.window_ms
+                {
+                    if hash != key.request_hash {
+                        return Err(StoreError::IdempotencyMismatch(key.key));
+                    }
+                    let first: Vec<AcceptedSummary> =
+                        serde_json::from_str(&accepted).ctx("reading an idempotency record")?;
+                    return Ok(Ingested::Repeat(first));
+                }
+                let out = insert_rows(c, &subscribers, &account_id, events, &mut admit)?;
+                let summary: Vec<AcceptedSummary> = out.iter().map(AcceptedSummary::from).collect();
+                c.execute(
+                    "INSERT OR REPLACE INTO idempotency_keys
+                        (account_id, key, request_hash, accepted, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![
+                        account_id,
+                        key.key,
+                        key.request_hash,
+                        serde_json::to_string(&summary).ctx("recording an idempotency key")?,
+                        now
+                    ],
+                )
+                .ctx("recording an idempotency key")?;
+                Ok(Ingested::New(out))
+            },
+            move |r: Result<&Ingested, &StoreError>| {
+                let none = Vec::new();
+                on_done(r.map(|i| match i {
+                    Ingested::New(v) => v,
+                    Ingested::Repeat(_) => &none,
+                }))
+            },
         )
         .await
     }
@@ -1224,6 +1237,79 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<WriteJob>, on_rollback: 
             }
         }
     }
+}
+
+/// Inserts `events` and one delivery per subscribed, enabled endpoint, in the open job.
+fn insert_rows(
+    c: &Connection,
+    subscribers: &Subscribers,
+    account_id: &str,
+    events: Vec<NewEvent>,
+    admit: &mut impl FnMut(&str) -> bool,
+) -> Result<Vec<AcceptedEvent>, StoreError> {
+    let endpoints = subscribers.get_or_load(c, account_id)?;
+    let mut ins_event = c
+        .prepare_cached(
+            "INSERT INTO events (id, account_id, type, data, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .ctx("preparing the event insert")?;
+    let mut ins_delivery = c
+        .prepare_cached(
+            "INSERT INTO deliveries (id, account_id, event_id, event_type, endpoint_id,
+                status, next_attempt_at, created_at, updated_at, claim)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9)",
+        )
+        .ctx("preparing the delivery insert")?;
+    let mut out = Vec::with_capacity(events.len());
+    for ev in events {
+        ins_event
+            .execute(params![
+                ev.id,
+                account_id,
+                ev.event_type,
+                ev.data.get(),
+                ev.created_at.0
+            ])
+            .ctx("inserting an event")?;
+        let mut deliveries = Vec::new();
+        for ep in endpoints.iter().filter(|e| e.subscribes_to(&ev.event_type)) {
+            let claimed = admit(&ep.id);
+            let mut d = NewDelivery {
+                id: new_id("dlv"),
+                row: 0,
+                endpoint: ep.clone(),
+                claimed,
+            };
+            let status = if claimed { "delivering" } else { "pending" };
+            ins_delivery
+                .execute(params![
+                    d.id,
+                    account_id,
+                    ev.id,
+                    ev.event_type,
+                    ep.id,
+                    status,
+                    ev.created_at.0,
+                    ev.created_at.0,
+                    i64::from(claimed)
+                ])
+                .ctx("inserting a delivery")?;
+            d.row = c.last_insert_rowid();
+            deliveries.push(d);
+        }
+        out.push(AcceptedEvent {
+            event: Arc::new(Event {
+                id: ev.id,
+                event_type: ev.event_type,
+                created_at: ev.created_at,
+                data: ev.data,
+            }),
+            payload: ev.payload,
+            deliveries,
+        });
+    }
+    Ok(out)
 }
 
 fn fail_open_deliveries(c: &Connection, endpoint_id: &str, why: &str) -> Result<usize, StoreError> {

@@ -1,0 +1,113 @@
+//! Idempotent ingest, on both storage engines: a repeat under the same key answers the first
+//! request's `202` and creates nothing — after a restart too, and (PostgreSQL) through another
+//! node; a different request under the key is a `409` that changes nothing.
+
+mod common;
+
+use common::{Engine, Receiver, TestServer, valid};
+use hookline::store::Location;
+use serde_json::{Value, json};
+
+async fn post_with_key(s: &TestServer, path: &str, key: &str, body: Value) -> (u16, Value) {
+    let resp = s
+        .req(reqwest::Method::POST, path)
+        .header("Idempotency-Key", key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap())
+}
+
+async fn deliveries_of(s: &TestServer, endpoint_id: &str) -> usize {
+    let (_, list) = s
+        .get(&format!(
+            "/v1/endpoints/{endpoint_id}/deliveries?limit=1000"
+        ))
+        .await;
+    list["data"].as_array().unwrap().len()
+}
+
+async fn a_repeat_answers_the_first_202_and_a_different_body_is_409(engine: Engine) {
+    let rx = Receiver::start().await;
+    let s = TestServer::start(&engine).await;
+    let ep = s.endpoint(&rx.url("crm"), &["*"]).await;
+    let ep_id = ep["id"].as_str().unwrap().to_owned();
+    let click = json!({"type": "click", "data": valid("click", json!({})),
+                       "idempotency_key": "order-1042-click"});
+
+    // The key in the body; the repeat answers the same event and deliveries.
+    let (status, first) = s.post("/v1/events", click.clone()).await;
+    assert_eq!(status, 202, "{first}");
+    let (status, again) = s.post("/v1/events", click.clone()).await;
+    assert_eq!(status, 202, "{again}");
+    assert_eq!(again, first);
+    // The same key in the header is the same key.
+    let mut no_field = click.clone();
+    no_field.as_object_mut().unwrap().remove("idempotency_key");
+    let (status, by_header) =
+        post_with_key(&s, "/v1/events", "order-1042-click", no_field.clone()).await;
+    assert_eq!(status, 202, "{by_header}");
+    assert_eq!(by_header, first);
+
+    // A different request under the key: 409, nothing created.
+    let other =
+        json!({"type": "click", "data": valid("click", json!({"url": "https://other.example/"}))});
+    let (status, body) = post_with_key(&s, "/v1/events", "order-1042-click", other).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "idempotency_key_reused", "{body}");
+
+    // Header and field disagreeing, or a key that is not a key: 422.
+    let (status, body) = post_with_key(&s, "/v1/events", "something-else", click.clone()).await;
+    assert_eq!(status, 422, "{body}");
+    let (status, body) = post_with_key(&s, "/v1/events", &"k".repeat(256), no_field.clone()).await;
+    assert_eq!(status, 422, "{body}");
+
+    // A batch under one key (the header).
+    let batch = json!({"events": [
+        {"type": "open", "data": valid("open", json!({}))},
+        {"type": "delivery", "data": valid("delivery", json!({}))},
+    ]});
+    let (status, b1) = post_with_key(&s, "/v1/events/batch", "import-7", batch.clone()).await;
+    assert_eq!(status, 202, "{b1}");
+    let (status, b2) = post_with_key(&s, "/v1/events/batch", "import-7", batch.clone()).await;
+    assert_eq!(status, 202, "{b2}");
+    assert_eq!(b2, b1);
+
+    // One click and two batch events were created, each delivered once.
+    common::eventually("the three events to arrive", || async {
+        (rx.got("crm").len() >= 3).then_some(())
+    })
+    .await;
+    assert_eq!(deliveries_of(&s, &ep_id).await, 3);
+
+    // After a restart the key still answers the first 202.
+    let key = s.key.clone();
+    let data = s.stop().await.unwrap();
+    let s = TestServer::launch(common::test_config(&data.location), key).await;
+    let (status, after) = s.post("/v1/events", click.clone()).await;
+    assert_eq!(status, 202, "{after}");
+    assert_eq!(after, first);
+
+    // PostgreSQL: through another node sharing the database, too.
+    if let Location::Postgres(_) = &data.location {
+        let other_node =
+            TestServer::launch(common::test_config(&data.location), s.key.clone()).await;
+        let (status, via_other) = other_node.post("/v1/events", click.clone()).await;
+        assert_eq!(status, 202, "{via_other}");
+        assert_eq!(via_other, first);
+        let (status, b3) =
+            post_with_key(&other_node, "/v1/events/batch", "import-7", batch.clone()).await;
+        assert_eq!(status, 202, "{b3}");
+        assert_eq!(b3, b1);
+    }
+    assert_eq!(
+        deliveries_of(&s, &ep_id).await,
+        3,
+        "repeats created nothing"
+    );
+    assert_eq!(rx.got("crm").len(), 3);
+}
+
+on_both_engines!(a_repeat_answers_the_first_202_and_a_different_body_is_409);
