@@ -2,11 +2,13 @@
 
 use super::endpoints::DeliveryQuery;
 use super::error::ApiError;
-use super::extract::{ApiQuery, Auth, JsonBody};
+use super::extract::{
+    ApiQuery, Auth, JsonBody, PageParams, decode_feed_cursor, encode_feed_cursor,
+};
 use super::{AppState, List};
 use crate::ingest::EventInput;
 use crate::model::{Delivery, Event, Timestamp};
-use crate::store::{AcceptedSummary, DeliveryFilter};
+use crate::store::{AcceptedSummary, DeliveryFilter, EventFilter};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -155,6 +157,86 @@ pub async fn create_batch(
             data: accepted.iter().map(Accepted::from).collect(),
         }),
     ))
+}
+
+/// `GET /v1/events`: filters and paging of the feed.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct FeedQuery {
+    /// Only events of this type.
+    #[serde(rename = "type")]
+    #[param(rename = "type")]
+    pub event_type: Option<String>,
+    /// Created at or after this time (RFC 3339).
+    pub since: Option<String>,
+    /// Created before this time (RFC 3339).
+    pub until: Option<String>,
+    /// Events per page, 1 to 1000 (default 50).
+    pub limit: Option<i64>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// Resume after this event (`evt_…`), the last one a consumer saw.
+    pub after: Option<String>,
+}
+
+/// The pull API: the account's events, oldest first. Paging never skips an event committed
+/// later and never repeats one; `?after=evt_…` resumes after the last event seen.
+#[utoipa::path(get, path = "/v1/events", tag = "events", params(FeedQuery),
+    security(("api_key" = [])),
+    responses((status = 200, body = List<Event>), (status = 400, body = super::error::ErrorBody),
+        (status = 404, body = super::error::ErrorBody)))]
+pub async fn list(
+    State(state): State<AppState>,
+    Auth(account): Auth,
+    ApiQuery(q): ApiQuery<FeedQuery>,
+) -> Result<Json<List<Event>>, ApiError> {
+    let limit = PageParams {
+        limit: q.limit,
+        cursor: None,
+    }
+    .limit()?;
+    let time = |name: &str, v: &Option<String>| -> Result<Option<i64>, ApiError> {
+        v.as_deref()
+            .map(|t| {
+                Timestamp::parse(t).map(|t| t.0).ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_query",
+                        format!("{name} must be an RFC 3339 time, not {t:?}"),
+                    )
+                })
+            })
+            .transpose()
+    };
+    let filter = EventFilter {
+        event_type: q.event_type.clone(),
+        since: time("since", &q.since)?,
+        until: time("until", &q.until)?,
+    };
+    let after = match (&q.cursor, &q.after) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                "give cursor or after, not both",
+            ));
+        }
+        (Some(c), None) => Some(decode_feed_cursor(c)?),
+        (None, Some(id)) => Some(
+            state
+                .store
+                .feed_position(account.id.clone(), id.clone())
+                .await?
+                .ok_or_else(|| ApiError::not_found("event"))?,
+        ),
+        (None, None) => None,
+    };
+    let (events, next) = state
+        .store
+        .list_events(account.id, filter, after, limit)
+        .await?;
+    Ok(Json(List {
+        data: events,
+        next_cursor: next.map(encode_feed_cursor),
+    }))
 }
 
 /// Reads one event.

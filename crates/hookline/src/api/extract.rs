@@ -155,6 +155,26 @@ impl PageParams {
 }
 
 /// An opaque cursor for a list position.
+/// A position in the event feed as an opaque cursor.
+pub fn encode_feed_cursor(pos: crate::store::FeedPos) -> String {
+    URL_SAFE_NO_PAD.encode(format!("f{}.{}", pos.0, pos.1))
+}
+
+/// The feed position a cursor of [`encode_feed_cursor`] names.
+pub fn decode_feed_cursor(text: &str) -> Result<crate::store::FeedPos, ApiError> {
+    URL_SAFE_NO_PAD
+        .decode(text)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|s| {
+            let (a, b) = s.strip_prefix('f')?.split_once('.')?;
+            Some((a.parse().ok()?, b.parse().ok()?))
+        })
+        .ok_or_else(|| {
+            ApiError::bad_request("invalid_cursor", "the cursor is not one this API gave")
+        })
+}
+
 pub fn encode_cursor(pos: i64) -> String {
     URL_SAFE_NO_PAD.encode(format!("p{pos}"))
 }

@@ -135,7 +135,7 @@ pub fn router(state: AppState) -> Router {
         ))
         .routes(routes!(endpoints::secret))
         .routes(routes!(endpoints::deliveries))
-        .routes(routes!(events::create))
+        .routes(routes!(events::create, events::list))
         .routes(routes!(events::create_batch))
         .routes(routes!(events::get))
         .routes(routes!(events::deliveries))

@@ -220,6 +220,28 @@ impl Store {
         on_engine!(self, s => s.get_event(account_id, id).await)
     }
 
+    /// The event feed, oldest first, from after `after`: never skips an event that becomes
+    /// visible later, never repeats one. Returns the page and, when there may be more, the
+    /// position after its last event.
+    pub async fn list_events(
+        &self,
+        account_id: String,
+        filter: EventFilter,
+        after: Option<FeedPos>,
+        limit: usize,
+    ) -> Result<(Vec<Event>, Option<FeedPos>), StoreError> {
+        on_engine!(self, s => s.list_events(account_id, filter, after, limit).await)
+    }
+
+    /// The feed position of one event of `account_id` (for `?after=evt_…`).
+    pub async fn feed_position(
+        &self,
+        account_id: String,
+        event_id: String,
+    ) -> Result<Option<FeedPos>, StoreError> {
+        on_engine!(self, s => s.feed_position(account_id, event_id).await)
+    }
+
     /// Deliveries, newest first.
     pub async fn list_deliveries(
         &self,
@@ -576,6 +598,21 @@ pub enum RetryRefusal {
     /// The delivery is already taken by the dispatcher and will be attempted shortly.
     AlreadyDelivering,
 }
+
+/// Filters of the event feed (`GET /v1/events`).
+#[derive(Debug, Default, Clone)]
+pub struct EventFilter {
+    pub event_type: Option<String>,
+    /// Created at or after (ms).
+    pub since: Option<i64>,
+    /// Created before (ms).
+    pub until: Option<i64>,
+}
+
+/// A position in an account's event feed: the order events became visible in. SQLite:
+/// `(0, seq)` (its single writer commits in `seq` order). PostgreSQL: `(xid, seq)` of the
+/// inserting transaction (see `PgStore::list_events`).
+pub type FeedPos = (i64, i64);
 
 /// Filters for delivery lists.
 #[derive(Debug, Default, Clone)]

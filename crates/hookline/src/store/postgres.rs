@@ -16,8 +16,9 @@
 //!   changed). The lease protocol is in ARCHITECTURE.md.
 
 use super::{
-    AcceptedEvent, AcceptedSummary, AttemptRecord, DeliveryFilter, DueDelivery, IdempotencyKey,
-    Ingested, NewDelivery, NewEvent, Outcome, Page, RetryRefusal, StoreError,
+    AcceptedEvent, AcceptedSummary, AttemptRecord, DeliveryFilter, DueDelivery, EventFilter,
+    FeedPos, IdempotencyKey, Ingested, NewDelivery, NewEvent, Outcome, Page, RetryRefusal,
+    StoreError,
 };
 use crate::model::{
     Account, Attempt, Delivery, DeliveryStatus, Endpoint, Event, Plan, Timestamp, envelope, new_id,
@@ -135,6 +136,11 @@ CREATE TABLE idempotency_keys (
     created_at    BIGINT NOT NULL,
     PRIMARY KEY (account_id, key)
 );
+"#,
+    // The event feed's order: the inserting transaction's id, then seq (see list_events).
+    r#"
+ALTER TABLE events ADD COLUMN xid xid8 NOT NULL DEFAULT pg_current_xact_id();
+CREATE INDEX events_feed ON events (account_id, xid, seq);
 "#,
 ];
 
@@ -549,6 +555,84 @@ impl PgStore {
             created_at: Timestamp(r.try_get(2).ctx("reading an event")?),
             data: serde_json::value::RawValue::from_string(data).ctx("reading event data")?,
         }))
+    }
+
+    /// The event feed, oldest first, in the order events became visible.
+    ///
+    /// Sequence numbers are taken at insert but transactions commit in any order, so a
+    /// reader paging by `seq` alone could pass an event that commits later with a smaller
+    /// one. The feed orders by the inserting transaction's id, then `seq`, and shows only
+    /// events of transactions older than every transaction still running
+    /// (`pg_snapshot_xmin`): whatever commits later has a larger id than anything already
+    /// shown, so nothing is skipped or repeated. (An event appears once every transaction
+    /// begun before it has ended: milliseconds, unless a transaction stays open long.)
+    pub async fn list_events(
+        &self,
+        account_id: String,
+        filter: EventFilter,
+        after: Option<FeedPos>,
+        limit: usize,
+    ) -> Result<(Vec<Event>, Option<FeedPos>), StoreError> {
+        let (xid, seq) = after.unwrap_or((0, 0));
+        let rows = sqlx::query(
+            "SELECT id, type, created_at, data, xid::text::bigint, seq FROM events
+             WHERE account_id = $1
+               AND (xid, seq) > ($2::text::xid8, $3)
+               AND xid < pg_snapshot_xmin(pg_current_snapshot())
+               AND ($4::text IS NULL OR type = $4)
+               AND ($5::bigint IS NULL OR created_at >= $5)
+               AND ($6::bigint IS NULL OR created_at < $6)
+             ORDER BY xid, seq LIMIT $7",
+        )
+        .bind(&account_id)
+        .bind(xid.to_string())
+        .bind(seq)
+        .bind(filter.event_type)
+        .bind(filter.since)
+        .bind(filter.until)
+        .bind(limit as i64 + 1)
+        .fetch_all(&self.pool)
+        .await
+        .ctx("reading the event feed")?;
+        let more = rows.len() > limit;
+        let mut events = Vec::with_capacity(rows.len().min(limit));
+        let mut last = None;
+        for r in rows.iter().take(limit) {
+            let data: String = r.try_get(3).ctx("reading the event feed")?;
+            events.push(Event {
+                id: r.try_get(0).ctx("reading the event feed")?,
+                event_type: r.try_get(1).ctx("reading the event feed")?,
+                created_at: Timestamp(r.try_get(2).ctx("reading the event feed")?),
+                data: serde_json::value::RawValue::from_string(data).ctx("reading event data")?,
+            });
+            last = Some((
+                r.try_get::<i64, _>(4).ctx("reading the event feed")?,
+                r.try_get::<i64, _>(5).ctx("reading the event feed")?,
+            ));
+        }
+        Ok((events, if more { last } else { None }))
+    }
+
+    pub async fn feed_position(
+        &self,
+        account_id: String,
+        event_id: String,
+    ) -> Result<Option<FeedPos>, StoreError> {
+        let row = sqlx::query(
+            "SELECT xid::text::bigint, seq FROM events WHERE id = $1 AND account_id = $2",
+        )
+        .bind(event_id)
+        .bind(account_id)
+        .fetch_optional(&self.pool)
+        .await
+        .ctx("finding an event's position")?;
+        row.map(|r| {
+            Ok((
+                r.try_get::<i64, _>(0).ctx("finding an event's position")?,
+                r.try_get::<i64, _>(1).ctx("finding an event's position")?,
+            ))
+        })
+        .transpose()
     }
 
     // ---- deliveries ----------------------------------------------------------------------

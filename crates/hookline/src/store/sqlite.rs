@@ -13,7 +13,8 @@
 
 use super::{
     AcceptedEvent, AcceptedSummary, AttemptRecord, Context, DeliveryFilter, DueDelivery,
-    IdempotencyKey, Ingested, NewDelivery, NewEvent, Outcome, Page, RetryRefusal, StoreError,
+    EventFilter, FeedPos, IdempotencyKey, Ingested, NewDelivery, NewEvent, Outcome, Page,
+    RetryRefusal, StoreError,
 };
 use crate::model::{
     Account, Attempt, Delivery, DeliveryStatus, Endpoint, Event, Plan, Timestamp, envelope, new_id,
@@ -734,6 +735,85 @@ impl SqliteStore {
                 })
             })
             .transpose()
+        })
+        .await
+    }
+
+    /// The event feed, oldest first. The writer commits in `seq` order, so a page that ends
+    /// at `seq` has seen every event below it that will ever exist.
+    pub async fn list_events(
+        &self,
+        account_id: String,
+        filter: EventFilter,
+        after: Option<FeedPos>,
+        limit: usize,
+    ) -> Result<(Vec<Event>, Option<FeedPos>), StoreError> {
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT id, type, created_at, data, seq FROM events
+                     WHERE account_id = ?1 AND seq > ?2
+                       AND (?3 IS NULL OR type = ?3)
+                       AND (?4 IS NULL OR created_at >= ?4)
+                       AND (?5 IS NULL OR created_at < ?5)
+                     ORDER BY seq LIMIT ?6",
+                )
+                .ctx("preparing the event feed")?;
+            let rows = stmt
+                .query_map(
+                    params![
+                        account_id,
+                        after.map(|p| p.1).unwrap_or(0),
+                        filter.event_type,
+                        filter.since,
+                        filter.until,
+                        limit as i64 + 1
+                    ],
+                    |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, i64>(2)?,
+                            r.get::<_, String>(3)?,
+                            r.get::<_, i64>(4)?,
+                        ))
+                    },
+                )
+                .ctx("reading the event feed")?
+                .collect::<Result<Vec<_>, _>>()
+                .ctx("reading the event feed")?;
+            let more = rows.len() > limit;
+            let mut events = Vec::with_capacity(rows.len().min(limit));
+            let mut last = None;
+            for (id, event_type, created_at, data, seq) in rows.into_iter().take(limit) {
+                events.push(Event {
+                    id,
+                    event_type,
+                    created_at: Timestamp(created_at),
+                    data: serde_json::value::RawValue::from_string(data)
+                        .ctx("reading event data")?,
+                });
+                last = Some((0, seq));
+            }
+            Ok((events, if more { last } else { None }))
+        })
+        .await
+    }
+
+    pub async fn feed_position(
+        &self,
+        account_id: String,
+        event_id: String,
+    ) -> Result<Option<FeedPos>, StoreError> {
+        self.read(move |c| {
+            c.query_row(
+                "SELECT seq FROM events WHERE id = ?1 AND account_id = ?2",
+                params![event_id, account_id],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()
+            .ctx("finding an event's position")
+            .map(|s| s.map(|seq| (0, seq)))
         })
         .await
     }
