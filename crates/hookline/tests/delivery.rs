@@ -410,3 +410,53 @@ on_both_engines!(
     a_dead_endpoint_trips_its_breaker_and_its_backlog_drains_when_it_is_back,
     an_endpoint_turned_back_on_gets_new_deliveries_again,
 );
+
+/// `POST /v1/endpoints/{id}/test` sends that endpoint alone a signed `ping` and answers with
+/// what came back; nothing is stored.
+async fn test_sends_a_signed_ping_to_that_endpoint_alone(engine: Engine) {
+    let rx = Receiver::start().await;
+    rx.always("broken", Reply::Status(500));
+    let s = TestServer::start(&engine).await;
+    let ok = s.endpoint(&rx.url("ok"), &["*"]).await;
+    let _other = s.endpoint(&rx.url("other"), &["*"]).await;
+    let broken = s.endpoint(&rx.url("broken"), &["*"]).await;
+    let ok_id = ok["id"].as_str().unwrap();
+
+    let (status, result) = s
+        .post(&format!("/v1/endpoints/{ok_id}/test"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{result}");
+    assert_eq!(result["delivered"], true, "{result}");
+    assert_eq!(result["status_code"], 200, "{result}");
+    let got = rx.got("ok");
+    assert_eq!(got.len(), 1);
+    let body = got[0].json();
+    assert_eq!(body["type"], "ping");
+    assert_eq!(body["data"], json!({}));
+    assert_eq!(body["id"], result["event_id"]);
+    verify_with_standardwebhooks(ok["secret"].as_str().unwrap(), &got[0]);
+    assert!(rx.got("other").is_empty(), "the other endpoint got nothing");
+
+    let (status, result) = s
+        .post(
+            &format!("/v1/endpoints/{}/test", broken["id"].as_str().unwrap()),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{result}");
+    assert_eq!(result["delivered"], false, "{result}");
+    assert_eq!(result["status_code"], 500, "{result}");
+
+    let (status, _) = s.post("/v1/endpoints/ep_nope/test", json!({})).await;
+    assert_eq!(status, 404);
+    // Nothing was stored: no deliveries, no events in the feed.
+    let (_, list) = s.get(&format!("/v1/endpoints/{ok_id}/deliveries")).await;
+    assert!(list["data"].as_array().unwrap().is_empty(), "{list}");
+    let (_, feed) = s.get("/v1/events").await;
+    assert!(feed["data"].as_array().unwrap().is_empty(), "{feed}");
+}
+
+mod ping {
+    use super::*;
+    on_both_engines!(test_sends_a_signed_ping_to_that_endpoint_alone);
+}

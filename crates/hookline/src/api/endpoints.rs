@@ -225,6 +225,51 @@ pub async fn secret(
     Ok(Json(SecretBody { secret: ep.secret }))
 }
 
+/// What the endpoint answered to a test `ping`.
+#[derive(Serialize, ToSchema)]
+pub struct TestResult {
+    /// The id the ping carried (`webhook-id`).
+    pub event_id: String,
+    /// The endpoint answered `2xx`.
+    pub delivered: bool,
+    pub status_code: Option<u16>,
+    pub duration_ms: u64,
+    /// Why no answer came (timeout, connection refused, …).
+    pub error: Option<String>,
+    /// The start of the endpoint's answer.
+    pub response_body: Option<String>,
+}
+
+/// Sends the endpoint a signed `ping` event (`data: {}`) now, once, and answers with what
+/// came back. Nothing is stored and no retry follows: it tests the endpoint.
+#[utoipa::path(post, path = "/v1/endpoints/{id}/test", tag = "endpoints",
+    params(("id" = String, Path, description = "ep_…")), security(("api_key" = [])),
+    responses((status = 200, body = TestResult), (status = 404, body = super::error::ErrorBody)))]
+pub async fn test(
+    State(state): State<AppState>,
+    Auth(account): Auth,
+    Path(id): Path<String>,
+) -> Result<Json<TestResult>, ApiError> {
+    let ep = state
+        .store
+        .get_endpoint(account.id, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("endpoint"))?;
+    let (event_id, result) = state
+        .dispatcher
+        .send_ping(&ep)
+        .await
+        .map_err(ApiError::unprocessable)?;
+    Ok(Json(TestResult {
+        event_id,
+        delivered: result.is_success(),
+        status_code: result.status.map(|s| s.as_u16()),
+        duration_ms: result.duration.as_millis() as u64,
+        error: result.error,
+        response_body: result.body,
+    }))
+}
+
 /// `?status=` and paging.
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]

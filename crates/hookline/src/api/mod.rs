@@ -134,6 +134,7 @@ pub fn router(state: AppState) -> Router {
             endpoints::delete
         ))
         .routes(routes!(endpoints::secret))
+        .routes(routes!(endpoints::test))
         .routes(routes!(endpoints::deliveries))
         .routes(routes!(events::create, events::list))
         .routes(routes!(events::create_batch))

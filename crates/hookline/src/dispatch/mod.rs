@@ -244,6 +244,23 @@ impl Dispatcher {
         true
     }
 
+    /// Sends `endpoint` a signed `ping` event (`data: {}`) now, once, and says what came
+    /// back. Nothing is stored: it tests the endpoint, not the pipeline.
+    pub async fn send_ping(
+        &self,
+        endpoint: &Endpoint,
+    ) -> Result<(String, sender::SendResult), String> {
+        let target = Target::from_endpoint(endpoint)?;
+        let id = crate::model::new_id("evt");
+        let payload = crate::model::envelope(&id, "ping", Timestamp::now(), "{}");
+        let result = self
+            .inner
+            .sender
+            .send(&target, &id, bytes::Bytes::from(payload))
+            .await;
+        Ok((id, result))
+    }
+
     /// Tells the poller that deliveries became due now in the database (ingest committed
     /// some it could not admit): it looks at once if it planned to sleep longer.
     pub fn due_now(&self) {
