@@ -4,7 +4,8 @@
 //! [`server`] wires everything; [`api`] holds thin HTTP handlers; [`ingest`] validates and
 //! commits events, checking `data` against the [`catalogue`] of event types; [`dispatch`] queues, sends and retries; [`accounts`] issues keys;
 //! [`store`] is the only door to the database; [`model`] is plain data. [`bench`] is the
-//! load generator and receiver sink behind `hookline bench`. Signing lives in the
+//! load generator and receiver sink behind `hookline bench`; [`retention`] deletes what
+//! is older than the retention period. Signing lives in the
 //! `hookline-signing` crate. See ARCHITECTURE.md for the map and the invariants.
 
 pub mod accounts;
@@ -14,5 +15,6 @@ pub mod catalogue;
 pub mod dispatch;
 pub mod ingest;
 pub mod model;
+pub mod retention;
 pub mod server;
 pub mod store;

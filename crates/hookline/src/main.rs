@@ -81,6 +81,9 @@ struct ServeArgs {
     /// deliveries before the other nodes take them over.
     #[arg(long, env = "HOOKLINE_LEASE", default_value = "30s", value_parser = parse_duration)]
     lease: Duration,
+    /// How long events, their deliveries and attempts are kept.
+    #[arg(long, env = "HOOKLINE_RETENTION", default_value = "30d", value_parser = parse_duration)]
+    retention: Duration,
     /// How long an idempotency key answers repeats of its request.
     #[arg(long, env = "HOOKLINE_IDEMPOTENCY_WINDOW", default_value = "24h", value_parser = parse_duration)]
     idempotency_window: Duration,
@@ -199,6 +202,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.dispatch.connect_timeout = args.connect_timeout;
     config.dispatch.lease = args.lease;
     config.idempotency_window = args.idempotency_window;
+    config.retention = args.retention;
     config.dispatch.concurrency_per_endpoint = args.endpoint_concurrency.max(1);
     config.url_rules.allow_insecure_urls = args.allow_insecure_urls;
     config.url_rules.allow_private_targets = args.allow_private_targets;

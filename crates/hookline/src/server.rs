@@ -27,6 +27,10 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// How long an idempotency key answers repeats of its request.
     pub idempotency_window: Duration,
+    /// How long events, deliveries and attempts are kept.
+    pub retention: Duration,
+    /// How often retention sweeps.
+    pub retention_sweep: Duration,
 }
 
 impl Config {
@@ -44,6 +48,8 @@ impl Config {
             max_body_bytes: 256 * 1024,
             shutdown_grace: Duration::from_secs(5),
             idempotency_window: Duration::from_secs(24 * 3600),
+            retention: Duration::from_secs(30 * 24 * 3600),
+            retention_sweep: Duration::from_secs(60),
         }
     }
 }
@@ -86,6 +92,15 @@ pub async fn run(
         shutdown.child_token(),
         joined,
     );
+    let sweeper = tokio::spawn(crate::retention::run(
+        store.clone(),
+        crate::retention::RetentionConfig {
+            keep: config.retention,
+            keys: config.idempotency_window,
+            every: config.retention_sweep,
+        },
+        shutdown.child_token(),
+    ));
     let catalogue =
         Arc::new(crate::catalogue::Catalogue::builtin().map_err(|e| anyhow::anyhow!("{e}"))?);
     let ingest = Ingest::new(
@@ -127,6 +142,7 @@ pub async fn run(
         .await
         .context("serving HTTP");
     shutdown.cancel();
+    let _ = sweeper.await;
     // Shared store: attempts in flight must end (by their timeout at worst) before this
     // node gives its deliveries back, or another node could send one of them meanwhile.
     let grace = if store.is_shared() {

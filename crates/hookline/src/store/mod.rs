@@ -233,6 +233,18 @@ impl Store {
         on_engine!(self, s => s.list_events(account_id, filter, after, limit).await)
     }
 
+    /// Retention: deletes up to `batch` events created before `before` whose deliveries have
+    /// all ended, with their deliveries and attempts, and idempotency keys recorded before
+    /// `keys_before`. Returns how many events went (fewer than `batch`: nothing older left).
+    pub async fn purge(
+        &self,
+        before: Timestamp,
+        keys_before: Timestamp,
+        batch: usize,
+    ) -> Result<usize, StoreError> {
+        on_engine!(self, s => s.purge(before, keys_before, batch).await)
+    }
+
     /// The feed position of one event of `account_id` (for `?after=evt_…`).
     pub async fn feed_position(
         &self,

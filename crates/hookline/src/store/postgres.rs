@@ -613,6 +613,60 @@ impl PgStore {
         Ok((events, if more { last } else { None }))
     }
 
+    /// Retention, one small transaction at a time (see [`super::Store::purge`]).
+    pub async fn purge(
+        &self,
+        before: Timestamp,
+        keys_before: Timestamp,
+        batch: usize,
+    ) -> Result<usize, StoreError> {
+        let mut tx = self.begin().await?;
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT e.id FROM events e
+             WHERE e.created_at < $1 AND NOT EXISTS (
+                SELECT 1 FROM deliveries d
+                WHERE d.event_id = e.id AND d.status IN ('pending', 'delivering'))
+             ORDER BY e.seq LIMIT $2
+             FOR UPDATE SKIP LOCKED",
+        )
+        .bind(before.0)
+        .bind(batch as i64)
+        .fetch_all(&mut *tx)
+        .await
+        .ctx("finding expired events")?;
+        if !ids.is_empty() {
+            sqlx::query(
+                "DELETE FROM attempts WHERE delivery_id IN
+                    (SELECT id FROM deliveries WHERE event_id = ANY($1::text[]))",
+            )
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await
+            .ctx("deleting expired attempts")?;
+            sqlx::query("DELETE FROM deliveries WHERE event_id = ANY($1::text[])")
+                .bind(&ids)
+                .execute(&mut *tx)
+                .await
+                .ctx("deleting expired deliveries")?;
+            sqlx::query("DELETE FROM events WHERE id = ANY($1::text[])")
+                .bind(&ids)
+                .execute(&mut *tx)
+                .await
+                .ctx("deleting expired events")?;
+        }
+        sqlx::query(
+            "DELETE FROM idempotency_keys WHERE (account_id, key) IN (
+                SELECT account_id, key FROM idempotency_keys WHERE created_at < $1 LIMIT $2)",
+        )
+        .bind(keys_before.0)
+        .bind(batch as i64)
+        .execute(&mut *tx)
+        .await
+        .ctx("deleting expired idempotency keys")?;
+        tx.commit().await.ctx("committing a retention batch")?;
+        Ok(ids.len())
+    }
+
     pub async fn feed_position(
         &self,
         account_id: String,

@@ -800,6 +800,53 @@ impl SqliteStore {
         .await
     }
 
+    /// Retention, one small job at a time (see [`super::Store::purge`]).
+    pub async fn purge(
+        &self,
+        before: Timestamp,
+        keys_before: Timestamp,
+        batch: usize,
+    ) -> Result<usize, StoreError> {
+        self.write(move |c| {
+            // Oldest first (seq follows creation); an event with a delivery still open stays.
+            let ids: Vec<String> = c
+                .prepare_cached(
+                    "SELECT e.id FROM events e
+                     WHERE e.created_at < ?1 AND NOT EXISTS (
+                        SELECT 1 FROM deliveries d
+                        WHERE d.event_id = e.id AND d.status IN ('pending', 'delivering'))
+                     ORDER BY e.seq LIMIT ?2",
+                )
+                .ctx("preparing the retention scan")?
+                .query_map(params![before.0, batch as i64], |r| r.get(0))
+                .ctx("finding expired events")?
+                .collect::<Result<_, _>>()
+                .ctx("finding expired events")?;
+            for id in &ids {
+                c.prepare_cached(
+                    "DELETE FROM attempts WHERE delivery_id IN
+                        (SELECT id FROM deliveries WHERE event_id = ?1)",
+                )
+                .and_then(|mut s| s.execute([id]))
+                .ctx("deleting expired attempts")?;
+                c.prepare_cached("DELETE FROM deliveries WHERE event_id = ?1")
+                    .and_then(|mut s| s.execute([id]))
+                    .ctx("deleting expired deliveries")?;
+                c.prepare_cached("DELETE FROM events WHERE id = ?1")
+                    .and_then(|mut s| s.execute([id]))
+                    .ctx("deleting an expired event")?;
+            }
+            c.execute(
+                "DELETE FROM idempotency_keys WHERE (account_id, key) IN (
+                    SELECT account_id, key FROM idempotency_keys WHERE created_at < ?1 LIMIT ?2)",
+                params![keys_before.0, batch as i64],
+            )
+            .ctx("deleting expired idempotency keys")?;
+            Ok(ids.len())
+        })
+        .await
+    }
+
     pub async fn feed_position(
         &self,
         account_id: String,

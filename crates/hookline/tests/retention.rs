@@ -1,0 +1,50 @@
+//! Retention, on both storage engines: with a short period, an event whose deliveries have
+//! ended goes (with its deliveries and attempts); one with a delivery still open stays.
+
+mod common;
+
+use common::{Engine, Receiver, Reply, TestServer, eventually};
+use serde_json::json;
+use std::time::Duration;
+
+async fn expired_events_go_and_open_ones_stay(engine: Engine) {
+    let rx = Receiver::start().await;
+    rx.always("down", Reply::Status(500));
+    let s = TestServer::start_with(&engine, |c| {
+        c.retention = Duration::from_secs(1);
+        c.retention_sweep = Duration::from_millis(200);
+        // A failed attempt waits an hour: that delivery stays open through the test.
+        c.dispatch.retry = hookline::dispatch::retry::RetrySchedule::parse("1h").unwrap();
+    })
+    .await;
+    s.endpoint(&rx.url("up"), &["open"]).await;
+    s.endpoint(&rx.url("down"), &["click"]).await;
+
+    let done = s.event("open", json!({})).await;
+    let open = s.event("click", json!({})).await;
+    let done_delivery = done["deliveries"][0]["id"].as_str().unwrap().to_owned();
+    let open_delivery = open["deliveries"][0]["id"].as_str().unwrap().to_owned();
+    s.wait_delivery(&done_delivery, "succeeded").await;
+    rx.wait_for("down", 1).await;
+
+    let done_id = done["id"].as_str().unwrap().to_owned();
+    eventually("the ended event to expire", || async {
+        let (status, _) = s.get(&format!("/v1/events/{done_id}")).await;
+        (status == 404).then_some(())
+    })
+    .await;
+    let (status, _) = s.get(&format!("/v1/deliveries/{done_delivery}")).await;
+    assert_eq!(status, 404, "its delivery (and attempts) went with it");
+
+    // The event with an open delivery outlives the period.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let (status, ev) = s
+        .get(&format!("/v1/events/{}", open["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(status, 200, "{ev}");
+    let (status, d) = s.get(&format!("/v1/deliveries/{open_delivery}")).await;
+    assert_eq!(status, 200, "{d}");
+    assert_eq!(d["status"], "pending", "{d}");
+}
+
+on_both_engines!(expired_events_go_and_open_ones_stay);
