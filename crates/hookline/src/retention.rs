@@ -37,9 +37,9 @@ pub async fn run(store: Store, config: RetentionConfig, shutdown: CancellationTo
         let mut total = 0;
         loop {
             match store.purge(before, keys_before, BATCH).await {
-                Ok(n) => {
-                    total += n;
-                    if n < BATCH {
+                Ok((events, keys)) => {
+                    total += events;
+                    if events < BATCH && keys < BATCH {
                         break;
                     }
                 }

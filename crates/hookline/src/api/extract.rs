@@ -168,7 +168,8 @@ pub fn decode_feed_cursor(text: &str) -> Result<crate::store::FeedPos, ApiError>
         .and_then(|b| String::from_utf8(b).ok())
         .and_then(|s| {
             let (a, b) = s.strip_prefix('f')?.split_once('.')?;
-            Some((a.parse().ok()?, b.parse().ok()?))
+            let pos: (i64, i64) = (a.parse().ok()?, b.parse().ok()?);
+            (pos.0 >= 0 && pos.1 >= 0).then_some(pos)
         })
         .ok_or_else(|| {
             ApiError::bad_request("invalid_cursor", "the cursor is not one this API gave")

@@ -234,14 +234,15 @@ impl Store {
     }
 
     /// Retention: deletes up to `batch` events created before `before` whose deliveries have
-    /// all ended, with their deliveries and attempts, and idempotency keys recorded before
-    /// `keys_before`. Returns how many events went (fewer than `batch`: nothing older left).
+    /// all ended, with their deliveries and attempts, and up to `batch` idempotency keys
+    /// recorded before `keys_before`. Returns how many events and keys went (fewer than
+    /// `batch` of both: nothing older left).
     pub async fn purge(
         &self,
         before: Timestamp,
         keys_before: Timestamp,
         batch: usize,
-    ) -> Result<usize, StoreError> {
+    ) -> Result<(usize, usize), StoreError> {
         on_engine!(self, s => s.purge(before, keys_before, batch).await)
     }
 

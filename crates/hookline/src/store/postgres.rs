@@ -142,6 +142,11 @@ CREATE TABLE idempotency_keys (
 ALTER TABLE events ADD COLUMN xid xid8 NOT NULL DEFAULT pg_current_xact_id();
 CREATE INDEX events_feed ON events (account_id, xid, seq);
 "#,
+    // Retention finds expired events and keys by time.
+    r#"
+CREATE INDEX events_by_time ON events (created_at);
+CREATE INDEX idempotency_keys_by_time ON idempotency_keys (created_at);
+"#,
 ];
 
 /// The PostgreSQL store. Cheap to clone.
@@ -619,7 +624,7 @@ impl PgStore {
         before: Timestamp,
         keys_before: Timestamp,
         batch: usize,
-    ) -> Result<usize, StoreError> {
+    ) -> Result<(usize, usize), StoreError> {
         let mut tx = self.begin().await?;
         let ids: Vec<String> = sqlx::query_scalar(
             "SELECT e.id FROM events e
@@ -635,26 +640,35 @@ impl PgStore {
         .await
         .ctx("finding expired events")?;
         if !ids.is_empty() {
+            // Each statement re-checks that the deliveries have ended: a manual retry that
+            // claimed one meanwhile keeps it, and its event, for a later sweep.
             sqlx::query(
                 "DELETE FROM attempts WHERE delivery_id IN
-                    (SELECT id FROM deliveries WHERE event_id = ANY($1::text[]))",
+                    (SELECT id FROM deliveries WHERE event_id = ANY($1::text[])
+                       AND status NOT IN ('pending', 'delivering'))",
             )
             .bind(&ids)
             .execute(&mut *tx)
             .await
             .ctx("deleting expired attempts")?;
-            sqlx::query("DELETE FROM deliveries WHERE event_id = ANY($1::text[])")
-                .bind(&ids)
-                .execute(&mut *tx)
-                .await
-                .ctx("deleting expired deliveries")?;
-            sqlx::query("DELETE FROM events WHERE id = ANY($1::text[])")
-                .bind(&ids)
-                .execute(&mut *tx)
-                .await
-                .ctx("deleting expired events")?;
+            sqlx::query(
+                "DELETE FROM deliveries WHERE event_id = ANY($1::text[])
+                   AND status NOT IN ('pending', 'delivering')",
+            )
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await
+            .ctx("deleting expired deliveries")?;
+            sqlx::query(
+                "DELETE FROM events e WHERE e.id = ANY($1::text[])
+                   AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id)",
+            )
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await
+            .ctx("deleting expired events")?;
         }
-        sqlx::query(
+        let keys = sqlx::query(
             "DELETE FROM idempotency_keys WHERE (account_id, key) IN (
                 SELECT account_id, key FROM idempotency_keys WHERE created_at < $1 LIMIT $2)",
         )
@@ -662,9 +676,10 @@ impl PgStore {
         .bind(batch as i64)
         .execute(&mut *tx)
         .await
-        .ctx("deleting expired idempotency keys")?;
+        .ctx("deleting expired idempotency keys")?
+        .rows_affected() as usize;
         tx.commit().await.ctx("committing a retention batch")?;
-        Ok(ids.len())
+        Ok((ids.len(), keys))
     }
 
     pub async fn feed_position(
@@ -1575,15 +1590,21 @@ async fn once_tx(
     .rows_affected()
         == 1;
     if !taken {
-        let r = sqlx::query(
+        let Some(r) = sqlx::query(
             "SELECT request_hash, accepted, created_at FROM idempotency_keys
              WHERE account_id = $1 AND key = $2 FOR UPDATE",
         )
         .bind(account_id)
         .bind(&key.key)
-        .fetch_one(&mut *tx)
+        .fetch_optional(&mut *tx)
         .await
-        .ctx("reading an idempotency key")?;
+        .ctx("reading an idempotency key")?
+        else {
+            // The expired key was deleted (retention) between the two statements.
+            return Err(StoreError::Unavailable(
+                "the idempotency key changed under this request; try again".into(),
+            ));
+        };
         let hash: String = r.try_get(0).ctx("reading an idempotency key")?;
         let accepted: String = r.try_get(1).ctx("reading an idempotency key")?;
         let created_at: i64 = r.try_get(2).ctx("reading an idempotency key")?;
@@ -1659,7 +1680,17 @@ async fn once_tx(
     .execute(&mut *tx)
     .await
     .ctx("recording an idempotency key")?;
-    tx.commit().await.ctx("committing events")?;
+    if let Err(e) = tx.commit().await {
+        // The commit may have happened: what it handed to this node goes back to `pending`.
+        let claimed: Vec<(i64, i64)> = out
+            .iter()
+            .flat_map(|ev| ev.deliveries.iter())
+            .filter(|d| d.claimed)
+            .map(|d| (d.row, 1))
+            .collect();
+        release_uncertain(pool, node, &claimed).await;
+        return Err(e).ctx("committing events");
+    }
     Ok(Ingested::New(out))
 }
 

@@ -194,6 +194,10 @@ CREATE TABLE idempotency_keys (
     PRIMARY KEY (account_id, key)
 ) WITHOUT ROWID;
 "#,
+    // Retention finds expired keys by time.
+    r#"
+CREATE INDEX idempotency_keys_by_time ON idempotency_keys (created_at);
+"#,
 ];
 
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
@@ -806,22 +810,30 @@ impl SqliteStore {
         before: Timestamp,
         keys_before: Timestamp,
         batch: usize,
-    ) -> Result<usize, StoreError> {
+    ) -> Result<(usize, usize), StoreError> {
         self.write(move |c| {
-            // Oldest first (seq follows creation); an event with a delivery still open stays.
-            let ids: Vec<String> = c
+            // The oldest `batch` events whose deliveries have all ended (seq follows creation),
+            // of which the expired prefix goes: the scan is bounded whatever the table's size.
+            // The newest event always stays, so `seq` (max + 1) never hands out a number again
+            // and the feed never skips.
+            let oldest: Vec<(String, i64)> = c
                 .prepare_cached(
-                    "SELECT e.id FROM events e
-                     WHERE e.created_at < ?1 AND NOT EXISTS (
+                    "SELECT e.id, e.created_at FROM events e
+                     WHERE e.seq < (SELECT MAX(seq) FROM events) AND NOT EXISTS (
                         SELECT 1 FROM deliveries d
                         WHERE d.event_id = e.id AND d.status IN ('pending', 'delivering'))
-                     ORDER BY e.seq LIMIT ?2",
+                     ORDER BY e.seq LIMIT ?1",
                 )
                 .ctx("preparing the retention scan")?
-                .query_map(params![before.0, batch as i64], |r| r.get(0))
+                .query_map(params![batch as i64], |r| Ok((r.get(0)?, r.get(1)?)))
                 .ctx("finding expired events")?
                 .collect::<Result<_, _>>()
                 .ctx("finding expired events")?;
+            let ids: Vec<String> = oldest
+                .into_iter()
+                .take_while(|(_, created_at)| *created_at < before.0)
+                .map(|(id, _)| id)
+                .collect();
             for id in &ids {
                 c.prepare_cached(
                     "DELETE FROM attempts WHERE delivery_id IN
@@ -836,13 +848,14 @@ impl SqliteStore {
                     .and_then(|mut s| s.execute([id]))
                     .ctx("deleting an expired event")?;
             }
-            c.execute(
-                "DELETE FROM idempotency_keys WHERE (account_id, key) IN (
+            let keys = c
+                .execute(
+                    "DELETE FROM idempotency_keys WHERE (account_id, key) IN (
                     SELECT account_id, key FROM idempotency_keys WHERE created_at < ?1 LIMIT ?2)",
-                params![keys_before.0, batch as i64],
-            )
-            .ctx("deleting expired idempotency keys")?;
-            Ok(ids.len())
+                    params![keys_before.0, batch as i64],
+                )
+                .ctx("deleting expired idempotency keys")?;
+            Ok((ids.len(), keys))
         })
         .await
     }
