@@ -74,9 +74,40 @@ impl Catalogue {
     /// Checks `data` against the schema of `event_type` (which must be known); every
     /// failure, with its path under `data`.
     pub fn check(&self, event_type: &str, data: &Value) -> Result<(), Vec<FieldError>> {
-        let Some(v) = self.validators.get(event_type) else {
-            return Ok(());
-        };
+        match self.validators.get(event_type) {
+            Some(v) => check_with(v, data),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Compiles a schema an account gave for its own event type (draft 2020-12, formats
+/// checked); the error says why it is not one.
+pub fn compile(schema: &Value) -> Result<jsonschema::Validator, String> {
+    if !schema.is_object() {
+        return Err("must be a JSON Schema object".into());
+    }
+    jsonschema::draft202012::options()
+        .should_validate_formats(true)
+        .build(schema)
+        .map_err(|e| format!("is not a valid JSON Schema: {e}"))
+}
+
+/// Whether `name` may name an account's own event type: `[a-z0-9_.]+`, at most 64
+/// characters, not a built-in type nor `ping`.
+pub fn is_custom_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.')
+        && !crate::model::is_builtin_event_type(name)
+        && name != "ping"
+}
+
+/// Checks `data` against a compiled schema; every failure, with its path under `data`.
+pub fn check_with(v: &jsonschema::Validator, data: &Value) -> Result<(), Vec<FieldError>> {
+    {
         let mut errors: Vec<FieldError> = v
             .iter_errors(data)
             .map(|e| {

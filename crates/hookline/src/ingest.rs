@@ -46,12 +46,17 @@ pub fn describe(errors: &[FieldError]) -> String {
         .join("; ")
 }
 
+/// Compiled schemas of accounts' own event types, by (account, name, version).
+type CompiledSchemas = HashMap<(String, String, i64), Arc<jsonschema::Validator>>;
+
 /// The ingest service.
 #[derive(Clone)]
 pub struct Ingest {
     store: Store,
     dispatcher: Dispatcher,
     catalogue: Arc<Catalogue>,
+    /// Compiled schemas of accounts' own event types, by (account, name, version).
+    compiled: Arc<Mutex<CompiledSchemas>>,
     /// How long an idempotency key answers repeats.
     idempotency_window: std::time::Duration,
 }
@@ -67,6 +72,7 @@ impl Ingest {
             store,
             dispatcher,
             catalogue,
+            compiled: Arc::default(),
             idempotency_window,
         }
     }
@@ -96,9 +102,34 @@ impl Ingest {
             request_hash: request_hash(&inputs),
             window_ms: self.idempotency_window.as_millis() as i64,
         });
+        // The account's own types this request uses, with their compiled schemas.
+        let mut custom: HashMap<String, Option<Arc<jsonschema::Validator>>> = HashMap::new();
+        for input in &inputs {
+            let name = &input.event_type;
+            if self.catalogue.knows(name)
+                || custom.contains_key(name)
+                || !crate::catalogue::is_custom_name(name)
+            {
+                continue;
+            }
+            let Some(t) = self
+                .store
+                .get_event_type(account.id.clone(), name.clone())
+                .await?
+            else {
+                continue;
+            };
+            let schema = match &t.schema {
+                None => None,
+                Some(schema) => {
+                    Some(self.compiled_schema(&account.id, &t.name, t.updated_at.0, schema)?)
+                }
+            };
+            custom.insert(name.clone(), schema);
+        }
         let mut invalid = Vec::new();
         for (i, input) in inputs.iter().enumerate() {
-            if let Err(errors) = validate(&self.catalogue, input) {
+            if let Err(errors) = validate(&self.catalogue, &custom, input) {
                 invalid.extend(errors.into_iter().map(|mut e| {
                     if batch {
                         e.path = format!("events[{i}].{}", e.path);
@@ -215,6 +246,34 @@ impl Ingest {
     }
 }
 
+impl Ingest {
+    /// The compiled schema of an account's event type at `version`, compiled once.
+    fn compiled_schema(
+        &self,
+        account_id: &str,
+        name: &str,
+        version: i64,
+        schema: &serde_json::Value,
+    ) -> Result<Arc<jsonschema::Validator>, IngestError> {
+        let key = (account_id.to_owned(), name.to_owned(), version);
+        if let Some(v) = self.compiled.lock().ok().and_then(|m| m.get(&key).cloned()) {
+            return Ok(v);
+        }
+        let v = Arc::new(crate::catalogue::compile(schema).map_err(|e| {
+            IngestError::Invalid(vec![FieldError {
+                path: "type".into(),
+                message: format!("the schema of {name:?} {e}"),
+            }])
+        })?);
+        if let Ok(mut m) = self.compiled.lock() {
+            // Older versions of the same type are of no more use.
+            m.retain(|(a, n, _), _| !(a == account_id && n == name));
+            m.insert(key, v.clone());
+        }
+        Ok(v)
+    }
+}
+
 /// A digest of what a request asks to store: each event's type and `data`, in order.
 fn request_hash(inputs: &[EventInput]) -> String {
     let mut h = Sha256::new();
@@ -228,15 +287,21 @@ fn request_hash(inputs: &[EventInput]) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Checks one event: a known type, and `data` an object that satisfies the type's schema.
-fn validate(catalogue: &Catalogue, input: &EventInput) -> Result<(), Vec<FieldError>> {
+/// Checks one event: a known type (built-in, or one of the account's own in `custom`), and
+/// `data` an object that satisfies the type's schema.
+fn validate(
+    catalogue: &Catalogue,
+    custom: &HashMap<String, Option<Arc<jsonschema::Validator>>>,
+    input: &EventInput,
+) -> Result<(), Vec<FieldError>> {
     let field = |path: &str, message: String| {
         vec![FieldError {
             path: path.to_owned(),
             message,
         }]
     };
-    if !catalogue.knows(&input.event_type) {
+    let own = custom.get(&input.event_type);
+    if !catalogue.knows(&input.event_type) && own.is_none() {
         return Err(field(
             "type",
             format!("unknown event type {:?}", input.event_type),
@@ -247,5 +312,9 @@ fn validate(catalogue: &Catalogue, input: &EventInput) -> Result<(), Vec<FieldEr
     }
     let data: serde_json::Value = serde_json::from_str(input.data.get())
         .map_err(|e| field("data", format!("is not valid JSON: {e}")))?;
-    catalogue.check(&input.event_type, &data)
+    match own {
+        Some(Some(schema)) => crate::catalogue::check_with(schema, &data),
+        Some(None) => Ok(()),
+        None => catalogue.check(&input.event_type, &data),
+    }
 }

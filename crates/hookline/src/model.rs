@@ -272,3 +272,16 @@ pub fn is_builtin_event_type(name: &str) -> bool {
 pub fn new_id(prefix: &str) -> String {
     format!("{prefix}_{}", ulid::Ulid::generate())
 }
+
+/// An event type an account defined beside the built-in ones.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct CustomEventType {
+    /// `[a-z0-9_.]+`, not a built-in name.
+    pub name: String,
+    pub description: String,
+    /// The JSON Schema (draft 2020-12) its events' `data` must satisfy; none: any object.
+    #[schema(value_type = Option<Object>)]
+    pub schema: Option<serde_json::Value>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}

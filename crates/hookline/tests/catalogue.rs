@@ -192,3 +192,136 @@ async fn every_type_accepts_its_example_and_refuses_broken_data_by_path(engine: 
 }
 
 on_both_engines!(every_type_accepts_its_example_and_refuses_broken_data_by_path);
+
+/// An account's own event type, end to end: created with a schema, subscribed to, its
+/// events checked and delivered, changed, removed; invisible to other accounts.
+async fn custom_event_types_end_to_end(engine: Engine) {
+    let rx = Receiver::start().await;
+    let s = TestServer::start(&engine).await;
+    let schema = json!({
+        "type": "object",
+        "required": ["order_id", "total"],
+        "properties": {"order_id": {"type": "string"}, "total": {"type": "number", "minimum": 0}}
+    });
+
+    // Bad names and schemas are refused; nothing is created.
+    for (body, why) in [
+        (json!({"name": "Order Paid", "schema": schema}), "name"),
+        (json!({"name": "click"}), "name"),
+        (
+            json!({"name": "order.paid", "schema": {"type": "not-a-type"}}),
+            "schema",
+        ),
+        (json!({"name": "order.paid", "schema": [1]}), "schema"),
+    ] {
+        let (status, b) = s.post("/v1/event-types", body).await;
+        assert_eq!(status, 422, "{b}");
+        assert!(
+            b["error"]["message"].as_str().unwrap().starts_with(why),
+            "{b}"
+        );
+    }
+    // An endpoint cannot subscribe to a type that does not exist yet.
+    let (status, b) = s
+        .post(
+            "/v1/endpoints",
+            json!({"url": rx.url("shop"), "event_types": ["order.paid"]}),
+        )
+        .await;
+    assert_eq!(status, 422, "{b}");
+
+    let (status, created) = s
+        .post(
+            "/v1/event-types",
+            json!({"name": "order.paid", "description": "An order was paid.", "schema": schema}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let (status, again) = s
+        .post("/v1/event-types", json!({"name": "order.paid"}))
+        .await;
+    assert_eq!(status, 409, "{again}");
+    let (_, catalogue) = s.get("/v1/event-types").await;
+    assert!(
+        catalogue["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["name"] == "order.paid" && t["schema"] == schema),
+        "{catalogue}"
+    );
+
+    s.endpoint(&rx.url("shop"), &["order.paid"]).await;
+    let (status, ev) = s
+        .post(
+            "/v1/events",
+            json!({"type": "order.paid", "data": {"order_id": "A-1042", "total": 99.5}}),
+        )
+        .await;
+    assert_eq!(status, 202, "{ev}");
+    let got = rx.wait_for("shop", 1).await;
+    assert_eq!(got[0].json()["type"], "order.paid");
+    let (status, bad) = s
+        .post(
+            "/v1/events",
+            json!({"type": "order.paid", "data": {"order_id": 7, "total": -1}}),
+        )
+        .await;
+    assert_eq!(status, 422, "{bad}");
+    assert_eq!(paths(&bad), ["data.order_id", "data.total"], "{bad}");
+
+    // A new schema applies at once; without one, any object goes.
+    let (status, changed) = s
+        .call(
+            reqwest::Method::PATCH,
+            "/v1/event-types/order.paid",
+            Some(json!({"schema": null})),
+        )
+        .await;
+    assert_eq!(status, 200, "{changed}");
+    assert!(changed["schema"].is_null(), "{changed}");
+    let (status, _) = s
+        .post(
+            "/v1/events",
+            json!({"type": "order.paid", "data": {"anything": true}}),
+        )
+        .await;
+    assert_eq!(status, 202);
+
+    // Another account sees none of it.
+    let other = common::create_account(&s.location, "globex").await;
+    let resp = s
+        .http
+        .get(s.url("/v1/event-types/order.paid"))
+        .bearer_auth(&other)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    let resp = s
+        .http
+        .post(s.url("/v1/events"))
+        .bearer_auth(&other)
+        .json(&json!({"type": "order.paid", "data": {}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 422);
+
+    // Removed: its events are refused again.
+    let (status, _) = s
+        .call(reqwest::Method::DELETE, "/v1/event-types/order.paid", None)
+        .await;
+    assert_eq!(status, 204);
+    let (status, gone) = s
+        .post("/v1/events", json!({"type": "order.paid", "data": {}}))
+        .await;
+    assert_eq!(status, 422, "{gone}");
+    let (status, _) = s.get("/v1/event-types/order.paid").await;
+    assert_eq!(status, 404);
+}
+
+mod custom {
+    use super::*;
+    on_both_engines!(custom_event_types_end_to_end);
+}

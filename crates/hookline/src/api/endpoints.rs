@@ -78,7 +78,7 @@ pub async fn create(
     JsonBody(body): JsonBody<CreateEndpoint>,
 ) -> Result<(StatusCode, Json<CreatedEndpoint>), ApiError> {
     let url = check_url(&body.url, &state.rules)?;
-    let event_types = check_event_types(&body.event_types)?;
+    let event_types = check_event_types(&state, &account.id, &body.event_types).await?;
     let description = check_description(body.description)?;
     let headers = check_headers(body.headers.unwrap_or_default())?;
     let rate_limit_per_sec = check_rate(body.rate_limit_per_sec)?;
@@ -154,10 +154,10 @@ pub async fn update(
     JsonBody(body): JsonBody<UpdateEndpoint>,
 ) -> Result<Json<Endpoint>, ApiError> {
     let url = body.url.map(|u| check_url(&u, &state.rules)).transpose()?;
-    let event_types = body
-        .event_types
-        .map(|t| check_event_types(&t))
-        .transpose()?;
+    let event_types = match &body.event_types {
+        Some(t) => Some(check_event_types(&state, &account.id, t).await?),
+        None => None,
+    };
     let description = body.description.map(check_description).transpose()?;
     let headers = body.headers.map(check_headers).transpose()?;
     let rate = body.rate_limit_per_sec.map(check_rate).transpose()?;
@@ -363,7 +363,12 @@ fn check_url(text: &str, rules: &UrlRules) -> Result<String, ApiError> {
     Ok(url.to_string())
 }
 
-fn check_event_types(types: &[String]) -> Result<Vec<String>, ApiError> {
+/// The types an endpoint subscribes to: built-in ones and the account's own, or `*`.
+async fn check_event_types(
+    state: &AppState,
+    account_id: &str,
+    types: &[String],
+) -> Result<Vec<String>, ApiError> {
     if types.is_empty() {
         return Err(ApiError::unprocessable(
             "event_types: must name at least one type, or [\"*\"]",
@@ -379,10 +384,18 @@ fn check_event_types(types: &[String]) -> Result<Vec<String>, ApiError> {
     }
     let mut out: Vec<String> = Vec::with_capacity(types.len());
     for (i, t) in types.iter().enumerate() {
-        if !BUILTIN_EVENT_TYPES.iter().any(|(n, _)| n == t) {
+        let known = BUILTIN_EVENT_TYPES.iter().any(|(n, _)| n == t)
+            || (crate::catalogue::is_custom_name(t)
+                && state
+                    .store
+                    .get_event_type(account_id.to_owned(), t.clone())
+                    .await?
+                    .is_some());
+        if !known {
             let known: Vec<&str> = BUILTIN_EVENT_TYPES.iter().map(|(n, _)| *n).collect();
             return Err(ApiError::unprocessable(format!(
-                "event_types[{i}]: unknown event type {t:?} (known: {})",
+                "event_types[{i}]: unknown event type {t:?} (built-in: {}; or one of the \
+                 account's own, see GET /v1/event-types)",
                 known.join(", ")
             )));
         }

@@ -1,28 +1,198 @@
-//! `/v1/event-types`: the catalogue — each type's description, the JSON Schema of its
-//! `data`, and an example.
+//! `/v1/event-types`: the catalogue — the nine built-in types (description, the JSON Schema
+//! of their `data`, an example) and the account's own types, which it creates, changes and
+//! removes here.
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::Auth;
-use crate::catalogue::EventType;
+use super::extract::{Auth, JsonBody};
+use crate::catalogue::{EventType, compile, is_custom_name};
+use crate::model::{CustomEventType, Timestamp};
 use axum::Json;
-use axum::extract::State;
-use serde::Serialize;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use utoipa::ToSchema;
+
+/// The longest description of an event type.
+const MAX_DESCRIPTION: usize = 500;
 
 #[derive(Serialize, ToSchema)]
 pub struct EventTypes {
+    /// The built-in types, then the account's own (which have no `example`).
     pub data: Vec<EventType>,
 }
 
-/// The event types events may have, with the schema their `data` must satisfy.
+/// An account's own event type to create.
+#[derive(Deserialize, ToSchema)]
+pub struct CreateEventType {
+    /// `[a-z0-9_.]+`, at most 64 characters, not a built-in name.
+    pub name: String,
+    pub description: Option<String>,
+    /// A JSON Schema (draft 2020-12) for `data`; without one, any object.
+    #[schema(value_type = Option<Object>)]
+    pub schema: Option<Value>,
+}
+
+/// Changes to an account's own event type. `"schema": null` removes the schema.
+#[derive(Deserialize, ToSchema)]
+pub struct UpdateEventType {
+    pub description: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Object>)]
+    pub schema: Option<Option<Value>>,
+}
+
+/// A field that is present (even as `null`) becomes `Some`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<Value>>, D::Error> {
+    let v: Value = Deserialize::deserialize(d)?;
+    Ok(Some(if v.is_null() { None } else { Some(v) }))
+}
+
+fn check_description(d: Option<String>) -> Result<String, ApiError> {
+    let d = d.unwrap_or_default();
+    if d.chars().count() > MAX_DESCRIPTION {
+        return Err(ApiError::unprocessable(format!(
+            "description: longer than {MAX_DESCRIPTION} characters"
+        )));
+    }
+    Ok(d)
+}
+
+fn check_schema(schema: &Option<Value>) -> Result<(), ApiError> {
+    if let Some(s) = schema {
+        compile(s).map_err(|e| ApiError::unprocessable(format!("schema: {e}")))?;
+    }
+    Ok(())
+}
+
+fn as_catalogue_entry(t: CustomEventType) -> EventType {
+    EventType {
+        name: t.name,
+        description: t.description,
+        schema: t
+            .schema
+            .unwrap_or_else(|| serde_json::json!({"type": "object"})),
+        example: Value::Null,
+    }
+}
+
+/// The event types events may have: the built-in ones and the account's own.
 #[utoipa::path(get, path = "/v1/event-types", tag = "event-types", security(("api_key" = [])),
     responses((status = 200, body = EventTypes), (status = 401, body = super::error::ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
-    Auth(_account): Auth,
+    Auth(account): Auth,
 ) -> Result<Json<EventTypes>, ApiError> {
-    Ok(Json(EventTypes {
-        data: state.catalogue.types().to_vec(),
-    }))
+    let mut data = state.catalogue.types().to_vec();
+    data.extend(
+        state
+            .store
+            .list_event_types(account.id)
+            .await?
+            .into_iter()
+            .map(as_catalogue_entry),
+    );
+    Ok(Json(EventTypes { data }))
+}
+
+/// Adds an event type of the account's own; endpoints may then subscribe to it and events
+/// of it are checked against its schema.
+#[utoipa::path(post, path = "/v1/event-types", tag = "event-types", request_body = CreateEventType,
+    security(("api_key" = [])),
+    responses((status = 201, body = CustomEventType), (status = 409, body = super::error::ErrorBody),
+        (status = 422, body = super::error::ErrorBody)))]
+pub async fn create(
+    State(state): State<AppState>,
+    Auth(account): Auth,
+    JsonBody(body): JsonBody<CreateEventType>,
+) -> Result<(StatusCode, Json<CustomEventType>), ApiError> {
+    if !is_custom_name(&body.name) {
+        return Err(ApiError::unprocessable(format!(
+            "name: {:?} must be 1 to 64 of a-z, 0-9, _ and ., and not a built-in type",
+            body.name
+        )));
+    }
+    let description = check_description(body.description)?;
+    check_schema(&body.schema)?;
+    let now = Timestamp::now();
+    let t = CustomEventType {
+        name: body.name,
+        description,
+        schema: body.schema,
+        created_at: now,
+        updated_at: now,
+    };
+    let t = state.store.create_event_type(account.id, t).await?;
+    Ok((StatusCode::CREATED, Json(t)))
+}
+
+/// One of the account's own event types.
+#[utoipa::path(get, path = "/v1/event-types/{name}", tag = "event-types",
+    params(("name" = String, Path)), security(("api_key" = [])),
+    responses((status = 200, body = CustomEventType), (status = 404, body = super::error::ErrorBody)))]
+pub async fn get(
+    State(state): State<AppState>,
+    Auth(account): Auth,
+    Path(name): Path<String>,
+) -> Result<Json<CustomEventType>, ApiError> {
+    state
+        .store
+        .get_event_type(account.id, name)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("event type of this account"))
+}
+
+/// Changes the description or schema of one of the account's own event types.
+#[utoipa::path(patch, path = "/v1/event-types/{name}", tag = "event-types",
+    params(("name" = String, Path)), request_body = UpdateEventType, security(("api_key" = [])),
+    responses((status = 200, body = CustomEventType), (status = 404, body = super::error::ErrorBody),
+        (status = 422, body = super::error::ErrorBody)))]
+pub async fn update(
+    State(state): State<AppState>,
+    Auth(account): Auth,
+    Path(name): Path<String>,
+    JsonBody(body): JsonBody<UpdateEventType>,
+) -> Result<Json<CustomEventType>, ApiError> {
+    let description = body
+        .description
+        .map(|d| check_description(Some(d)))
+        .transpose()?;
+    if let Some(schema) = &body.schema {
+        check_schema(schema)?;
+    }
+    let Some(mut t) = state.store.get_event_type(account.id.clone(), name).await? else {
+        return Err(ApiError::not_found("event type of this account"));
+    };
+    if let Some(d) = description {
+        t.description = d;
+    }
+    if let Some(schema) = body.schema {
+        t.schema = schema;
+    }
+    t.updated_at = Timestamp(Timestamp::now().0.max(t.updated_at.0 + 1));
+    state
+        .store
+        .update_event_type(account.id, t)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("event type of this account"))
+}
+
+/// Removes one of the account's own event types: new events of it are refused. Endpoints
+/// keep the name in their subscriptions (harmless until the type is created again).
+#[utoipa::path(delete, path = "/v1/event-types/{name}", tag = "event-types",
+    params(("name" = String, Path)), security(("api_key" = [])),
+    responses((status = 204), (status = 404, body = super::error::ErrorBody)))]
+pub async fn delete(
+    State(state): State<AppState>,
+    Auth(account): Auth,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    if state.store.delete_event_type(account.id, name).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found("event type of this account"))
+    }
 }

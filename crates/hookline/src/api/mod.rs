@@ -142,7 +142,12 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(events::deliveries))
         .routes(routes!(deliveries::get))
         .routes(routes!(deliveries::retry))
-        .routes(routes!(event_types::list))
+        .routes(routes!(event_types::list, event_types::create))
+        .routes(routes!(
+            event_types::get,
+            event_types::update,
+            event_types::delete
+        ))
         .split_for_parts();
     let openapi = Arc::new(openapi);
     router

@@ -11,7 +11,7 @@
 pub mod postgres;
 pub mod sqlite;
 
-use crate::model::{Account, Attempt, Delivery, Endpoint, Event, Plan, Timestamp};
+use crate::model::{Account, Attempt, CustomEventType, Delivery, Endpoint, Event, Plan, Timestamp};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -244,6 +244,49 @@ impl Store {
         batch: usize,
     ) -> Result<(usize, usize), StoreError> {
         on_engine!(self, s => s.purge(before, keys_before, batch).await)
+    }
+
+    /// Adds an account's own event type ([`StoreError::Conflict`] if the name is taken).
+    pub async fn create_event_type(
+        &self,
+        account_id: String,
+        t: CustomEventType,
+    ) -> Result<CustomEventType, StoreError> {
+        on_engine!(self, s => s.create_event_type(account_id, t).await)
+    }
+
+    /// The account's own event types, by name.
+    pub async fn list_event_types(
+        &self,
+        account_id: String,
+    ) -> Result<Vec<CustomEventType>, StoreError> {
+        on_engine!(self, s => s.list_event_types(account_id).await)
+    }
+
+    pub async fn get_event_type(
+        &self,
+        account_id: String,
+        name: String,
+    ) -> Result<Option<CustomEventType>, StoreError> {
+        on_engine!(self, s => s.get_event_type(account_id, name).await)
+    }
+
+    /// Replaces the description and schema of an account's event type.
+    pub async fn update_event_type(
+        &self,
+        account_id: String,
+        t: CustomEventType,
+    ) -> Result<Option<CustomEventType>, StoreError> {
+        on_engine!(self, s => s.update_event_type(account_id, t).await)
+    }
+
+    /// Removes an account's event type; `false` if there was none.
+    pub async fn delete_event_type(
+        &self,
+        account_id: String,
+        name: String,
+    ) -> Result<bool, StoreError> {
+        on_engine!(self, s => s.delete_event_type(account_id, name).await)
     }
 
     /// The feed position of one event of `account_id` (for `?after=evt_…`).

@@ -21,7 +21,8 @@ use super::{
     StoreError,
 };
 use crate::model::{
-    Account, Attempt, Delivery, DeliveryStatus, Endpoint, Event, Plan, Timestamp, envelope, new_id,
+    Account, Attempt, CustomEventType, Delivery, DeliveryStatus, Endpoint, Event, Plan, Timestamp,
+    envelope, new_id,
 };
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, Connection as _, PgConnection, PgPool, Postgres, Row, Transaction};
@@ -146,6 +147,18 @@ CREATE INDEX events_feed ON events (account_id, xid, seq);
     r#"
 CREATE INDEX events_by_time ON events (created_at);
 CREATE INDEX idempotency_keys_by_time ON idempotency_keys (created_at);
+"#,
+    // Each account's own event types.
+    r#"
+CREATE TABLE event_types (
+    account_id   TEXT NOT NULL,
+    name         TEXT NOT NULL,
+    description  TEXT NOT NULL,
+    schema       TEXT,
+    created_at   BIGINT NOT NULL,
+    updated_at   BIGINT NOT NULL,
+    PRIMARY KEY (account_id, name)
+);
 "#,
 ];
 
@@ -616,6 +629,116 @@ impl PgStore {
             ));
         }
         Ok((events, if more { last } else { None }))
+    }
+
+    pub async fn create_event_type(
+        &self,
+        account_id: String,
+        t: CustomEventType,
+    ) -> Result<CustomEventType, StoreError> {
+        let schema = t
+            .schema
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .ctx("encoding a schema")?;
+        let n = sqlx::query(
+            "INSERT INTO event_types (account_id, name, description, schema, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (account_id, name) DO NOTHING",
+        )
+        .bind(account_id)
+        .bind(&t.name)
+        .bind(&t.description)
+        .bind(schema)
+        .bind(t.created_at.0)
+        .execute(&self.pool)
+        .await
+        .ctx("inserting an event type")?
+        .rows_affected();
+        if n == 0 {
+            return Err(StoreError::Conflict(format!(
+                "an event type named {:?} exists already",
+                t.name
+            )));
+        }
+        Ok(t)
+    }
+
+    pub async fn list_event_types(
+        &self,
+        account_id: String,
+    ) -> Result<Vec<CustomEventType>, StoreError> {
+        sqlx::query(
+            "SELECT name, description, schema, created_at, updated_at FROM event_types
+             WHERE account_id = $1 ORDER BY name",
+        )
+        .bind(account_id)
+        .fetch_all(&self.pool)
+        .await
+        .ctx("listing event types")?
+        .iter()
+        .map(event_type_from_row)
+        .collect()
+    }
+
+    pub async fn get_event_type(
+        &self,
+        account_id: String,
+        name: String,
+    ) -> Result<Option<CustomEventType>, StoreError> {
+        sqlx::query(
+            "SELECT name, description, schema, created_at, updated_at FROM event_types
+             WHERE account_id = $1 AND name = $2",
+        )
+        .bind(account_id)
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await
+        .ctx("reading an event type")?
+        .map(|r| event_type_from_row(&r))
+        .transpose()
+    }
+
+    pub async fn update_event_type(
+        &self,
+        account_id: String,
+        t: CustomEventType,
+    ) -> Result<Option<CustomEventType>, StoreError> {
+        let schema = t
+            .schema
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .ctx("encoding a schema")?;
+        let n = sqlx::query(
+            "UPDATE event_types SET description = $3, schema = $4, updated_at = $5
+             WHERE account_id = $1 AND name = $2",
+        )
+        .bind(account_id)
+        .bind(&t.name)
+        .bind(&t.description)
+        .bind(schema)
+        .bind(t.updated_at.0)
+        .execute(&self.pool)
+        .await
+        .ctx("updating an event type")?
+        .rows_affected();
+        Ok((n == 1).then_some(t))
+    }
+
+    pub async fn delete_event_type(
+        &self,
+        account_id: String,
+        name: String,
+    ) -> Result<bool, StoreError> {
+        let n = sqlx::query("DELETE FROM event_types WHERE account_id = $1 AND name = $2")
+            .bind(account_id)
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .ctx("deleting an event type")?
+            .rows_affected();
+        Ok(n == 1)
     }
 
     /// Retention, one small transaction at a time (see [`super::Store::purge`]).
@@ -1993,6 +2116,21 @@ async fn load_endpoint(
         .ctx("reading an endpoint")?
         .map(|r| endpoint_from_row(&r))
         .transpose()
+}
+
+fn event_type_from_row(r: &PgRow) -> Result<CustomEventType, StoreError> {
+    const CTX: &str = "reading an event type";
+    let schema: Option<String> = r.try_get(2).ctx(CTX)?;
+    Ok(CustomEventType {
+        name: r.try_get(0).ctx(CTX)?,
+        description: r.try_get(1).ctx(CTX)?,
+        schema: schema
+            .map(|s| serde_json::from_str(&s))
+            .transpose()
+            .ctx("reading an event type's schema")?,
+        created_at: Timestamp(r.try_get(3).ctx(CTX)?),
+        updated_at: Timestamp(r.try_get(4).ctx(CTX)?),
+    })
 }
 
 fn account_from_row(r: &PgRow) -> Result<Account, StoreError> {

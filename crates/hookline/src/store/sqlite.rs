@@ -17,7 +17,8 @@ use super::{
     RetryRefusal, StoreError,
 };
 use crate::model::{
-    Account, Attempt, Delivery, DeliveryStatus, Endpoint, Event, Plan, Timestamp, envelope, new_id,
+    Account, Attempt, CustomEventType, Delivery, DeliveryStatus, Endpoint, Event, Plan, Timestamp,
+    envelope, new_id,
 };
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use std::collections::HashMap;
@@ -197,6 +198,18 @@ CREATE TABLE idempotency_keys (
     // Retention finds expired keys by time.
     r#"
 CREATE INDEX idempotency_keys_by_time ON idempotency_keys (created_at);
+"#,
+    // Each account's own event types.
+    r#"
+CREATE TABLE event_types (
+    account_id   TEXT NOT NULL,
+    name         TEXT NOT NULL,
+    description  TEXT NOT NULL,
+    schema       TEXT,
+    created_at   INTEGER NOT NULL,
+    updated_at   INTEGER NOT NULL,
+    PRIMARY KEY (account_id, name)
+) WITHOUT ROWID;
 "#,
 ];
 
@@ -800,6 +813,113 @@ impl SqliteStore {
                 last = Some((0, seq));
             }
             Ok((events, if more { last } else { None }))
+        })
+        .await
+    }
+
+    pub async fn create_event_type(
+        &self,
+        account_id: String,
+        t: CustomEventType,
+    ) -> Result<CustomEventType, StoreError> {
+        self.write(move |c| {
+            let schema = t
+                .schema
+                .as_ref()
+                .map(serde_json::to_string)
+                .transpose()
+                .ctx("encoding a schema")?;
+            let n = c
+                .execute(
+                    "INSERT OR IGNORE INTO event_types
+                        (account_id, name, description, schema, created_at, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+                    params![account_id, t.name, t.description, schema, t.created_at.0],
+                )
+                .ctx("inserting an event type")?;
+            if n == 0 {
+                return Err(StoreError::Conflict(format!(
+                    "an event type named {:?} exists already",
+                    t.name
+                )));
+            }
+            Ok(t)
+        })
+        .await
+    }
+
+    pub async fn list_event_types(
+        &self,
+        account_id: String,
+    ) -> Result<Vec<CustomEventType>, StoreError> {
+        self.read(move |c| {
+            c.prepare_cached(
+                "SELECT name, description, schema, created_at, updated_at FROM event_types
+                 WHERE account_id = ?1 ORDER BY name",
+            )
+            .ctx("preparing the event type list")?
+            .query_map([account_id], event_type_from_row)
+            .ctx("listing event types")?
+            .collect::<Result<Vec<_>, _>>()
+            .ctx("listing event types")
+        })
+        .await
+    }
+
+    pub async fn get_event_type(
+        &self,
+        account_id: String,
+        name: String,
+    ) -> Result<Option<CustomEventType>, StoreError> {
+        self.read(move |c| {
+            c.prepare_cached(
+                "SELECT name, description, schema, created_at, updated_at FROM event_types
+                 WHERE account_id = ?1 AND name = ?2",
+            )
+            .ctx("preparing the event type lookup")?
+            .query_row(params![account_id, name], event_type_from_row)
+            .optional()
+            .ctx("reading an event type")
+        })
+        .await
+    }
+
+    pub async fn update_event_type(
+        &self,
+        account_id: String,
+        t: CustomEventType,
+    ) -> Result<Option<CustomEventType>, StoreError> {
+        self.write(move |c| {
+            let schema = t
+                .schema
+                .as_ref()
+                .map(serde_json::to_string)
+                .transpose()
+                .ctx("encoding a schema")?;
+            let n = c
+                .execute(
+                    "UPDATE event_types SET description = ?3, schema = ?4, updated_at = ?5
+                     WHERE account_id = ?1 AND name = ?2",
+                    params![account_id, t.name, t.description, schema, t.updated_at.0],
+                )
+                .ctx("updating an event type")?;
+            Ok((n == 1).then_some(t))
+        })
+        .await
+    }
+
+    pub async fn delete_event_type(
+        &self,
+        account_id: String,
+        name: String,
+    ) -> Result<bool, StoreError> {
+        self.write(move |c| {
+            c.execute(
+                "DELETE FROM event_types WHERE account_id = ?1 AND name = ?2",
+                params![account_id, name],
+            )
+            .ctx("deleting an event type")
+            .map(|n| n == 1)
         })
         .await
     }
@@ -1500,6 +1620,23 @@ fn load_endpoint(
     .query_row(params![id, account_id], endpoint_from_row)
     .optional()
     .ctx("reading an endpoint")
+}
+
+fn event_type_from_row(r: &Row<'_>) -> rusqlite::Result<CustomEventType> {
+    let schema: Option<String> = r.get(2)?;
+    let schema = schema
+        .map(|s| serde_json::from_str(&s))
+        .transpose()
+        .map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, Box::new(e))
+        })?;
+    Ok(CustomEventType {
+        name: r.get(0)?,
+        description: r.get(1)?,
+        schema,
+        created_at: Timestamp(r.get(3)?),
+        updated_at: Timestamp(r.get(4)?),
+    })
 }
 
 fn account_from_row(r: &Row<'_>) -> rusqlite::Result<Account> {
