@@ -46,8 +46,9 @@ pub fn describe(errors: &[FieldError]) -> String {
         .join("; ")
 }
 
-/// Compiled schemas of accounts' own event types, by (account, name, version).
-type CompiledSchemas = HashMap<(String, String, i64), Arc<jsonschema::Validator>>;
+/// Compiled schemas of accounts' own event types, by (account, name, digest of the schema):
+/// a changed schema is a new entry whatever the clocks of the nodes that changed it.
+type CompiledSchemas = HashMap<(String, String, String), Arc<jsonschema::Validator>>;
 
 /// The ingest service.
 #[derive(Clone)]
@@ -121,9 +122,7 @@ impl Ingest {
             };
             let schema = match &t.schema {
                 None => None,
-                Some(schema) => {
-                    Some(self.compiled_schema(&account.id, &t.name, t.updated_at.0, schema)?)
-                }
+                Some(schema) => Some(self.compiled_schema(&account.id, &t.name, schema)?),
             };
             custom.insert(name.clone(), schema);
         }
@@ -247,15 +246,18 @@ impl Ingest {
 }
 
 impl Ingest {
-    /// The compiled schema of an account's event type at `version`, compiled once.
+    /// The compiled schema of an account's event type, compiled once per distinct schema.
     fn compiled_schema(
         &self,
         account_id: &str,
         name: &str,
-        version: i64,
         schema: &serde_json::Value,
     ) -> Result<Arc<jsonschema::Validator>, IngestError> {
-        let key = (account_id.to_owned(), name.to_owned(), version);
+        let digest: String = Sha256::digest(schema.to_string().as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let key = (account_id.to_owned(), name.to_owned(), digest);
         if let Some(v) = self.compiled.lock().ok().and_then(|m| m.get(&key).cloned()) {
             return Ok(v);
         }

@@ -165,6 +165,7 @@ pub async fn update(
     let Some(mut t) = state.store.get_event_type(account.id.clone(), name).await? else {
         return Err(ApiError::not_found("event type of this account"));
     };
+    let read_at = t.updated_at;
     if let Some(d) = description {
         t.description = d;
     }
@@ -174,7 +175,7 @@ pub async fn update(
     t.updated_at = Timestamp(Timestamp::now().0.max(t.updated_at.0 + 1));
     state
         .store
-        .update_event_type(account.id, t)
+        .update_event_type(account.id, t, read_at)
         .await?
         .map(Json)
         .ok_or_else(|| ApiError::not_found("event type of this account"))

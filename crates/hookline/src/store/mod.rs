@@ -271,13 +271,16 @@ impl Store {
         on_engine!(self, s => s.get_event_type(account_id, name).await)
     }
 
-    /// Replaces the description and schema of an account's event type.
+    /// Replaces the description and schema of an account's event type, if it is still at
+    /// version `read_at` (its `updated_at` when read): a change made meanwhile is a
+    /// [`StoreError::Conflict`], never silently undone. `None`: no such type.
     pub async fn update_event_type(
         &self,
         account_id: String,
         t: CustomEventType,
+        read_at: Timestamp,
     ) -> Result<Option<CustomEventType>, StoreError> {
-        on_engine!(self, s => s.update_event_type(account_id, t).await)
+        on_engine!(self, s => s.update_event_type(account_id, t, read_at).await)
     }
 
     /// Removes an account's event type; `false` if there was none.

@@ -703,6 +703,7 @@ impl PgStore {
         &self,
         account_id: String,
         t: CustomEventType,
+        read_at: Timestamp,
     ) -> Result<Option<CustomEventType>, StoreError> {
         let schema = t
             .schema
@@ -712,18 +713,28 @@ impl PgStore {
             .ctx("encoding a schema")?;
         let n = sqlx::query(
             "UPDATE event_types SET description = $3, schema = $4, updated_at = $5
-             WHERE account_id = $1 AND name = $2",
+             WHERE account_id = $1 AND name = $2 AND updated_at = $6",
         )
-        .bind(account_id)
+        .bind(&account_id)
         .bind(&t.name)
         .bind(&t.description)
         .bind(schema)
         .bind(t.updated_at.0)
+        .bind(read_at.0)
         .execute(&self.pool)
         .await
         .ctx("updating an event type")?
         .rows_affected();
-        Ok((n == 1).then_some(t))
+        if n == 1 {
+            return Ok(Some(t));
+        }
+        match self.get_event_type(account_id, t.name.clone()).await? {
+            Some(_) => Err(StoreError::Conflict(format!(
+                "the event type {:?} changed meanwhile; read it again",
+                t.name
+            ))),
+            None => Ok(None),
+        }
     }
 
     pub async fn delete_event_type(

@@ -888,6 +888,7 @@ impl SqliteStore {
         &self,
         account_id: String,
         t: CustomEventType,
+        read_at: Timestamp,
     ) -> Result<Option<CustomEventType>, StoreError> {
         self.write(move |c| {
             let schema = t
@@ -899,11 +900,35 @@ impl SqliteStore {
             let n = c
                 .execute(
                     "UPDATE event_types SET description = ?3, schema = ?4, updated_at = ?5
-                     WHERE account_id = ?1 AND name = ?2",
-                    params![account_id, t.name, t.description, schema, t.updated_at.0],
+                     WHERE account_id = ?1 AND name = ?2 AND updated_at = ?6",
+                    params![
+                        account_id,
+                        t.name,
+                        t.description,
+                        schema,
+                        t.updated_at.0,
+                        read_at.0
+                    ],
                 )
                 .ctx("updating an event type")?;
-            Ok((n == 1).then_some(t))
+            if n == 1 {
+                return Ok(Some(t));
+            }
+            let exists: Option<i64> = c
+                .query_row(
+                    "SELECT updated_at FROM event_types WHERE account_id = ?1 AND name = ?2",
+                    params![account_id, t.name],
+                    |r| r.get(0),
+                )
+                .optional()
+                .ctx("reading an event type")?;
+            match exists {
+                Some(_) => Err(StoreError::Conflict(format!(
+                    "the event type {:?} changed meanwhile; read it again",
+                    t.name
+                ))),
+                None => Ok(None),
+            }
         })
         .await
     }
