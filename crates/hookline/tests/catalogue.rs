@@ -213,6 +213,10 @@ async fn custom_event_types_end_to_end(engine: Engine) {
             "schema",
         ),
         (json!({"name": "order.paid", "schema": [1]}), "schema"),
+        (
+            json!({"name": "order.paid", "description": "a\u{0}b"}),
+            "description",
+        ),
     ] {
         let (status, b) = s.post("/v1/event-types", body).await;
         assert_eq!(status, 422, "{b}");

@@ -406,12 +406,19 @@ async fn check_event_types(
     Ok(out)
 }
 
-fn check_description(d: Option<String>) -> Result<String, ApiError> {
+/// A description: at most [`MAX_DESCRIPTION`] characters, no NUL (which no database text
+/// column takes alike).
+pub(super) fn check_description(d: Option<String>) -> Result<String, ApiError> {
     let d = d.unwrap_or_default();
     if d.chars().count() > MAX_DESCRIPTION {
         return Err(ApiError::unprocessable(format!(
             "description: longer than {MAX_DESCRIPTION} characters"
         )));
+    }
+    if d.contains('\0') {
+        return Err(ApiError::unprocessable(
+            "description: must not contain NUL characters",
+        ));
     }
     Ok(d)
 }

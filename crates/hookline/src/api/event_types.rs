@@ -3,6 +3,7 @@
 //! removes here.
 
 use super::AppState;
+use super::endpoints::check_description;
 use super::error::ApiError;
 use super::extract::{Auth, JsonBody};
 use crate::catalogue::{EventType, compile, is_custom_name};
@@ -13,9 +14,6 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
-
-/// The longest description of an event type.
-const MAX_DESCRIPTION: usize = 500;
 
 #[derive(Serialize, ToSchema)]
 pub struct EventTypes {
@@ -47,16 +45,6 @@ pub struct UpdateEventType {
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<Value>>, D::Error> {
     let v: Value = Deserialize::deserialize(d)?;
     Ok(Some(if v.is_null() { None } else { Some(v) }))
-}
-
-fn check_description(d: Option<String>) -> Result<String, ApiError> {
-    let d = d.unwrap_or_default();
-    if d.chars().count() > MAX_DESCRIPTION {
-        return Err(ApiError::unprocessable(format!(
-            "description: longer than {MAX_DESCRIPTION} characters"
-        )));
-    }
-    Ok(d)
 }
 
 fn check_schema(schema: &Option<Value>) -> Result<(), ApiError> {
