@@ -5,8 +5,9 @@
 //!
 //! Two engines behind one type, [`Store`]: embedded SQLite ([`sqlite::SqliteStore`], the
 //! default: one writer thread commits whatever is queued in one transaction) and PostgreSQL
-//! ([`postgres::PgStore`]: a transaction per operation on a connection pool). Both answer a
-//! write only once its commit is durable, and both keep the same rules (see ARCHITECTURE.md).
+//! ([`postgres::PgStore`]: a connection pool; concurrent ingests batched into one statement,
+//! other operations a transaction each; several nodes may share it). Both answer a write
+//! only once its commit is durable, and both keep the same rules (see ARCHITECTURE.md).
 
 pub mod postgres;
 pub mod sqlite;
