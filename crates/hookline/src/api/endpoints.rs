@@ -78,6 +78,7 @@ pub async fn create(
     JsonBody(body): JsonBody<CreateEndpoint>,
 ) -> Result<(StatusCode, Json<CreatedEndpoint>), ApiError> {
     let url = check_url(&body.url, &state.rules)?;
+    check_target(&url, &state.rules).await?;
     let event_types = check_event_types(&state, &account.id, &body.event_types).await?;
     let description = check_description(body.description)?;
     let headers = check_headers(body.headers.unwrap_or_default())?;
@@ -154,6 +155,9 @@ pub async fn update(
     JsonBody(body): JsonBody<UpdateEndpoint>,
 ) -> Result<Json<Endpoint>, ApiError> {
     let url = body.url.map(|u| check_url(&u, &state.rules)).transpose()?;
+    if let Some(u) = &url {
+        check_target(u, &state.rules).await?;
+    }
     let event_types = match &body.event_types {
         Some(t) => Some(check_event_types(&state, &account.id, t).await?),
         None => None,
@@ -361,6 +365,57 @@ fn check_url(text: &str, rules: &UrlRules) -> Result<String, ApiError> {
         .parse::<http::Uri>()
         .map_err(|e| bad(&format!("not a valid request URI ({e})")))?;
     Ok(url.to_string())
+}
+
+/// Refuses a URL whose host is, or resolves to, an address of this machine or its private
+/// networks (see `dispatch::targets`), unless private targets are allowed.
+async fn check_target(url: &str, rules: &UrlRules) -> Result<(), ApiError> {
+    use crate::dispatch::targets::{forbidden, local_name};
+    if rules.allow_private_targets {
+        return Ok(());
+    }
+    let bad = |why: String| ApiError::unprocessable(format!("url: {why}"));
+    let parsed = url::Url::parse(url).map_err(|e| bad(format!("not a valid URL ({e})")))?;
+    let port = parsed.port_or_known_default().unwrap_or(443);
+    match parsed.host() {
+        Some(url::Host::Ipv4(ip)) => {
+            if let Some(why) = forbidden(ip.into()) {
+                return Err(bad(format!(
+                    "{ip} is {why}; webhooks go to public addresses"
+                )));
+            }
+        }
+        Some(url::Host::Ipv6(ip)) => {
+            if let Some(why) = forbidden(ip.into()) {
+                return Err(bad(format!(
+                    "{ip} is {why}; webhooks go to public addresses"
+                )));
+            }
+        }
+        Some(url::Host::Domain(name)) => {
+            if local_name(name) {
+                return Err(bad(format!("{name:?} names this machine")));
+            }
+            // What the name resolves to now. (A name that does not resolve yet is taken.)
+            let lookup = tokio::time::timeout(
+                std::time::Duration::from_secs(3),
+                tokio::net::lookup_host((name, port)),
+            )
+            .await;
+            if let Ok(Ok(addrs)) = lookup {
+                for a in addrs {
+                    if let Some(why) = forbidden(a.ip()) {
+                        return Err(bad(format!(
+                            "{name:?} resolves to {}, {why}; webhooks go to public addresses",
+                            a.ip()
+                        )));
+                    }
+                }
+            }
+        }
+        None => return Err(bad("has no host".into())),
+    }
+    Ok(())
 }
 
 /// The types an endpoint subscribes to: built-in ones and the account's own, or `*`.

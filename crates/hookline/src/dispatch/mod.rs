@@ -25,6 +25,7 @@
 pub mod cluster;
 pub mod retry;
 pub mod sender;
+pub mod targets;
 
 use crate::model::{Attempt, Endpoint, Timestamp};
 use crate::store::{AttemptRecord, DueDelivery, Outcome, RetryRefusal, Store, StoreError};
