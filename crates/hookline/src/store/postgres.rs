@@ -1587,28 +1587,13 @@ async fn run_ingest_batch(pool: &PgPool, node: &str, jobs: Vec<IngestJob>) {
         Err(e) => return fail_batch(callers, &e),
     };
     // Per job, per event: the deliveries to create.
-    let mut plans: Vec<Vec<Vec<NewDelivery>>> = Vec::with_capacity(requests.len());
-    for (job, (admit, _, _)) in requests.iter().zip(callers.iter_mut()) {
-        let subs = subscribers.get(&job.account_id);
-        let mut per_event = Vec::with_capacity(job.events.len());
-        for ev in &job.events {
-            let mut deliveries = Vec::new();
-            for ep in subs
-                .into_iter()
-                .flatten()
-                .filter(|e| e.subscribes_to(&ev.event_type))
-            {
-                deliveries.push(NewDelivery {
-                    id: new_id("dlv"),
-                    row: 0,
-                    endpoint: ep.clone(),
-                    claimed: admit(&ep.id),
-                });
-            }
-            per_event.push(deliveries);
-        }
-        plans.push(per_event);
-    }
+    let plans: Vec<Vec<Vec<NewDelivery>>> = requests
+        .iter()
+        .zip(callers.iter_mut())
+        .map(|(job, (admit, _, _))| {
+            plan_deliveries(&job.events, subscribers.get(&job.account_id), admit)
+        })
+        .collect();
     let rows = match write_ingest_batch(&mut conn, node, &requests, &plans).await {
         Ok(rows) => rows,
         Err(e) => {
@@ -1641,29 +1626,7 @@ async fn run_ingest_batch(pool: &PgPool, node: &str, jobs: Vec<IngestJob>) {
         }
     };
     for ((job, per_event), (_, on_done, reply)) in requests.into_iter().zip(plans).zip(callers) {
-        let mut out = Vec::with_capacity(job.events.len());
-        for (ev, deliveries) in job.events.into_iter().zip(per_event) {
-            // A delivery not created (its endpoint was disabled meanwhile) is left out.
-            let deliveries = deliveries
-                .into_iter()
-                .filter_map(|mut d| {
-                    rows.get(&d.id).map(|&row| {
-                        d.row = row;
-                        d
-                    })
-                })
-                .collect();
-            out.push(AcceptedEvent {
-                event: Arc::new(Event {
-                    id: ev.id,
-                    event_type: ev.event_type,
-                    created_at: ev.created_at,
-                    data: ev.data,
-                }),
-                payload: ev.payload,
-                deliveries,
-            });
-        }
+        let out = accepted_events(job.events, per_event, &rows);
         on_done.run(Ok(&out));
         let _ = reply.send(Ok(out));
     }
@@ -1694,6 +1657,63 @@ async fn release_uncertain(pool: &PgPool, node: &str, rows: &[(i64, i64)]) {
     if let Err(e) = released {
         tracing::error!(error = %e, "after a failed commit, giving back its claims failed too; a restart of this node releases them");
     }
+}
+
+/// Per event, one delivery for each of `subscribers` that takes its type; `admit` says
+/// whether the dispatcher takes it at once.
+fn plan_deliveries(
+    events: &[NewEvent],
+    subscribers: Option<&Vec<Arc<Endpoint>>>,
+    admit: &mut (dyn FnMut(&str) -> bool + Send),
+) -> Vec<Vec<NewDelivery>> {
+    events
+        .iter()
+        .map(|ev| {
+            subscribers
+                .into_iter()
+                .flatten()
+                .filter(|e| e.subscribes_to(&ev.event_type))
+                .map(|ep| NewDelivery {
+                    id: new_id("dlv"),
+                    row: 0,
+                    endpoint: ep.clone(),
+                    claimed: admit(&ep.id),
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// The committed events with the deliveries the statement created (`rows`: delivery id to
+/// row number); a planned delivery not created (its endpoint was disabled meanwhile) is left
+/// out.
+fn accepted_events(
+    events: Vec<NewEvent>,
+    planned: Vec<Vec<NewDelivery>>,
+    rows: &HashMap<String, i64>,
+) -> Vec<AcceptedEvent> {
+    events
+        .into_iter()
+        .zip(planned)
+        .map(|(ev, deliveries)| AcceptedEvent {
+            event: Arc::new(Event {
+                id: ev.id,
+                event_type: ev.event_type,
+                created_at: ev.created_at,
+                data: ev.data,
+            }),
+            payload: ev.payload,
+            deliveries: deliveries
+                .into_iter()
+                .filter_map(|mut d| {
+                    rows.get(&d.id).map(|&row| {
+                        d.row = row;
+                        d
+                    })
+                })
+                .collect(),
+        })
+        .collect()
 }
 
 /// The transaction of an ingest request under an idempotency key.
@@ -1753,24 +1773,7 @@ async fn once_tx(
         // Expired: this request takes the key over.
     }
     let subscribers = load_subscribers(&mut tx, &[account_id]).await?;
-    let subs = subscribers.get(account_id);
-    let mut per_event = Vec::with_capacity(events.len());
-    for ev in &events {
-        let mut deliveries = Vec::new();
-        for ep in subs
-            .into_iter()
-            .flatten()
-            .filter(|e| e.subscribes_to(&ev.event_type))
-        {
-            deliveries.push(NewDelivery {
-                id: new_id("dlv"),
-                row: 0,
-                endpoint: ep.clone(),
-                claimed: admit(&ep.id),
-            });
-        }
-        per_event.push(deliveries);
-    }
+    let per_event = plan_deliveries(&events, subscribers.get(account_id), admit);
     let request = [IngestRequest {
         account_id: account_id.to_owned(),
         events,
@@ -1779,28 +1782,7 @@ async fn once_tx(
     let rows = write_ingest_batch(&mut tx, node, &request, &plans).await?;
     let [IngestRequest { events, .. }] = request;
     let [per_event] = plans;
-    let mut out = Vec::with_capacity(events.len());
-    for (ev, deliveries) in events.into_iter().zip(per_event) {
-        let deliveries = deliveries
-            .into_iter()
-            .filter_map(|mut d| {
-                rows.get(&d.id).map(|&row| {
-                    d.row = row;
-                    d
-                })
-            })
-            .collect();
-        out.push(AcceptedEvent {
-            event: Arc::new(Event {
-                id: ev.id,
-                event_type: ev.event_type,
-                created_at: ev.created_at,
-                data: ev.data,
-            }),
-            payload: ev.payload,
-            deliveries,
-        });
-    }
+    let out = accepted_events(events, per_event, &rows);
     let summary: Vec<AcceptedSummary> = out.iter().map(AcceptedSummary::from).collect();
     sqlx::query(
         "UPDATE idempotency_keys SET request_hash = $3, accepted = $4, created_at = $5
