@@ -20,6 +20,8 @@ fn endpoint(account_id: &str, n: usize) -> Endpoint {
         rate_limit_per_sec: None,
         enabled: true,
         disabled_reason: None,
+        previous_secret: None,
+        previous_secret_expires_at: None,
         created_at: now,
         updated_at: now,
         secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
@@ -70,7 +72,7 @@ async fn setup(dir: &std::path::Path, fanout: usize) -> (Store, String) {
         .unwrap();
     for n in 0..fanout {
         store
-            .insert_endpoint(endpoint(&account.id, n))
+            .insert_endpoint(endpoint(&account.id, n), u32::MAX)
             .await
             .unwrap();
     }

@@ -2,9 +2,12 @@
 //!
 //! A key is `hk_` followed by 32 random bytes in URL-safe base64. It is shown once; the store
 //! keeps only its SHA-256 (a fast hash is right for 256 random bits: there is nothing to
-//! brute-force) and its first characters, to tell keys apart in listings.
+//! brute-force) and its first characters, to tell keys apart in listings. A presented key is
+//! looked up by its hash, so the comparison never touches the key itself: timing reveals at
+//! most something about a hash nobody can invert. Keys are revoked, never deleted, so a
+//! listing shows what existed and when it stopped.
 
-use crate::model::{Account, Plan};
+use crate::model::{Account, ApiKey, Plan};
 use crate::store::{Store, StoreError};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -33,15 +36,22 @@ pub async fn create(
     name: &str,
     plan: Plan,
 ) -> Result<(Account, String), StoreError> {
-    let name = name.trim();
-    if name.is_empty() || name.len() > 200 {
-        return Err(StoreError::Conflict(
-            "an account name must be 1 to 200 characters".into(),
-        ));
-    }
+    let name = check_name(name).map_err(StoreError::Conflict)?;
     let account = store.create_account(name.to_owned(), plan).await?;
-    let key = issue_key_for(store, &account).await?;
+    let (_, key) = issue_key_for(store, &account.id).await?;
     Ok((account, key))
+}
+
+/// An account name, trimmed: 1 to 200 characters, no control characters.
+pub fn check_name(name: &str) -> Result<&str, String> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 200 {
+        return Err("an account name must be 1 to 200 characters".into());
+    }
+    if name.chars().any(char::is_control) {
+        return Err("an account name must not contain control characters".into());
+    }
+    Ok(name)
 }
 
 /// Issues one more key for the account named `name`; `None` when there is none.
@@ -49,18 +59,25 @@ pub async fn issue_key(store: &Store, name: &str) -> Result<Option<(Account, Str
     let Some(account) = store.account_by_name(name.trim().to_owned()).await? else {
         return Ok(None);
     };
-    let key = issue_key_for(store, &account).await?;
+    let (_, key) = issue_key_for(store, &account.id).await?;
     Ok(Some((account, key)))
 }
 
-async fn issue_key_for(store: &Store, account: &Account) -> Result<String, StoreError> {
+/// Issues a key for `account_id`: its record, and the key itself (to show once).
+pub async fn issue_key_for(
+    store: &Store,
+    account_id: &str,
+) -> Result<(ApiKey, String), StoreError> {
     let key = generate_key();
     let prefix: String = key.chars().take(10).collect();
-    store
-        .add_api_key(account.id.clone(), hash_api_key(&key), prefix)
+    let record = store
+        .add_api_key(account_id.to_owned(), hash_api_key(&key), prefix)
         .await?;
-    Ok(key)
+    Ok((record, key))
 }
+
+/// The most live keys an account may hold at once.
+pub const MAX_LIVE_KEYS: usize = 50;
 
 #[cfg(test)]
 mod tests {

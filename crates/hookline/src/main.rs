@@ -3,9 +3,9 @@
 use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 use hookline::dispatch::retry::{RetrySchedule, parse_duration};
-use hookline::model::Plan;
+use hookline::model::{Limits, Plan};
 use hookline::server::{self, Config};
-use hookline::store::{Location, Store};
+use hookline::store::{Location, Sealer, Store};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -30,9 +30,14 @@ struct Cli {
 enum Command {
     /// Runs the API and the dispatcher.
     Serve(ServeArgs),
-    /// Creates accounts and issues API keys.
+    /// Creates accounts, issues and revokes API keys.
     #[command(subcommand)]
     Account(AccountCommand),
+    /// Prints a new random encryption key for HOOKLINE_ENCRYPTION_KEY.
+    Keygen,
+    /// Endpoint secrets at rest.
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
     /// Measures Hookline end to end over loopback, against a raw reference client.
     Bench(hookline::bench::BenchArgs),
     /// Brings the database's schema up to date (`serve` also does this at start).
@@ -84,6 +89,24 @@ struct ServeArgs {
     /// How long events, their deliveries and attempts are kept.
     #[arg(long, env = "HOOKLINE_RETENTION", default_value = "30d", value_parser = parse_duration)]
     retention: Duration,
+    /// Free plan limits, e.g. `ingest=100` (Free never includes webhooks).
+    #[arg(long, env = "HOOKLINE_PLAN_FREE", default_value = "")]
+    plan_free: String,
+    /// Pro plan limits, e.g. `endpoints=100,ingest=2000` (`ingest=none`: unlimited).
+    #[arg(long, env = "HOOKLINE_PLAN_PRO", default_value = "")]
+    plan_pro: String,
+    /// Business plan limits, e.g. `endpoints=1000,ingest=20000`.
+    #[arg(long, env = "HOOKLINE_PLAN_BUSINESS", default_value = "")]
+    plan_business: String,
+    /// Turns the admin API (`/admin/v1`) on, with this bearer token.
+    #[arg(long, env = "HOOKLINE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Encrypts endpoint secrets at rest: base64 of 32 random bytes (`hookline keygen`).
+    #[arg(long, env = "HOOKLINE_ENCRYPTION_KEY", hide_env_values = true)]
+    encryption_key: Option<String>,
+    /// How long a rotated-out endpoint secret keeps signing beside the new one.
+    #[arg(long, env = "HOOKLINE_SECRET_OVERLAP", default_value = "24h", value_parser = parse_duration)]
+    secret_overlap: Duration,
     /// How long an idempotency key answers repeats of its request.
     #[arg(long, env = "HOOKLINE_IDEMPOTENCY_WINDOW", default_value = "24h", value_parser = parse_duration)]
     idempotency_window: Duration,
@@ -109,6 +132,51 @@ enum AccountCommand {
         #[command(flatten)]
         storage: StorageArgs,
     },
+    /// Lists an account's API keys (ids and first characters; keys are never stored).
+    Keys {
+        name: String,
+        #[command(flatten)]
+        storage: StorageArgs,
+    },
+    /// Revokes one of an account's API keys, by id (`key_…`) or by its first characters.
+    Revoke {
+        name: String,
+        key: String,
+        #[command(flatten)]
+        storage: StorageArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum SecretsCommand {
+    /// Re-encrypts every endpoint secret under a new key: reads them with
+    /// HOOKLINE_ENCRYPTION_KEY (none: stored in clear), writes them under --new-key (none:
+    /// in clear). Stop every `hookline serve` on the database first.
+    Reencrypt {
+        /// The key secrets are encrypted under now.
+        #[arg(long, env = "HOOKLINE_ENCRYPTION_KEY", hide_env_values = true)]
+        encryption_key: Option<String>,
+        /// The key to encrypt under from now on; `--decrypt` stores them in clear instead.
+        #[arg(
+            long,
+            env = "HOOKLINE_NEW_ENCRYPTION_KEY",
+            hide_env_values = true,
+            required_unless_present = "decrypt"
+        )]
+        new_key: Option<String>,
+        /// Store the secrets in clear (turning encryption off).
+        #[arg(long, conflicts_with = "new_key")]
+        decrypt: bool,
+        #[command(flatten)]
+        storage: StorageArgs,
+    },
+}
+
+fn sealer(key: Option<&str>) -> anyhow::Result<Sealer> {
+    match key.map(str::trim).filter(|k| !k.is_empty()) {
+        None => Ok(Sealer::none()),
+        Some(k) => Sealer::from_base64(k).map_err(|e| anyhow::anyhow!("{e}")),
+    }
 }
 
 fn parse_plan(text: &str) -> Result<Plan, String> {
@@ -156,6 +224,36 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Serve(args) => serve(args).await,
             Command::Bench(args) => hookline::bench::run(args).await.map(|_| ()),
+            Command::Keygen => {
+                println!("{}", Sealer::generate_key());
+                Ok(())
+            }
+            Command::Secrets(SecretsCommand::Reencrypt {
+                encryption_key,
+                new_key,
+                decrypt: _,
+                storage,
+            }) => {
+                let location = storage.location()?;
+                // On SQLite the serve lock proves no server is running; on PostgreSQL the
+                // operator stops the nodes (documented).
+                let lock = Store::lock(&location).await?;
+                let from = sealer(encryption_key.as_deref())?;
+                let to = sealer(new_key.as_deref())?;
+                let store = Store::open_sealed(&location, from)
+                    .await
+                    .with_context(|| format!("opening the store at {}", location.describe()))?;
+                let n = store
+                    .reseal_secrets(to.clone())
+                    .await
+                    .context("re-encrypting endpoint secrets (nothing was changed)")?;
+                lock.release();
+                match to.key_id() {
+                    Some(id) => println!("{n} endpoints re-encrypted under key {id}"),
+                    None => println!("{n} endpoints' secrets are now stored in clear"),
+                }
+                Ok(())
+            }
             Command::Migrate { storage } => {
                 let location = storage.location()?;
                 open_store(&storage).await?;
@@ -189,6 +287,47 @@ fn main() -> anyhow::Result<()> {
                     None => bail!("no account named {name:?}"),
                 }
             }
+            Command::Account(AccountCommand::Keys { name, storage }) => {
+                let store = open_store(&storage).await?;
+                let Some(account) = store.account_by_name(name.trim().to_owned()).await? else {
+                    bail!("no account named {name:?}");
+                };
+                for k in store.list_api_keys(account.id).await? {
+                    let state = match k.revoked_at {
+                        Some(t) => format!("revoked {t}"),
+                        None => "live".to_owned(),
+                    };
+                    println!("{}  {}…  created {}  {state}", k.id, k.prefix, k.created_at);
+                }
+                Ok(())
+            }
+            Command::Account(AccountCommand::Revoke { name, key, storage }) => {
+                let store = open_store(&storage).await?;
+                let Some(account) = store.account_by_name(name.trim().to_owned()).await? else {
+                    bail!("no account named {name:?}");
+                };
+                let keys = store.list_api_keys(account.id.clone()).await?;
+                let matching: Vec<_> = keys
+                    .iter()
+                    .filter(|k| k.id == key || (key.len() >= 6 && k.prefix.starts_with(&key)))
+                    .collect();
+                let target = match matching.as_slice() {
+                    [one] => one.id.clone(),
+                    [] => {
+                        bail!("account {name:?} has no key {key:?} (see `hookline account keys`)")
+                    }
+                    _ => bail!("{key:?} matches several keys of {name:?}; give the key's id"),
+                };
+                let revoked = store
+                    .revoke_api_key(account.id, target, false)
+                    .await?
+                    .context("the key vanished while being revoked")?;
+                println!(
+                    "revoked {} ({}…); running servers stop taking it within 5 s",
+                    revoked.id, revoked.prefix
+                );
+                Ok(())
+            }
         }
     })
 }
@@ -203,6 +342,24 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.dispatch.lease = args.lease;
     config.idempotency_window = args.idempotency_window;
     config.retention = args.retention;
+    let base = Limits::default();
+    config.limits = Limits {
+        free: base
+            .free
+            .with(&args.plan_free)
+            .map_err(|e| anyhow::anyhow!("--plan-free: {e}"))?,
+        pro: base
+            .pro
+            .with(&args.plan_pro)
+            .map_err(|e| anyhow::anyhow!("--plan-pro: {e}"))?,
+        business: base
+            .business
+            .with(&args.plan_business)
+            .map_err(|e| anyhow::anyhow!("--plan-business: {e}"))?,
+    };
+    config.admin_token = args.admin_token.filter(|t| !t.trim().is_empty());
+    config.sealer = sealer(args.encryption_key.as_deref()).context("HOOKLINE_ENCRYPTION_KEY")?;
+    config.secret_overlap = args.secret_overlap;
     config.dispatch.concurrency_per_endpoint = args.endpoint_concurrency.max(1);
     config.url_rules.allow_insecure_urls = args.allow_insecure_urls;
     config.url_rules.allow_private_targets = args.allow_private_targets;

@@ -87,6 +87,100 @@ impl Plan {
     }
 }
 
+/// What a plan allows. Limits are per account.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PlanLimits {
+    /// Whether the plan includes webhooks (endpoints, deliveries) at all.
+    pub webhooks: bool,
+    /// Endpoints an account may have at once.
+    pub max_endpoints: u32,
+    /// Events an account may ingest per second (per node), `None` for no limit.
+    pub ingest_per_sec: Option<u32>,
+}
+
+impl PlanLimits {
+    /// These limits changed by `spec`, e.g. `endpoints=100,ingest=2000` (`ingest=none`: no
+    /// limit); fields not named stay as they are.
+    pub fn with(mut self, spec: &str) -> Result<Self, String> {
+        for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (key, value) = part
+                .split_once('=')
+                .ok_or_else(|| format!("{part:?}: expected name=value"))?;
+            let number = |v: &str| {
+                v.trim()
+                    .parse::<u32>()
+                    .map_err(|_| format!("{key}: {v:?} is not a whole number"))
+            };
+            match key.trim() {
+                "endpoints" => self.max_endpoints = number(value)?,
+                "ingest" if value.trim() == "none" => self.ingest_per_sec = None,
+                "ingest" => {
+                    let n = number(value)?;
+                    if n == 0 {
+                        return Err("ingest: at least 1 event a second, or none".into());
+                    }
+                    self.ingest_per_sec = Some(n);
+                }
+                other => {
+                    return Err(format!("{other:?} is not a plan limit (endpoints, ingest)"));
+                }
+            }
+        }
+        Ok(self)
+    }
+}
+
+/// The limits of every plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub free: PlanLimits,
+    pub pro: PlanLimits,
+    pub business: PlanLimits,
+}
+
+impl Limits {
+    pub fn of(&self, plan: Plan) -> &PlanLimits {
+        match plan {
+            Plan::Free => &self.free,
+            Plan::Pro => &self.pro,
+            Plan::Business => &self.business,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            free: PlanLimits {
+                webhooks: false,
+                max_endpoints: 0,
+                ingest_per_sec: Some(100),
+            },
+            pro: PlanLimits {
+                webhooks: true,
+                max_endpoints: 100,
+                ingest_per_sec: Some(2_000),
+            },
+            business: PlanLimits {
+                webhooks: true,
+                max_endpoints: 1_000,
+                ingest_per_sec: Some(20_000),
+            },
+        }
+    }
+}
+
+/// An API key as listed: never the key itself, which is shown once and stored as a hash.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct ApiKey {
+    /// `key_…`: names the key for revocation.
+    pub id: String,
+    /// The key's first characters, to tell keys apart.
+    pub prefix: String,
+    pub created_at: Timestamp,
+    pub revoked_at: Option<Timestamp>,
+}
+
 /// A tenant. Every other record belongs to exactly one account.
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct Account {
@@ -117,6 +211,12 @@ pub struct Endpoint {
     /// The signing secret (`whsec_…`). Never serialised with the endpoint itself.
     #[serde(skip)]
     pub secret: String,
+    /// The secret before the last rotation, which keeps signing beside `secret` until
+    /// `previous_secret_expires_at`.
+    #[serde(skip)]
+    pub previous_secret: Option<String>,
+    /// Until when the previous secret still signs (`null` when there is none).
+    pub previous_secret_expires_at: Option<Timestamp>,
 }
 
 impl Endpoint {

@@ -3,7 +3,8 @@
 use crate::api::{self, AppState, UrlRules};
 use crate::dispatch::{DispatchConfig, Dispatcher};
 use crate::ingest::Ingest;
-use crate::store::{Location, Store};
+use crate::model::Limits;
+use crate::store::{Location, Sealer, Store};
 use anyhow::Context as _;
 use axum::serve::ListenerExt as _;
 use std::path::PathBuf;
@@ -31,6 +32,14 @@ pub struct Config {
     pub retention: Duration,
     /// How often retention sweeps.
     pub retention_sweep: Duration,
+    /// What each plan allows.
+    pub limits: Limits,
+    /// `HOOKLINE_ADMIN_TOKEN`: the admin API is off without it.
+    pub admin_token: Option<String>,
+    /// Seals endpoint secrets at rest (`HOOKLINE_ENCRYPTION_KEY`); no key stores them clear.
+    pub sealer: Sealer,
+    /// How long a rotated-out secret keeps signing beside the new one.
+    pub secret_overlap: Duration,
 }
 
 impl Config {
@@ -50,6 +59,10 @@ impl Config {
             idempotency_window: Duration::from_secs(24 * 3600),
             retention: Duration::from_secs(30 * 24 * 3600),
             retention_sweep: Duration::from_secs(60),
+            limits: Limits::default(),
+            admin_token: None,
+            sealer: Sealer::none(),
+            secret_overlap: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -62,9 +75,21 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let where_ = config.location.describe();
     let lock = Store::lock(&config.location).await?;
-    let store = Store::open(&config.location)
+    let store = Store::open_sealed(&config.location, config.sealer.clone())
         .await
         .with_context(|| format!("opening the store at {where_}"))?;
+    // Every stored secret must open with the key given (a wrong or missing key stops the
+    // start here, not at the first delivery); with a key, secrets still in clear are sealed.
+    let sealed = store
+        .reseal_secrets(config.sealer.clone())
+        .await
+        .context("checking the stored endpoint secrets against HOOKLINE_ENCRYPTION_KEY")?;
+    if sealed > 0 {
+        tracing::info!(
+            endpoints = sealed,
+            "sealed endpoint secrets stored in clear"
+        );
+    }
     let engine = store.engine();
     if store.is_shared() {
         let floor =
@@ -117,6 +142,10 @@ pub async fn run(
         rules: Arc::new(config.url_rules.clone()),
         max_body_bytes: config.max_body_bytes,
         auth_cache: Arc::new(api::extract::AuthCache::new(AUTH_CACHE_TTL)),
+        limits: config.limits,
+        ingest_limiter: Default::default(),
+        admin_token: api::admin::AdminToken::new(config.admin_token.as_deref()),
+        secret_overlap: config.secret_overlap,
     });
     let app = api::router(state);
     let addr = listener

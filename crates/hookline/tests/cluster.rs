@@ -32,6 +32,9 @@ fn spawn_node(url: &str, port: u16, log: &Path) -> Serve {
         .args([
             "--allow-insecure-urls",
             "--allow-private-targets",
+            // The producers here load the server on purpose; no ingest rate.
+            "--plan-pro",
+            "ingest=none",
             "--retry-schedule",
             "200ms,500ms,1s,1s,1s",
             // A short lease, so that the takeover happens within the test: attempts of at

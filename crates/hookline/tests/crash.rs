@@ -39,6 +39,9 @@ fn spawn_serve(location: &Location, logs: &Path, port: u16, log: &str) -> Serve 
         .args([
             "--allow-insecure-urls",
             "--allow-private-targets",
+            // The producers here load the server on purpose; no ingest rate.
+            "--plan-pro",
+            "ingest=none",
             "--retry-schedule",
             "200ms,500ms,1s,1s,1s",
         ])

@@ -66,6 +66,14 @@ pub async fn retry(
     Auth(account): Auth,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<DeliveryDetail>), ApiError> {
+    if !state.limits.of(account.plan).webhooks {
+        state
+            .store
+            .get_delivery(account.id.clone(), id.clone())
+            .await?
+            .ok_or_else(|| ApiError::not_found("delivery"))?;
+        return Err(ApiError::plan_required("retrying deliveries"));
+    }
     match state
         .dispatcher
         .retry_now(account.id.clone(), id.clone())

@@ -77,6 +77,10 @@ pub async fn create(
     Auth(account): Auth,
     JsonBody(body): JsonBody<CreateEndpoint>,
 ) -> Result<(StatusCode, Json<CreatedEndpoint>), ApiError> {
+    let limits = *state.limits.of(account.plan);
+    if !limits.webhooks {
+        return Err(ApiError::plan_required("creating endpoints"));
+    }
     let url = check_url(&body.url, &state.rules)?;
     check_target(&url, &state.rules).await?;
     let event_types = check_event_types(&state, &account.id, &body.event_types).await?;
@@ -100,11 +104,16 @@ pub async fn create(
         rate_limit_per_sec,
         enabled: body.enabled.unwrap_or(true),
         disabled_reason: None,
+        previous_secret: None,
+        previous_secret_expires_at: None,
         created_at: now,
         updated_at: now,
         secret,
     };
-    let ep = state.store.insert_endpoint(ep).await?;
+    let ep = state
+        .store
+        .insert_endpoint(ep, limits.max_endpoints)
+        .await?;
     let secret = ep.secret.clone();
     Ok((
         StatusCode::CREATED,
@@ -154,6 +163,7 @@ pub async fn update(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<UpdateEndpoint>,
 ) -> Result<Json<Endpoint>, ApiError> {
+    require_webhooks(&state, &account, &id, "changing endpoints").await?;
     let url = body.url.map(|u| check_url(&u, &state.rules)).transpose()?;
     if let Some(u) = &url {
         check_target(u, &state.rules).await?;
@@ -229,6 +239,86 @@ pub async fn secret(
     Ok(Json(SecretBody { secret: ep.secret }))
 }
 
+/// A rotation: the new secret, and until when the previous one keeps signing beside it.
+#[derive(Serialize, ToSchema)]
+pub struct RotatedSecret {
+    pub secret: String,
+    pub previous_secret_expires_at: Timestamp,
+}
+
+/// The new secret of a rotation; generated when absent.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RotateSecret {
+    /// A `whsec_…` secret of 24 to 64 bytes.
+    pub secret: Option<String>,
+}
+
+/// Gives the endpoint a new secret. The previous one keeps signing beside it (requests carry
+/// both signatures) for the overlap (24 h by default), so receivers can switch at leisure.
+/// The body is optional.
+#[utoipa::path(post, path = "/v1/endpoints/{id}/secret/rotate", tag = "endpoints",
+    request_body(content = Option<RotateSecret>),
+    params(("id" = String, Path, description = "ep_…")), security(("api_key" = [])),
+    responses((status = 200, body = RotatedSecret), (status = 404, body = super::error::ErrorBody),
+        (status = 403, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)))]
+pub async fn rotate_secret(
+    State(state): State<AppState>,
+    Auth(account): Auth,
+    Path(id): Path<String>,
+    body: bytes::Bytes,
+) -> Result<Json<RotatedSecret>, ApiError> {
+    require_webhooks(&state, &account, &id, "rotating secrets").await?;
+    let body: RotateSecret = if body.iter().all(u8::is_ascii_whitespace) {
+        RotateSecret { secret: None }
+    } else {
+        super::extract::parse_json(&body)?
+    };
+    let secret = match body.secret {
+        Some(text) => Secret::parse(&text)
+            .map_err(|e| ApiError::unprocessable(format!("secret: {e}")))?
+            .to_string(),
+        None => generate_secret()?,
+    };
+    let until = Timestamp(Timestamp::now().0 + state.secret_overlap.as_millis() as i64);
+    let new_secret = secret.clone();
+    let ep = state
+        .store
+        .update_endpoint(account.id, id, move |ep| {
+            ep.previous_secret = Some(std::mem::replace(&mut ep.secret, new_secret));
+            ep.previous_secret_expires_at = Some(until);
+        })
+        .await?
+        .ok_or_else(|| ApiError::not_found("endpoint"))?;
+    state.dispatcher.endpoint_changed(&ep);
+    Ok(Json(RotatedSecret {
+        secret,
+        previous_secret_expires_at: until,
+    }))
+}
+
+/// `403` unless the account's plan includes webhooks; `404` first if there is no such
+/// endpoint (another account's ids are not found, whatever the plan).
+async fn require_webhooks(
+    state: &AppState,
+    account: &crate::model::Account,
+    id: &str,
+    what: &str,
+) -> Result<(), ApiError> {
+    if state.limits.of(account.plan).webhooks {
+        return Ok(());
+    }
+    if state
+        .store
+        .get_endpoint(account.id.clone(), id.to_owned())
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::not_found("endpoint"));
+    }
+    Err(ApiError::plan_required(what))
+}
+
 /// What the endpoint answered to a test `ping`.
 #[derive(Serialize, ToSchema)]
 pub struct TestResult {
@@ -254,6 +344,7 @@ pub async fn test(
     Auth(account): Auth,
     Path(id): Path<String>,
 ) -> Result<Json<TestResult>, ApiError> {
+    require_webhooks(&state, &account, &id, "sending a test").await?;
     let ep = state
         .store
         .get_endpoint(account.id, id)

@@ -64,6 +64,20 @@ impl ApiError {
     pub fn unauthorized(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
     }
+    /// `403`: the account's plan does not include `what`.
+    pub fn plan_required(what: &str) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "plan_required",
+            format!("{what} needs the Pro or Business plan; this account is on Free"),
+        )
+    }
+    /// `429`: over the account's rate; try again in `wait`.
+    pub fn rate_limited(message: impl Into<String>, wait: std::time::Duration) -> Self {
+        let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message);
+        e.retry_after_secs = Some(wait.as_secs_f64().ceil().max(1.0) as u64);
+        e
+    }
     pub fn internal() -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -111,6 +125,9 @@ impl From<StoreError> for ApiError {
                 unavailable(&e, DB_UNAVAILABLE)
             }
             StoreError::Unavailable(_) => unavailable(&e, DB_UNAVAILABLE),
+            StoreError::LimitReached(msg) => {
+                ApiError::new(StatusCode::FORBIDDEN, "plan_limit_reached", msg)
+            }
             other => {
                 tracing::error!(error = %other, "store error");
                 ApiError::internal()

@@ -99,11 +99,32 @@ impl From<CreateEvent> for EventInput {
     }
 }
 
+/// Counts `n` events against the account's ingest rate: `429` with `Retry-After` over it.
+fn meter(state: &AppState, account: &crate::model::Account, n: usize) -> Result<(), ApiError> {
+    let Some(rate) = state.limits.of(account.plan).ingest_per_sec else {
+        return Ok(());
+    };
+    state
+        .ingest_limiter
+        .take(&account.id, rate, n)
+        .map_err(|wait| {
+            ApiError::rate_limited(
+                format!(
+                    "the account's plan ingests at most {rate} events a second; nothing was \
+                     accepted, try again in {} ms",
+                    wait.as_millis().max(1)
+                ),
+                wait,
+            )
+        })
+}
+
 /// Sends one event. `202` means it and its deliveries are durably stored.
 #[utoipa::path(post, path = "/v1/events", tag = "events", request_body = CreateEvent,
     security(("api_key" = [])),
     responses((status = 202, body = Accepted), (status = 400, body = super::error::ErrorBody),
-        (status = 413, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)))]
+        (status = 413, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody),
+        (status = 429, body = super::error::ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
     Auth(account): Auth,
@@ -118,6 +139,7 @@ pub async fn create(
         }
         (h, b) => h.or(b),
     };
+    meter(&state, &account, 1)?;
     let accepted = state
         .ingest
         .accept(&account, vec![body.into()], false, key)
@@ -130,7 +152,8 @@ pub async fn create(
 #[utoipa::path(post, path = "/v1/events/batch", tag = "events", request_body = CreateBatch,
     security(("api_key" = [])),
     responses((status = 202, body = AcceptedBatch), (status = 400, body = super::error::ErrorBody),
-        (status = 413, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)))]
+        (status = 413, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody),
+        (status = 429, body = super::error::ErrorBody)))]
 pub async fn create_batch(
     State(state): State<AppState>,
     Auth(account): Auth,
@@ -149,6 +172,7 @@ pub async fn create_batch(
             body.events.len()
         )));
     }
+    meter(&state, &account, body.events.len())?;
     let inputs = body.events.into_iter().map(EventInput::from).collect();
     let accepted = state.ingest.accept(&account, inputs, true, key).await?;
     Ok((

@@ -41,6 +41,14 @@ impl AuthCache {
         (at.elapsed() < self.ttl).then(|| account.clone())
     }
 
+    /// Drops every cached key of `account_id` (after a revocation or a plan change), so this
+    /// node asks the database again at once. Other nodes follow within the TTL.
+    pub fn forget_account(&self, account_id: &str) {
+        if let Ok(mut entries) = self.entries.lock() {
+            entries.retain(|_, (a, _)| a.id != account_id);
+        }
+    }
+
     fn put(&self, key_hash: String, account: Account) {
         if let Ok(mut entries) = self.entries.lock() {
             if entries.len() >= AUTH_CACHE_MAX {

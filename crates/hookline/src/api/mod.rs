@@ -2,15 +2,19 @@
 //!
 //! Handlers parse (see [`extract`]), call one service, and shape the answer. Every `/v1`
 //! handler takes [`extract::Auth`] and passes its account to every store call: another
-//! account's ids are simply not found (`404`). The OpenAPI document is generated from the
+//! account's ids are simply not found (`404`). Plan gates (`403 plan_required`) are checked
+//! after that, so they never reveal whether another account's id exists. The operator's
+//! routes live in [`admin`]. The OpenAPI document is generated from the
 //! handlers' own annotations and types, so it cannot drift from them.
 
+pub mod admin;
 pub mod deliveries;
 pub mod endpoints;
 pub mod error;
 pub mod event_types;
 pub mod events;
 pub mod extract;
+pub mod keys;
 
 use crate::dispatch::Dispatcher;
 use crate::ingest::Ingest;
@@ -54,6 +58,14 @@ pub struct Shared {
     pub rules: Arc<UrlRules>,
     pub max_body_bytes: usize,
     pub auth_cache: Arc<extract::AuthCache>,
+    /// What each plan allows.
+    pub limits: crate::model::Limits,
+    /// Each account's ingest rate.
+    pub ingest_limiter: crate::ratelimit::IngestLimiter,
+    /// The admin API's token; `None` turns the admin API off.
+    pub admin_token: Option<admin::AdminToken>,
+    /// How long a rotated-out secret keeps signing.
+    pub secret_overlap: std::time::Duration,
 }
 
 /// Which endpoint URLs are accepted.
@@ -77,6 +89,8 @@ pub struct UrlRules {
         (name = "endpoints", description = "Where webhooks go"),
         (name = "events", description = "What producers send"),
         (name = "deliveries", description = "One event for one endpoint, and its attempts"),
+        (name = "keys", description = "The account's API keys"),
+        (name = "admin", description = "The operator's API: accounts, plans, keys"),
         (name = "health", description = "Liveness"),
     )
 )]
@@ -89,6 +103,10 @@ impl Modify for BearerAuth {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "api_key",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+        components.add_security_scheme(
+            "admin_token",
             SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
         );
     }
@@ -134,6 +152,7 @@ pub fn router(state: AppState) -> Router {
             endpoints::delete
         ))
         .routes(routes!(endpoints::secret))
+        .routes(routes!(endpoints::rotate_secret))
         .routes(routes!(endpoints::test))
         .routes(routes!(endpoints::deliveries))
         .routes(routes!(events::create, events::list))
@@ -148,6 +167,12 @@ pub fn router(state: AppState) -> Router {
             event_types::update,
             event_types::delete
         ))
+        .routes(routes!(keys::list, keys::issue))
+        .routes(routes!(keys::revoke))
+        .routes(routes!(admin::create, admin::list))
+        .routes(routes!(admin::get, admin::update))
+        .routes(routes!(admin::list_keys, admin::issue_key))
+        .routes(routes!(admin::revoke_key))
         .split_for_parts();
     let openapi = Arc::new(openapi);
     router

@@ -26,7 +26,9 @@ pub struct Target {
     /// The endpoint's `updated_at`: a newer version replaces an older one.
     pub version: i64,
     pub uri: Uri,
-    pub secrets: Vec<Secret>,
+    pub secret: Secret,
+    /// The secret before a rotation, and until when (ms since the epoch) it signs too.
+    pub previous: Option<(Secret, i64)>,
     pub headers: HeaderMap,
     pub rate_limit_per_sec: Option<u32>,
 }
@@ -41,6 +43,14 @@ impl Target {
             .map_err(|e| format!("stored url of {} does not parse: {e}", ep.id))?;
         let secret = Secret::parse(&ep.secret)
             .map_err(|e| format!("stored secret of {} is invalid: {e}", ep.id))?;
+        let previous = match (&ep.previous_secret, ep.previous_secret_expires_at) {
+            (Some(p), Some(until)) => Some((
+                Secret::parse(p)
+                    .map_err(|e| format!("stored previous secret of {} is invalid: {e}", ep.id))?,
+                until.0,
+            )),
+            _ => None,
+        };
         let mut headers = HeaderMap::new();
         for (k, v) in &ep.headers {
             let name = HeaderName::from_bytes(k.as_bytes())
@@ -53,10 +63,24 @@ impl Target {
             endpoint_id: ep.id.clone(),
             version: ep.updated_at.0,
             uri,
-            secrets: vec![secret],
+            secret,
+            previous,
             headers,
             rate_limit_per_sec: ep.rate_limit_per_sec,
         })
+    }
+}
+
+impl Target {
+    /// The secrets that sign a request sent at `now_ms`: the current one, and the previous
+    /// one until its overlap ends.
+    pub fn signing_secrets(&self, now_ms: i64) -> impl Iterator<Item = &Secret> {
+        std::iter::once(&self.secret).chain(
+            self.previous
+                .as_ref()
+                .filter(|(_, until)| now_ms < *until)
+                .map(|(s, _)| s),
+        )
     }
 }
 
@@ -146,8 +170,10 @@ impl Sender {
         msg_id: &str,
         payload: Bytes,
     ) -> Result<(StatusCode, Option<String>, Option<Duration>), (Option<StatusCode>, String)> {
-        let now = chrono::Utc::now().timestamp();
-        let signature = hookline_signing::sign(&target.secrets, msg_id, now, &payload);
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let now = now_ms.div_euclid(1000);
+        let signature =
+            hookline_signing::sign(target.signing_secrets(now_ms), msg_id, now, &payload);
         let mut req = Request::post(target.uri.clone())
             .body(Full::new(payload))
             .map_err(|e| (None, format!("building the request: {e}")))?;

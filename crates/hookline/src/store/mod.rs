@@ -10,13 +10,17 @@
 //! only once its commit is durable, and both keep the same rules (see ARCHITECTURE.md).
 
 pub mod postgres;
+pub mod sealing;
 pub mod sqlite;
 
-use crate::model::{Account, Attempt, CustomEventType, Delivery, Endpoint, Event, Plan, Timestamp};
+use crate::model::{
+    Account, ApiKey, Attempt, CustomEventType, Delivery, Endpoint, Event, Plan, Timestamp,
+};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use postgres::PgStore;
+pub use sealing::Sealer;
 pub use sqlite::SqliteStore;
 
 /// Where the data lives.
@@ -80,16 +84,23 @@ macro_rules! on_engine {
 
 impl Store {
     /// Opens the store at `location`, bringing its schema up to date.
+    /// Endpoint secrets are stored as they are (see [`Store::open_sealed`]).
     pub async fn open(location: &Location) -> Result<Store, StoreError> {
+        Self::open_sealed(location, Sealer::none()).await
+    }
+
+    /// Opens the store at `location`; endpoint secrets are sealed with `sealer` when written
+    /// and opened with it when read.
+    pub async fn open_sealed(location: &Location, sealer: Sealer) -> Result<Store, StoreError> {
         match location {
-            Location::Sqlite(dir) => Ok(Store::Sqlite(SqliteStore::open(dir)?)),
-            Location::Postgres(url) => Ok(Store::Postgres(PgStore::open(url).await?)),
+            Location::Sqlite(dir) => Ok(Store::Sqlite(SqliteStore::open(dir, sealer)?)),
+            Location::Postgres(url) => Ok(Store::Postgres(PgStore::open(url, sealer).await?)),
         }
     }
 
     /// The embedded SQLite store in `dir`.
     pub fn sqlite(dir: &Path) -> Result<Store, StoreError> {
-        Ok(Store::Sqlite(SqliteStore::open(dir)?))
+        Ok(Store::Sqlite(SqliteStore::open(dir, Sealer::none())?))
     }
 
     /// Takes the serve lock of the database at `location`, or says who holds it.
@@ -116,13 +127,55 @@ impl Store {
         on_engine!(self, s => s.account_by_name(name).await)
     }
 
+    pub async fn get_account(&self, id: String) -> Result<Option<Account>, StoreError> {
+        on_engine!(self, s => s.get_account(id).await)
+    }
+
+    /// Accounts, oldest first.
+    pub async fn list_accounts(
+        &self,
+        after: Option<i64>,
+        limit: usize,
+    ) -> Result<Page<Account>, StoreError> {
+        on_engine!(self, s => s.list_accounts(after, limit).await)
+    }
+
+    /// Changes an account's plan; `None` when there is no such account.
+    pub async fn set_plan(&self, id: String, plan: Plan) -> Result<Option<Account>, StoreError> {
+        on_engine!(self, s => s.set_plan(id, plan).await)
+    }
+
+    /// Stores the hash of a new key of `account_id` (never the key).
     pub async fn add_api_key(
         &self,
         account_id: String,
         key_hash: String,
         prefix: String,
-    ) -> Result<(), StoreError> {
+    ) -> Result<ApiKey, StoreError> {
         on_engine!(self, s => s.add_api_key(account_id, key_hash, prefix).await)
+    }
+
+    /// The account's keys, oldest first, revoked ones included.
+    pub async fn list_api_keys(&self, account_id: String) -> Result<Vec<ApiKey>, StoreError> {
+        on_engine!(self, s => s.list_api_keys(account_id).await)
+    }
+
+    /// Revokes a key (a revoked key stays revoked; `None`: no such key of that account).
+    /// With `keep_one`, the account's last live key is refused ([`StoreError::Conflict`]).
+    pub async fn revoke_api_key(
+        &self,
+        account_id: String,
+        key_id: String,
+        keep_one: bool,
+    ) -> Result<Option<ApiKey>, StoreError> {
+        on_engine!(self, s => s.revoke_api_key(account_id, key_id, keep_one).await)
+    }
+
+    /// Rewrites every stored endpoint secret sealed under `to` (or in clear when `to` has
+    /// no key), opening each with the store's own sealer; all or nothing. Values already in
+    /// `to`'s form are checked, not rewritten. Returns how many endpoints were rewritten.
+    pub async fn reseal_secrets(&self, to: Sealer) -> Result<usize, StoreError> {
+        on_engine!(self, s => s.reseal_secrets(to).await)
     }
 
     pub async fn account_by_key_hash(
@@ -132,8 +185,14 @@ impl Store {
         on_engine!(self, s => s.account_by_key_hash(key_hash).await)
     }
 
-    pub async fn insert_endpoint(&self, ep: Endpoint) -> Result<Endpoint, StoreError> {
-        on_engine!(self, s => s.insert_endpoint(ep).await)
+    /// Inserts `ep`, unless its account has `max_endpoints` (not removed) already
+    /// ([`StoreError::LimitReached`]).
+    pub async fn insert_endpoint(
+        &self,
+        ep: Endpoint,
+        max_endpoints: u32,
+    ) -> Result<Endpoint, StoreError> {
+        on_engine!(self, s => s.insert_endpoint(ep, max_endpoints).await)
     }
 
     pub async fn list_endpoints(
@@ -489,6 +548,12 @@ pub enum StoreError {
     Locked(String),
     #[error("a write transaction failed to commit: {0}")]
     Commit(String),
+    /// An account's plan does not allow more of something.
+    #[error("{0}")]
+    LimitReached(String),
+    /// An endpoint secret could not be sealed or opened (a missing or wrong encryption key).
+    #[error("endpoint secret: {0}")]
+    Sealing(String),
 }
 
 impl StoreError {

@@ -15,14 +15,15 @@
 //!   number. Nodes wake each other with `NOTIFY` (a delivery became due, an endpoint
 //!   changed). The lease protocol is in ARCHITECTURE.md.
 
+use super::sealing::{Sealer, reseal_row};
 use super::{
     AcceptedEvent, AcceptedSummary, AttemptRecord, DeliveryFilter, DueDelivery, EventFilter,
     FeedPos, IdempotencyKey, Ingested, NewDelivery, NewEvent, Outcome, Page, RetryRefusal,
     StoreError,
 };
 use crate::model::{
-    Account, Attempt, CustomEventType, Delivery, DeliveryStatus, Endpoint, Event, Plan, Timestamp,
-    envelope, new_id,
+    Account, ApiKey, Attempt, CustomEventType, Delivery, DeliveryStatus, Endpoint, Event, Plan,
+    Timestamp, envelope, new_id,
 };
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, Connection as _, PgConnection, PgPool, Postgres, Row, Transaction};
@@ -160,6 +161,14 @@ CREATE TABLE event_types (
     PRIMARY KEY (account_id, name)
 );
 "#,
+    // Secret rotation: the previous secret signs beside the new one until a time. Accounts
+    // get an order for listing; keys are listed per account.
+    r#"
+ALTER TABLE endpoints ADD COLUMN previous_secret TEXT, ADD COLUMN previous_secret_until BIGINT;
+ALTER TABLE accounts ADD COLUMN seq BIGSERIAL;
+CREATE UNIQUE INDEX accounts_by_seq ON accounts (seq);
+CREATE INDEX api_keys_by_account ON api_keys (account_id);
+"#,
 ];
 
 /// The PostgreSQL store. Cheap to clone.
@@ -170,6 +179,8 @@ pub struct PgStore {
     node: Arc<str>,
     /// Ingest requests, on their way to the batchers.
     ingest: mpsc::Sender<IngestJob>,
+    /// Seals endpoint secrets on the way in and opens them on the way out.
+    sealer: Arc<Sealer>,
 }
 
 /// The database's clock in milliseconds since the epoch: every node judges heartbeats by the
@@ -212,7 +223,7 @@ impl<T> PgContext<T> for Result<T, serde_json::Error> {
 
 impl PgStore {
     /// Connects to `url` (`postgres://…`) and brings the schema up to date.
-    pub async fn open(url: &str) -> Result<Self, StoreError> {
+    pub async fn open(url: &str, sealer: Sealer) -> Result<Self, StoreError> {
         let options = PgConnectOptions::from_str(url).ctx("reading the database URL")?;
         // One plain connection first: a refused connection or a bad password is reported as
         // such at once, not as a pool timeout ten seconds later.
@@ -229,8 +240,14 @@ impl PgStore {
             .await
             .ctx("connecting to PostgreSQL")?;
         let node: Arc<str> = Arc::from(new_id("node"));
-        let ingest = start_ingest_batchers(pool.clone(), node.clone());
-        let store = PgStore { pool, node, ingest };
+        let sealer = Arc::new(sealer);
+        let ingest = start_ingest_batchers(pool.clone(), node.clone(), sealer.clone());
+        let store = PgStore {
+            pool,
+            node,
+            ingest,
+            sealer,
+        };
         store.migrate().await?;
         Ok(store)
     }
@@ -317,25 +334,178 @@ impl PgStore {
             .transpose()
     }
 
+    pub async fn get_account(&self, id: String) -> Result<Option<Account>, StoreError> {
+        sqlx::query("SELECT id, name, plan, created_at FROM accounts WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .ctx("reading an account")?
+            .map(|r| account_from_row(&r))
+            .transpose()
+    }
+
+    pub async fn list_accounts(
+        &self,
+        after: Option<i64>,
+        limit: usize,
+    ) -> Result<Page<Account>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, name, plan, created_at, seq FROM accounts
+             WHERE seq > $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(after.unwrap_or(0))
+        .bind(limit as i64 + 1)
+        .fetch_all(&self.pool)
+        .await
+        .ctx("listing accounts")?;
+        page_of(&rows, account_from_row, 4, limit)
+    }
+
+    pub async fn set_plan(&self, id: String, plan: Plan) -> Result<Option<Account>, StoreError> {
+        sqlx::query(
+            "UPDATE accounts SET plan = $2 WHERE id = $1 RETURNING id, name, plan, created_at",
+        )
+        .bind(id)
+        .bind(plan.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .ctx("changing a plan")?
+        .map(|r| account_from_row(&r))
+        .transpose()
+    }
+
     pub async fn add_api_key(
         &self,
         account_id: String,
         key_hash: String,
         prefix: String,
-    ) -> Result<(), StoreError> {
+    ) -> Result<ApiKey, StoreError> {
+        let key = ApiKey {
+            id: new_id("key"),
+            prefix,
+            created_at: Timestamp::now(),
+            revoked_at: None,
+        };
         sqlx::query(
             "INSERT INTO api_keys (id, account_id, key_hash, prefix, created_at)
              VALUES ($1, $2, $3, $4, $5)",
         )
-        .bind(new_id("key"))
+        .bind(&key.id)
         .bind(account_id)
         .bind(key_hash)
-        .bind(prefix)
-        .bind(Timestamp::now().0)
+        .bind(&key.prefix)
+        .bind(key.created_at.0)
         .execute(&self.pool)
         .await
         .ctx("inserting an API key")?;
-        Ok(())
+        Ok(key)
+    }
+
+    pub async fn list_api_keys(&self, account_id: String) -> Result<Vec<ApiKey>, StoreError> {
+        sqlx::query(
+            "SELECT id, prefix, created_at, revoked_at FROM api_keys
+             WHERE account_id = $1 ORDER BY created_at, id",
+        )
+        .bind(account_id)
+        .fetch_all(&self.pool)
+        .await
+        .ctx("listing keys")?
+        .iter()
+        .map(api_key_from_row)
+        .collect()
+    }
+
+    pub async fn revoke_api_key(
+        &self,
+        account_id: String,
+        key_id: String,
+        keep_one: bool,
+    ) -> Result<Option<ApiKey>, StoreError> {
+        let mut tx = self.begin().await?;
+        // The account row orders concurrent revocations, so two cannot both see a second
+        // live key and leave none.
+        let exists = sqlx::query("SELECT 1 FROM accounts WHERE id = $1 FOR NO KEY UPDATE")
+            .bind(&account_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .ctx("locking an account")?;
+        if exists.is_none() {
+            return Ok(None);
+        }
+        let select = "SELECT id, prefix, created_at, revoked_at FROM api_keys
+                      WHERE id = $1 AND account_id = $2";
+        let Some(key) = sqlx::query(select)
+            .bind(&key_id)
+            .bind(&account_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .ctx("reading a key")?
+            .map(|r| api_key_from_row(&r))
+            .transpose()?
+        else {
+            return Ok(None);
+        };
+        if key.revoked_at.is_some() {
+            return Ok(Some(key));
+        }
+        if keep_one {
+            let live: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM api_keys WHERE account_id = $1 AND revoked_at IS NULL",
+            )
+            .bind(&account_id)
+            .fetch_one(&mut *tx)
+            .await
+            .ctx("counting live keys")?;
+            if live <= 1 {
+                return Err(StoreError::Conflict(
+                    "this is the account's last live key: issue another one first".into(),
+                ));
+            }
+        }
+        let key = sqlx::query(
+            "UPDATE api_keys SET revoked_at = $2 WHERE id = $1
+             RETURNING id, prefix, created_at, revoked_at",
+        )
+        .bind(&key_id)
+        .bind(Timestamp::now().0)
+        .fetch_one(&mut *tx)
+        .await
+        .ctx("revoking a key")
+        .and_then(|r| api_key_from_row(&r))?;
+        tx.commit().await.ctx("committing a revocation")?;
+        Ok(Some(key))
+    }
+
+    pub async fn reseal_secrets(&self, to: Sealer) -> Result<usize, StoreError> {
+        let mut tx = self.begin().await?;
+        let rows = sqlx::query(
+            "SELECT id, secret, previous_secret FROM endpoints ORDER BY seq FOR UPDATE",
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .ctx("scanning secrets")?;
+        let mut rewritten = 0;
+        for r in rows {
+            const CTX: &str = "scanning secrets";
+            let id: String = r.try_get(0).ctx(CTX)?;
+            let secret: String = r.try_get(1).ctx(CTX)?;
+            let previous: Option<String> = r.try_get(2).ctx(CTX)?;
+            let (new_secret, new_previous) =
+                reseal_row(&self.sealer, &to, &id, &secret, &previous)?;
+            if new_secret == secret && new_previous == previous {
+                continue;
+            }
+            sqlx::query("UPDATE endpoints SET secret = $2, previous_secret = $3 WHERE id = $1")
+                .bind(&id)
+                .bind(new_secret)
+                .bind(new_previous)
+                .execute(&mut *tx)
+                .await
+                .ctx("rewriting a secret")?;
+            rewritten += 1;
+        }
+        tx.commit().await.ctx("committing rewritten secrets")?;
+        Ok(rewritten)
     }
 
     pub async fn account_by_key_hash(
@@ -357,7 +527,32 @@ impl PgStore {
 
     // ---- endpoints -----------------------------------------------------------------------
 
-    pub async fn insert_endpoint(&self, ep: Endpoint) -> Result<Endpoint, StoreError> {
+    pub async fn insert_endpoint(
+        &self,
+        ep: Endpoint,
+        max_endpoints: u32,
+    ) -> Result<Endpoint, StoreError> {
+        let secret = self.sealer.seal(&ep.id, &ep.secret)?;
+        let mut tx = self.begin().await?;
+        // The account row orders concurrent creations, so the count below cannot be passed
+        // by two at once. (Not a key lock: ingest's key-share locks do not wait on it.)
+        sqlx::query("SELECT 1 FROM accounts WHERE id = $1 FOR NO KEY UPDATE")
+            .bind(&ep.account_id)
+            .execute(&mut *tx)
+            .await
+            .ctx("locking an account")?;
+        let count: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM endpoints WHERE account_id = $1 AND deleted_at IS NULL",
+        )
+        .bind(&ep.account_id)
+        .fetch_one(&mut *tx)
+        .await
+        .ctx("counting endpoints")?;
+        if count >= i64::from(max_endpoints) {
+            return Err(StoreError::LimitReached(format!(
+                "the account's plan allows {max_endpoints} endpoints and it has {count}"
+            )));
+        }
         sqlx::query(
             "INSERT INTO endpoints (id, account_id, url, description, event_types, headers,
                 secret, rate_limit_per_sec, enabled, disabled_reason, created_at, updated_at)
@@ -369,15 +564,16 @@ impl PgStore {
         .bind(&ep.description)
         .bind(serde_json::to_string(&ep.event_types).ctx("encoding event types")?)
         .bind(serde_json::to_string(&ep.headers).ctx("encoding headers")?)
-        .bind(&ep.secret)
+        .bind(secret)
         .bind(ep.rate_limit_per_sec.map(i64::from))
         .bind(ep.enabled)
         .bind(&ep.disabled_reason)
         .bind(ep.created_at.0)
         .bind(ep.updated_at.0)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .ctx("inserting an endpoint")?;
+        tx.commit().await.ctx("committing an endpoint")?;
         Ok(ep)
     }
 
@@ -398,7 +594,12 @@ impl PgStore {
         .fetch_all(&self.pool)
         .await
         .ctx("listing endpoints")?;
-        page_of(&rows, endpoint_from_row, 13, limit)
+        page_of(
+            &rows,
+            |r| endpoint_from_row(r, &self.sealer),
+            ENDPOINT_COL_COUNT,
+            limit,
+        )
     }
 
     pub async fn get_endpoint(
@@ -407,7 +608,7 @@ impl PgStore {
         id: String,
     ) -> Result<Option<Endpoint>, StoreError> {
         let mut conn = self.pool.acquire().await.ctx("taking a connection")?;
-        load_endpoint(&mut conn, Some(&account_id), &id, false).await
+        load_endpoint(&mut conn, &self.sealer, Some(&account_id), &id, false).await
     }
 
     /// Changes an endpoint with `change` (already validated). Disabling it ends its open
@@ -422,7 +623,9 @@ impl PgStore {
         F: FnOnce(&mut Endpoint) + Send + 'static,
     {
         let mut tx = self.begin().await?;
-        let Some(mut ep) = load_endpoint(&mut tx, Some(&account_id), &id, true).await? else {
+        let Some(mut ep) =
+            load_endpoint(&mut tx, &self.sealer, Some(&account_id), &id, true).await?
+        else {
             return Ok(None);
         };
         let was_enabled = ep.enabled;
@@ -434,7 +637,7 @@ impl PgStore {
         sqlx::query(
             "UPDATE endpoints SET url = $2, description = $3, event_types = $4, headers = $5,
                 secret = $6, rate_limit_per_sec = $7, enabled = $8, disabled_reason = $9,
-                updated_at = $10
+                updated_at = $10, previous_secret = $11, previous_secret_until = $12
              WHERE id = $1",
         )
         .bind(&ep.id)
@@ -442,11 +645,18 @@ impl PgStore {
         .bind(&ep.description)
         .bind(serde_json::to_string(&ep.event_types).ctx("encoding event types")?)
         .bind(serde_json::to_string(&ep.headers).ctx("encoding headers")?)
-        .bind(&ep.secret)
+        .bind(self.sealer.seal(&ep.id, &ep.secret)?)
         .bind(ep.rate_limit_per_sec.map(i64::from))
         .bind(ep.enabled)
         .bind(&ep.disabled_reason)
         .bind(ep.updated_at.0)
+        .bind(
+            ep.previous_secret
+                .as_deref()
+                .map(|p| self.sealer.seal(&ep.id, p))
+                .transpose()?,
+        )
+        .bind(ep.previous_secret_expires_at.map(|t| t.0))
         .execute(&mut *tx)
         .await
         .ctx("updating an endpoint")?;
@@ -465,7 +675,9 @@ impl PgStore {
         id: String,
     ) -> Result<Option<Endpoint>, StoreError> {
         let mut tx = self.begin().await?;
-        let Some(mut ep) = load_endpoint(&mut tx, Some(&account_id), &id, true).await? else {
+        let Some(mut ep) =
+            load_endpoint(&mut tx, &self.sealer, Some(&account_id), &id, true).await?
+        else {
             return Ok(None);
         };
         let now = Timestamp(Timestamp::now().0.max(ep.updated_at.0 + 1));
@@ -534,11 +746,12 @@ impl PgStore {
         A: FnMut(&str) -> bool + Send + 'static,
         D: FnOnce(Result<&Vec<AcceptedEvent>, &StoreError>) + Send + 'static,
     {
-        let (pool, node) = (self.pool.clone(), self.node.clone());
+        let (pool, node, sealer) = (self.pool.clone(), self.node.clone(), self.sealer.clone());
         let task = tokio::spawn(async move {
             // `on_done` runs exactly once, even if this task unwinds or is dropped.
             let guard = OnDone(Some(on_done));
-            let result = once_tx(&pool, &node, &account_id, events, &key, &mut admit).await;
+            let result =
+                once_tx(&pool, &node, &sealer, &account_id, events, &key, &mut admit).await;
             let none = Vec::new();
             guard.run(result.as_ref().map(|i| match i {
                 Ingested::New(v) => v,
@@ -1028,7 +1241,7 @@ impl PgStore {
         .ctx("reading an endpoint")?
         .map(|r| {
             let deleted: Option<i64> = r.try_get(12).ctx("reading an endpoint")?;
-            let mut ep = endpoint_from_row(&r)?;
+            let mut ep = endpoint_from_row(&r, &self.sealer)?;
             if deleted.is_some() {
                 ep.enabled = false;
             }
@@ -1069,7 +1282,7 @@ impl PgStore {
         .await
         .ctx("scanning endpoints")?
         .iter()
-        .map(endpoint_from_row)
+        .map(|r| endpoint_from_row(r, &self.sealer))
         .collect::<Result<_, _>>()?;
         let mut out = Vec::new();
         let mut payloads: HashMap<String, bytes::Bytes> = HashMap::new();
@@ -1322,7 +1535,7 @@ impl PgStore {
         gone.dedup();
         for endpoint_id in gone {
             // Locked `FOR UPDATE` at the start (above).
-            if load_endpoint(&mut tx, None, endpoint_id, false)
+            if load_endpoint(&mut tx, &self.sealer, None, endpoint_id, false)
                 .await?
                 .is_some()
             {
@@ -1416,7 +1629,7 @@ impl PgStore {
         .fetch_optional(&mut *tx)
         .await
         .ctx("locking the endpoint of a delivery to retry")?
-        .map(|r| endpoint_from_row(&r))
+        .map(|r| endpoint_from_row(&r, &self.sealer))
         .transpose()?;
         let Some(r) = sqlx::query(
             "SELECT d.status, d.attempts, d.endpoint_id, e.id, e.type, e.created_at, e.data,
@@ -1524,11 +1737,15 @@ const INGEST_BATCH_EVENTS: usize = 5_000;
 /// Starts the ingest batchers: each takes every job waiting (up to a bound) and commits
 /// them together, so that concurrent single-event requests share one statement and one
 /// WAL flush instead of paying for one each.
-fn start_ingest_batchers(pool: PgPool, node: Arc<str>) -> mpsc::Sender<IngestJob> {
+fn start_ingest_batchers(
+    pool: PgPool,
+    node: Arc<str>,
+    sealer: Arc<Sealer>,
+) -> mpsc::Sender<IngestJob> {
     let (tx, rx) = mpsc::channel::<IngestJob>(8192);
     let rx = Arc::new(tokio::sync::Mutex::new(rx));
     for _ in 0..INGEST_BATCHERS {
-        let (rx, pool, node) = (rx.clone(), pool.clone(), node.clone());
+        let (rx, pool, node, sealer) = (rx.clone(), pool.clone(), node.clone(), sealer.clone());
         tokio::spawn(async move {
             loop {
                 let mut jobs = Vec::new();
@@ -1549,7 +1766,7 @@ fn start_ingest_batchers(pool: PgPool, node: Arc<str>) -> mpsc::Sender<IngestJob
                         }
                     }
                 }
-                run_ingest_batch(&pool, &node, jobs).await;
+                run_ingest_batch(&pool, &node, &sealer, jobs).await;
             }
         });
     }
@@ -1564,7 +1781,7 @@ fn start_ingest_batchers(pool: PgPool, node: Arc<str>) -> mpsc::Sender<IngestJob
 /// are still enabled, each locked key-share — an endpoint change (`FOR UPDATE`) in progress
 /// is waited for and then seen (its deliveries are left out, and their room given back by
 /// the caller), one that starts later waits for this commit and then ends them.
-async fn run_ingest_batch(pool: &PgPool, node: &str, jobs: Vec<IngestJob>) {
+async fn run_ingest_batch(pool: &PgPool, node: &str, sealer: &Sealer, jobs: Vec<IngestJob>) {
     // The requests (plain data) apart from the callbacks, which are only `Send`.
     let mut requests = Vec::with_capacity(jobs.len());
     let mut callers = Vec::with_capacity(jobs.len());
@@ -1582,7 +1799,7 @@ async fn run_ingest_batch(pool: &PgPool, node: &str, jobs: Vec<IngestJob>) {
         Ok(c) => c,
         Err(e) => return fail_batch(callers, &e),
     };
-    let subscribers = match load_subscribers(&mut conn, &accounts).await {
+    let subscribers = match load_subscribers(&mut conn, sealer, &accounts).await {
         Ok(s) => s,
         Err(e) => return fail_batch(callers, &e),
     };
@@ -1720,6 +1937,7 @@ fn accepted_events(
 async fn once_tx(
     pool: &PgPool,
     node: &str,
+    sealer: &Sealer,
     account_id: &str,
     events: Vec<NewEvent>,
     key: &IdempotencyKey,
@@ -1772,7 +1990,7 @@ async fn once_tx(
         }
         // Expired: this request takes the key over.
     }
-    let subscribers = load_subscribers(&mut tx, &[account_id]).await?;
+    let subscribers = load_subscribers(&mut tx, sealer, &[account_id]).await?;
     let per_event = plan_deliveries(&events, subscribers.get(account_id), admit);
     let request = [IngestRequest {
         account_id: account_id.to_owned(),
@@ -1823,6 +2041,7 @@ fn fail_batch(callers: Vec<Caller>, e: &StoreError) {
 /// The enabled endpoints of `accounts`, by account.
 async fn load_subscribers(
     c: &mut PgConnection,
+    sealer: &Sealer,
     accounts: &[&str],
 ) -> Result<HashMap<String, Vec<Arc<Endpoint>>>, StoreError> {
     let mut by_account: HashMap<String, Vec<Arc<Endpoint>>> = HashMap::new();
@@ -1836,7 +2055,7 @@ async fn load_subscribers(
     .await
     .ctx("finding subscribers")?
     {
-        let ep = endpoint_from_row(&r)?;
+        let ep = endpoint_from_row(&r, sealer)?;
         by_account
             .entry(ep.account_id.clone())
             .or_default()
@@ -2046,7 +2265,7 @@ async fn fail_open_deliveries(
 /// (fetched with one row more than `limit`).
 fn page_of<T>(
     rows: &[PgRow],
-    item: fn(&PgRow) -> Result<T, StoreError>,
+    item: impl Fn(&PgRow) -> Result<T, StoreError>,
     seq_col: usize,
     limit: usize,
 ) -> Result<Page<T>, StoreError> {
@@ -2063,35 +2282,45 @@ fn page_of<T>(
 }
 
 const ENDPOINT_COLS: &str = "id, account_id, url, description, event_types, headers, secret, \
-     rate_limit_per_sec, enabled, disabled_reason, created_at, updated_at, deleted_at";
+     rate_limit_per_sec, enabled, disabled_reason, created_at, updated_at, deleted_at, \
+     previous_secret, previous_secret_until";
 /// [`ENDPOINT_COLS`] of the table aliased `e`.
 const ENDPOINT_COLS_OF_E: &str = "e.id, e.account_id, e.url, e.description, e.event_types, \
      e.headers, e.secret, e.rate_limit_per_sec, e.enabled, e.disabled_reason, e.created_at, \
-     e.updated_at, e.deleted_at";
+     e.updated_at, e.deleted_at, e.previous_secret, e.previous_secret_until";
+/// How many columns [`ENDPOINT_COLS`] names.
+const ENDPOINT_COL_COUNT: usize = 15;
 
-fn endpoint_from_row(r: &PgRow) -> Result<Endpoint, StoreError> {
+/// An endpoint from a row of [`ENDPOINT_COLS`], its secrets opened with `sealer`.
+fn endpoint_from_row(r: &PgRow, sealer: &Sealer) -> Result<Endpoint, StoreError> {
     const CTX: &str = "reading an endpoint";
     let event_types: String = r.try_get(4).ctx(CTX)?;
     let headers: String = r.try_get(5).ctx(CTX)?;
+    let id: String = r.try_get(0).ctx(CTX)?;
+    let secret: String = r.try_get(6).ctx(CTX)?;
+    let previous: Option<String> = r.try_get(13).ctx(CTX)?;
     Ok(Endpoint {
-        id: r.try_get(0).ctx(CTX)?,
         account_id: r.try_get(1).ctx(CTX)?,
         url: r.try_get(2).ctx(CTX)?,
         description: r.try_get(3).ctx(CTX)?,
         event_types: serde_json::from_str(&event_types).ctx("reading an endpoint's event types")?,
         headers: serde_json::from_str(&headers).ctx("reading an endpoint's headers")?,
-        secret: r.try_get(6).ctx(CTX)?,
+        secret: sealer.open(&id, &secret)?,
         rate_limit_per_sec: r.try_get::<Option<i64>, _>(7).ctx(CTX)?.map(to_u32),
         enabled: r.try_get(8).ctx(CTX)?,
         disabled_reason: r.try_get(9).ctx(CTX)?,
         created_at: Timestamp(r.try_get(10).ctx(CTX)?),
         updated_at: Timestamp(r.try_get(11).ctx(CTX)?),
+        previous_secret: previous.map(|p| sealer.open(&id, &p)).transpose()?,
+        previous_secret_expires_at: r.try_get::<Option<i64>, _>(14).ctx(CTX)?.map(Timestamp),
+        id,
     })
 }
 
 /// One endpoint that is not deleted; `lock` takes it `FOR UPDATE` (for a change).
 async fn load_endpoint(
     c: &mut PgConnection,
+    sealer: &Sealer,
     account_id: Option<&str>,
     id: &str,
     lock: bool,
@@ -2107,7 +2336,7 @@ async fn load_endpoint(
         .fetch_optional(c)
         .await
         .ctx("reading an endpoint")?
-        .map(|r| endpoint_from_row(&r))
+        .map(|r| endpoint_from_row(&r, sealer))
         .transpose()
 }
 
@@ -2123,6 +2352,16 @@ fn event_type_from_row(r: &PgRow) -> Result<CustomEventType, StoreError> {
             .ctx("reading an event type's schema")?,
         created_at: Timestamp(r.try_get(3).ctx(CTX)?),
         updated_at: Timestamp(r.try_get(4).ctx(CTX)?),
+    })
+}
+
+fn api_key_from_row(r: &PgRow) -> Result<ApiKey, StoreError> {
+    const CTX: &str = "reading a key";
+    Ok(ApiKey {
+        id: r.try_get(0).ctx(CTX)?,
+        prefix: r.try_get(1).ctx(CTX)?,
+        created_at: Timestamp(r.try_get(2).ctx(CTX)?),
+        revoked_at: r.try_get::<Option<i64>, _>(3).ctx(CTX)?.map(Timestamp),
     })
 }
 

@@ -11,14 +11,15 @@
 //!   SQLite database has one dispatcher, so a delivery marked `delivering` belongs to the
 //!   running process, and at start every `delivering` row is put back to `pending`.
 
+use super::sealing::{Sealer, reseal_row};
 use super::{
     AcceptedEvent, AcceptedSummary, AttemptRecord, Context, DeliveryFilter, DueDelivery,
     EventFilter, FeedPos, IdempotencyKey, Ingested, NewDelivery, NewEvent, Outcome, Page,
     RetryRefusal, StoreError,
 };
 use crate::model::{
-    Account, Attempt, CustomEventType, Delivery, DeliveryStatus, Endpoint, Event, Plan, Timestamp,
-    envelope, new_id,
+    Account, ApiKey, Attempt, CustomEventType, Delivery, DeliveryStatus, Endpoint, Event, Plan,
+    Timestamp, envelope, new_id,
 };
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use std::collections::HashMap;
@@ -48,6 +49,8 @@ pub struct SqliteStore {
     readers: Arc<ReadPool>,
     path: Arc<PathBuf>,
     subscribers: Subscribers,
+    /// Seals endpoint secrets on the way in and opens them on the way out.
+    sealer: Arc<Sealer>,
     /// Dropped with the last clone of the store: stops the checkpointer.
     _checkpointer: Arc<std::sync::mpsc::Sender<()>>,
 }
@@ -56,8 +59,8 @@ pub struct SqliteStore {
 /// Only the writer thread reads or changes it: every endpoint write clears the account's
 /// entry inside its job, and a failed commit clears everything, so the cache never holds
 /// what the database does not.
-#[derive(Clone, Default)]
-struct Subscribers(Arc<Mutex<HashMap<String, EndpointList>>>);
+#[derive(Clone)]
+struct Subscribers(Arc<Mutex<HashMap<String, EndpointList>>>, Arc<Sealer>);
 
 type EndpointList = Arc<Vec<Arc<Endpoint>>>;
 
@@ -89,9 +92,12 @@ impl Subscribers {
         let list: Vec<Arc<Endpoint>> = stmt
             .query_map([account_id], endpoint_from_row)
             .ctx("finding subscribers")?
-            .map(|r| r.map(Arc::new))
-            .collect::<Result<_, _>>()
-            .ctx("finding subscribers")?;
+            .map(|r| {
+                r.ctx("finding subscribers")
+                    .and_then(|ep| opened(&self.1, ep))
+                    .map(Arc::new)
+            })
+            .collect::<Result<_, _>>()?;
         let list = Arc::new(list);
         if let Ok(mut m) = self.0.lock() {
             m.insert(account_id.to_owned(), list.clone());
@@ -211,6 +217,13 @@ CREATE TABLE event_types (
     PRIMARY KEY (account_id, name)
 ) WITHOUT ROWID;
 "#,
+    // Secret rotation: the previous secret signs beside the new one until a time. Keys are
+    // listed per account.
+    r#"
+ALTER TABLE endpoints ADD COLUMN previous_secret TEXT;
+ALTER TABLE endpoints ADD COLUMN previous_secret_until INTEGER;
+CREATE INDEX api_keys_by_account ON api_keys (account_id);
+"#,
 ];
 
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
@@ -251,7 +264,7 @@ pub struct DirLock {
 impl SqliteStore {
     /// Opens (creating if needed) the database in `data_dir`, applies migrations and starts
     /// the writer thread.
-    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+    pub fn open(data_dir: &Path, sealer: Sealer) -> Result<Self, StoreError> {
         std::fs::create_dir_all(data_dir).map_err(|source| StoreError::Io {
             context: "creating the data directory",
             source,
@@ -264,7 +277,8 @@ impl SqliteStore {
             .ctx("configuring checkpoints")?;
         let checkpointer = start_checkpointer(&path)?;
         let (tx, rx) = mpsc::channel::<WriteJob>(8192);
-        let subscribers = Subscribers::default();
+        let sealer = Arc::new(sealer);
+        let subscribers = Subscribers(Arc::default(), sealer.clone());
         let on_rollback = subscribers.clone();
         std::thread::Builder::new()
             .name("hookline-sqlite-writer".into())
@@ -288,6 +302,7 @@ impl SqliteStore {
             }),
             path: Arc::new(path),
             subscribers,
+            sealer,
             _checkpointer: Arc::new(checkpointer),
         })
     }
@@ -444,27 +459,177 @@ impl SqliteStore {
         .await
     }
 
+    pub async fn get_account(&self, id: String) -> Result<Option<Account>, StoreError> {
+        self.read(move |c| {
+            c.query_row(
+                "SELECT id, name, plan, created_at FROM accounts WHERE id = ?1",
+                [&id],
+                account_from_row,
+            )
+            .optional()
+            .ctx("reading an account")
+        })
+        .await
+    }
+
+    /// Accounts, oldest first.
+    pub async fn list_accounts(
+        &self,
+        after: Option<i64>,
+        limit: usize,
+    ) -> Result<Page<Account>, StoreError> {
+        self.read(move |c| {
+            let rows = c
+                .prepare_cached(
+                    "SELECT id, name, plan, created_at, rowid FROM accounts
+                     WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
+                )
+                .ctx("preparing the account list")?
+                .query_map(params![after.unwrap_or(0), limit as i64 + 1], |r| {
+                    Ok((account_from_row(r)?, r.get::<_, i64>(4)?))
+                })
+                .ctx("listing accounts")?
+                .collect::<Result<Vec<_>, _>>()
+                .ctx("listing accounts")?;
+            Ok(super::page(rows, limit))
+        })
+        .await
+    }
+
+    pub async fn set_plan(&self, id: String, plan: Plan) -> Result<Option<Account>, StoreError> {
+        self.write(move |c| {
+            c.execute(
+                "UPDATE accounts SET plan = ?2 WHERE id = ?1",
+                params![id, plan.as_str()],
+            )
+            .ctx("changing a plan")?;
+            c.query_row(
+                "SELECT id, name, plan, created_at FROM accounts WHERE id = ?1",
+                [&id],
+                account_from_row,
+            )
+            .optional()
+            .ctx("reading an account")
+        })
+        .await
+    }
+
     /// Stores the hash of a new API key for `account_id`.
     pub async fn add_api_key(
         &self,
         account_id: String,
         key_hash: String,
         prefix: String,
-    ) -> Result<(), StoreError> {
+    ) -> Result<ApiKey, StoreError> {
         self.write(move |c| {
+            let key = ApiKey {
+                id: new_id("key"),
+                prefix,
+                created_at: Timestamp::now(),
+                revoked_at: None,
+            };
             c.execute(
                 "INSERT INTO api_keys (id, account_id, key_hash, prefix, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![
-                    new_id("key"),
-                    account_id,
-                    key_hash,
-                    prefix,
-                    Timestamp::now().0
-                ],
+                params![key.id, account_id, key_hash, key.prefix, key.created_at.0],
             )
             .ctx("inserting an API key")?;
-            Ok(())
+            Ok(key)
+        })
+        .await
+    }
+
+    /// The account's keys, oldest first, revoked ones included.
+    pub async fn list_api_keys(&self, account_id: String) -> Result<Vec<ApiKey>, StoreError> {
+        self.read(move |c| {
+            c.prepare_cached(
+                "SELECT id, prefix, created_at, revoked_at FROM api_keys
+                 WHERE account_id = ?1 ORDER BY created_at, id",
+            )
+            .ctx("preparing the key list")?
+            .query_map([&account_id], api_key_from_row)
+            .ctx("listing keys")?
+            .collect::<Result<Vec<_>, _>>()
+            .ctx("listing keys")
+        })
+        .await
+    }
+
+    /// Revokes key `key_id` of `account_id` (again: no change). With `keep_one`, the
+    /// account's last live key is not revoked ([`StoreError::Conflict`]).
+    pub async fn revoke_api_key(
+        &self,
+        account_id: String,
+        key_id: String,
+        keep_one: bool,
+    ) -> Result<Option<ApiKey>, StoreError> {
+        self.write(move |c| {
+            let select = "SELECT id, prefix, created_at, revoked_at FROM api_keys
+                          WHERE id = ?1 AND account_id = ?2";
+            let Some(key) = c
+                .query_row(select, params![key_id, account_id], api_key_from_row)
+                .optional()
+                .ctx("reading a key")?
+            else {
+                return Ok(None);
+            };
+            if key.revoked_at.is_some() {
+                return Ok(Some(key));
+            }
+            if keep_one {
+                let live: i64 = c
+                    .query_row(
+                        "SELECT COUNT(*) FROM api_keys
+                         WHERE account_id = ?1 AND revoked_at IS NULL",
+                        [&account_id],
+                        |r| r.get(0),
+                    )
+                    .ctx("counting live keys")?;
+                if live <= 1 {
+                    return Err(StoreError::Conflict(
+                        "this is the account's last live key: issue another one first".into(),
+                    ));
+                }
+            }
+            c.execute(
+                "UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1",
+                params![key_id, Timestamp::now().0],
+            )
+            .ctx("revoking a key")?;
+            c.query_row(select, params![key_id, account_id], api_key_from_row)
+                .optional()
+                .ctx("reading a key")
+        })
+        .await
+    }
+
+    /// Rewrites every endpoint secret (removed endpoints' too) sealed under `to`, opening
+    /// it with this store's sealer; values already sealed under `to` are only checked.
+    /// All or nothing. Returns how many values were rewritten.
+    pub async fn reseal_secrets(&self, to: Sealer) -> Result<usize, StoreError> {
+        let from = self.sealer.clone();
+        self.write(move |c| {
+            let rows: Vec<(String, String, Option<String>)> = c
+                .prepare("SELECT id, secret, previous_secret FROM endpoints")
+                .ctx("preparing the secret scan")?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .ctx("scanning secrets")?
+                .collect::<Result<_, _>>()
+                .ctx("scanning secrets")?;
+            let mut rewritten = 0;
+            for (id, secret, previous) in rows {
+                let (new_secret, new_previous) = reseal_row(&from, &to, &id, &secret, &previous)?;
+                if new_secret == secret && new_previous == previous {
+                    continue;
+                }
+                c.execute(
+                    "UPDATE endpoints SET secret = ?2, previous_secret = ?3 WHERE id = ?1",
+                    params![id, new_secret, new_previous],
+                )
+                .ctx("rewriting a secret")?;
+                rewritten += 1;
+            }
+            Ok(rewritten)
         })
         .await
     }
@@ -490,10 +655,28 @@ impl SqliteStore {
 
     // ---- endpoints -----------------------------------------------------------------------
 
-    pub async fn insert_endpoint(&self, ep: Endpoint) -> Result<Endpoint, StoreError> {
+    /// Inserts `ep`, unless its account has `max_endpoints` already
+    /// ([`StoreError::LimitReached`]).
+    pub async fn insert_endpoint(
+        &self,
+        ep: Endpoint,
+        max_endpoints: u32,
+    ) -> Result<Endpoint, StoreError> {
         let subscribers = self.subscribers.clone();
+        let secret = self.sealer.seal(&ep.id, &ep.secret)?;
         self.write(move |c| {
             subscribers.forget(&ep.account_id);
+            let count: i64 = c
+                .prepare_cached(
+                    "SELECT COUNT(*) FROM endpoints WHERE account_id = ?1 AND deleted_at IS NULL",
+                )
+                .and_then(|mut st| st.query_row([&ep.account_id], |r| r.get(0)))
+                .ctx("counting endpoints")?;
+            if count >= i64::from(max_endpoints) {
+                return Err(StoreError::LimitReached(format!(
+                    "the account's plan allows {max_endpoints} endpoints and it has {count}"
+                )));
+            }
             c.execute(
                 "INSERT INTO endpoints (id, account_id, url, description, event_types, headers,
                     secret, rate_limit_per_sec, enabled, disabled_reason, created_at, updated_at)
@@ -505,7 +688,7 @@ impl SqliteStore {
                     ep.description,
                     serde_json::to_string(&ep.event_types).ctx("encoding event types")?,
                     serde_json::to_string(&ep.headers).ctx("encoding headers")?,
-                    ep.secret,
+                    secret,
                     ep.rate_limit_per_sec,
                     ep.enabled,
                     ep.disabled_reason,
@@ -525,6 +708,7 @@ impl SqliteStore {
         after: Option<i64>,
         limit: usize,
     ) -> Result<Page<Endpoint>, StoreError> {
+        let sealer = self.sealer.clone();
         self.read(move |c| {
             let mut stmt = c
                 .prepare_cached(&format!(
@@ -536,11 +720,14 @@ impl SqliteStore {
             let rows = stmt
                 .query_map(
                     params![account_id, after.unwrap_or(0), limit as i64 + 1],
-                    |r| Ok((endpoint_from_row(r)?, r.get::<_, i64>(13)?)),
+                    |r| Ok((endpoint_from_row(r)?, r.get::<_, i64>(ENDPOINT_COL_COUNT)?)),
                 )
                 .ctx("listing endpoints")?
-                .collect::<Result<Vec<_>, _>>()
-                .ctx("listing endpoints")?;
+                .map(|r| {
+                    let (ep, seq) = r.ctx("listing endpoints")?;
+                    Ok((opened(&sealer, ep)?, seq))
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?;
             Ok(super::page(rows, limit))
         })
         .await
@@ -551,7 +738,8 @@ impl SqliteStore {
         account_id: String,
         id: String,
     ) -> Result<Option<Endpoint>, StoreError> {
-        self.read(move |c| load_endpoint(c, Some(&account_id), &id))
+        let sealer = self.sealer.clone();
+        self.read(move |c| load_endpoint(c, &sealer, Some(&account_id), &id))
             .await
     }
 
@@ -567,9 +755,10 @@ impl SqliteStore {
         F: FnOnce(&mut Endpoint) + Send + 'static,
     {
         let subscribers = self.subscribers.clone();
+        let sealer = self.sealer.clone();
         self.write(move |c| {
             subscribers.forget(&account_id);
-            let Some(mut ep) = load_endpoint(c, Some(&account_id), &id)? else {
+            let Some(mut ep) = load_endpoint(c, &sealer, Some(&account_id), &id)? else {
                 return Ok(None);
             };
             let was_enabled = ep.enabled;
@@ -581,7 +770,7 @@ impl SqliteStore {
             c.execute(
                 "UPDATE endpoints SET url = ?2, description = ?3, event_types = ?4, headers = ?5,
                     secret = ?6, rate_limit_per_sec = ?7, enabled = ?8, disabled_reason = ?9,
-                    updated_at = ?10
+                    updated_at = ?10, previous_secret = ?11, previous_secret_until = ?12
                  WHERE id = ?1",
                 params![
                     ep.id,
@@ -589,11 +778,16 @@ impl SqliteStore {
                     ep.description,
                     serde_json::to_string(&ep.event_types).ctx("encoding event types")?,
                     serde_json::to_string(&ep.headers).ctx("encoding headers")?,
-                    ep.secret,
+                    sealer.seal(&ep.id, &ep.secret)?,
                     ep.rate_limit_per_sec,
                     ep.enabled,
                     ep.disabled_reason,
                     ep.updated_at.0,
+                    ep.previous_secret
+                        .as_deref()
+                        .map(|p| sealer.seal(&ep.id, p))
+                        .transpose()?,
+                    ep.previous_secret_expires_at.map(|t| t.0),
                 ],
             )
             .ctx("updating an endpoint")?;
@@ -614,8 +808,9 @@ impl SqliteStore {
         id: String,
     ) -> Result<Option<Endpoint>, StoreError> {
         let subscribers = self.subscribers.clone();
+        let sealer = self.sealer.clone();
         self.write(move |c| {
-            let Some(mut ep) = load_endpoint(c, Some(&account_id), &id)? else {
+            let Some(mut ep) = load_endpoint(c, &sealer, Some(&account_id), &id)? else {
                 return Ok(None);
             };
             subscribers.forget(&account_id);
@@ -1134,6 +1329,7 @@ impl SqliteStore {
     where
         R: Fn(&str) -> usize + Send + 'static,
     {
+        let sealer = self.sealer.clone();
         self.write(move |c| {
             let endpoints: Vec<Endpoint> = c
                 .prepare_cached(&format!(
@@ -1142,8 +1338,11 @@ impl SqliteStore {
                 .ctx("preparing the endpoint scan")?
                 .query_map([], endpoint_from_row)
                 .ctx("scanning endpoints")?
-                .collect::<Result<_, _>>()
-                .ctx("scanning endpoints")?;
+                .map(|r| {
+                    r.ctx("scanning endpoints")
+                        .and_then(|ep| opened(&sealer, ep))
+                })
+                .collect::<Result<_, _>>()?;
             let mut select = c
                 .prepare_cached(
                     "SELECT d.id, d.attempts, e.id, e.type, e.created_at, e.data, d.seq, d.claim + 1
@@ -1348,6 +1547,7 @@ impl SqliteStore {
         account_id: String,
         delivery_id: String,
     ) -> Result<Result<DueDelivery, RetryRefusal>, StoreError> {
+        let sealer = self.sealer.clone();
         self.write(move |c| {
             let row = c
                 .query_row(
@@ -1390,7 +1590,7 @@ impl SqliteStore {
             if status == DeliveryStatus::Delivering {
                 return Ok(Err(RetryRefusal::AlreadyDelivering));
             }
-            let Some(ep) = load_endpoint(c, Some(&account_id), &endpoint_id)? else {
+            let Some(ep) = load_endpoint(c, &sealer, Some(&account_id), &endpoint_id)? else {
                 return Ok(Err(RetryRefusal::EndpointDisabled));
             };
             if !ep.enabled {
@@ -1608,7 +1808,10 @@ fn fail_open_deliveries(c: &Connection, endpoint_id: &str, why: &str) -> Result<
 }
 
 const ENDPOINT_COLS: &str = "id, account_id, url, description, event_types, headers, secret, \
-     rate_limit_per_sec, enabled, disabled_reason, created_at, updated_at, deleted_at";
+     rate_limit_per_sec, enabled, disabled_reason, created_at, updated_at, deleted_at, \
+     previous_secret, previous_secret_until";
+/// How many columns [`ENDPOINT_COLS`] names.
+const ENDPOINT_COL_COUNT: usize = 15;
 
 fn endpoint_from_row(r: &Row<'_>) -> rusqlite::Result<Endpoint> {
     let json_err = |i, e: serde_json::Error| {
@@ -1629,11 +1832,23 @@ fn endpoint_from_row(r: &Row<'_>) -> rusqlite::Result<Endpoint> {
         disabled_reason: r.get(9)?,
         created_at: Timestamp(r.get(10)?),
         updated_at: Timestamp(r.get(11)?),
+        previous_secret: r.get(13)?,
+        previous_secret_expires_at: r.get::<_, Option<i64>>(14)?.map(Timestamp),
     })
+}
+
+/// `ep` as read, with its secrets opened.
+fn opened(sealer: &Sealer, mut ep: Endpoint) -> Result<Endpoint, StoreError> {
+    ep.secret = sealer.open(&ep.id, &ep.secret)?;
+    if let Some(p) = ep.previous_secret.take() {
+        ep.previous_secret = Some(sealer.open(&ep.id, &p)?);
+    }
+    Ok(ep)
 }
 
 fn load_endpoint(
     c: &Connection,
+    sealer: &Sealer,
     account_id: Option<&str>,
     id: &str,
 ) -> Result<Option<Endpoint>, StoreError> {
@@ -1644,7 +1859,9 @@ fn load_endpoint(
     .ctx("preparing the endpoint lookup")?
     .query_row(params![id, account_id], endpoint_from_row)
     .optional()
-    .ctx("reading an endpoint")
+    .ctx("reading an endpoint")?
+    .map(|ep| opened(sealer, ep))
+    .transpose()
 }
 
 fn event_type_from_row(r: &Row<'_>) -> rusqlite::Result<CustomEventType> {
@@ -1661,6 +1878,15 @@ fn event_type_from_row(r: &Row<'_>) -> rusqlite::Result<CustomEventType> {
         schema,
         created_at: Timestamp(r.get(3)?),
         updated_at: Timestamp(r.get(4)?),
+    })
+}
+
+fn api_key_from_row(r: &Row<'_>) -> rusqlite::Result<ApiKey> {
+    Ok(ApiKey {
+        id: r.get(0)?,
+        prefix: r.get(1)?,
+        created_at: Timestamp(r.get(2)?),
+        revoked_at: r.get::<_, Option<i64>>(3)?.map(Timestamp),
     })
 }
 
@@ -1713,6 +1939,8 @@ mod tests {
             rate_limit_per_sec: None,
             enabled: true,
             disabled_reason: None,
+            previous_secret: None,
+            previous_secret_expires_at: None,
             created_at: now,
             updated_at: now,
             secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
@@ -1743,9 +1971,12 @@ mod tests {
     #[tokio::test]
     async fn an_outcome_of_an_old_claim_is_ignored() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(dir.path()).unwrap();
+        let store = SqliteStore::open(dir.path(), Sealer::none()).unwrap();
         let account = store.create_account("a".into(), Plan::Pro).await.unwrap();
-        let ep = store.insert_endpoint(endpoint(&account.id)).await.unwrap();
+        let ep = store
+            .insert_endpoint(endpoint(&account.id), 100)
+            .await
+            .unwrap();
         let event = NewEvent {
             id: new_id("evt"),
             event_type: "click".into(),

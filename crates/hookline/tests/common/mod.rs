@@ -373,6 +373,8 @@ pub fn test_config(location: &Location) -> Config {
         hookline::dispatch::retry::RetrySchedule::parse("100ms,100ms,100ms").unwrap();
     config.dispatch.timeout = Duration::from_secs(10);
     config.shutdown_grace = Duration::from_millis(200);
+    // Load tests post as fast as they can; the ingest rate is tested on its own.
+    config.limits.pro.ingest_per_sec = None;
     config
 }
 

@@ -1,0 +1,100 @@
+//! `/v1/api-keys`: an account manages its own keys. A new key is shown once; listings show
+//! only its id and first characters. Revoking takes effect on this node at once and on
+//! every node within the key cache's lifetime (5 s).
+
+use super::error::ApiError;
+use super::extract::Auth;
+use super::{AppState, List};
+use crate::accounts::{MAX_LIVE_KEYS, issue_key_for};
+use crate::model::ApiKey;
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// A key as issued: with the key itself, shown this once.
+#[derive(Serialize, ToSchema)]
+pub struct IssuedKey {
+    #[serde(flatten)]
+    pub record: ApiKey,
+    /// The key: `Authorization: Bearer <key>`. It is not stored and cannot be shown again.
+    pub key: String,
+}
+
+/// The account's keys, revoked ones included, oldest first (one page).
+#[utoipa::path(get, path = "/v1/api-keys", tag = "keys", security(("api_key" = [])),
+    responses((status = 200, body = List<ApiKey>)))]
+pub async fn list(
+    State(state): State<AppState>,
+    Auth(account): Auth,
+) -> Result<Json<List<ApiKey>>, ApiError> {
+    let keys = state.store.list_api_keys(account.id).await?;
+    Ok(Json(List {
+        data: keys,
+        next_cursor: None,
+    }))
+}
+
+/// Issues one more key for the calling account.
+#[utoipa::path(post, path = "/v1/api-keys", tag = "keys", security(("api_key" = [])),
+    responses((status = 201, body = IssuedKey), (status = 409, body = super::error::ErrorBody)))]
+pub async fn issue(
+    State(state): State<AppState>,
+    Auth(account): Auth,
+) -> Result<(StatusCode, Json<IssuedKey>), ApiError> {
+    issue_for(&state, &account.id).await
+}
+
+/// Revokes one of the calling account's keys (the one in use included). The account's last
+/// live key cannot be revoked here: issue another first (`409`).
+#[utoipa::path(delete, path = "/v1/api-keys/{id}", tag = "keys",
+    params(("id" = String, Path, description = "key_…")), security(("api_key" = [])),
+    responses((status = 200, body = ApiKey), (status = 404, body = super::error::ErrorBody),
+        (status = 409, body = super::error::ErrorBody)))]
+pub async fn revoke(
+    State(state): State<AppState>,
+    Auth(account): Auth,
+    Path(id): Path<String>,
+) -> Result<Json<ApiKey>, ApiError> {
+    revoke_for(&state, &account.id, id, true).await.map(Json)
+}
+
+/// Issues a key for `account_id`, within [`MAX_LIVE_KEYS`].
+pub(super) async fn issue_for(
+    state: &AppState,
+    account_id: &str,
+) -> Result<(StatusCode, Json<IssuedKey>), ApiError> {
+    let live = state
+        .store
+        .list_api_keys(account_id.to_owned())
+        .await?
+        .iter()
+        .filter(|k| k.revoked_at.is_none())
+        .count();
+    if live >= MAX_LIVE_KEYS {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "too_many_keys",
+            format!("an account holds at most {MAX_LIVE_KEYS} live keys; revoke one first"),
+        ));
+    }
+    let (record, key) = issue_key_for(&state.store, account_id).await?;
+    Ok((StatusCode::CREATED, Json(IssuedKey { record, key })))
+}
+
+/// Revokes key `id` of `account_id` and forgets the account's cached keys.
+pub(super) async fn revoke_for(
+    state: &AppState,
+    account_id: &str,
+    id: String,
+    keep_one: bool,
+) -> Result<ApiKey, ApiError> {
+    let key = state
+        .store
+        .revoke_api_key(account_id.to_owned(), id, keep_one)
+        .await?
+        .ok_or_else(|| ApiError::not_found("key"))?;
+    state.auth_cache.forget_account(account_id);
+    Ok(key)
+}
