@@ -1,6 +1,7 @@
 //! Wires the service together: store, dispatcher, ingest and API, on one listener.
 
 use crate::api::{self, AppState, UrlRules};
+use crate::dispatch::targets::{Guard, Resolve, SystemResolver};
 use crate::dispatch::{DispatchConfig, Dispatcher};
 use crate::ingest::Ingest;
 use crate::model::Limits;
@@ -23,6 +24,9 @@ pub struct Config {
     pub location: Location,
     pub dispatch: DispatchConfig,
     pub url_rules: UrlRules,
+    /// Resolves endpoint hosts, both when a URL is checked at creation and when the sender
+    /// connects (the SSRF rules judge what it answers). The system's by default.
+    pub resolver: Arc<dyn Resolve>,
     pub max_body_bytes: usize,
     /// How long in-flight attempts may finish after shutdown began.
     pub shutdown_grace: Duration,
@@ -54,6 +58,7 @@ impl Config {
             location,
             dispatch: DispatchConfig::default(),
             url_rules: UrlRules::default(),
+            resolver: Arc::new(SystemResolver::default()),
             max_body_bytes: 256 * 1024,
             shutdown_grace: Duration::from_secs(5),
             idempotency_window: Duration::from_secs(24 * 3600),
@@ -114,6 +119,10 @@ pub async fn run(
     let dispatcher = Dispatcher::start(
         store.clone(),
         config.dispatch.clone(),
+        Guard::new(
+            config.resolver.clone(),
+            config.url_rules.allow_private_targets,
+        ),
         shutdown.child_token(),
         joined,
     );
@@ -140,6 +149,7 @@ pub async fn run(
         ingest,
         dispatcher: dispatcher.clone(),
         rules: Arc::new(config.url_rules.clone()),
+        resolver: config.resolver.clone(),
         max_body_bytes: config.max_body_bytes,
         auth_cache: Arc::new(api::extract::AuthCache::new(AUTH_CACHE_TTL)),
         limits: config.limits,

@@ -1,11 +1,17 @@
 //! Endpoint URLs that point at this machine, its private networks or the cloud's metadata
-//! service are refused at creation, in every spelling; `--allow-private-targets` accepts
-//! them (development).
+//! service are refused at creation, in every spelling, and again at connect time against
+//! the address actually used (a name that resolves elsewhere later, DNS rebinding; a
+//! literal address stored under laxer rules); `--allow-private-targets` accepts them
+//! (development). Redirects are not followed.
 
 mod common;
 
-use common::{Engine, TestServer};
-use serde_json::json;
+use common::{Engine, Receiver, Reply, TestServer};
+use hookline::dispatch::targets::{Lookup, Resolve};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 
 const HOSTILE: &[&str] = &[
     "http://127.0.0.1/hook",
@@ -97,4 +103,202 @@ async fn private_targets_are_refused_unless_allowed(engine: Engine) {
     }
 }
 
-on_both_engines!(private_targets_are_refused_unless_allowed);
+/// A DNS whose answers the test changes as it goes; names it was not told of do not resolve.
+#[derive(Debug, Default)]
+struct SwitchableDns {
+    answers: Mutex<HashMap<String, Vec<IpAddr>>>,
+}
+
+impl SwitchableDns {
+    fn point(&self, host: &str, ip: &str) {
+        self.answers
+            .lock()
+            .unwrap()
+            .insert(host.to_owned(), vec![ip.parse().unwrap()]);
+    }
+}
+
+impl Resolve for SwitchableDns {
+    fn resolve(&self, host: &str) -> Lookup {
+        let answer = self.answers.lock().unwrap().get(host).cloned();
+        let host = host.to_owned();
+        Box::pin(async move {
+            answer.ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("{host}: no such name"),
+                )
+            })
+        })
+    }
+}
+
+const REBIND: &str = "rebind.hookline.test";
+/// A public address (example.com's): the name's answer at creation. Nothing connects to it.
+const PUBLIC: &str = "93.184.216.34";
+
+/// A server whose names resolve through `dns`.
+async fn server_with_dns(
+    engine: &Engine,
+    dns: &Arc<SwitchableDns>,
+    allow_private: bool,
+) -> TestServer {
+    let resolver: Arc<dyn Resolve> = dns.clone();
+    TestServer::start_with(engine, move |c| {
+        c.url_rules.allow_private_targets = allow_private;
+        c.resolver = resolver;
+    })
+    .await
+}
+
+/// Every attempt of a delivery: (status code, error).
+fn attempts(d: &Value) -> Vec<(Value, Value)> {
+    d["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["status_code"].clone(), a["error"].clone()))
+        .collect()
+}
+
+async fn a_name_rebound_to_a_private_address_is_refused_at_connect(engine: Engine) {
+    let rx = Receiver::start().await;
+    let dns = Arc::new(SwitchableDns::default());
+    dns.point(REBIND, PUBLIC);
+    let s = server_with_dns(&engine, &dns, false).await;
+    let url = format!("http://{REBIND}:{}/r/rebind", rx.addr.port());
+    let ep = s.endpoint(&url, &["*"]).await;
+    let ep_id = ep["id"].as_str().unwrap();
+
+    // The name now points at this machine, where the receiver listens.
+    dns.point(REBIND, "127.0.0.1");
+    let refusal = format!(
+        "{REBIND:?} resolves to 127.0.0.1, a loopback address; webhooks go to public addresses"
+    );
+    // The API asks the same resolver: the URL would no longer be accepted.
+    let (status, body) = s
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/v1/endpoints/{ep_id}"),
+            Some(json!({"url": url})),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(
+        body["error"]["message"],
+        format!("url: {refusal}"),
+        "{body}"
+    );
+
+    // A delivery: every attempt fails at connect with the refusal, and the schedule (three
+    // retries) runs out.
+    let ev = s.event("open", json!({})).await;
+    let d = s
+        .wait_delivery(ev["deliveries"][0]["id"].as_str().unwrap(), "failed")
+        .await;
+    assert_eq!(d["attempt_count"], 4, "{d}");
+    for (code, error) in attempts(&d) {
+        assert_eq!(code, Value::Null, "{d}");
+        assert_eq!(error, refusal.as_str(), "{d}");
+    }
+
+    // The test ping goes through the same sender.
+    let (status, t) = s
+        .post(&format!("/v1/endpoints/{ep_id}/test"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{t}");
+    assert_eq!(t["delivered"], false, "{t}");
+    assert_eq!(t["status_code"], Value::Null, "{t}");
+    assert_eq!(t["error"], refusal.as_str(), "{t}");
+
+    assert!(rx.all().is_empty(), "the receiver was reached");
+}
+
+async fn a_name_rebound_to_a_private_address_is_delivered_when_allowed(engine: Engine) {
+    let rx = Receiver::start().await;
+    let dns = Arc::new(SwitchableDns::default());
+    dns.point(REBIND, PUBLIC);
+    let s = server_with_dns(&engine, &dns, true).await;
+    let url = format!("http://{REBIND}:{}/r/rebind", rx.addr.port());
+    let ep = s.endpoint(&url, &["*"]).await;
+    let secret = ep["secret"].as_str().unwrap();
+
+    dns.point(REBIND, "127.0.0.1");
+    let ev = s.event("open", json!({})).await;
+    let d = s
+        .wait_delivery(ev["deliveries"][0]["id"].as_str().unwrap(), "succeeded")
+        .await;
+    assert_eq!(attempts(&d), vec![(json!(200), Value::Null)], "{d}");
+    let got = rx.wait_for("rebind", 1).await;
+    assert_eq!(got[0].header("webhook-id"), ev["id"].as_str().unwrap());
+    common::verify_with_standardwebhooks(secret, &got[0]);
+
+    let (status, t) = s
+        .post(
+            &format!("/v1/endpoints/{}/test", ep["id"].as_str().unwrap()),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{t}");
+    assert_eq!(t["delivered"], true, "{t}");
+}
+
+async fn a_literal_private_address_is_refused_at_connect(engine: Engine) {
+    // Endpoints stored while private targets were allowed, then a restart without.
+    let rx = Receiver::start().await;
+    let s = TestServer::start(&engine).await;
+    s.endpoint(&rx.url("v4"), &["*"]).await;
+    let mapped = format!("http://[::ffff:127.0.0.1]:{}/r/v6", rx.addr.port());
+    s.endpoint(&mapped, &["*"]).await;
+    let key = s.key.clone();
+    let data = s.stop().await.unwrap();
+    let mut config = common::test_config(&data.location);
+    config.url_rules.allow_private_targets = false;
+    let s = TestServer::launch(config, key).await;
+
+    let ev = s.event("open", json!({})).await;
+    let mut errors = Vec::new();
+    for delivery in ev["deliveries"].as_array().unwrap() {
+        let d = s
+            .wait_delivery(delivery["id"].as_str().unwrap(), "failed")
+            .await;
+        assert_eq!(d["attempt_count"], 4, "{d}");
+        let all = attempts(&d);
+        assert!(all.iter().all(|a| a == &all[0]), "{d}");
+        assert_eq!(all[0].0, Value::Null, "{d}");
+        errors.push(all[0].1.as_str().unwrap().to_owned());
+    }
+    errors.sort();
+    assert_eq!(
+        errors,
+        vec![
+            "127.0.0.1 is a loopback address; webhooks go to public addresses",
+            "::ffff:127.0.0.1 is a loopback address; webhooks go to public addresses",
+        ]
+    );
+    assert!(rx.all().is_empty(), "the receiver was reached");
+    s.stop().await;
+    drop(data);
+}
+
+async fn redirects_are_not_followed(engine: Engine) {
+    let rx = Receiver::start().await;
+    rx.always("hop", Reply::Redirect(rx.url("landing")));
+    let s = TestServer::start(&engine).await;
+    s.endpoint(&rx.url("hop"), &["*"]).await;
+    let ev = s.event("open", json!({})).await;
+    let d = s
+        .wait_delivery(ev["deliveries"][0]["id"].as_str().unwrap(), "failed")
+        .await;
+    assert_eq!(attempts(&d), vec![(json!(302), Value::Null); 4], "{d}");
+    assert_eq!(rx.got("hop").len(), 4);
+    assert!(rx.got("landing").is_empty(), "the redirect was followed");
+}
+
+on_both_engines!(
+    private_targets_are_refused_unless_allowed,
+    a_name_rebound_to_a_private_address_is_refused_at_connect,
+    a_name_rebound_to_a_private_address_is_delivered_when_allowed,
+    a_literal_private_address_is_refused_at_connect,
+    redirects_are_not_followed,
+);

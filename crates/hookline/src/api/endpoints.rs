@@ -82,7 +82,7 @@ pub async fn create(
         return Err(ApiError::plan_required("creating endpoints"));
     }
     let url = check_url(&body.url, &state.rules)?;
-    check_target(&url, &state.rules).await?;
+    check_target(&url, &state.rules, &*state.resolver).await?;
     let event_types = check_event_types(&state, &account.id, &body.event_types).await?;
     let description = check_description(body.description)?;
     let headers = check_headers(body.headers.unwrap_or_default())?;
@@ -166,7 +166,7 @@ pub async fn update(
     require_webhooks(&state, &account, &id, "changing endpoints").await?;
     let url = body.url.map(|u| check_url(&u, &state.rules)).transpose()?;
     if let Some(u) = &url {
-        check_target(u, &state.rules).await?;
+        check_target(u, &state.rules, &*state.resolver).await?;
     }
     let event_types = match &body.event_types {
         Some(t) => Some(check_event_types(&state, &account.id, t).await?),
@@ -459,15 +459,20 @@ fn check_url(text: &str, rules: &UrlRules) -> Result<String, ApiError> {
 }
 
 /// Refuses a URL whose host is, or resolves to, an address of this machine or its private
-/// networks (see `dispatch::targets`), unless private targets are allowed.
-async fn check_target(url: &str, rules: &UrlRules) -> Result<(), ApiError> {
+/// networks (see `dispatch::targets`), unless private targets are allowed. `resolver` is the
+/// one the sender connects through; the sender checks again at every connection (a name
+/// may resolve differently later), this check tells the user at once.
+async fn check_target(
+    url: &str,
+    rules: &UrlRules,
+    resolver: &dyn crate::dispatch::targets::Resolve,
+) -> Result<(), ApiError> {
     use crate::dispatch::targets::{forbidden, local_name};
     if rules.allow_private_targets {
         return Ok(());
     }
     let bad = |why: String| ApiError::unprocessable(format!("url: {why}"));
     let parsed = url::Url::parse(url).map_err(|e| bad(format!("not a valid URL ({e})")))?;
-    let port = parsed.port_or_known_default().unwrap_or(443);
     match parsed.host() {
         Some(url::Host::Ipv4(ip)) => {
             if let Some(why) = forbidden(ip.into()) {
@@ -487,18 +492,13 @@ async fn check_target(url: &str, rules: &UrlRules) -> Result<(), ApiError> {
             if local_name(name) {
                 return Err(bad(format!("{name:?} names this machine")));
             }
-            // What the name resolves to now. (A name that does not resolve yet is taken.)
-            let lookup = tokio::time::timeout(
-                std::time::Duration::from_secs(3),
-                tokio::net::lookup_host((name, port)),
-            )
-            .await;
-            if let Ok(Ok(addrs)) = lookup {
-                for a in addrs {
-                    if let Some(why) = forbidden(a.ip()) {
+            // What the name resolves to now: any forbidden address refuses it. (A name that
+            // does not resolve yet is taken; the sender judges it when it connects.)
+            if let Ok(ips) = resolver.resolve(name).await {
+                for ip in ips {
+                    if let Some(why) = forbidden(ip) {
                         return Err(bad(format!(
-                            "{name:?} resolves to {}, {why}; webhooks go to public addresses",
-                            a.ip()
+                            "{name:?} resolves to {ip}, {why}; webhooks go to public addresses"
                         )));
                     }
                 }

@@ -56,6 +56,8 @@ pub struct Shared {
     pub ingest: Ingest,
     pub dispatcher: Dispatcher,
     pub rules: Arc<UrlRules>,
+    /// The resolver the sender connects through: URLs are checked against its answers.
+    pub resolver: Arc<dyn crate::dispatch::targets::Resolve>,
     pub max_body_bytes: usize,
     pub auth_cache: Arc<extract::AuthCache>,
     /// What each plan allows.

@@ -162,13 +162,15 @@ impl Dispatcher {
     /// Starts the poller, on the current Tokio runtime. Deliveries left `delivering` by a
     /// previous process must have been released (`Store::release_all_claims`) before.
     /// `joined`: when this node registered in a shared store (its lease starts there).
+    /// `guard`: the resolver and SSRF rules every connection goes through.
     pub fn start(
         store: Store,
         config: DispatchConfig,
+        guard: targets::Guard,
         shutdown: CancellationToken,
         joined: std::time::Instant,
     ) -> Self {
-        let sender = Sender::new(config.connect_timeout, config.timeout);
+        let sender = Sender::new(config.connect_timeout, config.timeout, guard);
         let (records, records_rx) = mpsc::channel(RECORD_QUEUE);
         let shared = store.is_shared();
         let lease = cluster::Lease::new(shared, config.lease, joined);
@@ -246,7 +248,8 @@ impl Dispatcher {
     }
 
     /// Sends `endpoint` a signed `ping` event (`data: {}`) now, once, and says what came
-    /// back. Nothing is stored: it tests the endpoint, not the pipeline.
+    /// back. Nothing is stored: it tests the endpoint, not the pipeline. It goes through the
+    /// same sender as deliveries, so the same connect-time SSRF rules apply.
     pub async fn send_ping(
         &self,
         endpoint: &Endpoint,

@@ -3,15 +3,27 @@
 //! One pooled hyper client serves every endpoint: keep-alive connections are reused per
 //! host, `TCP_NODELAY` is set, HTTPS goes through rustls (HTTP/2 where the receiver offers
 //! it). Redirects are never followed: a 3xx is a failed attempt like any other non-2xx.
+//!
+//! The connector resolves names through the server's [`Guard`] (see [`super::targets`]), not
+//! the system directly: every new connection goes to an address the SSRF rules were checked
+//! against just then, so a name that now resolves to a private address fails the attempt
+//! (as a connect error, retried like any other). URLs with a literal address skip the
+//! resolver; they are checked before each request.
 
+use super::targets::{Guard, Refused};
 use crate::model::Endpoint;
 use bytes::Bytes;
 use hookline_signing::Secret;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode, Uri};
 use http_body_util::{BodyExt as _, Full};
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::{Client, connect::HttpConnector};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::{HttpConnector, dns::Name};
 use hyper_util::rt::TokioExecutor;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 /// How much of a response body is kept in the attempt log.
@@ -101,17 +113,45 @@ impl SendResult {
     }
 }
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The connector's resolver: the guard's lookup, screened, as `hyper-util` wants it. The
+/// addresses it yields (port 0: the connector puts the URL's) are the ones connected to.
+#[derive(Clone)]
+struct ScreenedResolver(Guard);
+
+impl tower_service::Service<Name> for ScreenedResolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        let guard = self.0.clone();
+        Box::pin(async move {
+            let ips = guard.addresses(name.as_str()).await?;
+            let addrs: Vec<SocketAddr> = ips.into_iter().map(|ip| SocketAddr::new(ip, 0)).collect();
+            Ok(addrs.into_iter())
+        })
+    }
+}
+
 /// The shared HTTP client.
 #[derive(Clone)]
 pub struct Sender {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector<ScreenedResolver>>, Full<Bytes>>,
+    guard: Guard,
     timeout: Duration,
     user_agent: HeaderValue,
 }
 
 impl Sender {
-    pub fn new(connect_timeout: Duration, timeout: Duration) -> Self {
-        let mut http = HttpConnector::new();
+    /// `guard` resolves every host connected to and applies the SSRF rules.
+    pub fn new(connect_timeout: Duration, timeout: Duration, guard: Guard) -> Self {
+        let mut http = HttpConnector::new_with_resolver(ScreenedResolver(guard.clone()));
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(connect_timeout));
@@ -128,6 +168,7 @@ impl Sender {
             .build(https);
         Sender {
             client,
+            guard,
             timeout,
             user_agent: HeaderValue::from_static(concat!("Hookline/", env!("CARGO_PKG_VERSION"))),
         }
@@ -170,6 +211,12 @@ impl Sender {
         msg_id: &str,
         payload: Bytes,
     ) -> Result<(StatusCode, Option<String>, Option<Duration>), (Option<StatusCode>, String)> {
+        // A literal address is connected to as it is, without the resolver: judge it here.
+        if let Some(ip) = literal_ip(&target.uri) {
+            self.guard
+                .check_ip(ip)
+                .map_err(|refused| (None, refused.to_string()))?;
+        }
         let now_ms = chrono::Utc::now().timestamp_millis();
         let now = now_ms.div_euclid(1000);
         let signature =
@@ -195,7 +242,7 @@ impl Sender {
             .client
             .request(req)
             .await
-            .map_err(|e| (None, error_chain(&e)))?;
+            .map_err(|e| (None, describe(&e)))?;
         let status = resp.status();
         let retry_after = if status == StatusCode::TOO_MANY_REQUESTS
             || status == StatusCode::SERVICE_UNAVAILABLE
@@ -243,6 +290,29 @@ fn parse_retry_after(v: &str) -> Option<Duration> {
     Some(Duration::from_secs(secs.min(86_400)))
 }
 
+/// The address in `uri`'s host, when it is one (what the connector would not resolve).
+fn literal_ip(uri: &Uri) -> Option<IpAddr> {
+    let host = uri.host()?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    host.parse().ok()
+}
+
+/// A failed request, in words: the SSRF refusal alone when that is what stopped it (the
+/// rest of the chain only says "client error (Connect): dns error"), else the whole chain.
+fn describe(e: &hyper_util::client::legacy::Error) -> String {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if let Some(refused) = c.downcast_ref::<Refused>() {
+            return refused.to_string();
+        }
+        cause = c.source();
+    }
+    error_chain(e)
+}
+
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut src = e.source();
@@ -270,5 +340,19 @@ mod tests {
             Some(Duration::ZERO)
         );
         assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn literal_hosts_are_recognised() {
+        let ip = |u: &str| literal_ip(&u.parse().unwrap());
+        assert_eq!(
+            ip("http://127.0.0.1:8080/x"),
+            Some("127.0.0.1".parse().unwrap())
+        );
+        assert_eq!(
+            ip("http://[::ffff:7f00:1]/"),
+            Some("::ffff:127.0.0.1".parse().unwrap())
+        );
+        assert_eq!(ip("https://hooks.example.com/"), None);
     }
 }

@@ -1,15 +1,168 @@
 //! Which addresses an endpoint may point at: never this machine, the private networks it
-//! sits in, or the cloud's metadata service (SSRF). An endpoint URL is refused at creation
-//! when its host is, or resolves to, such an address; `--allow-private-targets` lifts the
-//! rule for development and tests.
+//! sits in, or the cloud's metadata service (SSRF). `--allow-private-targets` lifts the rules
+//! for development and tests.
 //!
 //! Checked here: literal addresses in every spelling the URL parser normalises (decimal,
 //! octal, hex and short IPv4 forms become dotted quads), IPv6 including IPv4-mapped, NAT64
-//! and 6to4 forms (the IPv4 inside is judged), `localhost`-style names, and whatever a name
-//! resolves to at creation. (Checking again at connect time, against the address actually
-//! used, is the next step: a name may resolve differently later.)
+//! and 6to4 forms (the IPv4 inside is judged), `localhost`-style names, and what names
+//! resolve to. The rules apply twice:
+//!
+//! - **At creation** (and on a URL change), the API refuses a URL whose host is such an
+//!   address, or resolves to one now (`422`).
+//! - **At connect time**, for every new connection, since a name may resolve differently
+//!   later (DNS rebinding): the sender's connector resolves the host through [`Guard`], which
+//!   drops the forbidden addresses and fails the attempt if none is left; the connection is
+//!   made to the addresses it kept, with no second lookup. Literal addresses never reach a
+//!   resolver, so the sender checks them itself ([`Guard::check_ip`]) before each request.
+//!
+//! Both checks ask the same [`Resolve`]r (`server::Config::resolver`): the system's by
+//! default ([`SystemResolver`]), another one in tests.
 
+use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use std::{fmt, io};
+
+/// What a lookup comes to: the host's addresses.
+pub type Lookup = Pin<Box<dyn Future<Output = io::Result<Vec<IpAddr>>> + Send>>;
+
+/// Turns a host name into addresses. One instance serves the whole server: the check at
+/// creation and the sender's connections ask the same one.
+///
+/// No port: the answer does not depend on it, and the connector adds the URL's.
+pub trait Resolve: fmt::Debug + Send + Sync + 'static {
+    fn resolve(&self, host: &str) -> Lookup;
+}
+
+/// The operating system's resolver (`getaddrinfo`, via Tokio), bounded by a timeout.
+#[derive(Clone, Debug)]
+pub struct SystemResolver {
+    timeout: Duration,
+}
+
+impl SystemResolver {
+    /// How long a lookup may take by default: as long as a connection may.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+    pub fn new(timeout: Duration) -> Self {
+        SystemResolver { timeout }
+    }
+}
+
+impl Default for SystemResolver {
+    fn default() -> Self {
+        Self::new(Self::DEFAULT_TIMEOUT)
+    }
+}
+
+impl Resolve for SystemResolver {
+    fn resolve(&self, host: &str) -> Lookup {
+        let host = host.to_owned();
+        let timeout = self.timeout;
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, tokio::net::lookup_host((host.as_str(), 0))).await {
+                Ok(Ok(addrs)) => {
+                    let mut ips: Vec<IpAddr> = Vec::new();
+                    for a in addrs {
+                        if !ips.contains(&a.ip()) {
+                            ips.push(a.ip());
+                        }
+                    }
+                    Ok(ips)
+                }
+                Ok(Err(e)) => Err(io::Error::new(e.kind(), format!("resolving {host:?}: {e}"))),
+                Err(_) => Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "resolving {host:?}: no answer within {} ms",
+                        timeout.as_millis()
+                    ),
+                )),
+            }
+        })
+    }
+}
+
+/// A target refused by the rules; the message names the host, the address and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(String);
+
+/// The rules as the sender applies them at connect time: a resolver, and whether private
+/// targets are allowed. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Guard {
+    resolver: Arc<dyn Resolve>,
+    allow_private: bool,
+}
+
+impl Guard {
+    pub fn new(resolver: Arc<dyn Resolve>, allow_private: bool) -> Self {
+        Guard {
+            resolver,
+            allow_private,
+        }
+    }
+
+    /// Refuses a literal address (an IP in the URL) that may not be a target.
+    pub fn check_ip(&self, ip: IpAddr) -> Result<(), Refused> {
+        match forbidden(ip) {
+            Some(why) if !self.allow_private => Err(Refused(format!(
+                "{ip} is {why}; webhooks go to public addresses"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// The addresses to connect to for `host`: what the resolver answers, less those that
+    /// may not be targets. Fails if the lookup does or if nothing is left.
+    pub async fn addresses(
+        &self,
+        host: &str,
+    ) -> Result<Vec<IpAddr>, Box<dyn std::error::Error + Send + Sync>> {
+        if !self.allow_private && local_name(host) {
+            return Err(Box::new(Refused(format!(
+                "{host:?} names this machine; webhooks go to public addresses"
+            ))));
+        }
+        let ips = self.resolver.resolve(host).await?;
+        if ips.is_empty() {
+            return Err(Box::new(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{host:?} resolves to no address"),
+            )));
+        }
+        if self.allow_private {
+            return Ok(ips);
+        }
+        Ok(public_only(host, ips)?)
+    }
+}
+
+/// Of the addresses `host` resolved to, those a webhook may go to; refused (naming the first
+/// forbidden one) when there are none.
+pub fn public_only(host: &str, ips: Vec<IpAddr>) -> Result<Vec<IpAddr>, Refused> {
+    let mut first_refused = None;
+    let kept: Vec<IpAddr> = ips
+        .into_iter()
+        .filter(|ip| match forbidden(*ip) {
+            None => true,
+            Some(why) => {
+                first_refused.get_or_insert((*ip, why));
+                false
+            }
+        })
+        .collect();
+    match (kept.is_empty(), first_refused) {
+        (true, Some((ip, why))) => Err(Refused(format!(
+            "{host:?} resolves to {ip}, {why}; webhooks go to public addresses"
+        ))),
+        (true, None) => Err(Refused(format!("{host:?} resolves to no address"))),
+        (false, _) => Ok(kept),
+    }
+}
 
 /// Why `ip` may not be a webhook target, if it may not.
 pub fn forbidden(ip: IpAddr) -> Option<&'static str> {
@@ -133,5 +286,60 @@ mod tests {
         ] {
             assert!(forbidden(bad.parse().unwrap()).is_some(), "{bad}");
         }
+    }
+
+    fn ips(list: &[&str]) -> Vec<IpAddr> {
+        list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn forbidden_addresses_are_dropped_and_none_left_is_refused() {
+        let kept = public_only(
+            "mixed.example",
+            ips(&["127.0.0.1", "93.184.216.34", "::1", "2606:4700::1"]),
+        )
+        .unwrap();
+        assert_eq!(kept, ips(&["93.184.216.34", "2606:4700::1"]));
+        let refused = public_only("rebind.example", ips(&["127.0.0.1", "10.0.0.1"]))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            refused,
+            "\"rebind.example\" resolves to 127.0.0.1, a loopback address; \
+             webhooks go to public addresses"
+        );
+    }
+
+    /// Answers every name with the same addresses.
+    #[derive(Debug)]
+    struct Fixed(Vec<IpAddr>);
+
+    impl Resolve for Fixed {
+        fn resolve(&self, _host: &str) -> Lookup {
+            let ips = self.0.clone();
+            Box::pin(async move { Ok(ips) })
+        }
+    }
+
+    #[tokio::test]
+    async fn the_guard_screens_unless_private_targets_are_allowed() {
+        let private = Arc::new(Fixed(ips(&["169.254.169.254"])));
+        let strict = Guard::new(private.clone(), false);
+        let e = strict.addresses("meta.example").await.unwrap_err();
+        assert!(e.downcast_ref::<Refused>().is_some(), "{e}");
+        assert!(
+            e.to_string().contains("169.254.169.254, a link-local"),
+            "{e}"
+        );
+        assert!(strict.addresses("localhost").await.is_err());
+        assert!(strict.check_ip("10.0.0.1".parse().unwrap()).is_err());
+        assert!(strict.check_ip("93.184.216.34".parse().unwrap()).is_ok());
+
+        let open = Guard::new(private, true);
+        assert_eq!(
+            open.addresses("meta.example").await.unwrap(),
+            ips(&["169.254.169.254"])
+        );
+        assert!(open.check_ip("10.0.0.1".parse().unwrap()).is_ok());
     }
 }

@@ -54,6 +54,8 @@ pub enum Reply {
     Hang,
     /// `200` after a pause.
     SlowOk(Duration),
+    /// `302 Found` with `Location` set to this URL.
+    Redirect(String),
 }
 
 /// One request the receiver got.
@@ -234,6 +236,7 @@ async fn receive(
             tokio::time::sleep(pause).await;
             StatusCode::OK.into_response()
         }
+        Reply::Redirect(to) => (StatusCode::FOUND, [("location", to)]).into_response(),
     }
 }
 
