@@ -309,7 +309,11 @@ fn main() -> anyhow::Result<()> {
                 let keys = store.list_api_keys(account.id.clone()).await?;
                 let matching: Vec<_> = keys
                     .iter()
-                    .filter(|k| k.id == key || (key.len() >= 6 && k.prefix.starts_with(&key)))
+                    .filter(|k| {
+                        k.id == key
+                            || (key.len() >= 6
+                                && (k.prefix.starts_with(&key) || key.starts_with(&k.prefix)))
+                    })
                     .collect();
                 let target = match matching.as_slice() {
                     [one] => one.id.clone(),

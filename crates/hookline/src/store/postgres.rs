@@ -478,12 +478,12 @@ impl PgStore {
 
     pub async fn reseal_secrets(&self, to: Sealer) -> Result<usize, StoreError> {
         let mut tx = self.begin().await?;
-        let rows = sqlx::query(
-            "SELECT id, secret, previous_secret FROM endpoints ORDER BY seq FOR UPDATE",
-        )
-        .fetch_all(&mut *tx)
-        .await
-        .ctx("scanning secrets")?;
+        // No row locks for the scan (ingest's key-share locks would wait on them at every
+        // node's start); each rewrite applies only if the row is still as it was read.
+        let rows = sqlx::query("SELECT id, secret, previous_secret FROM endpoints ORDER BY seq")
+            .fetch_all(&mut *tx)
+            .await
+            .ctx("scanning secrets")?;
         let mut rewritten = 0;
         for r in rows {
             const CTX: &str = "scanning secrets";
@@ -495,16 +495,29 @@ impl PgStore {
             if new_secret == secret && new_previous == previous {
                 continue;
             }
-            sqlx::query("UPDATE endpoints SET secret = $2, previous_secret = $3 WHERE id = $1")
-                .bind(&id)
-                .bind(new_secret)
-                .bind(new_previous)
-                .execute(&mut *tx)
-                .await
-                .ctx("rewriting a secret")?;
-            rewritten += 1;
+            rewritten += sqlx::query(
+                "UPDATE endpoints SET secret = $2, previous_secret = $3
+                 WHERE id = $1 AND secret = $4 AND previous_secret IS NOT DISTINCT FROM $5",
+            )
+            .bind(&id)
+            .bind(new_secret)
+            .bind(new_previous)
+            .bind(&secret)
+            .bind(&previous)
+            .execute(&mut *tx)
+            .await
+            .ctx("rewriting a secret")?
+            .rows_affected() as usize;
         }
         tx.commit().await.ctx("committing rewritten secrets")?;
+        if rewritten > 0 {
+            // The old row versions (dead tuples) still hold the old bytes: rewrite the table
+            // so that they are gone from its files. Endpoints are few; this is quick.
+            sqlx::query("VACUUM FULL endpoints")
+                .execute(&self.pool)
+                .await
+                .ctx("rewriting the endpoints table")?;
+        }
         Ok(rewritten)
     }
 

@@ -608,30 +608,38 @@ impl SqliteStore {
     /// All or nothing. Returns how many values were rewritten.
     pub async fn reseal_secrets(&self, to: Sealer) -> Result<usize, StoreError> {
         let from = self.sealer.clone();
-        self.write(move |c| {
-            let rows: Vec<(String, String, Option<String>)> = c
-                .prepare("SELECT id, secret, previous_secret FROM endpoints")
-                .ctx("preparing the secret scan")?
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                .ctx("scanning secrets")?
-                .collect::<Result<_, _>>()
-                .ctx("scanning secrets")?;
-            let mut rewritten = 0;
-            for (id, secret, previous) in rows {
-                let (new_secret, new_previous) = reseal_row(&from, &to, &id, &secret, &previous)?;
-                if new_secret == secret && new_previous == previous {
-                    continue;
+        let rewritten = self
+            .write(move |c| {
+                // The rows' old bytes are zeroed as they are rewritten, not left in free space.
+                c.execute_batch("PRAGMA secure_delete = ON")
+                    .ctx("turning secure delete on")?;
+                let result = reseal_rows(c, &from, &to);
+                c.execute_batch("PRAGMA secure_delete = OFF")
+                    .ctx("turning secure delete off")?;
+                result
+            })
+            .await?;
+        if rewritten > 0 {
+            // The write-ahead log still holds the pages as they were: fold it into the
+            // database and truncate it.
+            let path = self.path.clone();
+            tokio::task::spawn_blocking(move || {
+                let conn = open_connection(&path)?;
+                let busy: i64 = conn
+                    .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
+                    .ctx("truncating the write-ahead log")?;
+                if busy != 0 {
+                    tracing::warn!(
+                        "the write-ahead log could not be truncated after rewriting secrets; \
+                         it is overwritten as the database is used"
+                    );
                 }
-                c.execute(
-                    "UPDATE endpoints SET secret = ?2, previous_secret = ?3 WHERE id = ?1",
-                    params![id, new_secret, new_previous],
-                )
-                .ctx("rewriting a secret")?;
-                rewritten += 1;
-            }
-            Ok(rewritten)
-        })
-        .await
+                Ok::<_, StoreError>(())
+            })
+            .await
+            .map_err(|e| StoreError::Commit(format!("the checkpoint task failed: {e}")))??;
+        }
+        Ok(rewritten)
     }
 
     /// The account whose live key hashes to `key_hash`.
@@ -1879,6 +1887,32 @@ fn event_type_from_row(r: &Row<'_>) -> rusqlite::Result<CustomEventType> {
         created_at: Timestamp(r.get(3)?),
         updated_at: Timestamp(r.get(4)?),
     })
+}
+
+/// Rewrites every endpoint's secrets from `from`'s form to `to`'s (see
+/// [`SqliteStore::reseal_secrets`]).
+fn reseal_rows(c: &Connection, from: &Sealer, to: &Sealer) -> Result<usize, StoreError> {
+    let rows: Vec<(String, String, Option<String>)> = c
+        .prepare("SELECT id, secret, previous_secret FROM endpoints")
+        .ctx("preparing the secret scan")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .ctx("scanning secrets")?
+        .collect::<Result<_, _>>()
+        .ctx("scanning secrets")?;
+    let mut rewritten = 0;
+    for (id, secret, previous) in rows {
+        let (new_secret, new_previous) = reseal_row(from, to, &id, &secret, &previous)?;
+        if new_secret == secret && new_previous == previous {
+            continue;
+        }
+        c.execute(
+            "UPDATE endpoints SET secret = ?2, previous_secret = ?3 WHERE id = ?1",
+            params![id, new_secret, new_previous],
+        )
+        .ctx("rewriting a secret")?;
+        rewritten += 1;
+    }
+    Ok(rewritten)
 }
 
 fn api_key_from_row(r: &Row<'_>) -> rusqlite::Result<ApiKey> {

@@ -533,3 +533,54 @@ pub fn verify_with_standardwebhooks(secret: &str, r: &Received) {
     wh.verify(&r.body, &r.headers)
         .expect("standardwebhooks verifies the signature");
 }
+
+/// Everything the database at `location` holds, as bytes to search: on SQLite the data
+/// directory's files (database and write-ahead log), on PostgreSQL every row of every table
+/// of the test's schema as text.
+pub async fn database_bytes(location: &Location) -> Vec<u8> {
+    match location {
+        Location::Sqlite(dir) => {
+            let mut out = Vec::new();
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_file() {
+                    out.extend(std::fs::read(&path).unwrap());
+                }
+            }
+            out
+        }
+        Location::Postgres(url) => {
+            use sqlx::Connection as _;
+            let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+            let tables: Vec<String> = sqlx::query_scalar(
+                "SELECT table_name::text FROM information_schema.tables
+                 WHERE table_schema = current_schema() AND table_type = 'BASE TABLE'",
+            )
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+            assert!(tables.len() >= 5, "the schema has its tables: {tables:?}");
+            let mut out = Vec::new();
+            for t in tables {
+                let rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                    "SELECT t::text FROM \"{t}\" t"
+                )))
+                .fetch_all(&mut conn)
+                .await
+                .unwrap();
+                for r in rows {
+                    out.extend(r.into_bytes());
+                    out.push(b'\n');
+                }
+            }
+            out
+        }
+    }
+}
+
+/// Whether `needle` occurs in `haystack`.
+pub fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}

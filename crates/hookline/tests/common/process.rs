@@ -63,3 +63,31 @@ pub fn cli_account(storage: &[&str]) -> String {
     assert!(key.starts_with("hk_"), "{stdout}");
     key
 }
+
+/// The storage flags of the CLI for `location`.
+pub fn storage_args(location: &hookline::store::Location) -> Vec<String> {
+    match location {
+        hookline::store::Location::Sqlite(dir) => {
+            vec!["--data-dir".into(), dir.display().to_string()]
+        }
+        hookline::store::Location::Postgres(url) => vec!["--database-url".into(), url.clone()],
+    }
+}
+
+/// Runs the CLI with `args` and `env`; returns whether it succeeded, its stdout and stderr.
+pub fn cli(args: &[String], env: &[(&str, &str)]) -> (bool, String, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env_remove("HOOKLINE_DATABASE_URL")
+        .env_remove("HOOKLINE_ENCRYPTION_KEY")
+        .env_remove("HOOKLINE_NEW_ENCRYPTION_KEY");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -1,0 +1,733 @@
+//! Tenancy and secrets, on both storage engines: plans gate webhooks, API keys are stored as
+//! hashes and revocable, every `/v1` route hides other accounts' ids, the admin API is off
+//! without its token, the ingest rate is limited per account, a rotated secret signs beside
+//! the new one for the overlap, and endpoint secrets are sealed at rest under a key.
+
+mod common;
+
+use common::process::{cli, storage_args};
+use common::{
+    Engine, Receiver, TestServer, contains, database_bytes, eventually, valid,
+    verify_with_standardwebhooks,
+};
+use hookline::store::Sealer;
+use reqwest::Method;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+const ADMIN: &str = "admin-token-for-tests-0123456789";
+
+/// A request to `s` with another key.
+async fn as_key(
+    s: &TestServer,
+    key: &str,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut rb = s.http.request(method, s.url(path)).bearer_auth(key);
+    if let Some(b) = body {
+        rb = rb.json(&b);
+    }
+    let resp = rb.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    let v = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
+    };
+    (status, v)
+}
+
+/// Creates an account through the admin API; returns its id and key.
+async fn admin_account(s: &TestServer, name: &str, plan: &str) -> (String, String) {
+    let (status, b) = as_key(
+        s,
+        ADMIN,
+        Method::POST,
+        "/admin/v1/accounts",
+        Some(json!({"name": name, "plan": plan})),
+    )
+    .await;
+    assert_eq!(status, 201, "{b}");
+    let key = b["api_key"]["key"].as_str().unwrap().to_owned();
+    assert!(key.starts_with("hk_"), "{b}");
+    (b["account"]["id"].as_str().unwrap().to_owned(), key)
+}
+
+fn sha256_hex(text: &str) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+async fn plans_gate_webhooks_and_limit_endpoints(engine: Engine) {
+    let rx = Receiver::start().await;
+    let s = TestServer::start_with(&engine, |c| {
+        c.admin_token = Some(ADMIN.into());
+        c.limits.pro.max_endpoints = 2;
+    })
+    .await;
+
+    // Free: no endpoints, but events are stored and served by the pull API.
+    let (_, free) = admin_account(&s, "free-co", "free").await;
+    let (status, b) = as_key(
+        &s,
+        &free,
+        Method::POST,
+        "/v1/endpoints",
+        Some(json!({"url": rx.url("free"), "event_types": ["*"]})),
+    )
+    .await;
+    assert_eq!(status, 403, "{b}");
+    assert_eq!(b["error"]["code"], "plan_required", "{b}");
+    let (status, ev) = as_key(
+        &s,
+        &free,
+        Method::POST,
+        "/v1/events",
+        Some(json!({"type": "open", "data": valid("open", json!({}))})),
+    )
+    .await;
+    assert_eq!(status, 202, "{ev}");
+    assert_eq!(ev["deliveries"], json!([]), "{ev}");
+    let (_, feed) = as_key(&s, &free, Method::GET, "/v1/events", None).await;
+    assert_eq!(feed["data"][0]["id"], ev["id"], "{feed}");
+    let (status, list) = as_key(&s, &free, Method::GET, "/v1/endpoints", None).await;
+    assert_eq!((status, list["data"].as_array().unwrap().len()), (200, 0));
+
+    // Pro: at most `max_endpoints` at once; a removed one frees its place.
+    let a = s.endpoint(&rx.url("a"), &["*"]).await;
+    s.endpoint(&rx.url("b"), &["*"]).await;
+    let (status, b) = s
+        .post(
+            "/v1/endpoints",
+            json!({"url": rx.url("c"), "event_types": ["*"]}),
+        )
+        .await;
+    assert_eq!(status, 403, "{b}");
+    assert_eq!(b["error"]["code"], "plan_limit_reached", "{b}");
+    let a_id = a["id"].as_str().unwrap();
+    let (status, _) = s
+        .call(Method::DELETE, &format!("/v1/endpoints/{a_id}"), None)
+        .await;
+    assert_eq!(status, 204);
+    let c = s.endpoint(&rx.url("c"), &["click"]).await;
+    let c_id = c["id"].as_str().unwrap();
+
+    // Down to Free: the endpoints are disabled and cannot be changed, tested or rotated;
+    // events are still accepted, with no deliveries. Removing stays possible.
+    let (_, accounts) = as_key(&s, ADMIN, Method::GET, "/admin/v1/accounts", None).await;
+    let acme = accounts["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "acme")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, b) = as_key(
+        &s,
+        ADMIN,
+        Method::PATCH,
+        &format!("/admin/v1/accounts/{acme}"),
+        Some(json!({"plan": "free"})),
+    )
+    .await;
+    assert_eq!((status, &b["plan"]), (200, &json!("free")), "{b}");
+    let (_, ep) = s.get(&format!("/v1/endpoints/{c_id}")).await;
+    assert_eq!(ep["enabled"], false, "{ep}");
+    assert!(
+        ep["disabled_reason"].as_str().unwrap().contains("plan"),
+        "{ep}"
+    );
+    for (method, path, body) in [
+        (
+            Method::PATCH,
+            format!("/v1/endpoints/{c_id}"),
+            Some(json!({"enabled": true})),
+        ),
+        (Method::POST, format!("/v1/endpoints/{c_id}/test"), None),
+        (
+            Method::POST,
+            format!("/v1/endpoints/{c_id}/secret/rotate"),
+            None,
+        ),
+    ] {
+        let (status, b) = s.call(method, &path, body).await;
+        assert_eq!(status, 403, "{path}: {b}");
+        assert_eq!(b["error"]["code"], "plan_required", "{b}");
+    }
+    let ev = s.event("click", json!({})).await;
+    assert_eq!(ev["deliveries"], json!([]), "{ev}");
+
+    // Back to Pro: the endpoint can be enabled again and delivers.
+    let (status, _) = as_key(
+        &s,
+        ADMIN,
+        Method::PATCH,
+        &format!("/admin/v1/accounts/{acme}"),
+        Some(json!({"plan": "pro"})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, b) = s
+        .call(
+            Method::PATCH,
+            &format!("/v1/endpoints/{c_id}"),
+            Some(json!({"enabled": true})),
+        )
+        .await;
+    assert_eq!(status, 200, "{b}");
+    let ev = s.event("click", json!({})).await;
+    assert_eq!(ev["deliveries"].as_array().unwrap().len(), 1, "{ev}");
+    rx.wait_for("c", 1).await;
+}
+
+async fn api_keys_are_stored_as_hashes_and_revocable(engine: Engine) {
+    let s = TestServer::start_with(&engine, |c| c.admin_token = Some(ADMIN.into())).await;
+    let k1 = s.key.clone();
+    let (status, issued) = s.post("/v1/api-keys", json!({})).await;
+    assert_eq!(status, 201, "{issued}");
+    let k2 = issued["key"].as_str().unwrap().to_owned();
+    assert!(
+        k2.starts_with("hk_") && k2.len() >= 3 + 43,
+        "32 random bytes: {k2}"
+    );
+    let (_, other) = admin_account(&s, "other", "pro").await;
+
+    // Listings show ids and prefixes, never keys.
+    let (status, keys) = s.get("/v1/api-keys").await;
+    assert_eq!(status, 200);
+    let keys = keys["data"].as_array().unwrap().clone();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    for k in &keys {
+        assert!(k.get("key").is_none(), "{k}");
+        assert!(
+            k1.starts_with(k["prefix"].as_str().unwrap())
+                || k2.starts_with(k["prefix"].as_str().unwrap())
+        );
+    }
+    let id_of = |key: &str| {
+        keys.iter()
+            .find(|k| key.starts_with(k["prefix"].as_str().unwrap()))
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (id1, id2) = (id_of(&k1), id_of(&k2));
+
+    // No raw key anywhere in the database; their hashes are there (the dump sees the keys).
+    let db = database_bytes(&s.location).await;
+    for key in [&k1, &k2, &other] {
+        assert!(!contains(&db, key), "a raw API key is stored");
+        assert!(contains(&db, &sha256_hex(key)), "the key's hash is stored");
+    }
+    assert!(!contains(&db, ADMIN), "the admin token is not stored");
+
+    // Another account's key id is not found; the last live key is kept.
+    let (status, _) = as_key(
+        &s,
+        &other,
+        Method::DELETE,
+        &format!("/v1/api-keys/{id1}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+    // Revoking k1 with k2: k1 stops at once, k2 goes on.
+    let (status, b) = as_key(
+        &s,
+        &k2,
+        Method::DELETE,
+        &format!("/v1/api-keys/{id1}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{b}");
+    assert!(b["revoked_at"].is_string(), "{b}");
+    let (status, b) = as_key(&s, &k1, Method::GET, "/v1/endpoints", None).await;
+    assert_eq!(status, 401, "{b}");
+    let (status, b) = as_key(
+        &s,
+        &k2,
+        Method::DELETE,
+        &format!("/v1/api-keys/{id2}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 409, "the last live key: {b}");
+    let (status, _) = as_key(&s, &k2, Method::GET, "/v1/endpoints", None).await;
+    assert_eq!(status, 200);
+
+    // The CLI revokes too (by prefix); the running server stops taking the key within its
+    // key cache's lifetime.
+    let (status, issued) = as_key(&s, &k2, Method::POST, "/v1/api-keys", Some(json!({}))).await;
+    assert_eq!(status, 201, "{issued}");
+    let k3 = issued["key"].as_str().unwrap().to_owned();
+    let mut args: Vec<String> = ["account", "revoke", "acme", &k2[..12]]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.extend(storage_args(&s.location));
+    let (ok, out, err) = cli(&args, &[]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains(&id2), "{out}");
+    eventually("the revoked key to be refused", || async {
+        let (status, _) = as_key(&s, &k2, Method::GET, "/v1/endpoints", None).await;
+        (status == 401).then_some(())
+    })
+    .await;
+    let (status, _) = as_key(&s, &k3, Method::GET, "/v1/endpoints", None).await;
+    assert_eq!(status, 200);
+    let (ok, out, _) = cli(
+        &[
+            ["account", "keys", "acme"].map(String::from).to_vec(),
+            storage_args(&s.location),
+        ]
+        .concat(),
+        &[],
+    );
+    assert!(ok);
+    assert_eq!(out.matches("revoked").count(), 2, "{out}");
+    assert!(!out.contains(&k3), "the CLI never shows a key again: {out}");
+}
+
+async fn every_v1_route_hides_other_accounts_ids(engine: Engine) {
+    let rx = Receiver::start().await;
+    let s = TestServer::start_with(&engine, |c| c.admin_token = Some(ADMIN.into())).await;
+    // Account A (the server's own) owns one of everything.
+    let ep = s.endpoint(&rx.url("a"), &["*"]).await;
+    let ep_id = ep["id"].as_str().unwrap().to_owned();
+    let (status, t) = s
+        .post("/v1/event-types", json!({"name": "order.paid"}))
+        .await;
+    assert_eq!(status, 201, "{t}");
+    let ev = s.event("click", json!({})).await;
+    let ev_id = ev["id"].as_str().unwrap().to_owned();
+    let dlv_id = ev["deliveries"][0]["id"].as_str().unwrap().to_owned();
+    s.wait_delivery(&dlv_id, "succeeded").await;
+    let (_, keys) = s.get("/v1/api-keys").await;
+    let key_id = keys["data"][0]["id"].as_str().unwrap().to_owned();
+
+    // Account B (Pro, so only isolation can refuse it) and C (Free: the 404 comes before
+    // the plan's 403, which would reveal that the id exists).
+    let (_, b) = admin_account(&s, "b-co", "pro").await;
+    let (_, c) = admin_account(&s, "c-co", "free").await;
+
+    let (_, doc) = s.get("/openapi.json").await;
+    let mut checked = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        if !path.starts_with("/v1/") || !path.contains('{') {
+            continue;
+        }
+        let concrete = if path.starts_with("/v1/endpoints/{id}") {
+            path.replace("{id}", &ep_id)
+        } else if path.starts_with("/v1/events/{id}") {
+            path.replace("{id}", &ev_id)
+        } else if path.starts_with("/v1/deliveries/{id}") {
+            path.replace("{id}", &dlv_id)
+        } else if path.starts_with("/v1/event-types/{name}") {
+            path.replace("{name}", "order.paid")
+        } else if path.starts_with("/v1/api-keys/{id}") {
+            path.replace("{id}", &key_id)
+        } else {
+            panic!("{path}: a route with an id this test does not cover yet");
+        };
+        for method in item.as_object().unwrap().keys() {
+            let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            // A body that would be valid for the owner, so only ownership can refuse it.
+            let body = match (method.as_str(), path.as_str()) {
+                ("PATCH", "/v1/endpoints/{id}") => Some(json!({"description": "taken over"})),
+                ("PATCH", "/v1/event-types/{name}") => Some(json!({"description": "taken over"})),
+                ("POST", "/v1/endpoints/{id}/secret/rotate") => Some(json!({})),
+                ("POST", "/v1/endpoints/{id}/recover") => {
+                    Some(json!({"since": "2020-01-01T00:00:00Z"}))
+                }
+                _ => None,
+            };
+            for (who, key) in [("pro", &b), ("free", &c)] {
+                let (status, resp) = as_key(&s, key, method.clone(), &concrete, body.clone()).await;
+                assert_eq!(status, 404, "{method} {path} as {who}: {resp}");
+                assert_eq!(resp["error"]["code"], "not_found", "{resp}");
+                let text = resp.to_string();
+                assert!(!text.contains(&ep_id) && !text.contains(&ev_id), "{text}");
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 14, "only {checked} routes with ids were found");
+
+    // Lists show B nothing of A's.
+    for path in ["/v1/endpoints", "/v1/events", "/v1/api-keys"] {
+        let (status, list) = as_key(&s, &b, Method::GET, path, None).await;
+        assert_eq!(status, 200, "{path}");
+        let text = list.to_string();
+        assert!(
+            !text.contains(&ep_id) && !text.contains(&ev_id) && !text.contains(&key_id),
+            "{path}: {text}"
+        );
+    }
+    let (_, types) = as_key(&s, &b, Method::GET, "/v1/event-types", None).await;
+    assert!(!types.to_string().contains("order.paid"), "{types}");
+
+    // And A's things are as they were: nothing was changed, rotated or revoked.
+    let (_, now) = s.get(&format!("/v1/endpoints/{ep_id}")).await;
+    assert_eq!(now["description"], ep["description"], "{now}");
+    assert_eq!(now["updated_at"], ep["updated_at"], "{now}");
+    let (_, secret) = s.get(&format!("/v1/endpoints/{ep_id}/secret")).await;
+    assert_eq!(secret["secret"], ep["secret"]);
+    let (_, t) = s.get("/v1/event-types/order.paid").await;
+    assert!(t["description"] != "taken over", "{t}");
+    let (status, _) = s.get("/v1/endpoints").await;
+    assert_eq!(status, 200, "A's key still works");
+}
+
+async fn the_admin_api_is_off_without_its_token(engine: Engine) {
+    let off = TestServer::start(&engine).await;
+    for key in [None, Some(ADMIN), Some(off.key.as_str())] {
+        let mut rb = off.http.get(off.url("/admin/v1/accounts"));
+        if let Some(k) = key {
+            rb = rb.bearer_auth(k);
+        }
+        assert_eq!(rb.send().await.unwrap().status(), 404);
+    }
+    let (status, _) = as_key(
+        &off,
+        ADMIN,
+        Method::POST,
+        "/admin/v1/accounts",
+        Some(json!({"name": "x"})),
+    )
+    .await;
+    assert_eq!(status, 404);
+    drop(off);
+
+    let s = TestServer::start_with(&engine, |c| c.admin_token = Some(ADMIN.into())).await;
+    let (status, _) = s.get("/admin/v1/accounts").await;
+    assert_eq!(status, 401, "an account's key is not the admin token");
+    let (status, _) = as_key(&s, "wrong", Method::GET, "/admin/v1/accounts", None).await;
+    assert_eq!(status, 401);
+    let status = s
+        .http
+        .get(s.url("/admin/v1/accounts"))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 401);
+
+    // Bad input is refused and creates nothing.
+    for (body, code) in [
+        (json!({"name": ""}), 422),
+        (json!({"name": "x", "plan": "gold"}), 422),
+        (json!({"name": "acme"}), 409),
+        (json!({"nom": "x"}), 422),
+    ] {
+        let (status, b) = as_key(
+            &s,
+            ADMIN,
+            Method::POST,
+            "/admin/v1/accounts",
+            Some(body.clone()),
+        )
+        .await;
+        assert_eq!(status, code, "{body}: {b}");
+    }
+    let (id, key) = admin_account(&s, "beta", "business").await;
+    let (_, page) = as_key(&s, ADMIN, Method::GET, "/admin/v1/accounts?limit=1", None).await;
+    assert_eq!(page["data"].as_array().unwrap().len(), 1);
+    let cursor = page["next_cursor"].as_str().unwrap().to_owned();
+    let (_, page2) = as_key(
+        &s,
+        ADMIN,
+        Method::GET,
+        &format!("/admin/v1/accounts?limit=1&cursor={cursor}"),
+        None,
+    )
+    .await;
+    assert_eq!(page2["data"][0]["id"], id, "{page2}");
+    let (status, acc) = as_key(
+        &s,
+        ADMIN,
+        Method::GET,
+        &format!("/admin/v1/accounts/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!((status, &acc["plan"]), (200, &json!("business")));
+    let (status, _) = as_key(&s, ADMIN, Method::GET, "/admin/v1/accounts/acc_nope", None).await;
+    assert_eq!(status, 404);
+
+    // Keys: issue, list, revoke (the operator may revoke the last one: it locks the account).
+    let (status, issued) = as_key(
+        &s,
+        ADMIN,
+        Method::POST,
+        &format!("/admin/v1/accounts/{id}/keys"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 201, "{issued}");
+    let (_, keys) = as_key(
+        &s,
+        ADMIN,
+        Method::GET,
+        &format!("/admin/v1/accounts/{id}/keys"),
+        None,
+    )
+    .await;
+    let keys = keys["data"].as_array().unwrap().clone();
+    assert_eq!(keys.len(), 2);
+    for k in keys {
+        let kid = k["id"].as_str().unwrap();
+        let (status, _) = as_key(
+            &s,
+            ADMIN,
+            Method::DELETE,
+            &format!("/admin/v1/accounts/{id}/keys/{kid}"),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    let (status, _) = as_key(&s, &key, Method::GET, "/v1/endpoints", None).await;
+    assert_eq!(status, 401);
+    let (status, _) = as_key(
+        &s,
+        issued["key"].as_str().unwrap(),
+        Method::GET,
+        "/v1/endpoints",
+        None,
+    )
+    .await;
+    assert_eq!(status, 401);
+}
+
+async fn ingest_is_rate_limited_per_account(engine: Engine) {
+    let s = TestServer::start_with(&engine, |c| {
+        c.admin_token = Some(ADMIN.into());
+        c.limits.pro.ingest_per_sec = Some(2);
+    })
+    .await;
+    let (_, other) = admin_account(&s, "other", "pro").await;
+    let batch = |n: usize| json!({"events": (0..n).map(|_| json!({"type": "open", "data": valid("open", json!({}))})).collect::<Vec<_>>()});
+    // A full bucket lets a batch of more than a second's worth in; the debt refuses the next.
+    let (status, b) = s.post("/v1/events/batch", batch(3)).await;
+    assert_eq!(status, 202, "{b}");
+    let resp = s
+        .req(Method::POST, "/v1/events/batch")
+        .json(&batch(1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429);
+    let retry: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=3).contains(&retry), "Retry-After: {retry}");
+    let b: Value = resp.json().await.unwrap();
+    assert_eq!(b["error"]["code"], "rate_limited", "{b}");
+    // Nothing of the refused request was stored.
+    let (_, feed) = s.get("/v1/events").await;
+    assert_eq!(feed["data"].as_array().unwrap().len(), 3, "{feed}");
+    // Another account has a bucket of its own.
+    let (status, _) = as_key(&s, &other, Method::POST, "/v1/events/batch", Some(batch(2))).await;
+    assert_eq!(status, 202);
+    // After the wait it is accepted again.
+    tokio::time::sleep(Duration::from_secs(retry)).await;
+    let (status, b) = s.post("/v1/events/batch", batch(1)).await;
+    assert_eq!(status, 202, "{b}");
+}
+
+async fn a_rotated_secret_signs_beside_the_new_one_for_the_overlap(engine: Engine) {
+    let rx = Receiver::start().await;
+    let s = TestServer::start(&engine).await;
+    let ep = s.endpoint(&rx.url("r"), &["*"]).await;
+    let id = ep["id"].as_str().unwrap();
+    let old = ep["secret"].as_str().unwrap().to_owned();
+
+    // Bad input changes nothing.
+    let path = format!("/v1/endpoints/{id}/secret/rotate");
+    for body in [json!({"secret": "nope"}), json!({"secrett": "x"})] {
+        let (status, b) = s.post(&path, body).await;
+        assert_eq!(status, 422, "{b}");
+    }
+    let (_, cur) = s.get(&format!("/v1/endpoints/{id}/secret")).await;
+    assert_eq!(cur["secret"], old.as_str());
+
+    // An empty body rotates to a generated secret.
+    let resp = s.req(Method::POST, &path).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let rotated: Value = resp.json().await.unwrap();
+    let new = rotated["secret"].as_str().unwrap().to_owned();
+    assert!(new.starts_with("whsec_") && new != old, "{rotated}");
+    let (_, cur) = s.get(&format!("/v1/endpoints/{id}/secret")).await;
+    assert_eq!(cur["secret"], new.as_str());
+    let (_, shown) = s.get(&format!("/v1/endpoints/{id}")).await;
+    assert_eq!(
+        shown["previous_secret_expires_at"],
+        rotated["previous_secret_expires_at"]
+    );
+
+    // During the overlap: two signatures; a receiver with only the old secret and one
+    // with only the new one both verify.
+    s.event("click", json!({})).await;
+    let got = rx.wait_for("r", 1).await;
+    let sig = got[0].header("webhook-signature").to_owned();
+    assert_eq!(sig.split(' ').count(), 2, "{sig}");
+    verify_with_standardwebhooks(&old, &got[0]);
+    verify_with_standardwebhooks(&new, &got[0]);
+
+    // A chosen secret; rotating again keeps only the one before (two signatures at most).
+    let chosen = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let (status, b) = s.post(&path, json!({"secret": chosen})).await;
+    assert_eq!(status, 200, "{b}");
+    s.event("click", json!({})).await;
+    let got = rx.wait_for("r", 2).await;
+    let last = got.last().unwrap();
+    assert_eq!(last.header("webhook-signature").split(' ').count(), 2);
+    verify_with_standardwebhooks(chosen, last);
+    verify_with_standardwebhooks(&new, last);
+    let wh = standardwebhooks::Webhook::new(&old).unwrap();
+    assert!(
+        wh.verify(&last.body, &last.headers).is_err(),
+        "the oldest secret is gone"
+    );
+}
+
+async fn after_the_overlap_only_the_new_secret_signs(engine: Engine) {
+    let rx = Receiver::start().await;
+    let s =
+        TestServer::start_with(&engine, |c| c.secret_overlap = Duration::from_millis(300)).await;
+    let ep = s.endpoint(&rx.url("r"), &["*"]).await;
+    let id = ep["id"].as_str().unwrap();
+    let old = ep["secret"].as_str().unwrap().to_owned();
+    let (status, rotated) = s
+        .post(&format!("/v1/endpoints/{id}/secret/rotate"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{rotated}");
+    let new = rotated["secret"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    s.event("click", json!({})).await;
+    let got = rx.wait_for("r", 1).await;
+    assert_eq!(got[0].header("webhook-signature").split(' ').count(), 1);
+    verify_with_standardwebhooks(&new, &got[0]);
+    let wh = standardwebhooks::Webhook::new(&old).unwrap();
+    assert!(wh.verify(&got[0].body, &got[0].headers).is_err());
+}
+
+async fn endpoint_secrets_are_sealed_at_rest_under_a_key(engine: Engine) {
+    let rx = Receiver::start().await;
+    let key1 = Sealer::generate_key();
+    let key2 = Sealer::generate_key();
+    // Before any key: one endpoint whose secret is stored in clear.
+    let s = TestServer::start(&engine).await;
+    let clear = s.endpoint(&rx.url("clear"), &["*"]).await;
+    let clear_secret = clear["secret"].as_str().unwrap().to_owned();
+    assert!(contains(&database_bytes(&s.location).await, &clear_secret));
+    let api_key = s.key.clone();
+    let data = s.stop().await.unwrap();
+
+    // With a key: the clear secret is sealed at start; new and rotated secrets are sealed.
+    let mut config = common::test_config(&data.location);
+    config.sealer = Sealer::from_base64(&key1).unwrap();
+    let s = TestServer::launch(config.clone(), api_key.clone()).await;
+    let chosen = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+    let (status, sealed) = s
+        .post(
+            "/v1/endpoints",
+            json!({"url": rx.url("sealed"), "event_types": ["*"], "secret": chosen}),
+        )
+        .await;
+    assert_eq!(status, 201, "{sealed}");
+    let sealed_id = sealed["id"].as_str().unwrap().to_owned();
+    let (_, rotated) = s
+        .post(
+            &format!("/v1/endpoints/{sealed_id}/secret/rotate"),
+            json!({}),
+        )
+        .await;
+    let rotated_secret = rotated["secret"].as_str().unwrap().to_owned();
+    let db = database_bytes(&s.location).await;
+    for secret in [&clear_secret, chosen, &rotated_secret] {
+        let body = secret.trim_start_matches("whsec_");
+        assert!(
+            !contains(&db, secret) && !contains(&db, body),
+            "a secret is stored in clear"
+        );
+    }
+    assert!(!contains(&db, &key1), "the encryption key is not stored");
+    assert!(contains(&db, "hlenc1:"), "sealed values are there");
+    // The API and deliveries see them in clear.
+    let (_, shown) = s.get(&format!("/v1/endpoints/{sealed_id}/secret")).await;
+    assert_eq!(shown["secret"], rotated_secret.as_str());
+    s.event("click", json!({})).await;
+    let got = rx.wait_for("sealed", 1).await;
+    verify_with_standardwebhooks(&rotated_secret, &got[0]);
+    verify_with_standardwebhooks(chosen, &got[0]);
+    verify_with_standardwebhooks(&clear_secret, &rx.wait_for("clear", 1).await[0]);
+    s.stop().await;
+
+    // A wrong key or none: the server refuses to start, saying why; nothing changes.
+    for sealer in [Sealer::from_base64(&key2).unwrap(), Sealer::none()] {
+        let mut c = common::test_config(&data.location);
+        c.sealer = sealer;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let started = tokio::time::timeout(
+            Duration::from_secs(60),
+            hookline::server::run(c, listener, Default::default()),
+        )
+        .await
+        .expect("the server gives up at once");
+        let err = format!("{:#}", started.expect_err("the start is refused"));
+        assert!(err.contains("encrypted under key"), "{err}");
+    }
+
+    // The CLI re-encrypts everything under a new key (and refuses a wrong current key).
+    let mut args: Vec<String> = ["secrets", "reencrypt"].map(String::from).to_vec();
+    args.extend(storage_args(&data.location));
+    let (ok, _, err) = cli(
+        &args,
+        &[
+            ("HOOKLINE_ENCRYPTION_KEY", &key2),
+            ("HOOKLINE_NEW_ENCRYPTION_KEY", &Sealer::generate_key()),
+        ],
+    );
+    assert!(!ok && err.contains("encrypted under key"), "{err}");
+    let (ok, out, err) = cli(
+        &args,
+        &[
+            ("HOOKLINE_ENCRYPTION_KEY", &key1),
+            ("HOOKLINE_NEW_ENCRYPTION_KEY", &key2),
+        ],
+    );
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("2 endpoints re-encrypted"), "{out}");
+    let mut c = common::test_config(&data.location);
+    c.sealer = Sealer::from_base64(&key2).unwrap();
+    let s = TestServer::launch(c, api_key).await;
+    s.event("click", json!({})).await;
+    let got = rx.wait_for("sealed", 2).await;
+    verify_with_standardwebhooks(&rotated_secret, got.last().unwrap());
+    s.stop().await;
+    drop(data);
+}
+
+on_both_engines!(
+    plans_gate_webhooks_and_limit_endpoints,
+    api_keys_are_stored_as_hashes_and_revocable,
+    every_v1_route_hides_other_accounts_ids,
+    the_admin_api_is_off_without_its_token,
+    ingest_is_rate_limited_per_account,
+    a_rotated_secret_signs_beside_the_new_one_for_the_overlap,
+    after_the_overlap_only_the_new_secret_signs,
+    endpoint_secrets_are_sealed_at_rest_under_a_key,
+);
