@@ -86,16 +86,14 @@ struct ServeArgs {
     /// deliveries before the other nodes take them over.
     #[arg(long, env = "HOOKLINE_LEASE", default_value = "30s", value_parser = parse_duration)]
     lease: Duration,
-    /// How long events, their deliveries and attempts are kept.
-    #[arg(long, env = "HOOKLINE_RETENTION", default_value = "30d", value_parser = parse_duration)]
-    retention: Duration,
-    /// Free plan limits, e.g. `ingest=100` (Free never includes webhooks).
+    /// Free plan limits, e.g. `ingest=100,retention=7d` (Free never includes webhooks).
     #[arg(long, env = "HOOKLINE_PLAN_FREE", default_value = "")]
     plan_free: String,
-    /// Pro plan limits, e.g. `endpoints=100,ingest=2000` (`ingest=none`: unlimited).
+    /// Pro plan limits, e.g. `endpoints=100,ingest=2000,retention=30d` (`ingest=none`:
+    /// unlimited).
     #[arg(long, env = "HOOKLINE_PLAN_PRO", default_value = "")]
     plan_pro: String,
-    /// Business plan limits, e.g. `endpoints=1000,ingest=20000`.
+    /// Business plan limits, e.g. `endpoints=1000,ingest=20000,retention=90d`.
     #[arg(long, env = "HOOKLINE_PLAN_BUSINESS", default_value = "")]
     plan_business: String,
     /// Turns the admin API (`/admin/v1`) on, with this bearer token.
@@ -345,7 +343,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.dispatch.connect_timeout = args.connect_timeout;
     config.dispatch.lease = args.lease;
     config.idempotency_window = args.idempotency_window;
-    config.retention = args.retention;
     let base = Limits::default();
     config.limits = Limits {
         free: base

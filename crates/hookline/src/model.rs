@@ -96,11 +96,13 @@ pub struct PlanLimits {
     pub max_endpoints: u32,
     /// Events an account may ingest per second (per node), `None` for no limit.
     pub ingest_per_sec: Option<u32>,
+    /// How long the account's events, with their deliveries and attempts, are kept.
+    pub retention: std::time::Duration,
 }
 
 impl PlanLimits {
-    /// These limits changed by `spec`, e.g. `endpoints=100,ingest=2000` (`ingest=none`: no
-    /// limit); fields not named stay as they are.
+    /// These limits changed by `spec`, e.g. `endpoints=100,ingest=2000,retention=30d`
+    /// (`ingest=none`: no limit); fields not named stay as they are.
     pub fn with(mut self, spec: &str) -> Result<Self, String> {
         for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (key, value) = part
@@ -113,6 +115,10 @@ impl PlanLimits {
             };
             match key.trim() {
                 "endpoints" => self.max_endpoints = number(value)?,
+                "retention" => {
+                    self.retention =
+                        parse_duration(value.trim()).map_err(|e| format!("retention: {e}"))?;
+                }
                 "ingest" if value.trim() == "none" => self.ingest_per_sec = None,
                 "ingest" => {
                     let n = number(value)?;
@@ -122,7 +128,9 @@ impl PlanLimits {
                     self.ingest_per_sec = Some(n);
                 }
                 other => {
-                    return Err(format!("{other:?} is not a plan limit (endpoints, ingest)"));
+                    return Err(format!(
+                        "{other:?} is not a plan limit (endpoints, ingest, retention)"
+                    ));
                 }
             }
         }
@@ -148,6 +156,10 @@ impl Limits {
     }
 }
 
+fn days(n: u64) -> std::time::Duration {
+    std::time::Duration::from_secs(n * 24 * 3600)
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
@@ -155,16 +167,19 @@ impl Default for Limits {
                 webhooks: false,
                 max_endpoints: 0,
                 ingest_per_sec: Some(100),
+                retention: days(7),
             },
             pro: PlanLimits {
                 webhooks: true,
                 max_endpoints: 100,
                 ingest_per_sec: Some(2_000),
+                retention: days(30),
             },
             business: PlanLimits {
                 webhooks: true,
                 max_endpoints: 1_000,
                 ingest_per_sec: Some(20_000),
+                retention: days(90),
             },
         }
     }
@@ -384,4 +399,55 @@ pub struct CustomEventType {
     pub schema: Option<serde_json::Value>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+}
+
+/// A duration such as `500ms`, `5s`, `10m`, `1h` or `30d`.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{text:?} has no unit (ms, s, m, h or d)"))?;
+    let (num, unit) = text.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{text:?} does not start with a number"))?;
+    let ms = match unit {
+        "ms" => n,
+        "s" => n * 1000,
+        "m" => n * 60_000,
+        "h" => n * 3_600_000,
+        "d" => n * 86_400_000,
+        _ => {
+            return Err(format!(
+                "{text:?} has an unknown unit (use ms, s, m, h or d)"
+            ));
+        }
+    };
+    Ok(std::time::Duration::from_millis(ms))
+}
+
+#[cfg(test)]
+mod plan_tests {
+    use super::{Limits, parse_duration};
+    use std::time::Duration;
+
+    #[test]
+    fn plan_specs_change_only_what_they_name() {
+        let pro = Limits::default().pro;
+        let changed = pro.with("endpoints=5, retention=2d").expect("valid spec");
+        assert_eq!(changed.max_endpoints, 5);
+        assert_eq!(changed.retention, Duration::from_secs(2 * 86_400));
+        assert_eq!(changed.ingest_per_sec, pro.ingest_per_sec);
+        assert_eq!(pro.with("ingest=none").expect("valid").ingest_per_sec, None);
+        assert_eq!(pro.with("").expect("empty is no change"), pro);
+        for bad in [
+            "endpoints",
+            "ingest=0",
+            "ingest=-1",
+            "retention=5",
+            "colour=red",
+        ] {
+            assert!(pro.with(bad).is_err(), "{bad}");
+        }
+        assert!(parse_duration("10x").is_err());
+    }
 }

@@ -1,23 +1,26 @@
-//! Retention: events older than the retention period go, with their deliveries and attempts,
-//! in small batches (one short write each, with a pause between), so that ingest never waits
-//! long behind it. An event whose deliveries are not all ended stays until they are.
-//! Idempotency keys go once their window has passed.
+//! Retention: each account's events older than its plan's retention period go, with their
+//! deliveries and attempts, in small batches (one short write each, with a pause between),
+//! so that ingest never waits long behind it. An event whose deliveries are not all ended
+//! stays until they are. Idempotency keys go once their window has passed.
+//!
+//! A sweep walks the accounts; an account whose oldest event is within its period costs one
+//! indexed read and no write.
 
-use crate::model::Timestamp;
+use crate::model::{Limits, Timestamp};
 use crate::store::Store;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// Events deleted per write.
 const BATCH: usize = 500;
-/// The pause between two batches of one sweep.
+/// The pause between two writes of one sweep.
 const PAUSE: Duration = Duration::from_millis(20);
 
 /// What retention keeps.
 #[derive(Clone, Debug)]
 pub struct RetentionConfig {
-    /// How long events (and their deliveries and attempts) are kept.
-    pub keep: Duration,
+    /// Each plan's retention period.
+    pub limits: Limits,
     /// How long an idempotency key is kept (its window).
     pub keys: Duration,
     /// How often a sweep runs.
@@ -31,30 +34,60 @@ pub async fn run(store: Store, config: RetentionConfig, shutdown: CancellationTo
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(config.every) => {}
         }
-        let now = Timestamp::now().0;
-        let before = Timestamp(now - config.keep.as_millis() as i64);
-        let keys_before = Timestamp(now - config.keys.as_millis() as i64);
-        let mut total = 0;
-        loop {
-            match store.purge(before, keys_before, BATCH).await {
-                Ok((events, keys)) => {
-                    total += events;
-                    if events < BATCH && keys < BATCH {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "a retention batch failed; the next sweep retries");
+        match sweep(&store, &config, &shutdown).await {
+            Ok(0) => {}
+            Ok(events) => tracing::info!(events, "retention removed expired events"),
+            Err(e) => tracing::warn!(error = %e, "a retention sweep failed; the next one retries"),
+        }
+    }
+}
+
+/// One sweep over every account, then the idempotency keys. Returns the events removed.
+async fn sweep(
+    store: &Store,
+    config: &RetentionConfig,
+    shutdown: &CancellationToken,
+) -> Result<usize, crate::store::StoreError> {
+    let mut total = 0;
+    let mut after = None;
+    loop {
+        let page = store.list_accounts(after, 1000).await?;
+        for account in &page.items {
+            let keep = config.limits.of(account.plan).retention;
+            let before = Timestamp(Timestamp::now().0 - keep.as_millis() as i64);
+            let oldest = store.oldest_event_at(account.id.clone()).await?;
+            if oldest.is_none_or(|t| t >= before) {
+                continue;
+            }
+            loop {
+                let n = store.purge(account.id.clone(), before, BATCH).await?;
+                total += n;
+                if n < BATCH || pause(shutdown).await {
                     break;
                 }
             }
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(PAUSE) => {}
+            if shutdown.is_cancelled() {
+                return Ok(total);
             }
         }
-        if total > 0 {
-            tracing::info!(events = total, "retention removed expired events");
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
         }
+    }
+    let keys_before = Timestamp(Timestamp::now().0 - config.keys.as_millis() as i64);
+    while store.purge_keys(keys_before, BATCH).await? == BATCH {
+        if pause(shutdown).await {
+            break;
+        }
+    }
+    Ok(total)
+}
+
+/// Waits [`PAUSE`]; `true` when shutdown came first.
+async fn pause(shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => true,
+        _ = tokio::time::sleep(PAUSE) => false,
     }
 }

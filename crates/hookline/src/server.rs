@@ -32,8 +32,6 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// How long an idempotency key answers repeats of its request.
     pub idempotency_window: Duration,
-    /// How long events, deliveries and attempts are kept.
-    pub retention: Duration,
     /// How often retention sweeps.
     pub retention_sweep: Duration,
     /// What each plan allows.
@@ -62,7 +60,6 @@ impl Config {
             max_body_bytes: 256 * 1024,
             shutdown_grace: Duration::from_secs(5),
             idempotency_window: Duration::from_secs(24 * 3600),
-            retention: Duration::from_secs(30 * 24 * 3600),
             retention_sweep: Duration::from_secs(60),
             limits: Limits::default(),
             admin_token: None,
@@ -129,7 +126,7 @@ pub async fn run(
     let sweeper = tokio::spawn(crate::retention::run(
         store.clone(),
         crate::retention::RetentionConfig {
-            keep: config.retention,
+            limits: config.limits,
             keys: config.idempotency_window,
             every: config.retention_sweep,
         },

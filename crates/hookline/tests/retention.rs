@@ -1,5 +1,6 @@
 //! Retention, on both storage engines: with a short period, an event whose deliveries have
-//! ended goes (with its deliveries and attempts); one with a delivery still open stays.
+//! ended goes (with its deliveries and attempts); one with a delivery still open stays; and
+//! each account keeps its events for its own plan's period.
 
 mod common;
 
@@ -11,12 +12,38 @@ async fn expired_events_go_and_open_ones_stay(engine: Engine) {
     let rx = Receiver::start().await;
     rx.always("down", Reply::Status(500));
     let s = TestServer::start_with(&engine, |c| {
-        c.retention = Duration::from_secs(1);
+        c.limits.pro.retention = Duration::from_secs(1);
+        c.admin_token = Some("admin".into());
         c.retention_sweep = Duration::from_millis(200);
         // A failed attempt waits an hour: that delivery stays open through the test.
         c.dispatch.retry = hookline::dispatch::retry::RetrySchedule::parse("1h").unwrap();
     })
     .await;
+    // A Business account's event, older than all the others, is kept for Business's period.
+    let created: serde_json::Value = s
+        .http
+        .post(s.url("/admin/v1/accounts"))
+        .bearer_auth("admin")
+        .json(&json!({"name": "big", "plan": "business"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let big_key = created["api_key"]["key"].as_str().unwrap().to_owned();
+    let kept: serde_json::Value = s
+        .http
+        .post(s.url("/v1/events"))
+        .bearer_auth(&big_key)
+        .json(&json!({"type": "open", "data": common::valid("open", json!({}))}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let kept_id = kept["id"].as_str().unwrap().to_owned();
     s.endpoint(&rx.url("up"), &["open"]).await;
     s.endpoint(&rx.url("down"), &["click"]).await;
 
@@ -45,6 +72,16 @@ async fn expired_events_go_and_open_ones_stay(engine: Engine) {
     let (status, d) = s.get(&format!("/v1/deliveries/{open_delivery}")).await;
     assert_eq!(status, 200, "{d}");
     assert_eq!(d["status"], "pending", "{d}");
+    // The Business account's ended event, older than both, is still there.
+    let status = s
+        .http
+        .get(s.url(&format!("/v1/events/{kept_id}")))
+        .bearer_auth(&big_key)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200);
 }
 
 on_both_engines!(expired_events_go_and_open_ones_stay);

@@ -721,7 +721,62 @@ async fn endpoint_secrets_are_sealed_at_rest_under_a_key(engine: Engine) {
     drop(data);
 }
 
+async fn endpoint_headers_cannot_smuggle_anything(engine: Engine) {
+    let rx = Receiver::start().await;
+    let s = TestServer::start(&engine).await;
+    let ep = s
+        .post(
+            "/v1/endpoints",
+            json!({"url": rx.url("h"), "event_types": ["*"], "headers": {"X-Tenant": "t1"}}),
+        )
+        .await
+        .1;
+    let id = ep["id"].as_str().unwrap().to_owned();
+    let hostile: Vec<Value> = vec![
+        json!({"Host": "internal.example"}),
+        json!({"content-length": "0"}),
+        json!({"Transfer-Encoding": "chunked"}),
+        json!({"connection": "close"}),
+        json!({"webhook-signature": "v1,forged"}),
+        json!({"Webhook-Id": "evt_forged"}),
+        json!({"webhook-timestamp": "0"}),
+        json!({"X-A": "a\r\nX-Injected: 1"}),
+        json!({"X-A": "a\nX-Injected: 1"}),
+        json!({"X-A": "a\u{0}b"}),
+        json!({"X-A\r\nX-Injected": "1"}),
+        json!({"bad name": "x"}),
+        json!({"": "x"}),
+    ];
+    for headers in hostile {
+        let (status, b) = s
+            .post(
+                "/v1/endpoints",
+                json!({"url": rx.url("h"), "event_types": ["*"], "headers": headers}),
+            )
+            .await;
+        assert_eq!(status, 422, "create {headers}: {b}");
+        let (status, b) = s
+            .call(
+                Method::PATCH,
+                &format!("/v1/endpoints/{id}"),
+                Some(json!({"headers": headers})),
+            )
+            .await;
+        assert_eq!(status, 422, "change {headers}: {b}");
+    }
+    // Nothing changed: the endpoint sends its own header, and only Hookline's signature.
+    let (_, list) = s.get("/v1/endpoints").await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 1);
+    s.event("click", json!({})).await;
+    let got = rx.wait_for("h", 1).await;
+    assert_eq!(got[0].header("x-tenant"), "t1");
+    assert!(got[0].headers.get("x-injected").is_none());
+    assert_eq!(got[0].headers.get_all("webhook-signature").iter().count(), 1);
+    verify_with_standardwebhooks(ep["secret"].as_str().unwrap(), &got[0]);
+}
+
 on_both_engines!(
+    endpoint_headers_cannot_smuggle_anything,
     plans_gate_webhooks_and_limit_endpoints,
     api_keys_are_stored_as_hashes_and_revocable,
     every_v1_route_hides_other_accounts_ids,

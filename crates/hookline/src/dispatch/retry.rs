@@ -76,29 +76,7 @@ impl RetrySchedule {
     }
 }
 
-/// Parses one duration such as `250ms`, `5s`, `10m`, `2h`, `1d`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("{text:?} has no unit (ms, s, m, h or d)"))?;
-    let (num, unit) = text.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{text:?} does not start with a number"))?;
-    let ms = match unit {
-        "ms" => n,
-        "s" => n * 1000,
-        "m" => n * 60_000,
-        "h" => n * 3_600_000,
-        "d" => n * 86_400_000,
-        _ => {
-            return Err(format!(
-                "{text:?} has an unknown unit (use ms, s, m, h or d)"
-            ));
-        }
-    };
-    Ok(Duration::from_millis(ms))
-}
+pub use crate::model::parse_duration;
 
 #[cfg(test)]
 mod tests {

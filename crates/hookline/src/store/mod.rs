@@ -293,17 +293,29 @@ impl Store {
         on_engine!(self, s => s.list_events(account_id, filter, after, limit).await)
     }
 
-    /// Retention: deletes up to `batch` events created before `before` whose deliveries have
-    /// all ended, with their deliveries and attempts, and up to `batch` idempotency keys
-    /// recorded before `keys_before`. Returns how many events and keys went (fewer than
-    /// `batch` of both: nothing older left).
+    /// When the account's oldest stored event was created.
+    pub async fn oldest_event_at(
+        &self,
+        account_id: String,
+    ) -> Result<Option<Timestamp>, StoreError> {
+        on_engine!(self, s => s.oldest_event_at(account_id).await)
+    }
+
+    /// Retention: deletes up to `batch` of the account's events created before `before`
+    /// whose deliveries have all ended, with their deliveries and attempts. Returns how many
+    /// went (fewer than `batch`: nothing older left).
     pub async fn purge(
         &self,
+        account_id: String,
         before: Timestamp,
-        keys_before: Timestamp,
         batch: usize,
-    ) -> Result<(usize, usize), StoreError> {
-        on_engine!(self, s => s.purge(before, keys_before, batch).await)
+    ) -> Result<usize, StoreError> {
+        on_engine!(self, s => s.purge(account_id, before, batch).await)
+    }
+
+    /// Deletes up to `batch` idempotency keys recorded before `before`.
+    pub async fn purge_keys(&self, before: Timestamp, batch: usize) -> Result<usize, StoreError> {
+        on_engine!(self, s => s.purge_keys(before, batch).await)
     }
 
     /// Adds an account's own event type ([`StoreError::Conflict`] if the name is taken).

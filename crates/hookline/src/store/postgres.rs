@@ -978,17 +978,31 @@ impl PgStore {
         Ok(n == 1)
     }
 
+    pub async fn oldest_event_at(
+        &self,
+        account_id: String,
+    ) -> Result<Option<Timestamp>, StoreError> {
+        let t: Option<i64> = sqlx::query_scalar(
+            "SELECT created_at FROM events WHERE account_id = $1 ORDER BY seq LIMIT 1",
+        )
+        .bind(account_id)
+        .fetch_optional(&self.pool)
+        .await
+        .ctx("finding the oldest event")?;
+        Ok(t.map(Timestamp))
+    }
+
     /// Retention, one small transaction at a time (see [`super::Store::purge`]).
     pub async fn purge(
         &self,
+        account_id: String,
         before: Timestamp,
-        keys_before: Timestamp,
         batch: usize,
-    ) -> Result<(usize, usize), StoreError> {
+    ) -> Result<usize, StoreError> {
         let mut tx = self.begin().await?;
         let ids: Vec<String> = sqlx::query_scalar(
             "SELECT e.id FROM events e
-             WHERE e.created_at < $1 AND NOT EXISTS (
+             WHERE e.account_id = $3 AND e.created_at < $1 AND NOT EXISTS (
                 SELECT 1 FROM deliveries d
                 WHERE d.event_id = e.id AND d.status IN ('pending', 'delivering'))
              ORDER BY e.seq LIMIT $2
@@ -996,6 +1010,7 @@ impl PgStore {
         )
         .bind(before.0)
         .bind(batch as i64)
+        .bind(account_id)
         .fetch_all(&mut *tx)
         .await
         .ctx("finding expired events")?;
@@ -1028,18 +1043,22 @@ impl PgStore {
             .await
             .ctx("deleting expired events")?;
         }
-        let keys = sqlx::query(
+        tx.commit().await.ctx("committing a retention batch")?;
+        Ok(ids.len())
+    }
+
+    pub async fn purge_keys(&self, before: Timestamp, batch: usize) -> Result<usize, StoreError> {
+        let n = sqlx::query(
             "DELETE FROM idempotency_keys WHERE (account_id, key) IN (
                 SELECT account_id, key FROM idempotency_keys WHERE created_at < $1 LIMIT $2)",
         )
-        .bind(keys_before.0)
+        .bind(before.0)
         .bind(batch as i64)
-        .execute(&mut *tx)
+        .execute(&self.pool)
         .await
         .ctx("deleting expired idempotency keys")?
-        .rows_affected() as usize;
-        tx.commit().await.ctx("committing a retention batch")?;
-        Ok((ids.len(), keys))
+        .rows_affected();
+        Ok(n as usize)
     }
 
     pub async fn feed_position(

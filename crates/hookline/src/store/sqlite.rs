@@ -1152,13 +1152,30 @@ impl SqliteStore {
         .await
     }
 
+    pub async fn oldest_event_at(
+        &self,
+        account_id: String,
+    ) -> Result<Option<Timestamp>, StoreError> {
+        self.read(move |c| {
+            c.prepare_cached(
+                "SELECT created_at FROM events WHERE account_id = ?1 ORDER BY seq LIMIT 1",
+            )
+            .ctx("preparing the oldest event lookup")?
+            .query_row([&account_id], |r| r.get::<_, i64>(0))
+            .optional()
+            .ctx("finding the oldest event")
+            .map(|t| t.map(Timestamp))
+        })
+        .await
+    }
+
     /// Retention, one small job at a time (see [`super::Store::purge`]).
     pub async fn purge(
         &self,
+        account_id: String,
         before: Timestamp,
-        keys_before: Timestamp,
         batch: usize,
-    ) -> Result<(usize, usize), StoreError> {
+    ) -> Result<usize, StoreError> {
         self.write(move |c| {
             // The oldest `batch` events whose deliveries have all ended (seq follows creation),
             // of which the expired prefix goes: the scan is bounded whatever the table's size.
@@ -1167,13 +1184,16 @@ impl SqliteStore {
             let oldest: Vec<(String, i64)> = c
                 .prepare_cached(
                     "SELECT e.id, e.created_at FROM events e
-                     WHERE e.seq < (SELECT MAX(seq) FROM events) AND NOT EXISTS (
+                     WHERE e.account_id = ?2 AND e.seq < (SELECT MAX(seq) FROM events)
+                       AND NOT EXISTS (
                         SELECT 1 FROM deliveries d
                         WHERE d.event_id = e.id AND d.status IN ('pending', 'delivering'))
                      ORDER BY e.seq LIMIT ?1",
                 )
                 .ctx("preparing the retention scan")?
-                .query_map(params![batch as i64], |r| Ok((r.get(0)?, r.get(1)?)))
+                .query_map(params![batch as i64, account_id], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
                 .ctx("finding expired events")?
                 .collect::<Result<_, _>>()
                 .ctx("finding expired events")?;
@@ -1196,14 +1216,19 @@ impl SqliteStore {
                     .and_then(|mut s| s.execute([id]))
                     .ctx("deleting an expired event")?;
             }
-            let keys = c
-                .execute(
-                    "DELETE FROM idempotency_keys WHERE (account_id, key) IN (
+            Ok(ids.len())
+        })
+        .await
+    }
+
+    pub async fn purge_keys(&self, before: Timestamp, batch: usize) -> Result<usize, StoreError> {
+        self.write(move |c| {
+            c.execute(
+                "DELETE FROM idempotency_keys WHERE (account_id, key) IN (
                     SELECT account_id, key FROM idempotency_keys WHERE created_at < ?1 LIMIT ?2)",
-                    params![keys_before.0, batch as i64],
-                )
-                .ctx("deleting expired idempotency keys")?;
-            Ok((ids.len(), keys))
+                params![before.0, batch as i64],
+            )
+            .ctx("deleting expired idempotency keys")
         })
         .await
     }
