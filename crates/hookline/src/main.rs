@@ -358,7 +358,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .with(&args.plan_business)
             .map_err(|e| anyhow::anyhow!("--plan-business: {e}"))?,
     };
-    config.admin_token = args.admin_token.filter(|t| !t.trim().is_empty());
+    config.admin_token = hookline::api::admin::AdminToken::new(args.admin_token.as_deref());
     config.sealer = sealer(args.encryption_key.as_deref()).context("HOOKLINE_ENCRYPTION_KEY")?;
     config.secret_overlap = args.secret_overlap;
     config.dispatch.concurrency_per_endpoint = args.endpoint_concurrency.max(1);

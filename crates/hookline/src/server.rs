@@ -36,8 +36,8 @@ pub struct Config {
     pub retention_sweep: Duration,
     /// What each plan allows.
     pub limits: Limits,
-    /// `HOOKLINE_ADMIN_TOKEN`: the admin API is off without it.
-    pub admin_token: Option<String>,
+    /// `HOOKLINE_ADMIN_TOKEN` (kept as its digest): the admin API is off without it.
+    pub admin_token: Option<api::admin::AdminToken>,
     /// Seals endpoint secrets at rest (`HOOKLINE_ENCRYPTION_KEY`); no key stores them clear.
     pub sealer: Sealer,
     /// How long a rotated-out secret keeps signing beside the new one.
@@ -151,7 +151,7 @@ pub async fn run(
         auth_cache: Arc::new(api::extract::AuthCache::new(AUTH_CACHE_TTL)),
         limits: config.limits,
         ingest_limiter: Default::default(),
-        admin_token: api::admin::AdminToken::new(config.admin_token.as_deref()),
+        admin_token: config.admin_token.clone(),
         secret_overlap: config.secret_overlap,
     });
     let app = api::router(state);

@@ -13,7 +13,7 @@ async fn expired_events_go_and_open_ones_stay(engine: Engine) {
     rx.always("down", Reply::Status(500));
     let s = TestServer::start_with(&engine, |c| {
         c.limits.pro.retention = Duration::from_secs(1);
-        c.admin_token = Some("admin".into());
+        c.admin_token = hookline::api::admin::AdminToken::new(Some("admin"));
         c.retention_sweep = Duration::from_millis(200);
         // A failed attempt waits an hour: that delivery stays open through the test.
         c.dispatch.retry = hookline::dispatch::retry::RetrySchedule::parse("1h").unwrap();

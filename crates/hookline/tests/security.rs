@@ -67,7 +67,7 @@ fn sha256_hex(text: &str) -> String {
 async fn plans_gate_webhooks_and_limit_endpoints(engine: Engine) {
     let rx = Receiver::start().await;
     let s = TestServer::start_with(&engine, |c| {
-        c.admin_token = Some(ADMIN.into());
+        c.admin_token = hookline::api::admin::AdminToken::new(Some(ADMIN));
         c.limits.pro.max_endpoints = 2;
     })
     .await;
@@ -189,7 +189,10 @@ async fn plans_gate_webhooks_and_limit_endpoints(engine: Engine) {
 }
 
 async fn api_keys_are_stored_as_hashes_and_revocable(engine: Engine) {
-    let s = TestServer::start_with(&engine, |c| c.admin_token = Some(ADMIN.into())).await;
+    let s = TestServer::start_with(&engine, |c| {
+        c.admin_token = hookline::api::admin::AdminToken::new(Some(ADMIN))
+    })
+    .await;
     let k1 = s.key.clone();
     let (status, issued) = s.post("/v1/api-keys", json!({})).await;
     assert_eq!(status, 201, "{issued}");
@@ -300,7 +303,10 @@ async fn api_keys_are_stored_as_hashes_and_revocable(engine: Engine) {
 
 async fn every_v1_route_hides_other_accounts_ids(engine: Engine) {
     let rx = Receiver::start().await;
-    let s = TestServer::start_with(&engine, |c| c.admin_token = Some(ADMIN.into())).await;
+    let s = TestServer::start_with(&engine, |c| {
+        c.admin_token = hookline::api::admin::AdminToken::new(Some(ADMIN))
+    })
+    .await;
     // Account A (the server's own) owns one of everything.
     let ep = s.endpoint(&rx.url("a"), &["*"]).await;
     let ep_id = ep["id"].as_str().unwrap().to_owned();
@@ -408,7 +414,10 @@ async fn the_admin_api_is_off_without_its_token(engine: Engine) {
     assert_eq!(status, 404);
     drop(off);
 
-    let s = TestServer::start_with(&engine, |c| c.admin_token = Some(ADMIN.into())).await;
+    let s = TestServer::start_with(&engine, |c| {
+        c.admin_token = hookline::api::admin::AdminToken::new(Some(ADMIN))
+    })
+    .await;
     let (status, _) = s.get("/admin/v1/accounts").await;
     assert_eq!(status, 401, "an account's key is not the admin token");
     let (status, _) = as_key(&s, "wrong", Method::GET, "/admin/v1/accounts", None).await;
@@ -511,7 +520,7 @@ async fn the_admin_api_is_off_without_its_token(engine: Engine) {
 
 async fn ingest_is_rate_limited_per_account(engine: Engine) {
     let s = TestServer::start_with(&engine, |c| {
-        c.admin_token = Some(ADMIN.into());
+        c.admin_token = hookline::api::admin::AdminToken::new(Some(ADMIN));
         c.limits.pro.ingest_per_sec = Some(2);
     })
     .await;
@@ -771,7 +780,10 @@ async fn endpoint_headers_cannot_smuggle_anything(engine: Engine) {
     let got = rx.wait_for("h", 1).await;
     assert_eq!(got[0].header("x-tenant"), "t1");
     assert!(got[0].headers.get("x-injected").is_none());
-    assert_eq!(got[0].headers.get_all("webhook-signature").iter().count(), 1);
+    assert_eq!(
+        got[0].headers.get_all("webhook-signature").iter().count(),
+        1
+    );
     verify_with_standardwebhooks(ep["secret"].as_str().unwrap(), &got[0]);
 }
 
