@@ -71,7 +71,12 @@ pub async fn issue_key_for(
     let key = generate_key();
     let prefix: String = key.chars().take(10).collect();
     let record = store
-        .add_api_key(account_id.to_owned(), hash_api_key(&key), prefix)
+        .add_api_key(
+            account_id.to_owned(),
+            hash_api_key(&key),
+            prefix,
+            MAX_LIVE_KEYS,
+        )
         .await?;
     Ok((record, key))
 }

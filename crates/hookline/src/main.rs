@@ -170,8 +170,10 @@ enum SecretsCommand {
     },
 }
 
+/// The sealer of a key given as base64; no key stores in clear. A key that is given but
+/// empty or malformed is an error, never "no key".
 fn sealer(key: Option<&str>) -> anyhow::Result<Sealer> {
-    match key.map(str::trim).filter(|k| !k.is_empty()) {
+    match key {
         None => Ok(Sealer::none()),
         Some(k) => Sealer::from_base64(k).map_err(|e| anyhow::anyhow!("{e}")),
     }
@@ -229,15 +231,21 @@ fn main() -> anyhow::Result<()> {
             Command::Secrets(SecretsCommand::Reencrypt {
                 encryption_key,
                 new_key,
-                decrypt: _,
+                decrypt,
                 storage,
             }) => {
                 let location = storage.location()?;
                 // On SQLite the serve lock proves no server is running; on PostgreSQL the
                 // operator stops the nodes (documented).
                 let lock = Store::lock(&location).await?;
-                let from = sealer(encryption_key.as_deref())?;
-                let to = sealer(new_key.as_deref())?;
+                let from = sealer(encryption_key.as_deref()).context("HOOKLINE_ENCRYPTION_KEY")?;
+                // Only --decrypt stores in clear; an empty new key is refused.
+                let to = if decrypt {
+                    Sealer::none()
+                } else {
+                    let key = new_key.context("give --new-key (or --decrypt)")?;
+                    sealer(Some(&key)).context("--new-key / HOOKLINE_NEW_ENCRYPTION_KEY")?
+                };
                 let store = Store::open_sealed(&location, from)
                     .await
                     .with_context(|| format!("opening the store at {}", location.describe()))?;
@@ -358,6 +366,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .with(&args.plan_business)
             .map_err(|e| anyhow::anyhow!("--plan-business: {e}"))?,
     };
+    if let Some(token) = &args.admin_token
+        && token.trim().chars().count() < 16
+    {
+        bail!("HOOKLINE_ADMIN_TOKEN must be at least 16 characters (use a long random value)");
+    }
     config.admin_token = hookline::api::admin::AdminToken::new(args.admin_token.as_deref());
     config.sealer = sealer(args.encryption_key.as_deref()).context("HOOKLINE_ENCRYPTION_KEY")?;
     config.secret_overlap = args.secret_overlap;

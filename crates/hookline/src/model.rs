@@ -77,6 +77,11 @@ impl Plan {
             Plan::Business => "business",
         }
     }
+    /// Whether the plan includes webhooks (endpoints and their deliveries). Free does not:
+    /// its events are kept for the pull API only.
+    pub fn includes_webhooks(self) -> bool {
+        self != Plan::Free
+    }
     pub fn parse(text: &str) -> Option<Self> {
         match text {
             "free" => Some(Plan::Free),
@@ -90,8 +95,6 @@ impl Plan {
 /// What a plan allows. Limits are per account.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PlanLimits {
-    /// Whether the plan includes webhooks (endpoints, deliveries) at all.
-    pub webhooks: bool,
     /// Endpoints an account may have at once.
     pub max_endpoints: u32,
     /// Events an account may ingest per second (per node), `None` for no limit.
@@ -164,19 +167,16 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             free: PlanLimits {
-                webhooks: false,
                 max_endpoints: 0,
                 ingest_per_sec: Some(100),
                 retention: days(7),
             },
             pro: PlanLimits {
-                webhooks: true,
                 max_endpoints: 100,
                 ingest_per_sec: Some(2_000),
                 retention: days(30),
             },
             business: PlanLimits {
-                webhooks: true,
                 max_endpoints: 1_000,
                 ingest_per_sec: Some(20_000),
                 retention: days(90),
@@ -205,8 +205,8 @@ pub struct Account {
     pub created_at: Timestamp,
 }
 
-/// A receiver registered by an account.
-#[derive(Clone, Debug, Serialize, ToSchema)]
+/// A receiver registered by an account. Its `Debug` form leaves the secrets out.
+#[derive(Clone, Serialize, ToSchema)]
 pub struct Endpoint {
     pub id: String,
     #[serde(skip)]
@@ -232,6 +232,20 @@ pub struct Endpoint {
     pub previous_secret: Option<String>,
     /// Until when the previous secret still signs (`null` when there is none).
     pub previous_secret_expires_at: Option<Timestamp>,
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("id", &self.id)
+            .field("account_id", &self.account_id)
+            .field("url", &self.url)
+            .field("event_types", &self.event_types)
+            .field("enabled", &self.enabled)
+            .field("updated_at", &self.updated_at)
+            .field("secret", &"<redacted>")
+            .finish_non_exhaustive()
+    }
 }
 
 impl Endpoint {
@@ -410,19 +424,24 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     let n: u64 = num
         .parse()
         .map_err(|_| format!("{text:?} does not start with a number"))?;
-    let ms = match unit {
-        "ms" => n,
-        "s" => n * 1000,
-        "m" => n * 60_000,
-        "h" => n * 3_600_000,
-        "d" => n * 86_400_000,
+    let unit_ms: u64 = match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
         _ => {
             return Err(format!(
                 "{text:?} has an unknown unit (use ms, s, m, h or d)"
             ));
         }
     };
-    Ok(std::time::Duration::from_millis(ms))
+    // At most a hundred years: every duration here is added to times in milliseconds.
+    const MAX_MS: u64 = 100 * 366 * 86_400_000;
+    match n.checked_mul(unit_ms) {
+        Some(ms) if ms <= MAX_MS => Ok(std::time::Duration::from_millis(ms)),
+        _ => Err(format!("{text:?} is longer than a hundred years")),
+    }
 }
 
 #[cfg(test)]

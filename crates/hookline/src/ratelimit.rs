@@ -4,7 +4,8 @@
 //! the bucket holds `n` tokens, or is full (so a batch larger than one second's worth is
 //! not refused forever); it then takes all `n`, possibly going into debt, which later
 //! requests wait out. So the average never exceeds the rate, and a refused request is told
-//! how long to wait (`Retry-After`). Buckets live in memory: with several nodes, each
+//! how long to wait (`Retry-After`). A request that is then not accepted (invalid, or the
+//! store failed) gives its tokens back. Buckets live in memory: with several nodes, each
 //! enforces the limit for the traffic it receives.
 
 use std::collections::HashMap;
@@ -20,6 +21,8 @@ pub struct IngestLimiter {
 struct Bucket {
     tokens: f64,
     at: Instant,
+    /// Tokens a second (the rate it was last used with).
+    rate: f64,
 }
 
 /// More accounts than this and idle buckets (full again) are dropped.
@@ -38,15 +41,18 @@ impl IngestLimiter {
             return Ok(());
         };
         if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(account) {
+            // Only buckets that are full again go: forgetting them forgives nothing.
             buckets.retain(|_, b| {
-                b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * rate < rate
+                b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * b.rate < b.rate
             });
         }
         let b = buckets.entry(account.to_owned()).or_insert(Bucket {
             tokens: rate,
             at: now,
+            rate,
         });
         let elapsed = now.saturating_duration_since(b.at).as_secs_f64();
+        b.rate = rate;
         b.tokens = (b.tokens + elapsed * rate).min(rate);
         b.at = now;
         let n = n as f64;
@@ -56,6 +62,15 @@ impl IngestLimiter {
         }
         let need = n.min(rate) - b.tokens;
         Err(Duration::from_secs_f64(need / rate))
+    }
+
+    /// Gives back `n` events' worth taken for a request that was not accepted after all.
+    pub fn refund(&self, account: &str, n: usize) {
+        if let Ok(mut buckets) = self.buckets.lock()
+            && let Some(b) = buckets.get_mut(account)
+        {
+            b.tokens = (b.tokens + n as f64).min(b.rate);
+        }
     }
 }
 
@@ -104,5 +119,20 @@ mod tests {
             .expect_err("in debt");
         assert!(wait <= Duration::from_millis(10), "{wait:?}");
         assert!(l.take_at("a", 100, 1, t0 + Duration::from_secs(10)).is_ok());
+    }
+
+    #[test]
+    fn a_refused_request_gives_its_tokens_back() {
+        let l = IngestLimiter::default();
+        let t0 = Instant::now();
+        assert!(l.take_at("a", 10, 10, t0).is_ok());
+        l.refund("a", 10);
+        assert!(l.take_at("a", 10, 10, t0).is_ok(), "refunded");
+        l.refund("a", 1000);
+        assert!(l.take_at("a", 10, 10, t0).is_ok());
+        assert!(
+            l.take_at("a", 10, 1, t0).is_err(),
+            "a refund never fills above one second"
+        );
     }
 }

@@ -82,10 +82,19 @@ pub async fn run(
         .with_context(|| format!("opening the store at {where_}"))?;
     // Every stored secret must open with the key given (a wrong or missing key stops the
     // start here, not at the first delivery); with a key, secrets still in clear are sealed.
-    let sealed = store
-        .reseal_secrets(config.sealer.clone())
-        .await
-        .context("checking the stored endpoint secrets against HOOKLINE_ENCRYPTION_KEY")?;
+    // (A secret another node changes meanwhile makes it start over: a few tries.)
+    let mut tries = 0;
+    let sealed = loop {
+        tries += 1;
+        match store.reseal_secrets(config.sealer.clone()).await {
+            Err(crate::store::StoreError::Conflict(_)) if tries < 5 => continue,
+            other => {
+                break other.context(
+                    "checking the stored endpoint secrets against HOOKLINE_ENCRYPTION_KEY",
+                )?;
+            }
+        }
+    };
     if sealed > 0 {
         tracing::info!(
             endpoints = sealed,

@@ -541,7 +541,7 @@ async fn ingest_is_rate_limited_per_account(engine: Engine) {
         .unwrap()
         .parse()
         .unwrap();
-    assert!((1..=3).contains(&retry), "Retry-After: {retry}");
+    assert_eq!(retry, 1, "one token of debt at 2 a second");
     let b: Value = resp.json().await.unwrap();
     assert_eq!(b["error"]["code"], "rate_limited", "{b}");
     // Nothing of the refused request was stored.
@@ -553,6 +553,15 @@ async fn ingest_is_rate_limited_per_account(engine: Engine) {
     // After the wait it is accepted again.
     tokio::time::sleep(Duration::from_secs(retry)).await;
     let (status, b) = s.post("/v1/events/batch", batch(1)).await;
+    assert_eq!(status, 202, "{b}");
+
+    // A request that is not accepted uses none of the allowance: an invalid batch of three
+    // at a full bucket, then a valid batch of two, which a charged bucket would refuse.
+    let (_, fresh) = admin_account(&s, "fresh", "pro").await;
+    let invalid = json!({"events": [{"type": "open", "data": {}}, {"type": "open", "data": {}}, {"type": "open", "data": {}}]});
+    let (status, b) = as_key(&s, &fresh, Method::POST, "/v1/events/batch", Some(invalid)).await;
+    assert_eq!(status, 422, "{b}");
+    let (status, b) = as_key(&s, &fresh, Method::POST, "/v1/events/batch", Some(batch(2))).await;
     assert_eq!(status, 202, "{b}");
 }
 
@@ -711,6 +720,17 @@ async fn endpoint_secrets_are_sealed_at_rest_under_a_key(engine: Engine) {
         ],
     );
     assert!(!ok && err.contains("encrypted under key"), "{err}");
+    let (ok, _, err) = cli(
+        &args,
+        &[
+            ("HOOKLINE_ENCRYPTION_KEY", &key1),
+            ("HOOKLINE_NEW_ENCRYPTION_KEY", ""),
+        ],
+    );
+    assert!(
+        !ok && err.contains("32 bytes"),
+        "an empty new key is refused: {err}"
+    );
     let (ok, out, err) = cli(
         &args,
         &[
@@ -787,7 +807,78 @@ async fn endpoint_headers_cannot_smuggle_anything(engine: Engine) {
     verify_with_standardwebhooks(ep["secret"].as_str().unwrap(), &got[0]);
 }
 
+async fn plan_rules_hold_under_concurrency_and_a_stale_key_cache(engine: Engine) {
+    let rx = Receiver::start().await;
+    let s = TestServer::start_with(&engine, |c| c.limits.pro.max_endpoints = 2).await;
+    // Twenty creations at once against a limit of two: exactly two pass.
+    let creations = (0..20).map(|i| {
+        let body = json!({"url": rx.url(&format!("c{i}")), "event_types": ["*"]});
+        s.req(Method::POST, "/v1/endpoints").json(&body).send()
+    });
+    let statuses: Vec<u16> = futures_status(creations).await;
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 201).count(),
+        2,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 403).count(),
+        18,
+        "{statuses:?}"
+    );
+    let (_, list) = s.get("/v1/endpoints").await;
+    let eps = list["data"].as_array().unwrap().clone();
+    assert_eq!(eps.len(), 2);
+
+    // The plan changes behind the server's back (its key cache still says Pro): the store
+    // itself refuses to create or enable an endpoint for a Free account.
+    let (status, _) = s.get("/v1/endpoints").await;
+    assert_eq!(status, 200, "the key is cached as Pro");
+    let other = hookline::store::Store::open(&s.location).await.unwrap();
+    let account = other.account_by_name("acme".into()).await.unwrap().unwrap();
+    let (_, disabled) = other
+        .set_plan(account.id.clone(), hookline::model::Plan::Free)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        disabled.len(),
+        2,
+        "both endpoints disabled with the plan change"
+    );
+    let id = eps[0]["id"].as_str().unwrap();
+    let (status, b) = s
+        .call(
+            Method::PATCH,
+            &format!("/v1/endpoints/{id}"),
+            Some(json!({"enabled": true})),
+        )
+        .await;
+    assert_eq!(
+        (status, &b["error"]["code"]),
+        (403, &json!("plan_required")),
+        "{b}"
+    );
+    let (_, ep) = s.get(&format!("/v1/endpoints/{id}")).await;
+    assert_eq!(ep["enabled"], false, "{ep}");
+    drop(other);
+}
+
+/// The statuses of concurrent requests.
+async fn futures_status<F>(requests: impl Iterator<Item = F>) -> Vec<u16>
+where
+    F: std::future::Future<Output = reqwest::Result<reqwest::Response>> + Send + 'static,
+{
+    let tasks: Vec<_> = requests.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap().unwrap().status().as_u16());
+    }
+    out
+}
+
 on_both_engines!(
+    plan_rules_hold_under_concurrency_and_a_stale_key_cache,
     endpoint_headers_cannot_smuggle_anything,
     plans_gate_webhooks_and_limit_endpoints,
     api_keys_are_stored_as_hashes_and_revocable,

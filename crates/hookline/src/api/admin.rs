@@ -141,8 +141,9 @@ pub async fn get(
         .ok_or_else(|| ApiError::not_found("account"))
 }
 
-/// Changes an account's plan. Moving to Free disables its endpoints (their open deliveries
-/// end as `failed`); moving back does not enable them again by itself.
+/// Changes an account's plan. Moving to Free disables its endpoints and ends their open
+/// deliveries as `failed`, in the same transaction; moving back does not enable them again
+/// by itself.
 #[utoipa::path(patch, path = "/admin/v1/accounts/{id}", tag = "admin", request_body = UpdateAccount,
     params(("id" = String, Path, description = "acc_…")), security(("admin_token" = [])),
     responses((status = 200, body = Account), (status = 404, body = super::error::ErrorBody)))]
@@ -152,44 +153,16 @@ pub async fn update(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<UpdateAccount>,
 ) -> Result<Json<Account>, ApiError> {
-    let account = state
+    let (account, disabled) = state
         .store
         .set_plan(id, body.plan)
         .await?
         .ok_or_else(|| ApiError::not_found("account"))?;
     state.auth_cache.forget_account(&account.id);
-    if !state.limits.of(account.plan).webhooks {
-        disable_endpoints(&state, &account.id).await?;
+    for ep in &disabled {
+        state.dispatcher.endpoint_changed(ep);
     }
     Ok(Json(account))
-}
-
-/// Disables every enabled endpoint of `account_id` (its plan no longer has webhooks).
-async fn disable_endpoints(state: &AppState, account_id: &str) -> Result<(), ApiError> {
-    let mut after = None;
-    loop {
-        let page = state
-            .store
-            .list_endpoints(account_id.to_owned(), after, 1000)
-            .await?;
-        for ep in page.items.iter().filter(|ep| ep.enabled) {
-            let changed = state
-                .store
-                .update_endpoint(account_id.to_owned(), ep.id.clone(), |ep| {
-                    ep.enabled = false;
-                    ep.disabled_reason =
-                        Some("the account's plan does not include webhooks".into());
-                })
-                .await?;
-            if let Some(ep) = changed {
-                state.dispatcher.endpoint_changed(&ep);
-            }
-        }
-        match page.next {
-            Some(next) => after = Some(next),
-            None => return Ok(()),
-        }
-    }
 }
 
 /// The account's keys, revoked ones included.

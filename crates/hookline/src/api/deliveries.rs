@@ -66,7 +66,7 @@ pub async fn retry(
     Auth(account): Auth,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<DeliveryDetail>), ApiError> {
-    if !state.limits.of(account.plan).webhooks {
+    if !account.plan.includes_webhooks() {
         state
             .store
             .get_delivery(account.id.clone(), id.clone())

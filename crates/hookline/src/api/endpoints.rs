@@ -78,7 +78,7 @@ pub async fn create(
     JsonBody(body): JsonBody<CreateEndpoint>,
 ) -> Result<(StatusCode, Json<CreatedEndpoint>), ApiError> {
     let limits = *state.limits.of(account.plan);
-    if !limits.webhooks {
+    if !account.plan.includes_webhooks() {
         return Err(ApiError::plan_required("creating endpoints"));
     }
     let url = check_url(&body.url, &state.rules)?;
@@ -305,7 +305,7 @@ async fn require_webhooks(
     id: &str,
     what: &str,
 ) -> Result<(), ApiError> {
-    if state.limits.of(account.plan).webhooks {
+    if account.plan.includes_webhooks() {
         return Ok(());
     }
     if state

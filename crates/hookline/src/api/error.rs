@@ -125,6 +125,7 @@ impl From<StoreError> for ApiError {
                 unavailable(&e, DB_UNAVAILABLE)
             }
             StoreError::Unavailable(_) => unavailable(&e, DB_UNAVAILABLE),
+            StoreError::PlanRequired => ApiError::plan_required("this"),
             StoreError::LimitReached(msg) => {
                 ApiError::new(StatusCode::FORBIDDEN, "plan_limit_reached", msg)
             }

@@ -100,6 +100,7 @@ impl From<CreateEvent> for EventInput {
 }
 
 /// Counts `n` events against the account's ingest rate: `429` with `Retry-After` over it.
+/// (A request that is then not accepted gives them back.)
 fn meter(state: &AppState, account: &crate::model::Account, n: usize) -> Result<(), ApiError> {
     let Some(rate) = state.limits.of(account.plan).ingest_per_sec else {
         return Ok(());
@@ -143,7 +144,8 @@ pub async fn create(
     let accepted = state
         .ingest
         .accept(&account, vec![body.into()], false, key)
-        .await?;
+        .await
+        .inspect_err(|_| state.ingest_limiter.refund(&account.id, 1))?;
     let first = accepted.first().ok_or_else(ApiError::internal)?;
     Ok((StatusCode::ACCEPTED, Json(first.into())))
 }
@@ -172,9 +174,14 @@ pub async fn create_batch(
             body.events.len()
         )));
     }
-    meter(&state, &account, body.events.len())?;
+    let n = body.events.len();
+    meter(&state, &account, n)?;
     let inputs = body.events.into_iter().map(EventInput::from).collect();
-    let accepted = state.ingest.accept(&account, inputs, true, key).await?;
+    let accepted = state
+        .ingest
+        .accept(&account, inputs, true, key)
+        .await
+        .inspect_err(|_| state.ingest_limiter.refund(&account.id, n))?;
     Ok((
         StatusCode::ACCEPTED,
         Json(AcceptedBatch {

@@ -23,6 +23,9 @@ pub struct Auth(pub Account);
 pub struct AuthCache {
     entries: Mutex<HashMap<String, (Account, Instant)>>,
     ttl: Duration,
+    /// Bumped by every [`AuthCache::forget_account`]: a lookup that began before one does
+    /// not cache what it read (it may be the key just revoked).
+    epoch: std::sync::atomic::AtomicU64,
 }
 
 const AUTH_CACHE_MAX: usize = 10_000;
@@ -32,6 +35,7 @@ impl AuthCache {
         AuthCache {
             entries: Mutex::new(HashMap::new()),
             ttl,
+            epoch: Default::default(),
         }
     }
 
@@ -45,12 +49,21 @@ impl AuthCache {
     /// node asks the database again at once. Other nodes follow within the TTL.
     pub fn forget_account(&self, account_id: &str) {
         if let Ok(mut entries) = self.entries.lock() {
+            self.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             entries.retain(|_, (a, _)| a.id != account_id);
         }
     }
 
-    fn put(&self, key_hash: String, account: Account) {
+    fn epoch(&self) -> u64 {
+        self.epoch.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Caches a lookup that began at `epoch`, unless an account was forgotten since.
+    fn put(&self, key_hash: String, account: Account, epoch: u64) {
         if let Ok(mut entries) = self.entries.lock() {
+            if self.epoch() != epoch {
+                return;
+            }
             if entries.len() >= AUTH_CACHE_MAX {
                 entries.clear();
             }
@@ -78,9 +91,10 @@ impl FromRequestParts<AppState> for Auth {
         if let Some(account) = state.auth_cache.get(&hash) {
             return Ok(Auth(account));
         }
+        let epoch = state.auth_cache.epoch();
         match state.store.account_by_key_hash(hash.clone()).await? {
             Some(account) => {
-                state.auth_cache.put(hash, account.clone());
+                state.auth_cache.put(hash, account.clone(), epoch);
                 Ok(Auth(account))
             }
             None => Err(ApiError::unauthorized("invalid API key")),

@@ -5,7 +5,7 @@
 use super::error::ApiError;
 use super::extract::Auth;
 use super::{AppState, List};
-use crate::accounts::{MAX_LIVE_KEYS, issue_key_for};
+use crate::accounts::issue_key_for;
 use crate::model::ApiKey;
 use axum::Json;
 use axum::extract::{Path, State};
@@ -60,25 +60,11 @@ pub async fn revoke(
     revoke_for(&state, &account.id, id, true).await.map(Json)
 }
 
-/// Issues a key for `account_id`, within [`MAX_LIVE_KEYS`].
+/// Issues a key for `account_id`, within [`crate::accounts::MAX_LIVE_KEYS`] (`409` over).
 pub(super) async fn issue_for(
     state: &AppState,
     account_id: &str,
 ) -> Result<(StatusCode, Json<IssuedKey>), ApiError> {
-    let live = state
-        .store
-        .list_api_keys(account_id.to_owned())
-        .await?
-        .iter()
-        .filter(|k| k.revoked_at.is_none())
-        .count();
-    if live >= MAX_LIVE_KEYS {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "too_many_keys",
-            format!("an account holds at most {MAX_LIVE_KEYS} live keys; revoke one first"),
-        ));
-    }
     let (record, key) = issue_key_for(&state.store, account_id).await?;
     Ok((StatusCode::CREATED, Json(IssuedKey { record, key })))
 }

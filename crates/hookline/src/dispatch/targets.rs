@@ -227,6 +227,9 @@ fn forbidden_v6(ip: Ipv6Addr) -> Option<&'static str> {
         "a link-local or site-local address"
     } else if s[0] & 0xff00 == 0xff00 {
         "a multicast address"
+    } else if s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1 {
+        // Where the IPv4 address sits depends on the local prefix length: refuse it whole.
+        "a local-use NAT64 address (64:ff9b:1::/48)"
     } else if s[0] == 0x2001 && s[1] == 0x0db8 {
         "a documentation address (2001:db8::/32)"
     } else if s[0] == 0x0100 && s[1..4] == [0, 0, 0] {

@@ -140,19 +140,28 @@ impl Store {
         on_engine!(self, s => s.list_accounts(after, limit).await)
     }
 
-    /// Changes an account's plan; `None` when there is no such account.
-    pub async fn set_plan(&self, id: String, plan: Plan) -> Result<Option<Account>, StoreError> {
+    /// Changes an account's plan; `None` when there is no such account. A plan without
+    /// webhooks disables the account's endpoints and ends their open deliveries in the same
+    /// transaction; they are returned (as disabled).
+    pub async fn set_plan(
+        &self,
+        id: String,
+        plan: Plan,
+    ) -> Result<Option<(Account, Vec<Endpoint>)>, StoreError> {
         on_engine!(self, s => s.set_plan(id, plan).await)
     }
 
-    /// Stores the hash of a new key of `account_id` (never the key).
+    /// Stores the hash of a new key of `account_id` (never the key), unless the account
+    /// holds `max_live` live keys already ([`StoreError::Conflict`]; counted in the same
+    /// transaction).
     pub async fn add_api_key(
         &self,
         account_id: String,
         key_hash: String,
         prefix: String,
+        max_live: usize,
     ) -> Result<ApiKey, StoreError> {
-        on_engine!(self, s => s.add_api_key(account_id, key_hash, prefix).await)
+        on_engine!(self, s => s.add_api_key(account_id, key_hash, prefix, max_live).await)
     }
 
     /// The account's keys, oldest first, revoked ones included.
@@ -186,7 +195,8 @@ impl Store {
     }
 
     /// Inserts `ep`, unless its account has `max_endpoints` (not removed) already
-    /// ([`StoreError::LimitReached`]).
+    /// ([`StoreError::LimitReached`]) or its plan has no webhooks
+    /// ([`StoreError::PlanRequired`]; checked in the same transaction as the insert).
     pub async fn insert_endpoint(
         &self,
         ep: Endpoint,
@@ -563,6 +573,9 @@ pub enum StoreError {
     /// An account's plan does not allow more of something.
     #[error("{0}")]
     LimitReached(String),
+    /// The account's plan does not include webhooks.
+    #[error("the account's plan does not include webhooks")]
+    PlanRequired,
     /// An endpoint secret could not be sealed or opened (a missing or wrong encryption key).
     #[error("endpoint secret: {0}")]
     Sealing(String),

@@ -15,7 +15,7 @@
 //!   number. Nodes wake each other with `NOTIFY` (a delivery became due, an endpoint
 //!   changed). The lease protocol is in ARCHITECTURE.md.
 
-use super::sealing::{Sealer, reseal_row};
+use super::sealing::{Sealer, check_recorded_key, reseal_row};
 use super::{
     AcceptedEvent, AcceptedSummary, AttemptRecord, DeliveryFilter, DueDelivery, EventFilter,
     FeedPos, IdempotencyKey, Ingested, NewDelivery, NewEvent, Outcome, Page, RetryRefusal,
@@ -168,6 +168,13 @@ ALTER TABLE endpoints ADD COLUMN previous_secret TEXT, ADD COLUMN previous_secre
 ALTER TABLE accounts ADD COLUMN seq BIGSERIAL;
 CREATE UNIQUE INDEX accounts_by_seq ON accounts (seq);
 CREATE INDEX api_keys_by_account ON api_keys (account_id);
+"#,
+    // Settings shared by every node: which key the endpoint secrets are sealed under.
+    r#"
+CREATE TABLE settings (
+    name   TEXT PRIMARY KEY,
+    value  TEXT NOT NULL
+);
 "#,
 ];
 
@@ -361,17 +368,52 @@ impl PgStore {
         page_of(&rows, account_from_row, 4, limit)
     }
 
-    pub async fn set_plan(&self, id: String, plan: Plan) -> Result<Option<Account>, StoreError> {
-        sqlx::query(
+    pub async fn set_plan(
+        &self,
+        id: String,
+        plan: Plan,
+    ) -> Result<Option<(Account, Vec<Endpoint>)>, StoreError> {
+        let mut tx = self.begin().await?;
+        // The account row first (as an endpoint's creation does), then its endpoints.
+        let Some(account) = sqlx::query(
             "UPDATE accounts SET plan = $2 WHERE id = $1 RETURNING id, name, plan, created_at",
         )
-        .bind(id)
+        .bind(&id)
         .bind(plan.as_str())
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await
         .ctx("changing a plan")?
         .map(|r| account_from_row(&r))
-        .transpose()
+        .transpose()?
+        else {
+            return Ok(None);
+        };
+        let mut disabled = Vec::new();
+        if !plan.includes_webhooks() {
+            let ids: Vec<String> = sqlx::query_scalar(
+                "UPDATE endpoints SET enabled = FALSE, disabled_reason = $2,
+                    updated_at = GREATEST(updated_at + 1, $3)
+                 WHERE account_id = $1 AND enabled AND deleted_at IS NULL
+                 RETURNING id",
+            )
+            .bind(&id)
+            .bind(PLAN_DISABLED)
+            .bind(Timestamp::now().0)
+            .fetch_all(&mut *tx)
+            .await
+            .ctx("disabling an account's endpoints")?;
+            for ep_id in ids {
+                fail_open_deliveries(&mut tx, &ep_id, PLAN_DISABLED).await?;
+                notify(&mut tx, ENDPOINT_CHANNEL, &ep_id).await?;
+                if let Some(ep) =
+                    load_endpoint(&mut tx, &self.sealer, Some(&id), &ep_id, false).await?
+                {
+                    disabled.push(ep);
+                }
+            }
+        }
+        tx.commit().await.ctx("committing a plan change")?;
+        Ok(Some((account, disabled)))
     }
 
     pub async fn add_api_key(
@@ -379,6 +421,7 @@ impl PgStore {
         account_id: String,
         key_hash: String,
         prefix: String,
+        max_live: usize,
     ) -> Result<ApiKey, StoreError> {
         let key = ApiKey {
             id: new_id("key"),
@@ -386,6 +429,25 @@ impl PgStore {
             created_at: Timestamp::now(),
             revoked_at: None,
         };
+        let mut tx = self.begin().await?;
+        // The account row orders concurrent issues, so the count below holds.
+        sqlx::query("SELECT 1 FROM accounts WHERE id = $1 FOR NO KEY UPDATE")
+            .bind(&account_id)
+            .execute(&mut *tx)
+            .await
+            .ctx("locking an account")?;
+        let live: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM api_keys WHERE account_id = $1 AND revoked_at IS NULL",
+        )
+        .bind(&account_id)
+        .fetch_one(&mut *tx)
+        .await
+        .ctx("counting live keys")?;
+        if live as usize >= max_live {
+            return Err(StoreError::Conflict(format!(
+                "an account holds at most {max_live} live keys; revoke one first"
+            )));
+        }
         sqlx::query(
             "INSERT INTO api_keys (id, account_id, key_hash, prefix, created_at)
              VALUES ($1, $2, $3, $4, $5)",
@@ -395,9 +457,10 @@ impl PgStore {
         .bind(key_hash)
         .bind(&key.prefix)
         .bind(key.created_at.0)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .ctx("inserting an API key")?;
+        tx.commit().await.ctx("committing a key")?;
         Ok(key)
     }
 
@@ -478,6 +541,20 @@ impl PgStore {
 
     pub async fn reseal_secrets(&self, to: Sealer) -> Result<usize, StoreError> {
         let mut tx = self.begin().await?;
+        // The settings row orders every node's start and every re-encryption.
+        sqlx::query(
+            "INSERT INTO settings (name, value) VALUES ('sealing_key', '')
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .execute(&mut *tx)
+        .await
+        .ctx("recording the sealing key")?;
+        let recorded: String =
+            sqlx::query_scalar("SELECT value FROM settings WHERE name = 'sealing_key' FOR UPDATE")
+                .fetch_one(&mut *tx)
+                .await
+                .ctx("reading the sealing key")?;
+        check_recorded_key(&recorded, &self.sealer)?;
         // No row locks for the scan (ingest's key-share locks would wait on them at every
         // node's start); each rewrite applies only if the row is still as it was read.
         let rows = sqlx::query("SELECT id, secret, previous_secret FROM endpoints ORDER BY seq")
@@ -495,7 +572,7 @@ impl PgStore {
             if new_secret == secret && new_previous == previous {
                 continue;
             }
-            rewritten += sqlx::query(
+            let applied = sqlx::query(
                 "UPDATE endpoints SET secret = $2, previous_secret = $3
                  WHERE id = $1 AND secret = $4 AND previous_secret IS NOT DISTINCT FROM $5",
             )
@@ -507,8 +584,20 @@ impl PgStore {
             .execute(&mut *tx)
             .await
             .ctx("rewriting a secret")?
-            .rows_affected() as usize;
+            .rows_affected();
+            if applied != 1 {
+                return Err(StoreError::Conflict(format!(
+                    "endpoint {id} changed while its secret was being rewritten; nothing was \
+                     changed, try again"
+                )));
+            }
+            rewritten += 1;
         }
+        sqlx::query("UPDATE settings SET value = $1 WHERE name = 'sealing_key'")
+            .bind(to.key_id().unwrap_or(""))
+            .execute(&mut *tx)
+            .await
+            .ctx("recording the sealing key")?;
         tx.commit().await.ctx("committing rewritten secrets")?;
         if rewritten > 0 {
             // The old row versions (dead tuples) still hold the old bytes: rewrite the table
@@ -549,11 +638,19 @@ impl PgStore {
         let mut tx = self.begin().await?;
         // The account row orders concurrent creations, so the count below cannot be passed
         // by two at once. (Not a key lock: ingest's key-share locks do not wait on it.)
-        sqlx::query("SELECT 1 FROM accounts WHERE id = $1 FOR NO KEY UPDATE")
-            .bind(&ep.account_id)
-            .execute(&mut *tx)
-            .await
-            .ctx("locking an account")?;
+        let plan: Option<String> =
+            sqlx::query_scalar("SELECT plan FROM accounts WHERE id = $1 FOR NO KEY UPDATE")
+                .bind(&ep.account_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .ctx("locking an account")?;
+        if !plan
+            .as_deref()
+            .and_then(Plan::parse)
+            .is_some_and(Plan::includes_webhooks)
+        {
+            return Err(StoreError::PlanRequired);
+        }
         let count: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM endpoints WHERE account_id = $1 AND deleted_at IS NULL",
         )
@@ -644,6 +741,21 @@ impl PgStore {
         let was_enabled = ep.enabled;
         change(&mut ep);
         if ep.enabled && !was_enabled {
+            // Read after the endpoint's lock: a plan change that disables it either
+            // committed already (and is seen here) or waits for this one and then disables it.
+            let plan: Option<String> =
+                sqlx::query_scalar("SELECT plan FROM accounts WHERE id = $1")
+                    .bind(&account_id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .ctx("reading an account's plan")?;
+            if !plan
+                .as_deref()
+                .and_then(Plan::parse)
+                .is_some_and(Plan::includes_webhooks)
+            {
+                return Err(StoreError::PlanRequired);
+            }
             ep.disabled_reason = None;
         }
         ep.updated_at = Timestamp(Timestamp::now().0.max(ep.updated_at.0 + 1));
@@ -1314,8 +1426,16 @@ impl PgStore {
         .await
         .ctx("scanning endpoints")?
         .iter()
-        .map(|r| endpoint_from_row(r, &self.sealer))
-        .collect::<Result<_, _>>()?;
+        // One endpoint whose secret cannot be opened keeps its deliveries pending (and says
+        // why) rather than stopping every other endpoint's.
+        .filter_map(|r| match endpoint_from_row(r, &self.sealer) {
+            Ok(ep) => Some(ep),
+            Err(e) => {
+                tracing::error!(error = %e, "an endpoint's deliveries wait: its secret cannot be opened");
+                None
+            }
+        })
+        .collect();
         let mut out = Vec::new();
         let mut payloads: HashMap<String, bytes::Bytes> = HashMap::new();
         for ep in endpoints {
@@ -1566,11 +1686,14 @@ impl PgStore {
         gone.sort_unstable();
         gone.dedup();
         for endpoint_id in gone {
-            // Locked `FOR UPDATE` at the start (above).
-            if load_endpoint(&mut tx, &self.sealer, None, endpoint_id, false)
-                .await?
-                .is_some()
-            {
+            // Locked `FOR UPDATE` at the start (above). Only its existence matters here.
+            let live: Option<i32> =
+                sqlx::query_scalar("SELECT 1 FROM endpoints WHERE id = $1 AND deleted_at IS NULL")
+                    .bind(endpoint_id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .ctx("reading a gone endpoint")?;
+            if live.is_some() {
                 // A new version even if this node's clock is behind the last writer's.
                 sqlx::query(
                     "UPDATE endpoints SET enabled = FALSE, disabled_reason = $2,
@@ -2273,6 +2396,9 @@ async fn notify(c: &mut PgConnection, channel: &str, payload: &str) -> Result<()
         .ctx("notifying other nodes")?;
     Ok(())
 }
+
+/// Why an endpoint was disabled when its account moved to a plan without webhooks.
+const PLAN_DISABLED: &str = "the account's plan does not include webhooks";
 
 async fn fail_open_deliveries(
     c: &mut PgConnection,

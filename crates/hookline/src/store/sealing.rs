@@ -168,6 +168,25 @@ impl Sealer {
     }
 }
 
+/// Checks the key the database records its secrets as sealed under (`""`: in clear)
+/// against `sealer`, which is about to open them: refused when they differ, unless nothing
+/// is recorded as sealed (clear values open under any sealer).
+pub fn check_recorded_key(recorded: &str, sealer: &Sealer) -> Result<(), StoreError> {
+    if recorded.is_empty() || sealer.key_id() == Some(recorded) {
+        return Ok(());
+    }
+    Err(StoreError::Sealing(match sealer.key_id() {
+        Some(mine) => format!(
+            "the endpoint secrets are encrypted under key {recorded}, but \
+             HOOKLINE_ENCRYPTION_KEY is key {mine}"
+        ),
+        None => format!(
+            "the endpoint secrets are encrypted under key {recorded} and \
+             HOOKLINE_ENCRYPTION_KEY is not set"
+        ),
+    }))
+}
+
 /// One endpoint row's `(secret, previous_secret)` as they should be stored under `to`,
 /// opened with `from`. A value already sealed under `to` (or in clear when `to` has no key)
 /// is kept as it is, after checking that it opens.

@@ -11,7 +11,7 @@
 //!   SQLite database has one dispatcher, so a delivery marked `delivering` belongs to the
 //!   running process, and at start every `delivering` row is put back to `pending`.
 
-use super::sealing::{Sealer, reseal_row};
+use super::sealing::{Sealer, check_recorded_key, reseal_row};
 use super::{
     AcceptedEvent, AcceptedSummary, AttemptRecord, Context, DeliveryFilter, DueDelivery,
     EventFilter, FeedPos, IdempotencyKey, Ingested, NewDelivery, NewEvent, Outcome, Page,
@@ -223,6 +223,13 @@ CREATE TABLE event_types (
 ALTER TABLE endpoints ADD COLUMN previous_secret TEXT;
 ALTER TABLE endpoints ADD COLUMN previous_secret_until INTEGER;
 CREATE INDEX api_keys_by_account ON api_keys (account_id);
+"#,
+    // Settings: which key the endpoint secrets are sealed under.
+    r#"
+CREATE TABLE settings (
+    name   TEXT PRIMARY KEY,
+    value  TEXT NOT NULL
+);
 "#,
 ];
 
@@ -496,20 +503,58 @@ impl SqliteStore {
         .await
     }
 
-    pub async fn set_plan(&self, id: String, plan: Plan) -> Result<Option<Account>, StoreError> {
+    pub async fn set_plan(
+        &self,
+        id: String,
+        plan: Plan,
+    ) -> Result<Option<(Account, Vec<Endpoint>)>, StoreError> {
+        let (subscribers, sealer) = (self.subscribers.clone(), self.sealer.clone());
         self.write(move |c| {
             c.execute(
                 "UPDATE accounts SET plan = ?2 WHERE id = ?1",
                 params![id, plan.as_str()],
             )
             .ctx("changing a plan")?;
-            c.query_row(
-                "SELECT id, name, plan, created_at FROM accounts WHERE id = ?1",
-                [&id],
-                account_from_row,
-            )
-            .optional()
-            .ctx("reading an account")
+            let Some(account) = c
+                .query_row(
+                    "SELECT id, name, plan, created_at FROM accounts WHERE id = ?1",
+                    [&id],
+                    account_from_row,
+                )
+                .optional()
+                .ctx("reading an account")?
+            else {
+                return Ok(None);
+            };
+            let mut disabled = Vec::new();
+            if !plan.includes_webhooks() {
+                subscribers.forget(&id);
+                let ids: Vec<String> = c
+                    .prepare(
+                        "SELECT id FROM endpoints
+                         WHERE account_id = ?1 AND enabled = 1 AND deleted_at IS NULL",
+                    )
+                    .ctx("preparing the endpoint scan")?
+                    .query_map([&id], |r| r.get(0))
+                    .ctx("finding enabled endpoints")?
+                    .collect::<Result<_, _>>()
+                    .ctx("finding enabled endpoints")?;
+                for ep_id in ids {
+                    let now = Timestamp::now().0;
+                    c.execute(
+                        "UPDATE endpoints SET enabled = 0, disabled_reason = ?2,
+                            updated_at = MAX(updated_at + 1, ?3)
+                         WHERE id = ?1",
+                        params![ep_id, PLAN_DISABLED, now],
+                    )
+                    .ctx("disabling an endpoint")?;
+                    fail_open_deliveries(c, &ep_id, PLAN_DISABLED)?;
+                    if let Some(ep) = load_endpoint(c, &sealer, Some(&id), &ep_id)? {
+                        disabled.push(ep);
+                    }
+                }
+            }
+            Ok(Some((account, disabled)))
         })
         .await
     }
@@ -520,8 +565,19 @@ impl SqliteStore {
         account_id: String,
         key_hash: String,
         prefix: String,
+        max_live: usize,
     ) -> Result<ApiKey, StoreError> {
         self.write(move |c| {
+            let live: i64 = c
+                .query_row(
+                    "SELECT COUNT(*) FROM api_keys WHERE account_id = ?1 AND revoked_at IS NULL",
+                    [&account_id],
+                    |r| r.get(0),
+                )
+                .ctx("counting live keys")?;
+            if live as usize >= max_live {
+                return Err(too_many_keys(max_live));
+            }
             let key = ApiKey {
                 id: new_id("key"),
                 prefix,
@@ -674,6 +730,9 @@ impl SqliteStore {
         let secret = self.sealer.seal(&ep.id, &ep.secret)?;
         self.write(move |c| {
             subscribers.forget(&ep.account_id);
+            if !account_has_webhooks(c, &ep.account_id)? {
+                return Err(StoreError::PlanRequired);
+            }
             let count: i64 = c
                 .prepare_cached(
                     "SELECT COUNT(*) FROM endpoints WHERE account_id = ?1 AND deleted_at IS NULL",
@@ -772,6 +831,9 @@ impl SqliteStore {
             let was_enabled = ep.enabled;
             change(&mut ep);
             if ep.enabled && !was_enabled {
+                if !account_has_webhooks(c, &account_id)? {
+                    return Err(StoreError::PlanRequired);
+                }
                 ep.disabled_reason = None;
             }
             ep.updated_at = Timestamp(Timestamp::now().0.max(ep.updated_at.0 + 1));
@@ -1371,11 +1433,8 @@ impl SqliteStore {
                 .ctx("preparing the endpoint scan")?
                 .query_map([], endpoint_from_row)
                 .ctx("scanning endpoints")?
-                .map(|r| {
-                    r.ctx("scanning endpoints")
-                        .and_then(|ep| opened(&sealer, ep))
-                })
-                .collect::<Result<_, _>>()?;
+                .collect::<Result<_, _>>()
+                .ctx("scanning endpoints")?;
             let mut select = c
                 .prepare_cached(
                     "SELECT d.id, d.attempts, e.id, e.type, e.created_at, e.data, d.seq, d.claim + 1
@@ -1401,7 +1460,6 @@ impl SqliteStore {
                 if n == 0 {
                     continue;
                 }
-                let ep = Arc::new(ep);
                 let rows = select
                     .query_map(params![ep.id, now.0, n as i64], |r| {
                         Ok((
@@ -1418,6 +1476,18 @@ impl SqliteStore {
                     .ctx("scanning due deliveries")?
                     .collect::<Result<Vec<_>, _>>()
                     .ctx("scanning due deliveries")?;
+                if rows.is_empty() {
+                    continue;
+                }
+                // Secrets are opened only for endpoints with work; one that cannot be opened
+                // keeps its deliveries pending (and says why) rather than stopping the rest.
+                let ep = match opened(&sealer, ep) {
+                    Ok(ep) => Arc::new(ep),
+                    Err(e) => {
+                        tracing::error!(error = %e, "an endpoint's deliveries wait: its secret cannot be opened");
+                        continue;
+                    }
+                };
                 for (delivery_id, attempts, event_id, event_type, created_at, data, row, claim) in
                     rows
                 {
@@ -1830,6 +1900,27 @@ fn insert_rows(
     Ok(out)
 }
 
+fn too_many_keys(max: usize) -> StoreError {
+    StoreError::Conflict(format!(
+        "an account holds at most {max} live keys; revoke one first"
+    ))
+}
+
+/// Why an endpoint was disabled when its account moved to a plan without webhooks.
+const PLAN_DISABLED: &str = "the account's plan does not include webhooks";
+
+/// Whether `account_id`'s plan includes webhooks (read in the caller's transaction).
+fn account_has_webhooks(c: &Connection, account_id: &str) -> Result<bool, StoreError> {
+    let plan: Option<String> = c
+        .prepare_cached("SELECT plan FROM accounts WHERE id = ?1")
+        .and_then(|mut st| st.query_row([account_id], |r| r.get(0)).optional())
+        .ctx("reading an account's plan")?;
+    Ok(plan
+        .as_deref()
+        .and_then(Plan::parse)
+        .is_some_and(Plan::includes_webhooks))
+}
+
 fn fail_open_deliveries(c: &Connection, endpoint_id: &str, why: &str) -> Result<usize, StoreError> {
     c.execute(
         "UPDATE deliveries SET status = 'failed', next_attempt_at = NULL,
@@ -1917,6 +2008,15 @@ fn event_type_from_row(r: &Row<'_>) -> rusqlite::Result<CustomEventType> {
 /// Rewrites every endpoint's secrets from `from`'s form to `to`'s (see
 /// [`SqliteStore::reseal_secrets`]).
 fn reseal_rows(c: &Connection, from: &Sealer, to: &Sealer) -> Result<usize, StoreError> {
+    let recorded: Option<String> = c
+        .query_row(
+            "SELECT value FROM settings WHERE name = 'sealing_key'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()
+        .ctx("reading the sealing key")?;
+    check_recorded_key(recorded.as_deref().unwrap_or(""), from)?;
     let rows: Vec<(String, String, Option<String>)> = c
         .prepare("SELECT id, secret, previous_secret FROM endpoints")
         .ctx("preparing the secret scan")?
@@ -1937,6 +2037,12 @@ fn reseal_rows(c: &Connection, from: &Sealer, to: &Sealer) -> Result<usize, Stor
         .ctx("rewriting a secret")?;
         rewritten += 1;
     }
+    c.execute(
+        "INSERT INTO settings (name, value) VALUES ('sealing_key', ?1)
+         ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        [to.key_id().unwrap_or("")],
+    )
+    .ctx("recording the sealing key")?;
     Ok(rewritten)
 }
 
