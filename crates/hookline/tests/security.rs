@@ -648,7 +648,14 @@ async fn endpoint_secrets_are_sealed_at_rest_under_a_key(engine: Engine) {
     let key2 = Sealer::generate_key();
     // Before any key: one endpoint whose secret is stored in clear.
     let s = TestServer::start(&engine).await;
-    let clear = s.endpoint(&rx.url("clear"), &["*"]).await;
+    let (status, clear) = s
+        .post(
+            "/v1/endpoints",
+            json!({"url": rx.url("clear"), "event_types": ["*"],
+                   "headers": {"x-api-key": "clear-credential-0815"}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{clear}");
     let clear_secret = clear["secret"].as_str().unwrap().to_owned();
     assert!(contains(&database_bytes(&s.location).await, &clear_secret));
     let api_key = s.key.clone();
@@ -662,7 +669,8 @@ async fn endpoint_secrets_are_sealed_at_rest_under_a_key(engine: Engine) {
     let (status, sealed) = s
         .post(
             "/v1/endpoints",
-            json!({"url": rx.url("sealed"), "event_types": ["*"], "secret": chosen}),
+            json!({"url": rx.url("sealed"), "event_types": ["*"], "secret": chosen,
+                   "headers": {"authorization": "Bearer receiver-credential-4711"}}),
         )
         .await;
     assert_eq!(status, 201, "{sealed}");
@@ -682,6 +690,11 @@ async fn endpoint_secrets_are_sealed_at_rest_under_a_key(engine: Engine) {
             "a secret is stored in clear"
         );
     }
+    assert!(!contains(&db, "clear-credential-0815"), "sealed at start");
+    assert!(
+        !contains(&db, "receiver-credential-4711"),
+        "an endpoint header value is stored in clear"
+    );
     assert!(!contains(&db, &key1), "the encryption key is not stored");
     assert!(contains(&db, "hlenc1:"), "sealed values are there");
     // The API and deliveries see them in clear.
@@ -689,6 +702,10 @@ async fn endpoint_secrets_are_sealed_at_rest_under_a_key(engine: Engine) {
     assert_eq!(shown["secret"], rotated_secret.as_str());
     s.event("click", json!({})).await;
     let got = rx.wait_for("sealed", 1).await;
+    assert_eq!(
+        got[0].header("authorization"),
+        "Bearer receiver-credential-4711"
+    );
     verify_with_standardwebhooks(&rotated_secret, &got[0]);
     verify_with_standardwebhooks(chosen, &got[0]);
     verify_with_standardwebhooks(&clear_secret, &rx.wait_for("clear", 1).await[0]);

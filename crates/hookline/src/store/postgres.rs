@@ -15,7 +15,7 @@
 //!   number. Nodes wake each other with `NOTIFY` (a delivery became due, an endpoint
 //!   changed). The lease protocol is in ARCHITECTURE.md.
 
-use super::sealing::{Sealer, check_recorded_key, reseal_row};
+use super::sealing::{SealedColumns, Sealer, check_recorded_key, reseal_row};
 use super::{
     AcceptedEvent, AcceptedSummary, AttemptRecord, DeliveryFilter, DueDelivery, EventFilter,
     FeedPos, IdempotencyKey, Ingested, NewDelivery, NewEvent, Outcome, Page, RetryRefusal,
@@ -557,30 +557,36 @@ impl PgStore {
         check_recorded_key(&recorded, &self.sealer)?;
         // No row locks for the scan (ingest's key-share locks would wait on them at every
         // node's start); each rewrite applies only if the row is still as it was read.
-        let rows = sqlx::query("SELECT id, secret, previous_secret FROM endpoints ORDER BY seq")
-            .fetch_all(&mut *tx)
-            .await
-            .ctx("scanning secrets")?;
+        let rows =
+            sqlx::query("SELECT id, secret, previous_secret, headers FROM endpoints ORDER BY seq")
+                .fetch_all(&mut *tx)
+                .await
+                .ctx("scanning secrets")?;
         let mut rewritten = 0;
         for r in rows {
             const CTX: &str = "scanning secrets";
             let id: String = r.try_get(0).ctx(CTX)?;
-            let secret: String = r.try_get(1).ctx(CTX)?;
-            let previous: Option<String> = r.try_get(2).ctx(CTX)?;
-            let (new_secret, new_previous) =
-                reseal_row(&self.sealer, &to, &id, &secret, &previous)?;
-            if new_secret == secret && new_previous == previous {
+            let row = SealedColumns {
+                secret: r.try_get(1).ctx(CTX)?,
+                previous: r.try_get(2).ctx(CTX)?,
+                headers: r.try_get(3).ctx(CTX)?,
+            };
+            let new = reseal_row(&self.sealer, &to, &id, &row)?;
+            if new == row {
                 continue;
             }
             let applied = sqlx::query(
-                "UPDATE endpoints SET secret = $2, previous_secret = $3
-                 WHERE id = $1 AND secret = $4 AND previous_secret IS NOT DISTINCT FROM $5",
+                "UPDATE endpoints SET secret = $2, previous_secret = $3, headers = $4
+                 WHERE id = $1 AND secret = $5 AND previous_secret IS NOT DISTINCT FROM $6
+                   AND headers = $7",
             )
             .bind(&id)
-            .bind(new_secret)
-            .bind(new_previous)
-            .bind(&secret)
-            .bind(&previous)
+            .bind(new.secret)
+            .bind(new.previous)
+            .bind(new.headers)
+            .bind(&row.secret)
+            .bind(&row.previous)
+            .bind(&row.headers)
             .execute(&mut *tx)
             .await
             .ctx("rewriting a secret")?
@@ -673,7 +679,7 @@ impl PgStore {
         .bind(&ep.url)
         .bind(&ep.description)
         .bind(serde_json::to_string(&ep.event_types).ctx("encoding event types")?)
-        .bind(serde_json::to_string(&ep.headers).ctx("encoding headers")?)
+        .bind(self.sealer.seal_headers(&ep.id, &ep.headers)?)
         .bind(secret)
         .bind(ep.rate_limit_per_sec.map(i64::from))
         .bind(ep.enabled)
@@ -769,7 +775,7 @@ impl PgStore {
         .bind(&ep.url)
         .bind(&ep.description)
         .bind(serde_json::to_string(&ep.event_types).ctx("encoding event types")?)
-        .bind(serde_json::to_string(&ep.headers).ctx("encoding headers")?)
+        .bind(self.sealer.seal_headers(&ep.id, &ep.headers)?)
         .bind(self.sealer.seal(&ep.id, &ep.secret)?)
         .bind(ep.rate_limit_per_sec.map(i64::from))
         .bind(ep.enabled)
@@ -2455,6 +2461,9 @@ fn endpoint_from_row(r: &PgRow, sealer: &Sealer) -> Result<Endpoint, StoreError>
     let event_types: String = r.try_get(4).ctx(CTX)?;
     let headers: String = r.try_get(5).ctx(CTX)?;
     let id: String = r.try_get(0).ctx(CTX)?;
+    let mut headers: std::collections::BTreeMap<String, String> =
+        serde_json::from_str(&headers).ctx("reading an endpoint's headers")?;
+    sealer.open_headers(&id, &mut headers)?;
     let secret: String = r.try_get(6).ctx(CTX)?;
     let previous: Option<String> = r.try_get(13).ctx(CTX)?;
     Ok(Endpoint {
@@ -2462,7 +2471,7 @@ fn endpoint_from_row(r: &PgRow, sealer: &Sealer) -> Result<Endpoint, StoreError>
         url: r.try_get(2).ctx(CTX)?,
         description: r.try_get(3).ctx(CTX)?,
         event_types: serde_json::from_str(&event_types).ctx("reading an endpoint's event types")?,
-        headers: serde_json::from_str(&headers).ctx("reading an endpoint's headers")?,
+        headers,
         secret: sealer.open(&id, &secret)?,
         rate_limit_per_sec: r.try_get::<Option<i64>, _>(7).ctx(CTX)?.map(to_u32),
         enabled: r.try_get(8).ctx(CTX)?,

@@ -1,5 +1,7 @@
-//! Endpoint secrets at rest: sealed with XChaCha20-Poly1305 when `HOOKLINE_ENCRYPTION_KEY` is
-//! set, stored as they are otherwise.
+//! Endpoint secrets at rest — the signing secret, the previous one during a rotation, and
+//! the values of the endpoint's own headers (which often carry a receiver's credentials) —
+//! sealed with XChaCha20-Poly1305 when `HOOKLINE_ENCRYPTION_KEY` is set, stored as they are
+//! otherwise.
 //!
 //! A sealed value reads `hlenc1:<key id>:<base64 of nonce ‖ ciphertext>`. The key id is the
 //! first 8 hex digits of the key's SHA-256: it names the key without revealing it, so a
@@ -17,6 +19,7 @@ use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use rand::RngExt as _;
 use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 use std::fmt;
 
 const PREFIX: &str = "hlenc1:";
@@ -88,6 +91,32 @@ impl Sealer {
     /// Whether `stored` is a sealed value (under any key).
     pub fn is_sealed(stored: &str) -> bool {
         stored.starts_with(PREFIX)
+    }
+
+    /// The stored form of an endpoint's headers: JSON of the map, each value sealed.
+    pub fn seal_headers(
+        &self,
+        owner: &str,
+        headers: &BTreeMap<String, String>,
+    ) -> Result<String, StoreError> {
+        let sealed = headers
+            .iter()
+            .map(|(k, v)| Ok((k.as_str(), self.seal(owner, v)?)))
+            .collect::<Result<BTreeMap<_, _>, StoreError>>()?;
+        serde_json::to_string(&sealed)
+            .map_err(|e| StoreError::Sealing(format!("encoding the headers of {owner}: {e}")))
+    }
+
+    /// Opens every value of headers read from their stored form.
+    pub fn open_headers(
+        &self,
+        owner: &str,
+        headers: &mut BTreeMap<String, String>,
+    ) -> Result<(), StoreError> {
+        for v in headers.values_mut() {
+            *v = self.open(owner, v)?;
+        }
+        Ok(())
     }
 
     /// Whether `stored` is in the form this sealer writes: sealed under its key, or in
@@ -187,16 +216,24 @@ pub fn check_recorded_key(recorded: &str, sealer: &Sealer) -> Result<(), StoreEr
     }))
 }
 
-/// One endpoint row's `(secret, previous_secret)` as they should be stored under `to`,
-/// opened with `from`. A value already sealed under `to` (or in clear when `to` has no key)
-/// is kept as it is, after checking that it opens.
+/// An endpoint row's sealed columns as stored: the secret, the previous secret, and the
+/// headers (JSON of the map, each value sealed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SealedColumns {
+    pub secret: String,
+    pub previous: Option<String>,
+    pub headers: String,
+}
+
+/// One endpoint row's sealed columns as they should be stored under `to`, opened with
+/// `from`. A value already sealed under `to` (or in clear when `to` has no key) is kept as
+/// it is, after checking that it opens.
 pub fn reseal_row(
     from: &Sealer,
     to: &Sealer,
     owner: &str,
-    secret: &str,
-    previous: &Option<String>,
-) -> Result<(String, Option<String>), StoreError> {
+    row: &SealedColumns,
+) -> Result<SealedColumns, StoreError> {
     let one = |stored: &str| -> Result<String, StoreError> {
         if to.is_current(stored) {
             to.open(owner, stored)?;
@@ -204,7 +241,18 @@ pub fn reseal_row(
         }
         to.seal(owner, &from.open(owner, stored)?)
     };
-    Ok((one(secret)?, previous.as_deref().map(one).transpose()?))
+    let headers: BTreeMap<String, String> = serde_json::from_str(&row.headers)
+        .map_err(|e| StoreError::Sealing(format!("the headers of {owner} are not JSON: {e}")))?;
+    let headers = headers
+        .into_iter()
+        .map(|(k, v)| Ok((k, one(&v)?)))
+        .collect::<Result<BTreeMap<_, _>, StoreError>>()?;
+    Ok(SealedColumns {
+        secret: one(&row.secret)?,
+        previous: row.previous.as_deref().map(one).transpose()?,
+        headers: serde_json::to_string(&headers)
+            .map_err(|e| StoreError::Sealing(format!("encoding the headers of {owner}: {e}")))?,
+    })
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@
 //!   SQLite database has one dispatcher, so a delivery marked `delivering` belongs to the
 //!   running process, and at start every `delivering` row is put back to `pending`.
 
-use super::sealing::{Sealer, check_recorded_key, reseal_row};
+use super::sealing::{SealedColumns, Sealer, check_recorded_key, reseal_row};
 use super::{
     AcceptedEvent, AcceptedSummary, AttemptRecord, Context, DeliveryFilter, DueDelivery,
     EventFilter, FeedPos, IdempotencyKey, Ingested, NewDelivery, NewEvent, Outcome, Page,
@@ -728,6 +728,7 @@ impl SqliteStore {
     ) -> Result<Endpoint, StoreError> {
         let subscribers = self.subscribers.clone();
         let secret = self.sealer.seal(&ep.id, &ep.secret)?;
+        let headers = self.sealer.seal_headers(&ep.id, &ep.headers)?;
         self.write(move |c| {
             subscribers.forget(&ep.account_id);
             if !account_has_webhooks(c, &ep.account_id)? {
@@ -754,7 +755,7 @@ impl SqliteStore {
                     ep.url,
                     ep.description,
                     serde_json::to_string(&ep.event_types).ctx("encoding event types")?,
-                    serde_json::to_string(&ep.headers).ctx("encoding headers")?,
+                    headers,
                     secret,
                     ep.rate_limit_per_sec,
                     ep.enabled,
@@ -847,7 +848,7 @@ impl SqliteStore {
                     ep.url,
                     ep.description,
                     serde_json::to_string(&ep.event_types).ctx("encoding event types")?,
-                    serde_json::to_string(&ep.headers).ctx("encoding headers")?,
+                    sealer.seal_headers(&ep.id, &ep.headers)?,
                     sealer.seal(&ep.id, &ep.secret)?,
                     ep.rate_limit_per_sec,
                     ep.enabled,
@@ -1964,6 +1965,7 @@ fn endpoint_from_row(r: &Row<'_>) -> rusqlite::Result<Endpoint> {
 /// `ep` as read, with its secrets opened.
 fn opened(sealer: &Sealer, mut ep: Endpoint) -> Result<Endpoint, StoreError> {
     ep.secret = sealer.open(&ep.id, &ep.secret)?;
+    sealer.open_headers(&ep.id, &mut ep.headers)?;
     if let Some(p) = ep.previous_secret.take() {
         ep.previous_secret = Some(sealer.open(&ep.id, &p)?);
     }
@@ -2017,22 +2019,31 @@ fn reseal_rows(c: &Connection, from: &Sealer, to: &Sealer) -> Result<usize, Stor
         .optional()
         .ctx("reading the sealing key")?;
     check_recorded_key(recorded.as_deref().unwrap_or(""), from)?;
-    let rows: Vec<(String, String, Option<String>)> = c
-        .prepare("SELECT id, secret, previous_secret FROM endpoints")
+    let rows: Vec<(String, SealedColumns)> = c
+        .prepare("SELECT id, secret, previous_secret, headers FROM endpoints")
         .ctx("preparing the secret scan")?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                SealedColumns {
+                    secret: r.get(1)?,
+                    previous: r.get(2)?,
+                    headers: r.get(3)?,
+                },
+            ))
+        })
         .ctx("scanning secrets")?
         .collect::<Result<_, _>>()
         .ctx("scanning secrets")?;
     let mut rewritten = 0;
-    for (id, secret, previous) in rows {
-        let (new_secret, new_previous) = reseal_row(from, to, &id, &secret, &previous)?;
-        if new_secret == secret && new_previous == previous {
+    for (id, row) in rows {
+        let new = reseal_row(from, to, &id, &row)?;
+        if new == row {
             continue;
         }
         c.execute(
-            "UPDATE endpoints SET secret = ?2, previous_secret = ?3 WHERE id = ?1",
-            params![id, new_secret, new_previous],
+            "UPDATE endpoints SET secret = ?2, previous_secret = ?3, headers = ?4 WHERE id = ?1",
+            params![id, new.secret, new.previous, new.headers],
         )
         .ctx("rewriting a secret")?;
         rewritten += 1;
