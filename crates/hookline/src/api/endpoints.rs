@@ -319,6 +319,75 @@ async fn require_webhooks(
     Err(ApiError::plan_required(what))
 }
 
+/// Which failed deliveries to queue again.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Recover {
+    /// Deliveries created at or after this time (RFC 3339).
+    pub since: Timestamp,
+}
+
+/// How many deliveries were queued again.
+#[derive(Serialize, ToSchema)]
+pub struct Recovered {
+    pub recovered: usize,
+}
+
+/// Deliveries queued again per write.
+const RECOVER_BATCH: usize = 1000;
+
+/// Queues again every `failed` delivery of the endpoint created since `since`: each goes
+/// back to `pending`, due now, and resumes its retry schedule (one that had used it up gets
+/// one more attempt). `409` when the endpoint is disabled: enable it first.
+#[utoipa::path(post, path = "/v1/endpoints/{id}/recover", tag = "endpoints", request_body = Recover,
+    params(("id" = String, Path, description = "ep_…")), security(("api_key" = [])),
+    responses((status = 202, body = Recovered), (status = 404, body = super::error::ErrorBody),
+        (status = 403, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody),
+        (status = 422, body = super::error::ErrorBody)))]
+pub async fn recover(
+    State(state): State<AppState>,
+    Auth(account): Auth,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<Recover>,
+) -> Result<(StatusCode, Json<Recovered>), ApiError> {
+    require_webhooks(&state, &account, &id, "recovering deliveries").await?;
+    let started = Timestamp::now();
+    let mut recovered = 0;
+    loop {
+        let n = match state
+            .store
+            .recover(
+                account.id.clone(),
+                id.clone(),
+                body.since,
+                started,
+                RECOVER_BATCH,
+            )
+            .await?
+        {
+            Ok(n) => n,
+            Err(crate::store::RetryRefusal::EndpointDisabled) if recovered == 0 => {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "endpoint_disabled",
+                    "the endpoint is disabled; enable it first",
+                ));
+            }
+            // Disabled or removed midway: what was queued has been ended with it.
+            Err(crate::store::RetryRefusal::EndpointDisabled) => 0,
+            Err(_) => return Err(ApiError::not_found("endpoint")),
+        };
+        recovered += n;
+        if n > 0 {
+            state.dispatcher.due_now();
+        }
+        if n < RECOVER_BATCH {
+            break;
+        }
+    }
+    Ok((StatusCode::ACCEPTED, Json(Recovered { recovered })))
+}
+
 /// What the endpoint answered to a test `ping`.
 #[derive(Serialize, ToSchema)]
 pub struct TestResult {

@@ -156,6 +156,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(endpoints::secret))
         .routes(routes!(endpoints::rotate_secret))
         .routes(routes!(endpoints::test))
+        .routes(routes!(endpoints::recover))
         .routes(routes!(endpoints::deliveries))
         .routes(routes!(events::create, events::list))
         .routes(routes!(events::create_batch))

@@ -505,6 +505,22 @@ impl Store {
         on_engine!(self, s => s.fail_stale(endpoint_id, before).await)
     }
 
+    /// Queues again up to `batch` `failed` deliveries of the account's endpoint created at or
+    /// after `since` and last changed before `started` (so a delivery this recovery already
+    /// queued, which failed again meanwhile, is not taken twice): `pending`, due now, under
+    /// a new claim. They resume their retry schedule; one that had used it up gets one more
+    /// attempt. Returns how many, or why none can be (no such endpoint, or it is disabled).
+    pub async fn recover(
+        &self,
+        account_id: String,
+        endpoint_id: String,
+        since: Timestamp,
+        started: Timestamp,
+        batch: usize,
+    ) -> Result<Result<usize, RetryRefusal>, StoreError> {
+        on_engine!(self, s => s.recover(account_id, endpoint_id, since, started, batch).await)
+    }
+
     /// Takes one delivery for a manual retry, whatever its state.
     pub async fn claim_for_retry(
         &self,

@@ -1733,6 +1733,57 @@ impl PgStore {
     }
 
     /// Makes every `pending` delivery of an endpoint due now (the endpoint is back).
+    pub async fn recover(
+        &self,
+        account_id: String,
+        endpoint_id: String,
+        since: Timestamp,
+        started: Timestamp,
+        batch: usize,
+    ) -> Result<Result<usize, RetryRefusal>, StoreError> {
+        let mut tx = self.begin().await?;
+        // Key-share on the endpoint: disabling it (FOR UPDATE) waits for this, then ends
+        // what this queued; or this waits, and sees it disabled.
+        let enabled: Option<bool> = sqlx::query_scalar(
+            "SELECT enabled FROM endpoints
+             WHERE id = $1 AND account_id = $2 AND deleted_at IS NULL FOR KEY SHARE",
+        )
+        .bind(&endpoint_id)
+        .bind(&account_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .ctx("reading an endpoint")?;
+        match enabled {
+            None => return Ok(Err(RetryRefusal::NotFound)),
+            Some(false) => return Ok(Err(RetryRefusal::EndpointDisabled)),
+            Some(true) => {}
+        }
+        let now = Timestamp::now().0;
+        let n = sqlx::query(
+            "UPDATE deliveries SET status = 'pending', next_attempt_at = $4,
+                claim = claim + 1, updated_at = $4, node = NULL
+             WHERE id IN (
+                SELECT id FROM deliveries
+                WHERE endpoint_id = $1 AND status = 'failed' AND created_at >= $2
+                  AND updated_at < $3
+                LIMIT $5 FOR UPDATE SKIP LOCKED)",
+        )
+        .bind(&endpoint_id)
+        .bind(since.0)
+        .bind(started.0)
+        .bind(now)
+        .bind(batch as i64)
+        .execute(&mut *tx)
+        .await
+        .ctx("queueing failed deliveries again")?
+        .rows_affected() as usize;
+        if n > 0 {
+            notify(&mut tx, DUE_CHANNEL, &now.to_string()).await?;
+        }
+        tx.commit().await.ctx("committing a recovery")?;
+        Ok(Ok(n))
+    }
+
     pub async fn pull_forward(&self, endpoint_id: String) -> Result<usize, StoreError> {
         let now = Timestamp::now().0;
         let done = sqlx::query(

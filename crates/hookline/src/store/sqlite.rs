@@ -1612,6 +1612,46 @@ impl SqliteStore {
         .await
     }
 
+    pub async fn recover(
+        &self,
+        account_id: String,
+        endpoint_id: String,
+        since: Timestamp,
+        started: Timestamp,
+        batch: usize,
+    ) -> Result<Result<usize, RetryRefusal>, StoreError> {
+        self.write(move |c| {
+            let live: Option<bool> = c
+                .query_row(
+                    "SELECT enabled FROM endpoints
+                     WHERE id = ?1 AND account_id = ?2 AND deleted_at IS NULL",
+                    params![endpoint_id, account_id],
+                    |r| r.get(0),
+                )
+                .optional()
+                .ctx("reading an endpoint")?;
+            match live {
+                None => return Ok(Err(RetryRefusal::NotFound)),
+                Some(false) => return Ok(Err(RetryRefusal::EndpointDisabled)),
+                Some(true) => {}
+            }
+            let now = Timestamp::now().0;
+            c.execute(
+                "UPDATE deliveries SET status = 'pending', next_attempt_at = ?4,
+                    claim = claim + 1, updated_at = ?4
+                 WHERE seq IN (
+                    SELECT seq FROM deliveries
+                    WHERE endpoint_id = ?1 AND status = 'failed' AND created_at >= ?2
+                      AND updated_at < ?3
+                    LIMIT ?5)",
+                params![endpoint_id, since.0, started.0, now, batch as i64],
+            )
+            .ctx("queueing failed deliveries again")
+            .map(Ok)
+        })
+        .await
+    }
+
     /// Makes every `pending` delivery of an endpoint due now (the endpoint is back).
     pub async fn pull_forward(&self, endpoint_id: String) -> Result<usize, StoreError> {
         self.write(move |c| {
