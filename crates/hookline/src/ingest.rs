@@ -226,19 +226,23 @@ impl Ingest {
             }
         };
         match key {
-            None => Ok(self
-                .store
-                .insert_events(account.id.clone(), events, admit, on_done)
-                .await?
-                .iter()
-                .map(AcceptedSummary::from)
-                .collect()),
+            None => {
+                let accepted = self
+                    .store
+                    .insert_events(account.id.clone(), events, admit, on_done)
+                    .await?;
+                crate::telemetry::events_accepted(accepted.len());
+                Ok(accepted.iter().map(AcceptedSummary::from).collect())
+            }
             Some(key) => match self
                 .store
                 .insert_events_once(account.id.clone(), events, key, admit, on_done)
                 .await?
             {
-                Ingested::New(accepted) => Ok(accepted.iter().map(AcceptedSummary::from).collect()),
+                Ingested::New(accepted) => {
+                    crate::telemetry::events_accepted(accepted.len());
+                    Ok(accepted.iter().map(AcceptedSummary::from).collect())
+                }
                 Ingested::Repeat(first) => Ok(first),
             },
         }

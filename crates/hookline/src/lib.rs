@@ -8,7 +8,8 @@
 //! keys; [`store`] is the only door to the database (it also seals endpoint secrets at
 //! rest); [`model`] is plain data. [`bench`] is the
 //! load generator and receiver sink behind `hookline bench`; [`retention`] deletes what
-//! is older than the retention period. Signing lives in the
+//! is older than its plan's retention; [`telemetry`] counts what happens for
+//! `GET /metrics`. Signing lives in the
 //! `hookline-signing` crate. See ARCHITECTURE.md for the map and the invariants.
 
 pub mod accounts;
@@ -22,3 +23,4 @@ pub mod ratelimit;
 pub mod retention;
 pub mod server;
 pub mod store;
+pub mod telemetry;

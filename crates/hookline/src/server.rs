@@ -141,6 +141,21 @@ pub async fn run(
         },
         shutdown.child_token(),
     ));
+    crate::telemetry::handle().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let sampler = {
+        let (dispatcher, stop) = (dispatcher.clone(), shutdown.child_token());
+        tokio::spawn(async move {
+            loop {
+                let (in_memory, open) = dispatcher.stats();
+                crate::telemetry::dispatcher(in_memory, open);
+                crate::telemetry::upkeep();
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                }
+            }
+        })
+    };
     let catalogue =
         Arc::new(crate::catalogue::Catalogue::builtin().map_err(|e| anyhow::anyhow!("{e}"))?);
     let ingest = Ingest::new(
@@ -188,6 +203,7 @@ pub async fn run(
         .context("serving HTTP");
     shutdown.cancel();
     let _ = sweeper.await;
+    let _ = sampler.await;
     // Shared store: attempts in flight must end (by their timeout at worst) before this
     // node gives its deliveries back, or another node could send one of them meanwhile.
     let grace = if store.is_shared() {

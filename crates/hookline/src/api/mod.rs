@@ -186,7 +186,9 @@ pub fn router(state: AppState) -> Router {
                 async move { Json(doc.as_ref().clone()) }
             }),
         )
+        .route("/metrics", axum::routing::get(crate::telemetry::render))
         .fallback(|| async { ApiError::not_found("route").into_response() })
+        .layer(axum::middleware::from_fn(crate::telemetry::track_http))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
 }

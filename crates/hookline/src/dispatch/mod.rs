@@ -267,6 +267,11 @@ impl Dispatcher {
 
     /// Tells the poller that deliveries became due now in the database (ingest committed
     /// some it could not admit): it looks at once if it planned to sleep longer.
+    /// Deliveries held in memory, and endpoints whose breaker is open (for metrics).
+    pub fn stats(&self) -> (usize, usize) {
+        self.inner.stats()
+    }
+
     pub fn due_now(&self) {
         self.inner.note_due(Timestamp::now());
     }
@@ -462,6 +467,14 @@ impl Inner {
             .filter(|b| b.open && !b.probing && b.next_probe > now)
             .map(|b| b.next_probe)
             .min()
+    }
+
+    /// Deliveries held in memory, and endpoints whose breaker is open (for metrics).
+    fn stats(&self) -> (usize, usize) {
+        self.admission
+            .lock()
+            .map(|a| (a.total, a.breakers.values().filter(|b| b.open).count()))
+            .unwrap_or((0, 0))
     }
 
     /// Endpoints whose breaker is open.
@@ -667,6 +680,15 @@ async fn attempt(
             None => Outcome::Failed,
         }
     };
+    crate::telemetry::attempt(
+        match outcome {
+            Outcome::Succeeded => "succeeded",
+            Outcome::Gone => "gone",
+            Outcome::Failed => "failed",
+            _ => "retry",
+        },
+        result.duration.as_secs_f64(),
+    );
     tracing::debug!(
         delivery = %due.delivery_id, endpoint = %target.endpoint_id, attempt = number,
         status = ?status, error = ?result.error, outcome = ?outcome, "attempt"
