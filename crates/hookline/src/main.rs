@@ -366,8 +366,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .with(&args.plan_business)
             .map_err(|e| anyhow::anyhow!("--plan-business: {e}"))?,
     };
-    if let Some(token) = &args.admin_token
-        && token.trim().chars().count() < 16
+    // Set but empty means off, as unset does; a short token is refused.
+    if let Some(token) = args.admin_token.as_deref().map(str::trim)
+        && !token.is_empty()
+        && token.chars().count() < 16
     {
         bail!("HOOKLINE_ADMIN_TOKEN must be at least 16 characters (use a long random value)");
     }

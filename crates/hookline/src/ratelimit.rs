@@ -4,8 +4,8 @@
 //! the bucket holds `n` tokens, or is full (so a batch larger than one second's worth is
 //! not refused forever); it then takes all `n`, possibly going into debt, which later
 //! requests wait out. So the average never exceeds the rate, and a refused request is told
-//! how long to wait (`Retry-After`). A request that is then not accepted (invalid, or the
-//! store failed) gives its tokens back. Buckets live in memory: with several nodes, each
+//! how long to wait (`Retry-After`). A request the server then fails to accept (the store
+//! failed) gives its tokens back; an invalid one keeps its cost. Buckets live in memory: with several nodes, each
 //! enforces the limit for the traffic it receives.
 
 use std::collections::HashMap;

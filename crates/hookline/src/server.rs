@@ -76,6 +76,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let where_ = config.location.describe();
+    crate::telemetry::handle().map_err(|e| anyhow::anyhow!("{e}"))?;
     let lock = Store::lock(&config.location).await?;
     let store = Store::open_sealed(&config.location, config.sealer.clone())
         .await
@@ -141,7 +142,6 @@ pub async fn run(
         },
         shutdown.child_token(),
     ));
-    crate::telemetry::handle().map_err(|e| anyhow::anyhow!("{e}"))?;
     let sampler = {
         let (dispatcher, stop) = (dispatcher.clone(), shutdown.child_token());
         tokio::spawn(async move {

@@ -19,7 +19,8 @@ use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use std::sync::OnceLock;
+use std::collections::HashSet;
+use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
 static HANDLE: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
@@ -47,17 +48,50 @@ pub async fn track_http(req: Request, next: Next) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let method = req.method().as_str().to_owned();
+        .map_or("unmatched", |p| intern(p.as_str()));
+    let method = match *req.method() {
+        http::Method::GET => "GET",
+        http::Method::POST => "POST",
+        http::Method::PATCH => "PATCH",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        http::Method::HEAD => "HEAD",
+        http::Method::OPTIONS => "OPTIONS",
+        // Any other method a client invents counts as one.
+        _ => "other",
+    };
     let started = Instant::now();
     let resp = next.run(req).await;
     metrics::counter!("hookline_http_requests_total",
-        "method" => method, "route" => route.clone(), "status" => resp.status().as_u16().to_string())
+        "method" => method, "route" => route, "status" => status_label(resp.status().as_u16()))
     .increment(1);
     metrics::histogram!("hookline_http_request_duration_seconds", "route" => route)
         .record(started.elapsed().as_secs_f64());
     resp
+}
+
+/// A route pattern as a `'static` label: the patterns are the router's, a fixed set, each
+/// kept once.
+fn intern(pattern: &str) -> &'static str {
+    static PATTERNS: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
+    let Ok(mut set) = PATTERNS.get_or_init(Default::default).lock() else {
+        return "unmatched";
+    };
+    if let Some(p) = set.get(pattern) {
+        return p;
+    }
+    let p: &'static str = Box::leak(pattern.to_owned().into_boxed_str());
+    set.insert(p);
+    p
+}
+
+/// A status code as a `'static` label.
+fn status_label(code: u16) -> &'static str {
+    static LABELS: OnceLock<Vec<String>> = OnceLock::new();
+    let labels = LABELS.get_or_init(|| (0..600).map(|c| c.to_string()).collect());
+    labels
+        .get(usize::from(code))
+        .map_or("other", String::as_str)
 }
 
 /// `GET /metrics`: the Prometheus text format.

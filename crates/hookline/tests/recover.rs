@@ -12,6 +12,7 @@ use serde_json::json;
 async fn failed_deliveries_since_a_time_go_out_again(engine: Engine) {
     let rx = Receiver::start().await;
     rx.always("r", Reply::Status(500));
+    // The circuit breaker opens on the way (12 failures in a row): recovery must get past it.
     let s = TestServer::start(&engine).await;
     let ep = s.endpoint(&rx.url("r"), &["*"]).await;
     let id = ep["id"].as_str().unwrap().to_owned();
@@ -100,4 +101,89 @@ async fn failed_deliveries_since_a_time_go_out_again(engine: Engine) {
     assert_eq!((status, &b["recovered"]), (202, &json!(0)), "{b}");
 }
 
-on_both_engines!(failed_deliveries_since_a_time_go_out_again);
+/// The store's recovery steps walk the endpoint's deliveries once, in row order, whatever
+/// the batch: a delivery queued again is not looked at twice, and the walk ends.
+async fn recovery_steps_look_at_each_delivery_once(engine: Engine) {
+    let rx = Receiver::start().await;
+    rx.always("r", Reply::Status(500));
+    // No circuit breaker in the way: every attempt happens on the schedule.
+    let s = TestServer::start_with(&engine, |c| c.dispatch.breaker_threshold = 1000).await;
+    let ep = s.endpoint(&rx.url("r"), &["*"]).await;
+    let id = ep["id"].as_str().unwrap().to_owned();
+    let ok = s.endpoint(&rx.url("ok"), &["open"]).await;
+    let mut failed = Vec::new();
+    for _ in 0..3 {
+        let ev = s.event("click", json!({})).await;
+        failed.push(ev["deliveries"][0]["id"].as_str().unwrap().to_owned());
+    }
+    // A delivery that succeeds (to another endpoint) is never touched.
+    let ev = s.event("open", json!({})).await;
+    let good = ev["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["endpoint_id"] == ok["id"])
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let both = ev["deliveries"].as_array().unwrap().len();
+    assert_eq!(both, 2, "{ev}");
+    for d in &failed {
+        s.wait_delivery(d, "failed").await;
+    }
+    s.wait_delivery(&good, "succeeded").await;
+    let on_r = ev["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["endpoint_id"] == ep["id"])
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    s.wait_delivery(&on_r, "failed").await;
+
+    let store = hookline::store::Store::open(&s.location).await.unwrap();
+    let account = store.account_by_name("acme".into()).await.unwrap().unwrap();
+    let (mut after, mut steps, mut queued) = (0, 0, 0);
+    loop {
+        let (n, next) = store
+            .recover(account.id.clone(), id.clone(), Timestamp(0), after, 1)
+            .await
+            .unwrap()
+            .unwrap();
+        steps += 1;
+        queued += n;
+        assert!(steps <= 10, "the walk ends");
+        match next {
+            Some(seq) => after = seq,
+            None => break,
+        }
+    }
+    assert_eq!(queued, 4, "three clicks and the open, each once");
+    assert!(
+        steps <= 5,
+        "one step per delivery, and one that finds the end: {steps}"
+    );
+    rx.always("r", Reply::Status(200));
+    for d in failed.iter().chain([&on_r]) {
+        s.wait_delivery(d, "succeeded").await;
+    }
+    let (_, g) = s.get(&format!("/v1/deliveries/{good}")).await;
+    assert_eq!(g["attempts"].as_array().unwrap().len(), 1, "{g}");
+    // Another account's endpoint is not found, whatever the step.
+    let refused = store
+        .recover("acc_other".into(), id.clone(), Timestamp(0), 0, 10)
+        .await
+        .unwrap();
+    assert!(matches!(
+        refused,
+        Err(hookline::store::RetryRefusal::NotFound)
+    ));
+}
+
+on_both_engines!(
+    failed_deliveries_since_a_time_go_out_again,
+    recovery_steps_look_at_each_delivery_once
+);

@@ -333,7 +333,7 @@ pub struct Recovered {
     pub recovered: usize,
 }
 
-/// Deliveries queued again per write.
+/// Deliveries looked at per write.
 const RECOVER_BATCH: usize = 1000;
 
 /// Queues again every `failed` delivery of the endpoint created since `since`: each goes
@@ -351,21 +351,21 @@ pub async fn recover(
     JsonBody(body): JsonBody<Recover>,
 ) -> Result<(StatusCode, Json<Recovered>), ApiError> {
     require_webhooks(&state, &account, &id, "recovering deliveries").await?;
-    let started = Timestamp::now();
     let mut recovered = 0;
+    let mut after = 0;
     loop {
-        let n = match state
+        let (n, next) = match state
             .store
             .recover(
                 account.id.clone(),
                 id.clone(),
                 body.since,
-                started,
+                after,
                 RECOVER_BATCH,
             )
             .await?
         {
-            Ok(n) => n,
+            Ok(step) => step,
             Err(crate::store::RetryRefusal::EndpointDisabled) if recovered == 0 => {
                 return Err(ApiError::new(
                     StatusCode::CONFLICT,
@@ -374,15 +374,20 @@ pub async fn recover(
                 ));
             }
             // Disabled or removed midway: what was queued has been ended with it.
-            Err(crate::store::RetryRefusal::EndpointDisabled) => 0,
+            Err(crate::store::RetryRefusal::EndpointDisabled) => (0, None),
             Err(_) => return Err(ApiError::not_found("endpoint")),
         };
+        if recovered == 0 && n > 0 {
+            // The endpoint is said to be back: this node stops holding it off.
+            state.dispatcher.reset_breaker(&id);
+        }
         recovered += n;
         if n > 0 {
             state.dispatcher.due_now();
         }
-        if n < RECOVER_BATCH {
-            break;
+        match next {
+            Some(seq) => after = seq,
+            None => break,
         }
     }
     Ok((StatusCode::ACCEPTED, Json(Recovered { recovered })))
@@ -656,6 +661,11 @@ fn check_headers(h: BTreeMap<String, String>) -> Result<BTreeMap<String, String>
         }
         if value.contains(['\r', '\n', '\0']) || http::HeaderValue::from_str(&value).is_err() {
             return Err(bad("not a valid header value"));
+        }
+        if crate::store::Sealer::is_sealed(&value) {
+            return Err(bad(
+                "must not start with \"hlenc1:\" (the form of a sealed value)",
+            ));
         }
         out.insert(lower, value);
     }

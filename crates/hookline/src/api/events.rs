@@ -100,7 +100,7 @@ impl From<CreateEvent> for EventInput {
 }
 
 /// Counts `n` events against the account's ingest rate: `429` with `Retry-After` over it.
-/// (A request that is then not accepted gives them back.)
+/// (A request the server then fails to accept gives them back.)
 fn meter(state: &AppState, account: &crate::model::Account, n: usize) -> Result<(), ApiError> {
     let Some(rate) = state.limits.of(account.plan).ingest_per_sec else {
         return Ok(());
@@ -118,6 +118,19 @@ fn meter(state: &AppState, account: &crate::model::Account, n: usize) -> Result<
                 wait,
             )
         })
+}
+
+/// Gives the allowance back when the server, not the request, was at fault: an invalid
+/// request keeps its cost, so validation itself is metered.
+fn refund(
+    state: &AppState,
+    account: &crate::model::Account,
+    e: &crate::ingest::IngestError,
+    n: usize,
+) {
+    if !matches!(e, crate::ingest::IngestError::Invalid(_)) {
+        state.ingest_limiter.refund(&account.id, n);
+    }
 }
 
 /// Sends one event. `202` means it and its deliveries are durably stored.
@@ -145,7 +158,7 @@ pub async fn create(
         .ingest
         .accept(&account, vec![body.into()], false, key)
         .await
-        .inspect_err(|_| state.ingest_limiter.refund(&account.id, 1))?;
+        .inspect_err(|e| refund(&state, &account, e, 1))?;
     let first = accepted.first().ok_or_else(ApiError::internal)?;
     Ok((StatusCode::ACCEPTED, Json(first.into())))
 }
@@ -181,7 +194,7 @@ pub async fn create_batch(
         .ingest
         .accept(&account, inputs, true, key)
         .await
-        .inspect_err(|_| state.ingest_limiter.refund(&account.id, n))?;
+        .inspect_err(|e| refund(&state, &account, e, n))?;
     Ok((
         StatusCode::ACCEPTED,
         Json(AcceptedBatch {

@@ -265,13 +265,13 @@ impl Dispatcher {
         Ok((id, result))
     }
 
-    /// Tells the poller that deliveries became due now in the database (ingest committed
-    /// some it could not admit): it looks at once if it planned to sleep longer.
     /// Deliveries held in memory, and endpoints whose breaker is open (for metrics).
     pub fn stats(&self) -> (usize, usize) {
         self.inner.stats()
     }
 
+    /// Tells the poller that deliveries became due now in the database (ingest committed
+    /// some it could not admit): it looks at once if it planned to sleep longer.
     pub fn due_now(&self) {
         self.inner.note_due(Timestamp::now());
     }
@@ -307,6 +307,13 @@ impl Dispatcher {
         })
         .await
         .map_err(|e| StoreError::Commit(format!("retry task failed: {e}")))?
+    }
+
+    /// Forgets the endpoint's run of failures (its deliveries were queued again by hand).
+    pub fn reset_breaker(&self, endpoint_id: &str) {
+        if let Ok(mut a) = self.inner.admission.lock() {
+            a.breakers.remove(endpoint_id);
+        }
     }
 
     /// Tells the dispatcher an endpoint changed (or was removed: `enabled == false`).

@@ -32,7 +32,6 @@ pub const KEPT_BODY_BYTES: usize = 4096;
 const DRAINED_BODY_BYTES: usize = 64 * 1024;
 
 /// An endpoint ready to be sent to: URL parsed, secret decoded, headers built.
-#[derive(Debug)]
 pub struct Target {
     pub endpoint_id: String,
     /// The endpoint's `updated_at`: a newer version replaces an older one.
@@ -80,6 +79,18 @@ impl Target {
             headers,
             rate_limit_per_sec: ep.rate_limit_per_sec,
         })
+    }
+}
+
+/// Leaves the secrets and the endpoint's headers (often credentials) out.
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("endpoint_id", &self.endpoint_id)
+            .field("version", &self.version)
+            .field("uri", &self.uri)
+            .field("rate_limit_per_sec", &self.rate_limit_per_sec)
+            .finish_non_exhaustive()
     }
 }
 

@@ -505,20 +505,22 @@ impl Store {
         on_engine!(self, s => s.fail_stale(endpoint_id, before).await)
     }
 
-    /// Queues again up to `batch` `failed` deliveries of the account's endpoint created at or
-    /// after `since` and last changed before `started` (so a delivery this recovery already
-    /// queued, which failed again meanwhile, is not taken twice): `pending`, due now, under
-    /// a new claim. They resume their retry schedule; one that had used it up gets one more
-    /// attempt. Returns how many, or why none can be (no such endpoint, or it is disabled).
+    /// One step of a recovery: looks at the next `batch` deliveries of the account's
+    /// endpoint after row `after` (in row order, so each is looked at once, and one queued
+    /// here that fails again is not taken twice), and queues again those `failed` and
+    /// created at or after `since`: `pending`, due now, under a new claim. They resume their
+    /// retry schedule; one that had used it up gets one more attempt. Returns how many were
+    /// queued and where to go on from (`None`: done), or why none can be (no such endpoint,
+    /// or it is disabled).
     pub async fn recover(
         &self,
         account_id: String,
         endpoint_id: String,
         since: Timestamp,
-        started: Timestamp,
+        after: i64,
         batch: usize,
-    ) -> Result<Result<usize, RetryRefusal>, StoreError> {
-        on_engine!(self, s => s.recover(account_id, endpoint_id, since, started, batch).await)
+    ) -> Result<Result<(usize, Option<i64>), RetryRefusal>, StoreError> {
+        on_engine!(self, s => s.recover(account_id, endpoint_id, since, after, batch).await)
     }
 
     /// Takes one delivery for a manual retry, whatever its state.

@@ -390,13 +390,24 @@ impl PgStore {
         };
         let mut disabled = Vec::new();
         if !plan.includes_webhooks() {
+            // Lock the endpoints `FOR UPDATE` in `seq` order, as every endpoint change does:
+            // ingest's key-share locks wait, so no delivery is created for one of them once
+            // this commits, and an enabling change in progress finishes first and is seen.
+            let ids: Vec<String> = sqlx::query_scalar(
+                "SELECT id FROM endpoints WHERE account_id = $1 AND deleted_at IS NULL
+                 ORDER BY seq FOR UPDATE",
+            )
+            .bind(&id)
+            .fetch_all(&mut *tx)
+            .await
+            .ctx("locking an account's endpoints")?;
             let ids: Vec<String> = sqlx::query_scalar(
                 "UPDATE endpoints SET enabled = FALSE, disabled_reason = $2,
                     updated_at = GREATEST(updated_at + 1, $3)
-                 WHERE account_id = $1 AND enabled AND deleted_at IS NULL
+                 WHERE id = ANY($1::text[]) AND enabled
                  RETURNING id",
             )
-            .bind(&id)
+            .bind(&ids)
             .bind(PLAN_DISABLED)
             .bind(Timestamp::now().0)
             .fetch_all(&mut *tx)
@@ -1732,15 +1743,15 @@ impl PgStore {
         Ok(())
     }
 
-    /// Makes every `pending` delivery of an endpoint due now (the endpoint is back).
+    /// A step of a recovery (see [`super::Store::recover`]).
     pub async fn recover(
         &self,
         account_id: String,
         endpoint_id: String,
         since: Timestamp,
-        started: Timestamp,
+        after: i64,
         batch: usize,
-    ) -> Result<Result<usize, RetryRefusal>, StoreError> {
+    ) -> Result<Result<(usize, Option<i64>), RetryRefusal>, StoreError> {
         let mut tx = self.begin().await?;
         // Key-share on the endpoint: disabling it (FOR UPDATE) waits for this, then ends
         // what this queued; or this waits, and sees it disabled.
@@ -1759,31 +1770,46 @@ impl PgStore {
             Some(true) => {}
         }
         let now = Timestamp::now().0;
+        let seqs: Vec<i64> = sqlx::query_scalar(
+            "SELECT seq FROM deliveries WHERE endpoint_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(&endpoint_id)
+        .bind(after)
+        .bind(batch as i64)
+        .fetch_all(&mut *tx)
+        .await
+        .ctx("scanning deliveries to recover")?;
+        let (first, last) = match (seqs.first(), seqs.last()) {
+            (Some(f), Some(l)) => (*f, *l),
+            _ => {
+                tx.commit().await.ctx("committing a recovery")?;
+                return Ok(Ok((0, None)));
+            }
+        };
         let n = sqlx::query(
-            "UPDATE deliveries SET status = 'pending', next_attempt_at = $4,
-                claim = claim + 1, updated_at = $4, node = NULL
-             WHERE id IN (
-                SELECT id FROM deliveries
-                WHERE endpoint_id = $1 AND status = 'failed' AND created_at >= $2
-                  AND updated_at < $3
-                LIMIT $5 FOR UPDATE SKIP LOCKED)",
+            "UPDATE deliveries SET status = 'pending', next_attempt_at = $3,
+                claim = claim + 1, updated_at = $3, node = NULL
+             WHERE endpoint_id = $1 AND seq BETWEEN $4 AND $5
+               AND status = 'failed' AND created_at >= $2",
         )
         .bind(&endpoint_id)
         .bind(since.0)
-        .bind(started.0)
         .bind(now)
-        .bind(batch as i64)
+        .bind(first)
+        .bind(last)
         .execute(&mut *tx)
         .await
         .ctx("queueing failed deliveries again")?
         .rows_affected() as usize;
+        let next = (seqs.len() == batch).then_some(last);
         if n > 0 {
             notify(&mut tx, DUE_CHANNEL, &now.to_string()).await?;
         }
         tx.commit().await.ctx("committing a recovery")?;
-        Ok(Ok(n))
+        Ok(Ok((n, next)))
     }
 
+    /// Makes every `pending` delivery of an endpoint due now (the endpoint is back).
     pub async fn pull_forward(&self, endpoint_id: String) -> Result<usize, StoreError> {
         let now = Timestamp::now().0;
         let done = sqlx::query(
@@ -1808,7 +1834,8 @@ impl PgStore {
             "UPDATE deliveries SET status = 'failed', next_attempt_at = NULL, updated_at = $3,
                 last_error = COALESCE(last_error,
                     'the endpoint was unreachable for the whole retry schedule')
-             WHERE endpoint_id = $1 AND status = 'pending' AND created_at < $2",
+             WHERE endpoint_id = $1 AND status = 'pending' AND created_at < $2
+               AND updated_at < $2",
         )
         .bind(endpoint_id)
         .bind(before.0)

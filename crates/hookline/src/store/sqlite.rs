@@ -1612,14 +1612,15 @@ impl SqliteStore {
         .await
     }
 
+    /// A step of a recovery (see [`super::Store::recover`]).
     pub async fn recover(
         &self,
         account_id: String,
         endpoint_id: String,
         since: Timestamp,
-        started: Timestamp,
+        after: i64,
         batch: usize,
-    ) -> Result<Result<usize, RetryRefusal>, StoreError> {
+    ) -> Result<Result<(usize, Option<i64>), RetryRefusal>, StoreError> {
         self.write(move |c| {
             let live: Option<bool> = c
                 .query_row(
@@ -1635,19 +1636,36 @@ impl SqliteStore {
                 Some(false) => return Ok(Err(RetryRefusal::EndpointDisabled)),
                 Some(true) => {}
             }
+            let rows: Vec<(i64, String, i64)> = c
+                .prepare_cached(
+                    "SELECT seq, status, created_at FROM deliveries
+                     WHERE endpoint_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+                )
+                .ctx("preparing the recovery scan")?
+                .query_map(params![endpoint_id, after, batch as i64], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .ctx("scanning deliveries to recover")?
+                .collect::<Result<_, _>>()
+                .ctx("scanning deliveries to recover")?;
             let now = Timestamp::now().0;
-            c.execute(
-                "UPDATE deliveries SET status = 'pending', next_attempt_at = ?4,
-                    claim = claim + 1, updated_at = ?4
-                 WHERE seq IN (
-                    SELECT seq FROM deliveries
-                    WHERE endpoint_id = ?1 AND status = 'failed' AND created_at >= ?2
-                      AND updated_at < ?3
-                    LIMIT ?5)",
-                params![endpoint_id, since.0, started.0, now, batch as i64],
-            )
-            .ctx("queueing failed deliveries again")
-            .map(Ok)
+            let mut queued = 0;
+            for (seq, status, created_at) in &rows {
+                if status == "failed" && *created_at >= since.0 {
+                    c.prepare_cached(
+                        "UPDATE deliveries SET status = 'pending', next_attempt_at = ?2,
+                            claim = claim + 1, updated_at = ?2
+                         WHERE seq = ?1",
+                    )
+                    .and_then(|mut st| st.execute(params![seq, now]))
+                    .ctx("queueing a failed delivery again")?;
+                    queued += 1;
+                }
+            }
+            let next = (rows.len() == batch)
+                .then(|| rows.last().map(|r| r.0))
+                .flatten();
+            Ok(Ok((queued, next)))
         })
         .await
     }
@@ -1677,7 +1695,8 @@ impl SqliteStore {
             c.execute(
                 "UPDATE deliveries SET status = 'failed', next_attempt_at = NULL, updated_at = ?3,
                     last_error = COALESCE(last_error, 'the endpoint was unreachable for the whole retry schedule')
-                 WHERE endpoint_id = ?1 AND status = 'pending' AND created_at < ?2",
+                 WHERE endpoint_id = ?1 AND status = 'pending' AND created_at < ?2
+                   AND updated_at < ?2",
                 params![endpoint_id, before.0, Timestamp::now().0],
             )
             .ctx("ending deliveries that waited out the schedule")
