@@ -46,11 +46,20 @@ impl IngestLimiter {
                 b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * b.rate < b.rate
             });
         }
-        let b = buckets.entry(account.to_owned()).or_insert(Bucket {
-            tokens: rate,
-            at: now,
-            rate,
-        });
+        // A lookup by `&str` first: the account's id is copied only for a new bucket.
+        if !buckets.contains_key(account) {
+            buckets.insert(
+                account.to_owned(),
+                Bucket {
+                    tokens: rate,
+                    at: now,
+                    rate,
+                },
+            );
+        }
+        let Some(b) = buckets.get_mut(account) else {
+            return Ok(());
+        };
         let elapsed = now.saturating_duration_since(b.at).as_secs_f64();
         b.rate = rate;
         b.tokens = (b.tokens + elapsed * rate).min(rate);
