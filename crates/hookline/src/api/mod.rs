@@ -15,6 +15,7 @@ pub mod event_types;
 pub mod events;
 pub mod extract;
 pub mod keys;
+pub mod ui;
 
 use crate::dispatch::Dispatcher;
 use crate::ingest::Ingest;
@@ -187,6 +188,10 @@ pub fn router(state: AppState) -> Router {
             }),
         )
         .route("/metrics", axum::routing::get(crate::telemetry::render))
+        .route("/ui", axum::routing::get(ui::to_index))
+        .route("/ui/", axum::routing::get(ui::index))
+        .route("/ui/app.js", axum::routing::get(ui::app))
+        .route("/ui/style.css", axum::routing::get(ui::style))
         .fallback(|| async { ApiError::not_found("route").into_response() })
         .layer(axum::middleware::from_fn(crate::telemetry::track_http))
         .layer(DefaultBodyLimit::max(max_body))
