@@ -222,7 +222,7 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   $("#recover").addEventListener("submit", async (e) => {
     e.preventDefault();
-    const since = new Date(e.target.since.value).toISOString();
+    const since = new Date(e.target.elements.since.value).toISOString();
     try {
       const r = await api("POST", "/v1/endpoints/" + encodeURIComponent(state.endpoint) + "/recover", { since });
       say(r.recovered + " deliveries queued again.");
