@@ -351,6 +351,7 @@ pub async fn recover(
     JsonBody(body): JsonBody<Recover>,
 ) -> Result<(StatusCode, Json<Recovered>), ApiError> {
     require_webhooks(&state, &account, &id, "recovering deliveries").await?;
+    let started = Timestamp::now();
     let mut recovered = 0;
     let mut after = 0;
     loop {
@@ -360,6 +361,7 @@ pub async fn recover(
                 account.id.clone(),
                 id.clone(),
                 body.since,
+                started,
                 after,
                 RECOVER_BATCH,
             )
@@ -373,9 +375,11 @@ pub async fn recover(
                     "the endpoint is disabled; enable it first",
                 ));
             }
+            Err(crate::store::RetryRefusal::NotFound) if recovered == 0 => {
+                return Err(ApiError::not_found("endpoint"));
+            }
             // Disabled or removed midway: what was queued has been ended with it.
-            Err(crate::store::RetryRefusal::EndpointDisabled) => (0, None),
-            Err(_) => return Err(ApiError::not_found("endpoint")),
+            Err(_) => (0, None),
         };
         if recovered == 0 && n > 0 {
             // The endpoint is said to be back: this node stops holding it off.

@@ -496,7 +496,8 @@ impl Store {
         on_engine!(self, s => s.pull_forward(endpoint_id).await)
     }
 
-    /// Ends as `failed` the `pending` deliveries of an endpoint created before `before`.
+    /// Ends as `failed` the `pending` deliveries of an endpoint created, and last changed,
+    /// before `before` (a delivery queued again by hand gets the whole schedule again).
     pub async fn fail_stale(
         &self,
         endpoint_id: String,
@@ -505,22 +506,24 @@ impl Store {
         on_engine!(self, s => s.fail_stale(endpoint_id, before).await)
     }
 
-    /// One step of a recovery: looks at the next `batch` deliveries of the account's
-    /// endpoint after row `after` (in row order, so each is looked at once, and one queued
-    /// here that fails again is not taken twice), and queues again those `failed` and
-    /// created at or after `since`: `pending`, due now, under a new claim. They resume their
-    /// retry schedule; one that had used it up gets one more attempt. Returns how many were
-    /// queued and where to go on from (`None`: done), or why none can be (no such endpoint,
-    /// or it is disabled).
+    /// One step of a recovery that began at `started`: looks at the next `batch`
+    /// deliveries of the account's endpoint after row `after` (in row order, so each is
+    /// looked at once, and one queued here that fails again is not taken twice), and queues
+    /// again those `failed` and created at or after `since`: `pending`, due now, under a new
+    /// claim. They resume their retry schedule; one that had used it up gets one more
+    /// attempt. The walk ends at the first delivery created after `started`, so ingest
+    /// meanwhile cannot keep it going. Returns how many were queued and where to go on from
+    /// (`None`: done), or why none can be (no such endpoint, or it is disabled).
     pub async fn recover(
         &self,
         account_id: String,
         endpoint_id: String,
         since: Timestamp,
+        started: Timestamp,
         after: i64,
         batch: usize,
     ) -> Result<Result<(usize, Option<i64>), RetryRefusal>, StoreError> {
-        on_engine!(self, s => s.recover(account_id, endpoint_id, since, after, batch).await)
+        on_engine!(self, s => s.recover(account_id, endpoint_id, since, started, after, batch).await)
     }
 
     /// Takes one delivery for a manual retry, whatever its state.

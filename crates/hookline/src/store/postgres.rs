@@ -1749,6 +1749,7 @@ impl PgStore {
         account_id: String,
         endpoint_id: String,
         since: Timestamp,
+        started: Timestamp,
         after: i64,
         batch: usize,
     ) -> Result<Result<(usize, Option<i64>), RetryRefusal>, StoreError> {
@@ -1770,8 +1771,9 @@ impl PgStore {
             Some(true) => {}
         }
         let now = Timestamp::now().0;
-        let seqs: Vec<i64> = sqlx::query_scalar(
-            "SELECT seq FROM deliveries WHERE endpoint_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        let scanned: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT seq, created_at FROM deliveries WHERE endpoint_id = $1 AND seq > $2
+             ORDER BY seq LIMIT $3",
         )
         .bind(&endpoint_id)
         .bind(after)
@@ -1779,6 +1781,12 @@ impl PgStore {
         .fetch_all(&mut *tx)
         .await
         .ctx("scanning deliveries to recover")?;
+        // The walk ends where deliveries created after the recovery began start.
+        let newer = scanned.iter().position(|(_, created)| *created > started.0);
+        let seqs: Vec<i64> = scanned[..newer.unwrap_or(scanned.len())]
+            .iter()
+            .map(|(seq, _)| *seq)
+            .collect();
         let (first, last) = match (seqs.first(), seqs.last()) {
             (Some(f), Some(l)) => (*f, *l),
             _ => {
@@ -1801,7 +1809,7 @@ impl PgStore {
         .await
         .ctx("queueing failed deliveries again")?
         .rows_affected() as usize;
-        let next = (seqs.len() == batch).then_some(last);
+        let next = (newer.is_none() && seqs.len() == batch).then_some(last);
         if n > 0 {
             notify(&mut tx, DUE_CHANNEL, &now.to_string()).await?;
         }
@@ -1824,7 +1832,8 @@ impl PgStore {
         Ok(done.rows_affected() as usize)
     }
 
-    /// Ends as `failed` the `pending` deliveries of an endpoint created before `before`.
+    /// Ends as `failed` the `pending` deliveries of an endpoint created, and last changed,
+    /// before `before`.
     pub async fn fail_stale(
         &self,
         endpoint_id: String,

@@ -1618,6 +1618,7 @@ impl SqliteStore {
         account_id: String,
         endpoint_id: String,
         since: Timestamp,
+        started: Timestamp,
         after: i64,
         batch: usize,
     ) -> Result<Result<(usize, Option<i64>), RetryRefusal>, StoreError> {
@@ -1648,9 +1649,12 @@ impl SqliteStore {
                 .ctx("scanning deliveries to recover")?
                 .collect::<Result<_, _>>()
                 .ctx("scanning deliveries to recover")?;
+            // The walk ends where deliveries created after the recovery began start.
+            let newer = rows.iter().position(|r| r.2 > started.0);
+            let rows = &rows[..newer.unwrap_or(rows.len())];
             let now = Timestamp::now().0;
             let mut queued = 0;
-            for (seq, status, created_at) in &rows {
+            for (seq, status, created_at) in rows {
                 if status == "failed" && *created_at >= since.0 {
                     c.prepare_cached(
                         "UPDATE deliveries SET status = 'pending', next_attempt_at = ?2,
@@ -1662,7 +1666,7 @@ impl SqliteStore {
                     queued += 1;
                 }
             }
-            let next = (rows.len() == batch)
+            let next = (newer.is_none() && rows.len() == batch)
                 .then(|| rows.last().map(|r| r.0))
                 .flatten();
             Ok(Ok((queued, next)))
@@ -1684,8 +1688,9 @@ impl SqliteStore {
         .await
     }
 
-    /// Ends as `failed` the `pending` deliveries of an endpoint created before `before`
-    /// (they waited out the whole retry schedule while the endpoint was unreachable).
+    /// Ends as `failed` the `pending` deliveries of an endpoint created, and last changed,
+    /// before `before` (they waited out the whole retry schedule while the endpoint was
+    /// unreachable).
     pub async fn fail_stale(
         &self,
         endpoint_id: String,

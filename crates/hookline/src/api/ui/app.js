@@ -3,7 +3,7 @@
 // the API returns is shown as text (never parsed as HTML).
 "use strict";
 
-const state = { key: sessionStorage.getItem("hookline-key") || "", endpoint: null, delivery: null };
+const state = { key: sessionStorage.getItem("hookline-key") || "", endpoint: null, delivery: null, view: 0 };
 const $ = (sel, root = document) => root.querySelector(sel);
 
 function say(text, isError) {
@@ -20,7 +20,8 @@ async function api(method, path, body) {
   }
   const resp = await fetch(path, init);
   const text = await resp.text();
-  const json = text ? JSON.parse(text) : null;
+  let json = null;
+  try { json = text ? JSON.parse(text) : null; } catch (_) { json = null; }
   if (!resp.ok) {
     const msg = json && json.error ? json.error.message : resp.status + " " + resp.statusText;
     throw new Error(msg);
@@ -52,7 +53,10 @@ function facts(dl, pairs) {
   }
 }
 
+// Every view change gets a number; an answer for an older view is dropped, so a slow reply
+// never paints over what the user moved on to (or steers a button to another endpoint).
 function show(tab) {
+  state.view += 1;
   for (const s of document.querySelectorAll(".tab")) s.hidden = s.id !== tab;
   for (const b of document.querySelectorAll("#tabs button")) b.classList.toggle("active", b.dataset.tab === tab);
   say("");
@@ -62,11 +66,14 @@ function show(tab) {
 function paged(section, path, render) {
   const tbody = $("tbody", section);
   const more = $(".more", section);
+  const view = state.view;
   tbody.replaceChildren();
+  more.hidden = true;
   const load = async (cursor) => {
     try {
       const sep = path.includes("?") ? "&" : "?";
       const page = await api("GET", path + (cursor ? sep + "cursor=" + encodeURIComponent(cursor) : ""));
+      if (view !== state.view) return;
       for (const item of page.data) tbody.appendChild(render(item));
       more.hidden = !page.next_cursor;
       more.onclick = () => load(page.next_cursor);
@@ -92,8 +99,11 @@ async function endpoint(id) {
   state.endpoint = id || state.endpoint;
   show("endpoint");
   const section = $("#endpoint");
+  const view = state.view;
+  $(".title", section).textContent = "";
   try {
     const ep = await api("GET", "/v1/endpoints/" + encodeURIComponent(state.endpoint));
+    if (view !== state.view) return;
     $(".title", section).textContent = ep.url;
     facts($(".facts", section), [
       ["Id", ep.id], ["Types", ep.event_types.join(", ")], ["Description", ep.description],
@@ -125,8 +135,10 @@ async function delivery(id) {
   state.delivery = id || state.delivery;
   show("delivery");
   const section = $("#delivery");
+  const view = state.view;
   try {
     const d = await api("GET", "/v1/deliveries/" + encodeURIComponent(state.delivery));
+    if (view !== state.view) return;
     $(".title", section).textContent = d.id;
     facts($(".facts", section), [
       ["Event", d.event_id], ["Type", d.event_type], ["Status", d.status],
@@ -190,6 +202,9 @@ async function open() {
   try {
     await api("GET", "/v1/endpoints?limit=1");
   } catch (e) {
+    sessionStorage.removeItem("hookline-key");
+    $("#tabs").hidden = true;
+    show("none");
     say("That key was not accepted: " + e.message, true);
     return;
   }
