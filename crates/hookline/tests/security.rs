@@ -25,19 +25,7 @@ async fn as_key(
     path: &str,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let mut rb = s.http.request(method, s.url(path)).bearer_auth(key);
-    if let Some(b) = body {
-        rb = rb.json(&b);
-    }
-    let resp = rb.send().await.unwrap();
-    let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap();
-    let v = if text.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
-    };
-    (status, v)
+    s.call_as(key, method, path, body).await
 }
 
 /// Creates an account through the admin API; returns its id and key.

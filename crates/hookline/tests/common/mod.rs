@@ -465,7 +465,19 @@ impl TestServer {
         path: &str,
         body: Option<Value>,
     ) -> (u16, Value) {
-        let mut rb = self.req(method, path);
+        self.call_as(&self.key, method, path, body).await
+    }
+
+    /// Sends JSON with another key (another account's, or the admin token); returns status
+    /// and JSON body.
+    pub async fn call_as(
+        &self,
+        key: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut rb = self.http.request(method, self.url(path)).bearer_auth(key);
         if let Some(b) = body {
             rb = rb.json(&b);
         }
