@@ -616,6 +616,25 @@ impl StoreError {
     }
 }
 
+/// Why an endpoint was disabled when its account moved to a plan without webhooks.
+pub(crate) const PLAN_DISABLED: &str = "the account's plan does not include webhooks";
+
+/// Refuses an endpoint write for an account whose stored plan (`None`: no such account)
+/// does not include webhooks.
+pub(crate) fn require_webhooks(stored_plan: Option<&str>) -> Result<(), StoreError> {
+    match stored_plan.and_then(Plan::parse) {
+        Some(plan) if plan.includes_webhooks() => Ok(()),
+        _ => Err(StoreError::PlanRequired),
+    }
+}
+
+/// The account holds `max` live keys already.
+pub(crate) fn too_many_keys(max: usize) -> StoreError {
+    StoreError::Conflict(format!(
+        "an account holds at most {max} live keys; revoke one first"
+    ))
+}
+
 /// Adds a context sentence to database errors.
 pub(crate) trait Context<T> {
     fn ctx(self, context: &'static str) -> Result<T, StoreError>;

@@ -408,13 +408,13 @@ impl PgStore {
                  RETURNING id",
             )
             .bind(&ids)
-            .bind(PLAN_DISABLED)
+            .bind(super::PLAN_DISABLED)
             .bind(Timestamp::now().0)
             .fetch_all(&mut *tx)
             .await
             .ctx("disabling an account's endpoints")?;
             for ep_id in ids {
-                fail_open_deliveries(&mut tx, &ep_id, PLAN_DISABLED).await?;
+                fail_open_deliveries(&mut tx, &ep_id, super::PLAN_DISABLED).await?;
                 notify(&mut tx, ENDPOINT_CHANNEL, &ep_id).await?;
                 if let Some(ep) =
                     load_endpoint(&mut tx, &self.sealer, Some(&id), &ep_id, false).await?
@@ -455,9 +455,7 @@ impl PgStore {
         .await
         .ctx("counting live keys")?;
         if live as usize >= max_live {
-            return Err(StoreError::Conflict(format!(
-                "an account holds at most {max_live} live keys; revoke one first"
-            )));
+            return Err(super::too_many_keys(max_live));
         }
         sqlx::query(
             "INSERT INTO api_keys (id, account_id, key_hash, prefix, created_at)
@@ -661,13 +659,7 @@ impl PgStore {
                 .fetch_optional(&mut *tx)
                 .await
                 .ctx("locking an account")?;
-        if !plan
-            .as_deref()
-            .and_then(Plan::parse)
-            .is_some_and(Plan::includes_webhooks)
-        {
-            return Err(StoreError::PlanRequired);
-        }
+        super::require_webhooks(plan.as_deref())?;
         let count: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM endpoints WHERE account_id = $1 AND deleted_at IS NULL",
         )
@@ -766,13 +758,7 @@ impl PgStore {
                     .fetch_optional(&mut *tx)
                     .await
                     .ctx("reading an account's plan")?;
-            if !plan
-                .as_deref()
-                .and_then(Plan::parse)
-                .is_some_and(Plan::includes_webhooks)
-            {
-                return Err(StoreError::PlanRequired);
-            }
+            super::require_webhooks(plan.as_deref())?;
             ep.disabled_reason = None;
         }
         ep.updated_at = Timestamp(Timestamp::now().0.max(ep.updated_at.0 + 1));
@@ -2489,9 +2475,6 @@ async fn notify(c: &mut PgConnection, channel: &str, payload: &str) -> Result<()
         .ctx("notifying other nodes")?;
     Ok(())
 }
-
-/// Why an endpoint was disabled when its account moved to a plan without webhooks.
-const PLAN_DISABLED: &str = "the account's plan does not include webhooks";
 
 async fn fail_open_deliveries(
     c: &mut PgConnection,

@@ -545,10 +545,10 @@ impl SqliteStore {
                         "UPDATE endpoints SET enabled = 0, disabled_reason = ?2,
                             updated_at = MAX(updated_at + 1, ?3)
                          WHERE id = ?1",
-                        params![ep_id, PLAN_DISABLED, now],
+                        params![ep_id, super::PLAN_DISABLED, now],
                     )
                     .ctx("disabling an endpoint")?;
-                    fail_open_deliveries(c, &ep_id, PLAN_DISABLED)?;
+                    fail_open_deliveries(c, &ep_id, super::PLAN_DISABLED)?;
                     if let Some(ep) = load_endpoint(c, &sealer, Some(&id), &ep_id)? {
                         disabled.push(ep);
                     }
@@ -576,7 +576,7 @@ impl SqliteStore {
                 )
                 .ctx("counting live keys")?;
             if live as usize >= max_live {
-                return Err(too_many_keys(max_live));
+                return Err(super::too_many_keys(max_live));
             }
             let key = ApiKey {
                 id: new_id("key"),
@@ -731,9 +731,7 @@ impl SqliteStore {
         let headers = self.sealer.seal_headers(&ep.id, &ep.headers)?;
         self.write(move |c| {
             subscribers.forget(&ep.account_id);
-            if !account_has_webhooks(c, &ep.account_id)? {
-                return Err(StoreError::PlanRequired);
-            }
+            require_webhooks(c, &ep.account_id)?;
             let count: i64 = c
                 .prepare_cached(
                     "SELECT COUNT(*) FROM endpoints WHERE account_id = ?1 AND deleted_at IS NULL",
@@ -832,9 +830,7 @@ impl SqliteStore {
             let was_enabled = ep.enabled;
             change(&mut ep);
             if ep.enabled && !was_enabled {
-                if !account_has_webhooks(c, &account_id)? {
-                    return Err(StoreError::PlanRequired);
-                }
+                require_webhooks(c, &account_id)?;
                 ep.disabled_reason = None;
             }
             ep.updated_at = Timestamp(Timestamp::now().0.max(ep.updated_at.0 + 1));
@@ -1965,25 +1961,14 @@ fn insert_rows(
     Ok(out)
 }
 
-fn too_many_keys(max: usize) -> StoreError {
-    StoreError::Conflict(format!(
-        "an account holds at most {max} live keys; revoke one first"
-    ))
-}
-
-/// Why an endpoint was disabled when its account moved to a plan without webhooks.
-const PLAN_DISABLED: &str = "the account's plan does not include webhooks";
-
-/// Whether `account_id`'s plan includes webhooks (read in the caller's transaction).
-fn account_has_webhooks(c: &Connection, account_id: &str) -> Result<bool, StoreError> {
+/// Refuses an endpoint write unless `account_id`'s plan includes webhooks (read in the
+/// caller's transaction).
+fn require_webhooks(c: &Connection, account_id: &str) -> Result<(), StoreError> {
     let plan: Option<String> = c
         .prepare_cached("SELECT plan FROM accounts WHERE id = ?1")
         .and_then(|mut st| st.query_row([account_id], |r| r.get(0)).optional())
         .ctx("reading an account's plan")?;
-    Ok(plan
-        .as_deref()
-        .and_then(Plan::parse)
-        .is_some_and(Plan::includes_webhooks))
+    super::require_webhooks(plan.as_deref())
 }
 
 fn fail_open_deliveries(c: &Connection, endpoint_id: &str, why: &str) -> Result<usize, StoreError> {
