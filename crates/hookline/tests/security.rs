@@ -566,6 +566,20 @@ async fn a_rotated_secret_signs_beside_the_new_one_for_the_overlap(engine: Engin
         let (status, b) = s.post(&path, body).await;
         assert_eq!(status, 422, "{b}");
     }
+    let big = json!({"secret": "a".repeat(300 * 1024)});
+    let (status, b) = s.post(&path, big).await;
+    assert_eq!(
+        (status, &b["error"]["code"]),
+        (413, &json!("payload_too_large")),
+        "{b}"
+    );
+    let resp = s
+        .req(Method::POST, &path)
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
     let (_, cur) = s.get(&format!("/v1/endpoints/{id}/secret")).await;
     assert_eq!(cur["secret"], old.as_str());
 

@@ -266,15 +266,10 @@ pub async fn rotate_secret(
     State(state): State<AppState>,
     Auth(account): Auth,
     Path(id): Path<String>,
-    body: bytes::Bytes,
+    super::extract::OptionalJsonBody(body): super::extract::OptionalJsonBody<RotateSecret>,
 ) -> Result<Json<RotatedSecret>, ApiError> {
     require_webhooks(&state, &account, &id, "rotating secrets").await?;
-    let body: RotateSecret = if body.iter().all(u8::is_ascii_whitespace) {
-        RotateSecret { secret: None }
-    } else {
-        super::extract::parse_json(&body)?
-    };
-    let secret = match body.secret {
+    let secret = match body.and_then(|b| b.secret) {
         Some(text) => Secret::parse(&text)
             .map_err(|e| ApiError::unprocessable(format!("secret: {e}")))?
             .to_string(),
