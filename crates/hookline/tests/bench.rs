@@ -6,7 +6,20 @@ use std::process::Command;
 
 #[test]
 fn tiny_throughput_scenario_loses_nothing_and_verifies_every_signature() {
-    tiny_scenario(&[]);
+    tiny_scenario(&[], 2);
+}
+
+/// The relay that stores nothing (the ceiling Hookline is compared with) is measured by the
+/// same load and the same sink.
+#[test]
+fn tiny_relay_scenario_loses_nothing_and_verifies_every_signature() {
+    tiny_scenario(&["--relay"], 2);
+}
+
+/// `--phases` runs one closed-loop phase alone.
+#[test]
+fn one_closed_loop_phase_runs_alone() {
+    tiny_scenario(&["--phases", "batch"], 1);
 }
 
 /// The same on PostgreSQL, with two nodes sharing the work.
@@ -24,10 +37,10 @@ fn tiny_scenario_on_two_postgresql_nodes_loses_nothing() {
         );
         return;
     };
-    tiny_scenario(&["--database-url", &url, "--nodes", "2"]);
+    tiny_scenario(&["--database-url", &url, "--nodes", "2"], 2);
 }
 
-fn tiny_scenario(storage: &[&str]) {
+fn tiny_scenario(extra: &[&str], phase_count: usize) {
     let out = Command::new(env!("CARGO_BIN_EXE_hookline"))
         .args([
             "bench",
@@ -45,7 +58,7 @@ fn tiny_scenario(storage: &[&str]) {
             "--raw-concurrency",
             "4",
         ])
-        .args(storage)
+        .args(extra)
         .env_remove("HOOKLINE_DATABASE_URL")
         .output()
         .unwrap();
@@ -57,8 +70,9 @@ fn tiny_scenario(storage: &[&str]) {
     );
     let report: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     assert!(report["raw_per_sec"].as_f64().unwrap() > 0.0);
+    assert_eq!(report["relay"], extra.contains(&"--relay"), "{report}");
     let phases = report["phases"].as_array().unwrap();
-    assert_eq!(phases.len(), 2, "{report}");
+    assert_eq!(phases.len(), phase_count, "{report}");
     for p in phases {
         assert_eq!(p["accepted"], 300, "{p}");
         assert_eq!(p["delivered"], 600, "{p}");

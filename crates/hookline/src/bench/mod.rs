@@ -11,6 +11,7 @@
 //! `data.sent_us` carries the time its request was (or, in an open loop, should have been)
 //! sent, so the sink measures latency from there: no coordinated omission.
 
+pub mod relay;
 pub mod sink;
 
 use crate::model::Plan;
@@ -49,6 +50,17 @@ pub enum Scenario {
     Isolation,
 }
 
+/// Which closed-loop phases `throughput` runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Phases {
+    /// Single-event requests, then batches.
+    Both,
+    /// Single-event requests only.
+    Single,
+    /// Batches only.
+    Batch,
+}
+
 /// `hookline bench` options.
 #[derive(clap::Args, Clone, Debug)]
 pub struct BenchArgs {
@@ -62,6 +74,9 @@ pub struct BenchArgs {
     /// Events per batch request in the batch phase.
     #[arg(long, default_value_t = 100)]
     pub batch: usize,
+    /// Throughput: run only one of the two closed-loop phases (for profiling one of them).
+    #[arg(long, value_enum, default_value = "both")]
+    pub phases: Phases,
     /// Concurrent senders in a closed loop.
     #[arg(long, default_value_t = 32)]
     pub concurrency: usize,
@@ -94,6 +109,10 @@ pub struct BenchArgs {
     /// The API key for `--api`.
     #[arg(long)]
     pub key: Option<String>,
+    /// Measure a relay that stores nothing (see [`relay`]) instead of Hookline: the ceiling
+    /// of taking events over HTTP and delivering them over HTTP on this machine.
+    #[arg(long, conflicts_with_all = ["api", "database_url"])]
+    pub relay: bool,
 }
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
@@ -179,6 +198,8 @@ impl Percentiles {
 #[derive(Serialize, Debug)]
 pub struct Report {
     pub scenario: Scenario,
+    /// The phases measured the storage-less relay (`--relay`), not Hookline.
+    pub relay: bool,
     pub cores: usize,
     /// The mean of the raw reference measured before and after the phases.
     pub raw_per_sec: f64,
@@ -218,6 +239,11 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// Runs a benchmark and prints a table, then the report as one JSON line.
 pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
+    if args.relay && args.scenario == Scenario::Backlog {
+        bail!(
+            "the relay retries nothing, so it has no backlog to drain: use --relay with throughput, latency or isolation"
+        );
+    }
     let secret = Secret::from_bytes(&rand::random::<[u8; 32]>())
         .map_err(|e| anyhow::anyhow!("making a secret: {e}"))?;
     let raw_before = raw_reference(&args, &secret).await?;
@@ -232,12 +258,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
         Scenario::Raw => {}
         Scenario::Throughput => {
             let n = args.events.unwrap_or(20_000);
-            let single = Load::Closed { batch: 1 };
-            phases.push(end_to_end(&args, &secret, raw, single, n, Setup::default()).await?);
-            let batch = Load::Closed {
-                batch: args.batch.clamp(1, 1000),
-            };
-            phases.push(end_to_end(&args, &secret, raw, batch, n, Setup::default()).await?);
+            if args.phases != Phases::Batch {
+                let single = Load::Closed { batch: 1 };
+                phases.push(end_to_end(&args, &secret, raw, single, n, Setup::default()).await?);
+            }
+            if args.phases != Phases::Single {
+                let batch = Load::Closed {
+                    batch: args.batch.clamp(1, 1000),
+                };
+                phases.push(end_to_end(&args, &secret, raw, batch, n, Setup::default()).await?);
+            }
         }
         Scenario::Latency => {
             let n = args.events.unwrap_or(args.rate * args.seconds);
@@ -311,6 +341,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
     }
     let report = Report {
         scenario: args.scenario,
+        relay: args.relay,
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
         raw_per_sec: raw,
         raw_before_per_sec: raw_before,
@@ -612,7 +643,17 @@ async fn end_to_end_raw(
 ) -> anyhow::Result<(Phase, Vec<u64>)> {
     let epoch = Instant::now();
     let sink = Sink::start(Verifier::new(vec![secret.clone()]), epoch).await?;
+    let relay = if args.relay {
+        Some(relay::Relay::start()?)
+    } else {
+        None
+    };
     let (server, apis, key) = match (&args.api, &args.key) {
+        _ if relay.is_some() => (
+            None,
+            relay.iter().map(|r| r.url.clone()).collect(),
+            "relay".to_owned(),
+        ),
         (Some(api), Some(key)) => (
             None,
             api.split(',')
@@ -736,6 +777,11 @@ async fn end_to_end_raw(
         (false, 0) => name,
         (false, h) => format!("{name} +{h} hanging"),
     };
+    let name = if relay.is_some() {
+        format!("relay {name}")
+    } else {
+        name
+    };
     let back = Instant::now();
     let before_back = sink.distinct();
     sink.down.store(false, Ordering::Release);
@@ -815,6 +861,7 @@ async fn end_to_end_raw(
     // so that the next phase's events do not also go to this phase's sink.
     match server {
         Some(servers) => servers.finish().await,
+        None if relay.is_some() => drop(relay),
         None => {
             for id in &created {
                 let req = Request::delete(format!("{api}/v1/endpoints/{id}"))
