@@ -403,3 +403,101 @@ async fn a_second_server_on_the_same_sqlite_data_is_refused() {
     let (status, _) = s.get("/v1/endpoints").await;
     assert_eq!(status, 200);
 }
+
+/// On SQLite, concurrent requests are written in one transaction, and ingest's inserts run
+/// without a savepoint of their own: a request whose insert fails halfway takes its whole
+/// group down. Every request is still all or nothing: answered 202 and stored whole, with its
+/// delivery, or refused and stored not at all (the others of the group with 503 and
+/// `Retry-After`: they may simply try again). The server goes on.
+#[tokio::test]
+async fn a_failing_ingest_write_leaves_nothing_half_written() {
+    use std::collections::BTreeSet;
+    let s = TestServer::start(&Engine::Sqlite).await;
+    let rx = Receiver::start().await;
+    s.endpoint(&rx.url("hook"), &["*"]).await;
+    let hookline::store::Location::Sqlite(dir) = &s.location else {
+        unreachable!("a SQLite server")
+    };
+    let db = rusqlite::Connection::open(dir.join("hookline.db")).unwrap();
+    db.busy_timeout(Duration::from_secs(10)).unwrap();
+    // The delivery of an `open` event cannot be inserted, after its event row was.
+    db.execute_batch(
+        "CREATE TRIGGER poison BEFORE INSERT ON deliveries WHEN NEW.event_type = 'open'
+         BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
+    )
+    .unwrap();
+
+    let mut requests = tokio::task::JoinSet::new();
+    for i in 0..48 {
+        let (http, url, key) = (s.http.clone(), s.url("/v1/events"), s.key.clone());
+        let ty = if i % 4 == 0 { "open" } else { "click" };
+        let body = json!({"type": ty, "data": common::valid(ty, json!({}))});
+        requests.spawn(async move {
+            let r = http
+                .post(url)
+                .bearer_auth(key)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let retry_after = r.headers().contains_key("retry-after");
+            (ty, status, retry_after, r.json::<Value>().await.unwrap())
+        });
+    }
+    let mut accepted = BTreeSet::new();
+    let mut refused = 0;
+    while let Some(r) = requests.join_next().await {
+        let (ty, status, retry_after, body) = r.unwrap();
+        match (ty, status) {
+            ("click", 202) => {
+                accepted.insert(body["id"].as_str().unwrap().to_owned());
+            }
+            ("click", _) => {
+                assert_eq!(status, 503, "{body}");
+                assert!(retry_after, "{body}");
+                refused += 1;
+            }
+            // Its own write failed (500), or it never ran, after another's failure (503).
+            _ => {
+                assert!(status == 500 || status == 503, "{status} {body}");
+                refused += 1;
+            }
+        }
+    }
+    assert!(
+        refused >= 12,
+        "every open event is refused ({refused} refusals)"
+    );
+    assert!(!accepted.is_empty(), "no click got through");
+
+    // Exactly the accepted events are stored, each with its delivery.
+    let stored: BTreeSet<String> = db
+        .prepare("SELECT id FROM events")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(stored, accepted);
+    let orphans: i64 = db
+        .query_row(
+            "SELECT COUNT(*) FROM events e
+             WHERE NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id)",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(orphans, 0);
+    let got = rx.wait_for("hook", accepted.len()).await;
+    let delivered: BTreeSet<String> = got
+        .iter()
+        .map(|r| r.json()["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(delivered, accepted);
+
+    // Once the fault is gone, the same request goes through.
+    db.execute_batch("DROP TRIGGER poison").unwrap();
+    s.event("open", json!({})).await;
+    rx.wait_for("hook", accepted.len() + 1).await;
+}

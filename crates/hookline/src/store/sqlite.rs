@@ -29,8 +29,21 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 /// A write: run against the open transaction (or `None` when it could not be opened),
-/// returning what to do once the commit is known.
-type WriteJob = Box<dyn FnOnce(Option<&Connection>) -> Completion + Send>;
+/// returning what to do once the commit is known, and whether it failed with changes of its
+/// own left in the transaction (then the whole group must be rolled back).
+type WriteJob = Box<dyn FnOnce(Option<&Connection>) -> (Completion, bool) + Send>;
+
+/// How a write job is kept apart from the others of its group.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Isolation {
+    /// In a savepoint of its own: a failure undoes the job alone. Costs a copy of every page
+    /// the job touches into the savepoint's journal.
+    Savepoint,
+    /// In the group's transaction directly: a failure rolls the whole group back and every
+    /// job of the group reports it. Only for jobs that cannot fail but on a database error
+    /// (which mostly aborts the transaction anyway): ingest's inserts.
+    Group,
+}
 
 /// How many queued writes one transaction takes at most.
 const MAX_GROUP: usize = 2048;
@@ -354,30 +367,67 @@ impl SqliteStore {
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
         D: FnOnce(Result<&T, &StoreError>) + Send + 'static,
     {
+        self.write_isolated(Isolation::Savepoint, f, on_done).await
+    }
+
+    /// Like `write_then`, with the job's isolation chosen (see [`Isolation`]).
+    async fn write_isolated<T, F, D>(
+        &self,
+        isolation: Isolation,
+        f: F,
+        on_done: D,
+    ) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        D: FnOnce(Result<&T, &StoreError>) + Send + 'static,
+    {
         let (tx, rx) = oneshot::channel::<Result<T, StoreError>>();
         let job: WriteJob = Box::new(move |conn| {
-            let result = match conn {
+            let ran = conn.is_some();
+            let (result, spoiled) = match conn {
                 Some(conn) => {
-                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        in_savepoint(conn, f)
-                    })) {
-                        Ok(result) => result,
+                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(
+                        || match isolation {
+                            Isolation::Savepoint => in_savepoint(conn, f),
+                            Isolation::Group => f(conn),
+                        },
+                    )) {
+                        Ok(result) => {
+                            let spoiled = isolation == Isolation::Group && result.is_err();
+                            (result, spoiled)
+                        }
                         Err(_) => {
-                            // A bug, not a data problem: undo the job, keep the writer, and
-                            // still run `on_done` so that nothing it guards leaks.
+                            // A bug, not a data problem: undo the job (or the group), keep
+                            // the writer, and still run `on_done` so that nothing it guards
+                            // leaks.
                             tracing::error!("a write job panicked; its changes were rolled back");
-                            let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
-                            Err(StoreError::Commit("a write job failed unexpectedly".into()))
+                            if isolation == Isolation::Savepoint {
+                                let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
+                            }
+                            let failed =
+                                Err(StoreError::Commit("a write job failed unexpectedly".into()));
+                            (failed, isolation == Isolation::Group)
                         }
                     }
                 }
-                None => Err(StoreError::Commit("could not begin a transaction".into())),
+                None => (
+                    Err(StoreError::Commit("could not begin a transaction".into())),
+                    false,
+                ),
             };
-            Box::new(move |commit: Result<(), StoreError>| {
-                let out = commit.and(result);
+            let done: Completion = Box::new(move |commit: Result<(), StoreError>| {
+                // A job that ran and failed says why; any other shares the commit's fate.
+                let out = match (result, commit) {
+                    (Ok(v), commit) => commit.map(|()| v),
+                    // It never ran (no open transaction): the group's failure is the reason.
+                    (Err(_), Err(group)) if !ran => Err(group),
+                    (Err(own), _) => Err(own),
+                };
                 on_done(out.as_ref());
                 let _ = tx.send(out);
-            })
+            });
+            (done, spoiled)
         });
         self.writer
             .send(job)
@@ -911,7 +961,10 @@ impl SqliteStore {
         D: FnOnce(Result<&Vec<AcceptedEvent>, &StoreError>) + Send + 'static,
     {
         let subscribers = self.subscribers.clone();
-        self.write_then(
+        // The most frequent write of all, outside a savepoint (see `Isolation::Group`): it
+        // fails only on a database error, and then takes its group down with it.
+        self.write_isolated(
+            Isolation::Group,
             move |c| insert_rows(c, &subscribers, &account_id, events, &mut admit),
             on_done,
         )
@@ -1841,12 +1894,29 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<WriteJob>, on_rollback: 
         let jobs = batch.len();
         let began = conn.execute_batch("BEGIN IMMEDIATE");
         let mut open = began.is_ok();
+        let mut rollback_reason = "the transaction was rolled back by the database";
+        // The group was rolled back for another job's failure: the others may simply retry.
+        let mut spoiled_group = false;
         let mut completions: Vec<Completion> = Vec::with_capacity(batch.len());
         for job in batch.drain(..) {
             let conn_ref = open.then_some(&conn);
-            // `write_then` catches a job's own panic; this is the last line of defence.
+            // `write_isolated` catches a job's own panic; this is the last line of defence.
             match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(conn_ref))) {
-                Ok(done) => completions.push(done),
+                Ok((done, spoiled)) => {
+                    completions.push(done);
+                    // A job outside a savepoint failed halfway: none of the group may commit.
+                    // The jobs after it see no transaction and fail; every job's completion
+                    // gets the rollback.
+                    if spoiled && open {
+                        tracing::error!("a write job failed; its whole group is rolled back");
+                        if let Err(e) = conn.execute_batch("ROLLBACK") {
+                            tracing::error!(error = %e, "rolling a group back failed");
+                        }
+                        open = false;
+                        spoiled_group = true;
+                        rollback_reason = "another write of the same transaction failed, so none of it was committed";
+                    }
+                }
                 Err(_) => tracing::error!("a write job panicked outside its savepoint guard"),
             }
             // SQLite itself may roll the whole transaction back (disk full, I/O error): the
@@ -1859,7 +1929,7 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<WriteJob>, on_rollback: 
         let committed = match began {
             Ok(()) if !open => {
                 on_rollback();
-                Err("the transaction was rolled back by the database".to_owned())
+                Err(rollback_reason.to_owned())
             }
             Ok(()) => match conn.execute_batch("COMMIT") {
                 Ok(()) => Ok(()),
@@ -1879,8 +1949,13 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<WriteJob>, on_rollback: 
         if took > SLOW_COMMIT {
             tracing::warn!(ms = took.as_millis() as u64, jobs, "slow group commit");
         }
+        let failure = if spoiled_group {
+            StoreError::Unavailable
+        } else {
+            StoreError::Commit
+        };
         for done in completions {
-            let outcome = committed.clone().map_err(StoreError::Commit);
+            let outcome = committed.clone().map_err(failure);
             if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| done(outcome))).is_err() {
                 tracing::error!("a write job's completion panicked");
             }
