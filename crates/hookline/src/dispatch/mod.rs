@@ -546,24 +546,33 @@ async fn endpoint_worker(
     let slots = Arc::new(Semaphore::new(inner.config.concurrency_per_endpoint.max(1)));
     let mut target: Option<Arc<Target>> = None;
     let mut next_slot = tokio::time::Instant::now();
+    // One idle timer for the worker's life, not one per delivery: it is re-armed only when
+    // it fires, from the time of the last delivery.
+    let mut last_work = tokio::time::Instant::now();
+    let idle = tokio::time::sleep(WORKER_IDLE);
+    tokio::pin!(idle);
     loop {
         let due = tokio::select! {
             biased;
             _ = inner.shutdown.cancelled() => return,
-            msg = tokio::time::timeout(WORKER_IDLE, rx.recv()) => match msg {
-                Ok(Some(due)) => due,
-                Ok(None) => return,
-                Err(_) => {
+            msg = rx.recv() => match msg {
+                Some(due) => due,
+                None => return,
+            },
+            _ = &mut idle => {
+                if last_work.elapsed() >= WORKER_IDLE {
                     // Idle: leave, unless something arrived meanwhile.
                     let Ok(mut queues) = inner.queues.lock() else { return };
                     if rx.is_empty() {
                         queues.remove(&endpoint_id);
                         return;
                     }
-                    continue;
                 }
-            },
+                idle.as_mut().reset(last_work + WORKER_IDLE);
+                continue;
+            }
         };
+        last_work = tokio::time::Instant::now();
         if due.endpoint.updated_at.0 <= shared.closed_at.load(Ordering::Acquire) {
             give_back(&inner, due).await;
             continue;
