@@ -547,32 +547,34 @@ async fn endpoint_worker(
     let mut target: Option<Arc<Target>> = None;
     let mut next_slot = tokio::time::Instant::now();
     // One idle timer for the worker's life, not one per delivery: it is re-armed only when
-    // it fires, from the time of the last delivery.
-    let mut last_work = tokio::time::Instant::now();
+    // it fires, from the moment the worker began waiting for its next delivery.
     let idle = tokio::time::sleep(WORKER_IDLE);
     tokio::pin!(idle);
     loop {
-        let due = tokio::select! {
-            biased;
-            _ = inner.shutdown.cancelled() => return,
-            msg = rx.recv() => match msg {
-                Some(due) => due,
-                None => return,
-            },
-            _ = &mut idle => {
-                if last_work.elapsed() >= WORKER_IDLE {
-                    // Idle: leave, unless something arrived meanwhile.
-                    let Ok(mut queues) = inner.queues.lock() else { return };
-                    if rx.is_empty() {
-                        queues.remove(&endpoint_id);
-                        return;
+        // Idle time is time spent waiting for a delivery, not in the waits below (a rate
+        // limit, a free slot, the lease).
+        let waiting_since = tokio::time::Instant::now();
+        let due = loop {
+            tokio::select! {
+                biased;
+                _ = inner.shutdown.cancelled() => return,
+                msg = rx.recv() => match msg {
+                    Some(due) => break due,
+                    None => return,
+                },
+                _ = &mut idle => {
+                    if waiting_since.elapsed() >= WORKER_IDLE {
+                        // Idle: leave, unless something arrived meanwhile.
+                        let Ok(mut queues) = inner.queues.lock() else { return };
+                        if rx.is_empty() {
+                            queues.remove(&endpoint_id);
+                            return;
+                        }
                     }
+                    idle.as_mut().reset(waiting_since + WORKER_IDLE);
                 }
-                idle.as_mut().reset(last_work + WORKER_IDLE);
-                continue;
             }
         };
-        last_work = tokio::time::Instant::now();
         if due.endpoint.updated_at.0 <= shared.closed_at.load(Ordering::Acquire) {
             give_back(&inner, due).await;
             continue;

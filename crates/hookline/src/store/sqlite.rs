@@ -384,9 +384,14 @@ impl SqliteStore {
     {
         let (tx, rx) = oneshot::channel::<Result<T, StoreError>>();
         let job: WriteJob = Box::new(move |conn| {
-            let ran = conn.is_some();
             let (result, spoiled) = match conn {
                 Some(conn) => {
+                    // Outside a savepoint, a failure spoils the group only if the job had
+                    // changed rows by then (a failed statement undoes its own changes): a job
+                    // that fails before writing — say, on an endpoint whose secret cannot be
+                    // opened — costs the others nothing.
+                    let changes_before = conn.total_changes();
+                    let wrote = || conn.total_changes() != changes_before;
                     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(
                         || match isolation {
                             Isolation::Savepoint => in_savepoint(conn, f),
@@ -394,7 +399,8 @@ impl SqliteStore {
                         },
                     )) {
                         Ok(result) => {
-                            let spoiled = isolation == Isolation::Group && result.is_err();
+                            let spoiled =
+                                isolation == Isolation::Group && result.is_err() && wrote();
                             (result, spoiled)
                         }
                         Err(_) => {
@@ -407,7 +413,7 @@ impl SqliteStore {
                             }
                             let failed =
                                 Err(StoreError::Commit("a write job failed unexpectedly".into()));
-                            (failed, isolation == Isolation::Group)
+                            (failed, isolation == Isolation::Group && wrote())
                         }
                     }
                 }
@@ -417,12 +423,15 @@ impl SqliteStore {
                 ),
             };
             let done: Completion = Box::new(move |commit: Result<(), StoreError>| {
-                // A job that ran and failed says why; any other shares the commit's fate.
+                // A job shares the commit's fate, unless it failed on its own (then it says
+                // why) or took the group down (then its own failure is the reason). A job
+                // refused in a group that was rolled back reports the rollback: what it
+                // was refused for may not hold once the others are retried.
                 let out = match (result, commit) {
                     (Ok(v), commit) => commit.map(|()| v),
-                    // It never ran (no open transaction): the group's failure is the reason.
-                    (Err(_), Err(group)) if !ran => Err(group),
-                    (Err(own), _) => Err(own),
+                    (Err(own), Ok(())) => Err(own),
+                    (Err(own), Err(_)) if spoiled => Err(own),
+                    (Err(_), Err(group)) => Err(group),
                 };
                 on_done(out.as_ref());
                 let _ = tx.send(out);
@@ -1892,6 +1901,13 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<WriteJob>, on_rollback: 
         }
         let started = std::time::Instant::now();
         let jobs = batch.len();
+        // A transaction left open by a rollback that failed would make every BEGIN fail.
+        if !conn.is_autocommit() {
+            tracing::error!("a write transaction was left open; rolling it back");
+            if let Err(e) = conn.execute_batch("ROLLBACK") {
+                tracing::error!(error = %e, "rolling back a transaction left open failed");
+            }
+        }
         let began = conn.execute_batch("BEGIN IMMEDIATE");
         let mut open = began.is_ok();
         let mut rollback_reason = "the transaction was rolled back by the database";
@@ -1909,7 +1925,9 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<WriteJob>, on_rollback: 
                     // gets the rollback.
                     if spoiled && open {
                         tracing::error!("a write job failed; its whole group is rolled back");
-                        if let Err(e) = conn.execute_batch("ROLLBACK") {
+                        if !conn.is_autocommit()
+                            && let Err(e) = conn.execute_batch("ROLLBACK")
+                        {
                             tracing::error!(error = %e, "rolling a group back failed");
                         }
                         open = false;
