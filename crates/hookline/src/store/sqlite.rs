@@ -39,9 +39,10 @@ enum Isolation {
     /// In a savepoint of its own: a failure undoes the job alone. Costs a copy of every page
     /// the job touches into the savepoint's journal.
     Savepoint,
-    /// In the group's transaction directly: a failure rolls the whole group back and every
-    /// job of the group reports it. Only for jobs that cannot fail but on a database error
-    /// (which mostly aborts the transaction anyway): ingest's inserts.
+    /// In the group's transaction directly: a failure after the job's first write rolls the
+    /// whole group back, and every job of the group reports it; one before any write costs
+    /// the others nothing. Only for jobs that cannot fail after writing but on a database
+    /// error (which mostly aborts the transaction anyway): ingest's inserts.
     Group,
 }
 
@@ -970,8 +971,8 @@ impl SqliteStore {
         D: FnOnce(Result<&Vec<AcceptedEvent>, &StoreError>) + Send + 'static,
     {
         let subscribers = self.subscribers.clone();
-        // The most frequent write of all, outside a savepoint (see `Isolation::Group`): it
-        // fails only on a database error, and then takes its group down with it.
+        // The most frequent write of all, outside a savepoint (see `Isolation::Group`): once
+        // it has written, only a database error can fail it, and that takes its group down.
         self.write_isolated(
             Isolation::Group,
             move |c| insert_rows(c, &subscribers, &account_id, events, &mut admit),
