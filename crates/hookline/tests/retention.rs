@@ -20,29 +20,23 @@ async fn expired_events_go_and_open_ones_stay(engine: Engine) {
     })
     .await;
     // A Business account's event, older than all the others, is kept for Business's period.
-    let created: serde_json::Value = s
-        .http
-        .post(s.url("/admin/v1/accounts"))
-        .bearer_auth("admin")
-        .json(&json!({"name": "big", "plan": "business"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, created) = s
+        .call_as(
+            "admin",
+            reqwest::Method::POST,
+            "/admin/v1/accounts",
+            Some(json!({"name": "big", "plan": "business"})),
+        )
+        .await;
     let big_key = created["api_key"]["key"].as_str().unwrap().to_owned();
-    let kept: serde_json::Value = s
-        .http
-        .post(s.url("/v1/events"))
-        .bearer_auth(&big_key)
-        .json(&json!({"type": "open", "data": common::valid("open", json!({}))}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, kept) = s
+        .call_as(
+            &big_key,
+            reqwest::Method::POST,
+            "/v1/events",
+            Some(json!({"type": "open", "data": common::valid("open", json!({}))})),
+        )
+        .await;
     let kept_id = kept["id"].as_str().unwrap().to_owned();
     s.endpoint(&rx.url("up"), &["open"]).await;
     s.endpoint(&rx.url("down"), &["click"]).await;
