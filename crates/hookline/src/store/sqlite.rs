@@ -1911,8 +1911,7 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<WriteJob>, on_rollback: 
         }
         let began = conn.execute_batch("BEGIN IMMEDIATE");
         let mut open = began.is_ok();
-        let mut rollback_reason = "the transaction was rolled back by the database";
-        // The group was rolled back for another job's failure: the others may simply retry.
+        // The group was rolled back for one job's failure: the others may simply retry.
         let mut spoiled_group = false;
         let mut completions: Vec<Completion> = Vec::with_capacity(batch.len());
         for job in batch.drain(..) {
@@ -1933,7 +1932,6 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<WriteJob>, on_rollback: 
                         }
                         open = false;
                         spoiled_group = true;
-                        rollback_reason = "another write of the same transaction failed, so none of it was committed";
                     }
                 }
                 Err(_) => tracing::error!("a write job panicked outside its savepoint guard"),
@@ -1948,7 +1946,12 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<WriteJob>, on_rollback: 
         let committed = match began {
             Ok(()) if !open => {
                 on_rollback();
-                Err(rollback_reason.to_owned())
+                Err(if spoiled_group {
+                    "another write of the same transaction failed, so none of it was committed"
+                } else {
+                    "the transaction was rolled back by the database"
+                }
+                .to_owned())
             }
             Ok(()) => match conn.execute_batch("COMMIT") {
                 Ok(()) => Ok(()),
