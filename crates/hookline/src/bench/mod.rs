@@ -405,6 +405,23 @@ fn print_table(r: &Report) {
     }
 }
 
+/// A Standard Webhooks POST of `body` as message `id`, signed now with `secret`.
+fn signed_post(
+    url: http::Uri,
+    secret: &Secret,
+    id: &str,
+    body: Bytes,
+) -> Result<Request<Full<Bytes>>, http::Error> {
+    let ts = chrono::Utc::now().timestamp();
+    let signature = hookline_signing::sign([secret], id, ts, &body);
+    Request::post(url)
+        .header("content-type", "application/json")
+        .header("webhook-id", id)
+        .header("webhook-timestamp", ts)
+        .header("webhook-signature", signature)
+        .body(Full::new(body))
+}
+
 /// The physical limit: signed POSTs straight to the sink.
 async fn raw_reference(args: &BenchArgs, secret: &Secret) -> anyhow::Result<f64> {
     let epoch = Instant::now();
@@ -426,14 +443,7 @@ async fn raw_reference(args: &BenchArgs, secret: &Secret) -> anyhow::Result<f64>
                 let body = Bytes::from(format!(
                     r#"{{"id":"{id}","type":"click","timestamp":"2026-11-26T17:43:35.123Z","data":{{"sent_us":{sent}}}}}"#
                 ));
-                let ts = chrono::Utc::now().timestamp();
-                let sig = hookline_signing::sign([&secret], &id, ts, &body);
-                let req = Request::post(url.clone())
-                    .header("content-type", "application/json")
-                    .header("webhook-id", id)
-                    .header("webhook-timestamp", ts)
-                    .header("webhook-signature", sig)
-                    .body(Full::new(body))?;
+                let req = signed_post(url.clone(), &secret, &id, body)?;
                 let resp = http.request(req).await?;
                 resp.into_body().collect().await?;
             }

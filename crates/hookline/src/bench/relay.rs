@@ -21,7 +21,6 @@ use axum::routing::post;
 use axum::{Json, Router};
 use bytes::Bytes;
 use hookline_signing::Secret;
-use http::Request;
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -203,15 +202,7 @@ impl Relayed {
                 let Ok(_slot) = ep.slots.acquire().await else {
                     return;
                 };
-                let ts = chrono::Utc::now().timestamp();
-                let signature = hookline_signing::sign([&ep.secret], &id, ts, &payload);
-                let Ok(req) = Request::post(ep.url.clone())
-                    .header("content-type", "application/json")
-                    .header("webhook-id", id.as_str())
-                    .header("webhook-timestamp", ts)
-                    .header("webhook-signature", signature)
-                    .body(Full::new(payload))
-                else {
+                let Ok(req) = super::signed_post(ep.url.clone(), &ep.secret, &id, payload) else {
                     return;
                 };
                 if let Ok(resp) = relay.http.request(req).await {
