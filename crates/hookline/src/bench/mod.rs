@@ -1,7 +1,8 @@
 //! `hookline bench`: load generator, receiver sink and report, over real HTTP on loopback.
 //!
 //! Every run first measures the **raw reference**: the fastest plain client we have (hyper,
-//! keep-alive, `TCP_NODELAY`, pooled) POSTing signed bodies straight to the sink. Every
+//! keep-alive, `TCP_NODELAY`, pooled) POSTing signed webhooks straight to the sink — the same
+//! envelopes, of the same events, that Hookline delivers in the end-to-end phases. Every
 //! end-to-end result is also given as a ratio to it, measured in the same run.
 //!
 //! An end-to-end phase starts a fresh `hookline serve` (this same binary, as a child process,
@@ -430,6 +431,8 @@ async fn raw_reference(args: &BenchArgs, secret: &Secret) -> anyhow::Result<f64>
     let url: http::Uri = sink.url("/ok/raw").parse()?;
     let deadline = Instant::now() + Duration::from_secs(args.raw_seconds.max(1));
     let counter = Arc::new(AtomicU64::new(0));
+    // One timestamp for the run: the client does no work a receiver's payload does not need.
+    let timestamp = crate::model::Timestamp::now();
     let mut tasks = Vec::new();
     let start = Instant::now();
     for _ in 0..args.raw_concurrency.max(1) {
@@ -438,12 +441,9 @@ async fn raw_reference(args: &BenchArgs, secret: &Secret) -> anyhow::Result<f64>
         tasks.push(tokio::spawn(async move {
             while Instant::now() < deadline {
                 let k = counter.fetch_add(1, Ordering::Relaxed);
-                let id = format!("raw_{k}");
                 let sent = epoch.elapsed().as_micros() as u64;
-                let body = Bytes::from(format!(
-                    r#"{{"id":"{id}","type":"click","timestamp":"2026-11-26T17:43:35.123Z","data":{{"sent_us":{sent}}}}}"#
-                ));
-                let req = signed_post(url.clone(), &secret, &id, body)?;
+                let (id, body) = reference_payload(k, sent, timestamp);
+                let req = signed_post(url.clone(), &secret, &id, body.into())?;
                 let resp = http.request(req).await?;
                 resp.into_body().collect().await?;
             }
@@ -884,34 +884,56 @@ async fn end_to_end_raw(
     Ok((phase, latencies))
 }
 
+/// Event `k` as the load sends it: its type and its `data`. Realistic events of three
+/// built-in types, valid against their schemas (ingest checks every one), about 300 bytes of
+/// `data` each, stamped with when the request is (or should have been) sent.
+fn sample_event(k: u64, sent_us: u64) -> (&'static str, String) {
+    let message = format!(
+        r#"{{"message_id":"m-{k}","recipient":"r{k}@example.com","campaign_id":"cmp_autumn","list_id":"lst_news"}}"#
+    );
+    let (event_type, rest) = match k % 3 {
+        0 => (
+            "click",
+            format!(
+                r#""url":"https://shop.example/p/{k}","first_click":true,"user_agent":"Mozilla/5.0","ip":"192.0.2.1""#
+            ),
+        ),
+        1 => (
+            "open",
+            r#""first_open":true,"user_agent":"Mozilla/5.0","ip":"192.0.2.1","machine_open":false"#
+                .to_owned(),
+        ),
+        _ => (
+            "delivery",
+            r#""smtp":{"code":250,"enhanced_status":"2.0.0","response":"250 2.0.0 OK"}"#.to_owned(),
+        ),
+    };
+    (
+        event_type,
+        format!(r#"{{"sent_us":{sent_us},"seq":{k},"message":{message},{rest}}}"#),
+    )
+}
+
+/// What the raw reference sends as message `k`: the webhook Hookline delivers for event `k`
+/// (the same envelope around the same `data`, with an id of the same length), so that the
+/// reference and Hookline's deliveries cost the sink, and the signature, the same bytes.
+fn reference_payload(
+    k: u64,
+    sent_us: u64,
+    timestamp: crate::model::Timestamp,
+) -> (String, Vec<u8>) {
+    let (event_type, data) = sample_event(k, sent_us);
+    // `evt_` and 26 characters, as long as an event id.
+    let id = format!("evt_{k:026}");
+    let body = crate::model::envelope(&id, event_type, timestamp, &data);
+    (id, body)
+}
+
 /// The URL and body for events `first..first+n`.
 fn request_body(api: &str, first: u64, n: u64, sent_us: u64, batch: bool) -> (String, String) {
-    // Realistic events of three built-in types, valid against their schemas (ingest checks
-    // every one), about 300 bytes of `data` each.
     let one = |k: u64| {
-        let message = format!(
-            r#"{{"message_id":"m-{k}","recipient":"r{k}@example.com","campaign_id":"cmp_autumn","list_id":"lst_news"}}"#
-        );
-        let (event_type, rest) = match k % 3 {
-            0 => (
-                "click",
-                format!(
-                    r#""url":"https://shop.example/p/{k}","first_click":true,"user_agent":"Mozilla/5.0","ip":"192.0.2.1""#
-                ),
-            ),
-            1 => (
-                "open",
-                r#""first_open":true,"user_agent":"Mozilla/5.0","ip":"192.0.2.1","machine_open":false"#
-                    .to_owned(),
-            ),
-            _ => (
-                "delivery",
-                r#""smtp":{"code":250,"enhanced_status":"2.0.0","response":"250 2.0.0 OK"}"#.to_owned(),
-            ),
-        };
-        format!(
-            r#"{{"type":"{event_type}","data":{{"sent_us":{sent_us},"seq":{k},"message":{message},{rest}}}}}"#
-        )
+        let (event_type, data) = sample_event(k, sent_us);
+        format!(r#"{{"type":"{event_type}","data":{data}}}"#)
     };
     if batch {
         let items: Vec<String> = (first..first + n).map(one).collect();
@@ -921,5 +943,34 @@ fn request_body(api: &str, first: u64, n: u64, sent_us: u64, batch: bool) -> (St
         )
     } else {
         (format!("{api}/v1/events"), one(first))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Timestamp, envelope, new_id};
+
+    #[test]
+    fn the_reference_sends_what_hookline_delivers_for_the_same_event() {
+        let at = Timestamp::now();
+        for k in [0, 1, 2, 99_999] {
+            let (id, body) = reference_payload(k, 123_456, at);
+            // The id is as long as an event id, and the body is the envelope Hookline builds.
+            assert_eq!(id.len(), new_id("evt").len());
+            let (event_type, data) = sample_event(k, 123_456);
+            assert_eq!(body, envelope(&id, event_type, at, &data));
+            // ... around the same `data` the load sends Hookline for event k.
+            let (_, request) = request_body("http://x", k, 1, 123_456, false);
+            let sent: serde_json::Value = serde_json::from_str(&request).unwrap();
+            let delivered: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(sent["data"], delivered["data"]);
+            assert_eq!(sent["type"], delivered["type"]);
+            assert!(
+                body.len() > 300,
+                "a realistic payload, not a stub: {} bytes",
+                body.len()
+            );
+        }
     }
 }
