@@ -73,11 +73,20 @@ fn tiny_scenario(extra: &[&str], phase_count: usize) {
     assert_eq!(report["relay"], extra.contains(&"--relay"), "{report}");
     let phases = report["phases"].as_array().unwrap();
     assert_eq!(phases.len(), phase_count, "{report}");
+    // The reference posts what the deliveries carry: the same bodies, to within the digits
+    // of numbers (ids, times) that differ between them.
+    let raw_bytes = report["raw_body_bytes"].as_f64().unwrap();
+    assert!(raw_bytes > 250.0, "{report}");
     for p in phases {
         assert_eq!(p["accepted"], 300, "{p}");
         assert_eq!(p["delivered"], 600, "{p}");
         assert_eq!(p["lost"], 0, "{p}");
         assert_eq!(p["bad_signatures"], 0, "{p}");
         assert!(p["latency_ms"]["max"].as_f64().unwrap() > 0.0, "{p}");
+        let delivered_bytes = p["delivered_body_bytes"].as_f64().unwrap();
+        assert!(
+            (delivered_bytes - raw_bytes).abs() <= raw_bytes * 0.1,
+            "reference bodies of {raw_bytes} bytes, deliveries of {delivered_bytes}: {report}"
+        );
     }
 }

@@ -53,6 +53,8 @@ pub struct Sink {
     pub epoch: Instant,
     pub tally: Mutex<Tally>,
     pub requests: AtomicU64,
+    /// Body bytes of the requests whose signature verified.
+    pub body_bytes: AtomicU64,
     pub bad_signatures: AtomicU64,
     pub down: AtomicBool,
     verifier: Verifier,
@@ -81,6 +83,7 @@ impl Sink {
                 ..Tally::default()
             }),
             requests: AtomicU64::new(0),
+            body_bytes: AtomicU64::new(0),
             bad_signatures: AtomicU64::new(0),
             down: AtomicBool::new(false),
             verifier,
@@ -147,6 +150,8 @@ impl Sink {
             self.bad_signatures.fetch_add(1, Ordering::Relaxed);
             return reply(StatusCode::UNAUTHORIZED);
         }
+        self.body_bytes
+            .fetch_add(body.len() as u64, Ordering::Relaxed);
         let Ok(env) = serde_json::from_slice::<Envelope>(&body) else {
             return reply(StatusCode::BAD_REQUEST);
         };
@@ -164,6 +169,15 @@ impl Sink {
             }
         }
         reply(StatusCode::OK)
+    }
+
+    /// The mean body size of the requests whose signature verified.
+    pub fn mean_body_bytes(&self) -> f64 {
+        let verified = self
+            .requests
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.bad_signatures.load(Ordering::Relaxed));
+        self.body_bytes.load(Ordering::Relaxed) as f64 / verified.max(1) as f64
     }
 
     /// Distinct deliveries seen so far.
