@@ -944,8 +944,9 @@ impl ReferenceBodies {
         let templates = (0..3)
             .map(|t| {
                 // Numbers as long as the load's (six-digit sequence numbers, a sent time
-                // of a few minutes in microseconds).
-                let (event_type, data) = sample_event(100_000 + t, 100_000_000);
+                // of a few minutes in microseconds); 100,002 is a multiple of 3, so message
+                // k has the type the load gives event k.
+                let (event_type, data) = sample_event(100_002 + t, 100_000_000);
                 let env = crate::model::envelope(&placeholder, event_type, timestamp, &data);
                 let at = env
                     .windows(placeholder.len())
@@ -1007,7 +1008,7 @@ mod tests {
             assert_eq!(id, format!("evt_{k:026}"));
             assert_eq!(id.len(), new_id("evt").len());
             // Byte for byte the envelope Hookline builds for an event of the load's type.
-            let (event_type, data) = sample_event(100_000 + k % 3, 100_000_000);
+            let (event_type, data) = sample_event(100_002 + k % 3, 100_000_000);
             assert_eq!(body, envelope(&id, event_type, at, &data));
             let (_, request) = request_body("http://x", k, 1, 7, false);
             let sent: serde_json::Value = serde_json::from_str(&request).unwrap();
