@@ -442,7 +442,7 @@ async fn raw_reference(args: &BenchArgs, secret: &Secret) -> anyhow::Result<(f64
     let deadline = Instant::now() + Duration::from_secs(args.raw_seconds.max(1));
     let counter = Arc::new(AtomicU64::new(0));
     // The bodies are built before the clock starts; each request only writes its id in.
-    let bodies = Arc::new(ReferenceBodies::new(crate::model::Timestamp::now()));
+    let bodies = Arc::new(ReferenceBodies::new(crate::model::Timestamp::now())?);
     let mut tasks = Vec::new();
     let start = Instant::now();
     for _ in 0..args.raw_concurrency.max(1) {
@@ -939,7 +939,7 @@ struct ReferenceBodies {
 }
 
 impl ReferenceBodies {
-    fn new(timestamp: crate::model::Timestamp) -> Self {
+    fn new(timestamp: crate::model::Timestamp) -> anyhow::Result<Self> {
         let placeholder = reference_id(0);
         let templates = (0..3)
             .map(|t| {
@@ -951,12 +951,12 @@ impl ReferenceBodies {
                 let at = env
                     .windows(placeholder.len())
                     .position(|w| w == placeholder.as_bytes())
-                    .unwrap_or(env.len());
-                let tail = env.get(at + placeholder.len()..).unwrap_or_default();
-                (env[..at].to_vec(), tail.to_vec())
+                    .context("the envelope does not carry its id")?;
+                let (head, rest) = env.split_at(at);
+                Ok((head.to_vec(), rest[placeholder.len()..].to_vec()))
             })
-            .collect();
-        ReferenceBodies { templates }
+            .collect::<anyhow::Result<_>>()?;
+        Ok(ReferenceBodies { templates })
     }
 
     /// Message `k`: its id and its body.
@@ -1001,7 +1001,7 @@ mod tests {
     #[test]
     fn the_reference_sends_the_envelope_of_an_event_of_the_load() {
         let at = Timestamp::now();
-        let bodies = ReferenceBodies::new(at);
+        let bodies = ReferenceBodies::new(at).unwrap();
         for k in [0, 1, 2, 99_999] {
             let (id, body) = bodies.message(k);
             // A distinct id per message (the sink counts distinct ids), as long as an event id.
