@@ -2353,38 +2353,46 @@ mod tests {
         }
     }
 
+    /// `n` click events with empty `data`.
+    fn click(n: usize) -> Vec<NewEvent> {
+        (0..n)
+            .map(|_| NewEvent {
+                id: new_id("evt"),
+                event_type: "click".into(),
+                data: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
+                created_at: Timestamp::now(),
+                payload: Default::default(),
+            })
+            .collect()
+    }
+
+    /// An account with one endpoint, and `n` events committed with their deliveries claimed.
+    async fn with_events(store: &SqliteStore, n: usize) -> (Account, Endpoint, Vec<AcceptedEvent>) {
+        let account = store.create_account("a".into(), Plan::Pro).await.unwrap();
+        let ep = store
+            .insert_endpoint(endpoint(&account.id), 100)
+            .await
+            .unwrap();
+        let accepted = store
+            .insert_events(account.id.clone(), click(n), |_| true, |_| {})
+            .await
+            .unwrap();
+        (account, ep, accepted)
+    }
+
+    async fn status(store: &SqliteStore, account_id: &str, id: &str) -> DeliveryStatus {
+        let found = store.get_delivery(account_id.into(), id.into()).await;
+        found.unwrap().expect("the delivery exists").0.status
+    }
+
     /// An attempt that outlived its claim (its endpoint was turned off and on, and the
     /// delivery retried by hand meanwhile) cannot move the delivery on; the current one can.
     #[tokio::test]
     async fn an_outcome_of_an_old_claim_is_ignored() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path(), Sealer::none()).unwrap();
-        let account = store.create_account("a".into(), Plan::Pro).await.unwrap();
-        let ep = store
-            .insert_endpoint(endpoint(&account.id), 100)
-            .await
-            .unwrap();
-        let event = NewEvent {
-            id: new_id("evt"),
-            event_type: "click".into(),
-            data: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
-            created_at: Timestamp::now(),
-            payload: Default::default(),
-        };
-        let accepted = store
-            .insert_events(account.id.clone(), vec![event], |_| true, |_| {})
-            .await
-            .unwrap();
+        let (account, ep, accepted) = with_events(&store, 1).await;
         let d = &accepted[0].deliveries[0];
-        let status = |store: SqliteStore, id: String, account: String| async move {
-            store
-                .get_delivery(account, id)
-                .await
-                .unwrap()
-                .unwrap()
-                .0
-                .status
-        };
 
         // Claim 1 is in flight; the endpoint goes off (the delivery fails) and on again.
         for enabled in [false, true] {
@@ -2396,7 +2404,7 @@ mod tests {
                 .unwrap();
         }
         assert_eq!(
-            status(store.clone(), d.id.clone(), account.id.clone()).await,
+            status(&store, &account.id, &d.id).await,
             DeliveryStatus::Failed
         );
         // A manual retry takes claim 2.
@@ -2412,7 +2420,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(
-            status(store.clone(), d.id.clone(), account.id.clone()).await,
+            status(&store, &account.id, &d.id).await,
             DeliveryStatus::Delivering
         );
         // Claim 2's failure schedules the retry.
@@ -2421,21 +2429,9 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(
-            status(store.clone(), d.id.clone(), account.id.clone()).await,
+            status(&store, &account.id, &d.id).await,
             DeliveryStatus::Pending
         );
-    }
-
-    fn click(n: usize) -> Vec<NewEvent> {
-        (0..n)
-            .map(|_| NewEvent {
-                id: new_id("evt"),
-                event_type: "click".into(),
-                data: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
-                created_at: Timestamp::now(),
-                payload: Default::default(),
-            })
-            .collect()
     }
 
     /// An outcome waits for the next commit and is written by it; with none coming, it
@@ -2446,15 +2442,7 @@ mod tests {
         let mut store = SqliteStore::open(dir.path(), Sealer::none()).unwrap();
         // Longer than the test may take: the outcome can only be written by riding along.
         store.rider_wait = std::time::Duration::from_secs(600);
-        let account = store.create_account("a".into(), Plan::Pro).await.unwrap();
-        store
-            .insert_endpoint(endpoint(&account.id), 100)
-            .await
-            .unwrap();
-        let accepted = store
-            .insert_events(account.id.clone(), click(2), |_| true, |_| {})
-            .await
-            .unwrap();
+        let (account, _, accepted) = with_events(&store, 2).await;
         let delivery = |i: usize| accepted[i].deliveries[0].clone();
         let due = |i: usize| DueDelivery {
             delivery_id: delivery(i).id,
@@ -2465,18 +2453,6 @@ mod tests {
             payload: Default::default(),
             endpoint: delivery(i).endpoint,
             manual_after_end: false,
-        };
-        let status = |i: usize| {
-            let (store, account, id) = (store.clone(), account.id.clone(), delivery(i).id);
-            async move {
-                store
-                    .get_delivery(account, id)
-                    .await
-                    .unwrap()
-                    .unwrap()
-                    .0
-                    .status
-            }
         };
 
         let riding = tokio::spawn({
@@ -2490,7 +2466,10 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
             waited += 1;
         }
-        assert_eq!(status(0).await, DeliveryStatus::Delivering);
+        assert_eq!(
+            status(&store, &account.id, &delivery(0).id).await,
+            DeliveryStatus::Delivering
+        );
         // Any commit takes it along.
         store
             .insert_events(account.id.clone(), click(1), |_| false, |_| {})
@@ -2501,7 +2480,10 @@ mod tests {
             .expect("the outcome rode along")
             .unwrap()
             .unwrap();
-        assert_eq!(status(0).await, DeliveryStatus::Pending);
+        assert_eq!(
+            status(&store, &account.id, &delivery(0).id).await,
+            DeliveryStatus::Pending
+        );
 
         // Alone, it asks for a commit of its own once its wait is over.
         let mut alone = store.clone();
@@ -2510,6 +2492,9 @@ mod tests {
             .record_attempts(vec![failure(&due(1), 1)])
             .await
             .unwrap();
-        assert_eq!(status(1).await, DeliveryStatus::Pending);
+        assert_eq!(
+            status(&store, &account.id, &delivery(1).id).await,
+            DeliveryStatus::Pending
+        );
     }
 }
