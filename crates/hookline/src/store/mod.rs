@@ -103,6 +103,15 @@ impl Store {
         Ok(Store::Sqlite(SqliteStore::open(dir, Sealer::none())?))
     }
 
+    /// SQLite: how long attempt outcomes wait to ride with another write before they commit
+    /// on their own (see `store::sqlite`). Zero measures an outcome's write alone. Nothing
+    /// on PostgreSQL, where outcomes are written as they come.
+    pub fn set_rider_wait(&mut self, wait: std::time::Duration) {
+        if let Store::Sqlite(s) = self {
+            s.set_rider_wait(wait);
+        }
+    }
+
     /// Takes the serve lock of the database at `location`, or says who holds it.
     pub async fn lock(location: &Location) -> Result<ServeLock, StoreError> {
         match location {

@@ -5,10 +5,11 @@
 //!   once (WAL, `synchronous=FULL`: the commit is fsynced) and only then answers each caller.
 //!   Concurrent requests therefore share one fsync (group commit), and a caller that got `Ok`
 //!   knows its rows are on disk.
-//! - Attempt outcomes are **riders**: they join the next group that commits anyway and cause
-//!   a commit of their own only when none comes within [`RIDER_WAIT`]. Under light load that
-//!   spares the disk a flush per delivery, which every event's commit would otherwise queue
-//!   behind; under heavy load a group forms at once and they wait for nothing.
+//! - Attempt outcomes are **riders**: they join the next group that commits anyway (after
+//!   its other jobs) and cause a commit of their own only when none comes within
+//!   [`RIDER_WAIT`]. Under light load that spares the disk a flush per delivery, which every
+//!   event's commit would otherwise queue behind; under heavy load the next group forms at
+//!   once, so they wait only for it.
 //! - A small pool of **read connections** serves queries on blocking threads; WAL lets them
 //!   read while the writer writes.
 //! - `hookline serve` holds an exclusive lock on `serve.lock` in the data directory: one
@@ -413,6 +414,9 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
+        if self.writer.is_closed() {
+            return Err(StoreError::WriterGone); // nothing would ever take it
+        }
         let (job, mut rx) = write_job(Isolation::Savepoint, f, |_| {});
         self.riders
             .lock()
@@ -421,13 +425,29 @@ impl SqliteStore {
         if let Ok(done) = tokio::time::timeout(self.rider_wait, &mut rx).await {
             return done.map_err(|_| StoreError::WriterGone)?;
         }
-        // No group came by: an empty job makes one, and the waiting riders join it.
-        let empty: WriteJob = Box::new(|_| (Box::new(|_| {}), false));
-        self.writer
-            .send(empty)
-            .await
-            .map_err(|_| StoreError::WriterGone)?;
+        // No group came by: an empty job makes one, and the waiting riders join it. Unless a
+        // group took them meanwhile; and a queue too full to take the empty job at once has
+        // groups coming anyway, so the answer is not kept waiting behind it.
+        let waiting = !self
+            .riders
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .is_empty();
+        if waiting {
+            let empty: WriteJob = Box::new(|_| (Box::new(|_| {}), false));
+            tokio::select! {
+                done = &mut rx => return done.map_err(|_| StoreError::WriterGone)?,
+                sent = self.writer.send(empty) => sent.map_err(|_| StoreError::WriterGone)?,
+            }
+        }
         rx.await.map_err(|_| StoreError::WriterGone)?
+    }
+
+    /// How long an outcome waits to ride with another write before it commits on its own
+    /// ([`RIDER_WAIT`] by default). Zero gives every outcome a commit of its own, as when it
+    /// is measured alone.
+    pub fn set_rider_wait(&mut self, wait: std::time::Duration) {
+        self.rider_wait = wait;
     }
 
     /// Runs `f` on a read connection on a blocking thread.
@@ -1958,8 +1978,9 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
-        // Whatever rides along commits with this group (after the others: an outcome never
-        // precedes the insert of its delivery, which committed before it was attempted).
+        // Whatever rides along commits with this group, after its other jobs. (An outcome
+        // cannot precede its delivery's insert: a delivery is attempted only once that
+        // insert committed.)
         batch.append(
             &mut riders
                 .lock()
@@ -2487,10 +2508,11 @@ mod tests {
 
         // Alone, it asks for a commit of its own once its wait is over.
         let mut alone = store.clone();
-        alone.rider_wait = std::time::Duration::from_millis(20);
-        alone
-            .record_attempts(vec![failure(&due(1), 1)])
+        alone.set_rider_wait(std::time::Duration::from_millis(20));
+        let written = alone.record_attempts(vec![failure(&due(1), 1)]);
+        tokio::time::timeout(std::time::Duration::from_secs(60), written)
             .await
+            .expect("the lone outcome made a commit of its own")
             .unwrap();
         assert_eq!(
             status(&store, &account.id, &delivery(1).id).await,
