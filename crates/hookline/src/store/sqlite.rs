@@ -64,7 +64,18 @@ const SLOW_COMMIT: std::time::Duration = std::time::Duration::from_millis(100);
 pub const RIDER_WAIT: std::time::Duration = std::time::Duration::from_millis(25);
 
 /// Writes that wait to join the writer's next group (see the module's head).
-type Riders = Arc<Mutex<Vec<WriteJob>>>;
+#[derive(Clone, Default)]
+struct Riders(Arc<Mutex<Vec<WriteJob>>>);
+
+impl Riders {
+    /// The waiting jobs. Only pushes and drains happen under the lock, so a poisoned lock
+    /// still holds a sound list.
+    fn slot(&self) -> std::sync::MutexGuard<'_, Vec<WriteJob>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
 
 /// The SQLite store. Cheap to clone.
 #[derive(Clone)]
@@ -313,7 +324,7 @@ impl SqliteStore {
         let sealer = Arc::new(sealer);
         let subscribers = Subscribers(Arc::default(), sealer.clone());
         let on_rollback = subscribers.clone();
-        let riders: Riders = Arc::default();
+        let riders = Riders::default();
         let boarding = riders.clone();
         std::thread::Builder::new()
             .name("hookline-sqlite-writer".into())
@@ -418,21 +429,14 @@ impl SqliteStore {
             return Err(StoreError::WriterGone); // nothing would ever take it
         }
         let (job, mut rx) = write_job(Isolation::Savepoint, f, |_| {});
-        self.riders
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .push(job);
+        self.riders.slot().push(job);
         if let Ok(done) = tokio::time::timeout(self.rider_wait, &mut rx).await {
             return done.map_err(|_| StoreError::WriterGone)?;
         }
         // No group came by: an empty job makes one, and the waiting riders join it. Unless a
         // group took them meanwhile; and a queue too full to take the empty job at once has
         // groups coming anyway, so the answer is not kept waiting behind it.
-        let waiting = !self
-            .riders
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .is_empty();
+        let waiting = !self.riders.slot().is_empty();
         if waiting {
             let empty: WriteJob = Box::new(|_| (Box::new(|_| {}), false));
             tokio::select! {
@@ -1981,11 +1985,7 @@ fn writer_loop(
         // Whatever rides along commits with this group, after its other jobs. (An outcome
         // cannot precede its delivery's insert: a delivery is attempted only once that
         // insert committed.)
-        batch.append(
-            &mut riders
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()),
-        );
+        batch.append(&mut riders.slot());
         let started = std::time::Instant::now();
         let jobs = batch.len();
         // A transaction left open by a rollback that failed would make every BEGIN fail.
@@ -2462,7 +2462,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut store = SqliteStore::open(dir.path(), Sealer::none()).unwrap();
         // Longer than the test may take: the outcome can only be written by riding along.
-        store.rider_wait = std::time::Duration::from_secs(600);
+        store.set_rider_wait(std::time::Duration::from_secs(600));
         let (account, _, accepted) = with_events(&store, 2).await;
         let delivery = |i: usize| accepted[i].deliveries[0].clone();
         let due = |i: usize| DueDelivery {
@@ -2482,7 +2482,7 @@ mod tests {
             async move { store.record_attempts(vec![record]).await }
         });
         let mut waited = 0;
-        while store.riders.lock().unwrap().is_empty() {
+        while store.riders.slot().is_empty() {
             assert!(waited < 10_000, "the outcome never boarded");
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
             waited += 1;
