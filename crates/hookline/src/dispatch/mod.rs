@@ -736,8 +736,10 @@ async fn attempt(
 
 /// How many finished attempts may wait for the recorder.
 const RECORD_QUEUE: usize = 16 * 1024;
-/// How many attempts one recorder write takes at most.
-const RECORD_BATCH: usize = 1024;
+/// How many attempts one recorder write takes at most. The recorder waits for each write
+/// before it takes the next batch, so while it is behind (a backlog draining) this bounds
+/// how fast room comes back: 1,024 capped a drain at about 30 writes of 1,024 a second.
+const RECORD_BATCH: usize = 4096;
 
 /// Writes finished attempts in batches (one write job for many attempts), then releases
 /// their room and tells the poller about retries.
@@ -805,8 +807,11 @@ async fn record_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<AttemptRecord>) {
 
 /// The longest the poller sleeps without being asked.
 const POLL_MAX_SLEEP: Duration = Duration::from_secs(5);
-/// The shortest pause between two polls.
+/// The shortest pause between two polls, unless the last one claimed at least
+/// [`CLAIM_WITHOUT_PAUSE`] deliveries.
 const POLL_MIN_GAP: Duration = Duration::from_millis(10);
+/// A claim this big says more due work is waiting for room: the poller skips its pause.
+const CLAIM_WITHOUT_PAUSE: usize = 256;
 
 /// How often deliveries waiting behind open breakers are checked for expiry.
 const STALE_SWEEP: Duration = Duration::from_secs(60);
@@ -845,6 +850,7 @@ async fn poll_loop(inner: Arc<Inner>) {
             n
         };
         let mut full_claim = false;
+        let mut claimed = 0;
         // Cut off from the others (lease not renewed): claim nothing, they will.
         let claimable = inner.lease.allows(Duration::ZERO);
         match if claimable {
@@ -854,6 +860,7 @@ async fn poll_loop(inner: Arc<Inner>) {
         } {
             Ok(due) => {
                 full_claim = due.len() >= crate::store::sqlite::MAX_CLAIM;
+                claimed = due.len();
                 if !due.is_empty() {
                     tracing::debug!(count = due.len(), "took due deliveries");
                 }
@@ -907,6 +914,10 @@ async fn poll_loop(inner: Arc<Inner>) {
             _ = tokio::time::sleep(sleep) => {}
             _ = inner.poke.notified() => {}
         }
-        tokio::time::sleep(POLL_MIN_GAP).await;
+        // The pause lets room freed one delivery at a time gather into one claim; after a
+        // claim that found plenty, the next is worth making as soon as room is back.
+        if claimed < CLAIM_WITHOUT_PAUSE {
+            tokio::time::sleep(POLL_MIN_GAP).await;
+        }
     }
 }
