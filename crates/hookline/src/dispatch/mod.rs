@@ -736,10 +736,9 @@ async fn attempt(
 
 /// How many finished attempts may wait for the recorder.
 const RECORD_QUEUE: usize = 16 * 1024;
-/// How many attempts one recorder write takes at most. The recorder waits for each write
-/// before it takes the next batch, so while it is behind (a backlog draining) this bounds
-/// how fast room comes back: 1,024 capped a drain at about 30 writes of 1,024 a second.
-const RECORD_BATCH: usize = 4096;
+/// How many attempts one recorder write takes at most (on SQLite a write of 1,024 holds the
+/// writer about as long as a claim of 1,000).
+const RECORD_BATCH: usize = 1024;
 
 /// Writes finished attempts in batches (one write job for many attempts), then releases
 /// their room and tells the poller about retries.
@@ -807,11 +806,13 @@ async fn record_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<AttemptRecord>) {
 
 /// The longest the poller sleeps without being asked.
 const POLL_MAX_SLEEP: Duration = Duration::from_secs(5);
-/// The shortest pause between two polls, unless the last one claimed at least
-/// [`CLAIM_WITHOUT_PAUSE`] deliveries.
+/// The pause between two polls after a claim of fewer than [`BIG_CLAIM`] deliveries: room
+/// freed a delivery at a time gathers into one claim.
 const POLL_MIN_GAP: Duration = Duration::from_millis(10);
-/// A claim this big says more due work is waiting for room: the poller skips its pause.
-const CLAIM_WITHOUT_PAUSE: usize = 256;
+/// After a claim of at least [`BIG_CLAIM`]: room comes back in recorder writes of many
+/// deliveries, and a backlog drains only as fast as the poller takes it.
+const POLL_BUSY_GAP: Duration = Duration::from_millis(1);
+const BIG_CLAIM: usize = 256;
 
 /// How often deliveries waiting behind open breakers are checked for expiry.
 const STALE_SWEEP: Duration = Duration::from_secs(60);
@@ -914,10 +915,13 @@ async fn poll_loop(inner: Arc<Inner>) {
             _ = tokio::time::sleep(sleep) => {}
             _ = inner.poke.notified() => {}
         }
-        // The pause lets room freed one delivery at a time gather into one claim; after a
-        // claim that found plenty, the next is worth making as soon as room is back.
-        if claimed < CLAIM_WITHOUT_PAUSE {
-            tokio::time::sleep(POLL_MIN_GAP).await;
-        }
+        // Still a pause after a big claim, so that deliveries given back at once without an
+        // attempt (and so due again) cannot keep the poller claiming without rest.
+        tokio::time::sleep(if claimed < BIG_CLAIM {
+            POLL_MIN_GAP
+        } else {
+            POLL_BUSY_GAP
+        })
+        .await;
     }
 }
