@@ -812,6 +812,7 @@ const POLL_MIN_GAP: Duration = Duration::from_millis(10);
 /// After a claim of at least [`BIG_CLAIM`]: room comes back in recorder writes of many
 /// deliveries, and a backlog drains only as fast as the poller takes it.
 const POLL_BUSY_GAP: Duration = Duration::from_millis(1);
+/// A claim at least this big is followed by [`POLL_BUSY_GAP`] instead of [`POLL_MIN_GAP`].
 const BIG_CLAIM: usize = 256;
 
 /// How often deliveries waiting behind open breakers are checked for expiry.
@@ -850,7 +851,6 @@ async fn poll_loop(inner: Arc<Inner>) {
             }
             n
         };
-        let mut full_claim = false;
         let mut claimed = 0;
         // Cut off from the others (lease not renewed): claim nothing, they will.
         let claimable = inner.lease.allows(Duration::ZERO);
@@ -860,7 +860,6 @@ async fn poll_loop(inner: Arc<Inner>) {
             Ok(Vec::new())
         } {
             Ok(due) => {
-                full_claim = due.len() >= crate::store::sqlite::MAX_CLAIM;
                 claimed = due.len();
                 if !due.is_empty() {
                     tracing::debug!(count = due.len(), "took due deliveries");
@@ -905,7 +904,7 @@ async fn poll_loop(inner: Arc<Inner>) {
         };
         inner.planned_wake.store(wake, Ordering::Release);
         // A claim that hit its cap left due work behind: come back right away.
-        let sleep = if full_claim {
+        let sleep = if claimed >= crate::store::sqlite::MAX_CLAIM {
             Duration::ZERO
         } else {
             Duration::from_millis((wake - now.0).max(0) as u64)
