@@ -10,6 +10,8 @@
 //!   [`RIDER_WAIT`]. Under light load that spares the disk a flush per delivery, which every
 //!   event's commit would otherwise queue behind; under heavy load the next group forms at
 //!   once, so they wait only for it.
+//! - The **WAL stays bounded** under a load that never pauses: past a threshold the writer
+//!   checkpoints the rest between two groups, so the WAL starts over (`WalKeeper`).
 //! - A small pool of **read connections** serves queries on blocking threads; WAL lets them
 //!   read while the writer writes.
 //! - `hookline serve` holds an exclusive lock on `serve.lock` in the data directory: one
@@ -56,8 +58,15 @@ const MAX_GROUP: usize = 2048;
 const READERS: usize = 4;
 /// The most deliveries one claim takes, so that it never holds the writer for long.
 pub const MAX_CLAIM: usize = 2000;
-/// How often the checkpointer folds the WAL back into the database file.
+/// How often the checkpointer folds the WAL back into the database file when nothing
+/// nudges it sooner.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+/// WAL frames the writer commits between two nudges of the checkpointer (about 8 MiB).
+const CHECKPOINT_NUDGE_FRAMES: i32 = 2048;
+/// WAL frames after which the writer checkpoints the rest itself, between two groups, so
+/// that its next commit starts the WAL over from its first frame (about 34 MiB, under
+/// `journal_size_limit`).
+const WAL_RESTART_FRAMES: i32 = 8192;
 /// A group commit slower than this is logged.
 const SLOW_COMMIT: std::time::Duration = std::time::Duration::from_millis(100);
 /// The longest a rider waits for a group to join before it asks for a commit of its own.
@@ -88,8 +97,9 @@ pub struct SqliteStore {
     subscribers: Subscribers,
     /// Seals endpoint secrets on the way in and opens them on the way out.
     sealer: Arc<Sealer>,
-    /// Dropped with the last clone of the store: stops the checkpointer.
-    _checkpointer: Arc<std::sync::mpsc::Sender<()>>,
+    /// Dropped with the last clone of the store (and the writer thread's copy): stops the
+    /// checkpointer.
+    _checkpointer: Arc<std::sync::mpsc::SyncSender<()>>,
 }
 
 /// Each account's enabled endpoints, as ingest needs them, cached for the writer thread.
@@ -320,6 +330,7 @@ impl SqliteStore {
         conn.execute_batch("PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = 67108864;")
             .ctx("configuring checkpoints")?;
         let checkpointer = start_checkpointer(&path)?;
+        let nudge = checkpointer.clone();
         let (tx, rx) = mpsc::channel::<WriteJob>(8192);
         let sealer = Arc::new(sealer);
         let subscribers = Subscribers(Arc::default(), sealer.clone());
@@ -328,7 +339,10 @@ impl SqliteStore {
         let boarding = riders.clone();
         std::thread::Builder::new()
             .name("hookline-sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx, boarding, move || on_rollback.forget_all()))
+            .spawn(move || {
+                let wal = WalKeeper::new(&conn, nudge);
+                writer_loop(conn, rx, boarding, wal, move || on_rollback.forget_all())
+            })
             .map_err(|source| StoreError::Io {
                 context: "starting the writer thread",
                 source,
@@ -1854,16 +1868,18 @@ impl SqliteStore {
     }
 }
 
-/// Folds the WAL back into the database every [`CHECKPOINT_EVERY`] (passive: it never
-/// blocks the writer or readers), until the store is dropped.
-fn start_checkpointer(path: &Path) -> Result<std::sync::mpsc::Sender<()>, StoreError> {
+/// Folds the WAL back into the database every [`CHECKPOINT_EVERY`], and whenever the
+/// writer nudges it through the returned sender (passive: it never blocks the writer or
+/// readers), until the store and its writer thread are gone.
+fn start_checkpointer(path: &Path) -> Result<std::sync::mpsc::SyncSender<()>, StoreError> {
+    use std::sync::mpsc::RecvTimeoutError;
     let conn = open_connection(path)?;
-    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let (nudge, nudged) = std::sync::mpsc::sync_channel::<()>(1);
     std::thread::Builder::new()
         .name("hookline-sqlite-checkpoint".into())
         .spawn(move || {
-            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-                stopped.recv_timeout(CHECKPOINT_EVERY)
+            while let Ok(()) | Err(RecvTimeoutError::Timeout) =
+                nudged.recv_timeout(CHECKPOINT_EVERY)
             {
                 if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)") {
                     tracing::warn!(error = %e, "WAL checkpoint failed");
@@ -1874,7 +1890,7 @@ fn start_checkpointer(path: &Path) -> Result<std::sync::mpsc::Sender<()>, StoreE
             context: "starting the checkpoint thread",
             source,
         })?;
-    Ok(stop)
+    Ok(nudge)
 }
 
 /// A write job running `f` under `isolation`, and where its result will arrive; `on_done`
@@ -1971,6 +1987,7 @@ fn writer_loop(
     conn: Connection,
     mut rx: mpsc::Receiver<WriteJob>,
     riders: Riders,
+    mut wal: WalKeeper,
     on_rollback: impl Fn(),
 ) {
     let mut batch: Vec<WriteJob> = Vec::with_capacity(MAX_GROUP);
@@ -2067,6 +2084,78 @@ fn writer_loop(
             if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| done(outcome))).is_err() {
                 tracing::error!("a write job's completion panicked");
             }
+        }
+        // After the answers: whatever this costs, no caller of this group waits for it.
+        wal.after_commit(&conn);
+    }
+}
+
+thread_local! {
+    /// Frames in the WAL after the writer thread's last commit, as SQLite's WAL hook reports
+    /// them (it runs on the committing thread; only the writer thread commits).
+    static WAL_FRAMES: std::cell::Cell<i32> = const { std::cell::Cell::new(0) };
+}
+
+fn note_wal_frames(_wal: &rusqlite::hooks::Wal, frames: std::ffi::c_int) -> rusqlite::Result<()> {
+    WAL_FRAMES.with(|f| f.set(frames));
+    Ok(())
+}
+
+/// Keeps the WAL from growing without end under a steady write load.
+///
+/// SQLite starts the WAL over from its first frame only when a write transaction begins
+/// after a checkpoint has copied *every* frame back into the database. The checkpointer's
+/// passive checkpoints never get there while commits keep coming (each one appends frames
+/// while it copies), so the WAL would grow for as long as the load lasts, every commit
+/// appending to fresh, uncached blocks of a growing file (more work for the kernel on each
+/// write and fsync, and the disk filled at the rate of the load). So the writer:
+/// - nudges the checkpointer every [`CHECKPOINT_NUDGE_FRAMES`] frames, so that it keeps
+///   close behind;
+/// - past [`WAL_RESTART_FRAMES`], checkpoints the short rest itself between two groups,
+///   where no commit can slip in, and its next commit starts the WAL over.
+struct WalKeeper {
+    checkpointer: std::sync::mpsc::SyncSender<()>,
+    /// Frame count at which the checkpointer is nudged next.
+    next_nudge: i32,
+    /// Frame count at which the writer checkpoints next.
+    next_restart: i32,
+}
+
+impl WalKeeper {
+    fn new(conn: &Connection, checkpointer: std::sync::mpsc::SyncSender<()>) -> Self {
+        conn.wal_hook(Some(note_wal_frames));
+        WalKeeper {
+            checkpointer,
+            next_nudge: CHECKPOINT_NUDGE_FRAMES,
+            next_restart: WAL_RESTART_FRAMES,
+        }
+    }
+
+    fn after_commit(&mut self, conn: &Connection) {
+        let frames = WAL_FRAMES.with(|f| f.get());
+        if frames < self.next_nudge.saturating_sub(CHECKPOINT_NUDGE_FRAMES) {
+            // The WAL started over.
+            self.next_nudge = CHECKPOINT_NUDGE_FRAMES;
+            self.next_restart = WAL_RESTART_FRAMES;
+        }
+        if frames >= self.next_nudge {
+            // Full means a nudge is already waiting: one is enough.
+            let _ = self.checkpointer.try_send(());
+            self.next_nudge = frames.saturating_add(CHECKPOINT_NUDGE_FRAMES);
+        }
+        if frames >= self.next_restart {
+            // Busy (the checkpointer is at it) or held back by a reader on an older snapshot:
+            // either way it is tried again a nudge's worth of frames later.
+            match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+            }) {
+                Ok((log, copied)) if log == copied => {
+                    tracing::debug!(frames = log, "WAL checkpointed whole; it starts over")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "WAL checkpoint on the writer failed"),
+            }
+            self.next_restart = frames.saturating_add(CHECKPOINT_NUDGE_FRAMES);
         }
     }
 }
@@ -2517,6 +2606,56 @@ mod tests {
         assert_eq!(
             status(&store, &account.id, &delivery(1).id).await,
             DeliveryStatus::Pending
+        );
+    }
+
+    /// Under writes that never pause, the WAL starts over instead of growing with the load:
+    /// it stays within the restart threshold plus a group's frames.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_wal_starts_over_under_a_steady_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), Sealer::none()).unwrap();
+        let (account, _, _) = with_events(&store, 1).await;
+        let wal = dir.path().join("hookline.db-wal");
+        // About 3 KiB of data an event: about a page of WAL each, four times the threshold
+        // in all, from writers that keep the writer thread busy.
+        let data = format!("{{\"pad\":\"{}\"}}", "x".repeat(3000));
+        let frame = 4096 + 24;
+        let total_events = 4 * WAL_RESTART_FRAMES as usize;
+        let writers = 8;
+        let per_commit = 100;
+        let mut tasks = Vec::new();
+        for _ in 0..writers {
+            let (store, account_id, data, wal) =
+                (store.clone(), account.id.clone(), data.clone(), wal.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut largest = 0u64;
+                for _ in 0..total_events / writers / per_commit {
+                    let events = click(per_commit)
+                        .into_iter()
+                        .map(|mut e| {
+                            e.data =
+                                serde_json::value::RawValue::from_string(data.clone()).unwrap();
+                            e
+                        })
+                        .collect();
+                    store
+                        .insert_events(account_id.clone(), events, |_| true, |_| {})
+                        .await
+                        .unwrap();
+                    largest = largest.max(std::fs::metadata(&wal).unwrap().len());
+                }
+                largest
+            }));
+        }
+        let mut largest = 0;
+        for t in tasks {
+            largest = largest.max(t.await.unwrap());
+        }
+        let bound = (WAL_RESTART_FRAMES as u64 + 4096) * frame;
+        assert!(
+            largest <= bound,
+            "the WAL grew to {largest} bytes (bound {bound}) over {total_events} events"
         );
     }
 }
