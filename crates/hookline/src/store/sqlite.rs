@@ -103,7 +103,7 @@ pub struct SqliteStore {
     sealer: Arc<Sealer>,
     /// Dropped with the last clone of the store (and the writer thread's copy): stops the
     /// checkpointer.
-    _checkpointer: Arc<std::sync::mpsc::SyncSender<()>>,
+    _checkpointer: Checkpointer,
 }
 
 /// Each account's enabled endpoints, as ingest needs them, cached for the writer thread.
@@ -369,7 +369,7 @@ impl SqliteStore {
             path: Arc::new(path),
             subscribers,
             sealer,
-            _checkpointer: Arc::new(checkpointer),
+            _checkpointer: checkpointer,
         })
     }
 
@@ -1872,19 +1872,52 @@ impl SqliteStore {
     }
 }
 
+/// The handle on the checkpoint thread: dropping every clone (the store's and the writer
+/// thread's) stops it.
+#[derive(Clone)]
+struct Checkpointer {
+    nudge: std::sync::mpsc::SyncSender<()>,
+    /// Held by whoever checkpoints: two checkpoints at once would make one of them fail
+    /// busy, and the writer's must not.
+    turn: Arc<Mutex<()>>,
+}
+
+impl Checkpointer {
+    /// Asks for a checkpoint soon. A nudge already waiting is enough.
+    fn nudge(&self) {
+        let _ = self.nudge.try_send(());
+    }
+
+    /// Waits for a checkpoint in progress to end, and keeps the next one from starting.
+    fn turn(&self) -> std::sync::MutexGuard<'_, ()> {
+        take_turn(&self.turn)
+    }
+}
+
+/// The lock guards nothing but the turn: a poisoned one still gives it.
+fn take_turn(turn: &Mutex<()>) -> std::sync::MutexGuard<'_, ()> {
+    turn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Folds the WAL back into the database every [`CHECKPOINT_EVERY`], and whenever the
-/// writer nudges it through the returned sender (passive: it never blocks the writer or
-/// readers), until the store and its writer thread are gone.
-fn start_checkpointer(path: &Path) -> Result<std::sync::mpsc::SyncSender<()>, StoreError> {
+/// writer nudges it (passive: it never blocks the writer or readers), until the store and
+/// its writer thread are gone.
+fn start_checkpointer(path: &Path) -> Result<Checkpointer, StoreError> {
     use std::sync::mpsc::RecvTimeoutError;
     let conn = open_connection(path)?;
     let (nudge, nudged) = std::sync::mpsc::sync_channel::<()>(1);
+    let handle = Checkpointer {
+        nudge,
+        turn: Arc::default(),
+    };
+    let turn = handle.turn.clone();
     std::thread::Builder::new()
         .name("hookline-sqlite-checkpoint".into())
         .spawn(move || {
             while let Ok(()) | Err(RecvTimeoutError::Timeout) =
                 nudged.recv_timeout(CHECKPOINT_EVERY)
             {
+                let _turn = take_turn(&turn);
                 if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)") {
                     tracing::warn!(error = %e, "WAL checkpoint failed");
                 }
@@ -1894,7 +1927,7 @@ fn start_checkpointer(path: &Path) -> Result<std::sync::mpsc::SyncSender<()>, St
             context: "starting the checkpoint thread",
             source,
         })?;
-    Ok(nudge)
+    Ok(handle)
 }
 
 /// A write job running `f` under `isolation`, and where its result will arrive; `on_done`
@@ -2115,10 +2148,11 @@ fn note_wal_frames(_wal: &rusqlite::hooks::Wal, frames: std::ffi::c_int) -> rusq
 /// write and fsync, and the disk filled at the rate of the load). So the writer:
 /// - nudges the checkpointer every [`CHECKPOINT_NUDGE_FRAMES`] frames, so that it keeps
 ///   close behind;
-/// - past [`WAL_RESTART_FRAMES`], checkpoints the short rest itself between two groups,
-///   where no commit can slip in, and its next commit starts the WAL over.
+/// - past [`WAL_RESTART_FRAMES`], checkpoints the short rest itself between two groups
+///   (after the checkpointer's pass in progress), where no commit can slip in, and its next
+///   commit starts the WAL over.
 struct WalKeeper {
-    checkpointer: std::sync::mpsc::SyncSender<()>,
+    checkpointer: Checkpointer,
     /// Frame count at which the checkpointer is nudged next.
     next_nudge: i32,
     /// Frame count at which the writer checkpoints next.
@@ -2126,7 +2160,7 @@ struct WalKeeper {
 }
 
 impl WalKeeper {
-    fn new(conn: &Connection, checkpointer: std::sync::mpsc::SyncSender<()>) -> Self {
+    fn new(conn: &Connection, checkpointer: Checkpointer) -> Self {
         conn.wal_hook(Some(note_wal_frames));
         WalKeeper {
             checkpointer,
@@ -2143,18 +2177,23 @@ impl WalKeeper {
             self.next_restart = WAL_RESTART_FRAMES;
         }
         if frames >= self.next_nudge {
-            // Full means a nudge is already waiting: one is enough.
-            let _ = self.checkpointer.try_send(());
+            self.checkpointer.nudge();
             self.next_nudge = frames.saturating_add(CHECKPOINT_NUDGE_FRAMES);
         }
         if frames >= self.next_restart {
             let started = std::time::Instant::now();
-            // Busy (the checkpointer is at it) or held back by a reader on an older snapshot:
-            // either way it is tried again [`WAL_RETRY_FRAMES`] later.
+            // After the checkpointer's pass in progress, if any: what that leaves is short.
+            let _turn = self.checkpointer.turn();
+            // A reader on an older snapshot can keep it from copying everything: then it is
+            // tried again [`WAL_RETRY_FRAMES`] later.
             match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-                Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
             }) {
-                Ok((log, copied)) if log == copied => tracing::debug!(
+                Ok((0, log, copied)) if log == copied => tracing::debug!(
                     frames = log,
                     us = started.elapsed().as_micros() as u64,
                     "WAL checkpointed whole; it starts over"
