@@ -66,11 +66,15 @@ const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(5
 /// (1.4-1.6 ms at 512 frames, 4-5 ms at 2,048, single-event requests at full load).
 const CHECKPOINT_NUDGE_FRAMES: i32 = 512;
 /// WAL frames after which the writer checkpoints the rest itself, between two groups, so
-/// that its next commit starts the WAL over from its first frame (about 34 MiB, under
+/// that its next commit starts the WAL over from its first frame (about 34 MB, under
 /// `journal_size_limit`).
 const WAL_RESTART_FRAMES: i32 = 8192;
-/// WAL frames after a writer's checkpoint that did not copy everything before the next try.
+/// WAL frames after a writer's checkpoint that did not lead to a restart before the next try.
 const WAL_RETRY_FRAMES: i32 = 2048;
+/// How long a writer's second try at restarting the WAL waits for readers to leave it.
+const WAL_RESTART_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
+/// How long any connection waits for a lock before it fails busy.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// A group commit slower than this is logged.
 const SLOW_COMMIT: std::time::Duration = std::time::Duration::from_millis(100);
 /// The longest a rider waits for a group to join before it asks for a commit of its own.
@@ -286,12 +290,13 @@ CREATE TABLE settings (
 
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path).ctx("opening the SQLite database")?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .ctx("setting the SQLite busy timeout")?;
     // `temp_store = MEMORY` keeps each write job's savepoint journal in memory: on disk it
     // cost a file write per page a job touched (a fifth of the writer's time, by profile).
     conn.execute_batch(
         "PRAGMA journal_mode = WAL;
          PRAGMA synchronous = FULL;
-         PRAGMA busy_timeout = 10000;
          PRAGMA foreign_keys = OFF;
          PRAGMA cache_size = -16000;
          PRAGMA temp_store = MEMORY;",
@@ -330,7 +335,8 @@ impl SqliteStore {
         let path = data_dir.join("hookline.db");
         let conn = open_connection(&path)?;
         migrate(&conn)?;
-        // Checkpoints run on their own thread, so a commit never waits for one.
+        // Checkpoints run on their own thread, but for the writer's own when the WAL must
+        // start over (`WalKeeper`, made after this pragma: the pragma would replace its hook).
         conn.execute_batch("PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = 67108864;")
             .ctx("configuring checkpoints")?;
         let checkpointer = start_checkpointer(&path)?;
@@ -1878,7 +1884,8 @@ impl SqliteStore {
 struct Checkpointer {
     nudge: std::sync::mpsc::SyncSender<()>,
     /// Held by whoever checkpoints: two checkpoints at once would make one of them fail
-    /// busy, and the writer's must not.
+    /// busy, and the writer's should not. (A truncating checkpoint, see `reseal_secrets`,
+    /// can still make both fail busy while it runs; they are tried again.)
     turn: Arc<Mutex<()>>,
 }
 
@@ -1900,8 +1907,9 @@ fn take_turn(turn: &Mutex<()>) -> std::sync::MutexGuard<'_, ()> {
 }
 
 /// Folds the WAL back into the database every [`CHECKPOINT_EVERY`], and whenever the
-/// writer nudges it (passive: it never blocks the writer or readers), until the store and
-/// its writer thread are gone.
+/// writer nudges it (passive: it never waits for readers or the writer; the writer waits
+/// for a pass in progress only when it checkpoints itself), until the store and its writer
+/// thread are gone.
 fn start_checkpointer(path: &Path) -> Result<Checkpointer, StoreError> {
     use std::sync::mpsc::RecvTimeoutError;
     let conn = open_connection(path)?;
@@ -2141,22 +2149,34 @@ fn note_wal_frames(_wal: &rusqlite::hooks::Wal, frames: std::ffi::c_int) -> rusq
 /// Keeps the WAL from growing without end under a steady write load.
 ///
 /// SQLite starts the WAL over from its first frame only when a write transaction begins
-/// after a checkpoint has copied *every* frame back into the database. The checkpointer's
-/// passive checkpoints never get there while commits keep coming (each one appends frames
-/// while it copies), so the WAL would grow for as long as the load lasts, every commit
-/// appending to fresh, uncached blocks of a growing file (more work for the kernel on each
-/// write and fsync, and the disk filled at the rate of the load). So the writer:
+/// after a checkpoint has copied *every* frame back into the database, and no reader still
+/// reads from the WAL. The checkpointer's passive checkpoints never get there while commits
+/// keep coming (each one appends frames while it copies), so the WAL would grow for as long
+/// as the load lasts, every commit appending to fresh, uncached blocks of a growing file
+/// (more work for the kernel on each write and fsync, and the disk filled at the rate of the
+/// load). So the writer:
 /// - nudges the checkpointer every [`CHECKPOINT_NUDGE_FRAMES`] frames, so that it keeps
 ///   close behind;
 /// - past [`WAL_RESTART_FRAMES`], checkpoints the short rest itself between two groups
 ///   (after the checkpointer's pass in progress), where no commit can slip in, and its next
-///   commit starts the WAL over.
+///   commit starts the WAL over;
+/// - if that did not happen (a reader held the copy or the restart back), tries again
+///   [`WAL_RETRY_FRAMES`] later, this time waiting up to [`WAL_RESTART_WAIT`] for the
+///   readers to leave the WAL.
+///
+/// It relies on SQLite's WAL hook, which `PRAGMA wal_autocheckpoint` would replace: that
+/// pragma runs on the writer's connection before the keeper is made, never after.
 struct WalKeeper {
     checkpointer: Checkpointer,
+    /// Frames in the WAL after the commit before (it only grows until the WAL starts over).
+    last_frames: i32,
     /// Frame count at which the checkpointer is nudged next.
     next_nudge: i32,
     /// Frame count at which the writer checkpoints next.
     next_restart: i32,
+    /// The writer checkpointed since the WAL last started over: the next try waits for
+    /// readers.
+    tried: bool,
 }
 
 impl WalKeeper {
@@ -2164,44 +2184,79 @@ impl WalKeeper {
         conn.wal_hook(Some(note_wal_frames));
         WalKeeper {
             checkpointer,
+            last_frames: 0,
             next_nudge: CHECKPOINT_NUDGE_FRAMES,
             next_restart: WAL_RESTART_FRAMES,
+            tried: false,
         }
     }
 
     fn after_commit(&mut self, conn: &Connection) {
         let frames = WAL_FRAMES.with(|f| f.get());
-        if frames < self.next_nudge.saturating_sub(CHECKPOINT_NUDGE_FRAMES) {
-            // The WAL started over.
+        if frames < self.last_frames {
+            // The WAL started over (after the writer's checkpoint, or the checkpointer's
+            // while the writer was idle).
             self.next_nudge = CHECKPOINT_NUDGE_FRAMES;
             self.next_restart = WAL_RESTART_FRAMES;
+            self.tried = false;
         }
-        if frames >= self.next_nudge {
+        self.last_frames = frames;
+        if frames >= self.next_restart {
+            // No nudge now: the writer takes the rest itself, and a pass started just
+            // before would only make it wait.
+            self.checkpoint(conn);
+            self.next_restart = frames.saturating_add(WAL_RETRY_FRAMES);
+            self.next_nudge = frames.saturating_add(CHECKPOINT_NUDGE_FRAMES);
+        } else if frames >= self.next_nudge {
             self.checkpointer.nudge();
             self.next_nudge = frames.saturating_add(CHECKPOINT_NUDGE_FRAMES);
         }
-        if frames >= self.next_restart {
-            let started = std::time::Instant::now();
-            // After the checkpointer's pass in progress, if any: what that leaves is short.
-            let _turn = self.checkpointer.turn();
-            // A reader on an older snapshot can keep it from copying everything: then it is
-            // tried again [`WAL_RETRY_FRAMES`] later.
-            match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, i64>(2)?,
-                ))
-            }) {
-                Ok((0, log, copied)) if log == copied => tracing::debug!(
+    }
+
+    /// Copies what is left of the WAL into the database, so that the next commit can start
+    /// it over. The first try never waits; a later one (the first did not lead to a restart)
+    /// waits up to [`WAL_RESTART_WAIT`] for readers still in the WAL.
+    fn checkpoint(&mut self, conn: &Connection) {
+        let started = std::time::Instant::now();
+        // After the checkpointer's pass in progress, if any: what that leaves is short.
+        let _turn = self.checkpointer.turn();
+        let retry = std::mem::replace(&mut self.tried, true);
+        let mode = if retry { "RESTART" } else { "PASSIVE" };
+        if retry && let Err(e) = conn.busy_timeout(WAL_RESTART_WAIT) {
+            tracing::warn!(error = %e, "shortening the writer's busy timeout");
+        }
+        let result = conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        });
+        if retry && let Err(e) = conn.busy_timeout(BUSY_TIMEOUT) {
+            tracing::error!(error = %e, "restoring the writer's busy timeout");
+        }
+        let us = started.elapsed().as_micros() as u64;
+        match result {
+            Ok((0, log, copied)) if log == copied => {
+                tracing::debug!(
+                    mode,
                     frames = log,
-                    us = started.elapsed().as_micros() as u64,
+                    us,
                     "WAL checkpointed whole; it starts over"
-                ),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "WAL checkpoint on the writer failed"),
+                )
             }
-            self.next_restart = frames.saturating_add(WAL_RETRY_FRAMES);
+            Ok((busy, log, copied)) => tracing::info!(
+                mode,
+                busy,
+                frames = log,
+                copied,
+                us,
+                "a reader held the WAL's restart back; it is tried again later"
+            ),
+            Err(e) => tracing::warn!(mode, error = %e, "WAL checkpoint on the writer failed"),
+        }
+        if started.elapsed() > SLOW_COMMIT {
+            tracing::warn!(mode, us, "slow WAL checkpoint on the writer");
         }
     }
 }
@@ -2655,29 +2710,18 @@ mod tests {
         );
     }
 
-    /// Under writes that never pause, the WAL starts over instead of growing with the load:
-    /// it stays within the restart threshold plus a group's frames.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_wal_starts_over_under_a_steady_load() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(dir.path(), Sealer::none()).unwrap();
-        let (account, _, _) = with_events(&store, 1).await;
-        let wal = dir.path().join("hookline.db-wal");
-        // About 3 KiB of data an event: about a page of WAL each, four times the threshold
-        // in all, from writers that keep the writer thread busy.
+    /// Writes `events` events of about 3 KiB of data each (about a WAL frame apiece), 100 a
+    /// commit, from eight concurrent writers that keep the writer thread busy.
+    async fn load(store: &SqliteStore, account_id: &str, events: usize) {
+        const WRITERS: usize = 8;
+        const PER_COMMIT: usize = 100;
         let data = format!("{{\"pad\":\"{}\"}}", "x".repeat(3000));
-        let frame = 4096 + 24;
-        let total_events = 4 * WAL_RESTART_FRAMES as usize;
-        let writers = 8;
-        let per_commit = 100;
         let mut tasks = Vec::new();
-        for _ in 0..writers {
-            let (store, account_id, data, wal) =
-                (store.clone(), account.id.clone(), data.clone(), wal.clone());
+        for _ in 0..WRITERS {
+            let (store, account_id, data) = (store.clone(), account_id.to_owned(), data.clone());
             tasks.push(tokio::spawn(async move {
-                let mut largest = 0u64;
-                for _ in 0..total_events / writers / per_commit {
-                    let events = click(per_commit)
+                for _ in 0..events.div_ceil(WRITERS * PER_COMMIT) {
+                    let events = click(PER_COMMIT)
                         .into_iter()
                         .map(|mut e| {
                             e.data =
@@ -2689,19 +2733,80 @@ mod tests {
                         .insert_events(account_id.clone(), events, |_| true, |_| {})
                         .await
                         .unwrap();
-                    largest = largest.max(std::fs::metadata(&wal).unwrap().len());
                 }
-                largest
             }));
         }
-        let mut largest = 0;
         for t in tasks {
-            largest = largest.max(t.await.unwrap());
+            t.await.unwrap();
         }
-        let bound = (WAL_RESTART_FRAMES as u64 + 4096) * frame;
+    }
+
+    /// The WAL's checkpoint sequence number: it goes up each time the WAL starts over.
+    fn wal_restarts(dir: &Path) -> u32 {
+        let header = std::fs::read(dir.join("hookline.db-wal")).unwrap();
+        u32::from_be_bytes(header[12..16].try_into().unwrap())
+    }
+
+    /// Under writes that never pause, the WAL starts over instead of growing with the load:
+    /// it stays within the restart threshold plus a few groups' frames.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_wal_starts_over_under_a_steady_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), Sealer::none()).unwrap();
+        let (account, _, _) = with_events(&store, 1).await;
+        let restarts = wal_restarts(dir.path());
+        // Four times the threshold. The file never shrinks, so its size at the end is the
+        // largest it was.
+        load(&store, &account.id, 4 * WAL_RESTART_FRAMES as usize).await;
+        let size = std::fs::metadata(dir.path().join("hookline.db-wal"))
+            .unwrap()
+            .len();
+        let bound = (WAL_RESTART_FRAMES as u64 + 4096) * (4096 + 24);
         assert!(
-            largest <= bound,
-            "the WAL grew to {largest} bytes (bound {bound}) over {total_events} events"
+            size <= bound,
+            "the WAL grew to {size} bytes (bound {bound})"
+        );
+        assert!(wal_restarts(dir.path()) >= restarts + 3);
+    }
+
+    /// A reader on an older snapshot keeps the WAL from starting over while it reads; once it
+    /// is done, the writer's next try restarts it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    // The turn is held over one small write on purpose: the writer needs it only past the
+    // restart threshold, far off here.
+    #[allow(clippy::await_holding_lock)]
+    async fn a_reader_holds_the_wal_back_only_while_it_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), Sealer::none()).unwrap();
+        let (account, _, _) = with_events(&store, 1).await;
+        let reader = Connection::open(dir.path().join("hookline.db")).unwrap();
+        {
+            // No checkpoint may copy the WAL back between the last write and the read, or
+            // the reader would read the database file alone and hold nothing back.
+            let _turn = store._checkpointer.turn();
+            store
+                .insert_events(account.id.clone(), click(1), |_| true, |_| {})
+                .await
+                .unwrap();
+            reader.execute_batch("BEGIN").unwrap();
+            let n: i64 = reader
+                .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(n, 2);
+        }
+        let restarts = wal_restarts(dir.path());
+        load(&store, &account.id, 2 * WAL_RESTART_FRAMES as usize).await;
+        assert_eq!(
+            wal_restarts(dir.path()),
+            restarts,
+            "the WAL started over under a reader's snapshot"
+        );
+
+        reader.execute_batch("COMMIT").unwrap();
+        load(&store, &account.id, 2 * WAL_RETRY_FRAMES as usize).await;
+        assert!(
+            wal_restarts(dir.path()) > restarts,
+            "the WAL did not start over once the reader was done"
         );
     }
 }
