@@ -107,7 +107,7 @@ pub struct SqliteStore {
     sealer: Arc<Sealer>,
     /// Dropped with the last clone of the store (and the writer thread's copy): stops the
     /// checkpointer.
-    _checkpointer: Checkpointer,
+    checkpointer: Checkpointer,
 }
 
 /// Each account's enabled endpoints, as ingest needs them, cached for the writer thread.
@@ -340,7 +340,7 @@ impl SqliteStore {
         conn.execute_batch("PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = 67108864;")
             .ctx("configuring checkpoints")?;
         let checkpointer = start_checkpointer(&path)?;
-        let nudge = checkpointer.clone();
+        let for_writer = checkpointer.clone();
         let (tx, rx) = mpsc::channel::<WriteJob>(8192);
         let sealer = Arc::new(sealer);
         let subscribers = Subscribers(Arc::default(), sealer.clone());
@@ -350,7 +350,7 @@ impl SqliteStore {
         std::thread::Builder::new()
             .name("hookline-sqlite-writer".into())
             .spawn(move || {
-                let wal = WalKeeper::new(&conn, nudge);
+                let wal = WalKeeper::new(&conn, for_writer);
                 writer_loop(conn, rx, boarding, wal, move || on_rollback.forget_all())
             })
             .map_err(|source| StoreError::Io {
@@ -375,7 +375,7 @@ impl SqliteStore {
             path: Arc::new(path),
             subscribers,
             sealer,
-            _checkpointer: checkpointer,
+            checkpointer,
         })
     }
 
@@ -771,7 +771,7 @@ impl SqliteStore {
             // The write-ahead log still holds the pages as they were: fold it into the
             // database and truncate it.
             let path = self.path.clone();
-            let checkpointer = self._checkpointer.clone();
+            let checkpointer = self.checkpointer.clone();
             tokio::task::spawn_blocking(move || {
                 let conn = open_connection(&path)?;
                 // Taking turns with the other checkpoints, neither fails busy on the other.
@@ -2132,7 +2132,7 @@ fn writer_loop(
                 tracing::error!("a write job's completion panicked");
             }
         }
-        // After the answers: whatever this costs, no caller of this group waits for it.
+        // After the answers: this group's callers do not wait for it (the next group may).
         wal.after_commit(&conn);
     }
 }
@@ -2796,7 +2796,7 @@ mod tests {
         {
             // No checkpoint may copy the WAL back between the last write and the read, or
             // the reader would read the database file alone and hold nothing back.
-            let _turn = store._checkpointer.turn();
+            let _turn = store.checkpointer.turn();
             store
                 .insert_events(account.id.clone(), click(1), |_| true, |_| {})
                 .await
