@@ -47,10 +47,22 @@ pub const MAX_SECRET_BYTES: usize = 64;
 pub const DEFAULT_TOLERANCE_SECS: i64 = 5 * 60;
 
 /// A signing key.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct Secret {
     key: Vec<u8>,
+    /// HMAC's state after the key: every message signed starts from a copy of it, instead of
+    /// hashing the key's two padded blocks again.
+    keyed: HmacSha256,
 }
+
+/// Two secrets are equal when their keys are.
+impl PartialEq for Secret {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key
+    }
+}
+
+impl Eq for Secret {}
 
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -90,7 +102,15 @@ impl Secret {
         if !(MIN_SECRET_BYTES..=MAX_SECRET_BYTES).contains(&key.len()) {
             return Err(SecretError::BadLength(key.len()));
         }
-        Ok(Secret { key: key.to_vec() })
+        // HMAC takes keys of any length; `new_from_slice` cannot fail for it.
+        let keyed = match HmacSha256::new_from_slice(key) {
+            Ok(mac) => mac,
+            Err(_) => unreachable!("HMAC accepts keys of every length"),
+        };
+        Ok(Secret {
+            key: key.to_vec(),
+            keyed,
+        })
     }
 
     /// Parses `whsec_<base64>`.
@@ -108,11 +128,7 @@ impl Secret {
     }
 
     fn mac(&self, msg_id: &str, timestamp: i64, body: &[u8]) -> HmacSha256 {
-        // HMAC takes keys of any length; `new_from_slice` cannot fail for it.
-        let mut mac = match HmacSha256::new_from_slice(&self.key) {
-            Ok(mac) => mac,
-            Err(_) => unreachable!("HMAC accepts keys of every length"),
-        };
+        let mut mac = self.keyed.clone();
         mac.update(msg_id.as_bytes());
         mac.update(b".");
         mac.update(timestamp.to_string().as_bytes());
