@@ -1,5 +1,5 @@
 //! The store's hot operations on a real SQLite file (WAL, fsync on commit): ingest with
-//! fan-out, recording attempts, and the poller's claim.
+//! fan-out, recording attempts, the poller's claim, and what a poll costs per endpoint.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use hookline::model::{Attempt, Endpoint, Plan, Timestamp, new_id};
@@ -159,6 +159,28 @@ fn store_ops(c: &mut Criterion) {
                 }
                 timed
             }
+        })
+    });
+    group.finish();
+
+    // What every poll costs when many endpoints have nothing due: the claim looks at each
+    // endpoint with room, and the next due time is one index seek per endpoint.
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = rt.block_on(setup(dir.path(), 1000));
+    let mut group = c.benchmark_group("poll, 1000 endpoints, nothing due");
+    group.bench_function("claim_due", |b| {
+        b.to_async(&rt).iter(|| {
+            let store = store.clone();
+            async move {
+                let claimed = store.claim_due(Timestamp::now(), |_| 1000).await.unwrap();
+                assert!(claimed.is_empty());
+            }
+        })
+    });
+    group.bench_function("next_due_at", |b| {
+        b.to_async(&rt).iter(|| {
+            let store = store.clone();
+            async move { assert_eq!(store.next_due_at().await.unwrap(), None) }
         })
     });
     group.finish();

@@ -286,6 +286,12 @@ CREATE TABLE settings (
     value  TEXT NOT NULL
 );
 "#,
+    // The earliest due time is found per endpoint, in `deliveries_due_by_endpoint`: a second
+    // index of every pending row by due time alone cost each pending insert, claim and retry
+    // one more index write.
+    r#"
+DROP INDEX deliveries_due;
+"#,
 ];
 
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
@@ -1521,15 +1527,21 @@ impl SqliteStore {
     {
         let sealer = self.sealer.clone();
         self.write(move |c| {
-            let endpoints: Vec<Endpoint> = c
-                .prepare_cached(&format!(
-                    "SELECT {ENDPOINT_COLS} FROM endpoints WHERE enabled = 1 AND deleted_at IS NULL"
-                ))
+            // Only endpoints with due work are read whole (their JSON parsed, their secrets
+            // opened): an idle endpoint costs a poll one index seek.
+            let due_endpoints: Vec<String> = c
+                .prepare_cached(
+                    "SELECT e.id FROM endpoints e
+                     WHERE e.enabled = 1 AND e.deleted_at IS NULL
+                       AND EXISTS (SELECT 1 FROM deliveries d
+                                   WHERE d.endpoint_id = e.id AND d.status = 'pending'
+                                     AND d.next_attempt_at <= ?1)",
+                )
                 .ctx("preparing the endpoint scan")?
-                .query_map([], endpoint_from_row)
-                .ctx("scanning endpoints")?
+                .query_map([now.0], |r| r.get(0))
+                .ctx("finding endpoints with due work")?
                 .collect::<Result<_, _>>()
-                .ctx("scanning endpoints")?;
+                .ctx("finding endpoints with due work")?;
             let mut select = c
                 .prepare_cached(
                     "SELECT d.id, d.attempts, e.id, e.type, e.created_at, e.data, d.seq, d.claim + 1
@@ -1545,18 +1557,18 @@ impl SqliteStore {
                 .ctx("preparing the claim")?;
             let mut out = Vec::new();
             let mut payloads: HashMap<String, bytes::Bytes> = HashMap::new();
-            for ep in endpoints {
+            for ep_id in due_endpoints {
                 // One claim holds the writer: keep it short, the poller comes back at once.
                 let left = MAX_CLAIM.saturating_sub(out.len());
                 if left == 0 {
                     break;
                 }
-                let n = room(&ep.id).min(left);
+                let n = room(&ep_id).min(left);
                 if n == 0 {
                     continue;
                 }
                 let rows = select
-                    .query_map(params![ep.id, now.0, n as i64], |r| {
+                    .query_map(params![ep_id, now.0, n as i64], |r| {
                         Ok((
                             r.get::<_, String>(0)?,
                             r.get::<_, u32>(1)?,
@@ -1574,12 +1586,13 @@ impl SqliteStore {
                 if rows.is_empty() {
                     continue;
                 }
-                // Secrets are opened only for endpoints with work; one that cannot be opened
-                // keeps its deliveries pending (and says why) rather than stopping the rest.
-                let ep = match opened(&sealer, ep) {
-                    Ok(ep) => Arc::new(ep),
+                // An endpoint that cannot be read or whose secret cannot be opened keeps its
+                // deliveries pending (and says why) rather than stopping the rest.
+                let ep = match load_endpoint(c, &sealer, None, &ep_id) {
+                    Ok(Some(ep)) => Arc::new(ep),
+                    Ok(None) => continue, // not in this transaction: the scan just found it
                     Err(e) => {
-                        tracing::error!(error = %e, "an endpoint's deliveries wait: its secret cannot be opened");
+                        tracing::error!(endpoint = %ep_id, error = %e, "an endpoint's deliveries wait: it cannot be read or its secret opened");
                         continue;
                     }
                 };
@@ -1612,9 +1625,14 @@ impl SqliteStore {
 
     /// When the earliest `pending` delivery is due.
     pub async fn next_due_at(&self) -> Result<Option<Timestamp>, StoreError> {
+        // One seek into `deliveries_due_by_endpoint` per endpoint the claim looks at (turning
+        // an endpoint off or removing it ends its open deliveries in the same write, so no
+        // other endpoint has pending ones).
         self.read(|c| {
             c.query_row(
-                "SELECT MIN(next_attempt_at) FROM deliveries WHERE status = 'pending'",
+                "SELECT MIN((SELECT MIN(d.next_attempt_at) FROM deliveries d
+                             WHERE d.endpoint_id = e.id AND d.status = 'pending'))
+                 FROM endpoints e WHERE e.enabled = 1 AND e.deleted_at IS NULL",
                 [],
                 |r| r.get::<_, Option<i64>>(0),
             )
@@ -2650,6 +2668,189 @@ mod tests {
             status(&store, &account.id, &d.id).await,
             DeliveryStatus::Pending
         );
+    }
+
+    /// A claim marks the oldest due deliveries of each endpoint, up to its room, each with
+    /// its event's envelope. An endpoint whose secret cannot be opened, or whose stored row
+    /// cannot be read, keeps its work `pending` (claimable once fixed) without stopping the
+    /// others'.
+    #[tokio::test]
+    async fn a_claim_takes_the_oldest_due_and_spares_an_unreadable_endpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), Sealer::none()).unwrap();
+        let account = store.create_account("a".into(), Plan::Pro).await.unwrap();
+        let good = store
+            .insert_endpoint(endpoint(&account.id), 100)
+            .await
+            .unwrap();
+        let broken = store
+            .insert_endpoint(endpoint(&account.id), 100)
+            .await
+            .unwrap();
+        let garbled = store
+            .insert_endpoint(endpoint(&account.id), 100)
+            .await
+            .unwrap();
+        let mut accepted = Vec::new();
+        for _ in 0..3 {
+            // One at a time, so that their due times never go backwards.
+            let one = store
+                .insert_events(account.id.clone(), click(1), |_| false, |_| {})
+                .await
+                .unwrap();
+            accepted.extend(one);
+        }
+        let of = |ev: &AcceptedEvent, ep: &Endpoint| -> String {
+            let d = ev.deliveries.iter().find(|d| d.endpoint.id == ep.id);
+            d.expect("a delivery to each endpoint").id.clone()
+        };
+        let db = Connection::open(dir.path().join("hookline.db")).unwrap();
+        db.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+        let sealed: String = db
+            .query_row(
+                "SELECT secret FROM endpoints WHERE id = ?1",
+                [&broken.id],
+                |r| r.get(0),
+            )
+            .unwrap();
+        db.execute(
+            "UPDATE endpoints SET secret = 'hlenc1:k1:AAAA' WHERE id = ?1",
+            [&broken.id],
+        )
+        .unwrap();
+        db.execute(
+            "UPDATE endpoints SET headers = 'not JSON' WHERE id = ?1",
+            [&garbled.id],
+        )
+        .unwrap();
+
+        let claimed = store.claim_due(Timestamp::now(), |_| 2).await.unwrap();
+        let ids: Vec<&str> = claimed.iter().map(|d| d.delivery_id.as_str()).collect();
+        assert_eq!(ids, [of(&accepted[0], &good), of(&accepted[1], &good)]);
+        for (d, ev) in claimed.iter().zip(&accepted) {
+            assert_eq!(d.claim, 1);
+            assert_eq!(d.attempts, 0);
+            assert_eq!(d.event_id, ev.event.id);
+            let envelope = envelope(&ev.event.id, "click", ev.event.created_at, "{}");
+            assert_eq!(d.payload.as_ref(), envelope.as_slice());
+            assert_eq!(
+                status(&store, &account.id, &d.delivery_id).await,
+                DeliveryStatus::Delivering
+            );
+        }
+        for ev in &accepted {
+            for ep in [&broken, &garbled] {
+                let id = of(ev, ep);
+                assert_eq!(
+                    status(&store, &account.id, &id).await,
+                    DeliveryStatus::Pending
+                );
+            }
+        }
+
+        // With its secret back, the endpoint's work is taken, oldest first, with the same
+        // envelopes as the other endpoint's.
+        db.execute(
+            "UPDATE endpoints SET secret = ?2 WHERE id = ?1",
+            [&broken.id, &sealed],
+        )
+        .unwrap();
+        let claimed = store.claim_due(Timestamp::now(), |_| 10).await.unwrap();
+        let ids: Vec<&str> = claimed.iter().map(|d| d.delivery_id.as_str()).collect();
+        let mut expected: Vec<String> = accepted.iter().map(|ev| of(ev, &broken)).collect();
+        expected.insert(2, of(&accepted[2], &good));
+        expected.sort();
+        let mut sorted = ids.clone();
+        sorted.sort();
+        assert_eq!(sorted, expected);
+        let broken_ids: Vec<&str> = claimed
+            .iter()
+            .filter(|d| d.endpoint.id == broken.id)
+            .map(|d| d.delivery_id.as_str())
+            .collect();
+        let oldest_first: Vec<String> = accepted.iter().map(|ev| of(ev, &broken)).collect();
+        assert_eq!(broken_ids, oldest_first);
+        for d in &claimed {
+            let ev = accepted
+                .iter()
+                .find(|ev| ev.event.id == d.event_id)
+                .unwrap();
+            let envelope = envelope(&ev.event.id, "click", ev.event.created_at, "{}");
+            assert_eq!(d.payload.as_ref(), envelope.as_slice());
+            assert_eq!(d.claim, 1);
+        }
+        assert!(
+            store
+                .claim_due(Timestamp::now(), |_| 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        for ev in &accepted {
+            let id = of(ev, &garbled);
+            assert_eq!(
+                status(&store, &account.id, &id).await,
+                DeliveryStatus::Pending
+            );
+        }
+    }
+
+    /// The earliest due time over every endpoint's pending deliveries, and none when nothing
+    /// is pending; a database from before the per-endpoint lookup loses its second index.
+    #[tokio::test]
+    async fn the_next_due_time_is_the_earliest_over_all_endpoints() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), Sealer::none()).unwrap();
+        assert_eq!(store.next_due_at().await.unwrap(), None);
+        let account = store.create_account("a".into(), Plan::Pro).await.unwrap();
+        for _ in 0..3 {
+            store
+                .insert_endpoint(endpoint(&account.id), 100)
+                .await
+                .unwrap();
+        }
+        let accepted = store
+            .insert_events(account.id.clone(), click(2), |_| false, |_| {})
+            .await
+            .unwrap();
+        let first = accepted.iter().map(|ev| ev.event.created_at).min();
+        assert_eq!(store.next_due_at().await.unwrap(), first);
+
+        let claimed = store.claim_due(Timestamp::now(), |_| 10).await.unwrap();
+        assert_eq!(claimed.len(), 6);
+        assert_eq!(store.next_due_at().await.unwrap(), None);
+        // Two fail, to be retried a minute apart; the earlier one is next.
+        let mut later = failure(&claimed[4], 1);
+        later.outcome = Outcome::RetryAt(Timestamp(Timestamp::now().0 + 120_000));
+        let sooner = failure(&claimed[1], 1);
+        let Outcome::RetryAt(at) = sooner.outcome else {
+            unreachable!("a retry")
+        };
+        store.record_attempts(vec![later, sooner]).await.unwrap();
+        assert_eq!(store.next_due_at().await.unwrap(), Some(at));
+        drop(store);
+
+        // A database one version older still has the index: opening it drops it.
+        let db = Connection::open(dir.path().join("hookline.db")).unwrap();
+        db.execute_batch(&format!(
+            "CREATE INDEX deliveries_due ON deliveries (next_attempt_at) WHERE status = 'pending';
+             PRAGMA user_version = {};",
+            MIGRATIONS.len() - 1
+        ))
+        .unwrap();
+        drop(db);
+        let store = SqliteStore::open(dir.path(), Sealer::none()).unwrap();
+        assert_eq!(store.next_due_at().await.unwrap(), Some(at));
+        let db = Connection::open(dir.path().join("hookline.db")).unwrap();
+        let (indexes, version): (i64, i64) = db
+            .query_row(
+                "SELECT (SELECT COUNT(*) FROM sqlite_master WHERE name = 'deliveries_due'),
+                        (SELECT user_version FROM pragma_user_version)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((indexes, version), (0, MIGRATIONS.len() as i64));
     }
 
     /// An outcome waits for the next commit and is written by it; with none coming, it
