@@ -82,6 +82,11 @@ struct ServeArgs {
     /// Requests in flight to one endpoint at most.
     #[arg(long, env = "HOOKLINE_ENDPOINT_CONCURRENCY", default_value_t = 32)]
     endpoint_concurrency: usize,
+    /// The longest wait between two probes of an endpoint whose circuit breaker is open
+    /// (probes start 1 s apart and double): how late, at most, a recovered endpoint's backlog
+    /// starts to drain. 1s to 1h.
+    #[arg(long, env = "HOOKLINE_BREAKER_PROBE_MAX", default_value = "2s", value_parser = parse_duration)]
+    breaker_probe_max: Duration,
     /// PostgreSQL, several nodes: how long a node silent in the database keeps its
     /// deliveries before the other nodes take them over.
     #[arg(long, env = "HOOKLINE_LEASE", default_value = "30s", value_parser = parse_duration)]
@@ -343,6 +348,13 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let probe_max = args.breaker_probe_max;
+    if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&probe_max) {
+        bail!(
+            "--breaker-probe-max must be from 1s to 1h (probes start 1 s apart), not {} ms",
+            probe_max.as_millis()
+        );
+    }
     let mut config = Config::at(args.storage.location()?);
     if let Some(schedule) = args.retry_schedule {
         config.dispatch.retry = schedule;
@@ -377,6 +389,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.sealer = sealer(args.encryption_key.as_deref()).context("HOOKLINE_ENCRYPTION_KEY")?;
     config.secret_overlap = args.secret_overlap;
     config.dispatch.concurrency_per_endpoint = args.endpoint_concurrency.max(1);
+    config.dispatch.breaker_probe_max = args.breaker_probe_max;
     config.url_rules.allow_insecure_urls = args.allow_insecure_urls;
     config.url_rules.allow_private_targets = args.allow_private_targets;
     config.max_body_bytes = args.max_body_bytes;

@@ -460,3 +460,34 @@ mod ping {
     use super::*;
     on_both_engines!(test_sends_a_signed_ping_to_that_endpoint_alone);
 }
+
+/// How long a recovered endpoint may wait for its next probe is the operator's to choose,
+/// within bounds: out of them the server refuses to start, saying why, and creates nothing.
+#[test]
+fn a_probe_interval_out_of_range_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let serve = |flag: &str| -> Vec<String> {
+        let mut args: Vec<String> = ["serve", "--listen", "127.0.0.1:0", "--data-dir"]
+            .map(String::from)
+            .to_vec();
+        args.push(data.display().to_string());
+        if !flag.is_empty() {
+            args.extend(["--breaker-probe-max".to_owned(), flag.to_owned()]);
+        }
+        args
+    };
+    for bad in ["500ms", "0s", "2h"] {
+        let (ok, _, err) = common::process::cli(&serve(bad), &[]);
+        assert!(!ok, "{bad} is refused");
+        assert!(
+            err.contains("--breaker-probe-max must be from 1s to 1h"),
+            "{err}"
+        );
+    }
+    let (ok, _, err) = common::process::cli(&serve(""), &[("HOOKLINE_BREAKER_PROBE_MAX", "100ms")]);
+    assert!(!ok && err.contains("--breaker-probe-max must be"), "{err}");
+    let (ok, _, err) = common::process::cli(&serve("soon"), &[]);
+    assert!(!ok && err.contains("--breaker-probe-max"), "{err}");
+    assert!(!data.exists(), "nothing was created");
+}

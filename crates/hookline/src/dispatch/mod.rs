@@ -11,7 +11,7 @@
 //! - **Circuit breaker.** After `breaker_threshold` consecutive failures an endpoint's breaker
 //!   opens: its deliveries are no longer attempted but wait, `pending`, in the database; one
 //!   *probe* delivery is tried after 1 s, then at doubling intervals up to
-//!   `breaker_probe_max` (5 s). The first success closes the breaker and makes every pending
+//!   `breaker_probe_max` (2 s). The first success closes the breaker and makes every pending
 //!   delivery of the endpoint due at once, so a backlog drains as soon as the endpoint is
 //!   back instead of at each delivery's next backoff step. Deliveries that wait out the whole
 //!   retry schedule behind an open breaker end as `failed`.
@@ -68,7 +68,9 @@ impl Default for DispatchConfig {
             max_in_memory: 50_000,
             max_per_endpoint: 10_000,
             breaker_threshold: 10,
-            breaker_probe_max: Duration::from_secs(5),
+            // How late, at most, a recovered endpoint's backlog starts to drain, against one
+            // request every 2 s to an endpoint that stays down.
+            breaker_probe_max: Duration::from_secs(2),
             lease: Duration::from_secs(30),
         }
     }
