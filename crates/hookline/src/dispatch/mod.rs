@@ -3,8 +3,9 @@
 //! - **Real time.** Ingest hands every delivery it could *admit* straight to the dispatcher
 //!   after the commit; nothing waits for a poll.
 //! - **Per-endpoint queues.** Each endpoint with work has one worker task and its own queue;
-//!   at most `concurrency_per_endpoint` requests to one endpoint are in flight, so a slow or
-//!   dead endpoint only ever delays itself.
+//!   at most `concurrency_per_endpoint` requests to one endpoint are in flight, made by as
+//!   many long-lived *lanes* of the endpoint, so a slow or dead endpoint only ever delays
+//!   itself.
 //! - **Bounded memory.** The dispatcher holds at most `max_in_memory` deliveries (and
 //!   `max_per_endpoint` per endpoint). What it cannot admit stays `pending` in the database
 //!   and the poller takes it when there is room.
@@ -546,11 +547,12 @@ async fn endpoint_worker(
     shared: Arc<QueueShared>,
 ) {
     let slots = Arc::new(Semaphore::new(inner.config.concurrency_per_endpoint.max(1)));
+    let mut lanes = Lanes::new(inner.config.concurrency_per_endpoint.max(1));
     let mut target: Option<Arc<Target>> = None;
     let mut next_slot = tokio::time::Instant::now();
     // One idle timer for the worker's life, not one per delivery: it is re-armed only when
     // it fires, from the moment the worker began waiting for its next delivery.
-    let idle = tokio::time::sleep(WORKER_IDLE);
+    let idle = tokio::time::sleep(WORKER_IDLE.min(sender::IDLE_KEEP));
     tokio::pin!(idle);
     loop {
         // Idle time is time spent waiting for a delivery, not in the waits below (a rate
@@ -573,7 +575,12 @@ async fn endpoint_worker(
                             return;
                         }
                     }
-                    idle.as_mut().reset(waiting_since + WORKER_IDLE);
+                    // Connections idle for long are closed meanwhile, not at the next request.
+                    if let Some(t) = &target {
+                        t.close_stale();
+                    }
+                    let now = tokio::time::Instant::now();
+                    idle.as_mut().reset((waiting_since + WORKER_IDLE).min(now + sender::IDLE_KEEP));
                 }
             }
         };
@@ -633,11 +640,81 @@ async fn endpoint_worker(
                 _ = tokio::time::sleep(Duration::from_millis(50)) => {}
             }
         }
-        let me = inner.clone();
         let probe = gate == Gate::Probe;
-        inner
-            .tasks
-            .spawn(async move { attempt(me, due, t, permit, probe).await });
+        lanes.push(
+            &inner,
+            Job {
+                due,
+                target: t,
+                permit,
+                probe,
+            },
+        );
+    }
+}
+
+/// An attempt to make: the delivery, where to, and its slot among the endpoint's requests
+/// in flight.
+struct Job {
+    due: DueDelivery,
+    target: Arc<Target>,
+    permit: OwnedSemaphorePermit,
+    probe: bool,
+}
+
+/// An endpoint's lanes: long-lived tasks that make its attempts one after the other, as
+/// many as it may have requests in flight, started as they are needed. One task per lane
+/// rather than one per attempt: an attempt is a big future, and starting a task for each
+/// cost more than the request's own work on the way (moving it in and out of the task).
+struct Lanes {
+    tx: mpsc::UnboundedSender<Job>,
+    rx: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Job>>>,
+    /// Lanes waiting for a job, less jobs waiting for a lane.
+    slack: Arc<std::sync::atomic::AtomicIsize>,
+    started: usize,
+    max: usize,
+}
+
+impl Lanes {
+    fn new(max: usize) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Lanes {
+            tx,
+            rx: Arc::new(tokio::sync::Mutex::new(rx)),
+            slack: Arc::default(),
+            started: 0,
+            max,
+        }
+    }
+
+    /// Queues `job`, starting one more lane when none is free for it. The lanes end when
+    /// these `Lanes` are dropped (the endpoint's worker ended), once the queue is empty.
+    fn push(&mut self, inner: &Arc<Inner>, job: Job) {
+        if let Err(mpsc::error::SendError(job)) = self.tx.send(job) {
+            // Cannot happen while `self` holds the receiver; the row stays `delivering`
+            // and is released at the next start, as after a crash.
+            inner.release(&job.due.endpoint.id);
+            return;
+        }
+        let free = self.slack.fetch_sub(1, Ordering::AcqRel) > 0;
+        if !free && self.started < self.max {
+            self.started += 1;
+            let (me, rx, slack) = (inner.clone(), self.rx.clone(), self.slack.clone());
+            inner.tasks.spawn_on(lane(me, rx, slack), &inner.runtime);
+        }
+    }
+}
+
+async fn lane(
+    inner: Arc<Inner>,
+    rx: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Job>>>,
+    slack: Arc<std::sync::atomic::AtomicIsize>,
+) {
+    loop {
+        slack.fetch_add(1, Ordering::AcqRel);
+        let job = rx.lock().await.recv().await;
+        let Some(job) = job else { return };
+        attempt(&inner, job.due, job.target, job.permit, job.probe).await;
     }
 }
 
@@ -660,7 +737,7 @@ async fn give_back(inner: &Arc<Inner>, due: DueDelivery) {
 }
 
 async fn attempt(
-    inner: Arc<Inner>,
+    inner: &Arc<Inner>,
     due: DueDelivery,
     target: Arc<Target>,
     permit: OwnedSemaphorePermit,
@@ -670,7 +747,7 @@ async fn attempt(
     // The lease again, right before sending: the worker's check may be a while ago.
     if !inner.lease.allows(inner.config.timeout) {
         drop(permit);
-        give_back(&inner, due).await;
+        Box::pin(give_back(inner, due)).await;
         return;
     }
     let started_at = Timestamp::now();
@@ -681,7 +758,7 @@ async fn attempt(
     drop(permit);
     if inner.breaker_result(&target.endpoint_id, result.is_success(), probe) {
         tracing::info!(endpoint = %target.endpoint_id, "endpoint is back; its backlog is due now");
-        match inner.store.pull_forward(target.endpoint_id.clone()).await {
+        match Box::pin(inner.store.pull_forward(target.endpoint_id.clone())).await {
             Ok(_) => inner.poke.notify_one(),
             Err(e) => tracing::error!(error = %e, "making a recovered endpoint's deliveries due"),
         }

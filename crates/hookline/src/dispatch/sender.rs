@@ -1,8 +1,12 @@
 //! Sending one signed request to one endpoint.
 //!
-//! One pooled hyper client serves every endpoint: keep-alive connections are reused per
-//! host, `TCP_NODELAY` is set, HTTPS goes through rustls (HTTP/2 where the receiver offers
-//! it). Redirects are never followed: a 3xx is a failed attempt like any other non-2xx.
+//! Each [`Target`] (an endpoint at one version) keeps its own idle keep-alive HTTP/1.1
+//! connections, and an attempt borrows one for its whole exchange and drives it itself: no
+//! shared pool to look up, and no second task per connection to hand the request to and the
+//! response back from. `TCP_NODELAY` is set; HTTPS goes through rustls. A connection idle for
+//! more than [`IDLE_KEEP`] is closed instead of reused, and a request that a reused
+//! connection never took (the receiver had closed it meanwhile) goes once on a new one.
+//! Redirects are never followed: a 3xx is a failed attempt like any other non-2xx.
 //!
 //! The connector resolves names through the server's [`Guard`] (see [`super::targets`]), not
 //! the system directly: every new connection goes to an address the SSRF rules were checked
@@ -16,13 +20,14 @@ use bytes::Bytes;
 use hookline_signing::Secret;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode, Uri};
 use http_body_util::{BodyExt as _, Full};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
+use hyper::client::conn::http1;
+use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::{HttpConnector, dns::Name};
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::TokioIo;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::Mutex;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -30,8 +35,14 @@ use std::time::{Duration, Instant};
 pub const KEPT_BODY_BYTES: usize = 4096;
 /// How much more of a response body is read (and dropped) so the connection can be reused.
 const DRAINED_BODY_BYTES: usize = 64 * 1024;
+/// How long an idle connection is kept for the endpoint's next request.
+pub const IDLE_KEEP: Duration = Duration::from_secs(90);
+/// Idle connections kept per target at most (one per request in flight is the most it uses).
+const MAX_IDLE: usize = 256;
+const USER_AGENT: &str = concat!("Hookline/", env!("CARGO_PKG_VERSION"));
 
-/// An endpoint ready to be sent to: URL parsed, secret decoded, headers built.
+/// An endpoint ready to be sent to: URL parsed, secret decoded, headers built, and its idle
+/// connections.
 pub struct Target {
     pub endpoint_id: String,
     /// The endpoint's `updated_at`: a newer version replaces an older one.
@@ -40,8 +51,14 @@ pub struct Target {
     pub secret: Secret,
     /// The secret before a rotation, and until when (ms since the epoch) it signs too.
     pub previous: Option<(Secret, i64)>,
-    pub headers: HeaderMap,
     pub rate_limit_per_sec: Option<u32>,
+    /// The request line's target: the URL's path and query (origin form).
+    path: Uri,
+    /// Every request's headers but the three `webhook-*` ones: the endpoint's own, `Host`,
+    /// `Content-Type`, `User-Agent`.
+    headers: HeaderMap,
+    /// Keep-alive connections to this endpoint between two requests, the latest last.
+    idle: Mutex<Vec<Conn>>,
 }
 
 impl Target {
@@ -70,15 +87,85 @@ impl Target {
                 .map_err(|e| format!("stored header value of {} is invalid: {e}", ep.id))?;
             headers.insert(name, value);
         }
+        let host = uri
+            .host()
+            .ok_or_else(|| format!("stored url of {} has no host", ep.id))?;
+        let secure = uri.scheme_str() == Some("https");
+        let host = match uri.port_u16() {
+            Some(port) if !(port == 443 && secure || port == 80 && !secure) => {
+                format!("{host}:{port}")
+            }
+            _ => host.to_owned(),
+        };
+        headers.insert(
+            http::header::HOST,
+            HeaderValue::from_str(&host)
+                .map_err(|e| format!("stored url of {} has an invalid host: {e}", ep.id))?,
+        );
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(
+            http::header::USER_AGENT,
+            HeaderValue::from_static(USER_AGENT),
+        );
+        let path = match uri.path_and_query() {
+            Some(p) if p.as_str() != "/" => Uri::from_parts({
+                let mut parts = http::uri::Parts::default();
+                parts.path_and_query = Some(p.clone());
+                parts
+            })
+            .map_err(|e| format!("stored url of {} has an invalid path: {e}", ep.id))?,
+            _ => Uri::from_static("/"),
+        };
         Ok(Target {
             endpoint_id: ep.id.clone(),
             version: ep.updated_at.0,
             uri,
             secret,
             previous,
-            headers,
             rate_limit_per_sec: ep.rate_limit_per_sec,
+            path,
+            headers,
+            idle: Mutex::new(Vec::new()),
         })
+    }
+
+    /// The secrets that sign a request sent at `now_ms`: the current one, and the previous
+    /// one until its overlap ends.
+    pub fn signing_secrets(&self, now_ms: i64) -> impl Iterator<Item = &Secret> {
+        std::iter::once(&self.secret).chain(
+            self.previous
+                .as_ref()
+                .filter(|(_, until)| now_ms < *until)
+                .map(|(s, _)| s),
+        )
+    }
+
+    /// The latest idle connection not idle for too long; older ones are closed.
+    fn take_idle(&self) -> Option<Conn> {
+        let mut idle = self.idle.lock().ok()?;
+        let now = Instant::now();
+        idle.retain(|c| now.duration_since(c.idle_since) < IDLE_KEEP);
+        idle.pop()
+    }
+
+    fn put_idle(&self, mut conn: Conn) {
+        if let Ok(mut idle) = self.idle.lock()
+            && idle.len() < MAX_IDLE
+        {
+            conn.idle_since = Instant::now();
+            idle.push(conn);
+        }
+    }
+
+    /// Closes the connections idle for longer than [`IDLE_KEEP`].
+    pub fn close_stale(&self) {
+        if let Ok(mut idle) = self.idle.lock() {
+            let now = Instant::now();
+            idle.retain(|c| now.duration_since(c.idle_since) < IDLE_KEEP);
+        }
     }
 }
 
@@ -91,19 +178,6 @@ impl std::fmt::Debug for Target {
             .field("uri", &self.uri)
             .field("rate_limit_per_sec", &self.rate_limit_per_sec)
             .finish_non_exhaustive()
-    }
-}
-
-impl Target {
-    /// The secrets that sign a request sent at `now_ms`: the current one, and the previous
-    /// one until its overlap ends.
-    pub fn signing_secrets(&self, now_ms: i64) -> impl Iterator<Item = &Secret> {
-        std::iter::once(&self.secret).chain(
-            self.previous
-                .as_ref()
-                .filter(|(_, until)| now_ms < *until)
-                .map(|(s, _)| s),
-        )
     }
 }
 
@@ -150,13 +224,55 @@ impl tower_service::Service<Name> for ScreenedResolver {
     }
 }
 
-/// The shared HTTP client.
+type Connector = HttpsConnector<HttpConnector<ScreenedResolver>>;
+type Io = MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>;
+
+type Driver = Pin<Box<http1::Connection<Io, Full<Bytes>>>>;
+
+/// One HTTP/1.1 connection: the handle requests go in by, and the connection itself, which
+/// whoever waits on a request drives (see [`driven`]).
+struct Conn {
+    tx: http1::SendRequest<Full<Bytes>>,
+    /// `None` once the connection ended: it is never polled again.
+    io: Option<Driver>,
+    idle_since: Instant,
+}
+
+/// Runs `f` while driving the connection `io` (reading and writing its socket). `Err` when
+/// the connection ended (closed or failed) before `f` could finish; `io` is `None` from then.
+async fn driven<T>(io: &mut Option<Driver>, f: impl Future<Output = T>) -> Result<T, String> {
+    let mut f = std::pin::pin!(f);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = f.as_mut().poll(cx) {
+            return Poll::Ready(Ok(out));
+        }
+        let Some(conn) = io.as_mut() else {
+            return Poll::Ready(Err("the connection closed".to_owned()));
+        };
+        match conn.as_mut().poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(end) => {
+                *io = None;
+                // What the connection delivered before it ended is still taken.
+                match f.as_mut().poll(cx) {
+                    Poll::Ready(out) => Poll::Ready(Ok(out)),
+                    Poll::Pending => Poll::Ready(Err(match end {
+                        Ok(()) => "the connection closed".to_owned(),
+                        Err(e) => error_chain(&e),
+                    })),
+                }
+            }
+        }
+    })
+    .await
+}
+
+/// Sends signed requests. Cheap to clone.
 #[derive(Clone)]
 pub struct Sender {
-    client: Client<HttpsConnector<HttpConnector<ScreenedResolver>>, Full<Bytes>>,
+    connector: Connector,
     guard: Guard,
     timeout: Duration,
-    user_agent: HeaderValue,
 }
 
 impl Sender {
@@ -167,21 +283,15 @@ impl Sender {
         http.set_nodelay(true);
         http.set_connect_timeout(Some(connect_timeout));
         http.set_keepalive(Some(Duration::from_secs(60)));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_webpki_roots()
             .https_or_http()
             .enable_http1()
-            .enable_http2()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(256)
-            .build(https);
         Sender {
-            client,
+            connector,
             guard,
             timeout,
-            user_agent: HeaderValue::from_static(concat!("Hookline/", env!("CARGO_PKG_VERSION"))),
         }
     }
 
@@ -216,6 +326,27 @@ impl Sender {
         }
     }
 
+    /// A new connection to `uri`'s host (through the guard's resolver), handshaken.
+    async fn connect(&self, uri: &Uri) -> Result<Conn, String> {
+        use tower_service::Service as _;
+        let mut connector = self.connector.clone();
+        std::future::poll_fn(|cx| connector.poll_ready(cx))
+            .await
+            .map_err(|e| describe(&*e))?;
+        let stream = connector
+            .call(uri.clone())
+            .await
+            .map_err(|e| describe(&*e))?;
+        let (tx, io) = http1::handshake(stream)
+            .await
+            .map_err(|e| format!("starting HTTP/1.1: {}", error_chain(&e)))?;
+        Ok(Conn {
+            tx,
+            io: Some(Box::pin(io)),
+            idle_since: Instant::now(),
+        })
+    }
+
     async fn exchange(
         &self,
         target: &Target,
@@ -232,28 +363,68 @@ impl Sender {
         let now = now_ms.div_euclid(1000);
         let signature =
             hookline_signing::sign(target.signing_secrets(now_ms), msg_id, now, &payload);
-        let mut req = Request::post(target.uri.clone())
+        let mut req = Request::post(target.path.clone())
             .body(Full::new(payload))
             .map_err(|e| (None, format!("building the request: {e}")))?;
         let h = req.headers_mut();
-        for (k, v) in &target.headers {
-            h.insert(k, v.clone());
-        }
-        h.insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        h.insert(http::header::USER_AGENT, self.user_agent.clone());
+        h.clone_from(&target.headers);
         let header = |s: &str| HeaderValue::from_str(s).map_err(|e| (None, format!("header: {e}")));
         h.insert("webhook-id", header(msg_id)?);
         h.insert("webhook-timestamp", HeaderValue::from(now));
         h.insert("webhook-signature", header(&signature)?);
 
-        let resp = self
-            .client
-            .request(req)
-            .await
-            .map_err(|e| (None, describe(&e)))?;
+        // A reused connection the receiver closed meanwhile gives the request back untaken:
+        // it then goes on a new connection, once.
+        let (mut conn, mut reused) = match target.take_idle() {
+            Some(c) => (c, true),
+            None => (
+                Box::pin(self.connect(&target.uri))
+                    .await
+                    .map_err(|e| (None, e))?,
+                false,
+            ),
+        };
+        let resp = loop {
+            let ready = driven(&mut conn.io, conn.tx.ready()).await;
+            if !matches!(ready, Ok(Ok(()))) {
+                if reused {
+                    conn = Box::pin(self.connect(&target.uri))
+                        .await
+                        .map_err(|e| (None, e))?;
+                    reused = false;
+                    continue;
+                }
+                let why = match ready {
+                    Ok(Err(e)) => error_chain(&e),
+                    Err(e) => e,
+                    Ok(Ok(())) => "the connection is not ready".to_owned(),
+                };
+                return Err((None, why));
+            }
+            let mut sent = std::pin::pin!(conn.tx.try_send_request(req));
+            let answer = match driven(&mut conn.io, sent.as_mut()).await {
+                Ok(answer) => answer,
+                // The connection ended first: with it gone, the request comes back if it was
+                // never written.
+                Err(_) => {
+                    conn.io = None;
+                    sent.await
+                }
+            };
+            match answer {
+                Ok(resp) => break resp,
+                Err(mut e) => match e.take_message() {
+                    Some(back) if reused => {
+                        req = back;
+                        conn = Box::pin(self.connect(&target.uri))
+                            .await
+                            .map_err(|e| (None, e))?;
+                        reused = false;
+                    }
+                    _ => return Err((None, error_chain(&e.into_error()))),
+                },
+            }
+        };
         let status = resp.status();
         let retry_after = if status == StatusCode::TOO_MANY_REQUESTS
             || status == StatusCode::SERVICE_UNAVAILABLE
@@ -268,20 +439,34 @@ impl Sender {
         let mut body = resp.into_body();
         let mut kept = Vec::new();
         let mut read = 0usize;
+        let mut ended = false;
         while read < KEPT_BODY_BYTES + DRAINED_BODY_BYTES {
-            match body.frame().await {
-                None => break,
-                Some(Ok(frame)) => {
+            match driven(&mut conn.io, body.frame()).await {
+                Ok(None) => {
+                    ended = true;
+                    break;
+                }
+                Ok(Some(Ok(frame))) => {
                     if let Ok(data) = frame.into_data() {
                         read += data.len();
                         let room = KEPT_BODY_BYTES.saturating_sub(kept.len());
                         kept.extend_from_slice(&data[..data.len().min(room)]);
                     }
                 }
-                Some(Err(e)) => {
-                    return Err((Some(status), format!("reading the response body: {e}")));
+                Ok(Some(Err(e))) => {
+                    return Err((
+                        Some(status),
+                        format!("reading the response body: {}", error_chain(&e)),
+                    ));
                 }
+                Err(e) => return Err((Some(status), format!("reading the response body: {e}"))),
             }
+        }
+        // Only a connection whose response was read to its end can carry the next request
+        // (one the receiver will close says so, and its handle is closed by then).
+        drop(body);
+        if ended && conn.io.is_some() && !conn.tx.is_closed() {
+            target.put_idle(conn);
         }
         let body = (!kept.is_empty()).then(|| String::from_utf8_lossy(&kept).into_owned());
         Ok((status, body, retry_after))
@@ -311,9 +496,9 @@ fn literal_ip(uri: &Uri) -> Option<IpAddr> {
     host.parse().ok()
 }
 
-/// A failed request, in words: the SSRF refusal alone when that is what stopped it (the
-/// rest of the chain only says "client error (Connect): dns error"), else the whole chain.
-fn describe(e: &hyper_util::client::legacy::Error) -> String {
+/// A failed connection, in words: the SSRF refusal alone when that is what stopped it (the
+/// rest of the chain only says "dns error"), else the whole chain.
+fn describe(e: &(dyn std::error::Error + 'static)) -> String {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(c) = cause {
         if let Some(refused) = c.downcast_ref::<Refused>() {
