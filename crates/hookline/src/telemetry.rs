@@ -18,8 +18,9 @@
 use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
@@ -43,12 +44,22 @@ pub fn handle() -> Result<PrometheusHandle, String> {
         .clone()
 }
 
+/// `make`'s handles, registered with the process's recorder (installed first if need be):
+/// a handle made before it would count nowhere, for good.
+fn registered<T>(make: impl FnOnce() -> T) -> T {
+    if let Err(e) = handle() {
+        tracing::error!(error = %e, "metrics are unavailable");
+    }
+    make()
+}
+
 /// Counts and times every HTTP request by its route pattern.
 pub async fn track_http(req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", |p| intern(p.as_str()));
+    let route = route_metrics(
+        req.extensions()
+            .get::<MatchedPath>()
+            .map_or("unmatched", |p| p.as_str()),
+    );
     let method = match *req.method() {
         http::Method::GET => "GET",
         http::Method::POST => "POST",
@@ -62,27 +73,55 @@ pub async fn track_http(req: Request, next: Next) -> Response {
     };
     let started = Instant::now();
     let resp = next.run(req).await;
-    metrics::counter!("hookline_http_requests_total",
-        "method" => method, "route" => route, "status" => status_label(resp.status().as_u16()))
-    .increment(1);
-    metrics::histogram!("hookline_http_request_duration_seconds", "route" => route)
-        .record(started.elapsed().as_secs_f64());
+    if let Some(route) = route {
+        route.count(method, resp.status().as_u16());
+        route.duration.record(started.elapsed().as_secs_f64());
+    }
     resp
 }
 
-/// A route pattern as a `'static` label: the patterns are the router's, a fixed set, each
-/// kept once.
-fn intern(pattern: &str) -> &'static str {
-    static PATTERNS: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
-    let Ok(mut set) = PATTERNS.get_or_init(Default::default).lock() else {
-        return "unmatched";
-    };
-    if let Some(p) = set.get(pattern) {
-        return p;
+/// One route pattern's metrics, registered once: a lookup in the recorder's registry per
+/// request (building the key and its labels) cost more than the request's own routing.
+struct RouteMetrics {
+    pattern: &'static str,
+    duration: Histogram,
+    requests: Mutex<HashMap<(&'static str, u16), Counter>>,
+}
+
+impl RouteMetrics {
+    fn count(&self, method: &'static str, status: u16) {
+        let Ok(mut requests) = self.requests.lock() else {
+            return;
+        };
+        requests
+            .entry((method, status))
+            .or_insert_with(|| {
+                registered(|| {
+                    metrics::counter!("hookline_http_requests_total",
+                        "method" => method, "route" => self.pattern, "status" => status_label(status))
+                })
+            })
+            .increment(1);
     }
-    let p: &'static str = Box::leak(pattern.to_owned().into_boxed_str());
-    set.insert(p);
-    p
+}
+
+/// The metrics of a route pattern (the router's, a fixed set), each made once and kept.
+fn route_metrics(pattern: &str) -> Option<&'static RouteMetrics> {
+    static ROUTES: OnceLock<Mutex<HashMap<&'static str, &'static RouteMetrics>>> = OnceLock::new();
+    let mut routes = ROUTES.get_or_init(Default::default).lock().ok()?;
+    if let Some(r) = routes.get(pattern) {
+        return Some(r);
+    }
+    let pattern: &'static str = Box::leak(pattern.to_owned().into_boxed_str());
+    let route: &'static RouteMetrics = Box::leak(Box::new(RouteMetrics {
+        pattern,
+        duration: registered(
+            || metrics::histogram!("hookline_http_request_duration_seconds", "route" => pattern),
+        ),
+        requests: Mutex::default(),
+    }));
+    routes.insert(pattern, route);
+    Some(route)
 }
 
 /// A status code as a `'static` label.
@@ -118,13 +157,32 @@ pub async fn render() -> Response {
 
 /// Events committed by ingest.
 pub fn events_accepted(n: usize) {
-    metrics::counter!("hookline_events_accepted_total").increment(n as u64);
+    static ACCEPTED: OnceLock<Counter> = OnceLock::new();
+    ACCEPTED
+        .get_or_init(|| registered(|| metrics::counter!("hookline_events_accepted_total")))
+        .increment(n as u64);
 }
 
-/// One finished attempt: what it decided, and how long the request took.
+/// The outcomes an attempt counts under.
+const OUTCOMES: [&str; 4] = ["succeeded", "retry", "failed", "gone"];
+
+/// One finished attempt: what it decided (one of [`OUTCOMES`]), and how long the request
+/// took.
 pub fn attempt(outcome: &'static str, seconds: f64) {
-    metrics::counter!("hookline_attempts_total", "outcome" => outcome).increment(1);
-    metrics::histogram!("hookline_attempt_duration_seconds").record(seconds);
+    static COUNTS: OnceLock<[Counter; 4]> = OnceLock::new();
+    static DURATION: OnceLock<Histogram> = OnceLock::new();
+    let counts = COUNTS.get_or_init(|| {
+        registered(|| {
+            OUTCOMES.map(|o| metrics::counter!("hookline_attempts_total", "outcome" => o))
+        })
+    });
+    match OUTCOMES.iter().position(|o| *o == outcome) {
+        Some(i) => counts[i].increment(1),
+        None => metrics::counter!("hookline_attempts_total", "outcome" => outcome).increment(1),
+    }
+    DURATION
+        .get_or_init(|| registered(|| metrics::histogram!("hookline_attempt_duration_seconds")))
+        .record(seconds);
 }
 
 /// This node's dispatcher, sampled.
