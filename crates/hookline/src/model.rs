@@ -27,9 +27,47 @@ impl Timestamp {
     }
 }
 
+impl Timestamp {
+    /// RFC 3339 in UTC with milliseconds, e.g. `2026-11-26T17:43:35.123Z`, for the years 0
+    /// to 9999 (every time Hookline makes); `None` outside them. Written digit by digit: the
+    /// padded `format!` it replaces cost thousands of instructions, and every delivery's
+    /// envelope and every `202` carry one.
+    fn rfc3339(self) -> Option<[u8; 24]> {
+        use chrono::{Datelike as _, Timelike as _};
+        let t = chrono::DateTime::from_timestamp_millis(self.0)?;
+        let year = u32::try_from(t.year()).ok().filter(|y| *y <= 9999)?;
+        let mut out = *b"0000-00-00T00:00:00.000Z";
+        let mut put = |at: usize, width: usize, mut v: u32| {
+            for i in (at..at + width).rev() {
+                out[i] = b'0' + (v % 10) as u8;
+                v /= 10;
+            }
+        };
+        put(0, 4, year);
+        put(5, 2, t.month());
+        put(8, 2, t.day());
+        put(11, 2, t.hour());
+        put(14, 2, t.minute());
+        put(17, 2, t.second());
+        put(20, 3, t.timestamp_subsec_millis().min(999));
+        Some(out)
+    }
+
+    /// Appends the RFC 3339 form (see [`fmt::Display`]) to `out`.
+    pub fn push_rfc3339(self, out: &mut Vec<u8>) {
+        match self.rfc3339() {
+            Some(text) => out.extend_from_slice(&text),
+            None => out.extend_from_slice(self.to_string().as_bytes()),
+        }
+    }
+}
+
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         use chrono::{Datelike as _, Timelike as _};
+        if let Some(text) = self.rfc3339() {
+            return f.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?);
+        }
         match chrono::DateTime::from_timestamp_millis(self.0) {
             Some(t) => write!(
                 f,
@@ -49,7 +87,13 @@ impl fmt::Display for Timestamp {
 
 impl Serialize for Timestamp {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        match self.rfc3339() {
+            Some(text) => match std::str::from_utf8(&text) {
+                Ok(text) => s.serialize_str(text),
+                Err(_) => s.collect_str(self),
+            },
+            None => s.collect_str(self),
+        }
     }
 }
 
@@ -276,7 +320,7 @@ pub fn envelope(id: &str, event_type: &str, created_at: Timestamp, data: &str) -
     out.extend_from_slice(b",\"type\":");
     push_json_str(&mut out, event_type);
     out.extend_from_slice(b",\"timestamp\":\"");
-    out.extend_from_slice(created_at.to_string().as_bytes());
+    created_at.push_rfc3339(&mut out);
     out.extend_from_slice(b"\",\"data\":");
     out.extend_from_slice(data.as_bytes());
     out.push(b'}');
@@ -468,5 +512,66 @@ mod plan_tests {
             assert!(pro.with(bad).is_err(), "{bad}");
         }
         assert!(parse_duration("10x").is_err());
+    }
+}
+
+#[cfg(test)]
+mod timestamp_tests {
+    use super::{Timestamp, envelope};
+
+    /// chrono's own RFC 3339 with milliseconds, the reference.
+    fn reference(ms: i64) -> String {
+        chrono::DateTime::from_timestamp_millis(ms)
+            .expect("in range")
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    }
+
+    #[test]
+    fn times_are_written_as_chrono_writes_them() {
+        let year_0 = -62_167_219_200_000_i64;
+        let year_9999_end = 253_402_300_799_999_i64;
+        let mut cases = vec![
+            0,
+            1,
+            999,
+            -1,
+            -1000,
+            951_782_400_000,   // 2000-02-29
+            1_764_892_800_000, // 2025-12-05
+            1_798_761_599_999, // the last millisecond of 2026
+            year_0,
+            year_9999_end,
+        ];
+        // A spread over the whole range, deterministic.
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..10_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let span = (year_9999_end - year_0) as u64;
+            cases.push(year_0 + (x % span) as i64);
+        }
+        for ms in cases {
+            let t = Timestamp(ms);
+            let want = reference(ms);
+            assert_eq!(t.to_string(), want, "{ms}");
+            assert_eq!(serde_json::to_string(&t).unwrap(), format!("\"{want}\""));
+            let mut pushed = Vec::new();
+            t.push_rfc3339(&mut pushed);
+            assert_eq!(String::from_utf8(pushed).unwrap(), want);
+            assert_eq!(Timestamp::parse(&want), Some(t));
+        }
+    }
+
+    #[test]
+    fn years_beyond_four_digits_still_print() {
+        let t = Timestamp(253_402_300_800_000); // 10000-01-01
+        assert_eq!(t.to_string(), "10000-01-01T00:00:00.000Z");
+        assert_eq!(Timestamp(i64::MAX).to_string(), i64::MAX.to_string());
+        let body = envelope("evt_1", "open", Timestamp(1_000), "{}");
+        assert_eq!(
+            String::from_utf8(body).unwrap(),
+            r#"{"id":"evt_1","type":"open","timestamp":"1970-01-01T00:00:01.000Z","data":{}}"#
+        );
     }
 }
