@@ -88,7 +88,7 @@ struct Inner {
     config: DispatchConfig,
     sender: Sender,
     admission: Mutex<Admission>,
-    queues: Mutex<HashMap<String, QueueHandle>>,
+    queues: Mutex<FastMap<String, QueueHandle>>,
     /// Wakes the poller early.
     poke: Notify,
     /// When the poller plans to wake next (ms since epoch).
@@ -108,15 +108,20 @@ struct Inner {
     lease_lost: CancellationToken,
 }
 
+/// Maps keyed by endpoint id, looked up several times per delivery: ids are Hookline's own,
+/// so a fast hash (seeded per process) serves better than SipHash's resistance to chosen keys.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+type FastSet<K> = HashSet<K, foldhash::fast::RandomState>;
+
 #[derive(Default)]
 struct Admission {
     total: usize,
-    per_endpoint: HashMap<String, usize>,
+    per_endpoint: FastMap<String, usize>,
     /// Endpoints that failed lately; absent means healthy.
-    breakers: HashMap<String, Breaker>,
+    breakers: FastMap<String, Breaker>,
     /// Endpoints that left due work in the database for want of room of their own: a release
     /// of theirs wakes the poller.
-    starved: HashSet<String>,
+    starved: FastSet<String>,
     /// Due work was left in the database for want of room overall: any release wakes it.
     globally_starved: bool,
 }
@@ -182,7 +187,7 @@ impl Dispatcher {
             config,
             sender,
             admission: Mutex::new(Admission::default()),
-            queues: Mutex::new(HashMap::new()),
+            queues: Mutex::default(),
             poke: Notify::new(),
             planned_wake: AtomicI64::new(0),
             shutdown,
