@@ -672,53 +672,90 @@ struct Job {
 /// rather than one per attempt: an attempt is a big future, and starting a task for each
 /// cost more than the request's own work on the way (moving it in and out of the task).
 struct Lanes {
-    tx: mpsc::UnboundedSender<Job>,
-    rx: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Job>>>,
+    shared: Arc<LaneQueue>,
     /// Lanes waiting for a job, less jobs waiting for a lane.
     slack: Arc<std::sync::atomic::AtomicIsize>,
     started: usize,
     max: usize,
 }
 
+/// The jobs waiting for a lane, and the bell that wakes one.
+#[derive(Default)]
+struct LaneQueue {
+    jobs: Mutex<std::collections::VecDeque<Job>>,
+    bell: Notify,
+    /// The worker ended: lanes leave once the queue is empty.
+    closed: std::sync::atomic::AtomicBool,
+}
+
 impl Lanes {
     fn new(max: usize) -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
         Lanes {
-            tx,
-            rx: Arc::new(tokio::sync::Mutex::new(rx)),
+            shared: Arc::default(),
             slack: Arc::default(),
             started: 0,
             max,
         }
     }
 
-    /// Queues `job`, starting one more lane when none is free for it. The lanes end when
-    /// these `Lanes` are dropped (the endpoint's worker ended), once the queue is empty.
+    /// Queues `job`, starting one more lane when none is free for it.
     fn push(&mut self, inner: &Arc<Inner>, job: Job) {
-        if let Err(mpsc::error::SendError(job)) = self.tx.send(job) {
-            // Cannot happen while `self` holds the receiver; the row stays `delivering`
-            // and is released at the next start, as after a crash.
-            inner.release(&job.due.endpoint.id);
-            return;
+        match self.shared.jobs.lock() {
+            Ok(mut jobs) => jobs.push_back(job),
+            Err(_) => {
+                // A lane panicked holding the queue; the row stays `delivering` and is
+                // released at the next start, as after a crash.
+                inner.release(&job.due.endpoint.id);
+                return;
+            }
         }
+        self.shared.bell.notify_one();
         let free = self.slack.fetch_sub(1, Ordering::AcqRel) > 0;
         if !free && self.started < self.max {
             self.started += 1;
-            let (me, rx, slack) = (inner.clone(), self.rx.clone(), self.slack.clone());
-            inner.tasks.spawn_on(lane(me, rx, slack), &inner.runtime);
+            let (me, queue, slack) = (inner.clone(), self.shared.clone(), self.slack.clone());
+            inner.tasks.spawn_on(lane(me, queue, slack), &inner.runtime);
         }
+    }
+}
+
+/// The lanes end with their worker, once the jobs it queued are done.
+impl Drop for Lanes {
+    fn drop(&mut self) {
+        self.shared.closed.store(true, Ordering::Release);
+        self.shared.bell.notify_waiters();
     }
 }
 
 async fn lane(
     inner: Arc<Inner>,
-    rx: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Job>>>,
+    queue: Arc<LaneQueue>,
     slack: Arc<std::sync::atomic::AtomicIsize>,
 ) {
     loop {
         slack.fetch_add(1, Ordering::AcqRel);
-        let job = rx.lock().await.recv().await;
-        let Some(job) = job else { return };
+        let job = loop {
+            // Listening before looking: a job queued or a close after the look still
+            // wakes this lane.
+            let bell = queue.bell.notified();
+            tokio::pin!(bell);
+            bell.as_mut().enable();
+            let (job, more) = match queue.jobs.lock() {
+                Ok(mut jobs) => (jobs.pop_front(), !jobs.is_empty()),
+                Err(_) => return,
+            };
+            if let Some(job) = job {
+                if more {
+                    // Another job waits: pass the bell on to another lane.
+                    queue.bell.notify_one();
+                }
+                break job;
+            }
+            if queue.closed.load(Ordering::Acquire) {
+                return;
+            }
+            bell.await;
+        };
         attempt(&inner, job.due, job.target, job.permit, job.probe).await;
     }
 }
@@ -812,9 +849,21 @@ async fn attempt(
         outcome: outcome.clone(),
     };
     // The recorder writes it, then gives the room back. If the recorder is gone (shutdown),
-    // the row stays `delivering` and is attempted again after the next start.
-    if inner.records.send(record).await.is_err() {
-        inner.release(&target.endpoint_id);
+    // the row stays `delivering` and is attempted again after the next start. A lane does
+    // not wait for room in the recorder's queue: its next attempt goes meanwhile, and a
+    // task of its own waits with the outcome.
+    match inner.records.try_send(record) {
+        Ok(()) => {}
+        Err(mpsc::error::TrySendError::Full(record)) => {
+            let me = inner.clone();
+            inner.tasks.spawn(async move {
+                let endpoint_id = record.endpoint_id.clone();
+                if me.records.send(record).await.is_err() {
+                    me.release(&endpoint_id);
+                }
+            });
+        }
+        Err(mpsc::error::TrySendError::Closed(record)) => inner.release(&record.endpoint_id),
     }
 }
 
