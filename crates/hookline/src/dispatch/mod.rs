@@ -756,6 +756,13 @@ async fn lane(
             }
             bell.await;
         };
+        // Shutdown began while the job waited for a lane: no new request now; the delivery
+        // goes back, `pending`, for the next start.
+        if inner.shutdown.is_cancelled() {
+            drop(job.permit);
+            give_back(&inner, job.due).await;
+            continue;
+        }
         attempt(&inner, job.due, job.target, job.permit, job.probe).await;
     }
 }
