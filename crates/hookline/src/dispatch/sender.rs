@@ -146,8 +146,7 @@ impl Target {
     /// The latest idle connection not idle for too long; older ones are closed.
     fn take_idle(&self) -> Option<Conn> {
         let mut idle = self.idle.lock().ok()?;
-        let now = Instant::now();
-        idle.retain(|c| now.duration_since(c.idle_since) < IDLE_KEEP);
+        drop_stale(&mut idle);
         idle.pop()
     }
 
@@ -163,10 +162,15 @@ impl Target {
     /// Closes the connections idle for longer than [`IDLE_KEEP`].
     pub fn close_stale(&self) {
         if let Ok(mut idle) = self.idle.lock() {
-            let now = Instant::now();
-            idle.retain(|c| now.duration_since(c.idle_since) < IDLE_KEEP);
+            drop_stale(&mut idle);
         }
     }
+}
+
+/// Closes the connections of `idle` idle for longer than [`IDLE_KEEP`].
+fn drop_stale(idle: &mut Vec<Conn>) {
+    let now = Instant::now();
+    idle.retain(|c| now.duration_since(c.idle_since) < IDLE_KEEP);
 }
 
 /// Leaves the secrets and the endpoint's headers (often credentials) out.
