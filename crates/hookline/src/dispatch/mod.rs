@@ -30,6 +30,7 @@ pub mod targets;
 
 use crate::model::{Attempt, Endpoint, Timestamp};
 use crate::store::{AttemptRecord, DueDelivery, Outcome, RetryRefusal, Store, StoreError};
+use futures_util::FutureExt;
 use retry::RetrySchedule;
 use sender::{Sender, Target};
 use std::collections::{HashMap, HashSet};
@@ -763,8 +764,39 @@ async fn lane(
             give_back(&inner, job.due).await;
             continue;
         }
-        attempt(&inner, job.due, job.target, job.permit, job.probe).await;
+        let Job {
+            due,
+            target,
+            permit,
+            probe,
+        } = job;
+        // A panic in an attempt (none is expected: it would be a bug here or in a library)
+        // costs that attempt, not the lane: the lane stays, and so does the endpoint's
+        // room for requests in flight. The delivery goes back `pending`, due now, as if the
+        // process had stopped mid-request.
+        let tried = std::panic::AssertUnwindSafe(attempt(&inner, &due, target, permit, probe))
+            .catch_unwind()
+            .await;
+        match tried {
+            Ok(Attempted::Recorded) => {}
+            Ok(Attempted::NotSent) => give_back(&inner, due).await,
+            Err(_) => {
+                tracing::error!(
+                    delivery = %due.delivery_id, endpoint = %due.endpoint.id,
+                    "an attempt panicked; its delivery goes back to the queue"
+                );
+                give_back(&inner, due).await;
+            }
+        }
     }
+}
+
+/// What became of a job given to [`attempt`].
+enum Attempted {
+    /// Sent; its outcome is on its way to the recorder.
+    Recorded,
+    /// Not sent (the lease would not cover it): to be given back.
+    NotSent,
 }
 
 /// Gives a delivery back to the database without an attempt (`pending`, due now, if it is
@@ -787,18 +819,18 @@ async fn give_back(inner: &Arc<Inner>, due: DueDelivery) {
 
 async fn attempt(
     inner: &Arc<Inner>,
-    due: DueDelivery,
+    due: &DueDelivery,
     target: Arc<Target>,
     permit: OwnedSemaphorePermit,
     probe: bool,
-) {
+) -> Attempted {
     let number = due.attempts + 1;
     // The lease again, right before sending: the worker's check may be a while ago.
     if !inner.lease.allows(inner.config.timeout) {
-        drop(permit);
-        Box::pin(give_back(inner, due)).await;
-        return;
+        return Attempted::NotSent;
     }
+    #[cfg(test)]
+    tests::fault(&target);
     let started_at = Timestamp::now();
     let result = inner
         .sender
@@ -872,6 +904,7 @@ async fn attempt(
         }
         Err(mpsc::error::TrySendError::Closed(record)) => inner.release(&record.endpoint_id),
     }
+    Attempted::Recorded
 }
 
 /// How many finished attempts may wait for the recorder.
@@ -1062,5 +1095,163 @@ async fn poll_loop(inner: Arc<Inner>) {
             POLL_BUSY_GAP
         })
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! A lane survives a panic in an attempt. The panic is injected (nothing on the path is
+    //! known to panic): the first attempt to a URL whose path ends in `/panics-once` panics.
+
+    use crate::server::{self, Config};
+    use crate::store::{Location, Store};
+    use std::collections::HashMap;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+    use tokio::net::TcpListener;
+    use tokio_util::sync::CancellationToken;
+
+    static PANICKED: AtomicBool = AtomicBool::new(false);
+
+    pub(super) fn fault(target: &super::Target) {
+        if target.uri.path().ends_with("/panics-once")
+            && !PANICKED.swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            panic!("injected: an attempt panics");
+        }
+    }
+
+    type Got = Arc<Mutex<HashMap<String, Vec<String>>>>;
+
+    async fn receive(
+        axum::extract::State(got): axum::extract::State<Got>,
+        uri: axum::http::Uri,
+        headers: axum::http::HeaderMap,
+    ) -> &'static str {
+        let id = headers
+            .get("webhook-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        got.lock()
+            .unwrap()
+            .entry(uri.path().to_owned())
+            .or_default()
+            .push(id);
+        "ok"
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_attempt_costs_neither_its_lane_nor_its_delivery() {
+        // The receiver.
+        let got: Got = Arc::default();
+        let app = axum::Router::new()
+            .route("/r/{name}", axum::routing::post(receive))
+            .with_state(got.clone());
+        let sink = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sink_addr = sink.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(sink, app).await });
+
+        // The server: one request in flight per endpoint, so an endpoint whose only lane
+        // were lost would never be sent to again.
+        let dir = tempfile::tempdir().unwrap();
+        let location = Location::Sqlite(dir.path().to_owned());
+        let store = Store::open(&location).await.unwrap();
+        let (_, key) = crate::accounts::create(&store, "acme", crate::model::Plan::Pro)
+            .await
+            .unwrap();
+        drop(store);
+        let mut config = Config::at(location);
+        config.url_rules.allow_insecure_urls = true;
+        config.url_rules.allow_private_targets = true;
+        config.dispatch.concurrency_per_endpoint = 1;
+        config.shutdown_grace = Duration::from_millis(200);
+        config.limits.pro.ingest_per_sec = None;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(server::run(config, listener, shutdown.clone()));
+
+        let http = reqwest::Client::new();
+        let post = |path: &str, body: serde_json::Value| {
+            http.post(format!("http://{addr}{path}"))
+                .bearer_auth(&key)
+                .json(&body)
+                .send()
+        };
+        let mut up = false;
+        for _ in 0..200 {
+            if let Ok(r) = http.get(format!("http://{addr}/healthz")).send().await
+                && r.status() == 200
+            {
+                up = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        assert!(up, "the server never answered");
+        for name in ["panics-once", "fine"] {
+            let r = post(
+                "/v1/endpoints",
+                serde_json::json!({
+                    "url": format!("http://{sink_addr}/r/{name}"),
+                    "event_types": ["*"],
+                }),
+            )
+            .await
+            .unwrap();
+            assert_eq!(r.status(), 201, "{:?}", r.text().await);
+        }
+        let catalogue = crate::catalogue::Catalogue::builtin().unwrap();
+        let example = catalogue
+            .types()
+            .iter()
+            .find(|t| t.name == "open")
+            .unwrap()
+            .example
+            .clone();
+        let mut ids = Vec::new();
+        for _ in 0..5 {
+            let r = post(
+                "/v1/events",
+                serde_json::json!({"type": "open", "data": example}),
+            )
+            .await
+            .unwrap();
+            assert_eq!(r.status(), 202);
+            let body: serde_json::Value = r.json().await.unwrap();
+            ids.push(body["id"].as_str().unwrap().to_owned());
+        }
+
+        // Every event reaches both endpoints: the panicked attempt's delivery went back and
+        // was sent again, and the endpoint's one lane kept working.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let done = {
+                let got = got.lock().unwrap();
+                let count = |p: &str| got.get(p).map_or(0, |v| v.len());
+                count("/r/panics-once") >= 5 && count("/r/fine") >= 5
+            };
+            if done {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not everything arrived: {:?}",
+                got.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(PANICKED.load(std::sync::atomic::Ordering::SeqCst));
+        let got = got.lock().unwrap().clone();
+        ids.sort();
+        for path in ["/r/panics-once", "/r/fine"] {
+            let mut seen = got[path].clone();
+            seen.sort();
+            assert_eq!(seen, ids, "{path}: each event once, by its id");
+        }
+        shutdown.cancel();
+        server.await.unwrap().unwrap();
     }
 }
