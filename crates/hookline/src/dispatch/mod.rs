@@ -776,8 +776,10 @@ async fn lane(
         } = job;
         // A panic in an attempt (none is expected: it would be a bug here or in a library)
         // costs that attempt, not the lane: the lane stays, and so does the endpoint's
-        // room for requests in flight. The delivery goes back `pending`, due now, as if the
-        // process had stopped mid-request.
+        // room for requests in flight. The attempt counts as failed, so the delivery
+        // follows its retry schedule and a panic that recurs ends it as `failed` instead
+        // of sending it round for ever.
+        let started_at = Timestamp::now();
         let tried = std::panic::AssertUnwindSafe(attempt(&inner, &due, target, permit, probe))
             .catch_unwind()
             .await;
@@ -787,11 +789,57 @@ async fn lane(
             Err(_) => {
                 tracing::error!(
                     delivery = %due.delivery_id, endpoint = %due.endpoint.id,
-                    "an attempt panicked; its delivery goes back to the queue"
+                    "an attempt panicked; it counts as a failed attempt"
                 );
-                give_back(&inner, due).await;
+                if probe {
+                    // The probe has no answer: the breaker waits for the next one.
+                    inner.breaker_result(&due.endpoint.id, false, true);
+                }
+                record_panicked(&inner, due, started_at).await;
             }
         }
+    }
+}
+
+/// Records an attempt that panicked as a failed one (no status, an internal error), with
+/// the delivery's next step taken from the retry schedule.
+async fn record_panicked(inner: &Arc<Inner>, due: DueDelivery, started_at: Timestamp) {
+    let number = due.attempts + 1;
+    let outcome = if due.manual_after_end {
+        Outcome::Failed
+    } else {
+        match inner.config.retry.next_delay(number, None) {
+            Some(wait) => Outcome::RetryAt(Timestamp(Timestamp::now().0 + wait.as_millis() as i64)),
+            None => Outcome::Failed,
+        }
+    };
+    crate::telemetry::attempt(
+        if matches!(outcome, Outcome::Failed) {
+            "failed"
+        } else {
+            "retry"
+        },
+        0.0,
+    );
+    let endpoint_id = due.endpoint.id.clone();
+    let record = AttemptRecord {
+        delivery_id: due.delivery_id,
+        row: due.row,
+        claim: due.claim,
+        endpoint_version: due.endpoint.updated_at.0,
+        endpoint_id: endpoint_id.clone(),
+        attempt: Some(Attempt {
+            attempt: number,
+            started_at,
+            duration_ms: Timestamp::now().0.saturating_sub(started_at.0).max(0) as u64,
+            status_code: None,
+            error: Some("internal error: the attempt failed unexpectedly".into()),
+            response_body: None,
+        }),
+        outcome,
+    };
+    if inner.records.send(record).await.is_err() {
+        inner.release(&endpoint_id);
     }
 }
 
@@ -1105,7 +1153,8 @@ async fn poll_loop(inner: Arc<Inner>) {
 #[cfg(test)]
 mod tests {
     //! A lane survives a panic in an attempt. The panic is injected (nothing on the path is
-    //! known to panic): the first attempt to a URL whose path ends in `/panics-once` panics.
+    //! known to panic): the first attempt to a URL whose path ends in `/panics-once` panics,
+    //! and every attempt to one ending in `/panics-always`.
 
     use crate::server::{self, Config};
     use crate::store::{Location, Store};
@@ -1119,8 +1168,10 @@ mod tests {
     static PANICKED: AtomicBool = AtomicBool::new(false);
 
     pub(super) fn fault(target: &super::Target) {
-        if target.uri.path().ends_with("/panics-once")
-            && !PANICKED.swap(true, std::sync::atomic::Ordering::SeqCst)
+        let path = target.uri.path();
+        if path.ends_with("/panics-always")
+            || (path.ends_with("/panics-once")
+                && !PANICKED.swap(true, std::sync::atomic::Ordering::SeqCst))
         {
             panic!("injected: an attempt panics");
         }
@@ -1147,7 +1198,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_panicking_attempt_costs_neither_its_lane_nor_its_delivery() {
+    async fn a_panicking_attempt_is_a_failed_attempt_and_its_lane_goes_on() {
         // The receiver.
         let got: Got = Arc::default();
         let app = axum::Router::new()
@@ -1170,6 +1221,8 @@ mod tests {
         config.url_rules.allow_insecure_urls = true;
         config.url_rules.allow_private_targets = true;
         config.dispatch.concurrency_per_endpoint = 1;
+        config.dispatch.retry =
+            crate::dispatch::retry::RetrySchedule::parse("100ms,100ms").unwrap();
         config.shutdown_grace = Duration::from_millis(200);
         config.limits.pro.ingest_per_sec = None;
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -1195,7 +1248,8 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         assert!(up, "the server never answered");
-        for name in ["panics-once", "fine"] {
+        let mut endpoint_ids = Vec::new();
+        for name in ["panics-once", "fine", "panics-always"] {
             let r = post(
                 "/v1/endpoints",
                 serde_json::json!({
@@ -1205,7 +1259,9 @@ mod tests {
             )
             .await
             .unwrap();
-            assert_eq!(r.status(), 201, "{:?}", r.text().await);
+            assert_eq!(r.status(), 201);
+            let ep: serde_json::Value = r.json().await.unwrap();
+            endpoint_ids.push(ep["id"].as_str().unwrap().to_owned());
         }
         let catalogue = crate::catalogue::Catalogue::builtin().unwrap();
         let example = catalogue
@@ -1228,8 +1284,8 @@ mod tests {
             ids.push(body["id"].as_str().unwrap().to_owned());
         }
 
-        // Every event reaches both endpoints: the panicked attempt's delivery went back and
-        // was sent again, and the endpoint's one lane kept working.
+        // Every event reaches both endpoints: the panicked attempt's delivery was retried
+        // on schedule, and the endpoint's one lane kept working.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
             let done = {
@@ -1255,6 +1311,88 @@ mod tests {
             seen.sort();
             assert_eq!(seen, ids, "{path}: each event once, by its id");
         }
+
+        // The panicked attempt is on record as a failed one, before the attempt that
+        // delivered; every other delivery succeeded at the first attempt.
+        let get = |path: String| {
+            let http = http.clone();
+            let key = key.clone();
+            async move {
+                let r = http
+                    .get(format!("http://{addr}{path}"))
+                    .bearer_auth(&key)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+                r.json::<serde_json::Value>().await.unwrap()
+            }
+        };
+        // (A delivery's outcome is written shortly after its receiver answered.)
+        let details = loop {
+            let mut details = Vec::new();
+            for ep in &endpoint_ids {
+                let list = get(format!("/v1/endpoints/{ep}/deliveries")).await;
+                for d in list["data"].as_array().unwrap() {
+                    let id = d["id"].as_str().unwrap();
+                    details.push(get(format!("/v1/deliveries/{id}")).await);
+                }
+            }
+            let ended = |d: &serde_json::Value| {
+                let want = if d["endpoint_id"] == endpoint_ids[2].as_str() {
+                    "failed"
+                } else {
+                    "succeeded"
+                };
+                d["status"] == want
+            };
+            if details.len() == 15 && details.iter().all(ended) {
+                break details;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not every delivery succeeded: {details:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        // A panic that recurs ends its delivery `failed` once the retry schedule is spent
+        // (three attempts here), each attempt on record; nothing reached the receiver.
+        let (always, details): (Vec<_>, Vec<_>) = details
+            .into_iter()
+            .partition(|d| d["endpoint_id"] == endpoint_ids[2].as_str());
+        assert_eq!(always.len(), 5);
+        for d in &always {
+            let attempts = d["attempts"].as_array().unwrap();
+            assert_eq!(attempts.len(), 3, "{d}");
+            for a in attempts {
+                assert!(a["status_code"].is_null(), "{d}");
+                assert!(
+                    a["error"].as_str().unwrap().contains("internal error"),
+                    "{d}"
+                );
+            }
+        }
+        assert!(!got.contains_key("/r/panics-always"), "{got:?}");
+        let retried: Vec<&serde_json::Value> = details
+            .iter()
+            .filter(|d| d["attempts"].as_array().unwrap().len() > 1)
+            .collect();
+        assert_eq!(retried.len(), 1, "{details:?}");
+        assert_eq!(retried[0]["endpoint_id"], endpoint_ids[0].as_str());
+        assert_eq!(retried[0]["status"], "succeeded");
+        let attempts = retried[0]["attempts"].as_array().unwrap();
+        assert_eq!(attempts.len(), 2, "{attempts:?}");
+        assert_eq!(attempts[0]["attempt"], 1);
+        assert!(attempts[0]["status_code"].is_null(), "{attempts:?}");
+        assert!(
+            attempts[0]["error"]
+                .as_str()
+                .unwrap()
+                .contains("internal error"),
+            "{attempts:?}"
+        );
+        assert_eq!(attempts[1]["attempt"], 2);
+        assert_eq!(attempts[1]["status_code"], 200);
         shutdown.cancel();
         server.await.unwrap().unwrap();
     }
