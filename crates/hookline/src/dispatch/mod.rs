@@ -541,7 +541,7 @@ impl Inner {
 
     /// Asks the poller to look again at `at` if that is earlier than it planned.
     fn note_due(&self, at: Timestamp) {
-        if at.0 < self.planned_wake.load(Ordering::Acquire) {
+        if at.0 < self.planned_wake.load(Ordering::SeqCst) {
             self.poke.notify_one();
         }
     }
@@ -1107,6 +1107,10 @@ async fn poll_loop(inner: Arc<Inner>) {
             }
             Err(e) => tracing::error!(error = %e, "taking due deliveries failed"),
         }
+        // Until the new plan is stored, any note of due work pokes: a retry recorded after
+        // the read below looked would otherwise be compared with the old plan, and could
+        // wait for the cap (5 s) instead of its time.
+        inner.planned_wake.store(i64::MAX, Ordering::SeqCst);
         let next = match inner.store.next_due_at().await {
             Ok(n) => n,
             Err(e) => {
@@ -1114,12 +1118,14 @@ async fn poll_loop(inner: Arc<Inner>) {
                 None
             }
         };
+        let claimed_at = now;
         let now = Timestamp::now();
         let cap = now.0 + POLL_MAX_SLEEP.as_millis() as i64;
         let wake = match next {
-            // Due now but no room (full queues or open breakers): a release of a starved
-            // endpoint, a probe's time or the cap wakes the poller.
-            Some(t) if t.0 <= now.0 => cap,
+            // Due when the claim looked, yet not taken: no room (full queues or open
+            // breakers). A release of a starved endpoint, a probe's time or the cap wakes
+            // the poller. (Work that fell due since the claim looked is taken right away.)
+            Some(t) if t.0 <= claimed_at.0 => cap,
             Some(t) => t.0.min(cap),
             None => cap,
         };
