@@ -795,7 +795,7 @@ async fn lane(
                     // The probe has no answer: the breaker waits for the next one.
                     inner.breaker_result(&due.endpoint.id, false, true);
                 }
-                record_panicked(&inner, due, started_at).await;
+                record_panicked(&inner, due, started_at);
             }
         }
     }
@@ -803,44 +803,29 @@ async fn lane(
 
 /// Records an attempt that panicked as a failed one (no status, an internal error), with
 /// the delivery's next step taken from the retry schedule.
-async fn record_panicked(inner: &Arc<Inner>, due: DueDelivery, started_at: Timestamp) {
+fn record_panicked(inner: &Arc<Inner>, due: DueDelivery, started_at: Timestamp) {
     let number = due.attempts + 1;
-    let outcome = if due.manual_after_end {
-        Outcome::Failed
-    } else {
-        match inner.config.retry.next_delay(number, None) {
-            Some(wait) => Outcome::RetryAt(Timestamp(Timestamp::now().0 + wait.as_millis() as i64)),
-            None => Outcome::Failed,
-        }
-    };
-    crate::telemetry::attempt(
-        if matches!(outcome, Outcome::Failed) {
-            "failed"
-        } else {
-            "retry"
+    let outcome = after_failure(inner, &due, number, None);
+    crate::telemetry::attempt(outcome_label(&outcome), 0.0);
+    to_recorder(
+        inner,
+        AttemptRecord {
+            endpoint_version: due.endpoint.updated_at.0,
+            endpoint_id: due.endpoint.id.clone(),
+            delivery_id: due.delivery_id,
+            row: due.row,
+            claim: due.claim,
+            attempt: Some(Attempt {
+                attempt: number,
+                started_at,
+                duration_ms: Timestamp::now().0.saturating_sub(started_at.0).max(0) as u64,
+                status_code: None,
+                error: Some("internal error: the attempt failed unexpectedly".into()),
+                response_body: None,
+            }),
+            outcome,
         },
-        0.0,
     );
-    let endpoint_id = due.endpoint.id.clone();
-    let record = AttemptRecord {
-        delivery_id: due.delivery_id,
-        row: due.row,
-        claim: due.claim,
-        endpoint_version: due.endpoint.updated_at.0,
-        endpoint_id: endpoint_id.clone(),
-        attempt: Some(Attempt {
-            attempt: number,
-            started_at,
-            duration_ms: Timestamp::now().0.saturating_sub(started_at.0).max(0) as u64,
-            status_code: None,
-            error: Some("internal error: the attempt failed unexpectedly".into()),
-            response_body: None,
-        }),
-        outcome,
-    };
-    if inner.records.send(record).await.is_err() {
-        inner.release(&endpoint_id);
-    }
 }
 
 /// What became of a job given to [`attempt`].
@@ -902,23 +887,10 @@ async fn attempt(
         Outcome::Succeeded
     } else if status == Some(410) {
         Outcome::Gone
-    } else if due.manual_after_end {
-        Outcome::Failed
     } else {
-        match inner.config.retry.next_delay(number, result.retry_after) {
-            Some(wait) => Outcome::RetryAt(Timestamp(Timestamp::now().0 + wait.as_millis() as i64)),
-            None => Outcome::Failed,
-        }
+        after_failure(inner, due, number, result.retry_after)
     };
-    crate::telemetry::attempt(
-        match outcome {
-            Outcome::Succeeded => "succeeded",
-            Outcome::Gone => "gone",
-            Outcome::Failed => "failed",
-            _ => "retry",
-        },
-        result.duration.as_secs_f64(),
-    );
+    crate::telemetry::attempt(outcome_label(&outcome), result.duration.as_secs_f64());
     tracing::debug!(
         delivery = %due.delivery_id, endpoint = %target.endpoint_id, attempt = number,
         status = ?status, error = ?result.error, outcome = ?outcome, "attempt"
@@ -939,10 +911,43 @@ async fn attempt(
         }),
         outcome: outcome.clone(),
     };
-    // The recorder writes it, then gives the room back. If the recorder is gone (shutdown),
-    // the row stays `delivering` and is attempted again after the next start. A lane does
-    // not wait for room in the recorder's queue: its next attempt goes meanwhile, and a
-    // task of its own waits with the outcome.
+    to_recorder(inner, record);
+    Attempted::Recorded
+}
+
+/// What a failed attempt (not a `410`) leaves its delivery to: the next step of its retry
+/// schedule, or `failed` once the schedule is spent or when a manual retry of an ended
+/// delivery failed.
+fn after_failure(
+    inner: &Inner,
+    due: &DueDelivery,
+    number: u32,
+    retry_after: Option<Duration>,
+) -> Outcome {
+    if due.manual_after_end {
+        return Outcome::Failed;
+    }
+    match inner.config.retry.next_delay(number, retry_after) {
+        Some(wait) => Outcome::RetryAt(Timestamp(Timestamp::now().0 + wait.as_millis() as i64)),
+        None => Outcome::Failed,
+    }
+}
+
+/// The `outcome` label of the attempts metric.
+fn outcome_label(outcome: &Outcome) -> &'static str {
+    match outcome {
+        Outcome::Succeeded => "succeeded",
+        Outcome::Gone => "gone",
+        Outcome::Failed => "failed",
+        _ => "retry",
+    }
+}
+
+/// Hands an attempt's record to the recorder, which writes it, then gives the room back. If
+/// the recorder is gone (shutdown), the row stays `delivering` and is attempted again after
+/// the next start. A lane does not wait for room in the recorder's queue: its next attempt
+/// goes meanwhile, and a task of its own waits with the record.
+fn to_recorder(inner: &Arc<Inner>, record: AttemptRecord) {
     match inner.records.try_send(record) {
         Ok(()) => {}
         Err(mpsc::error::TrySendError::Full(record)) => {
@@ -956,7 +961,6 @@ async fn attempt(
         }
         Err(mpsc::error::TrySendError::Closed(record)) => inner.release(&record.endpoint_id),
     }
-    Attempted::Recorded
 }
 
 /// How many finished attempts may wait for the recorder.
