@@ -22,6 +22,50 @@ fn one_closed_loop_phase_runs_alone() {
     tiny_scenario(&["--phases", "batch"], 1);
 }
 
+/// The open loop sends every event at its pace and says how late the generator itself was.
+#[test]
+fn tiny_open_loop_sends_every_event_and_reports_its_own_lag() {
+    let out = Command::new(env!("CARGO_BIN_EXE_hookline"))
+        .args([
+            "bench",
+            "latency",
+            "--rate",
+            "200",
+            "--seconds",
+            "1",
+            "--raw-seconds",
+            "1",
+            "--raw-concurrency",
+            "4",
+        ])
+        .env_remove("HOOKLINE_DATABASE_URL")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let phase = &report["phases"][0];
+    assert_eq!(phase["mode"], "open", "{report}");
+    assert_eq!(phase["accepted"], 200, "{phase}");
+    assert_eq!(phase["delivered"], 200, "{phase}");
+    assert_eq!(phase["lost"], 0, "{phase}");
+    assert_eq!(phase["bad_signatures"], 0, "{phase}");
+    let lag = &phase["send_lag_ms"];
+    assert!(
+        lag["max"].as_f64().unwrap() >= lag["p50"].as_f64().unwrap(),
+        "{phase}"
+    );
+    // Each event's latency holds its lag (both count from its intended send time).
+    assert!(
+        phase["latency_ms"]["max"].as_f64().unwrap() >= lag["max"].as_f64().unwrap(),
+        "{phase}"
+    );
+}
+
 /// The same on PostgreSQL, with two nodes sharing the work.
 #[test]
 fn tiny_scenario_on_two_postgresql_nodes_loses_nothing() {
