@@ -66,6 +66,57 @@ fn tiny_open_loop_sends_every_event_and_reports_its_own_lag() {
     );
 }
 
+/// Isolation alternates which phase of a round goes first, loses nothing beside the hanging
+/// endpoint, and compares the healthy endpoints' p99 alone and beside it.
+#[test]
+fn tiny_isolation_scenario_alternates_its_phases_and_loses_nothing() {
+    let out = Command::new(env!("CARGO_BIN_EXE_hookline"))
+        .args([
+            "bench",
+            "isolation",
+            "--fanout",
+            "2",
+            "--rate",
+            "100",
+            "--seconds",
+            "1",
+            "--rounds",
+            "2",
+            "--raw-seconds",
+            "1",
+            "--raw-concurrency",
+            "4",
+        ])
+        .env_remove("HOOKLINE_DATABASE_URL")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let phases = report["phases"].as_array().unwrap();
+    let hanging: Vec<bool> = phases
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().contains("hanging"))
+        .collect();
+    assert_eq!(hanging, [false, true, true, false], "{report}");
+    for p in phases {
+        assert_eq!(p["accepted"], 100, "{p}");
+        // Only the healthy endpoints' deliveries are awaited and counted.
+        assert_eq!(p["delivered"], 200, "{p}");
+        assert_eq!(p["lost"], 0, "{p}");
+        assert_eq!(p["bad_signatures"], 0, "{p}");
+    }
+    let iso = &report["isolation"];
+    for field in ["alone_ms", "beside_hanging_ms"] {
+        assert!(iso[field]["p99"].as_f64().unwrap() > 0.0, "{iso}");
+    }
+    assert!(iso["p99_change_pct"].as_f64().unwrap().is_finite(), "{iso}");
+}
+
 /// The same on PostgreSQL, with two nodes sharing the work.
 #[test]
 fn tiny_scenario_on_two_postgresql_nodes_loses_nothing() {

@@ -307,16 +307,27 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
             };
             let (mut alone, mut beside) = (Vec::new(), Vec::new());
             let (mut alone_p99, mut beside_p99) = (Vec::new(), Vec::new());
-            for _ in 0..args.rounds.max(1) {
-                let (p, lat) =
-                    end_to_end_raw(&args, &secret, raw, load, n, Setup::default()).await?;
-                alone.extend(lat);
-                alone_p99.push(p.latency_ms.p99);
-                phases.push(p);
-                let (p, lat) = end_to_end_raw(&args, &secret, raw, load, n, hang).await?;
-                beside.extend(lat);
-                beside_p99.push(p.latency_ms.p99);
-                phases.push(p);
+            // Rounds alternate which of the two goes first (alone-beside, beside-alone, ...),
+            // so that neither always runs right after the raw reference or the other: a
+            // host's drift over the minutes of a run then weighs on both alike.
+            for round in 0..args.rounds.max(1) {
+                let order = if round % 2 == 0 {
+                    [false, true]
+                } else {
+                    [true, false]
+                };
+                for hanging in order {
+                    let setup = if hanging { hang } else { Setup::default() };
+                    let (p, lat) = end_to_end_raw(&args, &secret, raw, load, n, setup).await?;
+                    let (pooled, p99s) = if hanging {
+                        (&mut beside, &mut beside_p99)
+                    } else {
+                        (&mut alone, &mut alone_p99)
+                    };
+                    pooled.extend(lat);
+                    p99s.push(p.latency_ms.p99);
+                    phases.push(p);
+                }
             }
             let (m_alone, m_beside) = (median(alone_p99), median(beside_p99));
             let m_change = (m_beside / m_alone.max(1e-9) - 1.0) * 100.0;
