@@ -25,29 +25,17 @@ fn one_closed_loop_phase_runs_alone() {
 /// The open loop sends every event at its pace and says how late the generator itself was.
 #[test]
 fn tiny_open_loop_sends_every_event_and_reports_its_own_lag() {
-    let out = Command::new(env!("CARGO_BIN_EXE_hookline"))
-        .args([
-            "bench",
-            "latency",
-            "--rate",
-            "200",
-            "--seconds",
-            "1",
-            "--raw-seconds",
-            "1",
-            "--raw-concurrency",
-            "4",
-        ])
-        .env_remove("HOOKLINE_DATABASE_URL")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let report = run_bench(&[
+        "latency",
+        "--rate",
+        "200",
+        "--seconds",
+        "1",
+        "--raw-seconds",
+        "1",
+        "--raw-concurrency",
+        "4",
+    ]);
     let phase = &report["phases"][0];
     assert_eq!(phase["mode"], "open", "{report}");
     assert_eq!(phase["accepted"], 200, "{phase}");
@@ -70,33 +58,21 @@ fn tiny_open_loop_sends_every_event_and_reports_its_own_lag() {
 /// endpoint, and compares the healthy endpoints' p99 alone and beside it.
 #[test]
 fn tiny_isolation_scenario_alternates_its_phases_and_loses_nothing() {
-    let out = Command::new(env!("CARGO_BIN_EXE_hookline"))
-        .args([
-            "bench",
-            "isolation",
-            "--fanout",
-            "2",
-            "--rate",
-            "100",
-            "--seconds",
-            "1",
-            "--rounds",
-            "2",
-            "--raw-seconds",
-            "1",
-            "--raw-concurrency",
-            "4",
-        ])
-        .env_remove("HOOKLINE_DATABASE_URL")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let report = run_bench(&[
+        "isolation",
+        "--fanout",
+        "2",
+        "--rate",
+        "100",
+        "--seconds",
+        "1",
+        "--rounds",
+        "2",
+        "--raw-seconds",
+        "1",
+        "--raw-concurrency",
+        "4",
+    ]);
     let phases = report["phases"].as_array().unwrap();
     let hanging: Vec<bool> = phases
         .iter()
@@ -136,34 +112,23 @@ fn tiny_scenario_on_two_postgresql_nodes_loses_nothing() {
 }
 
 fn tiny_scenario(extra: &[&str], phase_count: usize) {
-    let out = Command::new(env!("CARGO_BIN_EXE_hookline"))
-        .args([
-            "bench",
-            "throughput",
-            "--events",
-            "300",
-            "--fanout",
-            "2",
-            "--batch",
-            "50",
-            "--concurrency",
-            "4",
-            "--raw-seconds",
-            "1",
-            "--raw-concurrency",
-            "4",
-        ])
-        .args(extra)
-        .env_remove("HOOKLINE_DATABASE_URL")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let mut args = vec![
+        "throughput",
+        "--events",
+        "300",
+        "--fanout",
+        "2",
+        "--batch",
+        "50",
+        "--concurrency",
+        "4",
+        "--raw-seconds",
+        "1",
+        "--raw-concurrency",
+        "4",
+    ];
+    args.extend_from_slice(extra);
+    let report = run_bench(&args);
     assert!(report["raw_per_sec"].as_f64().unwrap() > 0.0);
     assert_eq!(report["relay"], extra.contains(&"--relay"), "{report}");
     let phases = report["phases"].as_array().unwrap();
@@ -184,4 +149,22 @@ fn tiny_scenario(extra: &[&str], phase_count: usize) {
             "reference bodies of {raw_bytes} bytes, deliveries of {delivered_bytes}: {report}"
         );
     }
+}
+
+/// Runs `hookline bench ARGS` (on SQLite unless the args say otherwise) and returns the
+/// report on the last line of its output.
+fn run_bench(args: &[&str]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_hookline"))
+        .arg("bench")
+        .args(args)
+        .env_remove("HOOKLINE_DATABASE_URL")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
 }
