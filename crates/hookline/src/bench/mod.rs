@@ -836,7 +836,7 @@ async fn end_to_end_raw(
             }
             send_lag = Some(Percentiles::of(
                 lags.lock()
-                    .map(|l| l.clone())
+                    .map(|mut l| std::mem::take(&mut *l))
                     .map_err(|_| anyhow::anyhow!("send lags poisoned"))?,
             ));
             (format!("open {rate}/s F={}", args.fanout), "open", 1)
