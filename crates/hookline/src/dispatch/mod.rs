@@ -35,7 +35,7 @@ use retry::RetrySchedule;
 use sender::{Sender, Target};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -129,6 +129,43 @@ struct Admission {
     starved: FastSet<String>,
     /// Due work was left in the database for want of room overall: any release wakes it.
     globally_starved: bool,
+}
+
+impl Admission {
+    /// Whether to attempt a delivery of `endpoint_id` now (`now`: ms since epoch). An open
+    /// breaker lets one delivery through as a probe once its time has come, and no other
+    /// until that probe's result is in (or it was given back unsent).
+    fn gate(&mut self, endpoint_id: &str, now: i64) -> Gate {
+        match self.breakers.get_mut(endpoint_id) {
+            Some(b) if b.open => {
+                if !b.probing && b.next_probe <= now {
+                    b.probing = true;
+                    Gate::Probe
+                } else {
+                    Gate::Park
+                }
+            }
+            _ => Gate::Go,
+        }
+    }
+
+    /// A probe given back unsent leaves the breaker free to let the next one through at
+    /// once; the give-back's release wakes the poller to take it.
+    fn probe_not_made(&mut self, endpoint_id: &str) {
+        if let Some(b) = self.breakers.get_mut(endpoint_id)
+            && b.open
+            && b.probing
+        {
+            b.probing = false;
+            self.starved.insert(endpoint_id.to_owned());
+        }
+    }
+}
+
+/// Locks `m`, even if a panic elsewhere poisoned it: what the dispatcher keeps under its
+/// locks stays usable after a panic, and a lock refused for ever would stop all delivery.
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// An endpoint's run of failures, and its breaker.
@@ -240,9 +277,7 @@ impl Dispatcher {
         if !self.inner.lease.allows(Duration::ZERO) {
             return false; // cut off from the others: leave it `pending`, for whoever can send
         }
-        let Ok(mut a) = self.inner.admission.lock() else {
-            return false;
-        };
+        let mut a = locked(&self.inner.admission);
         if a.breakers.get(endpoint_id).is_some_and(|b| b.open) {
             return false; // it waits in the database until the endpoint is back
         }
@@ -324,30 +359,24 @@ impl Dispatcher {
 
     /// Forgets the endpoint's run of failures (its deliveries were queued again by hand).
     pub fn reset_breaker(&self, endpoint_id: &str) {
-        if let Ok(mut a) = self.inner.admission.lock() {
-            a.breakers.remove(endpoint_id);
-        }
+        locked(&self.inner.admission).breakers.remove(endpoint_id);
     }
 
     /// Tells the dispatcher an endpoint changed (or was removed: `enabled == false`).
     pub fn endpoint_changed(&self, ep: &Endpoint) {
-        let Ok(queues) = self.inner.queues.lock() else {
-            return;
-        };
+        let queues = locked(&self.inner.queues);
         if let Some(q) = queues.get(&ep.id) {
             if !ep.enabled {
                 q.shared
                     .closed_at
                     .fetch_max(ep.updated_at.0, Ordering::AcqRel);
-            } else if let Ok(mut latest) = q.shared.latest.lock() {
-                *latest = Some(Arc::new(ep.clone()));
+            } else {
+                *locked(&q.shared.latest) = Some(Arc::new(ep.clone()));
             }
         }
         drop(queues);
         // A changed endpoint (new URL, turned off or on) starts with a clean slate.
-        if let Ok(mut a) = self.inner.admission.lock() {
-            a.breakers.remove(&ep.id);
-        }
+        locked(&self.inner.admission).breakers.remove(&ep.id);
     }
 
     /// Waits (at most `grace`) for the attempts in flight to finish after shutdown began,
@@ -369,38 +398,35 @@ impl Dispatcher {
 
 impl Inner {
     fn release(&self, endpoint_id: &str) {
-        let mut wake = false;
-        if let Ok(mut a) = self.admission.lock() {
+        let wake = {
+            let mut a = self.admission();
             a.total = a.total.saturating_sub(1);
             if let Some(n) = a.per_endpoint.get_mut(endpoint_id) {
-                *n -= 1;
+                *n = n.saturating_sub(1);
                 if *n == 0 {
                     a.per_endpoint.remove(endpoint_id);
                 }
             }
             // Only a release that makes room where work is waiting wakes the poller, so a
             // busy endpoint's traffic does not keep it polling for a stuck one.
-            wake = std::mem::take(&mut a.globally_starved) | a.starved.remove(endpoint_id);
-        }
+            std::mem::take(&mut a.globally_starved) | a.starved.remove(endpoint_id)
+        };
         if wake {
             self.poke.notify_one();
         }
     }
 
     fn force_admit(&self, endpoint_id: &str, n: usize) {
-        if let Ok(mut a) = self.admission.lock() {
-            a.total += n;
-            *a.per_endpoint.entry(endpoint_id.to_owned()).or_insert(0) += n;
-        }
+        let mut a = self.admission();
+        a.total += n;
+        *a.per_endpoint.entry(endpoint_id.to_owned()).or_insert(0) += n;
     }
 
     /// How many more deliveries of `endpoint_id` may be taken now. An endpoint (or the
     /// whole dispatcher) with no room left is marked starved, so its next release wakes the
     /// poller.
     fn room(&self, endpoint_id: &str) -> usize {
-        let Ok(mut a) = self.admission.lock() else {
-            return 0;
-        };
+        let mut a = self.admission();
         let here = a.per_endpoint.get(endpoint_id).copied().unwrap_or(0);
         let own = self.config.max_per_endpoint.saturating_sub(here);
         let overall = self.config.max_in_memory.saturating_sub(a.total);
@@ -427,28 +453,25 @@ impl Inner {
 
     /// Whether to attempt a delivery of `endpoint_id` now.
     fn gate(&self, endpoint_id: &str) -> Gate {
-        let Ok(mut a) = self.admission.lock() else {
-            return Gate::Go;
-        };
-        match a.breakers.get_mut(endpoint_id) {
-            Some(b) if b.open => {
-                if !b.probing && b.next_probe <= Timestamp::now().0 {
-                    b.probing = true;
-                    Gate::Probe
-                } else {
-                    Gate::Park
-                }
-            }
-            _ => Gate::Go,
-        }
+        self.admission().gate(endpoint_id, Timestamp::now().0)
+    }
+
+    /// The probe this endpoint's breaker let through was given back unsent (the lease would
+    /// not cover it, or shutdown began): the breaker may let another through.
+    fn probe_not_made(&self, endpoint_id: &str) {
+        self.admission().probe_not_made(endpoint_id);
+    }
+
+    /// The dispatcher's bookkeeping. A panic while it was held (none is expected) leaves
+    /// counters at worst one off; refusing every later lock would stop all delivery.
+    fn admission(&self) -> MutexGuard<'_, Admission> {
+        locked(&self.admission)
     }
 
     /// Feeds an attempt's result to the endpoint's breaker. Returns true when this success
     /// closed an open breaker (the endpoint is back).
     fn breaker_result(&self, endpoint_id: &str, success: bool, probe: bool) -> bool {
-        let Ok(mut a) = self.admission.lock() else {
-            return false;
-        };
+        let mut a = self.admission();
         if success {
             return a.breakers.remove(endpoint_id).is_some_and(|b| b.open);
         }
@@ -479,7 +502,7 @@ impl Inner {
     /// The earliest time a probe is due, over every open breaker.
     fn next_probe(&self) -> Option<i64> {
         let now = Timestamp::now().0;
-        let a = self.admission.lock().ok()?;
+        let a = self.admission();
         // A probe already due waits for a delivery to probe with (a release or a new
         // pending delivery wakes the poller, or its 5 s cap): only future ones set the alarm.
         a.breakers
@@ -491,30 +514,22 @@ impl Inner {
 
     /// Deliveries held in memory, and endpoints whose breaker is open (for metrics).
     fn stats(&self) -> (usize, usize) {
-        self.admission
-            .lock()
-            .map(|a| (a.total, a.breakers.values().filter(|b| b.open).count()))
-            .unwrap_or((0, 0))
+        let a = self.admission();
+        (a.total, a.breakers.values().filter(|b| b.open).count())
     }
 
     /// Endpoints whose breaker is open.
     fn open_breakers(&self) -> Vec<String> {
-        self.admission
-            .lock()
-            .map(|a| {
-                a.breakers
-                    .iter()
-                    .filter(|(_, b)| b.open)
-                    .map(|(id, _)| id.clone())
-                    .collect()
-            })
-            .unwrap_or_default()
+        self.admission()
+            .breakers
+            .iter()
+            .filter(|(_, b)| b.open)
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 
     fn submit(self: &Arc<Self>, due: DueDelivery) {
-        let Ok(mut queues) = self.queues.lock() else {
-            return;
-        };
+        let mut queues = locked(&self.queues);
         let endpoint_id = due.endpoint.id.clone();
         let handle = queues.entry(endpoint_id.clone()).or_insert_with(|| {
             let (tx, rx) = mpsc::unbounded_channel();
@@ -579,7 +594,7 @@ async fn endpoint_worker(
                 _ = &mut idle => {
                     if waiting_since.elapsed() >= WORKER_IDLE {
                         // Idle: leave, unless something arrived meanwhile.
-                        let Ok(mut queues) = inner.queues.lock() else { return };
+                        let mut queues = locked(&inner.queues);
                         if rx.is_empty() {
                             queues.remove(&endpoint_id);
                             return;
@@ -599,7 +614,7 @@ async fn endpoint_worker(
             continue;
         }
         // The newest known version of the endpoint wins.
-        let latest = shared.latest.lock().ok().and_then(|l| l.clone());
+        let latest = locked(&shared.latest).clone();
         let newest = match latest {
             Some(l) if l.updated_at > due.endpoint.updated_at => l,
             _ => due.endpoint.clone(),
@@ -705,15 +720,7 @@ impl Lanes {
 
     /// Queues `job`, starting one more lane when none is free for it.
     fn push(&mut self, inner: &Arc<Inner>, job: Job) {
-        match self.shared.jobs.lock() {
-            Ok(mut jobs) => jobs.push_back(job),
-            Err(_) => {
-                // A lane panicked holding the queue; the row stays `delivering` and is
-                // released at the next start, as after a crash.
-                inner.release(&job.due.endpoint.id);
-                return;
-            }
-        }
+        locked(&self.shared.jobs).push_back(job);
         self.shared.bell.notify_one();
         let free = self.slack.fetch_sub(1, Ordering::AcqRel) > 0;
         if !free && self.started < self.max {
@@ -745,9 +752,9 @@ async fn lane(
             let bell = queue.bell.notified();
             tokio::pin!(bell);
             bell.as_mut().enable();
-            let (job, more) = match queue.jobs.lock() {
-                Ok(mut jobs) => (jobs.pop_front(), !jobs.is_empty()),
-                Err(_) => return,
+            let (job, more) = {
+                let mut jobs = locked(&queue.jobs);
+                (jobs.pop_front(), !jobs.is_empty())
             };
             if let Some(job) = job {
                 if more {
@@ -765,6 +772,9 @@ async fn lane(
         // goes back, `pending`, for the next start.
         if inner.shutdown.is_cancelled() {
             drop(job.permit);
+            if job.probe {
+                inner.probe_not_made(&job.due.endpoint.id);
+            }
             give_back(&inner, job.due).await;
             continue;
         }
@@ -785,7 +795,12 @@ async fn lane(
             .await;
         match tried {
             Ok(Attempted::Recorded) => {}
-            Ok(Attempted::NotSent) => give_back(&inner, due).await,
+            Ok(Attempted::NotSent) => {
+                if probe {
+                    inner.probe_not_made(&due.endpoint.id);
+                }
+                give_back(&inner, due).await
+            }
             Err(_) => {
                 tracing::error!(
                     delivery = %due.delivery_id, endpoint = %due.endpoint.id,
@@ -1014,16 +1029,12 @@ async fn record_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<AttemptRecord>) {
         };
         for rec in &batch {
             if written && matches!(rec.outcome, Outcome::Gone) {
-                if let Ok(queues) = inner.queues.lock()
-                    && let Some(q) = queues.get(&rec.endpoint_id)
-                {
+                if let Some(q) = locked(&inner.queues).get(&rec.endpoint_id) {
                     q.shared
                         .closed_at
                         .fetch_max(rec.endpoint_version, Ordering::AcqRel);
                 }
-                if let Ok(mut a) = inner.admission.lock() {
-                    a.breakers.remove(&rec.endpoint_id);
-                }
+                inner.admission().breakers.remove(&rec.endpoint_id);
             }
             inner.release(&rec.endpoint_id);
             if let Outcome::RetryAt(at) = rec.outcome {
@@ -1101,7 +1112,8 @@ async fn poll_loop(inner: Arc<Inner>) {
                 }
                 // An endpoint that filled all the room offered may have more waiting.
                 let offered = offered.lock().map(|o| o.clone()).unwrap_or_default();
-                if let Ok(mut a) = inner.admission.lock() {
+                {
+                    let mut a = inner.admission();
                     for (ep, n) in taken {
                         if offered.get(&ep) == Some(&n) {
                             a.starved.insert(ep);
@@ -1205,6 +1217,51 @@ mod tests {
             .or_default()
             .push(id);
         "ok"
+    }
+
+    #[test]
+    fn a_probe_given_back_unsent_lets_the_next_one_through() {
+        use super::{Admission, Breaker, Gate};
+        let mut a = Admission::default();
+        a.breakers.insert(
+            "ep".into(),
+            Breaker {
+                failures: 10,
+                open: true,
+                next_probe: 1_000,
+                backoff_ms: 1_000,
+                probing: false,
+            },
+        );
+        assert_eq!(a.gate("ep", 999), Gate::Park, "before the probe's time");
+        assert_eq!(a.gate("ep", 1_000), Gate::Probe);
+        assert_eq!(a.gate("ep", 1_001), Gate::Park, "one probe at a time");
+        // The probe went back unsent (say the lease would not cover it): without this the
+        // breaker waited for its result for ever, and the endpoint was never tried again.
+        a.probe_not_made("ep");
+        assert!(a.starved.contains("ep"), "its release wakes the poller");
+        assert_eq!(a.gate("ep", 1_002), Gate::Probe);
+        assert_eq!(a.gate("healthy", 0), Gate::Go);
+        // Only a probe in flight is given up: a closed or probe-less breaker is left alone.
+        a.probe_not_made("healthy");
+        assert!(!a.starved.contains("healthy"));
+    }
+
+    #[test]
+    fn the_bookkeeping_stays_usable_after_a_panic_under_its_lock() {
+        let m = Arc::new(Mutex::new(super::Admission::default()));
+        let held = m.clone();
+        let panicked = std::thread::spawn(move || {
+            let mut a = held.lock().unwrap();
+            a.total += 1;
+            panic!("injected: a panic under the dispatcher's lock");
+        })
+        .join();
+        assert!(panicked.is_err());
+        assert!(m.is_poisoned());
+        // Before, every later lock was refused: nothing more was admitted or released.
+        super::locked(&m).total -= 1;
+        assert_eq!(super::locked(&m).total, 0);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
