@@ -1242,9 +1242,143 @@ mod tests {
         assert!(a.starved.contains("ep"), "its release wakes the poller");
         assert_eq!(a.gate("ep", 1_002), Gate::Probe);
         assert_eq!(a.gate("healthy", 0), Gate::Go);
-        // Only a probe in flight is given up: a closed or probe-less breaker is left alone.
+        // Only a probe in flight is given up: no breaker, a closed one, or an open one with
+        // no probe out is left alone.
+        a.starved.clear();
         a.probe_not_made("healthy");
-        assert!(!a.starved.contains("healthy"));
+        let failing = |open| Breaker {
+            failures: 3,
+            open,
+            next_probe: 5_000,
+            backoff_ms: 1_000,
+            probing: false,
+        };
+        a.breakers.insert("closed".into(), failing(false));
+        a.probe_not_made("closed");
+        a.breakers.insert("waiting".into(), failing(true));
+        a.probe_not_made("waiting");
+        assert!(a.starved.is_empty(), "{:?}", a.starved);
+        assert_eq!(a.gate("closed", 1_003), Gate::Go);
+        assert_eq!(
+            a.gate("waiting", 1_003),
+            Gate::Park,
+            "its probe time has not come"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_probe_the_lease_stops_goes_back_unsent_and_the_next_probe_may_go() {
+        use super::{
+            Admission, Breaker, Gate, Inner, Job, Lanes, Sender, Target, cluster, targets,
+        };
+        use crate::model::{Endpoint, Timestamp};
+        use crate::store::{DueDelivery, Outcome};
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&Location::Sqlite(dir.path().to_owned()))
+            .await
+            .unwrap();
+        let config = super::DispatchConfig::default();
+        let guard = targets::Guard::new(Arc::new(targets::SystemResolver::default()), true);
+        let sender = Sender::new(config.connect_timeout, config.timeout, guard);
+        let (records, mut recorded) = tokio::sync::mpsc::channel(16);
+        let inner = Arc::new(Inner {
+            store,
+            config,
+            sender,
+            admission: Mutex::new(Admission::default()),
+            queues: Mutex::default(),
+            poke: tokio::sync::Notify::new(),
+            planned_wake: std::sync::atomic::AtomicI64::new(0),
+            shutdown: CancellationToken::new(),
+            tasks: tokio_util::task::TaskTracker::new(),
+            records,
+            recorder_stop: CancellationToken::new(),
+            recorder: Mutex::new(None),
+            runtime: tokio::runtime::Handle::current(),
+            // A shared store's lease that no attempt fits in: as on a node whose heartbeat
+            // failed, nothing may be sent.
+            lease: cluster::Lease::new(true, Duration::ZERO, std::time::Instant::now()),
+            lease_lost: CancellationToken::new(),
+        });
+
+        // An endpoint whose breaker is open, its probe due.
+        let ep = Arc::new(Endpoint {
+            id: "ep_probe".into(),
+            account_id: "acc_1".into(),
+            url: "http://127.0.0.1:9/hooks".into(),
+            description: String::new(),
+            event_types: vec!["*".into()],
+            headers: Default::default(),
+            rate_limit_per_sec: None,
+            enabled: true,
+            disabled_reason: None,
+            created_at: Timestamp(1),
+            updated_at: Timestamp(1),
+            secret: hookline_signing::Secret::from_bytes(&[7; 32])
+                .unwrap()
+                .to_string(),
+            previous_secret: None,
+            previous_secret_expires_at: None,
+        });
+        inner.admission().breakers.insert(
+            ep.id.clone(),
+            Breaker {
+                failures: 10,
+                open: true,
+                next_probe: 0,
+                backoff_ms: 1_000,
+                probing: false,
+            },
+        );
+        inner.force_admit(&ep.id, 1);
+        assert_eq!(inner.gate(&ep.id), Gate::Probe);
+        assert_eq!(inner.gate(&ep.id), Gate::Park, "one probe at a time");
+
+        // The probe reaches a lane, which finds the lease will not cover it.
+        let mut lanes = Lanes::new(1);
+        let permit = Arc::new(tokio::sync::Semaphore::new(1))
+            .acquire_owned()
+            .await
+            .unwrap();
+        let due = DueDelivery {
+            delivery_id: "dlv_1".into(),
+            row: 1,
+            claim: 1,
+            attempts: 0,
+            event_id: "evt_1".into(),
+            payload: bytes::Bytes::from_static(b"{}"),
+            endpoint: ep.clone(),
+            manual_after_end: false,
+        };
+        let target = Arc::new(Target::from_endpoint(&ep).unwrap());
+        lanes.push(
+            &inner,
+            Job {
+                due,
+                target,
+                permit,
+                probe: true,
+            },
+        );
+
+        // It goes back without an attempt...
+        let record = tokio::time::timeout(Duration::from_secs(30), recorded.recv())
+            .await
+            .expect("the delivery was never given back")
+            .unwrap();
+        assert_eq!(record.delivery_id, "dlv_1");
+        assert!(record.attempt.is_none());
+        assert!(
+            matches!(record.outcome, Outcome::Released),
+            "{:?}",
+            record.outcome
+        );
+        // ...and the breaker no longer waits for its result: its release wakes the poller,
+        // and the next delivery of the endpoint goes as the probe.
+        assert!(inner.admission().starved.contains(&ep.id));
+        assert_eq!(inner.gate(&ep.id), Gate::Probe);
+        drop(lanes);
     }
 
     #[test]
