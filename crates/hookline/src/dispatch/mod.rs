@@ -129,7 +129,13 @@ struct Admission {
     starved: FastSet<String>,
     /// Due work was left in the database for want of room overall: any release wakes it.
     globally_starved: bool,
+    /// Probes let through so far: each probe's number ties its result to its breaker.
+    probes: ProbeId,
 }
+
+/// Which probe a result or a give-back is about: a breaker removed and opened again meanwhile
+/// has a probe of its own out, which a late answer of the old one must not settle.
+type ProbeId = u64;
 
 impl Admission {
     /// Whether to attempt a delivery of `endpoint_id` now (`now`: ms since epoch). An open
@@ -138,9 +144,10 @@ impl Admission {
     fn gate(&mut self, endpoint_id: &str, now: i64) -> Gate {
         match self.breakers.get_mut(endpoint_id) {
             Some(b) if b.open => {
-                if !b.probing && b.next_probe <= now {
-                    b.probing = true;
-                    Gate::Probe
+                if b.probing.is_none() && b.next_probe <= now {
+                    self.probes += 1;
+                    b.probing = Some(self.probes);
+                    Gate::Probe(self.probes)
                 } else {
                     Gate::Park
                 }
@@ -151,12 +158,12 @@ impl Admission {
 
     /// A probe given back unsent leaves the breaker free to let the next one through at
     /// once; the give-back's release wakes the poller to take it.
-    fn probe_not_made(&mut self, endpoint_id: &str) {
+    fn probe_not_made(&mut self, endpoint_id: &str, probe: ProbeId) {
         if let Some(b) = self.breakers.get_mut(endpoint_id)
             && b.open
-            && b.probing
+            && b.probing == Some(probe)
         {
-            b.probing = false;
+            b.probing = None;
             self.starved.insert(endpoint_id.to_owned());
         }
     }
@@ -176,7 +183,8 @@ struct Breaker {
     /// When the next probe may go (ms since epoch), while open.
     next_probe: i64,
     backoff_ms: i64,
-    probing: bool,
+    /// The probe out, while one is.
+    probing: Option<ProbeId>,
 }
 
 /// The first wait before probing an endpoint whose breaker just opened.
@@ -186,7 +194,7 @@ const FIRST_PROBE_MS: i64 = 1000;
 #[derive(Debug, PartialEq, Eq)]
 enum Gate {
     Go,
-    Probe,
+    Probe(ProbeId),
     /// Give it back to the database without an attempt.
     Park,
 }
@@ -439,7 +447,7 @@ impl Inner {
         match a.breakers.get(endpoint_id) {
             // An open breaker takes one delivery at a time, as a probe, when one is due.
             Some(b) if b.open => {
-                let probe_due = !b.probing && b.next_probe <= Timestamp::now().0;
+                let probe_due = b.probing.is_none() && b.next_probe <= Timestamp::now().0;
                 if probe_due && here > 0 {
                     // Parked deliveries are still on their way back: the last one's
                     // release wakes the poller for the probe.
@@ -458,8 +466,8 @@ impl Inner {
 
     /// The probe this endpoint's breaker let through was given back unsent (the lease would
     /// not cover it, or shutdown began): the breaker may let another through.
-    fn probe_not_made(&self, endpoint_id: &str) {
-        self.admission().probe_not_made(endpoint_id);
+    fn probe_not_made(&self, endpoint_id: &str, probe: ProbeId) {
+        self.admission().probe_not_made(endpoint_id, probe);
     }
 
     /// The dispatcher's bookkeeping. A panic while it was held (none is expected) leaves
@@ -468,9 +476,11 @@ impl Inner {
         locked(&self.admission)
     }
 
-    /// Feeds an attempt's result to the endpoint's breaker. Returns true when this success
-    /// closed an open breaker (the endpoint is back).
-    fn breaker_result(&self, endpoint_id: &str, success: bool, probe: bool) -> bool {
+    /// Feeds an attempt's result to the endpoint's breaker (`probe`: the attempt was that
+    /// probe). Returns true when this success closed an open breaker (the endpoint is back).
+    /// Any success closes it; a failed probe doubles the wait for the next one only if it is
+    /// the breaker's own probe.
+    fn breaker_result(&self, endpoint_id: &str, success: bool, probe: Option<ProbeId>) -> bool {
         let mut a = self.admission();
         if success {
             return a.breakers.remove(endpoint_id).is_some_and(|b| b.open);
@@ -483,11 +493,11 @@ impl Inner {
             open: false,
             next_probe: 0,
             backoff_ms: FIRST_PROBE_MS,
-            probing: false,
+            probing: None,
         });
         b.failures = b.failures.saturating_add(1);
-        if b.open && probe {
-            b.probing = false;
+        if b.open && probe.is_some() && b.probing == probe {
+            b.probing = None;
             b.backoff_ms = (b.backoff_ms * 2).min(max_ms.max(FIRST_PROBE_MS));
             b.next_probe = now + b.backoff_ms;
         } else if !b.open && b.failures >= threshold {
@@ -507,7 +517,7 @@ impl Inner {
         // pending delivery wakes the poller, or its 5 s cap): only future ones set the alarm.
         a.breakers
             .values()
-            .filter(|b| b.open && !b.probing && b.next_probe > now)
+            .filter(|b| b.open && b.probing.is_none() && b.next_probe > now)
             .map(|b| b.next_probe)
             .min()
     }
@@ -659,13 +669,21 @@ async fn endpoint_worker(
         }
         // Shared store: wait until an attempt would end within this node's lease (it cannot
         // while the heartbeat fails; the others take over once the lease runs out).
+        let probe = match gate {
+            Gate::Probe(n) => Some(n),
+            _ => None,
+        };
         while !inner.lease.allows(inner.config.timeout) {
             tokio::select! {
-                _ = inner.shutdown.cancelled() => return,
+                _ = inner.shutdown.cancelled() => {
+                    if let Some(n) = probe {
+                        inner.probe_not_made(&endpoint_id, n);
+                    }
+                    return;
+                }
                 _ = tokio::time::sleep(Duration::from_millis(50)) => {}
             }
         }
-        let probe = gate == Gate::Probe;
         lanes.push(
             &inner,
             Job {
@@ -684,7 +702,8 @@ struct Job {
     due: DueDelivery,
     target: Arc<Target>,
     permit: OwnedSemaphorePermit,
-    probe: bool,
+    /// The breaker's probe, if this attempt is one.
+    probe: Option<ProbeId>,
 }
 
 /// An endpoint's lanes: long-lived tasks that make its attempts one after the other, as
@@ -772,8 +791,8 @@ async fn lane(
         // goes back, `pending`, for the next start.
         if inner.shutdown.is_cancelled() {
             drop(job.permit);
-            if job.probe {
-                inner.probe_not_made(&job.due.endpoint.id);
+            if let Some(n) = job.probe {
+                inner.probe_not_made(&job.due.endpoint.id, n);
             }
             give_back(&inner, job.due).await;
             continue;
@@ -796,8 +815,8 @@ async fn lane(
         match tried {
             Ok(Attempted::Recorded) => {}
             Ok(Attempted::NotSent) => {
-                if probe {
-                    inner.probe_not_made(&due.endpoint.id);
+                if let Some(n) = probe {
+                    inner.probe_not_made(&due.endpoint.id, n);
                 }
                 give_back(&inner, due).await
             }
@@ -806,9 +825,9 @@ async fn lane(
                     delivery = %due.delivery_id, endpoint = %due.endpoint.id,
                     "an attempt panicked; it counts as a failed attempt"
                 );
-                if probe {
+                if probe.is_some() {
                     // The probe has no answer: the breaker waits for the next one.
-                    inner.breaker_result(&due.endpoint.id, false, true);
+                    inner.breaker_result(&due.endpoint.id, false, probe);
                 }
                 record_panicked(&inner, due, started_at);
             }
@@ -874,7 +893,7 @@ async fn attempt(
     due: &DueDelivery,
     target: Arc<Target>,
     permit: OwnedSemaphorePermit,
-    probe: bool,
+    probe: Option<ProbeId>,
 ) -> Attempted {
     let number = due.attempts + 1;
     // The lease again, right before sending: the worker's check may be a while ago.
@@ -1222,42 +1241,43 @@ mod tests {
     #[test]
     fn a_probe_given_back_unsent_lets_the_next_one_through() {
         use super::{Admission, Breaker, Gate};
+        let failing = |open, next_probe| Breaker {
+            failures: 10,
+            open,
+            next_probe,
+            backoff_ms: 1_000,
+            probing: None,
+        };
         let mut a = Admission::default();
-        a.breakers.insert(
-            "ep".into(),
-            Breaker {
-                failures: 10,
-                open: true,
-                next_probe: 1_000,
-                backoff_ms: 1_000,
-                probing: false,
-            },
-        );
+        a.breakers.insert("ep".into(), failing(true, 1_000));
         assert_eq!(a.gate("ep", 999), Gate::Park, "before the probe's time");
-        assert_eq!(a.gate("ep", 1_000), Gate::Probe);
+        let Gate::Probe(first) = a.gate("ep", 1_000) else {
+            panic!("no probe when one was due");
+        };
         assert_eq!(a.gate("ep", 1_001), Gate::Park, "one probe at a time");
         // The probe went back unsent (say the lease would not cover it): without this the
         // breaker waited for its result for ever, and the endpoint was never tried again.
-        a.probe_not_made("ep");
+        a.probe_not_made("ep", first);
         assert!(a.starved.contains("ep"), "its release wakes the poller");
-        assert_eq!(a.gate("ep", 1_002), Gate::Probe);
-        assert_eq!(a.gate("healthy", 0), Gate::Go);
+        let Gate::Probe(second) = a.gate("ep", 1_002) else {
+            panic!("the next probe did not go");
+        };
+        assert_ne!(first, second);
+        // A late give-back of the first probe does not free the breaker from the second.
+        a.starved.clear();
+        a.probe_not_made("ep", first);
+        assert_eq!(a.gate("ep", 1_003), Gate::Park);
+        assert!(a.starved.is_empty());
+
         // Only a probe in flight is given up: no breaker, a closed one, or an open one with
         // no probe out is left alone.
-        a.starved.clear();
-        a.probe_not_made("healthy");
-        let failing = |open| Breaker {
-            failures: 3,
-            open,
-            next_probe: 5_000,
-            backoff_ms: 1_000,
-            probing: false,
-        };
-        a.breakers.insert("closed".into(), failing(false));
-        a.probe_not_made("closed");
-        a.breakers.insert("waiting".into(), failing(true));
-        a.probe_not_made("waiting");
+        a.probe_not_made("healthy", second);
+        a.breakers.insert("closed".into(), failing(false, 5_000));
+        a.probe_not_made("closed", second);
+        a.breakers.insert("waiting".into(), failing(true, 5_000));
+        a.probe_not_made("waiting", second);
         assert!(a.starved.is_empty(), "{:?}", a.starved);
+        assert_eq!(a.gate("healthy", 0), Gate::Go);
         assert_eq!(a.gate("closed", 1_003), Gate::Go);
         assert_eq!(
             a.gate("waiting", 1_003),
@@ -1328,11 +1348,13 @@ mod tests {
                 open: true,
                 next_probe: 0,
                 backoff_ms: 1_000,
-                probing: false,
+                probing: None,
             },
         );
         inner.force_admit(&ep.id, 1);
-        assert_eq!(inner.gate(&ep.id), Gate::Probe);
+        let Gate::Probe(probe) = inner.gate(&ep.id) else {
+            panic!("no probe when one was due");
+        };
         assert_eq!(inner.gate(&ep.id), Gate::Park, "one probe at a time");
 
         // The probe reaches a lane, which finds the lease will not cover it.
@@ -1358,7 +1380,7 @@ mod tests {
                 due,
                 target,
                 permit,
-                probe: true,
+                probe: Some(probe),
             },
         );
 
@@ -1377,7 +1399,24 @@ mod tests {
         // ...and the breaker no longer waits for its result: its release wakes the poller,
         // and the next delivery of the endpoint goes as the probe.
         assert!(inner.admission().starved.contains(&ep.id));
-        assert_eq!(inner.gate(&ep.id), Gate::Probe);
+        let Gate::Probe(second) = inner.gate(&ep.id) else {
+            panic!("the next probe did not go");
+        };
+        assert_ne!(second, probe);
+
+        // A failure that comes back for the first probe, late, settles nothing of the
+        // second's: the breaker still waits for it, with the same backoff.
+        inner.breaker_result(&ep.id, false, Some(probe));
+        assert_eq!(inner.admission().breakers[&ep.id].probing, Some(second));
+        assert_eq!(inner.admission().breakers[&ep.id].backoff_ms, 1_000);
+        // The second's own failure doubles the wait before the next probe.
+        inner.breaker_result(&ep.id, false, Some(second));
+        assert_eq!(inner.admission().breakers[&ep.id].probing, None);
+        assert_eq!(inner.admission().breakers[&ep.id].backoff_ms, 2_000);
+        assert_eq!(inner.gate(&ep.id), Gate::Park, "the next probe waits 2 s");
+        // Any success closes the breaker: the endpoint answers again.
+        assert!(inner.breaker_result(&ep.id, true, None));
+        assert_eq!(inner.gate(&ep.id), Gate::Go);
         drop(lanes);
     }
 
