@@ -228,27 +228,10 @@ impl Dispatcher {
         shutdown: CancellationToken,
         joined: std::time::Instant,
     ) -> Self {
-        let sender = Sender::new(config.connect_timeout, config.timeout, guard);
         let (records, records_rx) = mpsc::channel(RECORD_QUEUE);
         let shared = store.is_shared();
         let lease = cluster::Lease::new(shared, config.lease, joined);
-        let inner = Arc::new(Inner {
-            store,
-            config,
-            sender,
-            admission: Mutex::new(Admission::default()),
-            queues: Mutex::default(),
-            poke: Notify::new(),
-            planned_wake: AtomicI64::new(0),
-            shutdown,
-            tasks: TaskTracker::new(),
-            records,
-            recorder_stop: CancellationToken::new(),
-            recorder: Mutex::new(None),
-            runtime: tokio::runtime::Handle::current(),
-            lease,
-            lease_lost: CancellationToken::new(),
-        });
+        let inner = Arc::new(Inner::new(store, config, guard, shutdown, lease, records));
         let poller = inner.clone();
         inner.tasks.spawn(async move { poll_loop(poller).await });
         if shared {
@@ -405,6 +388,36 @@ impl Dispatcher {
 }
 
 impl Inner {
+    /// The dispatcher's state, nothing started yet (on the current Tokio runtime).
+    /// Finished attempts go to `records`.
+    fn new(
+        store: Store,
+        config: DispatchConfig,
+        guard: targets::Guard,
+        shutdown: CancellationToken,
+        lease: cluster::Lease,
+        records: mpsc::Sender<AttemptRecord>,
+    ) -> Inner {
+        let sender = Sender::new(config.connect_timeout, config.timeout, guard);
+        Inner {
+            store,
+            config,
+            sender,
+            admission: Mutex::new(Admission::default()),
+            queues: Mutex::default(),
+            poke: Notify::new(),
+            planned_wake: AtomicI64::new(0),
+            shutdown,
+            tasks: TaskTracker::new(),
+            records,
+            recorder_stop: CancellationToken::new(),
+            recorder: Mutex::new(None),
+            runtime: tokio::runtime::Handle::current(),
+            lease,
+            lease_lost: CancellationToken::new(),
+        }
+    }
+
     fn release(&self, endpoint_id: &str) {
         let wake = {
             let mut a = self.admission();
@@ -1288,9 +1301,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_probe_the_lease_stops_goes_back_unsent_and_the_next_probe_may_go() {
-        use super::{
-            Admission, Breaker, Gate, Inner, Job, Lanes, Sender, Target, cluster, targets,
-        };
+        use super::{Breaker, Gate, Inner, Job, Lanes, Target, cluster, targets};
         use crate::model::{Endpoint, Timestamp};
         use crate::store::{DueDelivery, Outcome};
 
@@ -1298,29 +1309,19 @@ mod tests {
         let store = Store::open(&Location::Sqlite(dir.path().to_owned()))
             .await
             .unwrap();
-        let config = super::DispatchConfig::default();
         let guard = targets::Guard::new(Arc::new(targets::SystemResolver::default()), true);
-        let sender = Sender::new(config.connect_timeout, config.timeout, guard);
         let (records, mut recorded) = tokio::sync::mpsc::channel(16);
-        let inner = Arc::new(Inner {
+        // A shared store's lease that no attempt fits in: as on a node whose heartbeat
+        // failed, nothing may be sent.
+        let lease = cluster::Lease::new(true, Duration::ZERO, std::time::Instant::now());
+        let inner = Arc::new(Inner::new(
             store,
-            config,
-            sender,
-            admission: Mutex::new(Admission::default()),
-            queues: Mutex::default(),
-            poke: tokio::sync::Notify::new(),
-            planned_wake: std::sync::atomic::AtomicI64::new(0),
-            shutdown: CancellationToken::new(),
-            tasks: tokio_util::task::TaskTracker::new(),
+            super::DispatchConfig::default(),
+            guard,
+            CancellationToken::new(),
+            lease,
             records,
-            recorder_stop: CancellationToken::new(),
-            recorder: Mutex::new(None),
-            runtime: tokio::runtime::Handle::current(),
-            // A shared store's lease that no attempt fits in: as on a node whose heartbeat
-            // failed, nothing may be sent.
-            lease: cluster::Lease::new(true, Duration::ZERO, std::time::Instant::now()),
-            lease_lost: CancellationToken::new(),
-        });
+        ));
 
         // An endpoint whose breaker is open, its probe due.
         let ep = Arc::new(Endpoint {
