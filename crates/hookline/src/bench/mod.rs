@@ -727,13 +727,22 @@ async fn end_to_end_raw(
     } else {
         "ok"
     };
-    let mut paths: Vec<String> = (0..args.fanout.max(1))
-        .map(|i| format!("/{kind}/{i}"))
+    let mut urls: Vec<String> = (0..args.fanout.max(1))
+        .map(|i| sink.url(&format!("/{kind}/{i}")))
         .collect();
-    paths.extend((0..setup.hanging).map(|i| format!("/hang/{i}")));
+    // Hanging endpoints point at a holder apart from the sink: requests held in the sink
+    // would share the runtime that stamps the healthy receipts and paces the load.
+    let holder = if setup.hanging > 0 {
+        Some(sink::Holder::start().context("starting the hanging endpoints' holder")?)
+    } else {
+        None
+    };
+    if let Some(h) = &holder {
+        urls.extend((0..setup.hanging).map(|i| h.url(&format!("/hang/{i}"))));
+    }
     let mut created = Vec::new();
-    for path in &paths {
-        let body = json!({"url": sink.url(path), "event_types": ["*"],
+    for url in &urls {
+        let body = json!({"url": url, "event_types": ["*"],
                           "secret": secret.to_string()});
         let (status, resp) = post_json(
             &http,
@@ -947,6 +956,8 @@ async fn end_to_end_raw(
             }
         }
     }
+    // Only now, with the server stopped or the endpoints gone, are the held requests let go.
+    drop(holder);
     Ok((phase, latencies))
 }
 

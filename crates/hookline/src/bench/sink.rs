@@ -116,9 +116,6 @@ impl Sink {
 
     async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         let path = req.uri().path().to_owned();
-        if path.starts_with("/hang/") {
-            tokio::time::sleep(Duration::from_secs(3600)).await;
-        }
         if path.starts_with("/down/") && self.down.load(Ordering::Acquire) {
             return reply(StatusCode::SERVICE_UNAVAILABLE);
         }
@@ -190,4 +187,54 @@ fn reply(status: StatusCode) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::new()));
     *r.status_mut() = status;
     r
+}
+
+/// Where a hanging endpoint points: a listener on a thread of its own that accepts
+/// connections and never reads or answers them, until the holder is dropped. It is kept
+/// apart from the sink on purpose: requests held in the sink's runtime, which also receives
+/// and stamps the healthy deliveries and paces the load, slowed the measure of the healthy
+/// endpoints themselves (BENCHMARKS.md, the tenth host).
+pub struct Holder {
+    addr: std::net::SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Holder {
+    pub fn start() -> std::io::Result<Holder> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("bench-holder".into())
+            .spawn(move || {
+                let mut held = Vec::new();
+                while !stopped.load(Ordering::Acquire) {
+                    match listener.accept() {
+                        Ok((conn, _)) => held.push(conn),
+                        Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                    }
+                }
+            })?;
+        Ok(Holder {
+            addr,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
