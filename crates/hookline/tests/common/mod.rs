@@ -25,7 +25,17 @@ use tokio_util::sync::CancellationToken;
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
 /// Polls `check` until it returns `Some`, or panics after `PATIENCE`.
-pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    eventually_within(what, PATIENCE, check).await
+}
+
+/// Polls `check` until it returns `Some`, or panics after `patience`: for a wait whose
+/// length grows with a load the test makes, which a busy machine stretches more.
+pub async fn eventually_within<T, F, Fut>(what: &str, patience: Duration, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -35,8 +45,8 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        if start.elapsed() > PATIENCE {
-            panic!("timed out waiting for {what}");
+        if start.elapsed() > patience {
+            panic!("timed out waiting for {what} ({patience:?})");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
