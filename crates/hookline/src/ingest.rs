@@ -195,13 +195,19 @@ impl Ingest {
                     }
                 }
                 // Deliveries left `pending` for want of room: the poller may have looked
-                // before this commit was visible, so tell it they are there now.
-                if accepted
+                // before this commit was visible, so tell it they are there now (it is
+                // woken only if it could take one).
+                let mut told: Vec<&str> = Vec::new();
+                for d in accepted
                     .iter()
                     .flat_map(|ev| ev.deliveries.iter())
-                    .any(|d| !d.claimed)
+                    .filter(|d| !d.claimed)
                 {
-                    dispatcher.due_now();
+                    let ep = d.endpoint.id.as_str();
+                    if !told.contains(&ep) {
+                        told.push(ep);
+                        dispatcher.committed_pending(ep);
+                    }
                 }
                 for ev in accepted {
                     for d in ev.deliveries.iter().filter(|d| d.claimed) {

@@ -309,10 +309,23 @@ impl Dispatcher {
         self.inner.stats()
     }
 
-    /// Tells the poller that deliveries became due now in the database (ingest committed
-    /// some it could not admit): it looks at once if it planned to sleep longer.
+    /// Tells the poller that deliveries became due now in the database: it looks at once if
+    /// it planned to sleep longer.
     pub fn due_now(&self) {
         self.inner.note_due(Timestamp::now());
+    }
+
+    /// Ingest committed deliveries of `endpoint_id` `pending`, for want of room: wakes the
+    /// poller if it could take one now (room came back since the admission, or a probe of
+    /// the endpoint's open breaker is due). Otherwise the poller is bound to come when it
+    /// could: the reckoning marks the endpoint (or the whole dispatcher) starved, so the
+    /// release that makes room wakes it, and an open breaker's next probe is its alarm.
+    /// Waking it regardless made it poll after every commit, 100 times a second, for as
+    /// long as an endpoint was down while its events kept coming.
+    pub fn committed_pending(&self, endpoint_id: &str) {
+        if self.inner.room(endpoint_id) > 0 {
+            self.due_now();
+        }
     }
 
     /// Gives back room reserved with [`Dispatcher::try_admit`] for a delivery that will not
@@ -509,15 +522,24 @@ impl Inner {
             probing: None,
         });
         b.failures = b.failures.saturating_add(1);
-        if b.open && probe.is_some() && b.probing == probe {
+        let probe_at = if b.open && probe.is_some() && b.probing == probe {
             b.probing = None;
             b.backoff_ms = (b.backoff_ms * 2).min(max_ms.max(FIRST_PROBE_MS));
             b.next_probe = now + b.backoff_ms;
+            Some(b.next_probe)
         } else if !b.open && b.failures >= threshold {
             tracing::warn!(endpoint = %endpoint_id, failures = b.failures, "circuit breaker opened");
             b.open = true;
             b.backoff_ms = FIRST_PROBE_MS;
             b.next_probe = now + FIRST_PROBE_MS;
+            Some(b.next_probe)
+        } else {
+            None
+        };
+        drop(a);
+        // The next probe is the poller's alarm: nothing else need wake it for the endpoint.
+        if let Some(at) = probe_at {
+            self.note_due(Timestamp(at));
         }
         false
     }
@@ -526,8 +548,9 @@ impl Inner {
     fn next_probe(&self) -> Option<i64> {
         let now = Timestamp::now().0;
         let a = self.admission();
-        // A probe already due waits for a delivery to probe with (a release or a new
-        // pending delivery wakes the poller, or its 5 s cap): only future ones set the alarm.
+        // A probe already due waits for a delivery to probe with (a release, or a new
+        // pending delivery of the endpoint, wakes the poller, or its 5 s cap): only future
+        // ones set the alarm.
         a.breakers
             .values()
             .filter(|b| b.open && b.probing.is_none() && b.next_probe > now)
@@ -1016,6 +1039,15 @@ const RECORD_QUEUE: usize = 16 * 1024;
 /// writer about as long as a claim of 1,000).
 const RECORD_BATCH: usize = 1024;
 
+/// How many deliveries given back without an attempt (`Released`) one recorder write takes
+/// while running. When an endpoint's breaker opens, every delivery queued for it is given
+/// back at once (at 1,000 events/s and a 2 s timeout, about 2,000). Written together, they
+/// made one or two commits of thousands of row and index updates, and the healthy
+/// endpoints' requests committing with them waited for all of it: their p99 rose by a fifth
+/// to a third (BENCHMARKS.md, "A hanging endpoint that times out"). In writes of 64, each
+/// commit they ride with grows by little.
+const RELEASES_PER_WRITE: usize = 64;
+
 /// Writes finished attempts in batches (one write job for many attempts), then releases
 /// their room and tells the poller about retries.
 async fn record_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<AttemptRecord>) {
@@ -1040,38 +1072,73 @@ async fn record_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<AttemptRecord>) {
                 _ = inner.recorder_stop.cancelled() => { stopping = true; continue; }
             }
         }
-        // The outcomes must reach the database before their room is given back: retry until
-        // they do. Only when stopping does it give up; the rows then stay `delivering` and
-        // are attempted again after the next start (at-least-once).
-        let mut wait = Duration::from_millis(50);
-        let mut tries = 0;
-        let written = loop {
-            match inner.store.record_attempts(batch.clone()).await {
-                Ok(()) => break true,
-                Err(e) => {
-                    tries += 1;
-                    tracing::error!(count = batch.len(), tries, error = %e, "recording attempts failed");
-                    if (stopping || inner.recorder_stop.is_cancelled()) && tries >= 3 {
-                        break false;
-                    }
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(5));
-                }
-            }
+        // Stopping, the rows are written as fast as they can be: nothing waits behind them.
+        let releases_per_write = if stopping {
+            usize::MAX
+        } else {
+            RELEASES_PER_WRITE
         };
-        for rec in &batch {
-            if written && matches!(rec.outcome, Outcome::Gone) {
-                if let Some(q) = locked(&inner.queues).get(&rec.endpoint_id) {
-                    q.shared
-                        .closed_at
-                        .fetch_max(rec.endpoint_version, Ordering::AcqRel);
+        for part in split_releases(std::mem::take(&mut batch), releases_per_write) {
+            record(&inner, part, stopping).await;
+        }
+    }
+}
+
+/// Cuts `batch` into writes of at most `per_write` give-backs each (and any number of
+/// attempts), keeping the order.
+fn split_releases(batch: Vec<AttemptRecord>, per_write: usize) -> Vec<Vec<AttemptRecord>> {
+    let mut parts = Vec::new();
+    let mut part = Vec::with_capacity(batch.len());
+    let mut releases = 0;
+    for rec in batch {
+        let release = matches!(rec.outcome, Outcome::Released);
+        if release && releases == per_write.max(1) {
+            parts.push(std::mem::take(&mut part));
+            releases = 0;
+        }
+        releases += usize::from(release);
+        part.push(rec);
+    }
+    if !part.is_empty() {
+        parts.push(part);
+    }
+    parts
+}
+
+/// Writes one part of the recorder's batch, then releases its room and tells the poller
+/// about retries.
+async fn record(inner: &Arc<Inner>, batch: Vec<AttemptRecord>, stopping: bool) {
+    // The outcomes must reach the database before their room is given back: retry until
+    // they do. Only when stopping does it give up; the rows then stay `delivering` and are
+    // attempted again after the next start (at-least-once).
+    let mut wait = Duration::from_millis(50);
+    let mut tries = 0;
+    let written = loop {
+        match inner.store.record_attempts(batch.clone()).await {
+            Ok(()) => break true,
+            Err(e) => {
+                tries += 1;
+                tracing::error!(count = batch.len(), tries, error = %e, "recording attempts failed");
+                if (stopping || inner.recorder_stop.is_cancelled()) && tries >= 3 {
+                    break false;
                 }
-                inner.admission().breakers.remove(&rec.endpoint_id);
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
             }
-            inner.release(&rec.endpoint_id);
-            if let Outcome::RetryAt(at) = rec.outcome {
-                inner.note_due(at);
+        }
+    };
+    for rec in &batch {
+        if written && matches!(rec.outcome, Outcome::Gone) {
+            if let Some(q) = locked(&inner.queues).get(&rec.endpoint_id) {
+                q.shared
+                    .closed_at
+                    .fetch_max(rec.endpoint_version, Ordering::AcqRel);
             }
+            inner.admission().breakers.remove(&rec.endpoint_id);
+        }
+        inner.release(&rec.endpoint_id);
+        if let Outcome::RetryAt(at) = rec.outcome {
+            inner.note_due(at);
         }
     }
 }
@@ -1297,6 +1364,115 @@ mod tests {
             Gate::Park,
             "its probe time has not come"
         );
+    }
+
+    #[test]
+    fn give_backs_are_written_a_few_at_a_time_and_in_order() {
+        use super::split_releases;
+        use crate::store::{AttemptRecord, Outcome};
+        let rec = |n: usize, outcome: Outcome| AttemptRecord {
+            delivery_id: format!("dlv_{n}"),
+            row: n as i64,
+            claim: 1,
+            endpoint_id: "ep".into(),
+            endpoint_version: 1,
+            attempt: None,
+            outcome,
+        };
+        // Five give-backs with a success among them, at most two give-backs a write.
+        let batch = vec![
+            rec(0, Outcome::Released),
+            rec(1, Outcome::Succeeded),
+            rec(2, Outcome::Released),
+            rec(3, Outcome::Released),
+            rec(4, Outcome::Released),
+            rec(5, Outcome::Released),
+        ];
+        let parts: Vec<Vec<i64>> = split_releases(batch, 2)
+            .into_iter()
+            .map(|p| p.into_iter().map(|r| r.row).collect())
+            .collect();
+        assert_eq!(parts, [vec![0, 1, 2], vec![3, 4], vec![5]]);
+        // Attempts alone are never cut; nothing is lost or made up.
+        let attempts: Vec<_> = (0..5).map(|n| rec(n, Outcome::Succeeded)).collect();
+        assert_eq!(split_releases(attempts, 1).len(), 1);
+        assert!(split_releases(Vec::new(), 64).is_empty());
+    }
+
+    /// Pending deliveries ingest commits wake the poller only when it could take one: an
+    /// endpoint that is full or down is woken for by its release or its probe's time, and
+    /// is not polled after every commit meanwhile.
+    #[tokio::test]
+    async fn the_poller_is_woken_for_pending_work_only_when_it_could_take_it() {
+        use super::{Breaker, Dispatcher, Inner, cluster, targets};
+        use futures_util::FutureExt;
+        use std::sync::atomic::Ordering;
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&Location::Sqlite(dir.path().to_owned()))
+            .await
+            .unwrap();
+        let guard = targets::Guard::new(Arc::new(targets::SystemResolver::default()), true);
+        let (records, _recorded) = tokio::sync::mpsc::channel(16);
+        let lease = cluster::Lease::new(false, Duration::from_secs(30), std::time::Instant::now());
+        let config = super::DispatchConfig {
+            max_per_endpoint: 1,
+            ..super::DispatchConfig::default()
+        };
+        let inner = Arc::new(Inner::new(
+            store,
+            config,
+            guard,
+            CancellationToken::new(),
+            lease,
+            records,
+        ));
+        let dispatcher = Dispatcher {
+            inner: inner.clone(),
+        };
+        // The poller sleeps with nothing planned; was it woken since the last look?
+        inner.planned_wake.store(i64::MAX, Ordering::SeqCst);
+        let woken = || inner.poke.notified().now_or_never().is_some();
+
+        // Room for it: wake.
+        dispatcher.committed_pending("ep_room");
+        assert!(woken(), "an endpoint with room");
+
+        // Full: no wake now, but its next release wakes.
+        assert!(dispatcher.try_admit("ep_full"));
+        assert!(!dispatcher.try_admit("ep_full"));
+        dispatcher.committed_pending("ep_full");
+        assert!(!woken(), "a full endpoint");
+        dispatcher.release("ep_full");
+        assert!(woken(), "the release that makes room");
+
+        // Down, its next probe later: no wake; once the probe is due, wake.
+        let down = |next_probe| Breaker {
+            failures: 10,
+            open: true,
+            next_probe,
+            backoff_ms: 1_000,
+            probing: None,
+        };
+        let later = crate::model::Timestamp::now().0 + 60_000;
+        inner
+            .admission()
+            .breakers
+            .insert("ep_down".into(), down(later));
+        dispatcher.committed_pending("ep_down");
+        assert!(!woken(), "an endpoint whose probe is not due");
+        inner.admission().breakers.insert("ep_down".into(), down(0));
+        dispatcher.committed_pending("ep_down");
+        assert!(woken(), "an endpoint whose probe is due");
+
+        // A breaker that opens sets the poller's alarm to its first probe.
+        let threshold = inner.config.breaker_threshold;
+        for _ in 1..threshold {
+            inner.breaker_result("ep_failing", false, None);
+        }
+        assert!(!woken(), "failures below the threshold");
+        inner.breaker_result("ep_failing", false, None);
+        assert!(woken(), "the breaker opened");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
