@@ -55,7 +55,8 @@ fn tiny_open_loop_sends_every_event_and_reports_its_own_lag() {
 }
 
 /// Isolation alternates which phase of a round goes first, loses nothing beside the hanging
-/// endpoint, and compares the healthy endpoints' p99 alone and beside it.
+/// endpoint (whose requests run into their timeout within the phase), and compares the
+/// healthy endpoints' p99 alone and beside it.
 #[test]
 fn tiny_isolation_scenario_alternates_its_phases_and_loses_nothing() {
     let report = run_bench(&[
@@ -72,6 +73,10 @@ fn tiny_isolation_scenario_alternates_its_phases_and_loses_nothing() {
         "1",
         "--raw-concurrency",
         "4",
+        // Inside the phase: the hanging endpoint's requests time out, fail and open its
+        // breaker while the healthy endpoints' deliveries are counted.
+        "--timeout",
+        "300ms",
     ]);
     let phases = report["phases"].as_array().unwrap();
     let hanging: Vec<bool> = phases
@@ -91,6 +96,8 @@ fn tiny_isolation_scenario_alternates_its_phases_and_loses_nothing() {
         assert!(iso[field]["p99"].as_f64().unwrap() > 0.0, "{iso}");
     }
     assert!(iso["p99_change_pct"].as_f64().unwrap().is_finite(), "{iso}");
+    assert_eq!(iso["rounds"], 2, "{iso}");
+    assert!(iso["rounds_beside_higher"].as_u64().unwrap() <= 2, "{iso}");
 }
 
 /// The same on PostgreSQL, with two nodes sharing the work.

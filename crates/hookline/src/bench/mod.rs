@@ -110,6 +110,11 @@ pub struct BenchArgs {
     /// The API key for `--api`.
     #[arg(long)]
     pub key: Option<String>,
+    /// The attempt timeout of the servers the bench starts (e.g. `2s`). Isolation defaults
+    /// to 2 s, so that within each phase the hanging endpoint's requests run into it, fail,
+    /// are retried and open its breaker; the other scenarios keep the server's default.
+    #[arg(long, value_parser = crate::model::parse_duration)]
+    pub timeout: Option<Duration>,
     /// Measure a relay that stores nothing (see [`relay`]) instead of Hookline: the ceiling
     /// of taking events over HTTP and delivering them over HTTP on this machine.
     #[arg(long, conflicts_with_all = ["api", "database_url"])]
@@ -231,6 +236,10 @@ pub struct Isolation {
     pub median_round_p99_alone_ms: f64,
     pub median_round_p99_beside_ms: f64,
     pub median_round_p99_change_pct: f64,
+    /// Rounds in which the phase beside the hanging endpoint had the higher p99, of
+    /// `rounds`: about half when the hanging endpoint changes nothing.
+    pub rounds_beside_higher: usize,
+    pub rounds: usize,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -329,6 +338,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
                     phases.push(p);
                 }
             }
+            let rounds = alone_p99.len();
+            let beside_higher = alone_p99
+                .iter()
+                .zip(&beside_p99)
+                .filter(|(a, b)| b > a)
+                .count();
             let (m_alone, m_beside) = (median(alone_p99), median(beside_p99));
             let m_change = (m_beside / m_alone.max(1e-9) - 1.0) * 100.0;
             let (alone, beside) = (Percentiles::of(alone), Percentiles::of(beside));
@@ -340,7 +355,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
                 beside.p99
             );
             println!(
-                "isolation (median of per-round p99): {m_alone:.2} ms alone, {m_beside:.2} ms beside ({m_change:+.1} %)"
+                "isolation (median of per-round p99): {m_alone:.2} ms alone, {m_beside:.2} ms beside ({m_change:+.1} %); \
+                 beside had the higher p99 in {beside_higher} of {rounds} rounds"
             );
             isolation = Some(Isolation {
                 alone_ms: alone,
@@ -349,6 +365,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
                 median_round_p99_alone_ms: m_alone,
                 median_round_p99_beside_ms: m_beside,
                 median_round_p99_change_pct: m_change,
+                rounds_beside_higher: beside_higher,
+                rounds,
             });
         }
     }
@@ -561,6 +579,12 @@ impl Drop for ServerProcess {
     }
 }
 
+/// The attempt timeout of the servers an isolation run starts, unless `--timeout` says
+/// otherwise: well inside a phase, so the hanging endpoint's whole failure path (timeouts,
+/// failed attempts recorded, retries, its breaker opening and probing) runs beside the
+/// healthy endpoints, not only requests held open.
+const ISOLATION_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Starts `--nodes` servers on a fresh store; returns them, their base URLs and an API key.
 async fn start_servers(args: &BenchArgs) -> anyhow::Result<(Servers, Vec<String>, String)> {
     let nodes = args.nodes.max(1);
@@ -614,14 +638,23 @@ async fn start_servers(args: &BenchArgs) -> anyhow::Result<(Servers, Vec<String>
             .1
     };
     let exe = std::env::current_exe().context("finding the hookline binary")?;
+    let timeout = args.timeout.or(match args.scenario {
+        Scenario::Isolation => Some(ISOLATION_TIMEOUT),
+        _ => None,
+    });
     let mut apis = Vec::with_capacity(nodes);
     for _ in 0..nodes {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
-        let child = Command::new(&exe)
+        let mut serve = Command::new(&exe);
+        serve
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .args(&storage)
+            .args(&storage);
+        if let Some(t) = timeout {
+            serve.args(["--timeout", &format!("{}ms", t.as_millis().max(1))]);
+        }
+        let child = serve
             .args(["--allow-insecure-urls", "--allow-private-targets"])
             // The limiter runs, far above what the load can reach: it is measured, not in the way.
             .args(["--plan-business", "ingest=100000000"])
