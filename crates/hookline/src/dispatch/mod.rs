@@ -317,11 +317,12 @@ impl Dispatcher {
 
     /// Ingest committed deliveries of `endpoint_id` `pending`, for want of room: wakes the
     /// poller if it could take one now (room came back since the admission, or a probe of
-    /// the endpoint's open breaker is due). Otherwise the poller is bound to come when it
-    /// could: the reckoning marks the endpoint (or the whole dispatcher) starved, so the
-    /// release that makes room wakes it, and an open breaker's next probe is its alarm.
-    /// Waking it regardless made it poll after every commit, 100 times a second, for as
-    /// long as an endpoint was down while its events kept coming.
+    /// the endpoint's open breaker is due). Otherwise something else wakes it when it could:
+    /// the reckoning marks a full endpoint (or the whole dispatcher) starved, so the release
+    /// that makes room wakes it; behind an open breaker its alarm is the next probe, and a
+    /// breaker closed, reset or removed wakes it. Waking it regardless made it poll after
+    /// every commit, 100 times a second, for as long as an endpoint was down while its
+    /// events kept coming.
     pub fn committed_pending(&self, endpoint_id: &str) {
         if self.inner.room(endpoint_id) > 0 {
             self.due_now();
@@ -363,7 +364,16 @@ impl Dispatcher {
 
     /// Forgets the endpoint's run of failures (its deliveries were queued again by hand).
     pub fn reset_breaker(&self, endpoint_id: &str) {
-        locked(&self.inner.admission).breakers.remove(endpoint_id);
+        let was_open = self.inner.admission().breakers.remove(endpoint_id);
+        self.woken_if_open(was_open);
+    }
+
+    /// An open breaker just removed: the endpoint's pending deliveries, which nothing else
+    /// would wake the poller for before its next probe, may be taken now.
+    fn woken_if_open(&self, removed: Option<Breaker>) {
+        if removed.is_some_and(|b| b.open) {
+            self.due_now();
+        }
     }
 
     /// Tells the dispatcher an endpoint changed (or was removed: `enabled == false`).
@@ -380,7 +390,8 @@ impl Dispatcher {
         }
         drop(queues);
         // A changed endpoint (new URL, turned off or on) starts with a clean slate.
-        locked(&self.inner.admission).breakers.remove(&ep.id);
+        let was_open = self.inner.admission().breakers.remove(&ep.id);
+        self.woken_if_open(was_open);
     }
 
     /// Waits (at most `grace`) for the attempts in flight to finish after shutdown began,
@@ -946,10 +957,11 @@ async fn attempt(
     drop(permit);
     if inner.breaker_result(&target.endpoint_id, result.is_success(), probe) {
         tracing::info!(endpoint = %target.endpoint_id, "endpoint is back; its backlog is due now");
-        match Box::pin(inner.store.pull_forward(target.endpoint_id.clone())).await {
-            Ok(_) => inner.poke.notify_one(),
-            Err(e) => tracing::error!(error = %e, "making a recovered endpoint's deliveries due"),
+        if let Err(e) = Box::pin(inner.store.pull_forward(target.endpoint_id.clone())).await {
+            tracing::error!(error = %e, "making a recovered endpoint's deliveries due");
         }
+        // Its pending deliveries may be taken now, whether or not they were pulled forward.
+        inner.poke.notify_one();
     }
 
     let status = result.status.map(|s| s.as_u16());
@@ -1040,7 +1052,7 @@ const RECORD_QUEUE: usize = 16 * 1024;
 const RECORD_BATCH: usize = 1024;
 
 /// How many deliveries given back without an attempt (`Released`) one recorder write takes
-/// while running. When an endpoint's breaker opens, every delivery queued for it is given
+/// while running, on SQLite. When an endpoint's breaker opens, every delivery queued for it is given
 /// back at once (at 1,000 events/s and a 2 s timeout, about 2,000). Written together, they
 /// made one or two commits of thousands of row and index updates, and the healthy
 /// endpoints' requests committing with them waited for all of it: their p99 rose by a fifth
@@ -1073,12 +1085,19 @@ async fn record_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<AttemptRecord>) {
             }
         }
         // Stopping, the rows are written as fast as they can be: nothing waits behind them.
-        let releases_per_write = if stopping {
+        // On PostgreSQL each write is a transaction of its own that holds nobody else's
+        // commit, and each part would send the other nodes a notice.
+        let releases_per_write = if stopping || inner.store.is_shared() {
             usize::MAX
         } else {
             RELEASES_PER_WRITE
         };
-        for part in split_releases(std::mem::take(&mut batch), releases_per_write) {
+        let mut parts = split_releases(std::mem::take(&mut batch), releases_per_write).into_iter();
+        while let Some(mut part) = parts.next() {
+            if !stopping && inner.recorder_stop.is_cancelled() {
+                // Stopping began meanwhile: the rest goes in one write.
+                parts.by_ref().for_each(|p| part.extend(p));
+            }
             record(&inner, part, stopping).await;
         }
     }
@@ -1438,9 +1457,11 @@ mod tests {
         dispatcher.committed_pending("ep_room");
         assert!(woken(), "an endpoint with room");
 
-        // Full: no wake now, but its next release wakes.
+        // Full: no wake now, but its next release wakes (the mark is the commit's own: the
+        // refusal's mark may have been taken by an earlier release meanwhile).
         assert!(dispatcher.try_admit("ep_full"));
         assert!(!dispatcher.try_admit("ep_full"));
+        inner.admission().starved.clear();
         dispatcher.committed_pending("ep_full");
         assert!(!woken(), "a full endpoint");
         dispatcher.release("ep_full");
@@ -1473,6 +1494,17 @@ mod tests {
         assert!(!woken(), "failures below the threshold");
         inner.breaker_result("ep_failing", false, None);
         assert!(woken(), "the breaker opened");
+
+        // A breaker removed while open (the endpoint changed, or its deliveries were queued
+        // again by hand): its pending deliveries may go now.
+        inner
+            .admission()
+            .breakers
+            .insert("ep_down".into(), down(later));
+        dispatcher.reset_breaker("ep_down");
+        assert!(woken(), "an open breaker reset");
+        dispatcher.reset_breaker("ep_down");
+        assert!(!woken(), "no breaker to reset");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
