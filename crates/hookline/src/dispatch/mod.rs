@@ -1052,12 +1052,12 @@ const RECORD_QUEUE: usize = 16 * 1024;
 const RECORD_BATCH: usize = 1024;
 
 /// How many deliveries given back without an attempt (`Released`) one recorder write takes
-/// while running, on SQLite. When an endpoint's breaker opens, every delivery queued for it is given
-/// back at once (at 1,000 events/s and a 2 s timeout, about 2,000). Written together, they
-/// made one or two commits of thousands of row and index updates, and the healthy
-/// endpoints' requests committing with them waited for all of it: their p99 rose by a fifth
-/// to a third (BENCHMARKS.md, "A hanging endpoint that times out"). In writes of 64, each
-/// commit they ride with grows by little.
+/// while running, on SQLite. When an endpoint's breaker opens, every delivery queued for it
+/// is given back at once (at 1,000 events/s and a 2 s timeout, about 2,000). Written
+/// together, they made one or two commits of thousands of row and index updates, and the
+/// healthy endpoints' requests committing with them waited for all of it (BENCHMARKS.md,
+/// "An eleventh host: a hanging endpoint that times out"). In writes of 64, each commit
+/// they ride with grows by little.
 const RELEASES_PER_WRITE: usize = 64;
 
 /// Writes finished attempts in batches (one write job for many attempts), then releases
