@@ -217,11 +217,7 @@ async fn three_nodes_share_the_work_and_a_killed_one_loses_nothing() {
         .await
         .unwrap();
     let got = eventually("every acknowledged event to arrive", || async {
-        let got = rx.got("sink");
-        let ids: BTreeSet<String> = got
-            .iter()
-            .map(|r| r.header("webhook-id").to_owned())
-            .collect();
+        let (got, ids) = rx.got_ids("sink");
         (acked.is_subset(&ids) && ids.len() as i64 == committed).then_some(got)
     })
     .await;
@@ -406,11 +402,7 @@ async fn a_node_cut_off_from_the_database_stops_sending_before_its_work_is_taken
 
     // Everything arrives (node A sends what B held).
     let got = eventually("every acknowledged event to arrive", || async {
-        let got = rx.got("sink");
-        let ids: BTreeSet<String> = got
-            .iter()
-            .map(|r| r.header("webhook-id").to_owned())
-            .collect();
+        let (got, ids) = rx.got_ids("sink");
         acked.is_subset(&ids).then_some(got)
     })
     .await;

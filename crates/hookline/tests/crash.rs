@@ -154,11 +154,7 @@ async fn every_acknowledged_event_is_delivered_after_sigkill(engine: Engine) {
         "every acknowledged event to arrive",
         LOAD_PATIENCE,
         || async {
-            let got = rx.got("sink");
-            let ids: BTreeSet<String> = got
-                .iter()
-                .map(|r| r.header("webhook-id").to_owned())
-                .collect();
+            let (got, ids) = rx.got_ids("sink");
             acked.is_subset(&ids).then_some(got)
         },
     )

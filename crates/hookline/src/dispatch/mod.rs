@@ -1418,27 +1418,24 @@ mod tests {
         assert!(split_releases(Vec::new(), 64).is_empty());
     }
 
-    /// Pending deliveries ingest commits wake the poller only when it could take one: an
-    /// endpoint that is full or down is woken for by its release or its probe's time, and
-    /// is not polled after every commit meanwhile.
-    #[tokio::test]
-    async fn the_poller_is_woken_for_pending_work_only_when_it_could_take_it() {
-        use super::{Breaker, Dispatcher, Inner, cluster, targets};
-        use futures_util::FutureExt;
-        use std::sync::atomic::Ordering;
-
+    /// A dispatcher's state on a fresh SQLite store, not started, with `config` and `lease`;
+    /// the receiving end of its recorder's queue, and the directory the store lives in.
+    async fn inner_on_sqlite(
+        config: super::DispatchConfig,
+        lease: super::cluster::Lease,
+    ) -> (
+        Arc<super::Inner>,
+        tokio::sync::mpsc::Receiver<crate::store::AttemptRecord>,
+        tempfile::TempDir,
+    ) {
+        use super::targets;
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&Location::Sqlite(dir.path().to_owned()))
             .await
             .unwrap();
         let guard = targets::Guard::new(Arc::new(targets::SystemResolver::default()), true);
-        let (records, _recorded) = tokio::sync::mpsc::channel(16);
-        let lease = cluster::Lease::new(false, Duration::from_secs(30), std::time::Instant::now());
-        let config = super::DispatchConfig {
-            max_per_endpoint: 1,
-            ..super::DispatchConfig::default()
-        };
-        let inner = Arc::new(Inner::new(
+        let (records, recorded) = tokio::sync::mpsc::channel(16);
+        let inner = Arc::new(super::Inner::new(
             store,
             config,
             guard,
@@ -1446,6 +1443,24 @@ mod tests {
             lease,
             records,
         ));
+        (inner, recorded, dir)
+    }
+
+    /// Pending deliveries ingest commits wake the poller only when it could take one: an
+    /// endpoint that is full or down is woken for by its release or its probe's time, and
+    /// is not polled after every commit meanwhile.
+    #[tokio::test]
+    async fn the_poller_is_woken_for_pending_work_only_when_it_could_take_it() {
+        use super::{Breaker, Dispatcher, cluster};
+        use futures_util::FutureExt;
+        use std::sync::atomic::Ordering;
+
+        let lease = cluster::Lease::new(false, Duration::from_secs(30), std::time::Instant::now());
+        let config = super::DispatchConfig {
+            max_per_endpoint: 1,
+            ..super::DispatchConfig::default()
+        };
+        let (inner, _recorded, _dir) = inner_on_sqlite(config, lease).await;
         let dispatcher = Dispatcher {
             inner: inner.clone(),
         };
@@ -1509,27 +1524,15 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_probe_the_lease_stops_goes_back_unsent_and_the_next_probe_may_go() {
-        use super::{Breaker, Gate, Inner, Job, Lanes, Target, cluster, targets};
+        use super::{Breaker, Gate, Job, Lanes, Target, cluster};
         use crate::model::{Endpoint, Timestamp};
         use crate::store::{DueDelivery, Outcome};
 
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&Location::Sqlite(dir.path().to_owned()))
-            .await
-            .unwrap();
-        let guard = targets::Guard::new(Arc::new(targets::SystemResolver::default()), true);
-        let (records, mut recorded) = tokio::sync::mpsc::channel(16);
         // A shared store's lease that no attempt fits in: as on a node whose heartbeat
         // failed, nothing may be sent.
         let lease = cluster::Lease::new(true, Duration::ZERO, std::time::Instant::now());
-        let inner = Arc::new(Inner::new(
-            store,
-            super::DispatchConfig::default(),
-            guard,
-            CancellationToken::new(),
-            lease,
-            records,
-        ));
+        let (inner, mut recorded, _dir) =
+            inner_on_sqlite(super::DispatchConfig::default(), lease).await;
 
         // An endpoint whose breaker is open, its probe due.
         let ep = Arc::new(Endpoint {

@@ -163,6 +163,16 @@ impl Receiver {
             .insert(format!("/r/{name}"), reply);
     }
 
+    /// Everything `name` got so far, and the distinct `webhook-id`s among it.
+    pub fn got_ids(&self, name: &str) -> (Vec<Received>, std::collections::BTreeSet<String>) {
+        let got = self.got(name);
+        let ids = got
+            .iter()
+            .map(|r| r.header("webhook-id").to_owned())
+            .collect();
+        (got, ids)
+    }
+
     /// Everything `name` got so far.
     pub fn got(&self, name: &str) -> Vec<Received> {
         let path = format!("/r/{name}");
