@@ -54,11 +54,12 @@ fn tiny_open_loop_sends_every_event_and_reports_its_own_lag() {
     );
 }
 
-/// Isolation alternates which phase of a round goes first, loses nothing beside the hanging
-/// endpoint (whose requests run into their timeout within the phase), and compares the
-/// healthy endpoints' p99 alone and beside it.
+/// Isolation rotates which phase of a round goes first, loses nothing beside the hanging
+/// endpoint (whose requests run into their timeout within the phase) or beside the control's
+/// healthy one, and compares the healthy endpoints' p99 alone, beside the hanging endpoint
+/// and beside one more healthy endpoint.
 #[test]
-fn tiny_isolation_scenario_alternates_its_phases_and_loses_nothing() {
+fn tiny_isolation_scenario_rotates_its_phases_and_loses_nothing() {
     let report = run_bench(&[
         "isolation",
         "--fanout",
@@ -77,13 +78,24 @@ fn tiny_isolation_scenario_alternates_its_phases_and_loses_nothing() {
         // breaker while the healthy endpoints' deliveries are counted.
         "--timeout",
         "300ms",
+        "--control",
     ]);
     let phases = report["phases"].as_array().unwrap();
-    let hanging: Vec<bool> = phases
+    let beside: Vec<&str> = phases
         .iter()
-        .map(|p| p["name"].as_str().unwrap().contains("hanging"))
+        .map(|p| {
+            let name = p["name"].as_str().unwrap();
+            ["hanging", "healthy"]
+                .into_iter()
+                .find(|b| name.contains(b))
+                .unwrap_or("alone")
+        })
         .collect();
-    assert_eq!(hanging, [false, true, true, false], "{report}");
+    assert_eq!(
+        beside,
+        ["alone", "hanging", "healthy", "hanging", "healthy", "alone"],
+        "{report}"
+    );
     for p in phases {
         assert_eq!(p["accepted"], 100, "{p}");
         // Only the healthy endpoints' deliveries are awaited and counted.
@@ -98,6 +110,31 @@ fn tiny_isolation_scenario_alternates_its_phases_and_loses_nothing() {
     assert!(iso["p99_change_pct"].as_f64().unwrap().is_finite(), "{iso}");
     assert_eq!(iso["rounds"], 2, "{iso}");
     assert!(iso["rounds_beside_higher"].as_u64().unwrap() <= 2, "{iso}");
+    let control = &iso["control"];
+    assert!(
+        control["beside_healthy_ms"]["p99"].as_f64().unwrap() > 0.0,
+        "{iso}"
+    );
+    assert!(
+        control["p99_change_pct"].as_f64().unwrap().is_finite(),
+        "{iso}"
+    );
+    assert!(
+        control["rounds_hanging_above_healthy"].as_u64().unwrap() <= 2,
+        "{iso}"
+    );
+}
+
+/// `--control` belongs to isolation; elsewhere it is refused, with a reason.
+#[test]
+fn control_outside_isolation_is_refused() {
+    let out = Command::new(env!("CARGO_BIN_EXE_hookline"))
+        .args(["bench", "latency", "--control"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--control"), "{stderr}");
 }
 
 /// The same on PostgreSQL, with two nodes sharing the work.

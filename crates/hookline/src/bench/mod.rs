@@ -47,7 +47,8 @@ pub enum Scenario {
     /// back: RSS, and how fast the backlog drains.
     Backlog,
     /// Open loop to `--fanout` healthy endpoints, without and then with one more endpoint
-    /// that never answers: the healthy endpoints' latency in both.
+    /// that never answers: the healthy endpoints' latency in both (and with `--control`,
+    /// beside one more healthy endpoint instead).
     Isolation,
 }
 
@@ -93,9 +94,15 @@ pub struct BenchArgs {
     /// Concurrent connections of the raw reference.
     #[arg(long, default_value_t = 64)]
     pub raw_concurrency: usize,
-    /// Isolation: how many times to alternate the two phases (latencies are pooled).
+    /// Isolation: how many rounds of its phases to run, in rotating order (latencies are
+    /// pooled per phase kind).
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
+    /// Isolation: each round also runs a third phase beside one more *healthy* endpoint
+    /// (answered by the sink, not counted), to tell what a hanging endpoint costs from what
+    /// any further subscriber costs.
+    #[arg(long)]
+    pub control: bool,
     /// Running Hookline nodes to target instead of starting any (comma-separated base URLs;
     /// senders are spread over them; needs `--key`).
     #[arg(long)]
@@ -174,6 +181,8 @@ pub struct Phase {
 struct Setup {
     /// Extra endpoints that never answer.
     hanging: usize,
+    /// Extra endpoints the sink answers at once but leaves out of the tally.
+    bystanders: usize,
     /// The endpoints answer 503 until every event is accepted.
     down_during_ingest: bool,
 }
@@ -240,6 +249,25 @@ pub struct Isolation {
     /// `rounds`: about half when the hanging endpoint changes nothing.
     pub rounds_beside_higher: usize,
     pub rounds: usize,
+    /// With `--control`: the same beside one more healthy endpoint instead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub control: Option<Control>,
+}
+
+/// The healthy endpoints beside one more healthy endpoint (the control phase): what any
+/// further subscriber costs them.
+#[derive(Serialize, Debug)]
+pub struct Control {
+    pub beside_healthy_ms: Percentiles,
+    /// Change of the pooled p99 against the phases alone.
+    pub p99_change_pct: f64,
+    pub median_round_p99_beside_healthy_ms: f64,
+    pub median_round_p99_change_pct: f64,
+    /// Rounds in which the control phase had a higher p99 than the phase alone.
+    pub rounds_healthy_higher: usize,
+    /// Rounds in which the phase beside the hanging endpoint had a higher p99 than the
+    /// control phase: about half when hanging costs no more than answering.
+    pub rounds_hanging_above_healthy: usize,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -261,6 +289,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
         bail!(
             "the relay retries nothing, so it has no backlog to drain: use --relay with throughput, latency or isolation"
         );
+    }
+    if args.control && args.scenario != Scenario::Isolation {
+        bail!("--control adds a phase to each isolation round: use it with isolation");
     }
     let secret = Secret::from_bytes(&rand::random::<[u8; 32]>())
         .map_err(|e| anyhow::anyhow!("making a secret: {e}"))?;
@@ -314,59 +345,84 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
                 hanging: 1,
                 ..Setup::default()
             };
-            let (mut alone, mut beside) = (Vec::new(), Vec::new());
-            let (mut alone_p99, mut beside_p99) = (Vec::new(), Vec::new());
-            // Rounds alternate which of the two goes first (alone-beside, beside-alone, ...),
-            // so that neither always runs right after the raw reference or the other: a
-            // host's drift over the minutes of a run then weighs on both alike.
+            let bystander = Setup {
+                bystanders: 1,
+                ..Setup::default()
+            };
+            let mut setups = vec![Setup::default(), hang];
+            if args.control {
+                setups.push(bystander);
+            }
+            // Pooled latencies and each phase's own p99, per setup.
+            let mut pooled: Vec<Vec<u64>> = vec![Vec::new(); setups.len()];
+            let mut p99s: Vec<Vec<f64>> = vec![Vec::new(); setups.len()];
+            // Rounds rotate which phase goes first (alone-beside, beside-alone, ...; with the
+            // control, each of the three in turn), so that none always runs right after the
+            // raw reference or another: a host's drift over the minutes of a run then weighs
+            // on all alike.
             for round in 0..args.rounds.max(1) {
-                let order = if round % 2 == 0 {
-                    [false, true]
-                } else {
-                    [true, false]
-                };
-                for hanging in order {
-                    let setup = if hanging { hang } else { Setup::default() };
-                    let (p, lat) = end_to_end_raw(&args, &secret, raw, load, n, setup).await?;
-                    let (pooled, p99s) = if hanging {
-                        (&mut beside, &mut beside_p99)
-                    } else {
-                        (&mut alone, &mut alone_p99)
-                    };
-                    pooled.extend(lat);
-                    p99s.push(p.latency_ms.p99);
+                let k = setups.len();
+                for j in 0..k {
+                    let which = (round + j) % k;
+                    let (p, lat) =
+                        end_to_end_raw(&args, &secret, raw, load, n, setups[which]).await?;
+                    pooled[which].extend(lat);
+                    p99s[which].push(p.latency_ms.p99);
                     phases.push(p);
                 }
             }
-            let rounds = alone_p99.len();
-            let beside_higher = alone_p99
-                .iter()
-                .zip(&beside_p99)
-                .filter(|(a, b)| b > a)
-                .count();
-            let (m_alone, m_beside) = (median(alone_p99), median(beside_p99));
-            let m_change = (m_beside / m_alone.max(1e-9) - 1.0) * 100.0;
-            let (alone, beside) = (Percentiles::of(alone), Percentiles::of(beside));
-            let change = (beside.p99 / alone.p99.max(1e-9) - 1.0) * 100.0;
+            let higher = |a: &[f64], b: &[f64]| a.iter().zip(b).filter(|(a, b)| b > a).count();
+            let change = |from: f64, to: f64| (to / from.max(1e-9) - 1.0) * 100.0;
+            let rounds = p99s[0].len();
+            let beside_higher = higher(&p99s[0], &p99s[1]);
+            let (m_alone, m_beside) = (median(p99s[0].clone()), median(p99s[1].clone()));
+            let m_change = change(m_alone, m_beside);
+            let alone = Percentiles::of(std::mem::take(&mut pooled[0]));
+            let beside = Percentiles::of(std::mem::take(&mut pooled[1]));
+            let p_change = change(alone.p99, beside.p99);
             println!(
-                "isolation ({} rounds, pooled): healthy p99 {:.2} ms alone, {:.2} ms beside a hanging endpoint ({change:+.1} %)",
-                args.rounds.max(1),
-                alone.p99,
-                beside.p99
+                "isolation ({rounds} rounds, pooled): healthy p99 {:.2} ms alone, {:.2} ms beside a hanging endpoint ({p_change:+.1} %)",
+                alone.p99, beside.p99
             );
             println!(
                 "isolation (median of per-round p99): {m_alone:.2} ms alone, {m_beside:.2} ms beside ({m_change:+.1} %); \
                  beside had the higher p99 in {beside_higher} of {rounds} rounds"
             );
+            let control = if args.control {
+                let healthy = Percentiles::of(std::mem::take(&mut pooled[2]));
+                let m_healthy = median(p99s[2].clone());
+                let c = Control {
+                    p99_change_pct: change(alone.p99, healthy.p99),
+                    median_round_p99_beside_healthy_ms: m_healthy,
+                    median_round_p99_change_pct: change(m_alone, m_healthy),
+                    rounds_healthy_higher: higher(&p99s[0], &p99s[2]),
+                    rounds_hanging_above_healthy: higher(&p99s[2], &p99s[1]),
+                    beside_healthy_ms: healthy,
+                };
+                println!(
+                    "control (one more healthy endpoint instead): pooled p99 {:.2} ms ({:+.1} % against alone); \
+                     median of per-round p99 {m_healthy:.2} ms ({:+.1} %); higher than alone in {} of {rounds} rounds; \
+                     beside the hanging endpoint was higher than this in {} of {rounds}",
+                    c.beside_healthy_ms.p99,
+                    c.p99_change_pct,
+                    c.median_round_p99_change_pct,
+                    c.rounds_healthy_higher,
+                    c.rounds_hanging_above_healthy
+                );
+                Some(c)
+            } else {
+                None
+            };
             isolation = Some(Isolation {
                 alone_ms: alone,
                 beside_hanging_ms: beside,
-                p99_change_pct: change,
+                p99_change_pct: p_change,
                 median_round_p99_alone_ms: m_alone,
                 median_round_p99_beside_ms: m_beside,
                 median_round_p99_change_pct: m_change,
                 rounds_beside_higher: beside_higher,
                 rounds,
+                control,
             });
         }
     }
@@ -773,6 +829,7 @@ async fn end_to_end_raw(
     if let Some(h) = &holder {
         urls.extend((0..setup.hanging).map(|i| h.url(&format!("/hang/{i}"))));
     }
+    urls.extend((0..setup.bystanders).map(|i| sink.url(&format!("{}{i}", sink::UNCOUNTED))));
     let mut created = Vec::new();
     for url in &urls {
         let body = json!({"url": url, "event_types": ["*"],
@@ -888,10 +945,11 @@ async fn end_to_end_raw(
     let accepted = accepted.load(Ordering::Relaxed);
     let rejected = rejected.load(Ordering::Relaxed);
     let expected = accepted * args.fanout.max(1) as u64;
-    let name = match (setup.down_during_ingest, setup.hanging) {
-        (true, _) => format!("backlog {events}"),
-        (false, 0) => name,
-        (false, h) => format!("{name} +{h} hanging"),
+    let name = match (setup.down_during_ingest, setup.hanging, setup.bystanders) {
+        (true, _, _) => format!("backlog {events}"),
+        (false, 0, 0) => name,
+        (false, 0, b) => format!("{name} +{b} healthy"),
+        (false, h, _) => format!("{name} +{h} hanging"),
     };
     let name = if relay.is_some() {
         format!("relay {name}")
