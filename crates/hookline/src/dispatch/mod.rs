@@ -555,16 +555,20 @@ impl Inner {
         false
     }
 
-    /// The earliest time a probe is due, over every open breaker.
-    fn next_probe(&self) -> Option<i64> {
-        let now = Timestamp::now().0;
+    /// The earliest probe of an open breaker that fell due after `looked` (when the poller's
+    /// claim last asked for room), or falls due later: the poller's alarm.
+    ///
+    /// A probe already due when the claim began was offered to it; if it still waits, it
+    /// waits for a delivery to probe with (a release or a new pending delivery of the
+    /// endpoint wakes the poller, or its 5 s cap). One that fell due after the claim began
+    /// may never have been offered, so it is returned (in the past): the poller looks again
+    /// at once instead of leaving it to the cap. (If the claim did offer it after all, that
+    /// second look takes nothing and begins after the probe's time, so it sets no alarm.)
+    fn next_probe(&self, looked: i64) -> Option<i64> {
         let a = self.admission();
-        // A probe already due waits for a delivery to probe with (a release, or a new
-        // pending delivery of the endpoint, wakes the poller, or its 5 s cap): only future
-        // ones set the alarm.
         a.breakers
             .values()
-            .filter(|b| b.open && b.probing.is_none() && b.next_probe > now)
+            .filter(|b| b.open && b.probing.is_none() && b.next_probe > looked)
             .map(|b| b.next_probe)
             .min()
     }
@@ -1263,7 +1267,7 @@ async fn poll_loop(inner: Arc<Inner>) {
             Some(t) => t.0.min(cap),
             None => cap,
         };
-        let wake = match inner.next_probe() {
+        let wake = match inner.next_probe(claimed_at.0) {
             Some(p) => wake.min(p.max(now.0)),
             None => wake,
         };
@@ -1520,6 +1524,53 @@ mod tests {
         assert!(woken(), "an open breaker reset");
         dispatcher.reset_breaker("ep_down");
         assert!(!woken(), "no breaker to reset");
+    }
+
+    /// The poller's alarm is the next probe of an open breaker, counting one that fell due
+    /// after its claim began (the claim may not have offered it: the poller looks again at
+    /// once), but not one already due when the claim began, nor one in flight.
+    #[tokio::test]
+    async fn a_probe_that_falls_due_during_a_claim_sets_the_pollers_alarm() {
+        use super::{Breaker, cluster};
+        use crate::model::Timestamp;
+
+        let lease = cluster::Lease::new(false, Duration::from_secs(30), std::time::Instant::now());
+        let (inner, _recorded, _dir) =
+            inner_on_sqlite(super::DispatchConfig::default(), lease).await;
+        let down = |next_probe, probing| Breaker {
+            failures: 10,
+            open: true,
+            next_probe,
+            backoff_ms: 1_000,
+            probing,
+        };
+        let now = Timestamp::now().0;
+        assert_eq!(inner.next_probe(now), None, "no breaker");
+        inner
+            .admission()
+            .breakers
+            .insert("ep_a".into(), down(now - 5, None));
+        assert_eq!(
+            inner.next_probe(now - 10),
+            Some(now - 5),
+            "due after the claim began"
+        );
+        assert_eq!(inner.next_probe(now), None, "due before the claim began");
+        inner
+            .admission()
+            .breakers
+            .insert("ep_b".into(), down(now + 60_000, None));
+        assert_eq!(inner.next_probe(now), Some(now + 60_000), "due later");
+        assert_eq!(inner.next_probe(now - 10), Some(now - 5), "the earliest");
+        inner
+            .admission()
+            .breakers
+            .insert("ep_a".into(), down(now - 5, Some(1)));
+        assert_eq!(
+            inner.next_probe(now - 10),
+            Some(now + 60_000),
+            "a probe in flight sets no alarm"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
