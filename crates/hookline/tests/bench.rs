@@ -96,12 +96,15 @@ fn tiny_isolation_scenario_rotates_its_phases_and_loses_nothing() {
         ["alone", "hanging", "healthy", "hanging", "healthy", "alone"],
         "{report}"
     );
-    for p in phases {
+    for (p, beside) in phases.iter().zip(&beside) {
         assert_eq!(p["accepted"], 100, "{p}");
-        // Only the healthy endpoints' deliveries are awaited and counted.
+        // Only the measured healthy endpoints' deliveries are counted.
         assert_eq!(p["delivered"], 200, "{p}");
         assert_eq!(p["lost"], 0, "{p}");
         assert_eq!(p["bad_signatures"], 0, "{p}");
+        // The control's additional endpoint got every event, at a sink of its own.
+        let additional = (*beside == "healthy").then_some(100);
+        assert_eq!(p["additional_delivered"].as_u64(), additional, "{p}");
     }
     let iso = &report["isolation"];
     for field in ["alone_ms", "beside_hanging_ms"] {

@@ -46,9 +46,9 @@ pub enum Scenario {
     /// The endpoint is down (503) while `--events` (default 1,000,000) queue, then comes
     /// back: RSS, and how fast the backlog drains.
     Backlog,
-    /// Open loop to `--fanout` healthy endpoints, without and then with one more endpoint
-    /// that never answers: the healthy endpoints' latency in both (and with `--control`,
-    /// beside one more healthy endpoint instead).
+    /// Open loop to `--fanout` healthy endpoints, in rounds of a phase alone and a phase
+    /// beside one more endpoint that never answers (with `--control`, also a phase beside one
+    /// more healthy endpoint instead): the healthy endpoints' latency in each.
     Isolation,
 }
 
@@ -99,8 +99,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
     /// Isolation: each round also runs a third phase beside one more *healthy* endpoint
-    /// (answered by the sink, not counted), to tell what a hanging endpoint costs from what
-    /// any further subscriber costs.
+    /// (answered by a sink of its own, not counted), to tell what a hanging endpoint costs
+    /// from what any further subscriber costs. Its order is balanced over every six rounds.
     #[arg(long)]
     pub control: bool,
     /// Running Hookline nodes to target instead of starting any (comma-separated base URLs;
@@ -154,7 +154,12 @@ pub struct Phase {
     pub delivered_ratio_to_raw: f64,
     pub lost: u64,
     pub duplicates: u64,
+    /// Bad signatures at the sink, and at the additional endpoints' sink if any.
     pub bad_signatures: u64,
+    /// Isolation's control phase: deliveries the additional healthy endpoints got (not
+    /// counted in `delivered`, nor their latency anywhere).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub additional_delivered: Option<u64>,
     /// The mean body size of the deliveries the sink verified.
     pub delivered_body_bytes: f64,
     pub latency_ms: Percentiles,
@@ -270,6 +275,25 @@ pub struct Control {
     pub rounds_hanging_above_healthy: usize,
 }
 
+/// The order of isolation's `k` phases (indices) in `round`. Two phases alternate which
+/// goes first. Three go through all six orders in turn, so that over every six rounds each
+/// phase runs first, second and third twice, and within a round right after each of the
+/// others twice.
+fn phase_order(round: usize, k: usize) -> Vec<usize> {
+    const THREE: [[usize; 3]; 6] = [
+        [0, 1, 2],
+        [1, 2, 0],
+        [2, 0, 1],
+        [0, 2, 1],
+        [2, 1, 0],
+        [1, 0, 2],
+    ];
+    match k {
+        3 => THREE[round % 6].to_vec(),
+        _ => (0..k).map(|j| (round + j) % k.max(1)).collect(),
+    }
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return 0.0;
@@ -356,14 +380,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
             // Pooled latencies and each phase's own p99, per setup.
             let mut pooled: Vec<Vec<u64>> = vec![Vec::new(); setups.len()];
             let mut p99s: Vec<Vec<f64>> = vec![Vec::new(); setups.len()];
-            // Rounds rotate which phase goes first (alone-beside, beside-alone, ...; with the
-            // control, each of the three in turn), so that none always runs right after the
-            // raw reference or another: a host's drift over the minutes of a run then weighs
-            // on all alike.
+            // The order of the phases changes from round to round (see `phase_order`), so that
+            // none always runs first, right after the raw reference, or right after the same
+            // other phase: a host's drift over the minutes of a run, or what one phase
+            // leaves behind for the next, then weighs on all alike.
             for round in 0..args.rounds.max(1) {
-                let k = setups.len();
-                for j in 0..k {
-                    let which = (round + j) % k;
+                for which in phase_order(round, setups.len()) {
                     let (p, lat) =
                         end_to_end_raw(&args, &secret, raw, load, n, setups[which]).await?;
                     pooled[which].extend(lat);
@@ -829,7 +851,19 @@ async fn end_to_end_raw(
     if let Some(h) = &holder {
         urls.extend((0..setup.hanging).map(|i| h.url(&format!("/hang/{i}"))));
     }
-    urls.extend((0..setup.bystanders).map(|i| sink.url(&format!("{}{i}", sink::UNCOUNTED))));
+    // Additional healthy endpoints point at a sink of their own, apart from the one that
+    // stamps the measured deliveries (and likewise not sharing its runtime).
+    let apart = if setup.bystanders > 0 {
+        Some(
+            sink::Apart::start(Verifier::new(vec![secret.clone()]))
+                .context("starting the additional endpoints' sink")?,
+        )
+    } else {
+        None
+    };
+    if let Some(a) = &apart {
+        urls.extend((0..setup.bystanders).map(|i| a.sink.url(&format!("/ok/{i}"))));
+    }
     let mut created = Vec::new();
     for url in &urls {
         let body = json!({"url": url, "event_types": ["*"],
@@ -960,11 +994,15 @@ async fn end_to_end_raw(
     let before_back = sink.distinct();
     sink.down.store(false, Ordering::Release);
 
-    // Wait for every delivery, or until nothing arrives for 15 s.
-    let mut last = (sink.distinct(), Instant::now());
-    while (sink.distinct() as u64) < expected {
+    // Wait for every delivery (the additional endpoints' too), or until nothing arrives for
+    // 15 s.
+    let apart_expected = accepted * setup.bystanders as u64;
+    let apart_seen = || apart.as_ref().map_or(0, |a| a.sink.distinct());
+    let seen = || sink.distinct() + apart_seen();
+    let mut last = (seen(), Instant::now());
+    while (sink.distinct() as u64) < expected || (apart_seen() as u64) < apart_expected {
         tokio::time::sleep(Duration::from_millis(10)).await;
-        let now = sink.distinct();
+        let now = seen();
         if now != last.0 {
             last = (now, Instant::now());
         } else if last.1.elapsed() > Duration::from_secs(15) {
@@ -1021,7 +1059,11 @@ async fn end_to_end_raw(
             },
             lost: expected.saturating_sub(delivered),
             duplicates,
-            bad_signatures: sink.bad_signatures.load(Ordering::Relaxed),
+            bad_signatures: sink.bad_signatures.load(Ordering::Relaxed)
+                + apart
+                    .as_ref()
+                    .map_or(0, |a| a.sink.bad_signatures.load(Ordering::Relaxed)),
+            additional_delivered: apart.as_ref().map(|a| a.sink.distinct() as u64),
             delivered_body_bytes: sink.mean_body_bytes(),
             latency_ms: Percentiles::of(tally.latencies_us.clone()),
             send_lag_ms: send_lag,
@@ -1049,6 +1091,7 @@ async fn end_to_end_raw(
     }
     // Only now, with the server stopped or the endpoints gone, are the held requests let go.
     drop(holder);
+    drop(apart);
     Ok((phase, latencies))
 }
 
@@ -1167,5 +1210,35 @@ mod tests {
             let sent: serde_json::Value = serde_json::from_str(&request).unwrap();
             assert_eq!(sent["type"], event_type);
         }
+    }
+
+    /// Two isolation phases alternate which goes first; three are balanced over every six
+    /// rounds: each in each place twice, and within a round right after each other twice.
+    #[test]
+    fn isolation_phases_take_turns_in_every_place_and_after_every_other() {
+        assert_eq!(phase_order(0, 2), [0, 1]);
+        assert_eq!(phase_order(1, 2), [1, 0]);
+        assert_eq!(phase_order(2, 2), [0, 1]);
+        let mut places = [[0; 3]; 3];
+        let mut after = [[0; 3]; 3];
+        for round in 0..6 {
+            let order = phase_order(round, 3);
+            let mut sorted = order.clone();
+            sorted.sort_unstable();
+            assert_eq!(sorted, [0, 1, 2], "round {round}: {order:?}");
+            for (place, &phase) in order.iter().enumerate() {
+                places[phase][place] += 1;
+            }
+            for pair in order.windows(2) {
+                after[pair[1]][pair[0]] += 1;
+            }
+        }
+        assert_eq!(places, [[2; 3]; 3], "each phase twice in each place");
+        assert_eq!(
+            after,
+            [[0, 2, 2], [2, 0, 2], [2, 2, 0]],
+            "each phase right after each other twice"
+        );
+        assert_eq!(phase_order(6, 3), phase_order(0, 3));
     }
 }

@@ -2,7 +2,8 @@
 //! signature and records, per delivery, when it arrived.
 //!
 //! Paths say how to answer: `/ok/{n}` answers `200`; `/down/{n}` answers `503` while the
-//! sink is switched down, `200` after; `/hang/{n}` never answers.
+//! sink is switched down, `200` after. Hanging endpoints point at a [`Holder`] instead, and
+//! endpoints that only add load beside the measured ones at a sink [`Apart`].
 
 use bytes::Bytes;
 use hookline_signing::Verifier;
@@ -18,10 +19,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
-
-/// Deliveries to paths under this prefix are verified and answered but not tallied: they
-/// belong to endpoints that only add load beside the measured ones.
-pub const UNCOUNTED: &str = "/extra/";
 
 /// What the sink has seen.
 #[derive(Default)]
@@ -156,9 +153,6 @@ impl Sink {
         let Ok(env) = serde_json::from_slice::<Envelope>(&body) else {
             return reply(StatusCode::BAD_REQUEST);
         };
-        if path.starts_with(UNCOUNTED) {
-            return reply(StatusCode::OK);
-        }
         let sent_us = env.data.and_then(|d| d.sent_us);
         if let Ok(mut t) = self.tally.lock() {
             let n = t.seen.entry((path, env.id)).or_insert(0);
@@ -240,6 +234,67 @@ impl Holder {
 impl Drop for Holder {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A sink on a thread and runtime of its own, for endpoints that only add load beside the
+/// measured ones (the isolation control's additional healthy endpoint): their deliveries
+/// are verified and answered as the sink's are, without taking the main sink's runtime,
+/// which stamps the measured deliveries' arrivals and sends the load. Stopped when dropped.
+pub struct Apart {
+    pub sink: Arc<Sink>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Apart {
+    pub fn start(verifier: Verifier) -> std::io::Result<Apart> {
+        let (ready, started) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("bench-sink-apart".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready.send(Err(e));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    match Sink::start(verifier, Instant::now()).await {
+                        Ok(sink) => {
+                            let _ = ready.send(Ok(sink));
+                            let _ = stopped.await;
+                        }
+                        Err(e) => {
+                            let _ = ready.send(Err(e));
+                        }
+                    }
+                });
+            })?;
+        let sink = started
+            .recv()
+            .map_err(|_| std::io::Error::other("the sink apart ended before it started"))??;
+        Ok(Apart {
+            sink,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Apart {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

@@ -1526,11 +1526,12 @@ mod tests {
         assert!(!woken(), "no breaker to reset");
     }
 
-    /// The poller's alarm is the next probe of an open breaker, counting one that fell due
-    /// after its claim began (the claim may not have offered it: the poller looks again at
-    /// once), but not one already due when the claim began, nor one in flight.
+    /// `next_probe(looked)`, which the poll loop calls with the time its claim began, counts
+    /// a probe that fell due after that time (the claim may not have offered it: the poller
+    /// looks again at once), but not one already due when the claim began, nor one in
+    /// flight.
     #[tokio::test]
-    async fn a_probe_that_falls_due_during_a_claim_sets_the_pollers_alarm() {
+    async fn the_next_probe_counts_one_that_fell_due_after_the_claim_began() {
         use super::{Breaker, cluster};
         use crate::model::Timestamp;
 
