@@ -16,7 +16,7 @@ use crate::store::{
 use bytes::Bytes;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 /// One event as a producer sent it.
@@ -197,15 +197,15 @@ impl Ingest {
                 // Deliveries left `pending` for want of room: the poller may have looked
                 // before this commit was visible, so tell it they are there now (it is
                 // woken only if it could take one).
-                let mut told: Vec<&str> = Vec::new();
+                // Once per endpoint: a batch may leave many deliveries of many endpoints.
+                let mut told: HashSet<&str> = HashSet::new();
                 for d in accepted
                     .iter()
                     .flat_map(|ev| ev.deliveries.iter())
                     .filter(|d| !d.claimed)
                 {
                     let ep = d.endpoint.id.as_str();
-                    if !told.contains(&ep) {
-                        told.push(ep);
+                    if told.insert(ep) {
                         dispatcher.committed_pending(ep);
                     }
                 }

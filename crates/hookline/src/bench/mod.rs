@@ -186,7 +186,7 @@ pub struct Phase {
 struct Setup {
     /// Extra endpoints that never answer.
     hanging: usize,
-    /// Extra endpoints the sink answers at once but leaves out of the tally.
+    /// Extra healthy endpoints, at a sink of their own ([`sink::Apart`]): not measured.
     bystanders: usize,
     /// The endpoints answer 503 until every event is accepted.
     down_during_ingest: bool,

@@ -1450,21 +1450,36 @@ mod tests {
         (inner, recorded, dir)
     }
 
+    /// A lease of a store no other node shares.
+    fn own_lease() -> super::cluster::Lease {
+        super::cluster::Lease::new(false, Duration::from_secs(30), std::time::Instant::now())
+    }
+
+    /// An open breaker whose next probe is at `next_probe`, with `probing` in flight.
+    fn open_breaker(next_probe: i64, probing: Option<super::ProbeId>) -> super::Breaker {
+        super::Breaker {
+            failures: 10,
+            open: true,
+            next_probe,
+            backoff_ms: 1_000,
+            probing,
+        }
+    }
+
     /// Pending deliveries ingest commits wake the poller only when it could take one: an
     /// endpoint that is full or down is woken for by its release or its probe's time, and
     /// is not polled after every commit meanwhile.
     #[tokio::test]
     async fn the_poller_is_woken_for_pending_work_only_when_it_could_take_it() {
-        use super::{Breaker, Dispatcher, cluster};
+        use super::Dispatcher;
         use futures_util::FutureExt;
         use std::sync::atomic::Ordering;
 
-        let lease = cluster::Lease::new(false, Duration::from_secs(30), std::time::Instant::now());
         let config = super::DispatchConfig {
             max_per_endpoint: 1,
             ..super::DispatchConfig::default()
         };
-        let (inner, _recorded, _dir) = inner_on_sqlite(config, lease).await;
+        let (inner, _recorded, _dir) = inner_on_sqlite(config, own_lease()).await;
         let dispatcher = Dispatcher {
             inner: inner.clone(),
         };
@@ -1487,13 +1502,7 @@ mod tests {
         assert!(woken(), "the release that makes room");
 
         // Down, its next probe later: no wake; once the probe is due, wake.
-        let down = |next_probe| Breaker {
-            failures: 10,
-            open: true,
-            next_probe,
-            backoff_ms: 1_000,
-            probing: None,
-        };
+        let down = |next_probe| open_breaker(next_probe, None);
         let later = crate::model::Timestamp::now().0 + 60_000;
         inner
             .admission()
@@ -1532,19 +1541,11 @@ mod tests {
     /// flight.
     #[tokio::test]
     async fn the_next_probe_counts_one_that_fell_due_after_the_claim_began() {
-        use super::{Breaker, cluster};
         use crate::model::Timestamp;
 
-        let lease = cluster::Lease::new(false, Duration::from_secs(30), std::time::Instant::now());
         let (inner, _recorded, _dir) =
-            inner_on_sqlite(super::DispatchConfig::default(), lease).await;
-        let down = |next_probe, probing| Breaker {
-            failures: 10,
-            open: true,
-            next_probe,
-            backoff_ms: 1_000,
-            probing,
-        };
+            inner_on_sqlite(super::DispatchConfig::default(), own_lease()).await;
+        let down = open_breaker;
         let now = Timestamp::now().0;
         assert_eq!(inner.next_probe(now), None, "no breaker");
         inner
@@ -1576,7 +1577,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_probe_the_lease_stops_goes_back_unsent_and_the_next_probe_may_go() {
-        use super::{Breaker, Gate, Job, Lanes, Target, cluster};
+        use super::{Gate, Job, Lanes, Target, cluster};
         use crate::model::{Endpoint, Timestamp};
         use crate::store::{DueDelivery, Outcome};
 
@@ -1605,16 +1606,10 @@ mod tests {
             previous_secret: None,
             previous_secret_expires_at: None,
         });
-        inner.admission().breakers.insert(
-            ep.id.clone(),
-            Breaker {
-                failures: 10,
-                open: true,
-                next_probe: 0,
-                backoff_ms: 1_000,
-                probing: None,
-            },
-        );
+        inner
+            .admission()
+            .breakers
+            .insert(ep.id.clone(), open_breaker(0, None));
         inner.force_admit(&ep.id, 1);
         let Gate::Probe(probe) = inner.gate(&ep.id) else {
             panic!("no probe when one was due");
