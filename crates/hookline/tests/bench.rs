@@ -190,6 +190,13 @@ fn tiny_scenario(extra: &[&str], phase_count: usize) {
         assert_eq!(p["lost"], 0, "{p}");
         assert_eq!(p["bad_signatures"], 0, "{p}");
         assert!(p["latency_ms"]["max"].as_f64().unwrap() > 0.0, "{p}");
+        // What each side cost: the server's CPU only where the run started one (the relay
+        // runs in the bench's own process).
+        assert!(p["bench_cpu_us_per_event"].as_f64().unwrap() > 0.0, "{p}");
+        match p["server_cpu_us_per_event"].as_f64() {
+            Some(us) => assert!(us > 0.0 && report["relay"] == false, "{p}"),
+            None => assert_eq!(report["relay"], true, "{p}"),
+        }
         let delivered_bytes = p["delivered_body_bytes"].as_f64().unwrap();
         assert!(
             (delivered_bytes - raw_bytes).abs() <= raw_bytes * 0.1,

@@ -168,6 +168,14 @@ pub struct Phase {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub send_lag_ms: Option<Percentiles>,
     pub server_peak_rss_mb: Option<f64>,
+    /// CPU time (user and system) the servers this run started used per accepted event,
+    /// from the load's start to the last delivery (µs; Linux).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_cpu_us_per_event: Option<f64>,
+    /// The same for this process: the load generator and the sink (with `--relay`, the relay
+    /// too).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bench_cpu_us_per_event: Option<f64>,
     /// Backlog only: deliveries/s from the endpoint's return to the last receipt.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drain_per_sec: Option<f64>,
@@ -486,7 +494,7 @@ fn print_table(r: &Report) {
         }
     }
     println!(
-        "{:<22} {:>8} {:>10} {:>11} {:>7} {:>6} {:>5} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "{:<22} {:>8} {:>10} {:>11} {:>7} {:>6} {:>5} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10}",
         "phase",
         "events",
         "accepted/s",
@@ -499,11 +507,12 @@ fn print_table(r: &Report) {
         "p99 ms",
         "p999 ms",
         "max ms",
-        "RSS MB"
+        "RSS MB",
+        "CPU µs/ev"
     );
     for p in &r.phases {
         println!(
-            "{:<22} {:>8} {:>10.0} {:>11.0} {:>6.1}% {:>6} {:>5} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8}",
+            "{:<22} {:>8} {:>10.0} {:>11.0} {:>6.1}% {:>6} {:>5} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8} {:>10}",
             p.name,
             p.events,
             p.accepted_per_sec,
@@ -518,6 +527,8 @@ fn print_table(r: &Report) {
             p.latency_ms.max,
             p.server_peak_rss_mb
                 .map_or("-".to_owned(), |m| format!("{m:.0}")),
+            p.server_cpu_us_per_event
+                .map_or("-".to_owned(), |c| format!("{c:.1}")),
         );
     }
     for p in &r.phases {
@@ -638,6 +649,29 @@ impl Servers {
                 Err(e) => eprintln!("dropping the bench schema {schema}: {e}"),
             }
         }
+    }
+}
+
+/// CPU time a process has used so far, user and system, all threads (from `/proc`).
+fn cpu_time(pid: &str) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name, which is in parentheses and may hold spaces:
+    // utime and stime are the 14th and 15th fields of the line.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    // In clock ticks of `USER_HZ`, which Linux fixes at 100 a second for user space.
+    Some(Duration::from_millis((user + system) * 10))
+}
+
+impl Servers {
+    /// CPU time the nodes have used so far.
+    fn cpu_time(&self) -> Option<Duration> {
+        self.procs
+            .iter()
+            .map(|p| cpu_time(&p.child.id().to_string()))
+            .sum()
     }
 }
 
@@ -889,6 +923,10 @@ async fn end_to_end_raw(
 
     let accepted = Arc::new(AtomicU64::new(0));
     let rejected = Arc::new(AtomicU64::new(0));
+    let cpu_before = (
+        server.as_ref().and_then(Servers::cpu_time),
+        cpu_time("self"),
+    );
     let start = Instant::now();
     let mut send_lag = None;
     let (name, mode, batch) = match load {
@@ -1009,6 +1047,14 @@ async fn end_to_end_raw(
             break;
         }
     }
+    let cpu_per_event = |before: Option<Duration>, after: Option<Duration>| match (before, after) {
+        (Some(b), Some(a)) if accepted > 0 => {
+            Some(a.saturating_sub(b).as_secs_f64() * 1e6 / accepted as f64)
+        }
+        _ => None,
+    };
+    let server_cpu = cpu_per_event(cpu_before.0, server.as_ref().and_then(Servers::cpu_time));
+    let bench_cpu = cpu_per_event(cpu_before.1, cpu_time("self"));
     let (phase, latencies) = {
         let tally = sink
             .tally
@@ -1068,6 +1114,8 @@ async fn end_to_end_raw(
             latency_ms: Percentiles::of(tally.latencies_us.clone()),
             send_lag_ms: send_lag,
             server_peak_rss_mb: server.as_ref().and_then(Servers::peak_rss_mb),
+            server_cpu_us_per_event: server_cpu,
+            bench_cpu_us_per_event: bench_cpu,
             drain_per_sec,
             drain_ratio_to_raw: drain_per_sec.map(|d| if raw > 0.0 { d / raw } else { 0.0 }),
             back_to_first_ms,
