@@ -292,6 +292,17 @@ CREATE TABLE settings (
     r#"
 DROP INDEX IF EXISTS deliveries_due;
 "#,
+    // A delivery's latest attempt is kept in its own row (`kept_*`) until a later attempt
+    // moves it to `attempts`: a delivery that succeeds at its first try writes no `attempts`
+    // row at all, one B-tree insert (and its pages in the WAL) less per delivery.
+    r#"
+ALTER TABLE deliveries ADD COLUMN kept_attempt INTEGER;
+ALTER TABLE deliveries ADD COLUMN kept_started_at INTEGER;
+ALTER TABLE deliveries ADD COLUMN kept_duration_ms INTEGER;
+ALTER TABLE deliveries ADD COLUMN kept_status_code INTEGER;
+ALTER TABLE deliveries ADD COLUMN kept_error TEXT;
+ALTER TABLE deliveries ADD COLUMN kept_response_body TEXT;
+"#,
 ];
 
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
@@ -1462,20 +1473,35 @@ impl SqliteStore {
         id: String,
     ) -> Result<Option<(Delivery, Vec<Attempt>)>, StoreError> {
         self.read(move |c| {
-            let Some(d) = c
+            let Some((d, kept)) = c
                 .query_row(
                     &format!(
-                        "SELECT {DELIVERY_COLS} FROM deliveries WHERE id = ?1 AND account_id = ?2"
+                        "SELECT {DELIVERY_COLS}, kept_attempt, kept_started_at, kept_duration_ms,
+                            kept_status_code, kept_error, kept_response_body
+                         FROM deliveries WHERE id = ?1 AND account_id = ?2"
                     ),
                     params![id, account_id],
-                    delivery_from_row,
+                    |r| {
+                        let kept = match r.get::<_, Option<u32>>(12)? {
+                            Some(attempt) => Some(Attempt {
+                                attempt,
+                                started_at: Timestamp(r.get(13)?),
+                                duration_ms: r.get::<_, i64>(14)?.max(0) as u64,
+                                status_code: r.get(15)?,
+                                error: r.get(16)?,
+                                response_body: r.get(17)?,
+                            }),
+                            None => None,
+                        };
+                        Ok((delivery_from_row(r)?, kept))
+                    },
                 )
                 .optional()
                 .ctx("reading a delivery")?
             else {
                 return Ok(None);
             };
-            let attempts = c
+            let mut attempts = c
                 .prepare_cached(
                     "SELECT attempt, started_at, duration_ms, status_code, error, response_body
                      FROM attempts WHERE delivery_id = ?1 ORDER BY attempt",
@@ -1494,6 +1520,13 @@ impl SqliteStore {
                 .ctx("listing attempts")?
                 .collect::<Result<Vec<_>, _>>()
                 .ctx("listing attempts")?;
+            // The latest attempt, kept in the row (see `record_attempts`). It is the last
+            // written of its number, so it stands for any older row of the same number.
+            if let Some(k) = kept {
+                attempts.retain(|a| a.attempt != k.attempt);
+                let at = attempts.partition_point(|a| a.attempt < k.attempt);
+                attempts.insert(at, k);
+            }
             Ok(Some((d, attempts)))
         })
         .await
@@ -1644,6 +1677,11 @@ impl SqliteStore {
 
     /// Records attempts and moves their deliveries on, in one job that rides with the next
     /// group commit (see the module's head).
+    ///
+    /// A delivery's latest attempt is kept in its own row (`kept_*`); the attempt it
+    /// replaces moves to `attempts` first. So a delivery that succeeds at its first try writes
+    /// only its row. An attempt whose outcome no longer moves the delivery on (an old claim's)
+    /// goes to `attempts` directly.
     pub async fn record_attempts(&self, records: Vec<AttemptRecord>) -> Result<(), StoreError> {
         let subscribers = self.subscribers.clone();
         self.write_riding(move |c| {
@@ -1654,13 +1692,32 @@ impl SqliteStore {
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 )
                 .ctx("preparing the attempt insert")?;
-            let mut update = c
+            // The kept attempt moves out only if the update below will apply (same guard).
+            let mut move_kept = c
                 .prepare_cached(
-                    "UPDATE deliveries SET status = ?2, attempts = MAX(attempts, ?3),
-                        next_attempt_at = ?4, last_attempt_at = ?5, last_status_code = ?6,
-                        last_error = ?7, updated_at = ?8
-                     WHERE seq = ?1 AND (?9 = 0 OR (status = 'delivering' AND claim = ?10))",
+                    "INSERT OR REPLACE INTO attempts (delivery_id, attempt, started_at,
+                        duration_ms, status_code, error, response_body)
+                     SELECT id, kept_attempt, kept_started_at, kept_duration_ms,
+                        kept_status_code, kept_error, kept_response_body
+                     FROM deliveries
+                     WHERE seq = ?1 AND kept_attempt IS NOT NULL AND kept_attempt <> ?2
+                       AND (?3 = 0 OR (status = 'delivering' AND claim = ?4))",
                 )
+                .ctx("preparing the kept attempt's move")?;
+            const UPDATE: &str = "UPDATE deliveries SET status = ?2, attempts = MAX(attempts, ?3),
+                    next_attempt_at = ?4, last_attempt_at = ?5, last_status_code = ?6,
+                    last_error = ?7, updated_at = ?8,
+                    kept_attempt = ?3, kept_started_at = ?5, kept_duration_ms = ?11,
+                    kept_status_code = ?6, kept_error = ?7, kept_response_body = ?12
+                 WHERE seq = ?1 AND (?9 = 0 OR (status = 'delivering' AND claim = ?10))";
+            // The usual case, in one statement: the row keeps no other attempt.
+            let mut update_fresh = c
+                .prepare_cached(&format!(
+                    "{UPDATE} AND (kept_attempt IS NULL OR kept_attempt = ?3)"
+                ))
+                .ctx("preparing the delivery update")?;
+            let mut update = c
+                .prepare_cached(UPDATE)
                 .ctx("preparing the delivery update")?;
             let mut release = c
                 .prepare_cached(
@@ -1676,17 +1733,6 @@ impl SqliteStore {
                         .ctx("releasing a delivery")?;
                     continue;
                 };
-                insert
-                    .execute(params![
-                        rec.delivery_id,
-                        a.attempt,
-                        a.started_at.0,
-                        a.duration_ms as i64,
-                        a.status_code,
-                        a.error,
-                        a.response_body
-                    ])
-                    .ctx("inserting an attempt")?;
                 // A failure moves a delivery on only while it is still ours (`delivering`):
                 // one whose endpoint was disabled meanwhile stays `failed`.
                 let (status, next, only_if_delivering) = match rec.outcome {
@@ -1695,20 +1741,42 @@ impl SqliteStore {
                     Outcome::Failed | Outcome::Gone => ("failed", None, true),
                     Outcome::Released => ("pending", Some(now), true),
                 };
-                update
-                    .execute(params![
-                        rec.row,
-                        status,
-                        a.attempt,
-                        next,
-                        a.started_at.0,
-                        a.status_code,
-                        a.error,
-                        now,
-                        only_if_delivering,
-                        rec.claim
-                    ])
-                    .ctx("updating a delivery")?;
+                let fields = params![
+                    rec.row,
+                    status,
+                    a.attempt,
+                    next,
+                    a.started_at.0,
+                    a.status_code,
+                    a.error,
+                    now,
+                    only_if_delivering,
+                    rec.claim,
+                    a.duration_ms as i64,
+                    a.response_body
+                ];
+                let mut updated = update_fresh.execute(fields).ctx("updating a delivery")?;
+                if updated == 0 {
+                    // The row keeps another attempt (or the outcome does not apply): that
+                    // attempt moves to `attempts` first, if the update is to apply.
+                    move_kept
+                        .execute(params![rec.row, a.attempt, only_if_delivering, rec.claim])
+                        .ctx("moving a kept attempt")?;
+                    updated = update.execute(fields).ctx("updating a delivery")?;
+                }
+                if updated == 0 {
+                    insert
+                        .execute(params![
+                            rec.delivery_id,
+                            a.attempt,
+                            a.started_at.0,
+                            a.duration_ms as i64,
+                            a.status_code,
+                            a.error,
+                            a.response_body
+                        ])
+                        .ctx("inserting an attempt")?;
+                }
                 if matches!(rec.outcome, Outcome::Gone) {
                     c.execute(
                         "UPDATE endpoints SET enabled = 0, disabled_reason = ?2, updated_at = ?3
@@ -2667,6 +2735,136 @@ mod tests {
         assert_eq!(
             status(&store, &account.id, &d.id).await,
             DeliveryStatus::Pending
+        );
+    }
+
+    /// An attempt of `d` under `claim`, answered `code`.
+    fn answered(d: &NewDelivery, claim: i64, attempt: u32, code: u16) -> AttemptRecord {
+        let ok = (200..300).contains(&code);
+        AttemptRecord {
+            delivery_id: d.id.clone(),
+            row: d.row,
+            claim,
+            endpoint_id: d.endpoint.id.clone(),
+            endpoint_version: d.endpoint.updated_at.0,
+            attempt: Some(Attempt {
+                attempt,
+                started_at: Timestamp(1_000 * i64::from(attempt)),
+                duration_ms: u64::from(attempt) + 10,
+                status_code: Some(code),
+                error: None,
+                response_body: Some(format!("answer {attempt}")),
+            }),
+            outcome: if ok {
+                Outcome::Succeeded
+            } else {
+                Outcome::RetryAt(Timestamp(Timestamp::now().0 + 60_000))
+            },
+        }
+    }
+
+    /// Rows of `attempts` for a delivery, read apart from the store.
+    fn attempt_rows(dir: &Path, delivery_id: &str) -> i64 {
+        let c = Connection::open(dir.join("hookline.db")).unwrap();
+        c.query_row(
+            "SELECT COUNT(*) FROM attempts WHERE delivery_id = ?1",
+            [delivery_id],
+            |r| r.get(0),
+        )
+        .unwrap()
+    }
+
+    /// A delivery's latest attempt stays in its row; an earlier one moves to `attempts` when
+    /// a later one comes. Either way every attempt is listed once, in order, as recorded.
+    #[tokio::test]
+    async fn the_latest_attempt_stays_in_its_row_and_every_attempt_is_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), Sealer::none()).unwrap();
+        let (account, _, accepted) = with_events(&store, 2).await;
+        let (first_try, retried) = (&accepted[0].deliveries[0], &accepted[1].deliveries[0]);
+        let listed = |id: String| {
+            let (store, account_id) = (&store, account.id.clone());
+            async move {
+                let (d, attempts) = store.get_delivery(account_id, id).await.unwrap().unwrap();
+                let seen: Vec<_> = attempts
+                    .iter()
+                    .map(|a| {
+                        (
+                            a.attempt,
+                            a.started_at.0,
+                            a.duration_ms,
+                            a.status_code,
+                            a.response_body.clone(),
+                        )
+                    })
+                    .collect();
+                (d.status, d.attempt_count, seen)
+            }
+        };
+        let expect = |n: u32, code: u16| {
+            (
+                n,
+                1_000 * i64::from(n),
+                u64::from(n) + 10,
+                Some(code),
+                Some(format!("answer {n}")),
+            )
+        };
+
+        // A success at the first try writes no `attempts` row.
+        store
+            .record_attempts(vec![answered(first_try, 1, 1, 200)])
+            .await
+            .unwrap();
+        assert_eq!(
+            listed(first_try.id.clone()).await,
+            (DeliveryStatus::Succeeded, 1, vec![expect(1, 200)])
+        );
+        assert_eq!(attempt_rows(dir.path(), &first_try.id), 0);
+
+        // Two failures, then a success: each attempt before the latest moves out.
+        store
+            .record_attempts(vec![answered(retried, 1, 1, 500)])
+            .await
+            .unwrap();
+        assert_eq!(attempt_rows(dir.path(), &retried.id), 0);
+        for (attempt, code) in [(2, 503), (3, 204)] {
+            let due = store
+                .claim_for_retry(account.id.clone(), retried.id.clone())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(due.attempts + 1, attempt);
+            store
+                .record_attempts(vec![answered(retried, due.claim, attempt, code)])
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            listed(retried.id.clone()).await,
+            (
+                DeliveryStatus::Succeeded,
+                3,
+                vec![expect(1, 500), expect(2, 503), expect(3, 204)]
+            )
+        );
+        assert_eq!(attempt_rows(dir.path(), &retried.id), 2);
+
+        // A late outcome of an old claim does not move the delivery on, but its attempt is
+        // still logged, beside the kept one.
+        let mut late = answered(retried, 1, 4, 500);
+        late.outcome = Outcome::Failed;
+        store.record_attempts(vec![late]).await.unwrap();
+        let (status, _, seen) = listed(retried.id.clone()).await;
+        assert_eq!(status, DeliveryStatus::Succeeded);
+        assert_eq!(
+            seen,
+            vec![
+                expect(1, 500),
+                expect(2, 503),
+                expect(3, 204),
+                expect(4, 500)
+            ]
         );
     }
 
