@@ -191,8 +191,9 @@ fn tiny_scenario(extra: &[&str], phase_count: usize) {
         assert_eq!(p["bad_signatures"], 0, "{p}");
         assert!(p["latency_ms"]["max"].as_f64().unwrap() > 0.0, "{p}");
         // What each side cost: the server's CPU only where the run started one (the relay
-        // runs in the bench's own process).
-        assert!(p["bench_cpu_us_per_event"].as_f64().unwrap() > 0.0, "{p}");
+        // runs in the bench's own process). The bench's own, read in 10 ms ticks, may round
+        // to nothing on a fast machine.
+        assert!(p["bench_cpu_us_per_event"].as_f64().unwrap() >= 0.0, "{p}");
         match p["server_cpu_us_per_event"].as_f64() {
             Some(us) => assert!(us > 0.0 && report["relay"] == false, "{p}"),
             None => assert_eq!(report["relay"], true, "{p}"),

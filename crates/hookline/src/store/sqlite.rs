@@ -1520,8 +1520,9 @@ impl SqliteStore {
                 .ctx("listing attempts")?
                 .collect::<Result<Vec<_>, _>>()
                 .ctx("listing attempts")?;
-            // The latest attempt, kept in the row (see `record_attempts`). It is the last
-            // written of its number, so it stands for any older row of the same number.
+            // The latest attempt, kept in the row (see `record_attempts`). A row of the same
+            // number in `attempts` (two claims that made the same attempt, the old one's
+            // outcome late) is listed as the kept one: one attempt per number, as before.
             if let Some(k) = kept {
                 attempts.retain(|a| a.attempt != k.attempt);
                 let at = attempts.partition_point(|a| a.attempt < k.attempt);
@@ -2738,9 +2739,9 @@ mod tests {
         );
     }
 
-    /// An attempt of `d` under `claim`, answered `code`.
-    fn answered(d: &NewDelivery, claim: i64, attempt: u32, code: u16) -> AttemptRecord {
-        let ok = (200..300).contains(&code);
+    /// An attempt of `d` under `claim`, answered `code` (`None`: timed out).
+    fn answered(d: &NewDelivery, claim: i64, attempt: u32, code: Option<u16>) -> AttemptRecord {
+        let ok = code.is_some_and(|c| (200..300).contains(&c));
         AttemptRecord {
             delivery_id: d.id.clone(),
             row: d.row,
@@ -2751,9 +2752,9 @@ mod tests {
                 attempt,
                 started_at: Timestamp(1_000 * i64::from(attempt)),
                 duration_ms: u64::from(attempt) + 10,
-                status_code: Some(code),
-                error: None,
-                response_body: Some(format!("answer {attempt}")),
+                status_code: code,
+                error: code.is_none().then(|| format!("timed out {attempt}")),
+                response_body: code.map(|_| format!("answer {attempt}")),
             }),
             outcome: if ok {
                 Outcome::Succeeded
@@ -2780,8 +2781,12 @@ mod tests {
     async fn the_latest_attempt_stays_in_its_row_and_every_attempt_is_listed() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path(), Sealer::none()).unwrap();
-        let (account, _, accepted) = with_events(&store, 2).await;
-        let (first_try, retried) = (&accepted[0].deliveries[0], &accepted[1].deliveries[0]);
+        let (account, _, accepted) = with_events(&store, 3).await;
+        let (first_try, retried, upgraded) = (
+            &accepted[0].deliveries[0],
+            &accepted[1].deliveries[0],
+            &accepted[2].deliveries[0],
+        );
         let listed = |id: String| {
             let (store, account_id) = (&store, account.id.clone());
             async move {
@@ -2794,6 +2799,7 @@ mod tests {
                             a.started_at.0,
                             a.duration_ms,
                             a.status_code,
+                            a.error.clone(),
                             a.response_body.clone(),
                         )
                     })
@@ -2801,34 +2807,35 @@ mod tests {
                 (d.status, d.attempt_count, seen)
             }
         };
-        let expect = |n: u32, code: u16| {
+        let expect = |n: u32, code: Option<u16>| {
             (
                 n,
                 1_000 * i64::from(n),
                 u64::from(n) + 10,
-                Some(code),
-                Some(format!("answer {n}")),
+                code,
+                code.is_none().then(|| format!("timed out {n}")),
+                code.map(|_| format!("answer {n}")),
             )
         };
 
         // A success at the first try writes no `attempts` row.
         store
-            .record_attempts(vec![answered(first_try, 1, 1, 200)])
+            .record_attempts(vec![answered(first_try, 1, 1, Some(200))])
             .await
             .unwrap();
         assert_eq!(
             listed(first_try.id.clone()).await,
-            (DeliveryStatus::Succeeded, 1, vec![expect(1, 200)])
+            (DeliveryStatus::Succeeded, 1, vec![expect(1, Some(200))])
         );
         assert_eq!(attempt_rows(dir.path(), &first_try.id), 0);
 
         // Two failures, then a success: each attempt before the latest moves out.
         store
-            .record_attempts(vec![answered(retried, 1, 1, 500)])
+            .record_attempts(vec![answered(retried, 1, 1, None)])
             .await
             .unwrap();
         assert_eq!(attempt_rows(dir.path(), &retried.id), 0);
-        for (attempt, code) in [(2, 503), (3, 204)] {
+        for (attempt, code) in [(2, Some(503)), (3, Some(204))] {
             let due = store
                 .claim_for_retry(account.id.clone(), retried.id.clone())
                 .await
@@ -2845,14 +2852,14 @@ mod tests {
             (
                 DeliveryStatus::Succeeded,
                 3,
-                vec![expect(1, 500), expect(2, 503), expect(3, 204)]
+                vec![expect(1, None), expect(2, Some(503)), expect(3, Some(204))]
             )
         );
         assert_eq!(attempt_rows(dir.path(), &retried.id), 2);
 
         // A late outcome of an old claim does not move the delivery on, but its attempt is
         // still logged, beside the kept one.
-        let mut late = answered(retried, 1, 4, 500);
+        let mut late = answered(retried, 1, 4, Some(500));
         late.outcome = Outcome::Failed;
         store.record_attempts(vec![late]).await.unwrap();
         let (status, _, seen) = listed(retried.id.clone()).await;
@@ -2860,12 +2867,48 @@ mod tests {
         assert_eq!(
             seen,
             vec![
-                expect(1, 500),
-                expect(2, 503),
-                expect(3, 204),
-                expect(4, 500)
+                expect(1, None),
+                expect(2, Some(503)),
+                expect(3, Some(204)),
+                expect(4, Some(500))
             ]
         );
+        assert_eq!(attempt_rows(dir.path(), &retried.id), 3);
+
+        // A delivery retried across an upgrade: its first attempt was written to `attempts`
+        // by a build that kept nothing in the row.
+        let db = Connection::open(dir.path().join("hookline.db")).unwrap();
+        db.execute(
+            "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code,
+                error, response_body) VALUES (?1, 1, 1000, 11, NULL, 'timed out 1', NULL)",
+            [&upgraded.id],
+        )
+        .unwrap();
+        db.execute(
+            "UPDATE deliveries SET status = 'pending', attempts = 1 WHERE id = ?1",
+            [&upgraded.id],
+        )
+        .unwrap();
+        drop(db);
+        let due = store
+            .claim_for_retry(account.id.clone(), upgraded.id.clone())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(due.attempts + 1, 2);
+        store
+            .record_attempts(vec![answered(upgraded, due.claim, 2, Some(200))])
+            .await
+            .unwrap();
+        assert_eq!(
+            listed(upgraded.id.clone()).await,
+            (
+                DeliveryStatus::Succeeded,
+                2,
+                vec![expect(1, None), expect(2, Some(200))]
+            )
+        );
+        assert_eq!(attempt_rows(dir.path(), &upgraded.id), 1);
     }
 
     /// A claim marks the oldest due deliveries of each endpoint, up to its room, each with
@@ -3032,12 +3075,22 @@ mod tests {
         assert_eq!(store.next_due_at().await.unwrap(), Some(at));
         drop(store);
 
-        // A database one version older still has the index: opening it drops it.
+        // A database from before the migration that drops the index still has it (and none
+        // of the columns later migrations add): opening it drops it.
+        let before = MIGRATIONS
+            .iter()
+            .position(|m| m.contains("DROP INDEX IF EXISTS deliveries_due"))
+            .unwrap();
         let db = Connection::open(dir.path().join("hookline.db")).unwrap();
         db.execute_batch(&format!(
             "CREATE INDEX deliveries_due ON deliveries (next_attempt_at) WHERE status = 'pending';
-             PRAGMA user_version = {};",
-            MIGRATIONS.len() - 1
+             ALTER TABLE deliveries DROP COLUMN kept_attempt;
+             ALTER TABLE deliveries DROP COLUMN kept_started_at;
+             ALTER TABLE deliveries DROP COLUMN kept_duration_ms;
+             ALTER TABLE deliveries DROP COLUMN kept_status_code;
+             ALTER TABLE deliveries DROP COLUMN kept_error;
+             ALTER TABLE deliveries DROP COLUMN kept_response_body;
+             PRAGMA user_version = {before};"
         ))
         .unwrap();
         drop(db);
