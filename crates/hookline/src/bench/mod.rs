@@ -633,6 +633,14 @@ impl Servers {
             .reduce(f64::max)
     }
 
+    /// CPU time the nodes have used so far.
+    fn cpu_time(&self) -> Option<Duration> {
+        self.procs
+            .iter()
+            .map(|p| cpu_time(&p.child.id().to_string()))
+            .sum()
+    }
+
     /// Stops the nodes and drops the phase's schema.
     async fn finish(mut self) {
         self.procs.clear();
@@ -663,16 +671,6 @@ fn cpu_time(pid: &str) -> Option<Duration> {
     let system: u64 = fields.next()?.parse().ok()?;
     // In clock ticks of `USER_HZ`, which Linux fixes at 100 a second for user space.
     Some(Duration::from_millis((user + system) * 10))
-}
-
-impl Servers {
-    /// CPU time the nodes have used so far.
-    fn cpu_time(&self) -> Option<Duration> {
-        self.procs
-            .iter()
-            .map(|p| cpu_time(&p.child.id().to_string()))
-            .sum()
-    }
 }
 
 impl ServerProcess {

@@ -1545,13 +1545,12 @@ mod tests {
 
         let (inner, _recorded, _dir) =
             inner_on_sqlite(super::DispatchConfig::default(), own_lease()).await;
-        let down = open_breaker;
         let now = Timestamp::now().0;
         assert_eq!(inner.next_probe(now), None, "no breaker");
         inner
             .admission()
             .breakers
-            .insert("ep_a".into(), down(now - 5, None));
+            .insert("ep_a".into(), open_breaker(now - 5, None));
         assert_eq!(
             inner.next_probe(now - 10),
             Some(now - 5),
@@ -1561,13 +1560,13 @@ mod tests {
         inner
             .admission()
             .breakers
-            .insert("ep_b".into(), down(now + 60_000, None));
+            .insert("ep_b".into(), open_breaker(now + 60_000, None));
         assert_eq!(inner.next_probe(now), Some(now + 60_000), "due later");
         assert_eq!(inner.next_probe(now - 10), Some(now - 5), "the earliest");
         inner
             .admission()
             .breakers
-            .insert("ep_a".into(), down(now - 5, Some(1)));
+            .insert("ep_a".into(), open_breaker(now - 5, Some(1)));
         assert_eq!(
             inner.next_probe(now - 10),
             Some(now + 60_000),

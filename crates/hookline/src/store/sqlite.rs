@@ -1483,14 +1483,7 @@ impl SqliteStore {
                     params![id, account_id],
                     |r| {
                         let kept = match r.get::<_, Option<u32>>(12)? {
-                            Some(attempt) => Some(Attempt {
-                                attempt,
-                                started_at: Timestamp(r.get(13)?),
-                                duration_ms: r.get::<_, i64>(14)?.max(0) as u64,
-                                status_code: r.get(15)?,
-                                error: r.get(16)?,
-                                response_body: r.get(17)?,
-                            }),
+                            Some(_) => Some(attempt_from_row(r, 12)?),
                             None => None,
                         };
                         Ok((delivery_from_row(r)?, kept))
@@ -1507,16 +1500,7 @@ impl SqliteStore {
                      FROM attempts WHERE delivery_id = ?1 ORDER BY attempt",
                 )
                 .ctx("preparing the attempt list")?
-                .query_map([&id], |r| {
-                    Ok(Attempt {
-                        attempt: r.get(0)?,
-                        started_at: Timestamp(r.get(1)?),
-                        duration_ms: r.get::<_, i64>(2)?.max(0) as u64,
-                        status_code: r.get(3)?,
-                        error: r.get(4)?,
-                        response_body: r.get(5)?,
-                    })
-                })
+                .query_map([&id], |r| attempt_from_row(r, 0))
                 .ctx("listing attempts")?
                 .collect::<Result<Vec<_>, _>>()
                 .ctx("listing attempts")?;
@@ -2594,6 +2578,19 @@ fn account_from_row(r: &Row<'_>) -> rusqlite::Result<Account> {
 
 const DELIVERY_COLS: &str = "id, event_id, endpoint_id, event_type, status, attempts, \
      next_attempt_at, last_attempt_at, last_status_code, last_error, created_at, updated_at";
+
+/// An attempt from the six columns from `at` on: number, start, duration, status code,
+/// error, response body (an `attempts` row, or a delivery's `kept_*`).
+fn attempt_from_row(r: &Row<'_>, at: usize) -> rusqlite::Result<Attempt> {
+    Ok(Attempt {
+        attempt: r.get(at)?,
+        started_at: Timestamp(r.get(at + 1)?),
+        duration_ms: r.get::<_, i64>(at + 2)?.max(0) as u64,
+        status_code: r.get(at + 3)?,
+        error: r.get(at + 4)?,
+        response_body: r.get(at + 5)?,
+    })
+}
 
 fn delivery_from_row(r: &Row<'_>) -> rusqlite::Result<Delivery> {
     let status: String = r.get(4)?;
