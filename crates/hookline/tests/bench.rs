@@ -184,6 +184,28 @@ fn tiny_scenario(extra: &[&str], phase_count: usize) {
     // of numbers (ids, times) that differ between them.
     let raw_bytes = report["raw_body_bytes"].as_f64().unwrap();
     assert!(raw_bytes > 250.0, "{report}");
+    // Each phase is compared with the reference measured right before and right after it:
+    // with both phases, the reference is measured again between them.
+    let raw = |field: &str| report[field].as_f64();
+    let (before, after) = (
+        raw("raw_before_per_sec").unwrap(),
+        raw("raw_after_per_sec").unwrap(),
+    );
+    let brackets: Vec<(f64, f64)> = match raw("raw_mid_per_sec") {
+        Some(mid) => vec![(before, mid), (mid, after)],
+        None => vec![(before, after); phase_count],
+    };
+    assert_eq!(brackets.len(), phase_count, "{report}");
+    for (p, (from, to)) in phases.iter().zip(brackets) {
+        let reference = p["raw_per_sec"].as_f64().unwrap();
+        assert!(
+            reference > 0.0 && (reference - (from + to) / 2.0).abs() < 1e-6,
+            "{report}"
+        );
+        let ratio = p["delivered_per_sec"].as_f64().unwrap() / reference;
+        let reported = p["delivered_ratio_to_raw"].as_f64().unwrap();
+        assert!((ratio - reported).abs() < 1e-9, "{report}");
+    }
     for p in phases {
         assert_eq!(p["accepted"], 300, "{p}");
         assert_eq!(p["delivered"], 600, "{p}");

@@ -152,6 +152,9 @@ pub struct Phase {
     pub delivered: u64,
     pub delivered_per_sec: f64,
     pub delivered_ratio_to_raw: f64,
+    /// The raw reference this phase's ratios are measured against: the mean of the
+    /// measurements taken right before and right after it (see [`Report::raw_mid_per_sec`]).
+    pub raw_per_sec: f64,
     pub lost: u64,
     pub duplicates: u64,
     /// Bad signatures at the sink, and at the additional endpoints' sink if any.
@@ -238,6 +241,12 @@ pub struct Report {
     /// The mean of the raw reference measured before and after the phases.
     pub raw_per_sec: f64,
     pub raw_before_per_sec: f64,
+    /// Throughput with both phases: the raw reference measured again between them, so that
+    /// each phase is compared with the measurements that bracket it (single-event with the
+    /// mean of before and this, batches with the mean of this and after). The host's speed
+    /// can drift by a quarter over the seconds of one run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raw_mid_per_sec: Option<f64>,
     pub raw_after_per_sec: f64,
     /// The raw reference's mean body size, to compare with the phases' deliveries.
     pub raw_body_bytes: f64,
@@ -334,6 +343,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
     );
     let raw = raw_before;
     let mut phases = Vec::new();
+    let mut raw_mid = None;
     let mut isolation = None;
     match args.scenario {
         Scenario::Raw => {}
@@ -342,6 +352,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
             if args.phases != Phases::Batch {
                 let single = Load::Closed { batch: 1 };
                 phases.push(end_to_end(&args, &secret, raw, single, n, Setup::default()).await?);
+            }
+            if args.phases == Phases::Both {
+                let (mid, _) = raw_reference(&args, &secret).await?;
+                println!("raw reference between the phases: {mid:.0} signed requests/s");
+                raw_mid = Some(mid);
             }
             if args.phases != Phases::Single {
                 let batch = Load::Closed {
@@ -459,9 +474,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
     let (raw_after, _) = raw_reference(&args, &secret).await?;
     println!("raw reference again: {raw_after:.0} signed requests/s");
     let raw = (raw_before + raw_after) / 2.0;
-    for p in &mut phases {
-        p.delivered_ratio_to_raw = p.delivered_per_sec / raw.max(1e-9);
-        p.drain_ratio_to_raw = p.drain_per_sec.map(|d| d / raw.max(1e-9));
+    for (i, p) in phases.iter_mut().enumerate() {
+        p.raw_per_sec = match raw_mid {
+            Some(mid) if i == 0 => (raw_before + mid) / 2.0,
+            Some(mid) => (mid + raw_after) / 2.0,
+            None => raw,
+        };
+        p.delivered_ratio_to_raw = p.delivered_per_sec / p.raw_per_sec.max(1e-9);
+        p.drain_ratio_to_raw = p.drain_per_sec.map(|d| d / p.raw_per_sec.max(1e-9));
     }
     let report = Report {
         scenario: args.scenario,
@@ -469,6 +489,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
         raw_per_sec: raw,
         raw_before_per_sec: raw_before,
+        raw_mid_per_sec: raw_mid,
         raw_after_per_sec: raw_after,
         raw_body_bytes,
         phases,
@@ -488,7 +509,7 @@ fn print_table(r: &Report) {
                 p.name,
                 ratio * 100.0,
                 p.drain_after_first_per_sec.unwrap_or(0.0),
-                p.drain_after_first_per_sec.unwrap_or(0.0) / r.raw_per_sec.max(1e-9) * 100.0,
+                p.drain_after_first_per_sec.unwrap_or(0.0) / p.raw_per_sec.max(1e-9) * 100.0,
                 p.back_to_first_ms.unwrap_or(0.0)
             );
         }
@@ -1101,6 +1122,7 @@ async fn end_to_end_raw(
             } else {
                 0.0
             },
+            raw_per_sec: raw,
             lost: expected.saturating_sub(delivered),
             duplicates,
             bad_signatures: sink.bad_signatures.load(Ordering::Relaxed)
