@@ -191,6 +191,11 @@ fn tiny_scenario(extra: &[&str], phase_count: usize) {
         raw("raw_before_per_sec").unwrap(),
         raw("raw_after_per_sec").unwrap(),
     );
+    assert_eq!(
+        raw("raw_mid_per_sec").is_some(),
+        phase_count == 2,
+        "{report}"
+    );
     let brackets: Vec<(f64, f64)> = match raw("raw_mid_per_sec") {
         Some(mid) => vec![(before, mid), (mid, after)],
         None => vec![(before, after); phase_count],

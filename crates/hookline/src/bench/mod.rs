@@ -152,8 +152,10 @@ pub struct Phase {
     pub delivered: u64,
     pub delivered_per_sec: f64,
     pub delivered_ratio_to_raw: f64,
-    /// The raw reference this phase's ratios are measured against: the mean of the
-    /// measurements taken right before and right after it (see [`Report::raw_mid_per_sec`]).
+    /// The raw reference this phase's ratios are measured against: the mean of the two
+    /// measurements that bracket it. Those are the ones before and after the whole run, or,
+    /// for the two throughput phases, the one between them and the nearer end (see
+    /// [`Report::raw_mid_per_sec`]).
     pub raw_per_sec: f64,
     pub lost: u64,
     pub duplicates: u64,
@@ -238,7 +240,8 @@ pub struct Report {
     /// The phases measured the storage-less relay (`--relay`), not Hookline.
     pub relay: bool,
     pub cores: usize,
-    /// The mean of the raw reference measured before and after the phases.
+    /// The mean of the raw reference measured before and after the phases (not counting
+    /// `raw_mid_per_sec`). Each phase's ratios use its own `raw_per_sec`.
     pub raw_per_sec: f64,
     pub raw_before_per_sec: f64,
     /// Throughput with both phases: the raw reference measured again between them, so that
@@ -341,8 +344,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
         "raw reference: {raw_before:.0} signed requests/s ({} connections, {} s, {raw_body_bytes:.0}-byte bodies)",
         args.raw_concurrency, args.raw_seconds
     );
-    let raw = raw_before;
     let mut phases = Vec::new();
+    // Each measurement of the reference, with the number of phases run before it: a phase is
+    // compared with the two measurements that bracket it.
+    let mut references: Vec<(usize, f64)> = vec![(0, raw_before)];
     let mut raw_mid = None;
     let mut isolation = None;
     match args.scenario {
@@ -351,18 +356,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
             let n = args.events.unwrap_or(20_000);
             if args.phases != Phases::Batch {
                 let single = Load::Closed { batch: 1 };
-                phases.push(end_to_end(&args, &secret, raw, single, n, Setup::default()).await?);
+                phases.push(end_to_end(&args, &secret, single, n, Setup::default()).await?);
             }
             if args.phases == Phases::Both {
                 let (mid, _) = raw_reference(&args, &secret).await?;
                 println!("raw reference between the phases: {mid:.0} signed requests/s");
                 raw_mid = Some(mid);
+                references.push((phases.len(), mid));
             }
             if args.phases != Phases::Single {
                 let batch = Load::Closed {
                     batch: args.batch.clamp(1, 1000),
                 };
-                phases.push(end_to_end(&args, &secret, raw, batch, n, Setup::default()).await?);
+                phases.push(end_to_end(&args, &secret, batch, n, Setup::default()).await?);
             }
         }
         Scenario::Latency => {
@@ -370,7 +376,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
             let load = Load::Open {
                 rate: args.rate.max(1),
             };
-            phases.push(end_to_end(&args, &secret, raw, load, n, Setup::default()).await?);
+            phases.push(end_to_end(&args, &secret, load, n, Setup::default()).await?);
         }
         Scenario::Backlog => {
             let n = args.events.unwrap_or(1_000_000);
@@ -381,7 +387,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
                 down_during_ingest: true,
                 ..Setup::default()
             };
-            phases.push(end_to_end(&args, &secret, raw, load, n, setup).await?);
+            phases.push(end_to_end(&args, &secret, load, n, setup).await?);
         }
         Scenario::Isolation => {
             let n = args.events.unwrap_or(args.rate * args.seconds);
@@ -409,8 +415,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
             // leaves behind for the next, then weighs on all alike.
             for round in 0..args.rounds.max(1) {
                 for which in phase_order(round, setups.len()) {
-                    let (p, lat) =
-                        end_to_end_raw(&args, &secret, raw, load, n, setups[which]).await?;
+                    let (p, lat) = end_to_end_raw(&args, &secret, load, n, setups[which]).await?;
                     pooled[which].extend(lat);
                     p99s[which].push(p.latency_ms.p99);
                     phases.push(p);
@@ -474,12 +479,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
     let (raw_after, _) = raw_reference(&args, &secret).await?;
     println!("raw reference again: {raw_after:.0} signed requests/s");
     let raw = (raw_before + raw_after) / 2.0;
+    references.push((phases.len(), raw_after));
     for (i, p) in phases.iter_mut().enumerate() {
-        p.raw_per_sec = match raw_mid {
-            Some(mid) if i == 0 => (raw_before + mid) / 2.0,
-            Some(mid) => (mid + raw_after) / 2.0,
-            None => raw,
-        };
+        // The last measurement taken before this phase, and the next one (the last
+        // measurement comes after every phase).
+        let k = references
+            .iter()
+            .rposition(|&(before, _)| before <= i)
+            .unwrap_or(0);
+        let after = references.get(k + 1).map_or(raw_after, |r| r.1);
+        p.raw_per_sec = (references[k].1 + after) / 2.0;
         p.delivered_ratio_to_raw = p.delivered_per_sec / p.raw_per_sec.max(1e-9);
         p.drain_ratio_to_raw = p.drain_per_sec.map(|d| d / p.raw_per_sec.max(1e-9));
     }
@@ -834,21 +843,17 @@ async fn post_json(
 async fn end_to_end(
     args: &BenchArgs,
     secret: &Secret,
-    raw: f64,
     load: Load,
     events: u64,
     setup: Setup,
 ) -> anyhow::Result<Phase> {
-    Ok(end_to_end_raw(args, secret, raw, load, events, setup)
-        .await?
-        .0)
+    Ok(end_to_end_raw(args, secret, load, events, setup).await?.0)
 }
 
 /// One phase, with every latency sample (µs).
 async fn end_to_end_raw(
     args: &BenchArgs,
     secret: &Secret,
-    raw: f64,
     load: Load,
     events: u64,
     setup: Setup,
@@ -1117,12 +1122,10 @@ async fn end_to_end_raw(
             accepted_per_sec: accepted as f64 / ingest_secs.max(1e-9),
             delivered,
             delivered_per_sec,
-            delivered_ratio_to_raw: if raw > 0.0 {
-                delivered_per_sec / raw
-            } else {
-                0.0
-            },
-            raw_per_sec: raw,
+            // The reference and the ratios to it are set by `run`, once the measurements that
+            // bracket this phase are known.
+            delivered_ratio_to_raw: 0.0,
+            raw_per_sec: 0.0,
             lost: expected.saturating_sub(delivered),
             duplicates,
             bad_signatures: sink.bad_signatures.load(Ordering::Relaxed)
@@ -1137,7 +1140,7 @@ async fn end_to_end_raw(
             server_cpu_us_per_event: server_cpu,
             bench_cpu_us_per_event: bench_cpu,
             drain_per_sec,
-            drain_ratio_to_raw: drain_per_sec.map(|d| if raw > 0.0 { d / raw } else { 0.0 }),
+            drain_ratio_to_raw: None,
             back_to_first_ms,
             drain_after_first_per_sec,
         };
