@@ -481,14 +481,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
     let raw = (raw_before + raw_after) / 2.0;
     references.push((phases.len(), raw_after));
     for (i, p) in phases.iter_mut().enumerate() {
-        // The last measurement taken before this phase, and the next one (the last
-        // measurement comes after every phase).
-        let k = references
-            .iter()
-            .rposition(|&(before, _)| before <= i)
-            .unwrap_or(0);
-        let after = references.get(k + 1).map_or(raw_after, |r| r.1);
-        p.raw_per_sec = (references[k].1 + after) / 2.0;
+        // The two measurements around this phase: the first comes before it, the next after.
+        p.raw_per_sec = references
+            .windows(2)
+            .find(|w| w[0].0 <= i && i < w[1].0)
+            .map_or(raw, |w| (w[0].1 + w[1].1) / 2.0);
         p.delivered_ratio_to_raw = p.delivered_per_sec / p.raw_per_sec.max(1e-9);
         p.drain_ratio_to_raw = p.drain_per_sec.map(|d| d / p.raw_per_sec.max(1e-9));
     }
