@@ -65,9 +65,9 @@ fn tiny_isolation_scenario_rotates_its_phases_and_loses_nothing() {
         "--fanout",
         "2",
         "--rate",
-        "100",
+        "50",
         "--seconds",
-        "1",
+        "2",
         "--rounds",
         "2",
         "--raw-seconds",
@@ -112,6 +112,30 @@ fn tiny_isolation_scenario_rotates_its_phases_and_loses_nothing() {
     }
     assert!(iso["p99_change_pct"].as_f64().unwrap().is_finite(), "{iso}");
     assert_eq!(iso["rounds"], 2, "{iso}");
+    // The healthy latency by the second of the phase in which each event was sent: one p99
+    // for each of the two seconds, and the pooled p99 is never above the highest of them.
+    for (by_second, pooled) in [
+        (&iso["alone_p99_by_second_ms"], &iso["alone_ms"]["p99"]),
+        (
+            &iso["beside_p99_by_second_ms"],
+            &iso["beside_hanging_ms"]["p99"],
+        ),
+        (
+            &iso["control"]["p99_by_second_ms"],
+            &iso["control"]["beside_healthy_ms"]["p99"],
+        ),
+    ] {
+        let seconds: Vec<f64> = by_second
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert_eq!(seconds.len(), 2, "{iso}");
+        assert!(seconds.iter().all(|&p| p > 0.0), "{iso}");
+        let highest = seconds.iter().copied().fold(0.0, f64::max);
+        assert!(pooled.as_f64().unwrap() <= highest, "{iso}");
+    }
     assert!(iso["rounds_beside_higher"].as_u64().unwrap() <= 2, "{iso}");
     let control = &iso["control"];
     assert!(

@@ -270,6 +270,10 @@ pub struct Isolation {
     pub median_round_p99_alone_ms: f64,
     pub median_round_p99_beside_ms: f64,
     pub median_round_p99_change_pct: f64,
+    /// The p99 of the healthy deliveries sent in each second of a phase (the first second
+    /// first), pooled over the rounds, alone and beside the hanging endpoint.
+    pub alone_p99_by_second_ms: Vec<f64>,
+    pub beside_p99_by_second_ms: Vec<f64>,
     /// Rounds in which the phase beside the hanging endpoint had the higher p99, of
     /// `rounds`: about half when the hanging endpoint changes nothing.
     pub rounds_beside_higher: usize,
@@ -293,6 +297,9 @@ pub struct Control {
     /// Rounds in which the phase beside the hanging endpoint had a higher p99 than the
     /// control phase: about half when hanging costs no more than answering.
     pub rounds_hanging_above_healthy: usize,
+    /// The p99 of the healthy deliveries sent in each second of a control phase, pooled over
+    /// the rounds.
+    pub p99_by_second_ms: Vec<f64>,
 }
 
 /// The order of isolation's `k` phases (indices) in `round`. Two phases alternate which
@@ -409,6 +416,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
             // Pooled latencies and each phase's own p99, per setup.
             let mut pooled: Vec<Vec<u64>> = vec![Vec::new(); setups.len()];
             let mut p99s: Vec<Vec<f64>> = vec![Vec::new(); setups.len()];
+            // Latencies by the second of the phase in which they were sent, pooled over the
+            // rounds: shows whether a difference sits at a phase's start (a hanging
+            // endpoint's first attempts, its breaker opening) or lasts.
+            let mut by_second: Vec<Vec<Vec<u64>>> = vec![Vec::new(); setups.len()];
             // The order of the phases changes from round to round (see `phase_order`), so that
             // none always runs first, right after the raw reference, or right after the same
             // other phase: a host's drift over the minutes of a run, or what one phase
@@ -416,7 +427,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
             for round in 0..args.rounds.max(1) {
                 for which in phase_order(round, setups.len()) {
                     let (p, lat) = end_to_end_raw(&args, &secret, load, n, setups[which]).await?;
-                    pooled[which].extend(lat);
+                    for (sent, us) in lat {
+                        let second = (sent / 1_000_000) as usize;
+                        let bins = &mut by_second[which];
+                        if bins.len() <= second {
+                            bins.resize_with(second + 1, Vec::new);
+                        }
+                        bins[second].push(us);
+                        pooled[which].push(us);
+                    }
                     p99s[which].push(p.latency_ms.p99);
                     phases.push(p);
                 }
@@ -438,6 +457,30 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
                 "isolation (median of per-round p99): {m_alone:.2} ms alone, {m_beside:.2} ms beside ({m_change:+.1} %); \
                  beside had the higher p99 in {beside_higher} of {rounds} rounds"
             );
+            let p99_by_second: Vec<Vec<f64>> = by_second
+                .into_iter()
+                .map(|bins| bins.into_iter().map(|b| Percentiles::of(b).p99).collect())
+                .collect();
+            let show = |v: &[f64]| {
+                v.iter()
+                    .map(|p| format!("{p:.2}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            println!(
+                "healthy p99 by second of the phase (ms), alone:   {}",
+                show(&p99_by_second[0])
+            );
+            println!(
+                "healthy p99 by second of the phase (ms), beside:  {}",
+                show(&p99_by_second[1])
+            );
+            if let Some(healthy) = p99_by_second.get(2) {
+                println!(
+                    "healthy p99 by second of the phase (ms), control: {}",
+                    show(healthy)
+                );
+            }
             let control = if args.control {
                 let healthy = Percentiles::of(std::mem::take(&mut pooled[2]));
                 let m_healthy = median(p99s[2].clone());
@@ -447,6 +490,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
                     median_round_p99_change_pct: change(m_alone, m_healthy),
                     rounds_healthy_higher: higher(&p99s[0], &p99s[2]),
                     rounds_hanging_above_healthy: higher(&p99s[2], &p99s[1]),
+                    p99_by_second_ms: p99_by_second.get(2).cloned().unwrap_or_default(),
                     beside_healthy_ms: healthy,
                 };
                 println!(
@@ -470,6 +514,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
                 median_round_p99_alone_ms: m_alone,
                 median_round_p99_beside_ms: m_beside,
                 median_round_p99_change_pct: m_change,
+                alone_p99_by_second_ms: p99_by_second[0].clone(),
+                beside_p99_by_second_ms: p99_by_second[1].clone(),
                 rounds_beside_higher: beside_higher,
                 rounds,
                 control,
@@ -847,14 +893,15 @@ async fn end_to_end(
     Ok(end_to_end_raw(args, secret, load, events, setup).await?.0)
 }
 
-/// One phase, with every latency sample (µs).
+/// One phase, with every latency sample: (intended send time since the phase began,
+/// latency), both in µs.
 async fn end_to_end_raw(
     args: &BenchArgs,
     secret: &Secret,
     load: Load,
     events: u64,
     setup: Setup,
-) -> anyhow::Result<(Phase, Vec<u64>)> {
+) -> anyhow::Result<(Phase, Vec<(u64, u64)>)> {
     let epoch = Instant::now();
     let sink = Sink::start(Verifier::new(vec![secret.clone()]), epoch).await?;
     let relay = if args.relay {
@@ -1106,7 +1153,14 @@ async fn end_to_end_raw(
         } else {
             (None, None, None)
         };
-        let latencies = tally.latencies_us.clone();
+        // Each sample with its intended send time counted from the phase's start.
+        let start_us = start.saturating_duration_since(epoch).as_micros() as u64;
+        let latencies = tally
+            .sent_us
+            .iter()
+            .zip(&tally.latencies_us)
+            .map(|(&sent, &lat)| (sent.saturating_sub(start_us), lat))
+            .collect();
 
         let phase = Phase {
             name,

@@ -27,6 +27,8 @@ pub struct Tally {
     pub seen: HashMap<(String, String), u32>,
     /// Request-sent → receipt, in microseconds, for first receipts only.
     pub latencies_us: Vec<u64>,
+    /// Each of `latencies_us`' intended send time, in microseconds since the sink's epoch.
+    pub sent_us: Vec<u64>,
     /// When the last first receipt arrived.
     pub last_receipt: Option<Instant>,
     /// Every first receipt's time, in microseconds since the sink's epoch.
@@ -161,6 +163,7 @@ impl Sink {
                 let at = arrived.duration_since(self.epoch).as_micros() as u64;
                 if let Some(sent) = sent_us {
                     t.latencies_us.push(at.saturating_sub(sent));
+                    t.sent_us.push(sent);
                 }
                 t.receipts_us.push(at);
                 t.last_receipt = Some(arrived);
