@@ -240,6 +240,52 @@ async fn a_hanging_endpoint_does_not_delay_another(engine: Engine) {
     );
 }
 
+/// An endpoint that answers nothing keeps at most what its lanes hold in memory: once every
+/// lane has hung for `stall_after`, its further deliveries wait `pending` in the database
+/// (rather than gather in memory, to be written back all at once when its breaker opens),
+/// and every one of them is delivered once the endpoint answers again.
+async fn a_stalled_endpoint_s_deliveries_wait_in_the_database_until_it_answers(engine: Engine) {
+    let rx = Receiver::start().await;
+    rx.always("stuck", Reply::Hang);
+    let s = TestServer::start_with(&engine, |c| {
+        c.dispatch.timeout = Duration::from_secs(4);
+        c.dispatch.concurrency_per_endpoint = 2;
+        c.dispatch.stall_after = Duration::from_millis(200);
+        c.dispatch.retry = hookline::dispatch::retry::RetrySchedule::parse("1s,1s,1s").unwrap();
+    })
+    .await;
+    s.endpoint(&rx.url("stuck"), &["*"]).await;
+    let mut events = Vec::new();
+    for i in 0..2 {
+        events.push(s.event("open", json!({"i": i})).await);
+    }
+    rx.wait_for("stuck", 2).await; // both lanes hang
+    tokio::time::sleep(Duration::from_millis(400)).await; // past `stall_after`
+    let mut held_back = Vec::new();
+    for i in 2..7 {
+        let ev = s.event("open", json!({"i": i})).await;
+        let id = ev["deliveries"][0]["id"].as_str().unwrap().to_owned();
+        let (_, d) = s.get(&format!("/v1/deliveries/{id}")).await;
+        assert_eq!(d["status"], "pending", "{d}");
+        assert_eq!(d["attempt_count"], 0, "{d}");
+        held_back.push(id);
+        events.push(ev);
+    }
+    assert_eq!(rx.got("stuck").len(), 2, "no attempt beyond the two lanes");
+
+    // The endpoint answers again; the hanging attempts run into their timeout.
+    rx.always("stuck", Reply::Status(200));
+    for id in &held_back {
+        s.wait_delivery(id, "succeeded").await;
+    }
+    for ev in &events {
+        s.wait_delivery(ev["deliveries"][0]["id"].as_str().unwrap(), "succeeded")
+            .await;
+    }
+    let (_, ids) = rx.got_ids("stuck");
+    assert_eq!(ids.len(), 7, "every event arrived");
+}
+
 async fn batches_are_accepted_whole_and_delivered(engine: Engine) {
     let rx = Receiver::start().await;
     let s = TestServer::start(&engine).await;
@@ -405,6 +451,7 @@ on_both_engines!(
     retry_after_on_429_is_honoured,
     gone_disables_the_endpoint_and_ends_its_deliveries,
     a_hanging_endpoint_does_not_delay_another,
+    a_stalled_endpoint_s_deliveries_wait_in_the_database_until_it_answers,
     batches_are_accepted_whole_and_delivered,
     pending_deliveries_resume_after_a_restart,
     a_dead_endpoint_trips_its_breaker_and_its_backlog_drains_when_it_is_back,

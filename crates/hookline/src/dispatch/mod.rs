@@ -9,6 +9,12 @@
 //! - **Bounded memory.** The dispatcher holds at most `max_in_memory` deliveries (and
 //!   `max_per_endpoint` per endpoint). What it cannot admit stays `pending` in the database
 //!   and the poller takes it when there is room.
+//! - **Stalled endpoints.** An endpoint whose every lane has been busy for `stall_after`
+//!   without one success takes no more deliveries into memory: they wait `pending` in the
+//!   database, as behind an open breaker, until one of its attempts succeeds or none is left
+//!   in flight. Otherwise an endpoint that hangs until the attempt timeout would gather a
+//!   timeout's worth of its events in memory, all to be written back `pending` at once
+//!   when its breaker opens: a burst of writes every other endpoint's commits wait behind.
 //! - **Circuit breaker.** After `breaker_threshold` consecutive failures an endpoint's breaker
 //!   opens: its deliveries are no longer attempted but wait, `pending`, in the database; one
 //!   *probe* delivery is tried after 1 s, then at doubling intervals up to
@@ -54,6 +60,9 @@ pub struct DispatchConfig {
     pub breaker_threshold: u32,
     /// The longest wait between two probes of an endpoint whose breaker is open.
     pub breaker_probe_max: Duration,
+    /// How long every lane of an endpoint may be busy without a success before its further
+    /// deliveries wait in the database instead of memory (see the module's head).
+    pub stall_after: Duration,
     /// Shared stores: how long a node silent in the database keeps its deliveries before the
     /// others take them over. Must exceed the attempt timeout by a few heartbeats
     /// ([`cluster::min_lease`]).
@@ -77,6 +86,10 @@ impl Default for DispatchConfig {
             // How late, at most, a recovered endpoint's backlog starts to drain, against one
             // request every 2 s to an endpoint that stays down.
             breaker_probe_max: Duration::from_secs(2),
+            // Far beyond a healthy endpoint's answer, far below the attempt timeout: a slow
+            // endpoint's first wave of attempts may cross it, which only sends a few of its
+            // deliveries the poller's way.
+            stall_after: Duration::from_millis(250),
             lease: Duration::from_secs(30),
         }
     }
@@ -131,6 +144,16 @@ struct Admission {
     globally_starved: bool,
     /// Probes let through so far: each probe's number ties its result to its breaker.
     probes: ProbeId,
+    /// Endpoints with attempts in flight.
+    flights: FastMap<String, Flight>,
+}
+
+/// An endpoint's attempts in flight.
+#[derive(Debug, Default)]
+struct Flight {
+    in_flight: usize,
+    /// Since when (ms since epoch) every lane has been busy with no success since.
+    full_since: Option<i64>,
 }
 
 /// Which probe a result or a give-back is about: a breaker removed and opened again meanwhile
@@ -154,6 +177,45 @@ impl Admission {
             }
             _ => Gate::Go,
         }
+    }
+
+    /// An attempt of `endpoint_id` (which has `lanes` lanes) starts at `now`.
+    fn attempt_started(&mut self, endpoint_id: &str, lanes: usize, now: i64) {
+        let f = match self.flights.get_mut(endpoint_id) {
+            Some(f) => f,
+            None => self.flights.entry(endpoint_id.to_owned()).or_default(),
+        };
+        f.in_flight += 1;
+        if f.in_flight >= lanes && f.full_since.is_none() {
+            f.full_since = Some(now);
+        }
+    }
+
+    /// An attempt of `endpoint_id` ended (or was abandoned). The endpoint's stall ends with
+    /// its last attempt in flight.
+    fn attempt_ended(&mut self, endpoint_id: &str) {
+        if let Some(f) = self.flights.get_mut(endpoint_id) {
+            f.in_flight = f.in_flight.saturating_sub(1);
+            if f.in_flight == 0 {
+                self.flights.remove(endpoint_id);
+            }
+        }
+    }
+
+    /// An attempt of `endpoint_id` succeeded: whatever is still in flight, the endpoint
+    /// answers, and the stall clock starts again the next time every lane is busy.
+    fn attempt_succeeded(&mut self, endpoint_id: &str) {
+        if let Some(f) = self.flights.get_mut(endpoint_id) {
+            f.full_since = None;
+        }
+    }
+
+    /// Whether every lane of `endpoint_id` has been busy for `after_ms` without a success.
+    fn stalled(&self, endpoint_id: &str, now: i64, after_ms: i64) -> bool {
+        self.flights
+            .get(endpoint_id)
+            .and_then(|f| f.full_since)
+            .is_some_and(|since| now - since >= after_ms)
     }
 
     /// A probe given back unsent leaves the breaker free to let the next one through at
@@ -185,6 +247,23 @@ struct Breaker {
     backoff_ms: i64,
     /// The probe out, while one is.
     probing: Option<ProbeId>,
+}
+
+/// [`DispatchConfig::stall_after`] in ms.
+fn stall_ms(config: &DispatchConfig) -> i64 {
+    i64::try_from(config.stall_after.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// An attempt counted in flight (see [`Flight`]) until this drops, however the attempt ends.
+struct Flying<'a> {
+    inner: &'a Inner,
+    endpoint_id: &'a str,
+}
+
+impl Drop for Flying<'_> {
+    fn drop(&mut self) {
+        self.inner.admission().attempt_ended(self.endpoint_id);
+    }
 }
 
 /// The first wait before probing an endpoint whose breaker just opened.
@@ -271,6 +350,12 @@ impl Dispatcher {
         let mut a = locked(&self.inner.admission);
         if a.breakers.get(endpoint_id).is_some_and(|b| b.open) {
             return false; // it waits in the database until the endpoint is back
+        }
+        if a.stalled(endpoint_id, Timestamp::now().0, stall_ms(cfg)) {
+            // It waits in the database; the release after the endpoint's next attempt ends
+            // wakes the poller to take it.
+            a.starved.insert(endpoint_id.to_owned());
+            return false;
         }
         let here = a.per_endpoint.get(endpoint_id).copied().unwrap_or(0);
         if a.total >= cfg.max_in_memory {
@@ -481,10 +566,17 @@ impl Inner {
             a.starved.insert(endpoint_id.to_owned());
         }
         let room = own.min(overall);
+        let now = Timestamp::now().0;
+        if a.stalled(endpoint_id, now, stall_ms(&self.config))
+            && !a.breakers.get(endpoint_id).is_some_and(|b| b.open)
+        {
+            a.starved.insert(endpoint_id.to_owned());
+            return 0;
+        }
         match a.breakers.get(endpoint_id) {
             // An open breaker takes one delivery at a time, as a probe, when one is due.
             Some(b) if b.open => {
-                let probe_due = b.probing.is_none() && b.next_probe <= Timestamp::now().0;
+                let probe_due = b.probing.is_none() && b.next_probe <= now;
                 if probe_due && here > 0 {
                     // Parked deliveries are still on their way back: the last one's
                     // release wakes the poller for the probe.
@@ -493,6 +585,17 @@ impl Inner {
                 room.min(usize::from(probe_due && here == 0))
             }
             _ => room,
+        }
+    }
+
+    /// Counts an attempt of `endpoint_id` in flight until the guard drops.
+    fn flying<'a>(&'a self, endpoint_id: &'a str) -> Flying<'a> {
+        let lanes = self.config.concurrency_per_endpoint.max(1);
+        self.admission()
+            .attempt_started(endpoint_id, lanes, Timestamp::now().0);
+        Flying {
+            inner: self,
+            endpoint_id,
         }
     }
 
@@ -520,6 +623,7 @@ impl Inner {
     fn breaker_result(&self, endpoint_id: &str, success: bool, probe: Option<ProbeId>) -> bool {
         let mut a = self.admission();
         if success {
+            a.attempt_succeeded(endpoint_id);
             return a.breakers.remove(endpoint_id).is_some_and(|b| b.open);
         }
         let now = Timestamp::now().0;
@@ -951,6 +1055,7 @@ async fn attempt(
     if !inner.lease.allows(inner.config.timeout) {
         return Attempted::NotSent;
     }
+    let _flying = inner.flying(&target.endpoint_id);
     #[cfg(test)]
     tests::fault(&target);
     let started_at = Timestamp::now();
@@ -1533,6 +1638,97 @@ mod tests {
         assert!(woken(), "an open breaker reset");
         dispatcher.reset_breaker("ep_down");
         assert!(!woken(), "no breaker to reset");
+    }
+
+    /// An endpoint whose every lane has been busy for `stall_after` with no success takes no
+    /// more deliveries into memory; a success, or its last attempt ending, lifts that, and
+    /// the release that follows wakes the poller for what waited in the database.
+    #[tokio::test]
+    async fn a_stalled_endpoint_takes_no_more_deliveries_into_memory() {
+        use super::{Admission, Dispatcher};
+        use crate::model::Timestamp;
+        use futures_util::FutureExt;
+        use std::sync::atomic::Ordering;
+
+        // The bookkeeping: two lanes, a stall after 250 ms.
+        let mut a = Admission::default();
+        a.attempt_started("ep", 2, 1_000);
+        assert!(!a.stalled("ep", 5_000, 250), "a lane is still free");
+        a.attempt_started("ep", 2, 1_100);
+        assert!(!a.stalled("ep", 1_349, 250), "busy for less than the stall");
+        assert!(a.stalled("ep", 1_350, 250), "every lane busy for 250 ms");
+        assert!(!a.stalled("other", 1_350, 250));
+        a.attempt_succeeded("ep");
+        assert!(
+            !a.stalled("ep", 9_000, 250),
+            "a success: the endpoint answers"
+        );
+        a.attempt_ended("ep");
+        a.attempt_started("ep", 2, 2_000);
+        assert!(
+            a.stalled("ep", 2_250, 250),
+            "busy again since 2,000, no success"
+        );
+        a.attempt_ended("ep");
+        assert!(
+            a.stalled("ep", 2_250, 250),
+            "a failure alone does not end the stall"
+        );
+        a.attempt_ended("ep");
+        assert!(a.flights.is_empty(), "nothing in flight, nothing kept");
+        assert!(!a.stalled("ep", 9_000, 250));
+
+        // The dispatcher refuses the stalled endpoint and wakes the poller at its release.
+        let config = super::DispatchConfig {
+            concurrency_per_endpoint: 2,
+            ..super::DispatchConfig::default()
+        };
+        let (inner, _recorded, _dir) = inner_on_sqlite(config, own_lease()).await;
+        let dispatcher = Dispatcher {
+            inner: inner.clone(),
+        };
+        inner.planned_wake.store(i64::MAX, Ordering::SeqCst);
+        let woken = || inner.poke.notified().now_or_never().is_some();
+        assert!(dispatcher.try_admit("ep_stuck"));
+        assert!(dispatcher.try_admit("ep_stuck"));
+        let long_ago = Timestamp::now().0 - 1_000;
+        {
+            let mut a = inner.admission();
+            a.attempt_started("ep_stuck", 2, long_ago);
+            a.attempt_started("ep_stuck", 2, long_ago);
+        }
+        assert!(
+            !dispatcher.try_admit("ep_stuck"),
+            "stalled: it waits pending"
+        );
+        assert!(
+            dispatcher.try_admit("ep_fine"),
+            "another endpoint is not held back"
+        );
+        assert_eq!(inner.room("ep_stuck"), 0);
+        dispatcher.committed_pending("ep_stuck");
+        assert!(
+            !woken(),
+            "no room for the stalled endpoint: nothing to poll for"
+        );
+        // Its first attempt ends (it failed: the stall holds) and its delivery is released.
+        inner.admission().attempt_ended("ep_stuck");
+        dispatcher.release("ep_stuck");
+        assert!(
+            woken(),
+            "a release of the starved endpoint wakes the poller"
+        );
+        assert_eq!(
+            inner.room("ep_stuck"),
+            0,
+            "still stalled: one attempt hangs"
+        );
+        // The last attempt ends: the stall is over, room comes back.
+        inner.admission().attempt_ended("ep_stuck");
+        dispatcher.release("ep_stuck");
+        assert!(woken());
+        assert!(inner.room("ep_stuck") > 0);
+        assert!(dispatcher.try_admit("ep_stuck"));
     }
 
     /// `next_probe(looked)`, which the poll loop calls with the time its claim began, counts
