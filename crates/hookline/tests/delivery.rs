@@ -240,50 +240,56 @@ async fn a_hanging_endpoint_does_not_delay_another(engine: Engine) {
     );
 }
 
-/// An endpoint that answers nothing keeps at most what its lanes hold in memory: once every
-/// lane has hung for `stall_after`, its further deliveries wait `pending` in the database
-/// (rather than gather in memory, to be written back all at once when its breaker opens),
-/// and every one of them is delivered once the endpoint answers again.
+/// An endpoint that answers nothing keeps little in memory: once every lane has hung for
+/// `stall_after`, it holds at most twice its lanes (in flight and queued), and its further
+/// deliveries wait `pending` in the database (rather than gather in memory, to be written
+/// back all at once when its breaker opens). Every one is delivered once it answers again.
 async fn a_stalled_endpoint_s_deliveries_wait_in_the_database_until_it_answers(engine: Engine) {
     let rx = Receiver::start().await;
     rx.always("stuck", Reply::Hang);
     let s = TestServer::start_with(&engine, |c| {
-        c.dispatch.timeout = Duration::from_secs(4);
+        // Long enough for the requests below on a slow machine: the stall must hold.
+        c.dispatch.timeout = Duration::from_secs(8);
         c.dispatch.concurrency_per_endpoint = 2;
         c.dispatch.stall_after = Duration::from_millis(200);
         c.dispatch.retry = hookline::dispatch::retry::RetrySchedule::parse("1s,1s,1s").unwrap();
     })
     .await;
     s.endpoint(&rx.url("stuck"), &["*"]).await;
-    let mut events = Vec::new();
-    for i in 0..2 {
-        events.push(s.event("open", json!({"i": i})).await);
-    }
+    let mut ids = Vec::new();
+    let mut send = async |i: u32| {
+        let ev = s.event("open", json!({"i": i})).await;
+        ids.push(ev["deliveries"][0]["id"].as_str().unwrap().to_owned());
+    };
+    send(0).await;
+    send(1).await;
     rx.wait_for("stuck", 2).await; // both lanes hang
     tokio::time::sleep(Duration::from_millis(400)).await; // past `stall_after`
-    let mut held_back = Vec::new();
-    for i in 2..7 {
-        let ev = s.event("open", json!({"i": i})).await;
-        let id = ev["deliveries"][0]["id"].as_str().unwrap().to_owned();
-        let (_, d) = s.get(&format!("/v1/deliveries/{id}")).await;
-        assert_eq!(d["status"], "pending", "{d}");
-        assert_eq!(d["attempt_count"], 0, "{d}");
-        held_back.push(id);
-        events.push(ev);
+    for i in 2..10 {
+        send(i).await;
     }
+    let mut held = 0;
+    let mut waiting = 0;
+    for id in &ids {
+        let (_, d) = s.get(&format!("/v1/deliveries/{id}")).await;
+        match d["status"].as_str() {
+            Some("delivering") => held += 1,
+            Some("pending") if d["attempt_count"] == 0 => waiting += 1,
+            _ => panic!("{d}"),
+        }
+    }
+    // Two in flight, at most two queued; the rest in the database, never attempted.
+    assert!((2..=4).contains(&held), "{held} held in memory");
+    assert_eq!(held + waiting, 10);
     assert_eq!(rx.got("stuck").len(), 2, "no attempt beyond the two lanes");
 
     // The endpoint answers again; the hanging attempts run into their timeout.
     rx.always("stuck", Reply::Status(200));
-    for id in &held_back {
+    for id in &ids {
         s.wait_delivery(id, "succeeded").await;
     }
-    for ev in &events {
-        s.wait_delivery(ev["deliveries"][0]["id"].as_str().unwrap(), "succeeded")
-            .await;
-    }
-    let (_, ids) = rx.got_ids("stuck");
-    assert_eq!(ids.len(), 7, "every event arrived");
+    let (_, delivered) = rx.got_ids("stuck");
+    assert_eq!(delivered.len(), 10, "every event arrived");
 }
 
 async fn batches_are_accepted_whole_and_delivered(engine: Engine) {

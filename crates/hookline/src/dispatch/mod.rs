@@ -9,10 +9,12 @@
 //! - **Bounded memory.** The dispatcher holds at most `max_in_memory` deliveries (and
 //!   `max_per_endpoint` per endpoint). What it cannot admit stays `pending` in the database
 //!   and the poller takes it when there is room.
-//! - **Stalled endpoints.** An endpoint whose every lane has been busy for `stall_after`
-//!   without one success takes no more deliveries into memory: they wait `pending` in the
-//!   database, as behind an open breaker, until one of its attempts succeeds or none is left
-//!   in flight. Otherwise an endpoint that hangs until the attempt timeout would gather a
+//! - **Stalled endpoints.** An endpoint is stalled once `stall_after` has passed since every
+//!   one of its lanes was busy, with no success since. A stalled endpoint holds at most
+//!   twice its lanes' worth of deliveries in memory (one round in flight, one queued): the
+//!   rest wait `pending` in the database until one of its attempts succeeds (or the
+//!   endpoint is changed, or its breaker reset), and each release meanwhile lets the poller
+//!   top it up. Otherwise an endpoint that hangs until the attempt timeout would gather a
 //!   timeout's worth of its events in memory, all to be written back `pending` at once
 //!   when its breaker opens: a burst of writes every other endpoint's commits wait behind.
 //! - **Circuit breaker.** After `breaker_threshold` consecutive failures an endpoint's breaker
@@ -60,8 +62,8 @@ pub struct DispatchConfig {
     pub breaker_threshold: u32,
     /// The longest wait between two probes of an endpoint whose breaker is open.
     pub breaker_probe_max: Duration,
-    /// How long every lane of an endpoint may be busy without a success before its further
-    /// deliveries wait in the database instead of memory (see the module's head).
+    /// How long after every lane of an endpoint was busy, with no success since, it counts
+    /// as stalled and keeps only a little in memory (see the module's head).
     pub stall_after: Duration,
     /// Shared stores: how long a node silent in the database keeps its deliveries before the
     /// others take them over. Must exceed the attempt timeout by a few heartbeats
@@ -144,15 +146,17 @@ struct Admission {
     globally_starved: bool,
     /// Probes let through so far: each probe's number ties its result to its breaker.
     probes: ProbeId,
-    /// Endpoints with attempts in flight.
+    /// Endpoints with attempts in flight, or stalled.
     flights: FastMap<String, Flight>,
 }
 
-/// An endpoint's attempts in flight.
+/// An endpoint's attempts in flight, and its stall.
 #[derive(Debug, Default)]
 struct Flight {
     in_flight: usize,
-    /// Since when (ms since epoch) every lane has been busy with no success since.
+    /// When (ms since epoch) every lane was last found busy with no success since: the
+    /// endpoint is stalled once `stall_after` has passed. Cleared by a success, a change of
+    /// the endpoint or a reset of its breaker; not by attempts that fail or time out.
     full_since: Option<i64>,
 }
 
@@ -191,31 +195,38 @@ impl Admission {
         }
     }
 
-    /// An attempt of `endpoint_id` ended (or was abandoned). The endpoint's stall ends with
-    /// its last attempt in flight.
+    /// An attempt of `endpoint_id` ended (or was abandoned), whatever its result.
     fn attempt_ended(&mut self, endpoint_id: &str) {
         if let Some(f) = self.flights.get_mut(endpoint_id) {
             f.in_flight = f.in_flight.saturating_sub(1);
-            if f.in_flight == 0 {
+            if f.in_flight == 0 && f.full_since.is_none() {
                 self.flights.remove(endpoint_id);
             }
         }
     }
 
-    /// An attempt of `endpoint_id` succeeded: whatever is still in flight, the endpoint
-    /// answers, and the stall clock starts again the next time every lane is busy.
-    fn attempt_succeeded(&mut self, endpoint_id: &str) {
-        if let Some(f) = self.flights.get_mut(endpoint_id) {
-            f.full_since = None;
+    /// `endpoint_id` answered (an attempt succeeded), or starts afresh (changed, breaker
+    /// reset): it is not stalled, and the stall clock starts again the next time every
+    /// lane is busy. Returns whether the clock was running.
+    fn stall_over(&mut self, endpoint_id: &str) -> bool {
+        let Some(f) = self.flights.get_mut(endpoint_id) else {
+            return false;
+        };
+        let was = f.full_since.take().is_some();
+        if f.in_flight == 0 {
+            self.flights.remove(endpoint_id);
         }
+        was
     }
 
-    /// Whether every lane of `endpoint_id` has been busy for `after_ms` without a success.
-    fn stalled(&self, endpoint_id: &str, now: i64, after_ms: i64) -> bool {
+    /// How many deliveries `endpoint_id` may hold in memory at most while stalled (`None`:
+    /// it is not stalled).
+    fn stall_cap(&self, endpoint_id: &str, now: i64, after_ms: i64, lanes: usize) -> Option<usize> {
         self.flights
             .get(endpoint_id)
             .and_then(|f| f.full_since)
-            .is_some_and(|since| now - since >= after_ms)
+            .filter(|since| now - since >= after_ms)
+            .map(|_| lanes.saturating_mul(2))
     }
 
     /// A probe given back unsent leaves the breaker free to let the next one through at
@@ -351,13 +362,16 @@ impl Dispatcher {
         if a.breakers.get(endpoint_id).is_some_and(|b| b.open) {
             return false; // it waits in the database until the endpoint is back
         }
-        if a.stalled(endpoint_id, Timestamp::now().0, stall_ms(cfg)) {
-            // It waits in the database; the release after the endpoint's next attempt ends
-            // wakes the poller to take it.
+        let here = a.per_endpoint.get(endpoint_id).copied().unwrap_or(0);
+        let lanes = cfg.concurrency_per_endpoint.max(1);
+        if a.stall_cap(endpoint_id, Timestamp::now().0, stall_ms(cfg), lanes)
+            .is_some_and(|cap| here >= cap)
+        {
+            // Stalled and holding enough: it waits in the database, and the endpoint's next
+            // release wakes the poller to top its memory up.
             a.starved.insert(endpoint_id.to_owned());
             return false;
         }
-        let here = a.per_endpoint.get(endpoint_id).copied().unwrap_or(0);
         if a.total >= cfg.max_in_memory {
             a.globally_starved = true;
             return false;
@@ -403,7 +417,8 @@ impl Dispatcher {
     /// Ingest committed deliveries of `endpoint_id` `pending`, for want of room: wakes the
     /// poller if it could take one now (room came back since the admission, or a probe of
     /// the endpoint's open breaker is due). Otherwise something else wakes it when it could:
-    /// the reckoning marks a full endpoint (or the whole dispatcher) starved, so the release
+    /// the reckoning marks a full endpoint (at its own limit, or a stalled one at twice its
+    /// lanes) or the whole dispatcher starved, so the release
     /// that makes room wakes it; behind an open breaker its alarm is the next probe, and a
     /// breaker closed, reset or removed wakes it. Waking it regardless made it poll after
     /// every commit, 100 times a second, for as long as an endpoint was down while its
@@ -449,7 +464,14 @@ impl Dispatcher {
 
     /// Forgets the endpoint's run of failures (its deliveries were queued again by hand).
     pub fn reset_breaker(&self, endpoint_id: &str) {
-        let was_open = self.inner.admission().breakers.remove(endpoint_id);
+        let (was_open, was_stalled) = {
+            let mut a = self.inner.admission();
+            let stalled = a.stall_over(endpoint_id);
+            (a.breakers.remove(endpoint_id), stalled)
+        };
+        if was_stalled {
+            self.due_now();
+        }
         self.woken_if_open(was_open);
     }
 
@@ -475,7 +497,14 @@ impl Dispatcher {
         }
         drop(queues);
         // A changed endpoint (new URL, turned off or on) starts with a clean slate.
-        let was_open = self.inner.admission().breakers.remove(&ep.id);
+        let (was_open, was_stalled) = {
+            let mut a = self.inner.admission();
+            let stalled = a.stall_over(&ep.id);
+            (a.breakers.remove(&ep.id), stalled)
+        };
+        if was_stalled {
+            self.due_now();
+        }
         self.woken_if_open(was_open);
     }
 
@@ -558,7 +587,14 @@ impl Inner {
     fn room(&self, endpoint_id: &str) -> usize {
         let mut a = self.admission();
         let here = a.per_endpoint.get(endpoint_id).copied().unwrap_or(0);
-        let own = self.config.max_per_endpoint.saturating_sub(here);
+        let now = Timestamp::now().0;
+        let lanes = self.config.concurrency_per_endpoint.max(1);
+        let cap = a
+            .stall_cap(endpoint_id, now, stall_ms(&self.config), lanes)
+            .map_or(self.config.max_per_endpoint, |c| {
+                c.min(self.config.max_per_endpoint)
+            });
+        let own = cap.saturating_sub(here);
         let overall = self.config.max_in_memory.saturating_sub(a.total);
         if overall == 0 {
             a.globally_starved = true;
@@ -566,13 +602,6 @@ impl Inner {
             a.starved.insert(endpoint_id.to_owned());
         }
         let room = own.min(overall);
-        let now = Timestamp::now().0;
-        if a.stalled(endpoint_id, now, stall_ms(&self.config))
-            && !a.breakers.get(endpoint_id).is_some_and(|b| b.open)
-        {
-            a.starved.insert(endpoint_id.to_owned());
-            return 0;
-        }
         match a.breakers.get(endpoint_id) {
             // An open breaker takes one delivery at a time, as a probe, when one is due.
             Some(b) if b.open => {
@@ -623,7 +652,9 @@ impl Inner {
     fn breaker_result(&self, endpoint_id: &str, success: bool, probe: Option<ProbeId>) -> bool {
         let mut a = self.admission();
         if success {
-            a.attempt_succeeded(endpoint_id);
+            // Its pending deliveries are taken at the release that follows (the endpoint is
+            // marked starved while stalled and holding its fill).
+            a.stall_over(endpoint_id);
             return a.breakers.remove(endpoint_id).is_some_and(|b| b.open);
         }
         let now = Timestamp::now().0;
@@ -1055,7 +1086,7 @@ async fn attempt(
     if !inner.lease.allows(inner.config.timeout) {
         return Attempted::NotSent;
     }
-    let _flying = inner.flying(&target.endpoint_id);
+    let flying = inner.flying(&target.endpoint_id);
     #[cfg(test)]
     tests::fault(&target);
     let started_at = Timestamp::now();
@@ -1063,6 +1094,7 @@ async fn attempt(
         .sender
         .send(&target, &due.event_id, due.payload.clone())
         .await;
+    drop(flying);
     drop(permit);
     if inner.breaker_result(&target.endpoint_id, result.is_success(), probe) {
         tracing::info!(endpoint = %target.endpoint_id, "endpoint is back; its backlog is due now");
@@ -1640,11 +1672,13 @@ mod tests {
         assert!(!woken(), "no breaker to reset");
     }
 
-    /// An endpoint whose every lane has been busy for `stall_after` with no success takes no
-    /// more deliveries into memory; a success, or its last attempt ending, lifts that, and
-    /// the release that follows wakes the poller for what waited in the database.
+    /// A stalled endpoint (every lane busy `stall_after` ago, no success since) holds at most
+    /// twice its lanes in memory. Failures do not end the stall, so an endpoint with few
+    /// lanes, whose attempts all time out, never takes its backlog into memory between two
+    /// rounds; a success, a change or a reset does. Each release meanwhile wakes the poller
+    /// to top it up.
     #[tokio::test]
-    async fn a_stalled_endpoint_takes_no_more_deliveries_into_memory() {
+    async fn a_stalled_endpoint_holds_only_twice_its_lanes_in_memory() {
         use super::{Admission, Dispatcher};
         use crate::model::Timestamp;
         use futures_util::FutureExt;
@@ -1652,33 +1686,38 @@ mod tests {
 
         // The bookkeeping: two lanes, a stall after 250 ms.
         let mut a = Admission::default();
+        let cap = |a: &Admission, now| a.stall_cap("ep", now, 250, 2);
         a.attempt_started("ep", 2, 1_000);
-        assert!(!a.stalled("ep", 5_000, 250), "a lane is still free");
+        assert_eq!(cap(&a, 5_000), None, "a lane is still free");
         a.attempt_started("ep", 2, 1_100);
-        assert!(!a.stalled("ep", 1_349, 250), "busy for less than the stall");
-        assert!(a.stalled("ep", 1_350, 250), "every lane busy for 250 ms");
-        assert!(!a.stalled("other", 1_350, 250));
-        a.attempt_succeeded("ep");
-        assert!(
-            !a.stalled("ep", 9_000, 250),
-            "a success: the endpoint answers"
-        );
+        assert_eq!(cap(&a, 1_349), None, "busy for less than the stall");
+        assert_eq!(cap(&a, 1_350), Some(4), "every lane busy 250 ms ago");
+        assert_eq!(a.stall_cap("other", 1_350, 250, 2), None);
         a.attempt_ended("ep");
-        a.attempt_started("ep", 2, 2_000);
-        assert!(
-            a.stalled("ep", 2_250, 250),
-            "busy again since 2,000, no success"
-        );
+        a.attempt_ended("ep");
+        assert_eq!(cap(&a, 9_000), Some(4), "failures do not end the stall");
+        a.attempt_started("ep", 2, 9_000);
+        assert!(a.stall_over("ep"), "a success ends it");
+        assert_eq!(cap(&a, 99_000), None);
         a.attempt_ended("ep");
         assert!(
-            a.stalled("ep", 2_250, 250),
-            "a failure alone does not end the stall"
+            a.flights.is_empty(),
+            "nothing in flight, no stall: nothing kept"
         );
-        a.attempt_ended("ep");
-        assert!(a.flights.is_empty(), "nothing in flight, nothing kept");
-        assert!(!a.stalled("ep", 9_000, 250));
+        assert!(!a.stall_over("ep"));
 
-        // The dispatcher refuses the stalled endpoint and wakes the poller at its release.
+        // One lane, attempts that time out one after the other.
+        let mut a = Admission::default();
+        a.attempt_started("one", 1, 0);
+        a.attempt_ended("one");
+        a.attempt_started("one", 1, 15_000);
+        assert_eq!(
+            a.stall_cap("one", 15_000, 250, 1),
+            Some(2),
+            "stalled since 0"
+        );
+
+        // The dispatcher: two lanes, so four in memory at most while stalled.
         let config = super::DispatchConfig {
             concurrency_per_endpoint: 2,
             ..super::DispatchConfig::default()
@@ -1689,17 +1728,18 @@ mod tests {
         };
         inner.planned_wake.store(i64::MAX, Ordering::SeqCst);
         let woken = || inner.poke.notified().now_or_never().is_some();
-        assert!(dispatcher.try_admit("ep_stuck"));
-        assert!(dispatcher.try_admit("ep_stuck"));
         let long_ago = Timestamp::now().0 - 1_000;
         {
             let mut a = inner.admission();
             a.attempt_started("ep_stuck", 2, long_ago);
             a.attempt_started("ep_stuck", 2, long_ago);
         }
+        for n in 0..4 {
+            assert!(dispatcher.try_admit("ep_stuck"), "the {n}th of four");
+        }
         assert!(
             !dispatcher.try_admit("ep_stuck"),
-            "stalled: it waits pending"
+            "stalled and full: it waits pending"
         );
         assert!(
             dispatcher.try_admit("ep_fine"),
@@ -1711,7 +1751,7 @@ mod tests {
             !woken(),
             "no room for the stalled endpoint: nothing to poll for"
         );
-        // Its first attempt ends (it failed: the stall holds) and its delivery is released.
+        // An attempt times out: its release wakes the poller, which may take one more.
         inner.admission().attempt_ended("ep_stuck");
         dispatcher.release("ep_stuck");
         assert!(
@@ -1720,15 +1760,26 @@ mod tests {
         );
         assert_eq!(
             inner.room("ep_stuck"),
-            0,
-            "still stalled: one attempt hangs"
+            1,
+            "still stalled: topped up to four"
         );
-        // The last attempt ends: the stall is over, room comes back.
-        inner.admission().attempt_ended("ep_stuck");
+        assert!(dispatcher.try_admit("ep_stuck"));
+        assert!(!dispatcher.try_admit("ep_stuck"), "four again");
+        // A success ends the stall: the release after it finds all the room again.
+        inner.breaker_result("ep_stuck", true, None);
         dispatcher.release("ep_stuck");
         assert!(woken());
-        assert!(inner.room("ep_stuck") > 0);
-        assert!(dispatcher.try_admit("ep_stuck"));
+        assert!(inner.room("ep_stuck") > 4);
+        // A stall ended by a reset (or a change of the endpoint) wakes the poller itself.
+        {
+            let mut a = inner.admission();
+            a.attempt_started("ep_stuck", 2, long_ago);
+        }
+        assert_eq!(inner.room("ep_stuck"), 1, "stalled again, three in memory");
+        assert!(!woken());
+        dispatcher.reset_breaker("ep_stuck");
+        assert!(woken(), "the reset lifted the stall");
+        assert!(inner.room("ep_stuck") > 4);
     }
 
     /// `next_probe(looked)`, which the poll loop calls with the time its claim began, counts
