@@ -1587,6 +1587,27 @@ mod tests {
         (inner, recorded, dir)
     }
 
+    /// A dispatcher on SQLite whose poller sleeps with nothing planned (see
+    /// [`poller_woken`]), and the directory its database lives in.
+    async fn sleeping_dispatcher(
+        config: super::DispatchConfig,
+    ) -> (Arc<super::Inner>, super::Dispatcher, tempfile::TempDir) {
+        let (inner, _recorded, dir) = inner_on_sqlite(config, own_lease()).await;
+        inner
+            .planned_wake
+            .store(i64::MAX, std::sync::atomic::Ordering::SeqCst);
+        let dispatcher = super::Dispatcher {
+            inner: inner.clone(),
+        };
+        (inner, dispatcher, dir)
+    }
+
+    /// Whether the poller was woken since the last look.
+    fn poller_woken(inner: &super::Inner) -> bool {
+        use futures_util::FutureExt;
+        inner.poke.notified().now_or_never().is_some()
+    }
+
     /// A lease of a store no other node shares.
     fn own_lease() -> super::cluster::Lease {
         super::cluster::Lease::new(false, Duration::from_secs(30), std::time::Instant::now())
@@ -1608,21 +1629,12 @@ mod tests {
     /// is not polled after every commit meanwhile.
     #[tokio::test]
     async fn the_poller_is_woken_for_pending_work_only_when_it_could_take_it() {
-        use super::Dispatcher;
-        use futures_util::FutureExt;
-        use std::sync::atomic::Ordering;
-
         let config = super::DispatchConfig {
             max_per_endpoint: 1,
             ..super::DispatchConfig::default()
         };
-        let (inner, _recorded, _dir) = inner_on_sqlite(config, own_lease()).await;
-        let dispatcher = Dispatcher {
-            inner: inner.clone(),
-        };
-        // The poller sleeps with nothing planned; was it woken since the last look?
-        inner.planned_wake.store(i64::MAX, Ordering::SeqCst);
-        let woken = || inner.poke.notified().now_or_never().is_some();
+        let (inner, dispatcher, _dir) = sleeping_dispatcher(config).await;
+        let woken = || poller_woken(&inner);
 
         // Room for it: wake.
         dispatcher.committed_pending("ep_room");
@@ -1679,10 +1691,8 @@ mod tests {
     /// to top it up.
     #[tokio::test]
     async fn a_stalled_endpoint_holds_only_twice_its_lanes_in_memory() {
-        use super::{Admission, Dispatcher};
+        use super::Admission;
         use crate::model::Timestamp;
-        use futures_util::FutureExt;
-        use std::sync::atomic::Ordering;
 
         // The bookkeeping: two lanes, a stall after 250 ms.
         let mut a = Admission::default();
@@ -1722,12 +1732,8 @@ mod tests {
             concurrency_per_endpoint: 2,
             ..super::DispatchConfig::default()
         };
-        let (inner, _recorded, _dir) = inner_on_sqlite(config, own_lease()).await;
-        let dispatcher = Dispatcher {
-            inner: inner.clone(),
-        };
-        inner.planned_wake.store(i64::MAX, Ordering::SeqCst);
-        let woken = || inner.poke.notified().now_or_never().is_some();
+        let (inner, dispatcher, _dir) = sleeping_dispatcher(config).await;
+        let woken = || poller_woken(&inner);
         let long_ago = Timestamp::now().0 - 1_000;
         {
             let mut a = inner.admission();
