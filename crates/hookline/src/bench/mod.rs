@@ -461,24 +461,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
                 .into_iter()
                 .map(|bins| bins.into_iter().map(|b| Percentiles::of(b).p99).collect())
                 .collect();
-            let show = |v: &[f64]| {
-                v.iter()
-                    .map(|p| format!("{p:.2}"))
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            };
-            println!(
-                "healthy p99 by second of the phase (ms), alone:   {}",
-                show(&p99_by_second[0])
-            );
-            println!(
-                "healthy p99 by second of the phase (ms), beside:  {}",
-                show(&p99_by_second[1])
-            );
-            if let Some(healthy) = p99_by_second.get(2) {
+            for (setup, seconds) in ["alone:  ", "beside: ", "control:"]
+                .iter()
+                .zip(&p99_by_second)
+            {
+                let shown: Vec<String> = seconds.iter().map(|p| format!("{p:.2}")).collect();
                 println!(
-                    "healthy p99 by second of the phase (ms), control: {}",
-                    show(healthy)
+                    "healthy p99 by second of the phase (ms), {setup} {}",
+                    shown.join(" ")
                 );
             }
             let control = if args.control {
