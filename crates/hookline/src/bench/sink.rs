@@ -75,15 +75,26 @@ struct Stamp {
 }
 
 impl Sink {
-    /// Starts the sink; it runs until the process ends.
-    pub async fn start(verifier: Verifier, epoch: Instant) -> std::io::Result<Arc<Sink>> {
+    /// Starts the sink; it runs until the process ends. Its tally is sized up front for
+    /// `expected` deliveries: a table that grew during the phase would rehash every entry
+    /// under the tally's lock, and every delivery arriving meanwhile would wait, its latency
+    /// counting the measuring side's own pause (tens of milliseconds at 57,000 entries).
+    pub async fn start(
+        verifier: Verifier,
+        epoch: Instant,
+        expected: usize,
+    ) -> std::io::Result<Arc<Sink>> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let sink = Arc::new(Sink {
             addr: listener.local_addr()?,
             epoch,
             tally: Mutex::new(Tally {
+                seen: HashMap::with_capacity(expected),
+                latencies_us: Vec::with_capacity(expected),
+                sent_us: Vec::with_capacity(expected),
+                receipts_us: Vec::with_capacity(expected),
+                last_receipt: None,
                 epoch: Some(epoch),
-                ..Tally::default()
             }),
             requests: AtomicU64::new(0),
             body_bytes: AtomicU64::new(0),
@@ -254,7 +265,7 @@ pub struct Apart {
 }
 
 impl Apart {
-    pub fn start(verifier: Verifier) -> std::io::Result<Apart> {
+    pub fn start(verifier: Verifier, expected: usize) -> std::io::Result<Apart> {
         let (ready, started) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
@@ -271,7 +282,7 @@ impl Apart {
                     }
                 };
                 runtime.block_on(async move {
-                    match Sink::start(verifier, Instant::now()).await {
+                    match Sink::start(verifier, Instant::now(), expected).await {
                         Ok(sink) => {
                             let _ = ready.send(Ok(sink));
                             let _ = stopped.await;
@@ -300,6 +311,27 @@ impl Drop for Apart {
         }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hookline_signing::Secret;
+
+    /// The tally holds the phase's deliveries without growing: no rehash under its lock while
+    /// the deliveries it times are arriving.
+    #[tokio::test]
+    async fn the_tally_is_sized_for_the_deliveries_expected() {
+        let secret = Secret::from_bytes(&[7; 32]).expect("a 32-byte secret");
+        let sink = Sink::start(Verifier::new(vec![secret]), Instant::now(), 60_000)
+            .await
+            .expect("starting the sink");
+        let t = sink.tally.lock().expect("the tally");
+        assert!(t.seen.capacity() >= 60_000, "seen: {}", t.seen.capacity());
+        for v in [&t.latencies_us, &t.sent_us, &t.receipts_us] {
+            assert!(v.capacity() >= 60_000, "{}", v.capacity());
         }
     }
 }
