@@ -137,6 +137,17 @@ fn tiny_isolation_scenario_rotates_its_phases_and_loses_nothing() {
         assert!(pooled.as_f64().unwrap() <= highest, "{iso}");
     }
     assert!(iso["rounds_beside_higher"].as_u64().unwrap() <= 2, "{iso}");
+    // Round by round: the median change lies within its interval, for both comparisons.
+    for paired in [
+        &iso["paired_round_p99_change"],
+        &iso["control"]["paired_round_p99_change"],
+    ] {
+        let at = |k: &str| paired[k].as_f64().unwrap();
+        assert!(
+            at("low_pct") <= at("median_pct") && at("median_pct") <= at("high_pct"),
+            "{iso}"
+        );
+    }
     let control = &iso["control"];
     assert!(
         control["beside_healthy_ms"]["p99"].as_f64().unwrap() > 0.0,

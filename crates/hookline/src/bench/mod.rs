@@ -278,6 +278,8 @@ pub struct Isolation {
     /// `rounds`: about half when the hanging endpoint changes nothing.
     pub rounds_beside_higher: usize,
     pub rounds: usize,
+    /// Each round's p99 beside the hanging endpoint against the same round's alone.
+    pub paired_round_p99_change: PairedChange,
     /// With `--control`: the same beside one more healthy endpoint instead.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub control: Option<Control>,
@@ -300,6 +302,58 @@ pub struct Control {
     /// The p99 of the healthy deliveries sent in each second of a control phase, pooled over
     /// the rounds.
     pub p99_by_second_ms: Vec<f64>,
+    /// Each round's control p99 against the same round's alone.
+    pub paired_round_p99_change: PairedChange,
+}
+
+/// How much one setup's p99 moved against another's, round by round: the median over the
+/// rounds of each round's own change, with a 90 % bootstrap interval of that median. The
+/// phases of a round run within a minute of each other, so pairing them leaves out most of
+/// the host's drift from round to round; the interval says how far one run can be trusted.
+#[derive(Serialize, Debug, Clone, Copy, PartialEq)]
+pub struct PairedChange {
+    pub median_pct: f64,
+    pub low_pct: f64,
+    pub high_pct: f64,
+}
+
+/// Resamples of the rounds behind a [`PairedChange`]'s interval.
+const BOOTSTRAP_RESAMPLES: usize = 5_000;
+
+/// Each round's `other` p99 against its `alone` p99, in %: the median over the rounds and a
+/// 90 % interval from [`BOOTSTRAP_RESAMPLES`] resamples of the rounds (with a fixed seed, so
+/// that the same rounds always give the same interval).
+fn paired_change(alone: &[f64], other: &[f64]) -> PairedChange {
+    use rand::{RngExt as _, SeedableRng as _};
+    let changes: Vec<f64> = alone
+        .iter()
+        .zip(other)
+        .map(|(a, o)| (o / a.max(1e-9) - 1.0) * 100.0)
+        .collect();
+    if changes.is_empty() {
+        return PairedChange {
+            median_pct: 0.0,
+            low_pct: 0.0,
+            high_pct: 0.0,
+        };
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
+    let mut medians: Vec<f64> = (0..BOOTSTRAP_RESAMPLES)
+        .map(|_| {
+            median(
+                (0..changes.len())
+                    .map(|_| changes[rng.random_range(0..changes.len())])
+                    .collect(),
+            )
+        })
+        .collect();
+    medians.sort_by(f64::total_cmp);
+    let at = |q: f64| medians[((medians.len() - 1) as f64 * q).round() as usize];
+    PairedChange {
+        median_pct: median(changes),
+        low_pct: at(0.05),
+        high_pct: at(0.95),
+    }
 }
 
 /// The order of isolation's `k` phases (indices) in `round`. Two phases alternate which
@@ -457,6 +511,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
                 "isolation (median of per-round p99): {m_alone:.2} ms alone, {m_beside:.2} ms beside ({m_change:+.1} %); \
                  beside had the higher p99 in {beside_higher} of {rounds} rounds"
             );
+            let paired = paired_change(&p99s[0], &p99s[1]);
+            println!(
+                "isolation (paired by round): median change {:+.1} % (90 % interval {:+.1} to {:+.1} %)",
+                paired.median_pct, paired.low_pct, paired.high_pct
+            );
             let p99_by_second: Vec<Vec<f64>> = by_second
                 .into_iter()
                 .map(|bins| bins.into_iter().map(|b| Percentiles::of(b).p99).collect())
@@ -481,6 +540,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
                     rounds_healthy_higher: higher(&p99s[0], &p99s[2]),
                     rounds_hanging_above_healthy: higher(&p99s[2], &p99s[1]),
                     p99_by_second_ms: p99_by_second.get(2).cloned().unwrap_or_default(),
+                    paired_round_p99_change: paired_change(&p99s[0], &p99s[2]),
                     beside_healthy_ms: healthy,
                 };
                 println!(
@@ -492,6 +552,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
                     c.median_round_p99_change_pct,
                     c.rounds_healthy_higher,
                     c.rounds_hanging_above_healthy
+                );
+                let pc = c.paired_round_p99_change;
+                println!(
+                    "control (paired by round): median change {:+.1} % (90 % interval {:+.1} to {:+.1} %)",
+                    pc.median_pct, pc.low_pct, pc.high_pct
                 );
                 Some(c)
             } else {
@@ -508,6 +573,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
                 beside_p99_by_second_ms: p99_by_second[1].clone(),
                 rounds_beside_higher: beside_higher,
                 rounds,
+                paired_round_p99_change: paired,
                 control,
             });
         }
@@ -1314,6 +1380,45 @@ fn request_body(api: &str, first: u64, n: u64, sent_us: u64, batch: bool) -> (St
 mod tests {
     use super::*;
     use crate::model::{Timestamp, envelope, new_id};
+
+    #[test]
+    fn paired_change_is_the_median_round_change_inside_its_interval() {
+        let alone = [2.0, 1.8, 2.4, 2.1, 1.9];
+        let none = paired_change(&alone, &alone);
+        assert_eq!(
+            (none.median_pct, none.low_pct, none.high_pct),
+            (0.0, 0.0, 0.0)
+        );
+
+        let slower: Vec<f64> = alone.iter().map(|a| a * 1.2).collect();
+        let up = paired_change(&alone, &slower);
+        for v in [up.median_pct, up.low_pct, up.high_pct] {
+            assert!((v - 20.0).abs() < 1e-9, "{up:?}");
+        }
+
+        // Round changes of -10, 0, +10, +20 and +30 %.
+        let mixed = [0.9, 1.0, 1.1, 1.2, 1.3];
+        let m = paired_change(&[1.0; 5], &mixed);
+        assert!((m.median_pct - 10.0).abs() < 1e-9, "{m:?}");
+        assert!(
+            m.low_pct < m.median_pct && m.median_pct < m.high_pct,
+            "{m:?}"
+        );
+        assert!(
+            m.low_pct >= -10.0 - 1e-9 && m.high_pct <= 30.0 + 1e-9,
+            "{m:?}"
+        );
+        // The same rounds, the same interval.
+        assert_eq!(paired_change(&[1.0; 5], &mixed), m);
+        assert_eq!(
+            paired_change(&[], &[]),
+            PairedChange {
+                median_pct: 0.0,
+                low_pct: 0.0,
+                high_pct: 0.0
+            }
+        );
+    }
 
     #[test]
     fn the_reference_sends_the_envelope_of_an_event_of_the_load() {
