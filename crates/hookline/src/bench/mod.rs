@@ -692,12 +692,12 @@ fn signed_post(
         .body(Full::new(body))
 }
 
-/// The physical limit: signed POSTs straight to the sink. Returns requests/s and the mean
-/// body size.
 /// Requests a second the raw reference's sink is sized for, above any rate it has reached on
 /// these machines (113,000/s), so that its tally never grows while the clock runs.
 const RAW_SIZING_PER_SEC: usize = 150_000;
 
+/// The physical limit: signed POSTs straight to the sink. Returns requests/s and the mean
+/// body size.
 async fn raw_reference(args: &BenchArgs, secret: &Secret) -> anyhow::Result<(f64, f64)> {
     let epoch = Instant::now();
     let expected = RAW_SIZING_PER_SEC.saturating_mul(args.raw_seconds.max(1) as usize);
@@ -736,7 +736,9 @@ async fn raw_reference(args: &BenchArgs, secret: &Secret) -> anyhow::Result<(f64
     if sink.bad_signatures.load(Ordering::Relaxed) > 0 {
         bail!("the sink refused signatures of the raw reference");
     }
-    Ok((sink.distinct() as f64 / elapsed, sink.mean_body_bytes()))
+    let result = (sink.distinct() as f64 / elapsed, sink.mean_body_bytes());
+    sink.release();
+    Ok(result)
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -1262,6 +1264,7 @@ async fn end_to_end_raw(
         };
         (phase, latencies)
     };
+    sink.release();
     // A server this run does not own (`--api`) keeps running: remove this phase's endpoints
     // so that the next phase's events do not also go to this phase's sink.
     match server {

@@ -192,6 +192,15 @@ impl Sink {
         self.body_bytes.load(Ordering::Relaxed) as f64 / verified.max(1) as f64
     }
 
+    /// Gives the tally's memory back once its phase has been read. The sink itself keeps
+    /// running until the process ends, and a run starts one per phase and per raw reference,
+    /// each sized for all it will see.
+    pub fn release(&self) {
+        if let Ok(mut t) = self.tally.lock() {
+            *t = Tally::default();
+        }
+    }
+
     /// Distinct deliveries seen so far.
     pub fn distinct(&self) -> usize {
         self.tally.lock().map(|t| t.seen.len()).unwrap_or(0)
@@ -333,5 +342,11 @@ mod tests {
         for v in [&t.latencies_us, &t.sent_us, &t.receipts_us] {
             assert!(v.capacity() >= 60_000, "{}", v.capacity());
         }
+        drop(t);
+        // Once the phase is read, the memory goes back.
+        sink.release();
+        let t = sink.tally.lock().expect("the tally");
+        assert_eq!(t.seen.capacity(), 0);
+        assert_eq!(t.latencies_us.capacity(), 0);
     }
 }
