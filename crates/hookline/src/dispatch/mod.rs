@@ -220,12 +220,18 @@ impl Admission {
     }
 
     /// How many deliveries `endpoint_id` may hold in memory at most while stalled (`None`:
-    /// it is not stalled).
-    fn stall_cap(&self, endpoint_id: &str, now: i64, after_ms: i64, lanes: usize) -> Option<usize> {
+    /// it is not stalled). The clock is read only for an endpoint whose lanes were all busy.
+    fn stall_cap(
+        &self,
+        endpoint_id: &str,
+        now: impl FnOnce() -> i64,
+        after_ms: i64,
+        lanes: usize,
+    ) -> Option<usize> {
         self.flights
             .get(endpoint_id)
             .and_then(|f| f.full_since)
-            .filter(|since| now - since >= after_ms)
+            .filter(|since| now() - since >= after_ms)
             .map(|_| lanes.saturating_mul(2))
     }
 
@@ -364,7 +370,7 @@ impl Dispatcher {
         }
         let here = a.per_endpoint.get(endpoint_id).copied().unwrap_or(0);
         let lanes = cfg.concurrency_per_endpoint.max(1);
-        if a.stall_cap(endpoint_id, Timestamp::now().0, stall_ms(cfg), lanes)
+        if a.stall_cap(endpoint_id, || Timestamp::now().0, stall_ms(cfg), lanes)
             .is_some_and(|cap| here >= cap)
         {
             // Stalled and holding enough: it waits in the database, and the endpoint's next
@@ -464,21 +470,20 @@ impl Dispatcher {
 
     /// Forgets the endpoint's run of failures (its deliveries were queued again by hand).
     pub fn reset_breaker(&self, endpoint_id: &str) {
-        let (was_open, was_stalled) = {
-            let mut a = self.inner.admission();
-            let stalled = a.stall_over(endpoint_id);
-            (a.breakers.remove(endpoint_id), stalled)
-        };
-        if was_stalled {
-            self.due_now();
-        }
-        self.woken_if_open(was_open);
+        self.start_afresh(endpoint_id);
     }
 
-    /// An open breaker just removed: the endpoint's pending deliveries, which nothing else
-    /// would wake the poller for before its next probe, may be taken now.
-    fn woken_if_open(&self, removed: Option<Breaker>) {
-        if removed.is_some_and(|b| b.open) {
+    /// Clears the endpoint's breaker and stall. If either held its pending deliveries back
+    /// (nothing else would wake the poller for them before a probe or a success), they may
+    /// be taken now.
+    fn start_afresh(&self, endpoint_id: &str) {
+        let held_back = {
+            let mut a = self.inner.admission();
+            let was_stalled = a.stall_over(endpoint_id);
+            let was_open = a.breakers.remove(endpoint_id).is_some_and(|b| b.open);
+            was_stalled || was_open
+        };
+        if held_back {
             self.due_now();
         }
     }
@@ -497,15 +502,7 @@ impl Dispatcher {
         }
         drop(queues);
         // A changed endpoint (new URL, turned off or on) starts with a clean slate.
-        let (was_open, was_stalled) = {
-            let mut a = self.inner.admission();
-            let stalled = a.stall_over(&ep.id);
-            (a.breakers.remove(&ep.id), stalled)
-        };
-        if was_stalled {
-            self.due_now();
-        }
-        self.woken_if_open(was_open);
+        self.start_afresh(&ep.id);
     }
 
     /// Waits (at most `grace`) for the attempts in flight to finish after shutdown began,
@@ -590,7 +587,7 @@ impl Inner {
         let now = Timestamp::now().0;
         let lanes = self.config.concurrency_per_endpoint.max(1);
         let cap = a
-            .stall_cap(endpoint_id, now, stall_ms(&self.config), lanes)
+            .stall_cap(endpoint_id, || now, stall_ms(&self.config), lanes)
             .map_or(self.config.max_per_endpoint, |c| {
                 c.min(self.config.max_per_endpoint)
             });
@@ -1696,13 +1693,13 @@ mod tests {
 
         // The bookkeeping: two lanes, a stall after 250 ms.
         let mut a = Admission::default();
-        let cap = |a: &Admission, now| a.stall_cap("ep", now, 250, 2);
+        let cap = |a: &Admission, now| a.stall_cap("ep", || now, 250, 2);
         a.attempt_started("ep", 2, 1_000);
         assert_eq!(cap(&a, 5_000), None, "a lane is still free");
         a.attempt_started("ep", 2, 1_100);
         assert_eq!(cap(&a, 1_349), None, "busy for less than the stall");
         assert_eq!(cap(&a, 1_350), Some(4), "every lane busy 250 ms ago");
-        assert_eq!(a.stall_cap("other", 1_350, 250, 2), None);
+        assert_eq!(a.stall_cap("other", || 1_350, 250, 2), None);
         a.attempt_ended("ep");
         a.attempt_ended("ep");
         assert_eq!(cap(&a, 9_000), Some(4), "failures do not end the stall");
@@ -1722,7 +1719,7 @@ mod tests {
         a.attempt_ended("one");
         a.attempt_started("one", 1, 15_000);
         assert_eq!(
-            a.stall_cap("one", 15_000, 250, 1),
+            a.stall_cap("one", || 15_000, 250, 1),
             Some(2),
             "stalled since 0"
         );
