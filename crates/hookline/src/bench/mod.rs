@@ -317,6 +317,21 @@ pub struct PairedChange {
     pub high_pct: f64,
 }
 
+impl std::fmt::Display for PairedChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "median change {:+.1} % (90 % interval {:+.1} to {:+.1} %)",
+            self.median_pct, self.low_pct, self.high_pct
+        )
+    }
+}
+
+/// How far `to` is above `from`, in %.
+fn change_pct(from: f64, to: f64) -> f64 {
+    (to / from.max(1e-9) - 1.0) * 100.0
+}
+
 /// Resamples of the rounds behind a [`PairedChange`]'s interval.
 const BOOTSTRAP_RESAMPLES: usize = 5_000;
 
@@ -328,7 +343,7 @@ fn paired_change(alone: &[f64], other: &[f64]) -> PairedChange {
     let changes: Vec<f64> = alone
         .iter()
         .zip(other)
-        .map(|(a, o)| (o / a.max(1e-9) - 1.0) * 100.0)
+        .map(|(&a, &o)| change_pct(a, o))
         .collect();
     if changes.is_empty() {
         return PairedChange {
@@ -495,14 +510,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
                 }
             }
             let higher = |a: &[f64], b: &[f64]| a.iter().zip(b).filter(|(a, b)| b > a).count();
-            let change = |from: f64, to: f64| (to / from.max(1e-9) - 1.0) * 100.0;
             let rounds = p99s[0].len();
             let beside_higher = higher(&p99s[0], &p99s[1]);
             let (m_alone, m_beside) = (median(p99s[0].clone()), median(p99s[1].clone()));
-            let m_change = change(m_alone, m_beside);
+            let m_change = change_pct(m_alone, m_beside);
             let alone = Percentiles::of(std::mem::take(&mut pooled[0]));
             let beside = Percentiles::of(std::mem::take(&mut pooled[1]));
-            let p_change = change(alone.p99, beside.p99);
+            let p_change = change_pct(alone.p99, beside.p99);
             println!(
                 "isolation ({rounds} rounds, pooled): healthy p99 {:.2} ms alone, {:.2} ms beside a hanging endpoint ({p_change:+.1} %)",
                 alone.p99, beside.p99
@@ -512,10 +526,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
                  beside had the higher p99 in {beside_higher} of {rounds} rounds"
             );
             let paired = paired_change(&p99s[0], &p99s[1]);
-            println!(
-                "isolation (paired by round): median change {:+.1} % (90 % interval {:+.1} to {:+.1} %)",
-                paired.median_pct, paired.low_pct, paired.high_pct
-            );
+            println!("isolation (paired by round): {paired}");
             let p99_by_second: Vec<Vec<f64>> = by_second
                 .into_iter()
                 .map(|bins| bins.into_iter().map(|b| Percentiles::of(b).p99).collect())
@@ -534,9 +545,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
                 let healthy = Percentiles::of(std::mem::take(&mut pooled[2]));
                 let m_healthy = median(p99s[2].clone());
                 let c = Control {
-                    p99_change_pct: change(alone.p99, healthy.p99),
+                    p99_change_pct: change_pct(alone.p99, healthy.p99),
                     median_round_p99_beside_healthy_ms: m_healthy,
-                    median_round_p99_change_pct: change(m_alone, m_healthy),
+                    median_round_p99_change_pct: change_pct(m_alone, m_healthy),
                     rounds_healthy_higher: higher(&p99s[0], &p99s[2]),
                     rounds_hanging_above_healthy: higher(&p99s[2], &p99s[1]),
                     p99_by_second_ms: p99_by_second.get(2).cloned().unwrap_or_default(),
@@ -553,11 +564,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
                     c.rounds_healthy_higher,
                     c.rounds_hanging_above_healthy
                 );
-                let pc = c.paired_round_p99_change;
-                println!(
-                    "control (paired by round): median change {:+.1} % (90 % interval {:+.1} to {:+.1} %)",
-                    pc.median_pct, pc.low_pct, pc.high_pct
-                );
+                println!("control (paired by round): {}", c.paired_round_p99_change);
                 Some(c)
             } else {
                 None
