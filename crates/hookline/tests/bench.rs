@@ -22,10 +22,15 @@ fn one_closed_loop_phase_runs_alone() {
     tiny_scenario(&["--phases", "batch"], 1);
 }
 
-/// The open loop sends every event at its pace and says how late the generator itself was.
+/// The open loop sends every event at its pace and says how late the generator itself was;
+/// `--samples` keeps every delivery's latency and the generator's lateness, per request.
 #[test]
 fn tiny_open_loop_sends_every_event_and_reports_its_own_lag() {
+    let samples = tempfile::tempdir().unwrap();
+    let dir = samples.path().join("kept");
     let report = run_bench(&[
+        "--samples",
+        dir.to_str().unwrap(),
         "latency",
         "--rate",
         "200",
@@ -52,6 +57,45 @@ fn tiny_open_loop_sends_every_event_and_reports_its_own_lag() {
         phase["latency_ms"]["max"].as_f64().unwrap() >= lag["max"].as_f64().unwrap(),
         "{phase}"
     );
+    // The samples: one row per delivery and one per request, their largest values the
+    // report's maxima, every send time inside the one-second phase.
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["001-open-200-s-F-1-send-lag.csv", "001-open-200-s-F-1.csv"]
+    );
+    for (file, column, max) in [
+        (
+            "001-open-200-s-F-1.csv",
+            "latency_us",
+            &phase["latency_ms"]["max"],
+        ),
+        ("001-open-200-s-F-1-send-lag.csv", "lag_us", &lag["max"]),
+    ] {
+        let text = std::fs::read_to_string(dir.join(file)).unwrap();
+        let mut lines = text.lines();
+        assert_eq!(
+            lines.next(),
+            Some(format!("sent_unix_us,sent_us,{column}").as_str())
+        );
+        let rows: Vec<Vec<u64>> = lines
+            .map(|l| l.split(',').map(|v| v.parse().unwrap()).collect())
+            .collect();
+        assert_eq!(rows.len(), 200, "{file}");
+        let mut highest = 0;
+        for r in &rows {
+            assert!(r[1] < 1_000_000, "{file}: sent {} µs into the phase", r[1]);
+            assert!(r[0] > 1_700_000_000_000_000, "{file}: a Unix time in µs");
+            // Every row of one phase has the same start.
+            assert_eq!(r[0] - r[1], rows[0][0] - rows[0][1], "{file}");
+            highest = highest.max(r[2]);
+        }
+        assert_eq!(highest as f64 / 1000.0, max.as_f64().unwrap(), "{file}");
+    }
 }
 
 /// Isolation rotates which phase of a round goes first, loses nothing beside the hanging

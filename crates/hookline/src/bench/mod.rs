@@ -126,6 +126,13 @@ pub struct BenchArgs {
     /// of taking events over HTTP and delivering them over HTTP on this machine.
     #[arg(long, conflicts_with_all = ["api", "database_url"])]
     pub relay: bool,
+    /// Write every measured delivery of each phase to a CSV file in this directory
+    /// (`NNN-<phase>.csv`: its intended send time as Unix µs and µs since the phase began,
+    /// and its latency in µs), and in an open loop how late the generator began each request
+    /// (`NNN-<phase>-send-lag.csv`): to see *when* a phase's tail happened, and line it up
+    /// with the servers' logs (`HOOKLINE_LOG` is passed on to the servers the bench starts).
+    #[arg(long)]
+    pub samples: Option<std::path::PathBuf>,
 }
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
@@ -426,13 +433,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
     let mut references: Vec<(usize, f64)> = vec![(0, raw_before)];
     let mut raw_mid = None;
     let mut isolation = None;
+    let mut keep = Keep::new(args.samples.clone())?;
     match args.scenario {
         Scenario::Raw => {}
         Scenario::Throughput => {
             let n = args.events.unwrap_or(20_000);
             if args.phases != Phases::Batch {
                 let single = Load::Closed { batch: 1 };
-                phases.push(end_to_end(&args, &secret, single, n, Setup::default()).await?);
+                phases.push(
+                    end_to_end(&args, &secret, single, n, Setup::default(), &mut keep).await?,
+                );
             }
             if args.phases == Phases::Both {
                 let (mid, _) = raw_reference(&args, &secret).await?;
@@ -444,7 +454,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
                 let batch = Load::Closed {
                     batch: args.batch.clamp(1, 1000),
                 };
-                phases.push(end_to_end(&args, &secret, batch, n, Setup::default()).await?);
+                phases
+                    .push(end_to_end(&args, &secret, batch, n, Setup::default(), &mut keep).await?);
             }
         }
         Scenario::Latency => {
@@ -452,7 +463,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
             let load = Load::Open {
                 rate: args.rate.max(1),
             };
-            phases.push(end_to_end(&args, &secret, load, n, Setup::default()).await?);
+            phases.push(end_to_end(&args, &secret, load, n, Setup::default(), &mut keep).await?);
         }
         Scenario::Backlog => {
             let n = args.events.unwrap_or(1_000_000);
@@ -463,7 +474,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
                 down_during_ingest: true,
                 ..Setup::default()
             };
-            phases.push(end_to_end(&args, &secret, load, n, setup).await?);
+            phases.push(end_to_end(&args, &secret, load, n, setup, &mut keep).await?);
         }
         Scenario::Isolation => {
             let n = args.events.unwrap_or(args.rate * args.seconds);
@@ -495,8 +506,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
             // leaves behind for the next, then weighs on all alike.
             for round in 0..args.rounds.max(1) {
                 for which in phase_order(round, setups.len()) {
-                    let (p, lat) = end_to_end_raw(&args, &secret, load, n, setups[which]).await?;
-                    for (sent, us) in lat {
+                    let (p, samples) =
+                        end_to_end_raw(&args, &secret, load, n, setups[which]).await?;
+                    keep.write(&p, &samples)?;
+                    for &(sent, us) in &samples.deliveries {
                         let second = (sent / 1_000_000) as usize;
                         let bins = &mut by_second[which];
                         if bins.len() <= second {
@@ -911,7 +924,10 @@ async fn start_servers(args: &BenchArgs) -> anyhow::Result<(Servers, Vec<String>
             .args(["--allow-insecure-urls", "--allow-private-targets"])
             // The limiter runs, far above what the load can reach: it is measured, not in the way.
             .args(["--plan-business", "ingest=100000000"])
-            .env("HOOKLINE_LOG", "warn")
+            .env(
+                "HOOKLINE_LOG",
+                std::env::var("HOOKLINE_LOG").unwrap_or_else(|_| "warn".to_owned()),
+            )
             .stdout(Stdio::null())
             .spawn()
             .context("starting hookline serve")?;
@@ -959,19 +975,84 @@ async fn end_to_end(
     load: Load,
     events: u64,
     setup: Setup,
+    keep: &mut Keep,
 ) -> anyhow::Result<Phase> {
-    Ok(end_to_end_raw(args, secret, load, events, setup).await?.0)
+    let (phase, samples) = end_to_end_raw(args, secret, load, events, setup).await?;
+    keep.write(&phase, &samples)?;
+    Ok(phase)
 }
 
-/// One phase, with every latency sample: (intended send time since the phase began,
-/// latency), both in µs.
+/// A phase's samples, each stamped with its intended send time in µs since the phase began.
+struct Samples {
+    /// When the phase began, in µs since the Unix epoch.
+    start_unix_us: u64,
+    /// Every measured delivery: (sent, latency µs).
+    deliveries: Vec<(u64, u64)>,
+    /// Open loop: how late the generator began each request: (sent, lag µs).
+    send_lags: Vec<(u64, u64)>,
+}
+
+/// Where `--samples` puts each phase's samples; numbers the phases in the order they ran.
+struct Keep {
+    dir: Option<std::path::PathBuf>,
+    next: usize,
+}
+
+impl Keep {
+    fn new(dir: Option<std::path::PathBuf>) -> anyhow::Result<Keep> {
+        if let Some(d) = &dir {
+            std::fs::create_dir_all(d)
+                .with_context(|| format!("making the samples directory {}", d.display()))?;
+        }
+        Ok(Keep { dir, next: 0 })
+    }
+
+    fn write(&mut self, phase: &Phase, samples: &Samples) -> anyhow::Result<()> {
+        use std::io::Write as _;
+        let Some(dir) = &self.dir else {
+            return Ok(());
+        };
+        self.next += 1;
+        let stem = format!("{:03}-{}", self.next, slug(&phase.name));
+        let files = [
+            (format!("{stem}.csv"), "latency_us", &samples.deliveries),
+            (format!("{stem}-send-lag.csv"), "lag_us", &samples.send_lags),
+        ];
+        for (name, column, rows) in files {
+            if rows.is_empty() {
+                continue;
+            }
+            let path = dir.join(name);
+            let write = || -> std::io::Result<()> {
+                let mut out = std::io::BufWriter::new(std::fs::File::create(&path)?);
+                writeln!(out, "sent_unix_us,sent_us,{column}")?;
+                for &(sent, value) in rows {
+                    writeln!(out, "{},{sent},{value}", samples.start_unix_us + sent)?;
+                }
+                out.flush()
+            };
+            write().with_context(|| format!("writing {}", path.display()))?;
+        }
+        Ok(())
+    }
+}
+
+/// A phase's name as a file name: `open 1000/s F=4 +1 hanging` → `open-1000-s-F-4-1-hanging`.
+fn slug(name: &str) -> String {
+    name.split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+/// One phase, with every sample.
 async fn end_to_end_raw(
     args: &BenchArgs,
     secret: &Secret,
     load: Load,
     events: u64,
     setup: Setup,
-) -> anyhow::Result<(Phase, Vec<(u64, u64)>)> {
+) -> anyhow::Result<(Phase, Samples)> {
     let epoch = Instant::now();
     let expected = (events as usize).saturating_mul(args.fanout.max(1));
     let sink = Sink::start(Verifier::new(vec![secret.clone()]), epoch, expected).await?;
@@ -1070,7 +1151,12 @@ async fn end_to_end_raw(
         cpu_time("self"),
     );
     let start = Instant::now();
+    let start_unix_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
+    let start_us = start.saturating_duration_since(epoch).as_micros() as u64;
     let mut send_lag = None;
+    let mut send_lags = Vec::new();
     let (name, mode, batch) = match load {
         Load::Closed { batch } => {
             let next = Arc::new(AtomicU64::new(0));
@@ -1113,7 +1199,9 @@ async fn end_to_end_raw(
             // rightly, from the intended time) is the generator's, not the server's.
             let interval = Duration::from_secs_f64(1.0 / rate as f64);
             let runtime = tokio::runtime::Handle::current();
-            let lags = Arc::new(Mutex::new(Vec::<u64>::with_capacity(events as usize)));
+            let lags = Arc::new(Mutex::new(Vec::<(u64, u64)>::with_capacity(
+                events as usize,
+            )));
             let (apis, http, key) = (apis.clone(), http.clone(), key.clone());
             let (accepted, rejected, lag_tally) =
                 (accepted.clone(), rejected.clone(), lags.clone());
@@ -1133,7 +1221,7 @@ async fn end_to_end_raw(
                     tasks.push(runtime.spawn(async move {
                         let lag = (epoch.elapsed().as_micros() as u64).saturating_sub(sent);
                         if let Ok(mut l) = lags.lock() {
-                            l.push(lag);
+                            l.push((sent.saturating_sub(start_us), lag));
                         }
                         let (url, body) = request_body(&api, k, 1, sent, false);
                         match post_json(&http, &url, &key, body).await {
@@ -1147,10 +1235,12 @@ async fn end_to_end_raw(
             for t in pacer.await? {
                 t.await?;
             }
+            send_lags = lags
+                .lock()
+                .map(|mut l| std::mem::take(&mut *l))
+                .map_err(|_| anyhow::anyhow!("send lags poisoned"))?;
             send_lag = Some(Percentiles::of(
-                lags.lock()
-                    .map(|mut l| std::mem::take(&mut *l))
-                    .map_err(|_| anyhow::anyhow!("send lags poisoned"))?,
+                send_lags.iter().map(|&(_, lag)| lag).collect(),
             ));
             (format!("open {rate}/s F={}", args.fanout), "open", 1)
         }
@@ -1228,7 +1318,6 @@ async fn end_to_end_raw(
             (None, None, None)
         };
         // Each sample with its intended send time counted from the phase's start.
-        let start_us = start.saturating_duration_since(epoch).as_micros() as u64;
         let latencies = tally
             .sent_us
             .iter()
@@ -1289,7 +1378,12 @@ async fn end_to_end_raw(
     // Only now, with the server stopped or the endpoints gone, are the held requests let go.
     drop(holder);
     drop(apart);
-    Ok((phase, latencies))
+    let samples = Samples {
+        start_unix_us,
+        deliveries: latencies,
+        send_lags,
+    };
+    Ok((phase, samples))
 }
 
 /// Event `k` as the load sends it: its type and its `data`. Realistic events of three

@@ -75,8 +75,11 @@ const WAL_RETRY_FRAMES: i32 = 2048;
 const WAL_RESTART_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
 /// How long any connection waits for a lock before it fails busy.
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-/// A group commit slower than this is logged.
+/// A group commit slower than this is logged as a warning.
 const SLOW_COMMIT: std::time::Duration = std::time::Duration::from_millis(100);
+/// A group commit slower than this is logged at debug level (`HOOKLINE_LOG=hookline::store=debug`):
+/// enough to line a latency tail up with the disk.
+const NOTED_COMMIT: std::time::Duration = std::time::Duration::from_millis(10);
 /// The longest a rider waits for a group to join before it asks for a commit of its own.
 pub const RIDER_WAIT: std::time::Duration = std::time::Duration::from_millis(25);
 
@@ -2191,6 +2194,12 @@ fn writer_loop(
         let took = started.elapsed();
         if took > SLOW_COMMIT {
             tracing::warn!(ms = took.as_millis() as u64, jobs, "slow group commit");
+        } else if took > NOTED_COMMIT {
+            tracing::debug!(
+                ms = took.as_millis() as u64,
+                jobs,
+                "group commit over 10 ms"
+            );
         }
         let failure = if spoiled_group {
             StoreError::Unavailable
