@@ -77,8 +77,8 @@ const WAL_RESTART_WAIT: std::time::Duration = std::time::Duration::from_millis(2
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// A group commit slower than this is logged as a warning.
 const SLOW_COMMIT: std::time::Duration = std::time::Duration::from_millis(100);
-/// A group commit slower than this is logged at debug level (`HOOKLINE_LOG=hookline::store=debug`):
-/// enough to line a latency tail up with the disk.
+/// A group commit slower than this is logged at debug level
+/// (`HOOKLINE_LOG=hookline::store=debug`): enough to line a latency tail up with the disk.
 const NOTED_COMMIT: std::time::Duration = std::time::Duration::from_millis(10);
 /// The longest a rider waits for a group to join before it asks for a commit of its own.
 pub const RIDER_WAIT: std::time::Duration = std::time::Duration::from_millis(25);
