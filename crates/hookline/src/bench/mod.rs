@@ -441,7 +441,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
             if args.phases != Phases::Batch {
                 let single = Load::Closed { batch: 1 };
                 phases.push(
-                    end_to_end(&args, &secret, single, n, Setup::default(), &mut keep).await?,
+                    end_to_end(&args, &secret, single, n, Setup::default(), &mut keep)
+                        .await?
+                        .0,
                 );
             }
             if args.phases == Phases::Both {
@@ -454,8 +456,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
                 let batch = Load::Closed {
                     batch: args.batch.clamp(1, 1000),
                 };
-                phases
-                    .push(end_to_end(&args, &secret, batch, n, Setup::default(), &mut keep).await?);
+                phases.push(
+                    end_to_end(&args, &secret, batch, n, Setup::default(), &mut keep)
+                        .await?
+                        .0,
+                );
             }
         }
         Scenario::Latency => {
@@ -463,7 +468,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
             let load = Load::Open {
                 rate: args.rate.max(1),
             };
-            phases.push(end_to_end(&args, &secret, load, n, Setup::default(), &mut keep).await?);
+            phases.push(
+                end_to_end(&args, &secret, load, n, Setup::default(), &mut keep)
+                    .await?
+                    .0,
+            );
         }
         Scenario::Backlog => {
             let n = args.events.unwrap_or(1_000_000);
@@ -474,7 +483,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
                 down_during_ingest: true,
                 ..Setup::default()
             };
-            phases.push(end_to_end(&args, &secret, load, n, setup, &mut keep).await?);
+            phases.push(
+                end_to_end(&args, &secret, load, n, setup, &mut keep)
+                    .await?
+                    .0,
+            );
         }
         Scenario::Isolation => {
             let n = args.events.unwrap_or(args.rate * args.seconds);
@@ -507,8 +520,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
             for round in 0..args.rounds.max(1) {
                 for which in phase_order(round, setups.len()) {
                     let (p, samples) =
-                        end_to_end_raw(&args, &secret, load, n, setups[which]).await?;
-                    keep.write(&p, &samples)?;
+                        end_to_end(&args, &secret, load, n, setups[which], &mut keep).await?;
                     for &(sent, us) in &samples.deliveries {
                         let second = (sent / 1_000_000) as usize;
                         let bins = &mut by_second[which];
@@ -969,6 +981,7 @@ async fn post_json(
     Ok((status, body))
 }
 
+/// One phase and its samples, which are also written where `--samples` says.
 async fn end_to_end(
     args: &BenchArgs,
     secret: &Secret,
@@ -976,10 +989,10 @@ async fn end_to_end(
     events: u64,
     setup: Setup,
     keep: &mut Keep,
-) -> anyhow::Result<Phase> {
+) -> anyhow::Result<(Phase, Samples)> {
     let (phase, samples) = end_to_end_raw(args, secret, load, events, setup).await?;
     keep.write(&phase, &samples)?;
-    Ok(phase)
+    Ok((phase, samples))
 }
 
 /// A phase's samples, each stamped with its intended send time in µs since the phase began.
