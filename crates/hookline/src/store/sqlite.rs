@@ -12,6 +12,11 @@
 //!   once, so they wait only for it.
 //! - The **WAL stays bounded** under a load that never pauses: past a threshold the writer
 //!   checkpoints the rest between two groups, so the WAL starts over (`WalKeeper`).
+//! - A delivery that **waits for room** (ingest did not admit it, or it was given back
+//!   unsent) is `pending` with no due time, so it is in no index of due work: its endpoint's
+//!   `waiting_from` marks where the claim looks for such rows, in row order (`mark_waiting`
+//!   holds the invariant). An endpoint that is down while its events keep coming then
+//!   costs each commit one index entry of its own (`deliveries_by_endpoint`), not two.
 //! - A small pool of **read connections** serves queries on blocking threads; WAL lets them
 //!   read while the writer writes.
 //! - `hookline serve` holds an exclusive lock on `serve.lock` in the data directory: one
@@ -305,6 +310,19 @@ ALTER TABLE deliveries ADD COLUMN kept_duration_ms INTEGER;
 ALTER TABLE deliveries ADD COLUMN kept_status_code INTEGER;
 ALTER TABLE deliveries ADD COLUMN kept_error TEXT;
 ALTER TABLE deliveries ADD COLUMN kept_response_body TEXT;
+"#,
+    // Deliveries that wait for room (not admitted at ingest, or given back unsent) have no
+    // due time and stay out of the due index: they are found from their endpoint's
+    // `waiting_from`, in row order. An endpoint that is down while its events keep coming
+    // then writes one index entry per event (`deliveries_by_endpoint`), not two.
+    r#"
+ALTER TABLE endpoints ADD COLUMN waiting_from INTEGER;
+ALTER TABLE endpoints ADD COLUMN waiting_since INTEGER;
+UPDATE deliveries SET next_attempt_at = updated_at
+    WHERE status = 'pending' AND next_attempt_at IS NULL;
+DROP INDEX IF EXISTS deliveries_due_by_endpoint;
+CREATE INDEX deliveries_due_by_endpoint ON deliveries (endpoint_id, next_attempt_at)
+    WHERE status = 'pending' AND next_attempt_at IS NOT NULL;
 "#,
 ];
 
@@ -1548,28 +1566,21 @@ impl SqliteStore {
     {
         let sealer = self.sealer.clone();
         self.write(move |c| {
-            // Only endpoints with due work are read whole (their JSON parsed, their secrets
-            // opened): an idle endpoint costs a poll one index seek.
-            let due_endpoints: Vec<String> = c
-                .prepare_cached(
-                    "SELECT e.id FROM endpoints e
-                     WHERE e.enabled = 1 AND e.deleted_at IS NULL
-                       AND EXISTS (SELECT 1 FROM deliveries d
-                                   WHERE d.endpoint_id = e.id AND d.status = 'pending'
-                                     AND d.next_attempt_at <= ?1)",
-                )
+            // Only endpoints with due or waiting work are read whole (their JSON parsed,
+            // their secrets opened): an idle endpoint costs a poll one index seek.
+            let due_endpoints: Vec<(String, Option<i64>)> = c
+                .prepare_cached(ENDPOINTS_WITH_WORK)
                 .ctx("preparing the endpoint scan")?
-                .query_map([now.0], |r| r.get(0))
+                .query_map([now.0], |r| Ok((r.get(0)?, r.get(1)?)))
                 .ctx("finding endpoints with due work")?
                 .collect::<Result<_, _>>()
                 .ctx("finding endpoints with due work")?;
+            // Waiting rows (no due time) in row order, from the endpoint's mark on.
+            let mut select_waiting = c
+                .prepare_cached(WAITING_SCAN)
+                .ctx("preparing the waiting scan")?;
             let mut select = c
-                .prepare_cached(
-                    "SELECT d.id, d.attempts, e.id, e.type, e.created_at, e.data, d.seq, d.claim + 1
-                     FROM deliveries d JOIN events e ON e.id = d.event_id
-                     WHERE d.endpoint_id = ?1 AND d.status = 'pending' AND d.next_attempt_at <= ?2
-                     ORDER BY d.next_attempt_at LIMIT ?3",
-                )
+                .prepare_cached(DUE_SCAN)
                 .ctx("preparing the due scan")?;
             let mut mark = c
                 .prepare_cached(
@@ -1578,7 +1589,7 @@ impl SqliteStore {
                 .ctx("preparing the claim")?;
             let mut out = Vec::new();
             let mut payloads: HashMap<String, bytes::Bytes> = HashMap::new();
-            for ep_id in due_endpoints {
+            for (ep_id, waiting_from) in due_endpoints {
                 // One claim holds the writer: keep it short, the poller comes back at once.
                 let left = MAX_CLAIM.saturating_sub(out.len());
                 if left == 0 {
@@ -1588,22 +1599,47 @@ impl SqliteStore {
                 if n == 0 {
                     continue;
                 }
-                let rows = select
-                    .query_map(params![ep_id, now.0, n as i64], |r| {
-                        Ok((
-                            r.get::<_, String>(0)?,
-                            r.get::<_, u32>(1)?,
-                            r.get::<_, String>(2)?,
-                            r.get::<_, String>(3)?,
-                            r.get::<_, i64>(4)?,
-                            r.get::<_, String>(5)?,
-                            r.get::<_, i64>(6)?,
-                            r.get::<_, i64>(7)?,
-                        ))
-                    })
+                let read = |r: &Row<'_>| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, u32>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, i64>(4)?,
+                        r.get::<_, String>(5)?,
+                        r.get::<_, i64>(6)?,
+                        r.get::<_, i64>(7)?,
+                    ))
+                };
+                // Due retries first, then the rows waiting for room, oldest first.
+                let mut rows = select
+                    .query_map(params![ep_id, now.0, n as i64], read)
                     .ctx("scanning due deliveries")?
                     .collect::<Result<Vec<_>, _>>()
                     .ctx("scanning due deliveries")?;
+                // Where the endpoint's waiting mark moves once its rows are taken.
+                let mut moved_mark = None;
+                if let Some(from) = waiting_from
+                    && rows.len() < n
+                {
+                    let asked = n - rows.len();
+                    let waiting = select_waiting
+                        .query_map(params![ep_id, from, asked as i64], read)
+                        .ctx("scanning waiting deliveries")?
+                        .collect::<Result<Vec<_>, _>>()
+                        .ctx("scanning waiting deliveries")?;
+                    // Fewer than asked: none is left past the mark. Otherwise the rest are
+                    // past the last one taken (the scan is in row order).
+                    moved_mark = Some(match waiting.last() {
+                        Some(last) if waiting.len() == asked => Some(last.6 + 1),
+                        _ => None,
+                    });
+                    rows.extend(waiting);
+                }
+                if let (true, Some(None)) = (rows.is_empty(), moved_mark) {
+                    // A stale mark: nothing of the endpoint waits.
+                    clear_waiting(c, &ep_id)?;
+                }
                 if rows.is_empty() {
                     continue;
                 }
@@ -1617,6 +1653,16 @@ impl SqliteStore {
                         continue;
                     }
                 };
+                // Only now that the rows will be taken does the mark move past them.
+                match moved_mark {
+                    Some(Some(next)) => c
+                        .prepare_cached("UPDATE endpoints SET waiting_from = ?2 WHERE id = ?1")
+                        .and_then(|mut st| st.execute(params![ep_id, next]))
+                        .map(drop)
+                        .ctx("moving an endpoint's waiting mark")?,
+                    Some(None) => clear_waiting(c, &ep_id)?,
+                    None => {}
+                }
                 for (delivery_id, attempts, event_id, event_type, created_at, data, row, claim) in
                     rows
                 {
@@ -1648,17 +1694,12 @@ impl SqliteStore {
     pub async fn next_due_at(&self) -> Result<Option<Timestamp>, StoreError> {
         // One seek into `deliveries_due_by_endpoint` per endpoint the claim looks at (turning
         // an endpoint off or removing it ends its open deliveries in the same write, so no
-        // other endpoint has pending ones).
+        // other endpoint has pending ones); rows waiting for room are due since their
+        // endpoint's `waiting_since`.
         self.read(|c| {
-            c.query_row(
-                "SELECT MIN((SELECT MIN(d.next_attempt_at) FROM deliveries d
-                             WHERE d.endpoint_id = e.id AND d.status = 'pending'))
-                 FROM endpoints e WHERE e.enabled = 1 AND e.deleted_at IS NULL",
-                [],
-                |r| r.get::<_, Option<i64>>(0),
-            )
-            .ctx("finding the next due delivery")
-            .map(|t| t.map(Timestamp))
+            c.query_row(NEXT_DUE, [], |r| r.get::<_, Option<i64>>(0))
+                .ctx("finding the next due delivery")
+                .map(|t| t.map(Timestamp))
         })
         .await
     }
@@ -1709,16 +1750,22 @@ impl SqliteStore {
                 .ctx("preparing the delivery update")?;
             let mut release = c
                 .prepare_cached(
-                    "UPDATE deliveries SET status = 'pending', next_attempt_at = ?2, updated_at = ?2
+                    "UPDATE deliveries SET status = 'pending', next_attempt_at = NULL,
+                        updated_at = ?2
                      WHERE seq = ?1 AND status = 'delivering' AND claim = ?3",
                 )
                 .ctx("preparing the release")?;
             let now = Timestamp::now().0;
             for rec in &records {
+                // Given back unsent: it waits for room again, like a delivery ingest did not
+                // admit.
                 let Some(a) = &rec.attempt else {
-                    release
+                    let released = release
                         .execute(params![rec.row, now, rec.claim])
                         .ctx("releasing a delivery")?;
+                    if released > 0 {
+                        mark_waiting(c, &rec.endpoint_id, rec.row, Timestamp(now))?;
+                    }
                     continue;
                 };
                 // A failure moves a delivery on only while it is still ours (`delivering`):
@@ -1866,14 +1913,28 @@ impl SqliteStore {
         before: Timestamp,
     ) -> Result<usize, StoreError> {
         self.write(move |c| {
-            c.execute(
-                "UPDATE deliveries SET status = 'failed', next_attempt_at = NULL, updated_at = ?3,
-                    last_error = COALESCE(last_error, 'the endpoint was unreachable for the whole retry schedule')
-                 WHERE endpoint_id = ?1 AND status = 'pending' AND created_at < ?2
-                   AND updated_at < ?2",
-                params![endpoint_id, before.0, Timestamp::now().0],
-            )
-            .ctx("ending deliveries that waited out the schedule")
+            // Due rows through the due index, waiting rows from the endpoint's mark on.
+            let mut ended = 0;
+            for which in [
+                "next_attempt_at IS NOT NULL",
+                "next_attempt_at IS NULL
+                   AND seq >= (SELECT waiting_from FROM endpoints WHERE id = ?1)",
+            ] {
+                ended += c
+                    .execute(
+                        &format!(
+                            "UPDATE deliveries SET status = 'failed', next_attempt_at = NULL,
+                                updated_at = ?3,
+                                last_error = COALESCE(last_error,
+                                    'the endpoint was unreachable for the whole retry schedule')
+                             WHERE endpoint_id = ?1 AND status = 'pending' AND {which}
+                               AND created_at < ?2 AND updated_at < ?2"
+                        ),
+                        params![endpoint_id, before.0, Timestamp::now().0],
+                    )
+                    .ctx("ending deliveries that waited out the schedule")?;
+            }
+            Ok(ended)
         })
         .await
     }
@@ -2348,6 +2409,37 @@ impl WalKeeper {
     }
 }
 
+/// The enabled endpoints with due work at `?1` or deliveries waiting for room, and where the waiting ones start.
+const ENDPOINTS_WITH_WORK: &str = "SELECT e.id, e.waiting_from FROM endpoints e
+     WHERE e.enabled = 1 AND e.deleted_at IS NULL
+       AND (e.waiting_from IS NOT NULL
+            OR EXISTS (SELECT 1 FROM deliveries d
+                       WHERE d.endpoint_id = e.id AND d.status = 'pending'
+                         AND d.next_attempt_at <= ?1))";
+
+/// Up to `?3` deliveries of endpoint `?1` waiting for room, from row `?2` on, in row order.
+const WAITING_SCAN: &str =
+    "SELECT d.id, d.attempts, e.id, e.type, e.created_at, e.data, d.seq, d.claim + 1
+     FROM deliveries d JOIN events e ON e.id = d.event_id
+     WHERE d.endpoint_id = ?1 AND d.seq >= ?2
+       AND d.status = 'pending' AND d.next_attempt_at IS NULL
+     ORDER BY d.seq LIMIT ?3";
+
+/// Up to `?3` deliveries of endpoint `?1` due by `?2`, earliest first.
+const DUE_SCAN: &str =
+    "SELECT d.id, d.attempts, e.id, e.type, e.created_at, e.data, d.seq, d.claim + 1
+     FROM deliveries d JOIN events e ON e.id = d.event_id
+     WHERE d.endpoint_id = ?1 AND d.status = 'pending' AND d.next_attempt_at <= ?2
+     ORDER BY d.next_attempt_at LIMIT ?3";
+
+/// The earliest due time of any enabled endpoint's pending deliveries (`NULL` if none).
+const NEXT_DUE: &str = "SELECT NULLIF(MIN(MIN(COALESCE(e.waiting_since, 9223372036854775807),
+                      COALESCE((SELECT MIN(d.next_attempt_at) FROM deliveries d
+                                WHERE d.endpoint_id = e.id AND d.status = 'pending'
+                                  AND d.next_attempt_at IS NOT NULL),
+                               9223372036854775807))), 9223372036854775807)
+     FROM endpoints e WHERE e.enabled = 1 AND e.deleted_at IS NULL";
+
 /// Inserts `events` and one delivery per subscribed, enabled endpoint, in the open job.
 fn insert_rows(
     c: &Connection,
@@ -2371,6 +2463,9 @@ fn insert_rows(
         )
         .ctx("preparing the delivery insert")?;
     let mut out = Vec::with_capacity(events.len());
+    // Endpoints whose `waiting_from` this job has already made cover its waiting rows (row
+    // numbers only grow within a transaction, so the first one is the lowest).
+    let mut marked: Vec<&str> = Vec::new();
     for ev in events {
         ins_event
             .execute(params![
@@ -2390,7 +2485,13 @@ fn insert_rows(
                 endpoint: ep.clone(),
                 claimed,
             };
-            let status = if claimed { "delivering" } else { "pending" };
+            // Admitted: `delivering`, due now. Otherwise `pending` with no due time: it
+            // waits for room, outside the due index (see `mark_waiting`).
+            let (status, due) = if claimed {
+                ("delivering", Some(ev.created_at.0))
+            } else {
+                ("pending", None)
+            };
             ins_delivery
                 .execute(params![
                     d.id,
@@ -2399,12 +2500,16 @@ fn insert_rows(
                     ev.event_type,
                     ep.id,
                     status,
-                    ev.created_at.0,
+                    due,
                     ev.created_at.0,
                     i64::from(claimed)
                 ])
                 .ctx("inserting a delivery")?;
             d.row = c.last_insert_rowid();
+            if !claimed && !marked.contains(&ep.id.as_str()) {
+                mark_waiting(c, &ep.id, d.row, ev.created_at)?;
+                marked.push(&ep.id);
+            }
             deliveries.push(d);
         }
         out.push(AcceptedEvent {
@@ -2432,13 +2537,54 @@ fn require_webhooks(c: &Connection, account_id: &str) -> Result<(), StoreError> 
 }
 
 fn fail_open_deliveries(c: &Connection, endpoint_id: &str, why: &str) -> Result<usize, StoreError> {
-    c.execute(
-        "UPDATE deliveries SET status = 'failed', next_attempt_at = NULL,
-            last_error = COALESCE(last_error, ?2), updated_at = ?3
-         WHERE endpoint_id = ?1 AND status IN ('pending', 'delivering')",
-        params![endpoint_id, why, Timestamp::now().0],
+    let ended = c
+        .execute(
+            "UPDATE deliveries SET status = 'failed', next_attempt_at = NULL,
+                last_error = COALESCE(last_error, ?2), updated_at = ?3
+             WHERE endpoint_id = ?1 AND status IN ('pending', 'delivering')",
+            params![endpoint_id, why, Timestamp::now().0],
+        )
+        .ctx("ending an endpoint's open deliveries")?;
+    clear_waiting(c, endpoint_id)?;
+    Ok(ended)
+}
+
+/// Notes that no delivery of `endpoint_id` waits for room (see [`mark_waiting`]).
+fn clear_waiting(c: &Connection, endpoint_id: &str) -> Result<(), StoreError> {
+    c.prepare_cached(
+        "UPDATE endpoints SET waiting_from = NULL, waiting_since = NULL
+         WHERE id = ?1 AND waiting_from IS NOT NULL",
     )
-    .ctx("ending an endpoint's open deliveries")
+    .and_then(|mut st| st.execute([endpoint_id]))
+    .ctx("clearing an endpoint's waiting mark")?;
+    Ok(())
+}
+
+/// Notes that `endpoint_id` has a delivery waiting for room at row `row` (created at
+/// `since`), in the same transaction as the row.
+///
+/// A waiting delivery is `pending` with no due time, so it is in no index of due work; the
+/// claim finds an endpoint's waiting rows from its `waiting_from` on, in row order. The
+/// invariant: every waiting row of an endpoint has a row number at or after its
+/// `waiting_from`, which is only ever lowered here, advanced by a claim past the rows it
+/// took, and cleared by a claim that found fewer than it asked for (none are left). So the
+/// mark may point before rows that are no longer waiting, never after one that is.
+/// `waiting_since` is no later than the oldest waiting row's creation: its due time, for
+/// the poller.
+fn mark_waiting(
+    c: &Connection,
+    endpoint_id: &str,
+    row: i64,
+    since: Timestamp,
+) -> Result<(), StoreError> {
+    c.prepare_cached(
+        "UPDATE endpoints SET waiting_from = ?2,
+            waiting_since = MIN(COALESCE(waiting_since, ?3), ?3)
+         WHERE id = ?1 AND (waiting_from IS NULL OR waiting_from > ?2)",
+    )
+    .and_then(|mut st| st.execute(params![endpoint_id, row, since.0]))
+    .ctx("marking an endpoint's waiting deliveries")?;
+    Ok(())
 }
 
 const ENDPOINT_COLS: &str = "id, account_id, url, description, event_types, headers, secret, \
@@ -2603,18 +2749,26 @@ fn attempt_from_row(r: &Row<'_>, at: usize) -> rusqlite::Result<Attempt> {
 
 fn delivery_from_row(r: &Row<'_>) -> rusqlite::Result<Delivery> {
     let status: String = r.get(4)?;
+    let status = DeliveryStatus::parse(&status).unwrap_or(DeliveryStatus::Pending);
+    let created_at = Timestamp(r.get(10)?);
+    // A delivery waiting for room has no due time of its own: it has been due since it was
+    // created, as on PostgreSQL.
+    let next_attempt_at = match r.get::<_, Option<i64>>(6)? {
+        None if status == DeliveryStatus::Pending => Some(created_at),
+        t => t.map(Timestamp),
+    };
     Ok(Delivery {
         id: r.get(0)?,
         event_id: r.get(1)?,
         endpoint_id: r.get(2)?,
         event_type: r.get(3)?,
-        status: DeliveryStatus::parse(&status).unwrap_or(DeliveryStatus::Pending),
+        status,
         attempt_count: r.get(5)?,
-        next_attempt_at: r.get::<_, Option<i64>>(6)?.map(Timestamp),
+        next_attempt_at,
         last_attempt_at: r.get::<_, Option<i64>>(7)?.map(Timestamp),
         last_status_code: r.get(8)?,
         last_error: r.get(9)?,
-        created_at: Timestamp(r.get(10)?),
+        created_at,
         updated_at: Timestamp(r.get(11)?),
     })
 }
@@ -3096,6 +3250,8 @@ mod tests {
              ALTER TABLE deliveries DROP COLUMN kept_status_code;
              ALTER TABLE deliveries DROP COLUMN kept_error;
              ALTER TABLE deliveries DROP COLUMN kept_response_body;
+             ALTER TABLE endpoints DROP COLUMN waiting_from;
+             ALTER TABLE endpoints DROP COLUMN waiting_since;
              PRAGMA user_version = {before};"
         ))
         .unwrap();
@@ -3112,6 +3268,181 @@ mod tests {
             )
             .unwrap();
         assert_eq!((indexes, version), (0, MIGRATIONS.len() as i64));
+    }
+
+    /// The raw row of a delivery: status and due time.
+    fn raw(db: &Connection, id: &str) -> (String, Option<i64>) {
+        db.query_row(
+            "SELECT status, next_attempt_at FROM deliveries WHERE id = ?1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap()
+    }
+
+    /// An endpoint's waiting mark: `(waiting_from, waiting_since)`.
+    fn mark(db: &Connection, endpoint_id: &str) -> (Option<i64>, Option<i64>) {
+        db.query_row(
+            "SELECT waiting_from, waiting_since FROM endpoints WHERE id = ?1",
+            [endpoint_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap()
+    }
+
+    /// Deliveries that ingest does not admit wait for room outside the due index: their
+    /// endpoint's mark finds them, in row order, across a restart and after a give-back, and
+    /// the stale sweep ends them like due ones. The API still shows them due since created.
+    #[tokio::test]
+    async fn waiting_deliveries_are_found_from_their_endpoints_mark() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), Sealer::none()).unwrap();
+        let account = store.create_account("a".into(), Plan::Pro).await.unwrap();
+        let down = store
+            .insert_endpoint(endpoint(&account.id), 100)
+            .await
+            .unwrap();
+        let up = store
+            .insert_endpoint(endpoint(&account.id), 100)
+            .await
+            .unwrap();
+        let mut accepted = Vec::new();
+        for _ in 0..5 {
+            let admit_up = up.id.clone();
+            let one = store
+                .insert_events(
+                    account.id.clone(),
+                    click(1),
+                    move |ep| ep == admit_up,
+                    |_| {},
+                )
+                .await
+                .unwrap();
+            accepted.extend(one);
+        }
+        let of = |ev: &AcceptedEvent, ep: &Endpoint| -> NewDelivery {
+            let d = ev.deliveries.iter().find(|d| d.endpoint.id == ep.id);
+            d.expect("a delivery to each endpoint").clone()
+        };
+        let waiting: Vec<NewDelivery> = accepted.iter().map(|ev| of(ev, &down)).collect();
+        let db = Connection::open(dir.path().join("hookline.db")).unwrap();
+        db.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+        for d in &waiting {
+            assert_eq!(raw(&db, &d.id), ("pending".into(), None));
+        }
+        for ev in &accepted {
+            let d = of(ev, &up);
+            assert_eq!(
+                raw(&db, &d.id),
+                ("delivering".into(), Some(ev.event.created_at.0))
+            );
+        }
+        let first = accepted[0].event.created_at;
+        assert_eq!(mark(&db, &down.id), (Some(waiting[0].row), Some(first.0)));
+        assert_eq!(mark(&db, &up.id), (None, None));
+        // Seen from outside, a waiting delivery is due since it was created.
+        let seen = store
+            .get_delivery(account.id.clone(), waiting[1].id.clone())
+            .await
+            .unwrap()
+            .unwrap()
+            .0;
+        assert_eq!(seen.status, DeliveryStatus::Pending);
+        assert_eq!(seen.next_attempt_at, Some(accepted[1].event.created_at));
+        assert_eq!(store.next_due_at().await.unwrap(), Some(first));
+
+        // Room for two: the two oldest, and the mark moves past them.
+        let claimed = store.claim_due(Timestamp::now(), |_| 2).await.unwrap();
+        let ids: Vec<&str> = claimed.iter().map(|d| d.delivery_id.as_str()).collect();
+        assert_eq!(ids, [waiting[0].id.as_str(), waiting[1].id.as_str()]);
+        assert_eq!(mark(&db, &down.id).0, Some(waiting[1].row + 1));
+        // One is given back unsent: it waits again, and the mark goes back to it.
+        let given_back = AttemptRecord {
+            attempt: None,
+            outcome: Outcome::Released,
+            ..failure(&claimed[0], claimed[0].claim)
+        };
+        store.record_attempts(vec![given_back]).await.unwrap();
+        assert_eq!(raw(&db, &waiting[0].id), ("pending".into(), None));
+        assert_eq!(mark(&db, &down.id).0, Some(waiting[0].row));
+
+        // A restart puts the other claimed one back, due now; the waiting ones are still
+        // found from the mark, and a claim that takes them all clears it.
+        drop(store);
+        let store = SqliteStore::open(dir.path(), Sealer::none()).unwrap();
+        assert_eq!(store.release_all_claims().await.unwrap(), 6);
+        let claimed = store.claim_due(Timestamp::now(), |_| 100).await.unwrap();
+        let mut ids: Vec<&str> = claimed.iter().map(|d| d.delivery_id.as_str()).collect();
+        ids.sort_unstable();
+        let mut all: Vec<&str> = waiting.iter().map(|d| d.id.as_str()).collect();
+        for ev in &accepted {
+            all.push(
+                ev.deliveries
+                    .iter()
+                    .find(|d| d.endpoint.id == up.id)
+                    .unwrap()
+                    .id
+                    .as_str(),
+            );
+        }
+        all.sort_unstable();
+        assert_eq!(ids, all);
+        assert_eq!(mark(&db, &down.id), (None, None));
+        assert_eq!(store.next_due_at().await.unwrap(), None);
+
+        // The sweep of deliveries that waited out the schedule ends waiting ones too.
+        let more = store
+            .insert_events(account.id.clone(), click(3), |_| false, |_| {})
+            .await
+            .unwrap();
+        let later = Timestamp(Timestamp::now().0 + 1_000);
+        assert_eq!(store.fail_stale(down.id.clone(), later).await.unwrap(), 3);
+        for ev in &more {
+            assert_eq!(raw(&db, &of(ev, &down).id).0, "failed");
+        }
+        // Its mark, now stale, is cleared by the next claim that finds nothing.
+        assert!(mark(&db, &down.id).0.is_some());
+        assert!(
+            store
+                .claim_due(Timestamp::now(), |_| 10)
+                .await
+                .unwrap()
+                .iter()
+                .all(|d| d.endpoint.id == up.id)
+        );
+        assert_eq!(mark(&db, &down.id), (None, None));
+    }
+
+    /// The queries of a claim and of the next due time seek through indexes: none of them
+    /// reads every delivery, however many an endpoint has.
+    #[test]
+    fn claims_read_deliveries_only_through_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(SqliteStore::open(dir.path(), Sealer::none()).unwrap());
+        let db = Connection::open(dir.path().join("hookline.db")).unwrap();
+        for (sql, index) in [
+            (ENDPOINTS_WITH_WORK, "deliveries_due_by_endpoint"),
+            (DUE_SCAN, "deliveries_due_by_endpoint"),
+            (
+                WAITING_SCAN,
+                "deliveries_by_endpoint (endpoint_id=? AND seq>?)",
+            ),
+            (NEXT_DUE, "deliveries_due_by_endpoint"),
+        ] {
+            let mut st = db.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let unbound = std::iter::repeat_n(rusqlite::types::Null, st.parameter_count());
+            let plan: Vec<String> = st
+                .query_map(rusqlite::params_from_iter(unbound), |r| {
+                    r.get::<_, String>(3)
+                })
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            let plan = plan.join("\n");
+            assert!(plan.contains(index), "{sql}\n{plan}");
+            assert!(!plan.contains("SCAN d"), "{sql}\n{plan}");
+            assert!(!plan.contains("SCAN deliveries"), "{sql}\n{plan}");
+        }
     }
 
     /// An outcome waits for the next commit and is written by it; with none coming, it
