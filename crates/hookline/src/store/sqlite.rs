@@ -12,8 +12,8 @@
 //!   once, so they wait only for it.
 //! - The **WAL stays bounded** under a load that never pauses: past a threshold the writer
 //!   checkpoints the rest between two groups, so the WAL starts over (`WalKeeper`).
-//! - A delivery that **waits for room** (ingest did not admit it, or it was given back
-//!   unsent) is `pending` with no due time, so it is in no index of due work: its endpoint's
+//! - A delivery that **waits for room** (ingest did not admit it) is `pending` with no due
+//!   time, so it is in no index of due work: its endpoint's
 //!   `waiting_from` marks where the claim looks for such rows, in row order (`mark_waiting`
 //!   holds the invariant). An endpoint that is down while its events keep coming then
 //!   costs each commit one index entry of its own (`deliveries_by_endpoint`), not two.
@@ -311,8 +311,7 @@ ALTER TABLE deliveries ADD COLUMN kept_status_code INTEGER;
 ALTER TABLE deliveries ADD COLUMN kept_error TEXT;
 ALTER TABLE deliveries ADD COLUMN kept_response_body TEXT;
 "#,
-    // Deliveries that wait for room (not admitted at ingest, or given back unsent) have no
-    // due time and stay out of the due index: they are found from their endpoint's
+    // Deliveries that wait for room (not admitted at ingest) have no due time and stay out of the due index: they are found from their endpoint's
     // `waiting_from`, in row order. An endpoint that is down while its events keep coming
     // then writes one index entry per event (`deliveries_by_endpoint`), not two.
     r#"
@@ -1750,22 +1749,19 @@ impl SqliteStore {
                 .ctx("preparing the delivery update")?;
             let mut release = c
                 .prepare_cached(
-                    "UPDATE deliveries SET status = 'pending', next_attempt_at = NULL,
-                        updated_at = ?2
+                    "UPDATE deliveries SET status = 'pending', next_attempt_at = ?2, updated_at = ?2
                      WHERE seq = ?1 AND status = 'delivering' AND claim = ?3",
                 )
                 .ctx("preparing the release")?;
             let now = Timestamp::now().0;
             for rec in &records {
-                // Given back unsent: it waits for room again, like a delivery ingest did not
-                // admit.
+                // Given back unsent: due now. (Not a waiting row: it may be old, a retry or a
+                // row of a drained backlog, and a mark that far back would send the next
+                // claims through every row of the endpoint since.)
                 let Some(a) = &rec.attempt else {
-                    let released = release
+                    release
                         .execute(params![rec.row, now, rec.claim])
                         .ctx("releasing a delivery")?;
-                    if released > 0 {
-                        mark_waiting(c, &rec.endpoint_id, rec.row, Timestamp(now))?;
-                    }
                     continue;
                 };
                 // A failure moves a delivery on only while it is still ours (`delivering`):
@@ -1913,7 +1909,9 @@ impl SqliteStore {
         before: Timestamp,
     ) -> Result<usize, StoreError> {
         self.write(move |c| {
-            // Due rows through the due index, waiting rows from the endpoint's mark on.
+            // Due rows through the due index, waiting rows from the endpoint's mark on; the
+            // mark then moves to the first row still waiting, so that neither the next sweep
+            // nor the next claim walks the ended ones again.
             let mut ended = 0;
             for which in [
                 "next_attempt_at IS NOT NULL",
@@ -1934,6 +1932,21 @@ impl SqliteStore {
                     )
                     .ctx("ending deliveries that waited out the schedule")?;
             }
+            c.execute(
+                "UPDATE endpoints SET
+                    waiting_from = (SELECT MIN(d.seq) FROM deliveries d
+                                    WHERE d.endpoint_id = ?1 AND d.seq >= endpoints.waiting_from
+                                      AND d.status = 'pending' AND d.next_attempt_at IS NULL)
+                 WHERE id = ?1 AND waiting_from IS NOT NULL",
+                [&endpoint_id],
+            )
+            .ctx("moving an endpoint's waiting mark")?;
+            c.execute(
+                "UPDATE endpoints SET waiting_since = NULL
+                 WHERE id = ?1 AND waiting_from IS NULL AND waiting_since IS NOT NULL",
+                [&endpoint_id],
+            )
+            .ctx("moving an endpoint's waiting mark")?;
             Ok(ended)
         })
         .await
@@ -2566,9 +2579,11 @@ fn clear_waiting(c: &Connection, endpoint_id: &str) -> Result<(), StoreError> {
 /// A waiting delivery is `pending` with no due time, so it is in no index of due work; the
 /// claim finds an endpoint's waiting rows from its `waiting_from` on, in row order. The
 /// invariant: every waiting row of an endpoint has a row number at or after its
-/// `waiting_from`, which is only ever lowered here, advanced by a claim past the rows it
-/// took, and cleared by a claim that found fewer than it asked for (none are left). So the
-/// mark may point before rows that are no longer waiting, never after one that is.
+/// `waiting_from`, which is only ever lowered here, advanced past the rows a claim took or
+/// the stale sweep ended, and cleared when none is left. So the mark may point before rows
+/// that are no longer waiting, never after one that does. Only ingest makes waiting rows,
+/// each the newest row of its transaction, so the mark never goes back before rows long
+/// since delivered: a claim walks only the endpoint's rows since the last one taken.
 /// `waiting_since` is no later than the oldest waiting row's creation: its due time, for
 /// the poller.
 fn mark_waiting(
@@ -2751,10 +2766,12 @@ fn delivery_from_row(r: &Row<'_>) -> rusqlite::Result<Delivery> {
     let status: String = r.get(4)?;
     let status = DeliveryStatus::parse(&status).unwrap_or(DeliveryStatus::Pending);
     let created_at = Timestamp(r.get(10)?);
-    // A delivery waiting for room has no due time of its own: it has been due since it was
-    // created, as on PostgreSQL.
+    // A delivery waiting for room (or taken from the waiting ones) has no due time of its
+    // own: it has been due since it was created, as on PostgreSQL.
     let next_attempt_at = match r.get::<_, Option<i64>>(6)? {
-        None if status == DeliveryStatus::Pending => Some(created_at),
+        None if matches!(status, DeliveryStatus::Pending | DeliveryStatus::Delivering) => {
+            Some(created_at)
+        }
         t => t.map(Timestamp),
     };
     Ok(Delivery {
@@ -3291,8 +3308,9 @@ mod tests {
     }
 
     /// Deliveries that ingest does not admit wait for room outside the due index: their
-    /// endpoint's mark finds them, in row order, across a restart and after a give-back, and
-    /// the stale sweep ends them like due ones. The API still shows them due since created.
+    /// endpoint's mark finds them, in row order, beside a give-back and across a restart, and
+    /// the stale sweep ends them like due ones and moves the mark past them. The API still
+    /// shows them due since created.
     #[tokio::test]
     async fn waiting_deliveries_are_found_from_their_endpoints_mark() {
         let dir = tempfile::tempdir().unwrap();
@@ -3356,15 +3374,17 @@ mod tests {
         let ids: Vec<&str> = claimed.iter().map(|d| d.delivery_id.as_str()).collect();
         assert_eq!(ids, [waiting[0].id.as_str(), waiting[1].id.as_str()]);
         assert_eq!(mark(&db, &down.id).0, Some(waiting[1].row + 1));
-        // One is given back unsent: it waits again, and the mark goes back to it.
+        // One is given back unsent: due now, and the mark stays where it was.
         let given_back = AttemptRecord {
             attempt: None,
             outcome: Outcome::Released,
             ..failure(&claimed[0], claimed[0].claim)
         };
         store.record_attempts(vec![given_back]).await.unwrap();
-        assert_eq!(raw(&db, &waiting[0].id), ("pending".into(), None));
-        assert_eq!(mark(&db, &down.id).0, Some(waiting[0].row));
+        let (status, due) = raw(&db, &waiting[0].id);
+        assert_eq!(status, "pending");
+        assert!(due.is_some_and(|t| t >= first.0));
+        assert_eq!(mark(&db, &down.id).0, Some(waiting[1].row + 1));
 
         // A restart puts the other claimed one back, due now; the waiting ones are still
         // found from the mark, and a claim that takes them all clears it.
@@ -3390,26 +3410,48 @@ mod tests {
         assert_eq!(mark(&db, &down.id), (None, None));
         assert_eq!(store.next_due_at().await.unwrap(), None);
 
-        // The sweep of deliveries that waited out the schedule ends waiting ones too.
-        let more = store
-            .insert_events(account.id.clone(), click(3), |_| false, |_| {})
+        // The sweep of deliveries that waited out the schedule ends waiting ones too, and
+        // moves the mark to the first one still waiting.
+        let mut more = store
+            .insert_events(account.id.clone(), click(2), |_| false, |_| {})
             .await
             .unwrap();
-        let later = Timestamp(Timestamp::now().0 + 1_000);
-        assert_eq!(store.fail_stale(down.id.clone(), later).await.unwrap(), 3);
-        for ev in &more {
-            assert_eq!(raw(&db, &of(ev, &down).id).0, "failed");
-        }
-        // Its mark, now stale, is cleared by the next claim that finds nothing.
-        assert!(mark(&db, &down.id).0.is_some());
-        assert!(
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        more.extend(
             store
-                .claim_due(Timestamp::now(), |_| 10)
+                .insert_events(account.id.clone(), click(1), |_| false, |_| {})
                 .await
-                .unwrap()
-                .iter()
-                .all(|d| d.endpoint.id == up.id)
+                .unwrap(),
         );
+        let more: Vec<NewDelivery> = more.iter().map(|ev| of(ev, &down)).collect();
+        assert_eq!(mark(&db, &down.id).0, Some(more[0].row));
+        let third = db
+            .query_row(
+                "SELECT created_at FROM deliveries WHERE id = ?1",
+                [&more[2].id],
+                |r| r.get::<_, i64>(0),
+            )
+            .unwrap();
+        assert_eq!(
+            store
+                .fail_stale(down.id.clone(), Timestamp(third))
+                .await
+                .unwrap(),
+            2
+        );
+        assert_eq!(raw(&db, &more[0].id).0, "failed");
+        assert_eq!(raw(&db, &more[1].id).0, "failed");
+        assert_eq!(mark(&db, &down.id).0, Some(more[2].row));
+        // A manual retry takes the last one: the mark, now stale, is cleared by the next
+        // claim that finds nothing past it (it takes only the other endpoint's three).
+        store
+            .claim_for_retry(account.id.clone(), more[2].id.clone())
+            .await
+            .unwrap()
+            .unwrap();
+        let claimed = store.claim_due(Timestamp::now(), |_| 10).await.unwrap();
+        assert_eq!(claimed.len(), 3);
+        assert!(claimed.iter().all(|d| d.endpoint.id == up.id));
         assert_eq!(mark(&db, &down.id), (None, None));
     }
 
