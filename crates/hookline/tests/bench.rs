@@ -312,6 +312,13 @@ fn tiny_scenario(extra: &[&str], phase_count: usize) {
             Some(us) => assert!(us > 0.0 && report["relay"] == false, "{p}"),
             None => assert_eq!(report["relay"], true, "{p}"),
         }
+        // And what the server wrote, likewise: never nothing for a durable SQLite server
+        // (every commit appends WAL frames), unless the data directory is on a file system
+        // that does not count writes (tmpfs).
+        match p["server_disk_kib_per_event"].as_f64() {
+            Some(kib) => assert!(kib >= 0.0 && report["relay"] == false, "{p}"),
+            None => assert_eq!(report["relay"], true, "{p}"),
+        }
         let delivered_bytes = p["delivered_body_bytes"].as_f64().unwrap();
         assert!(
             (delivered_bytes - raw_bytes).abs() <= raw_bytes * 0.1,

@@ -188,6 +188,12 @@ pub struct Phase {
     /// too).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bench_cpu_us_per_event: Option<f64>,
+    /// Bytes the servers this run started sent to the storage layer per accepted event, over
+    /// the same span (KiB; Linux's `write_bytes`, counted as pages are dirtied: on SQLite
+    /// mostly WAL frames, each a page of the database). Of the servers' own process only: a
+    /// PostgreSQL server writes in its own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_disk_kib_per_event: Option<f64>,
     /// Backlog only: deliveries/s from the endpoint's return to the last receipt.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drain_per_sec: Option<f64>,
@@ -655,7 +661,7 @@ fn print_table(r: &Report) {
         }
     }
     println!(
-        "{:<22} {:>8} {:>10} {:>11} {:>7} {:>6} {:>5} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10}",
+        "{:<22} {:>8} {:>10} {:>11} {:>7} {:>6} {:>5} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10} {:>11}",
         "phase",
         "events",
         "accepted/s",
@@ -669,11 +675,12 @@ fn print_table(r: &Report) {
         "p999 ms",
         "max ms",
         "RSS MB",
-        "CPU µs/ev"
+        "CPU µs/ev",
+        "disk KiB/ev"
     );
     for p in &r.phases {
         println!(
-            "{:<22} {:>8} {:>10.0} {:>11.0} {:>6.1}% {:>6} {:>5} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8} {:>10}",
+            "{:<22} {:>8} {:>10.0} {:>11.0} {:>6.1}% {:>6} {:>5} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8} {:>10} {:>11}",
             p.name,
             p.events,
             p.accepted_per_sec,
@@ -690,6 +697,8 @@ fn print_table(r: &Report) {
                 .map_or("-".to_owned(), |m| format!("{m:.0}")),
             p.server_cpu_us_per_event
                 .map_or("-".to_owned(), |c| format!("{c:.1}")),
+            p.server_disk_kib_per_event
+                .map_or("-".to_owned(), |d| format!("{d:.2}")),
         );
     }
     for p in &r.phases {
@@ -809,6 +818,14 @@ impl Servers {
             .sum()
     }
 
+    /// Bytes the nodes have sent to the storage layer so far.
+    fn written_bytes(&self) -> Option<u64> {
+        self.procs
+            .iter()
+            .map(|p| written_bytes(&p.child.id().to_string()))
+            .sum()
+    }
+
     /// Stops the nodes and drops the phase's schema.
     async fn finish(mut self) {
         self.procs.clear();
@@ -839,6 +856,14 @@ fn cpu_time(pid: &str) -> Option<Duration> {
     let system: u64 = fields.next()?.parse().ok()?;
     // In clock ticks of `USER_HZ`, which Linux fixes at 100 a second for user space.
     Some(Duration::from_millis((user + system) * 10))
+}
+
+/// Bytes a process has caused to be sent to the storage layer so far (`write_bytes` in
+/// `/proc/PID/io`).
+fn written_bytes(pid: &str) -> Option<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    let line = io.lines().find(|l| l.starts_with("write_bytes:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 impl ServerProcess {
@@ -1163,6 +1188,7 @@ async fn end_to_end_raw(
         server.as_ref().and_then(Servers::cpu_time),
         cpu_time("self"),
     );
+    let disk_before = server.as_ref().and_then(Servers::written_bytes);
     let start = Instant::now();
     let start_unix_us = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -1300,6 +1326,15 @@ async fn end_to_end_raw(
     };
     let server_cpu = cpu_per_event(cpu_before.0, server.as_ref().and_then(Servers::cpu_time));
     let bench_cpu = cpu_per_event(cpu_before.1, cpu_time("self"));
+    let server_disk = match (
+        disk_before,
+        server.as_ref().and_then(Servers::written_bytes),
+    ) {
+        (Some(b), Some(a)) if accepted > 0 => {
+            Some(a.saturating_sub(b) as f64 / 1024.0 / accepted as f64)
+        }
+        _ => None,
+    };
     let (phase, latencies) = {
         let tally = sink
             .tally
@@ -1366,6 +1401,7 @@ async fn end_to_end_raw(
             server_peak_rss_mb: server.as_ref().and_then(Servers::peak_rss_mb),
             server_cpu_us_per_event: server_cpu,
             bench_cpu_us_per_event: bench_cpu,
+            server_disk_kib_per_event: server_disk,
             drain_per_sec,
             drain_ratio_to_raw: None,
             back_to_first_ms,
