@@ -13,10 +13,10 @@
 //! - The **WAL stays bounded** under a load that never pauses: past a threshold the writer
 //!   checkpoints the rest between two groups, so the WAL starts over (`WalKeeper`).
 //! - A delivery that **waits for room** (ingest did not admit it) is `pending` with no due
-//!   time, so it is in no index of due work: its endpoint's
-//!   `waiting_from` marks where the claim looks for such rows, in row order (`mark_waiting`
-//!   holds the invariant). An endpoint that is down while its events keep coming then
-//!   costs each commit one index entry of its own (`deliveries_by_endpoint`), not two.
+//!   time, so it is in no index of due work: its endpoint's `waiting_from` marks where the
+//!   claim looks for such rows, in row order (`mark_waiting` holds the invariant). An
+//!   endpoint that is down while its events keep coming then costs each commit one index
+//!   entry of its own (`deliveries_by_endpoint`), not two.
 //! - A small pool of **read connections** serves queries on blocking threads; WAL lets them
 //!   read while the writer writes.
 //! - `hookline serve` holds an exclusive lock on `serve.lock` in the data directory: one
@@ -311,9 +311,10 @@ ALTER TABLE deliveries ADD COLUMN kept_status_code INTEGER;
 ALTER TABLE deliveries ADD COLUMN kept_error TEXT;
 ALTER TABLE deliveries ADD COLUMN kept_response_body TEXT;
 "#,
-    // Deliveries that wait for room (not admitted at ingest) have no due time and stay out of the due index: they are found from their endpoint's
-    // `waiting_from`, in row order. An endpoint that is down while its events keep coming
-    // then writes one index entry per event (`deliveries_by_endpoint`), not two.
+    // Deliveries that wait for room (not admitted at ingest) have no due time and stay out
+    // of the due index: they are found from their endpoint's `waiting_from`, in row order.
+    // An endpoint that is down while its events keep coming then writes one index entry per
+    // event (`deliveries_by_endpoint`), not two.
     r#"
 ALTER TABLE endpoints ADD COLUMN waiting_from INTEGER;
 ALTER TABLE endpoints ADD COLUMN waiting_since INTEGER;
@@ -2422,7 +2423,8 @@ impl WalKeeper {
     }
 }
 
-/// The enabled endpoints with due work at `?1` or deliveries waiting for room, and where the waiting ones start.
+/// The enabled endpoints with work due at `?1` or deliveries waiting for room, and where
+/// their waiting ones start.
 const ENDPOINTS_WITH_WORK: &str = "SELECT e.id, e.waiting_from FROM endpoints e
      WHERE e.enabled = 1 AND e.deleted_at IS NULL
        AND (e.waiting_from IS NOT NULL
