@@ -191,7 +191,9 @@ pub struct Phase {
     /// Bytes the servers this run started sent to the storage layer per accepted event, over
     /// the same span (KiB; Linux's `write_bytes`, counted as pages are dirtied: on SQLite
     /// mostly WAL frames, each a page of the database). Of the servers' own process only: a
-    /// PostgreSQL server writes in its own.
+    /// PostgreSQL server writes in its own. The servers log to the bench's standard error,
+    /// so with that sent to a file their log lines count too (a few hundred bytes a run at
+    /// the default `warn`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_disk_kib_per_event: Option<f64>,
     /// Backlog only: deliveries/s from the endpoint's return to the last receipt.

@@ -1914,34 +1914,13 @@ impl SqliteStore {
             // mark then moves to the first row still waiting, so that neither the next sweep
             // nor the next claim walks the ended ones again.
             let mut ended = 0;
-            for which in [
-                "next_attempt_at IS NOT NULL",
-                "next_attempt_at IS NULL
-                   AND seq >= (SELECT waiting_from FROM endpoints WHERE id = ?1)",
-            ] {
+            for sql in [FAIL_STALE_DUE, FAIL_STALE_WAITING] {
                 ended += c
-                    .execute(
-                        &format!(
-                            "UPDATE deliveries SET status = 'failed', next_attempt_at = NULL,
-                                updated_at = ?3,
-                                last_error = COALESCE(last_error,
-                                    'the endpoint was unreachable for the whole retry schedule')
-                             WHERE endpoint_id = ?1 AND status = 'pending' AND {which}
-                               AND created_at < ?2 AND updated_at < ?2"
-                        ),
-                        params![endpoint_id, before.0, Timestamp::now().0],
-                    )
+                    .execute(sql, params![endpoint_id, before.0, Timestamp::now().0])
                     .ctx("ending deliveries that waited out the schedule")?;
             }
-            c.execute(
-                "UPDATE endpoints SET
-                    waiting_from = (SELECT MIN(d.seq) FROM deliveries d
-                                    WHERE d.endpoint_id = ?1 AND d.seq >= endpoints.waiting_from
-                                      AND d.status = 'pending' AND d.next_attempt_at IS NULL)
-                 WHERE id = ?1 AND waiting_from IS NOT NULL",
-                [&endpoint_id],
-            )
-            .ctx("moving an endpoint's waiting mark")?;
+            c.execute(MARK_FIRST_WAITING, [&endpoint_id])
+                .ctx("moving an endpoint's waiting mark")?;
             c.execute(
                 "UPDATE endpoints SET waiting_since = NULL
                  WHERE id = ?1 AND waiting_from IS NULL AND waiting_since IS NOT NULL",
@@ -2446,6 +2425,30 @@ const DUE_SCAN: &str =
      FROM deliveries d JOIN events e ON e.id = d.event_id
      WHERE d.endpoint_id = ?1 AND d.status = 'pending' AND d.next_attempt_at <= ?2
      ORDER BY d.next_attempt_at LIMIT ?3";
+
+/// Ends as `failed` the due deliveries of endpoint `?1` created, and last changed, before
+/// `?2` (at `?3`).
+const FAIL_STALE_DUE: &str = "UPDATE deliveries SET status = 'failed', next_attempt_at = NULL,
+        updated_at = ?3,
+        last_error = COALESCE(last_error,
+            'the endpoint was unreachable for the whole retry schedule')
+     WHERE endpoint_id = ?1 AND status = 'pending' AND next_attempt_at IS NOT NULL
+       AND created_at < ?2 AND updated_at < ?2";
+
+/// The same for its deliveries waiting for room, from its mark on.
+const FAIL_STALE_WAITING: &str = "UPDATE deliveries SET status = 'failed', updated_at = ?3,
+        last_error = COALESCE(last_error,
+            'the endpoint was unreachable for the whole retry schedule')
+     WHERE endpoint_id = ?1 AND status = 'pending' AND next_attempt_at IS NULL
+       AND seq >= (SELECT waiting_from FROM endpoints WHERE id = ?1)
+       AND created_at < ?2 AND updated_at < ?2";
+
+/// Moves endpoint `?1`'s waiting mark to its first delivery still waiting (`NULL` if none).
+const MARK_FIRST_WAITING: &str = "UPDATE endpoints SET
+        waiting_from = (SELECT MIN(d.seq) FROM deliveries d
+                        WHERE d.endpoint_id = ?1 AND d.seq >= endpoints.waiting_from
+                          AND d.status = 'pending' AND d.next_attempt_at IS NULL)
+     WHERE id = ?1 AND waiting_from IS NOT NULL";
 
 /// The earliest due time of any enabled endpoint's pending deliveries (`NULL` if none).
 const NEXT_DUE: &str = "SELECT NULLIF(MIN(MIN(COALESCE(e.waiting_since, 9223372036854775807),
@@ -3457,8 +3460,8 @@ mod tests {
         assert_eq!(mark(&db, &down.id), (None, None));
     }
 
-    /// The queries of a claim and of the next due time seek through indexes: none of them
-    /// reads every delivery, however many an endpoint has.
+    /// The queries of a claim, of the next due time and of the stale sweep seek through
+    /// indexes: none of them reads every delivery, however many an endpoint has.
     #[test]
     fn claims_read_deliveries_only_through_indexes() {
         let dir = tempfile::tempdir().unwrap();
@@ -3472,6 +3475,15 @@ mod tests {
                 "deliveries_by_endpoint (endpoint_id=? AND seq>?)",
             ),
             (NEXT_DUE, "deliveries_due_by_endpoint"),
+            (FAIL_STALE_DUE, "deliveries_due_by_endpoint"),
+            (
+                FAIL_STALE_WAITING,
+                "deliveries_by_endpoint (endpoint_id=? AND seq>?)",
+            ),
+            (
+                MARK_FIRST_WAITING,
+                "deliveries_by_endpoint (endpoint_id=? AND seq>?)",
+            ),
         ] {
             let mut st = db.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
             let unbound = std::iter::repeat_n(rusqlite::types::Null, st.parameter_count());
