@@ -814,17 +814,19 @@ impl Servers {
 
     /// CPU time the nodes have used so far.
     fn cpu_time(&self) -> Option<Duration> {
-        self.procs
-            .iter()
-            .map(|p| cpu_time(&p.child.id().to_string()))
-            .sum()
+        self.total(cpu_time)
     }
 
     /// Bytes the nodes have sent to the storage layer so far.
     fn written_bytes(&self) -> Option<u64> {
+        self.total(written_bytes)
+    }
+
+    /// `read` of every node, summed (`None` if any cannot be read).
+    fn total<T: std::iter::Sum>(&self, read: fn(&str) -> Option<T>) -> Option<T> {
         self.procs
             .iter()
-            .map(|p| written_bytes(&p.child.id().to_string()))
+            .map(|p| read(&p.child.id().to_string()))
             .sum()
     }
 

@@ -1636,11 +1636,11 @@ impl SqliteStore {
                     });
                     rows.extend(waiting);
                 }
-                if let (true, Some(None)) = (rows.is_empty(), moved_mark) {
-                    // A stale mark: nothing of the endpoint waits.
-                    clear_waiting(c, &ep_id)?;
-                }
                 if rows.is_empty() {
+                    // A stale mark, if any: nothing of the endpoint waits.
+                    if let Some(next) = moved_mark {
+                        move_waiting_mark(c, &ep_id, next)?;
+                    }
                     continue;
                 }
                 // An endpoint that cannot be read or whose secret cannot be opened keeps its
@@ -1654,14 +1654,8 @@ impl SqliteStore {
                     }
                 };
                 // Only now that the rows will be taken does the mark move past them.
-                match moved_mark {
-                    Some(Some(next)) => c
-                        .prepare_cached("UPDATE endpoints SET waiting_from = ?2 WHERE id = ?1")
-                        .and_then(|mut st| st.execute(params![ep_id, next]))
-                        .map(drop)
-                        .ctx("moving an endpoint's waiting mark")?,
-                    Some(None) => clear_waiting(c, &ep_id)?,
-                    None => {}
+                if let Some(next) = moved_mark {
+                    move_waiting_mark(c, &ep_id, next)?;
                 }
                 for (delivery_id, attempts, event_id, event_type, created_at, data, row, claim) in
                     rows
@@ -2565,6 +2559,22 @@ fn fail_open_deliveries(c: &Connection, endpoint_id: &str, why: &str) -> Result<
         .ctx("ending an endpoint's open deliveries")?;
     clear_waiting(c, endpoint_id)?;
     Ok(ended)
+}
+
+/// Moves `endpoint_id`'s waiting mark on to row `next`, or clears it when `None` (see
+/// [`mark_waiting`]).
+fn move_waiting_mark(
+    c: &Connection,
+    endpoint_id: &str,
+    next: Option<i64>,
+) -> Result<(), StoreError> {
+    let Some(next) = next else {
+        return clear_waiting(c, endpoint_id);
+    };
+    c.prepare_cached("UPDATE endpoints SET waiting_from = ?2 WHERE id = ?1")
+        .and_then(|mut st| st.execute(params![endpoint_id, next]))
+        .ctx("moving an endpoint's waiting mark")?;
+    Ok(())
 }
 
 /// Notes that no delivery of `endpoint_id` waits for room (see [`mark_waiting`]).
