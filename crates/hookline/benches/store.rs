@@ -184,6 +184,38 @@ fn store_ops(c: &mut Criterion) {
         })
     });
     group.finish();
+
+    // The poller's sweep, once a minute, of an endpoint that has been down (breaker open)
+    // while 100,000 deliveries queued for it, none yet old enough to end.
+    let dir = tempfile::tempdir().unwrap();
+    let (store, account) = rt.block_on(setup(dir.path(), 1));
+    let (store, down) = rt.block_on(async move {
+        for _ in 0..100 {
+            store
+                .insert_events(account.clone(), events(1000), |_| false, |_| {})
+                .await
+                .unwrap();
+        }
+        let down = store
+            .list_endpoints(account, None, 1)
+            .await
+            .unwrap()
+            .items
+            .remove(0)
+            .id;
+        (store, down)
+    });
+    let mut group = c.benchmark_group("stale sweep");
+    group.bench_function("an endpoint down behind 100,000 young deliveries", |b| {
+        b.to_async(&rt).iter(|| {
+            let (store, down) = (store.clone(), down.clone());
+            async move {
+                let before = Timestamp(Timestamp::now().0 - 3 * 86_400_000);
+                assert_eq!(store.fail_stale(down, before).await.unwrap(), 0);
+            }
+        })
+    });
+    group.finish();
 }
 
 criterion_group!(benches, store_ops);

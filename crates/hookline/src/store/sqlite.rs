@@ -1903,27 +1903,8 @@ impl SqliteStore {
         endpoint_id: String,
         before: Timestamp,
     ) -> Result<usize, StoreError> {
-        self.write(move |c| {
-            // Due rows through the due index, waiting rows from the endpoint's mark on; the
-            // mark then moves to the first row still waiting, so that neither the next sweep
-            // nor the next claim walks the ended ones again.
-            let mut ended = 0;
-            for sql in [FAIL_STALE_DUE, FAIL_STALE_WAITING] {
-                ended += c
-                    .execute(sql, params![endpoint_id, before.0, Timestamp::now().0])
-                    .ctx("ending deliveries that waited out the schedule")?;
-            }
-            c.execute(MARK_FIRST_WAITING, [&endpoint_id])
-                .ctx("moving an endpoint's waiting mark")?;
-            c.execute(
-                "UPDATE endpoints SET waiting_since = NULL
-                 WHERE id = ?1 AND waiting_from IS NULL AND waiting_since IS NOT NULL",
-                [&endpoint_id],
-            )
-            .ctx("moving an endpoint's waiting mark")?;
-            Ok(ended)
-        })
-        .await
+        self.write(move |c| fail_stale_rows(c, &endpoint_id, before, Timestamp::now()))
+            .await
     }
 
     /// Takes one delivery for a manual retry, whatever its state.
@@ -2429,12 +2410,13 @@ const FAIL_STALE_DUE: &str = "UPDATE deliveries SET status = 'failed', next_atte
      WHERE endpoint_id = ?1 AND status = 'pending' AND next_attempt_at IS NOT NULL
        AND created_at < ?2 AND updated_at < ?2";
 
-/// The same for its deliveries waiting for room, from its mark on.
+/// The same for its deliveries waiting for room, from its mark on, up to row `?4` (the
+/// first one too young, [`FIRST_YOUNG_WAITING`]).
 const FAIL_STALE_WAITING: &str = "UPDATE deliveries SET status = 'failed', updated_at = ?3,
         last_error = COALESCE(last_error,
             'the endpoint was unreachable for the whole retry schedule')
      WHERE endpoint_id = ?1 AND status = 'pending' AND next_attempt_at IS NULL
-       AND seq >= (SELECT waiting_from FROM endpoints WHERE id = ?1)
+       AND seq >= (SELECT waiting_from FROM endpoints WHERE id = ?1) AND seq < ?4
        AND created_at < ?2 AND updated_at < ?2";
 
 /// Moves endpoint `?1`'s waiting mark to its first delivery still waiting (`NULL` if none).
@@ -2443,6 +2425,65 @@ const MARK_FIRST_WAITING: &str = "UPDATE endpoints SET
                         WHERE d.endpoint_id = ?1 AND d.seq >= endpoints.waiting_from
                           AND d.status = 'pending' AND d.next_attempt_at IS NULL)
      WHERE id = ?1 AND waiting_from IS NOT NULL";
+
+/// Endpoint `?1`'s first delivery still waiting, from its mark on, created at or after `?2`:
+/// the stale sweep ends waiting rows only before it.
+const FIRST_YOUNG_WAITING: &str = "SELECT seq FROM deliveries
+     WHERE endpoint_id = ?1 AND status = 'pending' AND next_attempt_at IS NULL
+       AND seq >= (SELECT waiting_from FROM endpoints WHERE id = ?1)
+       AND created_at >= ?2
+     ORDER BY seq LIMIT 1";
+
+/// The stale sweep of one endpoint, in the open job (see [`SqliteStore::fail_stale`]): its
+/// due rows through the due index, then its waiting rows from its mark on, and the mark
+/// moves to the first row still waiting, so that neither the next sweep nor the next claim
+/// walks the ended ones again.
+///
+/// The waiting rows are walked only up to the first one too young to end. Ingest numbers
+/// rows in the order it writes them, so the rows after it are younger still (a wall clock
+/// set back can leave an older one behind it: a later sweep ends that one). So a sweep costs
+/// what it ends, not the endpoint's backlog: an endpoint down for a day holds millions of
+/// waiting rows, and walking them all every minute would stall the one writer every
+/// endpoint's ingest waits for.
+fn fail_stale_rows(
+    c: &Connection,
+    endpoint_id: &str,
+    before: Timestamp,
+    now: Timestamp,
+) -> Result<usize, StoreError> {
+    let young: Option<i64> = c
+        .prepare_cached(FIRST_YOUNG_WAITING)
+        .and_then(|mut st| {
+            st.query_row(params![endpoint_id, before.0], |r| r.get(0))
+                .optional()
+        })
+        .ctx("finding the first delivery too young to end")?;
+    let mut ended = c
+        .prepare_cached(FAIL_STALE_DUE)
+        .and_then(|mut st| st.execute(params![endpoint_id, before.0, now.0]))
+        .ctx("ending due deliveries that waited out the schedule")?;
+    ended += c
+        .prepare_cached(FAIL_STALE_WAITING)
+        .and_then(|mut st| {
+            st.execute(params![
+                endpoint_id,
+                before.0,
+                now.0,
+                young.unwrap_or(i64::MAX)
+            ])
+        })
+        .ctx("ending waiting deliveries that waited out the schedule")?;
+    c.prepare_cached(MARK_FIRST_WAITING)
+        .and_then(|mut st| st.execute([endpoint_id]))
+        .ctx("moving an endpoint's waiting mark")?;
+    c.prepare_cached(
+        "UPDATE endpoints SET waiting_since = NULL
+         WHERE id = ?1 AND waiting_from IS NULL AND waiting_since IS NOT NULL",
+    )
+    .and_then(|mut st| st.execute([endpoint_id]))
+    .ctx("moving an endpoint's waiting mark")?;
+    Ok(ended)
+}
 
 /// The earliest due time of any enabled endpoint's pending deliveries (`NULL` if none).
 const NEXT_DUE: &str = "SELECT NULLIF(MIN(MIN(COALESCE(e.waiting_since, 9223372036854775807),
@@ -3470,6 +3511,79 @@ mod tests {
         assert_eq!(mark(&db, &down.id), (None, None));
     }
 
+    /// The stale sweep of an endpoint that has been down for long walks the waiting rows it
+    /// ends and stops at the first one too young: its work does not grow with the backlog
+    /// behind that row (counted in SQLite's own steps, not timed).
+    #[tokio::test]
+    async fn the_stale_sweep_walks_what_it_ends_not_the_backlog() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), Sealer::none()).unwrap();
+        let account = store.create_account("a".into(), Plan::Pro).await.unwrap();
+        let down = store
+            .insert_endpoint(endpoint(&account.id), 100)
+            .await
+            .unwrap();
+        // Three rows from before the schedule's start, then a young backlog of 3,000.
+        let old = Timestamp(Timestamp::now().0 - 10 * 86_400_000);
+        let mut stale = click(3);
+        for ev in &mut stale {
+            ev.created_at = old;
+        }
+        let stale = store
+            .insert_events(account.id.clone(), stale, |_| false, |_| {})
+            .await
+            .unwrap();
+        for _ in 0..6 {
+            store
+                .insert_events(account.id.clone(), click(500), |_| false, |_| {})
+                .await
+                .unwrap();
+        }
+        drop(store);
+
+        let mut db = Connection::open(dir.path().join("hookline.db")).unwrap();
+        let cutoff = Timestamp(old.0 + 1);
+        let first_young = stale[2].deliveries[0].row + 1;
+        let tx = db.transaction().unwrap();
+        assert_eq!(
+            fail_stale_rows(&tx, &down.id, cutoff, Timestamp::now()).unwrap(),
+            3
+        );
+        for ev in &stale {
+            assert_eq!(raw(&tx, &ev.deliveries[0].id).0, "failed");
+        }
+        assert_eq!(mark(&tx, &down.id).0, Some(first_young));
+        let waiting: i64 = tx
+            .query_row(
+                "SELECT COUNT(*) FROM deliveries WHERE status = 'pending'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(waiting, 3_000);
+        for sql in [FIRST_YOUNG_WAITING, FAIL_STALE_WAITING, MARK_FIRST_WAITING] {
+            let steps = tx
+                .prepare_cached(sql)
+                .unwrap()
+                .get_status(rusqlite::StatementStatus::VmStep);
+            assert!(steps < 300, "{steps} steps for {sql}");
+        }
+        // The next sweep finds nothing to end at the mark and stops there.
+        assert_eq!(
+            fail_stale_rows(&tx, &down.id, cutoff, Timestamp::now()).unwrap(),
+            0
+        );
+        assert_eq!(mark(&tx, &down.id).0, Some(first_young));
+        for sql in [FIRST_YOUNG_WAITING, FAIL_STALE_WAITING, MARK_FIRST_WAITING] {
+            let steps = tx
+                .prepare_cached(sql)
+                .unwrap()
+                .get_status(rusqlite::StatementStatus::VmStep);
+            assert!(steps < 400, "{steps} steps for {sql}");
+        }
+        tx.commit().unwrap();
+    }
+
     /// The queries of a claim, of the next due time and of the stale sweep seek through
     /// indexes: none of them reads every delivery, however many an endpoint has.
     #[test]
@@ -3487,8 +3601,12 @@ mod tests {
             (NEXT_DUE, "deliveries_due_by_endpoint"),
             (FAIL_STALE_DUE, "deliveries_due_by_endpoint"),
             (
-                FAIL_STALE_WAITING,
+                FIRST_YOUNG_WAITING,
                 "deliveries_by_endpoint (endpoint_id=? AND seq>?)",
+            ),
+            (
+                FAIL_STALE_WAITING,
+                "deliveries_by_endpoint (endpoint_id=? AND seq>? AND seq<?)",
             ),
             (
                 MARK_FIRST_WAITING,
