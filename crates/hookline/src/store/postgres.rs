@@ -1898,7 +1898,7 @@ impl PgStore {
         };
         sqlx::query(
             "UPDATE deliveries SET status = 'delivering', claim = claim + 1, updated_at = $2,
-                node = $3
+                next_attempt_at = $2, node = $3
              WHERE seq = $1",
         )
         .bind(row)

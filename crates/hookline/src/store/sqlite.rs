@@ -1903,8 +1903,21 @@ impl SqliteStore {
         endpoint_id: String,
         before: Timestamp,
     ) -> Result<usize, StoreError> {
-        self.write(move |c| fail_stale_rows(c, &endpoint_id, before, Timestamp::now()))
-            .await
+        let mut ended = 0;
+        let mut first = true;
+        loop {
+            let id = endpoint_id.clone();
+            let (n, more) = self
+                .write(move |c| {
+                    fail_stale_rows(c, &id, before, Timestamp::now(), first, SWEEP_BATCH)
+                })
+                .await?;
+            ended += n;
+            first = false;
+            if !more {
+                return Ok(ended);
+            }
+        }
     }
 
     /// Takes one delivery for a manual retry, whatever its state.
@@ -1963,7 +1976,8 @@ impl SqliteStore {
                 return Ok(Err(RetryRefusal::EndpointDisabled));
             }
             c.execute(
-                "UPDATE deliveries SET status = 'delivering', claim = claim + 1, updated_at = ?2
+                "UPDATE deliveries SET status = 'delivering', claim = claim + 1, updated_at = ?2,
+                    next_attempt_at = ?2
                  WHERE id = ?1",
                 params![delivery_id, Timestamp::now().0],
             )
@@ -2410,8 +2424,8 @@ const FAIL_STALE_DUE: &str = "UPDATE deliveries SET status = 'failed', next_atte
      WHERE endpoint_id = ?1 AND status = 'pending' AND next_attempt_at IS NOT NULL
        AND created_at < ?2 AND updated_at < ?2";
 
-/// The same for its deliveries waiting for room, from its mark on, up to row `?4` (the
-/// first one too young, [`FIRST_YOUNG_WAITING`]).
+/// The same for its deliveries waiting for room, from its mark on, up to row `?4` (where the
+/// sweep's walk stopped, [`fail_stale_rows`]).
 const FAIL_STALE_WAITING: &str = "UPDATE deliveries SET status = 'failed', updated_at = ?3,
         last_error = COALESCE(last_error,
             'the endpoint was unreachable for the whole retry schedule')
@@ -2426,42 +2440,75 @@ const MARK_FIRST_WAITING: &str = "UPDATE endpoints SET
                           AND d.status = 'pending' AND d.next_attempt_at IS NULL)
      WHERE id = ?1 AND waiting_from IS NOT NULL";
 
-/// Endpoint `?1`'s first delivery still waiting, from its mark on, created at or after `?2`:
-/// the stale sweep ends waiting rows only before it.
-const FIRST_YOUNG_WAITING: &str = "SELECT seq FROM deliveries
+/// Endpoint `?1`'s deliveries still waiting, from its mark on, in row order: the stale sweep
+/// walks them to where it stops.
+const WAITING_FROM_MARK: &str = "SELECT seq, created_at FROM deliveries
      WHERE endpoint_id = ?1 AND status = 'pending' AND next_attempt_at IS NULL
        AND seq >= (SELECT waiting_from FROM endpoints WHERE id = ?1)
-       AND created_at >= ?2
-     ORDER BY seq LIMIT 1";
+     ORDER BY seq";
 
-/// The stale sweep of one endpoint, in the open job (see [`SqliteStore::fail_stale`]): its
-/// due rows through the due index, then its waiting rows from its mark on, and the mark
-/// moves to the first row still waiting, so that neither the next sweep nor the next claim
-/// walks the ended ones again.
+/// The most waiting rows one job of the stale sweep walks: the sweep comes back for the rest
+/// in jobs of their own, so that ending a long outage's backlog never holds the writer (and
+/// every ingest behind it) for long.
+const SWEEP_BATCH: usize = 5_000;
+
+/// How much younger than the cutoff a waiting row must be for the sweep to stop at it.
+/// Ingest stamps a row before its job queues for the writer, so a row written a little later
+/// may be a little older; with this margin none behind the stopping row is old enough to end.
+const SWEEP_MARGIN_MS: i64 = 60_000;
+
+/// One job of the stale sweep of an endpoint (see [`SqliteStore::fail_stale`]): with `first`,
+/// its due rows through the due index; then its waiting rows from its mark on; and the mark
+/// moves to the first row still waiting, so that neither the next job nor the next claim
+/// walks the ended ones again. Returns the rows ended, and whether waiting rows are left
+/// for another job.
 ///
-/// The waiting rows are walked only up to the first one too young to end. Ingest numbers
-/// rows in the order it writes them, so the rows after it are younger still (a wall clock
-/// set back can leave an older one behind it: a later sweep ends that one). So a sweep costs
+/// The waiting rows are walked only up to the first one well clear of the cutoff
+/// ([`SWEEP_MARGIN_MS`]), and at most [`SWEEP_BATCH`] of them. Ingest numbers rows in the
+/// order it writes them, so the rows after that one are younger still. So a sweep costs
 /// what it ends, not the endpoint's backlog: an endpoint down for a day holds millions of
-/// waiting rows, and walking them all every minute would stall the one writer every
-/// endpoint's ingest waits for.
+/// waiting rows, and walking them all every minute would stall the one writer that every
+/// endpoint's ingest waits for. A row stamped after `now` (a wall clock that ran ahead, then
+/// was set right) is walked past, never stopped at; rows stamped before a clock was set back
+/// are ended only once the rows in front of them are.
 fn fail_stale_rows(
     c: &Connection,
     endpoint_id: &str,
     before: Timestamp,
     now: Timestamp,
-) -> Result<usize, StoreError> {
-    let young: Option<i64> = c
-        .prepare_cached(FIRST_YOUNG_WAITING)
-        .and_then(|mut st| {
-            st.query_row(params![endpoint_id, before.0], |r| r.get(0))
-                .optional()
-        })
-        .ctx("finding the first delivery too young to end")?;
-    let mut ended = c
-        .prepare_cached(FAIL_STALE_DUE)
-        .and_then(|mut st| st.execute(params![endpoint_id, before.0, now.0]))
-        .ctx("ending due deliveries that waited out the schedule")?;
+    first: bool,
+    batch: usize,
+) -> Result<(usize, bool), StoreError> {
+    let mut end = None;
+    let mut more = false;
+    {
+        let mut st = c
+            .prepare_cached(WAITING_FROM_MARK)
+            .ctx("preparing the walk of waiting deliveries")?;
+        let mut rows = st.query([endpoint_id]).ctx("walking waiting deliveries")?;
+        let mut walked = 0;
+        while let Some(r) = rows.next().ctx("walking waiting deliveries")? {
+            let (seq, created_at): (i64, i64) =
+                (r.get(0).ctx("a row number")?, r.get(1).ctx("a time")?);
+            if created_at >= before.0.saturating_add(SWEEP_MARGIN_MS) && created_at <= now.0 {
+                end = Some(seq);
+                break;
+            }
+            if walked == batch {
+                end = Some(seq);
+                more = true;
+                break;
+            }
+            walked += 1;
+        }
+    }
+    let mut ended = 0;
+    if first {
+        ended += c
+            .prepare_cached(FAIL_STALE_DUE)
+            .and_then(|mut st| st.execute(params![endpoint_id, before.0, now.0]))
+            .ctx("ending due deliveries that waited out the schedule")?;
+    }
     ended += c
         .prepare_cached(FAIL_STALE_WAITING)
         .and_then(|mut st| {
@@ -2469,7 +2516,7 @@ fn fail_stale_rows(
                 endpoint_id,
                 before.0,
                 now.0,
-                young.unwrap_or(i64::MAX)
+                end.unwrap_or(i64::MAX)
             ])
         })
         .ctx("ending waiting deliveries that waited out the schedule")?;
@@ -2482,7 +2529,7 @@ fn fail_stale_rows(
     )
     .and_then(|mut st| st.execute([endpoint_id]))
     .ctx("moving an endpoint's waiting mark")?;
-    Ok(ended)
+    Ok((ended, more))
 }
 
 /// The earliest due time of any enabled endpoint's pending deliveries (`NULL` if none).
@@ -3505,6 +3552,10 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
+        // It is due from the retry on, not since it was created.
+        let (status, due) = raw(&db, &more[2].id);
+        assert_eq!(status, "delivering");
+        assert!(due.is_some_and(|t| t >= third), "{due:?}");
         let claimed = store.claim_due(Timestamp::now(), |_| 10).await.unwrap();
         assert_eq!(claimed.len(), 3);
         assert!(claimed.iter().all(|d| d.endpoint.id == up.id));
@@ -3512,8 +3563,10 @@ mod tests {
     }
 
     /// The stale sweep of an endpoint that has been down for long walks the waiting rows it
-    /// ends and stops at the first one too young: its work does not grow with the backlog
-    /// behind that row (counted in SQLite's own steps, not timed).
+    /// ends and stops at the first one well clear of the cutoff: its work does not grow with
+    /// the backlog behind that row (counted in SQLite's own steps, not timed). A row stamped
+    /// in the future does not stop it, and a long run of stale rows is ended in jobs of a
+    /// bounded size.
     #[tokio::test]
     async fn the_stale_sweep_walks_what_it_ends_not_the_backlog() {
         let dir = tempfile::tempdir().unwrap();
@@ -3523,14 +3576,20 @@ mod tests {
             .insert_endpoint(endpoint(&account.id), 100)
             .await
             .unwrap();
-        // Three rows from before the schedule's start, then a young backlog of 3,000.
-        let old = Timestamp(Timestamp::now().0 - 10 * 86_400_000);
-        let mut stale = click(3);
-        for ev in &mut stale {
-            ev.created_at = old;
+        // Five rows from before the schedule's start, one of them behind a row stamped an
+        // hour ahead (a clock that ran ahead), then a young backlog of 3,000.
+        let now = Timestamp::now();
+        let old = Timestamp(now.0 - 10 * 86_400_000);
+        let mut early = click(6);
+        for (i, ev) in early.iter_mut().enumerate() {
+            ev.created_at = if i == 3 {
+                Timestamp(now.0 + 3_600_000)
+            } else {
+                old
+            };
         }
-        let stale = store
-            .insert_events(account.id.clone(), stale, |_| false, |_| {})
+        let early = store
+            .insert_events(account.id.clone(), early, |_| false, |_| {})
             .await
             .unwrap();
         for _ in 0..6 {
@@ -3543,16 +3602,30 @@ mod tests {
 
         let mut db = Connection::open(dir.path().join("hookline.db")).unwrap();
         let cutoff = Timestamp(old.0 + 1);
-        let first_young = stale[2].deliveries[0].row + 1;
+        let row = |i: usize| early[i].deliveries[0].row;
+        let status = |db: &Connection, i: usize| raw(db, &early[i].deliveries[0].id).0;
         let tx = db.transaction().unwrap();
+        // Jobs of at most two rows walked: the first two stale rows, then the third.
         assert_eq!(
-            fail_stale_rows(&tx, &down.id, cutoff, Timestamp::now()).unwrap(),
-            3
+            fail_stale_rows(&tx, &down.id, cutoff, Timestamp::now(), true, 2).unwrap(),
+            (2, true)
         );
-        for ev in &stale {
-            assert_eq!(raw(&tx, &ev.deliveries[0].id).0, "failed");
+        assert_eq!(mark(&tx, &down.id).0, Some(row(2)));
+        assert_eq!(
+            fail_stale_rows(&tx, &down.id, cutoff, Timestamp::now(), false, 2).unwrap(),
+            (1, true)
+        );
+        // The row from the future is walked past; the stale ones behind it are ended, and
+        // the walk stops at the first young row.
+        assert_eq!(
+            fail_stale_rows(&tx, &down.id, cutoff, Timestamp::now(), false, 5_000).unwrap(),
+            (2, false)
+        );
+        for i in [0, 1, 2, 4, 5] {
+            assert_eq!(status(&tx, i), "failed");
         }
-        assert_eq!(mark(&tx, &down.id).0, Some(first_young));
+        assert_eq!(status(&tx, 3), "pending");
+        assert_eq!(mark(&tx, &down.id).0, Some(row(3)));
         let waiting: i64 = tx
             .query_row(
                 "SELECT COUNT(*) FROM deliveries WHERE status = 'pending'",
@@ -3560,26 +3633,25 @@ mod tests {
                 |r| r.get(0),
             )
             .unwrap();
-        assert_eq!(waiting, 3_000);
-        for sql in [FIRST_YOUNG_WAITING, FAIL_STALE_WAITING, MARK_FIRST_WAITING] {
-            let steps = tx
-                .prepare_cached(sql)
-                .unwrap()
-                .get_status(rusqlite::StatementStatus::VmStep);
-            assert!(steps < 300, "{steps} steps for {sql}");
-        }
-        // The next sweep finds nothing to end at the mark and stops there.
+        assert_eq!(waiting, 3_001);
+        let steps = |tx: &rusqlite::Transaction<'_>| {
+            [WAITING_FROM_MARK, FAIL_STALE_WAITING, MARK_FIRST_WAITING].map(|sql| {
+                tx.prepare_cached(sql)
+                    .unwrap()
+                    .get_status(rusqlite::StatementStatus::VmStep)
+            })
+        };
+        let after_three = steps(&tx);
+        assert!(after_three.iter().all(|&n| n < 500), "{after_three:?}");
+        // The next sweep finds nothing to end and stops right behind the mark.
         assert_eq!(
-            fail_stale_rows(&tx, &down.id, cutoff, Timestamp::now()).unwrap(),
-            0
+            fail_stale_rows(&tx, &down.id, cutoff, Timestamp::now(), true, 5_000).unwrap(),
+            (0, false)
         );
-        assert_eq!(mark(&tx, &down.id).0, Some(first_young));
-        for sql in [FIRST_YOUNG_WAITING, FAIL_STALE_WAITING, MARK_FIRST_WAITING] {
-            let steps = tx
-                .prepare_cached(sql)
-                .unwrap()
-                .get_status(rusqlite::StatementStatus::VmStep);
-            assert!(steps < 400, "{steps} steps for {sql}");
+        assert_eq!(mark(&tx, &down.id).0, Some(row(3)));
+        let after_four = steps(&tx);
+        for (a, b) in after_three.iter().zip(after_four) {
+            assert!(b - a < 100, "{after_three:?} then {after_four:?}");
         }
         tx.commit().unwrap();
     }
@@ -3601,7 +3673,7 @@ mod tests {
             (NEXT_DUE, "deliveries_due_by_endpoint"),
             (FAIL_STALE_DUE, "deliveries_due_by_endpoint"),
             (
-                FIRST_YOUNG_WAITING,
+                WAITING_FROM_MARK,
                 "deliveries_by_endpoint (endpoint_id=? AND seq>?)",
             ),
             (
