@@ -1904,18 +1904,18 @@ impl SqliteStore {
         before: Timestamp,
     ) -> Result<usize, StoreError> {
         let mut ended = 0;
-        let mut first = true;
+        let mut from = None;
         loop {
             let id = endpoint_id.clone();
-            let (n, more) = self
+            let (n, next) = self
                 .write(move |c| {
-                    fail_stale_rows(c, &id, before, Timestamp::now(), first, SWEEP_BATCH)
+                    fail_stale_rows(c, &id, before, Timestamp::now(), from, SWEEP_BATCH)
                 })
                 .await?;
             ended += n;
-            first = false;
-            if !more {
-                return Ok(ended);
+            match next {
+                Some(row) => from = Some(row),
+                None => return Ok(ended),
             }
         }
     }
@@ -2424,13 +2424,13 @@ const FAIL_STALE_DUE: &str = "UPDATE deliveries SET status = 'failed', next_atte
      WHERE endpoint_id = ?1 AND status = 'pending' AND next_attempt_at IS NOT NULL
        AND created_at < ?2 AND updated_at < ?2";
 
-/// The same for its deliveries waiting for room, from its mark on, up to row `?4` (where the
-/// sweep's walk stopped, [`fail_stale_rows`]).
+/// The same for its deliveries waiting for room, from its mark (or row `?5`, if later) up to
+/// row `?4`: the stretch one job of the sweep walked ([`fail_stale_rows`]).
 const FAIL_STALE_WAITING: &str = "UPDATE deliveries SET status = 'failed', updated_at = ?3,
         last_error = COALESCE(last_error,
             'the endpoint was unreachable for the whole retry schedule')
      WHERE endpoint_id = ?1 AND status = 'pending' AND next_attempt_at IS NULL
-       AND seq >= (SELECT waiting_from FROM endpoints WHERE id = ?1) AND seq < ?4
+       AND seq >= MAX(?5, (SELECT waiting_from FROM endpoints WHERE id = ?1)) AND seq < ?4
        AND created_at < ?2 AND updated_at < ?2";
 
 /// Moves endpoint `?1`'s waiting mark to its first delivery still waiting (`NULL` if none).
@@ -2440,11 +2440,11 @@ const MARK_FIRST_WAITING: &str = "UPDATE endpoints SET
                           AND d.status = 'pending' AND d.next_attempt_at IS NULL)
      WHERE id = ?1 AND waiting_from IS NOT NULL";
 
-/// Endpoint `?1`'s deliveries still waiting, from its mark on, in row order: the stale sweep
-/// walks them to where it stops.
+/// Endpoint `?1`'s deliveries still waiting, from its mark (or row `?2`, if later) on, in row
+/// order: the stale sweep walks them to where it stops.
 const WAITING_FROM_MARK: &str = "SELECT seq, created_at FROM deliveries
      WHERE endpoint_id = ?1 AND status = 'pending' AND next_attempt_at IS NULL
-       AND seq >= (SELECT waiting_from FROM endpoints WHERE id = ?1)
+       AND seq >= MAX(?2, (SELECT waiting_from FROM endpoints WHERE id = ?1))
      ORDER BY seq";
 
 /// The most waiting rows one job of the stale sweep walks: the sweep comes back for the rest
@@ -2457,11 +2457,13 @@ const SWEEP_BATCH: usize = 5_000;
 /// may be a little older; with this margin none behind the stopping row is old enough to end.
 const SWEEP_MARGIN_MS: i64 = 60_000;
 
-/// One job of the stale sweep of an endpoint (see [`SqliteStore::fail_stale`]): with `first`,
-/// its due rows through the due index; then its waiting rows from its mark on; and the mark
-/// moves to the first row still waiting, so that neither the next job nor the next claim
-/// walks the ended ones again. Returns the rows ended, and whether waiting rows are left
-/// for another job.
+/// One job of the stale sweep of an endpoint (see [`SqliteStore::fail_stale`]): the first
+/// (`from` `None`) ends its due rows through the due index; each ends its waiting rows from
+/// its mark, or from row `from` where the job before stopped; and the mark moves to the
+/// first row still waiting, so that neither the next sweep nor the next claim walks the
+/// ended ones again. Returns the rows ended, and the row the next job starts from when this
+/// one stopped at its [`SWEEP_BATCH`] (the rows it walked past unended, too young or
+/// stamped ahead, are not walked again).
 ///
 /// The waiting rows are walked only up to the first one well clear of the cutoff
 /// ([`SWEEP_MARGIN_MS`]), and at most [`SWEEP_BATCH`] of them. Ingest numbers rows in the
@@ -2476,16 +2478,19 @@ fn fail_stale_rows(
     endpoint_id: &str,
     before: Timestamp,
     now: Timestamp,
-    first: bool,
+    from: Option<i64>,
     batch: usize,
-) -> Result<(usize, bool), StoreError> {
+) -> Result<(usize, Option<i64>), StoreError> {
     let mut end = None;
     let mut more = false;
+    let start = from.unwrap_or(i64::MIN);
     {
         let mut st = c
             .prepare_cached(WAITING_FROM_MARK)
             .ctx("preparing the walk of waiting deliveries")?;
-        let mut rows = st.query([endpoint_id]).ctx("walking waiting deliveries")?;
+        let mut rows = st
+            .query(params![endpoint_id, start])
+            .ctx("walking waiting deliveries")?;
         let mut walked = 0;
         while let Some(r) = rows.next().ctx("walking waiting deliveries")? {
             let (seq, created_at): (i64, i64) =
@@ -2494,7 +2499,7 @@ fn fail_stale_rows(
                 end = Some(seq);
                 break;
             }
-            if walked == batch {
+            if walked == batch.max(1) {
                 end = Some(seq);
                 more = true;
                 break;
@@ -2503,7 +2508,7 @@ fn fail_stale_rows(
         }
     }
     let mut ended = 0;
-    if first {
+    if from.is_none() {
         ended += c
             .prepare_cached(FAIL_STALE_DUE)
             .and_then(|mut st| st.execute(params![endpoint_id, before.0, now.0]))
@@ -2516,7 +2521,8 @@ fn fail_stale_rows(
                 endpoint_id,
                 before.0,
                 now.0,
-                end.unwrap_or(i64::MAX)
+                end.unwrap_or(i64::MAX),
+                start
             ])
         })
         .ctx("ending waiting deliveries that waited out the schedule")?;
@@ -2529,7 +2535,7 @@ fn fail_stale_rows(
     )
     .and_then(|mut st| st.execute([endpoint_id]))
     .ctx("moving an endpoint's waiting mark")?;
-    Ok((ended, more))
+    Ok((ended, if more { end } else { None }))
 }
 
 /// The earliest due time of any enabled endpoint's pending deliveries (`NULL` if none).
@@ -3564,9 +3570,9 @@ mod tests {
 
     /// The stale sweep of an endpoint that has been down for long walks the waiting rows it
     /// ends and stops at the first one well clear of the cutoff: its work does not grow with
-    /// the backlog behind that row (counted in SQLite's own steps, not timed). A row stamped
-    /// in the future does not stop it, and a long run of stale rows is ended in jobs of a
-    /// bounded size.
+    /// the backlog behind that row (counted in SQLite's own steps, not timed). Rows stamped
+    /// in the future do not stop it, and a long stretch is walked in jobs of a bounded size,
+    /// each going on where the last one stopped, even past rows none of them ends.
     #[tokio::test]
     async fn the_stale_sweep_walks_what_it_ends_not_the_backlog() {
         let dir = tempfile::tempdir().unwrap();
@@ -3576,13 +3582,14 @@ mod tests {
             .insert_endpoint(endpoint(&account.id), 100)
             .await
             .unwrap();
-        // Five rows from before the schedule's start, one of them behind a row stamped an
-        // hour ahead (a clock that ran ahead), then a young backlog of 3,000.
+        // Five rows from before the schedule's start, three of them stamped an hour ahead
+        // among them (a clock that ran ahead), then a young backlog of 3,000.
         let now = Timestamp::now();
         let old = Timestamp(now.0 - 10 * 86_400_000);
-        let mut early = click(6);
+        let ahead = [3, 4, 5];
+        let mut early = click(8);
         for (i, ev) in early.iter_mut().enumerate() {
-            ev.created_at = if i == 3 {
+            ev.created_at = if ahead.contains(&i) {
                 Timestamp(now.0 + 3_600_000)
             } else {
                 old
@@ -3605,26 +3612,24 @@ mod tests {
         let row = |i: usize| early[i].deliveries[0].row;
         let status = |db: &Connection, i: usize| raw(db, &early[i].deliveries[0].id).0;
         let tx = db.transaction().unwrap();
-        // Jobs of at most two rows walked: the first two stale rows, then the third.
-        assert_eq!(
-            fail_stale_rows(&tx, &down.id, cutoff, Timestamp::now(), true, 2).unwrap(),
-            (2, true)
-        );
+        let sweep = |from| fail_stale_rows(&tx, &down.id, cutoff, Timestamp::now(), from, 2);
+        // Jobs of two rows walked: each ends the stale ones of its stretch and says where
+        // the next one starts; the third ends nothing but still moves on.
+        assert_eq!(sweep(None).unwrap(), (2, Some(row(2))));
         assert_eq!(mark(&tx, &down.id).0, Some(row(2)));
-        assert_eq!(
-            fail_stale_rows(&tx, &down.id, cutoff, Timestamp::now(), false, 2).unwrap(),
-            (1, true)
-        );
-        // The row from the future is walked past; the stale ones behind it are ended, and
-        // the walk stops at the first young row.
-        assert_eq!(
-            fail_stale_rows(&tx, &down.id, cutoff, Timestamp::now(), false, 5_000).unwrap(),
-            (2, false)
-        );
-        for i in [0, 1, 2, 4, 5] {
-            assert_eq!(status(&tx, i), "failed");
+        assert_eq!(sweep(Some(row(2))).unwrap(), (1, Some(row(4))));
+        assert_eq!(mark(&tx, &down.id).0, Some(row(3)));
+        assert_eq!(sweep(Some(row(4))).unwrap(), (0, Some(row(6))));
+        // The last two stale rows, and the walk stops at the first young row.
+        assert_eq!(sweep(Some(row(6))).unwrap(), (2, None));
+        for i in 0..8 {
+            let expected = if ahead.contains(&i) {
+                "pending"
+            } else {
+                "failed"
+            };
+            assert_eq!(status(&tx, i), expected, "row {i}");
         }
-        assert_eq!(status(&tx, 3), "pending");
         assert_eq!(mark(&tx, &down.id).0, Some(row(3)));
         let waiting: i64 = tx
             .query_row(
@@ -3633,7 +3638,7 @@ mod tests {
                 |r| r.get(0),
             )
             .unwrap();
-        assert_eq!(waiting, 3_001);
+        assert_eq!(waiting, 3_003);
         let steps = |tx: &rusqlite::Transaction<'_>| {
             [WAITING_FROM_MARK, FAIL_STALE_WAITING, MARK_FIRST_WAITING].map(|sql| {
                 tx.prepare_cached(sql)
@@ -3641,17 +3646,17 @@ mod tests {
                     .get_status(rusqlite::StatementStatus::VmStep)
             })
         };
-        let after_three = steps(&tx);
-        assert!(after_three.iter().all(|&n| n < 500), "{after_three:?}");
-        // The next sweep finds nothing to end and stops right behind the mark.
+        let before = steps(&tx);
+        assert!(before.iter().all(|&n| n < 800), "{before:?}");
+        // A whole sweep that finds nothing to end stops right behind the rows stamped ahead.
         assert_eq!(
-            fail_stale_rows(&tx, &down.id, cutoff, Timestamp::now(), true, 5_000).unwrap(),
-            (0, false)
+            fail_stale_rows(&tx, &down.id, cutoff, Timestamp::now(), None, 5_000).unwrap(),
+            (0, None)
         );
         assert_eq!(mark(&tx, &down.id).0, Some(row(3)));
-        let after_four = steps(&tx);
-        for (a, b) in after_three.iter().zip(after_four) {
-            assert!(b - a < 100, "{after_three:?} then {after_four:?}");
+        let after = steps(&tx);
+        for (a, b) in before.iter().zip(after) {
+            assert!(b - a < 150, "{before:?} then {after:?}");
         }
         tx.commit().unwrap();
     }
