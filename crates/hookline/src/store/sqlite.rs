@@ -2472,7 +2472,9 @@ const SWEEP_MARGIN_MS: i64 = 60_000;
 /// waiting rows, and walking them all every minute would stall the one writer that every
 /// endpoint's ingest waits for. A row stamped after `now` (a wall clock that ran ahead, then
 /// was set right) is walked past, never stopped at; rows stamped before a clock was set back
-/// are ended only once the rows in front of them are.
+/// are ended only once the rows in front of them are. Either keeps the mark at the row in
+/// front until it ages out, and each sweep meanwhile walks again the rows ended behind it:
+/// the clock's error's worth of rows, never the whole backlog.
 fn fail_stale_rows(
     c: &Connection,
     endpoint_id: &str,
