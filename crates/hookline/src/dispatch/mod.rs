@@ -42,7 +42,7 @@ use futures_util::FutureExt;
 use retry::RetrySchedule;
 use sender::{Sender, Target};
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
@@ -907,7 +907,7 @@ struct LaneQueue {
     jobs: Mutex<std::collections::VecDeque<Job>>,
     bell: Notify,
     /// The worker ended: lanes leave once the queue is empty.
-    closed: std::sync::atomic::AtomicBool,
+    closed: AtomicBool,
 }
 
 impl Lanes {
@@ -1314,25 +1314,40 @@ const BIG_CLAIM: usize = 256;
 /// How often deliveries waiting behind open breakers are checked for expiry.
 const STALE_SWEEP: Duration = Duration::from_secs(60);
 
+/// Ends the deliveries behind open breakers that waited out the retry schedule. It runs as a
+/// task of its own: a sweep through a long outage's backlog takes many write jobs, and the
+/// poller goes on claiming meanwhile.
+async fn sweep_stale(inner: &Inner) {
+    let before = Timestamp(Timestamp::now().0 - inner.config.retry.total().as_millis() as i64);
+    for ep in inner.open_breakers() {
+        match inner.store.fail_stale(ep.clone(), before).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::warn!(endpoint = %ep, count = n, "deliveries waited out the retry schedule")
+            }
+            Err(e) => tracing::error!(error = %e, "ending stale deliveries failed"),
+        }
+    }
+}
+
 async fn poll_loop(inner: Arc<Inner>) {
     let mut last_sweep = tokio::time::Instant::now();
+    let sweeping = Arc::new(AtomicBool::new(false));
     loop {
         if inner.shutdown.is_cancelled() {
             return;
         }
-        if last_sweep.elapsed() >= STALE_SWEEP {
+        if last_sweep.elapsed() >= STALE_SWEEP && !sweeping.swap(true, Ordering::AcqRel) {
             last_sweep = tokio::time::Instant::now();
-            let before =
-                Timestamp(Timestamp::now().0 - inner.config.retry.total().as_millis() as i64);
-            for ep in inner.open_breakers() {
-                match inner.store.fail_stale(ep.clone(), before).await {
-                    Ok(0) => {}
-                    Ok(n) => {
-                        tracing::warn!(endpoint = %ep, count = n, "deliveries waited out the retry schedule")
-                    }
-                    Err(e) => tracing::error!(error = %e, "ending stale deliveries failed"),
+            let (sweeper, done) = (inner.clone(), sweeping.clone());
+            inner.tasks.spawn(async move {
+                // Shutdown stops it between write jobs (each one whole).
+                tokio::select! {
+                    _ = sweeper.shutdown.cancelled() => {}
+                    _ = sweep_stale(&sweeper) => {}
                 }
-            }
+                done.store(false, Ordering::Release);
+            });
         }
         let now = Timestamp::now();
         let room_of = inner.clone();

@@ -1903,18 +1903,52 @@ impl SqliteStore {
         endpoint_id: String,
         before: Timestamp,
     ) -> Result<usize, StoreError> {
+        self.fail_stale_in(endpoint_id, before, SWEEP_BATCH).await
+    }
+
+    /// [`Self::fail_stale`] in jobs that each read at most `batch` rows.
+    async fn fail_stale_in(
+        &self,
+        endpoint_id: String,
+        before: Timestamp,
+        batch: usize,
+    ) -> Result<usize, StoreError> {
         let mut ended = 0;
-        let mut from = None;
+        let mut walk = None;
         loop {
             let id = endpoint_id.clone();
-            let (n, next) = self
+            let done = self
                 .write(move |c| {
-                    fail_stale_rows(c, &id, before, Timestamp::now(), from, SWEEP_BATCH)
+                    let walk = match walk {
+                        Some(w) => w,
+                        None => SweepWalk {
+                            first: true,
+                            from: i64::MIN,
+                            until: c
+                                .prepare_cached(
+                                    "SELECT COALESCE(MAX(seq), 0) FROM deliveries
+                                     WHERE endpoint_id = ?1",
+                                )
+                                .and_then(|mut st| st.query_row([&id], |r| r.get(0)))
+                                .ctx("finding an endpoint's last delivery")?,
+                        },
+                    };
+                    fail_stale_rows(c, &id, before, Timestamp::now(), walk, batch)
                 })
-                .await?;
+                .await;
+            let (n, next) = match done {
+                Ok(done) => done,
+                Err(e) => {
+                    if ended > 0 {
+                        tracing::warn!(endpoint = %endpoint_id, count = ended,
+                            "deliveries waited out the retry schedule (the sweep stopped early)");
+                    }
+                    return Err(e);
+                }
+            };
             ended += n;
             match next {
-                Some(row) => from = Some(row),
+                Some(w) => walk = Some(w),
                 None => return Ok(ended),
             }
         }
@@ -2440,16 +2474,19 @@ const MARK_FIRST_WAITING: &str = "UPDATE endpoints SET
                           AND d.status = 'pending' AND d.next_attempt_at IS NULL)
      WHERE id = ?1 AND waiting_from IS NOT NULL";
 
-/// Endpoint `?1`'s deliveries still waiting, from its mark (or row `?2`, if later) on, in row
-/// order: the stale sweep walks them to where it stops.
-const WAITING_FROM_MARK: &str = "SELECT seq, created_at FROM deliveries
-     WHERE endpoint_id = ?1 AND status = 'pending' AND next_attempt_at IS NULL
-       AND seq >= MAX(?2, (SELECT waiting_from FROM endpoints WHERE id = ?1))
+/// Endpoint `?1`'s deliveries from its mark (or row `?2`, if later) to row `?3`, in row
+/// order, each with whether it is waiting: the stale sweep walks them to where it stops
+/// (every row it reads counts, waiting or not).
+const WAITING_FROM_MARK: &str = "SELECT seq, created_at,
+        status = 'pending' AND next_attempt_at IS NULL
+     FROM deliveries
+     WHERE endpoint_id = ?1
+       AND seq >= MAX(?2, (SELECT waiting_from FROM endpoints WHERE id = ?1)) AND seq <= ?3
      ORDER BY seq";
 
-/// The most waiting rows one job of the stale sweep walks: the sweep comes back for the rest
-/// in jobs of their own, so that ending a long outage's backlog never holds the writer (and
-/// every ingest behind it) for long.
+/// The most rows one job of the stale sweep reads: the sweep comes back for the rest in jobs
+/// of their own, so that ending a long outage's backlog never holds the writer (and every
+/// ingest behind it) for long.
 const SWEEP_BATCH: usize = 5_000;
 
 /// How much younger than the cutoff a waiting row must be for the sweep to stop at it.
@@ -2457,17 +2494,28 @@ const SWEEP_BATCH: usize = 5_000;
 /// may be a little older; with this margin none behind the stopping row is old enough to end.
 const SWEEP_MARGIN_MS: i64 = 60_000;
 
+/// Where one job of the stale sweep walks an endpoint's rows: from its mark or `from`,
+/// whichever is later, to `until` (the endpoint's last row when the sweep began).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct SweepWalk {
+    /// The sweep's first job: it also ends the due rows.
+    first: bool,
+    from: i64,
+    until: i64,
+}
+
 /// One job of the stale sweep of an endpoint (see [`SqliteStore::fail_stale`]): the first
-/// (`from` `None`) ends its due rows through the due index; each ends its waiting rows from
-/// its mark, or from row `from` where the job before stopped; and the mark moves to the
-/// first row still waiting, so that neither the next sweep nor the next claim walks the
-/// ended ones again. Returns the rows ended, and the row the next job starts from when this
-/// one stopped at its [`SWEEP_BATCH`] (the rows it walked past unended, too young or
-/// stamped ahead, are not walked again).
+/// ends its due rows through the due index; each ends the waiting rows of its stretch, from
+/// the mark (or where the job before stopped) on; and the mark moves to the first row still
+/// waiting, so that neither the next sweep nor the next claim walks the ended ones again.
+/// Returns the rows ended, and where the next job goes on when this one stopped at its
+/// `batch` of rows read (so the rows it passed unended, too young or stamped ahead, are not
+/// read again by this sweep).
 ///
-/// The waiting rows are walked only up to the first one well clear of the cutoff
-/// ([`SWEEP_MARGIN_MS`]), and at most [`SWEEP_BATCH`] of them. Ingest numbers rows in the
-/// order it writes them, so the rows after that one are younger still. So a sweep costs
+/// The rows are walked only up to the first waiting one well clear of the cutoff
+/// ([`SWEEP_MARGIN_MS`]), and never past the endpoint's last row when the sweep began, so it
+/// ends even when no row is that young (a retry schedule shorter than the margin). Ingest
+/// numbers rows in the order it writes them, so the rows after that one are younger still. So a sweep costs
 /// what it ends, not the endpoint's backlog: an endpoint down for a day holds millions of
 /// waiting rows, and walking them all every minute would stall the one writer that every
 /// endpoint's ingest waits for. A row stamped after `now` (a wall clock that ran ahead, then
@@ -2480,37 +2528,42 @@ fn fail_stale_rows(
     endpoint_id: &str,
     before: Timestamp,
     now: Timestamp,
-    from: Option<i64>,
+    walk: SweepWalk,
     batch: usize,
-) -> Result<(usize, Option<i64>), StoreError> {
+) -> Result<(usize, Option<SweepWalk>), StoreError> {
     let mut end = None;
     let mut more = false;
-    let start = from.unwrap_or(i64::MIN);
     {
         let mut st = c
             .prepare_cached(WAITING_FROM_MARK)
             .ctx("preparing the walk of waiting deliveries")?;
         let mut rows = st
-            .query(params![endpoint_id, start])
+            .query(params![endpoint_id, walk.from, walk.until])
             .ctx("walking waiting deliveries")?;
-        let mut walked = 0;
+        let mut read = 0;
         while let Some(r) = rows.next().ctx("walking waiting deliveries")? {
-            let (seq, created_at): (i64, i64) =
-                (r.get(0).ctx("a row number")?, r.get(1).ctx("a time")?);
-            if created_at >= before.0.saturating_add(SWEEP_MARGIN_MS) && created_at <= now.0 {
-                end = Some(seq);
-                break;
-            }
-            if walked == batch.max(1) {
-                end = Some(seq);
+            if read == batch.max(1) {
+                end = Some(r.get(0).ctx("a row number")?);
                 more = true;
                 break;
             }
-            walked += 1;
+            read += 1;
+            let (seq, created_at, waiting): (i64, i64, bool) = (
+                r.get(0).ctx("a row number")?,
+                r.get(1).ctx("a time")?,
+                r.get(2).ctx("a status")?,
+            );
+            if waiting
+                && created_at >= before.0.saturating_add(SWEEP_MARGIN_MS)
+                && created_at <= now.0
+            {
+                end = Some(seq);
+                break;
+            }
         }
     }
     let mut ended = 0;
-    if from.is_none() {
+    if walk.first {
         ended += c
             .prepare_cached(FAIL_STALE_DUE)
             .and_then(|mut st| st.execute(params![endpoint_id, before.0, now.0]))
@@ -2523,8 +2576,8 @@ fn fail_stale_rows(
                 endpoint_id,
                 before.0,
                 now.0,
-                end.unwrap_or(i64::MAX),
-                start
+                end.unwrap_or(walk.until.saturating_add(1)),
+                walk.from
             ])
         })
         .ctx("ending waiting deliveries that waited out the schedule")?;
@@ -2537,7 +2590,15 @@ fn fail_stale_rows(
     )
     .and_then(|mut st| st.execute([endpoint_id]))
     .ctx("moving an endpoint's waiting mark")?;
-    Ok((ended, if more { end } else { None }))
+    let next = match (more, end) {
+        (true, Some(from)) => Some(SweepWalk {
+            first: false,
+            from,
+            until: walk.until,
+        }),
+        _ => None,
+    };
+    Ok((ended, next))
 }
 
 /// The earliest due time of any enabled endpoint's pending deliveries (`NULL` if none).
@@ -3573,8 +3634,9 @@ mod tests {
     /// The stale sweep of an endpoint that has been down for long walks the waiting rows it
     /// ends and stops at the first one well clear of the cutoff: its work does not grow with
     /// the backlog behind that row (counted in SQLite's own steps, not timed). Rows stamped
-    /// in the future do not stop it, and a long stretch is walked in jobs of a bounded size,
-    /// each going on where the last one stopped, even past rows none of them ends.
+    /// in the future, or younger than the cutoff by less than the margin, do not stop it; it
+    /// reads a bounded number of rows per job, each job going on where the last one stopped,
+    /// even past rows none of them ends; and it ends even when no row could stop it.
     #[tokio::test]
     async fn the_stale_sweep_walks_what_it_ends_not_the_backlog() {
         let dir = tempfile::tempdir().unwrap();
@@ -3584,15 +3646,20 @@ mod tests {
             .insert_endpoint(endpoint(&account.id), 100)
             .await
             .unwrap();
-        // Five rows from before the schedule's start, three of them stamped an hour ahead
-        // among them (a clock that ran ahead), then a young backlog of 3,000.
+        // Nine rows: five from before the schedule's start, three stamped an hour ahead (a
+        // clock that ran ahead) and one just younger than the cutoff among them; then a
+        // young backlog of 3,000.
         let now = Timestamp::now();
         let old = Timestamp(now.0 - 10 * 86_400_000);
+        let cutoff = Timestamp(old.0 + 1);
         let ahead = [3, 4, 5];
-        let mut early = click(8);
+        let just_young = 6;
+        let mut early = click(9);
         for (i, ev) in early.iter_mut().enumerate() {
             ev.created_at = if ahead.contains(&i) {
                 Timestamp(now.0 + 3_600_000)
+            } else if i == just_young {
+                Timestamp(cutoff.0 + SWEEP_MARGIN_MS / 2)
             } else {
                 old
             };
@@ -3610,22 +3677,38 @@ mod tests {
         drop(store);
 
         let mut db = Connection::open(dir.path().join("hookline.db")).unwrap();
-        let cutoff = Timestamp(old.0 + 1);
         let row = |i: usize| early[i].deliveries[0].row;
         let status = |db: &Connection, i: usize| raw(db, &early[i].deliveries[0].id).0;
+        let until: i64 = db
+            .query_row("SELECT MAX(seq) FROM deliveries", [], |r| r.get(0))
+            .unwrap();
         let tx = db.transaction().unwrap();
-        let sweep = |from| fail_stale_rows(&tx, &down.id, cutoff, Timestamp::now(), from, 2);
-        // Jobs of two rows walked: each ends the stale ones of its stretch and says where
-        // the next one starts; the third ends nothing but still moves on.
-        assert_eq!(sweep(None).unwrap(), (2, Some(row(2))));
+        let sweep = |walk| fail_stale_rows(&tx, &down.id, cutoff, Timestamp::now(), walk, 2);
+        let walk = |first, from| SweepWalk { first, from, until };
+        // Jobs of two rows read: each ends the stale ones of its stretch and says where the
+        // next one goes on; the third ends nothing but still moves on.
+        assert_eq!(
+            sweep(walk(true, i64::MIN)).unwrap(),
+            (2, Some(walk(false, row(2))))
+        );
         assert_eq!(mark(&tx, &down.id).0, Some(row(2)));
-        assert_eq!(sweep(Some(row(2))).unwrap(), (1, Some(row(4))));
+        assert_eq!(
+            sweep(walk(false, row(2))).unwrap(),
+            (1, Some(walk(false, row(4))))
+        );
         assert_eq!(mark(&tx, &down.id).0, Some(row(3)));
-        assert_eq!(sweep(Some(row(4))).unwrap(), (0, Some(row(6))));
-        // The last two stale rows, and the walk stops at the first young row.
-        assert_eq!(sweep(Some(row(6))).unwrap(), (2, None));
-        for i in 0..8 {
-            let expected = if ahead.contains(&i) {
+        assert_eq!(
+            sweep(walk(false, row(4))).unwrap(),
+            (0, Some(walk(false, row(6))))
+        );
+        assert_eq!(
+            sweep(walk(false, row(6))).unwrap(),
+            (1, Some(walk(false, row(8))))
+        );
+        // The last stale row, and the walk stops at the first young one.
+        assert_eq!(sweep(walk(false, row(8))).unwrap(), (1, None));
+        for i in 0..9 {
+            let expected = if ahead.contains(&i) || i == just_young {
                 "pending"
             } else {
                 "failed"
@@ -3633,14 +3716,6 @@ mod tests {
             assert_eq!(status(&tx, i), expected, "row {i}");
         }
         assert_eq!(mark(&tx, &down.id).0, Some(row(3)));
-        let waiting: i64 = tx
-            .query_row(
-                "SELECT COUNT(*) FROM deliveries WHERE status = 'pending'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
-        assert_eq!(waiting, 3_003);
         let steps = |tx: &rusqlite::Transaction<'_>| {
             [WAITING_FROM_MARK, FAIL_STALE_WAITING, MARK_FIRST_WAITING].map(|sql| {
                 tx.prepare_cached(sql)
@@ -3650,17 +3725,46 @@ mod tests {
         };
         let before = steps(&tx);
         assert!(before.iter().all(|&n| n < 800), "{before:?}");
-        // A whole sweep that finds nothing to end stops right behind the rows stamped ahead.
+        // A whole sweep that finds nothing more to end reads the nine rows and the first
+        // young one, not the 3,000 behind it.
         assert_eq!(
-            fail_stale_rows(&tx, &down.id, cutoff, Timestamp::now(), None, 5_000).unwrap(),
+            fail_stale_rows(
+                &tx,
+                &down.id,
+                cutoff,
+                Timestamp::now(),
+                walk(true, i64::MIN),
+                5_000
+            )
+            .unwrap(),
             (0, None)
         );
-        assert_eq!(mark(&tx, &down.id).0, Some(row(3)));
         let after = steps(&tx);
         for (a, b) in before.iter().zip(after) {
-            assert!(b - a < 150, "{before:?} then {after:?}");
+            assert!(b - a < 200, "{before:?} then {after:?}");
         }
-        tx.commit().unwrap();
+        drop(tx);
+
+        // The store's own loop of jobs gives the same, and ends.
+        let store = SqliteStore::open(dir.path(), Sealer::none()).unwrap();
+        let swept = |before, batch| {
+            let (store, id) = (&store, down.id.clone());
+            async move {
+                tokio::time::timeout(
+                    std::time::Duration::from_secs(30),
+                    store.fail_stale_in(id, before, batch),
+                )
+                .await
+                .expect("the sweep ends")
+                .unwrap()
+            }
+        };
+        assert_eq!(swept(cutoff, 2).await, 5);
+        assert_eq!(swept(cutoff, 2).await, 0);
+        // A cutoff no row is a margin younger than (a schedule shorter than the margin): the
+        // walk goes to the endpoint's last row, and ends all but the rows stamped ahead.
+        assert_eq!(swept(Timestamp::now(), 500).await, 3_001);
+        assert_eq!(mark(&db, &down.id).0, Some(row(3)));
     }
 
     /// The queries of a claim, of the next due time and of the stale sweep seek through
@@ -3681,7 +3785,7 @@ mod tests {
             (FAIL_STALE_DUE, "deliveries_due_by_endpoint"),
             (
                 WAITING_FROM_MARK,
-                "deliveries_by_endpoint (endpoint_id=? AND seq>?)",
+                "deliveries_by_endpoint (endpoint_id=? AND seq>? AND seq<?)",
             ),
             (
                 FAIL_STALE_WAITING,
@@ -3704,6 +3808,9 @@ mod tests {
             let plan = plan.join("\n");
             assert!(plan.contains(index), "{sql}\n{plan}");
             assert!(!plan.contains("SCAN d"), "{sql}\n{plan}");
+            if [WAITING_SCAN, WAITING_FROM_MARK].contains(&sql) {
+                assert!(!plan.contains("TEMP B-TREE"), "{sql}\n{plan}");
+            }
             assert!(!plan.contains("SCAN deliveries"), "{sql}\n{plan}");
         }
     }
