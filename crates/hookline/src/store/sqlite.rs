@@ -3022,16 +3022,22 @@ mod tests {
 
     /// An account with one endpoint, and `n` events committed with their deliveries claimed.
     async fn with_events(store: &SqliteStore, n: usize) -> (Account, Endpoint, Vec<AcceptedEvent>) {
-        let account = store.create_account("a".into(), Plan::Pro).await.unwrap();
-        let ep = store
-            .insert_endpoint(endpoint(&account.id), 100)
-            .await
-            .unwrap();
+        let (account, ep) = with_endpoint(store).await;
         let accepted = store
             .insert_events(account.id.clone(), click(n), |_| true, |_| {})
             .await
             .unwrap();
         (account, ep, accepted)
+    }
+
+    /// An account with one endpoint.
+    async fn with_endpoint(store: &SqliteStore) -> (Account, Endpoint) {
+        let account = store.create_account("a".into(), Plan::Pro).await.unwrap();
+        let ep = store
+            .insert_endpoint(endpoint(&account.id), 100)
+            .await
+            .unwrap();
+        (account, ep)
     }
 
     async fn status(store: &SqliteStore, account_id: &str, id: &str) -> DeliveryStatus {
@@ -3641,11 +3647,7 @@ mod tests {
     async fn the_stale_sweep_walks_what_it_ends_not_the_backlog() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path(), Sealer::none()).unwrap();
-        let account = store.create_account("a".into(), Plan::Pro).await.unwrap();
-        let down = store
-            .insert_endpoint(endpoint(&account.id), 100)
-            .await
-            .unwrap();
+        let (account, down) = with_endpoint(&store).await;
         // Nine rows: five from before the schedule's start, three stamped an hour ahead (a
         // clock that ran ahead) and one just younger than the cutoff among them; then a
         // young backlog of 3,000.
