@@ -216,6 +216,46 @@ fn store_ops(c: &mut Criterion) {
         })
     });
     group.finish();
+
+    // Turning off (and on again) an endpoint with 100,000 delivered deliveries behind it.
+    let dir = tempfile::tempdir().unwrap();
+    let (store, account) = rt.block_on(setup(dir.path(), 1));
+    let (store, busy) = rt.block_on(async move {
+        for _ in 0..100 {
+            let accepted = store
+                .insert_events(account.clone(), events(1000), |_| true, |_| {})
+                .await
+                .unwrap();
+            let records = accepted
+                .iter()
+                .flat_map(|a| a.deliveries.iter())
+                .map(|d| success(d.id.clone(), d.row, 1, d.endpoint.id.clone()))
+                .collect::<Vec<_>>();
+            store.record_attempts(records).await.unwrap();
+        }
+        let busy = store
+            .list_endpoints(account.clone(), None, 1)
+            .await
+            .unwrap()
+            .items
+            .remove(0);
+        (store, (account, busy.id))
+    });
+    let mut group = c.benchmark_group("turning an endpoint off");
+    group.bench_function("and on, behind 100,000 delivered deliveries", |b| {
+        b.to_async(&rt).iter(|| {
+            let (store, (account, id)) = (store.clone(), busy.clone());
+            async move {
+                for enabled in [false, true] {
+                    store
+                        .update_endpoint(account.clone(), id.clone(), move |e| e.enabled = enabled)
+                        .await
+                        .unwrap();
+                }
+            }
+        })
+    });
+    group.finish();
 }
 
 criterion_group!(benches, store_ops);

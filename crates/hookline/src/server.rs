@@ -121,7 +121,10 @@ pub async fn run(
         .await
         .context("releasing deliveries held by a previous process")?;
     if released > 0 {
-        tracing::info!(released, "resuming deliveries a previous process held");
+        tracing::info!(
+            released,
+            "deliveries a previous process held: resumed, or ended if their endpoint is off"
+        );
     }
     let dispatcher = Dispatcher::start(
         store.clone(),

@@ -304,9 +304,10 @@ struct QueueHandle {
 struct QueueShared {
     /// The endpoint was removed, disabled or answered 410 at this version (its
     /// `updated_at`, ms; `i64::MIN` when never): queued deliveries that carry this version or
-    /// an older one are given back instead of sent (the store has ended them already, and
-    /// the give-back only touches rows still `delivering`). A delivery carrying a newer
-    /// version — the endpoint was turned back on — goes through.
+    /// an older one are given back instead of sent (PostgreSQL has ended them already, and
+    /// the give-back only touches rows still `delivering`; on SQLite the give-back is what
+    /// ends them, the endpoint being no longer live). A delivery carrying a newer version —
+    /// the endpoint was turned back on — goes through.
     closed_at: AtomicI64,
     /// The newest version of the endpoint the API has seen.
     latest: Mutex<Option<Arc<Endpoint>>>,
@@ -1054,7 +1055,8 @@ enum Attempted {
 }
 
 /// Gives a delivery back to the database without an attempt (`pending`, due now, if it is
-/// still `delivering`), then releases its room.
+/// still `delivering`; `failed` if its endpoint was turned off or removed), then releases
+/// its room.
 async fn give_back(inner: &Arc<Inner>, due: DueDelivery) {
     let endpoint_id = due.endpoint.id.clone();
     let record = AttemptRecord {

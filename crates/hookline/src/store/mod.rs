@@ -412,7 +412,8 @@ impl Store {
         on_engine!(self, s => s.get_delivery(account_id, id).await)
     }
 
-    /// At start: deliveries a previous process had taken go back to `pending`, due now. On
+    /// At start: deliveries a previous process had taken go back to `pending`, due now (on
+    /// SQLite those of an endpoint turned off or removed meanwhile end `failed`). On
     /// PostgreSQL only those of dead nodes (silent for longer than `lease`).
     pub async fn release_all_claims(
         &self,

@@ -21,7 +21,8 @@
 //!   read while the writer writes.
 //! - `hookline serve` holds an exclusive lock on `serve.lock` in the data directory: one
 //!   SQLite database has one dispatcher, so a delivery marked `delivering` belongs to the
-//!   running process, and at start every `delivering` row is put back to `pending`.
+//!   running process, and at start every `delivering` row is put back to `pending` (or
+//!   ended, its endpoint turned off or removed meanwhile).
 
 use super::sealing::{SealedColumns, Sealer, check_recorded_key, reseal_row};
 use super::{
@@ -36,7 +37,7 @@ use crate::model::{
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
@@ -1540,14 +1541,23 @@ impl SqliteStore {
 
     // ---- the dispatcher's side -----------------------------------------------------------
 
-    /// At start: deliveries a previous process had taken go back to `pending`, due now.
+    /// At start: deliveries a previous process had taken go back to `pending`, due now (or
+    /// end `failed`, their endpoint turned off or removed meanwhile). Returns how many.
     pub async fn release_all_claims(&self) -> Result<usize, StoreError> {
         self.write(|c| {
+            // Those of an endpoint turned off or removed meanwhile end (see
+            // `fail_open_deliveries`).
             c.execute(
-                "UPDATE deliveries SET status = 'pending',
-                    next_attempt_at = COALESCE(next_attempt_at, ?1)
-                 WHERE status = 'delivering'",
-                [Timestamp::now().0],
+                &format!(
+                    "UPDATE deliveries SET
+                        status = CASE WHEN {ENDPOINT_LIVE} THEN 'pending' ELSE 'failed' END,
+                        last_error = CASE WHEN {ENDPOINT_LIVE} THEN last_error
+                            ELSE COALESCE(last_error, ?2) END,
+                        next_attempt_at = CASE WHEN {ENDPOINT_LIVE}
+                            THEN COALESCE(next_attempt_at, ?1) END
+                     WHERE status = 'delivering'"
+                ),
+                params![Timestamp::now().0, ENDPOINT_GONE],
             )
             .ctx("releasing claims of a previous process")
         })
@@ -1687,9 +1697,9 @@ impl SqliteStore {
     /// When the earliest `pending` delivery is due.
     pub async fn next_due_at(&self) -> Result<Option<Timestamp>, StoreError> {
         // One seek into `deliveries_due_by_endpoint` per endpoint the claim looks at (turning
-        // an endpoint off or removing it ends its open deliveries in the same write, so no
-        // other endpoint has pending ones); rows waiting for room are due since their
-        // endpoint's `waiting_since`.
+        // an endpoint off or removing it ends its pending deliveries in the same write, and
+        // the ones it held as their outcomes come, so no other endpoint has pending ones);
+        // rows waiting for room are due since their endpoint's `waiting_since`.
         self.read(|c| {
             c.query_row(NEXT_DUE, [], |r| r.get::<_, Option<i64>>(0))
                 .ctx("finding the next due delivery")
@@ -1727,27 +1737,14 @@ impl SqliteStore {
                        AND (?3 = 0 OR (status = 'delivering' AND claim = ?4))",
                 )
                 .ctx("preparing the kept attempt's move")?;
-            const UPDATE: &str = "UPDATE deliveries SET status = ?2, attempts = MAX(attempts, ?3),
-                    next_attempt_at = ?4, last_attempt_at = ?5, last_status_code = ?6,
-                    last_error = ?7, updated_at = ?8,
-                    kept_attempt = ?3, kept_started_at = ?5, kept_duration_ms = ?11,
-                    kept_status_code = ?6, kept_error = ?7, kept_response_body = ?12
-                 WHERE seq = ?1 AND (?9 = 0 OR (status = 'delivering' AND claim = ?10))";
             // The usual case, in one statement: the row keeps no other attempt.
             let mut update_fresh = c
-                .prepare_cached(&format!(
-                    "{UPDATE} AND (kept_attempt IS NULL OR kept_attempt = ?3)"
-                ))
+                .prepare_cached(&RECORD_FRESH)
                 .ctx("preparing the delivery update")?;
             let mut update = c
-                .prepare_cached(UPDATE)
+                .prepare_cached(&RECORD)
                 .ctx("preparing the delivery update")?;
-            let mut release = c
-                .prepare_cached(
-                    "UPDATE deliveries SET status = 'pending', next_attempt_at = ?2, updated_at = ?2
-                     WHERE seq = ?1 AND status = 'delivering' AND claim = ?3",
-                )
-                .ctx("preparing the release")?;
+            let mut release = c.prepare_cached(&RELEASE).ctx("preparing the release")?;
             let now = Timestamp::now().0;
             for rec in &records {
                 // Given back unsent: due now. (Not a waiting row: it may be old, a retry or a
@@ -1760,7 +1757,7 @@ impl SqliteStore {
                     continue;
                 };
                 // A failure moves a delivery on only while it is still ours (`delivering`):
-                // one whose endpoint was disabled meanwhile stays `failed`.
+                // one whose endpoint was turned off meanwhile ends `failed` (`RECORD`).
                 let (status, next, only_if_delivering) = match rec.outcome {
                     Outcome::Succeeded => ("succeeded", None, false),
                     Outcome::RetryAt(t) => ("pending", Some(t.0), true),
@@ -2705,15 +2702,88 @@ fn require_webhooks(c: &Connection, account_id: &str) -> Result<(), StoreError> 
     super::require_webhooks(plan.as_deref())
 }
 
+/// An outcome's update of its delivery. One that would leave the row `pending` ends it
+/// instead when its endpoint was turned off or removed meanwhile (see
+/// [`fail_open_deliveries`]).
+static RECORD: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE deliveries SET
+            status = CASE WHEN ?2 = 'pending' AND NOT {ENDPOINT_LIVE} THEN 'failed' ELSE ?2 END,
+            attempts = MAX(attempts, ?3),
+            next_attempt_at = CASE WHEN ?2 = 'pending' AND NOT {ENDPOINT_LIVE} THEN NULL
+                ELSE ?4 END,
+            last_attempt_at = ?5, last_status_code = ?6,
+            last_error = CASE WHEN ?2 = 'pending' AND NOT {ENDPOINT_LIVE}
+                THEN COALESCE(?7, '{ENDPOINT_GONE}') ELSE ?7 END,
+            updated_at = ?8,
+            kept_attempt = ?3, kept_started_at = ?5, kept_duration_ms = ?11,
+            kept_status_code = ?6, kept_error = ?7, kept_response_body = ?12
+         WHERE seq = ?1 AND (?9 = 0 OR (status = 'delivering' AND claim = ?10))"
+    )
+});
+
+/// [`RECORD`] for a row that keeps no other attempt.
+static RECORD_FRESH: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "{} AND (kept_attempt IS NULL OR kept_attempt = ?3)",
+        *RECORD
+    )
+});
+
+/// A delivery given back unsent: due now, or ended when its endpoint was turned off or
+/// removed meanwhile.
+static RELEASE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE deliveries SET
+            status = CASE WHEN {ENDPOINT_LIVE} THEN 'pending' ELSE 'failed' END,
+            last_error = CASE WHEN {ENDPOINT_LIVE} THEN last_error
+                ELSE COALESCE(last_error, '{ENDPOINT_GONE}') END,
+            next_attempt_at = CASE WHEN {ENDPOINT_LIVE} THEN ?2 END,
+            updated_at = ?2
+         WHERE seq = ?1 AND status = 'delivering' AND claim = ?3"
+    )
+});
+
+/// Why a delivery held when its endpoint was turned off or removed ended.
+const ENDPOINT_GONE: &str = "endpoint disabled or removed";
+
+/// Whether the endpoint of the `deliveries` row at hand is live (enabled, not removed): an
+/// outcome that would leave the row `pending` ends it `failed` instead when it is not (see
+/// [`fail_open_deliveries`]).
+const ENDPOINT_LIVE: &str = "COALESCE((SELECT enabled = 1 AND deleted_at IS NULL
+                                       FROM endpoints WHERE id = deliveries.endpoint_id), 0)";
+
+/// Ends endpoint `?1`'s due deliveries (`?2` the reason, `?3` now).
+const END_DUE: &str = "UPDATE deliveries SET status = 'failed', next_attempt_at = NULL,
+        last_error = COALESCE(last_error, ?2), updated_at = ?3
+     WHERE endpoint_id = ?1 AND status = 'pending' AND next_attempt_at IS NOT NULL";
+
+/// Ends endpoint `?1`'s deliveries waiting for room, from its mark on.
+const END_WAITING: &str = "UPDATE deliveries SET status = 'failed',
+        last_error = COALESCE(last_error, ?2), updated_at = ?3
+     WHERE endpoint_id = ?1 AND status = 'pending' AND next_attempt_at IS NULL
+       AND seq >= (SELECT waiting_from FROM endpoints WHERE id = ?1)";
+
+/// Ends an endpoint's `pending` deliveries as `failed` (it was turned off, removed, or
+/// answered `410`), in the open job: its due rows through the due index, its waiting rows
+/// from its mark on. So the job costs what it ends, not the endpoint's history, which the
+/// endpoint's index would otherwise walk row by row while every ingest waited.
+///
+/// Its `delivering` rows are left to their own outcomes: every one is held by this
+/// process's dispatcher, which gives it back unsent or records its attempt, and the
+/// recorder ends as `failed` any such outcome that would leave it `pending`
+/// ([`ENDPOINT_LIVE`]); a restart does the same ([`SqliteStore::release_all_claims`]). An
+/// attempt in flight may still succeed, and is then recorded as such.
 fn fail_open_deliveries(c: &Connection, endpoint_id: &str, why: &str) -> Result<usize, StoreError> {
-    let ended = c
-        .execute(
-            "UPDATE deliveries SET status = 'failed', next_attempt_at = NULL,
-                last_error = COALESCE(last_error, ?2), updated_at = ?3
-             WHERE endpoint_id = ?1 AND status IN ('pending', 'delivering')",
-            params![endpoint_id, why, Timestamp::now().0],
-        )
-        .ctx("ending an endpoint's open deliveries")?;
+    let now = Timestamp::now().0;
+    let mut ended = c
+        .prepare_cached(END_DUE)
+        .and_then(|mut st| st.execute(params![endpoint_id, why, now]))
+        .ctx("ending an endpoint's due deliveries")?;
+    ended += c
+        .prepare_cached(END_WAITING)
+        .and_then(|mut st| st.execute(params![endpoint_id, why, now]))
+        .ctx("ending an endpoint's waiting deliveries")?;
     clear_waiting(c, endpoint_id)?;
     Ok(ended)
 }
@@ -3045,27 +3115,35 @@ mod tests {
         found.unwrap().expect("the delivery exists").0.status
     }
 
-    /// An attempt that outlived its claim (its endpoint was turned off and on, and the
-    /// delivery retried by hand meanwhile) cannot move the delivery on; the current one can.
+    /// An attempt that outlived its claim (the delivery was given back and retried by hand
+    /// meanwhile) cannot move the delivery on; the current one can.
     #[tokio::test]
     async fn an_outcome_of_an_old_claim_is_ignored() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path(), Sealer::none()).unwrap();
-        let (account, ep, accepted) = with_events(&store, 1).await;
+        let (account, _, accepted) = with_events(&store, 1).await;
         let d = &accepted[0].deliveries[0];
+        let held = DueDelivery {
+            delivery_id: d.id.clone(),
+            row: d.row,
+            claim: 1,
+            attempts: 0,
+            endpoint: d.endpoint.clone(),
+            event_id: accepted[0].event.id.clone(),
+            payload: Default::default(),
+            manual_after_end: false,
+        };
 
-        // Claim 1 is in flight; the endpoint goes off (the delivery fails) and on again.
-        for enabled in [false, true] {
-            store
-                .update_endpoint(account.id.clone(), ep.id.clone(), move |e| {
-                    e.enabled = enabled
-                })
-                .await
-                .unwrap();
-        }
+        // Claim 1 is given back unsent while its attempt is still thought in flight.
+        let given_back = AttemptRecord {
+            attempt: None,
+            outcome: Outcome::Released,
+            ..failure(&held, 1)
+        };
+        store.record_attempts(vec![given_back]).await.unwrap();
         assert_eq!(
             status(&store, &account.id, &d.id).await,
-            DeliveryStatus::Failed
+            DeliveryStatus::Pending
         );
         // A manual retry takes claim 2.
         let retry = store
@@ -3090,6 +3168,138 @@ mod tests {
             .unwrap();
         assert_eq!(
             status(&store, &account.id, &d.id).await,
+            DeliveryStatus::Pending
+        );
+    }
+
+    /// Turning an endpoint off ends its due and waiting deliveries at once, without reading
+    /// the rest of its history; the ones the dispatcher holds end with their own outcomes
+    /// (a failure or a give-back ends them `failed`, a success stays a success), or at the
+    /// next start.
+    #[tokio::test]
+    async fn turning_an_endpoint_off_ends_its_open_deliveries() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), Sealer::none()).unwrap();
+        let (account, ep, _) = with_events(&store, 0).await;
+        let admitted = |n| store.insert_events(account.id.clone(), click(n), |_| true, |_| {});
+        let held_of = |ev: &AcceptedEvent| {
+            let d = &ev.deliveries[0];
+            DueDelivery {
+                delivery_id: d.id.clone(),
+                row: d.row,
+                claim: 1,
+                attempts: 0,
+                endpoint: d.endpoint.clone(),
+                event_id: ev.event.id.clone(),
+                payload: Default::default(),
+                manual_after_end: false,
+            }
+        };
+        let held = admitted(4).await.unwrap();
+        let [fails, gives_back, succeeds, restarts] = [0, 1, 2, 3].map(|i| held_of(&held[i]));
+        let retried = held_of(&admitted(1).await.unwrap()[0]);
+        store
+            .record_attempts(vec![failure(&retried, 1)])
+            .await
+            .unwrap();
+        let waiting = store
+            .insert_events(account.id.clone(), click(1), |_| false, |_| {})
+            .await
+            .unwrap()[0]
+            .deliveries[0]
+            .id
+            .clone();
+        let of = |d: &DueDelivery| d.delivery_id.clone();
+        let is = |id: String| {
+            let (store, account) = (&store, account.id.clone());
+            async move { status(store, &account, &id).await }
+        };
+        assert_eq!(is(of(&retried)).await, DeliveryStatus::Pending);
+        assert_eq!(is(waiting.clone()).await, DeliveryStatus::Pending);
+
+        store
+            .update_endpoint(account.id.clone(), ep.id.clone(), |e| e.enabled = false)
+            .await
+            .unwrap();
+        assert_eq!(is(of(&retried)).await, DeliveryStatus::Failed);
+        assert_eq!(is(waiting).await, DeliveryStatus::Failed);
+        for d in [&fails, &gives_back, &succeeds, &restarts] {
+            assert_eq!(is(of(d)).await, DeliveryStatus::Delivering);
+        }
+        let success = AttemptRecord {
+            outcome: Outcome::Succeeded,
+            ..failure(&succeeds, 1)
+        };
+        let given_back = AttemptRecord {
+            attempt: None,
+            outcome: Outcome::Released,
+            ..failure(&gives_back, 1)
+        };
+        store
+            .record_attempts(vec![failure(&fails, 1), given_back, success])
+            .await
+            .unwrap();
+        assert_eq!(is(of(&succeeds)).await, DeliveryStatus::Succeeded);
+        for d in [&fails, &gives_back] {
+            let (seen, _) = store
+                .get_delivery(account.id.clone(), of(d))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(seen.status, DeliveryStatus::Failed);
+            assert_eq!(seen.next_attempt_at, None);
+            assert_eq!(seen.last_error.as_deref(), Some(ENDPOINT_GONE));
+        }
+        drop(store);
+        let store = SqliteStore::open(dir.path(), Sealer::none()).unwrap();
+        assert_eq!(store.release_all_claims().await.unwrap(), 1);
+        let (seen, _) = store
+            .get_delivery(account.id.clone(), of(&restarts))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(seen.status, DeliveryStatus::Failed);
+        assert_eq!(seen.next_attempt_at, None);
+        assert_eq!(seen.last_error.as_deref(), Some(ENDPOINT_GONE));
+        // Nothing of the endpoint is left open.
+        let db = Connection::open(dir.path().join("hookline.db")).unwrap();
+        let open: i64 = db
+            .query_row(
+                "SELECT COUNT(*) FROM deliveries
+                 WHERE endpoint_id = ?1 AND status IN ('pending', 'delivering')",
+                [&ep.id],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(open, 0);
+
+        // Turned off and on again before a held delivery's outcome: the delivery goes on.
+        let ep = store
+            .update_endpoint(account.id.clone(), ep.id.clone(), |e| e.enabled = true)
+            .await
+            .unwrap()
+            .unwrap();
+        let again = store
+            .insert_events(account.id.clone(), click(1), |_| true, |_| {})
+            .await
+            .unwrap();
+        let again = held_of(&again[0]);
+        for enabled in [false, true] {
+            store
+                .update_endpoint(account.id.clone(), ep.id.clone(), move |e| {
+                    e.enabled = enabled
+                })
+                .await
+                .unwrap();
+        }
+        let given_back = AttemptRecord {
+            attempt: None,
+            outcome: Outcome::Released,
+            ..failure(&again, 1)
+        };
+        store.record_attempts(vec![given_back]).await.unwrap();
+        assert_eq!(
+            status(&store, &account.id, &again.delivery_id).await,
             DeliveryStatus::Pending
         );
     }
@@ -3785,6 +3995,11 @@ mod tests {
             ),
             (NEXT_DUE, "deliveries_due_by_endpoint"),
             (FAIL_STALE_DUE, "deliveries_due_by_endpoint"),
+            (END_DUE, "deliveries_due_by_endpoint"),
+            (
+                END_WAITING,
+                "deliveries_by_endpoint (endpoint_id=? AND seq>?)",
+            ),
             (
                 WAITING_FROM_MARK,
                 "deliveries_by_endpoint (endpoint_id=? AND seq>? AND seq<?)",
