@@ -63,6 +63,15 @@ fn success(delivery_id: String, row: i64, claim: i64, endpoint_id: String) -> At
     }
 }
 
+/// A successful first attempt for each delivery of `accepted`.
+fn successes(accepted: &[hookline::store::AcceptedEvent]) -> Vec<AttemptRecord> {
+    accepted
+        .iter()
+        .flat_map(|a| a.deliveries.iter())
+        .map(|d| success(d.id.clone(), d.row, 1, d.endpoint.id.clone()))
+        .collect()
+}
+
 /// A store with one account and `fanout` endpoints.
 async fn setup(dir: &std::path::Path, fanout: usize) -> (Store, String) {
     let mut store = Store::sqlite(dir).unwrap();
@@ -118,11 +127,7 @@ fn store_ops(c: &mut Criterion) {
                         .insert_events(account.clone(), events(100), |_| true, |_| {})
                         .await
                         .unwrap();
-                    let records = accepted
-                        .iter()
-                        .flat_map(|a| a.deliveries.iter())
-                        .map(|d| success(d.id.clone(), d.row, 1, d.endpoint.id.clone()))
-                        .collect::<Vec<_>>();
+                    let records = successes(&accepted);
                     let start = Instant::now();
                     store.record_attempts(records).await.unwrap();
                     timed += start.elapsed();
@@ -226,12 +231,7 @@ fn store_ops(c: &mut Criterion) {
                 .insert_events(account.clone(), events(1000), |_| true, |_| {})
                 .await
                 .unwrap();
-            let records = accepted
-                .iter()
-                .flat_map(|a| a.deliveries.iter())
-                .map(|d| success(d.id.clone(), d.row, 1, d.endpoint.id.clone()))
-                .collect::<Vec<_>>();
-            store.record_attempts(records).await.unwrap();
+            store.record_attempts(successes(&accepted)).await.unwrap();
         }
         let busy = store
             .list_endpoints(account.clone(), None, 1)

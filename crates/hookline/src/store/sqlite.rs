@@ -3077,6 +3077,30 @@ mod tests {
         }
     }
 
+    /// The first delivery of `ev` as the dispatcher holds it after ingest admitted it.
+    fn held(ev: &AcceptedEvent) -> DueDelivery {
+        let d = &ev.deliveries[0];
+        DueDelivery {
+            delivery_id: d.id.clone(),
+            row: d.row,
+            claim: 1,
+            attempts: 0,
+            endpoint: d.endpoint.clone(),
+            event_id: ev.event.id.clone(),
+            payload: Default::default(),
+            manual_after_end: false,
+        }
+    }
+
+    /// `due` given back unsent under claim `claim`.
+    fn given_back(due: &DueDelivery, claim: i64) -> AttemptRecord {
+        AttemptRecord {
+            attempt: None,
+            outcome: Outcome::Released,
+            ..failure(due, claim)
+        }
+    }
+
     /// `n` click events with empty `data`.
     fn click(n: usize) -> Vec<NewEvent> {
         (0..n)
@@ -3123,24 +3147,12 @@ mod tests {
         let store = SqliteStore::open(dir.path(), Sealer::none()).unwrap();
         let (account, _, accepted) = with_events(&store, 1).await;
         let d = &accepted[0].deliveries[0];
-        let held = DueDelivery {
-            delivery_id: d.id.clone(),
-            row: d.row,
-            claim: 1,
-            attempts: 0,
-            endpoint: d.endpoint.clone(),
-            event_id: accepted[0].event.id.clone(),
-            payload: Default::default(),
-            manual_after_end: false,
-        };
 
         // Claim 1 is given back unsent while its attempt is still thought in flight.
-        let given_back = AttemptRecord {
-            attempt: None,
-            outcome: Outcome::Released,
-            ..failure(&held, 1)
-        };
-        store.record_attempts(vec![given_back]).await.unwrap();
+        store
+            .record_attempts(vec![given_back(&held(&accepted[0]), 1)])
+            .await
+            .unwrap();
         assert_eq!(
             status(&store, &account.id, &d.id).await,
             DeliveryStatus::Pending
@@ -3182,22 +3194,9 @@ mod tests {
         let store = SqliteStore::open(dir.path(), Sealer::none()).unwrap();
         let (account, ep, _) = with_events(&store, 0).await;
         let admitted = |n| store.insert_events(account.id.clone(), click(n), |_| true, |_| {});
-        let held_of = |ev: &AcceptedEvent| {
-            let d = &ev.deliveries[0];
-            DueDelivery {
-                delivery_id: d.id.clone(),
-                row: d.row,
-                claim: 1,
-                attempts: 0,
-                endpoint: d.endpoint.clone(),
-                event_id: ev.event.id.clone(),
-                payload: Default::default(),
-                manual_after_end: false,
-            }
-        };
-        let held = admitted(4).await.unwrap();
-        let [fails, gives_back, succeeds, restarts] = [0, 1, 2, 3].map(|i| held_of(&held[i]));
-        let retried = held_of(&admitted(1).await.unwrap()[0]);
+        let holding = admitted(4).await.unwrap();
+        let [fails, gives_back, succeeds, restarts] = [0, 1, 2, 3].map(|i| held(&holding[i]));
+        let retried = held(&admitted(1).await.unwrap()[0]);
         store
             .record_attempts(vec![failure(&retried, 1)])
             .await
@@ -3230,13 +3229,12 @@ mod tests {
             outcome: Outcome::Succeeded,
             ..failure(&succeeds, 1)
         };
-        let given_back = AttemptRecord {
-            attempt: None,
-            outcome: Outcome::Released,
-            ..failure(&gives_back, 1)
-        };
         store
-            .record_attempts(vec![failure(&fails, 1), given_back, success])
+            .record_attempts(vec![
+                failure(&fails, 1),
+                given_back(&gives_back, 1),
+                success,
+            ])
             .await
             .unwrap();
         assert_eq!(is(of(&succeeds)).await, DeliveryStatus::Succeeded);
@@ -3283,7 +3281,7 @@ mod tests {
             .insert_events(account.id.clone(), click(1), |_| true, |_| {})
             .await
             .unwrap();
-        let again = held_of(&again[0]);
+        let again = held(&again[0]);
         for enabled in [false, true] {
             store
                 .update_endpoint(account.id.clone(), ep.id.clone(), move |e| {
@@ -3292,12 +3290,10 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let given_back = AttemptRecord {
-            attempt: None,
-            outcome: Outcome::Released,
-            ..failure(&again, 1)
-        };
-        store.record_attempts(vec![given_back]).await.unwrap();
+        store
+            .record_attempts(vec![given_back(&again, 1)])
+            .await
+            .unwrap();
         assert_eq!(
             status(&store, &account.id, &again.delivery_id).await,
             DeliveryStatus::Pending
