@@ -449,7 +449,37 @@ async fn an_endpoint_turned_back_on_gets_new_deliveries_again(engine: Engine) {
     assert!(!ids.contains(none["id"].as_str().unwrap()));
 }
 
+/// A delivery that was waiting for its endpoint's one free slot when the endpoint was
+/// turned off is not sent once the slot frees: it ends `failed`, and the endpoint receives
+/// nothing after it was turned off.
+async fn a_delivery_waiting_for_a_slot_is_not_sent_once_its_endpoint_is_off(engine: Engine) {
+    let rx = Receiver::start().await;
+    rx.always("slow", Reply::SlowOk(Duration::from_millis(1500)));
+    let s = TestServer::start_with(&engine, |c| c.dispatch.concurrency_per_endpoint = 1).await;
+    let ep = s.endpoint(&rx.url("slow"), &["*"]).await;
+    let first = s.event("open", json!({"n": 1})).await;
+    let second = s.event("open", json!({"n": 2})).await;
+    // The first holds the slot; the second waits for it.
+    rx.wait_for("slow", 1).await;
+    let path = format!("/v1/endpoints/{}", ep["id"].as_str().unwrap());
+    let (status, _) = s
+        .call(
+            reqwest::Method::PATCH,
+            &path,
+            Some(json!({"enabled": false})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    s.wait_delivery(second["deliveries"][0]["id"].as_str().unwrap(), "failed")
+        .await;
+    s.wait_delivery(first["deliveries"][0]["id"].as_str().unwrap(), "succeeded")
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(rx.got("slow").len(), 1);
+}
+
 on_both_engines!(
+    a_delivery_waiting_for_a_slot_is_not_sent_once_its_endpoint_is_off,
     subscriptions_filter_by_exact_type_and_star,
     envelope_headers_and_signature_follow_standard_webhooks,
     two_500s_then_success_is_retried_with_every_attempt_recorded,

@@ -304,7 +304,8 @@ struct QueueHandle {
 struct QueueShared {
     /// The endpoint was removed, disabled or answered 410 at this version (its
     /// `updated_at`, ms; `i64::MIN` when never): queued deliveries that carry this version or
-    /// an older one are given back instead of sent (PostgreSQL has ended them already, and
+    /// an older one are given back instead of sent, checked when taken from the queue and
+    /// again once a slot is free (PostgreSQL has ended them already, and
     /// the give-back only touches rows still `delivering`; on SQLite the give-back is what
     /// ends them, the endpoint being no longer live). A delivery carrying a newer version —
     /// the endpoint was turned back on — goes through.
@@ -840,6 +841,12 @@ async fn endpoint_worker(
             _ = inner.shutdown.cancelled() => return,
             p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
         };
+        // Turned off or removed while this one waited for its slot: not sent either.
+        if due.endpoint.updated_at.0 <= shared.closed_at.load(Ordering::Acquire) {
+            drop(permit);
+            give_back(&inner, due).await;
+            continue;
+        }
         // A manual retry of an ended delivery is attempted whatever the breaker says.
         let gate = if due.manual_after_end {
             Gate::Go
