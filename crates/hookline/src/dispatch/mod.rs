@@ -314,6 +314,14 @@ struct QueueShared {
     latest: Mutex<Option<Arc<Endpoint>>>,
 }
 
+impl QueueShared {
+    /// Whether `due` is to be given back instead of sent: its endpoint was turned off or
+    /// removed at its version or later (see `closed_at`).
+    fn closed_for(&self, due: &DueDelivery) -> bool {
+        due.endpoint.updated_at.0 <= self.closed_at.load(Ordering::Acquire)
+    }
+}
+
 impl Dispatcher {
     /// Starts the poller, on the current Tokio runtime. Deliveries left `delivering` by a
     /// previous process must have been released (`Store::release_all_claims`) before.
@@ -804,7 +812,7 @@ async fn endpoint_worker(
                 }
             }
         };
-        if due.endpoint.updated_at.0 <= shared.closed_at.load(Ordering::Acquire) {
+        if shared.closed_for(&due) {
             give_back(&inner, due).await;
             continue;
         }
@@ -842,7 +850,7 @@ async fn endpoint_worker(
             p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
         };
         // Turned off or removed while this one waited for its slot: not sent either.
-        if due.endpoint.updated_at.0 <= shared.closed_at.load(Ordering::Acquire) {
+        if shared.closed_for(&due) {
             drop(permit);
             give_back(&inner, due).await;
             continue;

@@ -1919,7 +1919,6 @@ impl SqliteStore {
                     let walk = match walk {
                         Some(w) => w,
                         None => SweepWalk {
-                            first: true,
                             from: i64::MIN,
                             until: c
                                 .prepare_cached(
@@ -2495,10 +2494,16 @@ const SWEEP_MARGIN_MS: i64 = 60_000;
 /// whichever is later, to `until` (the endpoint's last row when the sweep began).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct SweepWalk {
-    /// The sweep's first job: it also ends the due rows.
-    first: bool,
+    /// `i64::MIN` in the sweep's first job, which starts at the mark.
     from: i64,
     until: i64,
+}
+
+impl SweepWalk {
+    /// The sweep's first job: it also ends the due rows.
+    fn first(&self) -> bool {
+        self.from == i64::MIN
+    }
 }
 
 /// One job of the stale sweep of an endpoint (see [`SqliteStore::fail_stale`]): the first
@@ -2560,7 +2565,7 @@ fn fail_stale_rows(
         }
     }
     let mut ended = 0;
-    if walk.first {
+    if walk.first() {
         ended += c
             .prepare_cached(FAIL_STALE_DUE)
             .and_then(|mut st| st.execute(params![endpoint_id, before.0, now.0]))
@@ -2589,7 +2594,6 @@ fn fail_stale_rows(
     .ctx("moving an endpoint's waiting mark")?;
     let next = match (more, end) {
         (true, Some(from)) => Some(SweepWalk {
-            first: false,
             from,
             until: walk.until,
         }),
@@ -3892,29 +3896,17 @@ mod tests {
             .unwrap();
         let tx = db.transaction().unwrap();
         let sweep = |walk| fail_stale_rows(&tx, &down.id, cutoff, Timestamp::now(), walk, 2);
-        let walk = |first, from| SweepWalk { first, from, until };
+        let walk = |from| SweepWalk { from, until };
         // Jobs of two rows read: each ends the stale ones of its stretch and says where the
         // next one goes on; the third ends nothing but still moves on.
-        assert_eq!(
-            sweep(walk(true, i64::MIN)).unwrap(),
-            (2, Some(walk(false, row(2))))
-        );
+        assert_eq!(sweep(walk(i64::MIN)).unwrap(), (2, Some(walk(row(2)))));
         assert_eq!(mark(&tx, &down.id).0, Some(row(2)));
-        assert_eq!(
-            sweep(walk(false, row(2))).unwrap(),
-            (1, Some(walk(false, row(4))))
-        );
+        assert_eq!(sweep(walk(row(2))).unwrap(), (1, Some(walk(row(4)))));
         assert_eq!(mark(&tx, &down.id).0, Some(row(3)));
-        assert_eq!(
-            sweep(walk(false, row(4))).unwrap(),
-            (0, Some(walk(false, row(6))))
-        );
-        assert_eq!(
-            sweep(walk(false, row(6))).unwrap(),
-            (1, Some(walk(false, row(8))))
-        );
+        assert_eq!(sweep(walk(row(4))).unwrap(), (0, Some(walk(row(6)))));
+        assert_eq!(sweep(walk(row(6))).unwrap(), (1, Some(walk(row(8)))));
         // The last stale row, and the walk stops at the first young one.
-        assert_eq!(sweep(walk(false, row(8))).unwrap(), (1, None));
+        assert_eq!(sweep(walk(row(8))).unwrap(), (1, None));
         for i in 0..9 {
             let expected = if ahead.contains(&i) || i == just_young {
                 "pending"
@@ -3941,7 +3933,7 @@ mod tests {
                 &down.id,
                 cutoff,
                 Timestamp::now(),
-                walk(true, i64::MIN),
+                walk(i64::MIN),
                 5_000
             )
             .unwrap(),
