@@ -256,6 +256,52 @@ fn store_ops(c: &mut Criterion) {
         })
     });
     group.finish();
+
+    // Turning off an endpoint that was down while 50,000 deliveries queued for it: the one
+    // write of the change itself, which every ingest waits behind (the rest of the backlog
+    // ends in writes of their own, untimed here, as is turning it on again).
+    let dir = tempfile::tempdir().unwrap();
+    let (store, account) = rt.block_on(setup(dir.path(), 1));
+    let down = rt.block_on(async {
+        store
+            .list_endpoints(account.clone(), None, 1)
+            .await
+            .unwrap()
+            .items
+            .remove(0)
+            .id
+    });
+    let mut group = c.benchmark_group("turning an endpoint off, a backlog behind it");
+    group.sample_size(10);
+    group.bench_function("its own write, behind 50,000 waiting deliveries", |b| {
+        b.to_async(&rt).iter_custom(|iters| {
+            let (store, account, down) = (store.clone(), account.clone(), down.clone());
+            async move {
+                let mut timed = Duration::ZERO;
+                for _ in 0..iters {
+                    for _ in 0..50 {
+                        store
+                            .insert_events(account.clone(), events(1000), |_| false, |_| {})
+                            .await
+                            .unwrap();
+                    }
+                    let start = Instant::now();
+                    store
+                        .update_endpoint(account.clone(), down.clone(), |e| e.enabled = false)
+                        .await
+                        .unwrap();
+                    timed += start.elapsed();
+                    store.end_turned_off().await.unwrap();
+                    store
+                        .update_endpoint(account.clone(), down.clone(), |e| e.enabled = true)
+                        .await
+                        .unwrap();
+                }
+                timed
+            }
+        })
+    });
+    group.finish();
 }
 
 criterion_group!(benches, store_ops);

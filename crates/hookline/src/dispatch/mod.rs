@@ -111,6 +111,8 @@ struct Inner {
     queues: Mutex<FastMap<String, QueueHandle>>,
     /// Wakes the poller early.
     poke: Notify,
+    /// Wakes the task that ends what turned-off endpoints left waiting ([`end_loop`]).
+    ended: Notify,
     /// When the poller plans to wake next (ms since epoch).
     planned_wake: AtomicI64,
     shutdown: CancellationToken,
@@ -340,6 +342,8 @@ impl Dispatcher {
         let inner = Arc::new(Inner::new(store, config, guard, shutdown, lease, records));
         let poller = inner.clone();
         inner.tasks.spawn(async move { poll_loop(poller).await });
+        let ender = inner.clone();
+        inner.tasks.spawn(async move { end_loop(ender).await });
         if shared {
             let heart = inner.clone();
             inner
@@ -511,6 +515,9 @@ impl Dispatcher {
             }
         }
         drop(queues);
+        if !ep.enabled {
+            self.inner.ended.notify_one();
+        }
         // A changed endpoint (new URL, turned off or on) starts with a clean slate.
         self.start_afresh(&ep.id);
     }
@@ -551,6 +558,7 @@ impl Inner {
             admission: Mutex::new(Admission::default()),
             queues: Mutex::default(),
             poke: Notify::new(),
+            ended: Notify::new(),
             planned_wake: AtomicI64::new(0),
             shutdown,
             tasks: TaskTracker::new(),
@@ -1309,6 +1317,7 @@ async fn record(inner: &Arc<Inner>, batch: Vec<AttemptRecord>, stopping: bool) {
                     .fetch_max(rec.endpoint_version, Ordering::AcqRel);
             }
             inner.admission().breakers.remove(&rec.endpoint_id);
+            inner.ended.notify_one();
         }
         inner.release(&rec.endpoint_id);
         if let Outcome::RetryAt(at) = rec.outcome {
@@ -1330,6 +1339,33 @@ const BIG_CLAIM: usize = 256;
 
 /// How often deliveries waiting behind open breakers are checked for expiry.
 const STALE_SWEEP: Duration = Duration::from_secs(60);
+
+/// How often the ender looks for deliveries that turned-off endpoints left waiting, unasked
+/// (it is woken when an endpoint is turned off, and looks once at start).
+const END_RECHECK: Duration = Duration::from_secs(60);
+
+/// Ends what endpoints turned off or removed left waiting (a turning off ends only the first
+/// batch of a long outage's backlog itself, see `Store::end_turned_off`): at start, which
+/// finishes what a crash interrupted, whenever an endpoint is turned off, and every
+/// [`END_RECHECK`]. It runs as a task of its own, each batch a write job of its own, so
+/// ingest and claims go on between them.
+async fn end_loop(inner: Arc<Inner>) {
+    loop {
+        tokio::select! {
+            _ = inner.shutdown.cancelled() => return,
+            ended = inner.store.end_turned_off() => match ended {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(count = n, "ended what turned-off endpoints left waiting"),
+                Err(e) => tracing::error!(error = %e, "ending what turned-off endpoints left waiting failed"),
+            },
+        }
+        tokio::select! {
+            _ = inner.shutdown.cancelled() => return,
+            _ = inner.ended.notified() => {}
+            _ = tokio::time::sleep(END_RECHECK) => {}
+        }
+    }
+}
 
 /// Ends the deliveries behind open breakers that waited out the retry schedule. It runs as a
 /// task of its own: a sweep through a long outage's backlog takes many write jobs, and the
@@ -1651,6 +1687,108 @@ mod tests {
             backoff_ms: 1_000,
             probing,
         }
+    }
+
+    /// What a turning off left waiting (a long outage's backlog) ends in writes of their
+    /// own: at start, after a crash, and when an endpoint is turned off, which wakes the
+    /// ender. No delivery of a turned-off endpoint stays `pending`.
+    #[tokio::test]
+    async fn what_a_turning_off_left_waiting_ends_at_start_and_when_woken() {
+        use crate::model::{DeliveryStatus, Plan};
+        use crate::store::sqlite::{SqliteStore, tests as sqlite};
+        let dir = tempfile::tempdir().unwrap();
+        let mut sqlite_store =
+            SqliteStore::open(dir.path(), crate::store::sealing::Sealer::none()).unwrap();
+        sqlite_store.set_end_batch(3);
+        let account = sqlite_store
+            .create_account("a".into(), Plan::Pro)
+            .await
+            .unwrap();
+        let ep = sqlite_store
+            .insert_endpoint(sqlite::endpoint(&account.id), 100)
+            .await
+            .unwrap();
+        let (st, acc, ep_id) = (&sqlite_store, &account.id, &ep.id);
+        let waiting = || async move {
+            st.insert_events(acc.clone(), sqlite::click(20), |_| false, |_| {})
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|a| a.deliveries[0].id.clone())
+                .collect::<Vec<_>>()
+        };
+        let turn = |on: bool| async move {
+            st.update_endpoint(acc.clone(), ep_id.clone(), move |e| e.enabled = on)
+                .await
+                .unwrap()
+                .unwrap()
+        };
+        let pending = |ids: Vec<String>| async move {
+            let mut left = 0;
+            for id in ids {
+                let (d, _) = st.get_delivery(acc.clone(), id).await.unwrap().unwrap();
+                if d.status == DeliveryStatus::Pending {
+                    left += 1;
+                }
+            }
+            left
+        };
+        let ended = |ids: Vec<String>| async move {
+            let mut n = 0;
+            for id in ids {
+                let (d, _) = st.get_delivery(acc.clone(), id).await.unwrap().unwrap();
+                if d.status == DeliveryStatus::Failed
+                    && d.last_error.as_deref() == Some(crate::store::OFF_DISABLED)
+                {
+                    n += 1;
+                }
+            }
+            n
+        };
+        let until_all_ended = |ids: Vec<String>| async move {
+            for _ in 0..400 {
+                if ended(ids.clone()).await == ids.len() {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            false
+        };
+
+        // Turned off before a crash: 3 ended, 17 left.
+        let before = waiting().await;
+        turn(false).await;
+        assert_eq!(pending(before.clone()).await, 17);
+        // The dispatcher of the next start, with no room: its poller takes none of the backlog
+        // made below while the endpoint is on.
+        let config = super::DispatchConfig {
+            max_per_endpoint: 0,
+            ..super::DispatchConfig::default()
+        };
+        let guard =
+            super::targets::Guard::new(Arc::new(super::targets::SystemResolver::default()), true);
+        let dispatcher = super::Dispatcher::start(
+            Store::Sqlite(sqlite_store.clone()),
+            config,
+            guard,
+            CancellationToken::new(),
+            std::time::Instant::now(),
+        );
+        assert!(
+            until_all_ended(before).await,
+            "left pending after a restart"
+        );
+
+        // Turned on, a backlog, turned off: the ender, done with its look at start, is woken.
+        turn(true).await;
+        let backlog = waiting().await;
+        let off = turn(false).await;
+        assert_eq!(pending(backlog.clone()).await, 17);
+        dispatcher.endpoint_changed(&off);
+        assert!(
+            until_all_ended(backlog).await,
+            "left pending after a turning off"
+        );
     }
 
     /// Pending deliveries ingest commits wake the poller only when it could take one: an

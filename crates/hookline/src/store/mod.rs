@@ -150,8 +150,8 @@ impl Store {
     }
 
     /// Changes an account's plan; `None` when there is no such account. A plan without
-    /// webhooks disables the account's endpoints and ends their open deliveries in the same
-    /// transaction; they are returned (as disabled).
+    /// webhooks disables the account's endpoints and ends their open deliveries (see
+    /// [`Store::update_endpoint`] for when); they are returned (as disabled).
     pub async fn set_plan(
         &self,
         id: String,
@@ -232,7 +232,11 @@ impl Store {
     }
 
     /// Changes an endpoint with `change` (already validated). Disabling it ends its open
-    /// deliveries as `failed`. Returns `None` when there is no such endpoint.
+    /// deliveries as `failed`: in the same transaction, but for a long backlog of deliveries
+    /// waiting for room on SQLite, whose first 5,000 rows end there and the rest in writes of
+    /// their own ([`Store::end_turned_off`]); held ones end with their attempts. Turning it on
+    /// again while more than that is left is refused (`Conflict`), so it never delivers them.
+    /// Returns `None` when there is no such endpoint.
     pub async fn update_endpoint<F>(
         &self,
         account_id: String,
@@ -246,7 +250,7 @@ impl Store {
     }
 
     /// Removes an endpoint (kept, marked deleted, so its delivery history stays readable) and
-    /// ends its open deliveries as `failed`.
+    /// ends its open deliveries as `failed` (as [`Store::update_endpoint`] does).
     pub async fn delete_endpoint(
         &self,
         account_id: String,
@@ -506,6 +510,16 @@ impl Store {
         on_engine!(self, s => s.pull_forward(endpoint_id).await)
     }
 
+    /// Ends the deliveries that endpoints turned off or removed left `pending`, and returns
+    /// how many. A turning off ends them in its own transaction on PostgreSQL; on SQLite it
+    /// ends at most a batch of an outage's backlog, and this the rest, a batch a write.
+    pub async fn end_turned_off(&self) -> Result<usize, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.end_turned_off().await,
+            Store::Postgres(_) => Ok(0),
+        }
+    }
+
     /// Ends as `failed` the `pending` deliveries of an endpoint created, and last changed,
     /// before `before` (a delivery queued again by hand gets the whole schedule again).
     pub async fn fail_stale(
@@ -628,6 +642,25 @@ impl StoreError {
 
 /// Why an endpoint was disabled when its account moved to a plan without webhooks.
 pub(crate) const PLAN_DISABLED: &str = "the account's plan does not include webhooks";
+/// Why an endpoint was disabled when it answered `410 Gone`.
+pub(crate) const GONE_REASON: &str = "the endpoint answered 410 Gone";
+
+/// The error a delivery ended by its endpoint's turning off carries: turned off by its
+/// owner, removed, or answered `410` (a plan's turning off gives [`PLAN_DISABLED`]).
+pub(crate) const OFF_DISABLED: &str = "endpoint disabled";
+pub(crate) const OFF_REMOVED: &str = "endpoint removed";
+pub(crate) const OFF_GONE: &str = "endpoint answered 410 Gone";
+
+/// Why the deliveries of an endpoint that is off ended, from its row: removed, or disabled
+/// for `disabled_reason` (see [`OFF_DISABLED`]).
+pub(crate) fn off_reason(removed: bool, disabled_reason: Option<&str>) -> &'static str {
+    match disabled_reason {
+        _ if removed => OFF_REMOVED,
+        Some(PLAN_DISABLED) => PLAN_DISABLED,
+        Some(GONE_REASON) => OFF_GONE,
+        _ => OFF_DISABLED,
+    }
+}
 
 /// Refuses an endpoint write for an account whose stored plan (`None`: no such account)
 /// does not include webhooks.

@@ -789,7 +789,7 @@ impl PgStore {
         .await
         .ctx("updating an endpoint")?;
         if was_enabled && !ep.enabled {
-            fail_open_deliveries(&mut tx, &ep.id, "endpoint disabled").await?;
+            fail_open_deliveries(&mut tx, &ep.id, super::OFF_DISABLED).await?;
         }
         notify(&mut tx, ENDPOINT_CHANNEL, &ep.id).await?;
         tx.commit().await.ctx("committing an endpoint change")?;
@@ -817,7 +817,7 @@ impl PgStore {
         .execute(&mut *tx)
         .await
         .ctx("deleting an endpoint")?;
-        fail_open_deliveries(&mut tx, &id, "endpoint removed").await?;
+        fail_open_deliveries(&mut tx, &id, super::OFF_REMOVED).await?;
         notify(&mut tx, ENDPOINT_CHANNEL, &id).await?;
         tx.commit().await.ctx("committing an endpoint removal")?;
         ep.enabled = false;
@@ -1704,13 +1704,13 @@ impl PgStore {
                      WHERE id = $1",
                 )
                 .bind(endpoint_id)
-                .bind("the endpoint answered 410 Gone")
+                .bind(super::GONE_REASON)
                 .bind(now)
                 .execute(&mut *tx)
                 .await
                 .ctx("disabling a gone endpoint")?;
             }
-            fail_open_deliveries(&mut tx, endpoint_id, "endpoint answered 410 Gone").await?;
+            fail_open_deliveries(&mut tx, endpoint_id, super::OFF_GONE).await?;
             notify(&mut tx, ENDPOINT_CHANNEL, endpoint_id).await?;
         }
         // Other nodes may be asleep until later than the earliest retry set here.

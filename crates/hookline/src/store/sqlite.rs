@@ -27,8 +27,8 @@
 use super::sealing::{SealedColumns, Sealer, check_recorded_key, reseal_row};
 use super::{
     AcceptedEvent, AcceptedSummary, AttemptRecord, Context, DeliveryFilter, DueDelivery,
-    EventFilter, FeedPos, IdempotencyKey, Ingested, NewDelivery, NewEvent, Outcome, Page,
-    RetryRefusal, StoreError,
+    EventFilter, FeedPos, GONE_REASON, IdempotencyKey, Ingested, NewDelivery, NewEvent,
+    OFF_DISABLED, OFF_GONE, OFF_REMOVED, Outcome, Page, RetryRefusal, StoreError, off_reason,
 };
 use crate::model::{
     Account, ApiKey, Attempt, CustomEventType, Delivery, DeliveryStatus, Endpoint, Event, Plan,
@@ -109,6 +109,9 @@ pub struct SqliteStore {
     writer: mpsc::Sender<WriteJob>,
     riders: Riders,
     rider_wait: std::time::Duration,
+    /// The most rows one job reads when it ends a turned-off endpoint's waiting deliveries
+    /// ([`END_BATCH`] but in tests).
+    end_batch: usize,
     readers: Arc<ReadPool>,
     path: Arc<PathBuf>,
     subscribers: Subscribers,
@@ -407,6 +410,7 @@ impl SqliteStore {
             writer: tx,
             riders,
             rider_wait: RIDER_WAIT,
+            end_batch: END_BATCH,
             readers: Arc::new(ReadPool {
                 conns: Mutex::new(conns),
                 permits: Arc::new(Semaphore::new(READERS)),
@@ -515,6 +519,12 @@ impl SqliteStore {
     /// is measured alone.
     pub fn set_rider_wait(&mut self, wait: std::time::Duration) {
         self.rider_wait = wait;
+    }
+
+    /// How many rows one job reads when it ends a turned-off endpoint's waiting deliveries.
+    #[cfg(test)]
+    pub(crate) fn set_end_batch(&mut self, batch: usize) {
+        self.end_batch = batch.max(1);
     }
 
     /// Runs `f` on a read connection on a blocking thread.
@@ -640,6 +650,7 @@ impl SqliteStore {
         plan: Plan,
     ) -> Result<Option<(Account, Vec<Endpoint>)>, StoreError> {
         let (subscribers, sealer) = (self.subscribers.clone(), self.sealer.clone());
+        let batch = self.end_batch;
         self.write(move |c| {
             c.execute(
                 "UPDATE accounts SET plan = ?2 WHERE id = ?1",
@@ -679,7 +690,7 @@ impl SqliteStore {
                         params![ep_id, super::PLAN_DISABLED, now],
                     )
                     .ctx("disabling an endpoint")?;
-                    fail_open_deliveries(c, &ep_id, super::PLAN_DISABLED)?;
+                    fail_open_deliveries(c, &ep_id, super::PLAN_DISABLED, batch)?;
                     if let Some(ep) = load_endpoint(c, &sealer, Some(&id), &ep_id)? {
                         disabled.push(ep);
                     }
@@ -956,6 +967,7 @@ impl SqliteStore {
     {
         let subscribers = self.subscribers.clone();
         let sealer = self.sealer.clone();
+        let batch = self.end_batch;
         self.write(move |c| {
             subscribers.forget(&account_id);
             let Some(mut ep) = load_endpoint(c, &sealer, Some(&account_id), &id)? else {
@@ -965,6 +977,19 @@ impl SqliteStore {
             change(&mut ep);
             if ep.enabled && !was_enabled {
                 require_webhooks(c, &account_id)?;
+                // What its turning off left waiting ends before it is on again, or it would be
+                // delivered: the last of it here, a longer backlog by the ender first (then
+                // the job, and what it ended, is undone).
+                if let Some(why) = turned_off_reason(c, &ep.id)?
+                    && end_waiting_rows(c, &ep.id, why, Timestamp::now().0, batch)?.1
+                {
+                    return Err(StoreError::Conflict(
+                        "the endpoint is still ending the deliveries that waited for it when it \
+                         was turned off (a long backlog ends a few thousand at a time); turn it \
+                         on again in a moment"
+                            .into(),
+                    ));
+                }
                 ep.disabled_reason = None;
             }
             ep.updated_at = Timestamp(Timestamp::now().0.max(ep.updated_at.0 + 1));
@@ -993,7 +1018,7 @@ impl SqliteStore {
             )
             .ctx("updating an endpoint")?;
             if was_enabled && !ep.enabled {
-                fail_open_deliveries(c, &ep.id, "endpoint disabled")?;
+                fail_open_deliveries(c, &ep.id, OFF_DISABLED, batch)?;
             }
             Ok(Some(ep))
         })
@@ -1010,6 +1035,7 @@ impl SqliteStore {
     ) -> Result<Option<Endpoint>, StoreError> {
         let subscribers = self.subscribers.clone();
         let sealer = self.sealer.clone();
+        let batch = self.end_batch;
         self.write(move |c| {
             let Some(mut ep) = load_endpoint(c, &sealer, Some(&account_id), &id)? else {
                 return Ok(None);
@@ -1021,7 +1047,7 @@ impl SqliteStore {
                 params![id, now.0],
             )
             .ctx("deleting an endpoint")?;
-            fail_open_deliveries(c, &id, "endpoint removed")?;
+            fail_open_deliveries(c, &id, OFF_REMOVED, batch)?;
             ep.enabled = false;
             ep.updated_at = now;
             Ok(Some(ep))
@@ -1697,9 +1723,10 @@ impl SqliteStore {
     /// When the earliest `pending` delivery is due.
     pub async fn next_due_at(&self) -> Result<Option<Timestamp>, StoreError> {
         // One seek into `deliveries_due_by_endpoint` per endpoint the claim looks at (turning
-        // an endpoint off or removing it ends its pending deliveries in the same write, and
-        // the ones it held as their outcomes come, so no other endpoint has pending ones);
-        // rows waiting for room are due since their endpoint's `waiting_since`.
+        // an endpoint off or removing it ends its due deliveries in the same write, and the
+        // ones it held as their outcomes come, so no other endpoint has due ones; what it left
+        // waiting, the ender ends); rows waiting for room are due since their endpoint's
+        // `waiting_since`.
         self.read(|c| {
             c.query_row(NEXT_DUE, [], |r| r.get::<_, Option<i64>>(0))
                 .ctx("finding the next due delivery")
@@ -1717,6 +1744,7 @@ impl SqliteStore {
     /// goes to `attempts` directly.
     pub async fn record_attempts(&self, records: Vec<AttemptRecord>) -> Result<(), StoreError> {
         let subscribers = self.subscribers.clone();
+        let batch = self.end_batch;
         self.write_riding(move |c| {
             let mut insert = c
                 .prepare_cached(
@@ -1804,10 +1832,10 @@ impl SqliteStore {
                     c.execute(
                         "UPDATE endpoints SET enabled = 0, disabled_reason = ?2, updated_at = ?3
                          WHERE id = ?1",
-                        params![rec.endpoint_id, "the endpoint answered 410 Gone", now],
+                        params![rec.endpoint_id, GONE_REASON, now],
                     )
                     .ctx("disabling a gone endpoint")?;
-                    fail_open_deliveries(c, &rec.endpoint_id, "endpoint answered 410 Gone")?;
+                    fail_open_deliveries(c, &rec.endpoint_id, OFF_GONE, batch)?;
                     subscribers.forget_all();
                 }
             }
@@ -1946,6 +1974,49 @@ impl SqliteStore {
             match next {
                 Some(w) => walk = Some(w),
                 None => return Ok(ended),
+            }
+        }
+    }
+
+    /// Ends, in jobs of [`END_BATCH`] rows, the deliveries that endpoints turned off (or
+    /// removed) left waiting: a turning off ends the first batch itself
+    /// ([`fail_open_deliveries`]). Returns how many it ended.
+    pub async fn end_turned_off(&self) -> Result<usize, StoreError> {
+        let ids: Vec<String> = self
+            .read(|c| {
+                c.prepare_cached(
+                    "SELECT id FROM endpoints
+                     WHERE waiting_from IS NOT NULL AND (enabled = 0 OR deleted_at IS NOT NULL)",
+                )
+                .and_then(|mut st| {
+                    st.query_map([], |r| r.get(0))
+                        .and_then(|rows| rows.collect::<Result<_, _>>())
+                })
+                .ctx("finding endpoints turned off with deliveries left")
+            })
+            .await?;
+        let mut ended = 0;
+        for id in ids {
+            ended += self.end_turned_off_endpoint(id).await?;
+        }
+        Ok(ended)
+    }
+
+    /// [`Self::end_turned_off`] for one endpoint (nothing if it is on, or has none left).
+    async fn end_turned_off_endpoint(&self, endpoint_id: String) -> Result<usize, StoreError> {
+        let batch = self.end_batch;
+        let mut ended = 0;
+        loop {
+            let id = endpoint_id.clone();
+            let (n, more) = self
+                .write(move |c| match turned_off_reason(c, &id)? {
+                    None => Ok((0, false)),
+                    Some(why) => end_waiting_rows(c, &id, why, Timestamp::now().0, batch),
+                })
+                .await?;
+            ended += n;
+            if !more {
+                return Ok(ended);
             }
         }
     }
@@ -2762,34 +2833,114 @@ const END_DUE: &str = "UPDATE deliveries SET status = 'failed', next_attempt_at 
         last_error = COALESCE(last_error, ?2), updated_at = ?3
      WHERE endpoint_id = ?1 AND status = 'pending' AND next_attempt_at IS NOT NULL";
 
-/// Ends endpoint `?1`'s deliveries waiting for room, from its mark on.
+/// The row `?3` rows on from row `?2` among endpoint `?1`'s deliveries (none if it has
+/// fewer): where a job that ends its waiting rows stops reading.
+const NTH_ROW_FROM: &str = "SELECT seq FROM deliveries WHERE endpoint_id = ?1 AND seq >= ?2
+     ORDER BY seq LIMIT 1 OFFSET ?3";
+
+/// Ends endpoint `?1`'s deliveries waiting for room from row `?4` up to row `?5` (not
+/// included).
 const END_WAITING: &str = "UPDATE deliveries SET status = 'failed',
         last_error = COALESCE(last_error, ?2), updated_at = ?3
      WHERE endpoint_id = ?1 AND status = 'pending' AND next_attempt_at IS NULL
-       AND seq >= (SELECT waiting_from FROM endpoints WHERE id = ?1)";
+       AND seq >= ?4 AND seq < ?5";
+
+/// The most rows one job reads when it ends a turned-off endpoint's waiting deliveries: an
+/// endpoint down for a day holds millions of them, and one job ending them all would hold
+/// the writer (and every ingest behind it) for as long, with as big a WAL.
+const END_BATCH: usize = 5_000;
 
 /// Ends an endpoint's `pending` deliveries as `failed` (it was turned off, removed, or
-/// answered `410`), in the open job: its due rows through the due index, its waiting rows
-/// from its mark on. So the job costs what it ends, not the endpoint's history, which the
-/// endpoint's index would otherwise walk row by row while every ingest waited.
+/// answered `410`), in the open job: its due rows through the due index, and the first
+/// `batch` of its rows from its waiting mark on. So the job costs at most what it ends plus
+/// `batch` rows, not the endpoint's history (which the endpoint's index would otherwise walk
+/// row by row while every ingest waited), nor a long outage's backlog. What it leaves waiting
+/// keeps the mark, and jobs of their own end it ([`SqliteStore::end_turned_off`], also at
+/// start, so a crash in between loses nothing). Returns the rows ended, and whether any may
+/// be left.
 ///
 /// Its `delivering` rows are left to their own outcomes: every one is held by this
 /// process's dispatcher, which gives it back unsent or records its attempt, and the
 /// recorder ends as `failed` any such outcome that would leave it `pending`
 /// ([`ENDPOINT_LIVE`]); a restart does the same ([`SqliteStore::release_all_claims`]). An
 /// attempt in flight may still succeed, and is then recorded as such.
-fn fail_open_deliveries(c: &Connection, endpoint_id: &str, why: &str) -> Result<usize, StoreError> {
+fn fail_open_deliveries(
+    c: &Connection,
+    endpoint_id: &str,
+    why: &str,
+    batch: usize,
+) -> Result<(usize, bool), StoreError> {
     let now = Timestamp::now().0;
-    let mut ended = c
+    let ended = c
         .prepare_cached(END_DUE)
         .and_then(|mut st| st.execute(params![endpoint_id, why, now]))
         .ctx("ending an endpoint's due deliveries")?;
-    ended += c
+    let (waiting, more) = end_waiting_rows(c, endpoint_id, why, now, batch)?;
+    Ok((ended + waiting, more))
+}
+
+/// Ends the waiting deliveries among the first `batch` rows of an endpoint that is off, from
+/// its waiting mark on, and moves the mark past them (clears it when no row is left).
+/// Returns the rows ended, and whether any may be left.
+///
+/// The mark may then point at a row that is not waiting, never past one that is: the
+/// invariant of [`mark_waiting`] holds. No waiting row of the endpoint is made meanwhile:
+/// ingest makes deliveries only for endpoints that are on.
+fn end_waiting_rows(
+    c: &Connection,
+    endpoint_id: &str,
+    why: &str,
+    now: i64,
+    batch: usize,
+) -> Result<(usize, bool), StoreError> {
+    let mark: Option<i64> = c
+        .prepare_cached("SELECT waiting_from FROM endpoints WHERE id = ?1")
+        .and_then(|mut st| st.query_row([endpoint_id], |r| r.get(0)).optional())
+        .ctx("reading an endpoint's waiting mark")?
+        .flatten();
+    let Some(mark) = mark else {
+        return Ok((0, false));
+    };
+    let stop: Option<i64> = c
+        .prepare_cached(NTH_ROW_FROM)
+        .and_then(|mut st| {
+            st.query_row(
+                params![endpoint_id, mark, i64::try_from(batch).unwrap_or(i64::MAX)],
+                |r| r.get(0),
+            )
+            .optional()
+        })
+        .ctx("finding where to stop ending waiting deliveries")?;
+    let ended = c
         .prepare_cached(END_WAITING)
-        .and_then(|mut st| st.execute(params![endpoint_id, why, now]))
+        .and_then(|mut st| {
+            st.execute(params![
+                endpoint_id,
+                why,
+                now,
+                mark,
+                stop.unwrap_or(i64::MAX)
+            ])
+        })
         .ctx("ending an endpoint's waiting deliveries")?;
-    clear_waiting(c, endpoint_id)?;
-    Ok(ended)
+    move_waiting_mark(c, endpoint_id, stop)?;
+    Ok((ended, stop.is_some()))
+}
+
+/// Why the deliveries of `endpoint_id` end if it is off (disabled or removed) and still
+/// has rows waiting from an earlier turning off; `None` otherwise.
+fn turned_off_reason(
+    c: &Connection,
+    endpoint_id: &str,
+) -> Result<Option<&'static str>, StoreError> {
+    let row: Option<(bool, Option<String>)> = c
+        .prepare_cached(
+            "SELECT deleted_at IS NOT NULL, disabled_reason FROM endpoints
+             WHERE id = ?1 AND waiting_from IS NOT NULL AND (enabled = 0 OR deleted_at IS NOT NULL)",
+        )
+        .and_then(|mut st| st.query_row([endpoint_id], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+        .ctx("reading a turned-off endpoint")?;
+    Ok(row.map(|(removed, reason)| off_reason(removed, reason.as_deref())))
 }
 
 /// Moves `endpoint_id`'s waiting mark on to row `next`, or clears it when `None` (see
@@ -2825,8 +2976,9 @@ fn clear_waiting(c: &Connection, endpoint_id: &str) -> Result<(), StoreError> {
 /// A waiting delivery is `pending` with no due time, so it is in no index of due work; the
 /// claim finds an endpoint's waiting rows from its `waiting_from` on, in row order. The
 /// invariant: every waiting row of an endpoint has a row number at or after its
-/// `waiting_from`, which is only ever lowered here, advanced past the rows a claim took or
-/// the stale sweep ended, and cleared when none is left. So the mark may point before rows
+/// `waiting_from`, which is only ever lowered here, advanced past the rows a claim took, the
+/// stale sweep ended or a turned-off endpoint's ending passed ([`end_waiting_rows`]), and
+/// cleared when none is left. So the mark may point before rows
 /// that are no longer waiting, never after one that does. Only ingest makes waiting rows,
 /// each the newest row of its transaction, so the mark never goes back before rows long
 /// since delivered: a claim walks only the endpoint's rows since the last one taken.
@@ -3037,12 +3189,12 @@ fn delivery_from_row(r: &Row<'_>) -> rusqlite::Result<Delivery> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::model::DeliveryStatus;
     use std::collections::BTreeMap;
 
-    fn endpoint(account_id: &str) -> Endpoint {
+    pub(crate) fn endpoint(account_id: &str) -> Endpoint {
         let now = Timestamp::now();
         Endpoint {
             id: new_id("ep"),
@@ -3106,7 +3258,7 @@ mod tests {
     }
 
     /// `n` click events with empty `data`.
-    fn click(n: usize) -> Vec<NewEvent> {
+    pub(crate) fn click(n: usize) -> Vec<NewEvent> {
         (0..n)
             .map(|_| NewEvent {
                 id: new_id("evt"),
@@ -3141,6 +3293,131 @@ mod tests {
     async fn status(store: &SqliteStore, account_id: &str, id: &str) -> DeliveryStatus {
         let found = store.get_delivery(account_id.into(), id.into()).await;
         found.unwrap().expect("the delivery exists").0.status
+    }
+
+    /// Turning an endpoint off ends at most a batch of what waits behind it in its own
+    /// write; the rest ends in writes of their own, after a restart too, and an endpoint
+    /// turned on again before then never delivers it.
+    #[tokio::test]
+    async fn a_turned_off_endpoints_backlog_ends_a_batch_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = SqliteStore::open(dir.path(), Sealer::none()).unwrap();
+        store.set_end_batch(4);
+        let (account, ep, _) = with_events(&store, 0).await;
+        let acc = account.id.clone();
+        let waiting = |store: &SqliteStore, n: usize| {
+            let (store, acc) = (store.clone(), acc.clone());
+            async move {
+                let accepted = store
+                    .insert_events(acc, click(n), |_| false, |_| {})
+                    .await
+                    .unwrap();
+                accepted
+                    .iter()
+                    .map(|a| a.deliveries[0].id.clone())
+                    .collect::<Vec<_>>()
+            }
+        };
+        let seen = |store: &SqliteStore, ids: Vec<String>| {
+            let (store, acc) = (store.clone(), acc.clone());
+            async move {
+                let mut out = Vec::new();
+                for id in ids {
+                    let (d, _) = store.get_delivery(acc.clone(), id).await.unwrap().unwrap();
+                    out.push((d.status, d.last_error));
+                }
+                out
+            }
+        };
+        let failed = |why: &str| (DeliveryStatus::Failed, Some(why.to_owned()));
+        let pending = (DeliveryStatus::Pending, None);
+        let turn = |store: &SqliteStore, on: bool| {
+            let (store, acc, id) = (store.clone(), acc.clone(), ep.id.clone());
+            async move {
+                store
+                    .update_endpoint(acc, id, move |e| e.enabled = on)
+                    .await
+                    .unwrap()
+                    .unwrap()
+            }
+        };
+        let db = Connection::open(dir.path().join("hookline.db")).unwrap();
+        let mark = |db: &Connection| -> Option<i64> {
+            db.query_row(
+                "SELECT waiting_from FROM endpoints WHERE id = ?1",
+                [&ep.id],
+                |r| r.get(0),
+            )
+            .unwrap()
+        };
+
+        let ids = waiting(&store, 10).await;
+        turn(&store, false).await;
+        let mut want = vec![failed(OFF_DISABLED); 4];
+        want.extend(vec![pending.clone(); 6]);
+        assert_eq!(
+            seen(&store, ids.clone()).await,
+            want,
+            "the first batch only"
+        );
+        assert!(mark(&db).is_some());
+
+        // A crash right after the turning off: the rest ends after the restart.
+        drop(store);
+        let mut store = SqliteStore::open(dir.path(), Sealer::none()).unwrap();
+        store.set_end_batch(4);
+        assert_eq!(store.end_turned_off().await.unwrap(), 6);
+        assert_eq!(seen(&store, ids).await, vec![failed(OFF_DISABLED); 10]);
+        assert_eq!(mark(&db), None);
+        assert_eq!(store.end_turned_off().await.unwrap(), 0);
+
+        // Turned off and on again before the rest ended: refused while more than a batch is
+        // left (it would be delivered), and what is left of one ends in the change itself.
+        // The endpoint takes only what comes after.
+        turn(&store, true).await;
+        let ids = waiting(&store, 10).await;
+        turn(&store, false).await;
+        let refused = store
+            .update_endpoint(acc.clone(), ep.id.clone(), |e| e.enabled = true)
+            .await;
+        assert!(
+            matches!(refused, Err(StoreError::Conflict(_))),
+            "{refused:?}"
+        );
+        let mut want = vec![failed(OFF_DISABLED); 4];
+        want.extend(vec![pending.clone(); 6]);
+        assert_eq!(
+            seen(&store, ids.clone()).await,
+            want,
+            "the refusal changed nothing"
+        );
+        let still = store.get_endpoint(acc.clone(), ep.id.clone()).await;
+        assert!(!still.unwrap().unwrap().enabled);
+        store.set_end_batch(8);
+        turn(&store, true).await;
+        assert_eq!(seen(&store, ids).await, vec![failed(OFF_DISABLED); 10]);
+        assert_eq!(mark(&db), None);
+        store.set_end_batch(4);
+        let after = waiting(&store, 1).await;
+        let claimed: Vec<String> = store
+            .claim_due(Timestamp::now(), |_| 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|d| d.delivery_id)
+            .collect();
+        assert_eq!(claimed, after);
+
+        // Removed: the rest ends for that reason.
+        let ids = waiting(&store, 6).await;
+        store
+            .delete_endpoint(acc.clone(), ep.id.clone())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(store.end_turned_off().await.unwrap(), 2);
+        assert_eq!(seen(&store, ids).await, vec![failed(OFF_REMOVED); 6]);
+        assert_eq!(mark(&db), None);
     }
 
     /// An attempt that outlived its claim (the delivery was given back and retried by hand
@@ -3986,7 +4263,11 @@ mod tests {
             (END_DUE, "deliveries_due_by_endpoint"),
             (
                 END_WAITING,
-                "deliveries_by_endpoint (endpoint_id=? AND seq>?)",
+                "deliveries_by_endpoint (endpoint_id=? AND seq>? AND seq<?)",
+            ),
+            (
+                NTH_ROW_FROM,
+                "COVERING INDEX deliveries_by_endpoint (endpoint_id=? AND seq>?)",
             ),
             (
                 WAITING_FROM_MARK,
@@ -4013,7 +4294,7 @@ mod tests {
             let plan = plan.join("\n");
             assert!(plan.contains(index), "{sql}\n{plan}");
             assert!(!plan.contains("SCAN d"), "{sql}\n{plan}");
-            if [WAITING_SCAN, WAITING_FROM_MARK].contains(&sql) {
+            if [WAITING_SCAN, WAITING_FROM_MARK, NTH_ROW_FROM].contains(&sql) {
                 assert!(!plan.contains("TEMP B-TREE"), "{sql}\n{plan}");
             }
             assert!(!plan.contains("SCAN deliveries"), "{sql}\n{plan}");
