@@ -2481,19 +2481,42 @@ async fn fail_open_deliveries(
     endpoint_id: &str,
     why: &str,
 ) -> Result<usize, StoreError> {
-    let done = sqlx::query(
-        "UPDATE deliveries SET status = 'failed', next_attempt_at = NULL,
-            last_error = COALESCE(last_error, $2), updated_at = $3
-         WHERE endpoint_id = $1 AND status IN ('pending', 'delivering')",
-    )
-    .bind(endpoint_id)
-    .bind(why)
-    .bind(Timestamp::now().0)
-    .execute(c)
-    .await
-    .ctx("ending an endpoint's open deliveries")?;
-    Ok(done.rows_affected() as usize)
+    let now = Timestamp::now().0;
+    let mut ended = 0;
+    // Those in flight first. Each statement reads the rows as they were when it began
+    // (READ COMMITTED), and another node may give one back (`pending`) meanwhile, without the
+    // endpoint's lock: given back after the first, it is `pending` for the second. The other
+    // way round it would escape both. The opposite move (`pending` to `delivering`, a claim)
+    // takes the endpoint's lock, which this transaction holds.
+    for (sql, what) in [
+        (END_HELD, "ending an endpoint's deliveries in flight"),
+        (END_PENDING, "ending an endpoint's pending deliveries"),
+    ] {
+        let done = sqlx::query(sql)
+            .bind(endpoint_id)
+            .bind(why)
+            .bind(now)
+            .execute(&mut *c)
+            .await
+            .ctx(what)?;
+        ended += done.rows_affected() as usize;
+    }
+    Ok(ended)
 }
+
+/// Ends endpoint `$1`'s `pending` deliveries (`$2` the reason, `$3` now). Its status matches
+/// the predicate of the partial indexes of pending rows (`deliveries_due_by_endpoint`,
+/// `deliveries_due`): a single statement for `status IN ('pending', 'delivering')` matched
+/// neither, and the planner read the whole table.
+pub const END_PENDING: &str = "UPDATE deliveries SET status = 'failed', next_attempt_at = NULL,
+        last_error = COALESCE(last_error, $2), updated_at = $3
+     WHERE endpoint_id = $1 AND status = 'pending'";
+
+/// Ends endpoint `$1`'s `delivering` deliveries: those in flight on any node, all of them in
+/// `deliveries_held_by_node` (whatever the endpoint's history).
+pub const END_HELD: &str = "UPDATE deliveries SET status = 'failed', next_attempt_at = NULL,
+        last_error = COALESCE(last_error, $2), updated_at = $3
+     WHERE endpoint_id = $1 AND status = 'delivering'";
 
 /// A page of items read by `item`, each row carrying its position in column `seq_col`
 /// (fetched with one row more than `limit`).

@@ -1,0 +1,103 @@
+//! On PostgreSQL, turning an endpoint off ends its open deliveries through the partial
+//! indexes of open rows, whatever the endpoint's history: with 49,500 delivered rows behind
+//! it, the planner reads neither the table nor the endpoint's index of every delivery.
+//!
+//! Runs when `HOOKLINE_TEST_DATABASE_URL` is set (`.ci/run` sets it), like the PostgreSQL
+//! half of the integration suite.
+
+mod common;
+
+use common::{Data, Engine};
+use hookline::store::postgres::{END_HELD, END_PENDING};
+use hookline::store::{Location, Store};
+use sqlx::Connection as _;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ending_a_turned_off_endpoints_deliveries_reads_only_its_open_rows() {
+    let Some(engine) = Engine::postgres() else {
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "ending_a_turned_off_endpoints_deliveries_reads_only_its_open_rows: skipped on \
+             PostgreSQL: HOOKLINE_TEST_DATABASE_URL is not set"
+        );
+        return;
+    };
+    let data = Data::fresh(&engine).await;
+    let Location::Postgres(url) = &data.location else {
+        unreachable!("a PostgreSQL engine gives a PostgreSQL location")
+    };
+    // The schema, as the server makes it.
+    drop(Store::open(&data.location).await.unwrap());
+    let mut db = sqlx::PgConnection::connect(url).await.unwrap();
+
+    // The endpoint: 49,500 delivered, 30 pending, 8 in flight; beside it another endpoint
+    // with 16,500 pending.
+    sqlx::raw_sql(
+        "INSERT INTO deliveries (id, account_id, event_id, event_type, endpoint_id, status,
+             next_attempt_at, node, created_at, updated_at)
+         SELECT 'dlv_' || i, 'acc', 'evt_' || i, 'click',
+             CASE WHEN i % 4 = 0 THEN 'ep_other' ELSE 'ep_off' END,
+             CASE WHEN i > 66040 THEN 'delivering'
+                  WHEN i > 66000 OR i % 4 = 0 THEN 'pending' ELSE 'succeeded' END,
+             CASE WHEN i <= 66040 AND (i > 66000 OR i % 4 = 0) THEN i END,
+             CASE WHEN i > 66040 THEN 'node_a' END,
+             i, i
+         FROM generate_series(1, 66050) AS i;
+         ANALYZE deliveries;",
+    )
+    .execute(&mut db)
+    .await
+    .unwrap();
+
+    // For the pending rows either partial index of them will do (by endpoint, or by due
+    // time alone): the planner picks by how many it expects the endpoint to have.
+    for (n, (sql, index)) in [
+        (END_PENDING, "deliveries_due"),
+        (END_HELD, "deliveries_held_by_node"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "PREPARE ending_{n} (text, text, bigint) AS {sql}"
+        )))
+        .execute(&mut db)
+        .await
+        .unwrap();
+        let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "EXPLAIN EXECUTE ending_{n} ('ep_off', 'endpoint disabled', 0)"
+        )))
+        .fetch_all(&mut db)
+        .await
+        .unwrap();
+        let plan = plan.join("\n");
+        assert!(plan.contains(index), "{sql}\n{plan}");
+        assert!(!plan.contains("Seq Scan"), "{sql}\n{plan}");
+        assert!(!plan.contains("deliveries_by_endpoint"), "{sql}\n{plan}");
+    }
+
+    // And they end what they should: the endpoint's open rows, no other.
+    let mut ended = 0;
+    for sql in [END_PENDING, END_HELD] {
+        ended += sqlx::query(sql)
+            .bind("ep_off")
+            .bind("endpoint disabled")
+            .bind(1_i64)
+            .execute(&mut db)
+            .await
+            .unwrap()
+            .rows_affected();
+    }
+    let open: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT endpoint_id, COUNT(*) FROM deliveries
+         WHERE status IN ('pending', 'delivering') GROUP BY endpoint_id ORDER BY endpoint_id",
+    )
+    .fetch_all(&mut db)
+    .await
+    .unwrap();
+    // Rows 66,001 to 66,050 are open; every fourth is the other endpoint's, as are its
+    // 16,500 pending before them.
+    assert_eq!(ended, 38);
+    assert_eq!(open, vec![("ep_other".to_owned(), 16_512)]);
+}
