@@ -348,7 +348,8 @@ pub async fn recover(
     require_webhooks(&state, &account, &id, "recovering deliveries").await?;
     let started = Timestamp::now();
     let mut recovered = 0;
-    let mut after = 0;
+    // From about `since` on, not from the endpoint's first delivery.
+    let mut after = state.store.recover_from(id.clone(), body.since).await?;
     loop {
         let (n, next) = match state
             .store

@@ -550,6 +550,50 @@ impl Store {
         on_engine!(self, s => s.recover(account_id, endpoint_id, since, started, after, batch).await)
     }
 
+    /// Where a recovery of the endpoint's deliveries created since `since` starts its walk
+    /// ([`Store::recover`]'s `after`): the row before the first created at most
+    /// [`RECOVER_MARGIN_MS`] before `since`, or 0. So a recovery of the last hour walks the
+    /// last hour's rows, not months of the endpoint's history first.
+    ///
+    /// A binary search over row numbers, each probe one seek into the endpoint's index of
+    /// deliveries (at most about 64, whatever the history). It relies on rows being numbered
+    /// about in the order of their creation times: ingest stamps an event just before its
+    /// write, so rows out of that order are apart by the wait for the writer (on PostgreSQL,
+    /// also the nodes' clock skew), well inside the margin. Only a clock set back by more than
+    /// the margin could leave a delivery created since `since` before the start.
+    pub async fn recover_from(
+        &self,
+        endpoint_id: String,
+        since: Timestamp,
+    ) -> Result<i64, StoreError> {
+        let cutoff = since.0.saturating_sub(RECOVER_MARGIN_MS);
+        // Whether the first row after `after` was created at or after the cutoff (true past
+        // the last row): false up to the last row before the first such one, then true.
+        let (mut lo, mut hi) = (0, self.last_delivery_row(endpoint_id.clone()).await?);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match self.first_delivery_after(endpoint_id.clone(), mid).await? {
+                Some((row, created_at)) if created_at < cutoff => lo = (mid + 1).max(row),
+                _ => hi = mid,
+            }
+        }
+        Ok(lo)
+    }
+
+    /// The endpoint's last delivery's row number (0 if none).
+    async fn last_delivery_row(&self, endpoint_id: String) -> Result<i64, StoreError> {
+        on_engine!(self, s => s.last_delivery_row(endpoint_id).await)
+    }
+
+    /// The row number and creation time of the endpoint's first delivery after row `after`.
+    async fn first_delivery_after(
+        &self,
+        endpoint_id: String,
+        after: i64,
+    ) -> Result<Option<(i64, i64)>, StoreError> {
+        on_engine!(self, s => s.first_delivery_after(endpoint_id, after).await)
+    }
+
     /// Takes one delivery for a manual retry, whatever its state.
     pub async fn claim_for_retry(
         &self,
@@ -559,6 +603,9 @@ impl Store {
         on_engine!(self, s => s.claim_for_retry(account_id, delivery_id).await)
     }
 }
+
+/// How much earlier than a recovery's `since` its walk starts ([`Store::recover_from`]).
+pub const RECOVER_MARGIN_MS: i64 = 60_000;
 
 /// Cuts `rows` (fetched with one extra) to a page, with the position after its last item.
 pub(crate) fn page<T>(mut rows: Vec<(T, i64)>, limit: usize) -> Page<T> {

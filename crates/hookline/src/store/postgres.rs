@@ -1729,6 +1729,34 @@ impl PgStore {
         Ok(())
     }
 
+    /// The endpoint's last delivery's row number (0 if none).
+    pub async fn last_delivery_row(&self, endpoint_id: String) -> Result<i64, StoreError> {
+        sqlx::query_scalar(
+            "SELECT COALESCE(MAX(seq), 0)::BIGINT FROM deliveries WHERE endpoint_id = $1",
+        )
+        .bind(endpoint_id)
+        .fetch_one(&self.pool)
+        .await
+        .ctx("finding an endpoint's last delivery")
+    }
+
+    /// The row number and creation time of the endpoint's first delivery after row `after`.
+    pub async fn first_delivery_after(
+        &self,
+        endpoint_id: String,
+        after: i64,
+    ) -> Result<Option<(i64, i64)>, StoreError> {
+        sqlx::query_as(
+            "SELECT seq, created_at FROM deliveries WHERE endpoint_id = $1 AND seq > $2
+             ORDER BY seq LIMIT 1",
+        )
+        .bind(endpoint_id)
+        .bind(after)
+        .fetch_optional(&self.pool)
+        .await
+        .ctx("finding where a recovery starts")
+    }
+
     /// A step of a recovery (see [`super::Store::recover`]).
     pub async fn recover(
         &self,

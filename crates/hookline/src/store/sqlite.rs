@@ -1906,6 +1906,33 @@ impl SqliteStore {
         .await
     }
 
+    /// The endpoint's last delivery's row number (0 if none).
+    pub async fn last_delivery_row(&self, endpoint_id: String) -> Result<i64, StoreError> {
+        self.read(move |c| {
+            c.prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM deliveries WHERE endpoint_id = ?1")
+                .and_then(|mut st| st.query_row([endpoint_id], |r| r.get(0)))
+                .ctx("finding an endpoint's last delivery")
+        })
+        .await
+    }
+
+    /// The row number and creation time of the endpoint's first delivery after row `after`.
+    pub async fn first_delivery_after(
+        &self,
+        endpoint_id: String,
+        after: i64,
+    ) -> Result<Option<(i64, i64)>, StoreError> {
+        self.read(move |c| {
+            c.prepare_cached(FIRST_DELIVERY_AFTER)
+                .and_then(|mut st| {
+                    st.query_row(params![endpoint_id, after], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .optional()
+                })
+                .ctx("finding where a recovery starts")
+        })
+        .await
+    }
+
     /// Makes every `pending` delivery of an endpoint due now (the endpoint is back).
     pub async fn pull_forward(&self, endpoint_id: String) -> Result<usize, StoreError> {
         self.write(move |c| {
@@ -2833,6 +2860,10 @@ const END_DUE: &str = "UPDATE deliveries SET status = 'failed', next_attempt_at 
         last_error = COALESCE(last_error, ?2), updated_at = ?3
      WHERE endpoint_id = ?1 AND status = 'pending' AND next_attempt_at IS NOT NULL";
 
+/// Endpoint `?1`'s first delivery after row `?2`: its row number and creation time.
+const FIRST_DELIVERY_AFTER: &str = "SELECT seq, created_at FROM deliveries
+     WHERE endpoint_id = ?1 AND seq > ?2 ORDER BY seq LIMIT 1";
+
 /// The row `?3` rows on from row `?2` among endpoint `?1`'s deliveries (none if it has
 /// fewer): where a job that ends its waiting rows stops reading.
 const NTH_ROW_FROM: &str = "SELECT seq FROM deliveries WHERE endpoint_id = ?1 AND seq >= ?2
@@ -3293,6 +3324,76 @@ pub(crate) mod tests {
     async fn status(store: &SqliteStore, account_id: &str, id: &str) -> DeliveryStatus {
         let found = store.get_delivery(account_id.into(), id.into()).await;
         found.unwrap().expect("the delivery exists").0.status
+    }
+
+    /// A recovery starts about at its `since`: the search over row numbers finds the last row
+    /// created more than the margin before it, however much older history lies behind.
+    #[tokio::test]
+    async fn a_recovery_starts_at_its_since_not_at_the_first_delivery() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), Sealer::none()).unwrap();
+        let (account, ep) = with_endpoint(&store).await;
+        // Another endpoint's rows lie between its own.
+        let other = store
+            .insert_endpoint(endpoint(&account.id), 100)
+            .await
+            .unwrap();
+        let wrapped = super::super::Store::Sqlite(store.clone());
+        let from = |since: i64| wrapped.recover_from(ep.id.clone(), Timestamp(since));
+        let row_of = |a: &AcceptedEvent, of: &Endpoint| {
+            a.deliveries
+                .iter()
+                .find(|d| d.endpoint.id == of.id)
+                .unwrap()
+                .row
+        };
+        let day = 86_400_000;
+        let now = Timestamp::now().0;
+        assert_eq!(from(now).await.unwrap(), 0, "no deliveries yet");
+        let at = |t: i64, n: usize| {
+            click(n)
+                .into_iter()
+                .map(|e| NewEvent {
+                    created_at: Timestamp(t),
+                    ..e
+                })
+                .collect::<Vec<_>>()
+        };
+        // 1,000 deliveries of ten days ago, then 10 of now.
+        let (mut old_last, mut others_last) = (0, 0);
+        for _ in 0..10 {
+            let accepted = store
+                .insert_events(
+                    account.id.clone(),
+                    at(now - 10 * day, 100),
+                    |_| true,
+                    |_| {},
+                )
+                .await
+                .unwrap();
+            old_last = row_of(&accepted[99], &ep);
+            others_last = row_of(&accepted[99], &other);
+        }
+        let new = store
+            .insert_events(account.id.clone(), at(now, 10), |_| true, |_| {})
+            .await
+            .unwrap();
+        let new_last = row_of(&new[9], &ep);
+        assert!(row_of(&new[0], &ep) > old_last);
+        assert_eq!(from(now - day).await.unwrap(), old_last);
+        assert_eq!(
+            from(now + 30_000).await.unwrap(),
+            old_last,
+            "rows within the margin before `since` are walked"
+        );
+        assert_eq!(
+            from(now - 20 * day).await.unwrap(),
+            0,
+            "all of it is recent"
+        );
+        assert_eq!(from(now + day).await.unwrap(), new_last, "none of it is");
+        let of_other = wrapped.recover_from(other.id.clone(), Timestamp(now - day));
+        assert_eq!(of_other.await.unwrap(), others_last);
     }
 
     /// Turning an endpoint off ends at most a batch of what waits behind it in its own
