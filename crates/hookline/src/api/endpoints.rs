@@ -349,7 +349,10 @@ pub async fn recover(
     let started = Timestamp::now();
     let mut recovered = 0;
     // From about `since` on, not from the endpoint's first delivery.
-    let mut after = state.store.recover_from(id.clone(), body.since).await?;
+    let mut after = state
+        .store
+        .recover_from(account.id.clone(), id.clone(), body.since)
+        .await?;
     loop {
         let (n, next) = match state
             .store

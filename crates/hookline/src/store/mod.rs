@@ -550,7 +550,7 @@ impl Store {
         on_engine!(self, s => s.recover(account_id, endpoint_id, since, started, after, batch).await)
     }
 
-    /// Where a recovery of the endpoint's deliveries created since `since` starts its walk
+    /// Where a recovery of the account's endpoint's deliveries created since `since` starts its walk
     /// ([`Store::recover`]'s `after`): the row before the first created at most
     /// [`RECOVER_MARGIN_MS`] before `since`, or 0. So a recovery of the last hour walks the
     /// last hour's rows, not months of the endpoint's history first.
@@ -559,20 +559,28 @@ impl Store {
     /// deliveries (at most about 64, whatever the history). It relies on rows being numbered
     /// about in the order of their creation times: ingest stamps an event just before its
     /// write, so rows out of that order are apart by the wait for the writer (on PostgreSQL,
-    /// also the nodes' clock skew), well inside the margin. Only a clock set back by more than
-    /// the margin could leave a delivery created since `since` before the start.
+    /// also the nodes' clock skew), well inside the margin. A clock set back (or a node's
+    /// behind) by more than the margin, or an ingest write that waited longer than it, could
+    /// leave a delivery created since `since` before the start, and that one is not queued.
     pub async fn recover_from(
         &self,
+        account_id: String,
         endpoint_id: String,
         since: Timestamp,
     ) -> Result<i64, StoreError> {
         let cutoff = since.0.saturating_sub(RECOVER_MARGIN_MS);
         // Whether the first row after `after` was created at or after the cutoff (true past
         // the last row): false up to the last row before the first such one, then true.
-        let (mut lo, mut hi) = (0, self.last_delivery_row(endpoint_id.clone()).await?);
+        let last = self
+            .last_delivery_row(account_id.clone(), endpoint_id.clone())
+            .await?;
+        let (mut lo, mut hi) = (0, last);
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            match self.first_delivery_after(endpoint_id.clone(), mid).await? {
+            match self
+                .first_delivery_after(account_id.clone(), endpoint_id.clone(), mid)
+                .await?
+            {
                 Some((row, created_at)) if created_at < cutoff => lo = (mid + 1).max(row),
                 _ => hi = mid,
             }
@@ -580,18 +588,24 @@ impl Store {
         Ok(lo)
     }
 
-    /// The endpoint's last delivery's row number (0 if none).
-    async fn last_delivery_row(&self, endpoint_id: String) -> Result<i64, StoreError> {
-        on_engine!(self, s => s.last_delivery_row(endpoint_id).await)
+    /// The account's endpoint's last delivery's row number (0 if none).
+    async fn last_delivery_row(
+        &self,
+        account_id: String,
+        endpoint_id: String,
+    ) -> Result<i64, StoreError> {
+        on_engine!(self, s => s.last_delivery_row(account_id, endpoint_id).await)
     }
 
-    /// The row number and creation time of the endpoint's first delivery after row `after`.
+    /// The row number and creation time of the account's endpoint's first delivery after row
+    /// `after`.
     async fn first_delivery_after(
         &self,
+        account_id: String,
         endpoint_id: String,
         after: i64,
     ) -> Result<Option<(i64, i64)>, StoreError> {
-        on_engine!(self, s => s.first_delivery_after(endpoint_id, after).await)
+        on_engine!(self, s => s.first_delivery_after(account_id, endpoint_id, after).await)
     }
 
     /// Takes one delivery for a manual retry, whatever its state.

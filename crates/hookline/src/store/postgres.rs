@@ -1729,29 +1729,39 @@ impl PgStore {
         Ok(())
     }
 
-    /// The endpoint's last delivery's row number (0 if none).
-    pub async fn last_delivery_row(&self, endpoint_id: String) -> Result<i64, StoreError> {
+    /// The account's endpoint's last delivery's row number (0 if none).
+    pub async fn last_delivery_row(
+        &self,
+        account_id: String,
+        endpoint_id: String,
+    ) -> Result<i64, StoreError> {
         sqlx::query_scalar(
-            "SELECT COALESCE(MAX(seq), 0)::BIGINT FROM deliveries WHERE endpoint_id = $1",
+            "SELECT COALESCE(MAX(seq), 0)::BIGINT FROM deliveries
+             WHERE endpoint_id = $1 AND account_id = $2",
         )
         .bind(endpoint_id)
+        .bind(account_id)
         .fetch_one(&self.pool)
         .await
         .ctx("finding an endpoint's last delivery")
     }
 
-    /// The row number and creation time of the endpoint's first delivery after row `after`.
+    /// The row number and creation time of the account's endpoint's first delivery after row
+    /// `after`.
     pub async fn first_delivery_after(
         &self,
+        account_id: String,
         endpoint_id: String,
         after: i64,
     ) -> Result<Option<(i64, i64)>, StoreError> {
         sqlx::query_as(
-            "SELECT seq, created_at FROM deliveries WHERE endpoint_id = $1 AND seq > $2
+            "SELECT seq, created_at FROM deliveries
+             WHERE endpoint_id = $1 AND seq > $2 AND account_id = $3
              ORDER BY seq LIMIT 1",
         )
         .bind(endpoint_id)
         .bind(after)
+        .bind(account_id)
         .fetch_optional(&self.pool)
         .await
         .ctx("finding where a recovery starts")

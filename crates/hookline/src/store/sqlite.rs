@@ -1906,27 +1906,38 @@ impl SqliteStore {
         .await
     }
 
-    /// The endpoint's last delivery's row number (0 if none).
-    pub async fn last_delivery_row(&self, endpoint_id: String) -> Result<i64, StoreError> {
+    /// The account's endpoint's last delivery's row number (0 if none).
+    pub async fn last_delivery_row(
+        &self,
+        account_id: String,
+        endpoint_id: String,
+    ) -> Result<i64, StoreError> {
         self.read(move |c| {
-            c.prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM deliveries WHERE endpoint_id = ?1")
-                .and_then(|mut st| st.query_row([endpoint_id], |r| r.get(0)))
-                .ctx("finding an endpoint's last delivery")
+            c.prepare_cached(
+                "SELECT COALESCE(MAX(seq), 0) FROM deliveries
+                 WHERE endpoint_id = ?1 AND account_id = ?2",
+            )
+            .and_then(|mut st| st.query_row([endpoint_id, account_id], |r| r.get(0)))
+            .ctx("finding an endpoint's last delivery")
         })
         .await
     }
 
-    /// The row number and creation time of the endpoint's first delivery after row `after`.
+    /// The row number and creation time of the account's endpoint's first delivery after row
+    /// `after`.
     pub async fn first_delivery_after(
         &self,
+        account_id: String,
         endpoint_id: String,
         after: i64,
     ) -> Result<Option<(i64, i64)>, StoreError> {
         self.read(move |c| {
             c.prepare_cached(FIRST_DELIVERY_AFTER)
                 .and_then(|mut st| {
-                    st.query_row(params![endpoint_id, after], |r| Ok((r.get(0)?, r.get(1)?)))
-                        .optional()
+                    st.query_row(params![endpoint_id, after, account_id], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
+                    .optional()
                 })
                 .ctx("finding where a recovery starts")
         })
@@ -2860,9 +2871,10 @@ const END_DUE: &str = "UPDATE deliveries SET status = 'failed', next_attempt_at 
         last_error = COALESCE(last_error, ?2), updated_at = ?3
      WHERE endpoint_id = ?1 AND status = 'pending' AND next_attempt_at IS NOT NULL";
 
-/// Endpoint `?1`'s first delivery after row `?2`: its row number and creation time.
+/// Endpoint `?1`'s (of account `?3`) first delivery after row `?2`: its row number and
+/// creation time.
 const FIRST_DELIVERY_AFTER: &str = "SELECT seq, created_at FROM deliveries
-     WHERE endpoint_id = ?1 AND seq > ?2 ORDER BY seq LIMIT 1";
+     WHERE endpoint_id = ?1 AND seq > ?2 AND account_id = ?3 ORDER BY seq LIMIT 1";
 
 /// The row `?3` rows on from row `?2` among endpoint `?1`'s deliveries (none if it has
 /// fewer): where a job that ends its waiting rows stops reading.
@@ -3339,7 +3351,8 @@ pub(crate) mod tests {
             .await
             .unwrap();
         let wrapped = super::super::Store::Sqlite(store.clone());
-        let from = |since: i64| wrapped.recover_from(ep.id.clone(), Timestamp(since));
+        let from =
+            |since: i64| wrapped.recover_from(account.id.clone(), ep.id.clone(), Timestamp(since));
         let row_of = |a: &AcceptedEvent, of: &Endpoint| {
             a.deliveries
                 .iter()
@@ -3382,9 +3395,16 @@ pub(crate) mod tests {
         assert!(row_of(&new[0], &ep) > old_last);
         assert_eq!(from(now - day).await.unwrap(), old_last);
         assert_eq!(
-            from(now + 30_000).await.unwrap(),
+            from(now + super::super::RECOVER_MARGIN_MS).await.unwrap(),
             old_last,
-            "rows within the margin before `since` are walked"
+            "rows the margin before `since` are walked"
+        );
+        assert_eq!(
+            from(now + super::super::RECOVER_MARGIN_MS + 1)
+                .await
+                .unwrap(),
+            new_last,
+            "rows before that are not"
         );
         assert_eq!(
             from(now - 20 * day).await.unwrap(),
@@ -3392,8 +3412,14 @@ pub(crate) mod tests {
             "all of it is recent"
         );
         assert_eq!(from(now + day).await.unwrap(), new_last, "none of it is");
-        let of_other = wrapped.recover_from(other.id.clone(), Timestamp(now - day));
-        assert_eq!(of_other.await.unwrap(), others_last);
+        let of_other =
+            |account: String| wrapped.recover_from(account, other.id.clone(), Timestamp(now - day));
+        assert_eq!(of_other(account.id.clone()).await.unwrap(), others_last);
+        assert_eq!(
+            of_other("acc_someone_else".into()).await.unwrap(),
+            0,
+            "another account's endpoint has no rows of its own"
+        );
     }
 
     /// Turning an endpoint off ends at most a batch of what waits behind it in its own
@@ -4371,6 +4397,10 @@ pub(crate) mod tests {
                 "COVERING INDEX deliveries_by_endpoint (endpoint_id=? AND seq>?)",
             ),
             (
+                FIRST_DELIVERY_AFTER,
+                "deliveries_by_endpoint (endpoint_id=? AND seq>?)",
+            ),
+            (
                 WAITING_FROM_MARK,
                 "deliveries_by_endpoint (endpoint_id=? AND seq>? AND seq<?)",
             ),
@@ -4395,7 +4425,14 @@ pub(crate) mod tests {
             let plan = plan.join("\n");
             assert!(plan.contains(index), "{sql}\n{plan}");
             assert!(!plan.contains("SCAN d"), "{sql}\n{plan}");
-            if [WAITING_SCAN, WAITING_FROM_MARK, NTH_ROW_FROM].contains(&sql) {
+            if [
+                WAITING_SCAN,
+                WAITING_FROM_MARK,
+                NTH_ROW_FROM,
+                FIRST_DELIVERY_AFTER,
+            ]
+            .contains(&sql)
+            {
                 assert!(!plan.contains("TEMP B-TREE"), "{sql}\n{plan}");
             }
             assert!(!plan.contains("SCAN deliveries"), "{sql}\n{plan}");

@@ -1,6 +1,8 @@
-//! On PostgreSQL, turning an endpoint off ends its open deliveries through the partial
-//! indexes of open rows, whatever the endpoint's history: with 49,500 delivered rows behind
-//! it, the planner reads neither the table nor the endpoint's index of every delivery.
+//! The PostgreSQL store against a history it could not make quickly through its API:
+//! - turning an endpoint off ends its open deliveries through the partial indexes of open
+//!   rows, whatever the endpoint's history: with 49,500 delivered rows behind it, the planner
+//!   reads neither the table nor the endpoint's index of every delivery;
+//! - a recovery starts its walk about at its `since`, not at the endpoint's first delivery.
 //!
 //! Runs when `HOOKLINE_TEST_DATABASE_URL` is set (`.ci/run` sets it), like the PostgreSQL
 //! half of the integration suite.
@@ -8,28 +10,38 @@
 mod common;
 
 use common::{Data, Engine};
+use hookline::model::Timestamp;
 use hookline::store::postgres::{END_HELD, END_PENDING};
 use hookline::store::{Location, Store};
 use sqlx::Connection as _;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ending_a_turned_off_endpoints_deliveries_reads_only_its_open_rows() {
+/// A fresh schema on the test database (with the server's tables) and a connection to it;
+/// `None` (said on stderr) when no database is given.
+async fn fresh(test: &str) -> Option<(Data, sqlx::PgConnection)> {
     let Some(engine) = Engine::postgres() else {
         use std::io::Write as _;
         let _ = writeln!(
             std::io::stderr().lock(),
-            "ending_a_turned_off_endpoints_deliveries_reads_only_its_open_rows: skipped on \
-             PostgreSQL: HOOKLINE_TEST_DATABASE_URL is not set"
+            "{test}: skipped on PostgreSQL: HOOKLINE_TEST_DATABASE_URL is not set"
         );
-        return;
+        return None;
     };
     let data = Data::fresh(&engine).await;
     let Location::Postgres(url) = &data.location else {
         unreachable!("a PostgreSQL engine gives a PostgreSQL location")
     };
-    // The schema, as the server makes it.
     drop(Store::open(&data.location).await.unwrap());
-    let mut db = sqlx::PgConnection::connect(url).await.unwrap();
+    let db = sqlx::PgConnection::connect(url).await.unwrap();
+    Some((data, db))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ending_a_turned_off_endpoints_deliveries_reads_only_its_open_rows() {
+    let Some((_data, mut db)) =
+        fresh("ending_a_turned_off_endpoints_deliveries_reads_only_its_open_rows").await
+    else {
+        return;
+    };
 
     // The endpoint: 49,500 delivered, 30 pending, 8 in flight; beside it another endpoint
     // with 16,500 pending.
@@ -100,4 +112,46 @@ async fn ending_a_turned_off_endpoints_deliveries_reads_only_its_open_rows() {
     // 16,500 pending before them.
     assert_eq!(ended, 38);
     assert_eq!(open, vec![("ep_other".to_owned(), 16_512)]);
+}
+
+/// 1,000 deliveries of ten days ago, then 10 of now, with another account's endpoint's rows
+/// between: a recovery since a day ago starts after the old ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recovery_starts_at_its_since_not_at_the_first_delivery() {
+    let Some((data, mut db)) =
+        fresh("a_recovery_starts_at_its_since_not_at_the_first_delivery").await
+    else {
+        return;
+    };
+    let now = Timestamp::now().0;
+    let day = 86_400_000_i64;
+    sqlx::query(
+        "INSERT INTO deliveries (id, account_id, event_id, event_type, endpoint_id, status,
+             created_at, updated_at)
+         SELECT 'dlv_' || i, CASE WHEN i % 2 = 0 THEN 'acc' ELSE 'acc_other' END, 'evt_' || i,
+             'click', CASE WHEN i % 2 = 0 THEN 'ep' ELSE 'ep_other' END, 'failed',
+             CASE WHEN i <= 2000 THEN $1 ELSE $2 END, $2
+         FROM generate_series(1, 2020) AS i",
+    )
+    .bind(now - 10 * day)
+    .bind(now)
+    .execute(&mut db)
+    .await
+    .unwrap();
+    let row = |id: &str| {
+        sqlx::query_scalar::<_, i64>("SELECT seq FROM deliveries WHERE id = $1").bind(id.to_owned())
+    };
+    let old_last = row("dlv_2000").fetch_one(&mut db).await.unwrap();
+    let new_last = row("dlv_2020").fetch_one(&mut db).await.unwrap();
+    let store = Store::open(&data.location).await.unwrap();
+    let from = |since: i64| store.recover_from("acc".into(), "ep".into(), Timestamp(since));
+    assert_eq!(from(now - day).await.unwrap(), old_last);
+    assert_eq!(
+        from(now - 20 * day).await.unwrap(),
+        0,
+        "all of it is recent"
+    );
+    assert_eq!(from(now + day).await.unwrap(), new_last, "none of it is");
+    let theirs = store.recover_from("acc_someone_else".into(), "ep".into(), Timestamp(now - day));
+    assert_eq!(theirs.await.unwrap(), 0, "not that account's endpoint");
 }
