@@ -504,15 +504,18 @@ impl Dispatcher {
 
     /// Tells the dispatcher an endpoint changed (or was removed: `enabled == false`).
     pub fn endpoint_changed(&self, ep: &Endpoint) {
-        let queues = locked(&self.inner.queues);
-        if let Some(q) = queues.get(&ep.id) {
-            if !ep.enabled {
-                q.shared
-                    .closed_at
-                    .fetch_max(ep.updated_at.0, Ordering::AcqRel);
-            } else {
-                *locked(&q.shared.latest) = Some(Arc::new(ep.clone()));
-            }
+        let mut queues = locked(&self.inner.queues);
+        if !ep.enabled {
+            // Even with no queue yet: a delivery claimed before the change may be handed over
+            // after it, and the queue it then makes must know. (Its worker lives as long as
+            // any idle one, minutes; the hand-over follows its claim's commit at once.)
+            self.inner
+                .queue(&mut queues, &ep.id)
+                .shared
+                .closed_at
+                .fetch_max(ep.updated_at.0, Ordering::AcqRel);
+        } else if let Some(q) = queues.get(&ep.id) {
+            *locked(&q.shared.latest) = Some(Arc::new(ep.clone()));
         }
         drop(queues);
         if !ep.enabled {
@@ -739,10 +742,13 @@ impl Inner {
             .collect()
     }
 
-    fn submit(self: &Arc<Self>, due: DueDelivery) {
-        let mut queues = locked(&self.queues);
-        let endpoint_id = due.endpoint.id.clone();
-        let handle = queues.entry(endpoint_id.clone()).or_insert_with(|| {
+    /// The endpoint's queue, made (and its worker started) if it has none.
+    fn queue<'q>(
+        self: &Arc<Self>,
+        queues: &'q mut FastMap<String, QueueHandle>,
+        endpoint_id: &str,
+    ) -> &'q QueueHandle {
+        queues.entry(endpoint_id.to_owned()).or_insert_with(|| {
             let (tx, rx) = mpsc::unbounded_channel();
             let shared = Arc::new(QueueShared {
                 closed_at: AtomicI64::new(i64::MIN),
@@ -750,13 +756,18 @@ impl Inner {
             });
             let me = self.clone();
             let s = shared.clone();
-            let id = endpoint_id.clone();
+            let id = endpoint_id.to_owned();
             self.tasks.spawn_on(
                 async move { endpoint_worker(me, id, rx, s).await },
                 &self.runtime,
             );
             QueueHandle { tx, shared }
-        });
+        })
+    }
+
+    fn submit(self: &Arc<Self>, due: DueDelivery) {
+        let mut queues = locked(&self.queues);
+        let handle = self.queue(&mut queues, &due.endpoint.id);
         if let Err(mpsc::error::SendError(due)) = handle.tx.send(due) {
             // The worker is gone (shutdown); the row stays `delivering` and is released at
             // the next start.
@@ -1687,6 +1698,57 @@ mod tests {
             backoff_ms: 1_000,
             probing,
         }
+    }
+
+    /// A delivery claimed before its endpoint was turned off, but handed over only after the
+    /// dispatcher heard of it, when no queue of the endpoint's was in memory: it is given
+    /// back unsent, not attempted.
+    #[tokio::test]
+    async fn a_delivery_handed_over_after_its_endpoint_went_off_is_not_sent() {
+        use crate::model::{Plan, Timestamp};
+        use crate::store::sqlite::tests as sqlite;
+        let (inner, mut recorded, _dir) =
+            inner_on_sqlite(super::DispatchConfig::default(), own_lease()).await;
+        let dispatcher = super::Dispatcher {
+            inner: inner.clone(),
+        };
+        let store = &inner.store;
+        let account = store.create_account("a".into(), Plan::Pro).await.unwrap();
+        let ep = store
+            .insert_endpoint(sqlite::endpoint(&account.id), 100)
+            .await
+            .unwrap();
+        let accepted = store
+            .insert_events(account.id.clone(), sqlite::click(1), |_| true, |_| {})
+            .await
+            .unwrap();
+        let d = &accepted[0].deliveries[0];
+        let due = crate::store::DueDelivery {
+            delivery_id: d.id.clone(),
+            row: d.row,
+            claim: 1,
+            attempts: 0,
+            event_id: accepted[0].event.id.clone(),
+            payload: accepted[0].payload.clone(),
+            endpoint: d.endpoint.clone(),
+            manual_after_end: false,
+        };
+        let off = crate::model::Endpoint {
+            enabled: false,
+            updated_at: Timestamp(ep.updated_at.0 + 1),
+            ..ep.clone()
+        };
+        assert!(super::locked(&inner.queues).get(&ep.id).is_none());
+        dispatcher.endpoint_changed(&off);
+        inner.submit(due);
+        let record = tokio::time::timeout(Duration::from_secs(10), recorded.recv())
+            .await
+            .expect("the delivery came back")
+            .unwrap();
+        assert!(
+            matches!(record.outcome, crate::store::Outcome::Released) && record.attempt.is_none(),
+            "{record:?}"
+        );
     }
 
     /// What a turning off left waiting (a long outage's backlog) ends in writes of their
