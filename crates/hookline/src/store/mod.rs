@@ -785,20 +785,9 @@ pub struct NewDelivery {
 #[derive(Debug, Clone)]
 pub struct IdempotencyKey {
     pub key: String,
-    /// A digest of the request (types and `data` of its events, the same whatever the
-    /// spacing or the order of fields), stored with the key.
+    /// A digest of the request (types and `data` of its events).
     pub request_hash: String,
-    /// The digest of the request's bytes as sent, which keys stored before the digest above
-    /// hold (for as long as their window lasts).
-    pub legacy_hash: String,
     pub window_ms: i64,
-}
-
-impl IdempotencyKey {
-    /// Whether the digest stored with the key is this request's.
-    pub fn matches(&self, stored: &str) -> bool {
-        stored == self.request_hash || stored == self.legacy_hash
-    }
 }
 
 /// What an ingest request with an idempotency key got.

@@ -2253,7 +2253,7 @@ async fn once_tx(
         let accepted: String = r.try_get(1).ctx("reading an idempotency key")?;
         let created_at: i64 = r.try_get(2).ctx("reading an idempotency key")?;
         if now - created_at < key.window_ms {
-            if !key.matches(&hash) {
+            if hash != key.request_hash {
                 return Err(StoreError::IdempotencyMismatch(key.key.clone()));
             }
             let first: Vec<AcceptedSummary> =

@@ -1112,7 +1112,7 @@ impl SqliteStore {
                 if let Some((hash, accepted, created_at)) = seen
                     && now - created_at < key.window_ms
                 {
-                    if !key.matches(&hash) {
+                    if hash != key.request_hash {
                         return Err(StoreError::IdempotencyMismatch(key.key));
                     }
                     let first: Vec<AcceptedSummary> =
