@@ -152,9 +152,10 @@ pub async fn get(
     ep.map(Json).ok_or_else(|| ApiError::not_found("endpoint"))
 }
 
-/// Changes an endpoint. Disabling it ends its open deliveries as `failed` (a long backlog of
-/// them within moments of the answer). Enabling it again while that backlog is still being
-/// ended is refused with `409`: try again in a moment.
+/// Changes an endpoint (`403` when the account's plan does not include webhooks). Disabling
+/// it ends its open deliveries as `failed`; on SQLite a long backlog of them ends within
+/// moments of the answer, and enabling the endpoint again while it is still being ended is
+/// refused with `409`: try again in a moment.
 #[utoipa::path(patch, path = "/v1/endpoints/{id}", tag = "endpoints", request_body = UpdateEndpoint,
     params(("id" = String, Path, description = "ep_…")), security(("api_key" = [])),
     responses((status = 200, body = Endpoint), (status = 403, body = super::error::ErrorBody),
