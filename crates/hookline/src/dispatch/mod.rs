@@ -312,6 +312,11 @@ struct QueueShared {
     /// ends them, the endpoint being no longer live). A delivery carrying a newer version —
     /// the endpoint was turned back on — goes through.
     closed_at: AtomicI64,
+    /// When the dispatcher last heard the endpoint was turned off: the worker keeps its queue
+    /// (and `closed_at`) for [`WORKER_IDLE`] after that, however long it had idled, since a
+    /// delivery claimed before the turn-off may still be handed over, and a fresh queue would
+    /// know nothing of it.
+    closed_when: Mutex<Option<tokio::time::Instant>>,
     /// The newest version of the endpoint the API has seen.
     latest: Mutex<Option<Arc<Endpoint>>>,
 }
@@ -509,11 +514,11 @@ impl Dispatcher {
             // Even with no queue yet: a delivery claimed before the change may be handed over
             // after it, and the queue it then makes must know. (Its worker lives as long as
             // any idle one, minutes; the hand-over follows its claim's commit at once.)
-            self.inner
-                .queue(&mut queues, &ep.id)
-                .shared
+            let shared = &self.inner.queue(&mut queues, &ep.id).shared;
+            shared
                 .closed_at
                 .fetch_max(ep.updated_at.0, Ordering::AcqRel);
+            *locked(&shared.closed_when) = Some(tokio::time::Instant::now());
         } else if let Some(q) = queues.get(&ep.id) {
             *locked(&q.shared.latest) = Some(Arc::new(ep.clone()));
         }
@@ -752,6 +757,7 @@ impl Inner {
             let (tx, rx) = mpsc::unbounded_channel();
             let shared = Arc::new(QueueShared {
                 closed_at: AtomicI64::new(i64::MIN),
+                closed_when: Mutex::new(None),
                 latest: Mutex::new(None),
             });
             let me = self.clone();
@@ -814,7 +820,11 @@ async fn endpoint_worker(
                     None => return,
                 },
                 _ = &mut idle => {
-                    if waiting_since.elapsed() >= WORKER_IDLE {
+                    let now = tokio::time::Instant::now();
+                    let kept_until = locked(&shared.closed_when).map(|t| t + WORKER_IDLE);
+                    if waiting_since.elapsed() >= WORKER_IDLE
+                        && kept_until.is_none_or(|t| t <= now)
+                    {
                         // Idle: leave, unless something arrived meanwhile.
                         let mut queues = locked(&inner.queues);
                         if rx.is_empty() {
@@ -826,8 +836,8 @@ async fn endpoint_worker(
                     if let Some(t) = &target {
                         t.close_stale();
                     }
-                    let now = tokio::time::Instant::now();
-                    idle.as_mut().reset((waiting_since + WORKER_IDLE).min(now + sender::IDLE_KEEP));
+                    let wake = (waiting_since + WORKER_IDLE).max(kept_until.unwrap_or(now));
+                    idle.as_mut().reset(wake.min(now + sender::IDLE_KEEP));
                 }
             }
         };
@@ -1326,6 +1336,7 @@ async fn record(inner: &Arc<Inner>, batch: Vec<AttemptRecord>, stopping: bool) {
                 q.shared
                     .closed_at
                     .fetch_max(rec.endpoint_version, Ordering::AcqRel);
+                *locked(&q.shared.closed_when) = Some(tokio::time::Instant::now());
             }
             inner.admission().breakers.remove(&rec.endpoint_id);
             inner.ended.notify_one();
@@ -1701,9 +1712,9 @@ mod tests {
     }
 
     /// A delivery claimed before its endpoint was turned off, but handed over only after the
-    /// dispatcher heard of it, when no queue of the endpoint's was in memory: it is given
-    /// back unsent, not attempted.
-    #[tokio::test]
+    /// dispatcher heard of it, is given back unsent, not attempted: when no queue of the
+    /// endpoint's was in memory, and when its worker had idled long and would have left.
+    #[tokio::test(start_paused = true)]
     async fn a_delivery_handed_over_after_its_endpoint_went_off_is_not_sent() {
         use crate::model::{Plan, Timestamp};
         use crate::store::sqlite::tests as sqlite;
@@ -1714,41 +1725,74 @@ mod tests {
         };
         let store = &inner.store;
         let account = store.create_account("a".into(), Plan::Pro).await.unwrap();
-        let ep = store
-            .insert_endpoint(sqlite::endpoint(&account.id), 100)
-            .await
-            .unwrap();
-        let accepted = store
-            .insert_events(account.id.clone(), sqlite::click(1), |_| true, |_| {})
-            .await
-            .unwrap();
-        let d = &accepted[0].deliveries[0];
-        let due = crate::store::DueDelivery {
-            delivery_id: d.id.clone(),
-            row: d.row,
-            claim: 1,
-            attempts: 0,
-            event_id: accepted[0].event.id.clone(),
-            payload: accepted[0].payload.clone(),
-            endpoint: d.endpoint.clone(),
-            manual_after_end: false,
+        let due_for = |ep: &crate::model::Endpoint| {
+            let (store, account, ep) = (store.clone(), account.id.clone(), ep.clone());
+            async move {
+                let accepted = store
+                    .insert_events(account, sqlite::click(1), |_| true, |_| {})
+                    .await
+                    .unwrap();
+                let d = accepted[0]
+                    .deliveries
+                    .iter()
+                    .find(|d| d.endpoint.id == ep.id)
+                    .unwrap();
+                crate::store::DueDelivery {
+                    delivery_id: d.id.clone(),
+                    row: d.row,
+                    claim: 1,
+                    attempts: 0,
+                    event_id: accepted[0].event.id.clone(),
+                    payload: accepted[0].payload.clone(),
+                    endpoint: d.endpoint.clone(),
+                    manual_after_end: false,
+                }
+            }
         };
-        let off = crate::model::Endpoint {
+        let off = |ep: &crate::model::Endpoint| crate::model::Endpoint {
             enabled: false,
             updated_at: Timestamp(ep.updated_at.0 + 1),
             ..ep.clone()
         };
-        assert!(super::locked(&inner.queues).get(&ep.id).is_none());
-        dispatcher.endpoint_changed(&off);
-        inner.submit(due);
-        let record = tokio::time::timeout(Duration::from_secs(10), recorded.recv())
+        let mut given_back = async |due: crate::store::DueDelivery| {
+            inner.submit(due);
+            let record = tokio::time::timeout(Duration::from_secs(10), recorded.recv())
+                .await
+                .expect("the delivery came back")
+                .unwrap();
+            assert!(
+                matches!(record.outcome, crate::store::Outcome::Released)
+                    && record.attempt.is_none(),
+                "{record:?}"
+            );
+        };
+
+        // No queue in memory when the endpoint is turned off.
+        let ep = store
+            .insert_endpoint(sqlite::endpoint(&account.id), 100)
             .await
-            .expect("the delivery came back")
             .unwrap();
-        assert!(
-            matches!(record.outcome, crate::store::Outcome::Released) && record.attempt.is_none(),
-            "{record:?}"
-        );
+        let due = due_for(&ep).await;
+        assert!(super::locked(&inner.queues).get(&ep.id).is_none());
+        dispatcher.endpoint_changed(&off(&ep));
+        given_back(due).await;
+
+        // A queue whose worker has idled for almost its whole idle time when the endpoint is
+        // turned off: the queue outlives that time.
+        let ep = store
+            .insert_endpoint(sqlite::endpoint(&account.id), 100)
+            .await
+            .unwrap();
+        let due = due_for(&ep).await;
+        inner.queue(&mut super::locked(&inner.queues), &ep.id);
+        // The worker begins waiting now.
+        tokio::task::yield_now().await;
+        tokio::time::advance(super::WORKER_IDLE - Duration::from_secs(1)).await;
+        dispatcher.endpoint_changed(&off(&ep));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        tokio::task::yield_now().await;
+        assert!(super::locked(&inner.queues).get(&ep.id).is_some());
+        given_back(due).await;
     }
 
     /// What a turning off left waiting (a long outage's backlog) ends in writes of their
