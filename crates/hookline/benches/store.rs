@@ -216,7 +216,7 @@ fn store_ops(c: &mut Criterion) {
             let (store, down) = (store.clone(), down.clone());
             async move {
                 let before = Timestamp(Timestamp::now().0 - 3 * 86_400_000);
-                assert_eq!(store.fail_stale(down, before).await.unwrap(), 0);
+                assert_eq!(store.fail_stale(down, before, true).await.unwrap(), 0);
             }
         })
     });

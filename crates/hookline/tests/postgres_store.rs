@@ -2,7 +2,9 @@
 //! - turning an endpoint off ends its open deliveries through the partial indexes of open
 //!   rows, whatever the endpoint's history: with 49,500 delivered rows behind it, the planner
 //!   reads neither the table nor the endpoint's index of every delivery;
-//! - a recovery starts its walk about at its `since`, not at the endpoint's first delivery.
+//! - a recovery starts its walk about at its `since`, not at the endpoint's first delivery;
+//! - the minute's sweep of deliveries that waited out the schedule reads about what it ends,
+//!   not an outage's backlog; the hourly whole one ends the rest.
 //!
 //! Runs when `HOOKLINE_TEST_DATABASE_URL` is set (`.ci/run` sets it), like the PostgreSQL
 //! half of the integration suite.
@@ -11,7 +13,7 @@ mod common;
 
 use common::{Data, Engine};
 use hookline::model::Timestamp;
-use hookline::store::postgres::{END_HELD, END_PENDING};
+use hookline::store::postgres::{END_HELD, END_PENDING, FAIL_STALE_DUE};
 use hookline::store::{Location, Store};
 use sqlx::Connection as _;
 
@@ -154,4 +156,77 @@ async fn a_recovery_starts_at_its_since_not_at_the_first_delivery() {
     assert_eq!(from(now + day).await.unwrap(), new_last, "none of it is");
     let theirs = store.recover_from("acc_someone_else".into(), "ep".into(), Timestamp(now - day));
     assert_eq!(theirs.await.unwrap(), 0, "not that account's endpoint");
+}
+
+/// Behind an open breaker: 20,000 young deliveries, 100 that waited out the schedule, and one
+/// retry set after the cutoff by an attempt before it. The minute's sweep reads the index of
+/// pending rows by due time up to the cutoff and ends the 100; the whole one ends the retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stale_sweep_reads_what_it_ends_and_the_whole_one_the_rest() {
+    let Some((data, mut db)) =
+        fresh("the_stale_sweep_reads_what_it_ends_and_the_whole_one_the_rest").await
+    else {
+        return;
+    };
+    let now = Timestamp::now().0;
+    let day = 86_400_000_i64;
+    let before = now - 5 * day;
+    // Rows 1-100 waited out the schedule; 101-20,100 are young; 20,101 was tried before the
+    // cutoff and is due again after it.
+    sqlx::query(
+        "INSERT INTO deliveries (id, account_id, event_id, event_type, endpoint_id, status,
+             next_attempt_at, created_at, updated_at)
+         SELECT 'dlv_' || i, 'acc', 'evt_' || i, 'click', 'ep_down', 'pending',
+             CASE WHEN i <= 100 THEN $1 WHEN i <= 20100 THEN $2 ELSE $3 END,
+             CASE WHEN i <= 100 THEN $1 WHEN i <= 20100 THEN $2 ELSE $1 END,
+             CASE WHEN i <= 100 THEN $1 WHEN i <= 20100 THEN $2 ELSE $1 + 1000 END
+         FROM generate_series(1, 20101) AS i;
+         ",
+    )
+    .bind(before - day)
+    .bind(now - 60_000)
+    .bind(before + 3_600_000)
+    .execute(&mut db)
+    .await
+    .unwrap();
+    sqlx::raw_sql("ANALYZE deliveries")
+        .execute(&mut db)
+        .await
+        .unwrap();
+
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "PREPARE sweep (text, bigint, bigint) AS {FAIL_STALE_DUE}"
+    )))
+    .execute(&mut db)
+    .await
+    .unwrap();
+    let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "EXPLAIN EXECUTE sweep ('ep_down', {before}, {now})"
+    )))
+    .fetch_all(&mut db)
+    .await
+    .unwrap();
+    let plan = plan.join("\n");
+    assert!(
+        plan.lines()
+            .any(|l| l.contains("Index Cond") && l.contains("next_attempt_at <")),
+        "{plan}"
+    );
+    assert!(!plan.contains("Seq Scan"), "{plan}");
+
+    let store = Store::open(&data.location).await.unwrap();
+    let sweep = |whole| store.fail_stale("ep_down".into(), Timestamp(before), whole);
+    assert_eq!(sweep(false).await.unwrap(), 100);
+    assert_eq!(
+        sweep(false).await.unwrap(),
+        0,
+        "the retry is due after the cutoff"
+    );
+    assert_eq!(sweep(true).await.unwrap(), 1);
+    let pending: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM deliveries WHERE status = 'pending'")
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+    assert_eq!(pending, 20_000, "the young ones wait on");
 }

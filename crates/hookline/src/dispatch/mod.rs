@@ -1389,13 +1389,17 @@ async fn end_loop(inner: Arc<Inner>) {
     }
 }
 
+/// One sweep in this many reads every pending row of an endpoint on PostgreSQL (see
+/// `Store::fail_stale`): an hour's sweeps.
+const WHOLE_SWEEP_EVERY: u64 = 60;
+
 /// Ends the deliveries behind open breakers that waited out the retry schedule. It runs as a
 /// task of its own: a sweep through a long outage's backlog takes many write jobs, and the
-/// poller goes on claiming meanwhile.
-async fn sweep_stale(inner: &Inner) {
+/// poller goes on claiming meanwhile. `whole`: see `Store::fail_stale`.
+async fn sweep_stale(inner: &Inner, whole: bool) {
     let before = Timestamp(Timestamp::now().0 - inner.config.retry.total().as_millis() as i64);
     for ep in inner.open_breakers() {
-        match inner.store.fail_stale(ep.clone(), before).await {
+        match inner.store.fail_stale(ep.clone(), before, whole).await {
             Ok(0) => {}
             Ok(n) => {
                 tracing::warn!(endpoint = %ep, count = n, "deliveries waited out the retry schedule")
@@ -1407,6 +1411,7 @@ async fn sweep_stale(inner: &Inner) {
 
 async fn poll_loop(inner: Arc<Inner>) {
     let mut last_sweep = tokio::time::Instant::now();
+    let mut sweeps: u64 = 0;
     let sweeping = Arc::new(AtomicBool::new(false));
     loop {
         if inner.shutdown.is_cancelled() {
@@ -1414,12 +1419,15 @@ async fn poll_loop(inner: Arc<Inner>) {
         }
         if last_sweep.elapsed() >= STALE_SWEEP && !sweeping.swap(true, Ordering::AcqRel) {
             last_sweep = tokio::time::Instant::now();
+            // The first after a start is whole, then one an hour.
+            let whole = sweeps.is_multiple_of(WHOLE_SWEEP_EVERY);
+            sweeps += 1;
             let (sweeper, done) = (inner.clone(), sweeping.clone());
             inner.tasks.spawn(async move {
                 // Shutdown stops it between write jobs (each one whole).
                 tokio::select! {
                     _ = sweeper.shutdown.cancelled() => {}
-                    _ = sweep_stale(&sweeper) => {}
+                    _ = sweep_stale(&sweeper, whole) => {}
                 }
                 done.store(false, Ordering::Release);
             });

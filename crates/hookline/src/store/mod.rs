@@ -522,12 +522,24 @@ impl Store {
 
     /// Ends as `failed` the `pending` deliveries of an endpoint created, and last changed,
     /// before `before` (a delivery queued again by hand gets the whole schedule again).
+    ///
+    /// On PostgreSQL, unless `whole`, only those also due before `before`: the index of
+    /// pending rows by due time then bounds the sweep by about what it ends, where a whole one
+    /// reads every pending row of the endpoint (an outage's backlog, every minute). A row
+    /// made at ingest or given back is due from its last change, so the two agree on it; a
+    /// retry is due one step of the schedule after its attempt, and a row made due when a
+    /// breaker closed for a while is due from then: a later sweep ends those, at most that
+    /// much later, or the next whole one. SQLite's sweep is bounded either way.
     pub async fn fail_stale(
         &self,
         endpoint_id: String,
         before: Timestamp,
+        whole: bool,
     ) -> Result<usize, StoreError> {
-        on_engine!(self, s => s.fail_stale(endpoint_id, before).await)
+        match self {
+            Store::Sqlite(s) => s.fail_stale(endpoint_id, before).await,
+            Store::Postgres(s) => s.fail_stale(endpoint_id, before, whole).await,
+        }
     }
 
     /// One step of a recovery that began at `started`: looks at the next `batch`

@@ -1857,25 +1857,21 @@ impl PgStore {
     }
 
     /// Ends as `failed` the `pending` deliveries of an endpoint created, and last changed,
-    /// before `before`.
+    /// before `before`: unless `whole`, only those also due before it (see
+    /// [`super::Store::fail_stale`]).
     pub async fn fail_stale(
         &self,
         endpoint_id: String,
         before: Timestamp,
+        whole: bool,
     ) -> Result<usize, StoreError> {
-        let done = sqlx::query(
-            "UPDATE deliveries SET status = 'failed', next_attempt_at = NULL, updated_at = $3,
-                last_error = COALESCE(last_error,
-                    'the endpoint was unreachable for the whole retry schedule')
-             WHERE endpoint_id = $1 AND status = 'pending' AND created_at < $2
-               AND updated_at < $2",
-        )
-        .bind(endpoint_id)
-        .bind(before.0)
-        .bind(Timestamp::now().0)
-        .execute(&self.pool)
-        .await
-        .ctx("ending deliveries that waited out the schedule")?;
+        let done = sqlx::query(if whole { FAIL_STALE } else { FAIL_STALE_DUE })
+            .bind(endpoint_id)
+            .bind(before.0)
+            .bind(Timestamp::now().0)
+            .execute(&self.pool)
+            .await
+            .ctx("ending deliveries that waited out the schedule")?;
         Ok(done.rows_affected() as usize)
     }
 
@@ -2541,6 +2537,22 @@ async fn fail_open_deliveries(
     }
     Ok(ended)
 }
+
+/// Ends as `failed` endpoint `$1`'s `pending` deliveries created, and last changed, before
+/// `$2` (`$3` now): every pending row of the endpoint is read.
+pub const FAIL_STALE: &str = "UPDATE deliveries SET status = 'failed', next_attempt_at = NULL,
+        updated_at = $3,
+        last_error = COALESCE(last_error, 'the endpoint was unreachable for the whole retry schedule')
+     WHERE endpoint_id = $1 AND status = 'pending' AND created_at < $2 AND updated_at < $2";
+
+/// [`FAIL_STALE`] for the rows also due before `$2`: a range of the index of pending rows by
+/// due time, so the rows read are about those ended. Rows made at ingest are due from their
+/// creation; a retry is due after its attempt (so after its last change).
+pub const FAIL_STALE_DUE: &str = "UPDATE deliveries SET status = 'failed',
+        next_attempt_at = NULL, updated_at = $3,
+        last_error = COALESCE(last_error, 'the endpoint was unreachable for the whole retry schedule')
+     WHERE endpoint_id = $1 AND status = 'pending' AND next_attempt_at < $2
+       AND created_at < $2 AND updated_at < $2";
 
 /// Ends endpoint `$1`'s `pending` deliveries (`$2` the reason, `$3` now). Its status matches
 /// the predicate of the partial indexes of pending rows (`deliveries_due_by_endpoint`,
