@@ -821,13 +821,15 @@ async fn endpoint_worker(
                 },
                 _ = &mut idle => {
                     let now = tokio::time::Instant::now();
-                    let kept_until = locked(&shared.closed_when).map(|t| t + WORKER_IDLE);
+                    let closed_when = *locked(&shared.closed_when);
+                    let kept_until = closed_when.map(|t| t + WORKER_IDLE);
                     if waiting_since.elapsed() >= WORKER_IDLE
                         && kept_until.is_none_or(|t| t <= now)
                     {
-                        // Idle: leave, unless something arrived meanwhile.
+                        // Idle: leave, unless something arrived meanwhile, or a turn-off
+                        // (noted under the same lock) came after the look above.
                         let mut queues = locked(&inner.queues);
-                        if rx.is_empty() {
+                        if rx.is_empty() && *locked(&shared.closed_when) == closed_when {
                             queues.remove(&endpoint_id);
                             return;
                         }

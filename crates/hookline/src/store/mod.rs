@@ -527,9 +527,10 @@ impl Store {
     /// pending rows by due time then bounds the sweep by about what it ends, where a whole one
     /// reads every pending row of the endpoint (an outage's backlog, every minute). A row
     /// made at ingest or given back is due from its last change, so the two agree on it; a
-    /// retry is due one step of the schedule after its attempt, and a row made due when a
-    /// breaker closed for a while is due from then: a later sweep ends those, at most that
-    /// much later, or the next whole one. SQLite's sweep is bounded either way.
+    /// retry is due its wait after its attempt (a step of the schedule with its jitter, or a
+    /// longer `Retry-After`), and a row made due when a breaker closed for a while is due from
+    /// then: a later sweep ends those once that wait has passed the cutoff too, or the next
+    /// whole one (at start, then hourly) sooner. SQLite's sweep is bounded either way.
     pub async fn fail_stale(
         &self,
         endpoint_id: String,
