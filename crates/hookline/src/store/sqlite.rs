@@ -679,8 +679,11 @@ impl SqliteStore {
                     .ctx("preparing the endpoint scan")?
                     .query_map([&id], |r| r.get(0))
                     .ctx("finding enabled endpoints")?
-                    .collect::<Result<_, _>>()
+                    .collect::<Result<Vec<String>, _>>()
                     .ctx("finding enabled endpoints")?;
+                // One batch of waiting rows for the job, shared by the endpoints; the ender
+                // ends the rest.
+                let share = (batch / ids.len().max(1)).max(1);
                 for ep_id in ids {
                     let now = Timestamp::now().0;
                     c.execute(
@@ -690,7 +693,7 @@ impl SqliteStore {
                         params![ep_id, super::PLAN_DISABLED, now],
                     )
                     .ctx("disabling an endpoint")?;
-                    fail_open_deliveries(c, &ep_id, super::PLAN_DISABLED, batch)?;
+                    fail_open_deliveries(c, &ep_id, super::PLAN_DISABLED, share)?;
                     if let Some(ep) = load_endpoint(c, &sealer, Some(&id), &ep_id)? {
                         disabled.push(ep);
                     }
@@ -3545,6 +3548,51 @@ pub(crate) mod tests {
         assert_eq!(store.end_turned_off().await.unwrap(), 2);
         assert_eq!(seen(&store, ids).await, vec![failed(OFF_REMOVED); 6]);
         assert_eq!(mark(&db), None);
+
+        // An account moved to a plan without webhooks: its endpoints share the one batch.
+        let other = store.create_account("b".into(), Plan::Pro).await.unwrap();
+        for _ in 0..2 {
+            store
+                .insert_endpoint(endpoint(&other.id), 100)
+                .await
+                .unwrap();
+        }
+        let accepted = store
+            .insert_events(other.id.clone(), click(10), |_| false, |_| {})
+            .await
+            .unwrap();
+        let ids: Vec<String> = accepted
+            .iter()
+            .flat_map(|a| a.deliveries.iter().map(|d| d.id.clone()))
+            .collect();
+        assert_eq!(ids.len(), 20);
+        store.set_plan(other.id.clone(), Plan::Free).await.unwrap();
+        let left = |ids: Vec<String>| {
+            let (store, acc) = (store.clone(), other.id.clone());
+            async move {
+                let mut n = 0;
+                for id in ids {
+                    let (d, _) = store.get_delivery(acc.clone(), id).await.unwrap().unwrap();
+                    if d.status == DeliveryStatus::Pending {
+                        n += 1;
+                    }
+                }
+                n
+            }
+        };
+        assert_eq!(left(ids.clone()).await, 16, "2 rows of each endpoint's");
+        assert_eq!(store.end_turned_off().await.unwrap(), 16);
+        for id in ids {
+            let (d, _) = store
+                .get_delivery(other.id.clone(), id)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                (d.status, d.last_error.as_deref()),
+                (DeliveryStatus::Failed, Some(super::super::PLAN_DISABLED))
+            );
+        }
     }
 
     /// An attempt that outlived its claim (the delivery was given back and retried by hand
