@@ -37,6 +37,30 @@ async fn fresh(test: &str) -> Option<(Data, sqlx::PgConnection)> {
     Some((data, db))
 }
 
+/// The plan PostgreSQL makes for `sql` (parameters of `types`) with the values `args`: prepared
+/// as `name`, so that the plan is the one for those values.
+async fn plan_of(
+    db: &mut sqlx::PgConnection,
+    name: &str,
+    types: &str,
+    sql: &str,
+    args: &str,
+) -> String {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "PREPARE {name} ({types}) AS {sql}"
+    )))
+    .execute(&mut *db)
+    .await
+    .unwrap();
+    let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "EXPLAIN EXECUTE {name} ({args})"
+    )))
+    .fetch_all(&mut *db)
+    .await
+    .unwrap();
+    plan.join("\n")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ending_a_turned_off_endpoints_deliveries_reads_only_its_open_rows() {
     let Some((_data, mut db)) =
@@ -73,19 +97,14 @@ async fn ending_a_turned_off_endpoints_deliveries_reads_only_its_open_rows() {
     .into_iter()
     .enumerate()
     {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "PREPARE ending_{n} (text, text, bigint) AS {sql}"
-        )))
-        .execute(&mut db)
-        .await
-        .unwrap();
-        let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "EXPLAIN EXECUTE ending_{n} ('ep_off', 'endpoint disabled', 0)"
-        )))
-        .fetch_all(&mut db)
-        .await
-        .unwrap();
-        let plan = plan.join("\n");
+        let plan = plan_of(
+            &mut db,
+            &format!("ending_{n}"),
+            "text, text, bigint",
+            sql,
+            "'ep_off', 'endpoint disabled', 0",
+        )
+        .await;
         assert!(plan.contains(index), "{sql}\n{plan}");
         assert!(!plan.contains("Seq Scan"), "{sql}\n{plan}");
         assert!(!plan.contains("deliveries_by_endpoint"), "{sql}\n{plan}");
@@ -194,19 +213,14 @@ async fn the_stale_sweep_reads_what_it_ends_and_the_whole_one_the_rest() {
         .await
         .unwrap();
 
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "PREPARE sweep (text, bigint, bigint) AS {FAIL_STALE_DUE}"
-    )))
-    .execute(&mut db)
-    .await
-    .unwrap();
-    let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "EXPLAIN EXECUTE sweep ('ep_down', {before}, {now})"
-    )))
-    .fetch_all(&mut db)
-    .await
-    .unwrap();
-    let plan = plan.join("\n");
+    let plan = plan_of(
+        &mut db,
+        "sweep",
+        "text, bigint, bigint",
+        FAIL_STALE_DUE,
+        &format!("'ep_down', {before}, {now}"),
+    )
+    .await;
     assert!(
         plan.lines()
             .any(|l| l.contains("Index Cond") && l.contains("next_attempt_at <")),
