@@ -309,8 +309,30 @@ fn tiny_scenario(extra: &[&str], phase_count: usize) {
         // to nothing on a fast machine.
         assert!(p["bench_cpu_us_per_event"].as_f64().unwrap() >= 0.0, "{p}");
         match p["server_cpu_us_per_event"].as_f64() {
-            Some(us) => assert!(us > 0.0 && report["relay"] == false, "{p}"),
-            None => assert_eq!(report["relay"], true, "{p}"),
+            Some(us) => {
+                assert!(us > 0.0 && report["relay"] == false, "{p}");
+                // Split by the server's threads, the groups account for all of it (what
+                // the threads alive at the end do not, `other` holds), and for not much more:
+                // each thread's time is read in 10 ms ticks, so each of a server's few dozen
+                // threads may add a tick at most.
+                let groups = p["server_cpu_by_thread_us_per_event"]
+                    .as_object()
+                    .unwrap_or_else(|| panic!("no split by thread: {p}"));
+                assert!(groups.contains_key("runtime"), "{p}");
+                assert!(groups.contains_key("other"), "{p}");
+                let sqlite = !extra.contains(&"--database-url");
+                assert_eq!(groups.contains_key("writer"), sqlite, "{p}");
+                assert_eq!(groups.contains_key("checkpointer"), sqlite, "{p}");
+                let split: f64 = groups.values().map(|v| v.as_f64().unwrap()).sum();
+                assert!(groups.values().all(|v| v.as_f64().unwrap() >= 0.0), "{p}");
+                assert!(split >= us * (1.0 - 1e-9), "{p}");
+                let accepted = p["accepted"].as_f64().unwrap();
+                assert!(split <= us + 64.0 * 10_000.0 / accepted, "{p}");
+            }
+            None => {
+                assert_eq!(report["relay"], true, "{p}");
+                assert!(p.get("server_cpu_by_thread_us_per_event").is_none(), "{p}");
+            }
         }
         // And what the server wrote, likewise: never nothing for a durable SQLite server
         // (every commit appends WAL frames), unless its data directory (a temporary one) is

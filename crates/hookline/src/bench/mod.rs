@@ -28,6 +28,7 @@ use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
 use serde_json::json;
 use sink::Sink;
+use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -184,6 +185,14 @@ pub struct Phase {
     /// from the load's start to the last delivery (µs; Linux).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_cpu_us_per_event: Option<f64>,
+    /// [`Phase::server_cpu_us_per_event`] by the servers' threads: `runtime` (the async
+    /// runtime's workers and blocking threads, and the main thread that drives it: HTTP in
+    /// and out, reads), `writer` and `checkpointer` (SQLite's), and `other` (every other
+    /// thread, and threads that ended during the phase, such as blocking threads left idle).
+    /// Each thread's time is read in 10 ms ticks, so over a short phase the groups may add up
+    /// to a little more than the whole (`other` is then 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_cpu_by_thread_us_per_event: Option<std::collections::BTreeMap<&'static str, f64>>,
     /// The same for this process: the load generator and the sink (with `--relay`, the relay
     /// too).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -704,6 +713,19 @@ fn print_table(r: &Report) {
         );
     }
     for p in &r.phases {
+        if let Some(groups) = &p.server_cpu_by_thread_us_per_event {
+            let parts: Vec<String> = ["runtime", "writer", "checkpointer", "other"]
+                .iter()
+                .filter_map(|g| groups.get(g).map(|us| format!("{g} {us:.1}")))
+                .collect();
+            println!(
+                "{}: the server's CPU µs per event by thread: {}",
+                p.name,
+                parts.join(", ")
+            );
+        }
+    }
+    for p in &r.phases {
         if let Some(lag) = &p.send_lag_ms {
             println!(
                 "{}: the generator began requests after their intended time by p50 {:.2} ms, \
@@ -817,6 +839,18 @@ impl Servers {
         self.total(cpu_time)
     }
 
+    /// CPU time each thread of the nodes has used so far (see [`thread_cpu`]).
+    fn thread_cpu(&self) -> Option<NodeThreads> {
+        let mut all = HashMap::new();
+        for p in &self.procs {
+            let pid = p.child.id();
+            for (tid, v) in thread_cpu(pid)? {
+                all.insert((pid, tid), v);
+            }
+        }
+        Some(all)
+    }
+
     /// Bytes the nodes have sent to the storage layer so far.
     fn written_bytes(&self) -> Option<u64> {
         self.total(written_bytes)
@@ -854,12 +888,82 @@ fn cpu_time(pid: &str) -> Option<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The fields after the command name, which is in parentheses and may hold spaces:
     // utime and stime are the 14th and 15th fields of the line.
-    let rest = &stat[stat.rfind(')')? + 1..];
+    ticks_after_name(&stat[stat.rfind(')')? + 1..])
+}
+
+/// Each thread of the nodes, by process id and thread (its id and start time, see
+/// [`thread_cpu`]): its group and the CPU time it has used so far.
+type NodeThreads = HashMap<(u32, String), (&'static str, Duration)>;
+
+/// CPU time each live thread of a process has used so far (user and system, from `/proc`),
+/// by thread id and start time (so that a thread id reused during a phase is a new thread),
+/// with the group its name puts it in (see [`Phase::server_cpu_by_thread_us_per_event`]).
+fn thread_cpu(pid: u32) -> Option<HashMap<String, (&'static str, Duration)>> {
+    let mut threads = HashMap::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let Ok(task) = task else { continue };
+        let tid = task.file_name().to_string_lossy().into_owned();
+        // A thread that ended since the listing is simply left out.
+        let Ok(stat) = std::fs::read(task.path().join("stat")) else {
+            continue;
+        };
+        let main = tid == pid.to_string();
+        if let Some((started, group, cpu)) = task_stat(&String::from_utf8_lossy(&stat), main) {
+            threads.insert(format!("{tid}@{started}"), (group, cpu));
+        }
+    }
+    Some(threads)
+}
+
+/// A thread's start time, group and CPU time (utime plus stime) from its `stat` line. The
+/// main thread drives the runtime (`block_on`: the accept loop), so it counts with it.
+fn task_stat(stat: &str, main: bool) -> Option<(u64, &'static str, Duration)> {
+    // The name is in parentheses and may itself hold spaces and parentheses: it ends at the
+    // line's last `)`.
+    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+    let name = stat.get(open + 1..close)?;
+    let group = match name {
+        crate::store::sqlite::WRITER_THREAD => "writer",
+        crate::store::sqlite::CHECKPOINT_THREAD => "checkpointer",
+        _ if main || name.starts_with("tokio") => "runtime",
+        _ => "other",
+    };
+    let rest = stat.get(close + 1..)?;
+    // starttime is the line's 22nd field, the 20th after the name.
+    let started: u64 = rest.split_whitespace().nth(19)?.parse().ok()?;
+    Some((started, group, ticks_after_name(rest)?))
+}
+
+/// utime plus stime from the part of a `stat` line after the command name.
+fn ticks_after_name(rest: &str) -> Option<Duration> {
+    // utime and stime are the 14th and 15th fields of the line, the 12th and 13th after the
+    // name.
     let mut fields = rest.split_whitespace().skip(11);
     let user: u64 = fields.next()?.parse().ok()?;
     let system: u64 = fields.next()?.parse().ok()?;
     // In clock ticks of `USER_HZ`, which Linux fixes at 100 a second for user space.
     Some(Duration::from_millis((user + system) * 10))
+}
+
+/// The servers' CPU between two readings of [`Servers::thread_cpu`], by group, per accepted
+/// event (µs). What the groups' live threads do not account for of the processes' whole CPU
+/// (`total_us`, per event) goes to `other`.
+fn cpu_by_thread(
+    before: &NodeThreads,
+    after: &NodeThreads,
+    total_us: f64,
+    accepted: u64,
+) -> std::collections::BTreeMap<&'static str, f64> {
+    let mut groups = std::collections::BTreeMap::new();
+    for (key, (group, cpu)) in after {
+        // A thread started during the phase used all its time in it.
+        let from = before.get(key).map_or(Duration::ZERO, |(_, b)| *b);
+        *groups.entry(*group).or_insert(0.0) +=
+            cpu.saturating_sub(from).as_secs_f64() * 1e6 / accepted.max(1) as f64;
+    }
+    let counted: f64 = groups.values().sum();
+    *groups.entry("other").or_insert(0.0) += (total_us - counted).max(0.0);
+    groups
 }
 
 /// Bytes a process has caused to be sent to the storage layer so far (`write_bytes` in
@@ -1192,6 +1296,7 @@ async fn end_to_end_raw(
         server.as_ref().and_then(Servers::cpu_time),
         cpu_time("self"),
     );
+    let threads_before = server.as_ref().and_then(Servers::thread_cpu);
     let disk_before = server.as_ref().and_then(Servers::written_bytes);
     let start = Instant::now();
     let start_unix_us = std::time::SystemTime::now()
@@ -1328,8 +1433,17 @@ async fn end_to_end_raw(
         }
         _ => None,
     };
+    // The threads are read inside the span the processes' totals are read over (before: the
+    // totals first; after: the threads first), so that their sum does not run past the total.
+    let threads_after = server.as_ref().and_then(Servers::thread_cpu);
     let server_cpu = cpu_per_event(cpu_before.0, server.as_ref().and_then(Servers::cpu_time));
     let bench_cpu = cpu_per_event(cpu_before.1, cpu_time("self"));
+    let server_cpu_by_thread = match (&threads_before, threads_after, server_cpu) {
+        (Some(before), Some(after), Some(total)) => {
+            Some(cpu_by_thread(before, &after, total, accepted))
+        }
+        _ => None,
+    };
     let server_disk = match (
         disk_before,
         server.as_ref().and_then(Servers::written_bytes),
@@ -1404,6 +1518,7 @@ async fn end_to_end_raw(
             send_lag_ms: send_lag,
             server_peak_rss_mb: server.as_ref().and_then(Servers::peak_rss_mb),
             server_cpu_us_per_event: server_cpu,
+            server_cpu_by_thread_us_per_event: server_cpu_by_thread,
             bench_cpu_us_per_event: bench_cpu,
             server_disk_kib_per_event: server_disk,
             drain_per_sec,
@@ -1537,6 +1652,104 @@ fn request_body(api: &str, first: u64, n: u64, sent_us: u64, batch: bool) -> (St
 mod tests {
     use super::*;
     use crate::model::{Timestamp, envelope, new_id};
+
+    #[test]
+    fn the_split_by_thread_counts_new_threads_whole_and_ended_ones_as_other() {
+        let ms = Duration::from_millis;
+        let key = |tid: &str| (7_u32, tid.to_owned());
+        let before = HashMap::from([
+            (key("1"), ("runtime", ms(100))),
+            (key("2"), ("writer", ms(50))),
+            (key("3"), ("runtime", ms(20))), // ends during the phase
+        ]);
+        let after = HashMap::from([
+            (key("1"), ("runtime", ms(300))),
+            (key("2"), ("writer", ms(150))),
+            (key("4"), ("runtime", ms(40))), // starts during the phase
+        ]);
+        // 1,000 events; the processes' whole CPU grew by 400 ms: 400 µs an event, of which
+        // the live threads account for 200 + 100 + 40 ms.
+        let groups = cpu_by_thread(&before, &after, 400.0, 1_000);
+        let near = |a: f64, b: f64| (a - b).abs() < 1e-9;
+        assert!(near(groups["runtime"], 240.0), "{groups:?}");
+        assert!(near(groups["writer"], 100.0), "{groups:?}");
+        assert!(near(groups["other"], 60.0), "{groups:?}");
+        assert_eq!(groups.len(), 3, "{groups:?}");
+        // Ticks read a moment apart never make `other` negative.
+        let groups = cpu_by_thread(&before, &after, 330.0, 1_000);
+        assert!(near(groups["other"], 0.0), "{groups:?}");
+    }
+
+    #[test]
+    fn a_threads_stat_line_gives_its_group_start_and_cpu() {
+        // Fields 3 to 22 after the name, as Linux writes them; utime 250 and stime 50 ticks,
+        // start time 777.
+        let tail = "S 1 1 1 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 3 0 777 0 0";
+        let line = |name: &str| format!("4242 ({name}) {tail}");
+        let cpu = Duration::from_millis(3_000);
+        assert_eq!(
+            task_stat(&line(crate::store::sqlite::WRITER_THREAD), false),
+            Some((777, "writer", cpu))
+        );
+        assert_eq!(
+            task_stat(&line(crate::store::sqlite::CHECKPOINT_THREAD), false),
+            Some((777, "checkpointer", cpu))
+        );
+        assert_eq!(
+            task_stat(&line("tokio-rt-worker"), false),
+            Some((777, "runtime", cpu))
+        );
+        assert_eq!(
+            task_stat(&line("hookline"), true),
+            Some((777, "runtime", cpu))
+        );
+        assert_eq!(
+            task_stat(&line("hookline"), false),
+            Some((777, "other", cpu))
+        );
+        // A name with spaces and parentheses of its own ends at the line's last `)`.
+        assert_eq!(
+            task_stat(&line("a) (b c"), false),
+            Some((777, "other", cpu))
+        );
+        assert_eq!(task_stat("4242 (cut short) S 1 2", false), None);
+        assert_eq!(task_stat("no name at all", false), None);
+    }
+
+    #[test]
+    fn a_live_thread_is_found_under_its_own_id() {
+        let handle = std::thread::Builder::new()
+            .name(crate::store::sqlite::CHECKPOINT_THREAD.into())
+            .spawn(|| {
+                let me = std::fs::read_link("/proc/thread-self").unwrap();
+                let tid = me.file_name().unwrap().to_string_lossy().into_owned();
+                // Busy until this thread has a tick of CPU time to show (however slowly a
+                // loaded machine gives it one).
+                let deadline = Instant::now() + Duration::from_secs(60);
+                let mut x = 0_u64;
+                loop {
+                    let spun = Instant::now();
+                    while spun.elapsed() < Duration::from_millis(20) {
+                        x = x.wrapping_mul(31).wrapping_add(1);
+                    }
+                    let threads = thread_cpu(std::process::id()).unwrap();
+                    let mine: Vec<_> = threads
+                        .iter()
+                        .filter(|(key, _)| key.starts_with(&format!("{tid}@")))
+                        .map(|(_, v)| *v)
+                        .collect();
+                    let busy = mine.iter().any(|(_, cpu)| *cpu > Duration::ZERO);
+                    if busy || Instant::now() > deadline {
+                        return (x, mine);
+                    }
+                }
+            })
+            .unwrap();
+        let (_, mine) = handle.join().unwrap();
+        assert_eq!(mine.len(), 1, "{mine:?}");
+        assert_eq!(mine[0].0, "checkpointer");
+        assert!(mine[0].1 > Duration::ZERO, "{mine:?}");
+    }
 
     #[test]
     fn paired_change_is_the_median_round_change_inside_its_interval() {

@@ -59,6 +59,11 @@ enum Isolation {
     Group,
 }
 
+/// The writer thread's name: at most 15 bytes, so that Linux keeps it whole
+/// (`/proc/PID/task/TID/comm`), where `hookline bench` tells the threads apart.
+pub const WRITER_THREAD: &str = "sqlite-writer";
+/// The checkpointer thread's name, likewise.
+pub const CHECKPOINT_THREAD: &str = "sqlite-checkpt";
 /// How many queued writes one transaction takes at most.
 const MAX_GROUP: usize = 2048;
 const READERS: usize = 4;
@@ -390,7 +395,7 @@ impl SqliteStore {
         let riders = Riders::default();
         let boarding = riders.clone();
         std::thread::Builder::new()
-            .name("hookline-sqlite-writer".into())
+            .name(WRITER_THREAD.into())
             .spawn(move || {
                 let wal = WalKeeper::new(&conn, for_writer);
                 writer_loop(conn, rx, boarding, wal, move || on_rollback.forget_all())
@@ -2181,7 +2186,7 @@ fn start_checkpointer(path: &Path) -> Result<Checkpointer, StoreError> {
     };
     let turn = handle.turn.clone();
     std::thread::Builder::new()
-        .name("hookline-sqlite-checkpoint".into())
+        .name(CHECKPOINT_THREAD.into())
         .spawn(move || {
             while let Ok(()) | Err(RecvTimeoutError::Timeout) =
                 nudged.recv_timeout(CHECKPOINT_EVERY)
