@@ -844,8 +844,8 @@ impl Servers {
         let mut all = HashMap::new();
         for p in &self.procs {
             let pid = p.child.id();
-            for (tid, v) in thread_cpu(pid)? {
-                all.insert((pid, tid), v);
+            for ((tid, started), v) in thread_cpu(pid)? {
+                all.insert((pid, tid, started), v);
             }
         }
         Some(all)
@@ -893,23 +893,28 @@ fn cpu_time(pid: &str) -> Option<Duration> {
 
 /// Each thread of the nodes, by process id and thread (its id and start time, see
 /// [`thread_cpu`]): its group and the CPU time it has used so far.
-type NodeThreads = HashMap<(u32, String), (&'static str, Duration)>;
+type NodeThreads = HashMap<(u32, u32, u64), ThreadCpu>;
+
+/// A thread's group and the CPU time it has used so far.
+type ThreadCpu = (&'static str, Duration);
 
 /// CPU time each live thread of a process has used so far (user and system, from `/proc`),
 /// by thread id and start time (so that a thread id reused during a phase is a new thread),
 /// with the group its name puts it in (see [`Phase::server_cpu_by_thread_us_per_event`]).
-fn thread_cpu(pid: u32) -> Option<HashMap<String, (&'static str, Duration)>> {
+fn thread_cpu(pid: u32) -> Option<HashMap<(u32, u64), ThreadCpu>> {
     let mut threads = HashMap::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
         let Ok(task) = task else { continue };
-        let tid = task.file_name().to_string_lossy().into_owned();
+        let Ok(tid) = task.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
         // A thread that ended since the listing is simply left out.
         let Ok(stat) = std::fs::read(task.path().join("stat")) else {
             continue;
         };
-        let main = tid == pid.to_string();
-        if let Some((started, group, cpu)) = task_stat(&String::from_utf8_lossy(&stat), main) {
-            threads.insert(format!("{tid}@{started}"), (group, cpu));
+        if let Some((started, group, cpu)) = task_stat(&String::from_utf8_lossy(&stat), tid == pid)
+        {
+            threads.insert((tid, started), (group, cpu));
         }
     }
     Some(threads)
@@ -1656,16 +1661,16 @@ mod tests {
     #[test]
     fn the_split_by_thread_counts_new_threads_whole_and_ended_ones_as_other() {
         let ms = Duration::from_millis;
-        let key = |tid: &str| (7_u32, tid.to_owned());
+        let key = |tid: u32| (7_u32, tid, 0_u64);
         let before = HashMap::from([
-            (key("1"), ("runtime", ms(100))),
-            (key("2"), ("writer", ms(50))),
-            (key("3"), ("runtime", ms(20))), // ends during the phase
+            (key(1), ("runtime", ms(100))),
+            (key(2), ("writer", ms(50))),
+            (key(3), ("runtime", ms(20))), // ends during the phase
         ]);
         let after = HashMap::from([
-            (key("1"), ("runtime", ms(300))),
-            (key("2"), ("writer", ms(150))),
-            (key("4"), ("runtime", ms(40))), // starts during the phase
+            (key(1), ("runtime", ms(300))),
+            (key(2), ("writer", ms(150))),
+            (key(4), ("runtime", ms(40))), // starts during the phase
         ]);
         // 1,000 events; the processes' whole CPU grew by 400 ms: 400 µs an event, of which
         // the live threads account for 200 + 100 + 40 ms.
@@ -1722,7 +1727,7 @@ mod tests {
             .name(crate::store::sqlite::CHECKPOINT_THREAD.into())
             .spawn(|| {
                 let me = std::fs::read_link("/proc/thread-self").unwrap();
-                let tid = me.file_name().unwrap().to_string_lossy().into_owned();
+                let tid: u32 = me.file_name().unwrap().to_string_lossy().parse().unwrap();
                 // Busy until this thread has a tick of CPU time to show (however slowly a
                 // loaded machine gives it one).
                 let deadline = Instant::now() + Duration::from_secs(60);
@@ -1735,7 +1740,7 @@ mod tests {
                     let threads = thread_cpu(std::process::id()).unwrap();
                     let mine: Vec<_> = threads
                         .iter()
-                        .filter(|(key, _)| key.starts_with(&format!("{tid}@")))
+                        .filter(|((id, _), _)| *id == tid)
                         .map(|(_, v)| *v)
                         .collect();
                     let busy = mine.iter().any(|(_, cpu)| *cpu > Duration::ZERO);
