@@ -298,6 +298,20 @@ fn tiny_scenario(extra: &[&str], phase_count: usize) {
         let reported = p["delivered_ratio_to_raw"].as_f64().unwrap();
         assert!((ratio - reported).abs() < 1e-9, "{report}");
     }
+    // The machine's shares over each phase: within bounds wherever read. A phase shorter
+    // than a tick of every CPU may have none, but not every phase of a run.
+    let mut machine_read = 0;
+    for p in phases {
+        let share = |field: &str| p.get(field).and_then(|v| v.as_f64());
+        if let Some(idle) = share("machine_idle_pct") {
+            let steal = share("machine_steal_pct").unwrap_or_else(|| panic!("{p}"));
+            assert!((0.0..=100.0).contains(&idle), "{p}");
+            assert!((0.0..=100.0).contains(&steal), "{p}");
+            assert!(idle + steal <= 100.0 + 1e-9, "{p}");
+            machine_read += 1;
+        }
+    }
+    assert!(machine_read > 0, "{report}");
     for p in phases {
         assert_eq!(p["accepted"], 300, "{p}");
         assert_eq!(p["delivered"], 600, "{p}");

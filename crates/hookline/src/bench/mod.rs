@@ -205,6 +205,18 @@ pub struct Phase {
     /// the default `warn`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_disk_kib_per_event: Option<f64>,
+    /// The whole machine over the same span (every process, every CPU, from `/proc/stat`):
+    /// the share of its CPU time that stood idle, I/O wait included (%). A closed loop
+    /// that leaves the machine idle waits on something other than the CPU (a commit's
+    /// `fsync`, a wake-up); one that leaves nothing idle is bound by the CPU. Read in
+    /// 10 ms ticks of each CPU, so a phase under a second has it to a few per cent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub machine_idle_pct: Option<f64>,
+    /// The same for time the hypervisor gave to others while this machine wanted to run
+    /// (`steal`): on a shared host, a reference and a phase minutes apart may differ by
+    /// this much.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub machine_steal_pct: Option<f64>,
     /// Backlog only: deliveries/s from the endpoint's return to the last receipt.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drain_per_sec: Option<f64>,
@@ -726,6 +738,15 @@ fn print_table(r: &Report) {
         }
     }
     for p in &r.phases {
+        if let (Some(idle), Some(steal)) = (p.machine_idle_pct, p.machine_steal_pct) {
+            println!(
+                "{}: the machine's CPU stood idle {idle:.1} % of the phase (I/O wait \
+                 included), {steal:.1} % was stolen by the host",
+                p.name
+            );
+        }
+    }
+    for p in &r.phases {
         if let Some(lag) = &p.send_lag_ms {
             println!(
                 "{}: the generator began requests after their intended time by p50 {:.2} ms, \
@@ -969,6 +990,59 @@ fn cpu_by_thread(
     let counted: f64 = groups.values().sum();
     *groups.entry("other").or_insert(0.0) += (total_us - counted).max(0.0);
     groups
+}
+
+/// The machine's CPU time so far, every CPU together, in ticks (the `cpu` line of
+/// `/proc/stat`): all of it, the idle part (I/O wait included) and the stolen part.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct MachineTicks {
+    total: u64,
+    idle: u64,
+    steal: u64,
+}
+
+/// Shares of the machine's CPU time over a span, in %.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct MachineShares {
+    idle_pct: f64,
+    steal_pct: f64,
+}
+
+fn machine_ticks() -> Option<MachineTicks> {
+    parse_machine_ticks(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+/// Reads the first line of `/proc/stat`: `cpu` then user, nice, system, idle, iowait, irq,
+/// softirq and steal ticks (guest time, which may follow, is already counted in user and
+/// nice).
+fn parse_machine_ticks(stat: &str) -> Option<MachineTicks> {
+    let mut fields = stat.lines().next()?.split_whitespace();
+    if fields.next()? != "cpu" {
+        return None;
+    }
+    let ticks: Vec<u64> = fields
+        .take(8)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    let [user, nice, system, idle, iowait, irq, softirq, steal] = ticks[..] else {
+        return None;
+    };
+    Some(MachineTicks {
+        total: user + nice + system + idle + iowait + irq + softirq + steal,
+        idle: idle + iowait,
+        steal,
+    })
+}
+
+/// The shares between two readings; `None` if no tick passed (or the counters went back).
+fn machine_shares(before: MachineTicks, after: MachineTicks) -> Option<MachineShares> {
+    let total = after.total.checked_sub(before.total).filter(|&t| t > 0)? as f64;
+    let idle = after.idle.checked_sub(before.idle)? as f64;
+    let steal = after.steal.checked_sub(before.steal)? as f64;
+    Some(MachineShares {
+        idle_pct: idle * 100.0 / total,
+        steal_pct: steal * 100.0 / total,
+    })
 }
 
 /// Bytes a process has caused to be sent to the storage layer so far (`write_bytes` in
@@ -1303,6 +1377,7 @@ async fn end_to_end_raw(
     );
     let threads_before = server.as_ref().and_then(Servers::thread_cpu);
     let disk_before = server.as_ref().and_then(Servers::written_bytes);
+    let machine_before = machine_ticks();
     let start = Instant::now();
     let start_unix_us = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -1441,6 +1516,9 @@ async fn end_to_end_raw(
     // The threads are read inside the span the processes' totals are read over (before: the
     // totals first; after: the threads first), so that their sum does not run past the total.
     let threads_after = server.as_ref().and_then(Servers::thread_cpu);
+    let machine = machine_before
+        .zip(machine_ticks())
+        .and_then(|(before, after)| machine_shares(before, after));
     let server_cpu = cpu_per_event(cpu_before.0, server.as_ref().and_then(Servers::cpu_time));
     let bench_cpu = cpu_per_event(cpu_before.1, cpu_time("self"));
     let server_cpu_by_thread = match (&threads_before, threads_after, server_cpu) {
@@ -1526,6 +1604,8 @@ async fn end_to_end_raw(
             server_cpu_by_thread_us_per_event: server_cpu_by_thread,
             bench_cpu_us_per_event: bench_cpu,
             server_disk_kib_per_event: server_disk,
+            machine_idle_pct: machine.map(|m| m.idle_pct),
+            machine_steal_pct: machine.map(|m| m.steal_pct),
             drain_per_sec,
             drain_ratio_to_raw: None,
             back_to_first_ms,
@@ -1683,6 +1763,50 @@ mod tests {
         // Ticks read a moment apart never make `other` negative.
         let groups = cpu_by_thread(&before, &after, 330.0, 1_000);
         assert!(near(groups["other"], 0.0), "{groups:?}");
+    }
+
+    #[test]
+    fn the_machines_shares_come_from_the_cpu_line_of_proc_stat() {
+        // user nice system idle iowait irq softirq steal guest guest_nice, then per-CPU lines.
+        let before = parse_machine_ticks(
+            "cpu  1000 10 500 3000 40 0 200 50 70 0\ncpu0 500 5 250 1500 20 0 100 25 35 0\n",
+        );
+        assert_eq!(
+            before,
+            Some(MachineTicks {
+                total: 4800,
+                idle: 3040,
+                steal: 50
+            })
+        );
+        // Over the span: 200 ticks in all, 30 idle, 20 waiting for I/O, 10 stolen.
+        let after = parse_machine_ticks("cpu  1080 10 550 3030 60 0 210 60 90 0\n");
+        let shares = before.zip(after).and_then(|(b, a)| machine_shares(b, a));
+        assert_eq!(
+            shares,
+            Some(MachineShares {
+                idle_pct: 25.0,
+                steal_pct: 5.0
+            })
+        );
+        // No tick between the readings, or counters that went back, give nothing.
+        let b = before.expect("parsed above");
+        assert_eq!(machine_shares(b, b), None);
+        let back = MachineTicks { idle: 0, ..b };
+        assert_eq!(
+            machine_shares(
+                b,
+                MachineTicks {
+                    total: b.total + 10,
+                    ..back
+                }
+            ),
+            None
+        );
+        // Not the `cpu` line, or too few fields.
+        assert_eq!(parse_machine_ticks("cpu0 1 2 3 4 5 6 7 8\n"), None);
+        assert_eq!(parse_machine_ticks("cpu  1 2 3 4 5 6 7\n"), None);
+        assert_eq!(parse_machine_ticks("cpu  1 2 x 4 5 6 7 8\n"), None);
     }
 
     #[test]
