@@ -298,11 +298,17 @@ fn tiny_scenario(extra: &[&str], phase_count: usize) {
         let reported = p["delivered_ratio_to_raw"].as_f64().unwrap();
         assert!((ratio - reported).abs() < 1e-9, "{report}");
     }
-    // The machine's shares over each phase: within bounds wherever read. A phase shorter
-    // than a tick of every CPU may have none, but not every phase of a run.
+    // The machine's shares over each phase: both or neither, within bounds. A phase in
+    // which the machine's CPU time summed to under a tick has none, but not every phase of
+    // a run.
     let mut machine_read = 0;
     for p in phases {
         let share = |field: &str| p.get(field).and_then(|v| v.as_f64());
+        assert_eq!(
+            share("machine_idle_pct").is_some(),
+            share("machine_steal_pct").is_some(),
+            "{p}"
+        );
         if let Some(idle) = share("machine_idle_pct") {
             let steal = share("machine_steal_pct").unwrap_or_else(|| panic!("{p}"));
             assert!((0.0..=100.0).contains(&idle), "{p}");

@@ -205,16 +205,17 @@ pub struct Phase {
     /// the default `warn`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_disk_kib_per_event: Option<f64>,
-    /// The whole machine over the same span (every process, every CPU, from `/proc/stat`):
-    /// the share of its CPU time that stood idle, I/O wait included (%). A closed loop
-    /// that leaves the machine idle waits on something other than the CPU (a commit's
-    /// `fsync`, a wake-up); one that leaves nothing idle is bound by the CPU. Read in
-    /// 10 ms ticks of each CPU, so a phase under a second has it to a few per cent.
+    /// The share of the whole machine's CPU time (every process, every CPU, from
+    /// `/proc/stat`) that was idle, I/O wait included (%), from the load's start to the
+    /// poll that saw the last delivery arrive (up to 10 ms after it; for `backlog`, the
+    /// ingest while the endpoint is down and the drain). A closed loop that leaves the
+    /// machine idle is not bound by the machine's CPU as a whole: it waits on I/O,
+    /// wake-ups, or one busy thread. Counted in ticks of 10 ms of one CPU, so to about
+    /// 1 / (100 × CPUs × seconds).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub machine_idle_pct: Option<f64>,
-    /// The same for time the hypervisor gave to others while this machine wanted to run
-    /// (`steal`): on a shared host, a reference and a phase minutes apart may differ by
-    /// this much.
+    /// The same for the time this machine wanted to run but the hypervisor gave to
+    /// others (`steal`). A host that changes speed without it has another cause.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub machine_steal_pct: Option<f64>,
     /// Backlog only: deliveries/s from the endpoint's return to the last receipt.
@@ -740,8 +741,8 @@ fn print_table(r: &Report) {
     for p in &r.phases {
         if let (Some(idle), Some(steal)) = (p.machine_idle_pct, p.machine_steal_pct) {
             println!(
-                "{}: the machine's CPU stood idle {idle:.1} % of the phase (I/O wait \
-                 included), {steal:.1} % was stolen by the host",
+                "{}: of the machine's CPU time over the phase, {idle:.1} % was idle (I/O \
+                 wait included) and {steal:.1} % stolen by the host",
                 p.name
             );
         }
@@ -1020,13 +1021,11 @@ fn parse_machine_ticks(stat: &str) -> Option<MachineTicks> {
     if fields.next()? != "cpu" {
         return None;
     }
-    let ticks: Vec<u64> = fields
-        .take(8)
-        .map(|f| f.parse().ok())
-        .collect::<Option<_>>()?;
-    let [user, nice, system, idle, iowait, irq, softirq, steal] = ticks[..] else {
-        return None;
-    };
+    let mut ticks = [0_u64; 8];
+    for t in &mut ticks {
+        *t = fields.next()?.parse().ok()?;
+    }
+    let [user, nice, system, idle, iowait, irq, softirq, steal] = ticks;
     Some(MachineTicks {
         total: user + nice + system + idle + iowait + irq + softirq + steal,
         idle: idle + iowait,
@@ -1498,11 +1497,15 @@ async fn end_to_end_raw(
     let apart_seen = || apart.as_ref().map_or(0, |a| a.sink.distinct());
     let seen = || sink.distinct() + apart_seen();
     let mut last = (seen(), Instant::now());
+    // The machine's shares end at the last poll that saw a delivery arrive: a phase that
+    // lost some would otherwise count the 15 s of waiting for them as idle.
+    let mut machine_after = machine_ticks();
     while (sink.distinct() as u64) < expected || (apart_seen() as u64) < apart_expected {
         tokio::time::sleep(Duration::from_millis(10)).await;
         let now = seen();
         if now != last.0 {
             last = (now, Instant::now());
+            machine_after = machine_ticks();
         } else if last.1.elapsed() > Duration::from_secs(15) {
             break;
         }
@@ -1517,7 +1520,7 @@ async fn end_to_end_raw(
     // totals first; after: the threads first), so that their sum does not run past the total.
     let threads_after = server.as_ref().and_then(Servers::thread_cpu);
     let machine = machine_before
-        .zip(machine_ticks())
+        .zip(machine_after)
         .and_then(|(before, after)| machine_shares(before, after));
     let server_cpu = cpu_per_event(cpu_before.0, server.as_ref().and_then(Servers::cpu_time));
     let bench_cpu = cpu_per_event(cpu_before.1, cpu_time("self"));
