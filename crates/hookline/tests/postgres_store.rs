@@ -4,7 +4,9 @@
 //!   reads neither the table nor the endpoint's index of every delivery;
 //! - a recovery starts its walk about at its `since`, not at the endpoint's first delivery;
 //! - the minute's sweep of deliveries that waited out the schedule reads about what it ends,
-//!   not an outage's backlog; the hourly whole one ends the rest.
+//!   not an outage's backlog; the hourly whole one ends the rest, and reads about as little
+//!   (through the index of pending rows by age, built at start outside the migrations);
+//! - that index is built again if it is missing or a failed build left it invalid.
 //!
 //! Runs when `HOOKLINE_TEST_DATABASE_URL` is set (`.ci/run` sets it), like the PostgreSQL
 //! half of the integration suite.
@@ -13,7 +15,7 @@ mod common;
 
 use common::{Data, Engine};
 use hookline::model::Timestamp;
-use hookline::store::postgres::{END_HELD, END_PENDING, FAIL_STALE_DUE};
+use hookline::store::postgres::{END_HELD, END_PENDING, FAIL_STALE, FAIL_STALE_DUE};
 use hookline::store::{Location, Store};
 use sqlx::Connection as _;
 
@@ -227,6 +229,27 @@ async fn the_stale_sweep_reads_what_it_ends_and_the_whole_one_the_rest() {
         "{plan}"
     );
     assert!(!plan.contains("Seq Scan"), "{plan}");
+    // The whole sweep: a range of the endpoint's pending rows by age, up to the cutoff, not
+    // the 20,000 young ones.
+    let plan = plan_of(
+        &mut db,
+        "whole_sweep",
+        "text, bigint, bigint",
+        FAIL_STALE,
+        &format!("'ep_down', {before}, {now}"),
+    )
+    .await;
+    assert!(
+        plan.lines()
+            .any(|l| l.contains("deliveries_pending_by_age")),
+        "{plan}"
+    );
+    assert!(
+        plan.lines()
+            .any(|l| l.contains("Index Cond") && l.contains("created_at <")),
+        "{plan}"
+    );
+    assert!(!plan.contains("Seq Scan"), "{plan}");
 
     let store = Store::open(&data.location).await.unwrap();
     let sweep = |whole| store.fail_stale("ep_down".into(), Timestamp(before), whole);
@@ -243,4 +266,69 @@ async fn the_stale_sweep_reads_what_it_ends_and_the_whole_one_the_rest() {
             .await
             .unwrap();
     assert_eq!(pending, 20_000, "the young ones wait on");
+}
+
+/// Whether the index of pending rows by age exists in the test's schema, and is valid.
+async fn age_index(db: &mut sqlx::PgConnection) -> Option<bool> {
+    sqlx::query_scalar(
+        "SELECT i.indisvalid FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid
+         WHERE c.relname = 'deliveries_pending_by_age'
+           AND c.relnamespace = current_schema()::regnamespace",
+    )
+    .fetch_optional(&mut *db)
+    .await
+    .unwrap()
+}
+
+/// The index the whole sweep reads is built at start, outside the migrations' transaction:
+/// again if it went missing, and again if a build that failed left it invalid (which
+/// PostgreSQL leaves behind when a concurrent build is interrupted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_index_of_pending_rows_by_age_is_built_at_start_and_rebuilt_if_invalid() {
+    let Some((data, mut db)) =
+        fresh("the_index_of_pending_rows_by_age_is_built_at_start_and_rebuilt_if_invalid").await
+    else {
+        return;
+    };
+    assert_eq!(
+        age_index(&mut db).await,
+        Some(true),
+        "built by the first start"
+    );
+
+    sqlx::raw_sql("DROP INDEX deliveries_pending_by_age")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(age_index(&mut db).await, None);
+    let store = Store::open(&data.location).await.unwrap();
+    assert_eq!(
+        age_index(&mut db).await,
+        Some(true),
+        "built again at the next start"
+    );
+
+    // What an interrupted concurrent build leaves: the index, marked invalid (so the
+    // planner ignores it). Marking it so takes a superuser, as `.ci/run`'s is.
+    sqlx::raw_sql(
+        "UPDATE pg_index SET indisvalid = false
+         WHERE indexrelid = 'deliveries_pending_by_age'::regclass",
+    )
+    .execute(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(age_index(&mut db).await, Some(false));
+    let Store::Postgres(pg) = &store else {
+        unreachable!("a PostgreSQL location opens a PostgreSQL store")
+    };
+    // The way a large table takes: dropped and built concurrently.
+    pg.build_online_indexes_below(0).await;
+    assert_eq!(
+        age_index(&mut db).await,
+        Some(true),
+        "dropped and built again"
+    );
+    // Built and valid: nothing more to do.
+    pg.build_online_indexes().await;
+    assert_eq!(age_index(&mut db).await, Some(true));
 }

@@ -524,8 +524,10 @@ impl Store {
     /// before `before` (a delivery queued again by hand gets the whole schedule again).
     ///
     /// On PostgreSQL, unless `whole`, only those also due before `before`: the index of
-    /// pending rows by due time then bounds the sweep by about what it ends, where a whole one
-    /// reads every pending row of the endpoint (an outage's backlog, every minute). A row
+    /// pending rows by due time then bounds the sweep by about what it ends. A whole one
+    /// reads the endpoint's pending rows created before `before` (the index of pending rows
+    /// by age, built at start: see `postgres::ONLINE_INDEXES`), so it too costs about what it
+    /// ends, not the outage's backlog; without that index it reads every pending row. A row
     /// made at ingest or given back is due from its last change, so the two agree on it; a
     /// retry is due its wait after its attempt (a step of the schedule with its jitter, or a
     /// longer `Retry-After`), and a row made due when a breaker closed for a while is due from
