@@ -5,8 +5,8 @@
 //! - a recovery starts its walk about at its `since`, not at the endpoint's first delivery;
 //! - the minute's sweep of deliveries that waited out the schedule reads about what it ends,
 //!   not an outage's backlog; the hourly whole one ends the rest, and reads about as little
-//!   (through the index of pending rows by age, built at start outside the migrations);
-//! - that index is built again if it is missing or a failed build left it invalid.
+//!   (through the index of pending rows by age), with the plan made for the values and with
+//!   the generic one a prepared statement may settle on.
 //!
 //! Runs when `HOOKLINE_TEST_DATABASE_URL` is set (`.ci/run` sets it), like the PostgreSQL
 //! half of the integration suite.
@@ -250,6 +250,26 @@ async fn the_stale_sweep_reads_what_it_ends_and_the_whole_one_the_rest() {
         "{plan}"
     );
     assert!(!plan.contains("Seq Scan"), "{plan}");
+    // And the plan for any values, which a prepared statement may settle on after a few runs.
+    sqlx::raw_sql("SET plan_cache_mode = force_generic_plan")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let plan = plan_of(
+        &mut db,
+        "whole_sweep_generic",
+        "text, bigint, bigint",
+        FAIL_STALE,
+        &format!("'ep_down', {before}, {now}"),
+    )
+    .await;
+    assert!(
+        plan.lines().any(|l| l.contains("Index Cond")
+            && l.contains("endpoint_id = $1")
+            && l.contains("created_at < $2")),
+        "{plan}"
+    );
+    assert!(!plan.contains("Seq Scan"), "{plan}");
 
     let store = Store::open(&data.location).await.unwrap();
     let sweep = |whole| store.fail_stale("ep_down".into(), Timestamp(before), whole);
@@ -266,69 +286,4 @@ async fn the_stale_sweep_reads_what_it_ends_and_the_whole_one_the_rest() {
             .await
             .unwrap();
     assert_eq!(pending, 20_000, "the young ones wait on");
-}
-
-/// Whether the index of pending rows by age exists in the test's schema, and is valid.
-async fn age_index(db: &mut sqlx::PgConnection) -> Option<bool> {
-    sqlx::query_scalar(
-        "SELECT i.indisvalid FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid
-         WHERE c.relname = 'deliveries_pending_by_age'
-           AND c.relnamespace = current_schema()::regnamespace",
-    )
-    .fetch_optional(&mut *db)
-    .await
-    .unwrap()
-}
-
-/// The index the whole sweep reads is built at start, outside the migrations' transaction:
-/// again if it went missing, and again if a build that failed left it invalid (which
-/// PostgreSQL leaves behind when a concurrent build is interrupted).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_index_of_pending_rows_by_age_is_built_at_start_and_rebuilt_if_invalid() {
-    let Some((data, mut db)) =
-        fresh("the_index_of_pending_rows_by_age_is_built_at_start_and_rebuilt_if_invalid").await
-    else {
-        return;
-    };
-    assert_eq!(
-        age_index(&mut db).await,
-        Some(true),
-        "built by the first start"
-    );
-
-    sqlx::raw_sql("DROP INDEX deliveries_pending_by_age")
-        .execute(&mut db)
-        .await
-        .unwrap();
-    assert_eq!(age_index(&mut db).await, None);
-    let store = Store::open(&data.location).await.unwrap();
-    assert_eq!(
-        age_index(&mut db).await,
-        Some(true),
-        "built again at the next start"
-    );
-
-    // What an interrupted concurrent build leaves: the index, marked invalid (so the
-    // planner ignores it). Marking it so takes a superuser, as `.ci/run`'s is.
-    sqlx::raw_sql(
-        "UPDATE pg_index SET indisvalid = false
-         WHERE indexrelid = 'deliveries_pending_by_age'::regclass",
-    )
-    .execute(&mut db)
-    .await
-    .unwrap();
-    assert_eq!(age_index(&mut db).await, Some(false));
-    let Store::Postgres(pg) = &store else {
-        unreachable!("a PostgreSQL location opens a PostgreSQL store")
-    };
-    // The way a large table takes: dropped and built concurrently.
-    pg.build_online_indexes_below(0).await;
-    assert_eq!(
-        age_index(&mut db).await,
-        Some(true),
-        "dropped and built again"
-    );
-    // Built and valid: nothing more to do.
-    pg.build_online_indexes().await;
-    assert_eq!(age_index(&mut db).await, Some(true));
 }

@@ -525,9 +525,11 @@ impl Store {
     ///
     /// On PostgreSQL, unless `whole`, only those also due before `before`: the index of
     /// pending rows by due time then bounds the sweep by about what it ends. A whole one
-    /// reads the endpoint's pending rows created before `before` (the index of pending rows
-    /// by age, built at start: see `postgres::ONLINE_INDEXES`), so it too costs about what it
-    /// ends, not the outage's backlog; without that index it reads every pending row. A row
+    /// reads the endpoint's pending rows created before `before` (through the index of
+    /// pending rows by age): about what it ends, not the outage's backlog, except for rows
+    /// created before `before` and changed since, which it reads without ending (a large
+    /// recovery on an endpoint still down: every whole sweep reads it again until the rows
+    /// end or leave `pending`). A row
     /// made at ingest or given back is due from its last change, so the two agree on it; a
     /// retry is due its wait after its attempt (a step of the schedule with its jitter, or a
     /// longer `Retry-After`), and a row made due when a breaker closed for a while is due from

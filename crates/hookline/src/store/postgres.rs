@@ -176,25 +176,16 @@ CREATE TABLE settings (
     value  TEXT NOT NULL
 );
 "#,
-];
-
-/// Indexes built after the migrations, outside their transaction (see
-/// [`PgStore::build_online_indexes`]): on a large table, `CREATE INDEX CONCURRENTLY`, so that
-/// every node's writes go on while one is built. Each only speeds up statements that are
-/// correct without it. (name, the rest of its `CREATE INDEX`)
-const ONLINE_INDEXES: &[(&str, &str)] = &[(
     // An endpoint's pending rows by age: the whole sweep of deliveries that waited out the
-    // schedule ([`FAIL_STALE`]) reads about the rows it ends, not every pending row of an
-    // endpoint that has been down for days. A row pays for it only while `pending`.
-    "deliveries_pending_by_age",
-    "ON deliveries (endpoint_id, created_at) WHERE status = 'pending'",
-)];
-
-/// Below this size of the `deliveries` table an online index is built with a plain
-/// `CREATE INDEX` (writes to the table wait for about a second at most); above it,
-/// concurrently (writes go on, and the build waits for every older transaction in the
-/// database instead).
-const ONLINE_INDEX_PLAIN_BELOW_BYTES: i64 = 256 * 1024 * 1024;
+    // schedule (`FAIL_STALE`) reads those created before its cutoff, not every pending row of
+    // an endpoint down for days. On a large `deliveries` table this build holds writes while
+    // it runs; it can be built ahead, without holding them, by the same statement with
+    // `CONCURRENTLY` (ARCHITECTURE.md, *Tables*), which makes this one a no-op.
+    r#"
+CREATE INDEX IF NOT EXISTS deliveries_pending_by_age ON deliveries (endpoint_id, created_at)
+    WHERE status = 'pending';
+"#,
+];
 
 /// The PostgreSQL store. Cheap to clone.
 #[derive(Clone)]
@@ -274,86 +265,7 @@ impl PgStore {
             sealer,
         };
         store.migrate().await?;
-        store.build_online_indexes().await;
         Ok(store)
-    }
-
-    /// Builds the [`ONLINE_INDEXES`] this schema lacks, or holds invalid after a concurrent
-    /// build that failed. An index another node is building at the moment is left to it. A
-    /// failure is logged, not returned: the statements an index serves work without it, and
-    /// the next start tries again.
-    pub async fn build_online_indexes(&self) {
-        self.build_online_indexes_below(ONLINE_INDEX_PLAIN_BELOW_BYTES)
-            .await
-    }
-
-    /// [`PgStore::build_online_indexes`], building concurrently from a `deliveries` table of
-    /// `plain_below` bytes up (tests take the concurrent way on a small table with 0).
-    pub async fn build_online_indexes_below(&self, plain_below: i64) {
-        for (name, definition) in ONLINE_INDEXES {
-            if let Err(e) = self.build_online_index(name, definition, plain_below).await {
-                tracing::warn!(
-                    index = name,
-                    error = %e,
-                    "building an index failed; the statements it serves work without it, \
-                     more slowly"
-                );
-            }
-        }
-    }
-
-    async fn build_online_index(
-        &self,
-        name: &str,
-        definition: &str,
-        plain_below: i64,
-    ) -> Result<(), StoreError> {
-        // Whether it exists in this schema, is valid, and is being built right now.
-        let state: Option<(bool, bool)> = sqlx::query_as(
-            "SELECT i.indisvalid,
-                    EXISTS (SELECT 1 FROM pg_stat_progress_create_index p
-                            WHERE p.index_relid = c.oid)
-             FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid
-             WHERE c.relname = $1 AND c.relnamespace = current_schema()::regnamespace",
-        )
-        .bind(name)
-        .fetch_optional(&self.pool)
-        .await
-        .ctx("looking up an index")?;
-        match state {
-            Some((true, _)) | Some((false, true)) => return Ok(()),
-            Some((false, false)) => {
-                sqlx::raw_sql(AssertSqlSafe(format!(
-                    "DROP INDEX CONCURRENTLY IF EXISTS {name}"
-                )))
-                .execute(&self.pool)
-                .await
-                .ctx("dropping an index a failed build left invalid")?;
-            }
-            None => {}
-        }
-        let size: i64 = sqlx::query_scalar("SELECT pg_relation_size('deliveries')")
-            .fetch_one(&self.pool)
-            .await
-            .ctx("sizing the deliveries table")?;
-        let how = if size < plain_below {
-            ""
-        } else {
-            tracing::info!(
-                index = name,
-                table_mb = size / (1024 * 1024),
-                "building an index concurrently: on a table this size it takes a while, \
-                 and writes go on meanwhile"
-            );
-            "CONCURRENTLY"
-        };
-        sqlx::raw_sql(AssertSqlSafe(format!(
-            "CREATE INDEX {how} IF NOT EXISTS {name} {definition}"
-        )))
-        .execute(&self.pool)
-        .await
-        .ctx("building an index")?;
-        Ok(())
     }
 
     /// Applies the migrations the database has not seen, each in its own transaction.
@@ -2637,7 +2549,7 @@ async fn fail_open_deliveries(
 
 /// Ends as `failed` endpoint `$1`'s `pending` deliveries created, and last changed, before
 /// `$2` (`$3` now): the rows read are the endpoint's pending ones created before `$2`
-/// (`deliveries_pending_by_age`, one of the [`ONLINE_INDEXES`]), about those it ends.
+/// (`deliveries_pending_by_age`), about those it ends.
 pub const FAIL_STALE: &str = "UPDATE deliveries SET status = 'failed', next_attempt_at = NULL,
         updated_at = $3,
         last_error = COALESCE(last_error, 'the endpoint was unreachable for the whole retry schedule')
