@@ -267,6 +267,12 @@ fn tiny_scenario(extra: &[&str], phase_count: usize) {
     assert_eq!(report["relay"], extra.contains(&"--relay"), "{report}");
     let phases = report["phases"].as_array().unwrap();
     assert_eq!(phases.len(), phase_count, "{report}");
+    // The largest share of the machine the reference left idle over its measurements (each
+    // of 1 s here, a couple of hundred ticks of the machine's CPUs).
+    let idle = report["raw_idle_pct_max"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no idle share of the reference: {report}"));
+    assert!((0.0..=100.0).contains(&idle), "{report}");
     // The reference posts what the deliveries carry: the same bodies, to within the digits
     // of numbers (ids, times) that differ between them.
     let raw_bytes = report["raw_body_bytes"].as_f64().unwrap();

@@ -290,6 +290,12 @@ pub struct Report {
     pub raw_after_per_sec: f64,
     /// The raw reference's mean body size, to compare with the phases' deliveries.
     pub raw_body_bytes: f64,
+    /// The largest share of the machine's CPU time that stood idle (I/O wait included) over
+    /// any of this run's measurements of the raw reference (%, from `/proc/stat`): near 0
+    /// when the reference filled the machine, as the fastest client must. A reference that
+    /// leaves the machine idle is slower than it could be, and flatters every ratio.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raw_idle_pct_max: Option<f64>,
     pub phases: Vec<Phase>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub isolation: Option<Isolation>,
@@ -452,10 +458,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
     }
     let secret = Secret::from_bytes(&rand::random::<[u8; 32]>())
         .map_err(|e| anyhow::anyhow!("making a secret: {e}"))?;
-    let (raw_before, raw_body_bytes) = raw_reference(&args, &secret).await?;
+    let mut raw_idle: Vec<f64> = Vec::new();
+    let (raw_before, raw_body_bytes, idle) = raw_reference(&args, &secret).await?;
+    raw_idle.extend(idle);
     println!(
-        "raw reference: {raw_before:.0} signed requests/s ({} connections, {} s, {raw_body_bytes:.0}-byte bodies)",
-        args.raw_concurrency, args.raw_seconds
+        "raw reference: {raw_before:.0} signed requests/s ({} connections, {} s, {raw_body_bytes:.0}-byte bodies){}",
+        args.raw_concurrency,
+        args.raw_seconds,
+        idle_note(idle)
     );
     let mut phases = Vec::new();
     // Each measurement of the reference, with the number of phases run before it: a phase is
@@ -477,8 +487,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
                 );
             }
             if args.phases == Phases::Both {
-                let (mid, _) = raw_reference(&args, &secret).await?;
-                println!("raw reference between the phases: {mid:.0} signed requests/s");
+                let (mid, _, idle) = raw_reference(&args, &secret).await?;
+                raw_idle.extend(idle);
+                println!(
+                    "raw reference between the phases: {mid:.0} signed requests/s{}",
+                    idle_note(idle)
+                );
                 raw_mid = Some(mid);
                 references.push((phases.len(), mid));
             }
@@ -640,8 +654,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
             });
         }
     }
-    let (raw_after, _) = raw_reference(&args, &secret).await?;
-    println!("raw reference again: {raw_after:.0} signed requests/s");
+    let (raw_after, _, idle) = raw_reference(&args, &secret).await?;
+    raw_idle.extend(idle);
+    println!(
+        "raw reference again: {raw_after:.0} signed requests/s{}",
+        idle_note(idle)
+    );
     let raw = (raw_before + raw_after) / 2.0;
     references.push((phases.len(), raw_after));
     for (i, p) in phases.iter_mut().enumerate() {
@@ -662,6 +680,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
         raw_mid_per_sec: raw_mid,
         raw_after_per_sec: raw_after,
         raw_body_bytes,
+        raw_idle_pct_max: raw_idle.into_iter().reduce(f64::max),
         phases,
         isolation,
     };
@@ -783,9 +802,18 @@ fn signed_post(
 /// these machines (113,000/s), so that its tally never grows while the clock runs.
 const RAW_SIZING_PER_SEC: usize = 150_000;
 
-/// The physical limit: signed POSTs straight to the sink. Returns requests/s and the mean
-/// body size.
-async fn raw_reference(args: &BenchArgs, secret: &Secret) -> anyhow::Result<(f64, f64)> {
+/// `, the machine N % idle` for a line about the raw reference, when its share was read.
+fn idle_note(idle: Option<f64>) -> String {
+    idle.map_or(String::new(), |i| format!(", the machine {i:.1} % idle"))
+}
+
+/// The physical limit: signed POSTs straight to the sink. Returns requests/s, the mean body
+/// size, and the share of the machine's CPU time that stood idle meanwhile (%, I/O wait
+/// included).
+async fn raw_reference(
+    args: &BenchArgs,
+    secret: &Secret,
+) -> anyhow::Result<(f64, f64, Option<f64>)> {
     let epoch = Instant::now();
     let expected = RAW_SIZING_PER_SEC.saturating_mul(args.raw_seconds.max(1) as usize);
     let sink = Sink::start(Verifier::new(vec![secret.clone()]), epoch, expected).await?;
@@ -796,6 +824,7 @@ async fn raw_reference(args: &BenchArgs, secret: &Secret) -> anyhow::Result<(f64
     // The bodies are built before the clock starts; each request only writes its id in.
     let bodies = Arc::new(ReferenceBodies::new(crate::model::Timestamp::now())?);
     let mut tasks = Vec::new();
+    let machine_before = machine_ticks();
     let start = Instant::now();
     for _ in 0..args.raw_concurrency.max(1) {
         let (http, url, counter, secret, bodies) = (
@@ -820,10 +849,18 @@ async fn raw_reference(args: &BenchArgs, secret: &Secret) -> anyhow::Result<(f64
         t.await??;
     }
     let elapsed = start.elapsed().as_secs_f64();
+    let idle = machine_before
+        .zip(machine_ticks())
+        .and_then(|(before, after)| machine_shares(before, after))
+        .map(|m| m.idle_pct);
     if sink.bad_signatures.load(Ordering::Relaxed) > 0 {
         bail!("the sink refused signatures of the raw reference");
     }
-    let result = (sink.distinct() as f64 / elapsed, sink.mean_body_bytes());
+    let result = (
+        sink.distinct() as f64 / elapsed,
+        sink.mean_body_bytes(),
+        idle,
+    );
     sink.release();
     Ok(result)
 }
