@@ -268,7 +268,7 @@ fn tiny_scenario(extra: &[&str], phase_count: usize) {
     let phases = report["phases"].as_array().unwrap();
     assert_eq!(phases.len(), phase_count, "{report}");
     // The largest share of the machine the reference left idle over its measurements (each
-    // of 1 s here, a couple of hundred ticks of the machine's CPUs).
+    // of 1 s here: 100 ticks of each of the machine's CPUs).
     let idle = report["raw_idle_pct_max"]
         .as_f64()
         .unwrap_or_else(|| panic!("no idle share of the reference: {report}"));

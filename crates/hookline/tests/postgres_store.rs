@@ -40,7 +40,8 @@ async fn fresh(test: &str) -> Option<(Data, sqlx::PgConnection)> {
 }
 
 /// The plan PostgreSQL makes for `sql` (parameters of `types`) with the values `args`: prepared
-/// as `name`, so that the plan is the one for those values.
+/// as `name`, so that the plan is the one for those values (unless the connection's
+/// `plan_cache_mode` asks for the generic one).
 async fn plan_of(
     db: &mut sqlx::PgConnection,
     name: &str,
@@ -286,4 +287,67 @@ async fn the_stale_sweep_reads_what_it_ends_and_the_whole_one_the_rest() {
             .await
             .unwrap();
     assert_eq!(pending, 20_000, "the young ones wait on");
+}
+
+/// Whether the index of pending rows by age exists on the test's `deliveries`, and is valid.
+async fn age_index_valid(db: &mut sqlx::PgConnection) -> Option<bool> {
+    sqlx::query_scalar(
+        "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+         WHERE i.indrelid = 'deliveries'::regclass AND c.relname = 'deliveries_pending_by_age'",
+    )
+    .fetch_optional(db)
+    .await
+    .unwrap()
+}
+
+/// A build of the index of pending rows by age made ahead of an upgrade (concurrently, as
+/// ARCHITECTURE.md says) that failed leaves an invalid index of that name: its migration drops
+/// it and builds it, rather than keeping an index the planner never uses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_age_index_migration_replaces_an_invalid_index_left_by_a_failed_build() {
+    let Some((data, mut db)) =
+        fresh("the_age_index_migration_replaces_an_invalid_index_left_by_a_failed_build").await
+    else {
+        return;
+    };
+    assert_eq!(age_index_valid(&mut db).await, Some(true));
+    // As before the migration: no index, and a build ahead that fails (a unique index over two
+    // equal keys), leaving an invalid one behind.
+    let version: i64 = sqlx::query_scalar("SELECT MAX(version) FROM hookline_schema")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP INDEX deliveries_pending_by_age;
+         DELETE FROM hookline_schema WHERE version = {version};
+         INSERT INTO deliveries (id, account_id, event_id, event_type, endpoint_id, status,
+             created_at, updated_at)
+         VALUES ('dlv_1', 'acc', 'evt_1', 'click', 'ep', 'pending', 1, 1),
+                ('dlv_2', 'acc', 'evt_2', 'click', 'ep', 'pending', 1, 1);"
+    )))
+    .execute(&mut db)
+    .await
+    .unwrap();
+    let failed = sqlx::raw_sql(
+        "CREATE UNIQUE INDEX CONCURRENTLY deliveries_pending_by_age
+             ON deliveries (endpoint_id, created_at) WHERE status = 'pending'",
+    )
+    .execute(&mut db)
+    .await;
+    assert!(failed.is_err(), "two equal keys");
+    assert_eq!(age_index_valid(&mut db).await, Some(false));
+
+    drop(Store::open(&data.location).await.unwrap());
+    assert_eq!(
+        age_index_valid(&mut db).await,
+        Some(true),
+        "dropped and built again by the migration"
+    );
+    let unique: bool = sqlx::query_scalar(
+        "SELECT indisunique FROM pg_index WHERE indexrelid = 'deliveries_pending_by_age'::regclass",
+    )
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    assert!(!unique, "the migration's own index, not the failed one");
 }

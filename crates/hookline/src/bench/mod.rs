@@ -292,8 +292,9 @@ pub struct Report {
     pub raw_body_bytes: f64,
     /// The largest share of the machine's CPU time that stood idle (I/O wait included) over
     /// any of this run's measurements of the raw reference (%, from `/proc/stat`): near 0
-    /// when the reference filled the machine, as the fastest client must. A reference that
-    /// leaves the machine idle is slower than it could be, and flatters every ratio.
+    /// when the reference kept the machine busy. One that leaves it idle is likely slower
+    /// than the machine allows, which would flatter every ratio. (With `--api` or PostgreSQL
+    /// on the same machine, their own background work counts as busy too.)
     #[serde(skip_serializing_if = "Option::is_none")]
     pub raw_idle_pct_max: Option<f64>,
     pub phases: Vec<Phase>,

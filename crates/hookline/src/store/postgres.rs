@@ -180,8 +180,17 @@ CREATE TABLE settings (
     // schedule (`FAIL_STALE`) reads those created before its cutoff, not every pending row of
     // an endpoint down for days. On a large `deliveries` table this build holds writes while
     // it runs; it can be built ahead, without holding them, by the same statement with
-    // `CONCURRENTLY` (ARCHITECTURE.md, *Tables*), which makes this one a no-op.
+    // `CONCURRENTLY` (ARCHITECTURE.md, *Tables*). A build ahead that failed leaves an invalid
+    // index of this name, which `IF NOT EXISTS` would keep: it is dropped first.
     r#"
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+               WHERE i.indrelid = 'deliveries'::regclass
+                 AND c.relname = 'deliveries_pending_by_age' AND NOT i.indisvalid) THEN
+        DROP INDEX deliveries_pending_by_age;
+    END IF;
+END $$;
 CREATE INDEX IF NOT EXISTS deliveries_pending_by_age ON deliveries (endpoint_id, created_at)
     WHERE status = 'pending';
 "#,
@@ -268,7 +277,8 @@ impl PgStore {
         Ok(store)
     }
 
-    /// Applies the migrations the database has not seen, each in its own transaction.
+    /// Applies the migrations the database has not seen, all in one transaction under an
+    /// advisory lock (other nodes opening meanwhile wait for it).
     pub async fn migrate(&self) -> Result<u32, StoreError> {
         let mut tx = self.pool.begin().await.ctx("starting a migration")?;
         sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext(COALESCE(current_schema(), '')))")
