@@ -216,12 +216,14 @@ async fn the_stale_sweep_reads_what_it_ends_and_the_whole_one_the_rest() {
         .await
         .unwrap();
 
+    // Every plan below is made for the same endpoint, cutoff and time.
+    let args = format!("'ep_down', {before}, {now}");
     let plan = plan_of(
         &mut db,
         "sweep",
         "text, bigint, bigint",
         FAIL_STALE_DUE,
-        &format!("'ep_down', {before}, {now}"),
+        &args,
     )
     .await;
     assert!(
@@ -237,7 +239,7 @@ async fn the_stale_sweep_reads_what_it_ends_and_the_whole_one_the_rest() {
         "whole_sweep",
         "text, bigint, bigint",
         FAIL_STALE,
-        &format!("'ep_down', {before}, {now}"),
+        &args,
     )
     .await;
     assert!(
@@ -261,7 +263,7 @@ async fn the_stale_sweep_reads_what_it_ends_and_the_whole_one_the_rest() {
         "whole_sweep_generic",
         "text, bigint, bigint",
         FAIL_STALE,
-        &format!("'ep_down', {before}, {now}"),
+        &args,
     )
     .await;
     assert!(
