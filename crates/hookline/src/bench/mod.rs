@@ -210,8 +210,9 @@ pub struct Phase {
     /// poll that saw the last delivery arrive (up to 10 ms after it; for `backlog`, the
     /// ingest while the endpoint is down and the drain). A closed loop that leaves the
     /// machine idle is not bound by the machine's CPU as a whole: it waits on I/O,
-    /// wake-ups, or one busy thread. Counted in ticks of 10 ms of one CPU, so to about
-    /// 1 / (100 × CPUs × seconds).
+    /// wake-ups, or one busy thread. The idle ticks over the span's wall-clock time times
+    /// the CPUs (see [`machine_shares`]: the kernel samples busy time, but clocks idle time),
+    /// in ticks of 10 ms of one CPU, so to about 1 / (100 × CPUs × seconds).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub machine_idle_pct: Option<f64>,
     /// The same for the time this machine wanted to run but the hypervisor gave to
@@ -1031,13 +1032,20 @@ fn cpu_by_thread(
     groups
 }
 
-/// The machine's CPU time so far, every CPU together, in ticks (the `cpu` line of
-/// `/proc/stat`): all of it, the idle part (I/O wait included) and the stolen part.
+/// The machine's idle and stolen CPU time so far, every CPU together, in ticks of `USER_HZ`
+/// (the `cpu` line of `/proc/stat`), and how many CPUs it has (its `cpuN` lines).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct MachineTicks {
-    total: u64,
     idle: u64,
     steal: u64,
+    cpus: u32,
+}
+
+/// A reading of [`MachineTicks`] and when it was taken.
+#[derive(Clone, Copy, Debug)]
+struct MachineReading {
+    ticks: MachineTicks,
+    at: Instant,
 }
 
 /// Shares of the machine's CPU time over a span, in %.
@@ -1047,15 +1055,19 @@ struct MachineShares {
     steal_pct: f64,
 }
 
-fn machine_ticks() -> Option<MachineTicks> {
-    parse_machine_ticks(&std::fs::read_to_string("/proc/stat").ok()?)
+fn machine_ticks() -> Option<MachineReading> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    Some(MachineReading {
+        ticks: parse_machine_ticks(&stat)?,
+        at: Instant::now(),
+    })
 }
 
-/// Reads the first line of `/proc/stat`: `cpu` then user, nice, system, idle, iowait, irq,
-/// softirq and steal ticks (guest time, which may follow, is already counted in user and
-/// nice).
+/// Reads the `cpu` line of `/proc/stat` (user, nice, system, idle, iowait, irq, softirq and
+/// steal ticks; guest time may follow) and counts the `cpuN` lines.
 fn parse_machine_ticks(stat: &str) -> Option<MachineTicks> {
-    let mut fields = stat.lines().next()?.split_whitespace();
+    let mut lines = stat.lines();
+    let mut fields = lines.next()?.split_whitespace();
     if fields.next()? != "cpu" {
         return None;
     }
@@ -1063,22 +1075,60 @@ fn parse_machine_ticks(stat: &str) -> Option<MachineTicks> {
     for t in &mut ticks {
         *t = fields.next()?.parse().ok()?;
     }
-    let [user, nice, system, idle, iowait, irq, softirq, steal] = ticks;
+    let [_user, _nice, _system, idle, iowait, _irq, _softirq, steal] = ticks;
+    let cpus = lines
+        .filter(|l| {
+            l.strip_prefix("cpu")
+                .is_some_and(|n| n.starts_with(|c: char| c.is_ascii_digit()))
+        })
+        .count();
     Some(MachineTicks {
-        total: user + nice + system + idle + iowait + irq + softirq + steal,
         idle: idle + iowait,
         steal,
+        cpus: u32::try_from(cpus).ok().filter(|&n| n > 0)?,
     })
 }
 
-/// The shares between two readings; `None` if no tick passed (or the counters went back).
-fn machine_shares(before: MachineTicks, after: MachineTicks) -> Option<MachineShares> {
-    let total = after.total.checked_sub(before.total).filter(|&t| t > 0)? as f64;
-    let idle = after.idle.checked_sub(before.idle)? as f64;
-    let steal = after.steal.checked_sub(before.steal)? as f64;
+/// The shares between two readings, over the wall-clock span times the CPUs; `None` for an
+/// empty span, counters that went back or a CPU count that changed.
+///
+/// Not over the sum of the line's ticks: Linux counts idle, I/O wait and steal exactly (a
+/// CPU's idle time is clocked as it enters and leaves idle), but charges busy time a whole
+/// tick (4 ms at `HZ=250`) to whatever runs when the periodic tick fires, and the tick
+/// stops while a CPU is idle. A load that wakes in short bursts in step with the tick (an
+/// open loop paced every millisecond) is then mostly, or hardly, seen busy: one phase at
+/// 1,000 events/s read 54 % idle by the ticks' sum, another the same load 91 %, against
+/// 70–72 % and 59–72 % over the wall clock (BENCHMARKS.md, twenty-third host).
+fn machine_shares(before: MachineReading, after: MachineReading) -> Option<MachineShares> {
+    machine_shares_over(
+        before.ticks,
+        after.ticks,
+        after.at.saturating_duration_since(before.at),
+    )
+}
+
+/// [`machine_shares`] for two tick readings `span` apart.
+fn machine_shares_over(
+    before: MachineTicks,
+    after: MachineTicks,
+    span: Duration,
+) -> Option<MachineShares> {
+    if before.cpus != after.cpus {
+        return None;
+    }
+    // `USER_HZ`, which Linux fixes at 100 a second for user space.
+    let capacity = span.as_secs_f64() * 100.0 * f64::from(after.cpus);
+    if capacity <= 0.0 {
+        return None;
+    }
+    let share = |from: u64, to: u64| {
+        let ticks = to.checked_sub(from)? as f64;
+        // The counters step by whole ticks: a span can read a tick more than it lasted.
+        Some((ticks * 100.0 / capacity).min(100.0))
+    };
     Some(MachineShares {
-        idle_pct: idle * 100.0 / total,
-        steal_pct: steal * 100.0 / total,
+        idle_pct: share(before.idle, after.idle)?,
+        steal_pct: share(before.steal, after.steal)?,
     })
 }
 
@@ -1807,47 +1857,66 @@ mod tests {
     }
 
     #[test]
-    fn the_machines_shares_come_from_the_cpu_line_of_proc_stat() {
+    fn the_machines_shares_are_its_idle_and_stolen_ticks_over_the_wall_clock() {
         // user nice system idle iowait irq softirq steal guest guest_nice, then per-CPU lines.
-        let before = parse_machine_ticks(
-            "cpu  1000 10 500 3000 40 0 200 50 70 0\ncpu0 500 5 250 1500 20 0 100 25 35 0\n",
-        );
+        let stat = |cpu: &str| {
+            format!(
+                "{cpu}\ncpu0 500 5 250 1500 20 0 100 25 35 0\ncpu1 500 5 250 1500 20 0 100 25 35 0\n\
+                 intr 12345 0 0\nctxt 999\n"
+            )
+        };
+        let before = parse_machine_ticks(&stat("cpu  1000 10 500 3000 40 0 200 50 70 0"));
         assert_eq!(
             before,
             Some(MachineTicks {
-                total: 4800,
                 idle: 3040,
-                steal: 50
+                steal: 50,
+                cpus: 2
             })
         );
-        // Over the span: 200 ticks in all, 30 idle, 20 waiting for I/O, 10 stolen.
-        let after = parse_machine_ticks("cpu  1080 10 550 3030 60 0 210 60 90 0\n");
-        let shares = before.zip(after).and_then(|(b, a)| machine_shares(b, a));
+        // Two CPUs over 1 s hold 200 ticks: 30 idle, 20 waiting for I/O, 10 stolen. The busy
+        // ticks (here 20 in all, as a tick that missed short bursts would read) count for
+        // nothing: the wall clock gives the span.
+        let after = parse_machine_ticks(&stat("cpu  1010 10 505 3030 60 0 205 60 90 0"));
+        let (b, a) = (before.expect("parsed above"), after.expect("parsed above"));
+        let second = Duration::from_secs(1);
         assert_eq!(
-            shares,
+            machine_shares_over(b, a, second),
             Some(MachineShares {
                 idle_pct: 25.0,
                 steal_pct: 5.0
             })
         );
-        // No tick between the readings, or counters that went back, give nothing.
-        let b = before.expect("parsed above");
-        assert_eq!(machine_shares(b, b), None);
-        let back = MachineTicks { idle: 0, ..b };
+        // A reading a tick past the span is capped at the whole machine.
+        let all_idle = MachineTicks {
+            idle: b.idle + 201,
+            ..b
+        };
         assert_eq!(
-            machine_shares(
-                b,
-                MachineTicks {
-                    total: b.total + 10,
-                    ..back
-                }
-            ),
+            machine_shares_over(b, all_idle, second).map(|m| m.idle_pct),
+            Some(100.0)
+        );
+        // An empty span, counters that went back, or CPUs that came or went give nothing.
+        assert_eq!(machine_shares_over(b, a, Duration::ZERO), None);
+        assert_eq!(machine_shares_over(a, b, second), None);
+        assert_eq!(
+            machine_shares_over(b, MachineTicks { cpus: 3, ..a }, second),
             None
         );
-        // Not the `cpu` line, or too few fields.
+        // Not the `cpu` line, too few fields, or no `cpuN` line.
         assert_eq!(parse_machine_ticks("cpu0 1 2 3 4 5 6 7 8\n"), None);
-        assert_eq!(parse_machine_ticks("cpu  1 2 3 4 5 6 7\n"), None);
-        assert_eq!(parse_machine_ticks("cpu  1 2 x 4 5 6 7 8\n"), None);
+        assert_eq!(
+            parse_machine_ticks("cpu  1 2 3 4 5 6 7\ncpu0 1 2 3 4 5 6 7 8\n"),
+            None
+        );
+        assert_eq!(
+            parse_machine_ticks("cpu  1 2 x 4 5 6 7 8\ncpu0 1 2 3 4 5 6 7 8\n"),
+            None
+        );
+        assert_eq!(parse_machine_ticks("cpu  1 2 3 4 5 6 7 8\nintr 1\n"), None);
+        // The readings of this machine parse, with at least one CPU.
+        let here = machine_ticks().expect("/proc/stat is readable on Linux");
+        assert!(here.ticks.cpus >= 1, "{here:?}");
     }
 
     #[test]
