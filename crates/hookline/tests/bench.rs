@@ -304,9 +304,9 @@ fn tiny_scenario(extra: &[&str], phase_count: usize) {
         let reported = p["delivered_ratio_to_raw"].as_f64().unwrap();
         assert!((ratio - reported).abs() < 1e-9, "{report}");
     }
-    // The machine's shares over each phase: both or neither, within bounds. A phase in
-    // which the machine's CPU time summed to under a tick has none, but not every phase of
-    // a run.
+    // The machine's shares over each phase: both or neither, within bounds, together at
+    // most the whole machine. A phase shorter than a tick of each CPU (10 ms) has none, but
+    // not every phase of a run.
     let mut machine_read = 0;
     for p in phases {
         let share = |field: &str| p.get(field).and_then(|v| v.as_f64());

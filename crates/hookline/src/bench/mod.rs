@@ -210,9 +210,10 @@ pub struct Phase {
     /// poll that saw the last delivery arrive (up to 10 ms after it; for `backlog`, the
     /// ingest while the endpoint is down and the drain). A closed loop that leaves the
     /// machine idle is not bound by the machine's CPU as a whole: it waits on I/O,
-    /// wake-ups, or one busy thread. The idle ticks over the span's wall-clock time times
-    /// the CPUs (see [`machine_shares`]: the kernel samples busy time, but clocks idle time),
-    /// in ticks of 10 ms of one CPU, so to about 1 / (100 × CPUs × seconds).
+    /// wake-ups, or one busy thread. The idle and I/O-wait ticks over the span's wall-clock
+    /// time times the online CPUs (see [`machine_shares`]: a kernel that counts by the tick
+    /// samples busy time, but clocks idle time), in ticks of 10 ms of one CPU, so to about
+    /// 1 / (100 × CPUs × seconds); none for a span shorter than 10 ms.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub machine_idle_pct: Option<f64>,
     /// The same for the time this machine wanted to run but the hypervisor gave to
@@ -1056,10 +1057,12 @@ struct MachineShares {
 }
 
 fn machine_ticks() -> Option<MachineReading> {
+    // The kernel fixes the counters as the file is read: the time is taken just before.
+    let at = Instant::now();
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     Some(MachineReading {
         ticks: parse_machine_ticks(&stat)?,
-        at: Instant::now(),
+        at,
     })
 }
 
@@ -1089,16 +1092,21 @@ fn parse_machine_ticks(stat: &str) -> Option<MachineTicks> {
     })
 }
 
-/// The shares between two readings, over the wall-clock span times the CPUs; `None` for an
-/// empty span, counters that went back or a CPU count that changed.
+/// The shares between two readings, over the wall-clock span times the online CPUs; `None`
+/// for a span shorter than a tick of each CPU, counters that went back or a CPU count that
+/// changed.
 ///
-/// Not over the sum of the line's ticks: Linux counts idle, I/O wait and steal exactly (a
-/// CPU's idle time is clocked as it enters and leaves idle), but charges busy time a whole
-/// tick (4 ms at `HZ=250`) to whatever runs when the periodic tick fires, and the tick
-/// stops while a CPU is idle. A load that wakes in short bursts in step with the tick (an
-/// open loop paced every millisecond) is then mostly, or hardly, seen busy: one phase at
-/// 1,000 events/s read 54 % idle by the ticks' sum, another the same load 91 %, against
-/// 70–72 % and 59–72 % over the wall clock (BENCHMARKS.md, twenty-third host).
+/// Not over the sum of the line's ticks. On a kernel that counts CPU time by the tick
+/// (`TICK_CPU_ACCOUNTING` with `NO_HZ_IDLE`, as here), a CPU's idle and I/O-wait time is
+/// clocked as it enters and leaves idle, but busy time is charged a whole tick (4 ms at
+/// `HZ=250`) to whatever runs when the tick fires. A load that wakes in short bursts is then
+/// seen busy only when a burst spans a tick, and a load paced in step with the tick, as an
+/// open loop sending every millisecond, can be seen busy far too often or hardly at all:
+/// one phase at 1,000 events/s read 54 % idle by the ticks' sum, another of the same load
+/// 91 %, against 70–73 % and 55–72 % a second over the wall clock (BENCHMARKS.md,
+/// twenty-third host). Steal comes from the hypervisor's clock, added at ticks and when a
+/// CPU leaves idle, so it may lag by a tick, and time a CPU was idle may also count as
+/// stolen: the idle share is capped at what steal leaves.
 fn machine_shares(before: MachineReading, after: MachineReading) -> Option<MachineShares> {
     machine_shares_over(
         before.ticks,
@@ -1116,9 +1124,10 @@ fn machine_shares_over(
     if before.cpus != after.cpus {
         return None;
     }
-    // `USER_HZ`, which Linux fixes at 100 a second for user space.
+    // In ticks of `USER_HZ`, which Linux fixes at 100 a second for user space. A span
+    // shorter than a tick of each CPU would read mostly the counters' rounding.
     let capacity = span.as_secs_f64() * 100.0 * f64::from(after.cpus);
-    if capacity <= 0.0 {
+    if capacity < f64::from(after.cpus) {
         return None;
     }
     let share = |from: u64, to: u64| {
@@ -1126,9 +1135,11 @@ fn machine_shares_over(
         // The counters step by whole ticks: a span can read a tick more than it lasted.
         Some((ticks * 100.0 / capacity).min(100.0))
     };
+    let steal_pct = share(before.steal, after.steal)?;
+    let idle_pct = share(before.idle, after.idle)?.min(100.0 - steal_pct);
     Some(MachineShares {
-        idle_pct: share(before.idle, after.idle)?,
-        steal_pct: share(before.steal, after.steal)?,
+        idle_pct,
+        steal_pct,
     })
 }
 
@@ -1896,8 +1907,25 @@ mod tests {
             machine_shares_over(b, all_idle, second).map(|m| m.idle_pct),
             Some(100.0)
         );
-        // An empty span, counters that went back, or CPUs that came or went give nothing.
+        // Idle and stolen together never pass the whole machine: a CPU's idle time may
+        // also count as stolen, and the counters step by whole ticks.
+        let both = MachineTicks {
+            idle: b.idle + 150,
+            steal: b.steal + 60,
+            ..b
+        };
+        assert_eq!(
+            machine_shares_over(b, both, second),
+            Some(MachineShares {
+                idle_pct: 70.0,
+                steal_pct: 30.0
+            })
+        );
+        // An empty span or one shorter than a tick of each CPU (10 ms), counters that went
+        // back, or CPUs that came or went give nothing.
         assert_eq!(machine_shares_over(b, a, Duration::ZERO), None);
+        assert_eq!(machine_shares_over(b, a, Duration::from_millis(9)), None);
+        assert!(machine_shares_over(b, a, Duration::from_millis(10)).is_some());
         assert_eq!(machine_shares_over(a, b, second), None);
         assert_eq!(
             machine_shares_over(b, MachineTicks { cpus: 3, ..a }, second),
