@@ -1008,9 +1008,12 @@ fn ticks_after_name(rest: &str) -> Option<Duration> {
     let mut fields = rest.split_whitespace().skip(11);
     let user: u64 = fields.next()?.parse().ok()?;
     let system: u64 = fields.next()?.parse().ok()?;
-    // In clock ticks of `USER_HZ`, which Linux fixes at 100 a second for user space.
-    Some(Duration::from_millis((user + system) * 10))
+    Some(Duration::from_millis((user + system) * 1000 / USER_HZ))
 }
+
+/// The clock ticks a second of the counters in `/proc` (`USER_HZ`), which Linux fixes at 100
+/// for user space.
+const USER_HZ: u64 = 100;
 
 /// The servers' CPU between two readings of [`Servers::thread_cpu`], by group, per accepted
 /// event (µs). What the groups' live threads do not account for of the processes' whole CPU
@@ -1124,9 +1127,9 @@ fn machine_shares_over(
     if before.cpus != after.cpus {
         return None;
     }
-    // In ticks of `USER_HZ`, which Linux fixes at 100 a second for user space. A span
-    // shorter than a tick of each CPU would read mostly the counters' rounding.
-    let capacity = span.as_secs_f64() * 100.0 * f64::from(after.cpus);
+    // In ticks of `USER_HZ`. A span shorter than a tick of each CPU would read mostly the
+    // counters' rounding.
+    let capacity = span.as_secs_f64() * USER_HZ as f64 * f64::from(after.cpus);
     if capacity < f64::from(after.cpus) {
         return None;
     }
