@@ -574,3 +574,136 @@ fn a_probe_interval_out_of_range_is_refused_at_start() {
     assert!(!ok && err.contains("--breaker-probe-max"), "{err}");
     assert!(!data.exists(), "nothing was created");
 }
+
+/// How many deliveries a node holds in memory is the operator's to choose: a bad pair of
+/// limits is refused at start, saying why, and creates nothing.
+#[test]
+fn memory_limits_out_of_range_are_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let serve = |flags: &[&str]| -> Vec<String> {
+        let mut args: Vec<String> = ["serve", "--listen", "127.0.0.1:0", "--data-dir"]
+            .map(String::from)
+            .to_vec();
+        args.push(data.display().to_string());
+        args.extend(flags.iter().map(|f| (*f).to_owned()));
+        args
+    };
+    for bad in [
+        &["--max-in-memory", "0"][..],
+        &["--max-per-endpoint", "0"],
+        &["--max-in-memory", "10", "--max-per-endpoint", "11"],
+        // The default per endpoint (25,000) over a smaller total.
+        &["--max-in-memory", "1000"],
+    ] {
+        let (ok, _, err) = common::process::cli(&serve(bad), &[]);
+        assert!(!ok, "{bad:?} is refused");
+        assert!(err.contains("--max-"), "{bad:?}: {err}");
+    }
+    let (ok, _, err) = common::process::cli(&serve(&[]), &[("HOOKLINE_MAX_PER_ENDPOINT", "0")]);
+    assert!(!ok && err.contains("must be at least 1"), "{err}");
+    let (ok, _, err) = common::process::cli(&serve(&["--max-in-memory", "many"]), &[]);
+    assert!(!ok && err.contains("--max-in-memory"), "{err}");
+    assert!(!data.exists(), "nothing was created");
+}
+
+/// `--max-per-endpoint` and `--max-in-memory` bound what a real `hookline serve` holds: two
+/// endpoints that never answer get only that many requests at once, every other delivery
+/// waits `pending` in the database, and the in-memory gauge never passes the total.
+#[tokio::test]
+async fn the_memory_limits_given_at_start_bound_what_is_held() {
+    use common::process::{BIN, Serve, cli_account, free_port, wait_healthy};
+    use std::process::{Command, Stdio};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let data_arg = data.display().to_string();
+    let key = cli_account(&["--data-dir", &data_arg]);
+    let rx = Receiver::start().await;
+    rx.always("a", Reply::Hang);
+    rx.always("b", Reply::Hang);
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let _serve = Command::new(BIN)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--data-dir", &data_arg])
+        .args(["--allow-insecure-urls", "--allow-private-targets"])
+        .args(["--max-in-memory", "3", "--max-per-endpoint", "2"])
+        .args(["--endpoint-concurrency", "8", "--timeout", "60s"])
+        .env_remove("HOOKLINE_DATABASE_URL")
+        .env_remove("HOOKLINE_DATA_DIR")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map(Serve)
+        .unwrap();
+    let http = reqwest::Client::new();
+    wait_healthy(&http, &base).await;
+    let mut endpoints = Vec::new();
+    for name in ["a", "b"] {
+        let resp = http
+            .post(format!("{base}/v1/endpoints"))
+            .bearer_auth(&key)
+            .json(&json!({"url": rx.url(name), "event_types": ["click"]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201);
+        let ep: serde_json::Value = resp.json().await.unwrap();
+        endpoints.push(ep["id"].as_str().unwrap().to_owned());
+    }
+    for n in 0..5 {
+        let resp = http
+            .post(format!("{base}/v1/events"))
+            .bearer_auth(&key)
+            .json(&json!({"type": "click", "data": common::valid("click", json!({"n": n}))}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 202);
+    }
+    // Three requests in all, at most two to one endpoint.
+    eventually("three hanging requests", || async {
+        (rx.all().len() >= 3).then_some(())
+    })
+    .await;
+    let gauge = || async {
+        let text = http
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("hookline_deliveries_in_memory "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    };
+    eventually("the gauge to show the three", || async {
+        (gauge().await == Some(3.0)).then_some(())
+    })
+    .await;
+    // Long enough for the poller to have taken more, had there been room.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (a, b) = (rx.got("a").len(), rx.got("b").len());
+    assert_eq!(a + b, 3, "a got {a}, b got {b}");
+    assert!(a <= 2 && b <= 2, "a got {a}, b got {b}");
+    assert_eq!(gauge().await, Some(3.0));
+    // The other seven of the ten deliveries wait in the database.
+    let mut pending = 0;
+    for id in &endpoints {
+        let resp = http
+            .get(format!(
+                "{base}/v1/endpoints/{id}/deliveries?status=pending"
+            ))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let list: serde_json::Value = resp.json().await.unwrap();
+        pending += list["data"].as_array().map_or(0, Vec::len);
+    }
+    assert_eq!(pending, 7);
+}
