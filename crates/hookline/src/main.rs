@@ -87,10 +87,11 @@ struct ServeArgs {
     /// bounds the server's memory under a backlog.
     #[arg(long, env = "HOOKLINE_MAX_IN_MEMORY", default_value_t = 50_000)]
     max_in_memory: usize,
-    /// Deliveries one endpoint holds in memory at most (no more than --max-in-memory), so
-    /// one busy endpoint leaves room for the others.
-    #[arg(long, env = "HOOKLINE_MAX_PER_ENDPOINT", default_value_t = 25_000)]
-    max_per_endpoint: usize,
+    /// Deliveries one endpoint holds in memory at most, so that one busy endpoint leaves
+    /// room for the others (no more than --max-in-memory; default: half of it, at most
+    /// 25,000).
+    #[arg(long, env = "HOOKLINE_MAX_PER_ENDPOINT")]
+    max_per_endpoint: Option<usize>,
     /// The longest wait between two probes of an endpoint whose circuit breaker is open
     /// (probes start 1 s apart and double): how late, at most, a recovered endpoint's backlog
     /// starts to drain. 1s to 1h.
@@ -364,13 +365,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             probe_max.as_millis()
         );
     }
-    if args.max_in_memory == 0 || args.max_per_endpoint == 0 {
+    let max_per_endpoint = args
+        .max_per_endpoint
+        .unwrap_or((args.max_in_memory / 2).clamp(1, 25_000));
+    if args.max_in_memory == 0 || max_per_endpoint == 0 {
         bail!("--max-in-memory and --max-per-endpoint must be at least 1");
     }
-    if args.max_per_endpoint > args.max_in_memory {
+    if max_per_endpoint > args.max_in_memory {
         bail!(
-            "--max-per-endpoint ({}) must not exceed --max-in-memory ({})",
-            args.max_per_endpoint,
+            "--max-per-endpoint ({max_per_endpoint}) must not exceed --max-in-memory ({})",
             args.max_in_memory
         );
     }
@@ -410,7 +413,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.dispatch.concurrency_per_endpoint = args.endpoint_concurrency.max(1);
     config.dispatch.breaker_probe_max = args.breaker_probe_max;
     config.dispatch.max_in_memory = args.max_in_memory;
-    config.dispatch.max_per_endpoint = args.max_per_endpoint;
+    config.dispatch.max_per_endpoint = max_per_endpoint;
     config.url_rules.allow_insecure_urls = args.allow_insecure_urls;
     config.url_rules.allow_private_targets = args.allow_private_targets;
     config.max_body_bytes = args.max_body_bytes;

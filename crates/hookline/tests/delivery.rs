@@ -593,8 +593,7 @@ fn memory_limits_out_of_range_are_refused_at_start() {
         &["--max-in-memory", "0"][..],
         &["--max-per-endpoint", "0"],
         &["--max-in-memory", "10", "--max-per-endpoint", "11"],
-        // The default per endpoint (25,000) over a smaller total.
-        &["--max-in-memory", "1000"],
+        &["--max-in-memory", "1", "--max-per-endpoint", "2"],
     ] {
         let (ok, _, err) = common::process::cli(&serve(bad), &[]);
         assert!(!ok, "{bad:?} is refused");
@@ -607,9 +606,10 @@ fn memory_limits_out_of_range_are_refused_at_start() {
     assert!(!data.exists(), "nothing was created");
 }
 
-/// `--max-per-endpoint` and `--max-in-memory` bound what a real `hookline serve` holds: two
-/// endpoints that never answer get only that many requests at once, every other delivery
-/// waits `pending` in the database, and the in-memory gauge never passes the total.
+/// `--max-in-memory` bounds what a real `hookline serve` holds, and each endpoint half of it
+/// unless `--max-per-endpoint` says otherwise: two endpoints that never answer get only that
+/// many requests at once, every other delivery waits `pending` in the database, and the
+/// in-memory gauge stays at the total.
 #[tokio::test]
 async fn the_memory_limits_given_at_start_bound_what_is_held() {
     use common::process::{BIN, Serve, cli_account, free_port, wait_healthy};
@@ -628,7 +628,7 @@ async fn the_memory_limits_given_at_start_bound_what_is_held() {
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .args(["--data-dir", &data_arg])
         .args(["--allow-insecure-urls", "--allow-private-targets"])
-        .args(["--max-in-memory", "3", "--max-per-endpoint", "2"])
+        .args(["--max-in-memory", "4"])
         .args(["--endpoint-concurrency", "8", "--timeout", "60s"])
         .env_remove("HOOKLINE_DATABASE_URL")
         .env_remove("HOOKLINE_DATA_DIR")
@@ -662,9 +662,9 @@ async fn the_memory_limits_given_at_start_bound_what_is_held() {
             .unwrap();
         assert_eq!(resp.status(), 202);
     }
-    // Three requests in all, at most two to one endpoint.
-    eventually("three hanging requests", || async {
-        (rx.all().len() >= 3).then_some(())
+    // Four requests in all, two to each endpoint.
+    eventually("four hanging requests", || async {
+        (rx.all().len() >= 4).then_some(())
     })
     .await;
     let gauge = || async {
@@ -680,17 +680,16 @@ async fn the_memory_limits_given_at_start_bound_what_is_held() {
             .find_map(|l| l.strip_prefix("hookline_deliveries_in_memory "))
             .and_then(|v| v.trim().parse::<f64>().ok())
     };
-    eventually("the gauge to show the three", || async {
-        (gauge().await == Some(3.0)).then_some(())
+    eventually("the gauge to show the four", || async {
+        (gauge().await == Some(4.0)).then_some(())
     })
     .await;
     // Long enough for the poller to have taken more, had there been room.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (a, b) = (rx.got("a").len(), rx.got("b").len());
-    assert_eq!(a + b, 3, "a got {a}, b got {b}");
-    assert!(a <= 2 && b <= 2, "a got {a}, b got {b}");
-    assert_eq!(gauge().await, Some(3.0));
-    // The other seven of the ten deliveries wait in the database.
+    assert_eq!((a, b), (2, 2));
+    assert_eq!(gauge().await, Some(4.0));
+    // The other six of the ten deliveries wait in the database.
     let mut pending = 0;
     for id in &endpoints {
         let resp = http
@@ -705,5 +704,5 @@ async fn the_memory_limits_given_at_start_bound_what_is_held() {
         let list: serde_json::Value = resp.json().await.unwrap();
         pending += list["data"].as_array().map_or(0, Vec::len);
     }
-    assert_eq!(pending, 7);
+    assert_eq!(pending, 6);
 }
