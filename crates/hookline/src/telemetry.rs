@@ -12,6 +12,14 @@
 //! | `hookline_attempt_duration_seconds` | histogram | |
 //! | `hookline_deliveries_in_memory` | gauge | (this node's dispatcher) |
 //! | `hookline_breakers_open` | gauge | (endpoints this node is not sending to) |
+//! | `hookline_sqlite_group_commit_duration_seconds` | histogram | (the SQLite writer's time on each group commit, its own checkpoint included) |
+//! | `hookline_sqlite_commit_duration_seconds` | histogram | (each successful `COMMIT` of a group: WAL frames written and fsynced) |
+//! | `hookline_sqlite_group_commit_jobs` | histogram | (write jobs per group commit) |
+//!
+//! The `hookline_sqlite_*` ones are recorded by the SQLite writer thread through the
+//! `metrics` facade (the store knows nothing of this module); a node on PostgreSQL has none.
+//! The sum of the group commits' time over an interval is the time the one writer was busy:
+//! near the whole interval, every write waits behind it.
 //!
 //! Labels are bounded: no account, endpoint or event ids.
 
@@ -31,12 +39,41 @@ const BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0,
 ];
 
+/// Seconds: a SQLite group commit, from a page cache's write to a slow disk's flush.
+const STORE_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
+/// Write jobs in one group commit (at most the store's 2,048, and the outcomes riding along).
+const GROUP_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0,
+];
+
 /// The process's recorder, installed on first use.
 pub fn handle() -> Result<PrometheusHandle, String> {
     HANDLE
         .get_or_init(|| {
+            // A full name's buckets take precedence over a suffix's.
             PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("hookline_sqlite_group_commit_duration_seconds".into()),
+                        STORE_BUCKETS,
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("hookline_sqlite_commit_duration_seconds".into()),
+                        STORE_BUCKETS,
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("hookline_sqlite_group_commit_jobs".into()),
+                        GROUP_BUCKETS,
+                    )
+                })
                 .map_err(|e| format!("configuring metrics: {e}"))?
                 .install_recorder()
                 .map_err(|e| format!("installing the metrics recorder: {e}"))

@@ -372,6 +372,22 @@ fn tiny_scenario(extra: &[&str], phase_count: usize) {
             Some(kib) => assert!(kib >= 0.0 && report["relay"] == false, "{p}"),
             None => assert_eq!(report["relay"], true, "{p}"),
         }
+        // The SQLite writer's own account, from the server's metrics: only a SQLite server
+        // has one. It committed every event, each group holds a write at least, and its
+        // COMMITs are part of its busy time.
+        match &p["writer"] {
+            Value::Null => assert!(!sqlite || report["relay"] == true, "{p}"),
+            w => {
+                assert!(sqlite && report["relay"] == false, "{p}");
+                let f = |k: &str| w[k].as_f64().unwrap_or_else(|| panic!("{k}: {p}"));
+                assert!(f("busy_pct") > 0.0, "{p}");
+                assert!(f("commit_pct") > 0.0, "{p}");
+                assert!(f("commit_pct") <= f("busy_pct") + 1e-9, "{p}");
+                assert!(f("commit_mean_ms") > 0.0, "{p}");
+                assert!(f("jobs_per_group") >= 1.0, "{p}");
+                assert_eq!(w["servers"], 1, "{p}");
+            }
+        }
         let delivered_bytes = p["delivered_body_bytes"].as_f64().unwrap();
         assert!(
             (delivered_bytes - raw_bytes).abs() <= raw_bytes * 0.1,

@@ -35,6 +35,36 @@ async fn metrics_count_requests_events_and_attempts(engine: Engine) {
     ] {
         assert!(text.contains(needle), "{needle} missing from:\n{text}");
     }
+    if matches!(engine, Engine::Sqlite) {
+        // The writer's group commits, in buckets fine enough for a page cache's write.
+        for needle in [
+            "hookline_sqlite_group_commit_duration_seconds_bucket{le=\"0.00005\"}",
+            "hookline_sqlite_commit_duration_seconds_bucket{le=\"0.0001\"}",
+            "hookline_sqlite_group_commit_jobs_bucket{le=\"2048\"}",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from:\n{text}");
+        }
+        let value = |name: &str| -> f64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+                .unwrap_or_else(|| panic!("{name} missing from:\n{text}"))
+        };
+        // At least the endpoint's and the event's commits; each commit is part of its
+        // group's time.
+        assert!(
+            value("hookline_sqlite_commit_duration_seconds_count") >= 2.0,
+            "{text}"
+        );
+        assert!(
+            value("hookline_sqlite_group_commit_jobs_sum") >= 2.0,
+            "{text}"
+        );
+        assert!(
+            value("hookline_sqlite_group_commit_duration_seconds_sum")
+                >= value("hookline_sqlite_commit_duration_seconds_sum"),
+            "{text}"
+        );
+    }
     for id in [
         ep["id"].as_str().unwrap(),
         ev["id"].as_str().unwrap(),

@@ -14,6 +14,7 @@
 
 pub mod relay;
 pub mod sink;
+pub mod writer;
 
 use crate::model::Plan;
 use crate::store::Store;
@@ -220,6 +221,10 @@ pub struct Phase {
     /// others (`steal`). A host that changes speed without it has another cause.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub machine_steal_pct: Option<f64>,
+    /// What the servers' SQLite writer did over the phase, by their own metrics: busy,
+    /// in `COMMIT`, writes per group commit (none on PostgreSQL and for the relay).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub writer: Option<writer::WriterShares>,
     /// Backlog only: deliveries/s from the endpoint's return to the last receipt.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drain_per_sec: Option<f64>,
@@ -757,6 +762,19 @@ fn print_table(r: &Report) {
                 "{}: the server's CPU µs per event by thread: {}",
                 p.name,
                 parts.join(", ")
+            );
+        }
+    }
+    for p in &r.phases {
+        if let Some(w) = &p.writer {
+            let whose = match w.servers {
+                1 => "the SQLite writer was".to_owned(),
+                n => format!("the {n} servers' SQLite writers were, summed,"),
+            };
+            println!(
+                "{}: {whose} busy {:.0} % of the phase, {:.0} % in COMMIT ({:.2} ms each), \
+                 {:.1} write jobs a group commit",
+                p.name, w.busy_pct, w.commit_pct, w.commit_mean_ms, w.jobs_per_group
             );
         }
     }
@@ -1472,6 +1490,12 @@ async fn end_to_end_raw(
 
     let accepted = Arc::new(AtomicU64::new(0));
     let rejected = Arc::new(AtomicU64::new(0));
+    // The servers' own account of their writer is read outside the span the CPU is read
+    // over: rendering and parsing it is no part of the phase.
+    let writer_before = match relay {
+        Some(_) => None,
+        None => writer::read(&http, &apis).await,
+    };
     let cpu_before = (
         server.as_ref().and_then(Servers::cpu_time),
         cpu_time("self"),
@@ -1602,6 +1626,7 @@ async fn end_to_end_raw(
     // The machine's shares end at the last poll that saw a delivery arrive: a phase that
     // lost some would otherwise count the 15 s of waiting for them as idle.
     let mut machine_after = machine_ticks();
+    let mut gave_up = false;
     while (sink.distinct() as u64) < expected || (apart_seen() as u64) < apart_expected {
         tokio::time::sleep(Duration::from_millis(10)).await;
         let now = seen();
@@ -1609,6 +1634,7 @@ async fn end_to_end_raw(
             last = (now, Instant::now());
             machine_after = machine_ticks();
         } else if last.1.elapsed() > Duration::from_secs(15) {
+            gave_up = true;
             break;
         }
     }
@@ -1639,6 +1665,14 @@ async fn end_to_end_raw(
         (Some(b), Some(a)) if accepted > 0 => {
             Some(a.saturating_sub(b) as f64 / 1024.0 / accepted as f64)
         }
+        _ => None,
+    };
+    // After the CPU and disk readings. Not when deliveries were lost: the 15 s of waiting
+    // for them would dilute the shares.
+    let writer = match writer_before {
+        Some(before) if !gave_up => writer::read(&http, &apis)
+            .await
+            .and_then(|after| writer::shares(before, after)),
         _ => None,
     };
     let (phase, latencies) = {
@@ -1711,6 +1745,7 @@ async fn end_to_end_raw(
             server_disk_kib_per_event: server_disk,
             machine_idle_pct: machine.map(|m| m.idle_pct),
             machine_steal_pct: machine.map(|m| m.steal_pct),
+            writer,
             drain_per_sec,
             drain_ratio_to_raw: None,
             back_to_first_ms,
