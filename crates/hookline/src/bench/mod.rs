@@ -222,7 +222,7 @@ pub struct Phase {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub machine_steal_pct: Option<f64>,
     /// What the servers' SQLite writer did over the phase, by their own metrics: busy,
-    /// in `COMMIT`, writes per group commit (none on PostgreSQL and for the relay).
+    /// in `COMMIT`, write jobs per group commit (none on PostgreSQL and for the relay).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub writer: Option<writer::WriterShares>,
     /// Backlog only: deliveries/s from the endpoint's return to the last receipt.
