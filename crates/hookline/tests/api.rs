@@ -439,9 +439,10 @@ async fn a_failing_ingest_write_leaves_nothing_half_written() {
         [],
     )
     .unwrap();
-    // The delivery of an `open` event cannot be inserted, after its event row was.
+    // The row of an `open` event cannot be inserted, after its delivery's row was (an
+    // event's deliveries are inserted right before it).
     db.execute_batch(
-        "CREATE TRIGGER poison BEFORE INSERT ON deliveries WHEN NEW.event_type = 'open'
+        "CREATE TRIGGER poison BEFORE INSERT ON events WHEN NEW.type = 'open'
          BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
     )
     .unwrap();

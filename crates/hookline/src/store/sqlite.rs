@@ -349,6 +349,19 @@ DROP INDEX IF EXISTS deliveries_due_by_endpoint;
 CREATE INDEX deliveries_due_by_endpoint ON deliveries (endpoint_id, next_attempt_at)
     WHERE status = 'pending' AND next_attempt_at IS NOT NULL;
 "#,
+    // An event's deliveries are inserted in the event's own write job, one after another, so
+    // their row numbers are one run, kept in the event's row (`deliveries_from`, up to
+    // `deliveries_until`): an event's deliveries are read by row number, and no index of
+    // deliveries by event is written for every delivery (it was about an eighth of the WAL
+    // each single-event commit wrote). Rows from before keep theirs, found while the index
+    // still stands.
+    r#"
+ALTER TABLE events ADD COLUMN deliveries_from INTEGER;
+ALTER TABLE events ADD COLUMN deliveries_until INTEGER;
+UPDATE events SET (deliveries_from, deliveries_until) =
+    (SELECT MIN(d.seq), MAX(d.seq) + 1 FROM deliveries d WHERE d.event_id = events.id);
+DROP INDEX IF EXISTS deliveries_by_event;
+"#,
 ];
 
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
@@ -1430,42 +1443,48 @@ impl SqliteStore {
             // of which the expired prefix goes: the scan is bounded whatever the table's size.
             // The newest event always stays, so `seq` (max + 1) never hands out a number again
             // and the feed never skips.
-            let oldest: Vec<(String, i64)> = c
+            // Each with its deliveries' run of rows (none if it had none).
+            type Expired = (String, i64, Option<i64>, Option<i64>);
+            let oldest: Vec<Expired> = c
                 .prepare_cached(
-                    "SELECT e.id, e.created_at FROM events e
+                    "SELECT e.id, e.created_at, e.deliveries_from, e.deliveries_until
+                     FROM events e
                      WHERE e.account_id = ?2 AND e.seq < (SELECT MAX(seq) FROM events)
                        AND NOT EXISTS (
                         SELECT 1 FROM deliveries d
-                        WHERE d.event_id = e.id AND d.status IN ('pending', 'delivering'))
+                        WHERE d.seq >= e.deliveries_from AND d.seq < e.deliveries_until
+                          AND d.event_id = e.id AND d.status IN ('pending', 'delivering'))
                      ORDER BY e.seq LIMIT ?1",
                 )
                 .ctx("preparing the retention scan")?
                 .query_map(params![batch as i64, account_id], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
                 })
                 .ctx("finding expired events")?
                 .collect::<Result<_, _>>()
                 .ctx("finding expired events")?;
-            let ids: Vec<String> = oldest
+            let expired: Vec<Expired> = oldest
                 .into_iter()
-                .take_while(|(_, created_at)| *created_at < before.0)
-                .map(|(id, _)| id)
+                .take_while(|(_, created_at, _, _)| *created_at < before.0)
                 .collect();
-            for id in &ids {
+            for (id, _, from, until) in &expired {
                 c.prepare_cached(
                     "DELETE FROM attempts WHERE delivery_id IN
-                        (SELECT id FROM deliveries WHERE event_id = ?1)",
+                        (SELECT id FROM deliveries
+                         WHERE seq >= ?2 AND seq < ?3 AND event_id = ?1)",
                 )
-                .and_then(|mut s| s.execute([id]))
+                .and_then(|mut s| s.execute(params![id, from, until]))
                 .ctx("deleting expired attempts")?;
-                c.prepare_cached("DELETE FROM deliveries WHERE event_id = ?1")
-                    .and_then(|mut s| s.execute([id]))
-                    .ctx("deleting expired deliveries")?;
+                c.prepare_cached(
+                    "DELETE FROM deliveries WHERE seq >= ?2 AND seq < ?3 AND event_id = ?1",
+                )
+                .and_then(|mut s| s.execute(params![id, from, until]))
+                .ctx("deleting expired deliveries")?;
                 c.prepare_cached("DELETE FROM events WHERE id = ?1")
                     .and_then(|mut s| s.execute([id]))
                     .ctx("deleting an expired event")?;
             }
-            Ok(ids.len())
+            Ok(expired.len())
         })
         .await
     }
@@ -1503,6 +1522,9 @@ impl SqliteStore {
     // ---- deliveries ----------------------------------------------------------------------
 
     /// Deliveries, newest first.
+    ///
+    /// Each filter reads only its own rows: an event's run of row numbers (kept in its row),
+    /// or an endpoint's deliveries through `deliveries_by_endpoint`.
     pub async fn list_deliveries(
         &self,
         account_id: String,
@@ -1511,31 +1533,60 @@ impl SqliteStore {
         limit: usize,
     ) -> Result<Page<Delivery>, StoreError> {
         self.read(move |c| {
-            let mut stmt = c
-                .prepare_cached(&format!(
-                    "SELECT {DELIVERY_COLS}, seq FROM deliveries
-                     WHERE account_id = ?1 AND seq < ?2
-                       AND (?3 IS NULL OR event_id = ?3)
-                       AND (?4 IS NULL OR endpoint_id = ?4)
-                       AND (?5 IS NULL OR status = ?5)
-                     ORDER BY seq DESC LIMIT ?6"
-                ))
-                .ctx("preparing the delivery list")?;
-            let rows = stmt
-                .query_map(
-                    params![
-                        account_id,
-                        before.unwrap_or(i64::MAX),
-                        filter.event_id,
-                        filter.endpoint_id,
-                        filter.status.map(|s| s.as_str()),
-                        limit as i64 + 1
-                    ],
-                    |r| Ok((delivery_from_row(r)?, r.get::<_, i64>(12)?)),
-                )
-                .ctx("listing deliveries")?
-                .collect::<Result<Vec<_>, _>>()
-                .ctx("listing deliveries")?;
+            let before = before.unwrap_or(i64::MAX);
+            let status = filter.status.map(|s| s.as_str());
+            let read = |r: &Row<'_>| Ok((delivery_from_row(r)?, r.get::<_, i64>(12)?));
+            let rows = match (&filter.event_id, &filter.endpoint_id) {
+                (Some(event_id), endpoint_id) => {
+                    let run: Option<(Option<i64>, Option<i64>)> = c
+                        .prepare_cached(
+                            "SELECT deliveries_from, deliveries_until FROM events
+                             WHERE id = ?1 AND account_id = ?2",
+                        )
+                        .and_then(|mut st| {
+                            st.query_row(params![event_id, account_id], |r| {
+                                Ok((r.get(0)?, r.get(1)?))
+                            })
+                            .optional()
+                        })
+                        .ctx("reading where an event's deliveries are")?;
+                    let Some((Some(from), Some(until))) = run else {
+                        return Ok(super::page(Vec::new(), limit));
+                    };
+                    c.prepare_cached(&EVENT_DELIVERIES)
+                        .ctx("preparing the event's delivery list")?
+                        .query_map(
+                            params![
+                                account_id,
+                                before.min(until),
+                                event_id,
+                                endpoint_id,
+                                status,
+                                limit as i64 + 1,
+                                from
+                            ],
+                            read,
+                        )
+                        .ctx("listing an event's deliveries")?
+                        .collect::<Result<Vec<_>, _>>()
+                }
+                (None, Some(endpoint_id)) => c
+                    .prepare_cached(&ENDPOINT_DELIVERIES)
+                    .ctx("preparing the endpoint's delivery list")?
+                    .query_map(
+                        params![account_id, before, endpoint_id, status, limit as i64 + 1],
+                        read,
+                    )
+                    .ctx("listing an endpoint's deliveries")?
+                    .collect::<Result<Vec<_>, _>>(),
+                (None, None) => c
+                    .prepare_cached(&ACCOUNT_DELIVERIES)
+                    .ctx("preparing the delivery list")?
+                    .query_map(params![account_id, before, status, limit as i64 + 1], read)
+                    .ctx("listing deliveries")?
+                    .collect::<Result<Vec<_>, _>>(),
+            }
+            .ctx("listing deliveries")?;
             Ok(super::page(rows, limit))
         })
         .await
@@ -2767,6 +2818,10 @@ const NEXT_DUE: &str = "SELECT NULLIF(MIN(MIN(COALESCE(e.waiting_since, 92233720
      FROM endpoints e WHERE e.enabled = 1 AND e.deleted_at IS NULL";
 
 /// Inserts `events` and one delivery per subscribed, enabled endpoint, in the open job.
+///
+/// Each event's deliveries are inserted right before it, so their row numbers are one run,
+/// which the event's row keeps (`deliveries_from`, up to `deliveries_until`): that run is
+/// how an event's deliveries are found (no index of deliveries by event).
 fn insert_rows(
     c: &Connection,
     subscribers: &Subscribers,
@@ -2777,8 +2832,9 @@ fn insert_rows(
     let endpoints = subscribers.get_or_load(c, account_id)?;
     let mut ins_event = c
         .prepare_cached(
-            "INSERT INTO events (id, account_id, type, data, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO events (id, account_id, type, data, created_at,
+                deliveries_from, deliveries_until)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )
         .ctx("preparing the event insert")?;
     let mut ins_delivery = c
@@ -2793,15 +2849,6 @@ fn insert_rows(
     // numbers only grow within a transaction, so the first one is the lowest).
     let mut marked: Vec<&str> = Vec::new();
     for ev in events {
-        ins_event
-            .execute(params![
-                ev.id,
-                account_id,
-                ev.event_type,
-                ev.data.get(),
-                ev.created_at.0
-            ])
-            .ctx("inserting an event")?;
         let mut deliveries = Vec::new();
         for ep in endpoints.iter().filter(|e| e.subscribes_to(&ev.event_type)) {
             let claimed = admit(&ep.id);
@@ -2838,6 +2885,22 @@ fn insert_rows(
             }
             deliveries.push(d);
         }
+        // Nothing else writes between them: the rows just inserted are one run.
+        let run = deliveries
+            .first()
+            .zip(deliveries.last())
+            .map(|(first, last)| (first.row, last.row + 1));
+        ins_event
+            .execute(params![
+                ev.id,
+                account_id,
+                ev.event_type,
+                ev.data.get(),
+                ev.created_at.0,
+                run.map(|r| r.0),
+                run.map(|r| r.1)
+            ])
+            .ctx("inserting an event")?;
         out.push(AcceptedEvent {
             event: Arc::new(Event {
                 id: ev.id,
@@ -3233,6 +3296,37 @@ fn account_from_row(r: &Row<'_>) -> rusqlite::Result<Account> {
         created_at: Timestamp(r.get(3)?),
     })
 }
+
+/// An event's deliveries (`?3`) below row `?2`, from its first row `?7`, newest first.
+static EVENT_DELIVERIES: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {DELIVERY_COLS}, seq FROM deliveries
+         WHERE seq >= ?7 AND seq < ?2 AND event_id = ?3 AND account_id = ?1
+           AND (?4 IS NULL OR endpoint_id = ?4)
+           AND (?5 IS NULL OR status = ?5)
+         ORDER BY seq DESC LIMIT ?6"
+    )
+});
+
+/// An endpoint's deliveries (`?3`) below row `?2`, newest first.
+static ENDPOINT_DELIVERIES: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {DELIVERY_COLS}, seq FROM deliveries
+         WHERE endpoint_id = ?3 AND seq < ?2 AND account_id = ?1
+           AND (?4 IS NULL OR status = ?4)
+         ORDER BY seq DESC LIMIT ?5"
+    )
+});
+
+/// An account's deliveries below row `?2`, newest first.
+static ACCOUNT_DELIVERIES: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {DELIVERY_COLS}, seq FROM deliveries
+         WHERE seq < ?2 AND account_id = ?1
+           AND (?3 IS NULL OR status = ?3)
+         ORDER BY seq DESC LIMIT ?4"
+    )
+});
 
 const DELIVERY_COLS: &str = "id, event_id, endpoint_id, event_type, status, attempts, \
      next_attempt_at, last_attempt_at, last_status_code, last_error, created_at, updated_at";
@@ -4153,6 +4247,8 @@ pub(crate) mod tests {
              ALTER TABLE deliveries DROP COLUMN kept_response_body;
              ALTER TABLE endpoints DROP COLUMN waiting_from;
              ALTER TABLE endpoints DROP COLUMN waiting_since;
+             ALTER TABLE events DROP COLUMN deliveries_from;
+             ALTER TABLE events DROP COLUMN deliveries_until;
              PRAGMA user_version = {before};"
         ))
         .unwrap();
@@ -4505,16 +4601,7 @@ pub(crate) mod tests {
                 "deliveries_by_endpoint (endpoint_id=? AND seq>?)",
             ),
         ] {
-            let mut st = db.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
-            let unbound = std::iter::repeat_n(rusqlite::types::Null, st.parameter_count());
-            let plan: Vec<String> = st
-                .query_map(rusqlite::params_from_iter(unbound), |r| {
-                    r.get::<_, String>(3)
-                })
-                .unwrap()
-                .collect::<Result<_, _>>()
-                .unwrap();
-            let plan = plan.join("\n");
+            let plan = plan_of(&db, sql);
             assert!(plan.contains(index), "{sql}\n{plan}");
             assert!(!plan.contains("SCAN d"), "{sql}\n{plan}");
             if [
@@ -4529,6 +4616,189 @@ pub(crate) mod tests {
             }
             assert!(!plan.contains("SCAN deliveries"), "{sql}\n{plan}");
         }
+    }
+
+    /// SQLite's plan for `sql`, one line per step.
+    fn plan_of(db: &Connection, sql: &str) -> String {
+        let mut st = db.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let unbound = std::iter::repeat_n(rusqlite::types::Null, st.parameter_count());
+        let plan: Vec<String> = st
+            .query_map(rusqlite::params_from_iter(unbound), |r| {
+                r.get::<_, String>(3)
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        plan.join("\n")
+    }
+
+    /// An event's deliveries are listed from its run of rows, an endpoint's through its
+    /// index, both newest first without a sort: neither list reads other deliveries, however
+    /// many there are.
+    #[test]
+    fn delivery_lists_read_only_their_own_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(SqliteStore::open(dir.path(), Sealer::none()).unwrap());
+        let db = Connection::open(dir.path().join("hookline.db")).unwrap();
+        for (sql, index) in [
+            (
+                &*EVENT_DELIVERIES,
+                "USING INTEGER PRIMARY KEY (rowid>? AND rowid<?)",
+            ),
+            (
+                &*ENDPOINT_DELIVERIES,
+                "deliveries_by_endpoint (endpoint_id=? AND seq<?)",
+            ),
+        ] {
+            let plan = plan_of(&db, sql);
+            assert!(plan.contains(index), "{sql}\n{plan}");
+            assert!(!plan.contains("TEMP B-TREE"), "{sql}\n{plan}");
+            assert!(!plan.contains("SCAN deliveries"), "{sql}\n{plan}");
+        }
+        let indexes: i64 = db
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE name = 'deliveries_by_event'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(indexes, 0, "no index of deliveries by event is kept");
+    }
+
+    /// Every delivery of an event, and only those, is listed from the run of rows its row
+    /// keeps, by endpoint and page too; a database from before the run was kept gets it when
+    /// it opens, and loses the index it no longer needs.
+    #[tokio::test]
+    async fn an_events_deliveries_are_its_run_of_rows_before_and_after_the_migration() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), Sealer::none()).unwrap();
+        let (account, _) = with_endpoint(&store).await;
+        let second = store
+            .insert_endpoint(endpoint(&account.id), 100)
+            .await
+            .unwrap();
+        // Two requests, so that runs of two jobs lie side by side; the second admits nothing
+        // (its deliveries wait for room, which writes the endpoints' marks between them).
+        let mut accepted = store
+            .insert_events(account.id.clone(), click(3), |_| true, |_| {})
+            .await
+            .unwrap();
+        accepted.extend(
+            store
+                .insert_events(account.id.clone(), click(2), |_| false, |_| {})
+                .await
+                .unwrap(),
+        );
+        // An event no endpoint takes (its account has none) has no run, and lists nothing.
+        let other = store.create_account("b".into(), Plan::Pro).await.unwrap();
+        let nobody = store
+            .insert_events(other.id.clone(), click(1), |_| true, |_| {})
+            .await
+            .unwrap();
+        assert!(nobody[0].deliveries.is_empty());
+
+        let list_in = async |store: &SqliteStore,
+                             account_id: &str,
+                             event_id: &str,
+                             endpoint_id: Option<&str>,
+                             status: Option<DeliveryStatus>,
+                             before: Option<i64>,
+                             limit: usize| {
+            let filter = DeliveryFilter {
+                event_id: Some(event_id.to_owned()),
+                endpoint_id: endpoint_id.map(str::to_owned),
+                status,
+            };
+            store
+                .list_deliveries(account_id.to_owned(), filter, before, limit)
+                .await
+                .unwrap()
+        };
+        let list = async |store: &SqliteStore,
+                          account_id: &str,
+                          event_id: &str,
+                          endpoint_id: Option<&str>,
+                          before: Option<i64>,
+                          limit: usize| {
+            list_in(
+                store,
+                account_id,
+                event_id,
+                endpoint_id,
+                None,
+                before,
+                limit,
+            )
+            .await
+        };
+        let check = async |store: &SqliteStore| {
+            for ev in &accepted {
+                let want: Vec<&str> = ev.deliveries.iter().rev().map(|d| d.id.as_str()).collect();
+                assert_eq!(want.len(), 2);
+                let page = list(store, &account.id, &ev.event.id, None, None, 10).await;
+                let got: Vec<&str> = page.items.iter().map(|d| d.id.as_str()).collect();
+                assert_eq!(got, want);
+                assert!(page.items.iter().all(|d| d.event_id == ev.event.id));
+                // One at a time, newest first.
+                let one = list(store, &account.id, &ev.event.id, None, None, 1).await;
+                assert_eq!(one.items[0].id, want[0]);
+                let rest = list(store, &account.id, &ev.event.id, None, one.next, 1).await;
+                assert_eq!(rest.items[0].id, want[1]);
+                assert_eq!(rest.next, None);
+                // Of one endpoint.
+                let only = list(store, &account.id, &ev.event.id, Some(&second.id), None, 10);
+                let only = only.await;
+                assert_eq!(only.items.len(), 1);
+                assert_eq!(only.items[0].endpoint_id, second.id);
+                // In one state: the first request's were admitted, the second's wait.
+                let (is, is_not) = if ev.deliveries[0].claimed {
+                    (DeliveryStatus::Delivering, DeliveryStatus::Pending)
+                } else {
+                    (DeliveryStatus::Pending, DeliveryStatus::Delivering)
+                };
+                let id = &ev.event.id;
+                let all = list_in(store, &account.id, id, None, Some(is), None, 10).await;
+                assert_eq!(all.items.len(), 2);
+                let none = list_in(store, &account.id, id, None, Some(is_not), None, 10).await;
+                assert!(none.items.is_empty());
+                // Not to another account.
+                let theirs = list(store, &other.id, &ev.event.id, None, None, 10).await;
+                assert!(theirs.items.is_empty());
+            }
+            let none = list(store, &other.id, &nobody[0].event.id, None, None, 10).await;
+            assert!(none.items.is_empty());
+            let unknown = list(store, &account.id, "evt_unknown", None, None, 10).await;
+            assert!(unknown.items.is_empty());
+        };
+        check(&store).await;
+        drop(store);
+
+        // The database as it was before the migration: the index, and no runs.
+        let before = MIGRATIONS
+            .iter()
+            .position(|m| m.contains("deliveries_until"))
+            .unwrap();
+        let db = Connection::open(dir.path().join("hookline.db")).unwrap();
+        db.execute_batch(&format!(
+            "CREATE INDEX deliveries_by_event ON deliveries (event_id);
+             ALTER TABLE events DROP COLUMN deliveries_from;
+             ALTER TABLE events DROP COLUMN deliveries_until;
+             PRAGMA user_version = {before};"
+        ))
+        .unwrap();
+        drop(db);
+        let store = SqliteStore::open(dir.path(), Sealer::none()).unwrap();
+        check(&store).await;
+        let db = Connection::open(dir.path().join("hookline.db")).unwrap();
+        let (indexes, version): (i64, i64) = db
+            .query_row(
+                "SELECT (SELECT COUNT(*) FROM sqlite_master WHERE name = 'deliveries_by_event'),
+                        (SELECT user_version FROM pragma_user_version)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((indexes, version), (0, MIGRATIONS.len() as i64));
     }
 
     /// An outcome waits for the next commit and is written by it; with none coming, it
