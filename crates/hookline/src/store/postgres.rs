@@ -1227,23 +1227,51 @@ impl PgStore {
         before: Option<i64>,
         limit: usize,
     ) -> Result<Page<Delivery>, StoreError> {
-        let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {DELIVERY_COLS}, seq FROM deliveries
-             WHERE account_id = $1 AND seq < $2
-               AND ($3::text IS NULL OR event_id = $3)
-               AND ($4::text IS NULL OR endpoint_id = $4)
-               AND ($5::text IS NULL OR status = $5)
-             ORDER BY seq DESC LIMIT $6"
-        )))
-        .bind(account_id)
-        .bind(before.unwrap_or(i64::MAX))
-        .bind(filter.event_id)
-        .bind(filter.endpoint_id)
-        .bind(filter.status.map(|s| s.as_str()))
-        .bind(limit as i64 + 1)
-        .fetch_all(&self.pool)
-        .await
-        .ctx("listing deliveries")?;
+        // One statement per filter, led by the filter's own column: a statement that took
+        // every filter (`$3 IS NULL OR …`) could not count on their indexes in a plan made
+        // for any value, and would read the account's deliveries from the newest back.
+        let (before, fetch) = (before.unwrap_or(i64::MAX), limit as i64 + 1);
+        let status = filter.status.map(|s| s.as_str());
+        let query = match (filter.event_id, filter.endpoint_id) {
+            (Some(event_id), endpoint_id) => sqlx::query(AssertSqlSafe(format!(
+                "SELECT {DELIVERY_COLS}, seq FROM deliveries
+                 WHERE event_id = $1 AND account_id = $2 AND seq < $3
+                   AND ($4::text IS NULL OR endpoint_id = $4)
+                   AND ($5::text IS NULL OR status = $5)
+                 ORDER BY seq DESC LIMIT $6"
+            )))
+            .bind(event_id)
+            .bind(account_id)
+            .bind(before)
+            .bind(endpoint_id)
+            .bind(status)
+            .bind(fetch),
+            (None, Some(endpoint_id)) => sqlx::query(AssertSqlSafe(format!(
+                "SELECT {DELIVERY_COLS}, seq FROM deliveries
+                 WHERE endpoint_id = $1 AND account_id = $2 AND seq < $3
+                   AND ($4::text IS NULL OR status = $4)
+                 ORDER BY seq DESC LIMIT $5"
+            )))
+            .bind(endpoint_id)
+            .bind(account_id)
+            .bind(before)
+            .bind(status)
+            .bind(fetch),
+            (None, None) => sqlx::query(AssertSqlSafe(format!(
+                "SELECT {DELIVERY_COLS}, seq FROM deliveries
+                 WHERE account_id = $1 AND seq < $2
+                   AND ($3::text IS NULL OR status = $3)
+                 ORDER BY seq DESC LIMIT $4"
+            )))
+            .bind(account_id)
+            .bind(before)
+            .bind(status)
+            .bind(fetch),
+        };
+        let rows = query
+            .fetch_all(&self.pool)
+            .await
+            .ctx("listing deliveries")?;
         page_of(&rows, delivery_from_row, 12, limit)
     }
 
