@@ -504,6 +504,16 @@ async fn a_failing_ingest_write_leaves_nothing_half_written() {
         )
         .unwrap();
     assert_eq!(orphans, 0);
+    // Nor a delivery without its event (an event's deliveries are written before it).
+    let orphans: i64 = db
+        .query_row(
+            "SELECT COUNT(*) FROM deliveries d
+             WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.id = d.event_id)",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(orphans, 0);
     let got = rx.wait_for("hook", accepted.len()).await;
     let delivered: BTreeSet<String> = got
         .iter()

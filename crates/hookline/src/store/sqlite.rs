@@ -359,7 +359,8 @@ CREATE INDEX deliveries_due_by_endpoint ON deliveries (endpoint_id, next_attempt
 ALTER TABLE events ADD COLUMN deliveries_from INTEGER;
 ALTER TABLE events ADD COLUMN deliveries_until INTEGER;
 UPDATE events SET (deliveries_from, deliveries_until) =
-    (SELECT MIN(d.seq), MAX(d.seq) + 1 FROM deliveries d WHERE d.event_id = events.id);
+    (SELECT MIN(d.seq), MAX(d.seq) + 1 FROM deliveries d WHERE d.event_id = events.id)
+    WHERE EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id);
 DROP INDEX IF EXISTS deliveries_by_event;
 "#,
 ];
@@ -2885,11 +2886,15 @@ fn insert_rows(
             }
             deliveries.push(d);
         }
-        // Nothing else writes between them: the rows just inserted are one run.
+        // Nothing else inserts deliveries between them: the rows just inserted are one run.
         let run = deliveries
             .first()
             .zip(deliveries.last())
             .map(|(first, last)| (first.row, last.row + 1));
+        debug_assert!(
+            run.is_none_or(|(from, until)| until - from == deliveries.len() as i64),
+            "an event's deliveries are one run of rows"
+        );
         ins_event
             .execute(params![
                 ev.id,
@@ -4249,6 +4254,7 @@ pub(crate) mod tests {
              ALTER TABLE endpoints DROP COLUMN waiting_since;
              ALTER TABLE events DROP COLUMN deliveries_from;
              ALTER TABLE events DROP COLUMN deliveries_until;
+             CREATE INDEX deliveries_by_event ON deliveries (event_id);
              PRAGMA user_version = {before};"
         ))
         .unwrap();
@@ -4772,6 +4778,24 @@ pub(crate) mod tests {
         };
         check(&store).await;
         drop(store);
+        // Every delivery lies in its own event's run, and the runs hold every delivery.
+        let runs_hold_every_delivery = |db: &Connection| {
+            let (outside, in_runs, all): (i64, i64, i64) = db
+                .query_row(
+                    "SELECT
+                        (SELECT COUNT(*) FROM deliveries d JOIN events e ON e.id = d.event_id
+                         WHERE NOT (d.seq >= e.deliveries_from AND d.seq < e.deliveries_until)),
+                        (SELECT SUM(deliveries_until - deliveries_from) FROM events),
+                        (SELECT COUNT(*) FROM deliveries)",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .unwrap();
+            assert_eq!((outside, in_runs), (0, all));
+            assert_eq!(all, 10);
+        };
+        let db = Connection::open(dir.path().join("hookline.db")).unwrap();
+        runs_hold_every_delivery(&db);
 
         // The database as it was before the migration: the index, and no runs.
         let before = MIGRATIONS
@@ -4790,6 +4814,7 @@ pub(crate) mod tests {
         let store = SqliteStore::open(dir.path(), Sealer::none()).unwrap();
         check(&store).await;
         let db = Connection::open(dir.path().join("hookline.db")).unwrap();
+        runs_hold_every_delivery(&db);
         let (indexes, version): (i64, i64) = db
             .query_row(
                 "SELECT (SELECT COUNT(*) FROM sqlite_master WHERE name = 'deliveries_by_event'),
