@@ -6,7 +6,9 @@
 //! - the minute's sweep of deliveries that waited out the schedule reads about what it ends,
 //!   not an outage's backlog; the hourly whole one ends the rest, and reads about as little
 //!   (through the index of pending rows by age), with the plan made for the values and with
-//!   the generic one a prepared statement may settle on.
+//!   the generic one a prepared statement may settle on;
+//! - the lists of an event's and of an endpoint's deliveries read through their indexes,
+//!   with either plan, not the account's deliveries from the newest back.
 //!
 //! Runs when `HOOKLINE_TEST_DATABASE_URL` is set (`.ci/run` sets it), like the PostgreSQL
 //! half of the integration suite.
@@ -14,9 +16,12 @@
 mod common;
 
 use common::{Data, Engine};
+use hookline::model::DeliveryStatus;
 use hookline::model::Timestamp;
-use hookline::store::postgres::{END_HELD, END_PENDING, FAIL_STALE, FAIL_STALE_DUE};
-use hookline::store::{Location, Store};
+use hookline::store::postgres::{
+    END_HELD, END_PENDING, ENDPOINT_DELIVERIES, EVENT_DELIVERIES, FAIL_STALE, FAIL_STALE_DUE,
+};
+use hookline::store::{DeliveryFilter, Location, Store};
 use sqlx::Connection as _;
 
 /// A fresh schema on the test database (with the server's tables) and a connection to it;
@@ -352,4 +357,102 @@ async fn the_age_index_migration_replaces_an_invalid_index_left_by_a_failed_buil
     .await
     .unwrap();
     assert!(!unique, "the migration's own index, not the failed one");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_lists_read_only_their_own_rows() {
+    let Some((data, mut db)) = fresh("delivery_lists_read_only_their_own_rows").await else {
+        return;
+    };
+    // 60,000 deliveries of 30,000 events (two each) to 300 endpoints, a third of them failed;
+    // the first 20 are of an endpoint that had no other.
+    sqlx::raw_sql(
+        "INSERT INTO deliveries (id, account_id, event_id, event_type, endpoint_id, status,
+             created_at, updated_at)
+         SELECT 'dlv_' || i, 'acc', 'evt_' || ((i + 1) / 2), 'click',
+             CASE WHEN i <= 20 THEN 'ep_rare' ELSE 'ep_' || (i % 300) END,
+             CASE WHEN i % 3 = 0 THEN 'failed' ELSE 'succeeded' END,
+             i, i
+         FROM generate_series(1, 60000) AS i;
+         ANALYZE deliveries;",
+    )
+    .execute(&mut db)
+    .await
+    .unwrap();
+
+    // With the plan for the values, then with the one for any values.
+    for mode in ["auto", "force_generic_plan"] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SET plan_cache_mode = {mode}")))
+            .execute(&mut db)
+            .await
+            .unwrap();
+        let plan = plan_of(
+            &mut db,
+            &format!("event_list_{mode}"),
+            "text, text, bigint, text, text, bigint",
+            &EVENT_DELIVERIES,
+            "'evt_5', 'acc', 9223372036854775807, NULL, NULL, 51",
+        )
+        .await;
+        assert!(plan.contains("deliveries_by_event"), "{mode}\n{plan}");
+        assert!(!plan.contains("Seq Scan"), "{mode}\n{plan}");
+        let plan = plan_of(
+            &mut db,
+            &format!("endpoint_list_{mode}"),
+            "text, text, bigint, text, bigint",
+            &ENDPOINT_DELIVERIES,
+            "'ep_rare', 'acc', 9223372036854775807, 'failed', 51",
+        )
+        .await;
+        assert!(plan.contains("deliveries_by_endpoint"), "{mode}\n{plan}");
+        assert!(!plan.contains("Seq Scan"), "{mode}\n{plan}");
+    }
+
+    // And they list the right rows, newest first.
+    let store = Store::open(&data.location).await.unwrap();
+    let list = async |event: Option<&str>, endpoint: Option<&str>, status, before| {
+        let filter = DeliveryFilter {
+            event_id: event.map(str::to_owned),
+            endpoint_id: endpoint.map(str::to_owned),
+            status,
+        };
+        let page = store
+            .list_deliveries("acc".into(), filter, before, 4)
+            .await
+            .unwrap();
+        let ids: Vec<String> = page.items.into_iter().map(|d| d.id).collect();
+        (ids, page.next)
+    };
+    let event = Some("evt_20000");
+    assert_eq!(
+        list(event, None, None, None).await.0,
+        ["dlv_40000", "dlv_39999"]
+    );
+    assert_eq!(
+        list(event, Some("ep_100"), None, None).await.0,
+        ["dlv_40000"]
+    );
+    let failed = Some(DeliveryStatus::Failed);
+    assert_eq!(list(event, None, failed, None).await.0, ["dlv_39999"]);
+    assert!(list(event, Some("ep_100"), failed, None).await.0.is_empty());
+    // The rare endpoint's failed ones (rows 3 to 18), four to a page.
+    let (first, next) = list(None, Some("ep_rare"), failed, None).await;
+    assert_eq!(first, ["dlv_18", "dlv_15", "dlv_12", "dlv_9"]);
+    let (rest, next) = list(None, Some("ep_rare"), failed, next).await;
+    assert_eq!(rest, ["dlv_6", "dlv_3"]);
+    assert_eq!(next, None);
+    // Of another account: nothing.
+    let theirs = store
+        .list_deliveries(
+            "other".into(),
+            DeliveryFilter {
+                event_id: Some("evt_20000".into()),
+                ..Default::default()
+            },
+            None,
+            10,
+        )
+        .await
+        .unwrap();
+    assert!(theirs.items.is_empty());
 }

@@ -1233,40 +1233,24 @@ impl PgStore {
         let (before, fetch) = (before.unwrap_or(i64::MAX), limit as i64 + 1);
         let status = filter.status.map(|s| s.as_str());
         let query = match (filter.event_id, filter.endpoint_id) {
-            (Some(event_id), endpoint_id) => sqlx::query(AssertSqlSafe(format!(
-                "SELECT {DELIVERY_COLS}, seq FROM deliveries
-                 WHERE event_id = $1 AND account_id = $2 AND seq < $3
-                   AND ($4::text IS NULL OR endpoint_id = $4)
-                   AND ($5::text IS NULL OR status = $5)
-                 ORDER BY seq DESC LIMIT $6"
-            )))
-            .bind(event_id)
-            .bind(account_id)
-            .bind(before)
-            .bind(endpoint_id)
-            .bind(status)
-            .bind(fetch),
-            (None, Some(endpoint_id)) => sqlx::query(AssertSqlSafe(format!(
-                "SELECT {DELIVERY_COLS}, seq FROM deliveries
-                 WHERE endpoint_id = $1 AND account_id = $2 AND seq < $3
-                   AND ($4::text IS NULL OR status = $4)
-                 ORDER BY seq DESC LIMIT $5"
-            )))
-            .bind(endpoint_id)
-            .bind(account_id)
-            .bind(before)
-            .bind(status)
-            .bind(fetch),
-            (None, None) => sqlx::query(AssertSqlSafe(format!(
-                "SELECT {DELIVERY_COLS}, seq FROM deliveries
-                 WHERE account_id = $1 AND seq < $2
-                   AND ($3::text IS NULL OR status = $3)
-                 ORDER BY seq DESC LIMIT $4"
-            )))
-            .bind(account_id)
-            .bind(before)
-            .bind(status)
-            .bind(fetch),
+            (Some(event_id), endpoint_id) => sqlx::query(AssertSqlSafe(EVENT_DELIVERIES.as_str()))
+                .bind(event_id)
+                .bind(account_id)
+                .bind(before)
+                .bind(endpoint_id)
+                .bind(status)
+                .bind(fetch),
+            (None, Some(endpoint_id)) => sqlx::query(AssertSqlSafe(ENDPOINT_DELIVERIES.as_str()))
+                .bind(endpoint_id)
+                .bind(account_id)
+                .bind(before)
+                .bind(status)
+                .bind(fetch),
+            (None, None) => sqlx::query(AssertSqlSafe(ACCOUNT_DELIVERIES.as_str()))
+                .bind(account_id)
+                .bind(before)
+                .bind(status)
+                .bind(fetch),
         };
         let rows = query
             .fetch_all(&self.pool)
@@ -2736,6 +2720,40 @@ fn account_from_row(r: &PgRow) -> Result<Account, StoreError> {
 
 const DELIVERY_COLS: &str = "id, event_id, endpoint_id, event_type, status, attempts, \
      next_attempt_at, last_attempt_at, last_status_code, last_error, created_at, updated_at";
+
+/// An event's deliveries (`$1`, of account `$2`) below row `$3`, optionally of one endpoint
+/// (`$4`) and in one state (`$5`), newest first, at most `$6`.
+pub static EVENT_DELIVERIES: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT {DELIVERY_COLS}, seq FROM deliveries
+         WHERE event_id = $1 AND account_id = $2 AND seq < $3
+           AND ($4::text IS NULL OR endpoint_id = $4)
+           AND ($5::text IS NULL OR status = $5)
+         ORDER BY seq DESC LIMIT $6"
+    )
+});
+
+/// An endpoint's deliveries (`$1`, of account `$2`) below row `$3`, optionally in one state
+/// (`$4`), newest first, at most `$5`.
+pub static ENDPOINT_DELIVERIES: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT {DELIVERY_COLS}, seq FROM deliveries
+         WHERE endpoint_id = $1 AND account_id = $2 AND seq < $3
+           AND ($4::text IS NULL OR status = $4)
+         ORDER BY seq DESC LIMIT $5"
+    )
+});
+
+/// An account's (`$1`) deliveries below row `$2`, optionally in one state (`$3`), newest
+/// first, at most `$4`.
+pub static ACCOUNT_DELIVERIES: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT {DELIVERY_COLS}, seq FROM deliveries
+         WHERE account_id = $1 AND seq < $2
+           AND ($3::text IS NULL OR status = $3)
+         ORDER BY seq DESC LIMIT $4"
+    )
+});
 
 fn delivery_from_row(r: &PgRow) -> Result<Delivery, StoreError> {
     const CTX: &str = "reading a delivery";
