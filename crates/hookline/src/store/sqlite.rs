@@ -1224,6 +1224,11 @@ impl SqliteStore {
 
     /// The event feed, oldest first. The writer commits in `seq` order, so a page that ends
     /// at `seq` has seen every event below it that will ever exist.
+    ///
+    /// `since` and `until` bound the rows read, not only the rows shown: the feed starts at
+    /// the account's events of about `since` and stops past those of about `until`
+    /// ([`feed_row_before`]), so a page of the last hour does not read months of history
+    /// first.
     pub async fn list_events(
         &self,
         account_id: String,
@@ -1232,25 +1237,34 @@ impl SqliteStore {
         limit: usize,
     ) -> Result<(Vec<Event>, Option<FeedPos>), StoreError> {
         self.read(move |c| {
-            let mut stmt = c
-                .prepare_cached(
-                    "SELECT id, type, created_at, data, seq FROM events
-                     WHERE account_id = ?1 AND seq > ?2
-                       AND (?3 IS NULL OR type = ?3)
-                       AND (?4 IS NULL OR created_at >= ?4)
-                       AND (?5 IS NULL OR created_at < ?5)
-                     ORDER BY seq LIMIT ?6",
-                )
-                .ctx("preparing the event feed")?;
+            let mut from = after.map(|p| p.1).unwrap_or(0);
+            if let Some(since) = filter.since {
+                let start = feed_row_before(
+                    c,
+                    &account_id,
+                    since.saturating_sub(super::RECOVER_MARGIN_MS),
+                )?;
+                from = from.max(start);
+            }
+            let to = match filter.until {
+                Some(until) => feed_row_before(
+                    c,
+                    &account_id,
+                    until.saturating_add(super::RECOVER_MARGIN_MS),
+                )?,
+                None => i64::MAX,
+            };
+            let mut stmt = c.prepare_cached(FEED).ctx("preparing the event feed")?;
             let rows = stmt
                 .query_map(
                     params![
                         account_id,
-                        after.map(|p| p.1).unwrap_or(0),
+                        from,
                         filter.event_type,
                         filter.since,
                         filter.until,
-                        limit as i64 + 1
+                        limit as i64 + 1,
+                        to
                     ],
                     |r| {
                         Ok((
@@ -2817,6 +2831,54 @@ const NEXT_DUE: &str = "SELECT NULLIF(MIN(MIN(COALESCE(e.waiting_since, 92233720
                                   AND d.next_attempt_at IS NOT NULL),
                                9223372036854775807))), 9223372036854775807)
      FROM endpoints e WHERE e.enabled = 1 AND e.deleted_at IS NULL";
+
+/// A page of account `?1`'s feed: its events after row `?2` up to row `?7`, of type `?3`,
+/// created at or after `?4` and before `?5` (each if given), oldest first, at most `?6`.
+const FEED: &str = "SELECT id, type, created_at, data, seq FROM events
+     WHERE account_id = ?1 AND seq > ?2 AND seq <= ?7
+       AND (?3 IS NULL OR type = ?3)
+       AND (?4 IS NULL OR created_at >= ?4)
+       AND (?5 IS NULL OR created_at < ?5)
+     ORDER BY seq LIMIT ?6";
+
+/// Account `?1`'s first event after row `?2`: its row number and creation time.
+const FIRST_EVENT_AFTER: &str = "SELECT seq, created_at FROM events
+     WHERE account_id = ?1 AND seq > ?2 ORDER BY seq LIMIT 1";
+
+/// The row before the account's first event created at or after `cutoff` (its last row if
+/// none was): a binary search over row numbers, each probe one seek into `events_by_account`
+/// (about 64 at most, whatever the history).
+///
+/// Rows are numbered in the order the writer commits them, and ingest stamps an event just
+/// before its write, so rows are out of the order of their stamps only by the wait for the
+/// writer; the callers leave [`super::RECOVER_MARGIN_MS`] on the side of their bound that
+/// must not lose a row, as a recovery does ([`super::Store::recover_from`]), and keep
+/// filtering by the stamps themselves. A clock set back by more than that could hide an
+/// event from a `since` or `until` page (never from the feed without them).
+fn feed_row_before(c: &Connection, account_id: &str, cutoff: i64) -> Result<i64, StoreError> {
+    let last: i64 = c
+        .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM events WHERE account_id = ?1")
+        .and_then(|mut st| st.query_row([account_id], |r| r.get(0)))
+        .ctx("finding the account's last event")?;
+    let mut first_after = c
+        .prepare_cached(FIRST_EVENT_AFTER)
+        .ctx("preparing the feed's search")?;
+    // Whether the first event after row `x` was created at or after the cutoff (true past
+    // the last row): false up to the row before the first such event, then true.
+    let (mut lo, mut hi) = (0, last);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let next: Option<(i64, i64)> = first_after
+            .query_row(params![account_id, mid], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()
+            .ctx("searching the feed by time")?;
+        match next {
+            Some((row, created_at)) if created_at < cutoff => lo = (mid + 1).max(row),
+            _ => hi = mid,
+        }
+    }
+    Ok(lo)
+}
 
 /// Inserts `events` and one delivery per subscribed, enabled endpoint, in the open job.
 ///
@@ -4824,6 +4886,97 @@ pub(crate) mod tests {
             )
             .unwrap();
         assert_eq!((indexes, version), (0, MIGRATIONS.len() as i64));
+    }
+
+    /// `since` and `until` pages of the feed start and stop at the rows of about their times
+    /// (a search over row numbers), yet show every event stamped in range, one committed
+    /// out of the order of its stamp by less than the margin included.
+    #[tokio::test]
+    async fn the_feed_seeks_its_since_and_until_and_misses_nothing_in_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), Sealer::none()).unwrap();
+        let account = store.create_account("a".into(), Plan::Pro).await.unwrap();
+        let since = Timestamp::now().0 - 3_600_000;
+        let stamped = |at: &[i64]| -> Vec<NewEvent> {
+            let mut events = click(at.len());
+            for (ev, at) in events.iter_mut().zip(at) {
+                ev.created_at = Timestamp(*at);
+            }
+            events
+        };
+        // Ten days of history, a second apart, well before `since`.
+        let old: Vec<i64> = (0..500).map(|i| since - 864_000_000 + i * 1_000).collect();
+        store
+            .insert_events(account.id.clone(), stamped(&old), |_| true, |_| {})
+            .await
+            .unwrap();
+        // Then, in this commit order: two hours before `since`; 10 s after it; a hundred 30 s
+        // before it (committed after the one stamped after `since`: out of order within the
+        // margin, where a search without it would start past the one 10 s after); 40 s after.
+        let mut near = vec![since - 7_200_000, since + 10_000];
+        near.extend([since - 30_000; 100]);
+        near.push(since + 40_000);
+        let near = store
+            .insert_events(account.id.clone(), stamped(&near), |_| true, |_| {})
+            .await
+            .unwrap();
+        let id = |i: usize| near[i].event.id.clone();
+        let feed = async |since, until, after, limit| {
+            let filter = EventFilter {
+                event_type: None,
+                since,
+                until,
+            };
+            let (events, next) = store
+                .list_events(account.id.clone(), filter, after, limit)
+                .await
+                .unwrap();
+            let ids: Vec<String> = events.into_iter().map(|e| e.id).collect();
+            (ids, next)
+        };
+        assert_eq!(feed(Some(since), None, None, 10).await.0, [id(1), id(102)]);
+        // A page at a time.
+        let (first, next) = feed(Some(since), None, None, 1).await;
+        assert_eq!(first, [id(1)]);
+        let (rest, next) = feed(Some(since), None, next, 1).await;
+        assert_eq!(rest, [id(102)]);
+        assert_eq!(next, None);
+        // Up to `since`: the history, the one two hours before and the hundred.
+        let before = feed(None, Some(since), None, 1_000).await.0;
+        let want: Vec<String> = std::iter::once(0).chain(2..=101).map(id).collect();
+        assert_eq!(before.len(), 601);
+        assert_eq!(before[500..], want[..]);
+        // A window of the three hours before `since`.
+        let window = feed(Some(since - 10_800_000), Some(since), None, 10)
+            .await
+            .0;
+        assert_eq!(window, want[..10]);
+
+        // The search starts past the history, and stops where it should.
+        let db = Connection::open(dir.path().join("hookline.db")).unwrap();
+        let row = |i: usize| {
+            db.query_row(
+                "SELECT seq FROM events WHERE id = ?1",
+                [near[i].event.id.as_str()],
+                |r| r.get::<_, i64>(0),
+            )
+            .unwrap()
+        };
+        let margin = super::super::RECOVER_MARGIN_MS;
+        assert_eq!(
+            feed_row_before(&db, &account.id, since - margin).unwrap(),
+            row(0)
+        );
+        assert_eq!(
+            feed_row_before(&db, &account.id, since - 10_800_000).unwrap(),
+            row(0) - 1
+        );
+        assert_eq!(
+            feed_row_before(&db, &account.id, since + 3_600_000).unwrap(),
+            row(102)
+        );
+        // Without the margin the search would have started past the one 10 s after.
+        assert!(feed_row_before(&db, &account.id, since).unwrap() > row(1));
     }
 
     /// An outcome waits for the next commit and is written by it; with none coming, it
