@@ -1237,6 +1237,8 @@ impl SqliteStore {
         limit: usize,
     ) -> Result<(Vec<Event>, Option<FeedPos>), StoreError> {
         self.read(move |c| {
+            // The search and the page read one snapshot.
+            let c = &c.unchecked_transaction().ctx("starting the feed's read")?;
             let mut from = after.map(|p| p.1).unwrap_or(0);
             if let Some(since) = filter.since {
                 let start = feed_row_before(
@@ -2841,6 +2843,9 @@ const FEED: &str = "SELECT id, type, created_at, data, seq FROM events
        AND (?5 IS NULL OR created_at < ?5)
      ORDER BY seq LIMIT ?6";
 
+/// Account `?1`'s last event's row number (0 if none).
+const LAST_EVENT: &str = "SELECT COALESCE(MAX(seq), 0) FROM events WHERE account_id = ?1";
+
 /// Account `?1`'s first event after row `?2`: its row number and creation time.
 const FIRST_EVENT_AFTER: &str = "SELECT seq, created_at FROM events
      WHERE account_id = ?1 AND seq > ?2 ORDER BY seq LIMIT 1";
@@ -2853,11 +2858,12 @@ const FIRST_EVENT_AFTER: &str = "SELECT seq, created_at FROM events
 /// before its write, so rows are out of the order of their stamps only by the wait for the
 /// writer; the callers leave [`super::RECOVER_MARGIN_MS`] on the side of their bound that
 /// must not lose a row, as a recovery does ([`super::Store::recover_from`]), and keep
-/// filtering by the stamps themselves. A clock set back by more than that could hide an
-/// event from a `since` or `until` page (never from the feed without them).
+/// filtering by the stamps themselves. A clock set back by more than that, or an ingest
+/// write that waited longer than it for the writer, could hide an event from a `since` or
+/// `until` page (never from the feed without them).
 fn feed_row_before(c: &Connection, account_id: &str, cutoff: i64) -> Result<i64, StoreError> {
     let last: i64 = c
-        .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM events WHERE account_id = ?1")
+        .prepare_cached(LAST_EVENT)
         .and_then(|mut st| st.query_row([account_id], |r| r.get(0)))
         .ctx("finding the account's last event")?;
     let mut first_after = c
@@ -4733,6 +4739,28 @@ pub(crate) mod tests {
         assert_eq!(indexes, 0, "no index of deliveries by event is kept");
     }
 
+    /// A page of the feed and each probe of its search seek through the account's index of
+    /// events: none reads other accounts' events or sorts.
+    #[test]
+    fn the_feed_reads_through_the_accounts_index() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(SqliteStore::open(dir.path(), Sealer::none()).unwrap());
+        let db = Connection::open(dir.path().join("hookline.db")).unwrap();
+        for (sql, index) in [
+            (FEED, "events_by_account (account_id=? AND seq>? AND seq<?)"),
+            (
+                FIRST_EVENT_AFTER,
+                "events_by_account (account_id=? AND seq>?)",
+            ),
+            (LAST_EVENT, "events_by_account (account_id=?)"),
+        ] {
+            let plan = plan_of(&db, sql);
+            assert!(plan.contains(index), "{sql}\n{plan}");
+            assert!(!plan.contains("TEMP B-TREE"), "{sql}\n{plan}");
+            assert!(!plan.contains("SCAN events"), "{sql}\n{plan}");
+        }
+    }
+
     /// Every delivery of an event, and only those, is listed from the run of rows its row
     /// keeps, by endpoint and page too; a database from before the run was kept gets it when
     /// it opens, and loses the index it no longer needs.
@@ -4952,6 +4980,28 @@ pub(crate) mod tests {
             .0;
         assert_eq!(window, want[..10]);
 
+        // Around an `until` two hours on, the same in reverse: a hundred 10 s after it, then
+        // three 30 s before it (out of order within the margin, where a search without it
+        // would stop before them), then one well after.
+        let until = since + 7_200_000;
+        let mut late = vec![until + 10_000; 100];
+        late.extend([until - 30_000; 3]);
+        late.push(until + 7_200_000);
+        let late = store
+            .insert_events(account.id.clone(), stamped(&late), |_| true, |_| {})
+            .await
+            .unwrap();
+        let late_id = |i: usize| late[i].event.id.clone();
+        let three: Vec<String> = (100..=102).map(late_id).collect();
+        let up_to = feed(None, Some(until), None, 1_000).await.0;
+        assert_eq!(up_to.len(), 606);
+        assert_eq!(up_to[603..], three[..]);
+        let (first, next) = feed(Some(until - 60_000), Some(until), None, 2).await;
+        assert_eq!(first, three[..2]);
+        let (rest, next) = feed(Some(until - 60_000), Some(until), next, 2).await;
+        assert_eq!(rest, three[2..]);
+        assert_eq!(next, None);
+
         // The search starts past the history, and stops where it should.
         let db = Connection::open(dir.path().join("hookline.db")).unwrap();
         let row = |i: usize| {
@@ -4977,6 +5027,21 @@ pub(crate) mod tests {
         );
         // Without the margin the search would have started past the one 10 s after.
         assert!(feed_row_before(&db, &account.id, since).unwrap() > row(1));
+        // And `until`'s bound: the row before the one well after it; without the margin, it
+        // would have stopped before the hundred.
+        let late_row = |i: usize| {
+            db.query_row(
+                "SELECT seq FROM events WHERE id = ?1",
+                [late[i].event.id.as_str()],
+                |r| r.get::<_, i64>(0),
+            )
+            .unwrap()
+        };
+        assert_eq!(
+            feed_row_before(&db, &account.id, until + margin).unwrap(),
+            late_row(102)
+        );
+        assert!(feed_row_before(&db, &account.id, until).unwrap() < late_row(100));
     }
 
     /// An outcome waits for the next commit and is written by it; with none coming, it
