@@ -1463,16 +1463,7 @@ impl SqliteStore {
             // Each with its deliveries' run of rows (none if it had none).
             type Expired = (String, i64, Option<i64>, Option<i64>);
             let oldest: Vec<Expired> = c
-                .prepare_cached(
-                    "SELECT e.id, e.created_at, e.deliveries_from, e.deliveries_until
-                     FROM events e
-                     WHERE e.account_id = ?2 AND e.seq < (SELECT MAX(seq) FROM events)
-                       AND NOT EXISTS (
-                        SELECT 1 FROM deliveries d
-                        WHERE d.seq >= e.deliveries_from AND d.seq < e.deliveries_until
-                          AND d.event_id = e.id AND d.status IN ('pending', 'delivering'))
-                     ORDER BY e.seq LIMIT ?1",
-                )
+                .prepare_cached(OLDEST_ENDED_EVENTS)
                 .ctx("preparing the retention scan")?
                 .query_map(params![batch as i64, account_id], |r| {
                     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
@@ -2833,6 +2824,17 @@ const NEXT_DUE: &str = "SELECT NULLIF(MIN(MIN(COALESCE(e.waiting_since, 92233720
                                   AND d.next_attempt_at IS NOT NULL),
                                9223372036854775807))), 9223372036854775807)
      FROM endpoints e WHERE e.enabled = 1 AND e.deleted_at IS NULL";
+
+/// Account `?2`'s oldest `?1` events whose deliveries have all ended (never the newest event
+/// of all), each with its deliveries' run of rows: retention's scan.
+const OLDEST_ENDED_EVENTS: &str = "SELECT e.id, e.created_at, e.deliveries_from, e.deliveries_until
+     FROM events e
+     WHERE e.account_id = ?2 AND e.seq < (SELECT MAX(seq) FROM events)
+       AND NOT EXISTS (
+        SELECT 1 FROM deliveries d
+        WHERE d.seq >= e.deliveries_from AND d.seq < e.deliveries_until
+          AND d.event_id = e.id AND d.status IN ('pending', 'delivering'))
+     ORDER BY e.seq LIMIT ?1";
 
 /// A page of account `?1`'s feed: its events after row `?2` up to row `?7`, of type `?3`,
 /// created at or after `?4` and before `?5` (each if given), oldest first, at most `?6`.
@@ -4716,12 +4718,17 @@ pub(crate) mod tests {
         let db = Connection::open(dir.path().join("hookline.db")).unwrap();
         for (sql, index) in [
             (
-                &*EVENT_DELIVERIES,
+                EVENT_DELIVERIES.as_str(),
                 "USING INTEGER PRIMARY KEY (rowid>? AND rowid<?)",
             ),
             (
-                &*ENDPOINT_DELIVERIES,
+                ENDPOINT_DELIVERIES.as_str(),
                 "deliveries_by_endpoint (endpoint_id=? AND seq<?)",
+            ),
+            // Retention asks of each event whether its run holds an open delivery.
+            (
+                OLDEST_ENDED_EVENTS,
+                "SEARCH d USING INTEGER PRIMARY KEY (rowid>? AND rowid<?)",
             ),
         ] {
             let plan = plan_of(&db, sql);
