@@ -386,26 +386,26 @@ async fn delivery_lists_read_only_their_own_rows() {
             .execute(&mut db)
             .await
             .unwrap();
-        let plan = plan_of(
-            &mut db,
-            &format!("event_list_{mode}"),
-            "text, text, bigint, text, text, bigint",
-            &EVENT_DELIVERIES,
-            "'evt_5', 'acc', 9223372036854775807, NULL, NULL, 51",
-        )
-        .await;
-        assert!(plan.contains("deliveries_by_event"), "{mode}\n{plan}");
-        assert!(!plan.contains("Seq Scan"), "{mode}\n{plan}");
-        let plan = plan_of(
-            &mut db,
-            &format!("endpoint_list_{mode}"),
-            "text, text, bigint, text, bigint",
-            &ENDPOINT_DELIVERIES,
-            "'ep_rare', 'acc', 9223372036854775807, 'failed', 51",
-        )
-        .await;
-        assert!(plan.contains("deliveries_by_endpoint"), "{mode}\n{plan}");
-        assert!(!plan.contains("Seq Scan"), "{mode}\n{plan}");
+        for (name, types, sql, args, index) in [
+            (
+                "event_list",
+                "text, text, bigint, text, text, bigint",
+                EVENT_DELIVERIES.as_str(),
+                "'evt_5', 'acc', 9223372036854775807, NULL, NULL, 51",
+                "deliveries_by_event",
+            ),
+            (
+                "endpoint_list",
+                "text, text, bigint, text, bigint",
+                ENDPOINT_DELIVERIES.as_str(),
+                "'ep_rare', 'acc', 9223372036854775807, 'failed', 51",
+                "deliveries_by_endpoint",
+            ),
+        ] {
+            let plan = plan_of(&mut db, &format!("{name}_{mode}"), types, sql, args).await;
+            assert!(plan.contains(index), "{mode}\n{plan}");
+            assert!(!plan.contains("Seq Scan"), "{mode}\n{plan}");
+        }
     }
 
     // And they list the right rows, newest first.
