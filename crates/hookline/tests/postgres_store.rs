@@ -8,7 +8,10 @@
 //!   (through the index of pending rows by age), with the plan made for the values and with
 //!   the generic one a prepared statement may settle on;
 //! - the lists of an event's and of an endpoint's deliveries read through their indexes,
-//!   with either plan, not the account's deliveries from the newest back.
+//!   with either plan, not the account's deliveries from the newest back;
+//! - a page of the feed with `since` or `until` starts and stops at about those times (a
+//!   search over transaction ids), not at the account's first event, and misses none
+//!   stamped in range.
 //!
 //! Runs when `HOOKLINE_TEST_DATABASE_URL` is set (`.ci/run` sets it), like the PostgreSQL
 //! half of the integration suite.
@@ -19,9 +22,10 @@ use common::{Data, Engine};
 use hookline::model::DeliveryStatus;
 use hookline::model::Timestamp;
 use hookline::store::postgres::{
-    END_HELD, END_PENDING, ENDPOINT_DELIVERIES, EVENT_DELIVERIES, FAIL_STALE, FAIL_STALE_DUE,
+    END_HELD, END_PENDING, ENDPOINT_DELIVERIES, EVENT_DELIVERIES, FAIL_STALE, FAIL_STALE_DUE, FEED,
+    FEED_ENDS, FEED_FIRST_AFTER, feed_search,
 };
-use hookline::store::{DeliveryFilter, Location, Store};
+use hookline::store::{DeliveryFilter, EventFilter, Location, Store};
 use sqlx::Connection as _;
 
 /// A fresh schema on the test database (with the server's tables) and a connection to it;
@@ -455,4 +459,225 @@ async fn delivery_lists_read_only_their_own_rows() {
         .await
         .unwrap();
     assert!(theirs.items.is_empty());
+}
+
+/// Commits one transaction of account `acc`'s events stamped `at`, in that order (ids
+/// `evt_{name}_{i}`), and returns their ids.
+async fn commit_events(db: &mut sqlx::PgConnection, name: &str, at: &[i64]) -> Vec<String> {
+    sqlx::query_scalar(
+        "INSERT INTO events (id, account_id, type, data, created_at)
+         SELECT 'evt_' || $1 || '_' || i, 'acc', 'click', '{}', t
+         FROM unnest($2::bigint[]) WITH ORDINALITY AS u(t, i) ORDER BY i
+         RETURNING id",
+    )
+    .bind(name)
+    .bind(at)
+    .fetch_all(db)
+    .await
+    .unwrap()
+}
+
+/// `since` and `until` pages of the feed start and stop at the positions of about their
+/// times (a search over transaction ids), yet show every event stamped in range, those
+/// committed out of the order of their stamps by less than the margin included; the page,
+/// each probe and the ends read through the feed's index, with either plan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_feed_seeks_its_since_and_until_and_misses_nothing_in_range() {
+    let Some((data, mut db)) =
+        fresh("the_feed_seeks_its_since_and_until_and_misses_nothing_in_range").await
+    else {
+        return;
+    };
+    let since = Timestamp::now().0 - 3_600_000;
+    // Ten days of history well before `since`: 2,000 transactions a second apart, each of
+    // ten events of the account and ten of another. (A `DO` that commits must be a query of
+    // its own.)
+    sqlx::raw_sql("SET synchronous_commit = off")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DO $$ BEGIN FOR i IN 1..2000 LOOP
+             INSERT INTO events (id, account_id, type, data, created_at)
+             SELECT 'evt_' || a || '_' || i || '_' || j, a, 'click', '{{}}',
+                 {base} + i * 1000 + j
+             FROM unnest(ARRAY['acc', 'other']) AS a, generate_series(1, 10) AS j;
+             COMMIT;
+         END LOOP; END $$",
+        base = since - 864_000_000
+    )))
+    .execute(&mut db)
+    .await
+    .unwrap();
+    sqlx::raw_sql("RESET synchronous_commit; ANALYZE events")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    // Then, one transaction each, in this order: two hours before `since`; 10 s after it;
+    // a hundred 30 s before it (after the one stamped after `since`: out of order within the
+    // margin); 40 s after it.
+    let a = commit_events(&mut db, "a", &[since - 7_200_000]).await;
+    let b = commit_events(&mut db, "b", &[since + 10_000]).await;
+    let c = commit_events(&mut db, "c", &[since - 30_000; 100]).await;
+    let d = commit_events(&mut db, "d", &[since + 40_000]).await;
+    let store = Store::open(&data.location).await.unwrap();
+    let feed = async |since, until, after, limit| {
+        let filter = EventFilter {
+            event_type: None,
+            since,
+            until,
+        };
+        let (events, next) = store
+            .list_events("acc".into(), filter, after, limit)
+            .await
+            .unwrap();
+        let ids: Vec<String> = events.into_iter().map(|e| e.id).collect();
+        (ids, next)
+    };
+    assert_eq!(
+        feed(Some(since), None, None, 10).await.0,
+        [&b[..], &d[..]].concat()
+    );
+    // A page at a time.
+    let (first, next) = feed(Some(since), None, None, 1).await;
+    assert_eq!(first, b);
+    let (rest, next) = feed(Some(since), None, next, 1).await;
+    assert_eq!(rest, d);
+    assert_eq!(next, None);
+    // Up to `since`: the history, the one two hours before and the hundred.
+    let (before, next) = feed(None, Some(since), None, 30_000).await;
+    assert_eq!((before.len(), next), (20_101, None));
+    assert_eq!(before[20_000..], [&a[..], &c[..]].concat());
+    // A window of the three hours before `since`, a page of 10 at a time.
+    let (window, next) = feed(Some(since - 10_800_000), Some(since), None, 10).await;
+    assert_eq!(window, [&a[..], &c[..9]].concat());
+    let (window, _) = feed(Some(since - 10_800_000), Some(since), next, 100).await;
+    assert_eq!(window, c[9..]);
+
+    // Around an `until` two hours on, the same in reverse: a hundred 10 s after it, then
+    // three 30 s before it (out of order within the margin), then one well after.
+    let until = since + 7_200_000;
+    commit_events(&mut db, "e", &[until + 10_000; 100]).await;
+    let f = commit_events(&mut db, "f", &[until - 30_000; 3]).await;
+    commit_events(&mut db, "g", &[until + 7_200_000]).await;
+    let (up_to, next) = feed(None, Some(until), None, 30_000).await;
+    assert_eq!((up_to.len(), next), (20_106, None));
+    assert_eq!(up_to[20_103..], f[..]);
+    let (first, next) = feed(Some(until - 60_000), Some(until), None, 2).await;
+    assert_eq!(first, f[..2]);
+    let (rest, next) = feed(Some(until - 60_000), Some(until), next, 2).await;
+    assert_eq!(rest, f[2..]);
+    assert_eq!(next, None);
+    // Of another account: its own.
+    let theirs = store
+        .list_events(
+            "other".into(),
+            EventFilter {
+                since: Some(since),
+                ..Default::default()
+            },
+            None,
+            10,
+        )
+        .await
+        .unwrap();
+    assert!(theirs.0.is_empty());
+
+    // The searches: `since` starts past the history and the one two hours before it (its
+    // margin keeps the hundred), and without that one, past the history; `until` stops with
+    // the three (its margin keeps them), past the hundred after it.
+    let pos = async |db: &mut sqlx::PgConnection, id: &str| -> (i64, i64) {
+        sqlx::query_as("SELECT xid::text::bigint, seq FROM events WHERE id = $1")
+            .bind(id.to_owned())
+            .fetch_one(db)
+            .await
+            .unwrap()
+    };
+    let margin = hookline::store::RECOVER_MARGIN_MS;
+    let (a_pos, f_pos) = (pos(&mut db, &a[0]).await, pos(&mut db, &f[0]).await);
+    // The history's last transaction's first event of the account.
+    let last_old: (i64, i64) = sqlx::query_as(
+        "SELECT xid::text::bigint, MIN(seq) FROM events
+         WHERE account_id = 'acc' AND id LIKE 'evt_acc_2000_%' GROUP BY xid",
+    )
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(
+        feed_search(&mut db, "acc", since - margin).await.unwrap(),
+        (Some(a_pos), a_pos.0)
+    );
+    assert_eq!(
+        feed_search(&mut db, "acc", since - 10_800_000)
+            .await
+            .unwrap(),
+        (Some(last_old), last_old.0),
+    );
+    assert_eq!(
+        feed_search(&mut db, "acc", until + margin).await.unwrap().1,
+        f_pos.0
+    );
+    let first_old = pos(&mut db, "evt_acc_1_1").await;
+    assert_eq!(
+        feed_search(&mut db, "acc", since - 900_000_000)
+            .await
+            .unwrap(),
+        (None, first_old.0 - 1),
+        "all of it is newer"
+    );
+    assert_eq!(
+        feed_search(&mut db, "nobody", since).await.unwrap(),
+        (None, 0)
+    );
+
+    // With the plan for the values, then with the one for any values.
+    sqlx::raw_sql("ANALYZE events")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    for mode in ["auto", "force_generic_plan"] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SET plan_cache_mode = {mode}")))
+            .execute(&mut db)
+            .await
+            .unwrap();
+        let page_types = "text, text, bigint, text, bigint, bigint, bigint, text";
+        let after_a = format!("'acc', '{}', {}", a_pos.0, a_pos.1);
+        for (name, types, sql, args) in [
+            (
+                "page",
+                page_types,
+                FEED,
+                format!("{after_a}, NULL, NULL, NULL, 11, '9223372036854775807'"),
+            ),
+            (
+                "bounded_page",
+                page_types,
+                FEED,
+                format!("{after_a}, NULL, NULL, {until}, 11, '{}'", f_pos.0),
+            ),
+            (
+                "probe",
+                "text, text",
+                FEED_FIRST_AFTER,
+                format!("'acc', '{}'", a_pos.0),
+            ),
+            ("ends", "text", FEED_ENDS, "'acc'".to_owned()),
+        ] {
+            let plan = plan_of(&mut db, &format!("feed_{name}_{mode}"), types, sql, &args).await;
+            assert!(plan.contains("events_feed"), "{name} {mode}\n{plan}");
+            assert!(!plan.contains("Seq Scan"), "{name} {mode}\n{plan}");
+            assert!(!plan.contains("Sort"), "{name} {mode}\n{plan}");
+        }
+        // With `since` the planner may go by time instead: either way, not the history.
+        let args = format!("{after_a}, NULL, {since}, NULL, 11, '9223372036854775807'");
+        let plan = plan_of(
+            &mut db,
+            &format!("feed_since_{mode}"),
+            page_types,
+            FEED,
+            &args,
+        )
+        .await;
+        assert!(!plan.contains("Seq Scan"), "{mode}\n{plan}");
+    }
 }

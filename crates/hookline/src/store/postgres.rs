@@ -944,6 +944,11 @@ impl PgStore {
     /// (`pg_snapshot_xmin`): whatever commits later has a larger id than anything already
     /// shown, so nothing is skipped or repeated. (An event appears once every transaction
     /// begun before it has ended: milliseconds, unless a transaction stays open long.)
+    ///
+    /// `since` and `until` bound the positions read, not only the events shown: the page
+    /// starts at the account's events of about `since` and stops past those of about
+    /// `until` ([`feed_search`]), so a page of the last hour does not read months of history
+    /// first. The searches and the page read one snapshot.
     pub async fn list_events(
         &self,
         account_id: String,
@@ -951,27 +956,30 @@ impl PgStore {
         after: Option<FeedPos>,
         limit: usize,
     ) -> Result<(Vec<Event>, Option<FeedPos>), StoreError> {
-        let (xid, seq) = after.unwrap_or((0, 0));
-        let rows = sqlx::query(
-            "SELECT id, type, created_at, data, xid::text::bigint, seq FROM events
-             WHERE account_id = $1
-               AND (xid, seq) > ($2::text::xid8, $3)
-               AND xid < pg_snapshot_xmin(pg_current_snapshot())
-               AND ($4::text IS NULL OR type = $4)
-               AND ($5::bigint IS NULL OR created_at >= $5)
-               AND ($6::bigint IS NULL OR created_at < $6)
-             ORDER BY xid, seq LIMIT $7",
-        )
-        .bind(&account_id)
-        .bind(xid.to_string())
-        .bind(seq)
-        .bind(filter.event_type)
-        .bind(filter.since)
-        .bind(filter.until)
-        .bind(limit as i64 + 1)
-        .fetch_all(&self.pool)
-        .await
-        .ctx("reading the event feed")?;
+        let mut from = after.unwrap_or((0, 0));
+        let mut through = i64::MAX;
+        let rows = if filter.since.is_none() && filter.until.is_none() {
+            feed_page(&self.pool, &account_id, &filter, from, through, limit).await?
+        } else {
+            let mut tx = self.begin().await?;
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                .execute(&mut *tx)
+                .await
+                .ctx("starting the feed's read")?;
+            if let Some(since) = filter.since {
+                let cutoff = since.saturating_sub(super::RECOVER_MARGIN_MS);
+                if let Some(start) = feed_search(&mut tx, &account_id, cutoff).await?.0 {
+                    from = from.max(start);
+                }
+            }
+            if let Some(until) = filter.until {
+                let cutoff = until.saturating_add(super::RECOVER_MARGIN_MS);
+                through = feed_search(&mut tx, &account_id, cutoff).await?.1;
+            }
+            let rows = feed_page(&mut *tx, &account_id, &filter, from, through, limit).await?;
+            tx.commit().await.ctx("ending the feed's read")?;
+            rows
+        };
         let more = rows.len() > limit;
         let mut events = Vec::with_capacity(rows.len().min(limit));
         let mut last = None;
@@ -2754,6 +2762,111 @@ pub static ACCOUNT_DELIVERIES: std::sync::LazyLock<String> = std::sync::LazyLock
          ORDER BY seq DESC LIMIT $4"
     )
 });
+
+/// A page of account `$1`'s feed: its events after position (`$2`, `$3`) whose transaction
+/// is at most `$8`, of type `$4`, created at or after `$5` and before `$6` (each if given),
+/// in feed order, at most `$7`; only those of transactions older than every one still
+/// running.
+///
+/// The statements of the feed return the transaction id as a number under a name of its
+/// own: named `xid`, that output column is what `ORDER BY xid` would sort by, a number no
+/// index gives in order, so every page would read and sort all of the account's events
+/// after its start.
+pub const FEED: &str = "SELECT id, type, created_at, data, xid::text::bigint AS xid_number, seq
+     FROM events
+     WHERE account_id = $1
+       AND (xid, seq) > ($2::text::xid8, $3)
+       AND xid <= $8::text::xid8
+       AND xid < pg_snapshot_xmin(pg_current_snapshot())
+       AND ($4::text IS NULL OR type = $4)
+       AND ($5::bigint IS NULL OR created_at >= $5)
+       AND ($6::bigint IS NULL OR created_at < $6)
+     ORDER BY xid, seq LIMIT $7";
+
+/// The transactions of account `$1`'s first and last events.
+pub const FEED_ENDS: &str = "SELECT
+     (SELECT xid::text::bigint AS xid_number FROM events WHERE account_id = $1
+      ORDER BY xid, seq LIMIT 1),
+     (SELECT xid::text::bigint AS xid_number FROM events WHERE account_id = $1
+      ORDER BY xid DESC, seq DESC LIMIT 1)";
+
+/// Account `$1`'s first event of a transaction after `$2`: its position and creation time.
+pub const FEED_FIRST_AFTER: &str = "SELECT xid::text::bigint AS xid_number, seq, created_at
+     FROM events
+     WHERE account_id = $1 AND xid > $2::text::xid8 ORDER BY xid, seq LIMIT 1";
+
+/// Reads a page of the feed ([`FEED`]), one row more than `limit`.
+async fn feed_page<'c>(
+    db: impl sqlx::PgExecutor<'c>,
+    account_id: &str,
+    filter: &EventFilter,
+    (xid, seq): FeedPos,
+    through: i64,
+    limit: usize,
+) -> Result<Vec<PgRow>, StoreError> {
+    sqlx::query(FEED)
+        .bind(account_id)
+        .bind(xid.to_string())
+        .bind(seq)
+        .bind(filter.event_type.as_deref())
+        .bind(filter.since)
+        .bind(filter.until)
+        .bind(limit as i64 + 1)
+        .bind(through.to_string())
+        .fetch_all(db)
+        .await
+        .ctx("reading the event feed")
+}
+
+/// Where the account's feed passes `cutoff`: the position of the last event the search
+/// found created before it (`None` if none), and the last transaction whose events may
+/// come before the first one created at or after it. A binary search over transaction
+/// ids, each probe one seek into `events_feed` (as many as the bits of the span of ids
+/// between the account's first and last events: about 30 for a billion transactions).
+///
+/// Everything up to the first is older than `cutoff` plus the margin, and everything past
+/// the second newer than `cutoff` less the margin, as long as events are in the feed's order
+/// to within [`super::RECOVER_MARGIN_MS`] of their stamps: ingest stamps an event just
+/// before its transaction takes its id, so they are apart by that wait and by the nodes'
+/// clock skew. The feed leaves the margin on the side of its bound that must not lose an
+/// event, as a recovery does ([`super::Store::recover_from`]), and its stamps still filter.
+pub async fn feed_search(
+    db: &mut PgConnection,
+    account_id: &str,
+    cutoff: i64,
+) -> Result<(Option<FeedPos>, i64), StoreError> {
+    let (first, last): (Option<i64>, Option<i64>) = sqlx::query_as(FEED_ENDS)
+        .bind(account_id)
+        .fetch_one(&mut *db)
+        .await
+        .ctx("finding the ends of the account's feed")?;
+    let (Some(first), Some(last)) = (first, last) else {
+        return Ok((None, 0));
+    };
+    // Whether the first event of a transaction after `x` was created before the cutoff
+    // (false past the last): true up to about where the stamps pass it, then false. `found`
+    // is the last event seen before the cutoff, and `lo` its transaction: the probes go on
+    // past it, so every event up to it is older than the cutoff plus the margin.
+    let (mut lo, mut hi) = (first - 1, last);
+    let mut found = None;
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let next: Option<(i64, i64, i64)> = sqlx::query_as(FEED_FIRST_AFTER)
+            .bind(account_id)
+            .bind(mid.to_string())
+            .fetch_optional(&mut *db)
+            .await
+            .ctx("searching the feed by time")?;
+        match next {
+            Some((xid, seq, created_at)) if created_at < cutoff => {
+                found = Some((xid, seq));
+                lo = xid;
+            }
+            _ => hi = mid,
+        }
+    }
+    Ok((found, hi))
+}
 
 fn delivery_from_row(r: &PgRow) -> Result<Delivery, StoreError> {
     const CTX: &str = "reading a delivery";
