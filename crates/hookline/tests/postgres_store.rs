@@ -477,6 +477,26 @@ async fn commit_events(db: &mut sqlx::PgConnection, name: &str, at: &[i64]) -> V
     .unwrap()
 }
 
+/// Waits until the feed may show every event committed so far: until no transaction older
+/// than the newest event's is still running anywhere on the server (the tests beside this
+/// one share its transaction ids).
+async fn until_the_feed_shows_all(db: &mut sqlx::PgConnection) {
+    for _ in 0..600 {
+        let shown: bool = sqlx::query_scalar(
+            "SELECT COALESCE((SELECT xid FROM events ORDER BY xid DESC LIMIT 1)
+                 < pg_snapshot_xmin(pg_current_snapshot()), true)",
+        )
+        .fetch_one(&mut *db)
+        .await
+        .unwrap();
+        if shown {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("a transaction older than the last event's ran for a minute");
+}
+
 /// `since` and `until` pages of the feed start and stop at the positions of about their
 /// times (a search over transaction ids), yet show every event stamped in range, those
 /// committed out of the order of their stamps by less than the margin included; the page,
@@ -520,6 +540,7 @@ async fn the_feed_seeks_its_since_and_until_and_misses_nothing_in_range() {
     let b = commit_events(&mut db, "b", &[since + 10_000]).await;
     let c = commit_events(&mut db, "c", &[since - 30_000; 100]).await;
     let d = commit_events(&mut db, "d", &[since + 40_000]).await;
+    until_the_feed_shows_all(&mut db).await;
     let store = Store::open(&data.location).await.unwrap();
     let feed = async |since, until, after, limit| {
         let filter = EventFilter {
@@ -560,6 +581,7 @@ async fn the_feed_seeks_its_since_and_until_and_misses_nothing_in_range() {
     commit_events(&mut db, "e", &[until + 10_000; 100]).await;
     let f = commit_events(&mut db, "f", &[until - 30_000; 3]).await;
     commit_events(&mut db, "g", &[until + 7_200_000]).await;
+    until_the_feed_shows_all(&mut db).await;
     let (up_to, next) = feed(None, Some(until), None, 30_000).await;
     assert_eq!((up_to.len(), next), (20_106, None));
     assert_eq!(up_to[20_103..], f[..]);

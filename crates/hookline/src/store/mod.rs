@@ -305,7 +305,9 @@ impl Store {
 
     /// The event feed, oldest first, from after `after`: never skips an event that becomes
     /// visible later, never repeats one. Returns the page and, when there may be more, the
-    /// position after its last event.
+    /// position after its last event. With `since` or `until` each engine seeks the events
+    /// of about those times, which relies on events being in the feed's order to within
+    /// [`RECOVER_MARGIN_MS`] of their stamps (ARCHITECTURE.md, "The feed never skips").
     pub async fn list_events(
         &self,
         account_id: String,

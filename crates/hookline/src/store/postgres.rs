@@ -961,9 +961,9 @@ impl PgStore {
         let rows = if filter.since.is_none() && filter.until.is_none() {
             feed_page(&self.pool, &account_id, &filter, from, through, limit).await?
         } else {
-            let mut tx = self.begin().await?;
-            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                .execute(&mut *tx)
+            let mut tx = self
+                .pool
+                .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                 .await
                 .ctx("starting the feed's read")?;
             if let Some(since) = filter.since {
@@ -2830,6 +2830,10 @@ async fn feed_page<'c>(
 /// before its transaction takes its id, so they are apart by that wait and by the nodes'
 /// clock skew. The feed leaves the margin on the side of its bound that must not lose an
 /// event, as a recovery does ([`super::Store::recover_from`]), and its stamps still filter.
+///
+/// Its probes must read one snapshot (the feed runs it in its page's `REPEATABLE READ`
+/// transaction): a transaction that commits between two of them could otherwise be counted
+/// on one side of the search and then appear on the other.
 pub async fn feed_search(
     db: &mut PgConnection,
     account_id: &str,
