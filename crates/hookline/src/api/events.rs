@@ -224,7 +224,10 @@ pub struct FeedQuery {
 }
 
 /// The pull API: the account's events, oldest first. Paging never skips an event committed
-/// later and never repeats one; `?after=evt_…` resumes after the last event seen.
+/// later and never repeats one; `?after=evt_…` resumes after the last event seen. `since`
+/// and `until` read only the events stored around those times, so an event stamped more
+/// than a minute out of the order events were stored in (a server clock set back) can be
+/// missing from such a page, never from the feed without them.
 #[utoipa::path(get, path = "/v1/events", tag = "events", params(FeedQuery),
     security(("api_key" = [])),
     responses((status = 200, body = List<Event>), (status = 400, body = super::error::ErrorBody),
