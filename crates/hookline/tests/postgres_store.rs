@@ -73,6 +73,15 @@ async fn plan_of(
     plan.join("\n")
 }
 
+/// Makes the connection's prepared statements plan as `mode` says (`plan_cache_mode`): `auto`
+/// plans for the values given, `force_generic_plan` for any values.
+async fn plan_with(db: &mut sqlx::PgConnection, mode: &str) {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SET plan_cache_mode = {mode}")))
+        .execute(db)
+        .await
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ending_a_turned_off_endpoints_deliveries_reads_only_its_open_rows() {
     let Some((_data, mut db)) =
@@ -386,10 +395,7 @@ async fn delivery_lists_read_only_their_own_rows() {
 
     // With the plan for the values, then with the one for any values.
     for mode in ["auto", "force_generic_plan"] {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SET plan_cache_mode = {mode}")))
-            .execute(&mut db)
-            .await
-            .unwrap();
+        plan_with(&mut db, mode).await;
         for (name, types, sql, args, index) in [
             (
                 "event_list",
@@ -658,10 +664,7 @@ async fn the_feed_seeks_its_since_and_until_and_misses_nothing_in_range() {
         .await
         .unwrap();
     for mode in ["auto", "force_generic_plan"] {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SET plan_cache_mode = {mode}")))
-            .execute(&mut db)
-            .await
-            .unwrap();
+        plan_with(&mut db, mode).await;
         let page_types = "text, text, bigint, text, bigint, bigint, bigint, text";
         let after_a = format!("'acc', '{}', {}", a_pos.0, a_pos.1);
         for (name, types, sql, args) in [
