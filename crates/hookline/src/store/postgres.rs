@@ -958,28 +958,44 @@ impl PgStore {
     ) -> Result<(Vec<Event>, Option<FeedPos>), StoreError> {
         let mut from = after.unwrap_or((0, 0));
         let mut through = i64::MAX;
-        let rows = if filter.since.is_none() && filter.until.is_none() {
-            feed_page(&self.pool, &account_id, &filter, from, through, limit).await?
-        } else {
-            let mut tx = self
-                .pool
-                .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                .await
-                .ctx("starting the feed's read")?;
-            if let Some(since) = filter.since {
-                let cutoff = since.saturating_sub(super::RECOVER_MARGIN_MS);
-                if let Some(start) = feed_search(&mut tx, &account_id, cutoff).await?.0 {
-                    from = from.max(start);
+        // Where a page of one type stopped reading, if it did (FEED_TYPE_SCAN).
+        let mut cut = None;
+        let rows =
+            if filter.since.is_none() && filter.until.is_none() && filter.event_type.is_none() {
+                feed_page(&self.pool, &account_id, &filter, from, through, limit).await?
+            } else {
+                let mut tx = self
+                    .pool
+                    .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                    .await
+                    .ctx("starting the feed's read")?;
+                if let Some(since) = filter.since {
+                    let cutoff = since.saturating_sub(super::RECOVER_MARGIN_MS);
+                    if let Some(start) = feed_search(&mut tx, &account_id, cutoff).await?.0 {
+                        from = from.max(start);
+                    }
                 }
-            }
-            if let Some(until) = filter.until {
-                let cutoff = until.saturating_add(super::RECOVER_MARGIN_MS);
-                through = feed_search(&mut tx, &account_id, cutoff).await?.1;
-            }
-            let rows = feed_page(&mut *tx, &account_id, &filter, from, through, limit).await?;
-            tx.commit().await.ctx("ending the feed's read")?;
-            rows
-        };
+                if let Some(until) = filter.until {
+                    let cutoff = until.saturating_add(super::RECOVER_MARGIN_MS);
+                    through = feed_search(&mut tx, &account_id, cutoff).await?.1;
+                }
+                let rows = feed_page(&mut *tx, &account_id, &filter, from, through, limit).await?;
+                // A page of one type that came back short stopped either at the end of the feed
+                // or after FEED_TYPE_SCAN events: then it goes on from the last of those.
+                if filter.event_type.is_some() && rows.len() <= limit {
+                    cut = sqlx::query_as::<_, (i64, i64)>(FEED_SCAN_END)
+                        .bind(&account_id)
+                        .bind(from.0.to_string())
+                        .bind(from.1)
+                        .bind(through.to_string())
+                        .bind(super::FEED_TYPE_SCAN as i64 - 1)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .ctx("reading where the feed's scan stopped")?;
+                }
+                tx.commit().await.ctx("ending the feed's read")?;
+                rows
+            };
         let more = rows.len() > limit;
         let mut events = Vec::with_capacity(rows.len().min(limit));
         let mut last = None;
@@ -996,7 +1012,7 @@ impl PgStore {
                 r.try_get::<i64, _>(5).ctx("reading the event feed")?,
             ));
         }
-        Ok((events, if more { last } else { None }))
+        Ok((events, if more { last } else { cut }))
     }
 
     pub async fn create_event_type(
@@ -2783,6 +2799,32 @@ pub const FEED: &str = "SELECT id, type, created_at, data, xid::text::bigint AS 
        AND ($6::bigint IS NULL OR created_at < $6)
      ORDER BY xid, seq LIMIT $7";
 
+/// A page of one type (`$4`): [`FEED`], but reading no more than `$9` of the account's
+/// events ([`super::FEED_TYPE_SCAN`]). The scan is pulled row by row, so a common type stops
+/// as soon as its page is full.
+pub const FEED_TYPED: &str = "SELECT id, type, created_at, data, xid_number, seq
+     FROM (SELECT id, type, created_at, data, xid, xid::text::bigint AS xid_number, seq
+           FROM events
+           WHERE account_id = $1
+             AND (xid, seq) > ($2::text::xid8, $3)
+             AND xid <= $8::text::xid8
+             AND xid < pg_snapshot_xmin(pg_current_snapshot())
+           ORDER BY xid, seq LIMIT $9) AS scan
+     WHERE type = $4
+       AND ($5::bigint IS NULL OR created_at >= $5)
+       AND ($6::bigint IS NULL OR created_at < $6)
+     ORDER BY xid, seq LIMIT $7";
+
+/// The position of account `$1`'s `$5`-th event after position `($2, $3)`, counting from 0,
+/// in transactions up to `$4` that the feed may show: where a page of one type that came back
+/// short stopped reading ([`FEED_TYPED`]), if it did not reach the end.
+pub const FEED_SCAN_END: &str = "SELECT xid::text::bigint AS xid_number, seq FROM events
+     WHERE account_id = $1
+       AND (xid, seq) > ($2::text::xid8, $3)
+       AND xid <= $4::text::xid8
+       AND xid < pg_snapshot_xmin(pg_current_snapshot())
+     ORDER BY xid, seq OFFSET $5 LIMIT 1";
+
 /// The transactions of account `$1`'s first and last events.
 pub const FEED_ENDS: &str = "SELECT
      (SELECT xid::text::bigint AS xid_number FROM events WHERE account_id = $1
@@ -2795,7 +2837,8 @@ pub const FEED_FIRST_AFTER: &str = "SELECT xid::text::bigint AS xid_number, seq,
      FROM events
      WHERE account_id = $1 AND xid > $2::text::xid8 ORDER BY xid, seq LIMIT 1";
 
-/// Reads a page of the feed ([`FEED`]), one row more than `limit`.
+/// Reads a page of the feed ([`FEED`], or [`FEED_TYPED`] with a type), one row more than
+/// `limit`.
 async fn feed_page<'c>(
     db: impl sqlx::PgExecutor<'c>,
     account_id: &str,
@@ -2804,7 +2847,8 @@ async fn feed_page<'c>(
     through: i64,
     limit: usize,
 ) -> Result<Vec<PgRow>, StoreError> {
-    sqlx::query(FEED)
+    let typed = filter.event_type.is_some();
+    let query = sqlx::query(if typed { FEED_TYPED } else { FEED })
         .bind(account_id)
         .bind(xid.to_string())
         .bind(seq)
@@ -2812,10 +2856,13 @@ async fn feed_page<'c>(
         .bind(filter.since)
         .bind(filter.until)
         .bind(limit as i64 + 1)
-        .bind(through.to_string())
-        .fetch_all(db)
-        .await
-        .ctx("reading the event feed")
+        .bind(through.to_string());
+    let query = if typed {
+        query.bind(super::FEED_TYPE_SCAN as i64)
+    } else {
+        query
+    };
+    query.fetch_all(db).await.ctx("reading the event feed")
 }
 
 /// Where the account's feed passes `cutoff`: the position of the last event the search

@@ -1256,31 +1256,70 @@ impl SqliteStore {
                 )?,
                 None => i64::MAX,
             };
-            let mut stmt = c.prepare_cached(FEED).ctx("preparing the event feed")?;
-            let rows = stmt
-                .query_map(
-                    params![
-                        account_id,
-                        from,
-                        filter.event_type,
-                        filter.since,
-                        filter.until,
-                        limit as i64 + 1,
-                        to
-                    ],
-                    |r| {
-                        Ok((
-                            r.get::<_, String>(0)?,
-                            r.get::<_, String>(1)?,
-                            r.get::<_, i64>(2)?,
-                            r.get::<_, String>(3)?,
-                            r.get::<_, i64>(4)?,
-                        ))
-                    },
-                )
-                .ctx("reading the event feed")?
-                .collect::<Result<Vec<_>, _>>()
-                .ctx("reading the event feed")?;
+            // Where a page of one type stopped reading, if it did.
+            let mut cut = None;
+            let rows = match &filter.event_type {
+                None => c
+                    .prepare_cached(FEED)
+                    .ctx("preparing the event feed")?
+                    .query_map(
+                        params![
+                            account_id,
+                            from,
+                            None::<String>,
+                            filter.since,
+                            filter.until,
+                            limit as i64 + 1,
+                            to
+                        ],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                    )
+                    .ctx("reading the event feed")?
+                    .collect::<Result<Vec<(String, String, i64, String, i64)>, _>>()
+                    .ctx("reading the event feed")?,
+                // One type: the account's events are read one by one and filtered here, so
+                // that the page stops after FEED_TYPE_SCAN of them (a common type fills it
+                // long before). Only a match's id and data are copied out.
+                Some(wanted) => {
+                    let mut stmt = c
+                        .prepare_cached(FEED_SCAN)
+                        .ctx("preparing the event feed")?;
+                    let mut scan = stmt
+                        .query(params![account_id, from, to])
+                        .ctx("reading the event feed")?;
+                    let mut rows = Vec::new();
+                    let mut read = 0;
+                    while let Some(r) = scan.next().ctx("reading the event feed")? {
+                        read += 1;
+                        let seq: i64 = r.get(4).ctx("reading the event feed")?;
+                        let created_at: i64 = r.get(2).ctx("reading the event feed")?;
+                        let event_type = r
+                            .get_ref(1)
+                            .and_then(|v| v.as_str().map_err(Into::into))
+                            .ctx("reading the event feed")?;
+                        if event_type == wanted.as_str()
+                            && filter.since.is_none_or(|t| created_at >= t)
+                            && filter.until.is_none_or(|t| created_at < t)
+                        {
+                            rows.push((
+                                r.get(0).ctx("reading the event feed")?,
+                                wanted.clone(),
+                                created_at,
+                                r.get(3).ctx("reading the event feed")?,
+                                seq,
+                            ));
+                            if rows.len() > limit {
+                                break;
+                            }
+                        }
+                        if read == super::FEED_TYPE_SCAN {
+                            cut = Some(seq);
+                            break;
+                        }
+                    }
+                    rows
+                }
+            };
             let more = rows.len() > limit;
             let mut events = Vec::with_capacity(rows.len().min(limit));
             let mut last = None;
@@ -1294,7 +1333,7 @@ impl SqliteStore {
                 });
                 last = Some((0, seq));
             }
-            Ok((events, if more { last } else { None }))
+            Ok((events, if more { last } else { cut.map(|end| (0, end)) }))
         })
         .await
     }
@@ -2847,6 +2886,12 @@ const FEED: &str = "SELECT id, type, created_at, data, seq FROM events
        AND (?4 IS NULL OR created_at >= ?4)
        AND (?5 IS NULL OR created_at < ?5)
      ORDER BY seq LIMIT ?6";
+
+/// Account `?1`'s events after row `?2` up to row `?3`, in order, every one: what a page with
+/// a `type` reads, filtering as it goes, until it has its page or has read
+/// [`super::FEED_TYPE_SCAN`] of them.
+const FEED_SCAN: &str = "SELECT id, type, created_at, data, seq FROM events
+     WHERE account_id = ?1 AND seq > ?2 AND seq <= ?3 ORDER BY seq";
 
 /// Account `?1`'s last event's row number (0 if none).
 const LAST_EVENT: &str = "SELECT COALESCE(MAX(seq), 0) FROM events WHERE account_id = ?1";
@@ -4761,6 +4806,10 @@ pub(crate) mod tests {
                     "events_by_account (account_id=? AND seq>?)",
                 ),
                 (LAST_EVENT, "events_by_account (account_id=?)"),
+                (
+                    FEED_SCAN,
+                    "events_by_account (account_id=? AND seq>? AND seq<?)",
+                ),
             ],
         );
     }
@@ -4937,6 +4986,104 @@ pub(crate) mod tests {
             )
             .unwrap();
         assert_eq!((indexes, version), (0, MIGRATIONS.len() as i64));
+    }
+
+    /// A page of one type reads at most `FEED_TYPE_SCAN` of the account's events: one of a
+    /// rare type stops there, short or empty, with a cursor from where it stopped, and
+    /// paging on shows every event of the type once; other accounts' events do not count.
+    #[tokio::test]
+    async fn a_page_of_a_rare_type_reads_a_bounded_stretch_and_goes_on_from_there() {
+        let scan = super::super::FEED_TYPE_SCAN;
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), Sealer::none()).unwrap();
+        let account = store.create_account("a".into(), Plan::Pro).await.unwrap();
+        let other = store.create_account("b".into(), Plan::Pro).await.unwrap();
+        // 2.5 scans' worth of the account's clicks, with the other account's events between
+        // them, and bounces as the account's 3rd, 4th and (2 scans + 5)th events.
+        // The n-th is stamped n ms after `base`.
+        let total = scan * 5 / 2;
+        let base = Timestamp::now().0 - 3_600_000;
+        let mut bounces = Vec::new();
+        for start in (0..total).step_by(1_000) {
+            let mut events = click(1_000);
+            for (i, ev) in events.iter_mut().enumerate() {
+                ev.created_at = Timestamp(base + (start + i) as i64);
+                if [2, 3, 2 * scan + 4].contains(&(start + i)) {
+                    ev.event_type = "bounce".into();
+                    bounces.push(ev.id.clone());
+                }
+            }
+            store
+                .insert_events(account.id.clone(), events, |_| true, |_| {})
+                .await
+                .unwrap();
+            let mut theirs = click(500);
+            theirs[0].event_type = "bounce".into();
+            store
+                .insert_events(other.id.clone(), theirs, |_| true, |_| {})
+                .await
+                .unwrap();
+        }
+        let page = async |event_type: &str, after, limit| {
+            let filter = EventFilter {
+                event_type: Some(event_type.into()),
+                ..Default::default()
+            };
+            let (events, next) = store
+                .list_events(account.id.clone(), filter, after, limit)
+                .await
+                .unwrap();
+            (events.into_iter().map(|e| e.id).collect::<Vec<_>>(), next)
+        };
+        // The first scan holds two; the page stops at its end.
+        let (first, next) = page("bounce", None, 10).await;
+        assert_eq!(first, bounces[..2]);
+        let next = next.expect("the page stopped at its bound: a cursor goes on");
+        // A full page is cut at its last event, as ever.
+        let (one, after_one) = page("bounce", None, 1).await;
+        assert_eq!(one, bounces[..1]);
+        assert_eq!(page("bounce", after_one, 10).await.0, bounces[1..2]);
+        // The second scan holds none: an empty page, and a cursor further on.
+        let (second, next) = page("bounce", Some(next), 10).await;
+        assert!(second.is_empty());
+        let next = next.expect("an empty page at its bound goes on");
+        // The last stretch is shorter than a scan: the last bounce, and the end.
+        assert_eq!(
+            page("bounce", Some(next), 10).await,
+            (bounces[2..].to_vec(), None)
+        );
+        // Each stretch read no more than the bound (by row numbers: the other account's
+        // rows lie between, and are not counted).
+        let db = Connection::open(dir.path().join("hookline.db")).unwrap();
+        let count_to = |seq: i64| -> usize {
+            db.query_row(
+                "SELECT COUNT(*) FROM events WHERE account_id = ?1 AND seq <= ?2",
+                params![account.id, seq],
+                |r| r.get::<_, i64>(0),
+            )
+            .unwrap() as usize
+        };
+        assert_eq!(count_to(next.1), 2 * scan);
+        // A common type fills its page as before.
+        let (clicks, more) = page("click", None, 100).await;
+        assert_eq!((clicks.len(), more.is_some()), (100, true));
+        // `since` and `until` filter the events read by their stamps (both bounds' searches
+        // start and stop a margin wide of them, here around the whole history).
+        let timed = async |since, until| {
+            let filter = EventFilter {
+                event_type: Some("bounce".into()),
+                since,
+                until,
+            };
+            let (events, _) = store
+                .list_events(account.id.clone(), filter, None, 10)
+                .await
+                .unwrap();
+            events.into_iter().map(|e| e.id).collect::<Vec<_>>()
+        };
+        assert_eq!(timed(Some(base + 3), None).await, bounces[1..2]);
+        assert_eq!(timed(None, Some(base + 3)).await, bounces[..1]);
+        assert_eq!(timed(Some(base + 2), Some(base + 4)).await, bounces[..2]);
     }
 
     /// `since` and `until` pages of the feed start and stop at the rows of about their times
