@@ -23,7 +23,7 @@ use hookline::model::DeliveryStatus;
 use hookline::model::Timestamp;
 use hookline::store::postgres::{
     END_HELD, END_PENDING, ENDPOINT_DELIVERIES, EVENT_DELIVERIES, FAIL_STALE, FAIL_STALE_DUE, FEED,
-    FEED_ENDS, FEED_FIRST_AFTER, FEED_SCAN_END, FEED_TYPED, feed_search,
+    FEED_ENDS, FEED_FIRST_AFTER, FEED_TYPED, feed_search,
 };
 use hookline::store::{DeliveryFilter, EventFilter, Location, Store};
 use sqlx::Connection as _;
@@ -688,16 +688,10 @@ async fn the_feed_seeks_its_since_and_until_and_misses_nothing_in_range() {
             ),
             ("ends", "text", FEED_ENDS, "'acc'".to_owned()),
             (
-                "scan_end",
-                "text, text, bigint, text, bigint",
-                FEED_SCAN_END,
-                // From the start, with the history ahead (a short stretch may well be sorted).
-                "'acc', '0', 0, '9223372036854775807', 9999".to_owned(),
-            ),
-            (
                 "typed",
                 "text, text, bigint, text, bigint, bigint, bigint, text, bigint",
                 FEED_TYPED,
+                // From the start, with the history ahead.
                 "'acc', '0', 0, 'bounce', NULL, NULL, 11, '9223372036854775807', 10000".to_owned(),
             ),
         ] {
@@ -722,7 +716,8 @@ async fn the_feed_seeks_its_since_and_until_and_misses_nothing_in_range() {
 
 /// A page of one type reads at most `FEED_TYPE_SCAN` of the account's events: one of a rare
 /// type stops there, short or empty, with a cursor from the last of them, and paging on shows
-/// every event of the type once; other accounts' events do not count.
+/// every event of the type once, at any page size, those on and right after a stretch's last
+/// event included; other accounts' events do not count; `since` and `until` filter too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_of_a_rare_type_reads_a_bounded_stretch_and_goes_on_from_there() {
     let Some((data, mut db)) =
@@ -731,9 +726,10 @@ async fn a_page_of_a_rare_type_reads_a_bounded_stretch_and_goes_on_from_there() 
         return;
     };
     let scan = hookline::store::FEED_TYPE_SCAN as i64;
-    // 2.5 scans' worth of the account's clicks, 1,000 a transaction, each with 500 of another
-    // account's events (the first a bounce); the account's 3rd, 4th and (2 scans + 5)th
-    // events are bounces.
+    // 3.5 scans' worth of the account's clicks, 1,000 a transaction, each with 500 of another
+    // account's events (the first a bounce); the account's 3rd, 4th, (scan)th, (scan + 1)th
+    // and (3 scans + 5)th events are bounces. The n-th is stamped n ms after `base`.
+    let base = Timestamp::now().0 - 3_600_000;
     sqlx::raw_sql("SET synchronous_commit = off")
         .execute(&mut db)
         .await
@@ -741,19 +737,19 @@ async fn a_page_of_a_rare_type_reads_a_bounded_stretch_and_goes_on_from_there() 
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "DO $$ BEGIN FOR i IN 1..{txs} LOOP
              INSERT INTO events (id, account_id, type, data, created_at)
-             SELECT 'evt_acc_' || i || '_' || j, 'acc',
-                 CASE WHEN (i - 1) * 1000 + j IN (3, 4, {last}) THEN 'bounce' ELSE 'click' END,
-                 '{{}}', {now}
-             FROM generate_series(1, 1000) AS j ORDER BY j;
+             SELECT 'evt_acc_' || n, 'acc',
+                 CASE WHEN n IN (3, 4, {scan}, {scan} + 1, {last}) THEN 'bounce' ELSE 'click' END,
+                 '{{}}', {base} + n
+             FROM (SELECT (i - 1) * 1000 + j AS n FROM generate_series(1, 1000) AS j) AS t
+             ORDER BY n;
              INSERT INTO events (id, account_id, type, data, created_at)
              SELECT 'evt_other_' || i || '_' || j, 'other',
-                 CASE WHEN j = 1 THEN 'bounce' ELSE 'click' END, '{{}}', {now}
+                 CASE WHEN j = 1 THEN 'bounce' ELSE 'click' END, '{{}}', {base}
              FROM generate_series(1, 500) AS j ORDER BY j;
              COMMIT;
          END LOOP; END $$",
-        txs = scan * 5 / 2 / 1000,
-        last = 2 * scan + 5,
-        now = Timestamp::now().0,
+        txs = scan * 7 / 2 / 1000,
+        last = 3 * scan + 5,
     )))
     .execute(&mut db)
     .await
@@ -763,44 +759,81 @@ async fn a_page_of_a_rare_type_reads_a_bounded_stretch_and_goes_on_from_there() 
         .await
         .unwrap();
     until_the_feed_shows_all(&mut db).await;
-    let bounce = |n: i64| format!("evt_acc_{}_{}", (n - 1) / 1000 + 1, (n - 1) % 1000 + 1);
+    let bounces: Vec<String> = [3, 4, scan, scan + 1, 3 * scan + 5]
+        .iter()
+        .map(|n| format!("evt_acc_{n}"))
+        .collect();
     let store = Store::open(&data.location).await.unwrap();
-    let page = async |event_type: &str, after, limit| {
-        let filter = EventFilter {
-            event_type: Some(event_type.into()),
-            ..Default::default()
-        };
+    let filtered = |since, until| EventFilter {
+        event_type: Some("bounce".into()),
+        since,
+        until,
+    };
+    let page = async |filter: EventFilter, after, limit| {
         let (events, next) = store
             .list_events("acc".into(), filter, after, limit)
             .await
             .unwrap();
         (events.into_iter().map(|e| e.id).collect::<Vec<_>>(), next)
     };
-    // The first scan holds two; the page stops at its end.
-    let (first, next) = page("bounce", None, 10).await;
-    assert_eq!(first, [bounce(3), bounce(4)]);
-    let next = next.expect("the page stopped at its bound: a cursor goes on");
-    // A full page is cut at its last event, as ever.
-    let (one, after_one) = page("bounce", None, 1).await;
-    assert_eq!(one, [bounce(3)]);
-    assert_eq!(page("bounce", after_one, 10).await.0, [bounce(4)]);
-    // The second scan holds none: an empty page, and a cursor further on.
-    let (second, next) = page("bounce", Some(next), 10).await;
-    assert!(second.is_empty());
-    let next = next.expect("an empty page at its bound goes on");
-    // It stopped at the account's (2 scans)th event.
-    let at: (i64, i64) = sqlx::query_as("SELECT xid::text::bigint, seq FROM events WHERE id = $1")
-        .bind(bounce(2 * scan))
-        .fetch_one(&mut db)
-        .await
-        .unwrap();
-    assert_eq!(next, at);
-    // The last stretch is shorter than a scan: the last bounce, and the end.
-    assert_eq!(
-        page("bounce", Some(next), 10).await,
-        (vec![bounce(2 * scan + 5)], None)
-    );
+    // Pages of 10: each stretch holds three, one, none and one, and each stops at the
+    // account's (scan)th, (2 scans)th and (3 scans)th events.
+    let mut after = None;
+    let mut pages = Vec::new();
+    let mut cursors = Vec::new();
+    loop {
+        let (ids, next) = page(filtered(None, None), after, 10).await;
+        pages.push(ids);
+        match next {
+            Some(pos) => cursors.push(pos),
+            None => break,
+        }
+        after = next;
+    }
+    let want: Vec<Vec<String>> = vec![
+        bounces[..3].to_vec(),
+        bounces[3..4].to_vec(),
+        vec![],
+        bounces[4..].to_vec(),
+    ];
+    assert_eq!(pages, want);
+    let mut stops = Vec::new();
+    for n in [scan, 2 * scan, 3 * scan] {
+        let at: (i64, i64) =
+            sqlx::query_as("SELECT xid::text::bigint, seq FROM events WHERE id = $1")
+                .bind(format!("evt_acc_{n}"))
+                .fetch_one(&mut db)
+                .await
+                .unwrap();
+        stops.push(at);
+    }
+    assert_eq!(cursors, stops);
+    // Pages of 1 and of 2 (the 3rd bounce, the stretch's last event, is a full page's one
+    // more): every bounce once, in order.
+    for limit in [1, 2] {
+        let mut after = None;
+        let mut seen = Vec::new();
+        loop {
+            let (ids, next) = page(filtered(None, None), after, limit).await;
+            seen.extend(ids);
+            if next.is_none() {
+                break;
+            }
+            after = next;
+        }
+        assert_eq!(seen, bounces, "pages of {limit}");
+    }
     // A common type fills its page as before.
-    let (clicks, more) = page("click", None, 100).await;
-    assert_eq!((clicks.len(), more.is_some()), (100, true));
+    let clicks = EventFilter {
+        event_type: Some("click".into()),
+        ..Default::default()
+    };
+    let (ids, more) = page(clicks, None, 100).await;
+    assert_eq!((ids.len(), more.is_some()), (100, true));
+    // `since` and `until` filter the events read by their stamps (both bounds' searches
+    // start and stop a margin wide of them, here around the whole history).
+    let first = async |since, until| page(filtered(since, until), None, 10).await.0;
+    assert_eq!(first(Some(base + 4), None).await, bounces[1..3]);
+    assert_eq!(first(None, Some(base + 4)).await, bounces[..1]);
+    assert_eq!(first(Some(base + 3), Some(base + 5)).await, bounces[..2]);
 }

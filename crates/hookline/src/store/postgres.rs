@@ -958,48 +958,53 @@ impl PgStore {
     ) -> Result<(Vec<Event>, Option<FeedPos>), StoreError> {
         let mut from = after.unwrap_or((0, 0));
         let mut through = i64::MAX;
-        // Where a page of one type stopped reading, if it did (FEED_TYPE_SCAN).
-        let mut cut = None;
-        let rows =
-            if filter.since.is_none() && filter.until.is_none() && filter.event_type.is_none() {
-                feed_page(&self.pool, &account_id, &filter, from, through, limit).await?
-            } else {
-                let mut tx = self
-                    .pool
-                    .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                    .await
-                    .ctx("starting the feed's read")?;
-                if let Some(since) = filter.since {
-                    let cutoff = since.saturating_sub(super::RECOVER_MARGIN_MS);
-                    if let Some(start) = feed_search(&mut tx, &account_id, cutoff).await?.0 {
-                        from = from.max(start);
-                    }
+        let rows = if filter.since.is_none() && filter.until.is_none() {
+            feed_page(&self.pool, &account_id, &filter, from, through, limit).await?
+        } else {
+            let mut tx = self
+                .pool
+                .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                .await
+                .ctx("starting the feed's read")?;
+            if let Some(since) = filter.since {
+                let cutoff = since.saturating_sub(super::RECOVER_MARGIN_MS);
+                if let Some(start) = feed_search(&mut tx, &account_id, cutoff).await?.0 {
+                    from = from.max(start);
                 }
-                if let Some(until) = filter.until {
-                    let cutoff = until.saturating_add(super::RECOVER_MARGIN_MS);
-                    through = feed_search(&mut tx, &account_id, cutoff).await?.1;
-                }
-                let rows = feed_page(&mut *tx, &account_id, &filter, from, through, limit).await?;
-                // A page of one type that came back short stopped either at the end of the feed
-                // or after FEED_TYPE_SCAN events: then it goes on from the last of those.
-                if filter.event_type.is_some() && rows.len() <= limit {
-                    cut = sqlx::query_as::<_, (i64, i64)>(FEED_SCAN_END)
-                        .bind(&account_id)
-                        .bind(from.0.to_string())
-                        .bind(from.1)
-                        .bind(through.to_string())
-                        .bind(super::FEED_TYPE_SCAN as i64 - 1)
-                        .fetch_optional(&mut *tx)
-                        .await
-                        .ctx("reading where the feed's scan stopped")?;
-                }
-                tx.commit().await.ctx("ending the feed's read")?;
-                rows
-            };
-        let more = rows.len() > limit;
+            }
+            if let Some(until) = filter.until {
+                let cutoff = until.saturating_add(super::RECOVER_MARGIN_MS);
+                through = feed_search(&mut tx, &account_id, cutoff).await?.1;
+            }
+            let rows = feed_page(&mut *tx, &account_id, &filter, from, through, limit).await?;
+            tx.commit().await.ctx("ending the feed's read")?;
+            rows
+        };
+        let typed = filter.event_type.is_some();
         let mut events = Vec::with_capacity(rows.len().min(limit));
         let mut last = None;
-        for r in rows.iter().take(limit) {
+        let mut more = false;
+        // Where a page of one type stopped reading, if it read FEED_TYPE_SCAN events.
+        let mut cut = None;
+        for r in &rows {
+            let pos = (
+                r.try_get::<i64, _>(4).ctx("reading the event feed")?,
+                r.try_get::<i64, _>(5).ctx("reading the event feed")?,
+            );
+            if typed {
+                // FEED_TYPED also gives its scan's last row when it read all it may.
+                let scanned: i64 = r.try_get(7).ctx("reading the event feed")?;
+                if scanned == super::FEED_TYPE_SCAN as i64 {
+                    cut = Some(pos);
+                }
+                if !r.try_get::<bool, _>(6).ctx("reading the event feed")? {
+                    continue;
+                }
+            }
+            if events.len() == limit {
+                more = true;
+                break;
+            }
             let data: String = r.try_get(3).ctx("reading the event feed")?;
             events.push(Event {
                 id: r.try_get(0).ctx("reading the event feed")?,
@@ -1007,10 +1012,7 @@ impl PgStore {
                 created_at: Timestamp(r.try_get(2).ctx("reading the event feed")?),
                 data: serde_json::value::RawValue::from_string(data).ctx("reading event data")?,
             });
-            last = Some((
-                r.try_get::<i64, _>(4).ctx("reading the event feed")?,
-                r.try_get::<i64, _>(5).ctx("reading the event feed")?,
-            ));
+            last = Some(pos);
         }
         Ok((events, if more { last } else { cut }))
     }
@@ -2800,30 +2802,24 @@ pub const FEED: &str = "SELECT id, type, created_at, data, xid::text::bigint AS 
      ORDER BY xid, seq LIMIT $7";
 
 /// A page of one type (`$4`): [`FEED`], but reading no more than `$9` of the account's
-/// events ([`super::FEED_TYPE_SCAN`]). The scan is pulled row by row, so a common type stops
-/// as soon as its page is full.
-pub const FEED_TYPED: &str = "SELECT id, type, created_at, data, xid_number, seq
-     FROM (SELECT id, type, created_at, data, xid, xid::text::bigint AS xid_number, seq
+/// events ([`super::FEED_TYPE_SCAN`]), in one statement. The scan is pulled row by row, so a
+/// common type stops as soon as its page is full. Each row says whether it is one of the page
+/// (`matched`) and where in the scan it came (`scanned`): the scan's last row comes too, so
+/// that a page that read all it may can go on from there.
+pub const FEED_TYPED: &str = "SELECT id, type, created_at, data, xid_number, seq, matched, scanned
+     FROM (SELECT id, type, created_at, data, xid, xid::text::bigint AS xid_number, seq,
+               type = $4
+                 AND ($5::bigint IS NULL OR created_at >= $5)
+                 AND ($6::bigint IS NULL OR created_at < $6) AS matched,
+               row_number() OVER (ORDER BY xid, seq) AS scanned
            FROM events
            WHERE account_id = $1
              AND (xid, seq) > ($2::text::xid8, $3)
              AND xid <= $8::text::xid8
              AND xid < pg_snapshot_xmin(pg_current_snapshot())
            ORDER BY xid, seq LIMIT $9) AS scan
-     WHERE type = $4
-       AND ($5::bigint IS NULL OR created_at >= $5)
-       AND ($6::bigint IS NULL OR created_at < $6)
-     ORDER BY xid, seq LIMIT $7";
-
-/// The position of account `$1`'s `$5`-th event after position `($2, $3)`, counting from 0,
-/// in transactions up to `$4` that the feed may show: where a page of one type that came back
-/// short stopped reading ([`FEED_TYPED`]), if it did not reach the end.
-pub const FEED_SCAN_END: &str = "SELECT xid::text::bigint AS xid_number, seq FROM events
-     WHERE account_id = $1
-       AND (xid, seq) > ($2::text::xid8, $3)
-       AND xid <= $4::text::xid8
-       AND xid < pg_snapshot_xmin(pg_current_snapshot())
-     ORDER BY xid, seq OFFSET $5 LIMIT 1";
+     WHERE matched OR scanned = $9
+     ORDER BY xid, seq LIMIT $7 + 1";
 
 /// The transactions of account `$1`'s first and last events.
 pub const FEED_ENDS: &str = "SELECT

@@ -1266,7 +1266,6 @@ impl SqliteStore {
                         params![
                             account_id,
                             from,
-                            None::<String>,
                             filter.since,
                             filter.until,
                             limit as i64 + 1,
@@ -1279,37 +1278,34 @@ impl SqliteStore {
                     .ctx("reading the event feed")?,
                 // One type: the account's events are read one by one and filtered here, so
                 // that the page stops after FEED_TYPE_SCAN of them (a common type fills it
-                // long before). Only a match's id and data are copied out.
+                // long before).
                 Some(wanted) => {
                     let mut stmt = c
                         .prepare_cached(FEED_SCAN)
                         .ctx("preparing the event feed")?;
                     let mut scan = stmt
-                        .query(params![account_id, from, to])
+                        .query(params![account_id, from, to, wanted])
                         .ctx("reading the event feed")?;
                     let mut rows = Vec::new();
                     let mut read = 0;
                     while let Some(r) = scan.next().ctx("reading the event feed")? {
                         read += 1;
-                        let seq: i64 = r.get(4).ctx("reading the event feed")?;
-                        let created_at: i64 = r.get(2).ctx("reading the event feed")?;
-                        let event_type = r
-                            .get_ref(1)
-                            .and_then(|v| v.as_str().map_err(Into::into))
-                            .ctx("reading the event feed")?;
-                        if event_type == wanted.as_str()
-                            && filter.since.is_none_or(|t| created_at >= t)
-                            && filter.until.is_none_or(|t| created_at < t)
-                        {
-                            rows.push((
-                                r.get(0).ctx("reading the event feed")?,
-                                wanted.clone(),
-                                created_at,
-                                r.get(3).ctx("reading the event feed")?,
-                                seq,
-                            ));
-                            if rows.len() > limit {
-                                break;
+                        let seq: i64 = r.get(0).ctx("reading the event feed")?;
+                        if r.get::<_, bool>(1).ctx("reading the event feed")? {
+                            let created_at: i64 = r.get(3).ctx("reading the event feed")?;
+                            if filter.since.is_none_or(|t| created_at >= t)
+                                && filter.until.is_none_or(|t| created_at < t)
+                            {
+                                rows.push((
+                                    r.get(2).ctx("reading the event feed")?,
+                                    wanted.clone(),
+                                    created_at,
+                                    r.get(4).ctx("reading the event feed")?,
+                                    seq,
+                                ));
+                                if rows.len() > limit {
+                                    break;
+                                }
                             }
                         }
                         if read == super::FEED_TYPE_SCAN {
@@ -2878,19 +2874,23 @@ const OLDEST_ENDED_EVENTS: &str = "SELECT e.id, e.created_at, e.deliveries_from,
           AND d.event_id = e.id AND d.status IN ('pending', 'delivering'))
      ORDER BY e.seq LIMIT ?1";
 
-/// A page of account `?1`'s feed: its events after row `?2` up to row `?7`, of type `?3`,
-/// created at or after `?4` and before `?5` (each if given), oldest first, at most `?6`.
+/// A page of account `?1`'s feed without a type: its events after row `?2` up to row `?6`,
+/// created at or after `?3` and before `?4` (each if given), oldest first, at most `?5`.
 const FEED: &str = "SELECT id, type, created_at, data, seq FROM events
-     WHERE account_id = ?1 AND seq > ?2 AND seq <= ?7
-       AND (?3 IS NULL OR type = ?3)
-       AND (?4 IS NULL OR created_at >= ?4)
-       AND (?5 IS NULL OR created_at < ?5)
-     ORDER BY seq LIMIT ?6";
+     WHERE account_id = ?1 AND seq > ?2 AND seq <= ?6
+       AND (?3 IS NULL OR created_at >= ?3)
+       AND (?4 IS NULL OR created_at < ?4)
+     ORDER BY seq LIMIT ?5";
 
-/// Account `?1`'s events after row `?2` up to row `?3`, in order, every one: what a page with
-/// a `type` reads, filtering as it goes, until it has its page or has read
-/// [`super::FEED_TYPE_SCAN`] of them.
-const FEED_SCAN: &str = "SELECT id, type, created_at, data, seq FROM events
+/// Account `?1`'s events after row `?2` up to row `?3`, in order, every one: what a page of
+/// type `?4` reads, filtering as it goes, until it has its page or has read
+/// [`super::FEED_TYPE_SCAN`] of them. Only an event of the type has its other columns read
+/// (`data` may be large, and `created_at` lies after it in the row).
+const FEED_SCAN: &str = "SELECT seq, type = ?4,
+         CASE WHEN type = ?4 THEN id END,
+         CASE WHEN type = ?4 THEN created_at END,
+         CASE WHEN type = ?4 THEN data END
+     FROM events
      WHERE account_id = ?1 AND seq > ?2 AND seq <= ?3 ORDER BY seq";
 
 /// Account `?1`'s last event's row number (0 if none).
@@ -4990,7 +4990,8 @@ pub(crate) mod tests {
 
     /// A page of one type reads at most `FEED_TYPE_SCAN` of the account's events: one of a
     /// rare type stops there, short or empty, with a cursor from where it stopped, and
-    /// paging on shows every event of the type once; other accounts' events do not count.
+    /// paging on shows every event of the type once, at any page size, those on and right
+    /// after a stretch's last row included; other accounts' events do not count.
     #[tokio::test]
     async fn a_page_of_a_rare_type_reads_a_bounded_stretch_and_goes_on_from_there() {
         let scan = super::super::FEED_TYPE_SCAN;
@@ -4998,17 +4999,17 @@ pub(crate) mod tests {
         let store = SqliteStore::open(dir.path(), Sealer::none()).unwrap();
         let account = store.create_account("a".into(), Plan::Pro).await.unwrap();
         let other = store.create_account("b".into(), Plan::Pro).await.unwrap();
-        // 2.5 scans' worth of the account's clicks, with the other account's events between
-        // them, and bounces as the account's 3rd, 4th and (2 scans + 5)th events.
-        // The n-th is stamped n ms after `base`.
-        let total = scan * 5 / 2;
+        // 3.5 scans' worth of the account's clicks, with the other account's events between
+        // them; bounces as the account's 3rd, 4th, (scan)th, (scan + 1)th and
+        // (3 scans + 5)th events. The event at index n is stamped n ms after `base`.
+        let total = scan * 7 / 2;
         let base = Timestamp::now().0 - 3_600_000;
         let mut bounces = Vec::new();
         for start in (0..total).step_by(1_000) {
             let mut events = click(1_000);
             for (i, ev) in events.iter_mut().enumerate() {
                 ev.created_at = Timestamp(base + (start + i) as i64);
-                if [2, 3, 2 * scan + 4].contains(&(start + i)) {
+                if [2, 3, scan - 1, scan, 3 * scan + 4].contains(&(start + i)) {
                     ev.event_type = "bounce".into();
                     bounces.push(ev.id.clone());
                 }
@@ -5024,66 +5025,79 @@ pub(crate) mod tests {
                 .await
                 .unwrap();
         }
-        let page = async |event_type: &str, after, limit| {
-            let filter = EventFilter {
-                event_type: Some(event_type.into()),
-                ..Default::default()
-            };
+        let filtered = |since, until| EventFilter {
+            event_type: Some("bounce".into()),
+            since,
+            until,
+        };
+        let page = async |filter: EventFilter, after, limit| {
             let (events, next) = store
                 .list_events(account.id.clone(), filter, after, limit)
                 .await
                 .unwrap();
             (events.into_iter().map(|e| e.id).collect::<Vec<_>>(), next)
         };
-        // The first scan holds two; the page stops at its end.
-        let (first, next) = page("bounce", None, 10).await;
-        assert_eq!(first, bounces[..2]);
-        let next = next.expect("the page stopped at its bound: a cursor goes on");
-        // A full page is cut at its last event, as ever.
-        let (one, after_one) = page("bounce", None, 1).await;
-        assert_eq!(one, bounces[..1]);
-        assert_eq!(page("bounce", after_one, 10).await.0, bounces[1..2]);
-        // The second scan holds none: an empty page, and a cursor further on.
-        let (second, next) = page("bounce", Some(next), 10).await;
-        assert!(second.is_empty());
-        let next = next.expect("an empty page at its bound goes on");
-        // The last stretch is shorter than a scan: the last bounce, and the end.
-        assert_eq!(
-            page("bounce", Some(next), 10).await,
-            (bounces[2..].to_vec(), None)
-        );
-        // Each stretch read no more than the bound (by row numbers: the other account's
-        // rows lie between, and are not counted).
+        // Pages of 10: each stretch holds three, one, none and one.
+        let mut after = None;
+        let mut pages = Vec::new();
+        let mut cursors = Vec::new();
+        loop {
+            let (ids, next) = page(filtered(None, None), after, 10).await;
+            pages.push(ids);
+            match next {
+                Some(pos) => cursors.push(pos),
+                None => break,
+            }
+            after = next;
+        }
+        let want: Vec<Vec<String>> = vec![
+            bounces[..3].to_vec(),
+            bounces[3..4].to_vec(),
+            vec![],
+            bounces[4..].to_vec(),
+        ];
+        assert_eq!(pages, want);
+        // Each stopped after exactly a stretch of the account's own events (the other
+        // account's rows lie between and are not counted).
         let db = Connection::open(dir.path().join("hookline.db")).unwrap();
-        let count_to = |seq: i64| -> usize {
+        let count_to = |pos: FeedPos| -> usize {
             db.query_row(
                 "SELECT COUNT(*) FROM events WHERE account_id = ?1 AND seq <= ?2",
-                params![account.id, seq],
+                params![account.id, pos.1],
                 |r| r.get::<_, i64>(0),
             )
             .unwrap() as usize
         };
-        assert_eq!(count_to(next.1), 2 * scan);
+        let stops: Vec<usize> = cursors.into_iter().map(count_to).collect();
+        assert_eq!(stops, [scan, 2 * scan, 3 * scan]);
+        // Pages of 1 and of 2 (the 3rd bounce, the stretch's last row, is a full page's
+        // one more): every bounce once, in order.
+        for limit in [1, 2] {
+            let mut after = None;
+            let mut seen = Vec::new();
+            loop {
+                let (ids, next) = page(filtered(None, None), after, limit).await;
+                seen.extend(ids);
+                if next.is_none() {
+                    break;
+                }
+                after = next;
+            }
+            assert_eq!(seen, bounces, "pages of {limit}");
+        }
         // A common type fills its page as before.
-        let (clicks, more) = page("click", None, 100).await;
-        assert_eq!((clicks.len(), more.is_some()), (100, true));
+        let clicks = EventFilter {
+            event_type: Some("click".into()),
+            ..Default::default()
+        };
+        let (ids, more) = page(clicks, None, 100).await;
+        assert_eq!((ids.len(), more.is_some()), (100, true));
         // `since` and `until` filter the events read by their stamps (both bounds' searches
         // start and stop a margin wide of them, here around the whole history).
-        let timed = async |since, until| {
-            let filter = EventFilter {
-                event_type: Some("bounce".into()),
-                since,
-                until,
-            };
-            let (events, _) = store
-                .list_events(account.id.clone(), filter, None, 10)
-                .await
-                .unwrap();
-            events.into_iter().map(|e| e.id).collect::<Vec<_>>()
-        };
-        assert_eq!(timed(Some(base + 3), None).await, bounces[1..2]);
-        assert_eq!(timed(None, Some(base + 3)).await, bounces[..1]);
-        assert_eq!(timed(Some(base + 2), Some(base + 4)).await, bounces[..2]);
+        let first = async |since, until| page(filtered(since, until), None, 10).await.0;
+        assert_eq!(first(Some(base + 3), None).await, bounces[1..3]);
+        assert_eq!(first(None, Some(base + 3)).await, bounces[..1]);
+        assert_eq!(first(Some(base + 2), Some(base + 4)).await, bounces[..2]);
     }
 
     /// `since` and `until` pages of the feed start and stop at the rows of about their times
