@@ -1291,7 +1291,11 @@ impl SqliteStore {
                     while let Some(r) = scan.next().ctx("reading the event feed")? {
                         read += 1;
                         let seq: i64 = r.get(0).ctx("reading the event feed")?;
-                        if r.get::<_, bool>(1).ctx("reading the event feed")? {
+                        let event_type = r
+                            .get_ref(1)
+                            .and_then(|v| v.as_str().map_err(Into::into))
+                            .ctx("reading the event feed")?;
+                        if event_type == wanted.as_str() {
                             let created_at: i64 = r.get(3).ctx("reading the event feed")?;
                             if filter.since.is_none_or(|t| created_at >= t)
                                 && filter.until.is_none_or(|t| created_at < t)
@@ -2884,10 +2888,9 @@ const FEED: &str = "SELECT id, type, created_at, data, seq FROM events
 
 /// Account `?1`'s events after row `?2` up to row `?3`, in order, every one: what a page of
 /// type `?4` reads, filtering as it goes, until it has its page or has read
-/// [`super::FEED_TYPE_SCAN`] of them. Only an event of the type has its other columns read
-/// (`data` may be large, and `created_at` lies after it in the row).
-const FEED_SCAN: &str = "SELECT seq, type = ?4,
-         CASE WHEN type = ?4 THEN id END,
+/// [`super::FEED_TYPE_SCAN`] of them. Only an event of the type has the columns from `data`
+/// on read (`data` may be large, and `created_at` lies after it in the row).
+const FEED_SCAN: &str = "SELECT seq, type, id,
          CASE WHEN type = ?4 THEN created_at END,
          CASE WHEN type = ?4 THEN data END
      FROM events
