@@ -808,9 +808,9 @@ async fn a_page_of_a_rare_type_reads_a_bounded_stretch_and_goes_on_from_there() 
         stops.push(at);
     }
     assert_eq!(cursors, stops);
-    // Pages of 1 and of 2 (the 3rd bounce, the stretch's last event, is a full page's one
-    // more): every bounce once, in order.
-    for limit in [1, 2] {
+    // Pages of 1, 2 and 3 (the 3rd bounce, the stretch's last event, is a full page's one
+    // more, then a full page's last): every bounce once, in order.
+    for limit in [1, 2, 3] {
         let mut after = None;
         let mut seen = Vec::new();
         loop {

@@ -2804,9 +2804,12 @@ pub const FEED: &str = "SELECT id, type, created_at, data, xid::text::bigint AS 
 /// A page of one type (`$4`): [`FEED`], but reading no more than `$9` of the account's
 /// events ([`super::FEED_TYPE_SCAN`]), in one statement. The scan is pulled row by row, so a
 /// common type stops as soon as its page is full. Each row says whether it is one of the page
-/// (`matched`) and where in the scan it came (`scanned`): the scan's last row comes too, so
-/// that a page that read all it may can go on from there.
-pub const FEED_TYPED: &str = "SELECT id, type, created_at, data, xid_number, seq, matched, scanned
+/// (`matched`) and where in the scan it came (`scanned`): the scan's last row comes too
+/// (without its `data` unless it is one of the page), so that a page that read all it may
+/// can go on from there. It comes last, so `$7` (the page and one more) rows hold it
+/// whenever it is needed.
+pub const FEED_TYPED: &str = "SELECT id, type, created_at, CASE WHEN matched THEN data END,
+         xid_number, seq, matched, scanned
      FROM (SELECT id, type, created_at, data, xid, xid::text::bigint AS xid_number, seq,
                type = $4
                  AND ($5::bigint IS NULL OR created_at >= $5)
@@ -2819,7 +2822,7 @@ pub const FEED_TYPED: &str = "SELECT id, type, created_at, data, xid_number, seq
              AND xid < pg_snapshot_xmin(pg_current_snapshot())
            ORDER BY xid, seq LIMIT $9) AS scan
      WHERE matched OR scanned = $9
-     ORDER BY xid, seq LIMIT $7 + 1";
+     ORDER BY xid, seq LIMIT $7";
 
 /// The transactions of account `$1`'s first and last events.
 pub const FEED_ENDS: &str = "SELECT

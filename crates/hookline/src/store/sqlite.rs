@@ -5073,9 +5073,9 @@ pub(crate) mod tests {
         };
         let stops: Vec<usize> = cursors.into_iter().map(count_to).collect();
         assert_eq!(stops, [scan, 2 * scan, 3 * scan]);
-        // Pages of 1 and of 2 (the 3rd bounce, the stretch's last row, is a full page's
-        // one more): every bounce once, in order.
-        for limit in [1, 2] {
+        // Pages of 1, 2 and 3 (the 3rd bounce, the stretch's last row, is a full page's one
+        // more, then a full page's last): every bounce once, in order.
+        for limit in [1, 2, 3] {
             let mut after = None;
             let mut seen = Vec::new();
             loop {
