@@ -2781,10 +2781,10 @@ pub static ACCOUNT_DELIVERIES: std::sync::LazyLock<String> = std::sync::LazyLock
     )
 });
 
-/// A page of account `$1`'s feed: its events after position (`$2`, `$3`) whose transaction
-/// is at most `$8`, of type `$4`, created at or after `$5` and before `$6` (each if given),
-/// in feed order, at most `$7`; only those of transactions older than every one still
-/// running.
+/// A page of account `$1`'s feed without a type: its events after position (`$2`, `$3`)
+/// whose transaction is at most `$7`, created at or after `$4` and before `$5` (each if
+/// given), in feed order, at most `$6`; only those of transactions older than every one
+/// still running.
 ///
 /// The statements of the feed return the transaction id as a number under a name of its
 /// own: named `xid`, that output column is what `ORDER BY xid` would sort by, a number no
@@ -2794,15 +2794,15 @@ pub const FEED: &str = "SELECT id, type, created_at, data, xid::text::bigint AS 
      FROM events
      WHERE account_id = $1
        AND (xid, seq) > ($2::text::xid8, $3)
-       AND xid <= $8::text::xid8
+       AND xid <= $7::text::xid8
        AND xid < pg_snapshot_xmin(pg_current_snapshot())
-       AND ($4::text IS NULL OR type = $4)
-       AND ($5::bigint IS NULL OR created_at >= $5)
-       AND ($6::bigint IS NULL OR created_at < $6)
-     ORDER BY xid, seq LIMIT $7";
+       AND ($4::bigint IS NULL OR created_at >= $4)
+       AND ($5::bigint IS NULL OR created_at < $5)
+     ORDER BY xid, seq LIMIT $6";
 
-/// A page of one type (`$4`): [`FEED`], but reading no more than `$9` of the account's
-/// events ([`super::FEED_TYPE_SCAN`]), in one statement. The scan is pulled row by row, so a
+/// A page of one type (`$4`): as [`FEED`] (since `$5`, until `$6`, at most `$7`, transactions
+/// up to `$8`), but reading no more than `$9` of the account's events
+/// ([`super::FEED_TYPE_SCAN`]), in one statement. The scan is pulled row by row, so a
 /// common type stops as soon as its page is full. Each row says whether it is one of the page
 /// (`matched`) and where in the scan it came (`scanned`): the scan's last row comes too
 /// (without its `data` unless it is one of the page), so that a page that read all it may
@@ -2846,20 +2846,25 @@ async fn feed_page<'c>(
     through: i64,
     limit: usize,
 ) -> Result<Vec<PgRow>, StoreError> {
-    let typed = filter.event_type.is_some();
-    let query = sqlx::query(if typed { FEED_TYPED } else { FEED })
-        .bind(account_id)
-        .bind(xid.to_string())
-        .bind(seq)
-        .bind(filter.event_type.as_deref())
-        .bind(filter.since)
-        .bind(filter.until)
-        .bind(limit as i64 + 1)
-        .bind(through.to_string());
-    let query = if typed {
-        query.bind(super::FEED_TYPE_SCAN as i64)
-    } else {
-        query
+    let page = |sql| {
+        sqlx::query(sql)
+            .bind(account_id)
+            .bind(xid.to_string())
+            .bind(seq)
+    };
+    let query = match &filter.event_type {
+        None => page(FEED)
+            .bind(filter.since)
+            .bind(filter.until)
+            .bind(limit as i64 + 1)
+            .bind(through.to_string()),
+        Some(event_type) => page(FEED_TYPED)
+            .bind(event_type)
+            .bind(filter.since)
+            .bind(filter.until)
+            .bind(limit as i64 + 1)
+            .bind(through.to_string())
+            .bind(super::FEED_TYPE_SCAN as i64),
     };
     query.fetch_all(db).await.ctx("reading the event feed")
 }
