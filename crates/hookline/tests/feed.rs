@@ -1,12 +1,12 @@
 //! The pull API (`GET /v1/events`), on both storage engines: a reader paging through the
 //! feed while writers ingest sees every event exactly once; filters and `?after=` work; a
-//! page of a rare type reads a bounded stretch of the feed and goes on from there.
+//! page of a rare type is full however far apart its events are, and resumes across any gap.
 
 mod common;
 
 use common::{Data, Engine, TestServer, valid};
 use hookline::model::{Plan, Timestamp, new_id};
-use hookline::store::{EventFilter, FEED_TYPE_SCAN, NewEvent, Store};
+use hookline::store::{EventFilter, NewEvent, Store};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -112,20 +112,19 @@ async fn a_reader_paging_while_writers_ingest_sees_every_event_once(engine: Engi
     assert_eq!(status, 404);
 }
 
-/// A page of one type reads at most `FEED_TYPE_SCAN` of the account's events: one of a rare
-/// type stops there, short or empty, with a cursor from where it stopped, and paging on shows
-/// every event of the type once, at any page size, those on and right after a stretch's last
-/// event included; other accounts' events do not count; `since` and `until` filter too.
-async fn a_page_of_a_rare_type_reads_a_bounded_stretch_and_goes_on_from_there(engine: Engine) {
-    let scan = FEED_TYPE_SCAN;
+/// A page of one type holds only that type's events and is full unless it is the feed's end,
+/// however many of the account's other events lie between them; a consumer of the type that
+/// resumes after the last one it saw (`after`) gets the next across any gap; other accounts'
+/// events do not count; `since` and `until` filter too.
+async fn a_page_of_a_rare_type_is_full_and_resumes_across_any_gap(engine: Engine) {
     let data = Data::fresh(&engine).await;
     let store = Store::open(&data.location).await.unwrap();
     let account = store.create_account("a".into(), Plan::Pro).await.unwrap();
     let other = store.create_account("b".into(), Plan::Pro).await.unwrap();
-    // 3.5 scans' worth of the account's clicks, 1,000 a commit, each with 500 of another
-    // account's events (the first a bounce); bounces as the account's 3rd, 4th, (scan)th,
-    // (scan + 1)th and (3 scans + 5)th events. The event at index n is stamped n ms after
-    // `base`.
+    // 24,000 of the account's events, 1,000 a commit, each commit followed by 500 of another
+    // account's events (the first a bounce). The account's bounces are its events 2, 3,
+    // 11,999, 12,000 and 23,997 (from 0): two pairs with 12,000 clicks between them. The
+    // event at index n is stamped n ms after `base`.
     let event = |event_type: &str, at: i64| NewEvent {
         id: new_id("evt"),
         event_type: event_type.into(),
@@ -136,10 +135,10 @@ async fn a_page_of_a_rare_type_reads_a_bounded_stretch_and_goes_on_from_there(en
     let base = Timestamp::now().0 - 3_600_000;
     let mut ids = Vec::new();
     let mut bounces = Vec::new();
-    for start in (0..scan * 7 / 2).step_by(1_000) {
+    for start in (0..24_000).step_by(1_000) {
         let events: Vec<NewEvent> = (start..start + 1_000)
             .map(|n| {
-                let bounce = [2, 3, scan - 1, scan, 3 * scan + 4].contains(&n);
+                let bounce = [2, 3, 11_999, 12_000, 23_997].contains(&n);
                 event(if bounce { "bounce" } else { "click" }, base + n as i64)
             })
             .collect();
@@ -191,53 +190,61 @@ async fn a_page_of_a_rare_type_reads_a_bounded_stretch_and_goes_on_from_there(en
         until,
     };
     let page = async |filter: EventFilter, after, limit| {
+        let wanted = filter.event_type.clone();
         let (events, next) = store
             .list_events(account.id.clone(), filter, after, limit)
             .await
             .unwrap();
+        assert!(
+            events
+                .iter()
+                .all(|e| Some(&e.event_type) == wanted.as_ref()),
+            "only events of the type asked for"
+        );
         (events.into_iter().map(|e| e.id).collect::<Vec<_>>(), next)
     };
-    // Pages of 10: each stretch holds three, one, none and one, and each stops at the
-    // account's (scan)th, (2 scans)th and (3 scans)th events.
-    let mut after = None;
-    let mut pages = Vec::new();
-    let mut cursors = Vec::new();
-    loop {
-        let (page_ids, next) = page(filtered(None, None), after, 10).await;
-        pages.push(page_ids);
-        match next {
-            Some(pos) => cursors.push(pos),
-            None => break,
-        }
-        after = next;
-    }
-    let want: Vec<Vec<String>> = vec![
-        bounces[..3].to_vec(),
-        bounces[3..4].to_vec(),
-        vec![],
-        bounces[4..].to_vec(),
-    ];
-    assert_eq!(pages, want);
-    let mut stops = Vec::new();
-    for n in [scan, 2 * scan, 3 * scan] {
-        stops.push(position(&ids[n - 1]).await);
-    }
-    assert_eq!(cursors, stops);
-    // Pages of 1, 2 and 3 (the 3rd bounce, the stretch's last event, is a full page's one
-    // more, then a full page's last): every bounce once, in order.
-    for limit in [1, 2, 3] {
+    // One page of 10 holds all five, and is the end.
+    assert_eq!(
+        page(filtered(None, None), None, 10).await,
+        (bounces.clone(), None)
+    );
+    // Pages of 1 to 5: each page but the last is full, the last is not empty, and together
+    // they hold every bounce once, in order.
+    for limit in 1..=5 {
         let mut after = None;
-        let mut seen = Vec::new();
+        let mut pages = Vec::new();
         loop {
             let (page_ids, next) = page(filtered(None, None), after, limit).await;
-            seen.extend(page_ids);
+            pages.push(page_ids);
             if next.is_none() {
                 break;
             }
             after = next;
         }
-        assert_eq!(seen, bounces, "pages of {limit}");
+        let (last, full) = pages.split_last().unwrap();
+        assert!(
+            full.iter().all(|p| p.len() == limit),
+            "pages of {limit}: {pages:?}"
+        );
+        assert!(!last.is_empty(), "pages of {limit}: {pages:?}");
+        assert_eq!(pages.concat(), bounces, "pages of {limit}");
     }
+    // A consumer of bounces that resumes after the last one it saw gets the next one,
+    // across the 12,000 clicks between them, and nothing after the last.
+    for (k, seen) in bounces.iter().enumerate() {
+        let (page_ids, next) = page(filtered(None, None), Some(position(seen).await), 1).await;
+        assert_eq!(
+            page_ids,
+            bounces[k + 1..].iter().take(1).cloned().collect::<Vec<_>>()
+        );
+        assert_eq!(next.is_some(), k + 2 < bounces.len(), "after bounce {k}");
+    }
+    // A type with no events: an empty page, and the end.
+    let none = EventFilter {
+        event_type: Some("complaint".into()),
+        ..Default::default()
+    };
+    assert_eq!(page(none, None, 10).await, (vec![], None));
     // A common type fills its page as before.
     let clicks = EventFilter {
         event_type: Some("click".into()),
@@ -245,15 +252,20 @@ async fn a_page_of_a_rare_type_reads_a_bounded_stretch_and_goes_on_from_there(en
     };
     let (page_ids, more) = page(clicks, None, 100).await;
     assert_eq!((page_ids.len(), more.is_some()), (100, true));
+    assert_eq!(page_ids[..2], ids[..2]);
     // `since` and `until` filter the events read by their stamps (both bounds' searches
     // start and stop a margin wide of them, here around the whole history).
     let first = async |since, until| page(filtered(since, until), None, 10).await.0;
-    assert_eq!(first(Some(base + 3), None).await, bounces[1..3]);
+    assert_eq!(first(Some(base + 3), None).await, bounces[1..]);
     assert_eq!(first(None, Some(base + 3)).await, bounces[..1]);
     assert_eq!(first(Some(base + 2), Some(base + 4)).await, bounces[..2]);
+    assert_eq!(
+        first(Some(base + 3), Some(base + 12_000)).await,
+        bounces[1..3]
+    );
 }
 
 on_both_engines!(
     a_reader_paging_while_writers_ingest_sees_every_event_once,
-    a_page_of_a_rare_type_reads_a_bounded_stretch_and_goes_on_from_there,
+    a_page_of_a_rare_type_is_full_and_resumes_across_any_gap,
 );

@@ -23,7 +23,7 @@ use hookline::model::DeliveryStatus;
 use hookline::model::Timestamp;
 use hookline::store::postgres::{
     END_HELD, END_PENDING, ENDPOINT_DELIVERIES, EVENT_DELIVERIES, FAIL_STALE, FAIL_STALE_DUE, FEED,
-    FEED_ENDS, FEED_FIRST_AFTER, FEED_TYPED, feed_search,
+    FEED_ENDS, FEED_FIRST_AFTER, FEED_TYPED, MIGRATIONS, feed_search,
 };
 use hookline::store::{DeliveryFilter, EventFilter, Location, Store};
 use sqlx::Connection as _;
@@ -309,67 +309,97 @@ async fn the_stale_sweep_reads_what_it_ends_and_the_whole_one_the_rest() {
     assert_eq!(pending, 20_000, "the young ones wait on");
 }
 
-/// Whether the index of pending rows by age exists on the test's `deliveries`, and is valid.
-async fn age_index_valid(db: &mut sqlx::PgConnection) -> Option<bool> {
+/// Whether index `name` of `table` exists, and is valid.
+async fn index_valid(db: &mut sqlx::PgConnection, table: &str, name: &str) -> Option<bool> {
     sqlx::query_scalar(
         "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
-         WHERE i.indrelid = 'deliveries'::regclass AND c.relname = 'deliveries_pending_by_age'",
+         WHERE i.indrelid = $1::regclass AND c.relname = $2",
     )
+    .bind(table)
+    .bind(name)
     .fetch_optional(db)
     .await
     .unwrap()
 }
 
-/// A build of the index of pending rows by age made ahead of an upgrade (concurrently, as
-/// ARCHITECTURE.md says) that failed leaves an invalid index of that name: its migration drops
-/// it and builds it, rather than keeping an index the planner never uses.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_age_index_migration_replaces_an_invalid_index_left_by_a_failed_build() {
-    let Some((data, mut db)) =
-        fresh("the_age_index_migration_replaces_an_invalid_index_left_by_a_failed_build").await
-    else {
+/// A build of index `name` of `table` made ahead of an upgrade (concurrently, as
+/// ARCHITECTURE.md says) that failed leaves an invalid index of that name: the migration that
+/// makes the index drops it and builds it, rather than keeping an index the planner never
+/// uses. The database is taken back to before that migration (and those after it, which run
+/// again); `rows` are two rows of `table` equal on `key`, over which `key`'s unique build
+/// fails.
+async fn an_index_built_ahead_that_failed_is_replaced(
+    test: &str,
+    table: &str,
+    name: &str,
+    rows: &str,
+    key: &str,
+) {
+    let Some((data, mut db)) = fresh(test).await else {
         return;
     };
-    assert_eq!(age_index_valid(&mut db).await, Some(true));
-    // As before the migration: no index, and a build ahead that fails (a unique index over two
-    // equal keys), leaving an invalid one behind.
-    let version: i64 = sqlx::query_scalar("SELECT MAX(version) FROM hookline_schema")
-        .fetch_one(&mut db)
-        .await
-        .unwrap();
+    assert_eq!(index_valid(&mut db, table, name).await, Some(true));
+    let version = MIGRATIONS
+        .iter()
+        .position(|m| m.contains(&format!("CREATE INDEX IF NOT EXISTS {name} ")))
+        .unwrap()
+        + 1;
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP INDEX deliveries_pending_by_age;
-         DELETE FROM hookline_schema WHERE version = {version};
-         INSERT INTO deliveries (id, account_id, event_id, event_type, endpoint_id, status,
-             created_at, updated_at)
-         VALUES ('dlv_1', 'acc', 'evt_1', 'click', 'ep', 'pending', 1, 1),
-                ('dlv_2', 'acc', 'evt_2', 'click', 'ep', 'pending', 1, 1);"
+        "DROP INDEX {name};
+         DELETE FROM hookline_schema WHERE version >= {version};
+         INSERT INTO {table} {rows};"
     )))
     .execute(&mut db)
     .await
     .unwrap();
-    let failed = sqlx::raw_sql(
-        "CREATE UNIQUE INDEX CONCURRENTLY deliveries_pending_by_age
-             ON deliveries (endpoint_id, created_at) WHERE status = 'pending'",
-    )
+    let failed = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE UNIQUE INDEX CONCURRENTLY {name} ON {table} ({key})"
+    )))
     .execute(&mut db)
     .await;
     assert!(failed.is_err(), "two equal keys");
-    assert_eq!(age_index_valid(&mut db).await, Some(false));
+    assert_eq!(index_valid(&mut db, table, name).await, Some(false));
 
     drop(Store::open(&data.location).await.unwrap());
     assert_eq!(
-        age_index_valid(&mut db).await,
+        index_valid(&mut db, table, name).await,
         Some(true),
         "dropped and built again by the migration"
     );
-    let unique: bool = sqlx::query_scalar(
-        "SELECT indisunique FROM pg_index WHERE indexrelid = 'deliveries_pending_by_age'::regclass",
-    )
+    let unique: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT indisunique FROM pg_index WHERE indexrelid = '{name}'::regclass"
+    )))
     .fetch_one(&mut db)
     .await
     .unwrap();
     assert!(!unique, "the migration's own index, not the failed one");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_age_index_migration_replaces_an_invalid_index_left_by_a_failed_build() {
+    an_index_built_ahead_that_failed_is_replaced(
+        "the_age_index_migration_replaces_an_invalid_index_left_by_a_failed_build",
+        "deliveries",
+        "deliveries_pending_by_age",
+        "(id, account_id, event_id, event_type, endpoint_id, status, created_at, updated_at)
+         VALUES ('dlv_1', 'acc', 'evt_1', 'click', 'ep', 'pending', 1, 1),
+                ('dlv_2', 'acc', 'evt_2', 'click', 'ep', 'pending', 1, 1)",
+        "endpoint_id, created_at",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_type_index_migration_replaces_an_invalid_index_left_by_a_failed_build() {
+    an_index_built_ahead_that_failed_is_replaced(
+        "the_type_index_migration_replaces_an_invalid_index_left_by_a_failed_build",
+        "events",
+        "events_feed_by_type",
+        "(id, account_id, type, data, created_at)
+         VALUES ('evt_1', 'acc', 'click', '{}', 1), ('evt_2', 'acc', 'click', '{}', 1)",
+        "account_id, type",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -516,7 +546,8 @@ async fn the_feed_seeks_its_since_and_until_and_misses_nothing_in_range() {
     };
     let since = Timestamp::now().0 - 3_600_000;
     // Ten days of history well before `since`: 2,000 transactions a second apart, each of
-    // ten events of the account and ten of another. (A `DO` that commits must be a query of
+    // ten events of the account and ten of another, of three types (no `bounce`: the typed
+    // page below asks for a type the history lacks). (A `DO` that commits must be a query of
     // its own.)
     sqlx::raw_sql("SET synchronous_commit = off")
         .execute(&mut db)
@@ -525,7 +556,8 @@ async fn the_feed_seeks_its_since_and_until_and_misses_nothing_in_range() {
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "DO $$ BEGIN FOR i IN 1..2000 LOOP
              INSERT INTO events (id, account_id, type, data, created_at)
-             SELECT 'evt_' || a || '_' || i || '_' || j, a, 'click', '{{}}',
+             SELECT 'evt_' || a || '_' || i || '_' || j, a,
+                 (ARRAY['click', 'open', 'delivery'])[1 + j % 3], '{{}}',
                  {base} + i * 1000 + j
              FROM unnest(ARRAY['acc', 'other']) AS a, generate_series(1, 10) AS j;
              COMMIT;
@@ -689,14 +721,19 @@ async fn the_feed_seeks_its_since_and_until_and_misses_nothing_in_range() {
             ("ends", "text", FEED_ENDS, "'acc'".to_owned()),
             (
                 "typed",
-                "text, text, bigint, text, bigint, bigint, bigint, text, bigint",
+                "text, text, bigint, bigint, bigint, bigint, text, text",
                 FEED_TYPED,
                 // From the start, with the history ahead.
-                "'acc', '0', 0, 'bounce', NULL, NULL, 11, '9223372036854775807', 10000".to_owned(),
+                "'acc', '0', 0, NULL, NULL, 11, '9223372036854775807', 'bounce'".to_owned(),
             ),
         ] {
             let plan = plan_of(&mut db, &format!("feed_{name}_{mode}"), types, sql, &args).await;
-            assert!(plan.contains("events_feed"), "{name} {mode}\n{plan}");
+            let index = if name == "typed" {
+                "events_feed_by_type"
+            } else {
+                "events_feed "
+            };
+            assert!(plan.contains(index), "{name} {mode}\n{plan}");
             assert!(!plan.contains("Seq Scan"), "{name} {mode}\n{plan}");
             assert!(!plan.contains("Sort"), "{name} {mode}\n{plan}");
         }

@@ -207,8 +207,7 @@ pub async fn create_batch(
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct FeedQuery {
-    /// Only events of this type. Such a page reads at most 10,000 of the account's events:
-    /// it may hold fewer than `limit` events, or none, and still have a `next_cursor`.
+    /// Only events of this type.
     #[serde(rename = "type")]
     #[param(rename = "type")]
     pub event_type: Option<String>,
@@ -228,9 +227,9 @@ pub struct FeedQuery {
 /// later and never repeats one; `?after=evt_…` resumes after the last event seen. `since`
 /// and `until` read only the events stored around those times, so an event stamped more
 /// than a minute out of the order events were stored in (a server clock set back) can be
-/// missing from such a page, never from the feed without them. A page with `type` reads at
-/// most 10,000 of the account's events, so one of a rare type can come back short or empty
-/// with a `next_cursor`: page on while there is one.
+/// missing from such a page, never from the feed without them. A page with `type` reads
+/// only that type's events: it is full unless it is the end of the feed, however rare the
+/// type, and `?type=…&after=evt_…` resumes after the last event of the type seen.
 #[utoipa::path(get, path = "/v1/events", tag = "events", params(FeedQuery),
     security(("api_key" = [])),
     responses((status = 200, body = List<Event>), (status = 400, body = super::error::ErrorBody),

@@ -308,8 +308,9 @@ impl Store {
     /// position after its last event. With `since` or `until` each engine seeks the events
     /// of about those times, which relies on events being in the feed's order to within
     /// [`RECOVER_MARGIN_MS`] of their stamps (ARCHITECTURE.md, "The feed never skips").
-    /// With a `type`, a page reads at most [`FEED_TYPE_SCAN`] of the account's events: when
-    /// it stops there, the position returned is where it stopped, whatever the page holds.
+    /// With a `type`, a page is full unless it is the feed's end, however rare the type:
+    /// PostgreSQL reads an index of events by type, SQLite only the stretches of rows that
+    /// hold events of the type.
     pub async fn list_events(
         &self,
         account_id: String,
@@ -641,13 +642,6 @@ impl Store {
 
 /// How much earlier than a recovery's `since` its walk starts ([`Store::recover_from`]).
 pub const RECOVER_MARGIN_MS: i64 = 60_000;
-
-/// How many of the account's events a page of the feed with a `type` reads at most
-/// ([`Store::list_events`]). No index gives an account's events by type (each would cost
-/// every ingest one more index write), so a page of a rare type would otherwise read the
-/// account's whole history after its cursor; with this bound a page may come back short,
-/// or empty, with a cursor to go on from.
-pub const FEED_TYPE_SCAN: usize = 10_000;
 
 /// Cuts `rows` (fetched with one extra) to a page, with the position after its last item.
 pub(crate) fn page<T>(mut rows: Vec<(T, i64)>, limit: usize) -> Page<T> {

@@ -41,7 +41,7 @@ const MAX_CLAIM: usize = super::sqlite::MAX_CLAIM;
 const MIGRATE_LOCK_CLASS: i32 = 0x6d69_6772; // "migr"
 
 /// The versioned schema: migration `i` takes the database to version `i + 1`.
-const MIGRATIONS: &[&str] = &[
+pub const MIGRATIONS: &[&str] = &[
     r#"
 CREATE TABLE accounts (
     id          TEXT PRIMARY KEY,
@@ -193,6 +193,21 @@ BEGIN
 END $$;
 CREATE INDEX IF NOT EXISTS deliveries_pending_by_age ON deliveries (endpoint_id, created_at)
     WHERE status = 'pending';
+"#,
+    // The pull API by type: a page of one type seeks through the account's events of that
+    // type in feed order (`FEED_TYPED`), so it is full, or the feed's end, however rare the
+    // type is among the account's events. One more index entry an event. Like the index
+    // before, it can be built ahead with `CONCURRENTLY` on a large `events` table.
+    r#"
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+               WHERE i.indrelid = 'events'::regclass
+                 AND c.relname = 'events_feed_by_type' AND NOT i.indisvalid) THEN
+        DROP INDEX events_feed_by_type;
+    END IF;
+END $$;
+CREATE INDEX IF NOT EXISTS events_feed_by_type ON events (account_id, type, xid, seq);
 "#,
 ];
 
@@ -980,31 +995,9 @@ impl PgStore {
             tx.commit().await.ctx("ending the feed's read")?;
             rows
         };
-        let typed = filter.event_type.is_some();
         let mut events = Vec::with_capacity(rows.len().min(limit));
         let mut last = None;
-        let mut more = false;
-        // Where a page of one type stopped reading, if it read FEED_TYPE_SCAN events.
-        let mut cut = None;
-        for r in &rows {
-            let pos = (
-                r.try_get::<i64, _>(4).ctx("reading the event feed")?,
-                r.try_get::<i64, _>(5).ctx("reading the event feed")?,
-            );
-            if typed {
-                // FEED_TYPED also gives its scan's last row when it read all it may.
-                let scanned: i64 = r.try_get(7).ctx("reading the event feed")?;
-                if scanned == super::FEED_TYPE_SCAN as i64 {
-                    cut = Some(pos);
-                }
-                if !r.try_get::<bool, _>(6).ctx("reading the event feed")? {
-                    continue;
-                }
-            }
-            if events.len() == limit {
-                more = true;
-                break;
-            }
+        for r in rows.iter().take(limit) {
             let data: String = r.try_get(3).ctx("reading the event feed")?;
             events.push(Event {
                 id: r.try_get(0).ctx("reading the event feed")?,
@@ -1012,9 +1005,12 @@ impl PgStore {
                 created_at: Timestamp(r.try_get(2).ctx("reading the event feed")?),
                 data: serde_json::value::RawValue::from_string(data).ctx("reading event data")?,
             });
-            last = Some(pos);
+            last = Some((
+                r.try_get::<i64, _>(4).ctx("reading the event feed")?,
+                r.try_get::<i64, _>(5).ctx("reading the event feed")?,
+            ));
         }
-        Ok((events, if more { last } else { cut }))
+        Ok((events, if rows.len() > limit { last } else { None }))
     }
 
     pub async fn create_event_type(
@@ -2800,29 +2796,18 @@ pub const FEED: &str = "SELECT id, type, created_at, data, xid::text::bigint AS 
        AND ($5::bigint IS NULL OR created_at < $5)
      ORDER BY xid, seq LIMIT $6";
 
-/// A page of one type (`$4`): as [`FEED`] (since `$5`, until `$6`, at most `$7`, transactions
-/// up to `$8`), but reading no more than `$9` of the account's events
-/// ([`super::FEED_TYPE_SCAN`]), in one statement. The scan is pulled row by row, so a
-/// common type stops as soon as its page is full. Each row says whether it is one of the page
-/// (`matched`) and where in the scan it came (`scanned`): the scan's last row comes too
-/// (without its `data` unless it is one of the page), so that a page that read all it may
-/// can go on from there. It comes last, so `$7` (the page and one more) rows hold it
-/// whenever it is needed.
-pub const FEED_TYPED: &str = "SELECT id, type, created_at, CASE WHEN matched THEN data END,
-         xid_number, seq, matched, scanned
-     FROM (SELECT id, type, created_at, data, xid, xid::text::bigint AS xid_number, seq,
-               type = $4
-                 AND ($5::bigint IS NULL OR created_at >= $5)
-                 AND ($6::bigint IS NULL OR created_at < $6) AS matched,
-               row_number() OVER (ORDER BY xid, seq) AS scanned
-           FROM events
-           WHERE account_id = $1
-             AND (xid, seq) > ($2::text::xid8, $3)
-             AND xid <= $8::text::xid8
-             AND xid < pg_snapshot_xmin(pg_current_snapshot())
-           ORDER BY xid, seq LIMIT $9) AS scan
-     WHERE matched OR scanned = $9
-     ORDER BY xid, seq LIMIT $7";
+/// A page of one type (`$8`): as [`FEED`], through the account's index of events by type in
+/// feed order (`events_feed_by_type`), so that it reads only events of the type.
+pub const FEED_TYPED: &str =
+    "SELECT id, type, created_at, data, xid::text::bigint AS xid_number, seq
+     FROM events
+     WHERE account_id = $1 AND type = $8
+       AND (xid, seq) > ($2::text::xid8, $3)
+       AND xid <= $7::text::xid8
+       AND xid < pg_snapshot_xmin(pg_current_snapshot())
+       AND ($4::bigint IS NULL OR created_at >= $4)
+       AND ($5::bigint IS NULL OR created_at < $5)
+     ORDER BY xid, seq LIMIT $6";
 
 /// The transactions of account `$1`'s first and last events.
 pub const FEED_ENDS: &str = "SELECT
@@ -2851,20 +2836,14 @@ async fn feed_page<'c>(
             .bind(account_id)
             .bind(xid.to_string())
             .bind(seq)
-    };
-    let query = match &filter.event_type {
-        None => page(FEED)
-            .bind(filter.since)
-            .bind(filter.until)
-            .bind(limit as i64 + 1)
-            .bind(through.to_string()),
-        Some(event_type) => page(FEED_TYPED)
-            .bind(event_type)
             .bind(filter.since)
             .bind(filter.until)
             .bind(limit as i64 + 1)
             .bind(through.to_string())
-            .bind(super::FEED_TYPE_SCAN as i64),
+    };
+    let query = match &filter.event_type {
+        None => page(FEED),
+        Some(event_type) => page(FEED_TYPED).bind(event_type),
     };
     query.fetch_all(db).await.ctx("reading the event feed")
 }

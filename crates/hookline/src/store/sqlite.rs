@@ -363,7 +363,27 @@ UPDATE events SET (deliveries_from, deliveries_until) =
     WHERE EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id);
 DROP INDEX IF EXISTS deliveries_by_event;
 "#,
+    // The pull API by type: which stretches of `TYPE_STRETCH_ROWS` (256) row numbers hold an
+    // account's events of a type. A page of one type reads only those stretches, so it is
+    // full, or the feed's end, however rare the type. An index of events by type would cost
+    // every event one more index entry (batches 6 % slower, BENCHMARKS, the twenty-eighth
+    // host); this costs a write job one row per type and stretch it writes into, most of them
+    // there already. (`IF NOT EXISTS`, like the fill, so that it can run again.)
+    r#"
+CREATE TABLE IF NOT EXISTS event_type_stretches (
+    account_id  TEXT NOT NULL,
+    type        TEXT NOT NULL,
+    stretch     INTEGER NOT NULL,
+    PRIMARY KEY (account_id, type, stretch)
+) WITHOUT ROWID;
+INSERT OR IGNORE INTO event_type_stretches (account_id, type, stretch)
+    SELECT account_id, type, seq / 256 FROM events;
+"#,
 ];
+
+/// How many row numbers one stretch of `event_type_stretches` covers (the migration that made
+/// the table divides by the same number).
+const TYPE_STRETCH_ROWS: i64 = 256;
 
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path).ctx("opening the SQLite database")?;
@@ -1228,7 +1248,8 @@ impl SqliteStore {
     /// `since` and `until` bound the rows read, not only the rows shown: the feed starts at
     /// the account's events of about `since` and stops past those of about `until`
     /// ([`feed_row_before`]), so a page of the last hour does not read months of history
-    /// first.
+    /// first. A page of one type reads only the stretches of rows that hold events of the type
+    /// (`event_type_stretches`), so it is full unless it is the feed's end.
     pub async fn list_events(
         &self,
         account_id: String,
@@ -1256,66 +1277,53 @@ impl SqliteStore {
                 )?,
                 None => i64::MAX,
             };
-            // Where a page of one type stopped reading, if it did.
-            let mut cut = None;
-            let rows = match &filter.event_type {
-                None => c
-                    .prepare_cached(FEED)
+            let read = |sql: &str, args: &[&dyn rusqlite::ToSql]| {
+                c.prepare_cached(sql)
                     .ctx("preparing the event feed")?
-                    .query_map(
-                        params![
-                            account_id,
-                            from,
-                            filter.since,
-                            filter.until,
-                            limit as i64 + 1,
-                            to
-                        ],
-                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-                    )
+                    .query_map(args, |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                    })
                     .ctx("reading the event feed")?
                     .collect::<Result<Vec<(String, String, i64, String, i64)>, _>>()
-                    .ctx("reading the event feed")?,
-                // One type: the account's events are read one by one and filtered here, so
-                // that the page stops after FEED_TYPE_SCAN of them (a common type fills it
-                // long before).
+                    .ctx("reading the event feed")
+            };
+            let (since, until, rows_wanted) = (filter.since, filter.until, limit as i64 + 1);
+            let rows = match &filter.event_type {
+                None => read(
+                    FEED,
+                    params![account_id, from, since, until, rows_wanted, to],
+                )?,
+                // One type: only the stretches that hold events of it, in order, each read
+                // through the account's index, until the page and one more are found.
                 Some(wanted) => {
-                    let mut stmt = c
-                        .prepare_cached(FEED_SCAN)
-                        .ctx("preparing the event feed")?;
-                    let mut scan = stmt
-                        .query(params![account_id, from, to, wanted])
-                        .ctx("reading the event feed")?;
                     let mut rows = Vec::new();
-                    let mut read = 0;
-                    while let Some(r) = scan.next().ctx("reading the event feed")? {
-                        read += 1;
-                        let seq: i64 = r.get(0).ctx("reading the event feed")?;
-                        let event_type = r
-                            .get_ref(1)
-                            .and_then(|v| v.as_str().map_err(Into::into))
-                            .ctx("reading the event feed")?;
-                        if event_type == wanted.as_str() {
-                            let created_at: i64 = r.get(3).ctx("reading the event feed")?;
-                            if filter.since.is_none_or(|t| created_at >= t)
-                                && filter.until.is_none_or(|t| created_at < t)
-                            {
-                                rows.push((
-                                    r.get(2).ctx("reading the event feed")?,
-                                    wanted.clone(),
-                                    created_at,
-                                    r.get(4).ctx("reading the event feed")?,
-                                    seq,
-                                ));
-                                if rows.len() > limit {
-                                    break;
-                                }
+                    let mut stretches = c
+                        .prepare_cached(TYPE_STRETCHES)
+                        .ctx("preparing the event feed")?;
+                    let mut next = from.saturating_add(1) / TYPE_STRETCH_ROWS;
+                    'stretches: loop {
+                        let found = stretches
+                            .query_map(
+                                params![account_id, wanted, next, to / TYPE_STRETCH_ROWS],
+                                |r| r.get::<_, i64>(0),
+                            )
+                            .ctx("finding where events of a type are")?
+                            .collect::<Result<Vec<_>, _>>()
+                            .ctx("finding where events of a type are")?;
+                        let Some(&last) = found.last() else { break };
+                        for stretch in found {
+                            let start = from.max(stretch * TYPE_STRETCH_ROWS - 1);
+                            let end = to.min(stretch * TYPE_STRETCH_ROWS + TYPE_STRETCH_ROWS - 1);
+                            let wanted_rows = rows_wanted - rows.len() as i64;
+                            rows.extend(read(
+                                FEED_TYPED,
+                                params![account_id, start, since, until, wanted_rows, end, wanted],
+                            )?);
+                            if rows.len() > limit {
+                                break 'stretches;
                             }
                         }
-                        if read == super::FEED_TYPE_SCAN {
-                            cut = Some(seq);
-                            break;
-                        }
+                        next = last + 1;
                     }
                     rows
                 }
@@ -1333,7 +1341,7 @@ impl SqliteStore {
                 });
                 last = Some((0, seq));
             }
-            Ok((events, if more { last } else { cut.map(|end| (0, end)) }))
+            Ok((events, if more { last } else { None }))
         })
         .await
     }
@@ -1499,22 +1507,30 @@ impl SqliteStore {
             // of which the expired prefix goes: the scan is bounded whatever the table's size.
             // The newest event always stays, so `seq` (max + 1) never hands out a number again
             // and the feed never skips.
-            // Each with its deliveries' run of rows (none if it had none).
-            type Expired = (String, i64, Option<i64>, Option<i64>);
+            // Each with its deliveries' run of rows (none if it had none), its type and row.
+            type Expired = (String, i64, Option<i64>, Option<i64>, String, i64);
             let oldest: Vec<Expired> = c
                 .prepare_cached(OLDEST_ENDED_EVENTS)
                 .ctx("preparing the retention scan")?
                 .query_map(params![batch as i64, account_id], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                    ))
                 })
                 .ctx("finding expired events")?
                 .collect::<Result<_, _>>()
                 .ctx("finding expired events")?;
             let expired: Vec<Expired> = oldest
                 .into_iter()
-                .take_while(|(_, created_at, _, _)| *created_at < before.0)
+                .take_while(|(_, created_at, ..)| *created_at < before.0)
                 .collect();
-            for (id, _, from, until) in &expired {
+            let mut stretches: Vec<(&str, i64)> = Vec::new();
+            for (id, _, from, until, event_type, seq) in &expired {
                 c.prepare_cached(
                     "DELETE FROM attempts WHERE delivery_id IN
                         (SELECT id FROM deliveries
@@ -1530,6 +1546,25 @@ impl SqliteStore {
                 c.prepare_cached("DELETE FROM events WHERE id = ?1")
                     .and_then(|mut s| s.execute([id]))
                     .ctx("deleting an expired event")?;
+                let stretch = seq / TYPE_STRETCH_ROWS;
+                if !stretches.contains(&(event_type.as_str(), stretch)) {
+                    stretches.push((event_type.as_str(), stretch));
+                }
+            }
+            // The stretches these events were in go too, unless the account still has events
+            // of the type there (which ones go first follows their deliveries, not their rows).
+            for (event_type, stretch) in stretches {
+                c.prepare_cached(FORGET_EMPTY_STRETCH)
+                    .and_then(|mut s| {
+                        s.execute(params![
+                            account_id,
+                            event_type,
+                            stretch,
+                            stretch * TYPE_STRETCH_ROWS,
+                            stretch * TYPE_STRETCH_ROWS + TYPE_STRETCH_ROWS
+                        ])
+                    })
+                    .ctx("forgetting where expired events were")?;
             }
             Ok(expired.len())
         })
@@ -2869,7 +2904,9 @@ const NEXT_DUE: &str = "SELECT NULLIF(MIN(MIN(COALESCE(e.waiting_since, 92233720
 
 /// Account `?2`'s oldest `?1` events whose deliveries have all ended (never the newest event
 /// of all), each with its deliveries' run of rows: retention's scan.
-const OLDEST_ENDED_EVENTS: &str = "SELECT e.id, e.created_at, e.deliveries_from, e.deliveries_until
+const OLDEST_ENDED_EVENTS: &str =
+    "SELECT e.id, e.created_at, e.deliveries_from, e.deliveries_until,
+        e.type, e.seq
      FROM events e
      WHERE e.account_id = ?2 AND e.seq < (SELECT MAX(seq) FROM events)
        AND NOT EXISTS (
@@ -2886,15 +2923,25 @@ const FEED: &str = "SELECT id, type, created_at, data, seq FROM events
        AND (?4 IS NULL OR created_at < ?4)
      ORDER BY seq LIMIT ?5";
 
-/// Account `?1`'s events after row `?2` up to row `?3`, in order, every one: what a page of
-/// type `?4` reads, filtering as it goes, until it has its page or has read
-/// [`super::FEED_TYPE_SCAN`] of them. Only an event of the type has the columns from `data`
-/// on read (`data` may be large, and `created_at` lies after it in the row).
-const FEED_SCAN: &str = "SELECT seq, type, id,
-         CASE WHEN type = ?4 THEN created_at END,
-         CASE WHEN type = ?4 THEN data END
-     FROM events
-     WHERE account_id = ?1 AND seq > ?2 AND seq <= ?3 ORDER BY seq";
+/// Forgets that stretch `?3` (rows `?4` up to `?5`) holds account `?1`'s events of type `?2`
+/// if it no longer does.
+const FORGET_EMPTY_STRETCH: &str = "DELETE FROM event_type_stretches
+     WHERE account_id = ?1 AND type = ?2 AND stretch = ?3
+       AND NOT EXISTS (SELECT 1 FROM events
+                       WHERE account_id = ?1 AND seq >= ?4 AND seq < ?5 AND type = ?2)";
+
+/// Account `?1`'s stretches that hold events of type `?2`, from stretch `?3` to `?4`, in
+/// order, a few at a time.
+const TYPE_STRETCHES: &str = "SELECT stretch FROM event_type_stretches
+     WHERE account_id = ?1 AND type = ?2 AND stretch >= ?3 AND stretch <= ?4
+     ORDER BY stretch LIMIT 16";
+
+/// A page of one type (`?7`) within one stretch of rows: as [`FEED`].
+const FEED_TYPED: &str = "SELECT id, type, created_at, data, seq FROM events
+     WHERE account_id = ?1 AND type = ?7 AND seq > ?2 AND seq <= ?6
+       AND (?3 IS NULL OR created_at >= ?3)
+       AND (?4 IS NULL OR created_at < ?4)
+     ORDER BY seq LIMIT ?5";
 
 /// Account `?1`'s last event's row number (0 if none).
 const LAST_EVENT: &str = "SELECT COALESCE(MAX(seq), 0) FROM events WHERE account_id = ?1";
@@ -2970,6 +3017,8 @@ fn insert_rows(
     // Endpoints whose `waiting_from` this job has already made cover its waiting rows (row
     // numbers only grow within a transaction, so the first one is the lowest).
     let mut marked: Vec<&str> = Vec::new();
+    // The (type, stretch) pairs this job's events fall in, each recorded once at its end.
+    let mut stretches: Vec<(String, i64)> = Vec::new();
     for ev in events {
         let mut deliveries = Vec::new();
         for ep in endpoints.iter().filter(|e| e.subscribes_to(&ev.event_type)) {
@@ -3027,6 +3076,13 @@ fn insert_rows(
                 run.map(|r| r.1)
             ])
             .ctx("inserting an event")?;
+        let stretch = c.last_insert_rowid() / TYPE_STRETCH_ROWS;
+        if !stretches
+            .iter()
+            .any(|(t, at)| *at == stretch && *t == ev.event_type)
+        {
+            stretches.push((ev.event_type.clone(), stretch));
+        }
         out.push(AcceptedEvent {
             event: Arc::new(Event {
                 id: ev.id,
@@ -3037,6 +3093,17 @@ fn insert_rows(
             payload: ev.payload,
             deliveries,
         });
+    }
+    let mut record = c
+        .prepare_cached(
+            "INSERT OR IGNORE INTO event_type_stretches (account_id, type, stretch)
+             VALUES (?1, ?2, ?3)",
+        )
+        .ctx("preparing the stretch record")?;
+    for (event_type, stretch) in &stretches {
+        record
+            .execute(params![account_id, event_type, stretch])
+            .ctx("recording where events of a type are")?;
     }
     Ok(out)
 }
@@ -4794,6 +4861,181 @@ pub(crate) mod tests {
         assert_eq!(indexes, 0, "no index of deliveries by event is kept");
     }
 
+    /// Where an account's events of each type are is kept by stretch of rows: ingest records
+    /// the stretches its events fall in (another account's apart), a database from before the
+    /// table gets them when it opens, and retention forgets a stretch once no event of its
+    /// type is left in it, and only then.
+    #[tokio::test]
+    async fn the_stretches_of_each_type_follow_the_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), Sealer::none()).unwrap();
+        let account = store.create_account("a".into(), Plan::Pro).await.unwrap();
+        let other = store.create_account("b".into(), Plan::Pro).await.unwrap();
+        // Rows 1 to 600: clicks (stretches 0, 1 and 2); row 601: a bounce (stretch 2); rows
+        // 602 to 611: the other account's clicks.
+        store
+            .insert_events(account.id.clone(), click(600), |_| true, |_| {})
+            .await
+            .unwrap();
+        let mut bounce = click(1);
+        bounce[0].event_type = "bounce".into();
+        let bounce_id = bounce[0].id.clone();
+        store
+            .insert_events(account.id.clone(), bounce, |_| true, |_| {})
+            .await
+            .unwrap();
+        store
+            .insert_events(other.id.clone(), click(10), |_| true, |_| {})
+            .await
+            .unwrap();
+        let stretches = |account_id: &str| {
+            let db = Connection::open(dir.path().join("hookline.db")).unwrap();
+            db.prepare(
+                "SELECT type, stretch FROM event_type_stretches WHERE account_id = ?1
+                 ORDER BY type, stretch",
+            )
+            .unwrap()
+            .query_map([account_id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<Vec<(String, i64)>, _>>()
+            .unwrap()
+        };
+        let all = vec![
+            ("bounce".to_owned(), 2),
+            ("click".to_owned(), 0),
+            ("click".to_owned(), 1),
+            ("click".to_owned(), 2),
+        ];
+        assert_eq!(stretches(&account.id), all);
+        assert_eq!(stretches(&other.id), [("click".to_owned(), 2)]);
+
+        // As before the table: the migration finds the same stretches.
+        drop(store);
+        let before = MIGRATIONS
+            .iter()
+            .position(|m| m.contains("CREATE TABLE IF NOT EXISTS event_type_stretches"))
+            .unwrap();
+        let db = Connection::open(dir.path().join("hookline.db")).unwrap();
+        db.execute_batch(&format!(
+            "DROP TABLE event_type_stretches; PRAGMA user_version = {before};"
+        ))
+        .unwrap();
+        drop(db);
+        let store = SqliteStore::open(dir.path(), Sealer::none()).unwrap();
+        assert_eq!(stretches(&account.id), all);
+
+        // Retention: the oldest 300 clicks (rows 1 to 300) empty stretch 0 only; the next 300
+        // empty stretch 1, and leave stretch 2 to the bounce.
+        let later = Timestamp(Timestamp::now().0 + 3_600_000);
+        assert_eq!(
+            store.purge(account.id.clone(), later, 300).await.unwrap(),
+            300
+        );
+        assert_eq!(
+            stretches(&account.id),
+            all[..1]
+                .iter()
+                .chain(&all[2..])
+                .cloned()
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(
+            store.purge(account.id.clone(), later, 300).await.unwrap(),
+            300
+        );
+        assert_eq!(stretches(&account.id), all[..1]);
+        let typed = |event_type: &str| EventFilter {
+            event_type: Some(event_type.into()),
+            ..Default::default()
+        };
+        let (bounces, next) = store
+            .list_events(account.id.clone(), typed("bounce"), None, 10)
+            .await
+            .unwrap();
+        assert_eq!((bounces.len(), next), (1, None));
+        assert_eq!(bounces[0].id, bounce_id);
+        let (clicks, _) = store
+            .list_events(account.id.clone(), typed("click"), None, 10)
+            .await
+            .unwrap();
+        assert!(clicks.is_empty());
+    }
+
+    /// A page of one type reads each stretch whole, from its first row to its last: events
+    /// of the type on stretches' first and last rows, paged one at a time or resumed from
+    /// any row around them, come once each, in order. And it reads only the stretches
+    /// recorded: one forgotten by hand hides its events (which is why every insert of an
+    /// event records its stretch in the same job).
+    #[tokio::test]
+    async fn a_page_by_type_reads_each_stretch_from_its_first_row_to_its_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), Sealer::none()).unwrap();
+        let account = store.create_account("a".into(), Plan::Pro).await.unwrap();
+        // Rows 1 to 522, bounces on rows 255 and 256 (the ends of stretches 0 and 1) and 511
+        // and 512 (of stretches 1 and 2).
+        let rare: [i64; 4] = [255, 256, 511, 512];
+        let mut events = click(522);
+        for (row, ev) in (1..).zip(events.iter_mut()) {
+            if rare.contains(&row) {
+                ev.event_type = "bounce".into();
+            }
+        }
+        let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+        store
+            .insert_events(account.id.clone(), events, |_| true, |_| {})
+            .await
+            .unwrap();
+        let bounces: Vec<String> = rare.iter().map(|&r| ids[r as usize - 1].clone()).collect();
+        for (&row, id) in rare.iter().zip(&bounces) {
+            let at = store.feed_position(account.id.clone(), id.clone()).await;
+            assert_eq!(at.unwrap(), Some((0, row)));
+        }
+        let typed = EventFilter {
+            event_type: Some("bounce".into()),
+            ..Default::default()
+        };
+        let page = async |after, limit| {
+            let (events, next) = store
+                .list_events(account.id.clone(), typed.clone(), after, limit)
+                .await
+                .unwrap();
+            (events.into_iter().map(|e| e.id).collect::<Vec<_>>(), next)
+        };
+        let mut after = None;
+        let mut seen = Vec::new();
+        loop {
+            let (ids, next) = page(after, 1).await;
+            assert_eq!(ids.len(), 1);
+            seen.extend(ids);
+            match next {
+                Some(pos) => after = Some(pos),
+                None => break,
+            }
+        }
+        assert_eq!(seen, bounces);
+        for from in [0, 254, 255, 256, 257, 510, 511, 512, 600] {
+            let want: Vec<String> = rare
+                .iter()
+                .zip(&bounces)
+                .filter(|(row, _)| **row > from)
+                .map(|(_, id)| id.clone())
+                .collect();
+            assert_eq!(
+                page(Some((0, from)), 10).await,
+                (want, None),
+                "after row {from}"
+            );
+        }
+        let db = Connection::open(dir.path().join("hookline.db")).unwrap();
+        db.execute(
+            "DELETE FROM event_type_stretches WHERE type = 'bounce' AND stretch = 1",
+            [],
+        )
+        .unwrap();
+        let (ids, _) = page(None, 10).await;
+        assert_eq!(ids, [bounces[0].clone(), bounces[3].clone()]);
+    }
+
     /// A page of the feed and each probe of its search seek through the account's index of
     /// events: none reads other accounts' events or sorts.
     #[test]
@@ -4810,10 +5052,32 @@ pub(crate) mod tests {
                 ),
                 (LAST_EVENT, "events_by_account (account_id=?)"),
                 (
-                    FEED_SCAN,
+                    FEED_TYPED,
                     "events_by_account (account_id=? AND seq>? AND seq<?)",
                 ),
             ],
+        );
+        assert_seeks(
+            &db,
+            "event_type_stretches",
+            &[
+                (
+                    TYPE_STRETCHES,
+                    "PRIMARY KEY (account_id=? AND type=? AND stretch>? AND stretch<?)",
+                ),
+                (
+                    FORGET_EMPTY_STRETCH,
+                    "PRIMARY KEY (account_id=? AND type=? AND stretch=?)",
+                ),
+            ],
+        );
+        assert_seeks(
+            &db,
+            "events",
+            &[(
+                FORGET_EMPTY_STRETCH,
+                "events_by_account (account_id=? AND seq>? AND seq<?)",
+            )],
         );
     }
 
