@@ -104,12 +104,19 @@ async fn a_reader_paging_while_writers_ingest_sees_every_event_once(engine: Engi
         "/v1/events?since=yesterday",
         "/v1/events?cursor=nonsense",
         "/v1/events?limit=0",
+        "/v1/events?type=",
+        "/v1/events?type=Open%20Events",
     ] {
         let (status, body) = s.get(bad).await;
         assert_eq!(status, 400, "{bad}: {body}");
     }
     let (status, _) = s.get("/v1/events?after=evt_unknown").await;
     assert_eq!(status, 404);
+    // A name an account's own type could have, with no events: an empty page, the end.
+    let (status, page) = s.get("/v1/events?type=crm.synced").await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["data"].as_array().unwrap().len(), 0);
+    assert!(page["next_cursor"].is_null(), "{page}");
 }
 
 /// A page of one type holds only that type's events and is full unless it is the feed's end,

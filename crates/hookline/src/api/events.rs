@@ -7,7 +7,7 @@ use super::extract::{
 };
 use super::{AppState, List};
 use crate::ingest::EventInput;
-use crate::model::{Delivery, Event, Timestamp};
+use crate::model::{BUILTIN_EVENT_TYPES, Delivery, Event, Timestamp};
 use crate::store::{AcceptedSummary, DeliveryFilter, EventFilter};
 use axum::Json;
 use axum::extract::{Path, State};
@@ -207,7 +207,8 @@ pub async fn create_batch(
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct FeedQuery {
-    /// Only events of this type.
+    /// Only events of this type: a built-in type or one of the account's own (one deleted
+    /// since still finds its events); a string that cannot name a type is a `400`.
     #[serde(rename = "type")]
     #[param(rename = "type")]
     pub event_type: Option<String>,
@@ -256,6 +257,20 @@ pub async fn list(
             })
             .transpose()
     };
+    if let Some(t) = q.event_type.as_deref()
+        && !crate::model::is_builtin_event_type(t)
+        && !crate::catalogue::is_custom_name(t)
+    {
+        let builtin: Vec<&str> = BUILTIN_EVENT_TYPES.iter().map(|(n, _)| *n).collect();
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!(
+                "type: {t:?} cannot name an event type (built-in: {}; or an account's own, \
+                 [a-z0-9_.]+ of at most 64 characters)",
+                builtin.join(", ")
+            ),
+        ));
+    }
     let filter = EventFilter {
         event_type: q.event_type.clone(),
         since: time("since", &q.since)?,
