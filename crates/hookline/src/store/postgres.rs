@@ -981,15 +981,20 @@ impl PgStore {
                 .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                 .await
                 .ctx("starting the feed's read")?;
+            // Both searches run between the same ends, read once.
+            let ends = feed_ends(&mut tx, &account_id).await?;
             if let Some(since) = filter.since {
                 let cutoff = since.saturating_sub(super::RECOVER_MARGIN_MS);
-                if let Some(start) = feed_search(&mut tx, &account_id, cutoff).await?.0 {
+                let found = feed_search_within(&mut tx, &account_id, ends, cutoff).await?;
+                if let Some(start) = found.0 {
                     from = from.max(start);
                 }
             }
             if let Some(until) = filter.until {
                 let cutoff = until.saturating_add(super::RECOVER_MARGIN_MS);
-                through = feed_search(&mut tx, &account_id, cutoff).await?.1;
+                through = feed_search_within(&mut tx, &account_id, ends, cutoff)
+                    .await?
+                    .1;
             }
             let rows = feed_page(&mut *tx, &account_id, &filter, from, through, limit).await?;
             tx.commit().await.ctx("ending the feed's read")?;
@@ -2869,12 +2874,31 @@ pub async fn feed_search(
     account_id: &str,
     cutoff: i64,
 ) -> Result<(Option<FeedPos>, i64), StoreError> {
+    let ends = feed_ends(db, account_id).await?;
+    feed_search_within(db, account_id, ends, cutoff).await
+}
+
+/// The transactions of the account's first and last events (`None` if it has none).
+async fn feed_ends(
+    db: &mut PgConnection,
+    account_id: &str,
+) -> Result<Option<(i64, i64)>, StoreError> {
     let (first, last): (Option<i64>, Option<i64>) = sqlx::query_as(FEED_ENDS)
         .bind(account_id)
-        .fetch_one(&mut *db)
+        .fetch_one(db)
         .await
         .ctx("finding the ends of the account's feed")?;
-    let (Some(first), Some(last)) = (first, last) else {
+    Ok(first.zip(last))
+}
+
+/// [`feed_search`] between the ends [`feed_ends`] read in the same snapshot.
+async fn feed_search_within(
+    db: &mut PgConnection,
+    account_id: &str,
+    ends: Option<(i64, i64)>,
+    cutoff: i64,
+) -> Result<(Option<FeedPos>, i64), StoreError> {
+    let Some((first, last)) = ends else {
         return Ok((None, 0));
     };
     // Whether the first event of a transaction after `x` was created before the cutoff
