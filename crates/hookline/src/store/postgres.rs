@@ -2782,6 +2782,26 @@ pub static ACCOUNT_DELIVERIES: std::sync::LazyLock<String> = std::sync::LazyLock
     )
 });
 
+/// The text of [`FEED`] with `$filter` added to its conditions: both pages read the same
+/// positions and show only what the same snapshot may (the feed's invariant lives here).
+macro_rules! feed_page_sql {
+    ($filter:literal) => {
+        concat!(
+            "SELECT id, type, created_at, data, xid::text::bigint AS xid_number, seq
+     FROM events
+     WHERE account_id = $1",
+            $filter,
+            "
+       AND (xid, seq) > ($2::text::xid8, $3)
+       AND xid <= $7::text::xid8
+       AND xid < pg_snapshot_xmin(pg_current_snapshot())
+       AND ($4::bigint IS NULL OR created_at >= $4)
+       AND ($5::bigint IS NULL OR created_at < $5)
+     ORDER BY xid, seq LIMIT $6"
+        )
+    };
+}
+
 /// A page of account `$1`'s feed without a type: its events after position (`$2`, `$3`)
 /// whose transaction is at most `$7`, created at or after `$4` and before `$5` (each if
 /// given), in feed order, at most `$6`; only those of transactions older than every one
@@ -2791,28 +2811,11 @@ pub static ACCOUNT_DELIVERIES: std::sync::LazyLock<String> = std::sync::LazyLock
 /// own: named `xid`, that output column is what `ORDER BY xid` would sort by, a number no
 /// index gives in order, so every page would read and sort all of the account's events
 /// after its start.
-pub const FEED: &str = "SELECT id, type, created_at, data, xid::text::bigint AS xid_number, seq
-     FROM events
-     WHERE account_id = $1
-       AND (xid, seq) > ($2::text::xid8, $3)
-       AND xid <= $7::text::xid8
-       AND xid < pg_snapshot_xmin(pg_current_snapshot())
-       AND ($4::bigint IS NULL OR created_at >= $4)
-       AND ($5::bigint IS NULL OR created_at < $5)
-     ORDER BY xid, seq LIMIT $6";
+pub const FEED: &str = feed_page_sql!("");
 
 /// A page of one type (`$8`): as [`FEED`], through the account's index of events by type in
 /// feed order (`events_feed_by_type`), so that it reads only events of the type.
-pub const FEED_TYPED: &str =
-    "SELECT id, type, created_at, data, xid::text::bigint AS xid_number, seq
-     FROM events
-     WHERE account_id = $1 AND type = $8
-       AND (xid, seq) > ($2::text::xid8, $3)
-       AND xid <= $7::text::xid8
-       AND xid < pg_snapshot_xmin(pg_current_snapshot())
-       AND ($4::bigint IS NULL OR created_at >= $4)
-       AND ($5::bigint IS NULL OR created_at < $5)
-     ORDER BY xid, seq LIMIT $6";
+pub const FEED_TYPED: &str = feed_page_sql!(" AND type = $8");
 
 /// The transactions of account `$1`'s first and last events.
 pub const FEED_ENDS: &str = "SELECT

@@ -2915,13 +2915,25 @@ const OLDEST_ENDED_EVENTS: &str =
           AND d.event_id = e.id AND d.status IN ('pending', 'delivering'))
      ORDER BY e.seq LIMIT ?1";
 
-/// A page of account `?1`'s feed without a type: its events after row `?2` up to row `?6`,
-/// created at or after `?3` and before `?4` (each if given), oldest first, at most `?5`.
-const FEED: &str = "SELECT id, type, created_at, data, seq FROM events
-     WHERE account_id = ?1 AND seq > ?2 AND seq <= ?6
+/// The text of [`FEED`] with `$filter` added to its conditions: both pages read the same
+/// rows by the same bounds.
+macro_rules! feed_page_sql {
+    ($filter:literal) => {
+        concat!(
+            "SELECT id, type, created_at, data, seq FROM events
+     WHERE account_id = ?1",
+            $filter,
+            " AND seq > ?2 AND seq <= ?6
        AND (?3 IS NULL OR created_at >= ?3)
        AND (?4 IS NULL OR created_at < ?4)
-     ORDER BY seq LIMIT ?5";
+     ORDER BY seq LIMIT ?5"
+        )
+    };
+}
+
+/// A page of account `?1`'s feed without a type: its events after row `?2` up to row `?6`,
+/// created at or after `?3` and before `?4` (each if given), oldest first, at most `?5`.
+const FEED: &str = feed_page_sql!("");
 
 /// Forgets that stretch `?3` (rows `?4` up to `?5`) holds account `?1`'s events of type `?2`
 /// if it no longer does.
@@ -2937,11 +2949,7 @@ const TYPE_STRETCHES: &str = "SELECT stretch FROM event_type_stretches
      ORDER BY stretch LIMIT 16";
 
 /// A page of one type (`?7`) within one stretch of rows: as [`FEED`].
-const FEED_TYPED: &str = "SELECT id, type, created_at, data, seq FROM events
-     WHERE account_id = ?1 AND type = ?7 AND seq > ?2 AND seq <= ?6
-       AND (?3 IS NULL OR created_at >= ?3)
-       AND (?4 IS NULL OR created_at < ?4)
-     ORDER BY seq LIMIT ?5";
+const FEED_TYPED: &str = feed_page_sql!(" AND type = ?7");
 
 /// Account `?1`'s last event's row number (0 if none).
 const LAST_EVENT: &str = "SELECT COALESCE(MAX(seq), 0) FROM events WHERE account_id = ?1";
