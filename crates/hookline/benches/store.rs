@@ -171,7 +171,7 @@ fn store_ops(c: &mut Criterion) {
     // What every poll costs when many endpoints have nothing due: the claim looks at each
     // endpoint with room, and the next due time is one index seek per endpoint.
     let dir = tempfile::tempdir().unwrap();
-    let (store, _) = rt.block_on(setup(dir.path(), 1000));
+    let (store, account) = rt.block_on(setup(dir.path(), 1000));
     let mut group = c.benchmark_group("poll, 1000 endpoints, nothing due");
     group.bench_function("claim_due", |b| {
         b.to_async(&rt).iter(|| {
@@ -186,6 +186,36 @@ fn store_ops(c: &mut Criterion) {
         b.to_async(&rt).iter(|| {
             let store = store.clone();
             async move { assert_eq!(store.next_due_at().await.unwrap(), None) }
+        })
+    });
+    group.finish();
+
+    // A claim that finds one delivery at each of 1,000 endpoints (an event all of them take,
+    // left waiting for room): one scan of each endpoint's rows.
+    let mut group = c.benchmark_group("claim_due, 1000 endpoints");
+    group.throughput(Throughput::Elements(1000));
+    group.bench_function("one waiting at each", |b| {
+        b.to_async(&rt).iter_custom(|iters| {
+            let (store, account) = (store.clone(), account.clone());
+            async move {
+                let mut timed = Duration::ZERO;
+                for _ in 0..iters {
+                    store
+                        .insert_events(account.clone(), events(1), |_| false, |_| {})
+                        .await
+                        .unwrap();
+                    let start = Instant::now();
+                    let claimed = store.claim_due(Timestamp::now(), |_| 1000).await.unwrap();
+                    timed += start.elapsed();
+                    assert_eq!(claimed.len(), 1000);
+                    let released = claimed
+                        .into_iter()
+                        .map(|d| success(d.delivery_id, d.row, d.claim, d.endpoint.id.clone()))
+                        .collect();
+                    store.record_attempts(released).await.unwrap();
+                }
+                timed
+            }
         })
     });
     group.finish();

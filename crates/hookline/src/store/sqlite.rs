@@ -41,6 +41,7 @@ use crate::model::{
     Account, ApiKey, Attempt, CustomEventType, Delivery, DeliveryStatus, Endpoint, Event, Plan,
     Timestamp, envelope, new_id,
 };
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -83,6 +84,10 @@ const WRITER_CACHE_KIB: u32 = 4000;
 /// How many queued writes one transaction takes at most.
 const MAX_GROUP: usize = 2048;
 const READERS: usize = 4;
+/// Prepared statements each connection keeps (rusqlite keeps 16 unless told): the store has
+/// some fifty it prepares and keeps, and one pushed out is parsed and planned again the next
+/// time it runs.
+const STATEMENT_CACHE: usize = 96;
 /// The most deliveries one claim takes, so that it never holds the writer for long.
 pub const MAX_CLAIM: usize = 2000;
 /// How often the checkpointer folds the WAL back into the database file when nothing
@@ -389,6 +394,13 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path).ctx("opening the SQLite database")?;
     conn.busy_timeout(BUSY_TIMEOUT)
         .ctx("setting the SQLite busy timeout")?;
+    // Plans that depend on the schema alone. Otherwise SQLite plans `LIMIT ?n` with the
+    // number bound to it, and so compiles such a statement again each time a number is bound:
+    // every page of a list, every claim scan, cached or not. (Nothing here relies on plans
+    // from bound values: there are no `LIKE` patterns, and no `ANALYZE` statistics.)
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
+        .ctx("asking SQLite for plans that stay")?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     // `temp_store = MEMORY` keeps each write job's savepoint journal in memory: on disk it
     // cost a file write per page a job touched (a fifth of the writer's time, by profile).
     conn.execute_batch(
@@ -4765,9 +4777,7 @@ pub(crate) mod tests {
     /// indexes: none of them reads every delivery, however many an endpoint has.
     #[test]
     fn claims_read_deliveries_only_through_indexes() {
-        let dir = tempfile::tempdir().unwrap();
-        drop(SqliteStore::open(dir.path(), Sealer::none()).unwrap());
-        let db = Connection::open(dir.path().join("hookline.db")).unwrap();
+        let (_dir, db) = a_new_schema();
         for (sql, index) in [
             (ENDPOINTS_WITH_WORK, "deliveries_due_by_endpoint"),
             (DUE_SCAN, "deliveries_due_by_endpoint"),
@@ -5089,12 +5099,46 @@ pub(crate) mod tests {
         );
     }
 
-    /// A database with the whole schema and nothing in it.
+    /// A database with the whole schema and nothing in it, on a connection made as the
+    /// store makes its own (so that its plans are the store's).
     fn a_new_schema() -> (tempfile::TempDir, Connection) {
         let dir = tempfile::tempdir().unwrap();
         drop(SqliteStore::open(dir.path(), Sealer::none()).unwrap());
-        let db = Connection::open(dir.path().join("hookline.db")).unwrap();
+        let db = open_connection(&dir.path().join("hookline.db")).unwrap();
         (dir, db)
+    }
+
+    /// A statement with `LIMIT ?n`, cached, is compiled once: binding another number (or
+    /// the same one again) does not make SQLite compile it afresh, as it did for every
+    /// claim scan and every page of a list before the store asked it for plans that stay.
+    /// A connection made as SQLite makes them by default shows what is avoided.
+    #[test]
+    fn paged_statements_are_compiled_once() {
+        let (dir, db) = a_new_schema();
+        let plain = Connection::open(dir.path().join("hookline.db")).unwrap();
+        let recompiled = |c: &Connection, sql: &str| {
+            for limit in [10_i64, 100, 100, 7] {
+                let mut st = c.prepare_cached(sql).unwrap();
+                let unbound = st.parameter_count();
+                let mut values: Vec<rusqlite::types::Value> =
+                    vec![rusqlite::types::Value::Integer(0); unbound];
+                // Each statement here takes its limit last but one (the feed) or last.
+                let at = if sql == FEED { 4 } else { unbound - 1 };
+                values[at] = rusqlite::types::Value::Integer(limit);
+                let rows: Vec<i64> = st
+                    .query_map(rusqlite::params_from_iter(values), |_| Ok(0))
+                    .unwrap()
+                    .collect::<Result<_, _>>()
+                    .unwrap();
+                assert!(rows.is_empty(), "{sql}");
+            }
+            let st = c.prepare_cached(sql).unwrap();
+            st.get_status(rusqlite::StatementStatus::RePrepare)
+        };
+        for sql in [DUE_SCAN, WAITING_SCAN, FEED] {
+            assert_eq!(recompiled(&db, sql), 0, "{sql}");
+            assert!(recompiled(&plain, sql) >= 3, "{sql}");
+        }
     }
 
     /// Each statement's plan seeks through its index (the text SQLite gives it), sorts
