@@ -91,6 +91,28 @@ async fn setup(dir: &std::path::Path, fanout: usize) -> (Store, String) {
     (store, account.id)
 }
 
+/// `iters` rounds of: `events` events, left waiting for room, then a claim of 1,000 deliveries
+/// (timed), then their outcomes, so that nothing is due for the next round.
+async fn timed_claims(store: Store, account: String, events_n: usize, iters: u64) -> Duration {
+    let mut timed = Duration::ZERO;
+    for _ in 0..iters {
+        store
+            .insert_events(account.clone(), events(events_n), |_| false, |_| {})
+            .await
+            .unwrap();
+        let start = Instant::now();
+        let claimed = store.claim_due(Timestamp::now(), |_| 1000).await.unwrap();
+        timed += start.elapsed();
+        assert_eq!(claimed.len(), 1000);
+        let released = claimed
+            .into_iter()
+            .map(|d| success(d.delivery_id, d.row, d.claim, d.endpoint.id.clone()))
+            .collect();
+        store.record_attempts(released).await.unwrap();
+    }
+    timed
+}
+
 fn store_ops(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut group = c.benchmark_group("insert_events");
@@ -142,29 +164,8 @@ fn store_ops(c: &mut Criterion) {
     let mut group = c.benchmark_group("claim_due");
     group.throughput(Throughput::Elements(1000));
     group.bench_function("1000 due", |b| {
-        b.to_async(&rt).iter_custom(|iters| {
-            let (store, account) = (store.clone(), account.clone());
-            async move {
-                let mut timed = Duration::ZERO;
-                for _ in 0..iters {
-                    store
-                        .insert_events(account.clone(), events(1000), |_| false, |_| {})
-                        .await
-                        .unwrap();
-                    let start = Instant::now();
-                    let claimed = store.claim_due(Timestamp::now(), |_| 1000).await.unwrap();
-                    timed += start.elapsed();
-                    assert_eq!(claimed.len(), 1000);
-                    let released = claimed
-                        .into_iter()
-                        .map(|d| success(d.delivery_id, d.row, d.claim, d.endpoint.id.clone()))
-                        .collect();
-                    // Leave nothing due for the next round.
-                    store.record_attempts(released).await.unwrap();
-                }
-                timed
-            }
-        })
+        b.to_async(&rt)
+            .iter_custom(|iters| timed_claims(store.clone(), account.clone(), 1000, iters))
     });
     group.finish();
 
@@ -195,28 +196,8 @@ fn store_ops(c: &mut Criterion) {
     let mut group = c.benchmark_group("claim_due, 1000 endpoints");
     group.throughput(Throughput::Elements(1000));
     group.bench_function("one waiting at each", |b| {
-        b.to_async(&rt).iter_custom(|iters| {
-            let (store, account) = (store.clone(), account.clone());
-            async move {
-                let mut timed = Duration::ZERO;
-                for _ in 0..iters {
-                    store
-                        .insert_events(account.clone(), events(1), |_| false, |_| {})
-                        .await
-                        .unwrap();
-                    let start = Instant::now();
-                    let claimed = store.claim_due(Timestamp::now(), |_| 1000).await.unwrap();
-                    timed += start.elapsed();
-                    assert_eq!(claimed.len(), 1000);
-                    let released = claimed
-                        .into_iter()
-                        .map(|d| success(d.delivery_id, d.row, d.claim, d.endpoint.id.clone()))
-                        .collect();
-                    store.record_attempts(released).await.unwrap();
-                }
-                timed
-            }
-        })
+        b.to_async(&rt)
+            .iter_custom(|iters| timed_claims(store.clone(), account.clone(), 1, iters))
     });
     group.finish();
 
