@@ -316,7 +316,10 @@ fn validate(
     if !catalogue.knows(&input.event_type) && own.is_none() {
         return Err(field(
             "type",
-            format!("unknown event type {:?}", input.event_type),
+            format!(
+                "unknown event type {}",
+                crate::model::quoted(&input.event_type)
+            ),
         ));
     }
     if !input.data.get().trim_start().starts_with('{') {

@@ -440,6 +440,16 @@ pub fn is_builtin_event_type(name: &str) -> bool {
     BUILTIN_EVENT_TYPES.iter().any(|(n, _)| *n == name)
 }
 
+/// `text` for an error message: quoted as `{:?}` quotes it, but only its first 64
+/// characters, then `…` and its whole length, so that an answer never repeats a long input.
+pub fn quoted(text: &str) -> String {
+    const SHOWN: usize = 64;
+    match text.char_indices().nth(SHOWN) {
+        None => format!("{text:?}"),
+        Some((at, _)) => format!("{:?}… ({} bytes)", &text[..at], text.len()),
+    }
+}
+
 /// A new prefixed id (`evt_`, `ep_`, …): the prefix, an underscore and a ULID, so ids sort
 /// by creation time.
 pub fn new_id(prefix: &str) -> String {
@@ -485,6 +495,24 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     match n.checked_mul(unit_ms) {
         Some(ms) if ms <= MAX_MS => Ok(std::time::Duration::from_millis(ms)),
         _ => Err(format!("{text:?} is longer than a hundred years")),
+    }
+}
+
+#[cfg(test)]
+mod quoting_tests {
+    use super::quoted;
+
+    /// An input of up to 64 characters is quoted whole; a longer one, its first 64 (cut
+    /// between characters, never inside one) and its length.
+    #[test]
+    fn long_inputs_are_quoted_in_part() {
+        assert_eq!(quoted("open"), "\"open\"");
+        assert_eq!(quoted(&"a".repeat(64)), format!("{:?}", "a".repeat(64)));
+        let long = "é".repeat(5000);
+        assert_eq!(
+            quoted(&long),
+            format!("{:?}… (10000 bytes)", "é".repeat(64))
+        );
     }
 }
 

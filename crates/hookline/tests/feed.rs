@@ -110,6 +110,19 @@ async fn a_reader_paging_while_writers_ingest_sees_every_event_once(engine: Engi
         let (status, body) = s.get(bad).await;
         assert_eq!(status, 400, "{bad}: {body}");
     }
+    // What a bad query said is echoed in part, however long it was.
+    let long = "x".repeat(5000);
+    for (bad, said) in [
+        (format!("/v1/events?type={long}"), "type: "),
+        (format!("/v1/events?since={long}"), "since must be"),
+    ] {
+        let (status, body) = s.get(&bad).await;
+        assert_eq!(status, 400, "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(said), "{message}");
+        assert!(message.contains("(5000 bytes)"), "{message}");
+        assert!(message.len() < 400, "{message}");
+    }
     let (status, _) = s.get("/v1/events?after=evt_unknown").await;
     assert_eq!(status, 404);
     // A name an account's own type could have, with no events: an empty page, the end.

@@ -621,8 +621,9 @@ async fn check_event_types(
         if !known {
             let known: Vec<&str> = BUILTIN_EVENT_TYPES.iter().map(|(n, _)| *n).collect();
             return Err(ApiError::unprocessable(format!(
-                "event_types[{i}]: unknown event type {t:?} (built-in: {}; or one of the \
+                "event_types[{i}]: unknown event type {} (built-in: {}; or one of the \
                  account's own, see GET /v1/event-types)",
+                crate::model::quoted(t),
                 known.join(", ")
             )));
         }

@@ -97,8 +97,8 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<CustomEventType>), ApiError> {
     if !is_custom_name(&body.name) {
         return Err(ApiError::unprocessable(format!(
-            "name: {:?} must be 1 to 64 of a-z, 0-9, _ and ., and not a built-in type",
-            body.name
+            "name: {} must be 1 to 64 of a-z, 0-9, _ and ., and not a built-in type",
+            crate::model::quoted(&body.name)
         )));
     }
     let description = check_description(body.description)?;

@@ -7,7 +7,7 @@ use super::extract::{
 };
 use super::{AppState, List};
 use crate::ingest::EventInput;
-use crate::model::{BUILTIN_EVENT_TYPES, Delivery, Event, Timestamp};
+use crate::model::{BUILTIN_EVENT_TYPES, Delivery, Event, Timestamp, quoted};
 use crate::store::{AcceptedSummary, DeliveryFilter, EventFilter};
 use axum::Json;
 use axum::extract::{Path, State};
@@ -251,7 +251,7 @@ pub async fn list(
                 Timestamp::parse(t).map(|t| t.0).ok_or_else(|| {
                     ApiError::bad_request(
                         "invalid_query",
-                        format!("{name} must be an RFC 3339 time, not {t:?}"),
+                        format!("{name} must be an RFC 3339 time, not {}", quoted(t)),
                     )
                 })
             })
@@ -265,8 +265,9 @@ pub async fn list(
         return Err(ApiError::bad_request(
             "invalid_query",
             format!(
-                "type: {t:?} cannot name an event type (built-in: {}; or an account's own, \
+                "type: {} cannot name an event type (built-in: {}; or an account's own, \
                  [a-z0-9_.]+ of at most 64 characters)",
+                quoted(t),
                 builtin.join(", ")
             ),
         ));
