@@ -16,6 +16,46 @@ fn tiny_relay_scenario_loses_nothing_and_verifies_every_signature() {
     tiny_scenario(&["--relay"], 2);
 }
 
+/// `--rounds` runs the phases again, single events and batches taking turns to go first, the
+/// reference measured between every two phases; each kind's ratios and their median are
+/// reported.
+#[test]
+fn throughput_rounds_take_turns_and_give_each_kinds_median() {
+    let report = tiny_scenario(&["--rounds", "2"], 4);
+    let names: Vec<&str> = report["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    let (single, batch) = ("closed single F=2", "closed batch=50 F=2");
+    assert_eq!(names, [single, batch, batch, single], "{report}");
+    let kinds = report["throughput_rounds"].as_array().unwrap();
+    assert_eq!(kinds.len(), 2, "{report}");
+    for (kind, name) in kinds.iter().zip([single, batch]) {
+        assert_eq!(kind["phase"], name, "{report}");
+        let ratios: Vec<f64> = report["phases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["name"] == name)
+            .map(|p| p["delivered_ratio_to_raw"].as_f64().unwrap())
+            .collect();
+        let reported: Vec<f64> = kind["ratios"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_f64().unwrap())
+            .collect();
+        assert_eq!(reported, ratios, "{report}");
+        let median = kind["median_ratio"].as_f64().unwrap();
+        assert!(
+            (median - (ratios[0] + ratios[1]) / 2.0).abs() < 1e-9,
+            "{report}"
+        );
+    }
+}
+
 /// `--phases` runs one closed-loop phase alone.
 #[test]
 fn one_closed_loop_phase_runs_alone() {
@@ -245,7 +285,7 @@ fn tiny_scenario_on_two_postgresql_nodes_loses_nothing() {
     tiny_scenario(&["--database-url", &url, "--nodes", "2"], 2);
 }
 
-fn tiny_scenario(extra: &[&str], phase_count: usize) {
+fn tiny_scenario(extra: &[&str], phase_count: usize) -> Value {
     let mut args = vec![
         "throughput",
         "--events",
@@ -277,33 +317,7 @@ fn tiny_scenario(extra: &[&str], phase_count: usize) {
     // of numbers (ids, times) that differ between them.
     let raw_bytes = report["raw_body_bytes"].as_f64().unwrap();
     assert!(raw_bytes > 250.0, "{report}");
-    // Each phase is compared with the reference measured right before and right after it:
-    // with both phases, the reference is measured again between them.
-    let raw = |field: &str| report[field].as_f64();
-    let (before, after) = (
-        raw("raw_before_per_sec").unwrap(),
-        raw("raw_after_per_sec").unwrap(),
-    );
-    assert_eq!(
-        raw("raw_mid_per_sec").is_some(),
-        phase_count == 2,
-        "{report}"
-    );
-    let brackets: Vec<(f64, f64)> = match raw("raw_mid_per_sec") {
-        Some(mid) => vec![(before, mid), (mid, after)],
-        None => vec![(before, after); phase_count],
-    };
-    assert_eq!(brackets.len(), phase_count, "{report}");
-    for (p, (from, to)) in phases.iter().zip(brackets) {
-        let reference = p["raw_per_sec"].as_f64().unwrap();
-        assert!(
-            reference > 0.0 && (reference - (from + to) / 2.0).abs() < 1e-6,
-            "{report}"
-        );
-        let ratio = p["delivered_per_sec"].as_f64().unwrap() / reference;
-        let reported = p["delivered_ratio_to_raw"].as_f64().unwrap();
-        assert!((ratio - reported).abs() < 1e-9, "{report}");
-    }
+    assert_brackets(&report, phase_count);
     // The machine's shares over each phase: both or neither, within bounds, together at
     // most the whole machine. A phase shorter than a tick of each CPU (10 ms) has none, but
     // not every phase of a run.
@@ -393,6 +407,43 @@ fn tiny_scenario(extra: &[&str], phase_count: usize) {
             (delivered_bytes - raw_bytes).abs() <= raw_bytes * 0.1,
             "reference bodies of {raw_bytes} bytes, deliveries of {delivered_bytes}: {report}"
         );
+    }
+    report
+}
+
+/// Each throughput phase is compared with the reference measured right before and right
+/// after it: the reference is measured again between every two phases.
+fn assert_brackets(report: &Value, phase_count: usize) {
+    let raw = |field: &str| report[field].as_f64();
+    let references: Vec<f64> = report["raw_references_per_sec"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no list of references: {report}"))
+        .iter()
+        .map(|r| r.as_f64().unwrap())
+        .collect();
+    assert_eq!(references.len(), phase_count + 1, "{report}");
+    assert_eq!(Some(references[0]), raw("raw_before_per_sec"), "{report}");
+    assert_eq!(
+        references.last().copied(),
+        raw("raw_after_per_sec"),
+        "{report}"
+    );
+    assert_eq!(
+        raw("raw_mid_per_sec"),
+        (phase_count >= 2).then(|| references[1]),
+        "{report}"
+    );
+    let phases = report["phases"].as_array().unwrap();
+    assert_eq!(phases.len(), phase_count, "{report}");
+    for (p, around) in phases.iter().zip(references.windows(2)) {
+        let reference = p["raw_per_sec"].as_f64().unwrap();
+        assert!(
+            reference > 0.0 && (reference - (around[0] + around[1]) / 2.0).abs() < 1e-6,
+            "{report}"
+        );
+        let ratio = p["delivered_per_sec"].as_f64().unwrap() / reference;
+        let reported = p["delivered_ratio_to_raw"].as_f64().unwrap();
+        assert!((ratio - reported).abs() < 1e-9, "{report}");
     }
 }
 

@@ -96,10 +96,12 @@ pub struct BenchArgs {
     /// Concurrent connections of the raw reference.
     #[arg(long, default_value_t = 64)]
     pub raw_concurrency: usize,
-    /// Isolation: how many rounds of its phases to run, in rotating order (latencies are
-    /// pooled per phase kind).
-    #[arg(long, default_value_t = 3)]
-    pub rounds: usize,
+    /// How many rounds of the scenario's phases to run. Isolation (3 by default): in rotating
+    /// order, latencies pooled per phase kind. Throughput (1 by default): the raw reference is
+    /// measured between every two phases, the order of single events and batches swaps from
+    /// one round to the next, and each kind's median ratio is reported.
+    #[arg(long)]
+    pub rounds: Option<usize>,
     /// Isolation: each round also runs a third phase beside one more *healthy* endpoint
     /// (answered by a sink of its own, not counted), to tell what a hanging endpoint costs
     /// from what any further subscriber costs. Its order is balanced over every six rounds.
@@ -288,13 +290,17 @@ pub struct Report {
     /// `raw_mid_per_sec`). Each phase's ratios use its own `raw_per_sec`.
     pub raw_per_sec: f64,
     pub raw_before_per_sec: f64,
-    /// Throughput with both phases: the raw reference measured again between them, so that
-    /// each phase is compared with the measurements that bracket it (single-event with the
-    /// mean of before and this, batches with the mean of this and after). The host's speed
-    /// can drift by a quarter over the seconds of one run.
+    /// Throughput with more than one phase: the first measurement of the raw reference
+    /// between two phases (all of them are in `raw_references_per_sec`), so that each phase
+    /// is compared with the measurements that bracket it. The host's speed can drift by a
+    /// quarter over the seconds of one run.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub raw_mid_per_sec: Option<f64>,
     pub raw_after_per_sec: f64,
+    /// Every measurement of the raw reference, in order. Throughput measures one between
+    /// every two phases, and compares each phase with the mean of the two around it; the
+    /// other scenarios measure it before and after all their phases.
+    pub raw_references_per_sec: Vec<f64>,
     /// The raw reference's mean body size, to compare with the phases' deliveries.
     pub raw_body_bytes: f64,
     /// The largest share of the machine's CPU time that stood idle (I/O wait included) over
@@ -305,8 +311,22 @@ pub struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub raw_idle_pct_max: Option<f64>,
     pub phases: Vec<Phase>,
+    /// Throughput: each kind of phase's ratios to the reference over the rounds, in order,
+    /// and their median.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub throughput_rounds: Vec<KindOverRounds>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub isolation: Option<Isolation>,
+}
+
+/// One kind of throughput phase over the rounds of a run.
+#[derive(Serialize, Debug)]
+pub struct KindOverRounds {
+    /// The phases' name (`closed single F=1`, `closed batch=100 F=1`).
+    pub phase: String,
+    /// `delivered_ratio_to_raw` of each round's phase of this kind, in the order they ran.
+    pub ratios: Vec<f64>,
+    pub median_ratio: f64,
 }
 
 /// The healthy endpoints' latency, pooled over every round, alone and beside a hanging one.
@@ -441,6 +461,25 @@ fn phase_order(round: usize, k: usize) -> Vec<usize> {
     }
 }
 
+/// Each kind of phase (by name, in the order kinds first ran) with its ratios over the rounds.
+fn over_rounds(phases: &[Phase]) -> Vec<KindOverRounds> {
+    let mut kinds: Vec<KindOverRounds> = Vec::new();
+    for p in phases {
+        match kinds.iter_mut().find(|k| k.phase == p.name) {
+            Some(k) => k.ratios.push(p.delivered_ratio_to_raw),
+            None => kinds.push(KindOverRounds {
+                phase: p.name.clone(),
+                ratios: vec![p.delivered_ratio_to_raw],
+                median_ratio: 0.0,
+            }),
+        }
+    }
+    for k in &mut kinds {
+        k.median_ratio = median(k.ratios.clone());
+    }
+    kinds
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return 0.0;
@@ -486,33 +525,38 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
         Scenario::Raw => {}
         Scenario::Throughput => {
             let n = args.events.unwrap_or(20_000);
-            if args.phases != Phases::Batch {
-                let single = Load::Closed { batch: 1 };
-                phases.push(
-                    end_to_end(&args, &secret, single, n, Setup::default(), &mut keep)
-                        .await?
-                        .0,
-                );
-            }
-            if args.phases == Phases::Both {
-                let (mid, _, idle) = raw_reference(&args, &secret).await?;
-                raw_idle.extend(idle);
-                println!(
-                    "raw reference between the phases: {mid:.0} signed requests/s{}",
-                    idle_note(idle)
-                );
-                raw_mid = Some(mid);
-                references.push((phases.len(), mid));
-            }
-            if args.phases != Phases::Single {
-                let batch = Load::Closed {
-                    batch: args.batch.clamp(1, 1000),
-                };
-                phases.push(
-                    end_to_end(&args, &secret, batch, n, Setup::default(), &mut keep)
-                        .await?
-                        .0,
-                );
+            let single = Load::Closed { batch: 1 };
+            let batch = Load::Closed {
+                batch: args.batch.clamp(1, 1000),
+            };
+            let kinds = match args.phases {
+                Phases::Both => vec![single, batch],
+                Phases::Single => vec![single],
+                Phases::Batch => vec![batch],
+            };
+            for round in 0..args.rounds.unwrap_or(1).max(1) {
+                // Neither kind always runs first after a phase of the other.
+                let mut order = kinds.clone();
+                if round % 2 == 1 {
+                    order.reverse();
+                }
+                for load in order {
+                    if !phases.is_empty() {
+                        let (mid, _, idle) = raw_reference(&args, &secret).await?;
+                        raw_idle.extend(idle);
+                        println!(
+                            "raw reference between the phases: {mid:.0} signed requests/s{}",
+                            idle_note(idle)
+                        );
+                        raw_mid.get_or_insert(mid);
+                        references.push((phases.len(), mid));
+                    }
+                    phases.push(
+                        end_to_end(&args, &secret, load, n, Setup::default(), &mut keep)
+                            .await?
+                            .0,
+                    );
+                }
             }
         }
         Scenario::Latency => {
@@ -569,7 +613,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
             // none always runs first, right after the raw reference, or right after the same
             // other phase: a host's drift over the minutes of a run, or what one phase
             // leaves behind for the next, then weighs on all alike.
-            for round in 0..args.rounds.max(1) {
+            for round in 0..args.rounds.unwrap_or(3).max(1) {
                 for which in phase_order(round, setups.len()) {
                     let (p, samples) =
                         end_to_end(&args, &secret, load, n, setups[which], &mut keep).await?;
@@ -679,6 +723,25 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
         p.delivered_ratio_to_raw = p.delivered_per_sec / p.raw_per_sec.max(1e-9);
         p.drain_ratio_to_raw = p.drain_per_sec.map(|d| d / p.raw_per_sec.max(1e-9));
     }
+    let throughput_rounds = if args.scenario == Scenario::Throughput {
+        over_rounds(&phases)
+    } else {
+        Vec::new()
+    };
+    for k in &throughput_rounds {
+        let each: Vec<String> = k
+            .ratios
+            .iter()
+            .map(|r| format!("{:.1}", r * 100.0))
+            .collect();
+        println!(
+            "{} over {} round(s): median {:.1} % of raw ({} %)",
+            k.phase,
+            k.ratios.len(),
+            k.median_ratio * 100.0,
+            each.join(" / ")
+        );
+    }
     let report = Report {
         scenario: args.scenario,
         relay: args.relay,
@@ -687,9 +750,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
         raw_before_per_sec: raw_before,
         raw_mid_per_sec: raw_mid,
         raw_after_per_sec: raw_after,
+        raw_references_per_sec: references.iter().map(|&(_, r)| r).collect(),
         raw_body_bytes,
         raw_idle_pct_max: raw_idle.into_iter().reduce(f64::max),
         phases,
+        throughput_rounds,
         isolation,
     };
     print_table(&report);
