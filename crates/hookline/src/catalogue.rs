@@ -90,7 +90,12 @@ pub fn compile(schema: &Value) -> Result<jsonschema::Validator, String> {
     jsonschema::draft202012::options()
         .should_validate_formats(true)
         .build(schema)
-        .map_err(|e| format!("is not a valid JSON Schema: {e}"))
+        .map_err(|e| {
+            format!(
+                "is not a valid JSON Schema: {}",
+                crate::model::clipped(&e.to_string())
+            )
+        })
 }
 
 /// Whether `name` may name an account's own event type: `[a-z0-9_.]+`, at most 64
@@ -128,10 +133,15 @@ pub fn check_with(v: &jsonschema::Validator, data: &Value) -> Result<(), Vec<Fie
                         message: "is required".into(),
                     };
                 }
-                FieldError {
-                    path,
-                    message: e.to_string(),
-                }
+                // The validator's message quotes the value it refused: a long one is left out
+                // (the path says where it is).
+                let full = e.to_string();
+                let message = if full.chars().count() <= 160 {
+                    full
+                } else {
+                    e.masked().to_string()
+                };
+                FieldError { path, message }
             })
             .collect();
         if errors.is_empty() {

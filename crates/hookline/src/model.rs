@@ -450,6 +450,16 @@ pub fn quoted(text: &str) -> String {
     }
 }
 
+/// A message that may carry someone's input (a parser's, a validator's): its first 200
+/// characters, then `…` and its whole length.
+pub fn clipped(message: &str) -> String {
+    const SHOWN: usize = 200;
+    match message.char_indices().nth(SHOWN) {
+        None => message.to_owned(),
+        Some((at, _)) => format!("{}… ({} bytes)", &message[..at], message.len()),
+    }
+}
+
 /// A new prefixed id (`evt_`, `ep_`, …): the prefix, an underscore and a ULID, so ids sort
 /// by creation time.
 pub fn new_id(prefix: &str) -> String {
@@ -500,7 +510,7 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
 
 #[cfg(test)]
 mod quoting_tests {
-    use super::quoted;
+    use super::{clipped, quoted};
 
     /// An input of up to 64 characters is quoted whole; a longer one, its first 64 (cut
     /// between characters, never inside one) and its length.
@@ -512,6 +522,15 @@ mod quoting_tests {
         assert_eq!(
             quoted(&long),
             format!("{:?}… (10000 bytes)", "é".repeat(64))
+        );
+        assert_eq!(
+            quoted(&"b".repeat(65)),
+            format!("{:?}… (65 bytes)", "b".repeat(64))
+        );
+        assert_eq!(clipped("short"), "short");
+        assert_eq!(
+            clipped(&"é".repeat(201)),
+            format!("{}… (402 bytes)", "é".repeat(200))
         );
     }
 }

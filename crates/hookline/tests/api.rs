@@ -101,6 +101,32 @@ async fn malformed_oversized_and_invalid_events_change_nothing(engine: Engine) {
         .await;
     assert_error(status, &body, 422);
 
+    // A refusal says what was wrong without repeating a long input whole: a value the
+    // type's schema refuses, an unknown type, an unknown field, a header's name.
+    let long = "y".repeat(5000);
+    for (path, bad) in [
+        (
+            "/v1/events",
+            json!({"type": "open", "data": {"message": long}}),
+        ),
+        ("/v1/events", json!({"type": long, "data": {}})),
+        (
+            "/v1/events",
+            json!({"type": "open", "data": {}, long.as_str(): 1}),
+        ),
+        (
+            "/v1/endpoints",
+            json!({"url": "https://example.com/", "event_types": ["click"],
+                   "headers": {long.as_str(): "x"}}),
+        ),
+    ] {
+        let (status, body) = s.post(path, bad).await;
+        assert_error(status, &body, 422);
+        let said = body.to_string();
+        assert!(!said.contains(&long), "{path}: {said:.300}");
+        assert!(said.len() < 2000, "{path}: {said:.300}");
+    }
+
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(snapshot(&s).await, before);
     assert!(rx.all().is_empty());
@@ -124,6 +150,8 @@ async fn bad_endpoints_are_refused_and_change_nothing(engine: Engine) {
         json!({"url": "https://example.com/", "event_types": ["click"], "headers": {"webhook-id": "x"}}),
         json!({"url": "https://example.com/", "event_types": ["click"], "headers": {"X-A": "a\r\nB: c"}}),
         json!({"url": "https://example.com/", "event_types": ["click"], "headers": {"bad name": "x"}}),
+        json!({"url": "https://example.com/", "event_types": ["click"], "headers": {"x".repeat(129): "x"}}),
+        json!({"url": "https://example.com/", "event_types": ["click"], "headers": {"X-A": "x".repeat(8001)}}),
         json!({"url": "https://example.com/", "event_types": ["click"], "rate_limit_per_sec": 0}),
         json!({"url": "https://example.com/", "event_types": ["click"], "surprise": true}),
         json!({"event_types": ["click"]}),

@@ -23,7 +23,8 @@ pub struct CreateEndpoint {
     /// Event type names, or `["*"]` for every type.
     pub event_types: Vec<String>,
     pub description: Option<String>,
-    /// Extra headers sent with every request.
+    /// Extra headers sent with every request: at most 20, each name at most 128 bytes and
+    /// each value at most 8,000.
     pub headers: Option<BTreeMap<String, String>>,
     /// A `whsec_…` secret of 24 to 64 bytes; generated when absent.
     pub secret: Option<String>,
@@ -495,6 +496,10 @@ pub async fn deliveries(
 const MAX_URL: usize = 2048;
 const MAX_DESCRIPTION: usize = 1024;
 const MAX_HEADERS: usize = 20;
+/// The longest name and value of an endpoint's own header, in bytes: together a line that
+/// fits the 8 KiB a common proxy (nginx, by default) reads a header line into.
+const MAX_HEADER_NAME: usize = 128;
+const MAX_HEADER_VALUE: usize = 8000;
 /// Headers Hookline sets itself or that would change the request's framing.
 const RESERVED_HEADERS: &[&str] = &[
     "host",
@@ -660,9 +665,20 @@ fn check_headers(h: BTreeMap<String, String>) -> Result<BTreeMap<String, String>
     let mut out = BTreeMap::new();
     for (name, value) in h {
         let lower = name.to_ascii_lowercase();
-        let bad = |why: &str| ApiError::unprocessable(format!("headers.{name}: {why}"));
+        // A name is shown as it came, unless it is long.
+        let shown = match name.chars().count() {
+            0..=64 => name.clone(),
+            _ => crate::model::quoted(&name),
+        };
+        let bad = |why: &str| ApiError::unprocessable(format!("headers.{shown}: {why}"));
         if http::HeaderName::from_bytes(lower.as_bytes()).is_err() {
             return Err(bad("not a valid header name"));
+        }
+        if name.len() > MAX_HEADER_NAME {
+            return Err(bad(&format!("a name of at most {MAX_HEADER_NAME} bytes")));
+        }
+        if value.len() > MAX_HEADER_VALUE {
+            return Err(bad(&format!("a value of at most {MAX_HEADER_VALUE} bytes")));
         }
         if RESERVED_HEADERS.contains(&lower.as_str()) || lower.starts_with("webhook-") {
             return Err(bad("is set by Hookline and cannot be replaced"));

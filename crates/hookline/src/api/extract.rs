@@ -3,7 +3,7 @@
 use super::AppState;
 use super::error::ApiError;
 use crate::accounts::hash_api_key;
-use crate::model::Account;
+use crate::model::{Account, clipped};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use base64::Engine as _;
@@ -151,8 +151,11 @@ async fn read_body(req: Request, state: &AppState) -> Result<Bytes, ApiError> {
 /// Parses JSON, classifying errors as malformed (`400`) or of the wrong shape (`422`).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(bytes).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => ApiError::unprocessable(e.to_string()),
-        _ => ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}")),
+        serde_json::error::Category::Data => ApiError::unprocessable(clipped(&e.to_string())),
+        _ => ApiError::bad_request(
+            "malformed_json",
+            format!("the body is not valid JSON: {}", clipped(&e.to_string())),
+        ),
     })
 }
 
@@ -166,7 +169,7 @@ impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for ApiQuery<T> {
         axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
             .map(|q| ApiQuery(q.0))
-            .map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))
+            .map_err(|e| ApiError::bad_request("invalid_query", clipped(&e.body_text())))
     }
 }
 
