@@ -397,7 +397,9 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     // Plans that depend on the schema alone. Otherwise SQLite plans `LIMIT ?n` with the
     // number bound to it, and so compiles such a statement again each time a number is bound:
     // every page of a list, every claim scan, cached or not. (Nothing here relies on plans
-    // from bound values: there are no `LIKE` patterns, and no `ANALYZE` statistics.)
+    // from bound values: there are no `LIKE` patterns, and no `ANALYZE` statistics. Nor can
+    // a bound value now match a partial index's condition: the conditions on `status` are
+    // written as literals, as the partial indexes need.)
     conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
         .ctx("asking SQLite for plans that stay")?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
@@ -412,6 +414,14 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     )
     .ctx("setting SQLite pragmas")?;
     Ok(conn)
+}
+
+/// A connection of the read pool: it cannot write.
+fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+    let c = open_connection(path)?;
+    c.execute_batch("PRAGMA query_only = ON;")
+        .ctx("opening a read connection")?;
+    Ok(c)
 }
 
 fn migrate(conn: &Connection) -> Result<(), StoreError> {
@@ -471,10 +481,7 @@ impl SqliteStore {
             })?;
         let mut conns = Vec::with_capacity(READERS);
         for _ in 0..READERS {
-            let c = open_connection(&path)?;
-            c.execute_batch("PRAGMA query_only = ON;")
-                .ctx("opening a read connection")?;
-            conns.push(c);
+            conns.push(open_reader(&path)?);
         }
         Ok(SqliteStore {
             writer: tx,
@@ -616,7 +623,7 @@ impl SqliteStore {
             let _permit = permit;
             let conn = match pool.conns.lock().map(|mut c| c.pop()) {
                 Ok(Some(c)) => c,
-                _ => open_connection(&path)?,
+                _ => open_reader(&path)?,
             };
             let result = f(&conn);
             if let Ok(mut conns) = pool.conns.lock() {
