@@ -255,16 +255,24 @@ fn tiny_isolation_scenario_rotates_its_phases_and_loses_nothing() {
     );
 }
 
-/// `--control` belongs to isolation; elsewhere it is refused, with a reason.
+/// `--control` belongs to isolation, `--rounds` to isolation and throughput; elsewhere each
+/// is refused, with a reason (before anything is measured).
 #[test]
-fn control_outside_isolation_is_refused() {
-    let out = Command::new(env!("CARGO_BIN_EXE_hookline"))
-        .args(["bench", "latency", "--control"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("--control"), "{stderr}");
+fn flags_outside_their_scenarios_are_refused() {
+    for (scenario, flag) in [
+        ("latency", ["--control"].as_slice()),
+        ("backlog", ["--rounds", "2"].as_slice()),
+        ("latency", ["--rounds", "2"].as_slice()),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_hookline"))
+            .args(["bench", scenario])
+            .args(flag)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{scenario} {flag:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(flag[0]), "{stderr}");
+    }
 }
 
 /// The same on PostgreSQL, with two nodes sharing the work.

@@ -165,8 +165,8 @@ pub struct Phase {
     pub delivered_ratio_to_raw: f64,
     /// The raw reference this phase's ratios are measured against: the mean of the two
     /// measurements that bracket it. Those are the ones before and after the whole run, or,
-    /// for the two throughput phases, the one between them and the nearer end (see
-    /// [`Report::raw_mid_per_sec`]).
+    /// for throughput, the ones right before and right after the phase (see
+    /// [`Report::raw_references_per_sec`]).
     pub raw_per_sec: f64,
     pub lost: u64,
     pub duplicates: u64,
@@ -286,8 +286,8 @@ pub struct Report {
     /// The phases measured the storage-less relay (`--relay`), not Hookline.
     pub relay: bool,
     pub cores: usize,
-    /// The mean of the raw reference measured before and after the phases (not counting
-    /// `raw_mid_per_sec`). Each phase's ratios use its own `raw_per_sec`.
+    /// The mean of the raw reference measured before and after the phases (not counting any
+    /// measurement between phases). Each phase's ratios use its own `raw_per_sec`.
     pub raw_per_sec: f64,
     pub raw_before_per_sec: f64,
     /// Throughput with more than one phase: the first measurement of the raw reference
@@ -461,23 +461,30 @@ fn phase_order(round: usize, k: usize) -> Vec<usize> {
     }
 }
 
-/// Each kind of phase (by name, in the order kinds first ran) with its ratios over the rounds.
-fn over_rounds(phases: &[Phase]) -> Vec<KindOverRounds> {
-    let mut kinds: Vec<KindOverRounds> = Vec::new();
-    for p in phases {
-        match kinds.iter_mut().find(|k| k.phase == p.name) {
-            Some(k) => k.ratios.push(p.delivered_ratio_to_raw),
-            None => kinds.push(KindOverRounds {
-                phase: p.name.clone(),
-                ratios: vec![p.delivered_ratio_to_raw],
-                median_ratio: 0.0,
-            }),
+/// Each kind of phase, from (kind, name, ratio) in the order the phases ran, in the order
+/// kinds first ran, with its ratios over the rounds and their median. (Kinds, not names:
+/// with `--batch 1` both kinds have the same name.)
+fn over_rounds<'a>(phases: impl IntoIterator<Item = (usize, &'a str, f64)>) -> Vec<KindOverRounds> {
+    let mut seen: Vec<(usize, KindOverRounds)> = Vec::new();
+    for (kind, name, ratio) in phases {
+        match seen.iter_mut().find(|(k, _)| *k == kind) {
+            Some((_, k)) => k.ratios.push(ratio),
+            None => seen.push((
+                kind,
+                KindOverRounds {
+                    phase: name.to_owned(),
+                    ratios: vec![ratio],
+                    median_ratio: 0.0,
+                },
+            )),
         }
     }
-    for k in &mut kinds {
-        k.median_ratio = median(k.ratios.clone());
-    }
-    kinds
+    seen.into_iter()
+        .map(|(_, mut k)| {
+            k.median_ratio = median(k.ratios.clone());
+            k
+        })
+        .collect()
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -500,6 +507,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
             "the relay retries nothing, so it has no backlog to drain: use --relay with throughput, latency or isolation"
         );
     }
+    if args.rounds.is_some() && !matches!(args.scenario, Scenario::Isolation | Scenario::Throughput)
+    {
+        bail!("--rounds repeats the phases of throughput or isolation: use it with one of them");
+    }
     if args.control && args.scenario != Scenario::Isolation {
         bail!("--control adds a phase to each isolation round: use it with isolation");
     }
@@ -521,6 +532,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
     let mut raw_mid = None;
     let mut isolation = None;
     let mut keep = Keep::new(args.samples.clone())?;
+    // Throughput: which kind (single events, batches) each phase was.
+    let mut phase_kinds: Vec<usize> = Vec::new();
     match args.scenario {
         Scenario::Raw => {}
         Scenario::Throughput => {
@@ -536,11 +549,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
             };
             for round in 0..args.rounds.unwrap_or(1).max(1) {
                 // Neither kind always runs first after a phase of the other.
-                let mut order = kinds.clone();
+                let mut order: Vec<usize> = (0..kinds.len()).collect();
                 if round % 2 == 1 {
                     order.reverse();
                 }
-                for load in order {
+                for kind in order {
                     if !phases.is_empty() {
                         let (mid, _, idle) = raw_reference(&args, &secret).await?;
                         raw_idle.extend(idle);
@@ -552,10 +565,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
                         references.push((phases.len(), mid));
                     }
                     phases.push(
-                        end_to_end(&args, &secret, load, n, Setup::default(), &mut keep)
+                        end_to_end(&args, &secret, kinds[kind], n, Setup::default(), &mut keep)
                             .await?
                             .0,
                     );
+                    phase_kinds.push(kind);
                 }
             }
         }
@@ -723,11 +737,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
         p.delivered_ratio_to_raw = p.delivered_per_sec / p.raw_per_sec.max(1e-9);
         p.drain_ratio_to_raw = p.drain_per_sec.map(|d| d / p.raw_per_sec.max(1e-9));
     }
-    let throughput_rounds = if args.scenario == Scenario::Throughput {
-        over_rounds(&phases)
-    } else {
-        Vec::new()
-    };
+    let throughput_rounds = over_rounds(
+        phase_kinds
+            .iter()
+            .zip(&phases)
+            .map(|(&kind, p)| (kind, p.name.as_str(), p.delivered_ratio_to_raw)),
+    );
     for k in &throughput_rounds {
         let each: Vec<String> = k
             .ratios
@@ -2119,6 +2134,25 @@ mod tests {
         assert_eq!(mine.len(), 1, "{mine:?}");
         assert_eq!(mine[0].0, "checkpointer");
         assert!(mine[0].1 > Duration::ZERO, "{mine:?}");
+    }
+
+    #[test]
+    fn each_kind_of_throughput_phase_gets_its_ratios_in_order_and_their_median() {
+        let same = "closed single F=1";
+        let kinds = over_rounds([
+            (0, same, 0.25),
+            (1, same, 0.50),
+            (1, same, 0.70),
+            (0, same, 0.21),
+            (0, same, 0.30),
+            (1, same, 0.52),
+        ]);
+        assert_eq!(kinds.len(), 2);
+        assert_eq!(kinds[0].ratios, [0.25, 0.21, 0.30]);
+        assert_eq!(kinds[0].median_ratio, 0.25);
+        assert_eq!(kinds[1].ratios, [0.50, 0.70, 0.52]);
+        assert_eq!(kinds[1].median_ratio, 0.52);
+        assert!(over_rounds([]).is_empty());
     }
 
     #[test]
