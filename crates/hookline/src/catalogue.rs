@@ -134,12 +134,12 @@ pub fn check_with(v: &jsonschema::Validator, data: &Value) -> Result<(), Vec<Fie
                     };
                 }
                 // The validator's message quotes the value it refused: a long one is left out
-                // (the path says where it is).
+                // (the path says where it is), and what the schema says is clipped.
                 let full = e.to_string();
                 let message = if full.chars().count() <= 160 {
                     full
                 } else {
-                    e.masked().to_string()
+                    crate::model::clipped(&e.masked().to_string())
                 };
                 FieldError { path, message }
             })
