@@ -41,6 +41,8 @@ pub struct UpdateEndpoint {
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<String>)]
     pub description: Option<Option<String>>,
+    /// Replaces the extra headers: at most 20, each name at most 128 bytes and each value at
+    /// most 8,000.
     pub headers: Option<BTreeMap<String, String>>,
     /// `null` removes the limit.
     #[serde(default, deserialize_with = "nullable")]
