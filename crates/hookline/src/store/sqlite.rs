@@ -1572,17 +1572,18 @@ impl SqliteStore {
             }
             // The stretches these events were in go too, unless the account still has events
             // of the type there (which ones go first follows their deliveries, not their rows).
+            let mut forget = c
+                .prepare_cached(FORGET_EMPTY_STRETCH)
+                .ctx("preparing to forget where expired events were")?;
             for (event_type, stretch) in stretches {
-                c.prepare_cached(FORGET_EMPTY_STRETCH)
-                    .and_then(|mut s| {
-                        s.execute(params![
-                            account_id,
-                            event_type,
-                            stretch,
-                            stretch * TYPE_STRETCH_ROWS,
-                            stretch * TYPE_STRETCH_ROWS + TYPE_STRETCH_ROWS
-                        ])
-                    })
+                forget
+                    .execute(params![
+                        account_id,
+                        event_type,
+                        stretch,
+                        stretch * TYPE_STRETCH_ROWS,
+                        (stretch + 1) * TYPE_STRETCH_ROWS
+                    ])
                     .ctx("forgetting where expired events were")?;
             }
             Ok(expired.len())
