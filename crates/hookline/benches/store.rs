@@ -39,6 +39,7 @@ fn events(n: usize) -> Vec<NewEvent> {
             .unwrap(),
             created_at: Timestamp::now(),
             payload: Default::default(),
+            restamp: false,
         })
         .collect()
 }

@@ -8,12 +8,11 @@
 
 use crate::catalogue::{Catalogue, FieldError};
 use crate::dispatch::Dispatcher;
-use crate::model::{Account, Timestamp, envelope, new_id};
+use crate::model::{Account, new_id};
 use crate::store::{
     AcceptedEvent, AcceptedSummary, DueDelivery, IdempotencyKey, Ingested, NewEvent, Store,
     StoreError,
 };
-use bytes::Bytes;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
@@ -142,21 +141,12 @@ impl Ingest {
         }
         let mut events = Vec::with_capacity(inputs.len());
         for input in inputs {
-            let id = new_id("evt");
-            let created_at = Timestamp::now();
-            let payload = Bytes::from(envelope(
-                &id,
-                &input.event_type,
-                created_at,
-                input.data.get(),
+            events.push(NewEvent::accepted(
+                new_id("evt"),
+                input.event_type,
+                input.data,
+                self.store.stamp(),
             ));
-            events.push(NewEvent {
-                id,
-                event_type: input.event_type,
-                data: input.data,
-                created_at,
-                payload,
-            });
         }
 
         // Admission is decided in the commit; the hand-over (or giving the room back) runs

@@ -151,6 +151,7 @@ async fn a_page_of_a_rare_type_is_full_and_resumes_across_any_gap(engine: Engine
         data: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
         created_at: Timestamp(at),
         payload: Default::default(),
+        restamp: false,
     };
     let base = Timestamp::now().0 - 3_600_000;
     let mut ids = Vec::new();
@@ -285,7 +286,143 @@ async fn a_page_of_a_rare_type_is_full_and_resumes_across_any_gap(engine: Engine
     );
 }
 
+/// Events stamped while the clock ran two minutes ahead, then a restart on a clock set
+/// right: new events are stamped no earlier than the stored ones (stamps never go back), so
+/// a page with `since` still finds every event of its time. Without that, the search by time
+/// (which seeks by row order) would land among the later rows stamped two minutes earlier,
+/// and skip the events it was asked for. And an event whose write starts long after ingest
+/// stamped it is stamped again, its envelope too; one given a time of its own keeps it.
+async fn a_clock_set_back_hides_no_event_from_a_search_by_time(engine: Engine) {
+    let data = Data::fresh(&engine).await;
+    let store = Store::open(&data.location).await.unwrap();
+    let account = store.create_account("a".into(), Plan::Pro).await.unwrap();
+    let now = Timestamp::now().0;
+    let ahead = now + 120_000;
+    let given = |at: i64| NewEvent {
+        id: new_id("evt"),
+        event_type: "click".into(),
+        data: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
+        created_at: Timestamp(at),
+        payload: Default::default(),
+        restamp: false,
+    };
+    // Ten commits of an hour ago, then ten while the clock ran ahead.
+    let mut ahead_ids = Vec::new();
+    for at in [now - 3_600_000, ahead] {
+        for _ in 0..10 {
+            let events: Vec<NewEvent> = (0..10).map(|_| given(at)).collect();
+            if at == ahead {
+                ahead_ids.extend(events.iter().map(|e| e.id.clone()));
+            }
+            store
+                .insert_events(account.id.clone(), events, |_| true, |_| {})
+                .await
+                .unwrap();
+        }
+    }
+    drop(store);
+
+    // Restarted with the clock set right: ingest's stamps hold at the newest stored one.
+    let store = Store::open(&data.location).await.unwrap();
+    let stamped = |at: Timestamp| {
+        NewEvent::accepted(
+            new_id("evt"),
+            "click".into(),
+            serde_json::value::RawValue::from_string("{}".into()).unwrap(),
+            at,
+        )
+    };
+    let accepted = async |at: Timestamp| {
+        let mut out = store
+            .insert_events(account.id.clone(), vec![stamped(at)], |_| true, |_| {})
+            .await
+            .unwrap();
+        out.remove(0)
+    };
+    // Four times as many as before the restart, so that the search's first probes land
+    // among them.
+    let mut later = Vec::new();
+    for _ in 0..40 {
+        let events: Vec<NewEvent> = (0..10)
+            .map(|_| {
+                let stamp = store.stamp();
+                assert!(
+                    stamp.0 >= ahead,
+                    "{} ms behind the newest stored",
+                    ahead - stamp.0
+                );
+                stamped(stamp)
+            })
+            .collect();
+        later.extend(events.iter().map(|e| e.id.clone()));
+        store
+            .insert_events(account.id.clone(), events, |_| true, |_| {})
+            .await
+            .unwrap();
+    }
+    // On PostgreSQL the feed shows a commit once every older transaction has ended.
+    let before_last = store
+        .feed_position(account.id.clone(), later[later.len() - 2].clone())
+        .await
+        .unwrap()
+        .unwrap();
+    common::eventually("the feed shows every event", || async {
+        let (page, _) = store
+            .list_events(
+                account.id.clone(),
+                EventFilter::default(),
+                Some(before_last),
+                1,
+            )
+            .await
+            .unwrap();
+        (page.len() == 1).then_some(())
+    })
+    .await;
+    // Since a time after the restart by the clock set right, before the events of the clock
+    // that ran ahead: those events first, then all the later ones.
+    let since = EventFilter {
+        since: Some(now + 100_000),
+        ..Default::default()
+    };
+    let (page, _) = store
+        .list_events(account.id.clone(), since, None, 1_000)
+        .await
+        .unwrap();
+    let ids: Vec<String> = page.into_iter().map(|e| e.id).collect();
+    assert_eq!(ids, [ahead_ids, later].concat());
+
+    // A write that starts long after ingest's stamp stamps the event again, and builds its
+    // envelope from the new stamp; an event given a time of its own keeps it.
+    let stale = Timestamp(Timestamp::now().0 - 30_000);
+    let ev = accepted(stale).await;
+    assert!(
+        ev.event.created_at.0 >= ahead,
+        "stamped again, by the clock of stamps"
+    );
+    let envelope: Value = serde_json::from_slice(&ev.payload).unwrap();
+    let mut stamped = Vec::new();
+    ev.event.created_at.push_rfc3339(&mut stamped);
+    assert_eq!(
+        envelope["timestamp"],
+        String::from_utf8(stamped).unwrap(),
+        "the envelope carries the new stamp"
+    );
+    let stored = store
+        .get_event(account.id.clone(), ev.event.id.clone())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.created_at, ev.event.created_at);
+    let own = store
+        .insert_events(account.id.clone(), vec![given(stale.0)], |_| true, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(own[0].event.created_at, stale);
+}
+
 on_both_engines!(
     a_reader_paging_while_writers_ingest_sees_every_event_once,
     a_page_of_a_rare_type_is_full_and_resumes_across_any_gap,
+    a_clock_set_back_hides_no_event_from_a_search_by_time,
 );

@@ -12,6 +12,7 @@
 pub mod postgres;
 pub mod sealing;
 pub mod sqlite;
+pub mod stamps;
 
 use crate::model::{
     Account, ApiKey, Attempt, CustomEventType, Delivery, Endpoint, Event, Plan, Timestamp,
@@ -307,7 +308,8 @@ impl Store {
     /// visible later, never repeats one. Returns the page and, when there may be more, the
     /// position after its last event. With `since` or `until` each engine seeks the events
     /// of about those times, which relies on events being in the feed's order to within
-    /// [`RECOVER_MARGIN_MS`] of their stamps (ARCHITECTURE.md, "The feed never skips").
+    /// [`RECOVER_MARGIN_MS`] of their stamps, as the clock of stamps keeps them ([`stamps`];
+    /// ARCHITECTURE.md, "Stamps keep to the order of the writes").
     /// With a `type`, a page is full unless it is the feed's end, however rare the type:
     /// PostgreSQL reads an index of events by type, SQLite only the stretches of rows that
     /// hold events of the type.
@@ -447,6 +449,12 @@ impl Store {
         }
     }
 
+    /// A stamp for an event accepted now: from a clock that never runs backwards (and on
+    /// PostgreSQL follows the database's), see [`stamps`].
+    pub fn stamp(&self) -> Timestamp {
+        on_engine!(self, s => s.stamps().stamp())
+    }
+
     /// Renews this node's heartbeat; `false` when the other nodes declared it dead.
     pub async fn heartbeat(&self) -> Result<bool, StoreError> {
         match self {
@@ -579,11 +587,9 @@ impl Store {
     ///
     /// A binary search over row numbers, each probe one seek into the endpoint's index of
     /// deliveries (at most about 64, whatever the history). It relies on rows being numbered
-    /// about in the order of their creation times: ingest stamps an event just before its
-    /// write, so rows out of that order are apart by the wait for the writer (on PostgreSQL,
-    /// also the nodes' clock skew), well inside the margin. A clock set back (or a node's
-    /// behind) by more than the margin, or an ingest write that waited longer than it, could
-    /// leave a delivery created since `since` before the start, and that one is not queued.
+    /// about in the order of their creation times, which the clock of stamps keeps to within
+    /// the margin ([`stamps`]): only a clock set back by more than [`stamps::HOLD_MAX_MS`]
+    /// could leave a delivery created since `since` before the start, unqueued.
     pub async fn recover_from(
         &self,
         account_id: String,
@@ -787,6 +793,56 @@ pub struct NewEvent {
     pub created_at: Timestamp,
     /// The envelope receivers get, built once before the commit.
     pub payload: bytes::Bytes,
+    /// `created_at` is ingest's stamp of acceptance ([`Store::stamp`]): a write that starts
+    /// more than [`stamps::FRESH_MS`] after it stamps the event again and rebuilds its
+    /// envelope ([`NewEvent::refresh_stamps`]). False for an event given a time of its own.
+    pub restamp: bool,
+}
+
+impl NewEvent {
+    /// An event to be stamped at acceptance: `created_at` from [`Store::stamp`], and its
+    /// envelope built from it.
+    pub fn accepted(
+        id: String,
+        event_type: String,
+        data: Box<serde_json::value::RawValue>,
+        created_at: Timestamp,
+    ) -> NewEvent {
+        let payload = bytes::Bytes::from(crate::model::envelope(
+            &id,
+            &event_type,
+            created_at,
+            data.get(),
+        ));
+        NewEvent {
+            id,
+            event_type,
+            data,
+            created_at,
+            payload,
+            restamp: true,
+        }
+    }
+
+    /// Called by each engine just before the events' write: an event stamped at acceptance
+    /// whose write starts more than [`stamps::FRESH_MS`] later (it waited in a queue or for
+    /// a connection) is stamped again, and its envelope rebuilt, so that stamps keep to the
+    /// order of the writes ([`stamps`]). One reading of the clock for them all.
+    pub(crate) fn refresh_stamps(events: &mut [NewEvent], stamps: &stamps::Stamps) {
+        let stale_before = stamps.now() - stamps::FRESH_MS;
+        for ev in events
+            .iter_mut()
+            .filter(|ev| ev.restamp && ev.created_at.0 < stale_before)
+        {
+            ev.created_at = stamps.stamp();
+            ev.payload = bytes::Bytes::from(crate::model::envelope(
+                &ev.id,
+                &ev.event_type,
+                ev.created_at,
+                ev.data.get(),
+            ));
+        }
+    }
 }
 
 /// One delivery created at ingest.

@@ -16,6 +16,7 @@
 //!   changed). The lease protocol is in ARCHITECTURE.md.
 
 use super::sealing::{SealedColumns, Sealer, check_recorded_key, reseal_row};
+use super::stamps::Stamps;
 use super::{
     AcceptedEvent, AcceptedSummary, AttemptRecord, DeliveryFilter, DueDelivery, EventFilter,
     FeedPos, IdempotencyKey, Ingested, NewDelivery, NewEvent, Outcome, Page, RetryRefusal,
@@ -221,6 +222,9 @@ pub struct PgStore {
     ingest: mpsc::Sender<IngestJob>,
     /// Seals endpoint secrets on the way in and opens them on the way out.
     sealer: Arc<Sealer>,
+    /// The clock of event stamps: the database's, from this machine's and an offset
+    /// measured at start and at every heartbeat, never running backwards.
+    stamps: Arc<Stamps>,
 }
 
 /// The database's clock in milliseconds since the epoch: every node judges heartbeats by the
@@ -281,15 +285,63 @@ impl PgStore {
             .ctx("connecting to PostgreSQL")?;
         let node: Arc<str> = Arc::from(new_id("node"));
         let sealer = Arc::new(sealer);
-        let ingest = start_ingest_batchers(pool.clone(), node.clone(), sealer.clone());
+        let stamps = Arc::new(Stamps::new(0));
+        let ingest = start_ingest_batchers(IngestSide {
+            pool: pool.clone(),
+            node: node.clone(),
+            sealer: sealer.clone(),
+            stamps: stamps.clone(),
+        });
         let store = PgStore {
             pool,
             node,
             ingest,
             sealer,
+            stamps,
         };
         store.migrate().await?;
+        store.start_stamps().await?;
         Ok(store)
+    }
+
+    /// The clock of event stamps ([`super::stamps`]).
+    pub fn stamps(&self) -> &Stamps {
+        &self.stamps
+    }
+
+    fn ingest_side(&self) -> IngestSide {
+        IngestSide {
+            pool: self.pool.clone(),
+            node: self.node.clone(),
+            sealer: self.sealer.clone(),
+            stamps: self.stamps.clone(),
+        }
+    }
+
+    /// Sets the clock of stamps going: the database's clock's offset from this machine's,
+    /// and the newest stamp stored (of the last thousand events written), which it never
+    /// goes back behind.
+    async fn start_stamps(&self) -> Result<(), StoreError> {
+        let sent = Timestamp::now().0;
+        let (db_now, newest): (i64, Option<i64>) = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT {DB_NOW_MS}, (SELECT MAX(created_at) FROM
+                (SELECT created_at FROM events ORDER BY seq DESC LIMIT 1000) AS latest)"
+        )))
+        .fetch_one(&self.pool)
+        .await
+        .ctx("reading the database's clock and the newest event stamp")?;
+        self.note_clock(sent, db_now);
+        self.stamps.stamp_floor(newest.unwrap_or(0));
+        Ok(())
+    }
+
+    /// Notes the database's clock read `db_now` by a query sent at `sent` (this machine's
+    /// clock) and answered now: the offset of stamps from this machine's clock.
+    fn note_clock(&self, sent: i64, db_now: i64) {
+        let answered = Timestamp::now().0;
+        // The database read its clock somewhere in the round trip: its middle is the best
+        // guess, off by half the round trip at most.
+        self.stamps.set_offset(db_now - (sent + answered) / 2);
     }
 
     /// Applies the migrations the database has not seen, all in one transaction under an
@@ -908,12 +960,11 @@ impl PgStore {
         A: FnMut(&str) -> bool + Send + 'static,
         D: FnOnce(Result<&Vec<AcceptedEvent>, &StoreError>) + Send + 'static,
     {
-        let (pool, node, sealer) = (self.pool.clone(), self.node.clone(), self.sealer.clone());
+        let side = self.ingest_side();
         let task = tokio::spawn(async move {
             // `on_done` runs exactly once, even if this task unwinds or is dropped.
             let guard = OnDone(Some(on_done));
-            let result =
-                once_tx(&pool, &node, &sealer, &account_id, events, &key, &mut admit).await;
+            let result = once_tx(&side, &account_id, events, &key, &mut admit).await;
             let none = Vec::new();
             guard.run(result.as_ref().map(|i| match i {
                 Ingested::New(v) => v,
@@ -1349,15 +1400,21 @@ impl PgStore {
 
     /// Renews this node's heartbeat. `false`: the other nodes declared it dead (its
     /// heartbeat was silent for a whole lease) and took its deliveries; it must stop.
+    /// Each heartbeat also measures the database's clock for the stamps' offset.
     pub async fn heartbeat(&self) -> Result<bool, StoreError> {
-        let done = sqlx::query(AssertSqlSafe(format!(
-            "UPDATE nodes SET heartbeat_at = {DB_NOW_MS} WHERE id = $1 AND NOT dead"
+        let sent = Timestamp::now().0;
+        let renewed: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
+            "UPDATE nodes SET heartbeat_at = {DB_NOW_MS} WHERE id = $1 AND NOT dead
+             RETURNING heartbeat_at"
         )))
         .bind(&*self.node)
-        .execute(&self.pool)
+        .fetch_optional(&self.pool)
         .await
         .ctx("renewing this node's heartbeat")?;
-        Ok(done.rows_affected() == 1)
+        if let Some(db_now) = renewed {
+            self.note_clock(sent, db_now);
+        }
+        Ok(renewed.is_some())
     }
 
     /// Declares dead every other node whose heartbeat is older than `lease`, and puts the
@@ -2057,21 +2114,27 @@ struct IngestJob {
 
 /// How many ingest batches may be in flight at once (each on its own connection).
 const INGEST_BATCHERS: usize = 2;
+/// What ingest's writes need of the store, for the batchers and the transactions under an
+/// idempotency key.
+#[derive(Clone)]
+struct IngestSide {
+    pool: PgPool,
+    node: Arc<str>,
+    sealer: Arc<Sealer>,
+    stamps: Arc<Stamps>,
+}
+
 /// The most events one ingest batch takes.
 const INGEST_BATCH_EVENTS: usize = 5_000;
 
 /// Starts the ingest batchers: each takes every job waiting (up to a bound) and commits
 /// them together, so that concurrent single-event requests share one statement and one
 /// WAL flush instead of paying for one each.
-fn start_ingest_batchers(
-    pool: PgPool,
-    node: Arc<str>,
-    sealer: Arc<Sealer>,
-) -> mpsc::Sender<IngestJob> {
+fn start_ingest_batchers(side: IngestSide) -> mpsc::Sender<IngestJob> {
     let (tx, rx) = mpsc::channel::<IngestJob>(8192);
     let rx = Arc::new(tokio::sync::Mutex::new(rx));
     for _ in 0..INGEST_BATCHERS {
-        let (rx, pool, node, sealer) = (rx.clone(), pool.clone(), node.clone(), sealer.clone());
+        let (rx, side) = (rx.clone(), side.clone());
         tokio::spawn(async move {
             loop {
                 let mut jobs = Vec::new();
@@ -2092,7 +2155,7 @@ fn start_ingest_batchers(
                         }
                     }
                 }
-                run_ingest_batch(&pool, &node, &sealer, jobs).await;
+                run_ingest_batch(&side, jobs).await;
             }
         });
     }
@@ -2107,7 +2170,13 @@ fn start_ingest_batchers(
 /// are still enabled, each locked key-share — an endpoint change (`FOR UPDATE`) in progress
 /// is waited for and then seen (its deliveries are left out, and their room given back by
 /// the caller), one that starts later waits for this commit and then ends them.
-async fn run_ingest_batch(pool: &PgPool, node: &str, sealer: &Sealer, jobs: Vec<IngestJob>) {
+async fn run_ingest_batch(side: &IngestSide, jobs: Vec<IngestJob>) {
+    let IngestSide {
+        pool,
+        node,
+        sealer,
+        stamps,
+    } = side;
     // The requests (plain data) apart from the callbacks, which are only `Send`.
     let mut requests = Vec::with_capacity(jobs.len());
     let mut callers = Vec::with_capacity(jobs.len());
@@ -2129,6 +2198,11 @@ async fn run_ingest_batch(pool: &PgPool, node: &str, sealer: &Sealer, jobs: Vec<
         Ok(s) => s,
         Err(e) => return fail_batch(callers, &e),
     };
+    // Events that waited (for a batcher, a connection) are stamped again, right before the
+    // statement that gives them their place in the feed.
+    for r in &mut requests {
+        NewEvent::refresh_stamps(&mut r.events, stamps);
+    }
     // Per job, per event: the deliveries to create.
     let plans: Vec<Vec<Vec<NewDelivery>>> = requests
         .iter()
@@ -2261,15 +2335,22 @@ fn accepted_events(
 
 /// The transaction of an ingest request under an idempotency key.
 async fn once_tx(
-    pool: &PgPool,
-    node: &str,
-    sealer: &Sealer,
+    side: &IngestSide,
     account_id: &str,
-    events: Vec<NewEvent>,
+    mut events: Vec<NewEvent>,
     key: &IdempotencyKey,
     admit: &mut (dyn FnMut(&str) -> bool + Send),
 ) -> Result<Ingested, StoreError> {
+    let IngestSide {
+        pool,
+        node,
+        sealer,
+        stamps,
+    } = side;
     let mut tx = pool.begin().await.ctx("starting a transaction")?;
+    // Events that waited for a connection are stamped again before the transaction's first
+    // write, which gives it the id that places them in the feed.
+    NewEvent::refresh_stamps(&mut events, stamps);
     let now = Timestamp::now().0;
     // Take the key: a new row (others with the same key wait on it until this commits), or
     // the existing one, locked.
@@ -2864,9 +2945,9 @@ async fn feed_page<'c>(
 ///
 /// Everything up to the first is older than `cutoff` plus the margin, and everything past
 /// the second newer than `cutoff` less the margin, as long as events are in the feed's order
-/// to within [`super::RECOVER_MARGIN_MS`] of their stamps: ingest stamps an event just
-/// before its transaction takes its id, so they are apart by that wait and by the nodes'
-/// clock skew. The feed leaves the margin on the side of its bound that must not lose an
+/// to within [`super::RECOVER_MARGIN_MS`] of their stamps, as the clock of stamps keeps
+/// them ([`super::stamps`]: every node stamps by the database's clock, never backwards, and
+/// again if its write waited). The feed leaves the margin on the side of its bound that must not lose an
 /// event, as a recovery does ([`super::Store::recover_from`]), and its stamps still filter.
 ///
 /// Its probes must read one snapshot (the feed runs it in its page's `REPEATABLE READ`

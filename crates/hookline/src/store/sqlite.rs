@@ -32,6 +32,7 @@
 //!   ended, its endpoint turned off or removed meanwhile).
 
 use super::sealing::{SealedColumns, Sealer, check_recorded_key, reseal_row};
+use super::stamps::Stamps;
 use super::{
     AcceptedEvent, AcceptedSummary, AttemptRecord, Context, DeliveryFilter, DueDelivery,
     EventFilter, FeedPos, GONE_REASON, IdempotencyKey, Ingested, NewDelivery, NewEvent,
@@ -146,6 +147,8 @@ pub struct SqliteStore {
     /// Dropped with the last clone of the store (and the writer thread's copy): stops the
     /// checkpointer.
     checkpointer: Checkpointer,
+    /// The clock of event stamps, started at the newest one stored.
+    stamps: Arc<Stamps>,
 }
 
 /// Each account's enabled endpoints, as ingest needs them, cached for the writer thread.
@@ -454,6 +457,7 @@ impl SqliteStore {
         let path = data_dir.join("hookline.db");
         let conn = open_connection(&path)?;
         migrate(&conn)?;
+        let stamps = Arc::new(Stamps::new(newest_stamp(&conn)?));
         // Checkpoints run on their own thread, but for the writer's own when the WAL must
         // start over (`WalKeeper`, made after this pragma: the pragma would replace its hook).
         // The writer's own page cache is small (see `WRITER_CACHE_KIB`).
@@ -496,7 +500,13 @@ impl SqliteStore {
             subscribers,
             sealer,
             checkpointer,
+            stamps,
         })
+    }
+
+    /// The clock of event stamps ([`super::stamps`]).
+    pub fn stamps(&self) -> &Stamps {
+        &self.stamps
     }
 
     /// Takes the data directory's exclusive serve lock, or says who holds it.
@@ -1150,12 +1160,12 @@ impl SqliteStore {
         A: FnMut(&str) -> bool + Send + 'static,
         D: FnOnce(Result<&Vec<AcceptedEvent>, &StoreError>) + Send + 'static,
     {
-        let subscribers = self.subscribers.clone();
+        let (subscribers, stamps) = (self.subscribers.clone(), self.stamps.clone());
         // The most frequent write of all, outside a savepoint (see `Isolation::Group`): once
         // it has written, only a database error can fail it, and that takes its group down.
         self.write_isolated(
             Isolation::Group,
-            move |c| insert_rows(c, &subscribers, &account_id, events, &mut admit),
+            move |c| insert_rows(c, &subscribers, &stamps, &account_id, events, &mut admit),
             on_done,
         )
         .await
@@ -1175,7 +1185,7 @@ impl SqliteStore {
         A: FnMut(&str) -> bool + Send + 'static,
         D: FnOnce(Result<&Vec<AcceptedEvent>, &StoreError>) + Send + 'static,
     {
-        let subscribers = self.subscribers.clone();
+        let (subscribers, stamps) = (self.subscribers.clone(), self.stamps.clone());
         self.write_then(
             move |c| {
                 let now = Timestamp::now().0;
@@ -1199,7 +1209,7 @@ impl SqliteStore {
                         serde_json::from_str(&accepted).ctx("reading an idempotency record")?;
                     return Ok(Ingested::Repeat(first));
                 }
-                let out = insert_rows(c, &subscribers, &account_id, events, &mut admit)?;
+                let out = insert_rows(c, &subscribers, &stamps, &account_id, events, &mut admit)?;
                 let summary: Vec<AcceptedSummary> = out.iter().map(AcceptedSummary::from).collect();
                 c.execute(
                     "INSERT OR REPLACE INTO idempotency_keys
@@ -3019,13 +3029,29 @@ fn feed_row_before(c: &Connection, account_id: &str, cutoff: i64) -> Result<i64,
 /// Each event's deliveries are inserted right before it, so their row numbers are one run,
 /// which the event's row keeps (`deliveries_from`, up to `deliveries_until`): that run is
 /// how an event's deliveries are found (no index of deliveries by event).
+/// The newest event stamp stored (of the last thousand rows written), or 0: where the
+/// clock of stamps starts, so that stamps never go back across a restart either.
+fn newest_stamp(c: &Connection) -> Result<i64, StoreError> {
+    c.query_row(
+        "SELECT COALESCE(MAX(created_at), 0) FROM
+            (SELECT created_at FROM events ORDER BY seq DESC LIMIT 1000)",
+        [],
+        |r| r.get(0),
+    )
+    .ctx("reading the newest event stamp")
+}
+
 fn insert_rows(
     c: &Connection,
     subscribers: &Subscribers,
+    stamps: &Stamps,
     account_id: &str,
-    events: Vec<NewEvent>,
+    mut events: Vec<NewEvent>,
     admit: &mut impl FnMut(&str) -> bool,
 ) -> Result<Vec<AcceptedEvent>, StoreError> {
+    // The writer takes jobs in the order they were queued, so stamps keep to the order of
+    // the rows; a job that waited long in the queue is stamped again all the same.
+    NewEvent::refresh_stamps(&mut events, stamps);
     let endpoints = subscribers.get_or_load(c, account_id)?;
     let mut ins_event = c
         .prepare_cached(
@@ -3671,6 +3697,7 @@ pub(crate) mod tests {
                 data: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
                 created_at: Timestamp::now(),
                 payload: Default::default(),
+                restamp: false,
             })
             .collect()
     }
