@@ -286,13 +286,15 @@ async fn a_page_of_a_rare_type_is_full_and_resumes_across_any_gap(engine: Engine
     );
 }
 
-/// Events stamped while the clock ran two minutes ahead, then a restart on a clock set
-/// right: new events are stamped no earlier than the stored ones (stamps never go back), so
+/// Events stamped while the clock ran two minutes ahead (given those stamps), then a
+/// restart on a clock set right: new events are stamped no earlier than the stored ones (stamps never go back), so
 /// a page with `since` still finds every event of its time. Without that, the search by time
 /// (which seeks by row order) would land among the later rows stamped two minutes earlier,
 /// and skip the events it was asked for. And an event whose write starts long after ingest
 /// stamped it is stamped again, its envelope too; one given a time of its own keeps it.
-async fn a_clock_set_back_hides_no_event_from_a_search_by_time(engine: Engine) {
+async fn stamps_that_ran_ahead_before_a_restart_hide_no_event_from_a_search_by_time(
+    engine: Engine,
+) {
     let data = Data::fresh(&engine).await;
     let store = Store::open(&data.location).await.unwrap();
     let account = store.create_account("a".into(), Plan::Pro).await.unwrap();
@@ -424,5 +426,5 @@ async fn a_clock_set_back_hides_no_event_from_a_search_by_time(engine: Engine) {
 on_both_engines!(
     a_reader_paging_while_writers_ingest_sees_every_event_once,
     a_page_of_a_rare_type_is_full_and_resumes_across_any_gap,
-    a_clock_set_back_hides_no_event_from_a_search_by_time,
+    stamps_that_ran_ahead_before_a_restart_hide_no_event_from_a_search_by_time,
 );

@@ -226,9 +226,10 @@ pub struct FeedQuery {
 
 /// The pull API: the account's events, oldest first. Paging never skips an event committed
 /// later and never repeats one; `?after=evt_…` resumes after the last event seen. `since`
-/// and `until` read only the events stored around those times, so an event stamped more
-/// than a minute out of the order events were stored in (a server clock set back) can be
-/// missing from such a page, never from the feed without them. A page with `type` reads
+/// and `until` read only the events stored around those times; event stamps never run
+/// backwards, so they keep to the order events were stored in (only a server clock set back
+/// by more than 10 minutes, which the server logs, could hide an event from such a page,
+/// never from the feed without them). A page with `type` reads
 /// only that type's events: it is full unless it is the end of the feed, however rare the
 /// type, and `?type=…&after=evt_…` resumes after the last event of the type seen.
 #[utoipa::path(get, path = "/v1/events", tag = "events", params(FeedQuery),

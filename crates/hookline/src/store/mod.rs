@@ -588,8 +588,9 @@ impl Store {
     /// A binary search over row numbers, each probe one seek into the endpoint's index of
     /// deliveries (at most about 64, whatever the history). It relies on rows being numbered
     /// about in the order of their creation times, which the clock of stamps keeps to within
-    /// the margin ([`stamps`]): only a clock set back by more than [`stamps::HOLD_MAX_MS`]
-    /// could leave a delivery created since `since` before the start, unqueued.
+    /// the margin ([`stamps`]). A clock set back by more than [`stamps::HOLD_MAX_MS`], or on
+    /// PostgreSQL an ingest statement that waited longer than the margin for an endpoint's
+    /// row lock, could leave a delivery created since `since` before the start, unqueued.
     pub async fn recover_from(
         &self,
         account_id: String,

@@ -222,8 +222,8 @@ pub struct PgStore {
     ingest: mpsc::Sender<IngestJob>,
     /// Seals endpoint secrets on the way in and opens them on the way out.
     sealer: Arc<Sealer>,
-    /// The clock of event stamps: the database's, from this machine's and an offset
-    /// measured at start and at every heartbeat, never running backwards.
+    /// The clock of event stamps: the database's, read at start and at every heartbeat and
+    /// carried forward by the monotonic clock, never running backwards.
     stamps: Arc<Stamps>,
 }
 
@@ -285,7 +285,7 @@ impl PgStore {
             .ctx("connecting to PostgreSQL")?;
         let node: Arc<str> = Arc::from(new_id("node"));
         let sealer = Arc::new(sealer);
-        let stamps = Arc::new(Stamps::new(0));
+        let stamps = Arc::new(Stamps::anchored());
         let ingest = start_ingest_batchers(IngestSide {
             pool: pool.clone(),
             node: node.clone(),
@@ -318,30 +318,42 @@ impl PgStore {
         }
     }
 
-    /// Sets the clock of stamps going: the database's clock's offset from this machine's,
-    /// and the newest stamp stored (of the last thousand events written), which it never
-    /// goes back behind.
+    /// Sets the clock of stamps going: a reading of the database's clock, and the newest
+    /// stamp stored (of the last thousand events written), which it never goes back behind.
     async fn start_stamps(&self) -> Result<(), StoreError> {
-        let sent = Timestamp::now().0;
-        let (db_now, newest): (i64, Option<i64>) = sqlx::query_as(AssertSqlSafe(format!(
-            "SELECT {DB_NOW_MS}, (SELECT MAX(created_at) FROM
-                (SELECT created_at FROM events ORDER BY seq DESC LIMIT 1000) AS latest)"
-        )))
+        self.read_clock().await?;
+        let newest: Option<i64> = sqlx::query_scalar(
+            "SELECT MAX(created_at) FROM
+                (SELECT created_at FROM events ORDER BY seq DESC LIMIT 1000) AS latest",
+        )
         .fetch_one(&self.pool)
         .await
-        .ctx("reading the database's clock and the newest event stamp")?;
-        self.note_clock(sent, db_now);
+        .ctx("reading the newest event stamp")?;
         self.stamps.stamp_floor(newest.unwrap_or(0));
         Ok(())
     }
 
-    /// Notes the database's clock read `db_now` by a query sent at `sent` (this machine's
-    /// clock) and answered now: the offset of stamps from this machine's clock.
-    fn note_clock(&self, sent: i64, db_now: i64) {
-        let answered = Timestamp::now().0;
-        // The database read its clock somewhere in the round trip: its middle is the best
-        // guess, off by half the round trip at most.
-        self.stamps.set_offset(db_now - (sent + answered) / 2);
+    /// Reads the database's clock for the stamps: three round trips on one connection (taken
+    /// first, so that waiting for it does not count), the shortest one's reading kept.
+    async fn read_clock(&self) -> Result<(), StoreError> {
+        const CTX: &str = "reading the database's clock";
+        let mut conn = self.pool.acquire().await.ctx(CTX)?;
+        let mut best: Option<(f64, i64, f64, f64)> = None;
+        for _ in 0..3 {
+            let sent = self.stamps.monotonic_ms();
+            let reading: i64 = sqlx::query_scalar(AssertSqlSafe(format!("SELECT {DB_NOW_MS}")))
+                .fetch_one(&mut *conn)
+                .await
+                .ctx(CTX)?;
+            let answered = self.stamps.monotonic_ms();
+            if best.is_none_or(|(trip, ..)| answered - sent < trip) {
+                best = Some((answered - sent, reading, sent, answered));
+            }
+        }
+        if let Some((_, reading, sent, answered)) = best {
+            self.stamps.note_reading(reading, sent, answered);
+        }
+        Ok(())
     }
 
     /// Applies the migrations the database has not seen, all in one transaction under an
@@ -1400,21 +1412,25 @@ impl PgStore {
 
     /// Renews this node's heartbeat. `false`: the other nodes declared it dead (its
     /// heartbeat was silent for a whole lease) and took its deliveries; it must stop.
-    /// Each heartbeat also measures the database's clock for the stamps' offset.
+    /// Each heartbeat also reads the database's clock again for the stamps (a failed or slow
+    /// reading is logged; the stamps keep the last one).
     pub async fn heartbeat(&self) -> Result<bool, StoreError> {
-        let sent = Timestamp::now().0;
-        let renewed: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
-            "UPDATE nodes SET heartbeat_at = {DB_NOW_MS} WHERE id = $1 AND NOT dead
-             RETURNING heartbeat_at"
+        let done = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE nodes SET heartbeat_at = {DB_NOW_MS} WHERE id = $1 AND NOT dead"
         )))
         .bind(&*self.node)
-        .fetch_optional(&self.pool)
+        .execute(&self.pool)
         .await
         .ctx("renewing this node's heartbeat")?;
-        if let Some(db_now) = renewed {
-            self.note_clock(sent, db_now);
+        // Bounded, so that a busy pool never holds up the next renewal.
+        match tokio::time::timeout(std::time::Duration::from_millis(500), self.read_clock()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "reading the database's clock for event stamps failed")
+            }
+            Err(_) => tracing::debug!("reading the database's clock took over 500 ms; skipped"),
         }
-        Ok(renewed.is_some())
+        Ok(done.rows_affected() == 1)
     }
 
     /// Declares dead every other node whose heartbeat is older than `lease`, and puts the
@@ -2472,6 +2488,8 @@ async fn load_subscribers(
 }
 
 /// The one statement of an ingest batch; returns the created deliveries' row numbers.
+/// Deliveries are due now by this node's clock, which judges due times ([`PgStore::claim_due`]),
+/// whatever their events' stamps say ([`super::stamps`]: the database's clock, held).
 async fn write_ingest_batch(
     c: &mut PgConnection,
     node: &str,
@@ -2515,7 +2533,7 @@ async fn write_ingest_batch(
                                  $15::bigint[]))
          INSERT INTO deliveries (id, account_id, event_id, event_type, endpoint_id,
             status, next_attempt_at, created_at, updated_at, claim, node)
-         SELECT id, account_id, event_id, event_type, endpoint_id, status, at, at, at, claim,
+         SELECT id, account_id, event_id, event_type, endpoint_id, status, $16, at, at, claim,
             CASE WHEN status = 'delivering' THEN $9 END
          FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                      $7::bigint[], $8::bigint[])
@@ -2538,6 +2556,7 @@ async fn write_ingest_batch(
     .bind(&e.event_type)
     .bind(&e.data)
     .bind(&e.created_at)
+    .bind(Timestamp::now().0)
     .fetch_all(c)
     .await
     .ctx("inserting events and deliveries")?

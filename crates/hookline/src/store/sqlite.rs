@@ -457,7 +457,7 @@ impl SqliteStore {
         let path = data_dir.join("hookline.db");
         let conn = open_connection(&path)?;
         migrate(&conn)?;
-        let stamps = Arc::new(Stamps::new(newest_stamp(&conn)?));
+        let stamps = Arc::new(Stamps::local(newest_stamp(&conn)?));
         // Checkpoints run on their own thread, but for the writer's own when the WAL must
         // start over (`WalKeeper`, made after this pragma: the pragma would replace its hook).
         // The writer's own page cache is small (see `WRITER_CACHE_KIB`).
@@ -2992,13 +2992,12 @@ const FIRST_EVENT_AFTER: &str = "SELECT seq, created_at FROM events
 /// none was): a binary search over row numbers, each probe one seek into `events_by_account`
 /// (about 64 at most, whatever the history).
 ///
-/// Rows are numbered in the order the writer commits them, and ingest stamps an event just
-/// before its write, so rows are out of the order of their stamps only by the wait for the
-/// writer; the callers leave [`super::RECOVER_MARGIN_MS`] on the side of their bound that
-/// must not lose a row, as a recovery does ([`super::Store::recover_from`]), and keep
-/// filtering by the stamps themselves. A clock set back by more than that, or an ingest
-/// write that waited longer than it for the writer, could hide an event from a `since` or
-/// `until` page (never from the feed without them).
+/// Rows are numbered in the order the writer takes its jobs, which is the order ingest
+/// stamped their events from a clock that never runs backwards ([`super::stamps`]); the
+/// callers leave [`super::RECOVER_MARGIN_MS`] on the side of their bound that must not lose
+/// a row, as a recovery does ([`super::Store::recover_from`]), and keep filtering by the
+/// stamps themselves. Only a clock set back by more than [`super::stamps::HOLD_MAX_MS`]
+/// could hide an event from a `since` or `until` page (never from the feed without them).
 fn feed_row_before(c: &Connection, account_id: &str, cutoff: i64) -> Result<i64, StoreError> {
     let last: i64 = c
         .prepare_cached(LAST_EVENT)
@@ -3024,11 +3023,6 @@ fn feed_row_before(c: &Connection, account_id: &str, cutoff: i64) -> Result<i64,
     Ok(lo)
 }
 
-/// Inserts `events` and one delivery per subscribed, enabled endpoint, in the open job.
-///
-/// Each event's deliveries are inserted right before it, so their row numbers are one run,
-/// which the event's row keeps (`deliveries_from`, up to `deliveries_until`): that run is
-/// how an event's deliveries are found (no index of deliveries by event).
 /// The newest event stamp stored (of the last thousand rows written), or 0: where the
 /// clock of stamps starts, so that stamps never go back across a restart either.
 fn newest_stamp(c: &Connection) -> Result<i64, StoreError> {
@@ -3041,6 +3035,11 @@ fn newest_stamp(c: &Connection) -> Result<i64, StoreError> {
     .ctx("reading the newest event stamp")
 }
 
+/// Inserts `events` and one delivery per subscribed, enabled endpoint, in the open job.
+///
+/// Each event's deliveries are inserted right before it, so their row numbers are one run,
+/// which the event's row keeps (`deliveries_from`, up to `deliveries_until`): that run is
+/// how an event's deliveries are found (no index of deliveries by event).
 fn insert_rows(
     c: &Connection,
     subscribers: &Subscribers,
@@ -3052,6 +3051,7 @@ fn insert_rows(
     // The writer takes jobs in the order they were queued, so stamps keep to the order of
     // the rows; a job that waited long in the queue is stamped again all the same.
     NewEvent::refresh_stamps(&mut events, stamps);
+    let now = Timestamp::now().0;
     let endpoints = subscribers.get_or_load(c, account_id)?;
     let mut ins_event = c
         .prepare_cached(
@@ -3083,10 +3083,11 @@ fn insert_rows(
                 endpoint: ep.clone(),
                 claimed,
             };
-            // Admitted: `delivering`, due now. Otherwise `pending` with no due time: it
-            // waits for room, outside the due index (see `mark_waiting`).
+            // Admitted: `delivering`, due now (by the clock that judges due times, whatever
+            // the event's stamp says). Otherwise `pending` with no due time: it waits for
+            // room, outside the due index (see `mark_waiting`).
             let (status, due) = if claimed {
-                ("delivering", Some(ev.created_at.0))
+                ("delivering", Some(now))
             } else {
                 ("pending", None)
             };
@@ -3105,7 +3106,7 @@ fn insert_rows(
                 .ctx("inserting a delivery")?;
             d.row = c.last_insert_rowid();
             if !claimed && !marked.contains(&ep.id.as_str()) {
-                mark_waiting(c, &ep.id, d.row, ev.created_at)?;
+                mark_waiting(c, &ep.id, d.row, Timestamp(now))?;
                 marked.push(&ep.id);
             }
             deliveries.push(d);
@@ -4567,6 +4568,7 @@ pub(crate) mod tests {
                 .unwrap();
             accepted.extend(one);
         }
+        let written = Timestamp::now().0;
         let of = |ev: &AcceptedEvent, ep: &Endpoint| -> NewDelivery {
             let d = ev.deliveries.iter().find(|d| d.endpoint.id == ep.id);
             d.expect("a delivery to each endpoint").clone()
@@ -4577,15 +4579,17 @@ pub(crate) mod tests {
         for d in &waiting {
             assert_eq!(raw(&db, &d.id), ("pending".into(), None));
         }
+        // Due, and waiting, from their write by the clock that judges due times.
         for ev in &accepted {
-            let d = of(ev, &up);
-            assert_eq!(
-                raw(&db, &d.id),
-                ("delivering".into(), Some(ev.event.created_at.0))
-            );
+            let (status, due) = raw(&db, &of(ev, &up).id);
+            assert_eq!(status, "delivering");
+            assert!(due.is_some_and(|t| (ev.event.created_at.0..=written).contains(&t)));
         }
         let first = accepted[0].event.created_at;
-        assert_eq!(mark(&db, &down.id), (Some(waiting[0].row), Some(first.0)));
+        let (from, since) = mark(&db, &down.id);
+        assert_eq!(from, Some(waiting[0].row));
+        let since = since.expect("waiting since the first one's write");
+        assert!((first.0..=written).contains(&since));
         assert_eq!(mark(&db, &up.id), (None, None));
         // Seen from outside, a waiting delivery is due since it was created.
         let seen = store
@@ -4596,7 +4600,7 @@ pub(crate) mod tests {
             .0;
         assert_eq!(seen.status, DeliveryStatus::Pending);
         assert_eq!(seen.next_attempt_at, Some(accepted[1].event.created_at));
-        assert_eq!(store.next_due_at().await.unwrap(), Some(first));
+        assert_eq!(store.next_due_at().await.unwrap(), Some(Timestamp(since)));
 
         // Room for two: the two oldest, and the mark moves past them.
         let claimed = store.claim_due(Timestamp::now(), |_| 2).await.unwrap();

@@ -12,13 +12,16 @@
 //!   stamps for longer would stamp a day's events with a wrong time because a clock was
 //!   once wrong. A search by time across that one step may then miss events.
 //! - **Nodes' clocks that disagree** (PostgreSQL): each node stamps by the database's clock,
-//!   the node's own corrected by an offset measured at every heartbeat.
+//!   read at start and at every heartbeat (the reading of the shortest of three round trips)
+//!   and carried forward in between by this process's monotonic clock, so a step of the
+//!   node's own clock never reaches its stamps.
 //! - **A write that waited** (in a queue, for a connection or a lock): a write that starts
 //!   more than [`FRESH_MS`] after its events were stamped stamps them again, and rebuilds
 //!   their envelopes, just before it runs.
 
 use crate::model::Timestamp;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::Instant;
 
 /// How far back a clock may be set and still have stamps hold rather than follow it.
 pub const HOLD_MAX_MS: i64 = 10 * 60_000;
@@ -26,21 +29,43 @@ pub const HOLD_MAX_MS: i64 = 10 * 60_000;
 /// How old an event's stamp may be when its write starts; older, it is stamped again.
 pub const FRESH_MS: i64 = 5_000;
 
+/// A difference between this machine's clock and the database's worth a warning.
+const SKEW_WARN_MS: i64 = 1_000;
+
 /// The store's clock for event stamps. Cheap: one atomic read-modify-write a stamp.
 #[derive(Debug)]
 pub struct Stamps {
     /// The latest stamp given out (or found stored).
     last: AtomicI64,
-    /// Added to this machine's clock: the database's clock minus it (PostgreSQL), else 0.
+    /// `None`: this machine's clock (SQLite). Else the database's clock, as the monotonic
+    /// clock since this instant plus `offset` (PostgreSQL).
+    epoch: Option<Instant>,
+    /// The database's clock minus the monotonic clock's milliseconds since `epoch`.
     offset: AtomicI64,
+    /// Whether the last reading found this machine's clock off the database's by more than
+    /// [`SKEW_WARN_MS`] (warned once per time it goes off).
+    skewed: AtomicBool,
 }
 
 impl Stamps {
-    /// A clock whose stamps start at `floor` or later (the newest stamp stored, or 0).
-    pub fn new(floor: i64) -> Self {
+    /// Stamps by this machine's clock, starting at `floor` or later (the newest stamp stored).
+    pub fn local(floor: i64) -> Self {
         Stamps {
             last: AtomicI64::new(floor),
+            epoch: None,
             offset: AtomicI64::new(0),
+            skewed: AtomicBool::new(false),
+        }
+    }
+
+    /// Stamps by a clock read elsewhere ([`Stamps::note_reading`]), carried forward by the
+    /// monotonic clock; until the first reading, this machine's clock.
+    pub fn anchored() -> Self {
+        Stamps {
+            last: AtomicI64::new(0),
+            epoch: Some(Instant::now()),
+            offset: AtomicI64::new(Timestamp::now().0),
+            skewed: AtomicBool::new(false),
         }
     }
 
@@ -51,43 +76,9 @@ impl Stamps {
 
     /// A stamp for an event accepted now.
     pub fn stamp(&self) -> Timestamp {
-        self.stamp_at(Timestamp::now().0)
-    }
-
-    /// The time now by this clock's reckoning (the local clock with the offset), without
-    /// giving out a stamp.
-    pub fn now(&self) -> i64 {
-        Timestamp::now().0 + self.offset.load(Ordering::Relaxed)
-    }
-
-    /// Sets the offset to add to this machine's clock, warning when it is large.
-    pub fn set_offset(&self, offset_ms: i64) {
-        let before = self.offset.swap(offset_ms, Ordering::Relaxed);
-        if offset_ms.abs() >= 1_000 && (offset_ms - before).abs() >= 500 {
-            tracing::warn!(
-                offset_ms,
-                "this machine's clock differs from the database's by {offset_ms} ms; \
-                 event stamps follow the database's clock"
-            );
-        }
-    }
-
-    /// The offset currently added to this machine's clock.
-    pub fn offset(&self) -> i64 {
-        self.offset.load(Ordering::Relaxed)
-    }
-
-    /// A stamp when this machine's clock reads `local_ms`.
-    fn stamp_at(&self, local_ms: i64) -> Timestamp {
-        let now = local_ms + self.offset.load(Ordering::Relaxed);
         let mut last = self.last.load(Ordering::Relaxed);
         loop {
-            let behind = last - now;
-            let next = if behind <= 0 || behind > HOLD_MAX_MS {
-                now
-            } else {
-                last
-            };
+            let (next, behind) = Self::next(last, self.clock());
             match self
                 .last
                 .compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed)
@@ -107,50 +98,139 @@ impl Stamps {
             }
         }
     }
+
+    /// The time now by this clock, and never before the latest stamp given out: what a
+    /// stamp's age is judged against.
+    pub fn now(&self) -> i64 {
+        self.clock().max(self.last.load(Ordering::Relaxed))
+    }
+
+    /// Milliseconds of the monotonic clock since the epoch of an anchored clock (0 for one
+    /// by this machine's clock), to time a reading with.
+    pub fn monotonic_ms(&self) -> f64 {
+        self.epoch
+            .map_or(0.0, |e| e.elapsed().as_secs_f64() * 1_000.0)
+    }
+
+    /// Notes a reading of the clock stamps follow: `reading_ms`, taken by a query sent at
+    /// `sent` and answered at `answered` ([`Stamps::monotonic_ms`]). The reading was taken
+    /// somewhere in the round trip: its middle is the best guess, off by half the round trip
+    /// at most. Warns when this machine's own clock is off it by a second or more.
+    pub fn note_reading(&self, reading_ms: i64, sent: f64, answered: f64) {
+        if self.epoch.is_none() {
+            return;
+        }
+        let middle = (sent + answered) / 2.0;
+        // Whole milliseconds down, as `clock` counts them.
+        self.offset
+            .store(reading_ms - middle.floor() as i64, Ordering::Relaxed);
+        let skew = reading_ms + ((answered - middle).round() as i64) - Timestamp::now().0;
+        let off = skew.abs() >= SKEW_WARN_MS;
+        if off && !self.skewed.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                skew_ms = skew,
+                "this machine's clock is {} ms {} the database's; event stamps follow the \
+                 database's clock",
+                skew.abs(),
+                if skew > 0 { "behind" } else { "ahead of" }
+            );
+        } else if !off {
+            self.skewed.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// The clock stamps follow, now.
+    fn clock(&self) -> i64 {
+        match self.epoch {
+            None => Timestamp::now().0,
+            Some(e) => e.elapsed().as_millis() as i64 + self.offset.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The stamp after `last` when the clock reads `now`, and how far the clock is behind.
+    fn next(last: i64, now: i64) -> (i64, i64) {
+        let behind = last - now;
+        if behind <= 0 || behind > HOLD_MAX_MS {
+            (now, behind)
+        } else {
+            (last, behind)
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// Stamps given out one after another when the clock reads each of `clock`.
+    fn run(last: i64, clock: &[i64]) -> Vec<i64> {
+        let mut last = last;
+        clock
+            .iter()
+            .map(|&now| {
+                last = Stamps::next(last, now).0;
+                last
+            })
+            .collect()
+    }
+
     #[test]
     fn stamps_follow_the_clock_forward_and_hold_when_it_goes_back() {
-        let s = Stamps::new(0);
-        assert_eq!(s.stamp_at(1_000).0, 1_000);
-        assert_eq!(s.stamp_at(2_000).0, 2_000);
-        // Set back by a minute: stamps hold at the latest until the clock passes it.
-        assert_eq!(s.stamp_at(2_000 - 60_000).0, 2_000);
-        assert_eq!(s.stamp_at(1_999).0, 2_000);
-        assert_eq!(s.stamp_at(2_001).0, 2_001);
-        // Set back by the most they hold for: still held.
-        assert_eq!(s.stamp_at(2_001 - HOLD_MAX_MS).0, 2_001);
+        let set_back = 2_000 - 60_000;
+        assert_eq!(
+            run(
+                0,
+                &[1_000, 2_000, set_back, 1_999, 2_001, 2_001 - HOLD_MAX_MS]
+            ),
+            [1_000, 2_000, 2_000, 2_000, 2_001, 2_001],
+            "held at the latest until the clock passes it, for a set-back of up to the hold"
+        );
     }
 
     #[test]
     fn a_clock_set_back_by_more_than_the_hold_is_believed() {
-        let s = Stamps::new(10 * HOLD_MAX_MS);
         let back = 10 * HOLD_MAX_MS - HOLD_MAX_MS - 1;
-        assert_eq!(s.stamp_at(back).0, back);
-        // And from there on, stamps hold at the new latest.
-        assert_eq!(s.stamp_at(back - 5).0, back);
+        assert_eq!(
+            run(10 * HOLD_MAX_MS, &[back, back - 5, back + 1]),
+            [back, back, back + 1],
+            "followed back, then held at the new latest"
+        );
     }
 
     #[test]
-    fn stamps_start_at_the_floor_and_carry_the_offset() {
-        let s = Stamps::new(5_000);
-        assert_eq!(s.stamp_at(4_000).0, 5_000, "the newest stored stamp holds");
-        s.set_offset(250);
-        assert_eq!(s.offset(), 250);
-        assert_eq!(s.stamp_at(6_000).0, 6_250);
-        // An offset that shrinks cannot take stamps back either.
-        s.set_offset(-250);
-        assert_eq!(s.stamp_at(6_100).0, 6_250);
-        assert_eq!(s.stamp_at(6_600).0, 6_350);
+    fn stamps_start_at_the_floor() {
+        let floor = Timestamp::now().0 + 60_000;
+        let s = Stamps::local(floor);
+        assert_eq!(s.stamp().0, floor, "the newest stored stamp holds");
+        assert!(s.now() >= floor);
+    }
+
+    #[test]
+    fn an_anchored_clock_follows_its_readings_not_this_machines() {
+        let s = Stamps::anchored();
+        // A reading far from this machine's clock (a day behind it), in a round trip of 2 ms.
+        let day = 86_400_000;
+        let reading = Timestamp::now().0 - day;
+        let sent = s.monotonic_ms();
+        s.note_reading(reading, sent, sent + 2.0);
+        let t = s.clock();
+        assert!(
+            (reading - 5..reading + 5_000).contains(&t),
+            "{t} against a reading of {reading}"
+        );
+        // A stamp holds at the latest given out: an earlier reading cannot take it back.
+        let first = s.stamp().0;
+        s.note_reading(reading - 30_000, s.monotonic_ms(), s.monotonic_ms());
+        assert!(s.stamp().0 >= first);
+        // And it moves on with the monotonic clock.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        s.note_reading(reading + 1_000, s.monotonic_ms(), s.monotonic_ms());
+        assert!(s.stamp().0 >= reading + 1_000);
     }
 
     #[test]
     fn stamps_never_go_back_across_threads() {
-        let s = std::sync::Arc::new(Stamps::new(0));
+        let s = std::sync::Arc::new(Stamps::local(0));
         let handles: Vec<_> = (0..4)
             .map(|_| {
                 let s = s.clone();
