@@ -287,11 +287,12 @@ async fn a_page_of_a_rare_type_is_full_and_resumes_across_any_gap(engine: Engine
 }
 
 /// Events stamped while the clock ran two minutes ahead (given those stamps), then a
-/// restart on a clock set right: new events are stamped no earlier than the stored ones (stamps never go back), so
-/// a page with `since` still finds every event of its time. Without that, the search by time
-/// (which seeks by row order) would land among the later rows stamped two minutes earlier,
-/// and skip the events it was asked for. And an event whose write starts long after ingest
-/// stamped it is stamped again, its envelope too; one given a time of its own keeps it.
+/// restart on a clock set right: new events are stamped no earlier than the stored ones
+/// (stamps never go back), so a page with `since` still finds every event of its time.
+/// Without that, the search by time (which seeks by row order) would land among the later
+/// rows stamped two minutes earlier, and skip the events it was asked for. And an event
+/// whose write starts long after ingest stamped it is stamped again, its envelope too; one
+/// given a time of its own keeps it.
 async fn stamps_that_ran_ahead_before_a_restart_hide_no_event_from_a_search_by_time(
     engine: Engine,
 ) {

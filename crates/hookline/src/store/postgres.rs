@@ -227,6 +227,10 @@ pub struct PgStore {
     stamps: Arc<Stamps>,
 }
 
+/// The longest a heartbeat's reading of the database's clock may take; a slower one (a busy
+/// pool) is dropped, and the stamps keep the last.
+const CLOCK_READ_LIMIT: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// The database's clock in milliseconds since the epoch: every node judges heartbeats by the
 /// same clock.
 const DB_NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
@@ -1412,8 +1416,9 @@ impl PgStore {
 
     /// Renews this node's heartbeat. `false`: the other nodes declared it dead (its
     /// heartbeat was silent for a whole lease) and took its deliveries; it must stop.
-    /// Each heartbeat also reads the database's clock again for the stamps (a failed or slow
-    /// reading is logged; the stamps keep the last one).
+    /// Each heartbeat also has the database's clock read again for the stamps, in a task of
+    /// its own, so that the reading never holds up the next renewal (a failed or slow one is
+    /// logged; the stamps keep the last).
     pub async fn heartbeat(&self) -> Result<bool, StoreError> {
         let done = sqlx::query(AssertSqlSafe(format!(
             "UPDATE nodes SET heartbeat_at = {DB_NOW_MS} WHERE id = $1 AND NOT dead"
@@ -1422,14 +1427,18 @@ impl PgStore {
         .execute(&self.pool)
         .await
         .ctx("renewing this node's heartbeat")?;
-        // Bounded, so that a busy pool never holds up the next renewal.
-        match tokio::time::timeout(std::time::Duration::from_millis(500), self.read_clock()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "reading the database's clock for event stamps failed")
+        let store = self.clone();
+        tokio::spawn(async move {
+            let read = tokio::time::timeout(CLOCK_READ_LIMIT, store.read_clock()).await;
+            match read {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(
+                    error = %e,
+                    "reading the database's clock for event stamps failed"
+                ),
+                Err(_) => tracing::debug!("reading the database's clock took too long; skipped"),
             }
-            Err(_) => tracing::debug!("reading the database's clock took over 500 ms; skipped"),
-        }
+        });
         Ok(done.rows_affected() == 1)
     }
 
@@ -2706,7 +2715,8 @@ pub const FAIL_STALE: &str = "UPDATE deliveries SET status = 'failed', next_atte
 
 /// [`FAIL_STALE`] for the rows also due before `$2`: a range of the index of pending rows by
 /// due time, so the rows read are about those ended. Rows made at ingest are due from their
-/// creation; a retry is due after its attempt (so after its last change).
+/// write (by the writing node's clock, within its skew of their stamp); a retry is due after
+/// its attempt (so after its last change).
 pub const FAIL_STALE_DUE: &str = "UPDATE deliveries SET status = 'failed',
         next_attempt_at = NULL, updated_at = $3,
         last_error = COALESCE(last_error, 'the endpoint was unreachable for the whole retry schedule')

@@ -3371,8 +3371,8 @@ fn clear_waiting(c: &Connection, endpoint_id: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Notes that `endpoint_id` has a delivery waiting for room at row `row` (created at
-/// `since`), in the same transaction as the row.
+/// Notes that `endpoint_id` has a delivery waiting for room at row `row` (written at
+/// `since`, by the writer's clock), in the same transaction as the row.
 ///
 /// A waiting delivery is `pending` with no due time, so it is in no index of due work; the
 /// claim finds an endpoint's waiting rows from its `waiting_from` on, in row order. The
@@ -3383,8 +3383,8 @@ fn clear_waiting(c: &Connection, endpoint_id: &str) -> Result<(), StoreError> {
 /// that are no longer waiting, never after one that does. Only ingest makes waiting rows,
 /// each the newest row of its transaction, so the mark never goes back before rows long
 /// since delivered: a claim walks only the endpoint's rows since the last one taken.
-/// `waiting_since` is no later than the oldest waiting row's creation: its due time, for
-/// the poller.
+/// `waiting_since` is no later than the oldest waiting row's write: its due time, for the
+/// poller.
 fn mark_waiting(
     c: &Connection,
     endpoint_id: &str,
@@ -3597,7 +3597,8 @@ fn delivery_from_row(r: &Row<'_>) -> rusqlite::Result<Delivery> {
     let status = DeliveryStatus::parse(&status).unwrap_or(DeliveryStatus::Pending);
     let created_at = Timestamp(r.get(10)?);
     // A delivery waiting for room (or taken from the waiting ones) has no due time of its
-    // own: it has been due since it was created, as on PostgreSQL.
+    // own: it has been due since it was created (its event's stamp; PostgreSQL shows such
+    // rows due from their write, which is the same time but for a held stamp or a skew).
     let next_attempt_at = match r.get::<_, Option<i64>>(6)? {
         None if matches!(status, DeliveryStatus::Pending | DeliveryStatus::Delivering) => {
             Some(created_at)

@@ -42,8 +42,8 @@ pub struct Stamps {
     epoch: Option<Instant>,
     /// The database's clock minus the monotonic clock's milliseconds since `epoch`.
     offset: AtomicI64,
-    /// Whether the last reading found this machine's clock off the database's by more than
-    /// [`SKEW_WARN_MS`] (warned once per time it goes off).
+    /// Whether this machine's clock was found off the database's by [`SKEW_WARN_MS`] or more
+    /// (and not since back within half of that): warned once each time it goes off.
     skewed: AtomicBool,
 }
 
@@ -124,17 +124,20 @@ impl Stamps {
         // Whole milliseconds down, as `clock` counts them.
         self.offset
             .store(reading_ms - middle.floor() as i64, Ordering::Relaxed);
-        let skew = reading_ms + ((answered - middle).round() as i64) - Timestamp::now().0;
-        let off = skew.abs() >= SKEW_WARN_MS;
-        if off && !self.skewed.swap(true, Ordering::Relaxed) {
-            tracing::warn!(
-                skew_ms = skew,
-                "this machine's clock is {} ms {} the database's; event stamps follow the \
-                 database's clock",
-                skew.abs(),
-                if skew > 0 { "behind" } else { "ahead of" }
-            );
-        } else if !off {
+        // Both clocks read at one instant; warned once when a second off, again only after
+        // coming back within half of that.
+        let skew = self.clock() - Timestamp::now().0;
+        if skew.abs() >= SKEW_WARN_MS {
+            if !self.skewed.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    skew_ms = skew,
+                    "this machine's clock is {} ms {} the database's; event stamps follow the \
+                     database's clock",
+                    skew.abs(),
+                    if skew > 0 { "behind" } else { "ahead of" }
+                );
+            }
+        } else if skew.abs() < SKEW_WARN_MS / 2 {
             self.skewed.store(false, Ordering::Relaxed);
         }
     }
