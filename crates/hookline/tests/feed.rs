@@ -188,22 +188,7 @@ async fn a_page_of_a_rare_type_is_full_and_resumes_across_any_gap(engine: Engine
             .unwrap()
             .unwrap()
     };
-    // On PostgreSQL the feed shows a commit once every older transaction on the server has
-    // ended: wait until it shows the last one.
-    let before_last = position(&ids[ids.len() - 2]).await;
-    common::eventually("the feed shows every event", || async {
-        let (page, _) = store
-            .list_events(
-                account.id.clone(),
-                EventFilter::default(),
-                Some(before_last),
-                1,
-            )
-            .await
-            .unwrap();
-        (page.len() == 1).then_some(())
-    })
-    .await;
+    until_the_feed_shows_the_last(&store, &account.id, &ids[ids.len() - 2]).await;
 
     let filtered = |since, until| EventFilter {
         event_type: Some("bounce".into()),
@@ -286,6 +271,29 @@ async fn a_page_of_a_rare_type_is_full_and_resumes_across_any_gap(engine: Engine
     );
 }
 
+/// On PostgreSQL the feed shows a commit once every older transaction on the server has ended:
+/// waits until the account's feed shows the event after `before_last`, the last one written.
+async fn until_the_feed_shows_the_last(store: &Store, account_id: &str, before_last: &str) {
+    let position = store
+        .feed_position(account_id.to_owned(), before_last.to_owned())
+        .await
+        .unwrap()
+        .unwrap();
+    common::eventually("the feed shows every event", || async {
+        let (page, _) = store
+            .list_events(
+                account_id.to_owned(),
+                EventFilter::default(),
+                Some(position),
+                1,
+            )
+            .await
+            .unwrap();
+        (page.len() == 1).then_some(())
+    })
+    .await;
+}
+
 /// Events stamped while the clock ran two minutes ahead (given those stamps), then a
 /// restart on a clock set right: new events are stamped no earlier than the stored ones
 /// (stamps never go back), so a page with `since` still finds every event of its time.
@@ -363,25 +371,7 @@ async fn stamps_that_ran_ahead_before_a_restart_hide_no_event_from_a_search_by_t
             .await
             .unwrap();
     }
-    // On PostgreSQL the feed shows a commit once every older transaction has ended.
-    let before_last = store
-        .feed_position(account.id.clone(), later[later.len() - 2].clone())
-        .await
-        .unwrap()
-        .unwrap();
-    common::eventually("the feed shows every event", || async {
-        let (page, _) = store
-            .list_events(
-                account.id.clone(),
-                EventFilter::default(),
-                Some(before_last),
-                1,
-            )
-            .await
-            .unwrap();
-        (page.len() == 1).then_some(())
-    })
-    .await;
+    until_the_feed_shows_the_last(&store, &account.id, &later[later.len() - 2]).await;
     // Since a time after the restart by the clock set right, before the events of the clock
     // that ran ahead: those events first, then all the later ones.
     let since = EventFilter {
