@@ -14,10 +14,13 @@
 //! - **Nodes' clocks that disagree** (PostgreSQL): each node stamps by the database's clock,
 //!   read at start and at every heartbeat (the reading of the shortest of three round trips)
 //!   and carried forward in between by this process's monotonic clock, so a step of the
-//!   node's own clock never reaches its stamps.
-//! - **A write that waited** (in a queue, for a connection or a lock): a write that starts
-//!   more than [`FRESH_MS`] after its events were stamped stamps them again, and rebuilds
-//!   their envelopes, just before it runs.
+//!   node's own clock never reaches its stamps. (The monotonic clock stops while the
+//!   machine is suspended: after a pause, stamps lag the database's clock by it until the
+//!   next heartbeat's reading, at most 2 s later.)
+//! - **A write that waited** (in a queue, or for a connection): a write that starts more
+//!   than [`FRESH_MS`] after its events were stamped stamps them again, and rebuilds their
+//!   envelopes, just before it runs. (A wait inside PostgreSQL's statement, for an endpoint
+//!   row that a change holds, is not covered.)
 
 use crate::model::Timestamp;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
