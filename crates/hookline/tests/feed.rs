@@ -145,14 +145,6 @@ async fn a_page_of_a_rare_type_is_full_and_resumes_across_any_gap(engine: Engine
     // account's events (the first a bounce). The account's bounces are its events 2, 3,
     // 11,999, 12,000 and 23,997 (from 0): two pairs with 12,000 clicks between them. The
     // event at index n is stamped n ms after `base`.
-    let event = |event_type: &str, at: i64| NewEvent {
-        id: new_id("evt"),
-        event_type: event_type.into(),
-        data: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
-        created_at: Timestamp(at),
-        payload: Default::default(),
-        restamp: false,
-    };
     let base = Timestamp::now().0 - 3_600_000;
     let mut ids = Vec::new();
     let mut bounces = Vec::new();
@@ -160,7 +152,7 @@ async fn a_page_of_a_rare_type_is_full_and_resumes_across_any_gap(engine: Engine
         let events: Vec<NewEvent> = (start..start + 1_000)
             .map(|n| {
                 let bounce = [2, 3, 11_999, 12_000, 23_997].contains(&n);
-                event(if bounce { "bounce" } else { "click" }, base + n as i64)
+                given(if bounce { "bounce" } else { "click" }, base + n as i64)
             })
             .collect();
         for ev in &events {
@@ -174,7 +166,7 @@ async fn a_page_of_a_rare_type_is_full_and_resumes_across_any_gap(engine: Engine
             .await
             .unwrap();
         let theirs = (0..500)
-            .map(|i| event(if i == 0 { "bounce" } else { "click" }, base))
+            .map(|i| given(if i == 0 { "bounce" } else { "click" }, base))
             .collect();
         store
             .insert_events(other.id.clone(), theirs, |_| true, |_| {})
@@ -271,6 +263,18 @@ async fn a_page_of_a_rare_type_is_full_and_resumes_across_any_gap(engine: Engine
     );
 }
 
+/// An event of `event_type` given a time of its own, `at` (ms), and empty data.
+fn given(event_type: &str, at: i64) -> NewEvent {
+    NewEvent {
+        id: new_id("evt"),
+        event_type: event_type.into(),
+        data: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
+        created_at: Timestamp(at),
+        payload: Default::default(),
+        restamp: false,
+    }
+}
+
 /// On PostgreSQL the feed shows a commit once every older transaction on the server has ended:
 /// waits until the account's feed shows the event after `before_last`, the last one written.
 async fn until_the_feed_shows_the_last(store: &Store, account_id: &str, before_last: &str) {
@@ -309,19 +313,11 @@ async fn stamps_that_ran_ahead_before_a_restart_hide_no_event_from_a_search_by_t
     let account = store.create_account("a".into(), Plan::Pro).await.unwrap();
     let now = Timestamp::now().0;
     let ahead = now + 120_000;
-    let given = |at: i64| NewEvent {
-        id: new_id("evt"),
-        event_type: "click".into(),
-        data: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
-        created_at: Timestamp(at),
-        payload: Default::default(),
-        restamp: false,
-    };
     // Ten commits of an hour ago, then ten while the clock ran ahead.
     let mut ahead_ids = Vec::new();
     for at in [now - 3_600_000, ahead] {
         for _ in 0..10 {
-            let events: Vec<NewEvent> = (0..10).map(|_| given(at)).collect();
+            let events: Vec<NewEvent> = (0..10).map(|_| given("click", at)).collect();
             if at == ahead {
                 ahead_ids.extend(events.iter().map(|e| e.id.clone()));
             }
@@ -408,7 +404,12 @@ async fn stamps_that_ran_ahead_before_a_restart_hide_no_event_from_a_search_by_t
         .unwrap();
     assert_eq!(stored.created_at, ev.event.created_at);
     let own = store
-        .insert_events(account.id.clone(), vec![given(stale.0)], |_| true, |_| {})
+        .insert_events(
+            account.id.clone(),
+            vec![given("click", stale.0)],
+            |_| true,
+            |_| {},
+        )
         .await
         .unwrap();
     assert_eq!(own[0].event.created_at, stale);

@@ -809,20 +809,26 @@ impl NewEvent {
         data: Box<serde_json::value::RawValue>,
         created_at: Timestamp,
     ) -> NewEvent {
-        let payload = bytes::Bytes::from(crate::model::envelope(
-            &id,
-            &event_type,
-            created_at,
-            data.get(),
-        ));
-        NewEvent {
+        let mut ev = NewEvent {
             id,
             event_type,
             data,
             created_at,
-            payload,
+            payload: bytes::Bytes::new(),
             restamp: true,
-        }
+        };
+        ev.build_envelope();
+        ev
+    }
+
+    /// Builds the envelope receivers get from the event as it is now.
+    fn build_envelope(&mut self) {
+        self.payload = bytes::Bytes::from(crate::model::envelope(
+            &self.id,
+            &self.event_type,
+            self.created_at,
+            self.data.get(),
+        ));
     }
 
     /// Called by each engine just before the events' write: an event stamped at acceptance
@@ -836,12 +842,7 @@ impl NewEvent {
             .filter(|ev| ev.restamp && ev.created_at.0 < stale_before)
         {
             ev.created_at = stamps.stamp();
-            ev.payload = bytes::Bytes::from(crate::model::envelope(
-                &ev.id,
-                &ev.event_type,
-                ev.created_at,
-                ev.data.get(),
-            ));
+            ev.build_envelope();
         }
     }
 }
