@@ -403,7 +403,8 @@ pub struct Attempt {
     pub duration_ms: u64,
     pub status_code: Option<u16>,
     pub error: Option<String>,
-    /// The first 4 KiB of the response body (lossy UTF-8).
+    /// The first 4 KiB of the response body (lossy UTF-8: bytes that are not UTF-8, and NUL
+    /// characters, read as U+FFFD).
     pub response_body: Option<String>,
 }
 

@@ -3,7 +3,9 @@
 
 mod common;
 
-use common::{Engine, Receiver, Reply, TestServer, eventually, verify_with_standardwebhooks};
+use common::{Data, Engine, Receiver, Reply, TestServer, eventually, verify_with_standardwebhooks};
+use hookline::model::{Attempt, DeliveryStatus, Endpoint, Plan, Timestamp, new_id};
+use hookline::store::{AttemptRecord, DueDelivery, NewEvent, Outcome, Store};
 use serde_json::json;
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -155,6 +157,155 @@ async fn two_500s_then_success_is_retried_with_every_attempt_recorded(engine: En
         .map(|a| a["attempt"].as_u64().unwrap())
         .collect();
     assert_eq!(numbers, vec![1, 2, 3]);
+}
+
+/// A receiver may answer with any bytes. Its body is kept as text (invalid UTF-8 and NUL
+/// read as U+FFFD), and recording it holds up no other outcome: on PostgreSQL a NUL in a
+/// text column would fail the whole write of the outcomes riding with it, retried forever.
+async fn a_response_body_of_any_bytes_is_recorded_and_holds_up_no_outcome(engine: Engine) {
+    let rx = Receiver::start().await;
+    rx.script(
+        "odd",
+        vec![Reply::Body(
+            200,
+            bytes::Bytes::from_static(b"ok\0bin\xff\x00end"),
+        )],
+    );
+    let s = TestServer::start(&engine).await;
+    s.endpoint(&rx.url("odd"), &["*"]).await;
+    let first = s.event("open", json!({})).await;
+    let d = s
+        .wait_delivery(first["deliveries"][0]["id"].as_str().unwrap(), "succeeded")
+        .await;
+    assert_eq!(
+        d["attempts"][0]["response_body"], "ok\u{FFFD}bin\u{FFFD}\u{FFFD}end",
+        "{d}"
+    );
+    // Outcomes after it are recorded too.
+    let second = s.event("click", json!({})).await;
+    s.wait_delivery(second["deliveries"][0]["id"].as_str().unwrap(), "succeeded")
+        .await;
+}
+
+/// A 410 disables the endpoint as it was when asked. One that comes back from an attempt made
+/// before the endpoint changed (moved to a new URL while the attempt was out) leaves the
+/// endpoint on and its other deliveries open; a 410 from the endpoint as it is disables it.
+async fn a_late_410_from_before_a_change_leaves_the_endpoint_on(engine: Engine) {
+    let data = Data::fresh(&engine).await;
+    let store = Store::open(&data.location).await.unwrap();
+    let account = store.create_account("a".into(), Plan::Pro).await.unwrap();
+    let now = Timestamp::now();
+    let ep = store
+        .insert_endpoint(
+            Endpoint {
+                id: new_id("ep"),
+                account_id: account.id.clone(),
+                url: "https://example.com/old".into(),
+                description: String::new(),
+                event_types: vec!["*".into()],
+                headers: Default::default(),
+                rate_limit_per_sec: None,
+                enabled: true,
+                disabled_reason: None,
+                previous_secret: None,
+                previous_secret_expires_at: None,
+                created_at: now,
+                updated_at: now,
+                secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+            },
+            100,
+        )
+        .await
+        .unwrap();
+    let event = || {
+        NewEvent::accepted(
+            new_id("evt"),
+            "click".into(),
+            serde_json::value::RawValue::from_string("{}".into()).unwrap(),
+            Timestamp::now(),
+        )
+    };
+    let later = Timestamp(Timestamp::now().0 + 60_000);
+    let gone = |due: &DueDelivery, version: i64| AttemptRecord {
+        delivery_id: due.delivery_id.clone(),
+        row: due.row,
+        claim: due.claim,
+        endpoint_version: version,
+        endpoint_id: due.endpoint.id.clone(),
+        attempt: Some(Attempt {
+            attempt: due.attempts + 1,
+            started_at: Timestamp::now(),
+            duration_ms: 1,
+            status_code: Some(410),
+            error: None,
+            response_body: None,
+        }),
+        outcome: Outcome::Gone,
+    };
+
+    store
+        .insert_events(account.id.clone(), vec![event()], |_| false, |_| {})
+        .await
+        .unwrap();
+    let out = store.claim_due(later, |_| 10).await.unwrap();
+    assert_eq!(out.len(), 1);
+    // The endpoint moves to a new URL while that attempt is out, and gets another event.
+    let moved = store
+        .update_endpoint(account.id.clone(), ep.id.clone(), |e| {
+            e.url = "https://example.com/new".into()
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(moved.updated_at.0 > out[0].endpoint.updated_at.0);
+    store
+        .insert_events(account.id.clone(), vec![event()], |_| false, |_| {})
+        .await
+        .unwrap();
+    // The old URL's 410 comes back.
+    store
+        .record_attempts(vec![gone(&out[0], out[0].endpoint.updated_at.0)])
+        .await
+        .unwrap();
+    let still = store
+        .get_endpoint(account.id.clone(), ep.id.clone())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(still.enabled, "{still:?}");
+    assert_eq!(still.updated_at, moved.updated_at);
+    let (first, _) = store
+        .get_delivery(account.id.clone(), out[0].delivery_id.clone())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        first.status,
+        DeliveryStatus::Failed,
+        "that attempt did get a 410"
+    );
+    // The other delivery is still open, and goes to the new URL.
+    let next = store.claim_due(later, |_| 10).await.unwrap();
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].endpoint.url, "https://example.com/new");
+
+    // A 410 from the endpoint as it is now disables it, and ends what it had open.
+    store
+        .insert_events(account.id.clone(), vec![event()], |_| false, |_| {})
+        .await
+        .unwrap();
+    store
+        .record_attempts(vec![gone(&next[0], moved.updated_at.0)])
+        .await
+        .unwrap();
+    let off = store
+        .get_endpoint(account.id.clone(), ep.id.clone())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!off.enabled, "{off:?}");
+    assert!(off.disabled_reason.is_some(), "{off:?}");
+    assert!(store.claim_due(later, |_| 10).await.unwrap().is_empty());
 }
 
 async fn retries_exhausted_end_as_failed_and_manual_retry_sends_again(engine: Engine) {
@@ -483,6 +634,8 @@ on_both_engines!(
     subscriptions_filter_by_exact_type_and_star,
     envelope_headers_and_signature_follow_standard_webhooks,
     two_500s_then_success_is_retried_with_every_attempt_recorded,
+    a_response_body_of_any_bytes_is_recorded_and_holds_up_no_outcome,
+    a_late_410_from_before_a_change_leaves_the_endpoint_on,
     retries_exhausted_end_as_failed_and_manual_retry_sends_again,
     retry_after_on_429_is_honoured,
     gone_disables_the_endpoint_and_ends_its_deliveries,

@@ -20,12 +20,12 @@ mod common;
 
 use common::{Data, Engine};
 use hookline::model::DeliveryStatus;
-use hookline::model::Timestamp;
+use hookline::model::{Endpoint, Plan, Timestamp, new_id};
 use hookline::store::postgres::{
     END_HELD, END_PENDING, ENDPOINT_DELIVERIES, EVENT_DELIVERIES, FAIL_STALE, FAIL_STALE_DUE, FEED,
     FEED_ENDS, FEED_FIRST_AFTER, FEED_TYPED, MIGRATIONS, feed_search,
 };
-use hookline::store::{DeliveryFilter, EventFilter, Location, Store};
+use hookline::store::{DeliveryFilter, EventFilter, Location, NewEvent, Store};
 use sqlx::Connection as _;
 
 /// A fresh schema on the test database (with the server's tables) and a connection to it;
@@ -154,6 +154,104 @@ async fn ending_a_turned_off_endpoints_deliveries_reads_only_its_open_rows() {
     // 16,500 pending before them.
     assert_eq!(ended, 38);
     assert_eq!(open, vec![("ep_other".to_owned(), 16_512)]);
+}
+
+/// An endpoint of the account's, delivering every type to `url`.
+fn endpoint_of(account_id: &str, url: &str) -> Endpoint {
+    let now = Timestamp::now();
+    Endpoint {
+        id: new_id("ep"),
+        account_id: account_id.to_owned(),
+        url: url.into(),
+        description: String::new(),
+        event_types: vec!["*".into()],
+        headers: Default::default(),
+        rate_limit_per_sec: None,
+        enabled: true,
+        disabled_reason: None,
+        previous_secret: None,
+        previous_secret_expires_at: None,
+        created_at: now,
+        updated_at: now,
+        secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+    }
+}
+
+/// The poller's claim locks each endpoint key-share until it commits, as ingest does. While a
+/// change of an endpoint is under way (its `FOR UPDATE` held), the claim takes none of that
+/// endpoint's rows (it takes the others'), so the change's ending of the endpoint's open rows
+/// cannot miss one the claim moved to `delivering` meanwhile: that row would have been sent
+/// to the endpoint just turned off, or left `pending` for good behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_takes_nothing_of_an_endpoint_a_change_holds() {
+    let Some((data, mut db)) = fresh("a_claim_takes_nothing_of_an_endpoint_a_change_holds").await
+    else {
+        return;
+    };
+    let store = Store::open(&data.location).await.unwrap();
+    let account = store.create_account("a".into(), Plan::Pro).await.unwrap();
+    let busy = store
+        .insert_endpoint(endpoint_of(&account.id, "https://example.com/busy"), 100)
+        .await
+        .unwrap();
+    let free = store
+        .insert_endpoint(endpoint_of(&account.id, "https://example.com/free"), 100)
+        .await
+        .unwrap();
+    // One event for both, waiting (not taken at ingest): both rows `pending`, due now.
+    let event = NewEvent::accepted(
+        new_id("evt"),
+        "click".into(),
+        serde_json::value::RawValue::from_string("{}".into()).unwrap(),
+        Timestamp::now(),
+    );
+    store
+        .insert_events(account.id.clone(), vec![event], |_| false, |_| {})
+        .await
+        .unwrap();
+    let later = Timestamp(Timestamp::now().0 + 60_000);
+
+    // A change of `busy` under way on another connection: the claim takes `free`'s row only.
+    let mut change = db.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM endpoints WHERE id = $1 FOR UPDATE")
+        .bind(&busy.id)
+        .execute(&mut *change)
+        .await
+        .unwrap();
+    let claimed = store.claim_due(later, |_| 10).await.unwrap();
+    let taken: Vec<&str> = claimed.iter().map(|d| d.endpoint.id.as_str()).collect();
+    assert_eq!(taken, vec![free.id.as_str()]);
+
+    // The change turns `busy` off and ends its open rows, as the store's own change does.
+    sqlx::query("UPDATE endpoints SET enabled = false WHERE id = $1")
+        .bind(&busy.id)
+        .execute(&mut *change)
+        .await
+        .unwrap();
+    for sql in [END_HELD, END_PENDING] {
+        sqlx::query(sql)
+            .bind(&busy.id)
+            .bind("endpoint disabled")
+            .bind(Timestamp::now().0)
+            .execute(&mut *change)
+            .await
+            .unwrap();
+    }
+    change.commit().await.unwrap();
+
+    // Nothing of `busy` escaped: its delivery ended, and no later claim takes it.
+    assert!(store.claim_due(later, |_| 10).await.unwrap().is_empty());
+    let statuses: Vec<(String, String)> =
+        sqlx::query_as("SELECT endpoint_id, status FROM deliveries ORDER BY endpoint_id")
+            .fetch_all(&mut db)
+            .await
+            .unwrap();
+    let mut want = vec![
+        (busy.id.clone(), "failed".to_owned()),
+        (free.id.clone(), "delivering".to_owned()),
+    ];
+    want.sort();
+    assert_eq!(statuses, want);
 }
 
 /// 1,000 deliveries of ten days ago, then 10 of now, with another account's endpoint's rows

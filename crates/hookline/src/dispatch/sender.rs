@@ -472,8 +472,20 @@ impl Sender {
         if ended && conn.io.is_some() && !conn.tx.is_closed() {
             target.put_idle(conn);
         }
-        let body = (!kept.is_empty()).then(|| String::from_utf8_lossy(&kept).into_owned());
+        let body = (!kept.is_empty()).then(|| kept_text(&kept));
         Ok((status, body, retry_after))
+    }
+}
+
+/// The kept start of a response body as text to store: invalid UTF-8 and NUL characters
+/// (which a PostgreSQL text column refuses, failing the whole write of outcomes it rides in)
+/// become U+FFFD, the same on both engines.
+fn kept_text(kept: &[u8]) -> String {
+    let text = String::from_utf8_lossy(kept);
+    if text.contains('\0') {
+        text.replace('\0', "\u{FFFD}")
+    } else {
+        text.into_owned()
     }
 }
 

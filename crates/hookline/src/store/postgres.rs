@@ -1557,12 +1557,19 @@ impl PgStore {
         R: Fn(&str) -> usize + Send + 'static,
     {
         let mut tx = self.begin().await?;
-        // Only endpoints that have something due: one index probe each.
+        // Only endpoints that have something due: one index probe each. Each is locked
+        // key-share until the claim commits, as ingest does: a change or removal of an
+        // endpoint (`FOR UPDATE`, then it ends the endpoint's open rows) either waits for the
+        // claim and ends what it took, or is under way and the endpoint is skipped until the
+        // next claim. Without the lock, a row this claim moved to `delivering` while a
+        // change was ending the endpoint's rows escaped both of its statements, and was sent
+        // to a disabled or removed endpoint.
         let endpoints: Vec<Endpoint> = sqlx::query(AssertSqlSafe(format!(
             "SELECT {ENDPOINT_COLS} FROM endpoints e
              WHERE enabled AND deleted_at IS NULL AND EXISTS (
                 SELECT 1 FROM deliveries d
-                WHERE d.endpoint_id = e.id AND d.status = 'pending' AND d.next_attempt_at <= $1)"
+                WHERE d.endpoint_id = e.id AND d.status = 'pending' AND d.next_attempt_at <= $1)
+             ORDER BY e.seq FOR KEY SHARE OF e SKIP LOCKED"
         )))
         .bind(now.0)
         .fetch_all(&mut *tx)
@@ -1821,37 +1828,36 @@ impl PgStore {
                 .ctx("updating deliveries")?;
             }
         }
-        let mut gone: Vec<&str> = records
+        // A 410 disables the endpoint it came from: the version the attempt was made with.
+        // One from before a change (a new URL, turned off and on) says nothing of the
+        // endpoint as it is now, and the next attempt asks it again.
+        let mut gone: Vec<(&str, i64)> = records
             .iter()
             .filter(|r| matches!(r.outcome, Outcome::Gone))
-            .map(|r| r.endpoint_id.as_str())
+            .map(|r| (r.endpoint_id.as_str(), r.endpoint_version))
             .collect();
         gone.sort_unstable();
         gone.dedup();
-        for endpoint_id in gone {
-            // Locked `FOR UPDATE` at the start (above). Only its existence matters here.
-            let live: Option<i32> =
-                sqlx::query_scalar("SELECT 1 FROM endpoints WHERE id = $1 AND deleted_at IS NULL")
-                    .bind(endpoint_id)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .ctx("reading a gone endpoint")?;
-            if live.is_some() {
-                // A new version even if this node's clock is behind the last writer's.
-                sqlx::query(
-                    "UPDATE endpoints SET enabled = FALSE, disabled_reason = $2,
-                        updated_at = GREATEST(updated_at + 1, $3)
-                     WHERE id = $1",
-                )
-                .bind(endpoint_id)
-                .bind(super::GONE_REASON)
-                .bind(now)
-                .execute(&mut *tx)
-                .await
-                .ctx("disabling a gone endpoint")?;
+        for (endpoint_id, version) in gone {
+            // Locked `FOR UPDATE` at the start (above). A new version even if this node's
+            // clock is behind the last writer's.
+            let disabled = sqlx::query(
+                "UPDATE endpoints SET enabled = FALSE, disabled_reason = $2,
+                    updated_at = GREATEST(updated_at + 1, $3)
+                 WHERE id = $1 AND updated_at = $4 AND deleted_at IS NULL",
+            )
+            .bind(endpoint_id)
+            .bind(super::GONE_REASON)
+            .bind(now)
+            .bind(version)
+            .execute(&mut *tx)
+            .await
+            .ctx("disabling a gone endpoint")?
+            .rows_affected();
+            if disabled > 0 {
+                fail_open_deliveries(&mut tx, endpoint_id, super::OFF_GONE).await?;
+                notify(&mut tx, ENDPOINT_CHANNEL, endpoint_id).await?;
             }
-            fail_open_deliveries(&mut tx, endpoint_id, super::OFF_GONE).await?;
-            notify(&mut tx, ENDPOINT_CHANNEL, endpoint_id).await?;
         }
         // Other nodes may be asleep until later than the earliest retry set here.
         let earliest = records

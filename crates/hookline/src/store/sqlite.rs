@@ -2021,13 +2021,19 @@ impl SqliteStore {
                         ])
                         .ctx("inserting an attempt")?;
                 }
-                if matches!(rec.outcome, Outcome::Gone) {
-                    c.execute(
-                        "UPDATE endpoints SET enabled = 0, disabled_reason = ?2, updated_at = ?3
-                         WHERE id = ?1",
-                        params![rec.endpoint_id, GONE_REASON, now],
+                // A 410 disables the endpoint it came from: the version the attempt was made
+                // with. One from before a change (a new URL, turned off and on) says nothing
+                // of the endpoint as it is now, and the next attempt asks it again.
+                if matches!(rec.outcome, Outcome::Gone)
+                    && c.execute(
+                        "UPDATE endpoints SET enabled = 0, disabled_reason = ?2,
+                            updated_at = MAX(updated_at + 1, ?3)
+                         WHERE id = ?1 AND updated_at = ?4 AND deleted_at IS NULL",
+                        params![rec.endpoint_id, GONE_REASON, now, rec.endpoint_version],
                     )
-                    .ctx("disabling a gone endpoint")?;
+                    .ctx("disabling a gone endpoint")?
+                        > 0
+                {
                     fail_open_deliveries(c, &rec.endpoint_id, OFF_GONE, batch)?;
                     subscribers.forget_all();
                 }

@@ -66,6 +66,8 @@ pub enum Reply {
     SlowOk(Duration),
     /// `302 Found` with `Location` set to this URL.
     Redirect(String),
+    /// This status with this body (any bytes).
+    Body(u16, Bytes),
 }
 
 /// One request the receiver got.
@@ -257,6 +259,7 @@ async fn receive(
             StatusCode::OK.into_response()
         }
         Reply::Redirect(to) => (StatusCode::FOUND, [("location", to)]).into_response(),
+        Reply::Body(code, body) => (StatusCode::from_u16(code).unwrap(), body).into_response(),
     }
 }
 
