@@ -309,6 +309,48 @@ async fn unknown_and_foreign_ids_are_404(engine: Engine) {
     }
     let (status, body) = s.post("/v1/deliveries/dlv_nope/retry", json!({})).await;
     assert_error(status, &body, 404);
+
+    // An id with a NUL in it names nothing (and reaches no database, whose text it would
+    // break): `404` on both engines, for ids in the path and for `?after=`.
+    for path in [
+        format!("/v1/endpoints/{ep_id}%00"),
+        "/v1/endpoints/%00/deliveries".into(),
+        "/v1/events/%00".into(),
+        "/v1/events/evt_%00/deliveries".into(),
+        "/v1/deliveries/%00".into(),
+        "/v1/event-types/%00".into(),
+        "/v1/events?after=evt_%00".into(),
+    ] {
+        let (status, body) = s.get(&path).await;
+        assert_error(status, &body, 404);
+    }
+    for (method, path) in [
+        (Method::DELETE, "/v1/endpoints/%00"),
+        (Method::POST, "/v1/deliveries/%00/retry"),
+        (Method::DELETE, "/v1/api-keys/%00"),
+    ] {
+        let (status, body) = s.call(method.clone(), path, None).await;
+        assert_error(status, &body, 404);
+    }
+    // A path that is not UTF-8 is malformed: a `400` in the API's error shape.
+    let (status, body) = s.get("/v1/events/%FF").await;
+    assert_error(status, &body, 400);
+    assert_eq!(body["error"]["code"], "invalid_path", "{body}");
+    // A route asked with a method it does not take: `405`, JSON, with `Allow`.
+    let resp = s
+        .req(Method::PUT, &format!("/v1/endpoints/{ep_id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 405);
+    let allow = resp.headers()["allow"].to_str().unwrap().to_owned();
+    assert!(allow.contains("GET") && allow.contains("PATCH"), "{allow}");
+    let body: Value = resp.json().await.unwrap();
+    assert_error(405, &body, 405);
+    assert_eq!(body["error"]["code"], "method_not_allowed", "{body}");
+    // The owner's endpoint is untouched by all of it.
+    let (status, _) = s.get(&format!("/v1/endpoints/{ep_id}")).await;
+    assert_eq!(status, 200);
 }
 
 async fn lists_paginate_with_opaque_cursors(engine: Engine) {

@@ -74,6 +74,19 @@ async fn a_repeat_answers_the_first_202_and_a_different_body_is_409(engine: Engi
     let (status, b2) = post_with_key(&s, "/v1/events/batch", "import-7", batch.clone()).await;
     assert_eq!(status, 202, "{b2}");
     assert_eq!(b2, b1);
+    // … or in the batch's own field: the same key, the same answer.
+    let mut keyed = batch.clone();
+    keyed["idempotency_key"] = json!("import-7");
+    let (status, b3) = s.post("/v1/events/batch", keyed.clone()).await;
+    assert_eq!(status, 202, "{b3}");
+    assert_eq!(b3, b1);
+    // The field and the header disagreeing: 422; a key on an event of a batch: 422.
+    let (status, body) = post_with_key(&s, "/v1/events/batch", "import-8", keyed).await;
+    assert_eq!(status, 422, "{body}");
+    let mut per_event = batch.clone();
+    per_event["events"][0]["idempotency_key"] = json!("k");
+    let (status, body) = s.post("/v1/events/batch", per_event).await;
+    assert_eq!(status, 422, "{body}");
 
     // One click and two batch events were created, each delivered once.
     common::eventually("the three events to arrive", || async {

@@ -4,13 +4,13 @@
 //! constant time.
 
 use super::error::ApiError;
-use super::extract::{ApiQuery, JsonBody, PageParams};
+use super::extract::{ApiPath, ApiQuery, JsonBody, PageParams};
 use super::keys::{IssuedKey, issue_for, revoke_for};
 use super::{AppState, List};
 use crate::accounts::check_name;
 use crate::model::{Account, ApiKey, Plan};
 use axum::Json;
-use axum::extract::{FromRequestParts, Path, State};
+use axum::extract::{FromRequestParts, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use serde::{Deserialize, Serialize};
@@ -131,7 +131,7 @@ pub async fn list(
 pub async fn get(
     State(state): State<AppState>,
     _: Admin,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Account>, ApiError> {
     state
         .store
@@ -150,7 +150,7 @@ pub async fn get(
 pub async fn update(
     State(state): State<AppState>,
     _: Admin,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     JsonBody(body): JsonBody<UpdateAccount>,
 ) -> Result<Json<Account>, ApiError> {
     let (account, disabled) = state
@@ -172,7 +172,7 @@ pub async fn update(
 pub async fn list_keys(
     State(state): State<AppState>,
     _: Admin,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<List<ApiKey>>, ApiError> {
     let account = existing(&state, id).await?;
     Ok(Json(List {
@@ -188,7 +188,7 @@ pub async fn list_keys(
 pub async fn issue_key(
     State(state): State<AppState>,
     _: Admin,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<(StatusCode, Json<IssuedKey>), ApiError> {
     let account = existing(&state, id).await?;
     issue_for(&state, &account.id).await
@@ -202,7 +202,7 @@ pub async fn issue_key(
 pub async fn revoke_key(
     State(state): State<AppState>,
     _: Admin,
-    Path((id, key_id)): Path<(String, String)>,
+    ApiPath((id, key_id)): ApiPath<(String, String)>,
 ) -> Result<Json<ApiKey>, ApiError> {
     revoke_for(&state, &id, key_id, false).await.map(Json)
 }

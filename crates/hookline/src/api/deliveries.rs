@@ -2,12 +2,12 @@
 
 use super::endpoints::DeliveryQuery;
 use super::error::ApiError;
-use super::extract::Auth;
+use super::extract::{ApiPath, Auth};
 use super::{AppState, List};
 use crate::model::{Attempt, Delivery};
 use crate::store::{DeliveryFilter, RetryRefusal};
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -45,7 +45,7 @@ pub struct DeliveryDetail {
 pub async fn get(
     State(state): State<AppState>,
     Auth(account): Auth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<DeliveryDetail>, ApiError> {
     let (delivery, attempts) = state
         .store
@@ -64,7 +64,7 @@ pub async fn get(
 pub async fn retry(
     State(state): State<AppState>,
     Auth(account): Auth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<(StatusCode, Json<DeliveryDetail>), ApiError> {
     if !account.plan.includes_webhooks() {
         state

@@ -1,12 +1,12 @@
 //! `/v1/endpoints`: where an account's webhooks go.
 
 use super::error::ApiError;
-use super::extract::{ApiQuery, Auth, JsonBody, PageParams};
+use super::extract::{ApiPath, ApiQuery, Auth, JsonBody, PageParams};
 use super::{AppState, List, UrlRules};
 use crate::model::{BUILTIN_EVENT_TYPES, Delivery, DeliveryStatus, Endpoint, Timestamp, new_id};
 use crate::store::DeliveryFilter;
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use hookline_signing::Secret;
 use rand::RngExt as _;
@@ -149,7 +149,7 @@ pub async fn list(
 pub async fn get(
     State(state): State<AppState>,
     Auth(account): Auth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Endpoint>, ApiError> {
     let ep = state.store.get_endpoint(account.id, id).await?;
     ep.map(Json).ok_or_else(|| ApiError::not_found("endpoint"))
@@ -167,7 +167,7 @@ pub async fn get(
 pub async fn update(
     State(state): State<AppState>,
     Auth(account): Auth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     JsonBody(body): JsonBody<UpdateEndpoint>,
 ) -> Result<Json<Endpoint>, ApiError> {
     require_webhooks(&state, &account, &id, "changing endpoints").await?;
@@ -218,7 +218,7 @@ pub async fn update(
 pub async fn delete(
     State(state): State<AppState>,
     Auth(account): Auth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     let ep = state
         .store
@@ -236,7 +236,7 @@ pub async fn delete(
 pub async fn secret(
     State(state): State<AppState>,
     Auth(account): Auth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<SecretBody>, ApiError> {
     let ep = state
         .store
@@ -272,7 +272,7 @@ pub struct RotateSecret {
 pub async fn rotate_secret(
     State(state): State<AppState>,
     Auth(account): Auth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     super::extract::OptionalJsonBody(body): super::extract::OptionalJsonBody<RotateSecret>,
 ) -> Result<Json<RotatedSecret>, ApiError> {
     require_webhooks(&state, &account, &id, "rotating secrets").await?;
@@ -349,7 +349,7 @@ const RECOVER_BATCH: usize = 1000;
 pub async fn recover(
     State(state): State<AppState>,
     Auth(account): Auth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     JsonBody(body): JsonBody<Recover>,
 ) -> Result<(StatusCode, Json<Recovered>), ApiError> {
     require_webhooks(&state, &account, &id, "recovering deliveries").await?;
@@ -426,7 +426,7 @@ pub struct TestResult {
 pub async fn test(
     State(state): State<AppState>,
     Auth(account): Auth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<TestResult>, ApiError> {
     require_webhooks(&state, &account, &id, "sending a test").await?;
     let ep = state
@@ -475,7 +475,7 @@ impl DeliveryQuery {
 pub async fn deliveries(
     State(state): State<AppState>,
     Auth(account): Auth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<DeliveryQuery>,
 ) -> Result<Json<List<Delivery>>, ApiError> {
     if state

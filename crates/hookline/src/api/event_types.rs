@@ -5,11 +5,11 @@
 use super::AppState;
 use super::endpoints::check_description;
 use super::error::ApiError;
-use super::extract::{Auth, JsonBody};
+use super::extract::{ApiPath, Auth, JsonBody};
 use crate::catalogue::{EventType, compile, is_custom_name};
 use crate::model::{CustomEventType, Timestamp};
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -122,7 +122,7 @@ pub async fn create(
 pub async fn get(
     State(state): State<AppState>,
     Auth(account): Auth,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Json<CustomEventType>, ApiError> {
     state
         .store
@@ -140,7 +140,7 @@ pub async fn get(
 pub async fn update(
     State(state): State<AppState>,
     Auth(account): Auth,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     JsonBody(body): JsonBody<UpdateEventType>,
 ) -> Result<Json<CustomEventType>, ApiError> {
     let description = body
@@ -177,7 +177,7 @@ pub async fn update(
 pub async fn delete(
     State(state): State<AppState>,
     Auth(account): Auth,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     if state.store.delete_event_type(account.id, name).await? {
         Ok(StatusCode::NO_CONTENT)

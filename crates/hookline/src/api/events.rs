@@ -3,14 +3,14 @@
 use super::endpoints::DeliveryQuery;
 use super::error::ApiError;
 use super::extract::{
-    ApiQuery, Auth, JsonBody, PageParams, decode_feed_cursor, encode_feed_cursor,
+    ApiPath, ApiQuery, Auth, JsonBody, PageParams, decode_feed_cursor, encode_feed_cursor,
 };
 use super::{AppState, List};
 use crate::ingest::EventInput;
 use crate::model::{BUILTIN_EVENT_TYPES, Delivery, Event, Timestamp, quoted};
 use crate::store::{AcceptedSummary, DeliveryFilter, EventFilter};
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -36,8 +36,13 @@ pub struct CreateEvent {
 
 #[derive(Deserialize, ToSchema)]
 pub struct CreateBatch {
-    /// 1 to 1000 events, accepted all or none.
+    /// 1 to 1000 events, accepted all or none. (Each without a key of its own: the batch
+    /// has one.)
     pub events: Vec<CreateEvent>,
+    /// A repeat of the batch under the same key within 24 h (by default) answers the first
+    /// request's `202` and creates nothing; a different batch under it is a `409`. (Or the
+    /// `Idempotency-Key` header.)
+    pub idempotency_key: Option<String>,
 }
 
 /// A delivery created for an accepted event.
@@ -87,6 +92,17 @@ fn key_header(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         Some(v) => v.to_str().map(|s| Some(s.to_owned())).map_err(|_| {
             ApiError::unprocessable("idempotency_key: must be 1 to 255 visible ASCII characters")
         }),
+    }
+}
+
+/// A request's idempotency key: the header's or the body's (`422` when both are given and
+/// differ).
+fn one_key(headers: &HeaderMap, in_body: Option<String>) -> Result<Option<String>, ApiError> {
+    match (key_header(headers)?, in_body) {
+        (Some(h), Some(b)) if h != b => Err(ApiError::unprocessable(
+            "idempotency_key: differs from the Idempotency-Key header",
+        )),
+        (h, b) => Ok(h.or(b)),
     }
 }
 
@@ -145,14 +161,7 @@ pub async fn create(
     headers: HeaderMap,
     JsonBody(body): JsonBody<CreateEvent>,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
-    let key = match (key_header(&headers)?, body.idempotency_key.clone()) {
-        (Some(h), Some(b)) if h != b => {
-            return Err(ApiError::unprocessable(
-                "idempotency_key: differs from the Idempotency-Key header",
-            ));
-        }
-        (h, b) => h.or(b),
-    };
+    let key = one_key(&headers, body.idempotency_key.clone())?;
     meter(&state, &account, 1)?;
     let accepted = state
         .ingest
@@ -177,10 +186,11 @@ pub async fn create_batch(
 ) -> Result<(StatusCode, Json<AcceptedBatch>), ApiError> {
     if let Some(i) = body.events.iter().position(|e| e.idempotency_key.is_some()) {
         return Err(ApiError::unprocessable(format!(
-            "events[{i}].idempotency_key: a batch takes one key, in the Idempotency-Key header"
+            "events[{i}].idempotency_key: a batch takes one key, its own idempotency_key or \
+             the Idempotency-Key header"
         )));
     }
-    let key = key_header(&headers)?;
+    let key = one_key(&headers, body.idempotency_key.clone())?;
     if body.events.is_empty() || body.events.len() > MAX_BATCH {
         return Err(ApiError::unprocessable(format!(
             "events: must hold 1 to {MAX_BATCH} events, not {}",
@@ -286,6 +296,8 @@ pub async fn list(
             ));
         }
         (Some(c), None) => Some(decode_feed_cursor(c)?),
+        // No event id holds a NUL (which a PostgreSQL text value cannot hold either).
+        (None, Some(id)) if id.contains('\0') => return Err(ApiError::not_found("event")),
         (None, Some(id)) => Some(
             state
                 .store
@@ -312,7 +324,7 @@ pub async fn list(
 pub async fn get(
     State(state): State<AppState>,
     Auth(account): Auth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Event>, ApiError> {
     let ev = state.store.get_event(account.id, id).await?;
     ev.map(Json).ok_or_else(|| ApiError::not_found("event"))
@@ -325,7 +337,7 @@ pub async fn get(
 pub async fn deliveries(
     State(state): State<AppState>,
     Auth(account): Auth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<DeliveryQuery>,
 ) -> Result<Json<List<Delivery>>, ApiError> {
     if state

@@ -173,6 +173,26 @@ impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for ApiQuery<T> {
     }
 }
 
+/// The path's parameters (ids, names). One that is not UTF-8 is a `400`; one that holds a
+/// NUL (`%00`) names nothing, a `404` (no id or name has one, and a PostgreSQL text value
+/// cannot hold one: it would be a database error).
+pub struct ApiPath<T>(pub T);
+
+impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        // A NUL in a parameter can only come from `%00` in the raw path.
+        if parts.uri.path().contains("%00") {
+            return Err(ApiError::not_found("resource: no id or name holds a NUL"));
+        }
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| ApiPath(p.0))
+            .map_err(|e| ApiError::bad_request("invalid_path", clipped(&e.body_text())))
+    }
+}
+
 /// `?limit=&cursor=`.
 #[derive(Deserialize, utoipa::IntoParams, Debug, Default)]
 #[into_params(parameter_in = Query)]

@@ -3,12 +3,12 @@
 //! every node within the key cache's lifetime (5 s).
 
 use super::error::ApiError;
-use super::extract::Auth;
+use super::extract::{ApiPath, Auth};
 use super::{AppState, List};
 use crate::accounts::issue_key_for;
 use crate::model::ApiKey;
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -55,7 +55,7 @@ pub async fn issue(
 pub async fn revoke(
     State(state): State<AppState>,
     Auth(account): Auth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<ApiKey>, ApiError> {
     revoke_for(&state, &account.id, id, true).await.map(Json)
 }

@@ -192,6 +192,16 @@ pub fn router(state: AppState) -> Router {
         .route("/ui/", axum::routing::get(ui::index))
         .route("/ui/app.js", axum::routing::get(ui::app))
         .route("/ui/style.css", axum::routing::get(ui::style))
+        // A route asked with a method it does not take: JSON like every error (axum still
+        // adds `Allow`).
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not take that method (see the Allow header)",
+            )
+            .into_response()
+        })
         .fallback(|| async { ApiError::not_found("route").into_response() })
         .layer(axum::middleware::from_fn(crate::telemetry::track_http))
         .layer(DefaultBodyLimit::max(max_body))
