@@ -223,7 +223,8 @@ impl Verifier {
             .trim()
             .parse()
             .map_err(|_| VerifyError::BadTimestamp)?;
-        if (now - ts).abs() > self.tolerance_secs {
+        // The timestamp is not authenticated yet: any i64 (`abs_diff` cannot overflow).
+        if now.abs_diff(ts) > u64::try_from(self.tolerance_secs).unwrap_or(0) {
             return Err(VerifyError::TimestampOutOfTolerance);
         }
         let candidates: Vec<Vec<u8>> = signature_header
@@ -287,6 +288,13 @@ mod tests {
             v.verify("evt_1", "soon", &sig, b"{}", 1_700_000_000),
             Err(VerifyError::BadTimestamp)
         );
+        // A hostile timestamp at either end of i64 is refused, not an overflow.
+        for ts in [i64::MIN, i64::MAX] {
+            assert_eq!(
+                v.verify("evt_1", &ts.to_string(), &sig, b"{}", 1_700_000_000),
+                Err(VerifyError::TimestampOutOfTolerance)
+            );
+        }
     }
 
     #[test]
