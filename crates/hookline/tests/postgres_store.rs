@@ -11,7 +11,10 @@
 //!   with either plan, not the account's deliveries from the newest back;
 //! - a page of the feed with `since` or `until` starts and stops at about those times (a
 //!   search over transaction ids), not at the account's first event, and misses none
-//!   stamped in range.
+//!   stamped in range;
+//! - the poller's claim takes nothing of an endpoint a change holds;
+//! - a write whose answer is lost with its connection (through a proxy that loses it) is
+//!   answered by what the database did, not by a guess.
 //!
 //! Runs when `HOOKLINE_TEST_DATABASE_URL` is set (`.ci/run` sets it), like the PostgreSQL
 //! half of the integration suite.
@@ -25,8 +28,12 @@ use hookline::store::postgres::{
     END_HELD, END_PENDING, ENDPOINT_DELIVERIES, EVENT_DELIVERIES, FAIL_STALE, FAIL_STALE_DUE, FEED,
     FEED_ENDS, FEED_FIRST_AFTER, FEED_TYPED, MIGRATIONS, feed_search,
 };
-use hookline::store::{DeliveryFilter, EventFilter, Location, NewEvent, Store};
+use hookline::store::{
+    DeliveryFilter, EventFilter, IdempotencyKey, Ingested, Location, NewEvent, Store,
+};
 use sqlx::Connection as _;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// A fresh schema on the test database (with the server's tables) and a connection to it;
 /// `None` (said on stderr) when no database is given.
@@ -252,6 +259,208 @@ async fn a_claim_takes_nothing_of_an_endpoint_a_change_holds() {
     ];
     want.sort();
     assert_eq!(statuses, want);
+}
+
+/// A TCP proxy in front of PostgreSQL that can lose one answer. Once told a marker, the
+/// first chunk the server sends that holds it is dropped, with everything after it on that
+/// connection, and a second later both sides are closed: the client never hears the outcome
+/// of what it sent, which the server carries out, or not, as it would after such a loss.
+struct LossyProxy {
+    addr: std::net::SocketAddr,
+    armed: Arc<Mutex<Option<&'static [u8]>>>,
+}
+
+impl LossyProxy {
+    async fn start(upstream: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let armed: Arc<Mutex<Option<&'static [u8]>>> = Arc::default();
+        let shared = armed.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                if let Ok(server) = tokio::net::TcpStream::connect(upstream).await {
+                    tokio::spawn(Self::pipe(client, server, shared.clone()));
+                }
+            }
+        });
+        LossyProxy { addr, armed }
+    }
+
+    /// Loses the next answer that holds `marker`.
+    fn lose_answer_with(&self, marker: &'static [u8]) {
+        *self.armed.lock().unwrap() = Some(marker);
+    }
+
+    /// Whether the answer it was told to lose was lost.
+    fn lost(&self) -> bool {
+        self.armed.lock().unwrap().is_none()
+    }
+
+    async fn pipe(
+        client: tokio::net::TcpStream,
+        server: tokio::net::TcpStream,
+        armed: Arc<Mutex<Option<&'static [u8]>>>,
+    ) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let (mut from_client, mut to_client) = client.into_split();
+        let (mut from_server, mut to_server) = server.into_split();
+        let up = tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut from_client, &mut to_server).await;
+        });
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match from_server.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let lose = {
+                let mut a = armed.lock().unwrap();
+                let hit = a.is_some_and(|m| buf[..n].windows(m.len()).any(|w| w == m));
+                if hit {
+                    *a = None;
+                }
+                hit
+            };
+            if lose {
+                let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                    while let Ok(n) = from_server.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                })
+                .await;
+                break;
+            }
+            if to_client.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+        // Both connections close as their halves drop.
+        up.abort();
+    }
+}
+
+/// The status and holder of the delivery of event `id`, if the event is stored.
+async fn stored(db: &mut sqlx::PgConnection, id: &str) -> Option<(String, Option<String>)> {
+    sqlx::query_as(
+        "SELECT d.status, d.node FROM events e JOIN deliveries d ON d.event_id = e.id
+         WHERE e.id = $1",
+    )
+    .bind(id)
+    .fetch_optional(db)
+    .await
+    .unwrap()
+}
+
+/// A write whose answer is lost with its connection may have committed. The caller hears what
+/// happened, found out before it answers, never a guess: a `503` would tell a producer its
+/// events were not accepted, and its retry would store them twice. Committed, the deliveries
+/// the write handed to this node are given back `pending` (no caller takes them in hand),
+/// so they are not left `delivering` with nobody holding them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_answer_is_lost_is_answered_by_what_happened() {
+    let Some((data, mut db)) =
+        fresh("a_write_whose_answer_is_lost_is_answered_by_what_happened").await
+    else {
+        return;
+    };
+    let Location::Postgres(url) = &data.location else {
+        unreachable!("a PostgreSQL engine gives a PostgreSQL location")
+    };
+    // The same database and schema, through the proxy, in plain text (so that it can see
+    // what it loses).
+    let mut through = reqwest::Url::parse(url).unwrap();
+    let upstream = tokio::net::lookup_host((
+        through.host_str().unwrap().to_owned(),
+        through.port().unwrap_or(5432),
+    ))
+    .await
+    .unwrap()
+    .next()
+    .unwrap();
+    let proxy = LossyProxy::start(upstream).await;
+    through.set_host(Some("127.0.0.1")).unwrap();
+    through.set_port(Some(proxy.addr.port())).unwrap();
+    through.query_pairs_mut().append_pair("sslmode", "disable");
+    let store = Store::open(&Location::Postgres(through.to_string()))
+        .await
+        .unwrap();
+    let account = store.create_account("a".into(), Plan::Pro).await.unwrap();
+    store
+        .insert_endpoint(endpoint_of(&account.id, "https://example.com/a"), 100)
+        .await
+        .unwrap();
+    let event = || {
+        NewEvent::accepted(
+            new_id("evt"),
+            "click".into(),
+            serde_json::value::RawValue::from_string("{}".into()).unwrap(),
+            Timestamp::now(),
+        )
+    };
+    let key = |k: &str| IdempotencyKey {
+        key: k.into(),
+        request_hash: k.into(),
+        window_ms: 86_400_000,
+    };
+    // 1. The ingest statement commits (on its own, no key); its answer is lost.
+    let ev = event();
+    let id = ev.id.clone();
+    proxy.lose_answer_with(b"INSERT 0 ");
+    let out = store
+        .insert_events(account.id.clone(), vec![ev], |_| true, |_| {})
+        .await
+        .unwrap();
+    assert!(proxy.lost());
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].deliveries.len(), 1);
+    assert!(!out[0].deliveries[0].claimed, "given back while settling");
+    assert_eq!(
+        stored(&mut db, &id).await,
+        Some(("pending".to_owned(), None))
+    );
+
+    // 2. Under a key, the commit's answer is lost.
+    let ev = event();
+    let id = ev.id.clone();
+    proxy.lose_answer_with(b"COMMIT\0");
+    let once = store
+        .insert_events_once(account.id.clone(), vec![ev], key("k2"), |_| true, |_| {})
+        .await
+        .unwrap();
+    assert!(proxy.lost());
+    let Ingested::New(out) = once else {
+        panic!("a new write: {once:?}")
+    };
+    assert!(!out[0].deliveries[0].claimed);
+    assert_eq!(
+        stored(&mut db, &id).await,
+        Some(("pending".to_owned(), None))
+    );
+
+    // 3. Under a key, the ingest statement's answer is lost, before the commit was sent:
+    //    nothing was stored, and the caller hears so.
+    let ev = event();
+    let id = ev.id.clone();
+    proxy.lose_answer_with(b"dlv_");
+    let err = store
+        .insert_events_once(account.id.clone(), vec![ev], key("k3"), |_| true, |_| {})
+        .await
+        .expect_err("not committed");
+    assert!(proxy.lost());
+    assert!(format!("{err}").contains("PostgreSQL"), "{err}");
+    assert_eq!(stored(&mut db, &id).await, None);
+    let keys: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM idempotency_keys WHERE key = 'k3'")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(keys, 0);
+    // And the store goes on.
+    store
+        .insert_events(account.id.clone(), vec![event()], |_| true, |_| {})
+        .await
+        .unwrap();
 }
 
 /// 1,000 deliveries of ten days ago, then 10 of now, with another account's endpoint's rows

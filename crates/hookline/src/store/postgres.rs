@@ -2244,6 +2244,60 @@ async fn run_ingest_batch(side: &IngestSide, jobs: Vec<IngestJob>) {
         .collect();
     let rows = match write_ingest_batch(&mut conn, node, &requests, &plans).await {
         Ok(rows) => rows,
+        // The connection failed with the statement on its way, or its answer: it may have
+        // committed. The callers hear what happened, not a guess (a `503` says "not
+        // accepted").
+        Err(e) if may_have_committed(&e) => {
+            let first = requests.first().and_then(|r| {
+                let ev = r.events.first()?;
+                Some((
+                    r.account_id.as_str(),
+                    (ev.id.clone(), ev.event_type.clone()),
+                ))
+            });
+            let ids: Vec<&str> = plans
+                .iter()
+                .flatten()
+                .flatten()
+                .map(|d| d.id.as_str())
+                .collect();
+            let claimed: Vec<&str> = plans
+                .iter()
+                .flatten()
+                .flatten()
+                .filter(|d| d.claimed)
+                .map(|d| d.id.as_str())
+                .collect();
+            let settled = match &first {
+                Some((account_id, first)) => {
+                    settle_uncertain(pool, node, account_id, first, &ids, &claimed).await
+                }
+                None => Ok(None),
+            };
+            match settled {
+                Ok(Some(rows)) => {
+                    tracing::warn!(error = %e, "an ingest statement's answer was lost; it had committed, and its callers hear so");
+                    drop(conn);
+                    for ((job, mut per_event), (_, on_done, reply)) in
+                        requests.into_iter().zip(plans).zip(callers)
+                    {
+                        // Given back to `pending` while settling: the poller takes them.
+                        for d in per_event.iter_mut().flatten() {
+                            d.claimed = false;
+                        }
+                        let out = accepted_events(job.events, per_event, &rows);
+                        on_done.run(Ok(&out));
+                        let _ = reply.send(Ok(out));
+                    }
+                    return;
+                }
+                Ok(None) => return fail_batch(callers, &e),
+                Err(e2) => {
+                    tracing::error!(error = %e, settling = %e2, "an ingest statement's answer was lost, and the database could not say whether it committed: its callers hear it did not");
+                    return fail_batch(callers, &e);
+                }
+            }
+        }
         Err(e) => {
             // The statement may have committed before the error (a connection lost while
             // the answer was on its way): deliveries it would have handed to this node go
@@ -2305,6 +2359,115 @@ async fn release_uncertain(pool: &PgPool, node: &str, rows: &[(i64, i64)]) {
     if let Err(e) = released {
         tracing::error!(error = %e, "after a failed commit, giving back its claims failed too; a restart of this node releases them");
     }
+}
+
+/// How long a node keeps asking whether a write whose answer was lost committed.
+const SETTLE_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Whether a write that failed with `e` may have committed all the same: the connection
+/// failed (or its stream broke) while the statement, or its answer, was on its way. An
+/// error the database answered with, or one before anything was sent, means it did not.
+fn may_have_committed(e: &StoreError) -> bool {
+    matches!(
+        e,
+        StoreError::Pg {
+            source: sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed,
+            ..
+        }
+    )
+}
+
+/// After a write whose answer was lost with its connection: whether it committed. `first`
+/// is the write's first event (it commits with all the others or none); `deliveries` are
+/// the deliveries it would have made, `claimed` those it would have handed to this node.
+///
+/// The probe inserts `first`'s id in a transaction it then rolls back. A unique index
+/// conflict means the write committed; if the write is still running (its backend has not
+/// yet noticed its client is gone) past inserting that row, the probe waits for it to end,
+/// so it hears the outcome, not a guess. (A write still running that has not reached that
+/// row yet is not waited for: it could commit after the answer. That needs a connection
+/// lost while the write waits on a lock, and a lock held for longer than the probe takes.)
+///
+/// `Some(rows)`: it committed; its deliveries by id and row, each `pending` now (the claims
+/// it handed to this node are given back, since no caller will take them in hand). `None`:
+/// it did not. Asked again for up to [`SETTLE_FOR`]; an error when the database cannot say
+/// by then.
+async fn settle_uncertain(
+    pool: &PgPool,
+    node: &str,
+    account_id: &str,
+    first: &(String, String),
+    deliveries: &[&str],
+    claimed: &[&str],
+) -> Result<Option<HashMap<String, i64>>, StoreError> {
+    let until = tokio::time::Instant::now() + SETTLE_FOR;
+    let mut wait = std::time::Duration::from_millis(50);
+    loop {
+        match settle_once(pool, node, account_id, first, deliveries, claimed).await {
+            Ok(v) => return Ok(v),
+            Err(e) if tokio::time::Instant::now() + wait < until => {
+                tracing::warn!(error = %e, "asking whether a write whose answer was lost committed; asking again");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(std::time::Duration::from_secs(1));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn settle_once(
+    pool: &PgPool,
+    node: &str,
+    account_id: &str,
+    (event_id, event_type): &(String, String),
+    deliveries: &[&str],
+    claimed: &[&str],
+) -> Result<Option<HashMap<String, i64>>, StoreError> {
+    let mut probe = pool.begin().await.ctx("starting a probe of a lost write")?;
+    let inserted = sqlx::query(
+        "INSERT INTO events (id, account_id, type, data, created_at) VALUES ($1, $2, $3, '{}', 0)
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(event_id)
+    .bind(account_id)
+    .bind(event_type)
+    .execute(&mut *probe)
+    .await
+    .ctx("probing for a lost write's event")?
+    .rows_affected();
+    probe
+        .rollback()
+        .await
+        .ctx("rolling back a probe of a lost write")?;
+    if inserted == 1 {
+        return Ok(None);
+    }
+    if !claimed.is_empty() {
+        sqlx::query(AssertSqlSafe(format!(
+            "UPDATE deliveries SET status = 'pending', node = NULL, claim = claim + 1,
+                next_attempt_at = COALESCE(next_attempt_at, {DB_NOW_MS}),
+                updated_at = {DB_NOW_MS}
+             WHERE id = ANY($1::text[]) AND node = $2 AND status = 'delivering'"
+        )))
+        .bind(claimed)
+        .bind(node)
+        .execute(pool)
+        .await
+        .ctx("giving back a lost write's claims")?;
+    }
+    let mut rows = HashMap::with_capacity(deliveries.len());
+    for r in sqlx::query("SELECT id, seq FROM deliveries WHERE id = ANY($1::text[])")
+        .bind(deliveries)
+        .fetch_all(pool)
+        .await
+        .ctx("reading a lost write's deliveries")?
+    {
+        rows.insert(
+            r.try_get::<String, _>(0).ctx("reading a delivery row")?,
+            r.try_get::<i64, _>(1).ctx("reading a delivery row")?,
+        );
+    }
+    Ok(Some(rows))
 }
 
 /// Per event, one delivery for each of `subscribers` that takes its type; `admit` says
@@ -2438,7 +2601,7 @@ async fn once_tx(
     let rows = write_ingest_batch(&mut tx, node, &request, &plans).await?;
     let [IngestRequest { events, .. }] = request;
     let [per_event] = plans;
-    let out = accepted_events(events, per_event, &rows);
+    let mut out = accepted_events(events, per_event, &rows);
     let summary: Vec<AcceptedSummary> = out.iter().map(AcceptedSummary::from).collect();
     sqlx::query(
         "UPDATE idempotency_keys SET request_hash = $3, accepted = $4, created_at = $5
@@ -2452,16 +2615,44 @@ async fn once_tx(
     .execute(&mut *tx)
     .await
     .ctx("recording an idempotency key")?;
-    if let Err(e) = tx.commit().await {
-        // The commit may have happened: what it handed to this node goes back to `pending`.
-        let claimed: Vec<(i64, i64)> = out
+    if let Err(e) = tx.commit().await.ctx("committing events") {
+        if !may_have_committed(&e) {
+            return Err(e);
+        }
+        // The connection failed with the commit on its way, or its answer: ask whether it
+        // happened before answering. What it handed to this node goes back to `pending`.
+        let ids: Vec<&str> = out
+            .iter()
+            .flat_map(|ev| ev.deliveries.iter())
+            .map(|d| d.id.as_str())
+            .collect();
+        let claimed: Vec<&str> = out
             .iter()
             .flat_map(|ev| ev.deliveries.iter())
             .filter(|d| d.claimed)
-            .map(|d| (d.row, 1))
+            .map(|d| d.id.as_str())
             .collect();
-        release_uncertain(pool, node, &claimed).await;
-        return Err(e).ctx("committing events");
+        let settled = match out.first() {
+            Some(a) => {
+                let first = (a.event.id.clone(), a.event.event_type.clone());
+                settle_uncertain(pool, node, account_id, &first, &ids, &claimed).await
+            }
+            None => Ok(None),
+        };
+        return match settled {
+            Ok(Some(_)) => {
+                tracing::warn!(error = %e, "a commit's answer was lost; it had committed, and its caller hears so");
+                for d in out.iter_mut().flat_map(|ev| ev.deliveries.iter_mut()) {
+                    d.claimed = false;
+                }
+                Ok(Ingested::New(out))
+            }
+            Ok(None) => Err(e),
+            Err(e2) => {
+                tracing::error!(error = %e, settling = %e2, "a commit's answer was lost, and the database could not say whether it happened: its caller hears it did not");
+                Err(e)
+            }
+        };
     }
     Ok(Ingested::New(out))
 }
