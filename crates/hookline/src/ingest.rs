@@ -210,6 +210,7 @@ impl Ingest {
                             payload: ev.payload.clone(),
                             endpoint: d.endpoint.clone(),
                             manual_after_end: false,
+                            manual: false,
                         });
                     }
                 }

@@ -548,6 +548,56 @@ async fn a_dead_endpoint_trips_its_breaker_and_its_backlog_drains_when_it_is_bac
     }
 }
 
+/// A manual retry is one attempt now, whatever the endpoint's breaker says. Behind an open
+/// breaker whose next probe is seconds away, the retried delivery goes at once, and its
+/// success closes the breaker, so the rest of the backlog follows.
+async fn a_manual_retry_goes_at_once_behind_an_open_breaker(engine: Engine) {
+    let rx = Receiver::start().await;
+    rx.always("dead", Reply::Status(503));
+    let s = TestServer::start_with(&engine, |c| {
+        c.dispatch.retry = hookline::dispatch::retry::RetrySchedule::parse("1h,1h,1h").unwrap();
+        c.dispatch.concurrency_per_endpoint = 1;
+        c.dispatch.breaker_threshold = 3;
+        c.dispatch.breaker_probe_max = Duration::from_secs(3600);
+    })
+    .await;
+    s.endpoint(&rx.url("dead"), &["*"]).await;
+    let mut events = Vec::new();
+    for i in 0..10 {
+        events.push(s.event("click", json!({"i": i})).await);
+    }
+    // Three failures open the breaker; its probes then come 1 s and 2 s after, and fail:
+    // the next one is 4 s away.
+    rx.wait_for("dead", 5).await;
+    let last = events[9]["deliveries"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (_, d) = s.get(&format!("/v1/deliveries/{last}")).await;
+    assert_eq!(d["attempt_count"], 0, "held back by the breaker: {d}");
+
+    rx.always("dead", Reply::Status(200));
+    let (status, body) = s
+        .post(&format!("/v1/deliveries/{last}/retry"), json!({}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    s.wait_delivery(&last, "succeeded").await;
+    // It went at once, before the next probe (which would have come 4 s after the last one,
+    // and may well have taken this very delivery).
+    let got = rx.got("dead");
+    assert_eq!(got[5].header("webhook-id"), events[9]["id"].as_str().unwrap());
+    let after_last_probe = got[5].at - got[4].at;
+    assert!(
+        after_last_probe < Duration::from_secs(3),
+        "the retry waited {after_last_probe:?}, as for the next probe"
+    );
+    // Its success closed the breaker: the backlog drains.
+    for ev in &events {
+        s.wait_delivery(ev["deliveries"][0]["id"].as_str().unwrap(), "succeeded")
+            .await;
+    }
+}
+
 async fn an_endpoint_turned_back_on_gets_new_deliveries_again(engine: Engine) {
     let rx = Receiver::start().await;
     rx.script("flip", vec![Reply::Status(410)]);
@@ -644,6 +694,7 @@ on_both_engines!(
     batches_are_accepted_whole_and_delivered,
     pending_deliveries_resume_after_a_restart,
     a_dead_endpoint_trips_its_breaker_and_its_backlog_drains_when_it_is_back,
+    a_manual_retry_goes_at_once_behind_an_open_breaker,
     an_endpoint_turned_back_on_gets_new_deliveries_again,
 );
 

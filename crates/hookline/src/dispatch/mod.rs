@@ -886,8 +886,9 @@ async fn endpoint_worker(
             give_back(&inner, due).await;
             continue;
         }
-        // A manual retry of an ended delivery is attempted whatever the breaker says.
-        let gate = if due.manual_after_end {
+        // A manual retry is attempted whatever the breaker says: it was asked for now (and a
+        // success closes the breaker, so the endpoint's backlog follows).
+        let gate = if due.manual {
             Gate::Go
         } else {
             inner.gate(&endpoint_id)
@@ -1756,6 +1757,7 @@ mod tests {
                     payload: accepted[0].payload.clone(),
                     endpoint: d.endpoint.clone(),
                     manual_after_end: false,
+                    manual: false,
                 }
             }
         };
@@ -2166,6 +2168,7 @@ mod tests {
             payload: bytes::Bytes::from_static(b"{}"),
             endpoint: ep.clone(),
             manual_after_end: false,
+            manual: false,
         };
         let target = Arc::new(Target::from_endpoint(&ep).unwrap());
         lanes.push(

@@ -930,6 +930,9 @@ pub struct DueDelivery {
     /// A manual retry of a delivery that had ended: a failure ends it again rather than
     /// continuing the retry schedule.
     pub manual_after_end: bool,
+    /// A manual retry (`POST /v1/deliveries/{id}/retry`): one attempt now, whatever the
+    /// endpoint's circuit breaker says.
+    pub manual: bool,
 }
 
 /// What an attempt decided for its delivery.

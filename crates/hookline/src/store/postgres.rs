@@ -1662,6 +1662,7 @@ impl PgStore {
                     payload,
                     endpoint: ep.clone(),
                     manual_after_end: false,
+                    manual: false,
                 });
             }
         }
@@ -2101,6 +2102,7 @@ impl PgStore {
             payload,
             endpoint: Arc::new(ep),
             manual_after_end: status.is_terminal(),
+            manual: true,
         }))
     }
 }

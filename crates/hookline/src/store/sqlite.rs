@@ -1905,6 +1905,7 @@ impl SqliteStore {
                         payload,
                         endpoint: ep.clone(),
                         manual_after_end: false,
+                        manual: false,
                     });
                 }
             }
@@ -2330,6 +2331,7 @@ impl SqliteStore {
                 payload,
                 endpoint: Arc::new(ep),
                 manual_after_end: status.is_terminal(),
+                manual: true,
             }))
         })
         .await
@@ -3684,6 +3686,7 @@ pub(crate) mod tests {
             event_id: ev.event.id.clone(),
             payload: Default::default(),
             manual_after_end: false,
+            manual: false,
         }
     }
 
@@ -5500,6 +5503,7 @@ pub(crate) mod tests {
             payload: Default::default(),
             endpoint: delivery(i).endpoint,
             manual_after_end: false,
+            manual: false,
         };
 
         let riding = tokio::spawn({
