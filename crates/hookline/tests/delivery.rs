@@ -585,7 +585,10 @@ async fn a_manual_retry_goes_at_once_behind_an_open_breaker(engine: Engine) {
     // It went at once, before the next probe (which would have come 4 s after the last one,
     // and may well have taken this very delivery).
     let got = rx.got("dead");
-    assert_eq!(got[5].header("webhook-id"), events[9]["id"].as_str().unwrap());
+    assert_eq!(
+        got[5].header("webhook-id"),
+        events[9]["id"].as_str().unwrap()
+    );
     let after_last_probe = got[5].at - got[4].at;
     assert!(
         after_last_probe < Duration::from_secs(3),

@@ -261,20 +261,30 @@ async fn a_claim_takes_nothing_of_an_endpoint_a_change_holds() {
     assert_eq!(statuses, want);
 }
 
-/// A TCP proxy in front of PostgreSQL that can lose one answer. Once told a marker, the
-/// first chunk the server sends that holds it is dropped, with everything after it on that
-/// connection, and a second later both sides are closed: the client never hears the outcome
-/// of what it sent, which the server carries out, or not, as it would after such a loss.
+/// What a [`LossyProxy`] is to do to the next connection that shows its marker.
+#[derive(Clone)]
+enum Loss {
+    /// Drop the first chunk from the server that holds this, with all after it, and close
+    /// both sides a second later: the client never hears the outcome of what it sent.
+    Answer(&'static [u8]),
+    /// Once the client has sent a chunk that holds this, close both sides after the pause,
+    /// whatever the server is doing meanwhile (waiting for a lock, say).
+    CutAfterSending(Vec<u8>, Duration),
+}
+
+/// A TCP proxy in front of PostgreSQL that can lose one connection mid-write, as a
+/// middlebox or a network can: the server carries on with what it was sent, or not, as it
+/// would after such a loss.
 struct LossyProxy {
     addr: std::net::SocketAddr,
-    armed: Arc<Mutex<Option<&'static [u8]>>>,
+    armed: Arc<Mutex<Option<Loss>>>,
 }
 
 impl LossyProxy {
     async fn start(upstream: std::net::SocketAddr) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let armed: Arc<Mutex<Option<&'static [u8]>>> = Arc::default();
+        let armed: Arc<Mutex<Option<Loss>>> = Arc::default();
         let shared = armed.clone();
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
@@ -286,58 +296,62 @@ impl LossyProxy {
         LossyProxy { addr, armed }
     }
 
-    /// Loses the next answer that holds `marker`.
-    fn lose_answer_with(&self, marker: &'static [u8]) {
-        *self.armed.lock().unwrap() = Some(marker);
+    fn arm(&self, loss: Loss) {
+        *self.armed.lock().unwrap() = Some(loss);
     }
 
-    /// Whether the answer it was told to lose was lost.
+    /// Whether the loss it was armed with happened.
     fn lost(&self) -> bool {
         self.armed.lock().unwrap().is_none()
     }
 
+    /// Takes the armed loss if `chunk`, going `up` (to the server) or down, sets it off.
+    fn fired(armed: &Mutex<Option<Loss>>, chunk: &[u8], up: bool) -> Option<Loss> {
+        let holds = |m: &[u8]| chunk.windows(m.len()).any(|w| w == m);
+        let mut a = armed.lock().unwrap();
+        let hit = match a.as_ref() {
+            Some(Loss::Answer(m)) => !up && holds(m),
+            Some(Loss::CutAfterSending(m, _)) => up && holds(m),
+            None => false,
+        };
+        if hit { a.take() } else { None }
+    }
+
     async fn pipe(
-        client: tokio::net::TcpStream,
-        server: tokio::net::TcpStream,
-        armed: Arc<Mutex<Option<&'static [u8]>>>,
+        mut client: tokio::net::TcpStream,
+        mut server: tokio::net::TcpStream,
+        armed: Arc<Mutex<Option<Loss>>>,
     ) {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        let (mut from_client, mut to_client) = client.into_split();
-        let (mut from_server, mut to_server) = server.into_split();
-        let up = tokio::spawn(async move {
-            let _ = tokio::io::copy(&mut from_client, &mut to_server).await;
-        });
-        let mut buf = vec![0u8; 64 * 1024];
+        let (mut up, mut down) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
+        // When set, both sides close then.
+        let mut cut_at: Option<tokio::time::Instant> = None;
+        let mut dropping = false;
         loop {
-            let n = match from_server.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            let lose = {
-                let mut a = armed.lock().unwrap();
-                let hit = a.is_some_and(|m| buf[..n].windows(m.len()).any(|w| w == m));
-                if hit {
-                    *a = None;
-                }
-                hit
-            };
-            if lose {
-                let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                    while let Ok(n) = from_server.read(&mut buf).await {
-                        if n == 0 {
-                            break;
-                        }
+            tokio::select! {
+                r = client.read(&mut up) => {
+                    let n = match r { Ok(0) | Err(_) => break, Ok(n) => n };
+                    if let Some(Loss::CutAfterSending(_, pause)) = Self::fired(&armed, &up[..n], true) {
+                        cut_at = Some(tokio::time::Instant::now() + pause);
                     }
-                })
-                .await;
-                break;
-            }
-            if to_client.write_all(&buf[..n]).await.is_err() {
-                break;
+                    if server.write_all(&up[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                r = server.read(&mut down) => {
+                    let n = match r { Ok(0) | Err(_) => break, Ok(n) => n };
+                    if let Some(Loss::Answer(_)) = Self::fired(&armed, &down[..n], false) {
+                        dropping = true;
+                        cut_at = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+                    }
+                    if !dropping && client.write_all(&down[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                _ = tokio::time::sleep_until(cut_at.unwrap_or_else(tokio::time::Instant::now)), if cut_at.is_some() => break,
             }
         }
-        // Both connections close as their halves drop.
-        up.abort();
+        // Both connections close as they drop.
     }
 }
 
@@ -387,7 +401,7 @@ async fn a_write_whose_answer_is_lost_is_answered_by_what_happened() {
         .await
         .unwrap();
     let account = store.create_account("a".into(), Plan::Pro).await.unwrap();
-    store
+    let ep = store
         .insert_endpoint(endpoint_of(&account.id, "https://example.com/a"), 100)
         .await
         .unwrap();
@@ -407,7 +421,7 @@ async fn a_write_whose_answer_is_lost_is_answered_by_what_happened() {
     // 1. The ingest statement commits (on its own, no key); its answer is lost.
     let ev = event();
     let id = ev.id.clone();
-    proxy.lose_answer_with(b"INSERT 0 ");
+    proxy.arm(Loss::Answer(b"INSERT 0 "));
     let out = store
         .insert_events(account.id.clone(), vec![ev], |_| true, |_| {})
         .await
@@ -424,7 +438,7 @@ async fn a_write_whose_answer_is_lost_is_answered_by_what_happened() {
     // 2. Under a key, the commit's answer is lost.
     let ev = event();
     let id = ev.id.clone();
-    proxy.lose_answer_with(b"COMMIT\0");
+    proxy.arm(Loss::Answer(b"COMMIT\0"));
     let once = store
         .insert_events_once(account.id.clone(), vec![ev], key("k2"), |_| true, |_| {})
         .await
@@ -443,7 +457,7 @@ async fn a_write_whose_answer_is_lost_is_answered_by_what_happened() {
     //    nothing was stored, and the caller hears so.
     let ev = event();
     let id = ev.id.clone();
-    proxy.lose_answer_with(b"dlv_");
+    proxy.arm(Loss::Answer(b"dlv_"));
     let err = store
         .insert_events_once(account.id.clone(), vec![ev], key("k3"), |_| true, |_| {})
         .await
@@ -456,6 +470,41 @@ async fn a_write_whose_answer_is_lost_is_answered_by_what_happened() {
         .await
         .unwrap();
     assert_eq!(keys, 0);
+
+    // 4. The ingest statement waits for its endpoint, which a change holds, when its
+    //    connection is cut. The change then commits, and the statement after it, after the
+    //    loss: the probe waits for the statement, and the caller hears it was stored.
+    let ev = event();
+    let id = ev.id.clone();
+    let mut change = db.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM endpoints WHERE id = $1 FOR UPDATE")
+        .bind(&ep.id)
+        .execute(&mut *change)
+        .await
+        .unwrap();
+    proxy.arm(Loss::CutAfterSending(
+        id.clone().into_bytes(),
+        Duration::from_millis(300),
+    ));
+    let (written, ()) = tokio::join!(
+        store.insert_events(account.id.clone(), vec![ev], |_| true, |_| {}),
+        async {
+            common::eventually("the statement to be sent", || async {
+                proxy.lost().then_some(())
+            })
+            .await;
+            // Past the cut, while the statement still waits for the change.
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            change.commit().await.unwrap();
+        }
+    );
+    let out = written.expect("committed after the loss, and heard so");
+    assert!(!out[0].deliveries[0].claimed);
+    assert_eq!(
+        stored(&mut db, &id).await,
+        Some(("pending".to_owned(), None))
+    );
+
     // And the store goes on.
     store
         .insert_events(account.id.clone(), vec![event()], |_| true, |_| {})

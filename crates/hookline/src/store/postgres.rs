@@ -2250,29 +2250,18 @@ async fn run_ingest_batch(side: &IngestSide, jobs: Vec<IngestJob>) {
         // committed. The callers hear what happened, not a guess (a `503` says "not
         // accepted").
         Err(e) if may_have_committed(&e) => {
-            let first = requests.first().and_then(|r| {
-                let ev = r.events.first()?;
-                Some((
-                    r.account_id.as_str(),
-                    (ev.id.clone(), ev.event_type.clone()),
-                ))
-            });
-            let ids: Vec<&str> = plans
+            let all = || plans.iter().flatten().flatten();
+            let settled = match requests
                 .iter()
-                .flatten()
-                .flatten()
-                .map(|d| d.id.as_str())
-                .collect();
-            let claimed: Vec<&str> = plans
-                .iter()
-                .flatten()
-                .flatten()
-                .filter(|d| d.claimed)
-                .map(|d| d.id.as_str())
-                .collect();
-            let settled = match &first {
-                Some((account_id, first)) => {
-                    settle_uncertain(pool, node, account_id, first, &ids, &claimed).await
+                .find_map(|r| r.events.first().map(|ev| (r.account_id.as_str(), ev)))
+            {
+                Some((account_id, ev)) => {
+                    let lost = LostWrite::new(account_id, (&ev.id, &ev.event_type), all());
+                    let settled = settle_uncertain(pool, node, &lost).await;
+                    if settled.is_err() {
+                        give_back_claims(pool, node, &lost.claimed).await.ok();
+                    }
+                    settled
                 }
                 None => Ok(None),
             };
@@ -2379,40 +2368,84 @@ fn may_have_committed(e: &StoreError) -> bool {
     )
 }
 
-/// After a write whose answer was lost with its connection: whether it committed. `first`
-/// is the write's first event (it commits with all the others or none); `deliveries` are
-/// the deliveries it would have made, `claimed` those it would have handed to this node.
+/// A write whose answer was lost with its connection: what [`settle_uncertain`] asks about.
+struct LostWrite<'a> {
+    /// Its first event's account, id and type: it commits with all the others or none.
+    account_id: &'a str,
+    event_id: &'a str,
+    event_type: &'a str,
+    /// The endpoints it fans out to, which it locks key-share before it writes anything.
+    endpoints: Vec<&'a str>,
+    /// The deliveries it would make, and those it would hand to this node.
+    deliveries: Vec<&'a str>,
+    claimed: Vec<&'a str>,
+}
+
+impl<'a> LostWrite<'a> {
+    /// `first`: the write's first event's id and type.
+    fn new(
+        account_id: &'a str,
+        (event_id, event_type): (&'a str, &'a str),
+        deliveries: impl Iterator<Item = &'a NewDelivery> + Clone,
+    ) -> Self {
+        let mut endpoints: Vec<&str> = deliveries.clone().map(|d| d.endpoint.id.as_str()).collect();
+        endpoints.sort_unstable();
+        endpoints.dedup();
+        LostWrite {
+            account_id,
+            event_id,
+            event_type,
+            endpoints,
+            deliveries: deliveries.clone().map(|d| d.id.as_str()).collect(),
+            claimed: deliveries
+                .filter(|d| d.claimed)
+                .map(|d| d.id.as_str())
+                .collect(),
+        }
+    }
+}
+
+/// After a write whose answer was lost with its connection: whether it committed.
 ///
-/// The probe inserts `first`'s id in a transaction it then rolls back. A unique index
-/// conflict means the write committed; if the write is still running (its backend has not
-/// yet noticed its client is gone) past inserting that row, the probe waits for it to end,
-/// so it hears the outcome, not a guess. (A write still running that has not reached that
-/// row yet is not waited for: it could commit after the answer. That needs a connection
-/// lost while the write waits on a lock, and a lock held for longer than the probe takes.)
+/// The lost write may still be running: its backend carries on until it notices its client
+/// is gone, and may commit after the loss. So the probe first takes the endpoints the write
+/// fans out to `FOR UPDATE`, which waits for the write if it holds them (it locks them
+/// key-share before it writes anything) or waits for them itself (the probe queues behind
+/// it). Then it inserts the first event's id, and rolls back: a unique index conflict means
+/// the write committed (an insert of that id still running is waited for too). What it
+/// cannot wait for is a write its backend had not begun (its bytes still unread on the
+/// server) or one with no endpoints to lock that is still running: each a window of the
+/// server's own microseconds, against the node's reconnecting and probing.
 ///
 /// `Some(rows)`: it committed; its deliveries by id and row, each `pending` now (the claims
 /// it handed to this node are given back, since no caller will take them in hand). `None`:
-/// it did not. Asked again for up to [`SETTLE_FOR`]; an error when the database cannot say
-/// by then.
+/// it did not. The probe's waits and its retries are bounded by [`SETTLE_FOR`]; an error
+/// when the database cannot say by then (a connection left half-open holds the write's
+/// locks until the server's keepalive finds it, say).
 async fn settle_uncertain(
     pool: &PgPool,
     node: &str,
-    account_id: &str,
-    first: &(String, String),
-    deliveries: &[&str],
-    claimed: &[&str],
+    lost: &LostWrite<'_>,
 ) -> Result<Option<HashMap<String, i64>>, StoreError> {
     let until = tokio::time::Instant::now() + SETTLE_FOR;
     let mut wait = std::time::Duration::from_millis(50);
     loop {
-        match settle_once(pool, node, account_id, first, deliveries, claimed).await {
-            Ok(v) => return Ok(v),
-            Err(e) if tokio::time::Instant::now() + wait < until => {
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        let tried = tokio::time::timeout(left, settle_once(pool, node, lost, left)).await;
+        match tried {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) if tokio::time::Instant::now() + wait < until => {
                 tracing::warn!(error = %e, "asking whether a write whose answer was lost committed; asking again");
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(std::time::Duration::from_secs(1));
             }
-            Err(e) => return Err(e),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                return Err(StoreError::Unavailable(format!(
+                    "the database did not say within {SETTLE_FOR:?} whether a write whose \
+                     answer was lost committed"
+                )));
+            }
         }
     }
 }
@@ -2420,19 +2453,32 @@ async fn settle_uncertain(
 async fn settle_once(
     pool: &PgPool,
     node: &str,
-    account_id: &str,
-    (event_id, event_type): &(String, String),
-    deliveries: &[&str],
-    claimed: &[&str],
+    lost: &LostWrite<'_>,
+    left: std::time::Duration,
 ) -> Result<Option<HashMap<String, i64>>, StoreError> {
     let mut probe = pool.begin().await.ctx("starting a probe of a lost write")?;
+    // Its waits for locks end with the time left (an integer of milliseconds).
+    sqlx::query(AssertSqlSafe(format!(
+        "SET LOCAL lock_timeout = {}",
+        left.as_millis().max(1)
+    )))
+    .execute(&mut *probe)
+    .await
+    .ctx("bounding a probe of a lost write")?;
+    if !lost.endpoints.is_empty() {
+        sqlx::query("SELECT 1 FROM endpoints WHERE id = ANY($1::text[]) ORDER BY seq FOR UPDATE")
+            .bind(&lost.endpoints)
+            .execute(&mut *probe)
+            .await
+            .ctx("waiting for a lost write's locks")?;
+    }
     let inserted = sqlx::query(
         "INSERT INTO events (id, account_id, type, data, created_at) VALUES ($1, $2, $3, '{}', 0)
          ON CONFLICT (id) DO NOTHING",
     )
-    .bind(event_id)
-    .bind(account_id)
-    .bind(event_type)
+    .bind(lost.event_id)
+    .bind(lost.account_id)
+    .bind(lost.event_type)
     .execute(&mut *probe)
     .await
     .ctx("probing for a lost write's event")?
@@ -2444,22 +2490,10 @@ async fn settle_once(
     if inserted == 1 {
         return Ok(None);
     }
-    if !claimed.is_empty() {
-        sqlx::query(AssertSqlSafe(format!(
-            "UPDATE deliveries SET status = 'pending', node = NULL, claim = claim + 1,
-                next_attempt_at = COALESCE(next_attempt_at, {DB_NOW_MS}),
-                updated_at = {DB_NOW_MS}
-             WHERE id = ANY($1::text[]) AND node = $2 AND status = 'delivering'"
-        )))
-        .bind(claimed)
-        .bind(node)
-        .execute(pool)
-        .await
-        .ctx("giving back a lost write's claims")?;
-    }
-    let mut rows = HashMap::with_capacity(deliveries.len());
+    give_back_claims(pool, node, &lost.claimed).await?;
+    let mut rows = HashMap::with_capacity(lost.deliveries.len());
     for r in sqlx::query("SELECT id, seq FROM deliveries WHERE id = ANY($1::text[])")
-        .bind(deliveries)
+        .bind(&lost.deliveries)
         .fetch_all(pool)
         .await
         .ctx("reading a lost write's deliveries")?
@@ -2470,6 +2504,27 @@ async fn settle_once(
         );
     }
     Ok(Some(rows))
+}
+
+/// Gives back to `pending` the deliveries `claimed` of a write whose outcome this node is
+/// unsure of, if they are stored and still held by this node (none are, if it did not
+/// commit): no caller will take them in hand, so the poller is to.
+async fn give_back_claims(pool: &PgPool, node: &str, claimed: &[&str]) -> Result<(), StoreError> {
+    if claimed.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(AssertSqlSafe(format!(
+        "UPDATE deliveries SET status = 'pending', node = NULL, claim = claim + 1,
+            next_attempt_at = COALESCE(next_attempt_at, {DB_NOW_MS}),
+            updated_at = {DB_NOW_MS}
+         WHERE id = ANY($1::text[]) AND node = $2 AND status = 'delivering'"
+    )))
+    .bind(claimed)
+    .bind(node)
+    .execute(pool)
+    .await
+    .ctx("giving back a lost write's claims")?;
+    Ok(())
 }
 
 /// Per event, one delivery for each of `subscribers` that takes its type; `admit` says
@@ -2623,21 +2678,18 @@ async fn once_tx(
         }
         // The connection failed with the commit on its way, or its answer: ask whether it
         // happened before answering. What it handed to this node goes back to `pending`.
-        let ids: Vec<&str> = out
-            .iter()
-            .flat_map(|ev| ev.deliveries.iter())
-            .map(|d| d.id.as_str())
-            .collect();
-        let claimed: Vec<&str> = out
-            .iter()
-            .flat_map(|ev| ev.deliveries.iter())
-            .filter(|d| d.claimed)
-            .map(|d| d.id.as_str())
-            .collect();
         let settled = match out.first() {
             Some(a) => {
-                let first = (a.event.id.clone(), a.event.event_type.clone());
-                settle_uncertain(pool, node, account_id, &first, &ids, &claimed).await
+                let lost = LostWrite::new(
+                    account_id,
+                    (&a.event.id, &a.event.event_type),
+                    out.iter().flat_map(|ev| ev.deliveries.iter()),
+                );
+                let settled = settle_uncertain(pool, node, &lost).await;
+                if settled.is_err() {
+                    give_back_claims(pool, node, &lost.claimed).await.ok();
+                }
+                settled
             }
             None => Ok(None),
         };
