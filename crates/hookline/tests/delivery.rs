@@ -5,7 +5,7 @@ mod common;
 
 use common::{Data, Engine, Receiver, Reply, TestServer, eventually, verify_with_standardwebhooks};
 use hookline::model::{Attempt, DeliveryStatus, Endpoint, Plan, Timestamp, new_id};
-use hookline::store::{AttemptRecord, DueDelivery, NewEvent, Outcome, Store};
+use hookline::store::{AttemptRecord, DueDelivery, Location, NewEvent, Outcome, Store};
 use serde_json::json;
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -185,6 +185,71 @@ async fn a_response_body_of_any_bytes_is_recorded_and_holds_up_no_outcome(engine
     let second = s.event("click", json!({})).await;
     s.wait_delivery(second["deliveries"][0]["id"].as_str().unwrap(), "succeeded")
         .await;
+}
+
+/// An outcome the database refuses holds up no other. Here a rule added beside the server
+/// refuses any kept response body that says "poison": the recorder cuts its writes down to
+/// that outcome, and writes it without its texts; every other outcome, and that delivery's
+/// success, is recorded. (Before, the recorder retried the whole write for good, and the
+/// node recorded nothing again.)
+async fn an_outcome_the_database_refuses_holds_up_no_other(engine: Engine) {
+    let rx = Receiver::start().await;
+    rx.always(
+        "poison",
+        Reply::Body(200, bytes::Bytes::from_static(b"poison")),
+    );
+    rx.always("fine", Reply::Body(200, bytes::Bytes::from_static(b"ok")));
+    let s = TestServer::start(&engine).await;
+    match &s.location {
+        Location::Sqlite(dir) => {
+            let c = rusqlite::Connection::open(dir.join("hookline.db")).unwrap();
+            c.busy_timeout(Duration::from_secs(10)).unwrap();
+            c.execute_batch(
+                "CREATE TRIGGER poison_kept BEFORE UPDATE ON deliveries
+                    WHEN NEW.kept_response_body LIKE '%poison%'
+                    BEGIN SELECT RAISE(ABORT, 'poison'); END;
+                 CREATE TRIGGER poison_moved BEFORE INSERT ON attempts
+                    WHEN NEW.response_body LIKE '%poison%'
+                    BEGIN SELECT RAISE(ABORT, 'poison'); END;",
+            )
+            .unwrap();
+        }
+        Location::Postgres(url) => {
+            use sqlx::Connection as _;
+            let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+            sqlx::raw_sql(
+                "ALTER TABLE attempts ADD CONSTRAINT no_poison
+                    CHECK (response_body NOT LIKE '%poison%')",
+            )
+            .execute(&mut c)
+            .await
+            .unwrap();
+        }
+    }
+    let poison = s.endpoint(&rx.url("poison"), &["*"]).await;
+    s.endpoint(&rx.url("fine"), &["*"]).await;
+    let mut events = Vec::new();
+    for i in 0..5 {
+        events.push(s.event("click", json!({"i": i})).await);
+    }
+    for ev in &events {
+        for d in ev["deliveries"].as_array().unwrap() {
+            let got = s
+                .wait_delivery(d["id"].as_str().unwrap(), "succeeded")
+                .await;
+            let attempt = &got["attempts"][0];
+            if d["endpoint_id"] == poison["id"] {
+                assert!(attempt["response_body"].is_null(), "{got}");
+                assert_eq!(
+                    attempt["error"],
+                    "the database refused this attempt's response body or error text",
+                    "{got}"
+                );
+            } else {
+                assert_eq!(attempt["response_body"], "ok", "{got}");
+            }
+        }
+    }
 }
 
 /// A 410 disables the endpoint as it was when asked. One that comes back from an attempt made
@@ -689,6 +754,7 @@ on_both_engines!(
     two_500s_then_success_is_retried_with_every_attempt_recorded,
     a_response_body_of_any_bytes_is_recorded_and_holds_up_no_outcome,
     a_late_410_from_before_a_change_leaves_the_endpoint_on,
+    an_outcome_the_database_refuses_holds_up_no_other,
     retries_exhausted_end_as_failed_and_manual_retry_sends_again,
     retry_after_on_429_is_honoured,
     gone_disables_the_endpoint_and_ends_its_deliveries,

@@ -1314,26 +1314,8 @@ fn split_releases(batch: Vec<AttemptRecord>, per_write: usize) -> Vec<Vec<Attemp
 /// Writes one part of the recorder's batch, then releases its room and tells the poller
 /// about retries.
 async fn record(inner: &Arc<Inner>, batch: Vec<AttemptRecord>, stopping: bool) {
-    // The outcomes must reach the database before their room is given back: retry until
-    // they do. Only when stopping does it give up; the rows then stay `delivering` and are
-    // attempted again after the next start (at-least-once).
-    let mut wait = Duration::from_millis(50);
-    let mut tries = 0;
-    let written = loop {
-        match inner.store.record_attempts(batch.clone()).await {
-            Ok(()) => break true,
-            Err(e) => {
-                tries += 1;
-                tracing::error!(count = batch.len(), tries, error = %e, "recording attempts failed");
-                if (stopping || inner.recorder_stop.is_cancelled()) && tries >= 3 {
-                    break false;
-                }
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(5));
-            }
-        }
-    };
-    for rec in &batch {
+    let written = write_outcomes(inner, &batch, stopping).await;
+    for (rec, written) in batch.iter().zip(written) {
         if written && matches!(rec.outcome, Outcome::Gone) {
             if let Some(q) = locked(&inner.queues).get(&rec.endpoint_id) {
                 q.shared
@@ -1349,6 +1331,78 @@ async fn record(inner: &Arc<Inner>, batch: Vec<AttemptRecord>, stopping: bool) {
             inner.note_due(at);
         }
     }
+}
+
+/// How many times in a row the database may refuse a write of outcomes before it is cut.
+const REFUSALS_BEFORE_CUTTING: u32 = 3;
+
+/// What [`REFUSED_TEXTS`] stands for in an attempt the database refused with its texts.
+const REFUSED_TEXTS: &str = "the database refused this attempt's response body or error text";
+
+/// Writes `batch`; says of each outcome whether it was written.
+///
+/// The outcomes must reach the database before their room is given back: a write is tried
+/// again until it is written. Only when stopping does it give up; the rows then stay
+/// `delivering` and are attempted again after the next start (at-least-once). A write the
+/// database refuses ([`StoreError::is_refusal`]: its data, not its availability) three times
+/// in a row is cut in halves, down to single outcomes, so that one outcome it cannot take
+/// holds up no other. A single one is then written without its attempt's texts (the start of
+/// the answer, the error); if even that is refused it is left, logged, and its delivery is
+/// attempted again after a restart.
+async fn write_outcomes(inner: &Arc<Inner>, batch: &[AttemptRecord], stopping: bool) -> Vec<bool> {
+    let mut written = vec![false; batch.len()];
+    // Parts still to write, the next on top, each with whether to leave out its texts.
+    let mut todo = vec![(0..batch.len(), false)];
+    while let Some((part, bare)) = todo.pop() {
+        let records: Vec<AttemptRecord> = batch[part.clone()]
+            .iter()
+            .cloned()
+            .map(|mut r| {
+                if bare && let Some(a) = r.attempt.as_mut() {
+                    a.response_body = None;
+                    a.error = Some(REFUSED_TEXTS.to_owned());
+                }
+                r
+            })
+            .collect();
+        let mut wait = Duration::from_millis(50);
+        let (mut tries, mut refusals) = (0, 0);
+        loop {
+            match inner.store.record_attempts(records.clone()).await {
+                Ok(()) => {
+                    written[part.clone()].fill(true);
+                    break;
+                }
+                Err(e) => {
+                    tries += 1;
+                    tracing::error!(count = records.len(), tries, error = %e, "recording attempts failed");
+                    refusals = if e.is_refusal() { refusals + 1 } else { 0 };
+                    if refusals >= REFUSALS_BEFORE_CUTTING {
+                        if part.len() > 1 {
+                            let middle = part.start + part.len() / 2;
+                            todo.push((middle..part.end, bare));
+                            todo.push((part.start..middle, bare));
+                        } else if !bare {
+                            todo.push((part.clone(), true));
+                        } else {
+                            tracing::error!(
+                                delivery = %records[0].delivery_id, error = %e,
+                                "the database refuses this outcome even without its texts: it \
+                                 is left, and its delivery is attempted again after a restart"
+                            );
+                        }
+                        break;
+                    }
+                    if (stopping || inner.recorder_stop.is_cancelled()) && tries >= 3 {
+                        break;
+                    }
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+    written
 }
 
 /// The longest the poller sleeps without being asked.

@@ -717,6 +717,33 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Whether the database refused the data a write carried (a constraint, a value it
+    /// cannot store) rather than the write as such: the same write will be refused again,
+    /// however often it is tried.
+    pub fn is_refusal(&self) -> bool {
+        match self {
+            StoreError::Pg {
+                source: sqlx::Error::Database(db),
+                ..
+            } => db
+                .code()
+                // Data exceptions (22: a byte sequence a text cannot hold, a value out of
+                // range) and integrity constraints (23).
+                .is_some_and(|c| c.starts_with("22") || c.starts_with("23")),
+            StoreError::Db {
+                source: rusqlite::Error::SqliteFailure(f, _),
+                ..
+            } => matches!(
+                f.code,
+                rusqlite::ErrorCode::ConstraintViolation
+                    | rusqlite::ErrorCode::TypeMismatch
+                    | rusqlite::ErrorCode::TooBig
+                    | rusqlite::ErrorCode::ParameterOutOfRange
+            ),
+            _ => false,
+        }
+    }
+
     /// The same failure, for one of several callers that shared the work that failed.
     pub fn for_each_caller(&self) -> StoreError {
         match self {
