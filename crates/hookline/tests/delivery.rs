@@ -3,9 +3,12 @@
 
 mod common;
 
-use common::{Data, Engine, Receiver, Reply, TestServer, eventually, verify_with_standardwebhooks};
-use hookline::model::{Attempt, DeliveryStatus, Endpoint, Plan, Timestamp, new_id};
-use hookline::store::{AttemptRecord, DueDelivery, Location, NewEvent, Outcome, Store};
+use common::{
+    Data, Engine, Receiver, Reply, TestServer, click, endpoint_of, eventually,
+    verify_with_standardwebhooks,
+};
+use hookline::model::{Attempt, DeliveryStatus, Plan, Timestamp};
+use hookline::store::{AttemptRecord, DueDelivery, Location, Outcome, Store};
 use serde_json::json;
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -259,37 +262,11 @@ async fn a_late_410_from_before_a_change_leaves_the_endpoint_on(engine: Engine) 
     let data = Data::fresh(&engine).await;
     let store = Store::open(&data.location).await.unwrap();
     let account = store.create_account("a".into(), Plan::Pro).await.unwrap();
-    let now = Timestamp::now();
     let ep = store
-        .insert_endpoint(
-            Endpoint {
-                id: new_id("ep"),
-                account_id: account.id.clone(),
-                url: "https://example.com/old".into(),
-                description: String::new(),
-                event_types: vec!["*".into()],
-                headers: Default::default(),
-                rate_limit_per_sec: None,
-                enabled: true,
-                disabled_reason: None,
-                previous_secret: None,
-                previous_secret_expires_at: None,
-                created_at: now,
-                updated_at: now,
-                secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
-            },
-            100,
-        )
+        .insert_endpoint(endpoint_of(&account.id, "https://example.com/old"), 100)
         .await
         .unwrap();
-    let event = || {
-        NewEvent::accepted(
-            new_id("evt"),
-            "click".into(),
-            serde_json::value::RawValue::from_string("{}".into()).unwrap(),
-            Timestamp::now(),
-        )
-    };
+    let event = click;
     let later = Timestamp(Timestamp::now().0 + 60_000);
     let gone = |due: &DueDelivery, version: i64| AttemptRecord {
         delivery_id: due.delivery_id.clone(),

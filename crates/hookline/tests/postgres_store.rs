@@ -21,16 +21,14 @@
 
 mod common;
 
-use common::{Data, Engine};
+use common::{Data, Engine, click, endpoint_of};
 use hookline::model::DeliveryStatus;
-use hookline::model::{Endpoint, Plan, Timestamp, new_id};
+use hookline::model::{Plan, Timestamp};
 use hookline::store::postgres::{
     END_HELD, END_PENDING, ENDPOINT_DELIVERIES, EVENT_DELIVERIES, FAIL_STALE, FAIL_STALE_DUE, FEED,
     FEED_ENDS, FEED_FIRST_AFTER, FEED_TYPED, MIGRATIONS, feed_search,
 };
-use hookline::store::{
-    DeliveryFilter, EventFilter, IdempotencyKey, Ingested, Location, NewEvent, Store,
-};
+use hookline::store::{DeliveryFilter, EventFilter, IdempotencyKey, Ingested, Location, Store};
 use sqlx::Connection as _;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -163,27 +161,6 @@ async fn ending_a_turned_off_endpoints_deliveries_reads_only_its_open_rows() {
     assert_eq!(open, vec![("ep_other".to_owned(), 16_512)]);
 }
 
-/// An endpoint of the account's, delivering every type to `url`.
-fn endpoint_of(account_id: &str, url: &str) -> Endpoint {
-    let now = Timestamp::now();
-    Endpoint {
-        id: new_id("ep"),
-        account_id: account_id.to_owned(),
-        url: url.into(),
-        description: String::new(),
-        event_types: vec!["*".into()],
-        headers: Default::default(),
-        rate_limit_per_sec: None,
-        enabled: true,
-        disabled_reason: None,
-        previous_secret: None,
-        previous_secret_expires_at: None,
-        created_at: now,
-        updated_at: now,
-        secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
-    }
-}
-
 /// The poller's claim locks each endpoint key-share until it commits, as ingest does. While a
 /// change of an endpoint is under way (its `FOR UPDATE` held), the claim takes none of that
 /// endpoint's rows (it takes the others'), so the change's ending of the endpoint's open rows
@@ -206,12 +183,7 @@ async fn a_claim_takes_nothing_of_an_endpoint_a_change_holds() {
         .await
         .unwrap();
     // One event for both, waiting (not taken at ingest): both rows `pending`, due now.
-    let event = NewEvent::accepted(
-        new_id("evt"),
-        "click".into(),
-        serde_json::value::RawValue::from_string("{}".into()).unwrap(),
-        Timestamp::now(),
-    );
+    let event = click();
     store
         .insert_events(account.id.clone(), vec![event], |_| false, |_| {})
         .await
@@ -405,14 +377,7 @@ async fn a_write_whose_answer_is_lost_is_answered_by_what_happened() {
         .insert_endpoint(endpoint_of(&account.id, "https://example.com/a"), 100)
         .await
         .unwrap();
-    let event = || {
-        NewEvent::accepted(
-            new_id("evt"),
-            "click".into(),
-            serde_json::value::RawValue::from_string("{}".into()).unwrap(),
-            Timestamp::now(),
-        )
-    };
+    let event = click;
     let key = |k: &str| IdempotencyKey {
         key: k.into(),
         request_hash: k.into(),

@@ -263,6 +263,39 @@ async fn receive(
     }
 }
 
+// ---- store-level values ------------------------------------------------------------------------
+
+/// An endpoint of the account's, on, delivering every type to `url` (for the store directly).
+pub fn endpoint_of(account_id: &str, url: &str) -> hookline::model::Endpoint {
+    let now = hookline::model::Timestamp::now();
+    hookline::model::Endpoint {
+        id: hookline::model::new_id("ep"),
+        account_id: account_id.to_owned(),
+        url: url.into(),
+        description: String::new(),
+        event_types: vec!["*".into()],
+        headers: Default::default(),
+        rate_limit_per_sec: None,
+        enabled: true,
+        disabled_reason: None,
+        previous_secret: None,
+        previous_secret_expires_at: None,
+        created_at: now,
+        updated_at: now,
+        secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+    }
+}
+
+/// A `click` with empty `data`, accepted now (for the store directly).
+pub fn click() -> hookline::store::NewEvent {
+    hookline::store::NewEvent::accepted(
+        hookline::model::new_id("evt"),
+        "click".into(),
+        serde_json::value::RawValue::from_string("{}".into()).unwrap(),
+        hookline::model::Timestamp::now(),
+    )
+}
+
 // ---- events ----------------------------------------------------------------------------------
 
 /// A valid `data` of `event_type`: its catalogue example, with `extra`'s fields laid over it.
