@@ -257,7 +257,8 @@ async fn an_outcome_the_database_refuses_holds_up_no_other(engine: Engine) {
 
 /// A 410 disables the endpoint as it was when asked. One that comes back from an attempt made
 /// before the endpoint changed (moved to a new URL while the attempt was out) leaves the
-/// endpoint on and its other deliveries open; a 410 from the endpoint as it is disables it.
+/// endpoint on and its other deliveries open, and its own delivery is tried again at the new
+/// URL; a 410 from the endpoint as it is disables it.
 async fn a_late_410_from_before_a_change_leaves_the_endpoint_on(engine: Engine) {
     let data = Data::fresh(&engine).await;
     let store = Store::open(&data.location).await.unwrap();
@@ -323,13 +324,18 @@ async fn a_late_410_from_before_a_change_leaves_the_endpoint_on(engine: Engine) 
         .unwrap();
     assert_eq!(
         first.status,
-        DeliveryStatus::Failed,
-        "that attempt did get a 410"
+        DeliveryStatus::Pending,
+        "tried again, as it is now"
     );
-    // The other delivery is still open, and goes to the new URL.
+    assert_eq!(first.attempt_count, 1, "the 410 is one of its attempts");
+    // It and the other delivery go to the new URL.
     let next = store.claim_due(later, |_| 10).await.unwrap();
-    assert_eq!(next.len(), 1);
-    assert_eq!(next[0].endpoint.url, "https://example.com/new");
+    assert_eq!(next.len(), 2);
+    assert!(
+        next.iter()
+            .all(|d| d.endpoint.url == "https://example.com/new")
+    );
+    assert!(next.iter().any(|d| d.delivery_id == out[0].delivery_id));
 
     // A 410 from the endpoint as it is now disables it, and ends what it had open.
     store

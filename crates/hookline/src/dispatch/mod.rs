@@ -1327,8 +1327,11 @@ async fn record(inner: &Arc<Inner>, batch: Vec<AttemptRecord>, stopping: bool) {
             inner.ended.notify_one();
         }
         inner.release(&rec.endpoint_id);
-        if let Outcome::RetryAt(at) = rec.outcome {
-            inner.note_due(at);
+        match rec.outcome {
+            Outcome::RetryAt(at) => inner.note_due(at),
+            // Due at once if the endpoint had changed since (the store then retries it).
+            Outcome::Gone => inner.note_due(Timestamp::now()),
+            _ => {}
         }
     }
 }

@@ -1688,7 +1688,7 @@ impl PgStore {
 
     /// Records attempts and moves their deliveries on, in one transaction of a few
     /// statements whatever the batch's size (each an `UNNEST` of the batch's columns).
-    pub async fn record_attempts(&self, records: Vec<AttemptRecord>) -> Result<(), StoreError> {
+    pub async fn record_attempts(&self, mut records: Vec<AttemptRecord>) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
         let now = Timestamp::now().0;
         // The batch's endpoints are locked before any delivery row is touched, in `seq` order
@@ -1699,15 +1699,28 @@ impl PgStore {
         endpoint_ids.sort_unstable();
         endpoint_ids.dedup();
         let any_gone = records.iter().any(|r| matches!(r.outcome, Outcome::Gone));
-        sqlx::query(if any_gone {
-            "SELECT id FROM endpoints WHERE id = ANY($1::text[]) ORDER BY seq FOR UPDATE"
+        let versions: HashMap<String, i64> = sqlx::query_as(if any_gone {
+            "SELECT id, updated_at FROM endpoints WHERE id = ANY($1::text[])
+             ORDER BY seq FOR UPDATE"
         } else {
-            "SELECT id FROM endpoints WHERE id = ANY($1::text[]) ORDER BY seq FOR KEY SHARE"
+            "SELECT id, updated_at FROM endpoints WHERE id = ANY($1::text[])
+             ORDER BY seq FOR KEY SHARE"
         })
         .bind(&endpoint_ids)
         .fetch_all(&mut *tx)
         .await
-        .ctx("locking the batch's endpoints")?;
+        .ctx("locking the batch's endpoints")?
+        .into_iter()
+        .collect();
+        // A 410 from a version of the endpoint since changed says nothing of the endpoint as
+        // it is: its delivery is tried again at once, as the endpoint is now.
+        for rec in &mut records {
+            if matches!(rec.outcome, Outcome::Gone)
+                && versions.get(&rec.endpoint_id) != Some(&rec.endpoint_version)
+            {
+                rec.outcome = Outcome::RetryAt(Timestamp(now));
+            }
+        }
 
         // One statement per kind of write. A delivery with several records in the batch
         // (a stale claim's outcome beside the current one's, say) has them applied in

@@ -1978,9 +1978,18 @@ impl SqliteStore {
                         .ctx("releasing a delivery")?;
                     continue;
                 };
+                // A 410 from a version of the endpoint since changed (a new URL, turned off
+                // and on) says nothing of the endpoint as it is: its delivery is tried again
+                // at once, as the endpoint is now (`RECORD` ends it if that is off).
+                let outcome = match rec.outcome {
+                    Outcome::Gone if !is_version(c, &rec.endpoint_id, rec.endpoint_version)? => {
+                        Outcome::RetryAt(Timestamp(now))
+                    }
+                    _ => rec.outcome.clone(),
+                };
                 // A failure moves a delivery on only while it is still ours (`delivering`):
                 // one whose endpoint was turned off meanwhile ends `failed` (`RECORD`).
-                let (status, next, only_if_delivering) = match rec.outcome {
+                let (status, next, only_if_delivering) = match outcome {
                     Outcome::Succeeded => ("succeeded", None, false),
                     Outcome::RetryAt(t) => ("pending", Some(t.0), true),
                     Outcome::Failed | Outcome::Gone => ("failed", None, true),
@@ -2025,7 +2034,7 @@ impl SqliteStore {
                 // A 410 disables the endpoint it came from: the version the attempt was made
                 // with. One from before a change (a new URL, turned off and on) says nothing
                 // of the endpoint as it is now, and the next attempt asks it again.
-                if matches!(rec.outcome, Outcome::Gone)
+                if matches!(outcome, Outcome::Gone)
                     && c.execute(
                         "UPDATE endpoints SET enabled = 0, disabled_reason = ?2,
                             updated_at = MAX(updated_at + 1, ?3)
@@ -3169,6 +3178,14 @@ fn insert_rows(
             .ctx("recording where events of a type are")?;
     }
     Ok(out)
+}
+
+/// Whether endpoint `id` is at `version` (its `updated_at`) now.
+fn is_version(c: &Connection, id: &str, version: i64) -> Result<bool, StoreError> {
+    c.prepare_cached("SELECT updated_at = ?2 FROM endpoints WHERE id = ?1")
+        .and_then(|mut st| st.query_row(params![id, version], |r| r.get(0)).optional())
+        .ctx("reading an endpoint's version")
+        .map(|same| same.unwrap_or(false))
 }
 
 /// Refuses an endpoint write unless `account_id`'s plan includes webhooks (read in the
