@@ -4489,8 +4489,16 @@ pub(crate) mod tests {
             .insert_events(account.id.clone(), click(2), |_| false, |_| {})
             .await
             .unwrap();
-        let first = accepted.iter().map(|ev| ev.event.created_at).min();
-        assert_eq!(store.next_due_at().await.unwrap(), first);
+        let written = Timestamp::now();
+        // Due from their write (by the clock that judges due times): after the events were
+        // stamped, and by the time the write was answered.
+        let stamped = accepted.iter().map(|ev| ev.event.created_at.0).min();
+        let due = store.next_due_at().await.unwrap().map(|t| t.0);
+        assert!(
+            due.zip(stamped)
+                .is_some_and(|(due, stamped)| stamped <= due && due <= written.0),
+            "due {due:?}, stamped {stamped:?}, written by {written:?}"
+        );
 
         let claimed = store.claim_due(Timestamp::now(), |_| 10).await.unwrap();
         assert_eq!(claimed.len(), 6);
