@@ -2272,7 +2272,7 @@ async fn run_ingest_batch(side: &IngestSide, jobs: Vec<IngestJob>) {
                     let lost = LostWrite::new(account_id, (&ev.id, &ev.event_type), all());
                     let settled = settle_uncertain(pool, node, &lost).await;
                     if settled.is_err() {
-                        give_back_claims(pool, node, &lost.claimed).await.ok();
+                        give_back_unsettled(pool, node, &lost).await;
                     }
                     settled
                 }
@@ -2434,43 +2434,69 @@ impl<'a> LostWrite<'a> {
 /// it handed to this node are given back, since no caller will take them in hand). `None`:
 /// it did not. The probe's waits and its retries are bounded by [`SETTLE_FOR`]; an error
 /// when the database cannot say by then (a connection left half-open holds the write's
-/// locks until the server's keepalive finds it, say).
+/// locks until the server's keepalive finds it, say). Once it has said "committed", that is
+/// the answer, whatever the bookkeeping after it meets.
 async fn settle_uncertain(
     pool: &PgPool,
     node: &str,
     lost: &LostWrite<'_>,
 ) -> Result<Option<HashMap<String, i64>>, StoreError> {
-    let until = tokio::time::Instant::now() + SETTLE_FOR;
+    if !retried(SETTLE_FOR, |left| probe_lost_write(pool, lost, left)).await? {
+        return Ok(None);
+    }
+    // It committed: its callers hear so, whatever follows. Its claims go back and its
+    // deliveries are read, asked for as long again; failing that, the answer lists the
+    // deliveries it planned (one whose endpoint was turned off meanwhile among them), and
+    // claims still held wait for this node's restart.
+    match retried(SETTLE_FOR, |_| lost_write_rows(pool, node, lost)).await {
+        Ok(rows) => Ok(Some(rows)),
+        Err(e) => {
+            tracing::error!(error = %e, "a write whose answer was lost had committed, but its deliveries could not be read or given back");
+            Ok(Some(
+                lost.deliveries.iter().map(|d| (d.to_string(), 0)).collect(),
+            ))
+        }
+    }
+}
+
+/// Runs `f` (given the time left) until it answers, for at most `budget`, with pauses
+/// between tries; its last error, or `Unavailable` once the time is up.
+async fn retried<T, F, Fut>(budget: std::time::Duration, mut f: F) -> Result<T, StoreError>
+where
+    F: FnMut(std::time::Duration) -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let until = tokio::time::Instant::now() + budget;
     let mut wait = std::time::Duration::from_millis(50);
     loop {
         let left = until.saturating_duration_since(tokio::time::Instant::now());
-        let tried = tokio::time::timeout(left, settle_once(pool, node, lost, left)).await;
-        match tried {
+        match tokio::time::timeout(left, f(left)).await {
             Ok(Ok(v)) => return Ok(v),
             Ok(Err(e)) if tokio::time::Instant::now() + wait < until => {
-                tracing::warn!(error = %e, "asking whether a write whose answer was lost committed; asking again");
+                tracing::warn!(error = %e, "settling a write whose answer was lost; trying again");
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(std::time::Duration::from_secs(1));
             }
             Ok(Err(e)) => return Err(e),
             Err(_) => {
                 return Err(StoreError::Unavailable(format!(
-                    "the database did not say within {SETTLE_FOR:?} whether a write whose \
-                     answer was lost committed"
+                    "the database did not answer within {budget:?} about a write whose \
+                     answer was lost"
                 )));
             }
         }
     }
 }
 
-async fn settle_once(
+/// Whether the lost write committed (see [`settle_uncertain`]); its waits for locks end
+/// within `left`.
+async fn probe_lost_write(
     pool: &PgPool,
-    node: &str,
     lost: &LostWrite<'_>,
     left: std::time::Duration,
-) -> Result<Option<HashMap<String, i64>>, StoreError> {
+) -> Result<bool, StoreError> {
     let mut probe = pool.begin().await.ctx("starting a probe of a lost write")?;
-    // Its waits for locks end with the time left (an integer of milliseconds).
+    // An integer of milliseconds; 0 would mean no limit.
     sqlx::query(AssertSqlSafe(format!(
         "SET LOCAL lock_timeout = {}",
         left.as_millis().max(1)
@@ -2500,9 +2526,16 @@ async fn settle_once(
         .rollback()
         .await
         .ctx("rolling back a probe of a lost write")?;
-    if inserted == 1 {
-        return Ok(None);
-    }
+    Ok(inserted == 0)
+}
+
+/// The deliveries of a lost write that committed, by id and row, after giving back the
+/// claims it handed to this node (no caller will take them in hand).
+async fn lost_write_rows(
+    pool: &PgPool,
+    node: &str,
+    lost: &LostWrite<'_>,
+) -> Result<HashMap<String, i64>, StoreError> {
     give_back_claims(pool, node, &lost.claimed).await?;
     let mut rows = HashMap::with_capacity(lost.deliveries.len());
     for r in sqlx::query("SELECT id, seq FROM deliveries WHERE id = ANY($1::text[])")
@@ -2516,7 +2549,22 @@ async fn settle_once(
             r.try_get::<i64, _>(1).ctx("reading a delivery row")?,
         );
     }
-    Ok(Some(rows))
+    Ok(rows)
+}
+
+/// When whether a lost write committed cannot be told: gives its claims back if they are
+/// there, once, within a second.
+async fn give_back_unsettled(pool: &PgPool, node: &str, lost: &LostWrite<'_>) {
+    let gave = tokio::time::timeout(
+        std::time::Duration::from_secs(1),
+        give_back_claims(pool, node, &lost.claimed),
+    )
+    .await;
+    if !matches!(gave, Ok(Ok(()))) {
+        tracing::error!(
+            "a write whose answer was lost may hold claims of this node's until it restarts"
+        );
+    }
 }
 
 /// Gives back to `pending` the deliveries `claimed` of a write whose outcome this node is
@@ -2700,7 +2748,7 @@ async fn once_tx(
                 );
                 let settled = settle_uncertain(pool, node, &lost).await;
                 if settled.is_err() {
-                    give_back_claims(pool, node, &lost.claimed).await.ok();
+                    give_back_unsettled(pool, node, &lost).await;
                 }
                 settled
             }
