@@ -537,22 +537,34 @@ async fn pending_deliveries_resume_after_a_restart(engine: Engine) {
     );
 }
 
-async fn a_dead_endpoint_trips_its_breaker_and_its_backlog_drains_when_it_is_back(engine: Engine) {
+/// A server whose endpoint `dead` answers 503 to `n` clicks: one lane, retries an hour apart,
+/// a breaker that opens after three failures and probes at most `probe_max` apart.
+async fn events_for_a_dead_endpoint(
+    engine: &Engine,
+    n: usize,
+    probe_max: Duration,
+) -> (Receiver, TestServer, Vec<serde_json::Value>) {
     let rx = Receiver::start().await;
     rx.always("dead", Reply::Status(503));
-    let s = TestServer::start_with(&engine, |c| {
+    let s = TestServer::start_with(engine, |c| {
         // Without the breaker's pull-forward, failed deliveries would wait an hour.
         c.dispatch.retry = hookline::dispatch::retry::RetrySchedule::parse("1h,1h,1h").unwrap();
         c.dispatch.concurrency_per_endpoint = 1;
         c.dispatch.breaker_threshold = 3;
-        c.dispatch.breaker_probe_max = Duration::from_millis(1000);
+        c.dispatch.breaker_probe_max = probe_max;
     })
     .await;
     s.endpoint(&rx.url("dead"), &["*"]).await;
     let mut events = Vec::new();
-    for i in 0..30 {
+    for i in 0..n {
         events.push(s.event("click", json!({"i": i})).await);
     }
+    (rx, s, events)
+}
+
+async fn a_dead_endpoint_trips_its_breaker_and_its_backlog_drains_when_it_is_back(engine: Engine) {
+    let (rx, s, events) =
+        events_for_a_dead_endpoint(&engine, 30, Duration::from_millis(1000)).await;
     rx.wait_for("dead", 4).await; // three failures, then at least one probe
     // The breaker is open: the dead endpoint is not hammered with every delivery.
     let hammered = rx.got("dead").len();
@@ -600,20 +612,7 @@ async fn a_dead_endpoint_trips_its_breaker_and_its_backlog_drains_when_it_is_bac
 /// breaker whose next probe is seconds away, the retried delivery goes at once, and its
 /// success closes the breaker, so the rest of the backlog follows.
 async fn a_manual_retry_goes_at_once_behind_an_open_breaker(engine: Engine) {
-    let rx = Receiver::start().await;
-    rx.always("dead", Reply::Status(503));
-    let s = TestServer::start_with(&engine, |c| {
-        c.dispatch.retry = hookline::dispatch::retry::RetrySchedule::parse("1h,1h,1h").unwrap();
-        c.dispatch.concurrency_per_endpoint = 1;
-        c.dispatch.breaker_threshold = 3;
-        c.dispatch.breaker_probe_max = Duration::from_secs(3600);
-    })
-    .await;
-    s.endpoint(&rx.url("dead"), &["*"]).await;
-    let mut events = Vec::new();
-    for i in 0..10 {
-        events.push(s.event("click", json!({"i": i})).await);
-    }
+    let (rx, s, events) = events_for_a_dead_endpoint(&engine, 10, Duration::from_secs(3600)).await;
     // Three failures open the breaker; its probes then come 1 s and 2 s after, and fail:
     // the next one is 4 s away.
     rx.wait_for("dead", 5).await;

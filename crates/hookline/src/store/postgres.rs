@@ -2303,9 +2303,8 @@ async fn run_ingest_batch(side: &IngestSide, jobs: Vec<IngestJob>) {
             }
         }
         Err(e) => {
-            // The statement may have committed before the error (a connection lost while
-            // the answer was on its way): deliveries it would have handed to this node go
-            // back to `pending`, so they are not left `delivering` with nobody holding them.
+            // The database refused the statement, or it was never sent: nothing committed.
+            // Its claims are given back all the same, as a guard (none should be found).
             let claimed: Vec<&str> = plans
                 .iter()
                 .flatten()
@@ -2313,20 +2312,8 @@ async fn run_ingest_batch(side: &IngestSide, jobs: Vec<IngestJob>) {
                 .filter(|d| d.claimed)
                 .map(|d| d.id.as_str())
                 .collect();
-            if !claimed.is_empty() {
-                let released = sqlx::query(AssertSqlSafe(format!(
-                    "UPDATE deliveries SET status = 'pending', node = NULL, claim = claim + 1,
-                        next_attempt_at = COALESCE(next_attempt_at, {DB_NOW_MS}),
-                        updated_at = {DB_NOW_MS}
-                     WHERE id = ANY($1::text[]) AND node = $2 AND status = 'delivering'"
-                )))
-                .bind(&claimed)
-                .bind(node)
-                .execute(pool)
-                .await;
-                if let Err(e2) = released {
-                    tracing::error!(error = %e2, "after a failed ingest batch, giving back its deliveries failed too; a restart of this node releases them");
-                }
+            if let Err(e2) = give_back_claims(pool, node, &claimed).await {
+                tracing::error!(error = %e2, "after a failed ingest batch, giving back its deliveries failed too; a restart of this node releases them");
             }
             return fail_batch(callers, &e);
         }
