@@ -313,7 +313,7 @@ fn main() -> anyhow::Result<()> {
                 let Some(account) = store.account_by_name(name.trim().to_owned()).await? else {
                     bail!("no account named {name:?}");
                 };
-                for k in store.list_api_keys(account.id).await? {
+                for k in store.all_api_keys(account.id).await? {
                     let state = match k.revoked_at {
                         Some(t) => format!("revoked {t}"),
                         None => "live".to_owned(),
@@ -327,7 +327,7 @@ fn main() -> anyhow::Result<()> {
                 let Some(account) = store.account_by_name(name.trim().to_owned()).await? else {
                     bail!("no account named {name:?}");
                 };
-                let keys = store.list_api_keys(account.id.clone()).await?;
+                let keys = store.all_api_keys(account.id.clone()).await?;
                 let matching: Vec<_> = keys
                     .iter()
                     .filter(|k| {

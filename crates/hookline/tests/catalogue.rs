@@ -325,7 +325,144 @@ async fn custom_event_types_end_to_end(engine: Engine) {
     assert_eq!(status, 404);
 }
 
+/// Every page of `path` (a query string of its own included) walked by `next_cursor`; the
+/// names of the items of each page.
+async fn walk(s: &TestServer, path: &str, key: &str) -> Vec<Vec<String>> {
+    let mut pages = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let url = match &cursor {
+            Some(c) => format!("{path}&cursor={c}"),
+            None => path.to_owned(),
+        };
+        let (status, page) = s.get(&url).await;
+        assert_eq!(status, 200, "{url}: {page}");
+        pages.push(
+            page["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t[key].as_str().unwrap().to_owned())
+                .collect(),
+        );
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => {
+                assert!(page["next_cursor"].is_null(), "{page}");
+                return pages;
+            }
+        }
+        assert!(pages.len() < 100, "a walk that does not end: {pages:?}");
+    }
+}
+
+/// The catalogue is a list like any other: cursor-paginated, the built-in types first, then
+/// the account's own by name in byte order (the same on both engines, whatever PostgreSQL's
+/// collation), each exactly once, and a `null` cursor on the last page only.
+async fn the_catalogue_is_paged(engine: Engine) {
+    let s = TestServer::start(&engine).await;
+    let builtin: Vec<String> = hookline::model::BUILTIN_EVENT_TYPES
+        .iter()
+        .map(|(name, _)| (*name).to_owned())
+        .collect();
+
+    // No types of its own: the default page holds the nine, and it is the last.
+    let (status, all) = s.get("/v1/event-types").await;
+    assert_eq!(status, 200, "{all}");
+    assert_eq!(
+        all["data"].as_array().unwrap().len(),
+        builtin.len(),
+        "{all}"
+    );
+    assert!(all["next_cursor"].is_null(), "{all}");
+    assert_eq!(
+        walk(
+            &s,
+            &format!("/v1/event-types?limit={}", builtin.len()),
+            "name"
+        )
+        .await,
+        vec![builtin.clone()],
+        "a page exactly as long as the list is its last"
+    );
+
+    // Names that sort differently by byte and by a language's rules ('.' < digits < '_' <
+    // letters in bytes; a locale ignores the punctuation).
+    let own = [
+        "ab",
+        "a_b",
+        "a.c",
+        "a.b",
+        "z9",
+        "a0",
+        "order.paid",
+        "zz_top",
+    ];
+    for name in own {
+        let (status, b) = s.post("/v1/event-types", json!({"name": name})).await;
+        assert_eq!(status, 201, "{b}");
+    }
+    let mut by_bytes: Vec<String> = own.iter().map(|n| (*n).to_owned()).collect();
+    by_bytes.sort();
+    let expected: Vec<String> = builtin.iter().cloned().chain(by_bytes.clone()).collect();
+
+    for limit in [1, 4, 9, 10, 16, 17, 1000] {
+        let pages = walk(&s, &format!("/v1/event-types?limit={limit}"), "name").await;
+        let flat: Vec<String> = pages.concat();
+        assert_eq!(flat, expected, "limit {limit}: {pages:?}");
+        assert_eq!(pages.len(), expected.len().div_ceil(limit), "limit {limit}");
+        assert!(pages.iter().all(|p| !p.is_empty() && p.len() <= limit));
+    }
+
+    // A cursor after a type since removed still resumes after its name.
+    let (_, first) = s
+        .get(&format!("/v1/event-types?limit={}", builtin.len() + 2))
+        .await;
+    let cursor = first["next_cursor"].as_str().unwrap().to_owned();
+    assert_eq!(first["data"][builtin.len() + 1]["name"], by_bytes[1]);
+    let (status, _) = s
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/v1/event-types/{}", by_bytes[1]),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    let (status, rest) = s.get(&format!("/v1/event-types?cursor={cursor}")).await;
+    assert_eq!(status, 200, "{rest}");
+    let rest: Vec<&str> = rest["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(rest, by_bytes[2..], "resumed after the removed type");
+
+    // Bad paging is a 400 that names the problem; a cursor of another list is refused.
+    let (_, endpoints) = s.get("/v1/endpoints?limit=1").await;
+    assert!(endpoints["next_cursor"].is_null());
+    for (query, code) in [
+        ("limit=0", "invalid_query"),
+        ("limit=1001", "invalid_query"),
+        ("limit=ten", "invalid_query"),
+        ("cursor=not-a-cursor", "invalid_cursor"),
+        ("cursor=cDU", "invalid_cursor"), // "p5": a position of the endpoint list
+    ] {
+        let (status, b) = s.get(&format!("/v1/event-types?{query}")).await;
+        assert_eq!(status, 400, "{query}: {b}");
+        assert_eq!(b["error"]["code"], code, "{query}: {b}");
+    }
+
+    // Another account sees the nine alone.
+    let other = common::create_account(&s.location, "other-co").await;
+    let (_, theirs) = s
+        .call_as(&other, reqwest::Method::GET, "/v1/event-types", None)
+        .await;
+    assert_eq!(theirs["data"].as_array().unwrap().len(), builtin.len());
+    assert!(theirs["next_cursor"].is_null());
+}
+
 mod custom {
     use super::*;
-    on_both_engines!(custom_event_types_end_to_end);
+    on_both_engines!(custom_event_types_end_to_end, the_catalogue_is_paged);
 }

@@ -271,6 +271,91 @@ async fn api_keys_are_stored_as_hashes_and_revocable(engine: Engine) {
     assert!(!out.contains(&k3), "the CLI never shows a key again: {out}");
 }
 
+/// The list of keys is paged like every list, on the account's route and the admin's: every
+/// key once, oldest first, in pages of `limit`, `null` after the last. Keys issued within one
+/// millisecond still have an order (their ids).
+async fn key_lists_are_paged(engine: Engine) {
+    let s = TestServer::start_with(&engine, |c| {
+        c.admin_token = hookline::api::admin::AdminToken::new(Some(ADMIN))
+    })
+    .await;
+    let (account_id, key) = admin_account(&s, "paged-co", "pro").await;
+    let issues = (0..6).map(|_| s.call_as(&key, Method::POST, "/v1/api-keys", Some(json!({}))));
+    for (status, b) in futures_util::future::join_all(issues).await {
+        assert_eq!(status, 201, "{b}");
+    }
+    let (_, all) = s
+        .call_as(&key, Method::GET, "/v1/api-keys?limit=1000", None)
+        .await;
+    assert!(all["next_cursor"].is_null(), "{all}");
+    let all: Vec<Value> = all["data"].as_array().unwrap().clone();
+    assert_eq!(all.len(), 7, "the first key and six more");
+    let order: Vec<(String, String)> = all
+        .iter()
+        .map(|k| {
+            (
+                k["created_at"].as_str().unwrap().to_owned(),
+                k["id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let mut sorted = order.clone();
+    sorted.sort();
+    assert_eq!(order, sorted, "oldest first, then by id");
+    let ids: Vec<String> = order.into_iter().map(|(_, id)| id).collect();
+
+    for base in [
+        "/v1/api-keys".to_owned(),
+        format!("/admin/v1/accounts/{account_id}/keys"),
+    ] {
+        for limit in [1, 2, 3, 7] {
+            let mut seen: Vec<String> = Vec::new();
+            let mut pages = 0;
+            let mut cursor: Option<String> = None;
+            loop {
+                let mut path = format!("{base}?limit={limit}");
+                if let Some(c) = &cursor {
+                    path.push_str(&format!("&cursor={c}"));
+                }
+                let (status, page) = s
+                    .call_as(credential_for(&base, &key), Method::GET, &path, None)
+                    .await;
+                assert_eq!(status, 200, "{path}: {page}");
+                let data = page["data"].as_array().unwrap();
+                assert!(!data.is_empty() && data.len() <= limit, "{path}: {page}");
+                seen.extend(data.iter().map(|k| k["id"].as_str().unwrap().to_owned()));
+                pages += 1;
+                match page["next_cursor"].as_str() {
+                    Some(c) => cursor = Some(c.to_owned()),
+                    None => break,
+                }
+                assert!(pages <= 7, "{base}: a walk that does not end");
+            }
+            assert_eq!(seen, ids, "{base}, limit {limit}");
+            assert_eq!(pages, ids.len().div_ceil(limit), "{base}, limit {limit}");
+        }
+        let (status, b) = s
+            .call_as(
+                credential_for(&base, &key),
+                Method::GET,
+                &format!("{base}?cursor=bm9wZQ"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 400, "{b}");
+        assert_eq!(b["error"]["code"], "invalid_cursor", "{b}");
+    }
+}
+
+/// The admin's routes take the admin token; the account's, its key.
+fn credential_for<'a>(path: &str, key: &'a str) -> &'a str {
+    if path.starts_with("/admin/") {
+        ADMIN
+    } else {
+        key
+    }
+}
+
 async fn every_v1_route_hides_other_accounts_ids(engine: Engine) {
     let rx = Receiver::start().await;
     let s = TestServer::start_with(&engine, |c| {
@@ -902,6 +987,7 @@ on_both_engines!(
     endpoint_headers_cannot_smuggle_anything,
     plans_gate_webhooks_and_limit_endpoints,
     api_keys_are_stored_as_hashes_and_revocable,
+    key_lists_are_paged,
     every_v1_route_hides_other_accounts_ids,
     the_admin_api_is_off_without_its_token,
     ingest_is_rate_limited_per_account,

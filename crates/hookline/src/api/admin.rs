@@ -165,20 +165,21 @@ pub async fn update(
     Ok(Json(account))
 }
 
-/// The account's keys, revoked ones included.
+/// The account's keys, revoked ones included, oldest first.
 #[utoipa::path(get, path = "/admin/v1/accounts/{id}/keys", tag = "admin",
-    params(("id" = String, Path, description = "acc_…")), security(("admin_token" = [])),
-    responses((status = 200, body = List<ApiKey>), (status = 404, body = super::error::ErrorBody)))]
+    params(("id" = String, Path, description = "acc_…"), PageParams), security(("admin_token" = [])),
+    responses((status = 200, body = List<ApiKey>), (status = 400, body = super::error::ErrorBody),
+        (status = 404, body = super::error::ErrorBody)))]
 pub async fn list_keys(
     State(state): State<AppState>,
     _: Admin,
     ApiPath(id): ApiPath<String>,
+    ApiQuery(page): ApiQuery<PageParams>,
 ) -> Result<Json<List<ApiKey>>, ApiError> {
     let account = existing(&state, id).await?;
-    Ok(Json(List {
-        data: state.store.list_api_keys(account.id).await?,
-        next_cursor: None,
-    }))
+    super::keys::list_page(&state, account.id, &page)
+        .await
+        .map(Json)
 }
 
 /// Issues a key for the account (shown this once).

@@ -5,7 +5,7 @@
 use super::AppState;
 use super::endpoints::check_description;
 use super::error::ApiError;
-use super::extract::{ApiPath, Auth, JsonBody};
+use super::extract::{ApiPath, ApiQuery, Auth, JsonBody, PageParams, encode_name_cursor};
 use crate::catalogue::{EventType, compile, is_custom_name};
 use crate::model::{CustomEventType, Timestamp};
 use axum::Json;
@@ -17,8 +17,10 @@ use utoipa::ToSchema;
 
 #[derive(Serialize, ToSchema)]
 pub struct EventTypes {
-    /// The built-in types, then the account's own (which have no `example`).
+    /// The built-in types, then the account's own by name (which have no `example`).
     pub data: Vec<EventType>,
+    /// Pass as `?cursor=` for the next page; `null` on the last one.
+    pub next_cursor: Option<String>,
 }
 
 /// An account's own event type to create.
@@ -65,23 +67,53 @@ fn as_catalogue_entry(t: CustomEventType) -> EventType {
     }
 }
 
-/// The event types events may have: the built-in ones and the account's own.
-#[utoipa::path(get, path = "/v1/event-types", tag = "event-types", security(("api_key" = [])),
-    responses((status = 200, body = EventTypes), (status = 401, body = super::error::ErrorBody)))]
+/// The event types events may have: the built-in ones, then the account's own by name.
+#[utoipa::path(get, path = "/v1/event-types", tag = "event-types", params(PageParams),
+    security(("api_key" = [])),
+    responses((status = 200, body = EventTypes), (status = 400, body = super::error::ErrorBody),
+        (status = 401, body = super::error::ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
     Auth(account): Auth,
+    ApiQuery(page): ApiQuery<PageParams>,
 ) -> Result<Json<EventTypes>, ApiError> {
-    let mut data = state.catalogue.types().to_vec();
-    data.extend(
-        state
-            .store
-            .list_event_types(account.id)
-            .await?
-            .into_iter()
-            .map(as_catalogue_entry),
-    );
-    Ok(Json(EventTypes { data }))
+    let limit = page.limit()?;
+    let after = page.name_position()?;
+    let builtin = state.catalogue.types();
+    // A built-in name (which no type of an account's own can have) resumes within the
+    // built-in types; any other name, among the account's own after it.
+    let (first_builtin, custom_after) = match after {
+        None => (0, None),
+        Some(name) => match builtin.iter().position(|t| t.name == name) {
+            Some(i) => (i + 1, None),
+            None => (builtin.len(), Some(name)),
+        },
+    };
+    // One more than the page holds, to know whether another page follows.
+    let mut data: Vec<EventType> = builtin
+        .iter()
+        .skip(first_builtin)
+        .take(limit + 1)
+        .cloned()
+        .collect();
+    let wanted = (limit + 1).saturating_sub(data.len());
+    if wanted > 0 {
+        data.extend(
+            state
+                .store
+                .list_event_types(account.id, custom_after, wanted)
+                .await?
+                .into_iter()
+                .map(as_catalogue_entry),
+        );
+    }
+    let next_cursor = if data.len() > limit {
+        data.truncate(limit);
+        data.last().map(|t| encode_name_cursor(&t.name))
+    } else {
+        None
+    };
+    Ok(Json(EventTypes { data, next_cursor }))
 }
 
 /// Adds an event type of the account's own; endpoints may then subscribe to it and events

@@ -3,7 +3,7 @@
 use super::AppState;
 use super::error::ApiError;
 use crate::accounts::hash_api_key;
-use crate::model::{Account, clipped};
+use crate::model::{Account, Timestamp, clipped};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use base64::Engine as _;
@@ -217,6 +217,51 @@ impl PageParams {
     pub fn position(&self) -> Result<Option<i64>, ApiError> {
         self.cursor.as_deref().map(decode_cursor).transpose()
     }
+
+    /// The position of a list ordered by name: the last name of the previous page.
+    pub fn name_position(&self) -> Result<Option<String>, ApiError> {
+        self.cursor
+            .as_deref()
+            .map(|c| decode_text_cursor('n', c))
+            .transpose()
+    }
+
+    /// The position of a list ordered by time of creation, then id: the last item's.
+    pub fn stamp_position(&self) -> Result<Option<(Timestamp, String)>, ApiError> {
+        self.cursor
+            .as_deref()
+            .map(|c| {
+                let text = decode_text_cursor('s', c)?;
+                text.split_once('.')
+                    .and_then(|(at, id)| Some((Timestamp(at.parse().ok()?), id.to_owned())))
+                    .ok_or_else(foreign_cursor)
+            })
+            .transpose()
+    }
+}
+
+/// A cursor for a list ordered by name, after `name`.
+pub fn encode_name_cursor(name: &str) -> String {
+    URL_SAFE_NO_PAD.encode(format!("n{name}"))
+}
+
+/// A cursor for a list ordered by time of creation and id, after the item of `at` and `id`.
+pub fn encode_stamp_cursor(at: Timestamp, id: &str) -> String {
+    URL_SAFE_NO_PAD.encode(format!("s{}.{id}", at.0))
+}
+
+fn decode_text_cursor(tag: char, text: &str) -> Result<String, ApiError> {
+    URL_SAFE_NO_PAD
+        .decode(text)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|s| s.strip_prefix(tag).map(str::to_owned))
+        .filter(|s| !s.contains('\0'))
+        .ok_or_else(foreign_cursor)
+}
+
+fn foreign_cursor() -> ApiError {
+    ApiError::bad_request("invalid_cursor", "the cursor is not one this API gave")
 }
 
 /// An opaque cursor for a list position.
@@ -251,7 +296,5 @@ fn decode_cursor(text: &str) -> Result<i64, ApiError> {
         .ok()
         .and_then(|b| String::from_utf8(b).ok())
         .and_then(|s| s.strip_prefix('p').and_then(|n| n.parse().ok()))
-        .ok_or_else(|| {
-            ApiError::bad_request("invalid_cursor", "the cursor is not one this API gave")
-        })
+        .ok_or_else(foreign_cursor)
 }

@@ -3,7 +3,7 @@
 //! every node within the key cache's lifetime (5 s).
 
 use super::error::ApiError;
-use super::extract::{ApiPath, Auth};
+use super::extract::{ApiPath, ApiQuery, Auth, PageParams, encode_stamp_cursor};
 use super::{AppState, List};
 use crate::accounts::issue_key_for;
 use crate::model::ApiKey;
@@ -22,18 +22,37 @@ pub struct IssuedKey {
     pub key: String,
 }
 
-/// The account's keys, revoked ones included, oldest first (one page).
-#[utoipa::path(get, path = "/v1/api-keys", tag = "keys", security(("api_key" = [])),
-    responses((status = 200, body = List<ApiKey>)))]
+/// The account's keys, revoked ones included, oldest first.
+#[utoipa::path(get, path = "/v1/api-keys", tag = "keys", params(PageParams),
+    security(("api_key" = [])),
+    responses((status = 200, body = List<ApiKey>), (status = 400, body = super::error::ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
     Auth(account): Auth,
+    ApiQuery(page): ApiQuery<PageParams>,
 ) -> Result<Json<List<ApiKey>>, ApiError> {
-    let keys = state.store.list_api_keys(account.id).await?;
-    Ok(Json(List {
-        data: keys,
-        next_cursor: None,
-    }))
+    list_page(&state, account.id, &page).await.map(Json)
+}
+
+/// One page of an account's keys.
+pub(super) async fn list_page(
+    state: &AppState,
+    account_id: String,
+    page: &PageParams,
+) -> Result<List<ApiKey>, ApiError> {
+    let limit = page.limit()?;
+    let mut data = state
+        .store
+        .list_api_keys(account_id, page.stamp_position()?, limit + 1)
+        .await?;
+    let next_cursor = if data.len() > limit {
+        data.truncate(limit);
+        data.last()
+            .map(|k| encode_stamp_cursor(k.created_at, &k.id))
+    } else {
+        None
+    };
+    Ok(List { data, next_cursor })
 }
 
 /// Issues one more key for the calling account.

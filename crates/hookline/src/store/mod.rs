@@ -175,8 +175,30 @@ impl Store {
     }
 
     /// The account's keys, oldest first, revoked ones included.
-    pub async fn list_api_keys(&self, account_id: String) -> Result<Vec<ApiKey>, StoreError> {
-        on_engine!(self, s => s.list_api_keys(account_id).await)
+    /// Up to `limit` of the account's keys, revoked ones included, oldest first, after
+    /// `after` (the `created_at` and id of the last key of the previous page).
+    pub async fn list_api_keys(
+        &self,
+        account_id: String,
+        after: Option<(Timestamp, String)>,
+        limit: usize,
+    ) -> Result<Vec<ApiKey>, StoreError> {
+        on_engine!(self, s => s.list_api_keys(account_id, after, limit).await)
+    }
+
+    /// Every key of the account, revoked ones included, oldest first (read a page at a time).
+    pub async fn all_api_keys(&self, account_id: String) -> Result<Vec<ApiKey>, StoreError> {
+        const PAGE: usize = 1000;
+        let mut all: Vec<ApiKey> = Vec::new();
+        loop {
+            let after = all.last().map(|k| (k.created_at, k.id.clone()));
+            let page = self.list_api_keys(account_id.clone(), after, PAGE).await?;
+            let done = page.len() < PAGE;
+            all.extend(page);
+            if done {
+                return Ok(all);
+            }
+        }
     }
 
     /// Revokes a key (a revoked key stays revoked; `None`: no such key of that account).
@@ -358,11 +380,15 @@ impl Store {
     }
 
     /// The account's own event types, by name.
+    /// Up to `limit` of the account's own event types named after `after`, by name in byte
+    /// order.
     pub async fn list_event_types(
         &self,
         account_id: String,
+        after: Option<String>,
+        limit: usize,
     ) -> Result<Vec<CustomEventType>, StoreError> {
-        on_engine!(self, s => s.list_event_types(account_id).await)
+        on_engine!(self, s => s.list_event_types(account_id, after, limit).await)
     }
 
     pub async fn get_event_type(

@@ -575,12 +575,24 @@ impl PgStore {
         Ok(key)
     }
 
-    pub async fn list_api_keys(&self, account_id: String) -> Result<Vec<ApiKey>, StoreError> {
+    pub async fn list_api_keys(
+        &self,
+        account_id: String,
+        after: Option<(Timestamp, String)>,
+        limit: usize,
+    ) -> Result<Vec<ApiKey>, StoreError> {
+        let (after_at, after_id) = after.unwrap_or((Timestamp(i64::MIN), String::new()));
+        // Ids compare in byte order (`COLLATE "C"`), as on SQLite, whatever the database's
+        // collation.
         sqlx::query(
-            "SELECT id, prefix, created_at, revoked_at FROM api_keys
-             WHERE account_id = $1 ORDER BY created_at, id",
+            r#"SELECT id, prefix, created_at, revoked_at FROM api_keys
+               WHERE account_id = $1 AND (created_at, id COLLATE "C") > ($2, $3 COLLATE "C")
+               ORDER BY created_at, id COLLATE "C" LIMIT $4"#,
         )
         .bind(account_id)
+        .bind(after_at.0)
+        .bind(after_id)
+        .bind(limit as i64)
         .fetch_all(&self.pool)
         .await
         .ctx("listing keys")?
@@ -1121,12 +1133,17 @@ impl PgStore {
     pub async fn list_event_types(
         &self,
         account_id: String,
+        after: Option<String>,
+        limit: usize,
     ) -> Result<Vec<CustomEventType>, StoreError> {
         sqlx::query(
-            "SELECT name, description, schema, created_at, updated_at FROM event_types
-             WHERE account_id = $1 ORDER BY name",
+            r#"SELECT name, description, schema, created_at, updated_at FROM event_types
+               WHERE account_id = $1 AND name COLLATE "C" > $2
+               ORDER BY name COLLATE "C" LIMIT $3"#,
         )
         .bind(account_id)
+        .bind(after.unwrap_or_default())
+        .bind(limit as i64)
         .fetch_all(&self.pool)
         .await
         .ctx("listing event types")?

@@ -828,14 +828,26 @@ impl SqliteStore {
     }
 
     /// The account's keys, oldest first, revoked ones included.
-    pub async fn list_api_keys(&self, account_id: String) -> Result<Vec<ApiKey>, StoreError> {
+    /// Up to `limit` of the account's keys after `after` (a key's `created_at` and id), in
+    /// that order.
+    pub async fn list_api_keys(
+        &self,
+        account_id: String,
+        after: Option<(Timestamp, String)>,
+        limit: usize,
+    ) -> Result<Vec<ApiKey>, StoreError> {
+        let (after_at, after_id) = after.unwrap_or((Timestamp(i64::MIN), String::new()));
         self.read(move |c| {
             c.prepare_cached(
                 "SELECT id, prefix, created_at, revoked_at FROM api_keys
-                 WHERE account_id = ?1 ORDER BY created_at, id",
+                 WHERE account_id = ?1 AND (created_at, id) > (?2, ?3)
+                 ORDER BY created_at, id LIMIT ?4",
             )
             .ctx("preparing the key list")?
-            .query_map([&account_id], api_key_from_row)
+            .query_map(
+                params![account_id, after_at.0, after_id, limit as i64],
+                api_key_from_row,
+            )
             .ctx("listing keys")?
             .collect::<Result<Vec<_>, _>>()
             .ctx("listing keys")
@@ -1406,17 +1418,24 @@ impl SqliteStore {
         .await
     }
 
+    /// Up to `limit` of the account's own event types named after `after`, by name (in byte
+    /// order).
     pub async fn list_event_types(
         &self,
         account_id: String,
+        after: Option<String>,
+        limit: usize,
     ) -> Result<Vec<CustomEventType>, StoreError> {
         self.read(move |c| {
             c.prepare_cached(
                 "SELECT name, description, schema, created_at, updated_at FROM event_types
-                 WHERE account_id = ?1 ORDER BY name",
+                 WHERE account_id = ?1 AND name > ?2 ORDER BY name LIMIT ?3",
             )
             .ctx("preparing the event type list")?
-            .query_map([account_id], event_type_from_row)
+            .query_map(
+                params![account_id, after.unwrap_or_default(), limit as i64],
+                event_type_from_row,
+            )
             .ctx("listing event types")?
             .collect::<Result<Vec<_>, _>>()
             .ctx("listing event types")

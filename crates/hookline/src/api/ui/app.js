@@ -168,32 +168,22 @@ function events() {
   });
 }
 
-async function types() {
+function types() {
   show("types");
-  const tbody = $("#types tbody");
-  tbody.replaceChildren();
-  try {
-    const list = await api("GET", "/v1/event-types");
-    for (const t of list.data) {
-      const tr = document.createElement("tr");
-      cell(tr, t.name); cell(tr, t.description);
-      tbody.appendChild(tr);
-    }
-  } catch (e) { say(e.message, true); }
+  return paged($("#types"), "/v1/event-types", (t) => {
+    const tr = document.createElement("tr");
+    cell(tr, t.name); cell(tr, t.description);
+    return tr;
+  });
 }
 
-async function keys() {
+function keys() {
   show("keys");
-  const tbody = $("#keys tbody");
-  tbody.replaceChildren();
-  try {
-    const list = await api("GET", "/v1/api-keys");
-    for (const k of list.data) {
-      const tr = document.createElement("tr");
-      cell(tr, k.id); cell(tr, k.prefix + "…"); cell(tr, k.created_at); cell(tr, k.revoked_at || "—");
-      tbody.appendChild(tr);
-    }
-  } catch (e) { say(e.message, true); }
+  return paged($("#keys"), "/v1/api-keys", (k) => {
+    const tr = document.createElement("tr");
+    cell(tr, k.id); cell(tr, k.prefix + "…"); cell(tr, k.created_at); cell(tr, k.revoked_at || "—");
+    return tr;
+  });
 }
 
 const tabs = { endpoints, endpoint: () => endpoint(), events, types, keys };
