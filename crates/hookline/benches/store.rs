@@ -20,7 +20,7 @@ fn endpoint(account_id: &str, n: usize) -> Endpoint {
         rate_limit_per_sec: None,
         enabled: true,
         disabled_reason: None,
-        previous_secret: None,
+        previous_secrets: Vec::new(),
         previous_secret_expires_at: None,
         created_at: now,
         updated_at: now,

@@ -270,13 +270,34 @@ pub struct Endpoint {
     /// The signing secret (`whsec_…`). Never serialised with the endpoint itself.
     #[serde(skip)]
     pub secret: String,
-    /// The secret before the last rotation, which keeps signing beside `secret` until
-    /// `previous_secret_expires_at`.
+    /// The secrets rotated out whose overlap had not ended at the last rotation, newest
+    /// first: each keeps signing beside `secret` until its own `until`.
     #[serde(skip)]
-    pub previous_secret: Option<String>,
-    /// Until when the previous secret still signs (`null` when there is none).
+    pub previous_secrets: Vec<PreviousSecret>,
+    /// Until when the secret rotated out last still signs (`null` when there is none): the
+    /// latest `until` of `previous_secrets`.
     pub previous_secret_expires_at: Option<Timestamp>,
 }
+
+/// A secret rotated out: it signs beside the endpoint's current one until `until`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PreviousSecret {
+    pub secret: String,
+    pub until: Timestamp,
+}
+
+impl fmt::Debug for PreviousSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PreviousSecret")
+            .field("secret", &"<redacted>")
+            .field("until", &self.until)
+            .finish()
+    }
+}
+
+/// How many rotated-out secrets an endpoint keeps signing with at most: a rotation beyond
+/// that many within their overlaps ends the oldest at once.
+pub const MAX_PREVIOUS_SECRETS: usize = 10;
 
 impl fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -293,6 +314,21 @@ impl fmt::Debug for Endpoint {
 }
 
 impl Endpoint {
+    /// Makes `secret` the signing secret. The one it replaces signs beside it until `until`,
+    /// and each secret rotated out before keeps its own time: a second rotation within the
+    /// overlap does not cut short the first one's (a receiver that still holds the first
+    /// secret, say because the answer to the first rotation was lost, keeps verifying).
+    /// Secrets whose time has passed at `now` are forgotten, and beyond
+    /// [`MAX_PREVIOUS_SECRETS`] the oldest.
+    pub fn rotate_secret(&mut self, secret: String, until: Timestamp, now: Timestamp) {
+        let old = std::mem::replace(&mut self.secret, secret);
+        self.previous_secrets.retain(|p| p.until > now);
+        self.previous_secrets
+            .insert(0, PreviousSecret { secret: old, until });
+        self.previous_secrets.truncate(MAX_PREVIOUS_SECRETS);
+        self.previous_secret_expires_at = self.previous_secrets.iter().map(|p| p.until).max();
+    }
+
     /// Whether this endpoint wants events of `event_type`.
     pub fn subscribes_to(&self, event_type: &str) -> bool {
         self.event_types.iter().any(|t| t == "*" || t == event_type)

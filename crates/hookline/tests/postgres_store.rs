@@ -23,12 +23,14 @@ mod common;
 
 use common::{Data, Engine, click, endpoint_of};
 use hookline::model::DeliveryStatus;
-use hookline::model::{Plan, Timestamp};
+use hookline::model::{Plan, PreviousSecret, Timestamp};
 use hookline::store::postgres::{
     END_HELD, END_PENDING, ENDPOINT_DELIVERIES, EVENT_DELIVERIES, FAIL_STALE, FAIL_STALE_DUE, FEED,
     FEED_ENDS, FEED_FIRST_AFTER, FEED_TYPED, MIGRATIONS, feed_search,
 };
-use hookline::store::{DeliveryFilter, EventFilter, IdempotencyKey, Ingested, Location, Store};
+use hookline::store::{
+    DeliveryFilter, EventFilter, IdempotencyKey, Ingested, Location, Sealer, Store,
+};
 use sqlx::Connection as _;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -1070,4 +1072,83 @@ async fn the_feed_seeks_its_since_and_until_and_misses_nothing_in_range() {
         .await;
         assert!(!plan.contains("Seq Scan"), "{mode}\n{plan}");
     }
+}
+
+/// A database whose endpoint row holds its rotated-out secret in the columns before
+/// `previous_secrets` (one secret, and its end) gets it as the first of the list, still
+/// sealed; the old columns are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_previous_secret_of_the_schema_before_becomes_the_list() {
+    let Some((data, mut db)) =
+        fresh("the_previous_secret_of_the_schema_before_becomes_the_list").await
+    else {
+        return;
+    };
+    let sealer = Sealer::from_base64(&Sealer::generate_key()).unwrap();
+    let store = Store::open_sealed(&data.location, sealer.clone())
+        .await
+        .unwrap();
+    let account = store.create_account("a".into(), Plan::Pro).await.unwrap();
+    let ep = store
+        .insert_endpoint(endpoint_of(&account.id, "https://example.com/a"), 100)
+        .await
+        .unwrap();
+    let (first, now) = (ep.secret.clone(), Timestamp::now());
+    let until = Timestamp(now.0 + 60_000);
+    let second = hookline_signing::Secret::from_bytes(&[9; 32])
+        .unwrap()
+        .to_string();
+    store
+        .update_endpoint(account.id.clone(), ep.id.clone(), move |e| {
+            e.rotate_secret(second, until, now)
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    drop(store);
+
+    let before = MIGRATIONS
+        .iter()
+        .position(|m| m.contains("ADD COLUMN IF NOT EXISTS previous_secrets"))
+        .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "ALTER TABLE endpoints ADD COLUMN previous_secret TEXT,
+                               ADD COLUMN previous_secret_until BIGINT;
+         UPDATE endpoints SET previous_secret = previous_secrets::json -> 0 ->> 'secret',
+                              previous_secret_until = (previous_secrets::json -> 0 ->> 'until')::bigint;
+         ALTER TABLE endpoints DROP COLUMN previous_secrets;
+         DELETE FROM hookline_schema WHERE version > {before};"
+    )))
+    .execute(&mut db)
+    .await
+    .unwrap();
+    let sealed: String = sqlx::query_scalar("SELECT previous_secret FROM endpoints")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert!(sealed.starts_with("hlenc1:"), "{sealed}");
+
+    let store = Store::open_sealed(&data.location, sealer).await.unwrap();
+    let read = store
+        .get_endpoint(account.id.clone(), ep.id.clone())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        read.previous_secrets,
+        vec![PreviousSecret {
+            secret: first,
+            until
+        }]
+    );
+    assert_eq!(read.previous_secret_expires_at, Some(until));
+    let columns: Vec<String> = sqlx::query_scalar(
+        "SELECT column_name::text FROM information_schema.columns
+         WHERE table_schema = current_schema() AND table_name = 'endpoints'
+           AND column_name LIKE 'previous%'",
+    )
+    .fetch_all(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(columns, ["previous_secrets"], "the old columns are gone");
 }

@@ -691,21 +691,87 @@ async fn a_rotated_secret_signs_beside_the_new_one_for_the_overlap(engine: Engin
     verify_with_standardwebhooks(&old, &got[0]);
     verify_with_standardwebhooks(&new, &got[0]);
 
-    // A chosen secret; rotating again keeps only the one before (two signatures at most).
+    // A chosen secret. Rotating again within the overlap cuts no earlier secret short: a
+    // receiver that never saw `new` (the answer to that rotation was lost, say) still
+    // verifies with the original.
     let chosen = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
     let (status, b) = s.post(&path, json!({"secret": chosen})).await;
     assert_eq!(status, 200, "{b}");
     s.event("click", json!({})).await;
     let got = rx.wait_for("r", 2).await;
     let last = got.last().unwrap();
-    assert_eq!(last.header("webhook-signature").split(' ').count(), 2);
-    verify_with_standardwebhooks(chosen, last);
-    verify_with_standardwebhooks(&new, last);
+    assert_eq!(last.header("webhook-signature").split(' ').count(), 3);
+    for secret in [chosen, new.as_str(), old.as_str()] {
+        verify_with_standardwebhooks(secret, last);
+    }
+
+    // At most ten rotated-out secrets sign: the eleventh rotation within the overlap ends
+    // the oldest (the original) at once.
+    let mut secrets = vec![old.clone(), new.clone(), chosen.to_owned()];
+    for _ in 0..9 {
+        let (status, b) = s.post(&path, json!({})).await;
+        assert_eq!(status, 200, "{b}");
+        secrets.push(b["secret"].as_str().unwrap().to_owned());
+    }
+    s.event("click", json!({})).await;
+    let got = rx.wait_for("r", 3).await;
+    let last = got.last().unwrap();
+    assert_eq!(last.header("webhook-signature").split(' ').count(), 11);
+    for secret in &secrets[1..] {
+        verify_with_standardwebhooks(secret, last);
+    }
     let wh = standardwebhooks::Webhook::new(&old).unwrap();
     assert!(
         wh.verify(&last.body, &last.headers).is_err(),
-        "the oldest secret is gone"
+        "the oldest of eleven is gone"
     );
+}
+
+/// Each secret rotated out signs until its own overlap ends: a second rotation neither
+/// cuts the first one's short nor stretches it.
+async fn each_rotated_secret_keeps_its_own_overlap(engine: Engine) {
+    let overlap = Duration::from_millis(3000);
+    let rx = Receiver::start().await;
+    let s = TestServer::start_with(&engine, |c| c.secret_overlap = overlap).await;
+    let ep = s.endpoint(&rx.url("r"), &["*"]).await;
+    let id = ep["id"].as_str().unwrap();
+    let first = ep["secret"].as_str().unwrap().to_owned();
+    let path = format!("/v1/endpoints/{id}/secret/rotate");
+    let started = tokio::time::Instant::now();
+    let (status, b) = s.post(&path, json!({})).await;
+    assert_eq!(status, 200, "{b}");
+    let second = b["secret"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (status, b) = s.post(&path, json!({})).await;
+    assert_eq!(status, 200, "{b}");
+    let second_done = tokio::time::Instant::now();
+    let third = b["secret"].as_str().unwrap().to_owned();
+    let (_, shown) = s.get(&format!("/v1/endpoints/{id}")).await;
+    assert_eq!(
+        shown["previous_secret_expires_at"], b["previous_secret_expires_at"],
+        "the endpoint shows the latest overlap's end"
+    );
+
+    // Past the first overlap, inside the second: `second` and `third` sign, `first` not.
+    tokio::time::sleep_until(started + overlap + Duration::from_millis(300)).await;
+    s.event("click", json!({})).await;
+    let got = rx.wait_for("r", 1).await;
+    assert!(
+        started.elapsed() < overlap + Duration::from_millis(1400),
+        "the delivery came after the second overlap too; the machine is too slow for this check"
+    );
+    assert_eq!(got[0].header("webhook-signature").split(' ').count(), 2);
+    verify_with_standardwebhooks(&third, &got[0]);
+    verify_with_standardwebhooks(&second, &got[0]);
+    let wh = standardwebhooks::Webhook::new(&first).unwrap();
+    assert!(wh.verify(&got[0].body, &got[0].headers).is_err());
+
+    // Past both: the current secret alone.
+    tokio::time::sleep_until(second_done + overlap + Duration::from_millis(300)).await;
+    s.event("click", json!({})).await;
+    let got = rx.wait_for("r", 2).await;
+    assert_eq!(got[1].header("webhook-signature").split(' ').count(), 1);
+    verify_with_standardwebhooks(&third, &got[1]);
 }
 
 async fn after_the_overlap_only_the_new_secret_signs(engine: Engine) {
@@ -992,6 +1058,7 @@ on_both_engines!(
     the_admin_api_is_off_without_its_token,
     ingest_is_rate_limited_per_account,
     a_rotated_secret_signs_beside_the_new_one_for_the_overlap,
+    each_rotated_secret_keeps_its_own_overlap,
     after_the_overlap_only_the_new_secret_signs,
     endpoint_secrets_are_sealed_at_rest_under_a_key,
 );

@@ -107,7 +107,7 @@ pub async fn create(
         rate_limit_per_sec,
         enabled: body.enabled.unwrap_or(true),
         disabled_reason: None,
-        previous_secret: None,
+        previous_secrets: Vec::new(),
         previous_secret_expires_at: None,
         created_at: now,
         updated_at: now,
@@ -262,8 +262,9 @@ pub struct RotateSecret {
 }
 
 /// Gives the endpoint a new secret. The previous one keeps signing beside it (requests carry
-/// both signatures) for the overlap (24 h by default), so receivers can switch at leisure.
-/// The body is optional.
+/// both signatures) for the overlap (24 h by default), so receivers can switch at leisure;
+/// secrets rotated out before keep signing until their own overlaps end (at most ten; an
+/// eleventh ends the oldest). The body is optional.
 #[utoipa::path(post, path = "/v1/endpoints/{id}/secret/rotate", tag = "endpoints",
     request_body(content = Option<RotateSecret>),
     params(("id" = String, Path, description = "ep_…")), security(("api_key" = [])),
@@ -282,13 +283,13 @@ pub async fn rotate_secret(
             .to_string(),
         None => generate_secret()?,
     };
-    let until = Timestamp(Timestamp::now().0 + state.secret_overlap.as_millis() as i64);
+    let now = Timestamp::now();
+    let until = Timestamp(now.0 + state.secret_overlap.as_millis() as i64);
     let new_secret = secret.clone();
     let ep = state
         .store
         .update_endpoint(account.id, id, move |ep| {
-            ep.previous_secret = Some(std::mem::replace(&mut ep.secret, new_secret));
-            ep.previous_secret_expires_at = Some(until);
+            ep.rotate_secret(new_secret, until, now)
         })
         .await?
         .ok_or_else(|| ApiError::not_found("endpoint"))?;

@@ -2197,7 +2197,7 @@ mod tests {
             secret: hookline_signing::Secret::from_bytes(&[7; 32])
                 .unwrap()
                 .to_string(),
-            previous_secret: None,
+            previous_secrets: Vec::new(),
             previous_secret_expires_at: None,
         });
         inner

@@ -49,8 +49,9 @@ pub struct Target {
     pub version: i64,
     pub uri: Uri,
     pub secret: Secret,
-    /// The secret before a rotation, and until when (ms since the epoch) it signs too.
-    pub previous: Option<(Secret, i64)>,
+    /// The secrets rotated out, each with the time (ms since the epoch) until which it
+    /// signs too.
+    pub previous: Vec<(Secret, i64)>,
     pub rate_limit_per_sec: Option<u32>,
     /// The request line's target: the URL's path and query (origin form).
     path: Uri,
@@ -71,14 +72,15 @@ impl Target {
             .map_err(|e| format!("stored url of {} does not parse: {e}", ep.id))?;
         let secret = Secret::parse(&ep.secret)
             .map_err(|e| format!("stored secret of {} is invalid: {e}", ep.id))?;
-        let previous = match (&ep.previous_secret, ep.previous_secret_expires_at) {
-            (Some(p), Some(until)) => Some((
-                Secret::parse(p)
-                    .map_err(|e| format!("stored previous secret of {} is invalid: {e}", ep.id))?,
-                until.0,
-            )),
-            _ => None,
-        };
+        let previous = ep
+            .previous_secrets
+            .iter()
+            .map(|p| {
+                Secret::parse(&p.secret)
+                    .map(|s| (s, p.until.0))
+                    .map_err(|e| format!("stored previous secret of {} is invalid: {e}", ep.id))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
         let mut headers = HeaderMap::new();
         for (k, v) in &ep.headers {
             let name = HeaderName::from_bytes(k.as_bytes())
@@ -132,13 +134,13 @@ impl Target {
         })
     }
 
-    /// The secrets that sign a request sent at `now_ms`: the current one, and the previous
-    /// one until its overlap ends.
+    /// The secrets that sign a request sent at `now_ms`: the current one, and each one
+    /// rotated out until its overlap ends.
     pub fn signing_secrets(&self, now_ms: i64) -> impl Iterator<Item = &Secret> {
         std::iter::once(&self.secret).chain(
             self.previous
-                .as_ref()
-                .filter(|(_, until)| now_ms < *until)
+                .iter()
+                .filter(move |(_, until)| now_ms < *until)
                 .map(|(s, _)| s),
         )
     }

@@ -210,6 +210,25 @@ BEGIN
 END $$;
 CREATE INDEX IF NOT EXISTS events_feed_by_type ON events (account_id, type, xid, seq);
 "#,
+    // Every secret rotated out keeps signing until its own overlap ends, not only the last
+    // one: `previous_secrets` holds them all (JSON, newest first, each secret sealed as the
+    // column it replaces was).
+    // (It can run again, like the index builds before it.)
+    r#"
+ALTER TABLE endpoints ADD COLUMN IF NOT EXISTS previous_secrets TEXT;
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM information_schema.columns
+               WHERE table_schema = current_schema() AND table_name = 'endpoints'
+                 AND column_name = 'previous_secret') THEN
+        UPDATE endpoints
+           SET previous_secrets = json_build_array(json_build_object(
+                   'secret', previous_secret, 'until', previous_secret_until))::text
+         WHERE previous_secret IS NOT NULL AND previous_secret_until IS NOT NULL;
+        ALTER TABLE endpoints DROP COLUMN previous_secret, DROP COLUMN previous_secret_until;
+    END IF;
+END $$;
+"#,
 ];
 
 /// The PostgreSQL store. Cheap to clone.
@@ -681,7 +700,7 @@ impl PgStore {
         // No row locks for the scan (ingest's key-share locks would wait on them at every
         // node's start); each rewrite applies only if the row is still as it was read.
         let rows =
-            sqlx::query("SELECT id, secret, previous_secret, headers FROM endpoints ORDER BY seq")
+            sqlx::query("SELECT id, secret, previous_secrets, headers FROM endpoints ORDER BY seq")
                 .fetch_all(&mut *tx)
                 .await
                 .ctx("scanning secrets")?;
@@ -699,8 +718,8 @@ impl PgStore {
                 continue;
             }
             let applied = sqlx::query(
-                "UPDATE endpoints SET secret = $2, previous_secret = $3, headers = $4
-                 WHERE id = $1 AND secret = $5 AND previous_secret IS NOT DISTINCT FROM $6
+                "UPDATE endpoints SET secret = $2, previous_secrets = $3, headers = $4
+                 WHERE id = $1 AND secret = $5 AND previous_secrets IS NOT DISTINCT FROM $6
                    AND headers = $7",
             )
             .bind(&id)
@@ -879,7 +898,7 @@ impl PgStore {
         sqlx::query(
             "UPDATE endpoints SET url = $2, description = $3, event_types = $4, headers = $5,
                 secret = $6, rate_limit_per_sec = $7, enabled = $8, disabled_reason = $9,
-                updated_at = $10, previous_secret = $11, previous_secret_until = $12
+                updated_at = $10, previous_secrets = $11
              WHERE id = $1",
         )
         .bind(&ep.id)
@@ -892,13 +911,7 @@ impl PgStore {
         .bind(ep.enabled)
         .bind(&ep.disabled_reason)
         .bind(ep.updated_at.0)
-        .bind(
-            ep.previous_secret
-                .as_deref()
-                .map(|p| self.sealer.seal(&ep.id, p))
-                .transpose()?,
-        )
-        .bind(ep.previous_secret_expires_at.map(|t| t.0))
+        .bind(self.sealer.seal_previous(&ep.id, &ep.previous_secrets)?)
         .execute(&mut *tx)
         .await
         .ctx("updating an endpoint")?;
@@ -3075,13 +3088,13 @@ fn page_of<T>(
 
 const ENDPOINT_COLS: &str = "id, account_id, url, description, event_types, headers, secret, \
      rate_limit_per_sec, enabled, disabled_reason, created_at, updated_at, deleted_at, \
-     previous_secret, previous_secret_until";
+     previous_secrets";
 /// [`ENDPOINT_COLS`] of the table aliased `e`.
 const ENDPOINT_COLS_OF_E: &str = "e.id, e.account_id, e.url, e.description, e.event_types, \
      e.headers, e.secret, e.rate_limit_per_sec, e.enabled, e.disabled_reason, e.created_at, \
-     e.updated_at, e.deleted_at, e.previous_secret, e.previous_secret_until";
+     e.updated_at, e.deleted_at, e.previous_secrets";
 /// How many columns [`ENDPOINT_COLS`] names.
-const ENDPOINT_COL_COUNT: usize = 15;
+const ENDPOINT_COL_COUNT: usize = 14;
 
 /// An endpoint from a row of [`ENDPOINT_COLS`], its secrets opened with `sealer`.
 fn endpoint_from_row(r: &PgRow, sealer: &Sealer) -> Result<Endpoint, StoreError> {
@@ -3094,6 +3107,7 @@ fn endpoint_from_row(r: &PgRow, sealer: &Sealer) -> Result<Endpoint, StoreError>
     sealer.open_headers(&id, &mut headers)?;
     let secret: String = r.try_get(6).ctx(CTX)?;
     let previous: Option<String> = r.try_get(13).ctx(CTX)?;
+    let previous_secrets = sealer.open_previous(&id, previous.as_deref())?;
     Ok(Endpoint {
         account_id: r.try_get(1).ctx(CTX)?,
         url: r.try_get(2).ctx(CTX)?,
@@ -3106,8 +3120,8 @@ fn endpoint_from_row(r: &PgRow, sealer: &Sealer) -> Result<Endpoint, StoreError>
         disabled_reason: r.try_get(9).ctx(CTX)?,
         created_at: Timestamp(r.try_get(10).ctx(CTX)?),
         updated_at: Timestamp(r.try_get(11).ctx(CTX)?),
-        previous_secret: previous.map(|p| sealer.open(&id, &p)).transpose()?,
-        previous_secret_expires_at: r.try_get::<Option<i64>, _>(14).ctx(CTX)?.map(Timestamp),
+        previous_secret_expires_at: previous_secrets.iter().map(|p| p.until).max(),
+        previous_secrets,
         id,
     })
 }

@@ -1,4 +1,4 @@
-//! Endpoint secrets at rest — the signing secret, the previous one during a rotation, and
+//! Endpoint secrets at rest — the signing secret, the ones rotated out, and
 //! the values of the endpoint's own headers (which often carry a receiver's credentials) —
 //! sealed with XChaCha20-Poly1305 when `HOOKLINE_ENCRYPTION_KEY` is set, stored as they are
 //! otherwise.
@@ -13,11 +13,13 @@
 //! sees secrets in clear, and nothing outside the store ever sees the sealed form.
 
 use super::StoreError;
+use crate::model::{PreviousSecret, Timestamp};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use rand::RngExt as _;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -105,6 +107,48 @@ impl Sealer {
             .collect::<Result<BTreeMap<_, _>, StoreError>>()?;
         serde_json::to_string(&sealed)
             .map_err(|e| StoreError::Sealing(format!("encoding the headers of {owner}: {e}")))
+    }
+
+    /// The stored form of an endpoint's rotated-out secrets (`previous_secrets`): JSON of
+    /// `[{"secret": sealed, "until": ms}, …]`, newest first; `None` (SQL `NULL`) for none.
+    pub fn seal_previous(
+        &self,
+        owner: &str,
+        previous: &[PreviousSecret],
+    ) -> Result<Option<String>, StoreError> {
+        if previous.is_empty() {
+            return Ok(None);
+        }
+        let stored = previous
+            .iter()
+            .map(|p| {
+                Ok(StoredPrevious {
+                    secret: self.seal(owner, &p.secret)?,
+                    until: p.until.0,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        encode_previous(owner, &stored).map(Some)
+    }
+
+    /// Opens the rotated-out secrets read from their stored form.
+    pub fn open_previous(
+        &self,
+        owner: &str,
+        stored: Option<&str>,
+    ) -> Result<Vec<PreviousSecret>, StoreError> {
+        let Some(text) = stored else {
+            return Ok(Vec::new());
+        };
+        decode_previous(owner, text)?
+            .into_iter()
+            .map(|p| {
+                Ok(PreviousSecret {
+                    secret: self.open(owner, &p.secret)?,
+                    until: Timestamp(p.until),
+                })
+            })
+            .collect()
     }
 
     /// Opens every value of headers read from their stored form.
@@ -216,8 +260,30 @@ pub fn check_recorded_key(recorded: &str, sealer: &Sealer) -> Result<(), StoreEr
     }))
 }
 
-/// An endpoint row's sealed columns as stored: the secret, the previous secret, and the
-/// headers (JSON of the map, each value sealed).
+/// One rotated-out secret as stored, in the JSON list of `previous_secrets`.
+#[derive(Serialize, Deserialize)]
+struct StoredPrevious {
+    /// Sealed.
+    secret: String,
+    /// Milliseconds since the epoch.
+    until: i64,
+}
+
+fn encode_previous(owner: &str, stored: &[StoredPrevious]) -> Result<String, StoreError> {
+    serde_json::to_string(stored)
+        .map_err(|e| StoreError::Sealing(format!("encoding the previous secrets of {owner}: {e}")))
+}
+
+fn decode_previous(owner: &str, text: &str) -> Result<Vec<StoredPrevious>, StoreError> {
+    serde_json::from_str(text).map_err(|e| {
+        StoreError::Sealing(format!(
+            "the previous secrets of {owner} are not as stored: {e}"
+        ))
+    })
+}
+
+/// An endpoint row's sealed columns as stored: the secret, the rotated-out secrets (JSON,
+/// each secret sealed), and the headers (JSON of the map, each value sealed).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SealedColumns {
     pub secret: String,
@@ -249,7 +315,22 @@ pub fn reseal_row(
         .collect::<Result<BTreeMap<_, _>, StoreError>>()?;
     Ok(SealedColumns {
         secret: one(&row.secret)?,
-        previous: row.previous.as_deref().map(one).transpose()?,
+        previous: row
+            .previous
+            .as_deref()
+            .map(|text| {
+                let list = decode_previous(owner, text)?
+                    .into_iter()
+                    .map(|p| {
+                        Ok(StoredPrevious {
+                            secret: one(&p.secret)?,
+                            until: p.until,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, StoreError>>()?;
+                encode_previous(owner, &list)
+            })
+            .transpose()?,
         headers: serde_json::to_string(&headers)
             .map_err(|e| StoreError::Sealing(format!("encoding the headers of {owner}: {e}")))?,
     })

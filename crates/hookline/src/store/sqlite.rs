@@ -387,6 +387,18 @@ CREATE TABLE IF NOT EXISTS event_type_stretches (
 INSERT OR IGNORE INTO event_type_stretches (account_id, type, stretch)
     SELECT account_id, type, seq / 256 FROM events;
 "#,
+    // Every secret rotated out keeps signing until its own overlap ends, not only the last
+    // one: `previous_secrets` holds them all (JSON, newest first, each secret sealed as the
+    // column it replaces was).
+    r#"
+ALTER TABLE endpoints ADD COLUMN previous_secrets TEXT;
+UPDATE endpoints
+   SET previous_secrets = json_array(json_object('secret', previous_secret,
+                                                 'until', previous_secret_until))
+ WHERE previous_secret IS NOT NULL AND previous_secret_until IS NOT NULL;
+ALTER TABLE endpoints DROP COLUMN previous_secret;
+ALTER TABLE endpoints DROP COLUMN previous_secret_until;
+"#,
 ];
 
 /// How many row numbers one stretch of `event_type_stretches` covers (the migration that made
@@ -1098,7 +1110,7 @@ impl SqliteStore {
             c.execute(
                 "UPDATE endpoints SET url = ?2, description = ?3, event_types = ?4, headers = ?5,
                     secret = ?6, rate_limit_per_sec = ?7, enabled = ?8, disabled_reason = ?9,
-                    updated_at = ?10, previous_secret = ?11, previous_secret_until = ?12
+                    updated_at = ?10, previous_secrets = ?11
                  WHERE id = ?1",
                 params![
                     ep.id,
@@ -1111,11 +1123,7 @@ impl SqliteStore {
                     ep.enabled,
                     ep.disabled_reason,
                     ep.updated_at.0,
-                    ep.previous_secret
-                        .as_deref()
-                        .map(|p| sealer.seal(&ep.id, p))
-                        .transpose()?,
-                    ep.previous_secret_expires_at.map(|t| t.0),
+                    sealer.seal_previous(&ep.id, &ep.previous_secrets)?,
                 ],
             )
             .ctx("updating an endpoint")?;
@@ -3447,17 +3455,21 @@ fn mark_waiting(
 
 const ENDPOINT_COLS: &str = "id, account_id, url, description, event_types, headers, secret, \
      rate_limit_per_sec, enabled, disabled_reason, created_at, updated_at, deleted_at, \
-     previous_secret, previous_secret_until";
+     previous_secrets";
 /// How many columns [`ENDPOINT_COLS`] names.
-const ENDPOINT_COL_COUNT: usize = 15;
+const ENDPOINT_COL_COUNT: usize = 14;
 
-fn endpoint_from_row(r: &Row<'_>) -> rusqlite::Result<Endpoint> {
+/// An endpoint as read from a row of [`ENDPOINT_COLS`], its secrets still sealed, and its
+/// rotated-out secrets as stored; [`opened`] makes it whole.
+type SealedEndpoint = (Endpoint, Option<String>);
+
+fn endpoint_from_row(r: &Row<'_>) -> rusqlite::Result<SealedEndpoint> {
     let json_err = |i, e: serde_json::Error| {
         rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
     };
     let event_types: String = r.get(4)?;
     let headers: String = r.get(5)?;
-    Ok(Endpoint {
+    let ep = Endpoint {
         id: r.get(0)?,
         account_id: r.get(1)?,
         url: r.get(2)?,
@@ -3470,18 +3482,18 @@ fn endpoint_from_row(r: &Row<'_>) -> rusqlite::Result<Endpoint> {
         disabled_reason: r.get(9)?,
         created_at: Timestamp(r.get(10)?),
         updated_at: Timestamp(r.get(11)?),
-        previous_secret: r.get(13)?,
-        previous_secret_expires_at: r.get::<_, Option<i64>>(14)?.map(Timestamp),
-    })
+        previous_secrets: Vec::new(),
+        previous_secret_expires_at: None,
+    };
+    Ok((ep, r.get(13)?))
 }
 
-/// `ep` as read, with its secrets opened.
-fn opened(sealer: &Sealer, mut ep: Endpoint) -> Result<Endpoint, StoreError> {
+/// The endpoint as read, with its secrets opened.
+fn opened(sealer: &Sealer, (mut ep, previous): SealedEndpoint) -> Result<Endpoint, StoreError> {
     ep.secret = sealer.open(&ep.id, &ep.secret)?;
     sealer.open_headers(&ep.id, &mut ep.headers)?;
-    if let Some(p) = ep.previous_secret.take() {
-        ep.previous_secret = Some(sealer.open(&ep.id, &p)?);
-    }
+    ep.previous_secrets = sealer.open_previous(&ep.id, previous.as_deref())?;
+    ep.previous_secret_expires_at = ep.previous_secrets.iter().map(|p| p.until).max();
     Ok(ep)
 }
 
@@ -3533,7 +3545,7 @@ fn reseal_rows(c: &Connection, from: &Sealer, to: &Sealer) -> Result<usize, Stor
         .ctx("reading the sealing key")?;
     check_recorded_key(recorded.as_deref().unwrap_or(""), from)?;
     let rows: Vec<(String, SealedColumns)> = c
-        .prepare("SELECT id, secret, previous_secret, headers FROM endpoints")
+        .prepare("SELECT id, secret, previous_secrets, headers FROM endpoints")
         .ctx("preparing the secret scan")?
         .query_map([], |r| {
             Ok((
@@ -3555,7 +3567,7 @@ fn reseal_rows(c: &Connection, from: &Sealer, to: &Sealer) -> Result<usize, Stor
             continue;
         }
         c.execute(
-            "UPDATE endpoints SET secret = ?2, previous_secret = ?3, headers = ?4 WHERE id = ?1",
+            "UPDATE endpoints SET secret = ?2, previous_secrets = ?3, headers = ?4 WHERE id = ?1",
             params![id, new.secret, new.previous, new.headers],
         )
         .ctx("rewriting a secret")?;
@@ -3683,7 +3695,7 @@ pub(crate) mod tests {
             rate_limit_per_sec: None,
             enabled: true,
             disabled_reason: None,
-            previous_secret: None,
+            previous_secrets: Vec::new(),
             previous_secret_expires_at: None,
             created_at: now,
             updated_at: now,
@@ -3760,6 +3772,87 @@ pub(crate) mod tests {
     }
 
     /// An account with one endpoint.
+    /// A database whose endpoint row holds its rotated-out secret in the columns before
+    /// `previous_secrets` (one secret, and its end) gets it as the first of the list, still
+    /// sealed; the old columns are gone.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_previous_secret_of_the_schema_before_becomes_the_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let sealer = Sealer::from_base64(&Sealer::generate_key()).unwrap();
+        let store = SqliteStore::open(dir.path(), sealer.clone()).unwrap();
+        let (account, ep) = with_endpoint(&store).await;
+        let (first, now) = (ep.secret.clone(), Timestamp::now());
+        let until = Timestamp(now.0 + 60_000);
+        let second = hookline_signing::Secret::from_bytes(&[9; 32])
+            .unwrap()
+            .to_string();
+        store
+            .update_endpoint(account.id.clone(), ep.id.clone(), move |e| {
+                e.rotate_secret(second, until, now)
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        drop(store);
+
+        let db = Connection::open(dir.path().join("hookline.db")).unwrap();
+        let before = MIGRATIONS
+            .iter()
+            .position(|m| m.contains("ADD COLUMN previous_secrets"))
+            .unwrap();
+        db.execute_batch(&format!(
+            "ALTER TABLE endpoints ADD COLUMN previous_secret TEXT;
+             ALTER TABLE endpoints ADD COLUMN previous_secret_until INTEGER;
+             UPDATE endpoints SET previous_secret = previous_secrets ->> '$[0].secret',
+                                  previous_secret_until = previous_secrets ->> '$[0].until';
+             ALTER TABLE endpoints DROP COLUMN previous_secrets;
+             PRAGMA user_version = {before};"
+        ))
+        .unwrap();
+        let sealed: String = db
+            .query_row("SELECT previous_secret FROM endpoints", [], |r| r.get(0))
+            .unwrap();
+        assert!(sealed.starts_with("hlenc1:"), "{sealed}");
+        drop(db);
+
+        let store = SqliteStore::open(dir.path(), sealer).unwrap();
+        let read = store
+            .get_endpoint(account.id.clone(), ep.id.clone())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            read.previous_secrets,
+            vec![crate::model::PreviousSecret {
+                secret: first,
+                until
+            }]
+        );
+        assert_eq!(read.previous_secret_expires_at, Some(until));
+        let columns: Vec<String> = store
+            .read(|c| {
+                c.prepare("SELECT name FROM pragma_table_info('endpoints')")
+                    .ctx("t")?
+                    .query_map([], |r| r.get(0))
+                    .ctx("t")?
+                    .collect::<Result<_, _>>()
+                    .ctx("t")
+            })
+            .await
+            .unwrap();
+        assert!(
+            !columns.iter().any(|c| c == "previous_secret"),
+            "{columns:?}"
+        );
+    }
+
+    /// Undoes the migration to `previous_secrets` (its rows' lists are lost), which cannot
+    /// run twice: a test that takes the database back to before an earlier migration undoes
+    /// it too.
+    const UNDO_PREVIOUS_SECRETS: &str = "ALTER TABLE endpoints DROP COLUMN previous_secrets;
+         ALTER TABLE endpoints ADD COLUMN previous_secret TEXT;
+         ALTER TABLE endpoints ADD COLUMN previous_secret_until INTEGER;";
+
     async fn with_endpoint(store: &SqliteStore) -> (Account, Endpoint) {
         let account = store.create_account("a".into(), Plan::Pro).await.unwrap();
         let ep = store
@@ -4553,6 +4646,7 @@ pub(crate) mod tests {
              ALTER TABLE events DROP COLUMN deliveries_from;
              ALTER TABLE events DROP COLUMN deliveries_until;
              CREATE INDEX deliveries_by_event ON deliveries (event_id);
+             {UNDO_PREVIOUS_SECRETS}
              PRAGMA user_version = {before};"
         ))
         .unwrap();
@@ -5028,7 +5122,8 @@ pub(crate) mod tests {
             .unwrap();
         let db = Connection::open(dir.path().join("hookline.db")).unwrap();
         db.execute_batch(&format!(
-            "DROP TABLE event_type_stretches; PRAGMA user_version = {before};"
+            "DROP TABLE event_type_stretches; {UNDO_PREVIOUS_SECRETS}
+             PRAGMA user_version = {before};"
         ))
         .unwrap();
         drop(db);
@@ -5371,7 +5466,8 @@ pub(crate) mod tests {
         let db = Connection::open(dir.path().join("hookline.db")).unwrap();
         runs_hold_every_delivery(&db);
 
-        // The database as it was before the migration: the index, and no runs.
+        // The database as it was before the migration: the index, and no runs (and, undone
+        // too, the migrations after it that cannot run twice: the rotated-out secrets' list).
         let before = MIGRATIONS
             .iter()
             .position(|m| m.contains("deliveries_until"))
@@ -5381,6 +5477,7 @@ pub(crate) mod tests {
             "CREATE INDEX deliveries_by_event ON deliveries (event_id);
              ALTER TABLE events DROP COLUMN deliveries_from;
              ALTER TABLE events DROP COLUMN deliveries_until;
+             {UNDO_PREVIOUS_SECRETS}
              PRAGMA user_version = {before};"
         ))
         .unwrap();

@@ -278,7 +278,7 @@ pub fn endpoint_of(account_id: &str, url: &str) -> hookline::model::Endpoint {
         rate_limit_per_sec: None,
         enabled: true,
         disabled_reason: None,
-        previous_secret: None,
+        previous_secrets: Vec::new(),
         previous_secret_expires_at: None,
         created_at: now,
         updated_at: now,
