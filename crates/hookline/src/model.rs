@@ -274,8 +274,8 @@ pub struct Endpoint {
     /// first: each keeps signing beside `secret` until its own `until`.
     #[serde(skip)]
     pub previous_secrets: Vec<PreviousSecret>,
-    /// Until when the secret rotated out last still signs (`null` when there is none): the
-    /// latest `until` of `previous_secrets`.
+    /// Until when a secret rotated out still signs (`null` when there is none): the latest
+    /// `until` of `previous_secrets`.
     pub previous_secret_expires_at: Option<Timestamp>,
 }
 

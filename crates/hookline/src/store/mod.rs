@@ -174,7 +174,6 @@ impl Store {
         on_engine!(self, s => s.add_api_key(account_id, key_hash, prefix, max_live).await)
     }
 
-    /// The account's keys, oldest first, revoked ones included.
     /// Up to `limit` of the account's keys, revoked ones included, oldest first, after
     /// `after` (the `created_at` and id of the last key of the previous page).
     pub async fn list_api_keys(
@@ -379,7 +378,6 @@ impl Store {
         on_engine!(self, s => s.create_event_type(account_id, t).await)
     }
 
-    /// The account's own event types, by name.
     /// Up to `limit` of the account's own event types named after `after`, by name in byte
     /// order.
     pub async fn list_event_types(

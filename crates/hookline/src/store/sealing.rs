@@ -319,8 +319,9 @@ pub fn reseal_row(
             .previous
             .as_deref()
             .map(|text| {
-                let list = decode_previous(owner, text)?
-                    .into_iter()
+                let stored = decode_previous(owner, text)?;
+                let list = stored
+                    .iter()
                     .map(|p| {
                         Ok(StoredPrevious {
                             secret: one(&p.secret)?,
@@ -328,6 +329,15 @@ pub fn reseal_row(
                         })
                     })
                     .collect::<Result<Vec<_>, StoreError>>()?;
+                // Kept as it is when no secret changed, whatever its JSON's spacing (a
+                // list PostgreSQL's migration wrote), so that it is not rewritten for nothing.
+                if list
+                    .iter()
+                    .zip(&stored)
+                    .all(|(new, old)| new.secret == old.secret)
+                {
+                    return Ok(text.to_owned());
+                }
                 encode_previous(owner, &list)
             })
             .transpose()?,
@@ -379,5 +389,36 @@ mod tests {
         );
         assert!(Sealer::from_base64("c2hvcnQ=").is_err());
         assert!(Sealer::from_base64("not base64!").is_err());
+    }
+
+    /// A list of rotated-out secrets that needs no new seal is kept byte for byte, whatever
+    /// its JSON's spacing (PostgreSQL's migration writes `"secret" : …`), so a start does not
+    /// rewrite every migrated row; one that does is sealed, and opens to the same list.
+    #[test]
+    fn previous_secrets_are_rewritten_only_when_a_seal_changes() {
+        use super::{SealedColumns, reseal_row};
+        use crate::model::{PreviousSecret, Timestamp};
+        let clear = Sealer::none();
+        let row = SealedColumns {
+            secret: "whsec_current".into(),
+            previous: Some(r#"[{"secret" : "whsec_before", "until" : 5}]"#.into()),
+            headers: "{}".into(),
+        };
+        assert_eq!(reseal_row(&clear, &clear, "ep_1", &row).unwrap(), row);
+        let key = Sealer::from_base64(&Sealer::generate_key()).unwrap();
+        let sealed = reseal_row(&clear, &key, "ep_1", &row).unwrap();
+        let text = sealed.previous.clone().unwrap();
+        assert!(
+            text.contains("hlenc1:") && !text.contains("whsec_before"),
+            "{text}"
+        );
+        assert_eq!(
+            key.open_previous("ep_1", Some(&text)).unwrap(),
+            vec![PreviousSecret {
+                secret: "whsec_before".into(),
+                until: Timestamp(5)
+            }]
+        );
+        assert_eq!(reseal_row(&key, &key, "ep_1", &sealed).unwrap(), sealed);
     }
 }

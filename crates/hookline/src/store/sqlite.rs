@@ -839,8 +839,7 @@ impl SqliteStore {
         .await
     }
 
-    /// The account's keys, oldest first, revoked ones included.
-    /// Up to `limit` of the account's keys after `after` (a key's `created_at` and id), in
+    /// Up to `limit` of the account's keys, revoked ones included, after `after` (a key's `created_at` and id), in
     /// that order.
     pub async fn list_api_keys(
         &self,
@@ -3771,7 +3770,6 @@ pub(crate) mod tests {
         (account, ep, accepted)
     }
 
-    /// An account with one endpoint.
     /// A database whose endpoint row holds its rotated-out secret in the columns before
     /// `previous_secrets` (one secret, and its end) gets it as the first of the list, still
     /// sealed; the old columns are gone.
@@ -3781,6 +3779,10 @@ pub(crate) mod tests {
         let sealer = Sealer::from_base64(&Sealer::generate_key()).unwrap();
         let store = SqliteStore::open(dir.path(), sealer.clone()).unwrap();
         let (account, ep) = with_endpoint(&store).await;
+        let never_rotated = store
+            .insert_endpoint(endpoint(&account.id), 100)
+            .await
+            .unwrap();
         let (first, now) = (ep.secret.clone(), Timestamp::now());
         let until = Timestamp(now.0 + 60_000);
         let second = hookline_signing::Secret::from_bytes(&[9; 32])
@@ -3810,7 +3812,11 @@ pub(crate) mod tests {
         ))
         .unwrap();
         let sealed: String = db
-            .query_row("SELECT previous_secret FROM endpoints", [], |r| r.get(0))
+            .query_row(
+                "SELECT previous_secret FROM endpoints WHERE id = ?1",
+                [&ep.id],
+                |r| r.get(0),
+            )
             .unwrap();
         assert!(sealed.starts_with("hlenc1:"), "{sealed}");
         drop(db);
@@ -3829,6 +3835,13 @@ pub(crate) mod tests {
             }]
         );
         assert_eq!(read.previous_secret_expires_at, Some(until));
+        let read = store
+            .get_endpoint(account.id.clone(), never_rotated.id.clone())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(read.previous_secrets.is_empty());
+        assert_eq!(read.previous_secret_expires_at, None);
         let columns: Vec<String> = store
             .read(|c| {
                 c.prepare("SELECT name FROM pragma_table_info('endpoints')")
@@ -3853,6 +3866,7 @@ pub(crate) mod tests {
          ALTER TABLE endpoints ADD COLUMN previous_secret TEXT;
          ALTER TABLE endpoints ADD COLUMN previous_secret_until INTEGER;";
 
+    /// An account with one endpoint.
     async fn with_endpoint(store: &SqliteStore) -> (Account, Endpoint) {
         let account = store.create_account("a".into(), Plan::Pro).await.unwrap();
         let ep = store
