@@ -23,6 +23,10 @@ enum Close {
     Announced,
     /// Answers as if it kept the connection, then closes it a moment later.
     Silently,
+    /// Sends `200` and the start of a longer body, then holds the connection, silent.
+    StallsMidBody,
+    /// Sends `200` and the start of a longer body, then closes the connection.
+    CutsMidBody,
 }
 
 /// One request as the receiver read it.
@@ -112,6 +116,9 @@ impl RawReceiver {
                 Close::Announced => {
                     b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
                 }
+                Close::StallsMidBody | Close::CutsMidBody => {
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nreceived, now"
+                }
                 _ => b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
             };
             if stream.write_all(answer).await.is_err() {
@@ -122,6 +129,14 @@ impl RawReceiver {
                 Close::Announced => return,
                 Close::Silently => {
                     tokio::time::sleep(Duration::from_millis(20)).await;
+                    return;
+                }
+                Close::StallsMidBody => {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    return;
+                }
+                Close::CutsMidBody => {
+                    let _ = stream.flush().await;
                     return;
                 }
             }
@@ -209,6 +224,33 @@ async fn a_connection_closed_by_the_receiver_is_not_a_failed_attempt() {
         let conns: std::collections::BTreeSet<usize> = seen.iter().map(|r| r.connection).collect();
         assert_eq!(conns.len(), 4, "{seen:?}");
         assert!(seen.iter().all(|r| r.request_line == "POST / HTTP/1.1"));
+    }
+}
+
+/// A `200` whose head arrived within the timeout is a success, even when its body then
+/// stalls past the timeout or breaks off: the delivery is not sent again. The connection is
+/// not reused (what is left of its answer would be read as the next one's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_2xx_whose_body_stalls_or_breaks_off_is_a_success() {
+    for close in [Close::StallsMidBody, Close::CutsMidBody] {
+        let rx = RawReceiver::start("127.0.0.1:0", close).await;
+        let s = TestServer::start_with(&Engine::Sqlite, |c| {
+            c.dispatch.timeout = Duration::from_millis(700)
+        })
+        .await;
+        s.endpoint(&format!("http://{}/", rx.addr), &["*"]).await;
+        let deliveries = one_by_one(&s, &rx, 2, Duration::ZERO).await;
+        for d in &deliveries {
+            assert_eq!(d["attempt_count"], 1, "{d}");
+            let attempt = &d["attempts"][0];
+            assert_eq!(attempt["status_code"], 200, "{d}");
+            assert!(attempt["error"].is_null(), "{d}");
+            assert_eq!(attempt["response_body"], "received, now", "{d}");
+        }
+        // Well past the timeout and the test schedule's retries: nothing was sent again.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(rx.seen().len(), 2, "{:?}", rx.seen());
+        assert_eq!(rx.connections(), 2, "a connection of its own each");
     }
 }
 

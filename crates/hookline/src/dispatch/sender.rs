@@ -302,29 +302,24 @@ impl Sender {
     }
 
     /// Signs and sends `payload` for message `msg_id` to `target`, within the total timeout.
+    /// An answer whose status arrived within it counts by that status, even if its body then
+    /// failed to arrive in time or broke off: a `2xx` in time is a success.
     pub async fn send(&self, target: &Target, msg_id: &str, payload: Bytes) -> SendResult {
         let started = Instant::now();
-        let outcome =
-            tokio::time::timeout(self.timeout, self.exchange(target, msg_id, payload)).await;
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let outcome = self.exchange(target, msg_id, payload, deadline).await;
         let duration = started.elapsed();
         match outcome {
-            Ok(Ok((status, body, retry_after))) => SendResult {
+            Ok((status, body, retry_after)) => SendResult {
                 status: Some(status),
                 error: None,
                 body,
                 retry_after,
                 duration,
             },
-            Ok(Err((status, error))) => SendResult {
+            Err((status, error)) => SendResult {
                 status,
                 error: Some(error),
-                body: None,
-                retry_after: None,
-                duration,
-            },
-            Err(_) => SendResult {
-                status: None,
-                error: Some(format!("timed out after {} ms", self.timeout.as_millis())),
                 body: None,
                 retry_after: None,
                 duration,
@@ -358,7 +353,11 @@ impl Sender {
         target: &Target,
         msg_id: &str,
         payload: Bytes,
+        deadline: tokio::time::Instant,
     ) -> Result<(StatusCode, Option<String>, Option<Duration>), (Option<StatusCode>, String)> {
+        self.guard
+            .check_scheme(target.uri.scheme_str())
+            .map_err(|refused| (None, refused.to_string()))?;
         // A literal address is connected to as it is, without the resolver: judge it here.
         if let Some(ip) = literal_ip(&target.uri) {
             self.guard
@@ -379,24 +378,103 @@ impl Sender {
         h.insert("webhook-timestamp", HeaderValue::from(now));
         h.insert("webhook-signature", header(&signature)?);
 
-        // A reused connection the receiver closed meanwhile gives the request back untaken:
-        // it then goes on a new connection, once.
+        // Up to the answer's head: connecting, sending, waiting for the status.
+        let head = async {
+            self.request(target, req)
+                .await
+                .map_err(|why| (None::<StatusCode>, why))
+        };
+        let (mut conn, resp) = match tokio::time::timeout_at(deadline, head).await {
+            Ok(answer) => answer?,
+            Err(_) => {
+                return Err((
+                    None,
+                    format!("timed out after {} ms", self.timeout.as_millis()),
+                ));
+            }
+        };
+        let status = resp.status();
+        let retry_after = if status == StatusCode::TOO_MANY_REQUESTS
+            || status == StatusCode::SERVICE_UNAVAILABLE
+        {
+            resp.headers()
+                .get(http::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_retry_after)
+        } else {
+            None
+        };
+        // The body, within what is left of the timeout. The status stands whatever happens
+        // to it; a body cut short only loses its connection (and the rest of its text).
+        let mut body = resp.into_body();
+        let mut kept = Vec::new();
+        let mut read = 0usize;
+        let mut ended = false;
+        let mut cut_short = None;
+        while read < KEPT_BODY_BYTES + DRAINED_BODY_BYTES {
+            let frame = tokio::time::timeout_at(deadline, driven(&mut conn.io, body.frame()));
+            match frame.await {
+                Ok(Ok(None)) => {
+                    ended = true;
+                    break;
+                }
+                Ok(Ok(Some(Ok(frame)))) => {
+                    if let Ok(data) = frame.into_data() {
+                        read += data.len();
+                        let room = KEPT_BODY_BYTES.saturating_sub(kept.len());
+                        kept.extend_from_slice(&data[..data.len().min(room)]);
+                    }
+                }
+                Ok(Ok(Some(Err(e)))) => {
+                    cut_short = Some(format!("it broke off: {}", error_chain(&e)));
+                    break;
+                }
+                Ok(Err(e)) => {
+                    cut_short = Some(format!("it broke off: {e}"));
+                    break;
+                }
+                Err(_) => {
+                    cut_short = Some(format!(
+                        "it had not ended {} ms after the request began",
+                        self.timeout.as_millis()
+                    ));
+                    break;
+                }
+            }
+        }
+        if let Some(why) = cut_short {
+            tracing::debug!(
+                endpoint = %target.endpoint_id, %status,
+                "the response body was cut short ({why}); the attempt counts by its status"
+            );
+        }
+        // Only a connection whose response was read to its end can carry the next request
+        // (one the receiver will close says so, and its handle is closed by then).
+        drop(body);
+        if ended && conn.io.is_some() && !conn.tx.is_closed() {
+            target.put_idle(conn);
+        }
+        let body = (!kept.is_empty()).then(|| kept_text(&kept));
+        Ok((status, body, retry_after))
+    }
+
+    /// Sends `req` to `target` on an idle connection or a new one, and waits for the
+    /// answer's head. A reused connection the receiver closed meanwhile gives the request
+    /// back untaken: it then goes on a new connection, once.
+    async fn request(
+        &self,
+        target: &Target,
+        mut req: Request<Full<Bytes>>,
+    ) -> Result<(Conn, http::Response<hyper::body::Incoming>), String> {
         let (mut conn, mut reused) = match target.take_idle() {
             Some(c) => (c, true),
-            None => (
-                Box::pin(self.connect(&target.uri))
-                    .await
-                    .map_err(|e| (None, e))?,
-                false,
-            ),
+            None => (Box::pin(self.connect(&target.uri)).await?, false),
         };
         let resp = loop {
             let ready = driven(&mut conn.io, conn.tx.ready()).await;
             if !matches!(ready, Ok(Ok(()))) {
                 if reused {
-                    conn = Box::pin(self.connect(&target.uri))
-                        .await
-                        .map_err(|e| (None, e))?;
+                    conn = Box::pin(self.connect(&target.uri)).await?;
                     reused = false;
                     continue;
                 }
@@ -405,7 +483,7 @@ impl Sender {
                     Err(e) => e,
                     Ok(Ok(())) => "the connection is not ready".to_owned(),
                 };
-                return Err((None, why));
+                return Err(why);
             }
             let mut sent = std::pin::pin!(conn.tx.try_send_request(req));
             let answer = match driven(&mut conn.io, sent.as_mut()).await {
@@ -422,60 +500,14 @@ impl Sender {
                 Err(mut e) => match e.take_message() {
                     Some(back) if reused => {
                         req = back;
-                        conn = Box::pin(self.connect(&target.uri))
-                            .await
-                            .map_err(|e| (None, e))?;
+                        conn = Box::pin(self.connect(&target.uri)).await?;
                         reused = false;
                     }
-                    _ => return Err((None, error_chain(&e.into_error()))),
+                    _ => return Err(error_chain(&e.into_error())),
                 },
             }
         };
-        let status = resp.status();
-        let retry_after = if status == StatusCode::TOO_MANY_REQUESTS
-            || status == StatusCode::SERVICE_UNAVAILABLE
-        {
-            resp.headers()
-                .get(http::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(parse_retry_after)
-        } else {
-            None
-        };
-        let mut body = resp.into_body();
-        let mut kept = Vec::new();
-        let mut read = 0usize;
-        let mut ended = false;
-        while read < KEPT_BODY_BYTES + DRAINED_BODY_BYTES {
-            match driven(&mut conn.io, body.frame()).await {
-                Ok(None) => {
-                    ended = true;
-                    break;
-                }
-                Ok(Some(Ok(frame))) => {
-                    if let Ok(data) = frame.into_data() {
-                        read += data.len();
-                        let room = KEPT_BODY_BYTES.saturating_sub(kept.len());
-                        kept.extend_from_slice(&data[..data.len().min(room)]);
-                    }
-                }
-                Ok(Some(Err(e))) => {
-                    return Err((
-                        Some(status),
-                        format!("reading the response body: {}", error_chain(&e)),
-                    ));
-                }
-                Err(e) => return Err((Some(status), format!("reading the response body: {e}"))),
-            }
-        }
-        // Only a connection whose response was read to its end can carry the next request
-        // (one the receiver will close says so, and its handle is closed by then).
-        drop(body);
-        if ended && conn.io.is_some() && !conn.tx.is_closed() {
-            target.put_idle(conn);
-        }
-        let body = (!kept.is_empty()).then(|| kept_text(&kept));
-        Ok((status, body, retry_after))
+        Ok((conn, resp))
     }
 }
 
@@ -494,8 +526,11 @@ fn kept_text(kept: &[u8]) -> String {
 /// `Retry-After` as seconds or as an HTTP date; capped at one day.
 fn parse_retry_after(v: &str) -> Option<Duration> {
     let v = v.trim();
+    // Seconds too many for a `u64` are still "a long time": capped like any long wait.
+    let seconds = !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit());
     let secs = match v.parse::<u64>() {
         Ok(s) => s,
+        Err(_) if seconds => u64::MAX,
         Err(_) => {
             let at = chrono::DateTime::parse_from_rfc2822(v).ok()?;
             (at.timestamp() - chrono::Utc::now().timestamp()).max(0) as u64
@@ -553,7 +588,13 @@ mod tests {
             parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT"),
             Some(Duration::ZERO)
         );
+        assert_eq!(
+            parse_retry_after("99999999999999999999999"),
+            Some(Duration::from_secs(86_400))
+        );
         assert_eq!(parse_retry_after("soon"), None);
+        assert_eq!(parse_retry_after("-5"), None);
+        assert_eq!(parse_retry_after(""), None);
     }
 
     #[test]
