@@ -132,6 +132,7 @@ pub async fn run(
         Guard::new(
             config.resolver.clone(),
             config.url_rules.allow_private_targets,
+            config.url_rules.allow_insecure_urls,
         ),
         shutdown.child_token(),
         joined,

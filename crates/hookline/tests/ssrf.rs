@@ -282,6 +282,36 @@ async fn a_literal_private_address_is_refused_at_connect(engine: Engine) {
     drop(data);
 }
 
+async fn an_http_endpoint_gets_nothing_from_a_server_without_insecure_urls(engine: Engine) {
+    // An endpoint stored while `http://` was allowed, then a restart without: nothing goes
+    // out in clear (its payload, its own headers), and each attempt says why.
+    let rx = Receiver::start().await;
+    let s = TestServer::start(&engine).await;
+    s.endpoint(&rx.url("plain"), &["*"]).await;
+    let key = s.key.clone();
+    let data = s.stop().await.unwrap();
+    let mut config = common::test_config(&data.location);
+    config.url_rules.allow_insecure_urls = false;
+    let s = TestServer::launch(config, key).await;
+
+    let ev = s.event("open", json!({})).await;
+    let d = s
+        .wait_delivery(ev["deliveries"][0]["id"].as_str().unwrap(), "failed")
+        .await;
+    let all = attempts(&d);
+    assert_eq!(all.len(), 4, "{d}");
+    for (status, error) in &all {
+        assert_eq!(*status, Value::Null, "{d}");
+        assert!(
+            error.as_str().unwrap().contains("--allow-insecure-urls"),
+            "{d}"
+        );
+    }
+    assert!(rx.all().is_empty(), "the receiver was reached in clear");
+    s.stop().await;
+    drop(data);
+}
+
 async fn redirects_are_not_followed(engine: Engine) {
     let rx = Receiver::start().await;
     rx.always("hop", Reply::Redirect(rx.url("landing")));
@@ -301,5 +331,6 @@ on_both_engines!(
     a_name_rebound_to_a_private_address_is_refused_at_connect,
     a_name_rebound_to_a_private_address_is_delivered_when_allowed,
     a_literal_private_address_is_refused_at_connect,
+    an_http_endpoint_gets_nothing_from_a_server_without_insecure_urls,
     redirects_are_not_followed,
 );

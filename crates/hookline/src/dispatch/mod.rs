@@ -1729,7 +1729,7 @@ mod tests {
         let store = Store::open(&Location::Sqlite(dir.path().to_owned()))
             .await
             .unwrap();
-        let guard = targets::Guard::new(Arc::new(targets::SystemResolver::default()), true);
+        let guard = targets::Guard::new(Arc::new(targets::SystemResolver::default()), true, true);
         let (records, recorded) = tokio::sync::mpsc::channel(16);
         let inner = Arc::new(super::Inner::new(
             store,
@@ -1940,8 +1940,11 @@ mod tests {
             max_per_endpoint: 0,
             ..super::DispatchConfig::default()
         };
-        let guard =
-            super::targets::Guard::new(Arc::new(super::targets::SystemResolver::default()), true);
+        let guard = super::targets::Guard::new(
+            Arc::new(super::targets::SystemResolver::default()),
+            true,
+            true,
+        );
         let dispatcher = super::Dispatcher::start(
             Store::Sqlite(sqlite_store.clone()),
             config,

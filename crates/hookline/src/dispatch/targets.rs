@@ -96,14 +96,31 @@ pub struct Refused(String);
 pub struct Guard {
     resolver: Arc<dyn Resolve>,
     allow_private: bool,
+    allow_insecure: bool,
 }
 
 impl Guard {
-    pub fn new(resolver: Arc<dyn Resolve>, allow_private: bool) -> Self {
+    /// `allow_private`: loopback and private addresses may be targets; `allow_insecure`:
+    /// `http://` URLs may be sent to (both for development).
+    pub fn new(resolver: Arc<dyn Resolve>, allow_private: bool, allow_insecure: bool) -> Self {
         Guard {
             resolver,
             allow_private,
+            allow_insecure,
         }
+    }
+
+    /// Refuses an `http://` URL unless this server allows them: an endpoint stored while
+    /// they were allowed gets nothing in clear from a server started without.
+    pub fn check_scheme(&self, scheme: Option<&str>) -> Result<(), Refused> {
+        if scheme == Some("http") && !self.allow_insecure {
+            return Err(Refused(
+                "http:// URLs are sent to only with --allow-insecure-urls; webhooks go over \
+                 https"
+                    .to_owned(),
+            ));
+        }
+        Ok(())
     }
 
     /// Refuses a literal address (an IP in the URL) that may not be a target.
@@ -327,7 +344,7 @@ mod tests {
     #[tokio::test]
     async fn the_guard_screens_unless_private_targets_are_allowed() {
         let private = Arc::new(Fixed(ips(&["169.254.169.254"])));
-        let strict = Guard::new(private.clone(), false);
+        let strict = Guard::new(private.clone(), false, true);
         let e = strict.addresses("meta.example").await.unwrap_err();
         assert!(e.downcast_ref::<Refused>().is_some(), "{e}");
         assert!(
@@ -338,7 +355,7 @@ mod tests {
         assert!(strict.check_ip("10.0.0.1".parse().unwrap()).is_err());
         assert!(strict.check_ip("93.184.216.34".parse().unwrap()).is_ok());
 
-        let open = Guard::new(private, true);
+        let open = Guard::new(private, true, true);
         assert_eq!(
             open.addresses("meta.example").await.unwrap(),
             ips(&["169.254.169.254"])
