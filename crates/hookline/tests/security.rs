@@ -980,6 +980,10 @@ async fn endpoint_headers_cannot_smuggle_anything(engine: Engine) {
         json!({"bad name": "x"}),
         json!({"": "x"}),
         json!({"X-A": "hlenc1:0a1b2c3d:AAAA"}),
+        // One name twice (names are case-insensitive): one would silently replace the other.
+        json!({"X-Tenant": "t2", "x-tenant": "t3"}),
+        // Two values of 7,000 bytes: each fits a line, together more than a receiver's head.
+        json!({"X-A": "a".repeat(7000), "X-B": "b".repeat(7000)}),
     ];
     for headers in hostile {
         let (status, b) = s

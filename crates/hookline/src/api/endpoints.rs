@@ -503,6 +503,10 @@ const MAX_HEADERS: usize = 20;
 /// fits the 8 KiB a common proxy (nginx, by default) reads a header line into.
 const MAX_HEADER_NAME: usize = 128;
 const MAX_HEADER_VALUE: usize = 8000;
+/// The most an endpoint's own headers may hold in all (each name and value, and the 4 bytes
+/// of `": "` and the line's end): with Hookline's own, a request's head stays under the
+/// 16 KiB that Node.js reads by default, however many secrets sign during rotations.
+const MAX_HEADERS_TOTAL: usize = 12 * 1024;
 /// Headers Hookline sets itself or that would change the request's framing.
 const RESERVED_HEADERS: &[&str] = &[
     "host",
@@ -665,6 +669,13 @@ fn check_headers(h: BTreeMap<String, String>) -> Result<BTreeMap<String, String>
             "headers: at most {MAX_HEADERS} headers"
         )));
     }
+    let total: usize = h.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
+    if total > MAX_HEADERS_TOTAL {
+        return Err(ApiError::unprocessable(format!(
+            "headers: at most {MAX_HEADERS_TOTAL} bytes in all (names, values and 4 bytes a \
+             line), not {total}"
+        )));
+    }
     let mut out = BTreeMap::new();
     for (name, value) in h {
         let lower = name.to_ascii_lowercase();
@@ -694,7 +705,11 @@ fn check_headers(h: BTreeMap<String, String>) -> Result<BTreeMap<String, String>
                 "must not start with \"hlenc1:\" (the form of a sealed value)",
             ));
         }
-        out.insert(lower, value);
+        if out.insert(lower, value).is_some() {
+            return Err(bad(
+                "given twice (header names are the same whatever their case)",
+            ));
+        }
     }
     Ok(out)
 }
