@@ -91,6 +91,23 @@ async fn malformed_oversized_and_invalid_events_change_nothing(engine: Engine) {
             .contains("events[1].type"),
         "{body}"
     );
+    // One of the wrong shape (a field missing, a field of the wrong type): named by its
+    // place, not by a line and column of the body.
+    for (third, at) in [
+        (json!({"type": "click"}), "events[2]: missing field `data`"),
+        (
+            json!({"type": 7, "data": {}}),
+            "events[2].type: invalid type",
+        ),
+    ] {
+        let events = json!([{"type": "click", "data": {}}, {"type": "open", "data": {}}, third]);
+        let (status, body) = s
+            .post("/v1/events/batch", json!({ "events": events }))
+            .await;
+        assert_error(status, &body, 422);
+        let said = body["error"]["message"].as_str().unwrap();
+        assert!(said.starts_with(at), "{body}");
+    }
     let (status, body) = s.post("/v1/events/batch", json!({"events": []})).await;
     assert_error(status, &body, 422);
     let too_many: Vec<_> = (0..1001)
@@ -248,6 +265,17 @@ async fn missing_or_wrong_keys_get_401_and_change_nothing(engine: Engine) {
         }
     }
     assert_eq!(snapshot(&s).await, before);
+    // The scheme's name is case-insensitive (RFC 9110): any spelling of it is a bearer.
+    for scheme in ["bearer", "BEARER", "BeArEr"] {
+        let resp = s
+            .http
+            .get(s.url("/v1/endpoints"))
+            .header("authorization", format!("{scheme} {}", s.key))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{scheme}");
+    }
 }
 
 async fn unknown_and_foreign_ids_are_404(engine: Engine) {

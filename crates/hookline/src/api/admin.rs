@@ -50,8 +50,7 @@ impl FromRequestParts<AppState> for Admin {
             .headers
             .get(http::header::AUTHORIZATION)
             .and_then(|h| h.to_str().ok())
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .map(str::trim)
+            .and_then(super::extract::bearer_token)
             .ok_or_else(|| {
                 ApiError::unauthorized("expected Authorization: Bearer <admin token>")
             })?;

@@ -83,8 +83,7 @@ impl FromRequestParts<AppState> for Auth {
         let key = header
             .to_str()
             .ok()
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .map(str::trim)
+            .and_then(bearer_token)
             .filter(|k| !k.is_empty())
             .ok_or_else(|| ApiError::unauthorized("expected Authorization: Bearer <api key>"))?;
         let hash = hash_api_key(key);
@@ -148,15 +147,42 @@ async fn read_body(req: Request, state: &AppState) -> Result<Bytes, ApiError> {
     })
 }
 
-/// Parses JSON, classifying errors as malformed (`400`) or of the wrong shape (`422`).
+/// Parses JSON, classifying errors as malformed (`400`) or of the wrong shape (`422`). A
+/// wrong shape names where it is (`events[412].data: missing field …`), which a line and
+/// column of a minified batch would not.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => ApiError::unprocessable(clipped(&e.to_string())),
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        json_refusal(&path, e.into_inner())
+    })?;
+    // Nothing but whitespace after the value.
+    de.end().map_err(|e| json_refusal(".", e))?;
+    Ok(value)
+}
+
+/// A JSON body refused: `422` for a wrong shape at `path` (`.`: the whole body), `400` for
+/// what is not JSON at all.
+fn json_refusal(path: &str, e: serde_json::Error) -> ApiError {
+    match e.classify() {
+        serde_json::error::Category::Data if path == "." => {
+            ApiError::unprocessable(clipped(&e.to_string()))
+        }
+        serde_json::error::Category::Data => {
+            ApiError::unprocessable(format!("{}: {}", clipped(path), clipped(&e.to_string())))
+        }
         _ => ApiError::bad_request(
             "malformed_json",
             format!("the body is not valid JSON: {}", clipped(&e.to_string())),
         ),
-    })
+    }
+}
+
+/// The credentials of an `Authorization: Bearer <token>` header's value, trimmed. The
+/// scheme's name is case-insensitive (RFC 9110, 11.1): `bearer` and `BEARER` do too.
+pub fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 /// A query string; a malformed one is a `400`.
