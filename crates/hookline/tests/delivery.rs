@@ -9,7 +9,7 @@ use common::{
 };
 use hookline::model::{Attempt, DeliveryStatus, Plan, Timestamp};
 use hookline::store::{AttemptRecord, DueDelivery, Location, Outcome, Store};
-use serde_json::json;
+use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -648,6 +648,59 @@ async fn a_manual_retry_goes_at_once_behind_an_open_breaker(engine: Engine) {
     }
 }
 
+/// A manual retry goes before the endpoint's queue and its pace: with twenty deliveries
+/// queued behind a limit of two a second (ten seconds of them), the retried one arrives
+/// while most of them still wait.
+async fn a_manual_retry_goes_before_the_endpoints_queue(engine: Engine) {
+    let rx = Receiver::start().await;
+    let s = TestServer::start(&engine).await;
+    let (status, ep) = s
+        .post(
+            "/v1/endpoints",
+            json!({"url": rx.url("slow"), "event_types": ["*"], "rate_limit_per_sec": 2}),
+        )
+        .await;
+    assert_eq!(status, 201, "{ep}");
+    let first = s.event("open", json!({})).await;
+    let first_dlv = first["deliveries"][0]["id"].as_str().unwrap().to_owned();
+    s.wait_delivery(&first_dlv, "succeeded").await;
+
+    let queued: Vec<Value> = (0..20)
+        .map(|_| json!({"type": "click", "data": common::valid("click", json!({}))}))
+        .collect();
+    let (status, b) = s.post("/v1/events/batch", json!({"events": queued})).await;
+    assert_eq!(status, 202, "{b}");
+    rx.wait_for("slow", 2).await;
+    let (status, body) = s
+        .post(&format!("/v1/deliveries/{first_dlv}/retry"), json!({}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let first_id = first["id"].as_str().unwrap();
+    let got = common::eventually("the retried delivery", || async {
+        let got = rx.got("slow");
+        got.iter()
+            .filter(|r| r.header("webhook-id") == first_id)
+            .nth(1)
+            .is_some()
+            .then_some(got)
+    })
+    .await;
+    let at = got
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.header("webhook-id") == first_id)
+        .map(|(i, _)| i)
+        .nth(1)
+        .unwrap();
+    // Before it: the first delivery and the queued ones sent so far (two a second).
+    assert!(at <= 8, "the retry came after {} of the queue", at - 1);
+    common::eventually("the retry recorded", || async {
+        let (_, d) = s.get(&format!("/v1/deliveries/{first_dlv}")).await;
+        (d["attempt_count"] == 2 && d["status"] == "succeeded").then_some(())
+    })
+    .await;
+}
+
 async fn an_endpoint_turned_back_on_gets_new_deliveries_again(engine: Engine) {
     let rx = Receiver::start().await;
     rx.script("flip", vec![Reply::Status(410)]);
@@ -746,6 +799,7 @@ on_both_engines!(
     pending_deliveries_resume_after_a_restart,
     a_dead_endpoint_trips_its_breaker_and_its_backlog_drains_when_it_is_back,
     a_manual_retry_goes_at_once_behind_an_open_breaker,
+    a_manual_retry_goes_before_the_endpoints_queue,
     an_endpoint_turned_back_on_gets_new_deliveries_again,
 );
 

@@ -299,6 +299,8 @@ enum Gate {
 
 struct QueueHandle {
     tx: mpsc::UnboundedSender<DueDelivery>,
+    /// Manual retries: the worker takes them before anything queued in `tx`.
+    urgent: mpsc::UnboundedSender<DueDelivery>,
     shared: Arc<QueueShared>,
 }
 
@@ -755,6 +757,7 @@ impl Inner {
     ) -> &'q QueueHandle {
         queues.entry(endpoint_id.to_owned()).or_insert_with(|| {
             let (tx, rx) = mpsc::unbounded_channel();
+            let (urgent, urgent_rx) = mpsc::unbounded_channel();
             let shared = Arc::new(QueueShared {
                 closed_at: AtomicI64::new(i64::MIN),
                 closed_when: Mutex::new(None),
@@ -764,17 +767,23 @@ impl Inner {
             let s = shared.clone();
             let id = endpoint_id.to_owned();
             self.tasks.spawn_on(
-                async move { endpoint_worker(me, id, rx, s).await },
+                async move { endpoint_worker(me, id, Inbox { rx, urgent_rx }, s).await },
                 &self.runtime,
             );
-            QueueHandle { tx, shared }
+            QueueHandle { tx, urgent, shared }
         })
     }
 
     fn submit(self: &Arc<Self>, due: DueDelivery) {
         let mut queues = locked(&self.queues);
         let handle = self.queue(&mut queues, &due.endpoint.id);
-        if let Err(mpsc::error::SendError(due)) = handle.tx.send(due) {
+        // A manual retry was asked for now: it goes before the endpoint's queue.
+        let sent = if due.manual {
+            handle.urgent.send(due)
+        } else {
+            handle.tx.send(due)
+        };
+        if let Err(mpsc::error::SendError(due)) = sent {
             // The worker is gone (shutdown); the row stays `delivering` and is released at
             // the next start.
             drop(queues);
@@ -793,12 +802,22 @@ impl Inner {
 /// How long an idle endpoint worker lives before it is reaped.
 const WORKER_IDLE: Duration = Duration::from_secs(300);
 
+/// What an endpoint's worker takes deliveries from: manual retries first, then its queue.
+struct Inbox {
+    rx: mpsc::UnboundedReceiver<DueDelivery>,
+    urgent_rx: mpsc::UnboundedReceiver<DueDelivery>,
+}
+
 async fn endpoint_worker(
     inner: Arc<Inner>,
     endpoint_id: String,
-    mut rx: mpsc::UnboundedReceiver<DueDelivery>,
+    inbox: Inbox,
     shared: Arc<QueueShared>,
 ) {
+    let Inbox {
+        mut rx,
+        mut urgent_rx,
+    } = inbox;
     let slots = Arc::new(Semaphore::new(inner.config.concurrency_per_endpoint.max(1)));
     let mut lanes = Lanes::new(inner.config.concurrency_per_endpoint.max(1));
     let mut target: Option<Arc<Target>> = None;
@@ -815,6 +834,8 @@ async fn endpoint_worker(
             tokio::select! {
                 biased;
                 _ = inner.shutdown.cancelled() => return,
+                // (Both senders go together: when this one is gone, `rx` says so below.)
+                Some(due) = urgent_rx.recv() => break due,
                 msg = rx.recv() => match msg {
                     Some(due) => break due,
                     None => return,
@@ -829,7 +850,10 @@ async fn endpoint_worker(
                         // Idle: leave, unless something arrived meanwhile, or a turn-off
                         // (noted under the same lock) came after the look above.
                         let mut queues = locked(&inner.queues);
-                        if rx.is_empty() && *locked(&shared.closed_when) == closed_when {
+                        if rx.is_empty()
+                            && urgent_rx.is_empty()
+                            && *locked(&shared.closed_when) == closed_when
+                        {
                             queues.remove(&endpoint_id);
                             return;
                         }
@@ -867,7 +891,8 @@ async fn endpoint_worker(
             }
         }
         let Some(t) = target.clone() else { continue };
-        if let Some(rate) = t.rate_limit_per_sec.filter(|r| *r > 0) {
+        // A manual retry is not paced: it was asked for now, one request beside the pace.
+        if let Some(rate) = t.rate_limit_per_sec.filter(|r| *r > 0 && !due.manual) {
             let now = tokio::time::Instant::now();
             next_slot = next_slot.max(now);
             tokio::select! {
