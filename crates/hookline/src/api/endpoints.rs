@@ -23,8 +23,8 @@ pub struct CreateEndpoint {
     /// Event type names, or `["*"]` for every type.
     pub event_types: Vec<String>,
     pub description: Option<String>,
-    /// Extra headers sent with every request: at most 20, each name at most 128 bytes and
-    /// each value at most 8,000.
+    /// Extra headers sent with every request: at most 20, each name (case-insensitive) once
+    /// and at most 128 bytes, each value at most 8,000, 12 KiB in all.
     pub headers: Option<BTreeMap<String, String>>,
     /// A `whsec_…` secret of 24 to 64 bytes; generated when absent.
     pub secret: Option<String>,
@@ -41,8 +41,8 @@ pub struct UpdateEndpoint {
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<String>)]
     pub description: Option<Option<String>>,
-    /// Replaces the extra headers: at most 20, each name at most 128 bytes and each value at
-    /// most 8,000.
+    /// Replaces the extra headers: at most 20, each name (case-insensitive) once and at most
+    /// 128 bytes, each value at most 8,000, 12 KiB in all.
     pub headers: Option<BTreeMap<String, String>>,
     /// `null` removes the limit.
     #[serde(default, deserialize_with = "nullable")]

@@ -891,8 +891,9 @@ async fn endpoint_worker(
             }
         }
         let Some(t) = target.clone() else { continue };
-        // A manual retry is not paced: it was asked for now, one request beside the pace.
-        if let Some(rate) = t.rate_limit_per_sec.filter(|r| *r > 0 && !due.manual) {
+        // A manual retry, taken before the queue, still keeps the endpoint's pace: a client
+        // retrying many deliveries by hand gets no more than the receiver asked for.
+        if let Some(rate) = t.rate_limit_per_sec.filter(|r| *r > 0) {
             let now = tokio::time::Instant::now();
             next_slot = next_slot.max(now);
             tokio::select! {

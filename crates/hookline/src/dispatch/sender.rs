@@ -191,7 +191,9 @@ impl std::fmt::Debug for Target {
 #[derive(Debug)]
 pub struct SendResult {
     pub status: Option<StatusCode>,
-    /// Set when no response arrived (connect, DNS, TLS, timeout) or it could not be read.
+    /// Set when no answer's status arrived (connect, DNS, TLS, a refused target, the
+    /// timeout). A body that then broke off or ran out of time sets nothing: the status
+    /// stands.
     pub error: Option<String>,
     pub body: Option<String>,
     pub retry_after: Option<Duration>,
@@ -410,38 +412,34 @@ impl Sender {
         let mut kept = Vec::new();
         let mut read = 0usize;
         let mut ended = false;
-        let mut cut_short = None;
-        while read < KEPT_BODY_BYTES + DRAINED_BODY_BYTES {
-            let frame = tokio::time::timeout_at(deadline, driven(&mut conn.io, body.frame()));
-            match frame.await {
-                Ok(Ok(None)) => {
-                    ended = true;
-                    break;
-                }
-                Ok(Ok(Some(Ok(frame)))) => {
-                    if let Ok(data) = frame.into_data() {
-                        read += data.len();
-                        let room = KEPT_BODY_BYTES.saturating_sub(kept.len());
-                        kept.extend_from_slice(&data[..data.len().min(room)]);
+        let reading = async {
+            while read < KEPT_BODY_BYTES + DRAINED_BODY_BYTES {
+                match driven(&mut conn.io, body.frame()).await {
+                    Ok(None) => {
+                        ended = true;
+                        break;
                     }
-                }
-                Ok(Ok(Some(Err(e)))) => {
-                    cut_short = Some(format!("it broke off: {}", error_chain(&e)));
-                    break;
-                }
-                Ok(Err(e)) => {
-                    cut_short = Some(format!("it broke off: {e}"));
-                    break;
-                }
-                Err(_) => {
-                    cut_short = Some(format!(
-                        "it had not ended {} ms after the request began",
-                        self.timeout.as_millis()
-                    ));
-                    break;
+                    Ok(Some(Ok(frame))) => {
+                        if let Ok(data) = frame.into_data() {
+                            read += data.len();
+                            let room = KEPT_BODY_BYTES.saturating_sub(kept.len());
+                            kept.extend_from_slice(&data[..data.len().min(room)]);
+                        }
+                    }
+                    Ok(Some(Err(e))) => return Some(format!("it broke off: {}", error_chain(&e))),
+                    Err(e) => return Some(format!("it broke off: {e}")),
                 }
             }
-        }
+            None
+        };
+        let cut_short = tokio::time::timeout_at(deadline, reading)
+            .await
+            .unwrap_or_else(|_| {
+                Some(format!(
+                    "it had not ended {} ms after the request began",
+                    self.timeout.as_millis()
+                ))
+            });
         if let Some(why) = cut_short {
             tracing::debug!(
                 endpoint = %target.endpoint_id, %status,
