@@ -1,4 +1,5 @@
-//! Per-account ingest rate limits: one token bucket per account, on each node.
+//! Per-account ingest rate limits: one token bucket per account, on each node. (The same
+//! buckets, keyed by endpoint id, limit an endpoint's test pings.)
 //!
 //! A bucket holds one second of the account's rate. A request for `n` events is let in when
 //! the bucket holds `n` tokens, or is full (so a batch larger than one second's worth is

@@ -848,9 +848,56 @@ async fn test_sends_a_signed_ping_to_that_endpoint_alone(engine: Engine) {
     assert!(feed["data"].as_array().unwrap().is_empty(), "{feed}");
 }
 
+/// A loop on `/test` gets `429`s with `Retry-After` once past the endpoint's share of test
+/// pings, and its receiver gets only the pings let through; another endpoint's tests are
+/// not counted against it.
+async fn test_pings_are_limited_per_endpoint(engine: Engine) {
+    let rx = Receiver::start().await;
+    let s = TestServer::start(&engine).await;
+    let a = s.endpoint(&rx.url("a"), &["*"]).await;
+    let b = s.endpoint(&rx.url("b"), &["*"]).await;
+    let path = |ep: &Value| format!("/v1/endpoints/{}/test", ep["id"].as_str().unwrap());
+    let (mut sent, mut refused) = (0, 0);
+    for _ in 0..10 {
+        let resp = s
+            .req(reqwest::Method::POST, &path(&a))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        match resp.status().as_u16() {
+            200 => sent += 1,
+            429 => {
+                refused += 1;
+                let wait: u64 = resp.headers()["retry-after"]
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                assert!((1..=2).contains(&wait), "Retry-After: {wait}");
+                let body: Value = resp.json().await.unwrap();
+                assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+            }
+            other => panic!("status {other}"),
+        }
+    }
+    assert!(refused > 0, "ten pings in a row were all sent");
+    assert_eq!(
+        rx.got("a").len(),
+        sent,
+        "only the pings let through reached the receiver"
+    );
+    let (status, result) = s.post(&path(&b), json!({})).await;
+    assert_eq!(status, 200, "{result}");
+    assert_eq!(rx.got("b").len(), 1);
+}
+
 mod ping {
     use super::*;
-    on_both_engines!(test_sends_a_signed_ping_to_that_endpoint_alone);
+    on_both_engines!(
+        test_sends_a_signed_ping_to_that_endpoint_alone,
+        test_pings_are_limited_per_endpoint
+    );
 }
 
 /// How long a recovered endpoint may wait for its next probe is the operator's to choose,

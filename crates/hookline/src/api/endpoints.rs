@@ -419,11 +419,18 @@ pub struct TestResult {
     pub response_body: Option<String>,
 }
 
+/// How many test pings an endpoint takes a second, on each node. A ping bypasses the
+/// ingest meter, the endpoint's pace and its breaker (it tests the endpoint as it is), so
+/// without a limit of its own a loop on `/test` would send a receiver unbounded requests.
+pub const TESTS_PER_SEC: u32 = 2;
+
 /// Sends the endpoint a signed `ping` event (`data: {}`) now, once, and answers with what
-/// came back. Nothing is stored and no retry follows: it tests the endpoint.
+/// came back. Nothing is stored and no retry follows: it tests the endpoint. At most
+/// [`TESTS_PER_SEC`] a second per endpoint (`429` with `Retry-After` over it).
 #[utoipa::path(post, path = "/v1/endpoints/{id}/test", tag = "endpoints",
     params(("id" = String, Path, description = "ep_…")), security(("api_key" = [])),
-    responses((status = 200, body = TestResult), (status = 404, body = super::error::ErrorBody)))]
+    responses((status = 200, body = TestResult), (status = 404, body = super::error::ErrorBody),
+        (status = 429, body = super::error::ErrorBody)))]
 pub async fn test(
     State(state): State<AppState>,
     Auth(account): Auth,
@@ -435,6 +442,19 @@ pub async fn test(
         .get_endpoint(account.id, id)
         .await?
         .ok_or_else(|| ApiError::not_found("endpoint"))?;
+    state
+        .test_limiter
+        .take(&ep.id, TESTS_PER_SEC, 1)
+        .map_err(|wait| {
+            ApiError::rate_limited(
+                format!(
+                    "an endpoint takes at most {TESTS_PER_SEC} test pings a second; try again \
+                     in {} ms",
+                    wait.as_millis().max(1)
+                ),
+                wait,
+            )
+        })?;
     let (event_id, result) = state
         .dispatcher
         .send_ping(&ep)

@@ -65,6 +65,9 @@ pub struct Shared {
     pub limits: crate::model::Limits,
     /// Each account's ingest rate.
     pub ingest_limiter: crate::ratelimit::IngestLimiter,
+    /// Each endpoint's test pings (`POST /v1/endpoints/{id}/test`), which no other limit
+    /// covers: [`endpoints::TESTS_PER_SEC`].
+    pub test_limiter: crate::ratelimit::IngestLimiter,
     /// The admin API's token; `None` turns the admin API off.
     pub admin_token: Option<admin::AdminToken>,
     /// How long a rotated-out secret keeps signing.
