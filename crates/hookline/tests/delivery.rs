@@ -392,6 +392,45 @@ async fn retry_after_on_429_is_honoured(engine: Engine) {
         .await;
 }
 
+/// A long `Retry-After` holds the whole endpoint, not only its own delivery: events that
+/// come meanwhile wait for the time it asked for, then every delivery goes.
+async fn a_long_retry_after_holds_the_whole_endpoint(engine: Engine) {
+    let rx = Receiver::start().await;
+    rx.script("busy", vec![Reply::RetryAfter(503, 3)]);
+    let s = TestServer::start(&engine).await;
+    s.endpoint(&rx.url("busy"), &["*"]).await;
+    let first = s.event("click", json!({})).await;
+    let first_dlv = first["deliveries"][0]["id"].as_str().unwrap().to_owned();
+    common::eventually("the 503 recorded", || async {
+        let (_, d) = s.get(&format!("/v1/deliveries/{first_dlv}")).await;
+        (d["attempt_count"] == 1).then_some(())
+    })
+    .await;
+    let mut later = Vec::new();
+    for _ in 0..5 {
+        let ev = s.event("click", json!({})).await;
+        later.push(ev["deliveries"][0]["id"].as_str().unwrap().to_owned());
+    }
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(
+        rx.got("busy").len(),
+        1,
+        "nothing went to the endpoint while it asked to wait"
+    );
+    for id in later.iter().chain([&first_dlv]) {
+        s.wait_delivery(id, "succeeded").await;
+    }
+    let got = rx.got("busy");
+    assert_eq!(got.len(), 7, "the 503, then each of the six once");
+    for r in &got[1..] {
+        let after = r.at - got[0].at;
+        assert!(
+            after >= Duration::from_millis(2900),
+            "sent {after:?} after the 503"
+        );
+    }
+}
+
 async fn gone_disables_the_endpoint_and_ends_its_deliveries(engine: Engine) {
     let rx = Receiver::start().await;
     rx.always("gone", Reply::Status(410));
@@ -792,6 +831,7 @@ on_both_engines!(
     an_outcome_the_database_refuses_holds_up_no_other,
     retries_exhausted_end_as_failed_and_manual_retry_sends_again,
     retry_after_on_429_is_honoured,
+    a_long_retry_after_holds_the_whole_endpoint,
     gone_disables_the_endpoint_and_ends_its_deliveries,
     a_hanging_endpoint_does_not_delay_another,
     a_stalled_endpoint_s_deliveries_wait_in_the_database_until_it_answers,

@@ -288,6 +288,11 @@ impl Drop for Flying<'_> {
 /// The first wait before probing an endpoint whose breaker just opened.
 const FIRST_PROBE_MS: i64 = 1000;
 
+/// The shortest `Retry-After` that holds the whole endpoint ([`Inner::hold`]); a shorter one
+/// delays only its own delivery, so that a receiver that throttles a second at a time does
+/// not make its breaker open and close every second.
+const HOLD_AT_LEAST: Duration = Duration::from_secs(2);
+
 /// What the breaker says about one delivery about to be attempted.
 #[derive(Debug, PartialEq, Eq)]
 enum Gate {
@@ -713,6 +718,33 @@ impl Inner {
             self.note_due(Timestamp(at));
         }
         false
+    }
+
+    /// The endpoint asked to be left alone until `until` (ms; a long `Retry-After` on a `429`
+    /// or `503`): its breaker opens, if it was not open, and sends its next probe no sooner.
+    /// Its queued deliveries are then given back and no more are taken for it until the
+    /// probe, as for any open breaker, and the probe's success brings its backlog back.
+    fn hold(&self, endpoint_id: &str, until: i64) {
+        let mut a = self.admission();
+        let b = a.breakers.entry(endpoint_id.to_owned()).or_insert(Breaker {
+            failures: 0,
+            open: false,
+            next_probe: 0,
+            backoff_ms: FIRST_PROBE_MS,
+            probing: None,
+        });
+        let was_open = b.open;
+        b.open = true;
+        b.next_probe = b.next_probe.max(until);
+        let at = b.next_probe;
+        drop(a);
+        if !was_open {
+            tracing::info!(
+                endpoint = %endpoint_id, until = %Timestamp(at),
+                "the endpoint asked to wait (Retry-After): its deliveries are held until then"
+            );
+        }
+        self.note_due(Timestamp(at));
     }
 
     /// The earliest probe of an open breaker that fell due after `looked` (when the poller's
@@ -1175,6 +1207,15 @@ async fn attempt(
         }
         // Its pending deliveries may be taken now, whether or not they were pulled forward.
         inner.poke.notify_one();
+    }
+    // A long `Retry-After` (only a `429` or `503` carries one) asks for the endpoint, not
+    // only for this delivery.
+    if let Some(wait) = result.retry_after.filter(|w| *w >= HOLD_AT_LEAST) {
+        let wait_ms = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
+        inner.hold(
+            &target.endpoint_id,
+            Timestamp::now().0.saturating_add(wait_ms),
+        );
     }
 
     let status = result.status.map(|s| s.as_u16());
