@@ -295,6 +295,12 @@ impl fmt::Debug for PreviousSecret {
     }
 }
 
+/// The end of the latest overlap among `previous` (an endpoint's
+/// `previous_secret_expires_at`).
+pub fn latest_until(previous: &[PreviousSecret]) -> Option<Timestamp> {
+    previous.iter().map(|p| p.until).max()
+}
+
 /// How many rotated-out secrets an endpoint keeps signing with at most: a rotation beyond
 /// that many within their overlaps ends the oldest at once.
 pub const MAX_PREVIOUS_SECRETS: usize = 10;
@@ -326,7 +332,7 @@ impl Endpoint {
         self.previous_secrets
             .insert(0, PreviousSecret { secret: old, until });
         self.previous_secrets.truncate(MAX_PREVIOUS_SECRETS);
-        self.previous_secret_expires_at = self.previous_secrets.iter().map(|p| p.until).max();
+        self.previous_secret_expires_at = latest_until(&self.previous_secrets);
     }
 
     /// Whether this endpoint wants events of `event_type`.

@@ -317,10 +317,7 @@ pub fn encode_cursor(pos: i64) -> String {
 }
 
 fn decode_cursor(text: &str) -> Result<i64, ApiError> {
-    URL_SAFE_NO_PAD
-        .decode(text)
-        .ok()
-        .and_then(|b| String::from_utf8(b).ok())
-        .and_then(|s| s.strip_prefix('p').and_then(|n| n.parse().ok()))
-        .ok_or_else(foreign_cursor)
+    decode_text_cursor('p', text)?
+        .parse()
+        .map_err(|_| foreign_cursor())
 }

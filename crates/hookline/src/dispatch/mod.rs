@@ -268,6 +268,19 @@ struct Breaker {
     probing: Option<ProbeId>,
 }
 
+impl Breaker {
+    /// A breaker with no failures yet.
+    fn closed() -> Self {
+        Breaker {
+            failures: 0,
+            open: false,
+            next_probe: 0,
+            backoff_ms: FIRST_PROBE_MS,
+            probing: None,
+        }
+    }
+}
+
 /// [`DispatchConfig::stall_after`] in ms.
 fn stall_ms(config: &DispatchConfig) -> i64 {
     i64::try_from(config.stall_after.as_millis()).unwrap_or(i64::MAX)
@@ -690,13 +703,10 @@ impl Inner {
         let now = Timestamp::now().0;
         let max_ms = self.config.breaker_probe_max.as_millis() as i64;
         let threshold = self.config.breaker_threshold.max(1);
-        let b = a.breakers.entry(endpoint_id.to_owned()).or_insert(Breaker {
-            failures: 0,
-            open: false,
-            next_probe: 0,
-            backoff_ms: FIRST_PROBE_MS,
-            probing: None,
-        });
+        let b = a
+            .breakers
+            .entry(endpoint_id.to_owned())
+            .or_insert_with(Breaker::closed);
         b.failures = b.failures.saturating_add(1);
         let probe_at = if b.open && probe.is_some() && b.probing == probe {
             b.probing = None;
@@ -726,13 +736,10 @@ impl Inner {
     /// probe, as for any open breaker, and the probe's success brings its backlog back.
     fn hold(&self, endpoint_id: &str, until: i64) {
         let mut a = self.admission();
-        let b = a.breakers.entry(endpoint_id.to_owned()).or_insert(Breaker {
-            failures: 0,
-            open: false,
-            next_probe: 0,
-            backoff_ms: FIRST_PROBE_MS,
-            probing: None,
-        });
+        let b = a
+            .breakers
+            .entry(endpoint_id.to_owned())
+            .or_insert_with(Breaker::closed);
         let was_open = b.open;
         b.open = true;
         b.next_probe = b.next_probe.max(until);
