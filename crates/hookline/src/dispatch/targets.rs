@@ -15,13 +15,20 @@
 //!   made to the addresses it kept, with no second lookup. Literal addresses never reach a
 //!   resolver, so the sender checks them itself ([`Guard::check_ip`]) before each request.
 //!
-//! Both checks ask the same [`Resolve`]r (`server::Config::resolver`): the system's by
-//! default ([`SystemResolver`]), another one in tests.
+//! Both checks ask the same [`Resolve`]r (`server::Config::resolver`): by default
+//! [`SystemResolver`], an asynchronous DNS resolver with the system's configuration and a
+//! cache; in tests, one that asks a name server on this machine, or none.
 
+use hickory_resolver::TokioResolver;
+use hickory_resolver::config::{
+    LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
+};
+use hickory_resolver::net::NetError;
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use std::{fmt, io};
 
@@ -36,19 +43,135 @@ pub trait Resolve: fmt::Debug + Send + Sync + 'static {
     fn resolve(&self, host: &str) -> Lookup;
 }
 
-/// The operating system's resolver (`getaddrinfo`, via Tokio), bounded by a timeout.
-#[derive(Clone, Debug)]
+/// The resolver a server asks unless told otherwise: an asynchronous DNS stub resolver
+/// (`hickory-resolver`) with the system's configuration (`/etc/resolv.conf`: its name
+/// servers, search list, `ndots`, timeout and attempts; names in `/etc/hosts` first).
+///
+/// - **No lookup holds a thread.** `getaddrinfo` blocks, so it ran on Tokio's blocking
+///   pool, where a name server that stopped answering kept a thread per lookup (for the C
+///   library's own timeouts, long after the attempt gave up) until the pool was full; the
+///   SQLite store's reads, which run on that pool, then waited behind them. Here a lookup
+///   is a future: one that waits costs a timer and a socket, and the rest of the server
+///   never notices.
+/// - **Answers are kept for their TTL** (at most [`Self::MAX_TTL`], a name that does not
+///   exist at most [`Self::MAX_NEGATIVE_TTL`]), and lookups of a name already in flight
+///   share its query, so the lanes of an endpoint that open connections together ask once.
+///   Every answer, kept or fresh, is still screened by [`Guard`] for each new connection.
+/// - **A lookup is bounded as a whole** by the timeout given (5 s by default, as long as a
+///   connection may take); each query by at most that too.
+///
+/// IPv4 and IPv6 are asked for together, IPv4 addresses first.
+#[derive(Clone)]
 pub struct SystemResolver {
+    inner: Arc<ResolverState>,
+}
+
+struct ResolverState {
+    servers: Servers,
     timeout: Duration,
+    /// Built at the first lookup: reading the system's files waits until a name needs them.
+    resolver: OnceLock<Result<TokioResolver, String>>,
+}
+
+/// Whose name servers a [`SystemResolver`] asks.
+#[derive(Clone, Debug)]
+enum Servers {
+    /// The system's configuration.
+    System,
+    /// These (address and port), over UDP and then TCP; no hosts file.
+    Listed(Vec<SocketAddr>),
+}
+
+impl fmt::Debug for SystemResolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SystemResolver")
+            .field("servers", &self.inner.servers)
+            .field("timeout", &self.inner.timeout)
+            .finish()
+    }
 }
 
 impl SystemResolver {
     /// How long a lookup may take by default: as long as a connection may.
     pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+    /// The longest an answer is kept, whatever its TTL: a receiver that moves is found
+    /// within five minutes even behind a record that claims a day.
+    pub const MAX_TTL: Duration = Duration::from_secs(300);
+    /// The longest a name that does not exist is remembered as such.
+    pub const MAX_NEGATIVE_TTL: Duration = Duration::from_secs(30);
 
+    /// The system's configuration, each lookup bounded by `timeout`.
     pub fn new(timeout: Duration) -> Self {
-        SystemResolver { timeout }
+        Self::with(Servers::System, timeout)
     }
+
+    /// Asks only `servers` (each an address and port; no hosts file), each lookup bounded by
+    /// `timeout`: a dedicated resolver, or one a test runs on this machine.
+    pub fn with_servers(servers: Vec<SocketAddr>, timeout: Duration) -> Self {
+        Self::with(Servers::Listed(servers), timeout)
+    }
+
+    fn with(servers: Servers, timeout: Duration) -> Self {
+        SystemResolver {
+            inner: Arc::new(ResolverState {
+                servers,
+                timeout,
+                resolver: OnceLock::new(),
+            }),
+        }
+    }
+
+    fn resolver(&self) -> Result<&TokioResolver, String> {
+        self.inner
+            .resolver
+            .get_or_init(|| build_resolver(&self.inner.servers, self.inner.timeout))
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+}
+
+fn build_resolver(servers: &Servers, timeout: Duration) -> Result<TokioResolver, String> {
+    let (config, mut options) = match servers {
+        Servers::System => match hickory_resolver::system_conf::read_system_conf() {
+            Ok(read) => read,
+            Err(e) => {
+                // What the C library does without a usable file: ask this machine's port 53.
+                tracing::warn!(
+                    error = %e,
+                    "the system's DNS configuration could not be read; asking 127.0.0.1:53"
+                );
+                (
+                    ResolverConfig::from_name_servers(vec![NameServerConfig::udp_and_tcp(
+                        IpAddr::V4(Ipv4Addr::LOCALHOST),
+                    )]),
+                    ResolverOpts::default(),
+                )
+            }
+        },
+        Servers::Listed(addrs) => {
+            let name_servers = addrs
+                .iter()
+                .map(|addr| {
+                    let mut server = NameServerConfig::udp_and_tcp(addr.ip());
+                    for connection in &mut server.connections {
+                        connection.port = addr.port();
+                    }
+                    server
+                })
+                .collect();
+            let mut options = ResolverOpts::default();
+            options.use_hosts_file = ResolveHosts::Never;
+            (ResolverConfig::from_name_servers(name_servers), options)
+        }
+    };
+    options.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
+    options.positive_max_ttl = Some(SystemResolver::MAX_TTL);
+    options.negative_max_ttl = Some(SystemResolver::MAX_NEGATIVE_TTL);
+    options.timeout = options.timeout.min(timeout);
+    TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
+        .with_options(options)
+        .build()
+        .map_err(|e| format!("starting the DNS resolver: {e}"))
 }
 
 impl Default for SystemResolver {
@@ -59,27 +182,42 @@ impl Default for SystemResolver {
 
 impl Resolve for SystemResolver {
     fn resolve(&self, host: &str) -> Lookup {
+        let resolver = self.resolver().cloned();
+        let timeout = self.inner.timeout;
         let host = host.to_owned();
-        let timeout = self.timeout;
         Box::pin(async move {
-            match tokio::time::timeout(timeout, tokio::net::lookup_host((host.as_str(), 0))).await {
-                Ok(Ok(addrs)) => {
-                    let mut ips: Vec<IpAddr> = Vec::new();
-                    for a in addrs {
-                        if !ips.contains(&a.ip()) {
-                            ips.push(a.ip());
-                        }
-                    }
-                    Ok(ips)
-                }
-                Ok(Err(e)) => Err(io::Error::new(e.kind(), format!("resolving {host:?}: {e}"))),
-                Err(_) => Err(io::Error::new(
+            let resolver =
+                resolver.map_err(|e| io::Error::other(format!("resolving {host:?}: {e}")))?;
+            let no_answer = || {
+                io::Error::new(
                     io::ErrorKind::TimedOut,
                     format!(
                         "resolving {host:?}: no answer within {} ms",
                         timeout.as_millis()
                     ),
-                )),
+                )
+            };
+            match tokio::time::timeout(timeout, resolver.lookup_ip(host.as_str())).await {
+                Ok(Ok(found)) => {
+                    let mut ips: Vec<IpAddr> = Vec::new();
+                    for ip in found.iter() {
+                        if !ips.contains(&ip) {
+                            ips.push(ip);
+                        }
+                    }
+                    Ok(ips)
+                }
+                // The name servers' own timeouts (each query's, from the configuration) end
+                // the same way as the lookup's.
+                Ok(Err(NetError::Timeout)) | Err(_) => Err(no_answer()),
+                Ok(Err(e)) => {
+                    let kind = if e.is_no_records_found() {
+                        io::ErrorKind::NotFound
+                    } else {
+                        io::ErrorKind::Other
+                    };
+                    Err(io::Error::new(kind, format!("resolving {host:?}: {e}")))
+                }
             }
         })
     }
