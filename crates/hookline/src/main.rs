@@ -231,6 +231,9 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    if matches!(cli.command, Command::Serve(_) | Command::Bench(_)) {
+        raise_open_files_limit();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -429,6 +432,54 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     });
     server::run(config, listener, shutdown).await
 }
+
+/// Fewer open files than this is worth a warning at start.
+const FEW_OPEN_FILES: u64 = 8_192;
+
+/// Raises this process's soft limit of open files to its hard limit, as far as it may go.
+///
+/// Every connection in (the API) and out (up to `--endpoint-concurrency` per endpoint, and
+/// idle ones kept for reuse) and every database file holds a descriptor. The soft limit
+/// services usually start with is 1,024, so 32 endpoints with all their lanes busy (a few
+/// hanging receivers) used them all: the listener could then accept no connection, the
+/// API answered nobody, and SQLite could open no reader. The hard limit is what the
+/// administrator allows (`LimitNOFILE=`, `ulimit -Hn`); the soft one only what a process
+/// starts with.
+#[cfg(unix)]
+fn raise_open_files_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    // An unlimited hard limit is not one the kernel takes for open files: keep the soft one.
+    if let (Some(current), Some(maximum)) = (limit.current, limit.maximum)
+        && current < maximum
+    {
+        let raised = Rlimit {
+            current: Some(maximum),
+            maximum: Some(maximum),
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => tracing::info!(from = current, to = maximum, "raised the open files limit"),
+            Err(e) => tracing::warn!(
+                error = %e,
+                from = current,
+                to = maximum,
+                "could not raise the open files limit"
+            ),
+        }
+    }
+    if let Some(now) = getrlimit(Resource::Nofile).current
+        && now < FEW_OPEN_FILES
+    {
+        tracing::warn!(
+            limit = now,
+            "few open files allowed: each connection in or out takes one, up to \
+             --endpoint-concurrency per endpoint; raise the hard limit (LimitNOFILE=, ulimit -Hn)"
+        );
+    }
+}
+
+#[cfg(not(unix))]
+fn raise_open_files_limit() {}
 
 async fn wait_for_signal() {
     #[cfg(unix)]
