@@ -19,17 +19,19 @@
 //! [`SystemResolver`], an asynchronous DNS resolver with the system's configuration and a
 //! cache; in tests, one that asks a name server on this machine, or none.
 
-use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{
     LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
 };
 use hickory_resolver::net::NetError;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::op::Query;
+use hickory_resolver::proto::rr::{Name, RecordType};
+use hickory_resolver::{Hosts, TokioResolver};
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 use std::{fmt, io};
 
 /// What a lookup comes to: the host's addresses.
@@ -45,7 +47,7 @@ pub trait Resolve: fmt::Debug + Send + Sync + 'static {
 
 /// The resolver a server asks unless told otherwise: an asynchronous DNS stub resolver
 /// (`hickory-resolver`) with the system's configuration (`/etc/resolv.conf`: its name
-/// servers, search list, `ndots`, timeout and attempts; names in `/etc/hosts` first).
+/// servers, search list, `ndots`, timeout and attempts), after the names in `/etc/hosts`.
 ///
 /// - **No lookup holds a thread.** `getaddrinfo` blocks, so it ran on Tokio's blocking
 ///   pool, where a name server that stopped answering kept a thread per lookup (for the C
@@ -58,19 +60,59 @@ pub trait Resolve: fmt::Debug + Send + Sync + 'static {
 ///   share its query, so the lanes of an endpoint that open connections together ask once.
 ///   Every answer, kept or fresh, is still screened by [`Guard`] for each new connection.
 /// - **A lookup is bounded as a whole** by the timeout given (5 s by default, as long as a
-///   connection may take); each query by at most that too.
+///   connection may take). Each query gets at most a third of it, so that a second attempt,
+///   another name server or, when only one family answers in time, the other family's
+///   addresses still fit in it.
+/// - **`/etc/hosts` first, as the C library does:** a name it lists (for either family) is
+///   answered from it alone. Both files are looked at again when they change (checked at
+///   most every [`RECHECK`]); a `resolv.conf` that cannot be read means this machine's port
+///   53, as it does for the C library, until it can.
 ///
-/// IPv4 and IPv6 are asked for together, IPv4 addresses first.
+/// IPv4 and IPv6 are asked for together, IPv4 addresses first (the C library would order
+/// them by the host's own routes). One instance belongs to one Tokio runtime: the name
+/// servers' connections are tasks spawned on the runtime that first needed them.
 #[derive(Clone)]
 pub struct SystemResolver {
     inner: Arc<ResolverState>,
 }
 
+/// How often, at most, [`SystemResolver`] looks whether the system's files changed.
+pub const RECHECK: Duration = Duration::from_secs(5);
+
+const RESOLV_CONF: &str = "/etc/resolv.conf";
+const HOSTS: &str = "/etc/hosts";
+
 struct ResolverState {
     servers: Servers,
     timeout: Duration,
-    /// Built at the first lookup: reading the system's files waits until a name needs them.
-    resolver: OnceLock<Result<TokioResolver, String>>,
+    /// Built at the first lookup (reading the system's files waits until a name needs
+    /// them), and again when they change.
+    current: Mutex<Option<Built>>,
+}
+
+/// A resolver as built from the files as they were.
+struct Built {
+    resolver: TokioResolver,
+    hosts: Arc<Hosts>,
+    files: Option<FileStamps>,
+    checked: Instant,
+}
+
+/// When the system's two files were last changed (`None`: missing or unreadable).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct FileStamps {
+    resolv_conf: Option<SystemTime>,
+    hosts: Option<SystemTime>,
+}
+
+impl FileStamps {
+    fn read() -> Self {
+        let changed = |path: &str| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        FileStamps {
+            resolv_conf: changed(RESOLV_CONF),
+            hosts: changed(HOSTS),
+        }
+    }
 }
 
 /// Whose name servers a [`SystemResolver`] asks.
@@ -116,38 +158,63 @@ impl SystemResolver {
             inner: Arc::new(ResolverState {
                 servers,
                 timeout,
-                resolver: OnceLock::new(),
+                current: Mutex::new(None),
             }),
         }
     }
 
-    fn resolver(&self) -> Result<&TokioResolver, String> {
-        self.inner
-            .resolver
-            .get_or_init(|| build_resolver(&self.inner.servers, self.inner.timeout))
-            .as_ref()
-            .map_err(Clone::clone)
+    /// The resolver and hosts for a lookup now, built again if the files changed.
+    fn current(&self) -> Result<(TokioResolver, Arc<Hosts>), String> {
+        let mut slot = self
+            .inner
+            .current
+            .lock()
+            .map_err(|_| "the resolver's state was poisoned by a panic".to_owned())?;
+        let now = Instant::now();
+        if let Some(built) = slot.as_mut() {
+            let fresh = match (&self.inner.servers, built.files) {
+                (Servers::Listed(_), _) | (_, None) => true,
+                _ if now.duration_since(built.checked) < RECHECK => true,
+                (Servers::System, Some(files)) => {
+                    built.checked = now;
+                    FileStamps::read() == files
+                }
+            };
+            if fresh {
+                return Ok((built.resolver.clone(), built.hosts.clone()));
+            }
+        }
+        let built = build_resolver(&self.inner.servers, self.inner.timeout, now)?;
+        let answer = (built.resolver.clone(), built.hosts.clone());
+        *slot = Some(built);
+        Ok(answer)
     }
 }
 
-fn build_resolver(servers: &Servers, timeout: Duration) -> Result<TokioResolver, String> {
-    let (config, mut options) = match servers {
-        Servers::System => match hickory_resolver::system_conf::read_system_conf() {
-            Ok(read) => read,
-            Err(e) => {
-                // What the C library does without a usable file: ask this machine's port 53.
-                tracing::warn!(
-                    error = %e,
-                    "the system's DNS configuration could not be read; asking 127.0.0.1:53"
-                );
-                (
-                    ResolverConfig::from_name_servers(vec![NameServerConfig::udp_and_tcp(
-                        IpAddr::V4(Ipv4Addr::LOCALHOST),
-                    )]),
-                    ResolverOpts::default(),
-                )
-            }
-        },
+fn build_resolver(servers: &Servers, timeout: Duration, now: Instant) -> Result<Built, String> {
+    let (config, mut options, hosts, files) = match servers {
+        Servers::System => {
+            let files = FileStamps::read();
+            let (config, options) = match hickory_resolver::system_conf::read_system_conf() {
+                Ok(read) => read,
+                Err(e) => {
+                    // What the C library does without a usable file: ask this machine's port
+                    // 53 (until the file changes).
+                    tracing::warn!(
+                        error = %e,
+                        "{RESOLV_CONF} could not be read; asking 127.0.0.1:53 until it can"
+                    );
+                    (
+                        ResolverConfig::from_name_servers(vec![NameServerConfig::udp_and_tcp(
+                            IpAddr::V4(Ipv4Addr::LOCALHOST),
+                        )]),
+                        ResolverOpts::default(),
+                    )
+                }
+            };
+            let hosts = Hosts::from_system().unwrap_or_default();
+            (config, options, hosts, Some(files))
+        }
         Servers::Listed(addrs) => {
             let name_servers = addrs
                 .iter()
@@ -159,19 +226,38 @@ fn build_resolver(servers: &Servers, timeout: Duration) -> Result<TokioResolver,
                     server
                 })
                 .collect();
-            let mut options = ResolverOpts::default();
-            options.use_hosts_file = ResolveHosts::Never;
-            (ResolverConfig::from_name_servers(name_servers), options)
+            let config = ResolverConfig::from_name_servers(name_servers);
+            (config, ResolverOpts::default(), Hosts::default(), None)
         }
     };
+    // The hosts file is read here, and asked first, for both families at once.
+    options.use_hosts_file = ResolveHosts::Never;
     options.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
     options.positive_max_ttl = Some(SystemResolver::MAX_TTL);
     options.negative_max_ttl = Some(SystemResolver::MAX_NEGATIVE_TTL);
-    options.timeout = options.timeout.min(timeout);
-    TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
+    options.timeout = options.timeout.min(timeout / 3);
+    let resolver = TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
         .with_options(options)
         .build()
-        .map_err(|e| format!("starting the DNS resolver: {e}"))
+        .map_err(|e| format!("starting the DNS resolver: {e}"))?;
+    Ok(Built {
+        resolver,
+        hosts: Arc::new(hosts),
+        files,
+        checked: now,
+    })
+}
+
+/// The addresses `/etc/hosts` gives `host`, of both families, if it lists it at all.
+fn from_hosts(hosts: &Hosts, host: &str) -> Option<Vec<IpAddr>> {
+    let name = Name::from_utf8(host).ok()?;
+    let mut ips: Vec<IpAddr> = Vec::new();
+    for family in [RecordType::A, RecordType::AAAA] {
+        if let Some(found) = hosts.lookup_static_host(&Query::query(name.clone(), family)) {
+            ips.extend(found.answers().iter().filter_map(|r| r.data.ip_addr()));
+        }
+    }
+    (!ips.is_empty()).then_some(ips)
 }
 
 impl Default for SystemResolver {
@@ -182,18 +268,22 @@ impl Default for SystemResolver {
 
 impl Resolve for SystemResolver {
     fn resolve(&self, host: &str) -> Lookup {
-        let resolver = self.resolver().cloned();
+        let current = self.current();
         let timeout = self.inner.timeout;
         let host = host.to_owned();
         Box::pin(async move {
-            let resolver =
-                resolver.map_err(|e| io::Error::other(format!("resolving {host:?}: {e}")))?;
+            let (resolver, hosts) =
+                current.map_err(|e| io::Error::other(format!("resolving {host:?}: {e}")))?;
+            if let Some(ips) = from_hosts(&hosts, &host) {
+                return Ok(ips);
+            }
+            let started = Instant::now();
             let no_answer = || {
                 io::Error::new(
                     io::ErrorKind::TimedOut,
                     format!(
                         "resolving {host:?}: no answer within {} ms",
-                        timeout.as_millis()
+                        started.elapsed().as_millis()
                     ),
                 )
             };
@@ -207,17 +297,18 @@ impl Resolve for SystemResolver {
                     }
                     Ok(ips)
                 }
-                // The name servers' own timeouts (each query's, from the configuration) end
-                // the same way as the lookup's.
+                // The name servers' own timeouts (each query's, its attempts spent) end the
+                // same way as the lookup's.
                 Ok(Err(NetError::Timeout)) | Err(_) => Err(no_answer()),
-                Ok(Err(e)) => {
-                    let kind = if e.is_no_records_found() {
-                        io::ErrorKind::NotFound
-                    } else {
-                        io::ErrorKind::Other
-                    };
-                    Err(io::Error::new(kind, format!("resolving {host:?}: {e}")))
-                }
+                Ok(Err(e)) if e.is_nx_domain() => Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("resolving {host:?}: no such name"),
+                )),
+                Ok(Err(e)) if e.is_no_records_found() => Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("resolving {host:?}: the name has no addresses"),
+                )),
+                Ok(Err(e)) => Err(io::Error::other(format!("resolving {host:?}: {e}"))),
             }
         })
     }
@@ -477,6 +568,43 @@ mod tests {
             let ips = self.0.clone();
             Box::pin(async move { Ok(ips) })
         }
+    }
+
+    #[test]
+    fn the_hosts_file_answers_for_both_families() {
+        let mut hosts = Hosts::default();
+        hosts
+            .read_hosts_conf(
+                "127.0.0.1 only4.example\n\
+                 127.0.0.2 both.example\n\
+                 ::2 both.example\n\
+                 ::3 only6.example\n"
+                    .as_bytes(),
+            )
+            .unwrap();
+        assert_eq!(
+            from_hosts(&hosts, "only4.example"),
+            Some(ips(&["127.0.0.1"]))
+        );
+        assert_eq!(
+            from_hosts(&hosts, "BOTH.example."),
+            Some(ips(&["127.0.0.2", "::2"]))
+        );
+        assert_eq!(from_hosts(&hosts, "only6.example"), Some(ips(&["::3"])));
+        assert_eq!(from_hosts(&hosts, "elsewhere.example"), None);
+    }
+
+    #[tokio::test]
+    async fn the_system_resolver_answers_from_the_hosts_file() {
+        // Every system lists `localhost` in /etc/hosts; no name server is asked.
+        let found = SystemResolver::default()
+            .resolve("localhost")
+            .await
+            .unwrap();
+        assert!(
+            found.contains(&IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            "{found:?}"
+        );
     }
 
     #[tokio::test]
