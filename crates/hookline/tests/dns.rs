@@ -32,21 +32,28 @@ type Questions = HashMap<(String, RecordType), HashSet<u16>>;
 impl NameServer {
     /// Answers `names` (each with its address and TTL in seconds).
     async fn start(names: &[(&str, Ipv4Addr, u32)]) -> Self {
-        Self::run(Some(
-            names
-                .iter()
-                .map(|(n, ip, ttl)| (format!("{n}."), (*ip, *ttl)))
-                .collect(),
-        ))
-        .await
+        Self::run(Some(Self::table(names)), false).await
     }
 
     /// Takes every question and answers none.
     async fn silent() -> Self {
-        Self::run(None).await
+        Self::run(None, false).await
     }
 
-    async fn run(names: Option<HashMap<String, (Ipv4Addr, u32)>>) -> Self {
+    /// Answers `names` like [`Self::start`], but never a question for IPv6 addresses, as
+    /// some name servers and middleboxes do.
+    async fn without_aaaa(names: &[(&str, Ipv4Addr, u32)]) -> Self {
+        Self::run(Some(Self::table(names)), true).await
+    }
+
+    fn table(names: &[(&str, Ipv4Addr, u32)]) -> HashMap<String, (Ipv4Addr, u32)> {
+        names
+            .iter()
+            .map(|(n, ip, ttl)| (format!("{n}."), (*ip, *ttl)))
+            .collect()
+    }
+
+    async fn run(names: Option<HashMap<String, (Ipv4Addr, u32)>>, drop_aaaa: bool) -> Self {
         let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let addr = socket.local_addr().unwrap();
         let asked: Arc<Mutex<Questions>> = Arc::default();
@@ -69,6 +76,14 @@ impl NameServer {
                         .insert(question.metadata.id);
                 }
                 let Some(names) = &names else { continue };
+                if drop_aaaa
+                    && question
+                        .queries
+                        .iter()
+                        .any(|q| q.query_type() == RecordType::AAAA)
+                {
+                    continue;
+                }
                 let mut answer = Message::response(question.metadata.id, question.metadata.op_code);
                 answer.metadata.recursion_desired = question.metadata.recursion_desired;
                 answer.metadata.recursion_available = true;
@@ -151,6 +166,17 @@ async fn answers_are_kept_for_their_ttl_and_shared_in_flight() {
     assert_eq!(
         e.to_string(),
         "resolving \"nowhere.example.test\": no such name"
+    );
+}
+
+#[tokio::test]
+async fn an_answer_for_one_family_is_not_lost_to_the_other() {
+    let ns =
+        NameServer::without_aaaa(&[("v4.example.test", Ipv4Addr::new(192, 0, 2, 20), 300)]).await;
+    let resolver = SystemResolver::with_servers(vec![ns.addr], Duration::from_secs(3));
+    assert_eq!(
+        resolver.resolve("v4.example.test").await.unwrap(),
+        vec![IpAddr::from([192, 0, 2, 20])]
     );
 }
 

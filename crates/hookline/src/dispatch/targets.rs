@@ -60,9 +60,9 @@ pub trait Resolve: fmt::Debug + Send + Sync + 'static {
 ///   share its query, so the lanes of an endpoint that open connections together ask once.
 ///   Every answer, kept or fresh, is still screened by [`Guard`] for each new connection.
 /// - **A lookup is bounded as a whole** by the timeout given (5 s by default, as long as a
-///   connection may take). Each query gets at most a third of it, so that a second attempt,
-///   another name server or, when only one family answers in time, the other family's
-///   addresses still fit in it.
+///   connection may take). Each query gets at most a third of it and one retry, so that
+///   behind a name server that never answers for one family (some drop `AAAA` questions),
+///   the other family's addresses still come back within it.
 /// - **`/etc/hosts` first, as the C library does:** a name it lists (for either family) is
 ///   answered from it alone. Both files are looked at again when they change (checked at
 ///   most every [`RECHECK`]); a `resolv.conf` that cannot be read means this machine's port
@@ -98,20 +98,55 @@ struct Built {
     checked: Instant,
 }
 
-/// When the system's two files were last changed (`None`: missing or unreadable).
+/// What tells that one of the system's two files changed (`None`: missing).
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct FileStamps {
-    resolv_conf: Option<SystemTime>,
-    hosts: Option<SystemTime>,
+    resolv_conf: Option<FileStamp>,
+    hosts: Option<FileStamp>,
+}
+
+/// A file's times of change, of content and of status (a `chmod` that makes it readable;
+/// a copy that keeps the old modification time), its inode (a file moved into place) and
+/// its length.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    modified: Option<SystemTime>,
+    status_changed: (i64, i64),
+    inode: u64,
+    len: u64,
 }
 
 impl FileStamps {
     fn read() -> Self {
-        let changed = |path: &str| std::fs::metadata(path).and_then(|m| m.modified()).ok();
         FileStamps {
-            resolv_conf: changed(RESOLV_CONF),
-            hosts: changed(HOSTS),
+            resolv_conf: FileStamp::of(RESOLV_CONF),
+            hosts: FileStamp::of(HOSTS),
         }
+    }
+}
+
+impl FileStamp {
+    #[cfg(unix)]
+    fn of(path: &str) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok()?;
+        Some(FileStamp {
+            modified: m.modified().ok(),
+            status_changed: (m.ctime(), m.ctime_nsec()),
+            inode: m.ino(),
+            len: m.len(),
+        })
+    }
+
+    #[cfg(not(unix))]
+    fn of(path: &str) -> Option<Self> {
+        let m = std::fs::metadata(path).ok()?;
+        Some(FileStamp {
+            modified: m.modified().ok(),
+            status_changed: (0, 0),
+            inode: 0,
+            len: m.len(),
+        })
     }
 }
 
@@ -184,10 +219,22 @@ impl SystemResolver {
                 return Ok((built.resolver.clone(), built.hosts.clone()));
             }
         }
-        let built = build_resolver(&self.inner.servers, self.inner.timeout, now)?;
-        let answer = (built.resolver.clone(), built.hosts.clone());
-        *slot = Some(built);
-        Ok(answer)
+        // (Under the lock: a rebuild reads two small files, once per change of them.)
+        match build_resolver(&self.inner.servers, self.inner.timeout, now) {
+            Ok(built) => {
+                let answer = (built.resolver.clone(), built.hosts.clone());
+                *slot = Some(built);
+                Ok(answer)
+            }
+            // The files changed into something unusable: go on as they were.
+            Err(e) => match slot.as_ref() {
+                Some(old) => {
+                    tracing::warn!(error = %e, "keeping the DNS configuration as it was");
+                    Ok((old.resolver.clone(), old.hosts.clone()))
+                }
+                None => Err(e),
+            },
+        }
     }
 }
 
@@ -235,7 +282,10 @@ fn build_resolver(servers: &Servers, timeout: Duration, now: Instant) -> Result<
     options.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
     options.positive_max_ttl = Some(SystemResolver::MAX_TTL);
     options.negative_max_ttl = Some(SystemResolver::MAX_NEGATIVE_TTL);
+    // Both families are awaited together: each query and its one retry must end within
+    // the lookup's budget, so that an answer for one family is not lost to the other's wait.
     options.timeout = options.timeout.min(timeout / 3);
+    options.attempts = 1;
     let resolver = TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
         .with_options(options)
         .build()
