@@ -77,31 +77,56 @@ impl Ingest {
         }
     }
 
-    /// Validates `inputs` (all or nothing), commits them and hands their deliveries over.
-    /// With `batch`, error paths name the input as `events[i].field`. Under an idempotency
-    /// `key`, a repeat of the same request (within the window, across restarts and nodes)
-    /// answers what the first was accepted as and creates nothing; a different request under
-    /// the key is refused.
-    pub async fn accept(
+    /// A request's idempotency key (1 to 255 visible ASCII characters), tied to a digest of
+    /// what the request asks to store and to this server's window.
+    pub fn key_for(
         &self,
-        account: &Account,
-        inputs: Vec<EventInput>,
-        batch: bool,
         key: Option<String>,
-    ) -> Result<Vec<AcceptedSummary>, IngestError> {
-        if let Some(k) = &key
-            && (k.is_empty() || k.len() > 255 || !k.bytes().all(|b| (0x21..=0x7e).contains(&b)))
-        {
+        inputs: &[EventInput],
+    ) -> Result<Option<IdempotencyKey>, IngestError> {
+        let Some(key) = key else {
+            return Ok(None);
+        };
+        if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
             return Err(IngestError::Invalid(vec![FieldError {
                 path: "idempotency_key".into(),
                 message: "must be 1 to 255 visible ASCII characters".into(),
             }]));
         }
-        let key = key.map(|key| IdempotencyKey {
+        Ok(Some(IdempotencyKey {
             key,
-            request_hash: request_hash(&inputs),
+            request_hash: request_hash(inputs),
             window_ms: self.idempotency_window.as_millis() as i64,
-        });
+        }))
+    }
+
+    /// What the first request under `key` was accepted as, if it was the same request and
+    /// within the key's window (a read: the API asks when a request is over its account's
+    /// rate, since a repeat stores nothing and is answered whatever the rate). A different
+    /// request under the key is refused. `None`: no answer is recorded.
+    pub async fn repeat_of(
+        &self,
+        account: &Account,
+        key: &IdempotencyKey,
+    ) -> Result<Option<Vec<AcceptedSummary>>, IngestError> {
+        Ok(self
+            .store
+            .repeat_of(account.id.clone(), key.clone())
+            .await?)
+    }
+
+    /// Validates `inputs` (all or nothing), commits them and hands their deliveries over.
+    /// With `batch`, error paths name the input as `events[i].field`. Under an idempotency
+    /// `key` (from [`Ingest::key_for`]), a repeat of the same request (within the window,
+    /// across restarts and nodes) answers what the first was accepted as and creates
+    /// nothing; a different request under the key is refused.
+    pub async fn accept(
+        &self,
+        account: &Account,
+        inputs: Vec<EventInput>,
+        batch: bool,
+        key: Option<IdempotencyKey>,
+    ) -> Result<Answer, IngestError> {
         // The account's own types this request uses, with their compiled schemas.
         let mut custom: HashMap<String, Option<Arc<jsonschema::Validator>>> = HashMap::new();
         for input in &inputs {
@@ -229,7 +254,7 @@ impl Ingest {
                     .insert_events(account.id.clone(), events, admit, on_done)
                     .await?;
                 crate::telemetry::events_accepted(accepted.len());
-                Ok(accepted.iter().map(AcceptedSummary::from).collect())
+                Ok(Answer::new(&accepted))
             }
             Some(key) => match self
                 .store
@@ -238,10 +263,30 @@ impl Ingest {
             {
                 Ingested::New(accepted) => {
                     crate::telemetry::events_accepted(accepted.len());
-                    Ok(accepted.iter().map(AcceptedSummary::from).collect())
+                    Ok(Answer::new(&accepted))
                 }
-                Ingested::Repeat(first) => Ok(first),
+                Ingested::Repeat(first) => Ok(Answer {
+                    events: first,
+                    repeat: true,
+                }),
             },
+        }
+    }
+}
+
+/// What [`Ingest::accept`] answers: the events as accepted, and whether they were a
+/// repeat's (a request under the same key stored them first; this one stored nothing).
+#[derive(Debug)]
+pub struct Answer {
+    pub events: Vec<AcceptedSummary>,
+    pub repeat: bool,
+}
+
+impl Answer {
+    fn new(accepted: &[crate::store::AcceptedEvent]) -> Self {
+        Answer {
+            events: accepted.iter().map(AcceptedSummary::from).collect(),
+            repeat: false,
         }
     }
 }

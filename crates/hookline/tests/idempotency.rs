@@ -123,4 +123,63 @@ async fn a_repeat_answers_the_first_202_and_a_different_body_is_409(engine: Engi
     assert_eq!(rx.got("crm").len(), 3);
 }
 
-on_both_engines!(a_repeat_answers_the_first_202_and_a_different_body_is_409);
+async fn repeats_are_answered_whatever_the_ingest_rate_and_cost_none_of_it(engine: Engine) {
+    // A plan that ingests one event a second: one batch of one spends the whole second.
+    let s = TestServer::start_with(&engine, |c| c.limits.pro.ingest_per_sec = Some(1)).await;
+    let batch = json!({"events": [{"type": "open", "data": valid("open", json!({}))}]});
+    let (status, first) = post_with_key(&s, "/v1/events/batch", "import-9", batch.clone()).await;
+    assert_eq!(status, 202, "{first}");
+
+    // A client that lost the answer asks again, and again: each gets the first answer at
+    // once, not a 429, and takes nothing of the rate.
+    for _ in 0..5 {
+        let (status, again) =
+            post_with_key(&s, "/v1/events/batch", "import-9", batch.clone()).await;
+        assert_eq!(status, 202, "{again}");
+        assert_eq!(again, first);
+    }
+    // A different request under the key is refused before it is metered, too.
+    let other = json!({"events": [{"type": "click", "data": valid("click", json!({}))}]});
+    let (status, body) = post_with_key(&s, "/v1/events/batch", "import-9", other).await;
+    assert_eq!(status, 409, "{body}");
+
+    // New events are still metered: within a few seconds of repeats, at most one a second
+    // more gets in, so of ten sent at once at least eight are refused. (Tokens come back at
+    // one a second; the repeats above gave none away.)
+    let mut refused = 0;
+    for i in 0..10 {
+        let (status, body) = s
+            .post(
+                "/v1/events",
+                json!({"type": "open", "data": valid("open", json!({"i": i}))}),
+            )
+            .await;
+        assert!(status == 202 || status == 429, "{status} {body}");
+        if status == 429 {
+            refused += 1;
+        }
+    }
+    assert!(refused >= 8, "only {refused} of 10 refused");
+}
+
+async fn a_repeat_within_the_rate_gets_its_cost_back(engine: Engine) {
+    // Two events a second: one event spends half of it.
+    let s = TestServer::start_with(&engine, |c| c.limits.pro.ingest_per_sec = Some(2)).await;
+    let one = |kind: &str| json!({"events": [{"type": kind, "data": valid(kind, json!({}))}]});
+    let (status, first) = post_with_key(&s, "/v1/events/batch", "half", one("open")).await;
+    assert_eq!(status, 202, "{first}");
+    // The repeat is metered (there is room), found a repeat in the commit, and given back.
+    let (status, again) = post_with_key(&s, "/v1/events/batch", "half", one("open")).await;
+    assert_eq!(status, 202, "{again}");
+    assert_eq!(again, first);
+    // So the other half of the second is still there for a new event. (Had the repeat kept
+    // its cost, it would wait for the rate to bring one back: half a second.)
+    let (status, body) = s.post("/v1/events/batch", one("click")).await;
+    assert_eq!(status, 202, "{body}");
+}
+
+on_both_engines!(
+    a_repeat_answers_the_first_202_and_a_different_body_is_409,
+    repeats_are_answered_whatever_the_ingest_rate_and_cost_none_of_it,
+    a_repeat_within_the_rate_gets_its_cost_back,
+);

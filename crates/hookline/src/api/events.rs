@@ -149,6 +149,40 @@ fn refund(
     }
 }
 
+/// Ingests `inputs` under the account's rate. A repeat of a request already accepted under
+/// its idempotency key stores nothing, so it costs nothing of the rate: over the rate, the
+/// key's record is read and a repeat gets its first answer instead of a `429` (a client
+/// retrying after a lost answer is never refused); within it, the commit finds the repeat
+/// and its cost is given back. (Reading the record first for every keyed request would
+/// cost each one a read it does not need.)
+async fn ingest_metered(
+    state: &AppState,
+    account: &crate::model::Account,
+    inputs: Vec<EventInput>,
+    batch: bool,
+    key: Option<String>,
+) -> Result<Vec<crate::store::AcceptedSummary>, ApiError> {
+    let key = state.ingest.key_for(key, &inputs)?;
+    let n = inputs.len();
+    if let Err(limited) = meter(state, account, n) {
+        if let Some(key) = &key
+            && let Some(first) = state.ingest.repeat_of(account, key).await?
+        {
+            return Ok(first);
+        }
+        return Err(limited);
+    }
+    let answer = state
+        .ingest
+        .accept(account, inputs, batch, key)
+        .await
+        .inspect_err(|e| refund(state, account, e, n))?;
+    if answer.repeat {
+        state.ingest_limiter.refund(&account.id, n);
+    }
+    Ok(answer.events)
+}
+
 /// Sends one event. `202` means it and its deliveries are durably stored.
 #[utoipa::path(post, path = "/v1/events", tag = "events", request_body = CreateEvent,
     security(("api_key" = [])),
@@ -162,13 +196,9 @@ pub async fn create(
     JsonBody(body): JsonBody<CreateEvent>,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
     let key = one_key(&headers, body.idempotency_key.clone())?;
-    meter(&state, &account, 1)?;
-    let accepted = state
-        .ingest
-        .accept(&account, vec![body.into()], false, key)
-        .await
-        .inspect_err(|e| refund(&state, &account, e, 1))?;
-    let first = accepted.first().ok_or_else(ApiError::internal)?;
+    let inputs = vec![EventInput::from(body)];
+    let events = ingest_metered(&state, &account, inputs, false, key).await?;
+    let first = events.first().ok_or_else(ApiError::internal)?;
     Ok((StatusCode::ACCEPTED, Json(first.into())))
 }
 
@@ -197,18 +227,12 @@ pub async fn create_batch(
             body.events.len()
         )));
     }
-    let n = body.events.len();
-    meter(&state, &account, n)?;
     let inputs = body.events.into_iter().map(EventInput::from).collect();
-    let accepted = state
-        .ingest
-        .accept(&account, inputs, true, key)
-        .await
-        .inspect_err(|e| refund(&state, &account, e, n))?;
+    let events = ingest_metered(&state, &account, inputs, true, key).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(AcceptedBatch {
-            data: accepted.iter().map(Accepted::from).collect(),
+            data: events.iter().map(Accepted::from).collect(),
         }),
     ))
 }

@@ -317,6 +317,18 @@ impl Store {
         on_engine!(self, s => s.insert_events_once(account_id, events, key, admit, on_done).await)
     }
 
+    /// The first answer to a request under `key`, if one was accepted within the key's
+    /// window (a read: it creates nothing); a different request under the key is
+    /// [`StoreError::IdempotencyMismatch`]. [`Store::insert_events_once`] still decides in
+    /// its commit, for requests that race.
+    pub async fn repeat_of(
+        &self,
+        account_id: String,
+        key: IdempotencyKey,
+    ) -> Result<Option<Vec<AcceptedSummary>>, StoreError> {
+        on_engine!(self, s => s.repeat_of(account_id, key).await)
+    }
+
     pub async fn get_event(
         &self,
         account_id: String,
@@ -919,6 +931,29 @@ pub struct IdempotencyKey {
     /// A digest of the request (types and `data` of its events).
     pub request_hash: String,
     pub window_ms: i64,
+}
+
+/// What a key's record (its request's digest, the answer, when it was taken), if any,
+/// says of a request under `key` at `now`: nothing (no record, or past the key's window:
+/// the request may take the key over), the first answer to the same request, or a
+/// mismatch for a different one.
+pub(crate) fn recorded_answer(
+    record: Option<(String, String, i64)>,
+    key: &IdempotencyKey,
+    now: i64,
+) -> Result<Option<Vec<AcceptedSummary>>, StoreError> {
+    let Some((hash, accepted, created_at)) = record else {
+        return Ok(None);
+    };
+    if now - created_at >= key.window_ms {
+        return Ok(None);
+    }
+    if hash != key.request_hash {
+        return Err(StoreError::IdempotencyMismatch(key.key.clone()));
+    }
+    serde_json::from_str(&accepted)
+        .map(Some)
+        .ctx("reading an idempotency record")
 }
 
 /// What an ingest request with an idempotency key got.

@@ -20,7 +20,7 @@ use super::stamps::Stamps;
 use super::{
     AcceptedEvent, AcceptedSummary, AttemptRecord, DeliveryFilter, DueDelivery, EventFilter,
     FeedPos, IdempotencyKey, Ingested, NewDelivery, NewEvent, Outcome, Page, RetryRefusal,
-    StoreError,
+    StoreError, recorded_answer,
 };
 use crate::model::{
     Account, ApiKey, Attempt, CustomEventType, Delivery, DeliveryStatus, Endpoint, Event, Plan,
@@ -1163,6 +1163,27 @@ impl PgStore {
         .iter()
         .map(event_type_from_row)
         .collect()
+    }
+
+    pub async fn repeat_of(
+        &self,
+        account_id: String,
+        key: IdempotencyKey,
+    ) -> Result<Option<Vec<AcceptedSummary>>, StoreError> {
+        // Committed records only: a key taken by a request still in its transaction is not
+        // seen, and that request's repeat goes on to wait for it in `insert_events_once`.
+        let record = sqlx::query(
+            "SELECT request_hash, accepted, created_at FROM idempotency_keys
+             WHERE account_id = $1 AND key = $2",
+        )
+        .bind(&account_id)
+        .bind(&key.key)
+        .fetch_optional(&self.pool)
+        .await
+        .ctx("looking up an idempotency key")?
+        .map(|r| key_record(&r))
+        .transpose()?;
+        recorded_answer(record, &key, Timestamp::now().0)
     }
 
     pub async fn get_event_type(
@@ -2713,15 +2734,7 @@ async fn once_tx(
                 "the idempotency key changed under this request; try again".into(),
             ));
         };
-        let hash: String = r.try_get(0).ctx("reading an idempotency key")?;
-        let accepted: String = r.try_get(1).ctx("reading an idempotency key")?;
-        let created_at: i64 = r.try_get(2).ctx("reading an idempotency key")?;
-        if now - created_at < key.window_ms {
-            if hash != key.request_hash {
-                return Err(StoreError::IdempotencyMismatch(key.key.clone()));
-            }
-            let first: Vec<AcceptedSummary> =
-                serde_json::from_str(&accepted).ctx("reading an idempotency record")?;
+        if let Some(first) = recorded_answer(Some(key_record(&r)?), key, now)? {
             return Ok(Ingested::Repeat(first));
         }
         // Expired: this request takes the key over.
@@ -3147,6 +3160,16 @@ async fn load_endpoint(
         .ctx("reading an endpoint")?
         .map(|r| endpoint_from_row(&r, sealer))
         .transpose()
+}
+
+/// An idempotency key's record from its row: its request's digest, the answer, when it was
+/// taken.
+fn key_record(r: &PgRow) -> Result<(String, String, i64), StoreError> {
+    Ok((
+        r.try_get(0).ctx("reading an idempotency key")?,
+        r.try_get(1).ctx("reading an idempotency key")?,
+        r.try_get(2).ctx("reading an idempotency key")?,
+    ))
 }
 
 fn event_type_from_row(r: &PgRow) -> Result<CustomEventType, StoreError> {

@@ -37,6 +37,7 @@ use super::{
     AcceptedEvent, AcceptedSummary, AttemptRecord, Context, DeliveryFilter, DueDelivery,
     EventFilter, FeedPos, GONE_REASON, IdempotencyKey, Ingested, NewDelivery, NewEvent,
     OFF_DISABLED, OFF_GONE, OFF_REMOVED, Outcome, Page, RetryRefusal, StoreError, off_reason,
+    recorded_answer,
 };
 use crate::model::{
     Account, ApiKey, Attempt, CustomEventType, Delivery, DeliveryStatus, Endpoint, Event, Plan,
@@ -404,6 +405,24 @@ ALTER TABLE endpoints DROP COLUMN previous_secret_until;
 /// How many row numbers one stretch of `event_type_stretches` covers (the migration that made
 /// the table divides by the same number).
 const TYPE_STRETCH_ROWS: i64 = 256;
+
+/// The record of an idempotency key: its request's digest, the answer, when it was taken.
+fn key_record(
+    c: &Connection,
+    account_id: &str,
+    key: &IdempotencyKey,
+) -> Result<Option<(String, String, i64)>, StoreError> {
+    c.prepare_cached(
+        "SELECT request_hash, accepted, created_at FROM idempotency_keys
+         WHERE account_id = ?1 AND key = ?2",
+    )
+    .ctx("preparing the idempotency key lookup")?
+    .query_row(params![account_id, key.key], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+    })
+    .optional()
+    .ctx("looking up an idempotency key")
+}
 
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path).ctx("opening the SQLite database")?;
@@ -1208,24 +1227,9 @@ impl SqliteStore {
         self.write_then(
             move |c| {
                 let now = Timestamp::now().0;
-                let seen: Option<(String, String, i64)> = c
-                    .query_row(
-                        "SELECT request_hash, accepted, created_at FROM idempotency_keys
-                         WHERE account_id = ?1 AND key = ?2",
-                        params![account_id, key.key],
-                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                    )
-                    .optional()
-                    .ctx("looking up an idempotency key")?;
                 // Within its window the key answers; past it, this request takes it over.
-                if let Some((hash, accepted, created_at)) = seen
-                    && now - created_at < key.window_ms
+                if let Some(first) = recorded_answer(key_record(c, &account_id, &key)?, &key, now)?
                 {
-                    if hash != key.request_hash {
-                        return Err(StoreError::IdempotencyMismatch(key.key));
-                    }
-                    let first: Vec<AcceptedSummary> =
-                        serde_json::from_str(&accepted).ctx("reading an idempotency record")?;
                     return Ok(Ingested::Repeat(first));
                 }
                 let out = insert_rows(c, &subscribers, &stamps, &account_id, events, &mut admit)?;
@@ -1253,6 +1257,18 @@ impl SqliteStore {
                 }))
             },
         )
+        .await
+    }
+
+    pub async fn repeat_of(
+        &self,
+        account_id: String,
+        key: IdempotencyKey,
+    ) -> Result<Option<Vec<AcceptedSummary>>, StoreError> {
+        self.read(move |c| {
+            let now = Timestamp::now().0;
+            recorded_answer(key_record(c, &account_id, &key)?, &key, now)
+        })
         .await
     }
 
