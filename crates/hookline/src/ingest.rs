@@ -101,9 +101,10 @@ impl Ingest {
     }
 
     /// What the first request under `key` was accepted as, if it was the same request and
-    /// within the key's window (a read: the API asks when a request is over its account's
-    /// rate, since a repeat stores nothing and is answered whatever the rate). A different
-    /// request under the key is refused. `None`: no answer is recorded.
+    /// within the key's window (a read: the API asks before it meters or validates a keyed
+    /// request, since a repeat stores nothing). A different request under the key is
+    /// refused. `None`: no answer is recorded (yet: [`Ingest::accept`] decides for requests
+    /// under one key that race, in its commit).
     pub async fn repeat_of(
         &self,
         account: &Account,

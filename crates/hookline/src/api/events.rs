@@ -150,11 +150,11 @@ fn refund(
 }
 
 /// Ingests `inputs` under the account's rate. A repeat of a request already accepted under
-/// its idempotency key stores nothing, so it costs nothing of the rate: over the rate, the
-/// key's record is read and a repeat gets its first answer instead of a `429` (a client
-/// retrying after a lost answer is never refused); within it, the commit finds the repeat
-/// and its cost is given back. (Reading the record first for every keyed request would
-/// cost each one a read it does not need.)
+/// its idempotency key stores nothing: it is answered from the key's record (a read) before
+/// anything is metered or validated, so a client retrying after a lost answer gets it even
+/// over the rate, and its retries load neither the rate nor the writer. (A repeat that races
+/// its first request, not yet committed, is found in the commit instead, and its cost
+/// given back.)
 async fn ingest_metered(
     state: &AppState,
     account: &crate::model::Account,
@@ -163,15 +163,13 @@ async fn ingest_metered(
     key: Option<String>,
 ) -> Result<Vec<crate::store::AcceptedSummary>, ApiError> {
     let key = state.ingest.key_for(key, &inputs)?;
-    let n = inputs.len();
-    if let Err(limited) = meter(state, account, n) {
-        if let Some(key) = &key
-            && let Some(first) = state.ingest.repeat_of(account, key).await?
-        {
-            return Ok(first);
-        }
-        return Err(limited);
+    if let Some(key) = &key
+        && let Some(first) = state.ingest.repeat_of(account, key).await?
+    {
+        return Ok(first);
     }
+    let n = inputs.len();
+    meter(state, account, n)?;
     let answer = state
         .ingest
         .accept(account, inputs, batch, key)
