@@ -1,5 +1,6 @@
 //! Per-account ingest rate limits: one token bucket per account, on each node. (The same
-//! buckets, keyed by endpoint id, limit an endpoint's test pings.)
+//! buckets limit an account's reads of idempotency keys, and, keyed by endpoint id, an
+//! endpoint's test pings.)
 //!
 //! A bucket holds one second of the account's rate. A request for `n` events is let in when
 //! the bucket holds `n` tokens, or is full (so a batch larger than one second's worth is

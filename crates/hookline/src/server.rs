@@ -179,6 +179,7 @@ pub async fn run(
         auth_cache: Arc::new(api::extract::AuthCache::new(AUTH_CACHE_TTL)),
         limits: config.limits,
         ingest_limiter: Default::default(),
+        key_read_limiter: Default::default(),
         test_limiter: Default::default(),
         admin_token: config.admin_token.clone(),
         secret_overlap: config.secret_overlap,

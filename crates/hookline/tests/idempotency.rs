@@ -124,42 +124,61 @@ async fn a_repeat_answers_the_first_202_and_a_different_body_is_409(engine: Engi
 }
 
 async fn repeats_are_answered_whatever_the_ingest_rate_and_cost_none_of_it(engine: Engine) {
-    // A plan that ingests one event a second: one batch of one spends the whole second.
-    let s = TestServer::start_with(&engine, |c| c.limits.pro.ingest_per_sec = Some(1)).await;
-    let batch = json!({"events": [{"type": "open", "data": valid("open", json!({}))}]});
-    let (status, first) = post_with_key(&s, "/v1/events/batch", "import-9", batch.clone()).await;
+    // A plan that ingests ten events a second: one batch of ten spends the whole second.
+    let s = TestServer::start_with(&engine, |c| c.limits.pro.ingest_per_sec = Some(10)).await;
+    let ten = |kind: &str| {
+        let list: Vec<_> = (0..10)
+            .map(|i| json!({"type": kind, "data": valid(kind, json!({"i": i}))}))
+            .collect();
+        json!({ "events": list })
+    };
+    let (status, first) = post_with_key(&s, "/v1/events/batch", "import-9", ten("open")).await;
     assert_eq!(status, 202, "{first}");
 
     // A client that lost the answer asks again, and again: each gets the first answer at
     // once, not a 429, and takes nothing of the rate.
     for _ in 0..5 {
-        let (status, again) =
-            post_with_key(&s, "/v1/events/batch", "import-9", batch.clone()).await;
+        let (status, again) = post_with_key(&s, "/v1/events/batch", "import-9", ten("open")).await;
         assert_eq!(status, 202, "{again}");
         assert_eq!(again, first);
     }
     // A different request under the key is refused before it is metered, too.
-    let other = json!({"events": [{"type": "click", "data": valid("click", json!({}))}]});
-    let (status, body) = post_with_key(&s, "/v1/events/batch", "import-9", other).await;
+    let (status, body) = post_with_key(&s, "/v1/events/batch", "import-9", ten("click")).await;
     assert_eq!(status, 409, "{body}");
 
-    // New events are still metered: of ten sent at once, at most two get in (one token
-    // the rate brought back meanwhile, at one a second, and perhaps one more while they
-    // are answered); the repeats above spent none.
-    let sent = (0..10).map(|i| {
-        s.post(
-            "/v1/events",
-            json!({"type": "open", "data": valid("open", json!({"i": i}))}),
-        )
-    });
-    let mut refused = 0;
-    for (status, body) in futures_util::future::join_all(sent).await {
-        assert!(status == 202 || status == 429, "{status} {body}");
-        if status == 429 {
-            refused += 1;
+    // New events are still metered: ten more need the second the repeats did not spend
+    // again, so they wait for it.
+    let (status, body) = s.post("/v1/events/batch", ten("delivery")).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+}
+
+async fn key_reads_have_a_rate_of_their_own(engine: Engine) {
+    // Ten events a second, so ten reads of keys a second.
+    let s = TestServer::start_with(&engine, |c| c.limits.pro.ingest_per_sec = Some(10)).await;
+    let one = json!({"events": [{"type": "open", "data": valid("open", json!({}))}]});
+    let (status, first) = post_with_key(&s, "/v1/events/batch", "loop", one.clone()).await;
+    assert_eq!(status, 202, "{first}");
+    // A client looping its repeat: the nine reads left of the second are answered, and
+    // beyond them (and what the rate brings back while they run) it is told to wait.
+    let repeats = (0..30).map(|_| post_with_key(&s, "/v1/events/batch", "loop", one.clone()));
+    let (mut answered, mut refused) = (0, 0);
+    for (status, body) in futures_util::future::join_all(repeats).await {
+        match status {
+            202 => {
+                assert_eq!(body, first);
+                answered += 1;
+            }
+            429 => {
+                let message = body["error"]["message"].as_str().unwrap_or("");
+                assert!(message.contains("idempotency keys a second"), "{body}");
+                refused += 1;
+            }
+            _ => panic!("{status} {body}"),
         }
     }
-    assert!(refused >= 8, "only {refused} of 10 refused");
+    assert!(answered >= 9, "only {answered} of 30 answered");
+    assert!(refused >= 15, "only {refused} of 30 refused");
 }
 
 async fn a_repeat_within_the_rate_costs_none_of_it(engine: Engine) {
@@ -182,5 +201,6 @@ async fn a_repeat_within_the_rate_costs_none_of_it(engine: Engine) {
 on_both_engines!(
     a_repeat_answers_the_first_202_and_a_different_body_is_409,
     repeats_are_answered_whatever_the_ingest_rate_and_cost_none_of_it,
+    key_reads_have_a_rate_of_their_own,
     a_repeat_within_the_rate_costs_none_of_it,
 );

@@ -154,7 +154,8 @@ fn refund(
 /// anything is metered or validated, so a client retrying after a lost answer gets it even
 /// over the rate, and its retries load neither the rate nor the writer. (A repeat that races
 /// its first request, not yet committed, is found in the commit instead, and its cost
-/// given back.)
+/// given back.) The reads have a rate of their own, so that keyed requests, repeats or not,
+/// cannot load the database faster than unkeyed ones could.
 async fn ingest_metered(
     state: &AppState,
     account: &crate::model::Account,
@@ -163,10 +164,11 @@ async fn ingest_metered(
     key: Option<String>,
 ) -> Result<Vec<crate::store::AcceptedSummary>, ApiError> {
     let key = state.ingest.key_for(key, &inputs)?;
-    if let Some(key) = &key
-        && let Some(first) = state.ingest.repeat_of(account, key).await?
-    {
-        return Ok(first);
+    if let Some(key) = &key {
+        meter_key_read(state, account)?;
+        if let Some(first) = state.ingest.repeat_of(account, key).await? {
+            return Ok(first);
+        }
     }
     let n = inputs.len();
     meter(state, account, n)?;
@@ -179,6 +181,28 @@ async fn ingest_metered(
         state.ingest_limiter.refund(&account.id, n);
     }
     Ok(answer.events)
+}
+
+/// Counts one read of an idempotency key against the account's allowance of them: as many a
+/// second as its plan ingests events (a keyed request with anything new to store spends at
+/// least as much of its ingest rate). `429` with `Retry-After` over it.
+fn meter_key_read(state: &AppState, account: &crate::model::Account) -> Result<(), ApiError> {
+    let Some(rate) = state.limits.of(account.plan).ingest_per_sec else {
+        return Ok(());
+    };
+    state
+        .key_read_limiter
+        .take(&account.id, rate, 1)
+        .map_err(|wait| {
+            ApiError::rate_limited(
+                format!(
+                    "the account's plan looks up at most {rate} idempotency keys a second; \
+                     nothing was accepted, try again in {} ms",
+                    wait.as_millis().max(1)
+                ),
+                wait,
+            )
+        })
 }
 
 /// Sends one event. `202` means it and its deliveries are durably stored.

@@ -65,6 +65,9 @@ pub struct Shared {
     pub limits: crate::model::Limits,
     /// Each account's ingest rate.
     pub ingest_limiter: crate::ratelimit::IngestLimiter,
+    /// Each account's reads of idempotency keys (one per keyed ingest request, before it is
+    /// metered), at most as many a second as its plan ingests events.
+    pub key_read_limiter: crate::ratelimit::IngestLimiter,
     /// Each endpoint's test pings (`POST /v1/endpoints/{id}/test`), which no other limit
     /// covers: [`endpoints::TESTS_PER_SEC`].
     pub test_limiter: crate::ratelimit::IngestLimiter,
