@@ -94,6 +94,7 @@ struct ResolverState {
 struct Built {
     resolver: TokioResolver,
     hosts: Arc<Hosts>,
+    /// The system's files as they were read (`None` for listed name servers).
     files: Option<FileStamps>,
     checked: Instant,
 }
@@ -207,34 +208,38 @@ impl SystemResolver {
             .map_err(|_| "the resolver's state was poisoned by a panic".to_owned())?;
         let now = Instant::now();
         if let Some(built) = slot.as_mut() {
-            let fresh = match (&self.inner.servers, built.files) {
-                (Servers::Listed(_), _) | (_, None) => true,
-                _ if now.duration_since(built.checked) < RECHECK => true,
-                (Servers::System, Some(files)) => {
+            let fresh = match built.files {
+                // Listed name servers: no files to follow.
+                None => true,
+                Some(_) if now.duration_since(built.checked) < RECHECK => true,
+                Some(files) => {
                     built.checked = now;
                     FileStamps::read() == files
                 }
             };
             if fresh {
-                return Ok((built.resolver.clone(), built.hosts.clone()));
+                return Ok(built.handles());
             }
         }
         // (Under the lock: a rebuild reads two small files, once per change of them.)
         match build_resolver(&self.inner.servers, self.inner.timeout, now) {
-            Ok(built) => {
-                let answer = (built.resolver.clone(), built.hosts.clone());
-                *slot = Some(built);
-                Ok(answer)
-            }
+            Ok(built) => Ok(slot.insert(built).handles()),
             // The files changed into something unusable: go on as they were.
             Err(e) => match slot.as_ref() {
                 Some(old) => {
                     tracing::warn!(error = %e, "keeping the DNS configuration as it was");
-                    Ok((old.resolver.clone(), old.hosts.clone()))
+                    Ok(old.handles())
                 }
                 None => Err(e),
             },
         }
+    }
+}
+
+impl Built {
+    /// What a lookup uses: the resolver and the hosts file (both cheap to clone).
+    fn handles(&self) -> (TokioResolver, Arc<Hosts>) {
+        (self.resolver.clone(), self.hosts.clone())
     }
 }
 
