@@ -1,6 +1,7 @@
 //! The `hookline` command: `serve`, and account administration on the same storage.
 
 use anyhow::{Context as _, bail};
+use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand};
 use hookline::dispatch::retry::{RetrySchedule, parse_duration};
 use hookline::model::{Limits, Plan};
@@ -68,10 +69,10 @@ struct ServeArgs {
     #[arg(long, env = "HOOKLINE_RETRY_SCHEDULE", value_parser = RetrySchedule::parse)]
     retry_schedule: Option<RetrySchedule>,
     /// Lets endpoints point at loopback and private addresses (development and tests).
-    #[arg(long, env = "HOOKLINE_ALLOW_PRIVATE_TARGETS")]
+    #[arg(long, env = "HOOKLINE_ALLOW_PRIVATE_TARGETS", value_parser = BoolishValueParser::new())]
     allow_private_targets: bool,
     /// Lets endpoint URLs use http:// (development).
-    #[arg(long, env = "HOOKLINE_ALLOW_INSECURE_URLS")]
+    #[arg(long, env = "HOOKLINE_ALLOW_INSECURE_URLS", value_parser = BoolishValueParser::new())]
     allow_insecure_urls: bool,
     /// The total time an attempt may take.
     #[arg(long, env = "HOOKLINE_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
@@ -132,9 +133,9 @@ struct ServeArgs {
 enum AccountCommand {
     /// Creates an account; prints its API key on the last line.
     Create {
-        #[arg(long)]
+        #[arg(long, env = "HOOKLINE_ACCOUNT_NAME")]
         name: String,
-        #[arg(long, default_value = "pro", value_parser = parse_plan)]
+        #[arg(long, env = "HOOKLINE_ACCOUNT_PLAN", default_value = "pro", value_parser = parse_plan)]
         plan: Plan,
         #[command(flatten)]
         storage: StorageArgs,
@@ -170,15 +171,12 @@ enum SecretsCommand {
         #[arg(long, env = "HOOKLINE_ENCRYPTION_KEY", hide_env_values = true)]
         encryption_key: Option<String>,
         /// The key to encrypt under from now on; `--decrypt` stores them in clear instead.
-        #[arg(
-            long,
-            env = "HOOKLINE_NEW_ENCRYPTION_KEY",
-            hide_env_values = true,
-            required_unless_present = "decrypt"
-        )]
+        // (Which of the two is given is checked by the command, not by clap: a variable set
+        // to `0` would count as given.)
+        #[arg(long, env = "HOOKLINE_NEW_ENCRYPTION_KEY", hide_env_values = true)]
         new_key: Option<String>,
         /// Store the secrets in clear (turning encryption off).
-        #[arg(long, conflicts_with = "new_key")]
+        #[arg(long, env = "HOOKLINE_DECRYPT_SECRETS", value_parser = BoolishValueParser::new())]
         decrypt: bool,
         #[command(flatten)]
         storage: StorageArgs,
@@ -253,6 +251,9 @@ fn main() -> anyhow::Result<()> {
                 storage,
             }) => {
                 let location = storage.location()?;
+                if decrypt && new_key.is_some() {
+                    bail!("give either --new-key or --decrypt, not both");
+                }
                 // On SQLite the serve lock proves no server is running; on PostgreSQL the
                 // operator stops the nodes (documented).
                 let lock = Store::lock(&location).await?;

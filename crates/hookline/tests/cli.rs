@@ -1,0 +1,231 @@
+//! The real `hookline` binary configured by its environment alone, as the contract allows
+//! ("every flag has its environment variable"): the switches take `1`/`0` as well as
+//! `true`/`false`, a value that is neither is refused by name, and the account and key
+//! commands work from the environment too.
+
+mod common;
+
+use common::process::{BIN, Serve, cli, free_port, wait_healthy};
+use common::{Receiver, valid, verify_with_standardwebhooks};
+use serde_json::{Value, json};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+/// `hookline serve` with no arguments at all: everything from `env`.
+fn serve_from_env(dir: &Path, port: u16, env: &[(&str, &str)]) -> Serve {
+    let log = std::fs::File::create(dir.join(format!("serve-{port}.log"))).unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.arg("serve")
+        .env_remove("HOOKLINE_DATABASE_URL")
+        .env_remove("HOOKLINE_ENCRYPTION_KEY")
+        .env("HOOKLINE_LISTEN", format!("127.0.0.1:{port}"))
+        .env("HOOKLINE_DATA_DIR", dir.join("data"))
+        .stdout(Stdio::null())
+        .stderr(log);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().map(Serve).unwrap()
+}
+
+fn account_from_env(dir: &Path, name: &str) -> String {
+    let data = dir.join("data").display().to_string();
+    let (ok, out, err) = cli(
+        &["account".into(), "create".into()],
+        &[
+            ("HOOKLINE_DATA_DIR", &data),
+            ("HOOKLINE_ACCOUNT_NAME", name),
+            ("HOOKLINE_ACCOUNT_PLAN", "business"),
+        ],
+    );
+    assert!(ok, "{out}{err}");
+    let key = out.lines().last().unwrap().trim().to_owned();
+    assert!(key.starts_with("hk_"), "{out}");
+    key
+}
+
+#[tokio::test]
+async fn serve_takes_every_switch_from_its_environment_variable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let key = account_from_env(dir, "acme");
+    // A second key for the same account, by the CLI (the account's name from the argument).
+    let data = dir.join("data").display().to_string();
+    let (ok, out, err) = cli(
+        &["account".into(), "key".into(), "acme".into()],
+        &[("HOOKLINE_DATA_DIR", &data)],
+    );
+    assert!(ok, "{out}{err}");
+    let second = out.lines().last().unwrap().trim().to_owned();
+    assert!(second.starts_with("hk_") && second != key, "{out}");
+
+    let rx = Receiver::start().await;
+    let http = reqwest::Client::new();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut server = serve_from_env(
+        dir,
+        port,
+        &[
+            // As the contract writes it.
+            ("HOOKLINE_ALLOW_PRIVATE_TARGETS", "1"),
+            ("HOOKLINE_ALLOW_INSECURE_URLS", "1"),
+            ("HOOKLINE_RETRY_SCHEDULE", "100ms,100ms"),
+            ("HOOKLINE_ADMIN_TOKEN", "admin-token-for-the-test"),
+        ],
+    );
+    wait_healthy(&http, &base).await;
+
+    // A loopback `http://` endpoint is taken: both switches are on.
+    let resp = http
+        .post(format!("{base}/v1/endpoints"))
+        .bearer_auth(&second)
+        .json(&json!({"url": rx.url("env"), "event_types": ["click"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let ep: Value = resp.json().await.unwrap();
+    let secret = ep["secret"].as_str().unwrap().to_owned();
+    // The first answer fails: the schedule from the environment retries it at once.
+    rx.script("env", vec![common::Reply::Status(500)]);
+    let resp = http
+        .post(format!("{base}/v1/events"))
+        .bearer_auth(&key)
+        .json(&json!({"type": "click", "data": valid("click", json!({}))}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let got = rx.wait_for("env", 2).await;
+    verify_with_standardwebhooks(&secret, &got[1]);
+    assert_eq!(got[0].header("webhook-id"), got[1].header("webhook-id"));
+
+    // The admin API is on, with the token from the environment.
+    let resp = http
+        .get(format!("{base}/admin/v1/accounts"))
+        .bearer_auth("admin-token-for-the-test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    server.sigkill();
+
+    // `0` turns a switch off: the same endpoint is now refused, and nothing is stored.
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut server = serve_from_env(
+        dir,
+        port,
+        &[
+            ("HOOKLINE_ALLOW_PRIVATE_TARGETS", "0"),
+            ("HOOKLINE_ALLOW_INSECURE_URLS", "1"),
+        ],
+    );
+    wait_healthy(&http, &base).await;
+    let resp = http
+        .post(format!("{base}/v1/endpoints"))
+        .bearer_auth(&key)
+        .json(&json!({"url": rx.url("env"), "event_types": ["*"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 422);
+    let list: Value = http
+        .get(format!("{base}/v1/endpoints"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["data"].as_array().unwrap().len(), 1, "{list}");
+    // And without the admin token, the admin API is off.
+    let resp = http
+        .get(format!("{base}/admin/v1/accounts"))
+        .bearer_auth("admin-token-for-the-test")
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(resp.status(), 200);
+    server.sigkill();
+}
+
+#[test]
+fn a_switch_that_is_neither_on_nor_off_is_refused_by_name() {
+    // A data directory that cannot be made: had the value been taken, the server would
+    // stop there, with another error, rather than run.
+    let data = "/dev/null/hookline-data";
+    for (var, flag) in [
+        ("HOOKLINE_ALLOW_PRIVATE_TARGETS", "--allow-private-targets"),
+        ("HOOKLINE_ALLOW_INSECURE_URLS", "--allow-insecure-urls"),
+    ] {
+        let (ok, out, err) = cli(
+            &["serve".into(), "--listen".into(), "127.0.0.1:0".into()],
+            &[("HOOKLINE_DATA_DIR", data), (var, "maybe")],
+        );
+        assert!(!ok, "{out}");
+        assert!(err.contains("'maybe'") && err.contains(flag), "{err}");
+    }
+}
+
+#[test]
+fn reencrypt_takes_its_choice_from_the_environment() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    account_from_env(dir, "acme");
+    let data = dir.join("data").display().to_string();
+    let args: Vec<String> = ["secrets", "reencrypt"].map(String::from).to_vec();
+
+    // `hookline keygen` prints a key the server takes.
+    let (ok, out, err) = cli(&["keygen".into()], &[]);
+    assert!(ok, "{err}");
+    let new_key = out.trim().to_owned();
+    assert!(
+        hookline::store::Sealer::from_base64(&new_key).is_ok(),
+        "{out}"
+    );
+
+    // Both choices at once: refused before anything is opened.
+    let (ok, _, err) = cli(
+        &args,
+        &[
+            ("HOOKLINE_DATA_DIR", &data),
+            ("HOOKLINE_DECRYPT_SECRETS", "1"),
+            ("HOOKLINE_NEW_ENCRYPTION_KEY", &new_key),
+        ],
+    );
+    assert!(!ok && err.contains("not both"), "{err}");
+    // Neither: refused, saying what to give.
+    let (ok, _, err) = cli(
+        &args,
+        &[
+            ("HOOKLINE_DATA_DIR", &data),
+            ("HOOKLINE_DECRYPT_SECRETS", "0"),
+        ],
+    );
+    assert!(!ok && err.contains("--new-key"), "{err}");
+    // `0` is off: the new key is used.
+    let (ok, out, err) = cli(
+        &args,
+        &[
+            ("HOOKLINE_DATA_DIR", &data),
+            ("HOOKLINE_DECRYPT_SECRETS", "0"),
+            ("HOOKLINE_NEW_ENCRYPTION_KEY", &new_key),
+        ],
+    );
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("re-encrypted"), "{out}");
+    // `1` is on: back in clear.
+    let (ok, out, err) = cli(
+        &args,
+        &[
+            ("HOOKLINE_DATA_DIR", &data),
+            ("HOOKLINE_ENCRYPTION_KEY", &new_key),
+            ("HOOKLINE_DECRYPT_SECRETS", "1"),
+        ],
+    );
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("in clear"), "{out}");
+}
