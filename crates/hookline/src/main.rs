@@ -127,6 +127,14 @@ struct ServeArgs {
     /// The largest request body accepted, in bytes.
     #[arg(long, env = "HOOKLINE_MAX_BODY_BYTES", default_value_t = 256 * 1024)]
     max_body_bytes: usize,
+    /// How long a connection to the API may take to send a request's headers, from the end
+    /// of its previous request: also how long an idle connection stays open (longer than
+    /// the idle time of load balancers and client pools in front, 60 s for most).
+    #[arg(long, env = "HOOKLINE_HEADER_READ_TIMEOUT", default_value = "75s", value_parser = parse_duration)]
+    header_read_timeout: Duration,
+    /// How long a request's body may take to arrive (`408` past it).
+    #[arg(long, env = "HOOKLINE_BODY_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    body_read_timeout: Duration,
 }
 
 #[derive(Subcommand)]
@@ -251,20 +259,20 @@ fn main() -> anyhow::Result<()> {
                 storage,
             }) => {
                 let location = storage.location()?;
-                if decrypt && new_key.is_some() {
-                    bail!("give either --new-key or --decrypt, not both");
-                }
+                // Both keys are judged before the store is touched.
+                let from = sealer(encryption_key.as_deref()).context("HOOKLINE_ENCRYPTION_KEY")?;
+                // Only --decrypt stores in clear; an empty new key is refused.
+                let to = match (decrypt, new_key) {
+                    (true, Some(_)) => bail!("give either --new-key or --decrypt, not both"),
+                    (true, None) => Sealer::none(),
+                    (false, None) => bail!("give --new-key (or --decrypt)"),
+                    (false, Some(key)) => {
+                        sealer(Some(&key)).context("--new-key / HOOKLINE_NEW_ENCRYPTION_KEY")?
+                    }
+                };
                 // On SQLite the serve lock proves no server is running; on PostgreSQL the
                 // operator stops the nodes (documented).
                 let lock = Store::lock(&location).await?;
-                let from = sealer(encryption_key.as_deref()).context("HOOKLINE_ENCRYPTION_KEY")?;
-                // Only --decrypt stores in clear; an empty new key is refused.
-                let to = if decrypt {
-                    Sealer::none()
-                } else {
-                    let key = new_key.context("give --new-key (or --decrypt)")?;
-                    sealer(Some(&key)).context("--new-key / HOOKLINE_NEW_ENCRYPTION_KEY")?
-                };
                 let store = Store::open_sealed(&location, from)
                     .await
                     .with_context(|| format!("opening the store at {}", location.describe()))?;
@@ -421,6 +429,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.url_rules.allow_insecure_urls = args.allow_insecure_urls;
     config.url_rules.allow_private_targets = args.allow_private_targets;
     config.max_body_bytes = args.max_body_bytes;
+    for (name, value) in [
+        ("--header-read-timeout", args.header_read_timeout),
+        ("--body-read-timeout", args.body_read_timeout),
+    ] {
+        if value.is_zero() {
+            bail!("{name} must be more than zero");
+        }
+    }
+    config.header_read_timeout = args.header_read_timeout;
+    config.body_read_timeout = args.body_read_timeout;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;

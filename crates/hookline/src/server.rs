@@ -7,7 +7,6 @@ use crate::ingest::Ingest;
 use crate::model::Limits;
 use crate::store::{Location, Sealer, Store};
 use anyhow::Context as _;
-use axum::serve::ListenerExt as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +27,13 @@ pub struct Config {
     /// connects (the SSRF rules judge what it answers). The system's by default.
     pub resolver: Arc<dyn Resolve>,
     pub max_body_bytes: usize,
+    /// How long a connection may take to send a request's headers, counted from the end of
+    /// its previous request (so also how long an idle connection is kept open: longer than
+    /// what keeps connections idle in front of it, load balancers and client pools, mostly
+    /// 60 s, so that they close theirs first and never send into one closing here).
+    pub header_read_timeout: Duration,
+    /// How long a request's body may take to arrive, once its handler reads it.
+    pub body_read_timeout: Duration,
     /// How long in-flight attempts may finish after shutdown began.
     pub shutdown_grace: Duration,
     /// How long an idempotency key answers repeats of its request.
@@ -58,6 +64,8 @@ impl Config {
             url_rules: UrlRules::default(),
             resolver: Arc::new(SystemResolver::default()),
             max_body_bytes: 256 * 1024,
+            header_read_timeout: Duration::from_secs(75),
+            body_read_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(5),
             idempotency_window: Duration::from_secs(24 * 3600),
             retention_sweep: Duration::from_secs(60),
@@ -176,6 +184,7 @@ pub async fn run(
         rules: Arc::new(config.url_rules.clone()),
         resolver: config.resolver.clone(),
         max_body_bytes: config.max_body_bytes,
+        body_read_timeout: config.body_read_timeout,
         auth_cache: Arc::new(api::extract::AuthCache::new(AUTH_CACHE_TTL)),
         limits: config.limits,
         ingest_limiter: Default::default(),
@@ -190,23 +199,15 @@ pub async fn run(
         .context("reading the listen address")?;
     tracing::info!(%addr, engine, store = %where_, "hookline is serving");
     let stop = shutdown.clone();
-    // Responses are small and latency matters: no Nagle delay on accepted connections.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "could not set TCP_NODELAY");
-        }
-    });
     let lost = dispatcher.lease_lost();
     let lost_too = lost.clone();
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            tokio::select! {
-                _ = stop.cancelled() => {}
-                _ = lost_too.cancelled() => {}
-            }
-        })
-        .await
-        .context("serving HTTP");
+    serve_http(listener, app, config.header_read_timeout, async move {
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = lost_too.cancelled() => {}
+        }
+    })
+    .await;
     shutdown.cancel();
     let _ = sweeper.await;
     let _ = sampler.await;
@@ -229,7 +230,7 @@ pub async fn run(
             "attempts still running at shutdown; this node's deliveries go to the others when its lease runs out"
         );
         lock.release();
-        return served;
+        return Ok(());
     }
     match store.leave().await {
         Ok(0) => {}
@@ -240,5 +241,75 @@ pub async fn run(
     }
     lock.release();
     tracing::info!("hookline stopped");
-    served
+    Ok(())
+}
+
+/// How long the accept loop pauses after an error that is not one connection's (out of
+/// open files, say): what is open may close meanwhile, and the loop does not spin.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+
+/// Serves `app` over HTTP/1.1 on `listener` until `stop` completes, then waits for the
+/// connections to finish the requests they are in (idle ones close at once).
+///
+/// Each connection has `header_timeout` to send a request's headers, counted from the end
+/// of its previous request: a client that opens connections and sends nothing, or a header
+/// a byte at a time, cannot hold them (and so open files) for long, and idle keep-alive
+/// connections close after as long. (The body has its own limit, where handlers read it:
+/// `api::extract`.) Accepted connections get `TCP_NODELAY`: answers are small and latency
+/// matters.
+async fn serve_http(
+    listener: TcpListener,
+    app: axum::Router,
+    header_timeout: Duration,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut stop = std::pin::pin!(stop);
+    let mut last_warned: Option<std::time::Instant> = None;
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.as_mut() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let tcp = match accepted {
+            Ok((tcp, _)) => tcp,
+            Err(e) if is_connection_error(&e) => continue,
+            Err(e) => {
+                if last_warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                    tracing::error!(error = %e, "accepting connections failed; trying again");
+                    last_warned = Some(std::time::Instant::now());
+                }
+                tokio::select! {
+                    _ = stop.as_mut() => break,
+                    _ = tokio::time::sleep(ACCEPT_PAUSE) => continue,
+                }
+            }
+        };
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(tcp), service));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+/// An accept error that concerns one connection only (it went away before it was taken).
+fn is_connection_error(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionRefused
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::ConnectionReset
+    )
 }

@@ -101,6 +101,15 @@ impl IntoResponse for ApiError {
             resp.headers_mut()
                 .insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
         }
+        // The body was not read to its end: the connection cannot carry another request,
+        // and the client hears so before it would find the connection closed.
+        if matches!(
+            self.status,
+            StatusCode::REQUEST_TIMEOUT | StatusCode::PAYLOAD_TOO_LARGE
+        ) {
+            resp.headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
         resp
     }
 }

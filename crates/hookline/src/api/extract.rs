@@ -129,9 +129,24 @@ impl<T: DeserializeOwned> FromRequest<AppState> for OptionalJsonBody<T> {
     }
 }
 
-/// The body's bytes: `413` over the size limit, `400` when it cannot be read.
+/// The body's bytes: `413` over the size limit, `408` when it does not arrive within the
+/// body's time (the rest of it is not read: the connection closes after the answer), `400`
+/// when it cannot be read.
 async fn read_body(req: Request, state: &AppState) -> Result<Bytes, ApiError> {
-    Bytes::from_request(req, state).await.map_err(|e| {
+    let limit = state.body_read_timeout;
+    let read = tokio::time::timeout(limit, Bytes::from_request(req, state))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                http::StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!(
+                    "the request's body did not arrive within {} ms; nothing was done",
+                    limit.as_millis()
+                ),
+            )
+        })?;
+    read.map_err(|e| {
         if e.status() == http::StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
                 http::StatusCode::PAYLOAD_TOO_LARGE,

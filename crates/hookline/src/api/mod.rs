@@ -60,6 +60,8 @@ pub struct Shared {
     /// The resolver the sender connects through: URLs are checked against its answers.
     pub resolver: Arc<dyn crate::dispatch::targets::Resolve>,
     pub max_body_bytes: usize,
+    /// How long a request's body may take to arrive (`408` past it).
+    pub body_read_timeout: std::time::Duration,
     pub auth_cache: Arc<extract::AuthCache>,
     /// What each plan allows.
     pub limits: crate::model::Limits,
