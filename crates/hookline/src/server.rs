@@ -1,5 +1,6 @@
 //! Wires the service together: store, dispatcher, ingest and API, on one listener.
 
+use crate::api::error::AbortConnection;
 use crate::api::{self, AppState, UrlRules};
 use crate::dispatch::targets::{Guard, Resolve, SystemResolver};
 use crate::dispatch::{DispatchConfig, Dispatcher};
@@ -256,8 +257,8 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 /// a byte at a time, cannot hold them (and so open files) for long, and idle keep-alive
 /// connections close after as long. (The body has its own limit, where handlers read it:
 /// `api::extract`.) Accepted connections get `TCP_NODELAY`: answers are small and latency
-/// matters.
-async fn serve_http(
+/// matters. A response marked [`AbortConnection`] is not sent: its connection is closed.
+pub async fn serve_http(
     listener: TcpListener,
     app: axum::Router,
     header_timeout: Duration,
@@ -292,7 +293,21 @@ async fn serve_http(
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "could not set TCP_NODELAY");
         }
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let app = app.clone();
+        // A response marked `AbortConnection` is not sent: hyper closes the connection when
+        // the service fails.
+        let service = hyper::service::service_fn(move |req| {
+            let mut app = app.clone();
+            async move {
+                let resp = tower_service::Service::call(&mut app, req)
+                    .await
+                    .unwrap_or_else(|never| match never {});
+                match resp.extensions().get::<AbortConnection>() {
+                    Some(abort) => Err(*abort),
+                    None => Ok(resp),
+                }
+            }
+        });
         let conn = graceful.watch(http.serve_connection(TokioIo::new(tcp), service));
         tokio::spawn(async move {
             if let Err(e) = conn.await {

@@ -665,3 +665,60 @@ async fn in_one_group(
     }
     (leader, answers)
 }
+
+/// A request whose outcome nobody can tell gets no answer at all: its connection is closed,
+/// so no status claims an outcome (a `5xx` would say "not accepted"). The server goes on
+/// answering other requests, on other connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_of_unknown_outcome_gets_its_connection_closed_not_an_answer() {
+    use hookline::api::error::ApiError;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = axum::Router::new()
+        .route(
+            "/unknown",
+            axum::routing::post(|| async { ApiError::outcome_unknown() }),
+        )
+        .route("/known", axum::routing::post(|| async { "ok" }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let stopped = stop.clone();
+    let server = tokio::spawn(hookline::server::serve_http(
+        listener,
+        app,
+        Duration::from_secs(60),
+        async move { stopped.cancelled().await },
+    ));
+
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(b"POST /unknown HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), conn.read_to_end(&mut got))
+        .await
+        .expect("the connection is closed")
+        .ok();
+    assert!(
+        got.is_empty(),
+        "no answer: {}",
+        String::from_utf8_lossy(&got)
+    );
+
+    // Through a client library: an error of its connection, not a status.
+    let http = reqwest::Client::new();
+    let err = http
+        .post(format!("http://{addr}/unknown"))
+        .send()
+        .await
+        .expect_err("no status");
+    assert!(!err.is_status(), "{err}");
+    let ok = http
+        .post(format!("http://{addr}/known"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    stop.cancel();
+    server.await.unwrap();
+}

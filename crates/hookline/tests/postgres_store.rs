@@ -244,6 +244,9 @@ enum Loss {
     /// Once the client has sent a chunk that holds this, close both sides after the pause,
     /// whatever the server is doing meanwhile (waiting for a lock, say).
     CutAfterSending(Vec<u8>, Duration),
+    /// As `Answer`, and the database is then out of reach for as long: every connection
+    /// through the proxy is cut, and new ones are closed as soon as they are taken.
+    AnswerThenDark(&'static [u8], Duration),
 }
 
 /// A TCP proxy in front of PostgreSQL that can lose one connection mid-write, as a
@@ -252,6 +255,29 @@ enum Loss {
 struct LossyProxy {
     addr: std::net::SocketAddr,
     armed: Arc<Mutex<Option<Loss>>>,
+    dark: Dark,
+}
+
+/// Until when the proxy is dark (see [`Loss::AnswerThenDark`]), and a signal that cuts
+/// every connection when it goes dark.
+#[derive(Clone)]
+struct Dark {
+    until: Arc<Mutex<Option<tokio::time::Instant>>>,
+    cut: tokio::sync::watch::Sender<u64>,
+}
+
+impl Dark {
+    fn now(&self) -> bool {
+        self.until
+            .lock()
+            .unwrap()
+            .is_some_and(|t| tokio::time::Instant::now() < t)
+    }
+
+    fn begin(&self, d: Duration) {
+        *self.until.lock().unwrap() = Some(tokio::time::Instant::now() + d);
+        self.cut.send_modify(|n| *n += 1);
+    }
 }
 
 impl LossyProxy {
@@ -260,14 +286,22 @@ impl LossyProxy {
         let addr = listener.local_addr().unwrap();
         let armed: Arc<Mutex<Option<Loss>>> = Arc::default();
         let shared = armed.clone();
+        let dark = Dark {
+            until: Arc::default(),
+            cut: tokio::sync::watch::channel(0).0,
+        };
+        let dark_too = dark.clone();
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
+                if dark_too.now() {
+                    continue; // closed as it drops
+                }
                 if let Ok(server) = tokio::net::TcpStream::connect(upstream).await {
-                    tokio::spawn(Self::pipe(client, server, shared.clone()));
+                    tokio::spawn(Self::pipe(client, server, shared.clone(), dark_too.clone()));
                 }
             }
         });
-        LossyProxy { addr, armed }
+        LossyProxy { addr, armed, dark }
     }
 
     fn arm(&self, loss: Loss) {
@@ -284,7 +318,7 @@ impl LossyProxy {
         let holds = |m: &[u8]| chunk.windows(m.len()).any(|w| w == m);
         let mut a = armed.lock().unwrap();
         let hit = match a.as_ref() {
-            Some(Loss::Answer(m)) => !up && holds(m),
+            Some(Loss::Answer(m) | Loss::AnswerThenDark(m, _)) => !up && holds(m),
             Some(Loss::CutAfterSending(m, _)) => up && holds(m),
             None => false,
         };
@@ -295,8 +329,10 @@ impl LossyProxy {
         mut client: tokio::net::TcpStream,
         mut server: tokio::net::TcpStream,
         armed: Arc<Mutex<Option<Loss>>>,
+        dark: Dark,
     ) {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut cut = dark.cut.subscribe();
         let (mut up, mut down) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
         // When set, both sides close then.
         let mut cut_at: Option<tokio::time::Instant> = None;
@@ -314,15 +350,23 @@ impl LossyProxy {
                 }
                 r = server.read(&mut down) => {
                     let n = match r { Ok(0) | Err(_) => break, Ok(n) => n };
-                    if let Some(Loss::Answer(_)) = Self::fired(&armed, &down[..n], false) {
-                        dropping = true;
-                        cut_at = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+                    match Self::fired(&armed, &down[..n], false) {
+                        Some(Loss::Answer(_)) => {
+                            dropping = true;
+                            cut_at = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+                        }
+                        Some(Loss::AnswerThenDark(_, d)) => {
+                            dark.begin(d);
+                            break;
+                        }
+                        _ => {}
                     }
                     if !dropping && client.write_all(&down[..n]).await.is_err() {
                         break;
                     }
                 }
                 _ = tokio::time::sleep_until(cut_at.unwrap_or_else(tokio::time::Instant::now)), if cut_at.is_some() => break,
+                _ = cut.changed() => break,
             }
         }
         // Both connections close as they drop.
@@ -475,6 +519,81 @@ async fn a_write_whose_answer_is_lost_is_answered_by_what_happened() {
     // And the store goes on.
     store
         .insert_events(account.id.clone(), vec![event()], |_| true, |_| {})
+        .await
+        .unwrap();
+}
+
+/// A write whose answer is lost while the database then stays out of reach for longer than
+/// the store asks about it: its caller hears neither that it was stored nor that it was not
+/// (`OutcomeUnknown`; the API closes the connection without an answer), and once the
+/// database is back the deliveries it handed to this node are given back `pending`, so
+/// they go out rather than wait `delivering` for a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_outcome_cannot_be_told_is_answered_neither_way() {
+    let Some((data, mut db)) =
+        fresh("a_write_whose_outcome_cannot_be_told_is_answered_neither_way").await
+    else {
+        return;
+    };
+    let Location::Postgres(url) = &data.location else {
+        unreachable!("a PostgreSQL engine gives a PostgreSQL location")
+    };
+    let mut through = reqwest::Url::parse(url).unwrap();
+    let upstream = tokio::net::lookup_host((
+        through.host_str().unwrap().to_owned(),
+        through.port().unwrap_or(5432),
+    ))
+    .await
+    .unwrap()
+    .next()
+    .unwrap();
+    let proxy = LossyProxy::start(upstream).await;
+    through.set_host(Some("127.0.0.1")).unwrap();
+    through.set_port(Some(proxy.addr.port())).unwrap();
+    through.query_pairs_mut().append_pair("sslmode", "disable");
+    let store = Store::open(&Location::Postgres(through.to_string()))
+        .await
+        .unwrap();
+    let account = store.create_account("a".into(), Plan::Pro).await.unwrap();
+    store
+        .insert_endpoint(endpoint_of(&account.id, "https://example.com/a"), 100)
+        .await
+        .unwrap();
+
+    // The statement commits; its answer is lost, and the database is out of reach for
+    // longer than the store asks (10 s).
+    let ev = click();
+    let id = ev.id.clone();
+    proxy.arm(Loss::AnswerThenDark(b"INSERT 0 ", Duration::from_secs(13)));
+    let err = store
+        .insert_events(account.id.clone(), vec![ev], |_| true, |_| {})
+        .await
+        .expect_err("no outcome to tell");
+    assert!(proxy.lost());
+    assert!(
+        matches!(err, hookline::store::StoreError::OutcomeUnknown(_)),
+        "{err}"
+    );
+    // It had committed, and its delivery was handed to this node (unless, on a slow
+    // machine, the database is back already and it was given back).
+    let (status, node) = stored(&mut db, &id).await.expect("committed");
+    assert!(
+        (status == "delivering" && node.is_some()) || (status == "pending" && node.is_none()),
+        "{status} {node:?}"
+    );
+    // Once the database is back, the delivery is given back for the poller.
+    let patience = tokio::time::Instant::now() + Duration::from_secs(60);
+    while stored(&mut db, &id).await != Some(("pending".to_owned(), None)) {
+        assert!(
+            tokio::time::Instant::now() < patience,
+            "the lost write's delivery was never given back"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(!proxy.dark.now());
+    // And the store goes on.
+    store
+        .insert_events(account.id.clone(), vec![click()], |_| true, |_| {})
         .await
         .unwrap();
 }

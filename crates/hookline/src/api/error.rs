@@ -18,7 +18,26 @@ pub struct ApiError {
     pub retry_after_secs: Option<u64>,
     /// For `422`: every failing field.
     pub details: Vec<FieldError>,
+    /// No answer at all: the connection is closed instead (see [`AbortConnection`]).
+    pub abort_connection: bool,
 }
+
+/// Set on a response that must not be sent: the server closes the connection without
+/// answering (`server::serve_http`). Only for a request whose outcome nobody can tell (a
+/// write whose answer the database lost): any status would claim an outcome, and a `5xx`
+/// says "not accepted". A client that sees its connection close mid-request treats the
+/// request as of unknown outcome, as after a crash, and retries it under its idempotency
+/// key.
+#[derive(Clone, Copy, Debug)]
+pub struct AbortConnection;
+
+impl std::fmt::Display for AbortConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("closed without an answer: the request's outcome is unknown")
+    }
+}
+
+impl std::error::Error for AbortConnection {}
 
 /// The body of every error.
 #[derive(Serialize, ToSchema)]
@@ -46,7 +65,18 @@ impl ApiError {
             message: message.into(),
             retry_after_secs: None,
             details: Vec::new(),
+            abort_connection: false,
         }
+    }
+    /// No answer: the connection is closed (the request's outcome is unknown).
+    pub fn outcome_unknown() -> Self {
+        let mut e = Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "outcome_unknown",
+            "whether the request was accepted is unknown",
+        );
+        e.abort_connection = true;
+        e
     }
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
@@ -89,6 +119,11 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if self.abort_connection {
+            let mut resp = self.status.into_response();
+            resp.extensions_mut().insert(AbortConnection);
+            return resp;
+        }
         let body = ErrorBody {
             error: ErrorDetail {
                 code: self.code.to_owned(),
@@ -134,6 +169,10 @@ impl From<StoreError> for ApiError {
                 unavailable(&e, DB_UNAVAILABLE)
             }
             StoreError::Unavailable(_) => unavailable(&e, DB_UNAVAILABLE),
+            StoreError::OutcomeUnknown(_) => {
+                tracing::error!(error = %e, "closing a connection without an answer");
+                ApiError::outcome_unknown()
+            }
             StoreError::PlanRequired => ApiError::plan_required("this"),
             StoreError::LimitReached(msg) => {
                 ApiError::new(StatusCode::FORBIDDEN, "plan_limit_reached", msg)

@@ -731,6 +731,11 @@ pub enum StoreError {
     /// The database is unreachable or asked for a retry (deadlock, restart): try again.
     #[error("the database is unavailable for a moment: {0}")]
     Unavailable(String),
+    /// A write's answer was lost with its connection, and the database could not say in
+    /// time whether it committed: its caller must be told neither that it was nor that it
+    /// was not (the API closes the connection without an answer).
+    #[error("the database could not say whether a write committed: {0}")]
+    OutcomeUnknown(String),
     #[error("I/O error while {context}: {source}")]
     Io {
         context: &'static str,
@@ -787,6 +792,7 @@ impl StoreError {
                 StoreError::Unavailable(self.to_string())
             }
             StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+            StoreError::OutcomeUnknown(m) => StoreError::OutcomeUnknown(m.clone()),
             StoreError::WriterGone => StoreError::WriterGone,
             other => StoreError::Commit(other.to_string()),
         }

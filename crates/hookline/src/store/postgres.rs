@@ -2323,7 +2323,7 @@ async fn run_ingest_batch(side: &IngestSide, jobs: Vec<IngestJob>) {
                     let lost = LostWrite::new(account_id, (&ev.id, &ev.event_type), all());
                     let settled = settle_uncertain(pool, node, &lost).await;
                     if settled.is_err() {
-                        give_back_unsettled(pool, node, &lost).await;
+                        give_back_unsettled(pool, node, &lost);
                     }
                     settled
                 }
@@ -2348,8 +2348,11 @@ async fn run_ingest_batch(side: &IngestSide, jobs: Vec<IngestJob>) {
                 }
                 Ok(None) => return fail_batch(callers, &e),
                 Err(e2) => {
-                    tracing::error!(error = %e, settling = %e2, "an ingest statement's answer was lost, and the database could not say whether it committed: its callers hear it did not");
-                    return fail_batch(callers, &e);
+                    tracing::error!(error = %e, settling = %e2, "an ingest statement's answer was lost, and the database could not say whether it committed: its callers get no answer");
+                    return fail_batch(
+                        callers,
+                        &StoreError::OutcomeUnknown(format!("{e}; then, asking: {e2}")),
+                    );
                 }
             }
         }
@@ -2591,18 +2594,54 @@ async fn lost_write_rows(
 }
 
 /// When whether a lost write committed cannot be told: gives its claims back if they are
-/// there, once, within a second.
-async fn give_back_unsettled(pool: &PgPool, node: &str, lost: &LostWrite<'_>) {
-    let gave = tokio::time::timeout(
-        std::time::Duration::from_secs(1),
-        give_back_claims(pool, node, &lost.claimed),
-    )
-    .await;
-    if !matches!(gave, Ok(Ok(()))) {
-        tracing::error!(
-            "a write whose answer was lost may hold claims of this node's until it restarts"
-        );
+/// there (none are, if it did not commit), in the background, trying until the database
+/// answers (or the pool closes): committed, its deliveries then go out like any `pending`
+/// ones, rather than wait `delivering` for this node's restart.
+fn give_back_unsettled(pool: &PgPool, node: &str, lost: &LostWrite<'_>) {
+    if lost.claimed.is_empty() {
+        return;
     }
+    let claimed: Vec<String> = lost.claimed.iter().map(|d| d.to_string()).collect();
+    let (pool, node) = (pool.clone(), node.to_owned());
+    tokio::spawn(async move {
+        let claimed: Vec<&str> = claimed.iter().map(String::as_str).collect();
+        let mut wait = std::time::Duration::from_millis(100);
+        let mut tries = 0u32;
+        loop {
+            let gave = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                give_back_claims(&pool, &node, &claimed),
+            )
+            .await;
+            match gave {
+                Ok(Ok(())) => {
+                    tracing::info!(
+                        deliveries = claimed.len(),
+                        "a write whose outcome was unknown: its claims are given back (none were stored if it did not commit)"
+                    );
+                    return;
+                }
+                _ if pool.is_closed() => {
+                    tracing::warn!(
+                        "a write whose outcome was unknown may hold claims of this node's until it restarts"
+                    );
+                    return;
+                }
+                failed => {
+                    tries += 1;
+                    if tries == 1 || tries.is_multiple_of(30) {
+                        let error = match failed {
+                            Ok(Err(e)) => e.to_string(),
+                            _ => "no answer within 5 s".to_owned(),
+                        };
+                        tracing::warn!(%error, tries, "giving back the claims of a write whose outcome is unknown; trying again");
+                    }
+                }
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(std::time::Duration::from_secs(10));
+        }
+    });
 }
 
 /// Gives back to `pending` the deliveries `claimed` of a write whose outcome this node is
@@ -2778,7 +2817,7 @@ async fn once_tx(
                 );
                 let settled = settle_uncertain(pool, node, &lost).await;
                 if settled.is_err() {
-                    give_back_unsettled(pool, node, &lost).await;
+                    give_back_unsettled(pool, node, &lost);
                 }
                 settled
             }
@@ -2794,8 +2833,10 @@ async fn once_tx(
             }
             Ok(None) => Err(e),
             Err(e2) => {
-                tracing::error!(error = %e, settling = %e2, "a commit's answer was lost, and the database could not say whether it happened: its caller hears it did not");
-                Err(e)
+                tracing::error!(error = %e, settling = %e2, "a commit's answer was lost, and the database could not say whether it happened: its caller gets no answer");
+                Err(StoreError::OutcomeUnknown(format!(
+                    "{e}; then, asking: {e2}"
+                )))
             }
         };
     }
