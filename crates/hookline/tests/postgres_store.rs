@@ -296,8 +296,17 @@ impl LossyProxy {
                 if dark_too.now() {
                     continue; // closed as it drops
                 }
+                // Listening for the cut before the connection is let through: one that goes
+                // dark right after is cut too.
+                let cut = dark_too.cut.subscribe();
                 if let Ok(server) = tokio::net::TcpStream::connect(upstream).await {
-                    tokio::spawn(Self::pipe(client, server, shared.clone(), dark_too.clone()));
+                    tokio::spawn(Self::pipe(
+                        client,
+                        server,
+                        shared.clone(),
+                        dark_too.clone(),
+                        cut,
+                    ));
                 }
             }
         });
@@ -330,9 +339,9 @@ impl LossyProxy {
         mut server: tokio::net::TcpStream,
         armed: Arc<Mutex<Option<Loss>>>,
         dark: Dark,
+        mut cut: tokio::sync::watch::Receiver<u64>,
     ) {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        let mut cut = dark.cut.subscribe();
         let (mut up, mut down) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
         // When set, both sides close then.
         let mut cut_at: Option<tokio::time::Instant> = None;
@@ -561,10 +570,10 @@ async fn a_write_whose_outcome_cannot_be_told_is_answered_neither_way() {
         .unwrap();
 
     // The statement commits; its answer is lost, and the database is out of reach for
-    // longer than the store asks (10 s).
+    // longer than the store asks (10 s), with room for a slow machine.
     let ev = click();
     let id = ev.id.clone();
-    proxy.arm(Loss::AnswerThenDark(b"INSERT 0 ", Duration::from_secs(13)));
+    proxy.arm(Loss::AnswerThenDark(b"INSERT 0 ", Duration::from_secs(15)));
     let err = store
         .insert_events(account.id.clone(), vec![ev], |_| true, |_| {})
         .await

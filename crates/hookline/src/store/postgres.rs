@@ -2614,10 +2614,12 @@ fn give_back_unsettled(pool: &PgPool, node: &str, lost: &LostWrite<'_>) {
             )
             .await;
             match gave {
-                Ok(Ok(())) => {
+                Ok(Ok(given)) => {
                     tracing::info!(
-                        deliveries = claimed.len(),
-                        "a write whose outcome was unknown: its claims are given back (none were stored if it did not commit)"
+                        deliveries = given,
+                        "a write whose outcome was unknown: the claims it had made are given back \
+                         (none, if it did not commit, or if it still runs: those wait for this \
+                         node's restart)"
                     );
                     return;
                 }
@@ -2647,22 +2649,25 @@ fn give_back_unsettled(pool: &PgPool, node: &str, lost: &LostWrite<'_>) {
 /// Gives back to `pending` the deliveries `claimed` of a write whose outcome this node is
 /// unsure of, if they are stored and still held by this node (none are, if it did not
 /// commit): no caller will take them in hand, so the poller is to.
-async fn give_back_claims(pool: &PgPool, node: &str, claimed: &[&str]) -> Result<(), StoreError> {
+async fn give_back_claims(pool: &PgPool, node: &str, claimed: &[&str]) -> Result<u64, StoreError> {
     if claimed.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
-    sqlx::query(AssertSqlSafe(format!(
+    // Only under the claim the write gave them (1, see `write_ingest_batch`): once given
+    // back (by an earlier try whose answer was lost, say), a delivery may be claimed again,
+    // by this node's poller or a manual retry, and that claim is not this write's to undo.
+    let given = sqlx::query(AssertSqlSafe(format!(
         "UPDATE deliveries SET status = 'pending', node = NULL, claim = claim + 1,
             next_attempt_at = COALESCE(next_attempt_at, {DB_NOW_MS}),
             updated_at = {DB_NOW_MS}
-         WHERE id = ANY($1::text[]) AND node = $2 AND status = 'delivering'"
+         WHERE id = ANY($1::text[]) AND node = $2 AND status = 'delivering' AND claim = 1"
     )))
     .bind(claimed)
     .bind(node)
     .execute(pool)
     .await
     .ctx("giving back a lost write's claims")?;
-    Ok(())
+    Ok(given.rows_affected())
 }
 
 /// Per event, one delivery for each of `subscribers` that takes its type; `admit` says
