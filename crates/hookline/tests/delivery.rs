@@ -740,6 +740,62 @@ async fn a_manual_retry_goes_before_the_endpoints_queue(engine: Engine) {
     .await;
 }
 
+/// A manual retry of a delivery this node holds already, queued behind its endpoint's pace,
+/// takes it over: it goes before the queue, and the queued attempt is not made, so the
+/// receiver gets it once, not twice.
+async fn a_manual_retry_of_a_queued_delivery_goes_first_and_once(engine: Engine) {
+    let rx = Receiver::start().await;
+    let s = TestServer::start(&engine).await;
+    let (status, ep) = s
+        .post(
+            "/v1/endpoints",
+            json!({"url": rx.url("paced"), "event_types": ["*"], "rate_limit_per_sec": 2}),
+        )
+        .await;
+    assert_eq!(status, 201, "{ep}");
+    let queued: Vec<Value> = (0..20)
+        .map(|_| json!({"type": "click", "data": common::valid("click", json!({}))}))
+        .collect();
+    let (status, b) = s.post("/v1/events/batch", json!({"events": queued})).await;
+    assert_eq!(status, 202, "{b}");
+    let last = &b["data"][19];
+    let last_dlv = last["deliveries"][0]["id"].as_str().unwrap().to_owned();
+    let last_id = last["id"].as_str().unwrap().to_owned();
+    rx.wait_for("paced", 2).await;
+    // Held by the dispatcher, waiting for its turn.
+    let (_, d) = s.get(&format!("/v1/deliveries/{last_dlv}")).await;
+    assert_eq!(d["status"], "delivering", "{d}");
+    let (status, body) = s
+        .post(&format!("/v1/deliveries/{last_dlv}/retry"), json!({}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let got = rx.wait_for("paced", 20).await;
+    let at = got
+        .iter()
+        .position(|r| r.header("webhook-id") == last_id)
+        .expect("the retried delivery arrived");
+    // Before it: the queued ones sent so far (two a second), not the other 17.
+    assert!(at <= 8, "the retry came after {at} of the queue");
+    common::eventually("the queue to end", || async {
+        let (_, d) = s.get(&format!("/v1/deliveries/{last_dlv}")).await;
+        let all_done = (rx.got("paced").len() >= 20).then_some(());
+        (d["status"] == "succeeded").then_some(()).and(all_done)
+    })
+    .await;
+    // The queue's pace leaves room for a stray second copy to show: it never comes.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let got = rx.got("paced");
+    let copies = got
+        .iter()
+        .filter(|r| r.header("webhook-id") == last_id)
+        .count();
+    assert_eq!(copies, 1, "sent once");
+    assert_eq!(got.len(), 20);
+    let (_, d) = s.get(&format!("/v1/deliveries/{last_dlv}")).await;
+    assert_eq!(d["attempt_count"], 1, "{d}");
+    assert_eq!(d["status"], "succeeded", "{d}");
+}
+
 async fn an_endpoint_turned_back_on_gets_new_deliveries_again(engine: Engine) {
     let rx = Receiver::start().await;
     rx.script("flip", vec![Reply::Status(410)]);
@@ -840,6 +896,7 @@ on_both_engines!(
     a_dead_endpoint_trips_its_breaker_and_its_backlog_drains_when_it_is_back,
     a_manual_retry_goes_at_once_behind_an_open_breaker,
     a_manual_retry_goes_before_the_endpoints_queue,
+    a_manual_retry_of_a_queued_delivery_goes_first_and_once,
     an_endpoint_turned_back_on_gets_new_deliveries_again,
 );
 

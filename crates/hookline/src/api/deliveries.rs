@@ -55,8 +55,10 @@ pub async fn get(
     Ok(Json(DeliveryDetail { delivery, attempts }))
 }
 
-/// Makes one more attempt now, whatever the delivery's state. A delivery the dispatcher
-/// holds already is left to it. `409` when its endpoint is removed or disabled.
+/// Makes one more attempt now, whatever the delivery's state. One this node holds already
+/// (queued behind its endpoint's pace, or in flight) is taken over: the retry's attempt goes
+/// before the queue, and the queued one is not made. On PostgreSQL one another node holds is
+/// left to it. `409` when its endpoint is removed or disabled.
 #[utoipa::path(post, path = "/v1/deliveries/{id}/retry", tag = "deliveries",
     params(("id" = String, Path, description = "dlv_…")), security(("api_key" = [])),
     responses((status = 202, body = DeliveryDetail), (status = 404, body = super::error::ErrorBody),

@@ -339,13 +339,47 @@ struct QueueShared {
     closed_when: Mutex<Option<tokio::time::Instant>>,
     /// The newest version of the endpoint the API has seen.
     latest: Mutex<Option<Arc<Endpoint>>>,
+    /// Claims of this endpoint's deliveries that a manual retry took over while the
+    /// delivery was queued or in flight (delivery id and claim, and when): an attempt under
+    /// one of them that has not begun is not made, the retry's goes instead. An entry whose
+    /// attempt was in flight is never taken; entries go after [`SUPERSEDED_KEEP`].
+    superseded: Mutex<HashMap<(String, i64), tokio::time::Instant>>,
+    /// Whether `superseded` may hold anything: the queue's path looks no further otherwise.
+    any_superseded: AtomicBool,
 }
+
+/// How long a claim taken over by a manual retry is remembered (see
+/// `QueueShared::superseded`): longer than any delivery waits in memory for its turn.
+const SUPERSEDED_KEEP: Duration = Duration::from_secs(6 * 3600);
 
 impl QueueShared {
     /// Whether `due` is to be given back instead of sent: its endpoint was turned off or
     /// removed at its version or later (see `closed_at`).
     fn closed_for(&self, due: &DueDelivery) -> bool {
         due.endpoint.updated_at.0 <= self.closed_at.load(Ordering::Acquire)
+    }
+
+    /// Remembers that a manual retry took `delivery_id` over from `claim`.
+    fn supersede(&self, delivery_id: &str, claim: i64) {
+        let now = tokio::time::Instant::now();
+        let mut set = locked(&self.superseded);
+        set.retain(|_, at| now.duration_since(*at) < SUPERSEDED_KEEP);
+        set.insert((delivery_id.to_owned(), claim), now);
+        self.any_superseded.store(true, Ordering::Release);
+    }
+
+    /// Whether `due`'s claim was taken over by a manual retry (and so is not to be
+    /// attempted); forgets it if so.
+    fn take_superseded(&self, due: &DueDelivery) -> bool {
+        if !self.any_superseded.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut set = locked(&self.superseded);
+        let taken = set.remove(&(due.delivery_id.clone(), due.claim)).is_some();
+        if set.is_empty() {
+            self.any_superseded.store(false, Ordering::Release);
+        }
+        taken
     }
 }
 
@@ -495,10 +529,19 @@ impl Dispatcher {
     ) -> Result<Result<(), RetryRefusal>, StoreError> {
         let inner = self.inner.clone();
         tokio::spawn(async move {
-            let due = match inner.store.claim_for_retry(account_id, delivery_id).await? {
-                Ok(due) => due,
+            let taken = match inner.store.claim_for_retry(account_id, delivery_id).await? {
+                Ok(taken) => taken,
                 Err(refusal) => return Ok(Err(refusal)),
             };
+            let due = taken.due;
+            if let Some(claim) = taken.replaces {
+                // This node held it already: that attempt, if it has not begun, is not made.
+                let mut queues = locked(&inner.queues);
+                inner
+                    .queue(&mut queues, &due.endpoint.id)
+                    .shared
+                    .supersede(&due.delivery_id, claim);
+            }
             inner.force_admit(&due.endpoint.id, 1);
             inner.submit(due);
             Ok(Ok(()))
@@ -801,6 +844,8 @@ impl Inner {
                 closed_at: AtomicI64::new(i64::MIN),
                 closed_when: Mutex::new(None),
                 latest: Mutex::new(None),
+                superseded: Mutex::default(),
+                any_superseded: AtomicBool::new(false),
             });
             let me = self.clone();
             let s = shared.clone();
@@ -910,6 +955,12 @@ async fn endpoint_worker(
             give_back(&inner, due).await;
             continue;
         }
+        // A manual retry took it over meanwhile: its own attempt is the one to make. (Its
+        // row is the retry's now: nothing to write back, only its room to give back.)
+        if shared.take_superseded(&due) {
+            inner.release(&endpoint_id);
+            continue;
+        }
         // The newest known version of the endpoint wins.
         let latest = locked(&shared.latest).clone();
         let newest = match latest {
@@ -949,6 +1000,12 @@ async fn endpoint_worker(
         if shared.closed_for(&due) {
             drop(permit);
             give_back(&inner, due).await;
+            continue;
+        }
+        // Taken over by a manual retry while it waited for its pace or its slot.
+        if shared.take_superseded(&due) {
+            drop(permit);
+            inner.release(&endpoint_id);
             continue;
         }
         // A manual retry is attempted whatever the breaker says: it was asked for now (and a

@@ -673,12 +673,13 @@ impl Store {
         on_engine!(self, s => s.first_delivery_after(account_id, endpoint_id, after).await)
     }
 
-    /// Takes one delivery for a manual retry, whatever its state.
+    /// Takes one delivery for a manual retry, whatever its state: one this node holds
+    /// already (`delivering`) is taken over under a new claim (see [`RetryClaim`]).
     pub async fn claim_for_retry(
         &self,
         account_id: String,
         delivery_id: String,
-    ) -> Result<Result<DueDelivery, RetryRefusal>, StoreError> {
+    ) -> Result<Result<RetryClaim, RetryRefusal>, StoreError> {
         on_engine!(self, s => s.claim_for_retry(account_id, delivery_id).await)
     }
 }
@@ -1058,13 +1059,24 @@ pub struct AttemptRecord {
     pub outcome: Outcome,
 }
 
+/// A delivery taken for a manual retry.
+#[derive(Debug)]
+pub struct RetryClaim {
+    pub due: DueDelivery,
+    /// The claim under which this node held the delivery already (`delivering`: queued,
+    /// waiting for its endpoint's pace or a free lane, or in flight) when the retry took it
+    /// over. An attempt under that claim not begun yet is not made (the retry's is), and the
+    /// outcome of one in flight moves nothing (its claim is no longer the delivery's).
+    pub replaces: Option<i64>,
+}
+
 /// Why a manual retry could not be queued.
 #[derive(Debug)]
 pub enum RetryRefusal {
     NotFound,
     /// The endpoint was removed or is disabled.
     EndpointDisabled,
-    /// The delivery is already taken by the dispatcher and will be attempted shortly.
+    /// Another node holds the delivery (PostgreSQL) and attempts it as its turn comes.
     AlreadyDelivering,
 }
 

@@ -19,8 +19,8 @@ use super::sealing::{SealedColumns, Sealer, check_recorded_key, reseal_row};
 use super::stamps::Stamps;
 use super::{
     AcceptedEvent, AcceptedSummary, AttemptRecord, DeliveryFilter, DueDelivery, EventFilter,
-    FeedPos, IdempotencyKey, Ingested, NewDelivery, NewEvent, Outcome, Page, RetryRefusal,
-    StoreError, recorded_answer,
+    FeedPos, IdempotencyKey, Ingested, NewDelivery, NewEvent, Outcome, Page, RetryClaim,
+    RetryRefusal, StoreError, recorded_answer,
 };
 use crate::model::{
     Account, ApiKey, Attempt, CustomEventType, Delivery, DeliveryStatus, Endpoint, Event, Plan,
@@ -2091,7 +2091,7 @@ impl PgStore {
         &self,
         account_id: String,
         delivery_id: String,
-    ) -> Result<Result<DueDelivery, RetryRefusal>, StoreError> {
+    ) -> Result<Result<RetryClaim, RetryRefusal>, StoreError> {
         let mut tx = self.begin().await?;
         // The endpoint first (key-share, as ingest takes it), then the delivery: a disable or
         // removal either committed before (and is seen here) or waits for this commit and
@@ -2112,7 +2112,7 @@ impl PgStore {
         .transpose()?;
         let Some(r) = sqlx::query(
             "SELECT d.status, d.attempts, d.endpoint_id, e.id, e.type, e.created_at, e.data,
-                d.seq, d.claim + 1
+                d.seq, d.claim + 1, d.node
              FROM deliveries d JOIN events e ON e.id = d.event_id
              WHERE d.id = $1 AND d.account_id = $2
              FOR UPDATE OF d",
@@ -2134,10 +2134,14 @@ impl PgStore {
         let data: String = r.try_get(6).ctx("reading a delivery to retry")?;
         let row: i64 = r.try_get(7).ctx("reading a delivery to retry")?;
         let claim: i64 = r.try_get(8).ctx("reading a delivery to retry")?;
+        let holder: Option<String> = r.try_get(9).ctx("reading a delivery to retry")?;
         let status = DeliveryStatus::parse(&status).unwrap_or(DeliveryStatus::Pending);
-        if status == DeliveryStatus::Delivering {
-            return Ok(Err(RetryRefusal::AlreadyDelivering));
-        }
+        // One this node holds is taken over under a new claim; another node's is left to it.
+        let replaces = match status {
+            DeliveryStatus::Delivering if holder.as_deref() == Some(&*self.node) => Some(claim - 1),
+            DeliveryStatus::Delivering => return Ok(Err(RetryRefusal::AlreadyDelivering)),
+            _ => None,
+        };
         let Some(ep) = endpoint.filter(|ep| ep.id == endpoint_id && ep.enabled) else {
             return Ok(Err(RetryRefusal::EndpointDisabled));
         };
@@ -2157,7 +2161,7 @@ impl PgStore {
             return Err(e).ctx("committing a retry claim");
         }
         let payload = envelope(&event_id, &event_type, Timestamp(created_at), &data).into();
-        Ok(Ok(DueDelivery {
+        let due = DueDelivery {
             delivery_id,
             row,
             claim,
@@ -2167,7 +2171,8 @@ impl PgStore {
             endpoint: Arc::new(ep),
             manual_after_end: status.is_terminal(),
             manual: true,
-        }))
+        };
+        Ok(Ok(RetryClaim { due, replaces }))
     }
 }
 

@@ -36,8 +36,8 @@ use super::stamps::Stamps;
 use super::{
     AcceptedEvent, AcceptedSummary, AttemptRecord, Context, DeliveryFilter, DueDelivery,
     EventFilter, FeedPos, GONE_REASON, IdempotencyKey, Ingested, NewDelivery, NewEvent,
-    OFF_DISABLED, OFF_GONE, OFF_REMOVED, Outcome, Page, RetryRefusal, StoreError, off_reason,
-    recorded_answer,
+    OFF_DISABLED, OFF_GONE, OFF_REMOVED, Outcome, Page, RetryClaim, RetryRefusal, StoreError,
+    off_reason, recorded_answer,
 };
 use crate::model::{
     Account, ApiKey, Attempt, CustomEventType, Delivery, DeliveryStatus, Endpoint, Event, Plan,
@@ -2310,12 +2310,14 @@ impl SqliteStore {
         }
     }
 
-    /// Takes one delivery for a manual retry, whatever its state.
+    /// Takes one delivery for a manual retry, whatever its state. One already
+    /// `delivering` is this process's (the only one on the database): it is taken over under
+    /// a new claim, and the old one is named in the answer.
     pub async fn claim_for_retry(
         &self,
         account_id: String,
         delivery_id: String,
-    ) -> Result<Result<DueDelivery, RetryRefusal>, StoreError> {
+    ) -> Result<Result<RetryClaim, RetryRefusal>, StoreError> {
         let sealer = self.sealer.clone();
         self.write(move |c| {
             let row = c
@@ -2356,9 +2358,7 @@ impl SqliteStore {
                 return Ok(Err(RetryRefusal::NotFound));
             };
             let status = DeliveryStatus::parse(&status).unwrap_or(DeliveryStatus::Pending);
-            if status == DeliveryStatus::Delivering {
-                return Ok(Err(RetryRefusal::AlreadyDelivering));
-            }
+            let replaces = (status == DeliveryStatus::Delivering).then_some(claim - 1);
             let Some(ep) = load_endpoint(c, &sealer, Some(&account_id), &endpoint_id)? else {
                 return Ok(Err(RetryRefusal::EndpointDisabled));
             };
@@ -2373,7 +2373,7 @@ impl SqliteStore {
             )
             .ctx("claiming a delivery to retry")?;
             let payload = envelope(&event_id, &event_type, Timestamp(created_at), &data).into();
-            Ok(Ok(DueDelivery {
+            let due = DueDelivery {
                 delivery_id,
                 row,
                 claim,
@@ -2383,7 +2383,8 @@ impl SqliteStore {
                 endpoint: Arc::new(ep),
                 manual_after_end: status.is_terminal(),
                 manual: true,
-            }))
+            };
+            Ok(Ok(RetryClaim { due, replaces }))
         })
         .await
     }
@@ -4174,7 +4175,8 @@ pub(crate) mod tests {
             .claim_for_retry(account.id.clone(), d.id.clone())
             .await
             .unwrap()
-            .unwrap();
+            .unwrap()
+            .due;
         assert_eq!(retry.claim, 2);
         // Claim 1's late failure changes nothing: claim 2 still holds it.
         store
@@ -4413,7 +4415,8 @@ pub(crate) mod tests {
                 .claim_for_retry(account.id.clone(), retried.id.clone())
                 .await
                 .unwrap()
-                .unwrap();
+                .unwrap()
+                .due;
             assert_eq!(due.attempts + 1, attempt);
             store
                 .record_attempts(vec![answered(retried, due.claim, attempt, code)])
@@ -4467,7 +4470,8 @@ pub(crate) mod tests {
             .claim_for_retry(account.id.clone(), upgraded.id.clone())
             .await
             .unwrap()
-            .unwrap();
+            .unwrap()
+            .due;
         assert_eq!(due.attempts + 1, 2);
         store
             .record_attempts(vec![answered(upgraded, due.claim, 2, Some(200))])
