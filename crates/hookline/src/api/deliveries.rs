@@ -56,9 +56,9 @@ pub async fn get(
 }
 
 /// Makes one more attempt now, whatever the delivery's state. One this node holds already
-/// (queued behind its endpoint's pace, or in flight) is taken over: the retry's attempt goes
-/// before the queue, and the queued one is not made. On PostgreSQL one another node holds is
-/// left to it. `409` when its endpoint is removed or disabled.
+/// is taken over: the retry's attempt goes before the endpoint's queue, and a queued one is
+/// not made (one under way goes on beside it). On PostgreSQL one another node holds is left
+/// to it. `409` when its endpoint is removed or disabled.
 #[utoipa::path(post, path = "/v1/deliveries/{id}/retry", tag = "deliveries",
     params(("id" = String, Path, description = "dlv_…")), security(("api_key" = [])),
     responses((status = 202, body = DeliveryDetail), (status = 404, body = super::error::ErrorBody),

@@ -340,17 +340,19 @@ struct QueueShared {
     /// The newest version of the endpoint the API has seen.
     latest: Mutex<Option<Arc<Endpoint>>>,
     /// Claims of this endpoint's deliveries that a manual retry took over while the
-    /// delivery was queued or in flight (delivery id and claim, and when): an attempt under
-    /// one of them that has not begun is not made, the retry's goes instead. An entry whose
-    /// attempt was in flight is never taken; entries go after [`SUPERSEDED_KEEP`].
-    superseded: Mutex<HashMap<(String, i64), tokio::time::Instant>>,
+    /// delivery was queued or in flight (delivery id and claim, and when): a job under one
+    /// of them not yet handed to a lane is not made, the retry's goes instead. An entry whose
+    /// attempt was in flight is never taken; entries go after [`SUPERSEDED_KEEP`]. (A few at
+    /// most: manual retries of deliveries waiting their turn.)
+    superseded: Mutex<Vec<(String, i64, tokio::time::Instant)>>,
     /// Whether `superseded` may hold anything: the queue's path looks no further otherwise.
     any_superseded: AtomicBool,
 }
 
 /// How long a claim taken over by a manual retry is remembered (see
-/// `QueueShared::superseded`): longer than any delivery waits in memory for its turn.
-const SUPERSEDED_KEEP: Duration = Duration::from_secs(6 * 3600);
+/// `QueueShared::superseded`): longer than a delivery waits in memory for its turn (25,000
+/// of them at the slowest pace, one a second, take about 7 h).
+const SUPERSEDED_KEEP: Duration = Duration::from_secs(24 * 3600);
 
 impl QueueShared {
     /// Whether `due` is to be given back instead of sent: its endpoint was turned off or
@@ -361,25 +363,31 @@ impl QueueShared {
 
     /// Remembers that a manual retry took `delivery_id` over from `claim`.
     fn supersede(&self, delivery_id: &str, claim: i64) {
-        let now = tokio::time::Instant::now();
         let mut set = locked(&self.superseded);
-        set.retain(|_, at| now.duration_since(*at) < SUPERSEDED_KEEP);
-        set.insert((delivery_id.to_owned(), claim), now);
+        set.push((delivery_id.to_owned(), claim, tokio::time::Instant::now()));
         self.any_superseded.store(true, Ordering::Release);
     }
 
     /// Whether `due`'s claim was taken over by a manual retry (and so is not to be
-    /// attempted); forgets it if so.
+    /// attempted); forgets it if so, and entries older than [`SUPERSEDED_KEEP`]. The flag is
+    /// only written under the lock, so it never reads false while an entry is there.
     fn take_superseded(&self, due: &DueDelivery) -> bool {
         if !self.any_superseded.load(Ordering::Acquire) {
             return false;
         }
+        let now = tokio::time::Instant::now();
         let mut set = locked(&self.superseded);
-        let taken = set.remove(&(due.delivery_id.clone(), due.claim)).is_some();
+        set.retain(|(_, _, at)| now.duration_since(*at) < SUPERSEDED_KEEP);
+        let found = set
+            .iter()
+            .position(|(id, claim, _)| *claim == due.claim && *id == due.delivery_id);
+        if let Some(i) = found {
+            set.swap_remove(i);
+        }
         if set.is_empty() {
             self.any_superseded.store(false, Ordering::Release);
         }
-        taken
+        found.is_some()
     }
 }
 

@@ -1065,8 +1065,10 @@ pub struct RetryClaim {
     pub due: DueDelivery,
     /// The claim under which this node held the delivery already (`delivering`: queued,
     /// waiting for its endpoint's pace or a free lane, or in flight) when the retry took it
-    /// over. An attempt under that claim not begun yet is not made (the retry's is), and the
-    /// outcome of one in flight moves nothing (its claim is no longer the delivery's).
+    /// over. A job under that claim not yet handed to a lane is not made (the retry's is).
+    /// One in flight goes on: its failure no longer moves the delivery (its claim is not the
+    /// delivery's), while a success or a `410` still counts, as any answer would; it shares
+    /// its attempt number with the retry's, and the history keeps the one recorded last.
     pub replaces: Option<i64>,
 }
 
