@@ -382,6 +382,31 @@ impl LossyProxy {
     }
 }
 
+/// A store on `data`'s database and schema through a [`LossyProxy`], in plain text (so that
+/// the proxy can see what it loses).
+async fn through_proxy(data: &Data) -> (LossyProxy, Store) {
+    let Location::Postgres(url) = &data.location else {
+        unreachable!("a PostgreSQL engine gives a PostgreSQL location")
+    };
+    let mut through = reqwest::Url::parse(url).unwrap();
+    let upstream = tokio::net::lookup_host((
+        through.host_str().unwrap().to_owned(),
+        through.port().unwrap_or(5432),
+    ))
+    .await
+    .unwrap()
+    .next()
+    .unwrap();
+    let proxy = LossyProxy::start(upstream).await;
+    through.set_host(Some("127.0.0.1")).unwrap();
+    through.set_port(Some(proxy.addr.port())).unwrap();
+    through.query_pairs_mut().append_pair("sslmode", "disable");
+    let store = Store::open(&Location::Postgres(through.to_string()))
+        .await
+        .unwrap();
+    (proxy, store)
+}
+
 /// The status and holder of the delivery of event `id`, if the event is stored.
 async fn stored(db: &mut sqlx::PgConnection, id: &str) -> Option<(String, Option<String>)> {
     sqlx::query_as(
@@ -406,27 +431,7 @@ async fn a_write_whose_answer_is_lost_is_answered_by_what_happened() {
     else {
         return;
     };
-    let Location::Postgres(url) = &data.location else {
-        unreachable!("a PostgreSQL engine gives a PostgreSQL location")
-    };
-    // The same database and schema, through the proxy, in plain text (so that it can see
-    // what it loses).
-    let mut through = reqwest::Url::parse(url).unwrap();
-    let upstream = tokio::net::lookup_host((
-        through.host_str().unwrap().to_owned(),
-        through.port().unwrap_or(5432),
-    ))
-    .await
-    .unwrap()
-    .next()
-    .unwrap();
-    let proxy = LossyProxy::start(upstream).await;
-    through.set_host(Some("127.0.0.1")).unwrap();
-    through.set_port(Some(proxy.addr.port())).unwrap();
-    through.query_pairs_mut().append_pair("sslmode", "disable");
-    let store = Store::open(&Location::Postgres(through.to_string()))
-        .await
-        .unwrap();
+    let (proxy, store) = through_proxy(&data).await;
     let account = store.create_account("a".into(), Plan::Pro).await.unwrap();
     let ep = store
         .insert_endpoint(endpoint_of(&account.id, "https://example.com/a"), 100)
@@ -544,25 +549,7 @@ async fn a_write_whose_outcome_cannot_be_told_is_answered_neither_way() {
     else {
         return;
     };
-    let Location::Postgres(url) = &data.location else {
-        unreachable!("a PostgreSQL engine gives a PostgreSQL location")
-    };
-    let mut through = reqwest::Url::parse(url).unwrap();
-    let upstream = tokio::net::lookup_host((
-        through.host_str().unwrap().to_owned(),
-        through.port().unwrap_or(5432),
-    ))
-    .await
-    .unwrap()
-    .next()
-    .unwrap();
-    let proxy = LossyProxy::start(upstream).await;
-    through.set_host(Some("127.0.0.1")).unwrap();
-    through.set_port(Some(proxy.addr.port())).unwrap();
-    through.query_pairs_mut().append_pair("sslmode", "disable");
-    let store = Store::open(&Location::Postgres(through.to_string()))
-        .await
-        .unwrap();
+    let (proxy, store) = through_proxy(&data).await;
     let account = store.create_account("a".into(), Plan::Pro).await.unwrap();
     store
         .insert_endpoint(endpoint_of(&account.id, "https://example.com/a"), 100)
