@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::process::{BIN, Serve, cli, free_port, wait_healthy};
+use common::process::{BIN, Serve, cli, free_port, post_endpoint, wait_healthy};
 use common::{Receiver, valid, verify_with_standardwebhooks};
 use serde_json::{Value, json};
 use std::path::Path;
@@ -77,15 +77,8 @@ async fn serve_takes_every_switch_from_its_environment_variable() {
     wait_healthy(&http, &base).await;
 
     // A loopback `http://` endpoint is taken: both switches are on.
-    let resp = http
-        .post(format!("{base}/v1/endpoints"))
-        .bearer_auth(&second)
-        .json(&json!({"url": rx.url("env"), "event_types": ["click"]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 201);
-    let ep: Value = resp.json().await.unwrap();
+    let (status, ep) = post_endpoint(&http, &base, &second, &rx.url("env"), &["click"]).await;
+    assert_eq!(status, 201, "{ep}");
     let secret = ep["secret"].as_str().unwrap().to_owned();
     // The first answer fails: the schedule from the environment retries it at once.
     rx.script("env", vec![common::Reply::Status(500)]);
@@ -123,14 +116,8 @@ async fn serve_takes_every_switch_from_its_environment_variable() {
         ],
     );
     wait_healthy(&http, &base).await;
-    let resp = http
-        .post(format!("{base}/v1/endpoints"))
-        .bearer_auth(&key)
-        .json(&json!({"url": rx.url("env"), "event_types": ["*"]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 422);
+    let (status, ep) = post_endpoint(&http, &base, &key, &rx.url("env"), &["*"]).await;
+    assert_eq!(status, 422, "{ep}");
     let list: Value = http
         .get(format!("{base}/v1/endpoints"))
         .bearer_auth(&key)

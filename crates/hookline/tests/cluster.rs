@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::process::{BIN, Serve, cli_account, free_port, wait_healthy};
+use common::process::{BIN, Serve, cli_account, free_port, post_endpoint, wait_healthy};
 use common::{Data, Engine, Receiver, Reply, eventually, valid, verify_with_standardwebhooks};
 use hookline::store::Location;
 use serde_json::{Value, json};
@@ -352,15 +352,8 @@ async fn a_node_cut_off_from_the_database_stops_sending_before_its_work_is_taken
     );
     wait_healthy(&http, &base_a).await;
     wait_healthy(&http, &base_b).await;
-    let resp = http
-        .post(format!("{base_a}/v1/endpoints"))
-        .bearer_auth(&key)
-        .json(&json!({"url": rx.url("sink"), "event_types": ["*"]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 201);
-    let ep: Value = resp.json().await.unwrap();
+    let (status, ep) = post_endpoint(&http, &base_a, &key, &rx.url("sink"), &["*"]).await;
+    assert_eq!(status, 201, "{ep}");
     let secret = ep["secret"].as_str().unwrap().to_owned();
 
     // In three batches of 200 (a body stays under the 256 KiB limit).

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::process::{BIN, Serve, cli_account, free_port, wait_healthy};
+use common::process::{BIN, Serve, cli_account, free_port, post_endpoint, wait_healthy};
 use common::{
     Data, Engine, Receiver, Reply, eventually_within, valid, verify_with_standardwebhooks,
 };
@@ -77,15 +77,8 @@ async fn every_acknowledged_event_is_delivered_after_sigkill(engine: Engine) {
     let base = format!("http://127.0.0.1:{port}");
     let mut child = spawn_serve(&location, dir, port, "serve-1.log");
     wait_healthy(&http, &base).await;
-    let resp = http
-        .post(format!("{base}/v1/endpoints"))
-        .bearer_auth(&key)
-        .json(&json!({"url": rx.url("sink"), "event_types": ["*"]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 201);
-    let ep: Value = resp.json().await.unwrap();
+    let (status, ep) = post_endpoint(&http, &base, &key, &rx.url("sink"), &["*"]).await;
+    assert_eq!(status, 201, "{ep}");
     let secret = ep["secret"].as_str().unwrap().to_owned();
 
     // Eight concurrent producers, single events and batches of ten, until the kill.

@@ -47,6 +47,15 @@ async fn until_closed(conn: &mut TcpStream) -> String {
     String::from_utf8_lossy(&got).into_owned()
 }
 
+/// The answer on `conn` is `202`, and the event it took is the only one `s` holds.
+async fn accepted_alone(conn: &mut TcpStream, s: &TestServer) {
+    let mut first = [0u8; 12];
+    conn.read_exact(&mut first).await.unwrap();
+    assert_eq!(&first, b"HTTP/1.1 202");
+    let (_, list) = s.get("/v1/events").await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 1, "{list}");
+}
+
 /// Whether the server leaves `conn` open (sends nothing, closes nothing) for `d`.
 async fn still_open_after(conn: &mut TcpStream, d: Duration) -> bool {
     let mut byte = [0u8; 1];
@@ -129,11 +138,7 @@ async fn a_body_that_stops_arriving_gets_408_and_changes_nothing() {
     let mut conn = TcpStream::connect(s.addr).await.unwrap();
     conn.write_all(head.as_bytes()).await.unwrap();
     conn.write_all(&body).await.unwrap();
-    let mut first = [0u8; 12];
-    conn.read_exact(&mut first).await.unwrap();
-    assert_eq!(&first, b"HTTP/1.1 202");
-    let (_, list) = s.get("/v1/events").await;
-    assert_eq!(list["data"].as_array().unwrap().len(), 1, "{list}");
+    accepted_alone(&mut conn, &s).await;
     s.stop().await;
 }
 
@@ -153,10 +158,6 @@ async fn a_request_slower_than_the_header_time_is_not_cut_off() {
         conn.write_all(piece).await.unwrap();
     }
     assert!(started.elapsed() > Duration::from_secs(1));
-    let mut first = [0u8; 12];
-    conn.read_exact(&mut first).await.unwrap();
-    assert_eq!(&first, b"HTTP/1.1 202");
-    let (_, list) = s.get("/v1/events").await;
-    assert_eq!(list["data"].as_array().unwrap().len(), 1, "{list}");
+    accepted_alone(&mut conn, &s).await;
     s.stop().await;
 }

@@ -45,6 +45,26 @@ pub async fn wait_healthy(http: &reqwest::Client, base: &str) {
     .await;
 }
 
+/// Asks the server at `base` (a process of its own) to create an endpoint at `url`
+/// subscribed to `types`, with API key `key`; the status and the JSON body.
+pub async fn post_endpoint(
+    http: &reqwest::Client,
+    base: &str,
+    key: &str,
+    url: &str,
+    types: &[&str],
+) -> (u16, serde_json::Value) {
+    let resp = http
+        .post(format!("{base}/v1/endpoints"))
+        .bearer_auth(key)
+        .json(&serde_json::json!({"url": url, "event_types": types}))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or_default())
+}
+
 /// Creates the account `acme` with the real CLI (`storage`: `--data-dir …` or
 /// `--database-url …`); returns its key, the last line the command printed.
 pub fn cli_account(storage: &[&str]) -> String {
