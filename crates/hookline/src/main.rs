@@ -135,6 +135,10 @@ struct ServeArgs {
     /// How long a request's body may take to arrive (`408` past it).
     #[arg(long, env = "HOOKLINE_BODY_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     body_read_timeout: Duration,
+    /// How long an answer may wait for its client to take more of it: a client that stops
+    /// reading loses its connection after as long.
+    #[arg(long, env = "HOOKLINE_WRITE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    write_timeout: Duration,
 }
 
 #[derive(Subcommand)]
@@ -432,6 +436,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     for (name, value) in [
         ("--header-read-timeout", args.header_read_timeout),
         ("--body-read-timeout", args.body_read_timeout),
+        ("--write-timeout", args.write_timeout),
     ] {
         if value.is_zero() {
             bail!("{name} must be more than zero");
@@ -439,6 +444,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     config.header_read_timeout = args.header_read_timeout;
     config.body_read_timeout = args.body_read_timeout;
+    config.write_timeout = args.write_timeout;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;

@@ -35,6 +35,9 @@ pub struct Config {
     pub header_read_timeout: Duration,
     /// How long a request's body may take to arrive, once its handler reads it.
     pub body_read_timeout: Duration,
+    /// How long an answer may wait for its client to take more of it: a client that stops
+    /// reading loses its connection after as long, and holds neither it nor a shutdown.
+    pub write_timeout: Duration,
     /// How long in-flight attempts may finish after shutdown began.
     pub shutdown_grace: Duration,
     /// How long an idempotency key answers repeats of its request.
@@ -67,6 +70,7 @@ impl Config {
             max_body_bytes: 256 * 1024,
             header_read_timeout: Duration::from_secs(75),
             body_read_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(5),
             idempotency_window: Duration::from_secs(24 * 3600),
             retention_sweep: Duration::from_secs(60),
@@ -202,7 +206,11 @@ pub async fn run(
     let stop = shutdown.clone();
     let lost = dispatcher.lease_lost();
     let lost_too = lost.clone();
-    serve_http(listener, app, config.header_read_timeout, async move {
+    let timeouts = HttpTimeouts {
+        header_read: config.header_read_timeout,
+        write: config.write_timeout,
+    };
+    serve_http(listener, app, timeouts, async move {
         tokio::select! {
             _ = stop.cancelled() => {}
             _ = lost_too.cancelled() => {}
@@ -249,25 +257,38 @@ pub async fn run(
 /// open files, say): what is open may close meanwhile, and the loop does not spin.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
+/// The time limits [`serve_http`] puts on each connection.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpTimeouts {
+    /// How long a connection has to send a request's headers, from the end of its previous
+    /// request (so also how long an idle connection stays open).
+    pub header_read: Duration,
+    /// How long a write of the answer may wait for the client to make room for it.
+    pub write: Duration,
+}
+
 /// Serves `app` over HTTP/1.1 on `listener` until `stop` completes, then waits for the
 /// connections to finish the requests they are in (idle ones close at once).
 ///
-/// Each connection has `header_timeout` to send a request's headers, counted from the end
-/// of its previous request: a client that opens connections and sends nothing, or a header
-/// a byte at a time, cannot hold them (and so open files) for long, and idle keep-alive
-/// connections close after as long. (The body has its own limit, where handlers read it:
-/// `api::extract`.) Accepted connections get `TCP_NODELAY`: answers are small and latency
-/// matters. A response marked [`AbortConnection`] is not sent: its connection is closed.
+/// Each connection has `timeouts.header_read` to send a request's headers, counted from the
+/// end of its previous request: a client that opens connections and sends nothing, or a
+/// header a byte at a time, cannot hold them (and so open files) for long, and idle
+/// keep-alive connections close after as long. (The body has its own limit, where handlers
+/// read it: `api::extract`.) An answer the client stops taking is cut off once a write has
+/// waited `timeouts.write` for room: a client that never reads holds its connection, its
+/// answer's memory and a graceful shutdown no longer than that. Accepted connections get
+/// `TCP_NODELAY`: answers are small and latency matters. A response marked
+/// [`AbortConnection`] is not sent: its connection is closed.
 pub async fn serve_http(
     listener: TcpListener,
     app: axum::Router,
-    header_timeout: Duration,
+    timeouts: HttpTimeouts,
     stop: impl std::future::Future<Output = ()>,
 ) {
     use hyper_util::rt::{TokioIo, TokioTimer};
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(header_timeout);
+        .header_read_timeout(timeouts.header_read);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut stop = std::pin::pin!(stop);
     let mut last_warned: Option<std::time::Instant> = None;
@@ -308,7 +329,12 @@ pub async fn serve_http(
                 }
             }
         });
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(tcp), service));
+        // The clock starts when a write finds no room and stops at the next that does; the
+        // connection ends with `TimedOut` if it runs out.
+        let mut io = tokio_io_timeout::TimeoutStream::new(tcp);
+        io.set_write_timeout(Some(timeouts.write));
+        let io = TokioIo::new(Box::pin(io));
+        let conn = graceful.watch(http.serve_connection(io, service));
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "connection ended with an error");

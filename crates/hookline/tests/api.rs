@@ -686,7 +686,10 @@ async fn a_request_of_unknown_outcome_gets_its_connection_closed_not_an_answer()
     let server = tokio::spawn(hookline::server::serve_http(
         listener,
         app,
-        Duration::from_secs(60),
+        hookline::server::HttpTimeouts {
+            header_read: Duration::from_secs(60),
+            write: Duration::from_secs(60),
+        },
         async move { stopped.cancelled().await },
     ));
 

@@ -140,6 +140,27 @@ async fn serve_takes_every_switch_from_its_environment_variable() {
 }
 
 #[test]
+fn a_connection_time_of_zero_is_refused_by_name() {
+    // As above: had the value been taken, the server would stop at the data directory.
+    let data = "/dev/null/hookline-data";
+    for (var, flag) in [
+        ("HOOKLINE_HEADER_READ_TIMEOUT", "--header-read-timeout"),
+        ("HOOKLINE_BODY_READ_TIMEOUT", "--body-read-timeout"),
+        ("HOOKLINE_WRITE_TIMEOUT", "--write-timeout"),
+    ] {
+        let (ok, out, err) = cli(
+            &["serve".into(), "--listen".into(), "127.0.0.1:0".into()],
+            &[("HOOKLINE_DATA_DIR", data), (var, "0s")],
+        );
+        assert!(!ok, "{out}");
+        assert!(
+            err.contains(&format!("{flag} must be more than zero")),
+            "{err}"
+        );
+    }
+}
+
+#[test]
 fn a_switch_that_is_neither_on_nor_off_is_refused_by_name() {
     // A data directory that cannot be made: had the value been taken, the server would
     // stop there, with another error, rather than run.
