@@ -135,8 +135,9 @@ struct ServeArgs {
     /// How long a request's body may take to arrive (`408` past it).
     #[arg(long, env = "HOOKLINE_BODY_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     body_read_timeout: Duration,
-    /// How long an answer may wait for its client to take more of it: a client that stops
-    /// reading loses its connection after as long.
+    /// How long a write of an answer may wait for its client to make room: a client that
+    /// stops reading loses its connection after as long. Also how long a shutdown waits for
+    /// the API's requests in progress.
     #[arg(long, env = "HOOKLINE_WRITE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     write_timeout: Duration,
 }

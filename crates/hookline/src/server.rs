@@ -35,8 +35,9 @@ pub struct Config {
     pub header_read_timeout: Duration,
     /// How long a request's body may take to arrive, once its handler reads it.
     pub body_read_timeout: Duration,
-    /// How long an answer may wait for its client to take more of it: a client that stops
-    /// reading loses its connection after as long, and holds neither it nor a shutdown.
+    /// How long a write of an answer may wait for its client to make room: a client that
+    /// stops reading loses its connection after as long. Also how long a shutdown waits
+    /// for the API's requests in progress before it closes their connections.
     pub write_timeout: Duration,
     /// How long in-flight attempts may finish after shutdown began.
     pub shutdown_grace: Duration,
@@ -241,6 +242,11 @@ pub async fn run(
         lock.release();
         return Ok(());
     }
+    // The API may have cut requests off at its deadline whose writes are still queued:
+    // they end before the serve lock is given up, so that a next process never meets one.
+    if let Err(e) = store.settle().await {
+        tracing::warn!(error = %e, "waiting for the store's last writes failed");
+    }
     match store.leave().await {
         Ok(0) => {}
         Ok(n) => tracing::info!(count = n, "gave this node's deliveries back to the others"),
@@ -263,20 +269,29 @@ pub struct HttpTimeouts {
     /// How long a connection has to send a request's headers, from the end of its previous
     /// request (so also how long an idle connection stays open).
     pub header_read: Duration,
-    /// How long a write of the answer may wait for the client to make room for it.
+    /// How long a write of the answer may wait for the client to make room for it (more
+    /// than zero: at zero every write that waits fails). Also how long a shutdown waits
+    /// for the requests in progress.
     pub write: Duration,
 }
 
 /// Serves `app` over HTTP/1.1 on `listener` until `stop` completes, then waits for the
-/// connections to finish the requests they are in (idle ones close at once).
+/// connections to finish the requests they are in (idle ones close at once), for at most
+/// `timeouts.write`: connections still open then are closed, answered or not (a request
+/// cut off so may still commit: its client, without an answer, cannot tell, as after a
+/// crash).
 ///
 /// Each connection has `timeouts.header_read` to send a request's headers, counted from the
 /// end of its previous request: a client that opens connections and sends nothing, or a
 /// header a byte at a time, cannot hold them (and so open files) for long, and idle
 /// keep-alive connections close after as long. (The body has its own limit, where handlers
 /// read it: `api::extract`.) An answer the client stops taking is cut off once a write has
-/// waited `timeouts.write` for room: a client that never reads holds its connection, its
-/// answer's memory and a graceful shutdown no longer than that. Accepted connections get
+/// waited `timeouts.write` for room. The clock starts when a write finds the socket's send
+/// buffer full and stops at the next write that goes through, and Linux lets a write
+/// through only once the client has taken about a third of that buffer (which grows with
+/// the connection's pace: tens of KiB for a slow client on a real network, at most about
+/// 1.3 MiB at Linux's default limit): a client that takes that much in each
+/// `timeouts.write` keeps its connection, one that stops is cut off. Accepted connections get
 /// `TCP_NODELAY`: answers are small and latency matters. A response marked
 /// [`AbortConnection`] is not sent: its connection is closed.
 pub async fn serve_http(
@@ -292,13 +307,17 @@ pub async fn serve_http(
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut stop = std::pin::pin!(stop);
     let mut last_warned: Option<std::time::Instant> = None;
+    // Each connection's task, so that a shutdown can close those still open at its end.
+    let mut connections = tokio::task::JoinSet::new();
     loop {
         let accepted = tokio::select! {
             _ = stop.as_mut() => break,
             accepted = listener.accept() => accepted,
         };
-        let tcp = match accepted {
-            Ok((tcp, _)) => tcp,
+        // Forget the connections that have ended.
+        while connections.try_join_next().is_some() {}
+        let (tcp, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(e) if is_connection_error(&e) => continue,
             Err(e) => {
                 if last_warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
@@ -335,14 +354,42 @@ pub async fn serve_http(
         io.set_write_timeout(Some(timeouts.write));
         let io = TokioIo::new(Box::pin(io));
         let conn = graceful.watch(http.serve_connection(io, service));
-        tokio::spawn(async move {
+        connections.spawn(async move {
             if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+                if is_write_timeout(&e) {
+                    crate::telemetry::write_timed_out();
+                    tracing::info!(%peer, "closed a connection whose client stopped taking its answer");
+                } else {
+                    tracing::debug!(error = %e, %peer, "connection ended with an error");
+                }
             }
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    if tokio::time::timeout(timeouts.write, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        while connections.try_join_next().is_some() {}
+        tracing::warn!(
+            open = connections.len(),
+            "closing the API's connections still answering at shutdown"
+        );
+    }
+    connections.shutdown().await;
+}
+
+/// Whether a connection ended because a write of its answer found no room for the write
+/// time (an I/O error of kind `TimedOut`, hyper's own timeouts being of another type).
+fn is_write_timeout(e: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return io.kind() == std::io::ErrorKind::TimedOut;
+        }
+        source = err.source();
+    }
+    false
 }
 
 /// An accept error that concerns one connection only (it went away before it was taken).

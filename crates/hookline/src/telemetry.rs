@@ -7,6 +7,7 @@
 //! | --- | --- | --- |
 //! | `hookline_http_requests_total` | counter | `method`, `route` (the matched pattern, never an id), `status` |
 //! | `hookline_http_request_duration_seconds` | histogram | `route` |
+//! | `hookline_http_write_timeouts_total` | counter | (connections closed because their client stopped taking its answer) |
 //! | `hookline_events_accepted_total` | counter | |
 //! | `hookline_attempts_total` | counter | `outcome`: `succeeded`, `retry`, `failed`, `gone` |
 //! | `hookline_attempt_duration_seconds` | histogram | |
@@ -190,6 +191,13 @@ pub async fn render() -> Response {
                 .into_response()
         }
     }
+}
+
+/// A connection closed because a write of its answer waited the write time for room.
+pub fn write_timed_out() {
+    static CUT: OnceLock<Counter> = OnceLock::new();
+    CUT.get_or_init(|| registered(|| metrics::counter!("hookline_http_write_timeouts_total")))
+        .increment(1);
 }
 
 /// Events committed by ingest.

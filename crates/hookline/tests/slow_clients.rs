@@ -163,26 +163,62 @@ async fn a_request_slower_than_the_header_time_is_not_cut_off() {
     s.stop().await;
 }
 
-/// A connection whose receive buffer is as small as the system allows, so that an answer
-/// it does not read fills it (and the server's send buffer) quickly.
+/// A connection with a small receive buffer (the system makes 4 KiB twice that), so that
+/// an answer it does not read fills it (and the server's send buffer) quickly.
 async fn small_window(addr: std::net::SocketAddr) -> TcpStream {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     socket.connect(addr).await.unwrap()
 }
 
-/// Reads what the server sends on `conn` until it closes or `whole` bytes have come;
-/// how many came, and whether the connection ended before all of them.
-async fn read_up_to(conn: &mut TcpStream, whole: usize) -> (usize, bool) {
+/// Sends `request` on `conn` and reads the answer's head: its status line, and the length
+/// of its body.
+async fn ask(conn: &mut TcpStream, request: &str) -> (String, usize) {
+    conn.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let read = tokio::time::timeout(PATIENCE, conn.read(&mut byte)).await;
+        assert!(matches!(read, Ok(Ok(1))), "the answer's head: {read:?}");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    let length = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().unwrap())
+        })
+        .unwrap_or_else(|| panic!("a length: {head}"));
+    (head.lines().next().unwrap().to_owned(), length)
+}
+
+/// Reads the body on `conn` until the server closes or `whole` bytes have come, `burst`
+/// bytes at a time with `pause` between; how many came, and whether the connection ended
+/// before all of them.
+async fn read_body(
+    conn: &mut TcpStream,
+    whole: usize,
+    burst: usize,
+    pause: Duration,
+) -> (usize, bool) {
     let mut got = 0;
     let mut buf = vec![0u8; 1 << 16];
     let read = tokio::time::timeout(PATIENCE, async {
+        let mut since_pause = 0;
         loop {
-            match conn.read(&mut buf).await {
+            if since_pause >= burst {
+                tokio::time::sleep(pause).await;
+                since_pause = 0;
+            }
+            let want = buf.len().min(whole - got);
+            match conn.read(&mut buf[..want]).await {
                 Ok(0) | Err(_) => return true,
                 Ok(n) => {
                     got += n;
-                    if got >= whole {
+                    since_pause += n;
+                    if got == whole {
                         return false;
                     }
                 }
@@ -192,7 +228,7 @@ async fn read_up_to(conn: &mut TcpStream, whole: usize) -> (usize, bool) {
     .await;
     let ended = read.unwrap_or_else(|_| {
         panic!(
-            "neither the whole answer ({whole} bytes) nor its end within {PATIENCE:?}: {got} bytes"
+            "neither the whole body ({whole} bytes) nor its end within {PATIENCE:?}: {got} bytes"
         )
     });
     (got, ended)
@@ -232,37 +268,56 @@ async fn big_answers(
     (addr, stop, server)
 }
 
+/// Far more than the socket buffers on both sides hold (some MiB on loopback).
+const BIG: usize = 32 << 20;
+const GET_BIG: &str = "GET /big HTTP/1.1\r\nHost: h\r\n\r\n";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_answer_its_client_stops_reading_is_cut_off_at_the_write_time() {
-    // Far more than the socket buffers on both sides hold.
-    const SIZE: usize = 32 << 20;
-    let (addr, stop, server) = big_answers(SIZE, Duration::from_secs(1)).await;
+async fn an_answer_its_client_stops_reading_is_cut_off_after_the_write_time() {
+    let write = Duration::from_millis(500);
+    let (addr, stop, server) = big_answers(BIG, write).await;
 
     let mut stalled = small_window(addr).await;
-    stalled
-        .write_all(b"GET /big HTTP/1.1\r\nHost: h\r\n\r\n")
-        .await
-        .unwrap();
+    let (status, length) = ask(&mut stalled, GET_BIG).await;
+    assert_eq!((status.as_str(), length), ("HTTP/1.1 200 OK", BIG));
     // Everyone else is answered meanwhile.
     let answer = reqwest::get(format!("http://{addr}/small")).await.unwrap();
     assert_eq!(answer.status(), 200);
     assert_eq!(answer.text().await.unwrap(), "ok");
 
-    // Past the write time, the client starts reading again: the server gave up on it, so
-    // the connection ends before the whole answer, with what the buffers held.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let (got, ended) = read_up_to(&mut stalled, SIZE).await;
+    // Long past the write time, the client reads again: the server gave up on it, so the
+    // connection ends with what the buffers held, far from the whole answer.
+    tokio::time::sleep(write * 6).await;
+    let (got, ended) = read_body(&mut stalled, BIG, usize::MAX, Duration::ZERO).await;
     assert!(ended, "the whole answer came: {got} bytes");
-    assert!(got < SIZE / 2, "{got} of {SIZE} bytes came");
-
-    // A client that reads gets the whole answer, however long it takes over the write time.
-    let mut reader = TcpStream::connect(addr).await.unwrap();
-    reader
-        .write_all(b"GET /big HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert!(got < BIG / 2, "{got} of {BIG} bytes came");
+    stop.cancel();
+    tokio::time::timeout(PATIENCE, server)
         .await
+        .unwrap()
         .unwrap();
-    let (got, ended) = read_up_to(&mut reader, SIZE).await;
-    assert!(!ended && got >= SIZE, "{got} of {SIZE} bytes, then the end");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_reads_with_pauses_gets_its_answer_whole_past_the_write_time() {
+    // Each pause is an eighth of the write time; all of them together, longer than it.
+    let write = Duration::from_secs(2);
+    let (addr, stop, server) = big_answers(BIG, write).await;
+    let mut reader = small_window(addr).await;
+    let started = Instant::now();
+    let (_, length) = ask(&mut reader, GET_BIG).await;
+    // 3 MiB at a time: more than the third of the server's send buffer that lets its next
+    // write through.
+    let (got, ended) = read_body(&mut reader, length, 3 << 20, write / 8).await;
+    assert!(!ended && got == BIG, "{got} of {BIG} bytes, then the end");
+    assert!(
+        started.elapsed() > write,
+        "the answer took {:?}: not past the write time",
+        started.elapsed()
+    );
+    // The connection is still open, and answers its next request.
+    let (status, _) = ask(&mut reader, "GET /small HTTP/1.1\r\nHost: h\r\n\r\n").await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
     stop.cancel();
     tokio::time::timeout(PATIENCE, server)
         .await
@@ -272,17 +327,10 @@ async fn an_answer_its_client_stops_reading_is_cut_off_at_the_write_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_holds_no_shutdown() {
-    const SIZE: usize = 32 << 20;
-    let (addr, stop, server) = big_answers(SIZE, Duration::from_secs(1)).await;
+    let (addr, stop, server) = big_answers(BIG, Duration::from_secs(1)).await;
     let mut stalled = small_window(addr).await;
-    stalled
-        .write_all(b"GET /big HTTP/1.1\r\nHost: h\r\n\r\n")
-        .await
-        .unwrap();
-    // The answer has begun: its head has come.
-    let mut head = [0u8; 12];
-    stalled.read_exact(&mut head).await.unwrap();
-    assert_eq!(&head, b"HTTP/1.1 200");
+    let (status, _) = ask(&mut stalled, GET_BIG).await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
     // A graceful shutdown waits for answers in progress, but not past the write time.
     stop.cancel();
     tokio::time::timeout(PATIENCE, server)
@@ -292,9 +340,44 @@ async fn a_client_that_never_reads_holds_no_shutdown() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_waits_for_an_answer_in_progress_as_long_as_the_write_time() {
+    let write = Duration::from_secs(2);
+    let (addr, stop, server) = big_answers(BIG, write).await;
+    // A client that keeps up with the write time, but whose answer takes some 5 s (ten
+    // pauses of a quarter of it).
+    let (begun, answering) = tokio::sync::oneshot::channel();
+    let reader = tokio::spawn(async move {
+        let mut conn = small_window(addr).await;
+        let (_, length) = ask(&mut conn, GET_BIG).await;
+        begun.send(()).unwrap();
+        read_body(&mut conn, length, 3 << 20, write / 4).await
+    });
+    answering.await.unwrap();
+    stop.cancel();
+    let cancelled = Instant::now();
+    tokio::time::timeout(PATIENCE, server)
+        .await
+        .unwrap()
+        .unwrap();
+    // It waited for the answer, for the write time, then closed the connection.
+    let waited = cancelled.elapsed();
+    assert!(waited >= write, "the shutdown waited {waited:?}");
+    let (got, ended) = reader.await.unwrap();
+    assert!(
+        ended && got < BIG,
+        "{got} of {BIG} bytes came, the end: {ended}"
+    );
+    assert!(
+        got > 3 << 20,
+        "only {got} bytes came: the answer went on during the wait"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_list_its_client_stops_reading_is_cut_off_and_the_server_goes_on() {
+    let write = Duration::from_millis(500);
     let s = TestServer::start_with(&Engine::Sqlite, |c| {
-        c.write_timeout = Duration::from_secs(1);
+        c.write_timeout = write;
         c.max_body_bytes = 32 << 20;
     })
     .await;
@@ -307,22 +390,38 @@ async fn a_list_its_client_stops_reading_is_cut_off_and_the_server_goes_on() {
     assert_eq!(status, 202, "{body}");
 
     let mut stalled = small_window(s.addr).await;
-    let head = format!(
+    let request = format!(
         "GET /v1/events?limit=100 HTTP/1.1\r\nHost: hookline\r\nAuthorization: Bearer {}\r\n\r\n",
         s.key
     );
-    stalled.write_all(head.as_bytes()).await.unwrap();
-    // Others are served meanwhile.
-    let (status, _) = s.get("/healthz").await;
-    assert_eq!(status, 200);
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let (got, ended) = read_up_to(&mut stalled, 100 * 100_000).await;
+    let (status, length) = ask(&mut stalled, &request).await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(length > 100 * 100_000, "{length}");
+    tokio::time::sleep(write * 6).await;
+    let (got, ended) = read_body(&mut stalled, length, usize::MAX, Duration::ZERO).await;
     assert!(ended, "the whole page came: {got} bytes");
-    assert!(got < 100 * 100_000, "{got} bytes came");
+    assert!(got < length / 2, "{got} of {length} bytes came");
 
-    // The same page, read, comes whole.
-    let (status, page) = s.get("/v1/events?limit=100").await;
+    // The server goes on, and counted the connection it cut off (at least this one: the
+    // metrics are the process's).
+    let (status, page) = s.get("/v1/events?limit=1").await;
     assert_eq!(status, 200);
-    assert_eq!(page["data"].as_array().unwrap().len(), 100);
+    assert_eq!(page["data"].as_array().unwrap().len(), 1);
+    let metrics = s
+        .req(reqwest::Method::GET, "/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let cut: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("hookline_http_write_timeouts_total "))
+        .unwrap_or_else(|| panic!("the counter: {metrics}"))
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(cut >= 1.0, "{cut}");
     s.stop().await;
 }

@@ -507,6 +507,16 @@ impl Store {
         }
     }
 
+    /// Returns once every write queued before it has ended (committed or not): on SQLite
+    /// those of requests the API cut off at shutdown, whose jobs outlive them on the writer
+    /// thread. (On PostgreSQL a write is its request's own, and ends with it.)
+    pub async fn settle(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.settle().await,
+            Store::Postgres(_) => Ok(()),
+        }
+    }
+
     /// Gives back this node's deliveries at shutdown, for the other nodes.
     pub async fn leave(&self) -> Result<usize, StoreError> {
         match self {

@@ -535,6 +535,12 @@ impl SqliteStore {
         })
     }
 
+    /// Returns once the writer has taken every job queued before this one: the writer
+    /// takes jobs in order, and this empty one commits with them or after.
+    pub async fn settle(&self) -> Result<(), StoreError> {
+        self.write(|_| Ok(())).await
+    }
+
     /// The clock of event stamps ([`super::stamps`]).
     pub fn stamps(&self) -> &Stamps {
         &self.stamps
