@@ -54,7 +54,7 @@ struct StorageArgs {
     #[arg(long, env = "HOOKLINE_DATA_DIR", default_value = "./hookline-data")]
     data_dir: PathBuf,
     /// `postgres://…` to store everything in PostgreSQL instead of SQLite.
-    #[arg(long, env = "HOOKLINE_DATABASE_URL")]
+    #[arg(long, env = "HOOKLINE_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
 }
 

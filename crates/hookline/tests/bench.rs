@@ -255,6 +255,56 @@ fn tiny_isolation_scenario_rotates_its_phases_and_loses_nothing() {
     );
 }
 
+/// Every flag of the bench has its variable: a tiny scenario set by them alone runs as
+/// they say, and a switch that is neither on nor off is refused by name.
+#[test]
+fn the_bench_takes_its_flags_from_the_environment() {
+    let out = Command::new(env!("CARGO_BIN_EXE_hookline"))
+        .args(["bench", "throughput"])
+        .env_remove("HOOKLINE_DATABASE_URL")
+        .envs([
+            ("HOOKLINE_BENCH_EVENTS", "200"),
+            ("HOOKLINE_BENCH_FANOUT", "2"),
+            ("HOOKLINE_BENCH_PHASES", "single"),
+            ("HOOKLINE_BENCH_CONCURRENCY", "4"),
+            ("HOOKLINE_BENCH_RAW_SECONDS", "1"),
+            ("HOOKLINE_BENCH_RAW_CONCURRENCY", "3"),
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("(3 connections, 1 s,"), "{stdout}");
+    let report: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let phases = report["phases"].as_array().unwrap();
+    assert_eq!(phases.len(), 1, "{report}");
+    let p = &phases[0];
+    assert_eq!(p["name"], "closed single F=2", "{p}");
+    assert_eq!(p["events"], 200, "{p}");
+    assert_eq!(p["delivered"], 400, "{p}");
+    assert_eq!(
+        (p["lost"].as_u64(), p["bad_signatures"].as_u64()),
+        (Some(0), Some(0)),
+        "{p}"
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_hookline"))
+        .args(["bench", "isolation"])
+        .env("HOOKLINE_BENCH_CONTROL", "maybe")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("'maybe'") && stderr.contains("--control"),
+        "{stderr}"
+    );
+}
+
 /// `--control` belongs to isolation, `--rounds` to isolation and throughput; elsewhere each
 /// is refused, with a reason (before anything is measured).
 #[test]
@@ -455,8 +505,6 @@ fn assert_brackets(report: &Value, phase_count: usize) {
     }
 }
 
-/// Runs `hookline bench ARGS` (on SQLite unless the args say otherwise) and returns the
-/// report on the last line of its output.
 /// Whether the system's temporary directory is on tmpfs (by the longest mount point of
 /// `/proc/mounts` that holds it).
 fn temp_on_tmpfs() -> bool {
@@ -474,6 +522,8 @@ fn temp_on_tmpfs() -> bool {
         .is_some_and(|(_, fs)| fs == "tmpfs")
 }
 
+/// Runs `hookline bench ARGS` (on SQLite unless the args say otherwise) and returns the
+/// report on the last line of its output.
 fn run_bench(args: &[&str]) -> Value {
     let out = Command::new(env!("CARGO_BIN_EXE_hookline"))
         .arg("bench")

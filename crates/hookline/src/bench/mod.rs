@@ -65,77 +65,85 @@ pub enum Phases {
     Batch,
 }
 
-/// `hookline bench` options.
+/// `hookline bench` options. Each flag has its variable, `HOOKLINE_BENCH_` and the flag's
+/// name (`--raw-seconds`: `HOOKLINE_BENCH_RAW_SECONDS`), apart from the servers' own: the
+/// servers the bench starts inherit its environment, so a `HOOKLINE_TIMEOUT` set for them
+/// is not the bench's `--timeout`.
 #[derive(clap::Args, Clone, Debug)]
 pub struct BenchArgs {
     pub scenario: Scenario,
     /// Events per end-to-end phase (default: 20,000 closed loop; rate × seconds open loop).
-    #[arg(long)]
+    #[arg(long, env = "HOOKLINE_BENCH_EVENTS")]
     pub events: Option<u64>,
     /// Endpoints, each subscribed to every event.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, env = "HOOKLINE_BENCH_FANOUT", default_value_t = 1)]
     pub fanout: usize,
     /// Events per batch request in the batch phase.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, env = "HOOKLINE_BENCH_BATCH", default_value_t = 100)]
     pub batch: usize,
     /// Throughput: run only one of the two closed-loop phases (for profiling one of them).
-    #[arg(long, value_enum, default_value = "both")]
+    #[arg(
+        long,
+        env = "HOOKLINE_BENCH_PHASES",
+        value_enum,
+        default_value = "both"
+    )]
     pub phases: Phases,
     /// Concurrent senders in a closed loop.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, env = "HOOKLINE_BENCH_CONCURRENCY", default_value_t = 32)]
     pub concurrency: usize,
     /// Open-loop rate, events/s.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, env = "HOOKLINE_BENCH_RATE", default_value_t = 1000)]
     pub rate: u64,
     /// Open-loop duration.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, env = "HOOKLINE_BENCH_SECONDS", default_value_t = 10)]
     pub seconds: u64,
     /// How long the raw reference runs.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, env = "HOOKLINE_BENCH_RAW_SECONDS", default_value_t = 3)]
     pub raw_seconds: u64,
     /// Concurrent connections of the raw reference.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, env = "HOOKLINE_BENCH_RAW_CONCURRENCY", default_value_t = 64)]
     pub raw_concurrency: usize,
     /// How many rounds of the scenario's phases to run. Isolation (3 by default): in rotating
     /// order, latencies pooled per phase kind. Throughput (1 by default): the raw reference is
     /// measured between every two phases, the order of single events and batches swaps from
     /// one round to the next, and each kind's median ratio is reported.
-    #[arg(long)]
+    #[arg(long, env = "HOOKLINE_BENCH_ROUNDS")]
     pub rounds: Option<usize>,
     /// Isolation: each round also runs a third phase beside one more *healthy* endpoint
     /// (answered by a sink of its own, not counted), to tell what a hanging endpoint costs
     /// from what any further subscriber costs. Its order is balanced over every six rounds.
-    #[arg(long)]
+    #[arg(long, env = "HOOKLINE_BENCH_CONTROL", value_parser = clap::builder::BoolishValueParser::new())]
     pub control: bool,
     /// Running Hookline nodes to target instead of starting any (comma-separated base URLs;
     /// senders are spread over them; needs `--key`).
-    #[arg(long)]
+    #[arg(long, env = "HOOKLINE_BENCH_API")]
     pub api: Option<String>,
     /// Start the servers on this PostgreSQL database (each phase in a fresh schema, dropped
     /// after) instead of a temporary SQLite directory.
-    #[arg(long)]
+    #[arg(long, env = "HOOKLINE_BENCH_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
     /// How many `hookline serve` nodes to start (several need `--database-url`).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, env = "HOOKLINE_BENCH_NODES", default_value_t = 1)]
     pub nodes: usize,
     /// The API key for `--api`.
-    #[arg(long)]
+    #[arg(long, env = "HOOKLINE_BENCH_KEY", hide_env_values = true)]
     pub key: Option<String>,
     /// The attempt timeout of the servers the bench starts (e.g. `2s`). Isolation defaults
     /// to 2 s, so that within each phase the hanging endpoint's requests run into it, fail,
     /// are retried and open its breaker; the other scenarios keep the server's default.
-    #[arg(long, value_parser = crate::model::parse_duration)]
+    #[arg(long, env = "HOOKLINE_BENCH_TIMEOUT", value_parser = crate::model::parse_duration)]
     pub timeout: Option<Duration>,
     /// Measure a relay that stores nothing (see [`relay`]) instead of Hookline: the ceiling
     /// of taking events over HTTP and delivering them over HTTP on this machine.
-    #[arg(long, conflicts_with_all = ["api", "database_url"])]
+    #[arg(long, env = "HOOKLINE_BENCH_RELAY", value_parser = clap::builder::BoolishValueParser::new(), conflicts_with_all = ["api", "database_url"])]
     pub relay: bool,
     /// Write every measured delivery of each phase to a CSV file in this directory
     /// (`NNN-<phase>.csv`: its intended send time as Unix µs and µs since the phase began,
     /// and its latency in µs), and in an open loop how late the generator began each request
     /// (`NNN-<phase>-send-lag.csv`): to see *when* a phase's tail happened, and line it up
     /// with the servers' logs (`HOOKLINE_LOG` is passed on to the servers the bench starts).
-    #[arg(long)]
+    #[arg(long, env = "HOOKLINE_BENCH_SAMPLES")]
     pub samples: Option<std::path::PathBuf>,
 }
 
