@@ -256,30 +256,23 @@ fn tiny_isolation_scenario_rotates_its_phases_and_loses_nothing() {
 }
 
 /// Every flag of the bench has its variable: a tiny scenario set by them alone runs as
-/// they say, and a switch that is neither on nor off is refused by name.
+/// they say, the servers' own variables do not move the bench's servers off their store,
+/// and a switch that is neither on nor off is refused by name.
 #[test]
 fn the_bench_takes_its_flags_from_the_environment() {
-    let out = Command::new(env!("CARGO_BIN_EXE_hookline"))
-        .args(["bench", "throughput"])
-        .env_remove("HOOKLINE_DATABASE_URL")
-        .envs([
+    let stdout = bench_output(
+        &["throughput"],
+        &[
             ("HOOKLINE_BENCH_EVENTS", "200"),
             ("HOOKLINE_BENCH_FANOUT", "2"),
             ("HOOKLINE_BENCH_PHASES", "single"),
             ("HOOKLINE_BENCH_CONCURRENCY", "4"),
             ("HOOKLINE_BENCH_RAW_SECONDS", "1"),
             ("HOOKLINE_BENCH_RAW_CONCURRENCY", "3"),
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
     assert!(stdout.contains("(3 connections, 1 s,"), "{stdout}");
-    let report: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let report = report_of(&stdout);
     let phases = report["phases"].as_array().unwrap();
     assert_eq!(phases.len(), 1, "{report}");
     let p = &phases[0];
@@ -292,7 +285,26 @@ fn the_bench_takes_its_flags_from_the_environment() {
         "{p}"
     );
 
-    let out = Command::new(env!("CARGO_BIN_EXE_hookline"))
+    // A `HOOKLINE_DATABASE_URL` of the shell does not take the servers of a SQLite run to
+    // that database (they inherit the bench's environment): here one nothing answers.
+    let stdout = bench_output(
+        &[
+            "throughput",
+            "--events",
+            "50",
+            "--phases",
+            "single",
+            "--raw-seconds",
+            "1",
+        ],
+        &[(
+            "HOOKLINE_DATABASE_URL",
+            "postgres://nobody@127.0.0.1:9/none",
+        )],
+    );
+    assert_eq!(report_of(&stdout)["phases"][0]["lost"], 0, "{stdout}");
+
+    let out = hookline()
         .args(["bench", "isolation"])
         .env("HOOKLINE_BENCH_CONTROL", "maybe")
         .output()
@@ -314,7 +326,7 @@ fn flags_outside_their_scenarios_are_refused() {
         ("backlog", ["--rounds", "2"].as_slice()),
         ("latency", ["--rounds", "2"].as_slice()),
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_hookline"))
+        let out = hookline()
             .args(["bench", scenario])
             .args(flag)
             .output()
@@ -522,20 +534,44 @@ fn temp_on_tmpfs() -> bool {
         .is_some_and(|(_, fs)| fs == "tmpfs")
 }
 
+/// The `hookline` binary, without the variables of a developer's shell that would change a
+/// bench run: the bench's own (`HOOKLINE_BENCH_*`), and the servers' store.
+fn hookline() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hookline"));
+    cmd.env_remove("HOOKLINE_DATABASE_URL");
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("HOOKLINE_BENCH_") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd
+}
+
 /// Runs `hookline bench ARGS` (on SQLite unless the args say otherwise) and returns the
 /// report on the last line of its output.
 fn run_bench(args: &[&str]) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_hookline"))
+    report_of(&bench_output(args, &[]))
+}
+
+/// Runs `hookline bench ARGS` with the variables `env` (on SQLite unless they say
+/// otherwise), which must succeed; what it printed.
+fn bench_output(args: &[&str], env: &[(&str, &str)]) -> String {
+    let out = hookline()
         .arg("bench")
         .args(args)
-        .env_remove("HOOKLINE_DATABASE_URL")
+        .envs(env.iter().copied())
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    stdout
+}
+
+/// The report on the last line of a bench's output.
+fn report_of(stdout: &str) -> Value {
     serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
 }

@@ -1285,18 +1285,20 @@ const ISOLATION_TIMEOUT: Duration = Duration::from_secs(2);
 /// Starts `--nodes` servers on a fresh store; returns them, their base URLs and an API key.
 async fn start_servers(args: &BenchArgs) -> anyhow::Result<(Servers, Vec<String>, String)> {
     let nodes = args.nodes.max(1);
-    let (mut servers, storage): (Servers, Vec<String>) = match &args.database_url {
+    // Where the servers store: given to each by its flag or its variable (never by a
+    // `--database-url` argument, which the process list would show with its password).
+    let (mut servers, location) = match &args.database_url {
         None if nodes > 1 => bail!("several nodes (--nodes) need --database-url"),
         None => {
             let dir = tempfile::tempdir().context("making a data directory")?;
-            let flag = vec!["--data-dir".to_owned(), dir.path().display().to_string()];
+            let path = dir.path().to_path_buf();
             (
                 Servers {
                     procs: Vec::new(),
                     _dir: Some(dir),
                     schema: None,
                 },
-                flag,
+                crate::store::Location::Sqlite(path),
             )
         }
         Some(url) => {
@@ -1320,13 +1322,9 @@ async fn start_servers(args: &BenchArgs) -> anyhow::Result<(Servers, Vec<String>
                     _dir: None,
                     schema: Some((url.clone(), schema)),
                 },
-                vec!["--database-url".to_owned(), in_schema],
+                crate::store::Location::Postgres(in_schema),
             )
         }
-    };
-    let location = match &servers.schema {
-        Some(_) => crate::store::Location::Postgres(storage[1].clone()),
-        None => crate::store::Location::Sqlite(storage[1].clone().into()),
     };
     let key = {
         let store = Store::open(&location).await?;
@@ -1345,9 +1343,20 @@ async fn start_servers(args: &BenchArgs) -> anyhow::Result<(Servers, Vec<String>
             .local_addr()?
             .port();
         let mut serve = Command::new(&exe);
-        serve
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .args(&storage);
+        serve.args(["serve", "--listen", &format!("127.0.0.1:{port}")]);
+        // The servers inherit the bench's environment: a `HOOKLINE_DATABASE_URL` there must
+        // not take a SQLite run's servers to that database.
+        match &location {
+            crate::store::Location::Sqlite(dir) => {
+                serve
+                    .arg("--data-dir")
+                    .arg(dir)
+                    .env_remove("HOOKLINE_DATABASE_URL");
+            }
+            crate::store::Location::Postgres(url) => {
+                serve.env("HOOKLINE_DATABASE_URL", url);
+            }
+        }
         if let Some(t) = timeout {
             serve.args(["--timeout", &format!("{}ms", t.as_millis().max(1))]);
         }
