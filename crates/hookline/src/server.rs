@@ -243,7 +243,9 @@ pub async fn run(
         return Ok(());
     }
     // The API may have cut requests off at its deadline whose writes are still queued:
-    // they end before the serve lock is given up, so that a next process never meets one.
+    // on SQLite they end before the serve lock is given up, so that a next process never
+    // meets one. (Outcomes of attempts still running when the drain gave up may still
+    // come later, as they could before.)
     if let Err(e) = store.settle().await {
         tracing::warn!(error = %e, "waiting for the store's last writes failed");
     }

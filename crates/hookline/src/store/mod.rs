@@ -509,7 +509,10 @@ impl Store {
 
     /// Returns once every write queued before it has ended (committed or not): on SQLite
     /// those of requests the API cut off at shutdown, whose jobs outlive them on the writer
-    /// thread. (On PostgreSQL a write is its request's own, and ends with it.)
+    /// thread. Nothing on PostgreSQL: there an ingest write also outlives its request (on a
+    /// task of its own), and one that commits after this node left keeps its deliveries
+    /// claimed by it until the others take them over after a lease, or it restarts, as
+    /// after a crash.
     pub async fn settle(&self) -> Result<(), StoreError> {
         match self {
             Store::Sqlite(s) => s.settle().await,
