@@ -1120,19 +1120,7 @@ async fn the_memory_limits_given_at_start_bound_what_is_held() {
         (rx.all().len() >= 4).then_some(())
     })
     .await;
-    let gauge = || async {
-        let text = http
-            .get(format!("{base}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix("hookline_deliveries_in_memory "))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-    };
+    let gauge = || common::metric(&http, &base, "hookline_deliveries_in_memory");
     eventually("the gauge to show the four", || async {
         (gauge().await == Some(4.0)).then_some(())
     })

@@ -268,6 +268,15 @@ async fn big_answers(
     (addr, stop, server)
 }
 
+/// Stops a server of [`big_answers`] and waits for it to end.
+async fn shut_down(stop: tokio_util::sync::CancellationToken, server: tokio::task::JoinHandle<()>) {
+    stop.cancel();
+    tokio::time::timeout(PATIENCE, server)
+        .await
+        .expect("the server ended")
+        .unwrap();
+}
+
 /// Far more than the socket buffers on both sides hold (some MiB on loopback).
 const BIG: usize = 32 << 20;
 const GET_BIG: &str = "GET /big HTTP/1.1\r\nHost: h\r\n\r\n";
@@ -291,11 +300,7 @@ async fn an_answer_its_client_stops_reading_is_cut_off_after_the_write_time() {
     let (got, ended) = read_body(&mut stalled, BIG, usize::MAX, Duration::ZERO).await;
     assert!(ended, "the whole answer came: {got} bytes");
     assert!(got < BIG / 2, "{got} of {BIG} bytes came");
-    stop.cancel();
-    tokio::time::timeout(PATIENCE, server)
-        .await
-        .unwrap()
-        .unwrap();
+    shut_down(stop, server).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -318,11 +323,7 @@ async fn a_client_that_reads_with_pauses_gets_its_answer_whole_past_the_write_ti
     // The connection is still open, and answers its next request.
     let (status, _) = ask(&mut reader, "GET /small HTTP/1.1\r\nHost: h\r\n\r\n").await;
     assert_eq!(status, "HTTP/1.1 200 OK");
-    stop.cancel();
-    tokio::time::timeout(PATIENCE, server)
-        .await
-        .unwrap()
-        .unwrap();
+    shut_down(stop, server).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -407,21 +408,8 @@ async fn a_list_its_client_stops_reading_is_cut_off_and_the_server_goes_on() {
     let (status, page) = s.get("/v1/events?limit=1").await;
     assert_eq!(status, 200);
     assert_eq!(page["data"].as_array().unwrap().len(), 1);
-    let metrics = s
-        .req(reqwest::Method::GET, "/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let cut: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("hookline_http_write_timeouts_total "))
-        .unwrap_or_else(|| panic!("the counter: {metrics}"))
-        .trim()
-        .parse()
-        .unwrap();
-    assert!(cut >= 1.0, "{cut}");
+    let base = s.url("");
+    let cut = common::metric(&s.http, &base, "hookline_http_write_timeouts_total").await;
+    assert!(cut.is_some_and(|n| n >= 1.0), "{cut:?}");
     s.stop().await;
 }
