@@ -232,8 +232,65 @@ async fn open_store(storage: &StorageArgs) -> anyhow::Result<Store> {
         .with_context(|| format!("opening the store at {}", location.describe()))
 }
 
+/// The command line, with every flag's variable listed under `hookline --help`: taken from
+/// the commands' own definitions, so the list cannot drift from them.
+fn command_line() -> clap::Command {
+    use clap::CommandFactory as _;
+    let cmd = Cli::command();
+    // Each variable once, in the order the commands define them, with the commands that
+    // take it.
+    let mut vars = Vec::new();
+    variables(&cmd, "", &mut vars);
+    let width = vars
+        .iter()
+        .map(|(name, _, _)| name.len())
+        .max()
+        .unwrap_or(0);
+    let mut text = String::from(
+        "Environment variables (each sets its flag; `hookline <command> --help` says more):\n",
+    );
+    for (name, flag, commands) in &vars {
+        text.push_str(&format!(
+            "  {name:width$}  {flag} ({})\n",
+            commands.join(", ")
+        ));
+    }
+    text.push_str(&format!(
+        "  {:width$}  the log filter: `debug`, or `hookline::store=debug,warn` (default `info`)\n",
+        "HOOKLINE_LOG"
+    ));
+    cmd.after_help(text)
+}
+
+/// A variable, its flag, and the commands that take it.
+type Variable = (String, String, Vec<String>);
+
+/// Adds the variables of `cmd` (named `path`) and of its subcommands to `vars`.
+fn variables(cmd: &clap::Command, path: &str, vars: &mut Vec<Variable>) {
+    for arg in cmd.get_arguments() {
+        let (Some(env), Some(long)) = (arg.get_env(), arg.get_long()) else {
+            continue;
+        };
+        let env = env.to_string_lossy().into_owned();
+        match vars.iter_mut().find(|(name, _, _)| *name == env) {
+            Some((_, _, commands)) => commands.push(path.to_owned()),
+            None => vars.push((env, format!("--{long}"), vec![path.to_owned()])),
+        }
+    }
+    for sub in cmd.get_subcommands() {
+        let name = match path {
+            "" => sub.get_name().to_owned(),
+            _ => format!("{path} {}", sub.get_name()),
+        };
+        variables(sub, &name, vars);
+    }
+}
+
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli = {
+        use clap::FromArgMatches as _;
+        Cli::from_arg_matches(&command_line().get_matches()).unwrap_or_else(|e| e.exit())
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("HOOKLINE_LOG")

@@ -139,6 +139,60 @@ async fn serve_takes_every_switch_from_its_environment_variable() {
     server.sigkill();
 }
 
+/// `hookline --help` lists every flag's variable, as the contract says: each one a
+/// command's own help names, and those the contract names.
+#[test]
+fn the_help_lists_every_variable() {
+    let help = |args: &[&str]| {
+        let (ok, out, err) = cli(
+            &args.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>(),
+            &[],
+        );
+        assert!(ok, "{out}{err}");
+        out
+    };
+    let top = help(&["--help"]);
+    let mut seen = 0;
+    for command in [
+        "serve",
+        "migrate",
+        "bench",
+        "account create",
+        "account key",
+        "account keys",
+        "account revoke",
+        "secrets reencrypt",
+    ] {
+        let mut args: Vec<&str> = command.split(' ').collect();
+        args.push("--help");
+        let own = help(&args);
+        for var in own.split("[env: ").skip(1) {
+            let name: String = var
+                .chars()
+                .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                .collect();
+            assert!(
+                top.contains(&format!("  {name} ")),
+                "{name} of `{command}`:\n{top}"
+            );
+            seen += 1;
+        }
+    }
+    assert!(seen >= 40, "{seen} variables in the commands' help");
+    for name in [
+        "HOOKLINE_LISTEN",
+        "HOOKLINE_DATA_DIR",
+        "HOOKLINE_DATABASE_URL",
+        "HOOKLINE_RETRY_SCHEDULE",
+        "HOOKLINE_ALLOW_PRIVATE_TARGETS",
+        "HOOKLINE_ALLOW_INSECURE_URLS",
+        "HOOKLINE_ENCRYPTION_KEY",
+        "HOOKLINE_ADMIN_TOKEN",
+    ] {
+        assert!(top.contains(&format!("  {name} ")), "{name}:\n{top}");
+    }
+}
+
 #[test]
 fn a_connection_time_of_zero_is_refused_by_name() {
     // As above: had the value been taken, the server would stop at the data directory.
