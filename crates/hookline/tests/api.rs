@@ -471,6 +471,45 @@ async fn openapi_document_lists_every_route(engine: Engine) {
         assert!(doc["paths"][path].is_object(), "{path} missing");
     }
     assert!(doc["components"]["schemas"]["Endpoint"].is_object());
+    // Every operation lists what any of its kind can answer, each an error body.
+    assert!(doc["components"]["schemas"]["ErrorBody"].is_object());
+    for (path, method, statuses) in [
+        (
+            "/v1/events",
+            "post",
+            &[
+                "202", "400", "401", "408", "409", "413", "422", "429", "500", "503",
+            ][..],
+        ),
+        (
+            "/v1/endpoints",
+            "post",
+            &[
+                "201", "400", "401", "403", "408", "413", "422", "500", "503",
+            ],
+        ),
+        ("/v1/endpoints", "get", &["200", "400", "401", "500", "503"]),
+        (
+            "/v1/deliveries/{id}/retry",
+            "post",
+            &["202", "401", "403", "404", "409", "500", "503"],
+        ),
+        ("/healthz", "get", &["200"]),
+    ] {
+        let responses = doc["paths"][path][method]["responses"].as_object().unwrap();
+        let mut listed: Vec<&str> = responses.keys().map(String::as_str).collect();
+        listed.sort_unstable();
+        assert_eq!(listed, statuses, "{method} {path}");
+        for (status, answer) in responses {
+            if status.starts_with('4') || status.starts_with('5') {
+                assert_eq!(
+                    answer["content"]["application/json"]["schema"]["$ref"],
+                    "#/components/schemas/ErrorBody",
+                    "{method} {path} {status}"
+                );
+            }
+        }
+    }
 }
 
 on_both_engines!(

@@ -61,7 +61,8 @@ pub async fn get(
 /// to it. `409` when its endpoint is removed or disabled.
 #[utoipa::path(post, path = "/v1/deliveries/{id}/retry", tag = "deliveries",
     params(("id" = String, Path, description = "dlv_…")), security(("api_key" = [])),
-    responses((status = 202, body = DeliveryDetail), (status = 404, body = super::error::ErrorBody),
+    responses((status = 202, body = DeliveryDetail), (status = 403, body = super::error::ErrorBody),
+        (status = 404, body = super::error::ErrorBody),
         (status = 409, body = super::error::ErrorBody)))]
 pub async fn retry(
     State(state): State<AppState>,

@@ -209,8 +209,9 @@ fn meter_key_read(state: &AppState, account: &crate::model::Account) -> Result<(
 #[utoipa::path(post, path = "/v1/events", tag = "events", request_body = CreateEvent,
     security(("api_key" = [])),
     responses((status = 202, body = Accepted), (status = 400, body = super::error::ErrorBody),
-        (status = 408, body = super::error::ErrorBody), (status = 413, body = super::error::ErrorBody),
-        (status = 422, body = super::error::ErrorBody), (status = 429, body = super::error::ErrorBody)))]
+        (status = 408, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody),
+        (status = 413, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody),
+        (status = 429, body = super::error::ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
     Auth(account): Auth,
@@ -228,8 +229,9 @@ pub async fn create(
 #[utoipa::path(post, path = "/v1/events/batch", tag = "events", request_body = CreateBatch,
     security(("api_key" = [])),
     responses((status = 202, body = AcceptedBatch), (status = 400, body = super::error::ErrorBody),
-        (status = 408, body = super::error::ErrorBody), (status = 413, body = super::error::ErrorBody),
-        (status = 422, body = super::error::ErrorBody), (status = 429, body = super::error::ErrorBody)))]
+        (status = 408, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody),
+        (status = 413, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody),
+        (status = 429, body = super::error::ErrorBody)))]
 pub async fn create_batch(
     State(state): State<AppState>,
     Auth(account): Auth,

@@ -151,6 +151,89 @@ async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
+/// The OpenAPI document with the answers that every operation of a kind can give, from
+/// the extractors and the store they all go through, added where its own annotation does
+/// not list them: `401` (a key or token), `400`/`408`/`413`/`422` (a JSON body), `400` (a
+/// query), `404` (an id in the path), and on every `/v1` and `/admin` route `500` and `503`
+/// (neither means "maybe accepted").
+fn with_common_answers(doc: &utoipa::openapi::OpenApi) -> serde_json::Value {
+    let mut doc = match serde_json::to_value(doc) {
+        Ok(doc) => doc,
+        Err(e) => {
+            tracing::error!(error = %e, "the OpenAPI document does not serialize");
+            return serde_json::Value::Null;
+        }
+    };
+    let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) else {
+        return doc;
+    };
+    for (path, item) in paths.iter_mut() {
+        let Some(item) = item.as_object_mut() else {
+            continue;
+        };
+        for (method, op) in item.iter_mut() {
+            if !matches!(method.as_str(), "get" | "put" | "post" | "delete" | "patch") {
+                continue;
+            }
+            let mut answers: Vec<(&str, &str)> = Vec::new();
+            let secured = op["security"].as_array().is_some_and(|s| !s.is_empty());
+            if secured {
+                answers.push(("401", "The key (or the admin token) is missing or wrong."));
+            }
+            if op.get("requestBody").is_some() {
+                answers.extend([
+                    ("400", "The body is not JSON."),
+                    (
+                        "408",
+                        "The body did not arrive in time; nothing of the request was done.",
+                    ),
+                    (
+                        "413",
+                        "The body is over the limit; nothing of the request was done.",
+                    ),
+                    (
+                        "422",
+                        "Valid JSON of the wrong shape, or breaking a field rule.",
+                    ),
+                ]);
+            }
+            let query = op["parameters"]
+                .as_array()
+                .is_some_and(|ps| ps.iter().any(|p| p["in"] == "query"));
+            if query {
+                answers.push(("400", "A query parameter is malformed or out of range."));
+            }
+            if path.contains('{') {
+                answers.push(("404", "No such resource in this account."));
+            }
+            if path.starts_with("/v1/") || path.starts_with("/admin/") {
+                answers.extend([
+                    ("500", "An internal error; the request was not accepted."),
+                    (
+                        "503",
+                        "The database is unavailable, or the server is shutting down; the \
+                         request was not accepted (`Retry-After`).",
+                    ),
+                ]);
+            }
+            let Some(responses) = op.get_mut("responses").and_then(|r| r.as_object_mut()) else {
+                continue;
+            };
+            for (status, description) in answers {
+                responses.entry(status).or_insert_with(|| {
+                    serde_json::json!({
+                        "description": description,
+                        "content": {"application/json": {"schema": {
+                            "$ref": "#/components/schemas/ErrorBody"
+                        }}}
+                    })
+                });
+            }
+        }
+    }
+    doc
+}
+
 /// The whole HTTP application.
 pub fn router(state: AppState) -> Router {
     let max_body = state.max_body_bytes;
@@ -186,7 +269,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(admin::list_keys, admin::issue_key))
         .routes(routes!(admin::revoke_key))
         .split_for_parts();
-    let openapi = Arc::new(openapi);
+    let openapi = Arc::new(with_common_answers(&openapi));
     router
         .route(
             "/openapi.json",
