@@ -1,7 +1,8 @@
 //! The real `hookline` binary configured by its environment alone, as the contract allows
 //! ("every flag has its environment variable"): the switches take `1`/`0` as well as
 //! `true`/`false`, a value that is neither is refused by name, and the account and key
-//! commands work from the environment too.
+//! commands work from the environment too; `hookline --help` lists every variable; and the
+//! server's log names an endpoint it turns off.
 
 mod common;
 
@@ -212,6 +213,62 @@ fn a_connection_time_of_zero_is_refused_by_name() {
             "{err}"
         );
     }
+}
+
+/// An endpoint that answers `410 Gone` is turned off, and the server's log says which.
+#[tokio::test]
+async fn an_endpoint_turned_off_by_410_is_logged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let key = account_from_env(dir, "acme");
+    let rx = Receiver::start().await;
+    rx.always("gone", common::Reply::Status(410));
+    let http = reqwest::Client::new();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut server = serve_from_env(
+        dir,
+        port,
+        &[
+            ("HOOKLINE_ALLOW_PRIVATE_TARGETS", "1"),
+            ("HOOKLINE_ALLOW_INSECURE_URLS", "1"),
+        ],
+    );
+    wait_healthy(&http, &base).await;
+    let (status, ep) = post_endpoint(&http, &base, &key, &rx.url("gone"), &["click"]).await;
+    assert_eq!(status, 201, "{ep}");
+    let id = ep["id"].as_str().unwrap().to_owned();
+    let resp = http
+        .post(format!("{base}/v1/events"))
+        .bearer_auth(&key)
+        .json(&json!({"type": "click", "data": valid("click", json!({}))}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let log = dir.join(format!("serve-{port}.log"));
+    common::eventually("the log to name the endpoint turned off", || async {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.lines()
+            .any(|l| l.contains("410 Gone") && l.contains(&id) && l.contains("WARN"))
+            .then_some(())
+    })
+    .await;
+    // Its outcome is written after the log line.
+    common::eventually("the endpoint turned off", || async {
+        let ep: Value = http
+            .get(format!("{base}/v1/endpoints/{id}"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        (ep["enabled"] == false).then_some(())
+    })
+    .await;
+    server.sigkill();
 }
 
 #[test]

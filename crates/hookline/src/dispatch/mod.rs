@@ -1299,6 +1299,12 @@ async fn attempt(
         after_failure(inner, due, number, result.retry_after)
     };
     crate::telemetry::attempt(outcome_label(&outcome), result.duration.as_secs_f64());
+    if matches!(outcome, Outcome::Gone) {
+        tracing::warn!(
+            endpoint = %target.endpoint_id, delivery = %due.delivery_id,
+            "the endpoint answered 410 Gone: turning it off with its open deliveries (unless it changed meanwhile)"
+        );
+    }
     tracing::debug!(
         delivery = %due.delivery_id, endpoint = %target.endpoint_id, attempt = number,
         status = ?status, error = ?result.error, outcome = ?outcome, "attempt"
