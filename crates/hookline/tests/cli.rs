@@ -6,16 +6,16 @@
 
 mod common;
 
-use common::process::{BIN, Serve, cli, free_port, post_endpoint, wait_healthy};
+use common::process::{Serve, cli, free_port, post_endpoint, wait_healthy};
 use common::{Receiver, valid, verify_with_standardwebhooks};
 use serde_json::{Value, json};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 /// `hookline serve` with no arguments at all: everything from `env`.
 fn serve_from_env(dir: &Path, port: u16, env: &[(&str, &str)]) -> Serve {
     let log = std::fs::File::create(dir.join(format!("serve-{port}.log"))).unwrap();
-    let mut cmd = Command::new(BIN);
+    let mut cmd = common::process::hookline();
     cmd.arg("serve")
         .env_remove("HOOKLINE_DATABASE_URL")
         .env_remove("HOOKLINE_ENCRYPTION_KEY")

@@ -8,13 +8,13 @@
 
 mod common;
 
-use common::process::{BIN, Serve, cli_account, free_port, post_endpoint, wait_healthy};
+use common::process::{Serve, cli_account, free_port, post_endpoint, wait_healthy};
 use common::{Data, Engine, Receiver, Reply, eventually, valid, verify_with_standardwebhooks};
 use hookline::store::Location;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,7 +26,7 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 
 fn spawn_node(url: &str, port: u16, log: &Path) -> Serve {
     let log = std::fs::File::create(log).unwrap();
-    Command::new(BIN)
+    common::process::hookline()
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .args(["--database-url", url])
         .args([
@@ -90,7 +90,7 @@ async fn three_nodes_share_the_work_and_a_killed_one_loses_nothing() {
     let tmp = tempfile::tempdir().unwrap();
 
     // The schema and the account come from the real CLI.
-    let out = Command::new(BIN)
+    let out = common::process::hookline()
         .args(["migrate", "--database-url", &url])
         .output()
         .unwrap();

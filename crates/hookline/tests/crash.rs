@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::process::{BIN, Serve, cli_account, free_port, post_endpoint, wait_healthy};
+use common::process::{Serve, cli_account, free_port, post_endpoint, wait_healthy};
 use common::{
     Data, Engine, Receiver, Reply, eventually_within, valid, verify_with_standardwebhooks,
 };
@@ -12,7 +12,7 @@ use hookline::store::Location;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -38,7 +38,7 @@ fn storage(location: &Location) -> Vec<String> {
 
 fn spawn_serve(location: &Location, logs: &Path, port: u16, log: &str) -> Serve {
     let log = std::fs::File::create(logs.join(log)).unwrap();
-    Command::new(BIN)
+    common::process::hookline()
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .args(storage(location))
         .args([

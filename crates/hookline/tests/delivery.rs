@@ -1065,8 +1065,8 @@ fn memory_limits_out_of_range_are_refused_at_start() {
 /// in-memory gauge stays at the total.
 #[tokio::test]
 async fn the_memory_limits_given_at_start_bound_what_is_held() {
-    use common::process::{BIN, Serve, cli_account, free_port, wait_healthy};
-    use std::process::{Command, Stdio};
+    use common::process::{Serve, cli_account, free_port, wait_healthy};
+    use std::process::Stdio;
 
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
@@ -1077,7 +1077,7 @@ async fn the_memory_limits_given_at_start_bound_what_is_held() {
     rx.always("b", Reply::Hang);
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let _serve = Command::new(BIN)
+    let _serve = common::process::hookline()
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .args(["--data-dir", &data_arg])
         .args(["--allow-insecure-urls", "--allow-private-targets"])

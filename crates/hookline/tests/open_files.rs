@@ -5,10 +5,10 @@
 
 mod common;
 
-use common::process::{BIN, Serve, free_port, wait_healthy};
+use common::process::{Serve, free_port, wait_healthy};
 use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
 use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 /// The soft limit the server starts with.
@@ -28,7 +28,7 @@ async fn a_low_soft_limit_of_open_files_is_raised_to_the_hard_one() {
     );
     let tmp = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut command = Command::new(BIN);
+    let mut command = common::process::hookline();
     command
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .args(["--data-dir", &tmp.path().display().to_string()])

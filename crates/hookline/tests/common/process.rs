@@ -7,6 +7,20 @@ use std::process::{Child, Command};
 /// The `hookline` binary built for these tests.
 pub const BIN: &str = env!("CARGO_BIN_EXE_hookline");
 
+/// The `hookline` binary, without the `HOOKLINE_*` variables of the shell the tests run
+/// in (but `HOOKLINE_LOG`): a test says what it runs with, and a `HOOKLINE_DATABASE_URL`
+/// left in a developer's shell cannot take a test's server to that database.
+pub fn hookline() -> Command {
+    let mut cmd = Command::new(BIN);
+    for (name, _) in std::env::vars_os() {
+        let text = name.to_string_lossy();
+        if text.starts_with("HOOKLINE_") && text != "HOOKLINE_LOG" {
+            cmd.env_remove(&name);
+        }
+    }
+    cmd
+}
+
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -68,7 +82,7 @@ pub async fn post_endpoint(
 /// Creates the account `acme` with the real CLI (`storage`: `--data-dir …` or
 /// `--database-url …`); returns its key, the last line the command printed.
 pub fn cli_account(storage: &[&str]) -> String {
-    let out = Command::new(BIN)
+    let out = hookline()
         .args(["account", "create", "--name", "acme", "--plan", "pro"])
         .args(storage)
         .output()
@@ -96,7 +110,7 @@ pub fn storage_args(location: &hookline::store::Location) -> Vec<String> {
 
 /// Runs the CLI with `args` and `env`; returns whether it succeeded, its stdout and stderr.
 pub fn cli(args: &[String], env: &[(&str, &str)]) -> (bool, String, String) {
-    let mut cmd = Command::new(BIN);
+    let mut cmd = hookline();
     cmd.args(args)
         .env_remove("HOOKLINE_DATABASE_URL")
         .env_remove("HOOKLINE_ENCRYPTION_KEY")
