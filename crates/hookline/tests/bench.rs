@@ -534,14 +534,15 @@ fn temp_on_tmpfs() -> bool {
         .is_some_and(|(_, fs)| fs == "tmpfs")
 }
 
-/// The `hookline` binary, without the variables of a developer's shell that would change a
-/// bench run: the bench's own (`HOOKLINE_BENCH_*`), and the servers' store.
+/// The `hookline` binary, without the `HOOKLINE_*` variables of a developer's shell (but
+/// `HOOKLINE_LOG`), which would change a bench run: the bench's own, and the servers' (the
+/// servers it starts inherit its environment).
 fn hookline() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_hookline"));
-    cmd.env_remove("HOOKLINE_DATABASE_URL");
     for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("HOOKLINE_BENCH_") {
-            cmd.env_remove(name);
+        let text = name.to_string_lossy();
+        if text.starts_with("HOOKLINE_") && text != "HOOKLINE_LOG" {
+            cmd.env_remove(&name);
         }
     }
     cmd

@@ -232,6 +232,7 @@ async fn an_endpoint_turned_off_by_410_is_logged() {
         &[
             ("HOOKLINE_ALLOW_PRIVATE_TARGETS", "1"),
             ("HOOKLINE_ALLOW_INSECURE_URLS", "1"),
+            ("HOOKLINE_LOG", "warn"),
         ],
     );
     wait_healthy(&http, &base).await;
