@@ -1299,12 +1299,6 @@ async fn attempt(
         after_failure(inner, due, number, result.retry_after)
     };
     crate::telemetry::attempt(outcome_label(&outcome), result.duration.as_secs_f64());
-    if matches!(outcome, Outcome::Gone) {
-        tracing::warn!(
-            endpoint = %target.endpoint_id, delivery = %due.delivery_id,
-            "the endpoint answered 410 Gone: turning it off with its open deliveries (unless it changed meanwhile)"
-        );
-    }
     tracing::debug!(
         delivery = %due.delivery_id, endpoint = %target.endpoint_id, attempt = number,
         status = ?status, error = ?result.error, outcome = ?outcome, "attempt"
@@ -1462,11 +1456,24 @@ async fn record(inner: &Arc<Inner>, batch: Vec<AttemptRecord>, stopping: bool) {
     let written = write_outcomes(inner, &batch, stopping).await;
     for (rec, written) in batch.iter().zip(written) {
         if written && matches!(rec.outcome, Outcome::Gone) {
-            if let Some(q) = locked(&inner.queues).get(&rec.endpoint_id) {
-                q.shared
-                    .closed_at
-                    .fetch_max(rec.endpoint_version, Ordering::AcqRel);
-                *locked(&q.shared.closed_when) = Some(tokio::time::Instant::now());
+            // Logged once per version of the endpoint (the lanes' other attempts in flight
+            // may answer 410 too), once the outcome that turns it off is written.
+            let first = match locked(&inner.queues).get(&rec.endpoint_id) {
+                Some(q) => {
+                    let before = q
+                        .shared
+                        .closed_at
+                        .fetch_max(rec.endpoint_version, Ordering::AcqRel);
+                    *locked(&q.shared.closed_when) = Some(tokio::time::Instant::now());
+                    before < rec.endpoint_version
+                }
+                None => true,
+            };
+            if first {
+                tracing::warn!(
+                    endpoint = %rec.endpoint_id, delivery = %rec.delivery_id,
+                    "the endpoint answered 410 Gone: turned off with its open deliveries (unless it changed since the attempt began)"
+                );
             }
             inner.admission().breakers.remove(&rec.endpoint_id);
             inner.ended.notify_one();
