@@ -492,7 +492,7 @@ async fn openapi_document_lists_every_route(engine: Engine) {
         (
             "/v1/deliveries/{id}/retry",
             "post",
-            &["202", "401", "403", "404", "409", "500", "503"],
+            &["202", "400", "401", "403", "404", "409", "500", "503"],
         ),
         ("/healthz", "get", &["200"]),
     ] {

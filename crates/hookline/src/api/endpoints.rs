@@ -430,7 +430,7 @@ pub const TESTS_PER_SEC: u32 = 2;
 /// [`TESTS_PER_SEC`] a second per endpoint (`429` with `Retry-After` over it).
 #[utoipa::path(post, path = "/v1/endpoints/{id}/test", tag = "endpoints",
     params(("id" = String, Path, description = "ep_…")), security(("api_key" = [])),
-    responses((status = 200, body = TestResult), (status = 403, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody),
+    responses((status = 200, body = TestResult), (status = 403, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody),
         (status = 429, body = super::error::ErrorBody)))]
 pub async fn test(
     State(state): State<AppState>,

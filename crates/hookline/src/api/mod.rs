@@ -154,8 +154,9 @@ async fn healthz() -> Json<Health> {
 /// The OpenAPI document with the answers that every operation of a kind can give, from
 /// the extractors and the store they all go through, added where its own annotation does
 /// not list them: `401` (a key or token), `400`/`408`/`413`/`422` (a JSON body), `400` (a
-/// query), `404` (an id in the path), and on every `/v1` and `/admin` route `500` and `503`
-/// (neither means "maybe accepted").
+/// query), `400` and `404` (an id in the path), `404` on every `/admin` route (off without
+/// its token), and on every `/v1` and `/admin` route `500` and `503` (neither means "maybe
+/// accepted").
 fn with_common_answers(doc: &utoipa::openapi::OpenApi) -> serde_json::Value {
     let mut doc = match serde_json::to_value(doc) {
         Ok(doc) => doc,
@@ -204,6 +205,14 @@ fn with_common_answers(doc: &utoipa::openapi::OpenApi) -> serde_json::Value {
                 answers.push(("400", "A query parameter is malformed or out of range."));
             }
             if path.contains('{') {
+                answers.push(("400", "An id in the path is malformed."));
+            }
+            if path.starts_with("/admin/") {
+                answers.push((
+                    "404",
+                    "The admin API is off (no `HOOKLINE_ADMIN_TOKEN`), or no such resource.",
+                ));
+            } else if path.contains('{') {
                 answers.push(("404", "No such resource in this account."));
             }
             if path.starts_with("/v1/") || path.starts_with("/admin/") {
