@@ -289,7 +289,9 @@ fn variables(cmd: &clap::Command, path: &str, vars: &mut Vec<Variable>) {
 fn main() -> anyhow::Result<()> {
     let cli = {
         use clap::FromArgMatches as _;
-        Cli::from_arg_matches(&command_line().get_matches()).unwrap_or_else(|e| e.exit())
+        let mut cmd = command_line();
+        let matches = cmd.get_matches_mut();
+        Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.format(&mut cmd).exit())
     };
     tracing_subscriber::fmt()
         .with_env_filter(
