@@ -201,6 +201,10 @@ async fn bad_endpoints_are_refused_and_change_nothing(engine: Engine) {
         json!({"event_types": []}),
         json!({"headers": {"content-length": "1"}}),
         json!({"enabled": "yes"}),
+        // `null` for what an endpoint always has is refused, not read as "no change".
+        json!({"url": null}),
+        json!({"event_types": null}),
+        json!({"enabled": null}),
     ] {
         let (status, body) = s.call(Method::PATCH, &path, Some(bad)).await;
         assert_error(status, &body, 422);
@@ -228,6 +232,21 @@ async fn bad_endpoints_are_refused_and_change_nothing(engine: Engine) {
         .await;
     assert_eq!(cleared["rate_limit_per_sec"], Value::Null);
     assert_eq!(cleared["description"], "new");
+    // `null` removes the headers too, as it removes the limit.
+    let (_, with) = s
+        .call(
+            Method::PATCH,
+            &path,
+            Some(json!({"headers": {"x-team": "crm"}})),
+        )
+        .await;
+    assert_eq!(with["headers"], json!({"x-team": "crm"}));
+    let (status, without) = s
+        .call(Method::PATCH, &path, Some(json!({"headers": null})))
+        .await;
+    assert_eq!(status, 200, "{without}");
+    assert_eq!(without["headers"], json!({}));
+    assert_eq!(without["description"], "new");
 }
 
 async fn missing_or_wrong_keys_get_401_and_change_nothing(engine: Engine) {

@@ -36,19 +36,33 @@ pub struct CreateEndpoint {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateEndpoint {
+    /// Not `null` (`422`), like `event_types` and `enabled`: an endpoint always has one.
+    #[serde(default, deserialize_with = "not_null")]
     pub url: Option<String>,
+    #[serde(default, deserialize_with = "not_null")]
     pub event_types: Option<Vec<String>>,
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<String>)]
     pub description: Option<Option<String>>,
     /// Replaces the extra headers: at most 20, each name (case-insensitive) once and at most
-    /// 128 bytes, each value at most 8,000, 12 KiB in all.
-    pub headers: Option<BTreeMap<String, String>>,
+    /// 128 bytes, each value at most 8,000, 12 KiB in all. `null` removes them all.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<BTreeMap<String, String>>)]
+    pub headers: Option<Option<BTreeMap<String, String>>>,
     /// `null` removes the limit.
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<u32>)]
     pub rate_limit_per_sec: Option<Option<u32>>,
+    #[serde(default, deserialize_with = "not_null")]
     pub enabled: Option<bool>,
+}
+
+/// A field that may be left out, but not given as `null` (which would otherwise read as
+/// left out, and change nothing without a word).
+fn not_null<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    Option::<T>::deserialize(d)?
+        .map(Some)
+        .ok_or_else(|| serde::de::Error::custom("must not be null"))
 }
 
 /// `Some(None)` for an explicit `null`, `None` (via `default`) for an absent field.
@@ -181,7 +195,12 @@ pub async fn update(
         None => None,
     };
     let description = body.description.map(check_description).transpose()?;
-    let headers = body.headers.map(check_headers).transpose()?;
+    let headers = match body.headers {
+        None => None,
+        // `null` removes them all.
+        Some(None) => Some(BTreeMap::new()),
+        Some(Some(h)) => Some(check_headers(h)?),
+    };
     let rate = body.rate_limit_per_sec.map(check_rate).transpose()?;
     let enabled = body.enabled;
     let ep = state
