@@ -233,20 +233,36 @@ async fn bad_endpoints_are_refused_and_change_nothing(engine: Engine) {
     assert_eq!(cleared["rate_limit_per_sec"], Value::Null);
     assert_eq!(cleared["description"], "new");
     // `null` removes the headers too, as it removes the limit.
-    let (_, with) = s
+    let (status, with) = s
         .call(
             Method::PATCH,
             &path,
             Some(json!({"headers": {"x-team": "crm"}})),
         )
         .await;
+    assert_eq!(status, 200, "{with}");
     assert_eq!(with["headers"], json!({"x-team": "crm"}));
     let (status, without) = s
         .call(Method::PATCH, &path, Some(json!({"headers": null})))
         .await;
     assert_eq!(status, 200, "{without}");
     assert_eq!(without["headers"], json!({}));
-    assert_eq!(without["description"], "new");
+    for field in [
+        "url",
+        "event_types",
+        "description",
+        "rate_limit_per_sec",
+        "enabled",
+    ] {
+        assert_eq!(without[field], with[field], "{field}");
+    }
+    // A refused null names its field.
+    let (status, body) = s
+        .call(Method::PATCH, &path, Some(json!({"url": null})))
+        .await;
+    assert_error(status, &body, 422);
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.starts_with("url: must not be null"), "{message}");
 }
 
 async fn missing_or_wrong_keys_get_401_and_change_nothing(engine: Engine) {

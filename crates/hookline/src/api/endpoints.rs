@@ -36,10 +36,13 @@ pub struct CreateEndpoint {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateEndpoint {
-    /// Not `null` (`422`), like `event_types` and `enabled`: an endpoint always has one.
+    /// The new URL; not `null` (`422`): an endpoint always has one.
     #[serde(default, deserialize_with = "not_null")]
+    #[schema(nullable = false)]
     pub url: Option<String>,
+    /// The new subscriptions; not `null` (`422`).
     #[serde(default, deserialize_with = "not_null")]
+    #[schema(nullable = false)]
     pub event_types: Option<Vec<String>>,
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<String>)]
@@ -53,16 +56,18 @@ pub struct UpdateEndpoint {
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<u32>)]
     pub rate_limit_per_sec: Option<Option<u32>>,
+    /// Turns the endpoint on or off; not `null` (`422`).
     #[serde(default, deserialize_with = "not_null")]
+    #[schema(nullable = false)]
     pub enabled: Option<bool>,
 }
 
 /// A field that may be left out, but not given as `null` (which would otherwise read as
 /// left out, and change nothing without a word).
 fn not_null<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
-    Option::<T>::deserialize(d)?
-        .map(Some)
-        .ok_or_else(|| serde::de::Error::custom("must not be null"))
+    Option::<T>::deserialize(d)?.map(Some).ok_or_else(|| {
+        serde::de::Error::custom("must not be null (leave the field out to keep its value)")
+    })
 }
 
 /// `Some(None)` for an explicit `null`, `None` (via `default`) for an absent field.
