@@ -29,6 +29,27 @@ fn serve_from_env(dir: &Path, port: u16, env: &[(&str, &str)]) -> Serve {
     cmd.spawn().map(Serve).unwrap()
 }
 
+/// [`serve_from_env`] on a free port, once it answers; the process and its base URL.
+async fn serving(http: &reqwest::Client, dir: &Path, env: &[(&str, &str)]) -> (Serve, String) {
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let server = serve_from_env(dir, port, env);
+    wait_healthy(http, &base).await;
+    (server, base)
+}
+
+/// Sends one valid click to the server at `base` with `key`; the answer's status.
+async fn post_click(http: &reqwest::Client, base: &str, key: &str) -> u16 {
+    http.post(format!("{base}/v1/events"))
+        .bearer_auth(key)
+        .json(&json!({"type": "click", "data": valid("click", json!({}))}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
 fn account_from_env(dir: &Path, name: &str) -> String {
     let data = dir.join("data").display().to_string();
     let (ok, out, err) = cli(
@@ -62,11 +83,9 @@ async fn serve_takes_every_switch_from_its_environment_variable() {
 
     let rx = Receiver::start().await;
     let http = reqwest::Client::new();
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let mut server = serve_from_env(
+    let (mut server, base) = serving(
+        &http,
         dir,
-        port,
         &[
             // As the contract writes it.
             ("HOOKLINE_ALLOW_PRIVATE_TARGETS", "1"),
@@ -74,8 +93,8 @@ async fn serve_takes_every_switch_from_its_environment_variable() {
             ("HOOKLINE_RETRY_SCHEDULE", "100ms,100ms"),
             ("HOOKLINE_ADMIN_TOKEN", "admin-token-for-the-test"),
         ],
-    );
-    wait_healthy(&http, &base).await;
+    )
+    .await;
 
     // A loopback `http://` endpoint is taken: both switches are on.
     let (status, ep) = post_endpoint(&http, &base, &second, &rx.url("env"), &["click"]).await;
@@ -83,14 +102,7 @@ async fn serve_takes_every_switch_from_its_environment_variable() {
     let secret = ep["secret"].as_str().unwrap().to_owned();
     // The first answer fails: the schedule from the environment retries it at once.
     rx.script("env", vec![common::Reply::Status(500)]);
-    let resp = http
-        .post(format!("{base}/v1/events"))
-        .bearer_auth(&key)
-        .json(&json!({"type": "click", "data": valid("click", json!({}))}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202);
+    assert_eq!(post_click(&http, &base, &key).await, 202);
     let got = rx.wait_for("env", 2).await;
     verify_with_standardwebhooks(&secret, &got[1]);
     assert_eq!(got[0].header("webhook-id"), got[1].header("webhook-id"));
@@ -106,17 +118,15 @@ async fn serve_takes_every_switch_from_its_environment_variable() {
     server.sigkill();
 
     // `0` turns a switch off: the same endpoint is now refused, and nothing is stored.
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let mut server = serve_from_env(
+    let (mut server, base) = serving(
+        &http,
         dir,
-        port,
         &[
             ("HOOKLINE_ALLOW_PRIVATE_TARGETS", "0"),
             ("HOOKLINE_ALLOW_INSECURE_URLS", "1"),
         ],
-    );
-    wait_healthy(&http, &base).await;
+    )
+    .await;
     let (status, ep) = post_endpoint(&http, &base, &key, &rx.url("env"), &["*"]).await;
     assert_eq!(status, 422, "{ep}");
     let list: Value = http
@@ -194,20 +204,29 @@ fn the_help_lists_every_variable() {
     }
 }
 
+/// Runs `hookline serve` with `var` set to `value` and a data directory that cannot be
+/// made: had the value been taken, the server would stop there, with another error, rather
+/// than run. It must fail; what it wrote to stderr.
+fn serve_refuses(var: &str, value: &str) -> String {
+    let (ok, out, err) = cli(
+        &["serve".into(), "--listen".into(), "127.0.0.1:0".into()],
+        &[
+            ("HOOKLINE_DATA_DIR", "/dev/null/hookline-data"),
+            (var, value),
+        ],
+    );
+    assert!(!ok, "{out}");
+    err
+}
+
 #[test]
 fn a_connection_time_of_zero_is_refused_by_name() {
-    // As above: had the value been taken, the server would stop at the data directory.
-    let data = "/dev/null/hookline-data";
     for (var, flag) in [
         ("HOOKLINE_HEADER_READ_TIMEOUT", "--header-read-timeout"),
         ("HOOKLINE_BODY_READ_TIMEOUT", "--body-read-timeout"),
         ("HOOKLINE_WRITE_TIMEOUT", "--write-timeout"),
     ] {
-        let (ok, out, err) = cli(
-            &["serve".into(), "--listen".into(), "127.0.0.1:0".into()],
-            &[("HOOKLINE_DATA_DIR", data), (var, "0s")],
-        );
-        assert!(!ok, "{out}");
+        let err = serve_refuses(var, "0s");
         assert!(
             err.contains(&format!("{flag} must be more than zero")),
             "{err}"
@@ -224,29 +243,21 @@ async fn an_endpoint_turned_off_by_410_is_logged() {
     let rx = Receiver::start().await;
     rx.always("gone", common::Reply::Status(410));
     let http = reqwest::Client::new();
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let mut server = serve_from_env(
+    let (mut server, base) = serving(
+        &http,
         dir,
-        port,
         &[
             ("HOOKLINE_ALLOW_PRIVATE_TARGETS", "1"),
             ("HOOKLINE_ALLOW_INSECURE_URLS", "1"),
             ("HOOKLINE_LOG", "warn"),
         ],
-    );
-    wait_healthy(&http, &base).await;
+    )
+    .await;
     let (status, ep) = post_endpoint(&http, &base, &key, &rx.url("gone"), &["click"]).await;
     assert_eq!(status, 201, "{ep}");
     let id = ep["id"].as_str().unwrap().to_owned();
-    let resp = http
-        .post(format!("{base}/v1/events"))
-        .bearer_auth(&key)
-        .json(&json!({"type": "click", "data": valid("click", json!({}))}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202);
+    assert_eq!(post_click(&http, &base, &key).await, 202);
+    let port = base.rsplit(':').next().unwrap();
     let log = dir.join(format!("serve-{port}.log"));
     common::eventually("the log to name the endpoint turned off", || async {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
@@ -274,18 +285,11 @@ async fn an_endpoint_turned_off_by_410_is_logged() {
 
 #[test]
 fn a_switch_that_is_neither_on_nor_off_is_refused_by_name() {
-    // A data directory that cannot be made: had the value been taken, the server would
-    // stop there, with another error, rather than run.
-    let data = "/dev/null/hookline-data";
     for (var, flag) in [
         ("HOOKLINE_ALLOW_PRIVATE_TARGETS", "--allow-private-targets"),
         ("HOOKLINE_ALLOW_INSECURE_URLS", "--allow-insecure-urls"),
     ] {
-        let (ok, out, err) = cli(
-            &["serve".into(), "--listen".into(), "127.0.0.1:0".into()],
-            &[("HOOKLINE_DATA_DIR", data), (var, "maybe")],
-        );
-        assert!(!ok, "{out}");
+        let err = serve_refuses(var, "maybe");
         assert!(err.contains("'maybe'") && err.contains(flag), "{err}");
     }
 }
