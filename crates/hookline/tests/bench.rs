@@ -1,8 +1,10 @@
 //! `hookline bench` runs a tiny scenario correctly: nothing lost, every signature verified.
 //! (Benchmarks measure speed; this test only checks that the tool tells the truth.)
 
+mod common;
+
+use common::process::hookline;
 use serde_json::Value;
-use std::process::Command;
 
 #[test]
 fn tiny_throughput_scenario_loses_nothing_and_verifies_every_signature() {
@@ -532,20 +534,6 @@ fn temp_on_tmpfs() -> bool {
         .filter(|(at, _)| dir.starts_with(at))
         .max_by_key(|(at, _)| at.len())
         .is_some_and(|(_, fs)| fs == "tmpfs")
-}
-
-/// The `hookline` binary, without the `HOOKLINE_*` variables of a developer's shell (but
-/// `HOOKLINE_LOG`), which would change a bench run: the bench's own, and the servers' (the
-/// servers it starts inherit its environment).
-fn hookline() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hookline"));
-    for (name, _) in std::env::vars_os() {
-        let text = name.to_string_lossy();
-        if text.starts_with("HOOKLINE_") && text != "HOOKLINE_LOG" {
-            cmd.env_remove(&name);
-        }
-    }
-    cmd
 }
 
 /// Runs `hookline bench ARGS` (on SQLite unless the args say otherwise) and returns the
