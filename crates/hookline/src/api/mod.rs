@@ -278,13 +278,16 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(admin::list_keys, admin::issue_key))
         .routes(routes!(admin::revoke_key))
         .split_for_parts();
-    let openapi = Arc::new(with_common_answers(&openapi));
+    // Written once: the document does not change while the server runs.
+    let openapi = axum::body::Bytes::from(
+        serde_json::to_vec(&with_common_answers(&openapi)).unwrap_or_default(),
+    );
     router
         .route(
             "/openapi.json",
             axum::routing::get(move || {
                 let doc = openapi.clone();
-                async move { Json(doc.as_ref().clone()) }
+                async move { ([(http::header::CONTENT_TYPE, "application/json")], doc) }
             }),
         )
         .route("/metrics", axum::routing::get(crate::telemetry::render))
