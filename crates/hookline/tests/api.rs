@@ -30,22 +30,81 @@ async fn snapshot(s: &TestServer) -> Value {
     Value::Array(out)
 }
 
-async fn malformed_oversized_and_invalid_events_change_nothing(engine: Engine) {
-    let rx = Receiver::start().await;
-    let s = TestServer::start(&engine).await;
-    s.endpoint(&rx.url("sink"), &["*"]).await;
-    let before = snapshot(&s).await;
-
-    // Malformed JSON.
+/// POSTs `body` as it is, labelled JSON; the status and the JSON answer.
+async fn post_raw(s: &TestServer, path: &str, body: &[u8]) -> (u16, Value) {
     let resp = s
-        .req(Method::POST, "/v1/events")
+        .req(Method::POST, path)
         .header("content-type", "application/json")
-        .body(r#"{"type": "click", "data": {"#)
+        .body(body.to_vec())
         .send()
         .await
         .unwrap();
     let status = resp.status().as_u16();
-    assert_error(status, &resp.json().await.unwrap(), 400);
+    (status, resp.json().await.unwrap())
+}
+
+async fn malformed_oversized_and_invalid_events_change_nothing(engine: Engine) {
+    let rx = Receiver::start().await;
+    let s = TestServer::start(&engine).await;
+    let ep = s.endpoint(&rx.url("sink"), &["*"]).await;
+    let rotate = format!("/v1/endpoints/{}/secret/rotate", ep["id"].as_str().unwrap());
+    let before = snapshot(&s).await;
+
+    // Malformed JSON, also where a value of the wrong type comes before the break (serde
+    // meets the type first), and a body that is not UTF-8: still `400`, not `422`.
+    let malformed: [(&str, &[u8]); 8] = [
+        ("/v1/events", br#"{"type": "click", "data": {"#),
+        ("/v1/events", br#"{"type":5"#),
+        ("/v1/events", b"[1,2"),
+        (
+            "/v1/events",
+            br#"{"type":"click","data":{"a":1},"idempotency_key":7"#,
+        ),
+        ("/v1/events/batch", br#"{"events":5"#),
+        ("/v1/endpoints", b"[1,2"),
+        ("/v1/events", br#"{"type":5} trailing"#),
+        ("/v1/events", b"{\"type\":5,\"data\":{},\"x\":\"\xff\"}"),
+    ];
+    for (path, body) in malformed {
+        let (status, answer) = post_raw(&s, path, body).await;
+        assert_error(status, &answer, 400);
+        assert_eq!(answer["error"]["code"], "malformed_json", "{answer}");
+    }
+    // Well-formed JSON of the wrong shape is told so without the names of Hookline's types;
+    // an array is not taken in an object's place (serde would take its items as the fields
+    // in order); valid JSON that serde counts as a syntax error (a number out of range) is
+    // of the wrong shape too.
+    let wrong_shape: [(&str, &str, &str); 6] = [
+        ("/v1/events", "5", "the body must be a JSON object"),
+        (
+            "/v1/events/batch",
+            "[1,2]",
+            "the body must be a JSON object",
+        ),
+        (
+            "/v1/events",
+            r#"["click", {"a": 1}, null]"#,
+            "the body must be a JSON object",
+        ),
+        (&rotate, "[]", "the body must be a JSON object"),
+        (
+            "/v1/events/batch",
+            r#"{"events":[5]}"#,
+            "events[0]: invalid type: integer `5`, expected a JSON object",
+        ),
+        (
+            "/v1/endpoints",
+            r#"{"url": "https://example.com/", "event_types": ["*"], "rate_limit_per_sec": 1e400}"#,
+            "rate_limit_per_sec: ",
+        ),
+    ];
+    for (path, body, said) in wrong_shape {
+        let (status, answer) = post_raw(&s, path, body.as_bytes()).await;
+        assert_error(status, &answer, 422);
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(message.starts_with(said), "{body}: {answer}");
+        assert!(!message.contains("struct"), "{body}: {answer}");
+    }
 
     // 300 KB event: over the 256 KiB limit.
     let big = "x".repeat(300 * 1024);

@@ -125,6 +125,12 @@ async fn a_reader_paging_while_writers_ingest_sees_every_event_once(engine: Engi
     }
     let (status, _) = s.get("/v1/events?after=evt_unknown").await;
     assert_eq!(status, 404);
+    // What is not even shaped like an event id is malformed, as a bad cursor is.
+    for bad in ["garbage", "ep_01J0000000000000000000000", ""] {
+        let (status, body) = s.get(&format!("/v1/events?after={bad}")).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert_eq!(body["error"]["code"], "invalid_query", "{body}");
+    }
     // A name an account's own type could have, with no events: an empty page, the end.
     let (status, page) = s.get("/v1/events?type=crm.synced").await;
     assert_eq!(status, 200, "{page}");

@@ -21,6 +21,8 @@ pub const MAX_BATCH: usize = 1000;
 
 /// One event from a producer.
 #[derive(Deserialize, ToSchema)]
+// A batch's item in the wrong place is told so without the name of this type.
+#[serde(expecting = "a JSON object")]
 pub struct CreateEvent {
     /// A built-in type name, e.g. `click`.
     #[serde(rename = "type")]
@@ -344,6 +346,13 @@ pub async fn list(
             ));
         }
         (Some(c), None) => Some(decode_feed_cursor(c)?),
+        // Not even the shape of an event id: malformed, a `400` as a bad cursor is.
+        (None, Some(id)) if !id.starts_with("evt_") => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("after must be an event id (evt_…), not {}", quoted(id)),
+            ));
+        }
         // No event id holds a NUL (which a PostgreSQL text value cannot hold either).
         (None, Some(id)) if id.contains('\0') => return Err(ApiError::not_found("event")),
         (None, Some(id)) => Some(

@@ -162,34 +162,55 @@ async fn read_body(req: Request, state: &AppState) -> Result<Bytes, ApiError> {
     })
 }
 
-/// Parses JSON, classifying errors as malformed (`400`) or of the wrong shape (`422`). A
-/// wrong shape names where it is (`events[412].data: missing field …`), which a line and
-/// column of a minified batch would not.
+/// Parses a JSON object: `400` for a body that is not JSON, `422` for JSON of the wrong shape
+/// (also for JSON that is not an object). A wrong shape names where it is
+/// (`events[412].data: missing field …`), which a line and column of a minified batch would
+/// not.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // Every body the API takes is an object. serde would also take an array in a struct's
+    // place (its fields in order), which no client means.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(malformed(bytes)
+            .unwrap_or_else(|| ApiError::unprocessable("the body must be a JSON object")));
+    }
+    // Whether the body is JSON at all decides between `400` and `422`, not the category of
+    // serde's error: serde stops at the first wrong type it meets, before a syntax error
+    // further on, and it counts some wrong values of valid JSON (a number where a name of
+    // a few is expected, a number out of range) as syntax. The body is read again only on
+    // an error.
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        json_refusal(&path, e.into_inner())
+        malformed(bytes).unwrap_or_else(|| wrong_shape(&e.path().to_string(), e.inner()))
     })?;
     // Nothing but whitespace after the value.
-    de.end().map_err(|e| json_refusal(".", e))?;
+    de.end()
+        .map_err(|e| malformed(bytes).unwrap_or_else(|| wrong_shape(".", &e)))?;
     Ok(value)
 }
 
-/// A JSON body refused: `422` for a wrong shape at `path` (`.`: the whole body), `400` for
-/// what is not JSON at all.
-fn json_refusal(path: &str, e: serde_json::Error) -> ApiError {
-    match e.classify() {
-        serde_json::error::Category::Data if path == "." => {
-            ApiError::unprocessable(clipped(&e.to_string()))
+/// `400` for a body that is not JSON (not UTF-8, or not one JSON value alone); `None` for
+/// one that is, whatever its shape.
+fn malformed(bytes: &[u8]) -> Option<ApiError> {
+    let why = match std::str::from_utf8(bytes) {
+        Err(e) => format!("the body is not UTF-8: {e}"),
+        Ok(_) => {
+            let mut de = serde_json::Deserializer::from_slice(bytes);
+            match serde::de::IgnoredAny::deserialize(&mut de).and_then(|_| de.end()) {
+                Ok(()) => return None,
+                Err(e) => format!("the body is not valid JSON: {}", clipped(&e.to_string())),
+            }
         }
-        serde_json::error::Category::Data => {
-            ApiError::unprocessable(format!("{}: {}", clipped(path), clipped(&e.to_string())))
-        }
-        _ => ApiError::bad_request(
-            "malformed_json",
-            format!("the body is not valid JSON: {}", clipped(&e.to_string())),
-        ),
+    };
+    Some(ApiError::bad_request("malformed_json", why))
+}
+
+/// `422` for JSON of the wrong shape at `path` (`.`: the whole body).
+fn wrong_shape(path: &str, e: &serde_json::Error) -> ApiError {
+    let said = clipped(&e.to_string());
+    if path == "." {
+        ApiError::unprocessable(said)
+    } else {
+        ApiError::unprocessable(format!("{}: {said}", clipped(path)))
     }
 }
 
