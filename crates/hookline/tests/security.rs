@@ -99,6 +99,27 @@ async fn plans_gate_webhooks_and_limit_endpoints(engine: Engine) {
     let c = s.endpoint(&rx.url("c"), &["click"]).await;
     let c_id = c["id"].as_str().unwrap();
 
+    // A plan that is not one of the names is valid JSON of the wrong shape: `422`, though
+    // serde's JSON parser calls a number where a name is expected a syntax error.
+    for plan in [json!(5), json!("platinum")] {
+        let (status, b) = s
+            .call_as(
+                ADMIN,
+                Method::POST,
+                "/admin/v1/accounts",
+                Some(json!({"name": "odd", "plan": plan})),
+            )
+            .await;
+        assert_eq!(status, 422, "{plan}: {b}");
+        assert!(
+            b["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("plan: "),
+            "{b}"
+        );
+    }
+
     // Down to Free: the endpoints are disabled and cannot be changed, tested or rotated;
     // events are still accepted, with no deliveries. Removing stays possible.
     let (_, accounts) = s
