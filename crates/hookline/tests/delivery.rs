@@ -796,6 +796,85 @@ async fn a_manual_retry_of_a_queued_delivery_goes_first_and_once(engine: Engine)
     assert_eq!(d["status"], "succeeded", "{d}");
 }
 
+/// A manual retry of a delivery whose attempt is in flight sends beside it, and both
+/// attempts are in its history under numbers of their own, whichever is recorded first and
+/// whatever each came to: the receiver got both requests.
+async fn a_manual_retry_beside_an_attempt_in_flight_keeps_both_attempts(engine: Engine) {
+    let rx = Receiver::start().await;
+    let s = TestServer::start(&engine).await;
+    // `first`: the attempt in flight ends last; `second`: the retry's does. `third`: as
+    // `first`, the attempt in flight failing (its outcome no longer moves the delivery).
+    let cases = [
+        (
+            "first",
+            "click",
+            Reply::SlowOk(Duration::from_secs(3)),
+            Reply::Status(200),
+        ),
+        (
+            "second",
+            "open",
+            Reply::SlowOk(Duration::from_millis(1500)),
+            Reply::SlowOk(Duration::from_secs(3)),
+        ),
+        (
+            "third",
+            "bounce",
+            Reply::Slow(500, Duration::from_secs(3)),
+            Reply::Status(200),
+        ),
+    ];
+    let mut deliveries = Vec::new();
+    for (name, event_type, in_flight, retried) in cases {
+        rx.script(name, vec![in_flight, retried]);
+        let (status, ep) = s
+            .post(
+                "/v1/endpoints",
+                json!({"url": rx.url(name), "event_types": [event_type]}),
+            )
+            .await;
+        assert_eq!(status, 201, "{ep}");
+        let ev = s.event(event_type, json!({})).await;
+        let dlv = ev["deliveries"][0]["id"].as_str().unwrap().to_owned();
+        rx.wait_for(name, 1).await;
+        let (status, body) = s
+            .post(&format!("/v1/deliveries/{dlv}/retry"), json!({}))
+            .await;
+        assert_eq!(status, 202, "{body}");
+        deliveries.push((name, dlv, ev["id"].as_str().unwrap().to_owned()));
+    }
+    for (name, dlv, event_id) in deliveries {
+        let d = common::eventually("both attempts to be recorded", || async {
+            let (_, d) = s.get(&format!("/v1/deliveries/{dlv}")).await;
+            (d["attempts"].as_array().unwrap().len() == 2).then_some(d)
+        })
+        .await;
+        let got = rx.got(name);
+        assert_eq!(got.len(), 2, "{name}: the receiver got both");
+        assert!(got.iter().all(|r| r.header("webhook-id") == event_id));
+        let attempts = d["attempts"].as_array().unwrap();
+        let numbers: Vec<u64> = attempts
+            .iter()
+            .map(|a| a["attempt"].as_u64().unwrap())
+            .collect();
+        assert_eq!(numbers, [1, 2], "{name}: {d}");
+        assert_ne!(attempts[0]["started_at"], attempts[1]["started_at"], "{d}");
+        let mut codes: Vec<u64> = attempts
+            .iter()
+            .map(|a| a["status_code"].as_u64().unwrap())
+            .collect();
+        codes.sort_unstable();
+        let want: &[u64] = if name == "third" {
+            &[200, 500]
+        } else {
+            &[200, 200]
+        };
+        assert_eq!(codes, want, "{name}: {d}");
+        assert_eq!(d["attempt_count"], 2, "{name}: {d}");
+        assert_eq!(d["status"], "succeeded", "{name}: {d}");
+    }
+}
+
 async fn an_endpoint_turned_back_on_gets_new_deliveries_again(engine: Engine) {
     let rx = Receiver::start().await;
     rx.script("flip", vec![Reply::Status(410)]);
@@ -897,6 +976,7 @@ on_both_engines!(
     a_manual_retry_goes_at_once_behind_an_open_breaker,
     a_manual_retry_goes_before_the_endpoints_queue,
     a_manual_retry_of_a_queued_delivery_goes_first_and_once,
+    a_manual_retry_beside_an_attempt_in_flight_keeps_both_attempts,
     an_endpoint_turned_back_on_gets_new_deliveries_again,
 );
 

@@ -1080,8 +1080,9 @@ pub struct RetryClaim {
     /// waiting for its endpoint's pace or a free lane, or in flight) when the retry took it
     /// over. A job under that claim not yet handed to a lane is not made (the retry's is).
     /// One in flight goes on: its failure no longer moves the delivery (its claim is not the
-    /// delivery's), while a success or a `410` still counts, as any answer would; it shares
-    /// its attempt number with the retry's, and the history keeps the one recorded last.
+    /// delivery's), while a success or a `410` still counts, as any answer would. Both
+    /// attempts are numbered from the same recorded attempts: the one recorded second takes
+    /// the next number, so the history keeps both.
     pub replaces: Option<i64>,
 }
 

@@ -28,7 +28,7 @@ use crate::model::{
 };
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, Connection as _, PgConnection, PgPool, Postgres, Row, Transaction};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
@@ -1410,12 +1410,19 @@ impl PgStore {
         account_id: String,
         id: String,
     ) -> Result<Option<(Delivery, Vec<Attempt>)>, StoreError> {
+        // One snapshot for the row and its attempts, so that its count of attempts and the
+        // list agree (an outcome may commit between two reads).
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .await
+            .ctx("starting a delivery's read")?;
         let Some(r) = sqlx::query(AssertSqlSafe(format!(
             "SELECT {DELIVERY_COLS} FROM deliveries WHERE id = $1 AND account_id = $2"
         )))
         .bind(&id)
         .bind(&account_id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await
         .ctx("reading a delivery")?
         else {
@@ -1427,7 +1434,7 @@ impl PgStore {
              FROM attempts WHERE delivery_id = $1 ORDER BY attempt",
         )
         .bind(&id)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await
         .ctx("listing attempts")?
         .iter()
@@ -1445,6 +1452,7 @@ impl PgStore {
             })
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
+        tx.commit().await.ctx("ending a delivery's read")?;
         Ok(Some((d, attempts)))
     }
 
@@ -1814,6 +1822,7 @@ impl PgStore {
                 .await
                 .ctx("releasing deliveries")?;
             }
+            let mut renumbered: HashMap<&str, u32> = HashMap::new();
             if !attempts.is_empty() {
                 let mut c = AttemptColumns::default();
                 for (delivery_id, number, a) in &attempts {
@@ -1825,14 +1834,19 @@ impl PgStore {
                     c.error.push(a.error.as_deref());
                     c.response_body.push(a.response_body.as_deref());
                 }
-                sqlx::query(
+                // The same attempt written again replaces itself; another attempt of the same
+                // number (a manual retry made beside an attempt in flight, each claim counting
+                // from the same recorded attempts) is not replaced, and is not returned.
+                let written: HashSet<String> = sqlx::query_scalar(
                 "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code,
                     error, response_body)
                  SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::bigint[],
                                       $5::bigint[], $6::text[], $7::text[])
                  ON CONFLICT (delivery_id, attempt) DO UPDATE SET started_at = EXCLUDED.started_at,
                     duration_ms = EXCLUDED.duration_ms, status_code = EXCLUDED.status_code,
-                    error = EXCLUDED.error, response_body = EXCLUDED.response_body",
+                    error = EXCLUDED.error, response_body = EXCLUDED.response_body
+                 WHERE attempts.started_at = EXCLUDED.started_at
+                 RETURNING delivery_id",
             )
             .bind(&c.delivery_id)
             .bind(&c.attempt)
@@ -1841,9 +1855,19 @@ impl PgStore {
             .bind(&c.status_code)
             .bind(&c.error)
             .bind(&c.response_body)
-            .execute(&mut *tx)
+            .fetch_all(&mut *tx)
             .await
-            .ctx("inserting attempts")?;
+            .ctx("inserting attempts")?
+            .into_iter()
+            .collect();
+                // Those the number was taken for take the next free one (a delivery is in a
+                // round once, so its id names its record).
+                for (delivery_id, _, a) in &attempts {
+                    if !written.contains(*delivery_id) {
+                        let number = record_renumbered(&mut tx, delivery_id, a).await?;
+                        renumbered.insert(*delivery_id, number);
+                    }
+                }
             }
             if !updates.is_empty() {
                 let mut u = OutcomeColumns::default();
@@ -1858,7 +1882,11 @@ impl PgStore {
                     };
                     u.seq.push(*row);
                     u.status.push(status);
-                    u.attempt.push(i64::from(a.attempt));
+                    let number = renumbered
+                        .get(rec.delivery_id.as_str())
+                        .copied()
+                        .unwrap_or(a.attempt);
+                    u.attempt.push(i64::from(number));
                     u.next.push(next);
                     u.started_at.push(a.started_at.0);
                     u.status_code.push(a.status_code.map(i64::from));
@@ -3060,6 +3088,43 @@ impl Notices {
 }
 
 /// Sends `payload` on `channel` when the transaction commits.
+/// Records attempt `a` of `delivery_id` under the next number free: one past every number
+/// the delivery holds and its count of attempts, which then counts it too. Returns the number.
+/// (For an attempt whose own number another attempt of the delivery holds: see
+/// `record_attempts`.)
+async fn record_renumbered(
+    c: &mut PgConnection,
+    delivery_id: &str,
+    a: &Attempt,
+) -> Result<u32, StoreError> {
+    let number: i64 = sqlx::query_scalar(
+        "WITH d AS (SELECT attempts FROM deliveries WHERE id = $1 FOR UPDATE)
+         INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code,
+             error, response_body)
+         SELECT $1, GREATEST((SELECT attempts FROM d),
+                             (SELECT MAX(attempt) FROM attempts WHERE delivery_id = $1), 0) + 1,
+                $2, $3, $4, $5, $6
+         RETURNING attempt",
+    )
+    .bind(delivery_id)
+    .bind(a.started_at.0)
+    .bind(a.duration_ms as i64)
+    .bind(a.status_code.map(i64::from))
+    .bind(a.error.as_deref())
+    .bind(a.response_body.as_deref())
+    .fetch_one(&mut *c)
+    .await
+    .ctx("recording an attempt under the next number")?;
+    sqlx::query("UPDATE deliveries SET attempts = GREATEST(attempts, $2) WHERE id = $1")
+        .bind(delivery_id)
+        .bind(number)
+        .execute(&mut *c)
+        .await
+        .ctx("counting an attempt")?;
+    u32::try_from(number)
+        .map_err(|_| StoreError::Commit(format!("attempt number {number} out of range")))
+}
+
 async fn notify(c: &mut PgConnection, channel: &str, payload: &str) -> Result<(), StoreError> {
     sqlx::query("SELECT pg_notify($1, $2)")
         .bind(channel)

@@ -1762,6 +1762,11 @@ impl SqliteStore {
         id: String,
     ) -> Result<Option<(Delivery, Vec<Attempt>)>, StoreError> {
         self.read(move |c| {
+            // One snapshot for the row and its attempts, so that the count, the kept attempt
+            // and the list agree (a write may commit between two reads).
+            let c = &c
+                .unchecked_transaction()
+                .ctx("starting a delivery's read")?;
             let Some((d, kept)) = c
                 .query_row(
                     &format!(
@@ -1794,8 +1799,8 @@ impl SqliteStore {
                 .collect::<Result<Vec<_>, _>>()
                 .ctx("listing attempts")?;
             // The latest attempt, kept in the row (see `record_attempts`). A row of the same
-            // number in `attempts` (two claims that made the same attempt, the old one's
-            // outcome late) is listed as the kept one: one attempt per number, as before.
+            // number in `attempts` is the same attempt (`record_attempts` gives another of
+            // that number the next one): listed once, as the kept one.
             if let Some(k) = kept {
                 attempts.retain(|a| a.attempt != k.attempt);
                 let at = attempts.partition_point(|a| a.attempt < k.attempt);
@@ -2004,7 +2009,8 @@ impl SqliteStore {
                         kept_status_code, kept_error, kept_response_body
                      FROM deliveries
                      WHERE seq = ?1 AND kept_attempt IS NOT NULL AND kept_attempt <> ?2
-                       AND (?3 = 0 OR (status = 'delivering' AND claim = ?4))",
+                       AND (?3 = 0 OR (status = 'delivering' AND claim = ?4))
+                       AND (?5 = 0 OR attempts < ?2)",
                 )
                 .ctx("preparing the kept attempt's move")?;
             // The usual case, in one statement: the row keeps no other attempt.
@@ -2043,34 +2049,60 @@ impl SqliteStore {
                     Outcome::Failed | Outcome::Gone => ("failed", None, true),
                     Outcome::Released => ("pending", Some(now), true),
                 };
-                let fields = params![
-                    rec.row,
-                    status,
-                    a.attempt,
-                    next,
-                    a.started_at.0,
-                    a.status_code,
-                    a.error,
-                    now,
-                    only_if_delivering,
-                    rec.claim,
-                    a.duration_ms as i64,
-                    a.response_body
-                ];
-                let mut updated = update_fresh.execute(fields).ctx("updating a delivery")?;
-                if updated == 0 {
-                    // The row keeps another attempt (or the outcome does not apply): that
-                    // attempt moves to `attempts` first, if the update is to apply.
-                    move_kept
-                        .execute(params![rec.row, a.attempt, only_if_delivering, rec.claim])
-                        .ctx("moving a kept attempt")?;
-                    updated = update.execute(fields).ctx("updating a delivery")?;
-                }
+                let mut number = a.attempt;
+                // Whether the number is checked (`FRESH_NUMBER`): until it is known to be
+                // no other attempt's.
+                let mut guarded = true;
+                let mut tries = 0;
+                let updated = loop {
+                    let fields = params![
+                        rec.row,
+                        status,
+                        number,
+                        next,
+                        a.started_at.0,
+                        a.status_code,
+                        a.error,
+                        now,
+                        only_if_delivering,
+                        rec.claim,
+                        a.duration_ms as i64,
+                        a.response_body,
+                        guarded
+                    ];
+                    let mut updated = update_fresh.execute(fields).ctx("updating a delivery")?;
+                    if updated == 0 {
+                        // The row keeps another attempt (or the outcome does not apply, or
+                        // the number is taken): that attempt moves to `attempts` first, if
+                        // the update is to apply.
+                        move_kept
+                            .execute(params![
+                                rec.row,
+                                number,
+                                only_if_delivering,
+                                rec.claim,
+                                guarded
+                            ])
+                            .ctx("moving a kept attempt")?;
+                        updated = update.execute(fields).ctx("updating a delivery")?;
+                    }
+                    tries += 1;
+                    if updated > 0 || tries > 1 {
+                        break updated;
+                    }
+                    // Not written: the outcome does not move the row on, or the number was not
+                    // surely free (see `FRESH_NUMBER`). If another attempt holds it, this one
+                    // takes the next; if not, it is written under its own, unchecked.
+                    match number_taken(c, rec.row, &rec.delivery_id, number, a.started_at)? {
+                        Some(next_free) => number = next_free,
+                        None => guarded = false,
+                    }
+                };
                 if updated == 0 {
                     insert
                         .execute(params![
                             rec.delivery_id,
-                            a.attempt,
+                            number,
                             a.started_at.0,
                             a.duration_ms as i64,
                             a.status_code,
@@ -2078,6 +2110,12 @@ impl SqliteStore {
                             a.response_body
                         ])
                         .ctx("inserting an attempt")?;
+                    // The row counts every attempt it holds, this one too.
+                    c.prepare_cached(
+                        "UPDATE deliveries SET attempts = MAX(attempts, ?2) WHERE seq = ?1",
+                    )
+                    .and_then(|mut st| st.execute(params![rec.row, number]))
+                    .ctx("counting an attempt")?;
                 }
                 // A 410 disables the endpoint it came from: the version the attempt was made
                 // with. One from before a change (a new URL, turned off and on) says nothing
@@ -3229,6 +3267,37 @@ fn insert_rows(
     Ok(out)
 }
 
+/// If another attempt of delivery `row` (`delivery_id`) holds attempt number `number` (one
+/// not started at `started_at`), the number the attempt is to take instead: one past every
+/// number the row holds. `None` if the number is free, or is this very attempt's.
+fn number_taken(
+    c: &Connection,
+    row: i64,
+    delivery_id: &str,
+    number: u32,
+    started_at: Timestamp,
+) -> Result<Option<u32>, StoreError> {
+    let found: Option<(u32, bool)> = c
+        .prepare_cached(
+            "SELECT attempts,
+                IFNULL(kept_attempt = ?2 AND kept_started_at <> ?3, 0)
+                OR EXISTS (SELECT 1 FROM attempts
+                           WHERE delivery_id = ?4 AND attempt = ?2 AND started_at <> ?3)
+             FROM deliveries WHERE seq = ?1",
+        )
+        .and_then(|mut st| {
+            st.query_row(params![row, number, started_at.0, delivery_id], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()
+        })
+        .ctx("reading which attempt numbers a delivery holds")?;
+    Ok(match found {
+        Some((attempts, true)) => Some(attempts.max(number) + 1),
+        _ => None,
+    })
+}
+
 /// Whether endpoint `id` is at `version` (its `updated_at`) now.
 fn is_version(c: &Connection, id: &str, version: i64) -> Result<bool, StoreError> {
     c.prepare_cached("SELECT updated_at = ?2 FROM endpoints WHERE id = ?1")
@@ -3263,7 +3332,8 @@ static RECORD: LazyLock<String> = LazyLock::new(|| {
             updated_at = ?8,
             kept_attempt = ?3, kept_started_at = ?5, kept_duration_ms = ?11,
             kept_status_code = ?6, kept_error = ?7, kept_response_body = ?12
-         WHERE seq = ?1 AND (?9 = 0 OR (status = 'delivering' AND claim = ?10))"
+         WHERE seq = ?1 AND (?9 = 0 OR (status = 'delivering' AND claim = ?10))
+           AND (?13 = 0 OR {FRESH_NUMBER})"
     )
 });
 
@@ -3274,6 +3344,15 @@ static RECORD_FRESH: LazyLock<String> = LazyLock::new(|| {
         *RECORD
     )
 });
+
+/// Whether attempt number `?3` (started at `?5`) is surely the row's to write, checked
+/// unless `?13` is 0: a number past every one it holds (`attempts` is never less than any
+/// of them), or the very attempt it keeps (the same record written again). Two attempts of
+/// one number can be made, a manual retry beside an attempt in flight, each claim counting
+/// from the same recorded attempts; the one recorded second then takes the next number
+/// (`record_attempts`, which writes without the check once it has found the number is no
+/// other attempt's), rather than replace the other.
+const FRESH_NUMBER: &str = "(attempts < ?3 OR (kept_attempt = ?3 AND kept_started_at = ?5))";
 
 /// A delivery given back unsent: due now, or ended when its endpoint was turned off or
 /// removed meanwhile.

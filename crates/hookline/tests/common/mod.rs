@@ -64,6 +64,8 @@ pub enum Reply {
     Hang,
     /// `200` after a pause.
     SlowOk(Duration),
+    /// This status after a pause.
+    Slow(u16, Duration),
     /// `302 Found` with `Location` set to this URL.
     Redirect(String),
     /// This status with this body (any bytes).
@@ -257,6 +259,10 @@ async fn receive(
         Reply::SlowOk(pause) => {
             tokio::time::sleep(pause).await;
             StatusCode::OK.into_response()
+        }
+        Reply::Slow(code, pause) => {
+            tokio::time::sleep(pause).await;
+            StatusCode::from_u16(code).unwrap().into_response()
         }
         Reply::Redirect(to) => (StatusCode::FOUND, [("location", to)]).into_response(),
         Reply::Body(code, body) => (StatusCode::from_u16(code).unwrap(), body).into_response(),
