@@ -801,9 +801,15 @@ async fn a_manual_retry_of_a_queued_delivery_goes_first_and_once(engine: Engine)
 /// whatever each came to: the receiver got both requests.
 async fn a_manual_retry_beside_an_attempt_in_flight_keeps_both_attempts(engine: Engine) {
     let rx = Receiver::start().await;
-    let s = TestServer::start(&engine).await;
+    // A failed retry waits an hour for its next attempt, past the end of the test.
+    let s = TestServer::start_with(&engine, |c| {
+        c.dispatch.retry = hookline::dispatch::retry::RetrySchedule::parse("1h").unwrap();
+    })
+    .await;
     // `first`: the attempt in flight ends last; `second`: the retry's does. `third`: as
-    // `first`, the attempt in flight failing (its outcome no longer moves the delivery).
+    // `first`, the attempt in flight failing (its outcome no longer moves the delivery);
+    // `fourth`: as `second`, the attempt in flight failing; `fifth`: the retry failing, the
+    // attempt in flight then succeeding (a success counts, whatever its claim).
     let cases = [
         (
             "first",
@@ -822,6 +828,18 @@ async fn a_manual_retry_beside_an_attempt_in_flight_keeps_both_attempts(engine: 
             "bounce",
             Reply::Slow(500, Duration::from_secs(3)),
             Reply::Status(200),
+        ),
+        (
+            "fourth",
+            "complaint",
+            Reply::Slow(500, Duration::from_millis(1500)),
+            Reply::SlowOk(Duration::from_secs(3)),
+        ),
+        (
+            "fifth",
+            "unsubscribe",
+            Reply::SlowOk(Duration::from_secs(3)),
+            Reply::Status(503),
         ),
     ];
     let mut deliveries = Vec::new();
@@ -864,10 +882,10 @@ async fn a_manual_retry_beside_an_attempt_in_flight_keeps_both_attempts(engine: 
             .map(|a| a["status_code"].as_u64().unwrap())
             .collect();
         codes.sort_unstable();
-        let want: &[u64] = if name == "third" {
-            &[200, 500]
-        } else {
-            &[200, 200]
+        let want: &[u64] = match name {
+            "third" | "fourth" => &[200, 500],
+            "fifth" => &[200, 503],
+            _ => &[200, 200],
         };
         assert_eq!(codes, want, "{name}: {d}");
         assert_eq!(d["attempt_count"], 2, "{name}: {d}");

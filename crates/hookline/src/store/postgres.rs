@@ -1894,7 +1894,7 @@ impl PgStore {
                     u.fenced.push(fenced);
                     u.claim.push(rec.claim);
                 }
-                sqlx::query(
+                let moved: HashSet<i64> = sqlx::query(
                     "UPDATE deliveries d SET status = t.status,
                     attempts = GREATEST(d.attempts, t.attempt), next_attempt_at = t.next,
                     last_attempt_at = t.started_at, last_status_code = t.status_code,
@@ -1904,7 +1904,8 @@ impl PgStore {
                       AS t(seq, status, attempt, next, started_at, status_code, error, fenced,
                            claim)
                  WHERE d.seq = t.seq
-                   AND (NOT t.fenced OR (d.status = 'delivering' AND d.claim = t.claim))",
+                   AND (NOT t.fenced OR (d.status = 'delivering' AND d.claim = t.claim))
+                 RETURNING d.seq",
                 )
                 .bind(&u.seq)
                 .bind(&u.status)
@@ -1916,9 +1917,34 @@ impl PgStore {
                 .bind(&u.fenced)
                 .bind(&u.claim)
                 .bind(now)
-                .execute(&mut *tx)
+                .fetch_all(&mut *tx)
                 .await
-                .ctx("updating deliveries")?;
+                .ctx("updating deliveries")?
+                .into_iter()
+                .map(|r: PgRow| r.try_get::<i64, _>(0))
+                .collect::<Result<HashSet<i64>, _>>()
+                .ctx("reading the deliveries updated")?;
+                // An outcome that does not move its delivery on (an old claim's) is still an
+                // attempt made: the delivery counts it, as SQLite's does.
+                let (seqs, numbers): (Vec<i64>, Vec<i64>) = u
+                    .seq
+                    .iter()
+                    .zip(&u.attempt)
+                    .filter(|(seq, _)| !moved.contains(*seq))
+                    .map(|(seq, n)| (*seq, *n))
+                    .unzip();
+                if !seqs.is_empty() {
+                    sqlx::query(
+                        "UPDATE deliveries d SET attempts = t.attempt
+                         FROM UNNEST($1::bigint[], $2::bigint[]) AS t(seq, attempt)
+                         WHERE d.seq = t.seq AND d.attempts < t.attempt",
+                    )
+                    .bind(&seqs)
+                    .bind(&numbers)
+                    .execute(&mut *tx)
+                    .await
+                    .ctx("counting attempts of old claims")?;
+                }
             }
         }
         // A 410 disables the endpoint it came from: the version the attempt was made with.
@@ -3087,18 +3113,30 @@ impl Notices {
     }
 }
 
-/// Sends `payload` on `channel` when the transaction commits.
 /// Records attempt `a` of `delivery_id` under the next number free: one past every number
 /// the delivery holds and its count of attempts, which then counts it too. Returns the number.
 /// (For an attempt whose own number another attempt of the delivery holds: see
-/// `record_attempts`.)
+/// `record_attempts`.) If the attempt is recorded already (this record written before, and
+/// given a number then), nothing is written: its number is returned.
 async fn record_renumbered(
     c: &mut PgConnection,
     delivery_id: &str,
     a: &Attempt,
 ) -> Result<u32, StoreError> {
+    let before: Option<i64> = sqlx::query_scalar(
+        "SELECT attempt FROM attempts WHERE delivery_id = $1 AND started_at = $2 LIMIT 1",
+    )
+    .bind(delivery_id)
+    .bind(a.started_at.0)
+    .fetch_optional(&mut *c)
+    .await
+    .ctx("looking for an attempt recorded before")?;
+    if let Some(number) = before {
+        return u32::try_from(number)
+            .map_err(|_| StoreError::Commit(format!("attempt number {number} out of range")));
+    }
     let number: i64 = sqlx::query_scalar(
-        "WITH d AS (SELECT attempts FROM deliveries WHERE id = $1 FOR UPDATE)
+        "WITH d AS (SELECT attempts FROM deliveries WHERE id = $1 FOR NO KEY UPDATE)
          INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code,
              error, response_body)
          SELECT $1, GREATEST((SELECT attempts FROM d),
@@ -3125,6 +3163,7 @@ async fn record_renumbered(
         .map_err(|_| StoreError::Commit(format!("attempt number {number} out of range")))
 }
 
+/// Sends `payload` on `channel` when the transaction commits.
 async fn notify(c: &mut PgConnection, channel: &str, payload: &str) -> Result<(), StoreError> {
     sqlx::query("SELECT pg_notify($1, $2)")
         .bind(channel)

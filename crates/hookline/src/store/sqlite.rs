@@ -400,6 +400,15 @@ UPDATE endpoints
 ALTER TABLE endpoints DROP COLUMN previous_secret;
 ALTER TABLE endpoints DROP COLUMN previous_secret_until;
 "#,
+    // A delivery's count of attempts is never less than any number it holds, which the
+    // recorder relies on to tell a fresh number at once (`FRESH_NUMBER`). An outcome of an
+    // old claim was written to `attempts` without raising the count; this raises it.
+    r#"
+UPDATE deliveries
+   SET attempts = held.top
+  FROM (SELECT delivery_id, MAX(attempt) AS top FROM attempts GROUP BY delivery_id) AS held
+ WHERE deliveries.id = held.delivery_id AND deliveries.attempts < held.top;
+"#,
 ];
 
 /// How many row numbers one stretch of `event_type_stretches` covers (the migration that made
@@ -2054,7 +2063,7 @@ impl SqliteStore {
                 // no other attempt's.
                 let mut guarded = true;
                 let mut tries = 0;
-                let updated = loop {
+                let updated = 'write: loop {
                     let fields = params![
                         rec.row,
                         status,
@@ -2088,17 +2097,18 @@ impl SqliteStore {
                     }
                     tries += 1;
                     if updated > 0 || tries > 1 {
-                        break updated;
+                        break Some(updated);
                     }
                     // Not written: the outcome does not move the row on, or the number was not
                     // surely free (see `FRESH_NUMBER`). If another attempt holds it, this one
                     // takes the next; if not, it is written under its own, unchecked.
                     match number_taken(c, rec.row, &rec.delivery_id, number, a.started_at)? {
-                        Some(next_free) => number = next_free,
-                        None => guarded = false,
+                        Numbered::Taken(next_free) => number = next_free,
+                        Numbered::Free => guarded = false,
+                        Numbered::Written => break 'write None,
                     }
                 };
-                if updated == 0 {
+                if updated == Some(0) {
                     insert
                         .execute(params![
                             rec.delivery_id,
@@ -3267,34 +3277,53 @@ fn insert_rows(
     Ok(out)
 }
 
-/// If another attempt of delivery `row` (`delivery_id`) holds attempt number `number` (one
-/// not started at `started_at`), the number the attempt is to take instead: one past every
-/// number the row holds. `None` if the number is free, or is this very attempt's.
+/// What an attempt's number is to the delivery that holds the attempts (see
+/// [`number_taken`]).
+enum Numbered {
+    /// No other attempt holds it: the attempt is written under it.
+    Free,
+    /// Another attempt (one started at another time) holds it: the attempt takes this one,
+    /// past every number the delivery holds.
+    Taken(u32),
+    /// Another attempt holds it, and this very attempt is recorded already under another
+    /// number (given it when this record was first written): nothing to write.
+    Written,
+}
+
+/// Whether attempt number `number` of delivery `row` (`delivery_id`), started at
+/// `started_at`, is another attempt's (see [`Numbered`]). A number past every one held
+/// counts the `attempts` rows too, not only the row's count of them: a fenced outcome
+/// written before that count was kept up with them did not raise it.
 fn number_taken(
     c: &Connection,
     row: i64,
     delivery_id: &str,
     number: u32,
     started_at: Timestamp,
-) -> Result<Option<u32>, StoreError> {
-    let found: Option<(u32, bool)> = c
+) -> Result<Numbered, StoreError> {
+    let found: Option<(bool, bool, u32)> = c
         .prepare_cached(
-            "SELECT attempts,
+            "SELECT
                 IFNULL(kept_attempt = ?2 AND kept_started_at <> ?3, 0)
                 OR EXISTS (SELECT 1 FROM attempts
-                           WHERE delivery_id = ?4 AND attempt = ?2 AND started_at <> ?3)
+                           WHERE delivery_id = ?4 AND attempt = ?2 AND started_at <> ?3),
+                IFNULL(kept_started_at = ?3, 0)
+                OR EXISTS (SELECT 1 FROM attempts WHERE delivery_id = ?4 AND started_at = ?3),
+                MAX(attempts, IFNULL(kept_attempt, 0),
+                    IFNULL((SELECT MAX(attempt) FROM attempts WHERE delivery_id = ?4), 0))
              FROM deliveries WHERE seq = ?1",
         )
         .and_then(|mut st| {
             st.query_row(params![row, number, started_at.0, delivery_id], |r| {
-                Ok((r.get(0)?, r.get(1)?))
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
             })
             .optional()
         })
         .ctx("reading which attempt numbers a delivery holds")?;
     Ok(match found {
-        Some((attempts, true)) => Some(attempts.max(number) + 1),
-        _ => None,
+        Some((true, true, _)) => Numbered::Written,
+        Some((true, false, top)) => Numbered::Taken(top.max(number) + 1),
+        _ => Numbered::Free,
     })
 }
 
@@ -3870,6 +3899,50 @@ pub(crate) mod tests {
             .await
             .unwrap();
         (account, ep, accepted)
+    }
+
+    /// A database where an older build wrote an old claim's attempt without counting it gets
+    /// the count raised, so the next attempt takes a number of its own.
+    #[tokio::test]
+    async fn a_count_of_attempts_left_short_is_raised_by_the_migration() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), Sealer::none()).unwrap();
+        let (account, _, accepted) = with_events(&store, 1).await;
+        let d = &accepted[0].deliveries[0];
+        drop(store);
+
+        // As an older build left it: an old claim's attempt 2 in `attempts`, the row counting
+        // one attempt.
+        let db = Connection::open(dir.path().join("hookline.db")).unwrap();
+        let before = MIGRATIONS
+            .iter()
+            .position(|m| m.contains("SET attempts = held.top"))
+            .unwrap();
+        db.execute_batch(&format!(
+            "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code)
+                VALUES ('{id}', 1, 1000, 5, 500), ('{id}', 2, 2000, 5, 500);
+             UPDATE deliveries SET status = 'pending', attempts = 1 WHERE id = '{id}';
+             PRAGMA user_version = {before};",
+            id = d.id
+        ))
+        .unwrap();
+        drop(db);
+
+        let store = SqliteStore::open(dir.path(), Sealer::none()).unwrap();
+        let (read, attempts) = store
+            .get_delivery(account.id.clone(), d.id.clone())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((read.attempt_count, attempts.len()), (2, 2));
+        // So the next attempt is the third, and both earlier ones stay.
+        let due = store
+            .claim_for_retry(account.id.clone(), d.id.clone())
+            .await
+            .unwrap()
+            .unwrap()
+            .due;
+        assert_eq!(due.attempts, 2);
     }
 
     /// A database whose endpoint row holds its rotated-out secret in the columns before
@@ -4535,6 +4608,28 @@ pub(crate) mod tests {
             ]
         );
         assert_eq!(attempt_rows(dir.path(), &retried.id), 3);
+
+        // Another attempt of a number the delivery holds (a manual retry's beside one in
+        // flight, both numbered from the same count) takes the next number, and is counted;
+        // written again (a commit whose answer was lost), it changes nothing.
+        let mut beside = answered(retried, 1, 3, Some(502));
+        beside.outcome = Outcome::Failed;
+        if let Some(a) = beside.attempt.as_mut() {
+            a.started_at = Timestamp(3_500);
+        }
+        for _ in 0..2 {
+            store.record_attempts(vec![beside.clone()]).await.unwrap();
+            let (status, count, seen) = listed(retried.id.clone()).await;
+            assert_eq!(
+                (status, count, seen.len()),
+                (DeliveryStatus::Succeeded, 5, 5)
+            );
+            assert_eq!(
+                seen[4],
+                (5, 3_500, 13, Some(502), None, Some("answer 3".into()))
+            );
+            assert_eq!(seen[2], expect(3, Some(204)));
+        }
 
         // A delivery retried across an upgrade: its first attempt was written to `attempts`
         // by a build that kept nothing in the row.
