@@ -61,6 +61,14 @@ pub struct Ingest {
     idempotency_window: std::time::Duration,
 }
 
+/// What an idempotency key must be, said to a client whose key is not.
+pub const IDEMPOTENCY_KEY_RULE: &str = "must be 1 to 255 visible ASCII characters";
+
+/// Whether `key` can be an idempotency key ([`IDEMPOTENCY_KEY_RULE`]).
+pub fn is_idempotency_key(key: &str) -> bool {
+    (1..=255).contains(&key.len()) && key.bytes().all(|b| (0x21..=0x7e).contains(&b))
+}
+
 impl Ingest {
     pub fn new(
         store: Store,
@@ -87,10 +95,10 @@ impl Ingest {
         let Some(key) = key else {
             return Ok(None);
         };
-        if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+        if !is_idempotency_key(&key) {
             return Err(IngestError::Invalid(vec![FieldError {
                 path: "idempotency_key".into(),
-                message: "must be 1 to 255 visible ASCII characters".into(),
+                message: IDEMPOTENCY_KEY_RULE.into(),
             }]));
         }
         Ok(Some(IdempotencyKey {

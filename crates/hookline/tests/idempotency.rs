@@ -58,11 +58,23 @@ async fn a_repeat_answers_the_first_202_and_a_different_body_is_409(engine: Engi
     assert_eq!(status, 409, "{body}");
     assert_eq!(body["error"]["code"], "idempotency_key_reused", "{body}");
 
-    // Header and field disagreeing, or a key that is not a key: 422.
+    // Header and field disagreeing, or a key that is not a key: 422, naming where the key
+    // came from.
     let (status, body) = post_with_key(&s, "/v1/events", "something-else", click.clone()).await;
     assert_eq!(status, 422, "{body}");
-    let (status, body) = post_with_key(&s, "/v1/events", &"k".repeat(256), no_field.clone()).await;
-    assert_eq!(status, 422, "{body}");
+    for bad in ["k".repeat(256), "two words".into()] {
+        let (status, body) = post_with_key(&s, "/v1/events", &bad, no_field.clone()).await;
+        assert_eq!(status, 422, "{body}");
+        let said = body["error"]["message"].as_str().unwrap();
+        assert!(said.starts_with("Idempotency-Key header: "), "{body}");
+        let mut in_body = no_field.clone();
+        in_body["idempotency_key"] = json!(bad);
+        let (status, body) = s.post("/v1/events", in_body).await;
+        assert_eq!(status, 422, "{body}");
+        let said = body["error"]["message"].as_str().unwrap();
+        assert!(said.contains("idempotency_key"), "{body}");
+        assert!(!said.contains("header"), "{body}");
+    }
 
     // A batch under one key (the header).
     let batch = json!({"events": [

@@ -87,13 +87,18 @@ impl From<&AcceptedSummary> for Accepted {
     }
 }
 
-/// The `Idempotency-Key` header, if any.
+/// The `Idempotency-Key` header, if any: a key that is not one is refused by the header's
+/// name (the body's field is refused by its own, in ingest).
 fn key_header(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    match headers.get("idempotency-key") {
-        None => Ok(None),
-        Some(v) => v.to_str().map(|s| Some(s.to_owned())).map_err(|_| {
-            ApiError::unprocessable("idempotency_key: must be 1 to 255 visible ASCII characters")
-        }),
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    match v.to_str() {
+        Ok(key) if crate::ingest::is_idempotency_key(key) => Ok(Some(key.to_owned())),
+        _ => Err(ApiError::unprocessable(format!(
+            "Idempotency-Key header: {}",
+            crate::ingest::IDEMPOTENCY_KEY_RULE
+        ))),
     }
 }
 
