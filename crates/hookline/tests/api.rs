@@ -74,7 +74,7 @@ async fn malformed_oversized_and_invalid_events_change_nothing(engine: Engine) {
     // an array is not taken in an object's place (serde would take its items as the fields
     // in order); valid JSON that serde counts as a syntax error (a number out of range) is
     // of the wrong shape too.
-    let wrong_shape: [(&str, &str, &str); 6] = [
+    let wrong_shape: [(&str, &str, &str); 7] = [
         ("/v1/events", "5", "the body must be a JSON object"),
         (
             "/v1/events/batch",
@@ -91,6 +91,11 @@ async fn malformed_oversized_and_invalid_events_change_nothing(engine: Engine) {
             "/v1/events/batch",
             r#"{"events":[5]}"#,
             "events[0]: invalid type: integer `5`, expected a JSON object",
+        ),
+        (
+            "/v1/events/batch",
+            r#"{"events":[{"type": "open", "data": {}}, ["click", {"a": 1}, null]]}"#,
+            "events[1]: invalid type: sequence, expected a JSON object",
         ),
         (
             "/v1/endpoints",

@@ -40,11 +40,36 @@ pub struct CreateEvent {
 pub struct CreateBatch {
     /// 1 to 1000 events, accepted all or none. (Each without a key of its own: the batch
     /// has one.)
-    pub events: Vec<CreateEvent>,
+    #[schema(value_type = Vec<CreateEvent>)]
+    pub events: Vec<BatchEvent>,
     /// A repeat of the batch under the same key within 24 h (by default) answers the first
     /// request's `202` and creates nothing; a different batch under it is a `409`. (Or the
     /// `Idempotency-Key` header.)
     pub idempotency_key: Option<String>,
+}
+
+/// A batch's event, which must be a JSON object: serde would also take an array in its place
+/// as its fields in order. (The body itself is checked for that before it is parsed, in
+/// `api::extract`.)
+pub struct BatchEvent(pub CreateEvent);
+
+impl<'de> Deserialize<'de> for BatchEvent {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ObjectOnly;
+        impl<'de> serde::de::Visitor<'de> for ObjectOnly {
+            type Value = CreateEvent;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<CreateEvent, A::Error> {
+                CreateEvent::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        d.deserialize_map(ObjectOnly).map(BatchEvent)
+    }
 }
 
 /// A delivery created for an accepted event.
@@ -245,7 +270,11 @@ pub async fn create_batch(
     headers: HeaderMap,
     JsonBody(body): JsonBody<CreateBatch>,
 ) -> Result<(StatusCode, Json<AcceptedBatch>), ApiError> {
-    if let Some(i) = body.events.iter().position(|e| e.idempotency_key.is_some()) {
+    if let Some(i) = body
+        .events
+        .iter()
+        .position(|e| e.0.idempotency_key.is_some())
+    {
         return Err(ApiError::unprocessable(format!(
             "events[{i}].idempotency_key: a batch takes one key, its own idempotency_key or \
              the Idempotency-Key header"
@@ -258,7 +287,11 @@ pub async fn create_batch(
             body.events.len()
         )));
     }
-    let inputs = body.events.into_iter().map(EventInput::from).collect();
+    let inputs = body
+        .events
+        .into_iter()
+        .map(|e| EventInput::from(e.0))
+        .collect();
     let events = ingest_metered(&state, &account, inputs, true, key).await?;
     Ok((
         StatusCode::ACCEPTED,
