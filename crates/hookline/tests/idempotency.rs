@@ -67,6 +67,10 @@ async fn a_repeat_answers_the_first_202_and_a_different_body_is_409(engine: Engi
         assert_eq!(status, 422, "{body}");
         let said = body["error"]["message"].as_str().unwrap();
         assert!(said.starts_with("Idempotency-Key header: "), "{body}");
+        assert_eq!(
+            body["error"]["details"][0]["path"], "Idempotency-Key header",
+            "{body}"
+        );
         let mut in_body = no_field.clone();
         in_body["idempotency_key"] = json!(bad);
         let (status, body) = s.post("/v1/events", in_body).await;

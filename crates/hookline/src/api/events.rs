@@ -21,8 +21,6 @@ pub const MAX_BATCH: usize = 1000;
 
 /// One event from a producer.
 #[derive(Deserialize, ToSchema)]
-// A batch's item in the wrong place is told so without the name of this type.
-#[serde(expecting = "a JSON object")]
 pub struct CreateEvent {
     /// A built-in type name, e.g. `click`.
     #[serde(rename = "type")]
@@ -120,10 +118,13 @@ fn key_header(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     };
     match v.to_str() {
         Ok(key) if crate::ingest::is_idempotency_key(key) => Ok(Some(key.to_owned())),
-        _ => Err(ApiError::unprocessable(format!(
-            "Idempotency-Key header: {}",
-            crate::ingest::IDEMPOTENCY_KEY_RULE
-        ))),
+        _ => Err(
+            crate::ingest::IngestError::Invalid(vec![crate::catalogue::FieldError {
+                path: "Idempotency-Key header".into(),
+                message: crate::ingest::IDEMPOTENCY_KEY_RULE.into(),
+            }])
+            .into(),
+        ),
     }
 }
 

@@ -28,7 +28,7 @@ use crate::model::{
 };
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, Connection as _, PgConnection, PgPool, Postgres, Row, Transaction};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
@@ -1746,7 +1746,9 @@ impl PgStore {
     }
 
     /// Records attempts and moves their deliveries on, in one transaction of a few
-    /// statements whatever the batch's size (each an `UNNEST` of the batch's columns).
+    /// statements whatever the batch's size (each an `UNNEST` of the batch's columns). Only
+    /// the rare attempt whose number another attempt of its delivery holds (see
+    /// [`record_renumbered`]), or an old claim's outcome that moves nothing, costs a few more.
     pub async fn record_attempts(&self, mut records: Vec<AttemptRecord>) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
         let now = Timestamp::now().0;
@@ -1834,10 +1836,11 @@ impl PgStore {
                     c.error.push(a.error.as_deref());
                     c.response_body.push(a.response_body.as_deref());
                 }
-                // The same attempt written again replaces itself; another attempt of the same
-                // number (a manual retry made beside an attempt in flight, each claim counting
-                // from the same recorded attempts) is not replaced, and is not returned.
-                let written: HashSet<String> = sqlx::query_scalar(
+                // The same attempt written again (known by its start and duration, ms)
+                // replaces itself; another attempt of the same number (a manual retry made
+                // beside an attempt in flight, each claim counting from the same recorded
+                // attempts) is not replaced.
+                let written = sqlx::query(
                 "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code,
                     error, response_body)
                  SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::bigint[],
@@ -1846,7 +1849,7 @@ impl PgStore {
                     duration_ms = EXCLUDED.duration_ms, status_code = EXCLUDED.status_code,
                     error = EXCLUDED.error, response_body = EXCLUDED.response_body
                  WHERE attempts.started_at = EXCLUDED.started_at
-                 RETURNING delivery_id",
+                   AND attempts.duration_ms = EXCLUDED.duration_ms",
             )
             .bind(&c.delivery_id)
             .bind(&c.attempt)
@@ -1855,17 +1858,35 @@ impl PgStore {
             .bind(&c.status_code)
             .bind(&c.error)
             .bind(&c.response_body)
-            .fetch_all(&mut *tx)
+            .execute(&mut *tx)
             .await
             .ctx("inserting attempts")?
-            .into_iter()
-            .collect();
-                // Those the number was taken for take the next free one (a delivery is in a
+            .rows_affected();
+                // Rarely some were left: those take the next free number (a delivery is in a
                 // round once, so its id names its record).
-                for (delivery_id, _, a) in &attempts {
-                    if !written.contains(*delivery_id) {
-                        let number = record_renumbered(&mut tx, delivery_id, a).await?;
-                        renumbered.insert(*delivery_id, number);
+                if written < c.delivery_id.len() as u64 {
+                    let left: Vec<String> = sqlx::query_scalar(
+                        "SELECT t.delivery_id
+                         FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::bigint[])
+                              AS t(delivery_id, attempt, started_at, duration_ms)
+                         WHERE NOT EXISTS (SELECT 1 FROM attempts a
+                                           WHERE a.delivery_id = t.delivery_id
+                                             AND a.attempt = t.attempt
+                                             AND a.started_at = t.started_at
+                                             AND a.duration_ms = t.duration_ms)",
+                    )
+                    .bind(&c.delivery_id)
+                    .bind(&c.attempt)
+                    .bind(&c.started_at)
+                    .bind(&c.duration_ms)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .ctx("finding attempts whose number was taken")?;
+                    for (delivery_id, _, a) in &attempts {
+                        if left.iter().any(|l| l == delivery_id) {
+                            let number = record_renumbered(&mut tx, delivery_id, a).await?;
+                            renumbered.insert(*delivery_id, number);
+                        }
                     }
                 }
             }
@@ -1894,7 +1915,7 @@ impl PgStore {
                     u.fenced.push(fenced);
                     u.claim.push(rec.claim);
                 }
-                let moved: HashSet<i64> = sqlx::query(
+                let moved = sqlx::query(
                     "UPDATE deliveries d SET status = t.status,
                     attempts = GREATEST(d.attempts, t.attempt), next_attempt_at = t.next,
                     last_attempt_at = t.started_at, last_status_code = t.status_code,
@@ -1904,8 +1925,7 @@ impl PgStore {
                       AS t(seq, status, attempt, next, started_at, status_code, error, fenced,
                            claim)
                  WHERE d.seq = t.seq
-                   AND (NOT t.fenced OR (d.status = 'delivering' AND d.claim = t.claim))
-                 RETURNING d.seq",
+                   AND (NOT t.fenced OR (d.status = 'delivering' AND d.claim = t.claim))",
                 )
                 .bind(&u.seq)
                 .bind(&u.status)
@@ -1917,30 +1937,21 @@ impl PgStore {
                 .bind(&u.fenced)
                 .bind(&u.claim)
                 .bind(now)
-                .fetch_all(&mut *tx)
+                .execute(&mut *tx)
                 .await
                 .ctx("updating deliveries")?
-                .into_iter()
-                .map(|r: PgRow| r.try_get::<i64, _>(0))
-                .collect::<Result<HashSet<i64>, _>>()
-                .ctx("reading the deliveries updated")?;
-                // An outcome that does not move its delivery on (an old claim's) is still an
-                // attempt made: the delivery counts it, as SQLite's does.
-                let (seqs, numbers): (Vec<i64>, Vec<i64>) = u
-                    .seq
-                    .iter()
-                    .zip(&u.attempt)
-                    .filter(|(seq, _)| !moved.contains(*seq))
-                    .map(|(seq, n)| (*seq, *n))
-                    .unzip();
-                if !seqs.is_empty() {
+                .rows_affected();
+                // An outcome that does not move its delivery on (an old claim's, rarely) is
+                // still an attempt made: the delivery counts it, as SQLite's does. (For the
+                // rows just updated this changes nothing.)
+                if moved < u.seq.len() as u64 {
                     sqlx::query(
                         "UPDATE deliveries d SET attempts = t.attempt
                          FROM UNNEST($1::bigint[], $2::bigint[]) AS t(seq, attempt)
                          WHERE d.seq = t.seq AND d.attempts < t.attempt",
                     )
-                    .bind(&seqs)
-                    .bind(&numbers)
+                    .bind(&u.seq)
+                    .bind(&u.attempt)
                     .execute(&mut *tx)
                     .await
                     .ctx("counting attempts of old claims")?;
@@ -3124,10 +3135,12 @@ async fn record_renumbered(
     a: &Attempt,
 ) -> Result<u32, StoreError> {
     let before: Option<i64> = sqlx::query_scalar(
-        "SELECT attempt FROM attempts WHERE delivery_id = $1 AND started_at = $2 LIMIT 1",
+        "SELECT attempt FROM attempts
+         WHERE delivery_id = $1 AND started_at = $2 AND duration_ms = $3 LIMIT 1",
     )
     .bind(delivery_id)
     .bind(a.started_at.0)
+    .bind(a.duration_ms as i64)
     .fetch_optional(&mut *c)
     .await
     .ctx("looking for an attempt recorded before")?;

@@ -2102,7 +2102,7 @@ impl SqliteStore {
                     // Not written: the outcome does not move the row on, or the number was not
                     // surely free (see `FRESH_NUMBER`). If another attempt holds it, this one
                     // takes the next; if not, it is written under its own, unchecked.
-                    match number_taken(c, rec.row, &rec.delivery_id, number, a.started_at)? {
+                    match number_taken(c, rec.row, &rec.delivery_id, number, a)? {
                         Numbered::Taken(next_free) => number = next_free,
                         Numbered::Free => guarded = false,
                         Numbered::Written => break 'write None,
@@ -3282,7 +3282,7 @@ fn insert_rows(
 enum Numbered {
     /// No other attempt holds it: the attempt is written under it.
     Free,
-    /// Another attempt (one started at another time) holds it: the attempt takes this one,
+    /// Another attempt (one of another start or duration) holds it: the attempt takes this one,
     /// past every number the delivery holds.
     Taken(u32),
     /// Another attempt holds it, and this very attempt is recorded already under another
@@ -3290,8 +3290,8 @@ enum Numbered {
     Written,
 }
 
-/// Whether attempt number `number` of delivery `row` (`delivery_id`), started at
-/// `started_at`, is another attempt's (see [`Numbered`]). A number past every one held
+/// Whether attempt number `number` of delivery `row` (`delivery_id`) is another attempt's
+/// than `attempt` (see [`Numbered`]). A number past every one held
 /// counts the `attempts` rows too, not only the row's count of them: a fenced outcome
 /// written before that count was kept up with them did not raise it.
 fn number_taken(
@@ -3299,24 +3299,35 @@ fn number_taken(
     row: i64,
     delivery_id: &str,
     number: u32,
-    started_at: Timestamp,
+    attempt: &Attempt,
 ) -> Result<Numbered, StoreError> {
+    // An attempt is known by its start and its duration (ms): `?3`, `?5`.
     let found: Option<(bool, bool, u32)> = c
         .prepare_cached(
             "SELECT
-                IFNULL(kept_attempt = ?2 AND kept_started_at <> ?3, 0)
+                IFNULL(kept_attempt = ?2
+                       AND NOT (kept_started_at = ?3 AND kept_duration_ms = ?5), 0)
                 OR EXISTS (SELECT 1 FROM attempts
-                           WHERE delivery_id = ?4 AND attempt = ?2 AND started_at <> ?3),
-                IFNULL(kept_started_at = ?3, 0)
-                OR EXISTS (SELECT 1 FROM attempts WHERE delivery_id = ?4 AND started_at = ?3),
+                           WHERE delivery_id = ?4 AND attempt = ?2
+                             AND NOT (started_at = ?3 AND duration_ms = ?5)),
+                IFNULL(kept_started_at = ?3 AND kept_duration_ms = ?5, 0)
+                OR EXISTS (SELECT 1 FROM attempts
+                           WHERE delivery_id = ?4 AND started_at = ?3 AND duration_ms = ?5),
                 MAX(attempts, IFNULL(kept_attempt, 0),
                     IFNULL((SELECT MAX(attempt) FROM attempts WHERE delivery_id = ?4), 0))
              FROM deliveries WHERE seq = ?1",
         )
         .and_then(|mut st| {
-            st.query_row(params![row, number, started_at.0, delivery_id], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })
+            st.query_row(
+                params![
+                    row,
+                    number,
+                    attempt.started_at.0,
+                    delivery_id,
+                    attempt.duration_ms as i64
+                ],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
             .optional()
         })
         .ctx("reading which attempt numbers a delivery holds")?;
@@ -3374,14 +3385,16 @@ static RECORD_FRESH: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// Whether attempt number `?3` (started at `?5`) is surely the row's to write, checked
-/// unless `?13` is 0: a number past every one it holds (`attempts` is never less than any
-/// of them), or the very attempt it keeps (the same record written again). Two attempts of
+/// Whether attempt number `?3` (started at `?5`, lasting `?11` ms) is surely the row's to
+/// write, checked unless `?13` is 0: a number past every one it holds (`attempts` is never
+/// less than any of them), or the very attempt it keeps (the same record written again: an
+/// attempt is known by its start and its duration, in ms). Two attempts of
 /// one number can be made, a manual retry beside an attempt in flight, each claim counting
 /// from the same recorded attempts; the one recorded second then takes the next number
 /// (`record_attempts`, which writes without the check once it has found the number is no
 /// other attempt's), rather than replace the other.
-const FRESH_NUMBER: &str = "(attempts < ?3 OR (kept_attempt = ?3 AND kept_started_at = ?5))";
+const FRESH_NUMBER: &str = "(attempts < ?3
+    OR (kept_attempt = ?3 AND kept_started_at = ?5 AND kept_duration_ms = ?11))";
 
 /// A delivery given back unsent: due now, or ended when its endpoint was turned off or
 /// removed meanwhile.
