@@ -2058,12 +2058,9 @@ impl SqliteStore {
                     Outcome::Failed | Outcome::Gone => ("failed", None, true),
                     Outcome::Released => ("pending", Some(now), true),
                 };
-                let mut number = a.attempt;
-                // Whether the number is checked (`FRESH_NUMBER`): until it is known to be
-                // no other attempt's.
-                let mut guarded = true;
-                let mut tries = 0;
-                let updated = 'write: loop {
+                // Writes the outcome under `number`, the number checked (`FRESH_NUMBER`) when
+                // `guarded`; the rows it changed.
+                let mut write = |number: u32, guarded: bool| -> Result<usize, StoreError> {
                     let fields = params![
                         rec.row,
                         status,
@@ -2079,35 +2076,39 @@ impl SqliteStore {
                         a.response_body,
                         guarded
                     ];
-                    let mut updated = update_fresh.execute(fields).ctx("updating a delivery")?;
-                    if updated == 0 {
-                        // The row keeps another attempt (or the outcome does not apply, or
-                        // the number is taken): that attempt moves to `attempts` first, if
-                        // the update is to apply.
-                        move_kept
-                            .execute(params![
-                                rec.row,
-                                number,
-                                only_if_delivering,
-                                rec.claim,
-                                guarded
-                            ])
-                            .ctx("moving a kept attempt")?;
-                        updated = update.execute(fields).ctx("updating a delivery")?;
+                    let updated = update_fresh.execute(fields).ctx("updating a delivery")?;
+                    if updated > 0 {
+                        return Ok(updated);
                     }
-                    tries += 1;
-                    if updated > 0 || tries > 1 {
-                        break Some(updated);
-                    }
+                    // The row keeps another attempt (or the outcome does not apply, or the
+                    // number is taken): that attempt moves to `attempts` first, if the update
+                    // is to apply.
+                    move_kept
+                        .execute(params![
+                            rec.row,
+                            number,
+                            only_if_delivering,
+                            rec.claim,
+                            guarded
+                        ])
+                        .ctx("moving a kept attempt")?;
+                    update.execute(fields).ctx("updating a delivery")
+                };
+                let mut number = a.attempt;
+                let mut updated = Some(write(number, true)?);
+                if updated == Some(0) {
                     // Not written: the outcome does not move the row on, or the number was not
                     // surely free (see `FRESH_NUMBER`). If another attempt holds it, this one
                     // takes the next; if not, it is written under its own, unchecked.
-                    match number_taken(c, rec.row, &rec.delivery_id, number, a)? {
-                        Numbered::Taken(next_free) => number = next_free,
-                        Numbered::Free => guarded = false,
-                        Numbered::Written => break 'write None,
-                    }
-                };
+                    updated = match number_taken(c, rec.row, &rec.delivery_id, number, a)? {
+                        Numbered::Taken(next_free) => {
+                            number = next_free;
+                            Some(write(number, true)?)
+                        }
+                        Numbered::Free => Some(write(number, false)?),
+                        Numbered::Written => None,
+                    };
+                }
                 if updated == Some(0) {
                     insert
                         .execute(params![
