@@ -10,8 +10,10 @@ use crate::ingest::EventInput;
 use crate::model::{BUILTIN_EVENT_TYPES, Delivery, Event, Timestamp, quoted};
 use crate::store::{AcceptedSummary, DeliveryFilter, EventFilter};
 use axum::Json;
+use axum::extract::FromRequestParts;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use utoipa::ToSchema;
@@ -110,10 +112,23 @@ impl From<&AcceptedSummary> for Accepted {
     }
 }
 
+/// The request's `Idempotency-Key` header as it came, judged by [`one_key`] once the body
+/// has been read (a malformed body is answered first, as before the header). Taken alone: the
+/// `HeaderMap` extractor would copy every header of every ingest request.
+pub struct KeyHeader(Option<HeaderValue>);
+
+impl<S: Sync> FromRequestParts<S> for KeyHeader {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(KeyHeader(parts.headers.get("idempotency-key").cloned()))
+    }
+}
+
 /// The `Idempotency-Key` header, if any: a key that is not one is refused by the header's
 /// name (the body's field is refused by its own, in ingest).
-fn key_header(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(v) = headers.get("idempotency-key") else {
+fn key_header(header: &KeyHeader) -> Result<Option<String>, ApiError> {
+    let Some(v) = &header.0 else {
         return Ok(None);
     };
     match v.to_str() {
@@ -130,8 +145,8 @@ fn key_header(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 
 /// A request's idempotency key: the header's or the body's (`422` when both are given and
 /// differ).
-fn one_key(headers: &HeaderMap, in_body: Option<String>) -> Result<Option<String>, ApiError> {
-    match (key_header(headers)?, in_body) {
+fn one_key(header: &KeyHeader, in_body: Option<String>) -> Result<Option<String>, ApiError> {
+    match (key_header(header)?, in_body) {
         (Some(h), Some(b)) if h != b => Err(ApiError::unprocessable(
             "idempotency_key: differs from the Idempotency-Key header",
         )),
@@ -248,10 +263,10 @@ fn meter_key_read(state: &AppState, account: &crate::model::Account) -> Result<(
 pub async fn create(
     State(state): State<AppState>,
     Auth(account): Auth,
-    headers: HeaderMap,
+    key_header: KeyHeader,
     JsonBody(body): JsonBody<CreateEvent>,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
-    let key = one_key(&headers, body.idempotency_key.clone())?;
+    let key = one_key(&key_header, body.idempotency_key.clone())?;
     let inputs = vec![EventInput::from(body)];
     let events = ingest_metered(&state, &account, inputs, false, key).await?;
     let first = events.first().ok_or_else(ApiError::internal)?;
@@ -268,7 +283,7 @@ pub async fn create(
 pub async fn create_batch(
     State(state): State<AppState>,
     Auth(account): Auth,
-    headers: HeaderMap,
+    key_header: KeyHeader,
     JsonBody(body): JsonBody<CreateBatch>,
 ) -> Result<(StatusCode, Json<AcceptedBatch>), ApiError> {
     if let Some(i) = body
@@ -281,7 +296,7 @@ pub async fn create_batch(
              the Idempotency-Key header"
         )));
     }
-    let key = one_key(&headers, body.idempotency_key.clone())?;
+    let key = one_key(&key_header, body.idempotency_key.clone())?;
     if body.events.is_empty() || body.events.len() > MAX_BATCH {
         return Err(ApiError::unprocessable(format!(
             "events: must hold 1 to {MAX_BATCH} events, not {}",
