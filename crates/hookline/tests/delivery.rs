@@ -190,6 +190,27 @@ async fn a_response_body_of_any_bytes_is_recorded_and_holds_up_no_outcome(engine
         .await;
 }
 
+/// Only the first 4 KiB of a response body is kept, and a character the cut splits is left
+/// out whole: it is not shown as a character the receiver never sent, nor does it take the
+/// kept text past 4 KiB.
+async fn a_long_response_body_is_kept_to_4_kib_of_whole_characters(engine: Engine) {
+    let rx = Receiver::start().await;
+    // 9,000 bytes of three-byte characters: 4,096 ends one byte into the 1,366th.
+    rx.script(
+        "euros",
+        vec![Reply::Body(200, bytes::Bytes::from("€".repeat(3000)))],
+    );
+    let s = TestServer::start(&engine).await;
+    s.endpoint(&rx.url("euros"), &["*"]).await;
+    let ev = s.event("open", json!({})).await;
+    let d = s
+        .wait_delivery(ev["deliveries"][0]["id"].as_str().unwrap(), "succeeded")
+        .await;
+    let body = d["attempts"][0]["response_body"].as_str().unwrap();
+    assert_eq!(body, "€".repeat(1365), "{d}");
+    assert!(body.len() <= 4096);
+}
+
 /// An outcome the database refuses holds up no other. Here a rule added beside the server
 /// refuses any kept response body that says "poison": the recorder cuts its writes down to
 /// that outcome, and writes it without its texts; every other outcome, and that delivery's
@@ -980,6 +1001,7 @@ on_both_engines!(
     envelope_headers_and_signature_follow_standard_webhooks,
     two_500s_then_success_is_retried_with_every_attempt_recorded,
     a_response_body_of_any_bytes_is_recorded_and_holds_up_no_outcome,
+    a_long_response_body_is_kept_to_4_kib_of_whole_characters,
     a_late_410_from_before_a_change_leaves_the_endpoint_on,
     an_outcome_the_database_refuses_holds_up_no_other,
     retries_exhausted_end_as_failed_and_manual_retry_sends_again,

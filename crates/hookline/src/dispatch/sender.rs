@@ -452,7 +452,7 @@ impl Sender {
         if ended && conn.io.is_some() && !conn.tx.is_closed() {
             target.put_idle(conn);
         }
-        let body = (!kept.is_empty()).then(|| kept_text(&kept));
+        let body = (!kept.is_empty()).then(|| kept_text(&kept, read > kept.len()));
         Ok((status, body, retry_after))
     }
 
@@ -509,16 +509,49 @@ impl Sender {
     }
 }
 
-/// The kept start of a response body as text to store: invalid UTF-8 and NUL characters
-/// (which a PostgreSQL text column refuses, failing the whole write of outcomes it rides in)
-/// become U+FFFD, the same on both engines.
-fn kept_text(kept: &[u8]) -> String {
+/// The kept start of a response body as text to store, at most [`KEPT_BODY_BYTES`] bytes of
+/// it: invalid UTF-8 and NUL characters (which a PostgreSQL text column refuses, failing the
+/// whole write of outcomes it rides in) become U+FFFD, the same on both engines. When the
+/// body went on past what was kept (`cut`), a character the cut split is left out whole,
+/// not shown as one the receiver never sent; and should replacements have made the text
+/// longer than the bytes it stands for, it ends at the last whole character within the
+/// bound.
+fn kept_text(kept: &[u8], cut: bool) -> String {
+    let kept = if cut {
+        &kept[..kept.len() - unfinished_tail(kept)]
+    } else {
+        kept
+    };
     let text = String::from_utf8_lossy(kept);
-    if text.contains('\0') {
+    let mut text = if text.contains('\0') {
         text.replace('\0', "\u{FFFD}")
     } else {
         text.into_owned()
+    };
+    if text.len() > KEPT_BODY_BYTES {
+        text.truncate(text.floor_char_boundary(KEPT_BODY_BYTES));
     }
+    text
+}
+
+/// How many bytes at the end of `b` are the start of a UTF-8 character whose other bytes
+/// are not there (0 when `b` ends on a whole character, or on bytes no character starts
+/// with, which stay invalid).
+fn unfinished_tail(b: &[u8]) -> usize {
+    for back in 1..=b.len().min(3) {
+        let byte = b[b.len() - back];
+        if byte & 0xC0 == 0x80 {
+            continue;
+        }
+        let length = match byte {
+            0xC2..=0xDF => 2,
+            0xE0..=0xEF => 3,
+            0xF0..=0xF4 => 4,
+            _ => return 0,
+        };
+        return if length > back { back } else { 0 };
+    }
+    0
 }
 
 /// `Retry-After` as seconds or as an HTTP date; capped at one day.
@@ -593,6 +626,36 @@ mod tests {
         assert_eq!(parse_retry_after("soon"), None);
         assert_eq!(parse_retry_after("-5"), None);
         assert_eq!(parse_retry_after(""), None);
+    }
+
+    #[test]
+    fn a_kept_body_cut_inside_a_character_leaves_it_out_and_stays_within_the_bound() {
+        // 4,096 bytes of "€" (three bytes each) end one byte into the 1,366th.
+        let euros = "€".repeat(3000);
+        let kept = &euros.as_bytes()[..KEPT_BODY_BYTES];
+        let text = kept_text(kept, true);
+        assert_eq!(text, "€".repeat(1365));
+        assert!(text.len() <= KEPT_BODY_BYTES);
+        // Cut one and two bytes into a four-byte character, and right after a whole one.
+        assert_eq!(kept_text("ab😀".as_bytes().get(..3).unwrap(), true), "ab");
+        assert_eq!(kept_text("ab😀".as_bytes().get(..5).unwrap(), true), "ab");
+        assert_eq!(kept_text("ab😀".as_bytes(), true), "ab😀");
+        // A body that ended there was sent so: its broken end is the receiver's.
+        assert_eq!(kept_text(&"ab😀".as_bytes()[..5], false), "ab\u{FFFD}");
+        // Bytes no character starts with stay invalid, cut or not.
+        assert_eq!(kept_text(b"ok\xff", true), "ok\u{FFFD}");
+        assert_eq!(kept_text(b"ok\x80", true), "ok\u{FFFD}");
+    }
+
+    #[test]
+    fn replacements_never_take_a_kept_body_past_the_bound() {
+        // Every byte invalid: each becomes three bytes of U+FFFD.
+        let kept = vec![0xFFu8; KEPT_BODY_BYTES];
+        let text = kept_text(&kept, true);
+        assert_eq!(text, "\u{FFFD}".repeat(KEPT_BODY_BYTES / 3));
+        let nul = vec![0u8; KEPT_BODY_BYTES];
+        assert!(kept_text(&nul, false).len() <= KEPT_BODY_BYTES);
+        assert!(!kept_text(&nul, false).contains('\0'));
     }
 
     #[test]
