@@ -370,11 +370,132 @@ fn validate(
     if !input.data.get().trim_start().starts_with('{') {
         return Err(field("data", "must be a JSON object".into()));
     }
-    let data: serde_json::Value = serde_json::from_str(input.data.get())
-        .map_err(|e| field("data", format!("is not valid JSON: {e}")))?;
+    let data = parse_data(input.data.get()).map_err(|e| field("data", e.to_string()))?;
     match own {
         Some(Some(schema)) => crate::catalogue::check_with(schema, &data),
         Some(None) => Ok(()),
         None => catalogue.check(&input.event_type, &data),
+    }
+}
+
+/// `data` read for its checks. An object that names a key twice is refused: JSON leaves
+/// such an object's meaning to its reader (serde keeps the last value, many receivers the
+/// first), so the schema would judge one value while a receiver of the delivery, which
+/// carries `data` as it came, could read another. (`data` has been read once already, as
+/// raw JSON, so nothing else can fail here but the depth serde allows.)
+fn parse_data(raw: &str) -> Result<serde_json::Value, serde_json::Error> {
+    use serde::de::DeserializeSeed as _;
+    let mut de = serde_json::Deserializer::from_str(raw);
+    let value = UniqueKeys.deserialize(&mut de)?;
+    de.end()?;
+    Ok(value)
+}
+
+/// Builds a [`serde_json::Value`] as serde_json's own visitor does, but fails on an object
+/// whose key comes again.
+struct UniqueKeys;
+
+impl<'de> serde::de::DeserializeSeed<'de> for UniqueKeys {
+    type Value = serde_json::Value;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeys {
+    type Value = serde_json::Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(serde_json::Value::Null, Into::into))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        while let Some(item) = seq.next_element_seed(UniqueKeys)? {
+            items.push(item);
+        }
+        Ok(serde_json::Value::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        use serde_json::map::Entry;
+        let mut object = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            match object.entry(key) {
+                Entry::Vacant(slot) => {
+                    slot.insert(map.next_value_seed(UniqueKeys)?);
+                }
+                Entry::Occupied(taken) => {
+                    return Err(serde::de::Error::custom(format_args!(
+                        "names the key {} twice in one object",
+                        crate::model::quoted(taken.key())
+                    )));
+                }
+            }
+        }
+        Ok(serde_json::Value::Object(object))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_is_read_as_serde_json_reads_it() {
+        for raw in [
+            r#"{"a":1,"b":-2,"c":1.5e300,"d":18446744073709551615,"e":184467440737095516150}"#,
+            r#"{"s":"caf\u00e9 \ud83d\ude00","n":null,"t":true,"f":false,"l":[1,{"x":[]},"y"]}"#,
+            r#"{"nested":{"deeper":{"deepest":{}}},"empty":"","zero":-0.0}"#,
+        ] {
+            let expected: serde_json::Value = serde_json::from_str(raw).unwrap();
+            assert_eq!(parse_data(raw).unwrap(), expected, "{raw}");
+        }
+    }
+
+    #[test]
+    fn a_key_named_twice_in_any_object_is_refused() {
+        for (raw, key) in [
+            (r#"{"first_open":"no","first_open":true}"#, "first_open"),
+            (r#"{"message":{"id":"m","id":"n"}}"#, "id"),
+            (r#"{"list":[{"a":1},{"b":1,"b":2}]}"#, "b"),
+        ] {
+            let e = parse_data(raw).unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!("names the key \"{key}\" twice in one object")),
+                "{raw}: {e}"
+            );
+        }
+        // The same key in two objects is no repeat.
+        assert!(parse_data(r#"{"a":{"k":1},"b":{"k":2}}"#).is_ok());
     }
 }

@@ -140,6 +140,35 @@ async fn malformed_oversized_and_invalid_events_change_nothing(engine: Engine) {
         let (status, body) = s.post("/v1/events", bad.clone()).await;
         assert_error(status, &body, 422);
     }
+    // `data` naming a key twice (JSON leaves its meaning to the reader: the schema would
+    // judge one value, a receiver of the raw bytes could read the other), at its top or
+    // deeper, alone or in a batch.
+    // An `open` event's `data`, its closing brace left off.
+    let open = r#"{"message":{"message_id":"m","recipient":"a@example.com"},"first_open":true"#;
+    for (path, body, said) in [
+        (
+            "/v1/events",
+            format!(r#"{{"type":"open","data":{open},"first_open":"no"}}}}"#),
+            r#"data: names the key "first_open" twice"#,
+        ),
+        (
+            "/v1/events",
+            r#"{"type":"open","data":{"message":{"message_id":"m","message_id":"n","recipient":"a@example.com"},"first_open":true}}"#.to_owned(),
+            r#"data: names the key "message_id" twice"#,
+        ),
+        (
+            "/v1/events/batch",
+            format!(
+                r#"{{"events":[{{"type":"open","data":{open}}}}},{{"type":"open","data":{open},"x":1,"x":2}}}}]}}"#
+            ),
+            r#"events[1].data: names the key "x" twice"#,
+        ),
+    ] {
+        let (status, answer) = post_raw(&s, path, body.as_bytes()).await;
+        assert_error(status, &answer, 422);
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(message.starts_with(said), "{body}: {answer}");
+    }
     // A batch with one bad event is refused whole, naming it.
     let (status, body) = s
         .post(
