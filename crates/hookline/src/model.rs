@@ -274,8 +274,8 @@ pub struct Endpoint {
     /// first: each keeps signing beside `secret` until its own `until`.
     #[serde(skip)]
     pub previous_secrets: Vec<PreviousSecret>,
-    /// Until when a secret rotated out still signs (`null` when there is none): the latest
-    /// `until` of `previous_secrets`.
+    /// Until when a secret rotated out still signs (`null` when none does any more): the
+    /// latest `until` of `previous_secrets` still to come when the endpoint was read.
     pub previous_secret_expires_at: Option<Timestamp>,
 }
 
@@ -295,10 +295,10 @@ impl fmt::Debug for PreviousSecret {
     }
 }
 
-/// The end of the latest overlap among `previous` (an endpoint's
-/// `previous_secret_expires_at`).
-pub fn latest_until(previous: &[PreviousSecret]) -> Option<Timestamp> {
-    previous.iter().map(|p| p.until).max()
+/// The end of the latest overlap among `previous` that has not ended at `now` (an
+/// endpoint's `previous_secret_expires_at`): a secret signs while `now < until`.
+pub fn latest_until(previous: &[PreviousSecret], now: Timestamp) -> Option<Timestamp> {
+    previous.iter().map(|p| p.until).filter(|u| now < *u).max()
 }
 
 /// How many rotated-out secrets an endpoint keeps signing with at most: a rotation beyond
@@ -332,7 +332,7 @@ impl Endpoint {
         self.previous_secrets
             .insert(0, PreviousSecret { secret: old, until });
         self.previous_secrets.truncate(MAX_PREVIOUS_SECRETS);
-        self.previous_secret_expires_at = latest_until(&self.previous_secrets);
+        self.previous_secret_expires_at = latest_until(&self.previous_secrets, now);
     }
 
     /// Whether this endpoint wants events of `event_type`.

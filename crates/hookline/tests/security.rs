@@ -826,6 +826,14 @@ async fn each_rotated_secret_keeps_its_own_overlap(engine: Engine) {
     let got = rx.wait_for("r", 2).await;
     assert_eq!(got[1].header("webhook-signature").split(' ').count(), 1);
     verify_with_standardwebhooks(&third, &got[1]);
+    // … and the endpoint no longer shows an overlap's end, now in the past.
+    let (_, shown) = s.get(&format!("/v1/endpoints/{id}")).await;
+    assert!(shown["previous_secret_expires_at"].is_null(), "{shown}");
+    let (_, listed) = s.get("/v1/endpoints").await;
+    assert!(
+        listed["data"][0]["previous_secret_expires_at"].is_null(),
+        "{listed}"
+    );
 }
 
 async fn after_the_overlap_only_the_new_secret_signs(engine: Engine) {

@@ -3301,7 +3301,7 @@ fn endpoint_from_row(r: &PgRow, sealer: &Sealer) -> Result<Endpoint, StoreError>
         disabled_reason: r.try_get(9).ctx(CTX)?,
         created_at: Timestamp(r.try_get(10).ctx(CTX)?),
         updated_at: Timestamp(r.try_get(11).ctx(CTX)?),
-        previous_secret_expires_at: crate::model::latest_until(&previous_secrets),
+        previous_secret_expires_at: crate::model::latest_until(&previous_secrets, Timestamp::now()),
         previous_secrets,
         id,
     })

@@ -3637,7 +3637,8 @@ fn opened(sealer: &Sealer, (mut ep, previous): SealedEndpoint) -> Result<Endpoin
     ep.secret = sealer.open(&ep.id, &ep.secret)?;
     sealer.open_headers(&ep.id, &mut ep.headers)?;
     ep.previous_secrets = sealer.open_previous(&ep.id, previous.as_deref())?;
-    ep.previous_secret_expires_at = crate::model::latest_until(&ep.previous_secrets);
+    ep.previous_secret_expires_at =
+        crate::model::latest_until(&ep.previous_secrets, Timestamp::now());
     Ok(ep)
 }
 
