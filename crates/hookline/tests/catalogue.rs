@@ -213,6 +213,15 @@ async fn custom_event_types_end_to_end(engine: Engine) {
             "schema",
         ),
         (json!({"name": "order.paid", "schema": [1]}), "schema"),
+        // Valid schemas that no object passes by their type: no event could be sent.
+        (
+            json!({"name": "order.paid", "schema": {"type": "array"}}),
+            "schema: its \"type\" must allow \"object\"",
+        ),
+        (
+            json!({"name": "order.paid", "schema": {"type": ["string", "null"]}}),
+            "schema: its \"type\" must allow \"object\"",
+        ),
         (
             json!({"name": "order.paid", "description": "a\u{0}b"}),
             "description",

@@ -52,6 +52,19 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<Value
 fn check_schema(schema: &Option<Value>) -> Result<(), ApiError> {
     if let Some(s) = schema {
         compile(s).map_err(|e| ApiError::unprocessable(format!("schema: {e}")))?;
+        // An event's `data` is always a JSON object: a type whose schema names only other
+        // types could never be sent.
+        let allows_object = match s.get("type") {
+            None => true,
+            Some(Value::String(t)) => t == "object",
+            Some(Value::Array(ts)) => ts.iter().any(|t| t == "object"),
+            Some(_) => false,
+        };
+        if !allows_object {
+            return Err(ApiError::unprocessable(
+                "schema: its \"type\" must allow \"object\": an event's data is always a JSON object",
+            ));
+        }
     }
     Ok(())
 }
