@@ -370,7 +370,7 @@ fn validate(
     if !input.data.get().trim_start().starts_with('{') {
         return Err(field("data", "must be a JSON object".into()));
     }
-    let data = parse_data(input.data.get()).map_err(|e| field("data", e.to_string()))?;
+    let data = parse_data(input.data.get()).map_err(|e| field("data", data_error(&e)))?;
     match own {
         Some(Some(schema)) => crate::catalogue::check_with(schema, &data),
         Some(None) => Ok(()),
@@ -378,11 +378,24 @@ fn validate(
     }
 }
 
+/// Why `data` could not be read for its checks. A key named twice is said as such (its
+/// place in `data` would only confuse: it counts from `data`'s start, not the body's);
+/// anything else serde refuses that the raw read let through (a number out of range, a
+/// lone surrogate escape, nesting past serde's depth) is not JSON it can read.
+fn data_error(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    if e.classify() == serde_json::error::Category::Data {
+        let at = format!(" at line {} column {}", e.line(), e.column());
+        text.strip_suffix(&at).map_or(text.clone(), str::to_owned)
+    } else {
+        format!("is not valid JSON: {text}")
+    }
+}
+
 /// `data` read for its checks. An object that names a key twice is refused: JSON leaves
 /// such an object's meaning to its reader (serde keeps the last value, many receivers the
 /// first), so the schema would judge one value while a receiver of the delivery, which
-/// carries `data` as it came, could read another. (`data` has been read once already, as
-/// raw JSON, so nothing else can fail here but the depth serde allows.)
+/// carries `data` as it came, could read another.
 fn parse_data(raw: &str) -> Result<serde_json::Value, serde_json::Error> {
     use serde::de::DeserializeSeed as _;
     let mut de = serde_json::Deserializer::from_str(raw);
@@ -489,13 +502,28 @@ mod tests {
             (r#"{"message":{"id":"m","id":"n"}}"#, "id"),
             (r#"{"list":[{"a":1},{"b":1,"b":2}]}"#, "b"),
         ] {
-            let e = parse_data(raw).unwrap_err().to_string();
-            assert!(
-                e.starts_with(&format!("names the key \"{key}\" twice in one object")),
-                "{raw}: {e}"
+            let e = data_error(&parse_data(raw).unwrap_err());
+            assert_eq!(
+                e,
+                format!("names the key \"{key}\" twice in one object"),
+                "{raw}"
             );
         }
-        // The same key in two objects is no repeat.
+        // The same key in two objects is no repeat; an escaped spelling is the same key.
         assert!(parse_data(r#"{"a":{"k":1},"b":{"k":2}}"#).is_ok());
+        let e = data_error(&parse_data(r#"{"a":1,"\u0061":2}"#).unwrap_err());
+        assert_eq!(e, r#"names the key "a" twice in one object"#);
+    }
+
+    #[test]
+    fn what_else_serde_cannot_read_is_not_valid_json() {
+        for raw in [r#"{"b":1e400}"#, r#"{"a":"\ud800"}"#] {
+            let e = data_error(&parse_data(raw).unwrap_err());
+            assert!(e.starts_with("is not valid JSON: "), "{raw}: {e}");
+        }
+        let deep = format!("{}{}", r#"{"a":"#.repeat(200), "}".repeat(200));
+        let deep = deep.replacen("}", "1}", 1);
+        let e = data_error(&parse_data(&deep).unwrap_err());
+        assert!(e.starts_with("is not valid JSON: recursion limit"), "{e}");
     }
 }

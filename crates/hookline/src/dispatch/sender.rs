@@ -452,7 +452,8 @@ impl Sender {
         if ended && conn.io.is_some() && !conn.tx.is_closed() {
             target.put_idle(conn);
         }
-        let body = (!kept.is_empty()).then(|| kept_text(&kept, read > kept.len()));
+        // Cut: more came than was kept, or the read stopped before the body's end.
+        let body = (!kept.is_empty()).then(|| kept_text(&kept, read > kept.len() || !ended));
         Ok((status, body, retry_after))
     }
 
@@ -535,21 +536,19 @@ fn kept_text(kept: &[u8], cut: bool) -> String {
 }
 
 /// How many bytes at the end of `b` are the start of a UTF-8 character whose other bytes
-/// are not there (0 when `b` ends on a whole character, or on bytes no character starts
-/// with, which stay invalid).
+/// are not there: a prefix of some valid character, and nothing else (0 when `b` ends on
+/// a whole character, or on bytes that no character begins with, which stay invalid).
 fn unfinished_tail(b: &[u8]) -> usize {
     for back in 1..=b.len().min(3) {
-        let byte = b[b.len() - back];
-        if byte & 0xC0 == 0x80 {
+        if b[b.len() - back] & 0xC0 == 0x80 {
             continue;
         }
-        let length = match byte {
-            0xC2..=0xDF => 2,
-            0xE0..=0xEF => 3,
-            0xF0..=0xF4 => 4,
-            _ => return 0,
+        // The last byte that is not a continuation: what follows it either could still
+        // become a character (the input just ended) or cannot.
+        return match std::str::from_utf8(&b[b.len() - back..]) {
+            Err(e) if e.valid_up_to() == 0 && e.error_len().is_none() => back,
+            _ => 0,
         };
-        return if length > back { back } else { 0 };
     }
     0
 }
@@ -642,9 +641,29 @@ mod tests {
         assert_eq!(kept_text("ab😀".as_bytes(), true), "ab😀");
         // A body that ended there was sent so: its broken end is the receiver's.
         assert_eq!(kept_text(&"ab😀".as_bytes()[..5], false), "ab\u{FFFD}");
-        // Bytes no character starts with stay invalid, cut or not.
+        // Bytes no character starts with stay invalid, cut or not; so do starts that no
+        // byte could finish (overlong forms, surrogates, past U+10FFFF).
         assert_eq!(kept_text(b"ok\xff", true), "ok\u{FFFD}");
         assert_eq!(kept_text(b"ok\x80", true), "ok\u{FFFD}");
+        for (bytes, shown) in [
+            (&b"ab\xE0\x80"[..], "ab\u{FFFD}\u{FFFD}"),
+            (b"ab\xED\xA0", "ab\u{FFFD}\u{FFFD}"),
+            (b"ab\xF0\x80\x80", "ab\u{FFFD}\u{FFFD}\u{FFFD}"),
+            (b"ab\xF4\x90", "ab\u{FFFD}\u{FFFD}"),
+            (b"ab\xC0", "ab\u{FFFD}"),
+            (b"ab\xF5", "ab\u{FFFD}"),
+        ] {
+            assert_eq!(kept_text(bytes, true), shown, "{bytes:?}");
+        }
+        // Valid starts of each length, cut: left out.
+        for bytes in [
+            &b"ab\xC3"[..],
+            b"ab\xE2\x82",
+            b"ab\xF0\x9F\x98",
+            b"ab\xED\x9F",
+        ] {
+            assert_eq!(kept_text(bytes, true), "ab", "{bytes:?}");
+        }
     }
 
     #[test]
