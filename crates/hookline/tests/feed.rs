@@ -131,11 +131,20 @@ async fn a_reader_paging_while_writers_ingest_sees_every_event_once(engine: Engi
         assert_eq!(status, 400, "{bad}: {body}");
         assert_eq!(body["error"]["code"], "invalid_query", "{body}");
     }
-    // A name an account's own type could have, with no events: an empty page, the end.
-    let (status, page) = s.get("/v1/events?type=crm.synced").await;
-    assert_eq!(status, 200, "{page}");
-    assert_eq!(page["data"].as_array().unwrap().len(), 0);
-    assert!(page["next_cursor"].is_null(), "{page}");
+    // A name an account's own type could have, with no events: an empty page, the end. So
+    // is `ping`, the type of `/test`'s deliveries, which are never kept as events.
+    let rx = common::Receiver::start().await;
+    let ep = s.endpoint(&rx.url("r"), &["*"]).await;
+    let test = format!("/v1/endpoints/{}/test", ep["id"].as_str().unwrap());
+    let (status, body) = s.post(&test, json!({})).await;
+    assert!((200..300).contains(&status), "{body}");
+    rx.wait_for("r", 1).await;
+    for typed in ["/v1/events?type=crm.synced", "/v1/events?type=ping"] {
+        let (status, page) = s.get(typed).await;
+        assert_eq!(status, 200, "{typed}: {page}");
+        assert_eq!(page["data"].as_array().unwrap().len(), 0, "{typed}");
+        assert!(page["next_cursor"].is_null(), "{page}");
+    }
 }
 
 /// A page of one type holds only that type's events and is full unless it is the feed's end,
