@@ -381,14 +381,15 @@ fn validate(
 /// Why `data` could not be read for its checks. A key named twice is said as such (its
 /// place in `data` would only confuse: it counts from `data`'s start, not the body's);
 /// anything else serde refuses that the raw read let through (a number out of range, a
-/// lone surrogate escape, nesting past serde's depth) is not JSON it can read.
+/// lone surrogate escape, nesting past serde's depth) is well-formed JSON all the same (so
+/// a `422`, not a `400`), but not JSON Hookline can read.
 fn data_error(e: &serde_json::Error) -> String {
     let text = e.to_string();
     if e.classify() == serde_json::error::Category::Data {
         let at = format!(" at line {} column {}", e.line(), e.column());
         text.strip_suffix(&at).map_or(text.clone(), str::to_owned)
     } else {
-        format!("is not valid JSON: {text}")
+        format!("is JSON Hookline cannot read: {text}")
     }
 }
 
@@ -516,14 +517,20 @@ mod tests {
     }
 
     #[test]
-    fn what_else_serde_cannot_read_is_not_valid_json() {
+    fn what_else_serde_cannot_read_is_said_so() {
         for raw in [r#"{"b":1e400}"#, r#"{"a":"\ud800"}"#] {
             let e = data_error(&parse_data(raw).unwrap_err());
-            assert!(e.starts_with("is not valid JSON: "), "{raw}: {e}");
+            assert!(
+                e.starts_with("is JSON Hookline cannot read: "),
+                "{raw}: {e}"
+            );
         }
         let deep = format!("{}{}", r#"{"a":"#.repeat(200), "}".repeat(200));
         let deep = deep.replacen("}", "1}", 1);
         let e = data_error(&parse_data(&deep).unwrap_err());
-        assert!(e.starts_with("is not valid JSON: recursion limit"), "{e}");
+        assert!(
+            e.starts_with("is JSON Hookline cannot read: recursion limit"),
+            "{e}"
+        );
     }
 }
