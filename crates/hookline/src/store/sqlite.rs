@@ -2887,7 +2887,7 @@ const DUE_SCAN: &str =
 const FAIL_STALE_DUE: &str = "UPDATE deliveries SET status = 'failed', next_attempt_at = NULL,
         updated_at = ?3,
         last_error = COALESCE(last_error,
-            'the endpoint was unreachable for the whole retry schedule')
+            'not attempted: the endpoint kept failing, its circuit breaker open, for the whole retry schedule')
      WHERE endpoint_id = ?1 AND status = 'pending' AND next_attempt_at IS NOT NULL
        AND created_at < ?2 AND updated_at < ?2";
 
@@ -2895,7 +2895,7 @@ const FAIL_STALE_DUE: &str = "UPDATE deliveries SET status = 'failed', next_atte
 /// row `?4`: the stretch one job of the sweep walked ([`fail_stale_rows`]).
 const FAIL_STALE_WAITING: &str = "UPDATE deliveries SET status = 'failed', updated_at = ?3,
         last_error = COALESCE(last_error,
-            'the endpoint was unreachable for the whole retry schedule')
+            'not attempted: the endpoint kept failing, its circuit breaker open, for the whole retry schedule')
      WHERE endpoint_id = ?1 AND status = 'pending' AND next_attempt_at IS NULL
        AND seq >= MAX(?5, (SELECT waiting_from FROM endpoints WHERE id = ?1)) AND seq < ?4
        AND created_at < ?2 AND updated_at < ?2";
@@ -5137,6 +5137,15 @@ pub(crate) mod tests {
             };
             assert_eq!(status(&tx, i), expected, "row {i}");
         }
+        // Ended without an attempt: the reason says so, and why.
+        let reason: String = tx
+            .query_row(
+                "SELECT last_error FROM deliveries WHERE id = ?1",
+                [&early[0].deliveries[0].id],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(reason.starts_with("not attempted: "), "{reason}");
         assert_eq!(mark(&tx, &down.id).0, Some(row(3)));
         let steps = |tx: &rusqlite::Transaction<'_>| {
             [WAITING_FROM_MARK, FAIL_STALE_WAITING, MARK_FIRST_WAITING].map(|sql| {
