@@ -387,7 +387,10 @@ fn data_error(e: &serde_json::Error) -> String {
     let text = e.to_string();
     if e.classify() == serde_json::error::Category::Data {
         let at = format!(" at line {} column {}", e.line(), e.column());
-        text.strip_suffix(&at).map_or(text.clone(), str::to_owned)
+        match text.strip_suffix(&at) {
+            Some(said) => said.to_owned(),
+            None => text,
+        }
     } else {
         format!("is JSON Hookline cannot read: {text}")
     }
