@@ -18,8 +18,8 @@ pub struct EventType {
     /// The JSON Schema (draft 2020-12) of the event's `data`.
     #[schema(value_type = Object)]
     pub schema: Value,
-    /// A realistic `data` of this type.
-    #[schema(value_type = Object)]
+    /// A realistic `data` of this type; `null` for the account's own types.
+    #[schema(value_type = Option<Object>)]
     pub example: Value,
 }
 

@@ -112,7 +112,7 @@ struct ServeArgs {
     /// Business plan limits, e.g. `endpoints=1000,ingest=20000,retention=90d`.
     #[arg(long, env = "HOOKLINE_PLAN_BUSINESS", default_value = "")]
     plan_business: String,
-    /// Turns the admin API (`/admin/v1`) on, with this bearer token.
+    /// Turns the admin API (`/admin/v1`) on, with this bearer token (at least 16 characters).
     #[arg(long, env = "HOOKLINE_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
     /// Encrypts endpoint secrets at rest: base64 of 32 random bytes (`hookline keygen`).

@@ -640,6 +640,190 @@ async fn openapi_document_lists_every_route(engine: Engine) {
     }
 }
 
+/// Every `$ref` of `v` names a schema of the document's components.
+fn refs_resolve(doc: &Value, v: &Value, at: &str) {
+    match v {
+        Value::Object(map) => {
+            for (k, child) in map {
+                if k == "$ref" {
+                    let name = child
+                        .as_str()
+                        .and_then(|r| r.strip_prefix("#/components/schemas/"))
+                        .unwrap_or_else(|| panic!("{at}: a $ref outside the schemas: {child}"));
+                    assert!(
+                        doc["components"]["schemas"][name].is_object(),
+                        "{at}: $ref to {name}, which the document does not hold"
+                    );
+                } else {
+                    refs_resolve(doc, child, &format!("{at}/{k}"));
+                }
+            }
+        }
+        Value::Array(items) => {
+            for (i, child) in items.iter().enumerate() {
+                refs_resolve(doc, child, &format!("{at}/{i}"));
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The document holds what OpenAPI 3.1 requires of it and what tools that generate
+/// clients from it rely on: an `operationId` per operation, none twice; a description of
+/// every answer; every `$ref` resolving; `Retry-After` declared where it is sent; the
+/// routes served beside the API's own.
+async fn openapi_document_is_whole(engine: Engine) {
+    let s = TestServer::start(&engine).await;
+    let (status, doc) = s.get("/openapi.json").await;
+    assert_eq!(status, 200);
+    refs_resolve(&doc, &doc, "#");
+    let text = doc.to_string();
+    assert!(
+        !text.contains("[`"),
+        "a rustdoc link leaked into the document"
+    );
+    let mut ids = std::collections::BTreeSet::new();
+    let mut operations = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            operations += 1;
+            let id = op["operationId"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{method} {path} has no operationId"));
+            assert!(ids.insert(id.to_owned()), "operationId {id} twice");
+            let responses = op["responses"].as_object().unwrap();
+            assert!(!responses.is_empty(), "{method} {path}");
+            for (status, answer) in responses {
+                assert!(
+                    answer["description"]
+                        .as_str()
+                        .is_some_and(|d| !d.is_empty()),
+                    "{method} {path} {status}: no description"
+                );
+                if status == "429" || status == "503" {
+                    assert!(
+                        answer["headers"]["Retry-After"]["schema"].is_object(),
+                        "{method} {path} {status}: no Retry-After"
+                    );
+                }
+            }
+            // A body the request may leave out is not required, and is never `null`.
+            if let Some(body) = op.get("requestBody") {
+                let schema = &body["content"]["application/json"]["schema"];
+                assert!(
+                    !schema.to_string().contains(r#"{"type":"null"}"#),
+                    "{method} {path}: a null body: {schema}"
+                );
+            }
+        }
+    }
+    assert!(operations >= 36, "{operations} operations");
+    for path in ["/metrics", "/openapi.json", "/ui/"] {
+        assert!(doc["paths"][path]["get"].is_object(), "{path} missing");
+    }
+    let rotate = &doc["paths"]["/v1/endpoints/{id}/secret/rotate"]["post"]["requestBody"];
+    assert_eq!(rotate["required"], false, "{rotate}");
+    assert_eq!(
+        rotate["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/RotateSecret"
+    );
+    // The bounds the server enforces are in the document.
+    let create = &doc["components"]["schemas"]["CreateEndpoint"]["properties"];
+    assert_eq!(create["rate_limit_per_sec"]["minimum"], 1, "{create}");
+    assert_eq!(create["rate_limit_per_sec"]["maximum"], 100000, "{create}");
+    assert_eq!(create["event_types"]["minItems"], 1, "{create}");
+    let batch = &doc["components"]["schemas"]["CreateBatch"]["properties"]["events"];
+    assert_eq!(
+        (&batch["minItems"], &batch["maxItems"]),
+        (&json!(1), &json!(1000))
+    );
+    let limit = doc["paths"]["/v1/events"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "limit")
+        .unwrap();
+    assert_eq!(
+        (&limit["schema"]["minimum"], &limit["schema"]["maximum"]),
+        (&json!(1), &json!(1000))
+    );
+    assert!(
+        doc["paths"]["/admin/v1/accounts/{id}/keys"]["post"]["responses"]["409"].is_object(),
+        "an account's key limit answers 409"
+    );
+}
+
+/// Checks `value` against the document's own schema `name` (its `$ref`s resolved within
+/// the document).
+fn conforms(doc: &Value, name: &str, value: &Value) {
+    let mut root = doc.clone();
+    root["$schema"] = json!("https://json-schema.org/draft/2020-12/schema");
+    root["$ref"] = json!(format!("#/components/schemas/{name}"));
+    let validator = jsonschema::validator_for(&root).unwrap();
+    let errors: Vec<String> = validator
+        .iter_errors(value)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "{name}: {errors:?} in {value}");
+}
+
+/// Real answers of the main operations match the schemas the document declares for them.
+async fn answers_match_the_documents_schemas(engine: Engine) {
+    let s = TestServer::start(&engine).await;
+    let receiver = Receiver::start().await;
+    receiver.always("ok", common::Reply::Status(200));
+    let (_, doc) = s.get("/openapi.json").await;
+
+    let (status, custom) = s
+        .post(
+            "/v1/event-types",
+            json!({"name": "order.paid", "schema": {"type": "object"}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{custom}");
+    conforms(&doc, "CustomEventType", &custom);
+    let (_, types) = s.get("/v1/event-types?limit=1000").await;
+    conforms(&doc, "EventTypes", &types);
+    assert!(
+        types["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["name"] == "order.paid"),
+        "{types}"
+    );
+
+    let (status, created) = s
+        .post(
+            "/v1/endpoints",
+            json!({"url": receiver.url("ok"), "event_types": ["*"], "rate_limit_per_sec": 50}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    conforms(&doc, "CreatedEndpoint", &created);
+    let ep = created["id"].as_str().unwrap().to_owned();
+    let (_, one) = s.get(&format!("/v1/endpoints/{ep}")).await;
+    conforms(&doc, "Endpoint", &one);
+
+    let accepted = s.event("click", json!({})).await;
+    conforms(&doc, "Accepted", &accepted);
+    let dlv = accepted["deliveries"][0]["id"].as_str().unwrap().to_owned();
+    let delivery = s.wait_delivery(&dlv, "succeeded").await;
+    conforms(&doc, "DeliveryDetail", &delivery);
+    let (_, rotated) = s
+        .call(
+            Method::POST,
+            &format!("/v1/endpoints/{ep}/secret/rotate"),
+            None,
+        )
+        .await;
+    conforms(&doc, "RotatedSecret", &rotated);
+
+    let (status, error) = s.get("/v1/deliveries/dlv_01ARZ3NDEKTSV4RRFFQ69G5FAV").await;
+    assert_eq!(status, 404);
+    conforms(&doc, "ErrorBody", &error);
+}
+
 on_both_engines!(
     malformed_oversized_and_invalid_events_change_nothing,
     bad_endpoints_are_refused_and_change_nothing,
@@ -648,6 +832,8 @@ on_both_engines!(
     lists_paginate_with_opaque_cursors,
     deleting_an_endpoint_ends_its_open_deliveries,
     openapi_document_lists_every_route,
+    openapi_document_is_whole,
+    answers_match_the_documents_schemas,
 );
 
 /// One SQLite data directory has one serving process: a second `hookline serve` on it is

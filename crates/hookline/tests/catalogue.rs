@@ -208,6 +208,11 @@ async fn custom_event_types_end_to_end(engine: Engine) {
     for (body, why) in [
         (json!({"name": "Order Paid", "schema": schema}), "name"),
         (json!({"name": "click"}), "name"),
+        // "." and ".." are path segments that clients fold away: the type's own routes
+        // could never be reached. No name starts with a dot.
+        (json!({"name": "."}), "name"),
+        (json!({"name": ".."}), "name"),
+        (json!({"name": ".order.paid"}), "name"),
         (
             json!({"name": "order.paid", "schema": {"type": "not-a-type"}}),
             "schema",

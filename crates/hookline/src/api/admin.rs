@@ -67,6 +67,8 @@ impl FromRequestParts<AppState> for Admin {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateAccount {
+    /// 1 to 200 characters (trimmed), no control characters.
+    #[schema(min_length = 1, max_length = 200)]
     pub name: String,
     /// `free`, `pro` (the default) or `business`.
     pub plan: Option<Plan>,
@@ -87,7 +89,7 @@ pub struct UpdateAccount {
 }
 
 /// Creates an account and its first key.
-#[utoipa::path(post, path = "/admin/v1/accounts", tag = "admin", request_body = CreateAccount,
+#[utoipa::path(post, path = "/admin/v1/accounts", operation_id = "adminCreateAccount", tag = "admin", request_body = CreateAccount,
     security(("admin_token" = [])),
     responses((status = 201, body = CreatedAccount), (status = 409, body = super::error::ErrorBody),
         (status = 422, body = super::error::ErrorBody)))]
@@ -109,7 +111,7 @@ pub async fn create(
 }
 
 /// Lists accounts, oldest first.
-#[utoipa::path(get, path = "/admin/v1/accounts", tag = "admin", params(PageParams),
+#[utoipa::path(get, path = "/admin/v1/accounts", operation_id = "adminListAccounts", tag = "admin", params(PageParams),
     security(("admin_token" = [])), responses((status = 200, body = List<Account>)))]
 pub async fn list(
     State(state): State<AppState>,
@@ -124,7 +126,7 @@ pub async fn list(
 }
 
 /// Reads one account.
-#[utoipa::path(get, path = "/admin/v1/accounts/{id}", tag = "admin",
+#[utoipa::path(get, path = "/admin/v1/accounts/{id}", operation_id = "adminGetAccount", tag = "admin",
     params(("id" = String, Path, description = "acc_…")), security(("admin_token" = [])),
     responses((status = 200, body = Account), (status = 404, body = super::error::ErrorBody)))]
 pub async fn get(
@@ -143,7 +145,7 @@ pub async fn get(
 /// Changes an account's plan. Moving to Free disables its endpoints and ends their open
 /// deliveries as `failed`, in the same transaction; moving back does not enable them again
 /// by itself.
-#[utoipa::path(patch, path = "/admin/v1/accounts/{id}", tag = "admin", request_body = UpdateAccount,
+#[utoipa::path(patch, path = "/admin/v1/accounts/{id}", operation_id = "adminUpdateAccount", tag = "admin", request_body = UpdateAccount,
     params(("id" = String, Path, description = "acc_…")), security(("admin_token" = [])),
     responses((status = 200, body = Account), (status = 404, body = super::error::ErrorBody)))]
 pub async fn update(
@@ -165,7 +167,7 @@ pub async fn update(
 }
 
 /// The account's keys, revoked ones included, oldest first.
-#[utoipa::path(get, path = "/admin/v1/accounts/{id}/keys", tag = "admin",
+#[utoipa::path(get, path = "/admin/v1/accounts/{id}/keys", operation_id = "adminListAccountKeys", tag = "admin",
     params(("id" = String, Path, description = "acc_…"), PageParams), security(("admin_token" = [])),
     responses((status = 200, body = List<ApiKey>), (status = 400, body = super::error::ErrorBody),
         (status = 404, body = super::error::ErrorBody)))]
@@ -182,9 +184,10 @@ pub async fn list_keys(
 }
 
 /// Issues a key for the account (shown this once).
-#[utoipa::path(post, path = "/admin/v1/accounts/{id}/keys", tag = "admin",
+#[utoipa::path(post, path = "/admin/v1/accounts/{id}/keys", operation_id = "adminIssueAccountKey", tag = "admin",
     params(("id" = String, Path, description = "acc_…")), security(("admin_token" = [])),
-    responses((status = 201, body = IssuedKey), (status = 404, body = super::error::ErrorBody)))]
+    responses((status = 201, body = IssuedKey), (status = 404, body = super::error::ErrorBody),
+        (status = 409, body = super::error::ErrorBody)))]
 pub async fn issue_key(
     State(state): State<AppState>,
     _: Admin,
@@ -195,7 +198,7 @@ pub async fn issue_key(
 }
 
 /// Revokes one of the account's keys (its last one too: the operator may lock an account).
-#[utoipa::path(delete, path = "/admin/v1/accounts/{id}/keys/{key_id}", tag = "admin",
+#[utoipa::path(delete, path = "/admin/v1/accounts/{id}/keys/{key_id}", operation_id = "adminRevokeAccountKey", tag = "admin",
     params(("id" = String, Path, description = "acc_…"), ("key_id" = String, Path, description = "key_…")),
     security(("admin_token" = [])),
     responses((status = 200, body = ApiKey), (status = 404, body = super::error::ErrorBody)))]

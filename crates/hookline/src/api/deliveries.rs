@@ -39,7 +39,7 @@ pub struct DeliveryDetail {
 }
 
 /// Reads one delivery and its attempts.
-#[utoipa::path(get, path = "/v1/deliveries/{id}", tag = "deliveries",
+#[utoipa::path(get, path = "/v1/deliveries/{id}", operation_id = "getDelivery", tag = "deliveries",
     params(("id" = String, Path, description = "dlv_…")), security(("api_key" = [])),
     responses((status = 200, body = DeliveryDetail), (status = 404, body = super::error::ErrorBody)))]
 pub async fn get(
@@ -59,7 +59,7 @@ pub async fn get(
 /// is taken over: the retry's attempt goes before the endpoint's queue, and a queued one is
 /// not made (one under way goes on beside it). On PostgreSQL one another node holds is left
 /// to it. `409` when its endpoint is removed or disabled.
-#[utoipa::path(post, path = "/v1/deliveries/{id}/retry", tag = "deliveries",
+#[utoipa::path(post, path = "/v1/deliveries/{id}/retry", operation_id = "retryDelivery", tag = "deliveries",
     params(("id" = String, Path, description = "dlv_…")), security(("api_key" = [])),
     responses((status = 202, body = DeliveryDetail), (status = 403, body = super::error::ErrorBody),
         (status = 404, body = super::error::ErrorBody),

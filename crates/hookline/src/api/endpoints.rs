@@ -21,13 +21,17 @@ pub struct CreateEndpoint {
     /// `https://…` (or `http://…` when the server allows insecure URLs).
     pub url: String,
     /// Event type names, or `["*"]` for every type.
+    #[schema(min_items = 1)]
     pub event_types: Vec<String>,
+    #[schema(max_length = 1024)]
     pub description: Option<String>,
     /// Extra headers sent with every request: at most 20, each name (case-insensitive) once
     /// and at most 128 bytes, each value at most 8,000, 12 KiB in all.
     pub headers: Option<BTreeMap<String, String>>,
     /// A `whsec_…` secret of 24 to 64 bytes; generated when absent.
     pub secret: Option<String>,
+    /// Requests a second to this endpoint at most; absent for no limit.
+    #[schema(minimum = 1, maximum = 100000)]
     pub rate_limit_per_sec: Option<u32>,
     pub enabled: Option<bool>,
 }
@@ -42,10 +46,10 @@ pub struct UpdateEndpoint {
     pub url: Option<String>,
     /// The new subscriptions; not `null` (`422`).
     #[serde(default, deserialize_with = "not_null")]
-    #[schema(nullable = false)]
+    #[schema(nullable = false, min_items = 1)]
     pub event_types: Option<Vec<String>>,
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 1024)]
     pub description: Option<Option<String>>,
     /// Replaces the extra headers: at most 20, each name (case-insensitive) once and at most
     /// 128 bytes, each value at most 8,000, 12 KiB in all. `null` removes them all.
@@ -54,7 +58,7 @@ pub struct UpdateEndpoint {
     pub headers: Option<Option<BTreeMap<String, String>>>,
     /// `null` removes the limit.
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<u32>)]
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 100000)]
     pub rate_limit_per_sec: Option<Option<u32>>,
     /// Turns the endpoint on or off; not `null` (`422`).
     #[serde(default, deserialize_with = "not_null")]
@@ -91,7 +95,7 @@ pub struct SecretBody {
 }
 
 /// Registers an endpoint.
-#[utoipa::path(post, path = "/v1/endpoints", tag = "endpoints", request_body = CreateEndpoint,
+#[utoipa::path(post, path = "/v1/endpoints", operation_id = "createEndpoint", tag = "endpoints", request_body = CreateEndpoint,
     security(("api_key" = [])),
     responses((status = 201, body = CreatedEndpoint), (status = 403, body = super::error::ErrorBody),
         (status = 422, body = super::error::ErrorBody)))]
@@ -148,7 +152,7 @@ pub async fn create(
 }
 
 /// Lists the account's endpoints, oldest first.
-#[utoipa::path(get, path = "/v1/endpoints", tag = "endpoints", params(PageParams),
+#[utoipa::path(get, path = "/v1/endpoints", operation_id = "listEndpoints", tag = "endpoints", params(PageParams),
     security(("api_key" = [])), responses((status = 200, body = List<Endpoint>)))]
 pub async fn list(
     State(state): State<AppState>,
@@ -163,7 +167,7 @@ pub async fn list(
 }
 
 /// Reads one endpoint.
-#[utoipa::path(get, path = "/v1/endpoints/{id}", tag = "endpoints",
+#[utoipa::path(get, path = "/v1/endpoints/{id}", operation_id = "getEndpoint", tag = "endpoints",
     params(("id" = String, Path, description = "ep_…")), security(("api_key" = [])),
     responses((status = 200, body = Endpoint), (status = 404, body = super::error::ErrorBody)))]
 pub async fn get(
@@ -179,7 +183,7 @@ pub async fn get(
 /// it ends its open deliveries as `failed`; on SQLite a long backlog of them ends within
 /// moments of the answer, and enabling the endpoint again while it is still being ended is
 /// refused with `409`: try again in a moment.
-#[utoipa::path(patch, path = "/v1/endpoints/{id}", tag = "endpoints", request_body = UpdateEndpoint,
+#[utoipa::path(patch, path = "/v1/endpoints/{id}", operation_id = "updateEndpoint", tag = "endpoints", request_body = UpdateEndpoint,
     params(("id" = String, Path, description = "ep_…")), security(("api_key" = [])),
     responses((status = 200, body = Endpoint), (status = 403, body = super::error::ErrorBody),
         (status = 404, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody),
@@ -237,7 +241,7 @@ pub async fn update(
 }
 
 /// Removes an endpoint. Its open deliveries end as `failed`; its history stays readable.
-#[utoipa::path(delete, path = "/v1/endpoints/{id}", tag = "endpoints",
+#[utoipa::path(delete, path = "/v1/endpoints/{id}", operation_id = "deleteEndpoint", tag = "endpoints",
     params(("id" = String, Path, description = "ep_…")), security(("api_key" = [])),
     responses((status = 204), (status = 404, body = super::error::ErrorBody)))]
 pub async fn delete(
@@ -255,7 +259,7 @@ pub async fn delete(
 }
 
 /// The endpoint's signing secret.
-#[utoipa::path(get, path = "/v1/endpoints/{id}/secret", tag = "endpoints",
+#[utoipa::path(get, path = "/v1/endpoints/{id}/secret", operation_id = "getEndpointSecret", tag = "endpoints",
     params(("id" = String, Path, description = "ep_…")), security(("api_key" = [])),
     responses((status = 200, body = SecretBody), (status = 404, body = super::error::ErrorBody)))]
 pub async fn secret(
@@ -290,8 +294,8 @@ pub struct RotateSecret {
 /// both signatures) for the overlap (24 h by default), so receivers can switch at leisure;
 /// secrets rotated out before keep signing until their own overlaps end (at most ten; an
 /// eleventh ends the oldest). The body is optional.
-#[utoipa::path(post, path = "/v1/endpoints/{id}/secret/rotate", tag = "endpoints",
-    request_body(content = Option<RotateSecret>),
+#[utoipa::path(post, path = "/v1/endpoints/{id}/secret/rotate", operation_id = "rotateEndpointSecret", tag = "endpoints",
+    request_body(content = Option<RotateSecret>, description = "Optional: without a body, Hookline makes the new secret."),
     params(("id" = String, Path, description = "ep_…")), security(("api_key" = [])),
     responses((status = 200, body = RotatedSecret), (status = 404, body = super::error::ErrorBody),
         (status = 403, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)))]
@@ -367,7 +371,7 @@ const RECOVER_BATCH: usize = 1000;
 /// Queues again every `failed` delivery of the endpoint created since `since`: each goes
 /// back to `pending`, due now, and resumes its retry schedule (one that had used it up gets
 /// one more attempt). `409` when the endpoint is disabled: enable it first.
-#[utoipa::path(post, path = "/v1/endpoints/{id}/recover", tag = "endpoints", request_body = Recover,
+#[utoipa::path(post, path = "/v1/endpoints/{id}/recover", operation_id = "recoverEndpoint", tag = "endpoints", request_body = Recover,
     params(("id" = String, Path, description = "ep_…")), security(("api_key" = [])),
     responses((status = 202, body = Recovered), (status = 404, body = super::error::ErrorBody),
         (status = 403, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody),
@@ -451,8 +455,8 @@ pub const TESTS_PER_SEC: u32 = 2;
 
 /// Sends the endpoint a signed `ping` event (`data: {}`) now, once, and answers with what
 /// came back. Nothing is stored and no retry follows: it tests the endpoint. At most
-/// [`TESTS_PER_SEC`] a second per endpoint (`429` with `Retry-After` over it).
-#[utoipa::path(post, path = "/v1/endpoints/{id}/test", tag = "endpoints",
+/// two a second per endpoint (`429` with `Retry-After` over it).
+#[utoipa::path(post, path = "/v1/endpoints/{id}/test", operation_id = "testEndpoint", tag = "endpoints",
     params(("id" = String, Path, description = "ep_…")), security(("api_key" = [])),
     responses((status = 200, body = TestResult), (status = 403, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody),
         (status = 429, body = super::error::ErrorBody)))]
@@ -501,6 +505,8 @@ pub async fn test(
 pub struct DeliveryQuery {
     /// Only deliveries in this state.
     pub status: Option<DeliveryStatus>,
+    /// Deliveries per page, 1 to 1000 (default 50).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
     pub cursor: Option<String>,
 }
@@ -515,7 +521,7 @@ impl DeliveryQuery {
 }
 
 /// The endpoint's deliveries, newest first.
-#[utoipa::path(get, path = "/v1/endpoints/{id}/deliveries", tag = "endpoints",
+#[utoipa::path(get, path = "/v1/endpoints/{id}/deliveries", operation_id = "listEndpointDeliveries", tag = "endpoints",
     params(("id" = String, Path, description = "ep_…"), DeliveryQuery), security(("api_key" = [])),
     responses((status = 200, body = List<Delivery>), (status = 404, body = super::error::ErrorBody)))]
 pub async fn deliveries(

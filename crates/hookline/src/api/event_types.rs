@@ -26,8 +26,10 @@ pub struct EventTypes {
 /// An account's own event type to create.
 #[derive(Deserialize, ToSchema)]
 pub struct CreateEventType {
-    /// `[a-z0-9_.]+`, at most 64 characters, not a built-in name.
+    /// `[a-z0-9_.]+`, at most 64 characters, not starting with a dot, not a built-in name.
+    #[schema(max_length = 64, pattern = "^[a-z0-9_][a-z0-9_.]*$")]
     pub name: String,
+    #[schema(max_length = 1024)]
     pub description: Option<String>,
     /// A JSON Schema (draft 2020-12) for `data`; without one, any object.
     #[schema(value_type = Option<Object>)]
@@ -37,6 +39,7 @@ pub struct CreateEventType {
 /// Changes to an account's own event type. `"schema": null` removes the schema.
 #[derive(Deserialize, ToSchema)]
 pub struct UpdateEventType {
+    #[schema(max_length = 1024)]
     pub description: Option<String>,
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<Object>)]
@@ -81,7 +84,7 @@ fn as_catalogue_entry(t: CustomEventType) -> EventType {
 }
 
 /// The event types events may have: the built-in ones, then the account's own by name.
-#[utoipa::path(get, path = "/v1/event-types", tag = "event-types", params(PageParams),
+#[utoipa::path(get, path = "/v1/event-types", operation_id = "listEventTypes", tag = "event-types", params(PageParams),
     security(("api_key" = [])),
     responses((status = 200, body = EventTypes), (status = 400, body = super::error::ErrorBody),
         (status = 401, body = super::error::ErrorBody)))]
@@ -131,7 +134,7 @@ pub async fn list(
 
 /// Adds an event type of the account's own; endpoints may then subscribe to it and events
 /// of it are checked against its schema.
-#[utoipa::path(post, path = "/v1/event-types", tag = "event-types", request_body = CreateEventType,
+#[utoipa::path(post, path = "/v1/event-types", operation_id = "createEventType", tag = "event-types", request_body = CreateEventType,
     security(("api_key" = [])),
     responses((status = 201, body = CustomEventType), (status = 409, body = super::error::ErrorBody),
         (status = 422, body = super::error::ErrorBody)))]
@@ -140,9 +143,12 @@ pub async fn create(
     Auth(account): Auth,
     JsonBody(body): JsonBody<CreateEventType>,
 ) -> Result<(StatusCode, Json<CustomEventType>), ApiError> {
-    if !is_custom_name(&body.name) {
+    // A name starting with a dot could be "." or "..": a path segment that clients fold
+    // away before the request leaves, so the type's own routes could never be reached.
+    if !is_custom_name(&body.name) || body.name.starts_with('.') {
         return Err(ApiError::unprocessable(format!(
-            "name: {} must be 1 to 64 of a-z, 0-9, _ and ., and not a built-in type",
+            "name: {} must be 1 to 64 of a-z, 0-9, _ and ., not start with a dot, and not \
+             be a built-in type",
             crate::model::quoted(&body.name)
         )));
     }
@@ -161,7 +167,7 @@ pub async fn create(
 }
 
 /// One of the account's own event types.
-#[utoipa::path(get, path = "/v1/event-types/{name}", tag = "event-types",
+#[utoipa::path(get, path = "/v1/event-types/{name}", operation_id = "getEventType", tag = "event-types",
     params(("name" = String, Path)), security(("api_key" = [])),
     responses((status = 200, body = CustomEventType), (status = 404, body = super::error::ErrorBody)))]
 pub async fn get(
@@ -178,7 +184,7 @@ pub async fn get(
 }
 
 /// Changes the description or schema of one of the account's own event types.
-#[utoipa::path(patch, path = "/v1/event-types/{name}", tag = "event-types",
+#[utoipa::path(patch, path = "/v1/event-types/{name}", operation_id = "updateEventType", tag = "event-types",
     params(("name" = String, Path)), request_body = UpdateEventType, security(("api_key" = [])),
     responses((status = 200, body = CustomEventType), (status = 404, body = super::error::ErrorBody),
         (status = 422, body = super::error::ErrorBody)))]
@@ -216,7 +222,7 @@ pub async fn update(
 
 /// Removes one of the account's own event types: new events of it are refused. Endpoints
 /// keep the name in their subscriptions (harmless until the type is created again).
-#[utoipa::path(delete, path = "/v1/event-types/{name}", tag = "event-types",
+#[utoipa::path(delete, path = "/v1/event-types/{name}", operation_id = "deleteEventType", tag = "event-types",
     params(("name" = String, Path)), security(("api_key" = [])),
     responses((status = 204), (status = 404, body = super::error::ErrorBody)))]
 pub async fn delete(

@@ -33,6 +33,7 @@ pub struct CreateEvent {
     /// A repeat under the same key within 24 h (by default) answers the first request's
     /// `202` and creates nothing; a different request under it is a `409`. (Or the
     /// `Idempotency-Key` header.)
+    #[schema(min_length = 1, max_length = 255, pattern = "^[!-~]+$")]
     pub idempotency_key: Option<String>,
 }
 
@@ -40,11 +41,12 @@ pub struct CreateEvent {
 pub struct CreateBatch {
     /// 1 to 1000 events, accepted all or none. (Each without a key of its own: the batch
     /// has one.)
-    #[schema(value_type = Vec<CreateEvent>)]
+    #[schema(value_type = Vec<CreateEvent>, min_items = 1, max_items = 1000)]
     pub events: Vec<BatchEvent>,
     /// A repeat of the batch under the same key within 24 h (by default) answers the first
     /// request's `202` and creates nothing; a different batch under it is a `409`. (Or the
     /// `Idempotency-Key` header.)
+    #[schema(min_length = 1, max_length = 255, pattern = "^[!-~]+$")]
     pub idempotency_key: Option<String>,
 }
 
@@ -254,7 +256,7 @@ fn meter_key_read(state: &AppState, account: &crate::model::Account) -> Result<(
 }
 
 /// Sends one event. `202` means it and its deliveries are durably stored.
-#[utoipa::path(post, path = "/v1/events", tag = "events", request_body = CreateEvent,
+#[utoipa::path(post, path = "/v1/events", operation_id = "createEvent", tag = "events", request_body = CreateEvent,
     security(("api_key" = [])),
     responses((status = 202, body = Accepted), (status = 400, body = super::error::ErrorBody),
         (status = 408, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody),
@@ -274,7 +276,7 @@ pub async fn create(
 }
 
 /// Sends up to 1000 events, all or nothing.
-#[utoipa::path(post, path = "/v1/events/batch", tag = "events", request_body = CreateBatch,
+#[utoipa::path(post, path = "/v1/events/batch", operation_id = "createEventBatch", tag = "events", request_body = CreateBatch,
     security(("api_key" = [])),
     responses((status = 202, body = AcceptedBatch), (status = 400, body = super::error::ErrorBody),
         (status = 408, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody),
@@ -331,6 +333,7 @@ pub struct FeedQuery {
     /// Created before this time (RFC 3339).
     pub until: Option<String>,
     /// Events per page, 1 to 1000 (default 50).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
     /// The `next_cursor` of the previous page.
     pub cursor: Option<String>,
@@ -346,7 +349,7 @@ pub struct FeedQuery {
 /// never from the feed without them). A page with `type` reads
 /// only that type's events: it is full unless it is the end of the feed, however rare the
 /// type, and `?type=…&after=evt_…` resumes after the last event of the type seen.
-#[utoipa::path(get, path = "/v1/events", tag = "events", params(FeedQuery),
+#[utoipa::path(get, path = "/v1/events", operation_id = "listEvents", tag = "events", params(FeedQuery),
     security(("api_key" = [])),
     responses((status = 200, body = List<Event>), (status = 400, body = super::error::ErrorBody),
         (status = 404, body = super::error::ErrorBody)))]
@@ -432,7 +435,7 @@ pub async fn list(
 }
 
 /// Reads one event.
-#[utoipa::path(get, path = "/v1/events/{id}", tag = "events",
+#[utoipa::path(get, path = "/v1/events/{id}", operation_id = "getEvent", tag = "events",
     params(("id" = String, Path, description = "evt_…")), security(("api_key" = [])),
     responses((status = 200, body = Event), (status = 404, body = super::error::ErrorBody)))]
 pub async fn get(
@@ -445,7 +448,7 @@ pub async fn get(
 }
 
 /// The event's deliveries, newest first.
-#[utoipa::path(get, path = "/v1/events/{id}/deliveries", tag = "events",
+#[utoipa::path(get, path = "/v1/events/{id}/deliveries", operation_id = "listEventDeliveries", tag = "events",
     params(("id" = String, Path, description = "evt_…"), DeliveryQuery), security(("api_key" = [])),
     responses((status = 200, body = List<Delivery>), (status = 404, body = super::error::ErrorBody)))]
 pub async fn deliveries(

@@ -260,6 +260,7 @@ impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for ApiPath<T> {
 #[into_params(parameter_in = Query)]
 pub struct PageParams {
     /// Items per page, 1 to 1000 (default 50).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
     /// The `next_cursor` of the previous page.
     pub cursor: Option<String>,

@@ -23,7 +23,7 @@ pub struct IssuedKey {
 }
 
 /// The account's keys, revoked ones included, oldest first.
-#[utoipa::path(get, path = "/v1/api-keys", tag = "keys", params(PageParams),
+#[utoipa::path(get, path = "/v1/api-keys", operation_id = "listApiKeys", tag = "keys", params(PageParams),
     security(("api_key" = [])),
     responses((status = 200, body = List<ApiKey>), (status = 400, body = super::error::ErrorBody)))]
 pub async fn list(
@@ -56,7 +56,7 @@ pub(super) async fn list_page(
 }
 
 /// Issues one more key for the calling account.
-#[utoipa::path(post, path = "/v1/api-keys", tag = "keys", security(("api_key" = [])),
+#[utoipa::path(post, path = "/v1/api-keys", operation_id = "issueApiKey", tag = "keys", security(("api_key" = [])),
     responses((status = 201, body = IssuedKey), (status = 409, body = super::error::ErrorBody)))]
 pub async fn issue(
     State(state): State<AppState>,
@@ -67,7 +67,7 @@ pub async fn issue(
 
 /// Revokes one of the calling account's keys (the one in use included). The account's last
 /// live key cannot be revoked here: issue another first (`409`).
-#[utoipa::path(delete, path = "/v1/api-keys/{id}", tag = "keys",
+#[utoipa::path(delete, path = "/v1/api-keys/{id}", operation_id = "revokeApiKey", tag = "keys",
     params(("id" = String, Path, description = "key_…")), security(("api_key" = [])),
     responses((status = 200, body = ApiKey), (status = 404, body = super::error::ErrorBody),
         (status = 409, body = super::error::ErrorBody)))]

@@ -146,7 +146,7 @@ struct Health {
 }
 
 /// Liveness.
-#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = Health)))]
+#[utoipa::path(get, path = "/healthz", operation_id = "healthz", tag = "health", responses((status = 200, body = Health)))]
 async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
@@ -225,11 +225,12 @@ fn with_common_answers(doc: &utoipa::openapi::OpenApi) -> serde_json::Value {
                     ),
                 ]);
             }
+            optional_body(op);
             let Some(responses) = op.get_mut("responses").and_then(|r| r.as_object_mut()) else {
                 continue;
             };
-            for (status, description) in answers {
-                responses.entry(status).or_insert_with(|| {
+            for (status, description) in &answers {
+                responses.entry(*status).or_insert_with(|| {
                     serde_json::json!({
                         "description": description,
                         "content": {"application/json": {"schema": {
@@ -238,9 +239,128 @@ fn with_common_answers(doc: &utoipa::openapi::OpenApi) -> serde_json::Value {
                     })
                 });
             }
+            for (status, answer) in responses.iter_mut() {
+                let Some(answer) = answer.as_object_mut() else {
+                    continue;
+                };
+                // OpenAPI requires a description of every answer: the common one for its
+                // status here, else what the status means for any operation.
+                if answer
+                    .get("description")
+                    .and_then(|d| d.as_str())
+                    .is_none_or(str::is_empty)
+                {
+                    let description = answers
+                        .iter()
+                        .find(|(s, _)| *s == status.as_str())
+                        .map(|(_, d)| *d)
+                        .unwrap_or_else(|| meaning_of(status));
+                    answer.insert("description".into(), description.into());
+                }
+                if matches!(status.as_str(), "429" | "503") {
+                    answer.insert(
+                        "headers".into(),
+                        serde_json::json!({"Retry-After": {
+                            "description": "Seconds to wait before trying again.",
+                            "required": true,
+                            "schema": {"type": "integer", "minimum": 1}
+                        }}),
+                    );
+                }
+            }
         }
     }
+    add_plain_routes(paths);
     doc
+}
+
+/// A body declared `Option<T>` (the request may have none) comes out of the annotations as
+/// "`T` or JSON `null`", which the API does not take: say instead that the body is `T` and
+/// may be left out.
+fn optional_body(op: &mut serde_json::Value) {
+    let Some(body) = op.get_mut("requestBody") else {
+        return;
+    };
+    let Some(json) = body.pointer_mut("/content/application~1json/schema") else {
+        return;
+    };
+    let Some(choices) = json.get("oneOf").and_then(|c| c.as_array()) else {
+        return;
+    };
+    let null = serde_json::json!({"type": "null"});
+    if choices.len() == 2
+        && choices.contains(&null)
+        && let Some(t) = choices.iter().find(|c| **c != null).cloned()
+    {
+        *json = t;
+        body["required"] = false.into();
+    }
+}
+
+/// What an answer's status means when its operation says nothing more of it.
+fn meaning_of(status: &str) -> &'static str {
+    match status {
+        "200" => "Success.",
+        "201" => "Created.",
+        "202" => "Accepted.",
+        "204" => "Done; no body.",
+        "400" => "The request is malformed; nothing was done.",
+        "403" => {
+            "The account's plan does not include this, or one of its limits is reached; \
+                  nothing was done."
+        }
+        "404" => "No such resource in this account.",
+        "409" => {
+            "The request conflicts with the resource's state, or with an earlier request \
+                  under the same idempotency key; nothing was done."
+        }
+        "422" => "Valid JSON of the wrong shape, or breaking a field rule; nothing was done.",
+        "429" => "Rate limited; nothing was accepted (`Retry-After`).",
+        _ => "See the error's code and message.",
+    }
+}
+
+/// The routes served beside the API's own, which no handler annotation describes: the
+/// metrics, this document and the dashboard.
+fn add_plain_routes(paths: &mut serde_json::Map<String, serde_json::Value>) {
+    let plain = |operation_id: &str, summary: &str, media: &str, description: &str| {
+        serde_json::json!({"get": {
+            "tags": ["health"],
+            "operationId": operation_id,
+            "summary": summary,
+            "responses": {"200": {
+                "description": description,
+                "content": {media: {"schema": {"type": "string"}}}
+            }}
+        }})
+    };
+    paths.insert(
+        "/metrics".into(),
+        plain(
+            "metrics",
+            "Prometheus metrics of this process.",
+            "text/plain",
+            "The metrics, in Prometheus' text format 0.0.4.",
+        ),
+    );
+    let mut doc = plain(
+        "openapi",
+        "This document.",
+        "application/json",
+        "The OpenAPI 3.1 document of the API.",
+    );
+    doc["get"]["responses"]["200"]["content"]["application/json"]["schema"] =
+        serde_json::json!({"type": "object"});
+    paths.insert("/openapi.json".into(), doc);
+    paths.insert(
+        "/ui/".into(),
+        plain(
+            "dashboard",
+            "The dashboard: endpoints, events, deliveries and their attempts, for an API key.",
+            "text/html",
+            "The dashboard's page.",
+        ),
+    );
 }
 
 /// The whole HTTP application.
