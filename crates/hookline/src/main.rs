@@ -337,7 +337,7 @@ fn main() -> anyhow::Result<()> {
                 // On SQLite the serve lock proves no server is running; on PostgreSQL the
                 // operator stops the nodes (documented).
                 let lock = Store::lock(&location).await?;
-                let store = Store::open_sealed(&location, from)
+                let store = Store::open_locked(&location, from, &lock)
                     .await
                     .with_context(|| format!("opening the store at {}", location.describe()))?;
                 let n = store
@@ -353,8 +353,21 @@ fn main() -> anyhow::Result<()> {
             }
             Command::Migrate { storage } => {
                 let location = storage.location()?;
-                open_store(&storage).await?;
-                println!("the schema at {} is up to date", location.describe());
+                let schema = open_store(&storage).await?.schema_versions();
+                if schema.before == schema.after {
+                    println!(
+                        "the schema at {} is up to date (version {})",
+                        location.describe(),
+                        schema.after
+                    );
+                } else {
+                    println!(
+                        "migrated the schema at {} from version {} to {}",
+                        location.describe(),
+                        schema.before,
+                        schema.after
+                    );
+                }
                 Ok(())
             }
             Command::Account(AccountCommand::Create {

@@ -92,7 +92,7 @@ pub async fn run(
     let where_ = config.location.describe();
     crate::telemetry::handle().map_err(|e| anyhow::anyhow!("{e}"))?;
     let lock = Store::lock(&config.location).await?;
-    let store = Store::open_sealed(&config.location, config.sealer.clone())
+    let store = Store::open_locked(&config.location, config.sealer.clone(), &lock)
         .await
         .with_context(|| format!("opening the store at {where_}"))?;
     // Every stored secret must open with the key given (a wrong or missing key stops the

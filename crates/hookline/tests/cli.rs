@@ -353,3 +353,95 @@ fn reencrypt_takes_its_choice_from_the_environment() {
     assert!(ok, "{out}{err}");
     assert!(out.contains("in clear"), "{out}");
 }
+
+/// The schema version of the SQLite database in `data`.
+fn user_version(data: &str) -> i64 {
+    let conn = rusqlite::Connection::open(Path::new(data).join("hookline.db")).unwrap();
+    conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap()
+}
+
+fn set_user_version(data: &str, version: i64) {
+    let conn = rusqlite::Connection::open(Path::new(data).join("hookline.db")).unwrap();
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .unwrap();
+    conn.execute_batch(&format!("PRAGMA user_version = {version}"))
+        .unwrap();
+}
+
+/// A data directory's schema changes only while no server runs on it: a server of an older
+/// build would fail on the new schema (`500`s, while its health check says all is well). A
+/// database newer than the build is refused untouched. `migrate` says what it did.
+#[tokio::test]
+async fn migrations_wait_for_no_server_and_newer_databases_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let data = dir.join("data").display().to_string();
+    let env = [("HOOKLINE_DATA_DIR", data.as_str())];
+    let migrate = || cli(&["migrate".into()], &env);
+    let (ok, out, err) = migrate();
+    assert!(ok, "{out}{err}");
+    let version = user_version(&data);
+    assert!(version >= 14, "{version}");
+    assert!(
+        out.contains(&format!(
+            "migrated the schema at {data} from version 0 to {version}"
+        )),
+        "{out}"
+    );
+    let (ok, out, err) = migrate();
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains(&format!("is up to date (version {version})")),
+        "{out}"
+    );
+
+    let key = account_from_env(dir, "acme");
+    let http = reqwest::Client::new();
+    let (mut server, base) = serving(&http, dir, &[]).await;
+    // As if the server running were of the build before: its schema one version back.
+    set_user_version(&data, version - 1);
+    let other_account = || {
+        cli(
+            &["account".into(), "create".into()],
+            &[
+                ("HOOKLINE_DATA_DIR", data.as_str()),
+                ("HOOKLINE_ACCOUNT_NAME", "other"),
+            ],
+        )
+    };
+    for (command, (ok, out, err)) in [("migrate", migrate()), ("account create", other_account())] {
+        assert!(!ok, "{command}: {out}{err}");
+        assert!(
+            err.contains(&format!(
+                "the database is at schema version {} and this build needs {version}, but \
+                 another hookline process holds",
+                version - 1
+            )) && err.contains("nothing was changed"),
+            "{command}: {err}"
+        );
+        assert_eq!(user_version(&data), version - 1, "{command}");
+    }
+    // The server goes on as it was; the account was not created.
+    assert_eq!(post_click(&http, &base, &key).await, 202);
+    server.sigkill();
+
+    // A database newer than the build: refused by every command, and left as it is.
+    set_user_version(&data, version + 1);
+    for (command, (ok, out, err)) in [("migrate", migrate()), ("account create", other_account())] {
+        assert!(!ok, "{command}: {out}{err}");
+        assert!(
+            err.contains(&format!(
+                "the database is at schema version {}, newer than this build knows \
+                 ({version}); run a newer hookline",
+                version + 1
+            )),
+            "{command}: {err}"
+        );
+        assert_eq!(user_version(&data), version + 1, "{command}");
+    }
+    // Back at its own version, and with no server, the account is created.
+    set_user_version(&data, version);
+    let (ok, out, err) = other_account();
+    assert!(ok, "{out}{err}");
+}

@@ -58,6 +58,14 @@ pub enum Store {
     Postgres(PgStore),
 }
 
+/// A database's schema versions before and after a store opened it (equal when it was up
+/// to date).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SchemaVersions {
+    pub before: usize,
+    pub after: usize,
+}
+
 /// Held while `hookline serve` runs. One SQLite data directory has one serving process;
 /// PostgreSQL is shared by any number of nodes (leases decide who holds what).
 pub enum ServeLock {
@@ -97,6 +105,27 @@ impl Store {
             Location::Sqlite(dir) => Ok(Store::Sqlite(SqliteStore::open(dir, sealer)?)),
             Location::Postgres(url) => Ok(Store::Postgres(PgStore::open(url, sealer).await?)),
         }
+    }
+
+    /// Like [`Store::open_sealed`], by the holder of the serve lock (a server, or a command
+    /// that must run alone): on SQLite the migrations run under that lock, and any other
+    /// opener takes it for theirs, so none runs under a server of another build.
+    pub async fn open_locked(
+        location: &Location,
+        sealer: Sealer,
+        lock: &ServeLock,
+    ) -> Result<Store, StoreError> {
+        match (location, lock) {
+            (Location::Sqlite(dir), ServeLock::Sqlite(held)) => {
+                Ok(Store::Sqlite(SqliteStore::open_locked(dir, sealer, held)?))
+            }
+            _ => Self::open_sealed(location, sealer).await,
+        }
+    }
+
+    /// The schema's versions before and after this store was opened.
+    pub fn schema_versions(&self) -> SchemaVersions {
+        on_engine!(self, s => s.schema_versions())
     }
 
     /// The embedded SQLite store in `dir`.

@@ -244,6 +244,8 @@ pub struct PgStore {
     /// The clock of event stamps: the database's, read at start and at every heartbeat and
     /// carried forward by the monotonic clock, never running backwards.
     stamps: Arc<Stamps>,
+    /// The schema's versions before and after the open.
+    schema: super::SchemaVersions,
 }
 
 /// The longest a heartbeat's reading of the database's clock may take; a slower one (a busy
@@ -315,14 +317,15 @@ impl PgStore {
             sealer: sealer.clone(),
             stamps: stamps.clone(),
         });
-        let store = PgStore {
+        let mut store = PgStore {
             pool,
             node,
             ingest,
             sealer,
             stamps,
+            schema: super::SchemaVersions::default(),
         };
-        store.migrate().await?;
+        store.schema = store.migrate().await?;
         store.start_stamps().await?;
         Ok(store)
     }
@@ -381,8 +384,13 @@ impl PgStore {
 
     /// Applies the migrations the database has not seen, all in one transaction under an
     /// advisory lock (other nodes opening meanwhile wait for it).
-    pub async fn migrate(&self) -> Result<u32, StoreError> {
+    pub async fn migrate(&self) -> Result<super::SchemaVersions, StoreError> {
         let mut tx = self.pool.begin().await.ctx("starting a migration")?;
+        // `IF NOT EXISTS` on a table that exists is a notice, logged at every start.
+        sqlx::query("SET LOCAL client_min_messages = warning")
+            .execute(&mut *tx)
+            .await
+            .ctx("starting a migration")?;
         sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext(COALESCE(current_schema(), '')))")
             .bind(MIGRATE_LOCK_CLASS)
             .execute(&mut *tx)
@@ -416,7 +424,15 @@ impl PgStore {
                 .ctx("recording a migration")?;
         }
         tx.commit().await.ctx("committing migrations")?;
-        Ok(MIGRATIONS.len() as u32)
+        Ok(super::SchemaVersions {
+            before: current,
+            after: MIGRATIONS.len(),
+        })
+    }
+
+    /// The schema's versions before and after this store was opened.
+    pub fn schema_versions(&self) -> super::SchemaVersions {
+        self.schema
     }
 
     async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {

@@ -150,6 +150,8 @@ pub struct SqliteStore {
     checkpointer: Checkpointer,
     /// The clock of event stamps, started at the newest one stored.
     stamps: Arc<Stamps>,
+    /// The schema's versions before and after the open.
+    schema: super::SchemaVersions,
 }
 
 /// Each account's enabled endpoints, as ingest needs them, cached for the writer thread.
@@ -467,18 +469,53 @@ fn open_reader(path: &Path) -> Result<Connection, StoreError> {
     Ok(c)
 }
 
-fn migrate(conn: &Connection) -> Result<(), StoreError> {
+/// Brings the schema of the database in `data_dir` up to date; the schema versions before
+/// and after. A database newer than this build is refused untouched: this build would not
+/// know its tables. The schema changes only under the data directory's serve lock (`held`
+/// when the caller has it, else taken here for the migration): a server of an older build
+/// running on the directory would fail on the new schema, and answer `500`s while its
+/// health check says all is well.
+fn migrate(
+    conn: &Connection,
+    data_dir: &Path,
+    held: bool,
+) -> Result<super::SchemaVersions, StoreError> {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .ctx("reading the schema version")?;
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-        let next = i as i64 + 1;
-        conn.execute_batch(&format!(
-            "BEGIN IMMEDIATE; {sql}; PRAGMA user_version = {next}; COMMIT;"
-        ))
-        .ctx("applying a schema migration")?;
+    let known = MIGRATIONS.len();
+    let before = usize::try_from(version).unwrap_or(usize::MAX);
+    if before > known {
+        return Err(StoreError::Conflict(format!(
+            "the database is at schema version {version}, newer than this build knows \
+             ({known}); run a newer hookline"
+        )));
     }
-    Ok(())
+    if before < known {
+        let _lock = if held {
+            None
+        } else {
+            Some(SqliteStore::lock_dir(data_dir).map_err(|e| match e {
+                StoreError::Locked(path) => StoreError::Conflict(format!(
+                    "the database is at schema version {before} and this build needs \
+                     {known}, but another hookline process holds {path} (a server of an \
+                     older build?); stop it, then run this again (nothing was changed)"
+                )),
+                other => other,
+            })?)
+        };
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(before) {
+            let next = i as i64 + 1;
+            conn.execute_batch(&format!(
+                "BEGIN IMMEDIATE; {sql}; PRAGMA user_version = {next}; COMMIT;"
+            ))
+            .ctx("applying a schema migration")?;
+        }
+    }
+    Ok(super::SchemaVersions {
+        before,
+        after: known,
+    })
 }
 
 /// An exclusive lock on a data directory, held while a `hookline serve` runs on it.
@@ -488,15 +525,29 @@ pub struct DirLock {
 
 impl SqliteStore {
     /// Opens (creating if needed) the database in `data_dir`, applies migrations and starts
-    /// the writer thread.
+    /// the writer thread. Migrations take the directory's serve lock while they run, so they
+    /// are refused while a server runs on it.
     pub fn open(data_dir: &Path, sealer: Sealer) -> Result<Self, StoreError> {
+        Self::open_inner(data_dir, sealer, false)
+    }
+
+    /// Like [`SqliteStore::open`], by the holder of the directory's serve lock.
+    pub fn open_locked(
+        data_dir: &Path,
+        sealer: Sealer,
+        _lock: &DirLock,
+    ) -> Result<Self, StoreError> {
+        Self::open_inner(data_dir, sealer, true)
+    }
+
+    fn open_inner(data_dir: &Path, sealer: Sealer, held: bool) -> Result<Self, StoreError> {
         std::fs::create_dir_all(data_dir).map_err(|source| StoreError::Io {
             context: "creating the data directory",
             source,
         })?;
         let path = data_dir.join("hookline.db");
         let conn = open_connection(&path)?;
-        migrate(&conn)?;
+        let schema = migrate(&conn, data_dir, held)?;
         let stamps = Arc::new(Stamps::local(newest_stamp(&conn)?));
         // Checkpoints run on their own thread, but for the writer's own when the WAL must
         // start over (`WalKeeper`, made after this pragma: the pragma would replace its hook).
@@ -541,7 +592,13 @@ impl SqliteStore {
             sealer,
             checkpointer,
             stamps,
+            schema,
         })
+    }
+
+    /// The schema's versions before and after this store was opened.
+    pub fn schema_versions(&self) -> super::SchemaVersions {
+        self.schema
     }
 
     /// Returns once the writer has taken every job queued before this one: the writer
