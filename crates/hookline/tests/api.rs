@@ -850,7 +850,7 @@ async fn a_second_server_on_the_same_sqlite_data_is_refused() {
     )
     .await;
     let err = format!("{:#}", second.expect_err("a second server must not start"));
-    assert!(err.contains("in use by another `hookline serve`"), "{err}");
+    assert!(err.contains("in use by another hookline process"), "{err}");
     let (status, _) = s.get("/v1/endpoints").await;
     assert_eq!(status, 200);
 }

@@ -67,8 +67,8 @@ impl FromRequestParts<AppState> for Admin {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateAccount {
-    /// 1 to 200 characters (trimmed), no control characters.
-    #[schema(min_length = 1, max_length = 200)]
+    /// 1 to 200 characters once trimmed of surrounding spaces, no control characters.
+    #[schema(min_length = 1)]
     pub name: String,
     /// `free`, `pro` (the default) or `business`.
     pub plan: Option<Plan>,

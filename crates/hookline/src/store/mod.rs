@@ -785,7 +785,10 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the database is in use by another `hookline serve` ({0})")]
+    #[error(
+        "the database is in use by another hookline process ({0} is held: a `hookline serve`, \
+         or a command migrating its schema)"
+    )]
     Locked(String),
     #[error("a write transaction failed to commit: {0}")]
     Commit(String),

@@ -486,36 +486,53 @@ fn migrate(
     let known = MIGRATIONS.len();
     let before = usize::try_from(version).unwrap_or(usize::MAX);
     if before > known {
-        return Err(StoreError::Conflict(format!(
-            "the database is at schema version {version}, newer than this build knows \
-             ({known}); run a newer hookline"
-        )));
+        return Err(newer_than_known(version, known));
     }
-    if before < known {
-        let _lock = if held {
-            None
-        } else {
-            Some(SqliteStore::lock_dir(data_dir).map_err(|e| match e {
-                StoreError::Locked(path) => StoreError::Conflict(format!(
-                    "the database is at schema version {before} and this build needs \
-                     {known}, but another hookline process holds {path} (a server of an \
-                     older build?); stop it, then run this again (nothing was changed)"
-                )),
-                other => other,
-            })?)
-        };
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(before) {
-            let next = i as i64 + 1;
-            conn.execute_batch(&format!(
-                "BEGIN IMMEDIATE; {sql}; PRAGMA user_version = {next}; COMMIT;"
-            ))
-            .ctx("applying a schema migration")?;
-        }
+    if before == known {
+        return Ok(super::SchemaVersions {
+            before,
+            after: known,
+        });
+    }
+    let _lock = if held {
+        None
+    } else {
+        Some(SqliteStore::lock_dir(data_dir).map_err(|e| match e {
+            StoreError::Locked(path) => StoreError::Conflict(format!(
+                "the database is at schema version {before} and this build needs {known}, \
+                 but another hookline process holds {path}: a server (of an older build?), \
+                 or a command migrating it; stop the server, or run this again once the \
+                 command is done (nothing was changed)"
+            )),
+            other => other,
+        })?)
+    };
+    // Read again under the lock: another process may have migrated since the first read.
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .ctx("reading the schema version")?;
+    let now = usize::try_from(version).unwrap_or(usize::MAX);
+    if now > known {
+        return Err(newer_than_known(version, known));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(now) {
+        let next = i as i64 + 1;
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {sql}; PRAGMA user_version = {next}; COMMIT;"
+        ))
+        .ctx("applying a schema migration")?;
     }
     Ok(super::SchemaVersions {
-        before,
+        before: now,
         after: known,
     })
+}
+
+fn newer_than_known(version: i64, known: usize) -> StoreError {
+    StoreError::Conflict(format!(
+        "the database is at schema version {version}, newer than this build knows ({known}); \
+         run a newer hookline"
+    ))
 }
 
 /// An exclusive lock on a data directory, held while a `hookline serve` runs on it.
