@@ -3,7 +3,7 @@
 // the API returns is shown as text (never parsed as HTML).
 "use strict";
 
-const state = { key: sessionStorage.getItem("hookline-key") || "", endpoint: null, delivery: null, view: 0 };
+const state = { key: sessionStorage.getItem("hookline-key") || "", endpoint: null, delivery: null, view: 0, list: 0 };
 const $ = (sel, root = document) => root.querySelector(sel);
 
 function say(text, isError) {
@@ -62,23 +62,55 @@ function show(tab) {
   say("");
 }
 
+// Empties a view of an object (title, facts, lists) and hides its actions, so nothing of
+// the object shown before stays on screen, or under a button, while the next one loads or
+// after it failed to.
+function blank(section) {
+  $(".title", section).textContent = "";
+  $(".facts", section).replaceChildren();
+  for (const tbody of section.querySelectorAll("tbody")) tbody.replaceChildren();
+  for (const more of section.querySelectorAll(".more")) more.hidden = true;
+  for (const a of section.querySelectorAll(".needs-object")) a.hidden = true;
+}
+
+function reveal(section) {
+  for (const a of section.querySelectorAll(".needs-object")) a.hidden = false;
+  // A button left off by a request for the object shown before works for this one.
+  for (const b of section.querySelectorAll(".needs-object button, button.needs-object")) b.disabled = false;
+}
+
+const NOTHING = "Nothing here yet.";
+
 // A paged list: `load(cursor)` fills `tbody` and shows "More" while there is a next page.
 function paged(section, path, render) {
   const tbody = $("tbody", section);
   const more = $(".more", section);
   const view = state.view;
+  // Lists get numbers too: a list asked for again (another filter) drops the older answers.
+  const list = ++state.list;
+  const current = () => view === state.view && list === state.list;
+  if ($("#status").textContent === NOTHING) say("");
   tbody.replaceChildren();
   more.hidden = true;
   const load = async (cursor) => {
+    // One page at a time: a second click while one loads would add it twice.
+    more.onclick = null;
+    more.disabled = true;
     try {
       const sep = path.includes("?") ? "&" : "?";
       const page = await api("GET", path + (cursor ? sep + "cursor=" + encodeURIComponent(cursor) : ""));
-      if (view !== state.view) return;
+      if (!current()) return;
       for (const item of page.data) tbody.appendChild(render(item));
       more.hidden = !page.next_cursor;
+      more.disabled = false;
       more.onclick = () => load(page.next_cursor);
-      if (!page.data.length && !cursor) say("Nothing here yet.");
-    } catch (e) { say(e.message, true); }
+      if (!page.data.length && !cursor) say(NOTHING);
+    } catch (e) {
+      if (!current()) return;
+      say(e.message, true);
+      more.disabled = false;
+      more.onclick = () => load(cursor);
+    }
   };
   return load(null);
 }
@@ -96,11 +128,13 @@ function endpoints() {
 }
 
 async function endpoint(id) {
+  // Another endpoint starts with every delivery listed, whatever the filter was.
+  if (id && id !== state.endpoint) $("#dlv-status").value = "";
   state.endpoint = id || state.endpoint;
   show("endpoint");
   const section = $("#endpoint");
   const view = state.view;
-  $(".title", section).textContent = "";
+  blank(section);
   try {
     const ep = await api("GET", "/v1/endpoints/" + encodeURIComponent(state.endpoint));
     if (view !== state.view) return;
@@ -112,7 +146,11 @@ async function endpoint(id) {
       ["Previous secret signs until", ep.previous_secret_expires_at || "—"],
       ["Created", ep.created_at], ["Changed", ep.updated_at],
     ]);
-  } catch (e) { say(e.message, true); return; }
+    reveal(section);
+  } catch (e) {
+    if (view === state.view) say(e.message, true);
+    return;
+  }
   return deliveries();
 }
 
@@ -131,11 +169,12 @@ function deliveries() {
   });
 }
 
-async function delivery(id) {
+async function delivery(id, message) {
   state.delivery = id || state.delivery;
   show("delivery");
   const section = $("#delivery");
   const view = state.view;
+  blank(section);
   try {
     const d = await api("GET", "/v1/deliveries/" + encodeURIComponent(state.delivery));
     if (view !== state.view) return;
@@ -154,7 +193,11 @@ async function delivery(id) {
       cell(tr, pre);
       tbody.appendChild(tr);
     }
-  } catch (e) { say(e.message, true); }
+    reveal(section);
+    if (message) say(message);
+  } catch (e) {
+    if (view === state.view) say(e.message, true);
+  }
 }
 
 function events() {
@@ -218,31 +261,60 @@ document.addEventListener("DOMContentLoaded", () => {
     b.addEventListener("click", () => tabs[b.dataset.tab]());
   }
   $("#dlv-status").addEventListener("change", deliveries);
-  $("#ping").addEventListener("click", async () => {
+  // An action's answer is shown only if the user is still where they asked it; each button
+  // is off while its request is out (no second ping or retry by a double click).
+  $("#ping").addEventListener("click", async (e) => {
+    const button = e.currentTarget;
+    const view = state.view;
+    button.disabled = true;
+    say("Sending a test ping…");
     try {
       const r = await api("POST", "/v1/endpoints/" + encodeURIComponent(state.endpoint) + "/test");
-      say(r.delivered ? "Delivered: " + r.status_code + " in " + r.duration_ms + " ms"
-        : "Not delivered: " + (r.status_code || r.error), !r.delivered);
-    } catch (e) { say(e.message, true); }
+      if (view === state.view) {
+        say(r.delivered ? "Delivered: " + r.status_code + " in " + r.duration_ms + " ms"
+          : "Not delivered: " + (r.status_code || r.error), !r.delivered);
+      }
+    } catch (err) {
+      if (view === state.view) say(err.message, true);
+    } finally { button.disabled = false; }
   });
   $("#recover").addEventListener("submit", async (e) => {
     e.preventDefault();
-    const since = new Date(e.target.elements.since.value).toISOString();
+    // Every time on screen is UTC, as the API gives it: the field is read as UTC too.
+    const value = e.target.elements.since.value;
+    const at = new Date(value + (value.length === 16 ? ":00Z" : "Z"));
+    if (Number.isNaN(at.getTime())) { say("That time cannot be read.", true); return; }
+    const view = state.view;
     try {
-      const r = await api("POST", "/v1/endpoints/" + encodeURIComponent(state.endpoint) + "/recover", { since });
+      const r = await api("POST", "/v1/endpoints/" + encodeURIComponent(state.endpoint) + "/recover", { since: at.toISOString() });
+      if (view !== state.view) return;
       say(r.recovered + " deliveries queued again.");
       deliveries();
-    } catch (err) { say(err.message, true); }
+    } catch (err) {
+      if (view === state.view) say(err.message, true);
+    }
   });
-  $("#retry").addEventListener("click", async () => {
+  $("#retry").addEventListener("click", async (e) => {
+    const button = e.currentTarget;
+    const view = state.view;
+    const id = state.delivery;
+    button.disabled = true;
     try {
-      await api("POST", "/v1/deliveries/" + encodeURIComponent(state.delivery) + "/retry");
+      await api("POST", "/v1/deliveries/" + encodeURIComponent(id) + "/retry");
+      if (view !== state.view) return;
       say("Retrying now.");
-      setTimeout(() => delivery(), 1000);
-    } catch (e) { say(e.message, true); }
+      // Shown again with the new attempt, unless the user has moved on meanwhile.
+      setTimeout(() => {
+        if (view === state.view) delivery(id, "Retried: its newest attempt is below.");
+      }, 1000);
+    } catch (err) {
+      if (view === state.view) say(err.message, true);
+    } finally { button.disabled = false; }
   });
   if (state.key) {
     $("#key").value = state.key;
     open();
+  } else {
+    say("Enter an API key to open the dashboard.");
   }
 });
