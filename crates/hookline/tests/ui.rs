@@ -33,6 +33,10 @@ async fn the_dashboard_is_served_safely_and_uses_real_routes(engine: Engine) {
         "no third-party assets"
     );
 
+    // The icon browsers ask for is an empty answer, not an error.
+    let icon = s.http.get(s.url("/favicon.ico")).send().await.unwrap();
+    assert_eq!(icon.status(), 204);
+
     // /ui goes to /ui/.
     let no_follow = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())

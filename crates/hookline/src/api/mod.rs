@@ -415,6 +415,11 @@ pub fn router(state: AppState) -> Router {
         .route("/ui/", axum::routing::get(ui::index))
         .route("/ui/app.js", axum::routing::get(ui::app))
         .route("/ui/style.css", axum::routing::get(ui::style))
+        // Browsers ask for it on every page: an empty answer, not a `404` in their console.
+        .route(
+            "/favicon.ico",
+            axum::routing::get(|| async { axum::http::StatusCode::NO_CONTENT }),
+        )
         // A route asked with a method it does not take: JSON like every error (axum still
         // adds `Allow`).
         .method_not_allowed_fallback(|| async {
