@@ -160,7 +160,7 @@ function deliveries() {
   return paged($("#endpoint"), path, (d) => {
     const tr = document.createElement("tr");
     cell(tr, link(d.id, () => delivery(d.id)));
-    cell(tr, d.event_id);
+    cell(tr, link(d.event_id, () => event(d.event_id)));
     cell(tr, d.event_type);
     cell(tr, d.status);
     cell(tr, d.attempt_count);
@@ -179,8 +179,13 @@ async function delivery(id, message) {
     const d = await api("GET", "/v1/deliveries/" + encodeURIComponent(state.delivery));
     if (view !== state.view) return;
     $(".title", section).textContent = d.id;
+    // "← Endpoint" leads to this delivery's endpoint, however the user came here.
+    if (d.endpoint_id !== state.endpoint) {
+      $("#dlv-status").value = "";
+      state.endpoint = d.endpoint_id;
+    }
     facts($(".facts", section), [
-      ["Event", d.event_id], ["Type", d.event_type], ["Status", d.status],
+      ["Event", d.event_id], ["Endpoint", d.endpoint_id], ["Type", d.event_type], ["Status", d.status],
       ["Next attempt", d.next_attempt_at || "—"], ["Created", d.created_at],
     ]);
     const tbody = $("tbody", section);
@@ -204,9 +209,37 @@ function events() {
   show("events");
   return paged($("#events"), "/v1/events", (ev) => {
     const tr = document.createElement("tr");
-    cell(tr, ev.id); cell(tr, ev.type); cell(tr, ev.created_at);
+    cell(tr, link(ev.id, () => event(ev.id))); cell(tr, ev.type); cell(tr, ev.created_at);
     const pre = document.createElement("pre"); pre.textContent = JSON.stringify(ev.data);
     cell(tr, pre);
+    return tr;
+  });
+}
+
+// One event: what it carried, and its delivery to each endpoint.
+async function event(id) {
+  show("event");
+  const section = $("#event");
+  const view = state.view;
+  blank(section);
+  try {
+    const ev = await api("GET", "/v1/events/" + encodeURIComponent(id));
+    if (view !== state.view) return;
+    $(".title", section).textContent = ev.id;
+    facts($(".facts", section), [
+      ["Type", ev.type], ["Created", ev.created_at], ["Data", JSON.stringify(ev.data)],
+    ]);
+  } catch (e) {
+    if (view === state.view) say(e.message, true);
+    return;
+  }
+  return paged(section, "/v1/events/" + encodeURIComponent(id) + "/deliveries", (d) => {
+    const tr = document.createElement("tr");
+    cell(tr, link(d.id, () => delivery(d.id)));
+    cell(tr, link(d.endpoint_id, () => endpoint(d.endpoint_id)));
+    cell(tr, d.status);
+    cell(tr, d.attempt_count);
+    cell(tr, d.last_status_code || d.last_error || "");
     return tr;
   });
 }
