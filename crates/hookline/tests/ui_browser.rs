@@ -1,0 +1,273 @@
+//! The dashboard in a real browser: Debian's chromium, driven through chromedriver, against
+//! a real server. A button never acts on an object other than the one on screen (a view
+//! whose load failed shows no action), recover reads its time as UTC whatever the browser's
+//! zone, an event opens with its deliveries, and no view is wider than a 400 px screen.
+//!
+//! `.ci/run` installs chromium and chromedriver; without chromedriver on the `PATH` the test
+//! says it was skipped and passes, as the PostgreSQL half of the suite does without its
+//! database.
+
+mod common;
+
+use common::{Engine, Receiver, Reply, TestServer};
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{Value, json};
+use std::process::{Child, Command, Stdio};
+
+/// chromedriver, killed (by its own PID) when dropped.
+struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A headless chromium in New York's zone (so a time read as local would be off by hours),
+/// through a chromedriver of its own; `None` when chromedriver is not installed.
+async fn browser() -> Option<(Driver, Client)> {
+    let found = Command::new("chromedriver")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        return None;
+    }
+    let port = common::process::free_port();
+    let driver = Driver(
+        Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .env("TZ", "America/New_York")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({"args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                        "--disable-dev-shm-usage", "--window-size=1280,800"]}),
+    );
+    let url = format!("http://127.0.0.1:{port}");
+    let client = common::eventually("chromedriver to answer", || {
+        let caps = caps.clone();
+        let url = url.clone();
+        async move {
+            // Plain HTTP to the local chromedriver: no TLS stack of its own in the tests.
+            ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+                .capabilities(caps)
+                .connect(&url)
+                .await
+                .ok()
+        }
+    })
+    .await;
+    Some((driver, client))
+}
+
+async fn js(c: &Client, script: &str) -> Value {
+    c.execute(script, vec![]).await.unwrap()
+}
+
+/// Waits until `script` (a JavaScript expression) is true in the page.
+async fn until(c: &Client, what: &str, script: &str) {
+    let check = format!("return Boolean({script});");
+    common::eventually(what, || async {
+        (js(c, &check).await == Value::Bool(true)).then_some(())
+    })
+    .await;
+}
+
+async fn click(c: &Client, css: &str) {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_acts_only_on_what_it_shows() {
+    let Some((_driver, c)) = browser().await else {
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr(),
+            "ui_browser: skipped: no chromedriver (Debian's chromium-driver; .ci/run installs it)"
+        );
+        return;
+    };
+    let rx = Receiver::start().await;
+    rx.always("ok", Reply::Status(200));
+    rx.always("down", Reply::Status(500));
+    let s = TestServer::start(&Engine::Sqlite).await;
+    let ok = s.endpoint(&rx.url("ok"), &["*"]).await;
+    let down = s.endpoint(&rx.url("down"), &["click"]).await;
+    let accepted = s.event("click", json!({})).await;
+    let deliveries = accepted["deliveries"].as_array().unwrap();
+    for d in deliveries {
+        let id = d["id"].as_str().unwrap();
+        let want = if d["endpoint_id"] == ok["id"] {
+            "succeeded"
+        } else {
+            "failed"
+        };
+        s.wait_delivery(id, want).await;
+    }
+
+    c.goto(&s.url("/ui/")).await.unwrap();
+    until(
+        &c,
+        "the key prompt",
+        r##"document.querySelector("#status").textContent.includes("Enter an API key")"##,
+    )
+    .await;
+    c.find(Locator::Css("#key"))
+        .await
+        .unwrap()
+        .send_keys(&s.key)
+        .await
+        .unwrap();
+    click(&c, "#login button[type=submit]").await;
+    until(
+        &c,
+        "the endpoints",
+        r##"document.querySelectorAll("#endpoints tbody tr").length === 2"##,
+    )
+    .await;
+
+    // An event opens with its delivery to each endpoint.
+    click(&c, r##"#tabs button[data-tab="events"]"##).await;
+    until(
+        &c,
+        "the events",
+        r##"document.querySelectorAll("#events tbody tr a").length === 1"##,
+    )
+    .await;
+    click(&c, "#events tbody tr a").await;
+    until(
+        &c,
+        "the event's deliveries",
+        r##"document.querySelectorAll("#event tbody tr").length === 2"##,
+    )
+    .await;
+    let title = js(
+        &c,
+        r##"return document.querySelector("#event .title").textContent"##,
+    )
+    .await;
+    assert_eq!(title, accepted["id"]);
+
+    // A delivery, then one that cannot be loaded: nothing of the first stays on screen, and
+    // no button is left to act on the second.
+    let failing = deliveries
+        .iter()
+        .find(|d| d["endpoint_id"] == down["id"])
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    js(&c, &format!(r##"delivery("{failing}"); return null"##)).await;
+    until(
+        &c,
+        "the delivery",
+        r##"!document.querySelector("#retry").hidden"##,
+    )
+    .await;
+    assert_eq!(
+        js(
+            &c,
+            r##"return document.querySelectorAll("#delivery tbody tr").length"##
+        )
+        .await,
+        json!(4),
+        "the first attempt and three retries"
+    );
+    js(
+        &c,
+        r##"delivery("dlv_01ARZ3NDEKTSV4RRFFQ69G5FAV"); return null"##,
+    )
+    .await;
+    until(
+        &c,
+        "the error",
+        r##"document.querySelector("#status").className === "error""##,
+    )
+    .await;
+    let left = js(
+        &c,
+        r##"return [document.querySelector("#retry").hidden,
+                   document.querySelector("#delivery .title").textContent,
+                   document.querySelector("#delivery .facts").children.length,
+                   document.querySelectorAll("#delivery tbody tr").length]"##,
+    )
+    .await;
+    assert_eq!(
+        left,
+        json!([true, "", 0, 0]),
+        "nothing of the delivery before"
+    );
+
+    // Recover reads its field as UTC, though this browser's zone is New York's: the
+    // delivery's own minute, written as the page shows it, finds it.
+    let created = s.get(&format!("/v1/deliveries/{failing}")).await.1["created_at"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let minute = &created[..16];
+    js(
+        &c,
+        &format!(
+            r##"endpoint("{}"); return null"##,
+            down["id"].as_str().unwrap()
+        ),
+    )
+    .await;
+    until(
+        &c,
+        "the endpoint",
+        r##"!document.querySelector("#endpoint .actions").hidden"##,
+    )
+    .await;
+    js(
+        &c,
+        &format!(r##"document.querySelector("#recover input").value = "{minute}"; return null"##),
+    )
+    .await;
+    click(&c, r##"#recover button[type=submit]"##).await;
+    until(
+        &c,
+        "the recovery",
+        r##"document.querySelector("#status").textContent.includes("queued again")"##,
+    )
+    .await;
+    let said = js(
+        &c,
+        r##"return document.querySelector("#status").textContent"##,
+    )
+    .await;
+    assert_eq!(said, "1 deliveries queued again.", "since {minute} UTC");
+
+    // A narrow screen: the page never scrolls sideways, whatever the view.
+    c.set_window_size(400, 800).await.unwrap();
+    for tab in ["endpoints", "events", "types", "keys"] {
+        click(&c, &format!(r##"#tabs button[data-tab="{tab}"]"##)).await;
+        until(
+            &c,
+            tab,
+            &format!(r##"!document.querySelector("#{tab}").hidden"##),
+        )
+        .await;
+        until(
+            &c,
+            &format!("{tab} within the screen"),
+            "document.documentElement.scrollWidth <= window.innerWidth",
+        )
+        .await;
+    }
+    c.close().await.unwrap();
+}
