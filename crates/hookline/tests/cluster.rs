@@ -450,3 +450,99 @@ async fn a_node_cut_off_from_the_database_stops_sending_before_its_work_is_taken
     );
     node_a.sigkill();
 }
+
+/// `secrets reencrypt` on PostgreSQL refuses while a server runs on the database (its
+/// heartbeat is fresh) and changes nothing: a server running with the old key would fail
+/// on every secret sealed under the new one. Once the server has left, it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reencrypt_waits_for_no_server_on_postgres() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let Some(engine) = Engine::postgres() else {
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "reencrypt_waits_for_no_server_on_postgres: skipped on PostgreSQL: \
+             HOOKLINE_TEST_DATABASE_URL is not set"
+        );
+        return;
+    };
+    let data = Data::fresh(&engine).await;
+    let Location::Postgres(url) = data.location.clone() else {
+        unreachable!("a PostgreSQL engine gives a PostgreSQL location")
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let key = cli_account(&["--database-url", &url]);
+    let rx = Receiver::start().await;
+    rx.always("sink", Reply::Status(200));
+    let http = reqwest::Client::new();
+    let port = free_port();
+    let mut node = spawn_node(&url, port, &tmp.path().join("node.log"));
+    let base = format!("http://127.0.0.1:{port}");
+    wait_healthy(&http, &base).await;
+    let (status, ep) = post_endpoint(&http, &base, &key, &rx.url("sink"), &["*"]).await;
+    assert_eq!(status, 201, "{ep}");
+    let secret = ep["secret"].as_str().unwrap().to_owned();
+
+    let new_key = {
+        let out = common::process::hookline().arg("keygen").output().unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let reencrypt = || {
+        common::process::hookline()
+            .args(["secrets", "reencrypt", "--database-url", &url])
+            .args(["--new-key", &new_key])
+            .env_remove("HOOKLINE_ENCRYPTION_KEY")
+            .output()
+            .unwrap()
+    };
+    let out = reencrypt();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("1 hookline server(s) on this database sent a heartbeat")
+            && err.contains("nothing was changed"),
+        "{err}"
+    );
+    // Nothing changed: the running server still reads the secret and takes events.
+    let got: Value = http
+        .get(format!(
+            "{base}/v1/endpoints/{}/secret",
+            ep["id"].as_str().unwrap()
+        ))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(got["secret"], secret.as_str());
+    let resp = http
+        .post(format!("{base}/v1/events"))
+        .bearer_auth(&key)
+        .json(&json!({"type": "click", "data": valid("click", json!({}))}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+
+    // The server leaves (SIGTERM, to the PID this test started): now it runs.
+    let pid = node.0.id().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    node.0.wait().unwrap();
+    let out = reencrypt();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("1 endpoints re-encrypted under key"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

@@ -123,6 +123,16 @@ impl Store {
         }
     }
 
+    /// How many servers run on this database now. On PostgreSQL, the nodes whose heartbeat
+    /// it saw within `within` (they renew it every 2 s at most) and that did not leave; on
+    /// SQLite none can run beside the holder of the serve lock, which the caller takes.
+    pub async fn running_servers(&self, within: std::time::Duration) -> Result<i64, StoreError> {
+        match self {
+            Store::Sqlite(_) => Ok(0),
+            Store::Postgres(s) => s.live_nodes(within).await,
+        }
+    }
+
     /// The schema's versions before and after this store was opened.
     pub fn schema_versions(&self) -> SchemaVersions {
         on_engine!(self, s => s.schema_versions())

@@ -1476,6 +1476,18 @@ impl PgStore {
 
     // ---- the cluster ---------------------------------------------------------------------
 
+    /// How many nodes that have not left sent a heartbeat within `within`: the servers
+    /// running on this database now.
+    pub async fn live_nodes(&self, within: std::time::Duration) -> Result<i64, StoreError> {
+        sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT COUNT(*) FROM nodes WHERE NOT dead AND heartbeat_at >= {DB_NOW_MS} - $1"
+        )))
+        .bind(i64::try_from(within.as_millis()).unwrap_or(i64::MAX))
+        .fetch_one(&self.pool)
+        .await
+        .ctx("counting the servers running")
+    }
+
     /// Registers this node (its heartbeat starts now).
     pub async fn join(&self) -> Result<(), StoreError> {
         sqlx::query(AssertSqlSafe(format!(
