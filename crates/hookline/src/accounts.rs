@@ -36,10 +36,25 @@ pub async fn create(
     name: &str,
     plan: Plan,
 ) -> Result<(Account, String), StoreError> {
-    let name = check_name(name).map_err(StoreError::Conflict)?;
-    let account = store.create_account(name.to_owned(), plan).await?;
-    let (_, key) = issue_key_for(store, &account.id).await?;
+    let (account, _, key) = create_with_record(store, name, plan).await?;
     Ok((account, key))
+}
+
+/// Like [`create`], with the stored record of the key too.
+pub async fn create_with_record(
+    store: &Store,
+    name: &str,
+    plan: Plan,
+) -> Result<(Account, ApiKey, String), StoreError> {
+    let name = check_name(name).map_err(StoreError::Conflict)?;
+    let key = generate_key();
+    let prefix: String = key.chars().take(10).collect();
+    // The account and its key in one transaction: a failed key leaves no account without
+    // one, whose name a retry would then find taken.
+    let (account, record) = store
+        .create_account_with_key(name.to_owned(), plan, hash_api_key(&key), prefix)
+        .await?;
+    Ok((account, record, key))
 }
 
 /// An account name, trimmed: 1 to 200 characters, no control characters.

@@ -99,11 +99,10 @@ pub async fn create(
     JsonBody(body): JsonBody<CreateAccount>,
 ) -> Result<(StatusCode, Json<CreatedAccount>), ApiError> {
     let name = check_name(&body.name).map_err(|e| ApiError::unprocessable(format!("name: {e}")))?;
-    let account = state
-        .store
-        .create_account(name.to_owned(), body.plan.unwrap_or(Plan::Pro))
-        .await?;
-    let (_, Json(api_key)) = issue_for(&state, &account.id).await?;
+    let (account, record, key) =
+        crate::accounts::create_with_record(&state.store, name, body.plan.unwrap_or(Plan::Pro))
+            .await?;
+    let api_key = super::keys::IssuedKey { record, key };
     Ok((
         StatusCode::CREATED,
         Json(CreatedAccount { account, api_key }),

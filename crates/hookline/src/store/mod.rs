@@ -172,6 +172,18 @@ impl Store {
         on_engine!(self, s => s.create_account(name, plan).await)
     }
 
+    /// Creates an account and its first key (given by its hash and its shown prefix) in one
+    /// transaction: a failure leaves neither.
+    pub async fn create_account_with_key(
+        &self,
+        name: String,
+        plan: Plan,
+        key_hash: String,
+        prefix: String,
+    ) -> Result<(Account, ApiKey), StoreError> {
+        on_engine!(self, s => s.create_account_with_key(name, plan, key_hash, prefix).await)
+    }
+
     pub async fn account_by_name(&self, name: String) -> Result<Option<Account>, StoreError> {
         on_engine!(self, s => s.account_by_name(name).await)
     }

@@ -468,6 +468,61 @@ impl PgStore {
         Ok(account)
     }
 
+    /// Creates an account and its first key in one transaction: either both or neither.
+    pub async fn create_account_with_key(
+        &self,
+        name: String,
+        plan: Plan,
+        key_hash: String,
+        prefix: String,
+    ) -> Result<(Account, ApiKey), StoreError> {
+        let now = Timestamp::now();
+        let account = Account {
+            id: new_id("acc"),
+            name,
+            plan,
+            created_at: now,
+        };
+        let key = ApiKey {
+            id: new_id("key"),
+            prefix,
+            created_at: now,
+            revoked_at: None,
+        };
+        let mut tx = self.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO accounts (id, name, plan, created_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(&account.id)
+        .bind(&account.name)
+        .bind(plan.as_str())
+        .bind(now.0)
+        .execute(&mut *tx)
+        .await
+        .ctx("inserting an account")?;
+        if inserted.rows_affected() == 0 {
+            return Err(StoreError::Conflict(format!(
+                "an account named {:?} exists already",
+                account.name
+            )));
+        }
+        sqlx::query(
+            "INSERT INTO api_keys (id, account_id, key_hash, prefix, created_at)
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&key.id)
+        .bind(&account.id)
+        .bind(key_hash)
+        .bind(&key.prefix)
+        .bind(now.0)
+        .execute(&mut *tx)
+        .await
+        .ctx("inserting an API key")?;
+        tx.commit().await.ctx("committing an account")?;
+        Ok((account, key))
+    }
+
     pub async fn account_by_name(&self, name: String) -> Result<Option<Account>, StoreError> {
         sqlx::query("SELECT id, name, plan, created_at FROM accounts WHERE name = $1")
             .bind(name)

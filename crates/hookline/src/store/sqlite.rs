@@ -801,6 +801,55 @@ impl SqliteStore {
         .await
     }
 
+    /// Creates an account and its first key in one transaction: either both or neither.
+    pub async fn create_account_with_key(
+        &self,
+        name: String,
+        plan: Plan,
+        key_hash: String,
+        prefix: String,
+    ) -> Result<(Account, ApiKey), StoreError> {
+        self.write(move |c| {
+            let exists: Option<String> = c
+                .query_row("SELECT id FROM accounts WHERE name = ?1", [&name], |r| {
+                    r.get(0)
+                })
+                .optional()
+                .ctx("looking up an account name")?;
+            if exists.is_some() {
+                return Err(StoreError::Conflict(format!(
+                    "an account named {name:?} exists already"
+                )));
+            }
+            let now = Timestamp::now();
+            let account = Account {
+                id: new_id("acc"),
+                name,
+                plan,
+                created_at: now,
+            };
+            c.execute(
+                "INSERT INTO accounts (id, name, plan, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![account.id, account.name, plan.as_str(), now.0],
+            )
+            .ctx("inserting an account")?;
+            let key = ApiKey {
+                id: new_id("key"),
+                prefix,
+                created_at: now,
+                revoked_at: None,
+            };
+            c.execute(
+                "INSERT INTO api_keys (id, account_id, key_hash, prefix, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![key.id, account.id, key_hash, key.prefix, now.0],
+            )
+            .ctx("inserting an API key")?;
+            Ok((account, key))
+        })
+        .await
+    }
+
     pub async fn account_by_name(&self, name: String) -> Result<Option<Account>, StoreError> {
         self.read(move |c| {
             c.query_row(
