@@ -442,7 +442,16 @@ fn main() -> anyhow::Result<()> {
                     })
                     .collect();
                 let target = match matching.as_slice() {
-                    [one] => one.id.clone(),
+                    [one] => {
+                        if let Some(at) = &one.revoked_at {
+                            println!(
+                                "{} ({}…) was revoked already, at {at}; nothing was changed",
+                                one.id, one.prefix
+                            );
+                            return Ok(());
+                        }
+                        one.id.clone()
+                    }
                     [] => {
                         bail!("account {name:?} has no key {key:?} (see `hookline account keys`)")
                     }

@@ -279,6 +279,13 @@ async fn api_keys_are_stored_as_hashes_and_revocable(engine: Engine) {
     .await;
     let (status, _) = s.call_as(&k3, Method::GET, "/v1/endpoints", None).await;
     assert_eq!(status, 200);
+    // Revoking it again says that it was revoked already, and changes nothing.
+    let (ok, again, err) = cli(&args, &[]);
+    assert!(ok, "{again}{err}");
+    assert!(
+        again.contains(&format!("{id2} (")) && again.contains("was revoked already, at "),
+        "{again}"
+    );
     let (ok, out, _) = cli(
         &[
             ["account", "keys", "acme"].map(String::from).to_vec(),
