@@ -262,7 +262,8 @@ function keys() {
   });
 }
 
-const tabs = { endpoints, endpoint: () => endpoint(), events, types, keys };
+// "← Endpoint" before any endpoint was opened (a delivery that failed to load) lists them.
+const tabs = { endpoints, endpoint: () => (state.endpoint ? endpoint() : endpoints()), events, types, keys };
 
 async function open() {
   try {
@@ -309,7 +310,10 @@ document.addEventListener("DOMContentLoaded", () => {
       }
     } catch (err) {
       if (view === state.view) say(err.message, true);
-    } finally { button.disabled = false; }
+    } finally {
+      // Elsewhere by now, the button serves another object: its own request decides.
+      if (view === state.view) button.disabled = false;
+    }
   });
   $("#recover").addEventListener("submit", async (e) => {
     e.preventDefault();
@@ -318,13 +322,17 @@ document.addEventListener("DOMContentLoaded", () => {
     const at = new Date(value + (value.length === 16 ? ":00Z" : "Z"));
     if (Number.isNaN(at.getTime())) { say("That time cannot be read.", true); return; }
     const view = state.view;
+    const button = $("button[type=submit]", e.target);
+    button.disabled = true;
     try {
       const r = await api("POST", "/v1/endpoints/" + encodeURIComponent(state.endpoint) + "/recover", { since: at.toISOString() });
       if (view !== state.view) return;
-      say(r.recovered + " deliveries queued again.");
-      deliveries();
+      await deliveries();
+      if (view === state.view) say(r.recovered + " deliveries queued again.");
     } catch (err) {
       if (view === state.view) say(err.message, true);
+    } finally {
+      if (view === state.view) button.disabled = false;
     }
   });
   $("#retry").addEventListener("click", async (e) => {
@@ -342,7 +350,9 @@ document.addEventListener("DOMContentLoaded", () => {
       }, 1000);
     } catch (err) {
       if (view === state.view) say(err.message, true);
-    } finally { button.disabled = false; }
+    } finally {
+      if (view === state.view) button.disabled = false;
+    }
   });
   if (state.key) {
     $("#key").value = state.key;
