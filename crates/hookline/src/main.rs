@@ -12,10 +12,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// A PostgreSQL node whose heartbeat is older than this is not running (heartbeats come every
-/// 2 s at most).
-const RUNNING_WITHIN: Duration = Duration::from_secs(10);
-
 /// mimalloc: the request and delivery paths allocate many small, short-lived buffers.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -340,24 +336,13 @@ fn main() -> anyhow::Result<()> {
                 };
                 // No server may run meanwhile: one running with the old key fails on every
                 // secret sealed under the new one. On SQLite the serve lock proves none runs;
-                // on PostgreSQL the nodes' heartbeats tell.
+                // on PostgreSQL the nodes' heartbeats tell (`reseal_secrets`, alone).
                 let lock = Store::lock(&location).await?;
                 let store = Store::open_locked(&location, from, &lock)
                     .await
                     .with_context(|| format!("opening the store at {}", location.describe()))?;
-                let running = store
-                    .running_servers(RUNNING_WITHIN)
-                    .await
-                    .context("looking for servers running on the database")?;
-                if running > 0 {
-                    bail!(
-                        "{running} hookline server(s) on this database sent a heartbeat in the \
-                         last {} s: stop them all first (nothing was changed)",
-                        RUNNING_WITHIN.as_secs()
-                    );
-                }
                 let n = store
-                    .reseal_secrets(to.clone())
+                    .reseal_secrets(to.clone(), true)
                     .await
                     .context("re-encrypting endpoint secrets (nothing was changed)")?;
                 lock.release();

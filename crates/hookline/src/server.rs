@@ -95,27 +95,6 @@ pub async fn run(
     let store = Store::open_locked(&config.location, config.sealer.clone(), &lock)
         .await
         .with_context(|| format!("opening the store at {where_}"))?;
-    // Every stored secret must open with the key given (a wrong or missing key stops the
-    // start here, not at the first delivery); with a key, secrets still in clear are sealed.
-    // (A secret another node changes meanwhile makes it start over: a few tries.)
-    let mut tries = 0;
-    let sealed = loop {
-        tries += 1;
-        match store.reseal_secrets(config.sealer.clone()).await {
-            Err(crate::store::StoreError::Conflict(_)) if tries < 5 => continue,
-            other => {
-                break other.context(
-                    "checking the stored endpoint secrets against HOOKLINE_ENCRYPTION_KEY",
-                )?;
-            }
-        }
-    };
-    if sealed > 0 {
-        tracing::info!(
-            endpoints = sealed,
-            "sealed endpoint secrets stored in clear"
-        );
-    }
     let engine = store.engine();
     if store.is_shared() {
         let floor =
@@ -130,6 +109,34 @@ pub async fn run(
     }
     let joined = std::time::Instant::now();
     store.join().await.context("joining the cluster")?;
+    // Every stored secret must open with the key given (a wrong or missing key stops the
+    // start here, not at the first delivery); with a key, secrets still in clear are sealed.
+    // (A secret another node changes meanwhile makes it start over: a few tries.) After
+    // joining: a re-encryption counts the nodes that joined under the same lock, so this
+    // node is either counted (and the re-encryption refused) or checks the new key.
+    let mut tries = 0;
+    let sealed = loop {
+        tries += 1;
+        match store.reseal_secrets(config.sealer.clone(), false).await {
+            Err(crate::store::StoreError::Conflict(_)) if tries < 5 => continue,
+            Err(e) => {
+                // Not started after all: leave, so no one waits for this node's lease.
+                if let Err(left) = store.leave().await {
+                    tracing::warn!(error = %left, "leaving the cluster after a failed start");
+                }
+                return Err(anyhow::Error::new(e).context(
+                    "checking the stored endpoint secrets against HOOKLINE_ENCRYPTION_KEY",
+                ));
+            }
+            Ok(n) => break n,
+        }
+    };
+    if sealed > 0 {
+        tracing::info!(
+            endpoints = sealed,
+            "sealed endpoint secrets stored in clear"
+        );
+    }
     let released = store
         .release_all_claims(config.dispatch.lease)
         .await

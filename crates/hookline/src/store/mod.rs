@@ -123,16 +123,6 @@ impl Store {
         }
     }
 
-    /// How many servers run on this database now. On PostgreSQL, the nodes whose heartbeat
-    /// it saw within `within` (they renew it every 2 s at most) and that did not leave; on
-    /// SQLite none can run beside the holder of the serve lock, which the caller takes.
-    pub async fn running_servers(&self, within: std::time::Duration) -> Result<i64, StoreError> {
-        match self {
-            Store::Sqlite(_) => Ok(0),
-            Store::Postgres(s) => s.live_nodes(within).await,
-        }
-    }
-
     /// The schema's versions before and after this store was opened.
     pub fn schema_versions(&self) -> SchemaVersions {
         on_engine!(self, s => s.schema_versions())
@@ -265,8 +255,17 @@ impl Store {
     /// Rewrites every stored endpoint secret sealed under `to` (or in clear when `to` has
     /// no key), opening each with the store's own sealer; all or nothing. Values already in
     /// `to`'s form are checked, not rewritten. Returns how many endpoints were rewritten.
-    pub async fn reseal_secrets(&self, to: Sealer) -> Result<usize, StoreError> {
-        on_engine!(self, s => s.reseal_secrets(to).await)
+    ///
+    /// `alone`: no server may run on the database (a re-encryption by the CLI). On SQLite
+    /// the caller's serve lock proves it; on PostgreSQL no node may have sent a heartbeat
+    /// within [`postgres::ALIVE_WITHIN`], counted under the same lock of the settings row
+    /// that every node's start takes for its own check after joining, so a node starting
+    /// meanwhile is either counted or checks the new key after this commits.
+    pub async fn reseal_secrets(&self, to: Sealer, alone: bool) -> Result<usize, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.reseal_secrets(to).await,
+            Store::Postgres(s) => s.reseal_secrets(to, alone).await,
+        }
     }
 
     pub async fn account_by_key_hash(

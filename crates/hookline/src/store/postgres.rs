@@ -248,6 +248,10 @@ pub struct PgStore {
     schema: super::SchemaVersions,
 }
 
+/// A node whose heartbeat is older than this is not running: the default lease, past which
+/// the other nodes take its deliveries over (heartbeats come every 2 s at most).
+pub const ALIVE_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The longest a heartbeat's reading of the database's clock may take; a slower one (a busy
 /// pool) is dropped, and the stamps keep the last.
 const CLOCK_READ_LIMIT: std::time::Duration = std::time::Duration::from_millis(500);
@@ -752,7 +756,7 @@ impl PgStore {
         Ok(Some(key))
     }
 
-    pub async fn reseal_secrets(&self, to: Sealer) -> Result<usize, StoreError> {
+    pub async fn reseal_secrets(&self, to: Sealer, alone: bool) -> Result<usize, StoreError> {
         let mut tx = self.begin().await?;
         // The settings row orders every node's start and every re-encryption.
         sqlx::query(
@@ -768,6 +772,23 @@ impl PgStore {
                 .await
                 .ctx("reading the sealing key")?;
         check_recorded_key(&recorded, &self.sealer)?;
+        if alone {
+            // Under the settings row's lock, which a node's start takes only after joining.
+            let live: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+                "SELECT COUNT(*) FROM nodes WHERE NOT dead AND heartbeat_at >= {DB_NOW_MS} - $1"
+            )))
+            .bind(i64::try_from(ALIVE_WITHIN.as_millis()).unwrap_or(i64::MAX))
+            .fetch_one(&mut *tx)
+            .await
+            .ctx("counting the servers running")?;
+            if live > 0 {
+                return Err(StoreError::Conflict(format!(
+                    "{live} hookline server(s) on this database sent a heartbeat in the last \
+                     {} s: stop them all first (nothing was changed)",
+                    ALIVE_WITHIN.as_secs()
+                )));
+            }
+        }
         // No row locks for the scan (ingest's key-share locks would wait on them at every
         // node's start); each rewrite applies only if the row is still as it was read.
         let rows =
@@ -1530,18 +1551,6 @@ impl PgStore {
     // ---- the dispatcher's side -----------------------------------------------------------
 
     // ---- the cluster ---------------------------------------------------------------------
-
-    /// How many nodes that have not left sent a heartbeat within `within`: the servers
-    /// running on this database now.
-    pub async fn live_nodes(&self, within: std::time::Duration) -> Result<i64, StoreError> {
-        sqlx::query_scalar(AssertSqlSafe(format!(
-            "SELECT COUNT(*) FROM nodes WHERE NOT dead AND heartbeat_at >= {DB_NOW_MS} - $1"
-        )))
-        .bind(i64::try_from(within.as_millis()).unwrap_or(i64::MAX))
-        .fetch_one(&self.pool)
-        .await
-        .ctx("counting the servers running")
-    }
 
     /// Registers this node (its heartbeat starts now).
     pub async fn join(&self) -> Result<(), StoreError> {
