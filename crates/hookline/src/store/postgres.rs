@@ -248,6 +248,38 @@ pub struct PgStore {
     schema: super::SchemaVersions,
 }
 
+/// Inserts a new account named `name` in `tx`, unless one has that name already.
+async fn insert_account(
+    tx: &mut Transaction<'static, Postgres>,
+    name: String,
+    plan: Plan,
+) -> Result<Account, StoreError> {
+    let account = Account {
+        id: new_id("acc"),
+        name,
+        plan,
+        created_at: Timestamp::now(),
+    };
+    let inserted = sqlx::query(
+        "INSERT INTO accounts (id, name, plan, created_at) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (name) DO NOTHING",
+    )
+    .bind(&account.id)
+    .bind(&account.name)
+    .bind(plan.as_str())
+    .bind(account.created_at.0)
+    .execute(&mut **tx)
+    .await
+    .ctx("inserting an account")?;
+    if inserted.rows_affected() == 0 {
+        return Err(StoreError::Conflict(format!(
+            "an account named {:?} exists already",
+            account.name
+        )));
+    }
+    Ok(account)
+}
+
 /// A node whose heartbeat is older than this is not running: the default lease, past which
 /// the other nodes take its deliveries over (heartbeats come every 2 s at most).
 pub const ALIVE_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
@@ -446,29 +478,9 @@ impl PgStore {
     // ---- accounts and keys ---------------------------------------------------------------
 
     pub async fn create_account(&self, name: String, plan: Plan) -> Result<Account, StoreError> {
-        let account = Account {
-            id: new_id("acc"),
-            name,
-            plan,
-            created_at: Timestamp::now(),
-        };
-        let inserted = sqlx::query(
-            "INSERT INTO accounts (id, name, plan, created_at) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (name) DO NOTHING",
-        )
-        .bind(&account.id)
-        .bind(&account.name)
-        .bind(plan.as_str())
-        .bind(account.created_at.0)
-        .execute(&self.pool)
-        .await
-        .ctx("inserting an account")?;
-        if inserted.rows_affected() == 0 {
-            return Err(StoreError::Conflict(format!(
-                "an account named {:?} exists already",
-                account.name
-            )));
-        }
+        let mut tx = self.begin().await?;
+        let account = insert_account(&mut tx, name, plan).await?;
+        tx.commit().await.ctx("committing an account")?;
         Ok(account)
     }
 
@@ -480,37 +492,14 @@ impl PgStore {
         key_hash: String,
         prefix: String,
     ) -> Result<(Account, ApiKey), StoreError> {
-        let now = Timestamp::now();
-        let account = Account {
-            id: new_id("acc"),
-            name,
-            plan,
-            created_at: now,
-        };
+        let mut tx = self.begin().await?;
+        let account = insert_account(&mut tx, name, plan).await?;
         let key = ApiKey {
             id: new_id("key"),
             prefix,
-            created_at: now,
+            created_at: account.created_at,
             revoked_at: None,
         };
-        let mut tx = self.begin().await?;
-        let inserted = sqlx::query(
-            "INSERT INTO accounts (id, name, plan, created_at) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (name) DO NOTHING",
-        )
-        .bind(&account.id)
-        .bind(&account.name)
-        .bind(plan.as_str())
-        .bind(now.0)
-        .execute(&mut *tx)
-        .await
-        .ctx("inserting an account")?;
-        if inserted.rows_affected() == 0 {
-            return Err(StoreError::Conflict(format!(
-                "an account named {:?} exists already",
-                account.name
-            )));
-        }
         sqlx::query(
             "INSERT INTO api_keys (id, account_id, key_hash, prefix, created_at)
              VALUES ($1, $2, $3, $4, $5)",
@@ -519,7 +508,7 @@ impl PgStore {
         .bind(&account.id)
         .bind(key_hash)
         .bind(&key.prefix)
-        .bind(now.0)
+        .bind(key.created_at.0)
         .execute(&mut *tx)
         .await
         .ctx("inserting an API key")?;

@@ -469,6 +469,38 @@ fn open_reader(path: &Path) -> Result<Connection, StoreError> {
     Ok(c)
 }
 
+/// Inserts a new account named `name`, unless one has that name already.
+fn insert_account(c: &Connection, name: String, plan: Plan) -> Result<Account, StoreError> {
+    let exists: Option<String> = c
+        .query_row("SELECT id FROM accounts WHERE name = ?1", [&name], |r| {
+            r.get(0)
+        })
+        .optional()
+        .ctx("looking up an account name")?;
+    if exists.is_some() {
+        return Err(StoreError::Conflict(format!(
+            "an account named {name:?} exists already"
+        )));
+    }
+    let account = Account {
+        id: new_id("acc"),
+        name,
+        plan,
+        created_at: Timestamp::now(),
+    };
+    c.execute(
+        "INSERT INTO accounts (id, name, plan, created_at) VALUES (?1, ?2, ?3, ?4)",
+        params![
+            account.id,
+            account.name,
+            plan.as_str(),
+            account.created_at.0
+        ],
+    )
+    .ctx("inserting an account")?;
+    Ok(account)
+}
+
 /// Brings the schema of the database in `data_dir` up to date; the schema versions before
 /// and after. A database newer than this build is refused untouched: this build would not
 /// know its tables. The schema changes only under the data directory's serve lock (`held`
@@ -768,37 +800,7 @@ impl SqliteStore {
     // ---- accounts and keys ---------------------------------------------------------------
 
     pub async fn create_account(&self, name: String, plan: Plan) -> Result<Account, StoreError> {
-        self.write(move |c| {
-            let exists: Option<String> = c
-                .query_row("SELECT id FROM accounts WHERE name = ?1", [&name], |r| {
-                    r.get(0)
-                })
-                .optional()
-                .ctx("looking up an account name")?;
-            if exists.is_some() {
-                return Err(StoreError::Conflict(format!(
-                    "an account named {name:?} exists already"
-                )));
-            }
-            let account = Account {
-                id: new_id("acc"),
-                name,
-                plan,
-                created_at: Timestamp::now(),
-            };
-            c.execute(
-                "INSERT INTO accounts (id, name, plan, created_at) VALUES (?1, ?2, ?3, ?4)",
-                params![
-                    account.id,
-                    account.name,
-                    plan.as_str(),
-                    account.created_at.0
-                ],
-            )
-            .ctx("inserting an account")?;
-            Ok(account)
-        })
-        .await
+        self.write(move |c| insert_account(c, name, plan)).await
     }
 
     /// Creates an account and its first key in one transaction: either both or neither.
@@ -810,39 +812,17 @@ impl SqliteStore {
         prefix: String,
     ) -> Result<(Account, ApiKey), StoreError> {
         self.write(move |c| {
-            let exists: Option<String> = c
-                .query_row("SELECT id FROM accounts WHERE name = ?1", [&name], |r| {
-                    r.get(0)
-                })
-                .optional()
-                .ctx("looking up an account name")?;
-            if exists.is_some() {
-                return Err(StoreError::Conflict(format!(
-                    "an account named {name:?} exists already"
-                )));
-            }
-            let now = Timestamp::now();
-            let account = Account {
-                id: new_id("acc"),
-                name,
-                plan,
-                created_at: now,
-            };
-            c.execute(
-                "INSERT INTO accounts (id, name, plan, created_at) VALUES (?1, ?2, ?3, ?4)",
-                params![account.id, account.name, plan.as_str(), now.0],
-            )
-            .ctx("inserting an account")?;
+            let account = insert_account(c, name, plan)?;
             let key = ApiKey {
                 id: new_id("key"),
                 prefix,
-                created_at: now,
+                created_at: account.created_at,
                 revoked_at: None,
             };
             c.execute(
                 "INSERT INTO api_keys (id, account_id, key_hash, prefix, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![key.id, account.id, key_hash, key.prefix, now.0],
+                params![key.id, account.id, key_hash, key.prefix, key.created_at.0],
             )
             .ctx("inserting an API key")?;
             Ok((account, key))
