@@ -6,9 +6,9 @@
 
 mod common;
 
-use common::process::{Serve, cli, free_port, post_endpoint, wait_healthy};
-use common::{Receiver, valid, verify_with_standardwebhooks};
-use serde_json::{Value, json};
+use common::process::{Serve, cli, free_port, post_click, post_endpoint, wait_healthy};
+use common::{Receiver, verify_with_standardwebhooks};
+use serde_json::Value;
 use std::path::Path;
 use std::process::Stdio;
 
@@ -36,18 +36,6 @@ async fn serving(http: &reqwest::Client, dir: &Path, env: &[(&str, &str)]) -> (S
     let server = serve_from_env(dir, port, env);
     wait_healthy(http, &base).await;
     (server, base)
-}
-
-/// Sends one valid click to the server at `base` with `key`; the answer's status.
-async fn post_click(http: &reqwest::Client, base: &str, key: &str) -> u16 {
-    http.post(format!("{base}/v1/events"))
-        .bearer_auth(key)
-        .json(&json!({"type": "click", "data": valid("click", json!({}))}))
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
 }
 
 fn account_from_env(dir: &Path, name: &str) -> String {

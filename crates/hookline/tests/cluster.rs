@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::process::{Serve, cli_account, free_port, post_endpoint, wait_healthy};
+use common::process::{Serve, cli_account, free_port, post_click, post_endpoint, wait_healthy};
 use common::{Data, Engine, Receiver, Reply, eventually, valid, verify_with_standardwebhooks};
 use hookline::store::Location;
 use serde_json::{Value, json};
@@ -54,6 +54,20 @@ fn spawn_node(url: &str, port: u16, log: &Path) -> Serve {
         .unwrap()
 }
 
+/// The PostgreSQL engine, or `None` after saying that `test` was skipped (straight to the
+/// file descriptor: the harness captures `eprintln!` of passing tests).
+fn postgres_or_skip(test: &str) -> Option<Engine> {
+    let engine = Engine::postgres();
+    if engine.is_none() {
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "{test}: skipped on PostgreSQL: HOOKLINE_TEST_DATABASE_URL is not set"
+        );
+    }
+    engine
+}
+
 /// The deliveries the survivors took over from dead nodes, from their logs.
 fn taken_over(logs: &[&Path]) -> usize {
     logs.iter()
@@ -74,13 +88,9 @@ fn taken_over(logs: &[&Path]) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_share_the_work_and_a_killed_one_loses_nothing() {
     let _serial = ONE_AT_A_TIME.lock().await;
-    let Some(engine) = Engine::postgres() else {
-        use std::io::Write as _;
-        let _ = writeln!(
-            std::io::stderr().lock(),
-            "three_nodes_share_the_work_and_a_killed_one_loses_nothing: skipped on PostgreSQL: \
-             HOOKLINE_TEST_DATABASE_URL is not set"
-        );
+    let Some(engine) =
+        postgres_or_skip("three_nodes_share_the_work_and_a_killed_one_loses_nothing")
+    else {
         return;
     };
     let data = Data::fresh(&engine).await;
@@ -307,13 +317,9 @@ impl Proxy {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_cut_off_from_the_database_stops_sending_before_its_work_is_taken_over() {
     let _serial = ONE_AT_A_TIME.lock().await;
-    let Some(engine) = Engine::postgres() else {
-        use std::io::Write as _;
-        let _ = writeln!(
-            std::io::stderr().lock(),
-            "a_node_cut_off_from_the_database_stops_sending_before_its_work_is_taken_over: \
-             skipped on PostgreSQL: HOOKLINE_TEST_DATABASE_URL is not set"
-        );
+    let Some(engine) = postgres_or_skip(
+        "a_node_cut_off_from_the_database_stops_sending_before_its_work_is_taken_over",
+    ) else {
         return;
     };
     let data = Data::fresh(&engine).await;
@@ -457,13 +463,7 @@ async fn a_node_cut_off_from_the_database_stops_sending_before_its_work_is_taken
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reencrypt_waits_for_no_server_on_postgres() {
     let _serial = ONE_AT_A_TIME.lock().await;
-    let Some(engine) = Engine::postgres() else {
-        use std::io::Write as _;
-        let _ = writeln!(
-            std::io::stderr().lock(),
-            "reencrypt_waits_for_no_server_on_postgres: skipped on PostgreSQL: \
-             HOOKLINE_TEST_DATABASE_URL is not set"
-        );
+    let Some(engine) = postgres_or_skip("reencrypt_waits_for_no_server_on_postgres") else {
         return;
     };
     let data = Data::fresh(&engine).await;
@@ -517,14 +517,7 @@ async fn reencrypt_waits_for_no_server_on_postgres() {
         .await
         .unwrap();
     assert_eq!(got["secret"], secret.as_str());
-    let resp = http
-        .post(format!("{base}/v1/events"))
-        .bearer_auth(&key)
-        .json(&json!({"type": "click", "data": valid("click", json!({}))}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202);
+    assert_eq!(post_click(&http, &base, &key).await, 202);
 
     // The server leaves (SIGTERM, to the PID this test started): now it runs.
     let pid = node.0.id().to_string();

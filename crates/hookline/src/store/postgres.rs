@@ -280,6 +280,35 @@ async fn insert_account(
     Ok(account)
 }
 
+/// Inserts a new key of `account_id` in `tx`, stored as its hash and the prefix it is shown
+/// by.
+async fn insert_api_key(
+    tx: &mut Transaction<'static, Postgres>,
+    account_id: &str,
+    key_hash: &str,
+    prefix: String,
+) -> Result<ApiKey, StoreError> {
+    let key = ApiKey {
+        id: new_id("key"),
+        prefix,
+        created_at: Timestamp::now(),
+        revoked_at: None,
+    };
+    sqlx::query(
+        "INSERT INTO api_keys (id, account_id, key_hash, prefix, created_at)
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(&key.id)
+    .bind(account_id)
+    .bind(key_hash)
+    .bind(&key.prefix)
+    .bind(key.created_at.0)
+    .execute(&mut **tx)
+    .await
+    .ctx("inserting an API key")?;
+    Ok(key)
+}
+
 /// A node whose heartbeat is older than this is not running: the default lease, past which
 /// the other nodes take its deliveries over (heartbeats come every 2 s at most).
 pub const ALIVE_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
@@ -494,24 +523,7 @@ impl PgStore {
     ) -> Result<(Account, ApiKey), StoreError> {
         let mut tx = self.begin().await?;
         let account = insert_account(&mut tx, name, plan).await?;
-        let key = ApiKey {
-            id: new_id("key"),
-            prefix,
-            created_at: account.created_at,
-            revoked_at: None,
-        };
-        sqlx::query(
-            "INSERT INTO api_keys (id, account_id, key_hash, prefix, created_at)
-             VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(&key.id)
-        .bind(&account.id)
-        .bind(key_hash)
-        .bind(&key.prefix)
-        .bind(key.created_at.0)
-        .execute(&mut *tx)
-        .await
-        .ctx("inserting an API key")?;
+        let key = insert_api_key(&mut tx, &account.id, &key_hash, prefix).await?;
         tx.commit().await.ctx("committing an account")?;
         Ok((account, key))
     }
@@ -619,12 +631,6 @@ impl PgStore {
         prefix: String,
         max_live: usize,
     ) -> Result<ApiKey, StoreError> {
-        let key = ApiKey {
-            id: new_id("key"),
-            prefix,
-            created_at: Timestamp::now(),
-            revoked_at: None,
-        };
         let mut tx = self.begin().await?;
         // The account row orders concurrent issues, so the count below holds.
         sqlx::query("SELECT 1 FROM accounts WHERE id = $1 FOR NO KEY UPDATE")
@@ -642,18 +648,7 @@ impl PgStore {
         if live as usize >= max_live {
             return Err(super::too_many_keys(max_live));
         }
-        sqlx::query(
-            "INSERT INTO api_keys (id, account_id, key_hash, prefix, created_at)
-             VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(&key.id)
-        .bind(account_id)
-        .bind(key_hash)
-        .bind(&key.prefix)
-        .bind(key.created_at.0)
-        .execute(&mut *tx)
-        .await
-        .ctx("inserting an API key")?;
+        let key = insert_api_key(&mut tx, &account_id, &key_hash, prefix).await?;
         tx.commit().await.ctx("committing a key")?;
         Ok(key)
     }

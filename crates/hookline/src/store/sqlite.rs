@@ -501,6 +501,28 @@ fn insert_account(c: &Connection, name: String, plan: Plan) -> Result<Account, S
     Ok(account)
 }
 
+/// Inserts a new key of `account_id`, stored as its hash and the prefix it is shown by.
+fn insert_api_key(
+    c: &Connection,
+    account_id: &str,
+    key_hash: &str,
+    prefix: String,
+) -> Result<ApiKey, StoreError> {
+    let key = ApiKey {
+        id: new_id("key"),
+        prefix,
+        created_at: Timestamp::now(),
+        revoked_at: None,
+    };
+    c.execute(
+        "INSERT INTO api_keys (id, account_id, key_hash, prefix, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![key.id, account_id, key_hash, key.prefix, key.created_at.0],
+    )
+    .ctx("inserting an API key")?;
+    Ok(key)
+}
+
 /// Brings the schema of the database in `data_dir` up to date; the schema versions before
 /// and after. A database newer than this build is refused untouched: this build would not
 /// know its tables. The schema changes only under the data directory's serve lock (`held`
@@ -813,18 +835,7 @@ impl SqliteStore {
     ) -> Result<(Account, ApiKey), StoreError> {
         self.write(move |c| {
             let account = insert_account(c, name, plan)?;
-            let key = ApiKey {
-                id: new_id("key"),
-                prefix,
-                created_at: account.created_at,
-                revoked_at: None,
-            };
-            c.execute(
-                "INSERT INTO api_keys (id, account_id, key_hash, prefix, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![key.id, account.id, key_hash, key.prefix, key.created_at.0],
-            )
-            .ctx("inserting an API key")?;
+            let key = insert_api_key(c, &account.id, &key_hash, prefix)?;
             Ok((account, key))
         })
         .await
@@ -959,19 +970,7 @@ impl SqliteStore {
             if live as usize >= max_live {
                 return Err(super::too_many_keys(max_live));
             }
-            let key = ApiKey {
-                id: new_id("key"),
-                prefix,
-                created_at: Timestamp::now(),
-                revoked_at: None,
-            };
-            c.execute(
-                "INSERT INTO api_keys (id, account_id, key_hash, prefix, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![key.id, account_id, key_hash, key.prefix, key.created_at.0],
-            )
-            .ctx("inserting an API key")?;
-            Ok(key)
+            insert_api_key(c, &account_id, &key_hash, prefix)
         })
         .await
     }

@@ -59,6 +59,21 @@ pub async fn wait_healthy(http: &reqwest::Client, base: &str) {
     .await;
 }
 
+/// Sends one valid click to the server at `base` with `key`; the answer's status.
+pub async fn post_click(http: &reqwest::Client, base: &str, key: &str) -> u16 {
+    http.post(format!("{base}/v1/events"))
+        .bearer_auth(key)
+        .json(&serde_json::json!({
+            "type": "click",
+            "data": super::valid("click", serde_json::json!({}))
+        }))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
 /// Asks the server at `base` (a process of its own) to create an endpoint at `url`
 /// subscribed to `types`, with API key `key`; the status and the JSON body.
 pub async fn post_endpoint(
