@@ -614,11 +614,22 @@ pub fn verify_with_standardwebhooks(secret: &str, r: &Received) {
 pub async fn database_bytes(location: &Location) -> Vec<u8> {
     match location {
         Location::Sqlite(dir) => {
+            // Read by another process: closing a descriptor of the database (or of its
+            // `-shm`) in this one would drop every POSIX lock this process holds on it, the
+            // in-process server's SQLite locks among them. A command of another process
+            // would then take itself for the database's only user, and its last close would
+            // checkpoint and remove the write-ahead log under the server (a revocation by
+            // `hookline account revoke` was lost so).
             let mut out = Vec::new();
             for entry in std::fs::read_dir(dir).unwrap() {
                 let path = entry.unwrap().path();
                 if path.is_file() {
-                    out.extend(std::fs::read(&path).unwrap());
+                    let read = std::process::Command::new("cat")
+                        .arg(&path)
+                        .output()
+                        .unwrap();
+                    assert!(read.status.success(), "reading {}", path.display());
+                    out.extend(read.stdout);
                 }
             }
             out
