@@ -165,10 +165,16 @@ enum AccountCommand {
         #[command(flatten)]
         storage: StorageArgs,
     },
-    /// Revokes one of an account's API keys, by id (`key_…`) or by its first characters.
+    /// Revokes one of an account's API keys: by id (`key_…`), by its first characters as
+    /// `account keys` shows them, or by the whole key. Refuses the account's last live key
+    /// unless --allow-last is given.
     Revoke {
         name: String,
         key: String,
+        /// Revoke the key even if it is the account's last live one (the account can then no
+        /// longer call the API until `account key` issues another).
+        #[arg(long)]
+        allow_last: bool,
         #[command(flatten)]
         storage: StorageArgs,
     },
@@ -223,6 +229,28 @@ impl StorageArgs {
             ),
         }
     }
+}
+
+/// Fails unless `location` holds a Hookline database: for the commands that only work on
+/// existing data, so that a mistyped `--data-dir` or URL is not taken for a new, empty one.
+async fn must_exist(location: &Location) -> anyhow::Result<()> {
+    let found = Store::exists(location)
+        .await
+        .with_context(|| format!("opening the store at {}", location.describe()))?;
+    if !found {
+        bail!(
+            "there is no Hookline database at {} (check --data-dir / --database-url; \
+             `hookline migrate` or `hookline serve` creates one); nothing was changed",
+            location.describe()
+        );
+    }
+    Ok(())
+}
+
+/// Opens the store of a command that works on existing data only ([`must_exist`]).
+async fn open_existing_store(storage: &StorageArgs) -> anyhow::Result<Store> {
+    must_exist(&storage.location()?).await?;
+    open_store(storage).await
 }
 
 async fn open_store(storage: &StorageArgs) -> anyhow::Result<Store> {
@@ -337,6 +365,7 @@ fn main() -> anyhow::Result<()> {
                 // No server may run meanwhile: one running with the old key fails on every
                 // secret sealed under the new one. On SQLite the serve lock proves none runs;
                 // on PostgreSQL the nodes' heartbeats tell (`reseal_secrets`, alone).
+                must_exist(&location).await?;
                 let lock = Store::lock(&location).await?;
                 let store = Store::open_locked(&location, from, &lock)
                     .await
@@ -388,7 +417,7 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             }
             Command::Account(AccountCommand::Key { name, storage }) => {
-                let store = open_store(&storage).await?;
+                let store = open_existing_store(&storage).await?;
                 match hookline::accounts::issue_key(&store, &name).await? {
                     Some((account, key)) => {
                         println!("new key for account {} ({})", account.name, account.id);
@@ -399,7 +428,7 @@ fn main() -> anyhow::Result<()> {
                 }
             }
             Command::Account(AccountCommand::Keys { name, storage }) => {
-                let store = open_store(&storage).await?;
+                let store = open_existing_store(&storage).await?;
                 let Some(account) = store.account_by_name(name.trim().to_owned()).await? else {
                     bail!("no account named {name:?}");
                 };
@@ -412,39 +441,44 @@ fn main() -> anyhow::Result<()> {
                 }
                 Ok(())
             }
-            Command::Account(AccountCommand::Revoke { name, key, storage }) => {
-                let store = open_store(&storage).await?;
+            Command::Account(AccountCommand::Revoke {
+                name,
+                key,
+                allow_last,
+                storage,
+            }) => {
+                let store = open_existing_store(&storage).await?;
                 let Some(account) = store.account_by_name(name.trim().to_owned()).await? else {
                     bail!("no account named {name:?}");
                 };
                 let keys = store.all_api_keys(account.id.clone()).await?;
-                let matching: Vec<_> = keys
-                    .iter()
-                    .filter(|k| {
-                        k.id == key
-                            || (key.len() >= 6
-                                && (k.prefix.starts_with(&key) || key.starts_with(&k.prefix)))
-                    })
-                    .collect();
-                let target = match matching.as_slice() {
-                    [one] => {
-                        if let Some(at) = &one.revoked_at {
-                            println!(
-                                "{} ({}…) was revoked already, at {at}; nothing was changed",
-                                one.id, one.prefix
-                            );
-                            return Ok(());
-                        }
-                        one.id.clone()
-                    }
-                    [] => {
-                        bail!("account {name:?} has no key {key:?} (see `hookline account keys`)")
-                    }
-                    _ => bail!("{key:?} matches several keys of {name:?}; give the key's id"),
+                let Some(one) = key_to_revoke(&store, &account, &keys, &key).await? else {
+                    bail!(
+                        "account {name:?} has no key {key:?}: give a key's id, its first \
+                         characters as `hookline account keys` shows them, or the whole key; \
+                         nothing was changed"
+                    );
                 };
+                if let Some(at) = &one.revoked_at {
+                    println!(
+                        "{} ({}…) was revoked already, at {at}; nothing was changed",
+                        one.id, one.prefix
+                    );
+                    return Ok(());
+                }
                 let revoked = store
-                    .revoke_api_key(account.id, target, false)
-                    .await?
+                    .revoke_api_key(account.id, one.id.clone(), !allow_last)
+                    .await
+                    .map_err(|e| match e {
+                        hookline::store::StoreError::Conflict(_) => anyhow::anyhow!(
+                            "{} ({}…) is the last live key of {name:?}: without it the account \
+                             cannot call the API. Issue another first (`hookline account key`), \
+                             or pass --allow-last to revoke it anyway; nothing was changed",
+                            one.id,
+                            one.prefix
+                        ),
+                        e => anyhow::Error::new(e).context("revoking the key"),
+                    })?
                     .context("the key vanished while being revoked")?;
                 println!(
                     "revoked {} ({}…); running servers stop taking it within 5 s",
@@ -454,6 +488,54 @@ fn main() -> anyhow::Result<()> {
             }
         }
     })
+}
+
+/// Which of `keys` (an account's) `given` names: its id (`key_…`), its shown first
+/// characters exactly (as `account keys` lists them, with or without the trailing `…`), or
+/// the whole key, which must hash to a live key of the account. Several keys sharing the
+/// first characters must be named by id. `None`: no key of the account.
+async fn key_to_revoke<'k>(
+    store: &Store,
+    account: &hookline::model::Account,
+    keys: &'k [hookline::model::ApiKey],
+    given: &str,
+) -> anyhow::Result<Option<&'k hookline::model::ApiKey>> {
+    let given = given.trim();
+    if let Some(k) = keys.iter().find(|k| k.id == given) {
+        return Ok(Some(k));
+    }
+    let shown = given.trim_end_matches('…').trim_end_matches("...");
+    let by_prefix: Vec<_> = keys.iter().filter(|k| k.prefix == shown).collect();
+    if !by_prefix.is_empty() {
+        return match by_prefix.as_slice() {
+            [one] => Ok(Some(one)),
+            _ => bail!(
+                "{given:?} starts several keys of {:?}; give the key's id",
+                account.name
+            ),
+        };
+    }
+    // The whole key: its first characters pick the record, its hash proves it (only a live
+    // key's hash can be looked up; a key revoked already is only reported as such).
+    let (live, revoked): (Vec<_>, Vec<_>) = keys
+        .iter()
+        .filter(|k| given.len() > k.prefix.len() && given.starts_with(&k.prefix))
+        .partition(|k| k.revoked_at.is_none());
+    let [one] = live.as_slice() else {
+        return match (live.len(), revoked.as_slice()) {
+            (0, [gone]) => Ok(Some(gone)),
+            (0, _) => Ok(None),
+            _ => bail!(
+                "{:?} has several keys starting alike; give the key's id",
+                account.name
+            ),
+        };
+    };
+    let owner = store
+        .account_by_key_hash(hookline::accounts::hash_api_key(given))
+        .await
+        .context("looking up the key")?;
+    Ok(owner.filter(|a| a.id == account.id).map(|_| *one))
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {

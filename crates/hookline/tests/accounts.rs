@@ -1,5 +1,7 @@
 //! An account and its first key are created together or not at all: a key that cannot be
 //! stored leaves no account behind (whose name a retry would find taken), on both engines.
+//! Commands that work on existing data refuse a place that holds none (a mistyped
+//! `--data-dir` or URL) and create nothing there.
 
 mod common;
 
@@ -64,4 +66,76 @@ async fn an_account_is_created_with_its_key_or_not_at_all(engine: Engine) {
     assert!(key.starts_with("hk_"), "{key}");
 }
 
-on_both_engines!(an_account_is_created_with_its_key_or_not_at_all);
+/// `account key`, `account keys`, `account revoke` and `secrets reencrypt`, pointed at a
+/// place without a database: each fails, says so, and leaves the place as it was; once
+/// `account create` has made the database, the same commands work.
+async fn commands_on_existing_data_refuse_a_place_without_it(engine: Engine) {
+    use common::process::{cli, storage_args};
+    let data = Data::fresh(&engine).await;
+    // On SQLite, a directory that is not there at all as well as an empty one.
+    let mut places = vec![data.location.clone()];
+    if let Location::Sqlite(dir) = &data.location {
+        places.push(Location::Sqlite(dir.join("mistyped")));
+    }
+    let new_key = hookline::store::Sealer::generate_key();
+    let commands: [&[&str]; 4] = [
+        &["account", "key", "acme"],
+        &["account", "keys", "acme"],
+        &["account", "revoke", "acme", "key_0"],
+        &["secrets", "reencrypt", "--new-key", &new_key],
+    ];
+    for place in &places {
+        for command in commands {
+            let args: Vec<String> = command.iter().map(|s| s.to_string()).collect();
+            let (ok, out, err) = cli(&[args, storage_args(place)].concat(), &[]);
+            assert!(!ok, "{command:?} on an empty place succeeded: {out}");
+            assert!(
+                err.contains("there is no Hookline database at")
+                    && err.contains("nothing was changed"),
+                "{command:?}: {err}"
+            );
+            match place {
+                Location::Sqlite(dir) if dir.ends_with("mistyped") => {
+                    assert!(!dir.exists(), "{command:?} created {}", dir.display())
+                }
+                Location::Sqlite(dir) => assert_eq!(
+                    std::fs::read_dir(dir).unwrap().count(),
+                    0,
+                    "{command:?} wrote into the directory"
+                ),
+                Location::Postgres(_) => assert!(
+                    !Store::exists(place).await.unwrap(),
+                    "{command:?} created the schema"
+                ),
+            }
+        }
+    }
+    // With a database there, they work.
+    let storage = storage_args(&data.location);
+    let create = [
+        vec![
+            "account".into(),
+            "create".into(),
+            "--name".into(),
+            "acme".into(),
+        ],
+        storage.clone(),
+    ]
+    .concat();
+    let (ok, out, err) = cli(&create, &[]);
+    assert!(ok, "{out}{err}");
+    assert!(Store::exists(&data.location).await.unwrap());
+    let keys = [
+        vec!["account".into(), "keys".into(), "acme".into()],
+        storage,
+    ]
+    .concat();
+    let (ok, out, err) = cli(&keys, &[]);
+    assert!(ok, "{out}{err}");
+    assert_eq!(out.lines().count(), 1, "one key: {out}");
+}
+
+on_both_engines!(
+    an_account_is_created_with_its_key_or_not_at_all,
+    commands_on_existing_data_refuse_a_place_without_it
+);

@@ -257,19 +257,33 @@ async fn api_keys_are_stored_as_hashes_and_revocable(engine: Engine) {
     let (status, _) = s.call_as(&k2, Method::GET, "/v1/endpoints", None).await;
     assert_eq!(status, 200);
 
-    // The CLI revokes too (by prefix); the running server stops taking the key within its
-    // key cache's lifetime.
+    // The CLI revokes too; the running server stops taking the key within its key cache's
+    // lifetime. A string that only starts like a key names none, and changes nothing.
     let (status, issued) = s
         .call_as(&k2, Method::POST, "/v1/api-keys", Some(json!({})))
         .await;
     assert_eq!(status, 201, "{issued}");
     let k3 = issued["key"].as_str().unwrap().to_owned();
-    let mut args: Vec<String> = ["account", "revoke", "acme", &k2[..12]]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    args.extend(storage_args(&s.location));
-    let (ok, out, err) = cli(&args, &[]);
+    let revoke = |key: &str, more: &[&str]| {
+        let mut args: Vec<String> = ["account", "revoke", "acme", key]
+            .iter()
+            .chain(more)
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(storage_args(&s.location));
+        cli(&args, &[])
+    };
+    let forged = format!("{}{}", &k2[..12], "x".repeat(34));
+    for not_a_key in [&k2[..12], &forged[..], &k2[..9]] {
+        let (ok, out, err) = revoke(not_a_key, &[]);
+        assert!(!ok, "{not_a_key:?} revoked a key: {out}");
+        assert!(
+            err.contains("has no key") && err.contains("nothing was changed"),
+            "{err}"
+        );
+    }
+    // By the whole key.
+    let (ok, out, err) = revoke(&k2, &[]);
     assert!(ok, "{out}{err}");
     assert!(out.contains(&id2), "{out}");
     eventually("the revoked key to be refused", || async {
@@ -279,13 +293,32 @@ async fn api_keys_are_stored_as_hashes_and_revocable(engine: Engine) {
     .await;
     let (status, _) = s.call_as(&k3, Method::GET, "/v1/endpoints", None).await;
     assert_eq!(status, 200);
-    // Revoking it again says that it was revoked already, and changes nothing.
-    let (ok, again, err) = cli(&args, &[]);
-    assert!(ok, "{again}{err}");
+    // Revoking it again, by what `account keys` shows, says that it was revoked already,
+    // and changes nothing.
+    for again in [format!("{}…", &k2[..10]), k2.clone()] {
+        let (ok, out, err) = revoke(&again, &[]);
+        assert!(ok, "{out}{err}");
+        assert!(
+            out.contains(&format!("{id2} (")) && out.contains("was revoked already, at "),
+            "{out}"
+        );
+    }
+    // The last live key is kept unless --allow-last says otherwise.
+    let (ok, out, err) = revoke(&k3[..10], &[]);
+    assert!(!ok, "the last live key was revoked: {out}");
     assert!(
-        again.contains(&format!("{id2} (")) && again.contains("was revoked already, at "),
-        "{again}"
+        err.contains("is the last live key of \"acme\"") && err.contains("--allow-last"),
+        "{err}"
     );
+    let (status, _) = s.call_as(&k3, Method::GET, "/v1/endpoints", None).await;
+    assert_eq!(status, 200, "k3 still works");
+    let (ok, out, err) = revoke(&k3[..10], &["--allow-last"]);
+    assert!(ok, "{out}{err}");
+    eventually("the last key to be refused", || async {
+        let (status, _) = s.call_as(&k3, Method::GET, "/v1/endpoints", None).await;
+        (status == 401).then_some(())
+    })
+    .await;
     let (ok, out, _) = cli(
         &[
             ["account", "keys", "acme"].map(String::from).to_vec(),
@@ -295,7 +328,7 @@ async fn api_keys_are_stored_as_hashes_and_revocable(engine: Engine) {
         &[],
     );
     assert!(ok);
-    assert_eq!(out.matches("revoked").count(), 2, "{out}");
+    assert_eq!(out.matches("revoked").count(), 3, "{out}");
     assert!(!out.contains(&k3), "the CLI never shows a key again: {out}");
 }
 

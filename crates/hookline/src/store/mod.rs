@@ -123,6 +123,16 @@ impl Store {
         }
     }
 
+    /// Whether `location` holds a Hookline database already. Opening a store creates one, so
+    /// commands that only work on existing data ask this first: a mistyped location is then
+    /// an error, not a new empty database.
+    pub async fn exists(location: &Location) -> Result<bool, StoreError> {
+        match location {
+            Location::Sqlite(dir) => Ok(SqliteStore::exists(dir)),
+            Location::Postgres(url) => PgStore::exists(url).await,
+        }
+    }
+
     /// The schema's versions before and after this store was opened.
     pub fn schema_versions(&self) -> SchemaVersions {
         on_engine!(self, s => s.schema_versions())

@@ -356,6 +356,20 @@ impl<T> PgContext<T> for Result<T, serde_json::Error> {
 }
 
 impl PgStore {
+    /// Whether the database at `url` holds Hookline's schema (opening it creates the schema).
+    /// Reads only; one connection, closed before returning.
+    pub async fn exists(url: &str) -> Result<bool, StoreError> {
+        const CTX: &str = "connecting to PostgreSQL";
+        let options = PgConnectOptions::from_str(url).ctx("reading the database URL")?;
+        let mut conn = PgConnection::connect_with(&options).await.ctx(CTX)?;
+        let found: bool = sqlx::query_scalar("SELECT to_regclass('hookline_schema') IS NOT NULL")
+            .fetch_one(&mut conn)
+            .await
+            .ctx("looking for the schema version table")?;
+        conn.close().await.ctx(CTX)?;
+        Ok(found)
+    }
+
     /// Connects to `url` (`postgres://…`) and brings the schema up to date.
     pub async fn open(url: &str, sealer: Sealer) -> Result<Self, StoreError> {
         let options = PgConnectOptions::from_str(url).ctx("reading the database URL")?;

@@ -69,6 +69,9 @@ enum Isolation {
     Group,
 }
 
+/// The database file in the data directory.
+const DB_FILE: &str = "hookline.db";
+
 /// The writer thread's name: at most 15 bytes, so that Linux keeps it whole
 /// (`/proc/PID/task/TID/comm`), where `hookline bench` tells the threads apart.
 pub const WRITER_THREAD: &str = "sqlite-writer";
@@ -602,6 +605,11 @@ impl SqliteStore {
         Self::open_inner(data_dir, sealer, false)
     }
 
+    /// Whether `data_dir` holds a database (opening one creates it).
+    pub fn exists(data_dir: &Path) -> bool {
+        data_dir.join(DB_FILE).is_file()
+    }
+
     /// Like [`SqliteStore::open`], by the holder of the directory's serve lock.
     pub fn open_locked(
         data_dir: &Path,
@@ -616,7 +624,7 @@ impl SqliteStore {
             context: "creating the data directory",
             source,
         })?;
-        let path = data_dir.join("hookline.db");
+        let path = data_dir.join(DB_FILE);
         let conn = open_connection(&path)?;
         let schema = migrate(&conn, data_dir, held)?;
         let stamps = Arc::new(Stamps::local(newest_stamp(&conn)?));
