@@ -4,7 +4,8 @@
 //! stays until they are. Idempotency keys go once their window has passed.
 //!
 //! A sweep walks the accounts; an account whose oldest event is within its period costs one
-//! indexed read and no write.
+//! indexed read and no write. `/metrics` counts the sweeps and the events removed, and holds
+//! the time of the last completed sweep (`telemetry`).
 
 use crate::model::{Limits, Timestamp};
 use crate::store::Store;
@@ -34,7 +35,9 @@ pub async fn run(store: Store, config: RetentionConfig, shutdown: CancellationTo
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(config.every) => {}
         }
-        match sweep(&store, &config, &shutdown).await {
+        let outcome = sweep(&store, &config, &shutdown).await;
+        crate::telemetry::retention_sweep(outcome.is_ok());
+        match outcome {
             Ok(0) => {}
             Ok(events) => tracing::info!(events, "retention removed expired events"),
             Err(e) => tracing::warn!(error = %e, "a retention sweep failed; the next one retries"),
@@ -61,6 +64,7 @@ async fn sweep(
             }
             loop {
                 let n = store.purge(account.id.clone(), before, BATCH).await?;
+                crate::telemetry::retention_removed(n);
                 total += n;
                 if n < BATCH || pause(shutdown).await {
                     break;

@@ -16,6 +16,9 @@
 //! | `hookline_sqlite_group_commit_duration_seconds` | histogram | (the SQLite writer's time on each group commit, its own checkpoint included) |
 //! | `hookline_sqlite_commit_duration_seconds` | histogram | (each successful `COMMIT` of a group: WAL frames written and fsynced) |
 //! | `hookline_sqlite_group_commit_jobs` | histogram | (write jobs per group commit) |
+//! | `hookline_retention_events_removed_total` | counter | (expired events removed, with their deliveries and attempts) |
+//! | `hookline_retention_sweeps_total` | counter | `outcome`: `completed`, `failed` |
+//! | `hookline_retention_last_sweep_timestamp_seconds` | gauge | (Unix time of this node's last completed sweep; alert when it lags) |
 //!
 //! The `hookline_sqlite_*` ones are recorded by the SQLite writer thread through the
 //! `metrics` facade (the store knows nothing of this module); a node on PostgreSQL has none.
@@ -228,6 +231,35 @@ pub fn attempt(outcome: &'static str, seconds: f64) {
     DURATION
         .get_or_init(|| registered(|| metrics::histogram!("hookline_attempt_duration_seconds")))
         .record(seconds);
+}
+
+/// One retention sweep, completed or failed (what a failed one removed before it failed is
+/// counted all the same, batch by batch, by [`retention_removed`]).
+pub fn retention_sweep(completed: bool) {
+    static SWEEPS: OnceLock<[Counter; 2]> = OnceLock::new();
+    let [done, failed] = SWEEPS.get_or_init(|| {
+        registered(|| {
+            ["completed", "failed"]
+                .map(|o| metrics::counter!("hookline_retention_sweeps_total", "outcome" => o))
+        })
+    });
+    if completed {
+        done.increment(1);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        metrics::gauge!("hookline_retention_last_sweep_timestamp_seconds").set(now);
+    } else {
+        failed.increment(1);
+    }
+}
+
+/// Expired events removed by retention.
+pub fn retention_removed(events: usize) {
+    static REMOVED: OnceLock<Counter> = OnceLock::new();
+    REMOVED
+        .get_or_init(|| registered(|| metrics::counter!("hookline_retention_events_removed_total")))
+        .increment(events as u64);
 }
 
 /// This node's dispatcher, sampled.

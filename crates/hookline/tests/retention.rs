@@ -1,6 +1,6 @@
 //! Retention, on both storage engines: with a short period, an event whose deliveries have
 //! ended goes (with its deliveries and attempts); one with a delivery still open stays; and
-//! each account keeps its events for its own plan's period.
+//! each account keeps its events for its own plan's period. `/metrics` counts what it did.
 
 mod common;
 
@@ -56,6 +56,32 @@ async fn expired_events_go_and_open_ones_stay(engine: Engine) {
     .await;
     let (status, _) = s.get(&format!("/v1/deliveries/{done_delivery}")).await;
     assert_eq!(status, 404, "its delivery (and attempts) went with it");
+    // `/metrics` tells what retention did, and when it last went through.
+    let base = s.url("");
+    let removed = common::metric(&s.http, &base, "hookline_retention_events_removed_total").await;
+    assert!(removed.is_some_and(|n| n >= 1.0), "{removed:?}");
+    let completed = common::metric(
+        &s.http,
+        &base,
+        "hookline_retention_sweeps_total{outcome=\"completed\"}",
+    )
+    .await;
+    assert!(completed.is_some_and(|n| n >= 1.0), "{completed:?}");
+    let last = common::metric(
+        &s.http,
+        &base,
+        "hookline_retention_last_sweep_timestamp_seconds",
+    )
+    .await
+    .unwrap_or(0.0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        (now - 60.0..=now + 1.0).contains(&last),
+        "{last} against {now}"
+    );
 
     // The event with an open delivery outlives the period.
     tokio::time::sleep(Duration::from_millis(600)).await;
