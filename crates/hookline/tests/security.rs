@@ -79,6 +79,24 @@ async fn plans_gate_webhooks_and_limit_endpoints(engine: Engine) {
     .await;
     let (status, list) = s.call_as(&free, Method::GET, "/v1/endpoints", None).await;
     assert_eq!((status, list["data"].as_array().unwrap().len()), (200, 0));
+    // Each account can read its plan and what the plan allows.
+    let (status, me) = s.call_as(&free, Method::GET, "/v1/account", None).await;
+    assert_eq!(status, 200, "{me}");
+    assert_eq!(
+        (&me["name"], &me["plan"], &me["webhooks"]),
+        (&json!("free-co"), &json!("free"), &json!(false)),
+        "{me}"
+    );
+    let (_, me) = s.get("/v1/account").await;
+    assert_eq!(
+        (&me["plan"], &me["webhooks"]),
+        (&json!("pro"), &json!(true))
+    );
+    assert_eq!(me["max_endpoints"], 2, "this server's Pro limit: {me}");
+    let retention = hookline::model::Limits::default().pro.retention.as_secs();
+    assert_eq!(me["retention_seconds"], retention, "{me}");
+    let (status, _) = s.call_as("hk_nope", Method::GET, "/v1/account", None).await;
+    assert_eq!(status, 401);
 
     // Pro: at most `max_endpoints` at once; a removed one frees its place.
     let a = s.endpoint(&rx.url("a"), &["*"]).await;

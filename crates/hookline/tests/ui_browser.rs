@@ -2,6 +2,9 @@
 //! a real server. A button never acts on an object other than the one on screen (a view
 //! whose load failed shows no action), recover reads its time as UTC whatever the browser's
 //! zone, an event opens with its deliveries, and no view is wider than a 400 px screen.
+//! Back, Forward and a reload keep to the views; a secret is shown on request and rotated
+//! on a second click; header values stay off screen; a Free account is told why it has no
+//! endpoints.
 //!
 //! `.ci/run` installs chromium and chromedriver; without chromedriver on the `PATH` the test
 //! says it was skipped and passes, as the PostgreSQL half of the suite does without its
@@ -89,6 +92,42 @@ async fn until(c: &Client, what: &str, script: &str) {
     .await;
 }
 
+/// The skip notice of a test without chromedriver.
+fn skipped() {
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stderr(),
+        "ui_browser: skipped: no chromedriver (Debian's chromium-driver; .ci/run installs it)"
+    );
+}
+
+/// Opens the dashboard at `path` (`/ui/` and a fragment) and signs in with `key`.
+async fn sign_in(c: &Client, s: &TestServer, path: &str, key: &str) {
+    c.goto(&s.url(path)).await.unwrap();
+    until(
+        c,
+        "the key prompt",
+        r##"document.querySelector("#status").textContent.includes("Enter an API key")"##,
+    )
+    .await;
+    c.find(Locator::Css("#key"))
+        .await
+        .unwrap()
+        .send_keys(key)
+        .await
+        .unwrap();
+    click(c, "#login button[type=submit]").await;
+}
+
+/// Which view is on screen.
+async fn on_screen(c: &Client) -> Value {
+    js(
+        c,
+        r##"return [...document.querySelectorAll(".tab")].filter((t) => !t.hidden).map((t) => t.id).join()"##,
+    )
+    .await
+}
+
 async fn click(c: &Client, css: &str) {
     c.find(Locator::Css(css))
         .await
@@ -101,12 +140,7 @@ async fn click(c: &Client, css: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_acts_only_on_what_it_shows() {
     let Some((_driver, c)) = browser().await else {
-        use std::io::Write as _;
-        let _ = writeln!(
-            std::io::stderr(),
-            "ui_browser: skipped: no chromedriver (Debian's chromium-driver; .ci/run installs it)"
-        );
-        return;
+        return skipped();
     };
     let rx = Receiver::start().await;
     rx.always("ok", Reply::Status(200));
@@ -298,5 +332,274 @@ async fn the_dashboard_acts_only_on_what_it_shows() {
         let fits = js(&c, &format!("return {within}")).await;
         assert_eq!(fits, json!(true), "{view} is wider than the screen");
     }
+    c.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_keeps_its_place_and_shows_secrets_on_request() {
+    let Some((_driver, c)) = browser().await else {
+        return skipped();
+    };
+    let rx = Receiver::start().await;
+    rx.always("ok", Reply::Status(200));
+    let s = TestServer::start_with(&Engine::Sqlite, |c| {
+        c.admin_token = hookline::api::admin::AdminToken::new(Some("admin-token-for-tests"));
+    })
+    .await;
+    let (status, ep) = s
+        .post(
+            "/v1/endpoints",
+            json!({"url": rx.url("ok"), "event_types": ["*"],
+                   "headers": {"X-Tenant": "tenant-credential-value"}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{ep}");
+    let ep_id = ep["id"].as_str().unwrap().to_owned();
+    let accepted = s.event("click", json!({})).await;
+    let ev_id = accepted["id"].as_str().unwrap().to_owned();
+    let dlv = accepted["deliveries"][0]["id"].as_str().unwrap().to_owned();
+    let delivered = s.wait_delivery(&dlv, "succeeded").await;
+
+    sign_in(&c, &s, "/ui/", &s.key).await;
+    until(
+        &c,
+        "the endpoints",
+        r##"document.querySelectorAll("#endpoints tbody tr").length === 1"##,
+    )
+    .await;
+    assert_eq!(js(&c, "return location.hash").await, "#endpoints");
+    assert_eq!(
+        js(
+            &c,
+            r##"return document.querySelector("#plan-note").hidden"##
+        )
+        .await,
+        json!(true),
+        "a Pro account has webhooks"
+    );
+
+    // Endpoints → the endpoint → its delivery → the event; Back and Forward retrace them.
+    click(&c, "#endpoints tbody tr a").await;
+    until(
+        &c,
+        "the endpoint's deliveries",
+        r##"document.querySelectorAll("#endpoint tbody tr").length === 1"##,
+    )
+    .await;
+    let row = js(
+        &c,
+        r##"return [...document.querySelectorAll("#endpoint tbody td")].map((td) => td.textContent)"##,
+    )
+    .await;
+    assert_eq!(row[0], json!(dlv));
+    assert_eq!(
+        row[1], delivered["created_at"],
+        "the delivery's time: {row}"
+    );
+    let page = js(&c, "return document.body.textContent").await;
+    let page = page.as_str().unwrap();
+    assert!(page.contains("x-tenant (values not shown)"), "{page}");
+    assert!(
+        !page.contains("tenant-credential-value"),
+        "a header value is on screen"
+    );
+    click(&c, "#endpoint tbody tr a").await;
+    until(
+        &c,
+        "the delivery",
+        r##"!document.querySelector("#delivery").hidden && !document.querySelector("#retry").hidden"##,
+    )
+    .await;
+    assert_eq!(
+        js(&c, "return location.hash").await,
+        format!("#delivery/{dlv}")
+    );
+    // The delivery's event, from its facts.
+    click(&c, "#delivery .facts a").await;
+    until(
+        &c,
+        "the event",
+        r##"document.querySelectorAll("#event tbody tr").length === 1"##,
+    )
+    .await;
+    assert_eq!(
+        js(&c, "return location.hash").await,
+        format!("#event/{ev_id}")
+    );
+    c.back().await.unwrap();
+    until(
+        &c,
+        "the delivery again",
+        r##"!document.querySelector("#delivery").hidden && !document.querySelector("#retry").hidden"##,
+    )
+    .await;
+    assert_eq!(on_screen(&c).await, "delivery");
+    c.back().await.unwrap();
+    until(
+        &c,
+        "the endpoint again",
+        r##"!document.querySelector("#endpoint").hidden
+            && !document.querySelector("#endpoint .actions").hidden"##,
+    )
+    .await;
+    assert_eq!(
+        js(
+            &c,
+            r##"return document.querySelector("#endpoint .title").textContent"##
+        )
+        .await,
+        ep["url"]
+    );
+    c.forward().await.unwrap();
+    until(
+        &c,
+        "the delivery once more",
+        r##"!document.querySelector("#delivery").hidden && !document.querySelector("#retry").hidden"##,
+    )
+    .await;
+    assert_eq!(
+        js(
+            &c,
+            r##"return document.querySelector("#delivery .title").textContent"##
+        )
+        .await,
+        json!(dlv)
+    );
+    // A reload opens the same view (the key is kept for the tab).
+    c.refresh().await.unwrap();
+    until(
+        &c,
+        "the delivery after a reload",
+        r##"!document.querySelector("#delivery").hidden && !document.querySelector("#retry").hidden"##,
+    )
+    .await;
+    assert_eq!(on_screen(&c).await, "delivery");
+    // A fragment that names nothing opens the endpoints.
+    js(&c, r##"location.hash = "#nothing/x"; return null"##).await;
+    until(
+        &c,
+        "the endpoints for an unknown address",
+        r##"!document.querySelector("#endpoints").hidden
+            && document.querySelectorAll("#endpoints tbody tr").length === 1"##,
+    )
+    .await;
+
+    // The secret: shown on request, hidden again; rotated only by a second click.
+    js(&c, &format!(r##"endpoint("{ep_id}"); return null"##)).await;
+    until(
+        &c,
+        "the endpoint's actions",
+        r##"!document.querySelector("#endpoint").hidden
+            && !document.querySelector("#endpoint .actions").hidden"##,
+    )
+    .await;
+    let secret = s.get(&format!("/v1/endpoints/{ep_id}/secret")).await.1["secret"].clone();
+    click(&c, "#show-secret").await;
+    until(
+        &c,
+        "the secret",
+        r##"!document.querySelector("#endpoint .secret").hidden"##,
+    )
+    .await;
+    let shown = js(
+        &c,
+        r##"return document.querySelector("#endpoint .secret").textContent"##,
+    )
+    .await;
+    assert_eq!(
+        shown,
+        json!(format!("Signing secret: {}", secret.as_str().unwrap()))
+    );
+    click(&c, "#show-secret").await;
+    assert_eq!(
+        js(
+            &c,
+            r##"return document.querySelector("#endpoint .secret").textContent"##
+        )
+        .await,
+        json!(""),
+        "hidden again"
+    );
+    click(&c, "#rotate").await;
+    assert_eq!(
+        js(
+            &c,
+            r##"return document.querySelector("#rotate").textContent"##
+        )
+        .await,
+        "Click again to rotate"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (_, unchanged) = s.get(&format!("/v1/endpoints/{ep_id}/secret")).await;
+    assert_eq!(unchanged["secret"], secret, "one click rotates nothing");
+    click(&c, "#rotate").await;
+    until(
+        &c,
+        "the rotation",
+        r##"document.querySelector("#status").textContent === "Secret rotated.""##,
+    )
+    .await;
+    let (_, now) = s.get(&format!("/v1/endpoints/{ep_id}/secret")).await;
+    assert_ne!(now["secret"], secret);
+    let shown = js(
+        &c,
+        r##"return document.querySelector("#endpoint .secret").textContent"##,
+    )
+    .await;
+    assert!(
+        shown.as_str().unwrap().starts_with(&format!(
+            "New signing secret: {} ",
+            now["secret"].as_str().unwrap()
+        )),
+        "{shown}"
+    );
+    let (_, after) = s.get(&format!("/v1/endpoints/{ep_id}")).await;
+    assert!(after["previous_secret_expires_at"].is_string(), "{after}");
+    // Leaving the endpoint takes its secret off the page.
+    click(&c, r##"#tabs button[data-tab="events"]"##).await;
+    js(&c, &format!(r##"endpoint("{ep_id}"); return null"##)).await;
+    until(
+        &c,
+        "the endpoint without its secret",
+        r##"!document.querySelector("#endpoint").hidden
+            && !document.querySelector("#endpoint .actions").hidden"##,
+    )
+    .await;
+    assert_eq!(
+        js(
+            &c,
+            r##"return document.querySelector("#endpoint .secret").hidden"##
+        )
+        .await,
+        json!(true)
+    );
+
+    // A Free account is told why it has no endpoints.
+    let (status, free) = s
+        .call_as(
+            "admin-token-for-tests",
+            reqwest::Method::POST,
+            "/admin/v1/accounts",
+            Some(json!({"name": "free-co", "plan": "free"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{free}");
+    click(&c, "#logout").await;
+    sign_in(&c, &s, "/ui/", free["api_key"]["key"].as_str().unwrap()).await;
+    until(
+        &c,
+        "the plan's note",
+        r##"!document.querySelector("#plan-note").hidden"##,
+    )
+    .await;
+    let note = js(
+        &c,
+        r##"return document.querySelector("#plan-note").textContent"##,
+    )
+    .await;
+    assert!(
+        note.as_str().unwrap().contains("(free) has no webhooks"),
+        "{note}"
+    );
     c.close().await.unwrap();
 }

@@ -7,6 +7,7 @@
 //! routes live in [`admin`]. The OpenAPI document is generated from the
 //! handlers' own annotations and types, so it cannot drift from them.
 
+pub mod account;
 pub mod admin;
 pub mod deliveries;
 pub mod endpoints;
@@ -100,7 +101,7 @@ pub struct UrlRules {
         (name = "endpoints", description = "Where webhooks go"),
         (name = "events", description = "What producers send"),
         (name = "deliveries", description = "One event for one endpoint, and its attempts"),
-        (name = "keys", description = "The account's API keys"),
+        (name = "keys", description = "The account, its plan's limits, and its API keys"),
         (name = "admin", description = "The operator's API: accounts, plans, keys"),
         (name = "health", description = "Liveness"),
     )
@@ -391,6 +392,7 @@ pub fn router(state: AppState) -> Router {
             event_types::update,
             event_types::delete
         ))
+        .routes(routes!(account::get))
         .routes(routes!(keys::list, keys::issue))
         .routes(routes!(keys::revoke))
         .routes(routes!(admin::create, admin::list))

@@ -1,9 +1,10 @@
 // Hookline's dashboard: a thin client of the /v1 API. The API key stays in this tab's
 // sessionStorage and goes only to this server, in the Authorization header. Everything
-// the API returns is shown as text (never parsed as HTML).
+// the API returns is shown as text (never parsed as HTML). Each view has an address in the
+// page's fragment (`#endpoint/ep_…`): ids only, never the key.
 "use strict";
 
-const state = { key: sessionStorage.getItem("hookline-key") || "", endpoint: null, delivery: null, view: 0, list: 0 };
+const state = { key: sessionStorage.getItem("hookline-key") || "", endpoint: null, delivery: null, view: 0, list: 0, account: null };
 const $ = (sel, root = document) => root.querySelector(sel);
 
 function say(text, isError) {
@@ -48,9 +49,32 @@ function facts(dl, pairs) {
   dl.replaceChildren();
   for (const [k, v] of pairs) {
     const dt = document.createElement("dt"); dt.textContent = k;
-    const dd = document.createElement("dd"); dd.textContent = v == null ? "" : String(v);
+    const dd = document.createElement("dd");
+    if (v instanceof Node) dd.appendChild(v); else dd.textContent = v == null ? "" : String(v);
     dl.append(dt, dd);
   }
+}
+
+// The browser's history follows the views: Back and Forward move between them, and a
+// reload opens the same one. A view shown by following the history adds no entry.
+function remember(hash) {
+  if (location.hash !== hash) history.pushState(null, "", hash);
+}
+
+const routes = {
+  endpoints: () => endpoints(), events: () => events(), types: () => types(), keys: () => keys(),
+  endpoint: (id) => endpoint(id), delivery: (id) => delivery(id), event: (id) => event(id),
+};
+
+// Opens the view the fragment names; the endpoints for anything else.
+function follow() {
+  let name = "", id = "";
+  try {
+    [name, id = ""] = location.hash.slice(1).split("/").map(decodeURIComponent);
+  } catch (_) { name = ""; }
+  const needsId = ["endpoint", "delivery", "event"].includes(name);
+  if (!Object.hasOwn(routes, name) || (needsId && !id)) return endpoints();
+  return routes[name](id);
 }
 
 // Every view change gets a number; an answer for an older view is dropped, so a slow reply
@@ -71,6 +95,8 @@ function blank(section) {
   for (const tbody of section.querySelectorAll("tbody")) tbody.replaceChildren();
   for (const more of section.querySelectorAll(".more")) more.hidden = true;
   for (const a of section.querySelectorAll(".needs-object")) a.hidden = true;
+  // A secret shown for the object before is gone with it.
+  for (const box of section.querySelectorAll(".secret")) { box.hidden = true; box.textContent = ""; }
 }
 
 function reveal(section) {
@@ -117,6 +143,12 @@ function paged(section, path, render) {
 
 function endpoints() {
   show("endpoints");
+  remember("#endpoints");
+  const plan = $("#plan-note");
+  plan.hidden = !state.account || state.account.webhooks;
+  if (!plan.hidden) {
+    plan.textContent = "This account's plan (" + state.account.plan + ") has no webhooks: its events are kept for the pull API (the Events tab). Endpoints need the Pro or Business plan.";
+  }
   return paged($("#endpoints"), "/v1/endpoints", (ep) => {
     const tr = document.createElement("tr");
     cell(tr, link(ep.url, () => endpoint(ep.id)));
@@ -132,9 +164,12 @@ async function endpoint(id) {
   if (id && id !== state.endpoint) $("#dlv-status").value = "";
   state.endpoint = id || state.endpoint;
   show("endpoint");
+  remember("#endpoint/" + encodeURIComponent(state.endpoint));
   const section = $("#endpoint");
   const view = state.view;
   blank(section);
+  disarm();
+  $("#show-secret").textContent = "Show secret";
   try {
     const ep = await api("GET", "/v1/endpoints/" + encodeURIComponent(state.endpoint));
     if (view !== state.view) return;
@@ -143,6 +178,9 @@ async function endpoint(id) {
       ["Id", ep.id], ["Types", ep.event_types.join(", ")], ["Description", ep.description],
       ["State", ep.enabled ? "enabled" : "disabled" + (ep.disabled_reason ? ": " + ep.disabled_reason : "")],
       ["Rate limit", ep.rate_limit_per_sec ? ep.rate_limit_per_sec + "/s" : "none"],
+      // Header values may be credentials of the receiver's: their names only.
+      ["Headers", Object.keys(ep.headers || {}).length
+        ? Object.keys(ep.headers).join(", ") + " (values not shown)" : "none"],
       ["Previous secret signs until", ep.previous_secret_expires_at || "—"],
       ["Created", ep.created_at], ["Changed", ep.updated_at],
     ]);
@@ -160,6 +198,7 @@ function deliveries() {
   return paged($("#endpoint"), path, (d) => {
     const tr = document.createElement("tr");
     cell(tr, link(d.id, () => delivery(d.id)));
+    cell(tr, d.created_at);
     cell(tr, link(d.event_id, () => event(d.event_id)));
     cell(tr, d.event_type);
     cell(tr, d.status);
@@ -172,6 +211,7 @@ function deliveries() {
 async function delivery(id, message) {
   state.delivery = id || state.delivery;
   show("delivery");
+  remember("#delivery/" + encodeURIComponent(state.delivery));
   const section = $("#delivery");
   const view = state.view;
   blank(section);
@@ -185,7 +225,9 @@ async function delivery(id, message) {
       state.endpoint = d.endpoint_id;
     }
     facts($(".facts", section), [
-      ["Event", d.event_id], ["Endpoint", d.endpoint_id], ["Type", d.event_type], ["Status", d.status],
+      ["Event", link(d.event_id, () => event(d.event_id))],
+      ["Endpoint", link(d.endpoint_id, () => endpoint(d.endpoint_id))],
+      ["Type", d.event_type], ["Status", d.status],
       ["Next attempt", d.next_attempt_at || "—"], ["Created", d.created_at],
     ]);
     const tbody = $("tbody", section);
@@ -207,6 +249,7 @@ async function delivery(id, message) {
 
 function events() {
   show("events");
+  remember("#events");
   return paged($("#events"), "/v1/events", (ev) => {
     const tr = document.createElement("tr");
     cell(tr, link(ev.id, () => event(ev.id))); cell(tr, ev.type); cell(tr, ev.created_at);
@@ -219,6 +262,7 @@ function events() {
 // One event: what it carried, and its delivery to each endpoint.
 async function event(id) {
   show("event");
+  remember("#event/" + encodeURIComponent(id));
   const section = $("#event");
   const view = state.view;
   blank(section);
@@ -236,6 +280,7 @@ async function event(id) {
   return paged(section, "/v1/events/" + encodeURIComponent(id) + "/deliveries", (d) => {
     const tr = document.createElement("tr");
     cell(tr, link(d.id, () => delivery(d.id)));
+    cell(tr, d.created_at);
     cell(tr, link(d.endpoint_id, () => endpoint(d.endpoint_id)));
     cell(tr, d.status);
     cell(tr, d.attempt_count);
@@ -246,6 +291,7 @@ async function event(id) {
 
 function types() {
   show("types");
+  remember("#types");
   return paged($("#types"), "/v1/event-types", (t) => {
     const tr = document.createElement("tr");
     cell(tr, t.name); cell(tr, t.description);
@@ -255,6 +301,7 @@ function types() {
 
 function keys() {
   show("keys");
+  remember("#keys");
   return paged($("#keys"), "/v1/api-keys", (k) => {
     const tr = document.createElement("tr");
     cell(tr, k.id); cell(tr, k.prefix + "…"); cell(tr, k.created_at); cell(tr, k.revoked_at || "—");
@@ -265,9 +312,19 @@ function keys() {
 // "← Endpoint" before any endpoint was opened (a delivery that failed to load) lists them.
 const tabs = { endpoints, endpoint: () => (state.endpoint ? endpoint() : endpoints()), events, types, keys };
 
+// Rotation takes two clicks: the first arms the button for a few seconds.
+let armed = null;
+function disarm() {
+  clearTimeout(armed);
+  armed = null;
+  const b = $("#rotate");
+  b.textContent = "Rotate secret";
+  b.classList.remove("armed");
+}
+
 async function open() {
   try {
-    await api("GET", "/v1/endpoints?limit=1");
+    state.account = await api("GET", "/v1/account");
   } catch (e) {
     sessionStorage.removeItem("hookline-key");
     $("#tabs").hidden = true;
@@ -278,7 +335,7 @@ async function open() {
   sessionStorage.setItem("hookline-key", state.key);
   $("#tabs").hidden = false;
   $("#logout").hidden = false;
-  endpoints();
+  follow();
 }
 
 document.addEventListener("DOMContentLoaded", () => {
@@ -295,6 +352,57 @@ document.addEventListener("DOMContentLoaded", () => {
     b.addEventListener("click", () => tabs[b.dataset.tab]());
   }
   $("#dlv-status").addEventListener("change", deliveries);
+  window.addEventListener("popstate", () => { if (!$("#tabs").hidden) follow(); });
+  $("#show-secret").addEventListener("click", async (e) => {
+    const button = e.currentTarget;
+    const box = $("#endpoint .secret");
+    if (!box.hidden) { box.hidden = true; box.textContent = ""; button.textContent = "Show secret"; return; }
+    const view = state.view;
+    button.disabled = true;
+    try {
+      const r = await api("GET", "/v1/endpoints/" + encodeURIComponent(state.endpoint) + "/secret");
+      if (view !== state.view) return;
+      box.textContent = "Signing secret: " + r.secret;
+      box.hidden = false;
+      button.textContent = "Hide secret";
+    } catch (err) {
+      if (view === state.view) say(err.message, true);
+    } finally {
+      if (view === state.view) button.disabled = false;
+    }
+  });
+  $("#rotate").addEventListener("click", async (e) => {
+    const button = e.currentTarget;
+    if (!armed) {
+      button.textContent = "Click again to rotate";
+      button.classList.add("armed");
+      armed = setTimeout(disarm, 5000);
+      return;
+    }
+    disarm();
+    const view = state.view;
+    const id = state.endpoint;
+    button.disabled = true;
+    try {
+      const r = await api("POST", "/v1/endpoints/" + encodeURIComponent(id) + "/secret/rotate");
+      if (view !== state.view) return;
+      // The endpoint again (its view takes its number at once), with the new secret shown
+      // below its facts, unless the user has moved on meanwhile.
+      const reloaded = endpoint(id);
+      const next = state.view;
+      await reloaded;
+      if (next !== state.view) return;
+      const box = $("#endpoint .secret");
+      box.textContent = "New signing secret: " + r.secret + " (the previous one signs beside it until " + r.previous_secret_expires_at + ")";
+      box.hidden = false;
+      $("#show-secret").textContent = "Hide secret";
+      say("Secret rotated.");
+    } catch (err) {
+      if (view === state.view) say(err.message, true);
+    } finally {
+      if (view === state.view) button.disabled = false;
+    }
+  });
   // An action's answer is shown only if the user is still where they asked it; each button
   // is off while its request is out (no second ping or retry by a double click).
   $("#ping").addEventListener("click", async (e) => {
