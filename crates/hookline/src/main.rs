@@ -452,11 +452,13 @@ fn main() -> anyhow::Result<()> {
                     bail!("no account named {name:?}");
                 };
                 let keys = store.all_api_keys(account.id.clone()).await?;
-                let Some(one) = key_to_revoke(&store, &account, &keys, &key).await? else {
+                let key = key.trim();
+                let Some(one) = key_to_revoke(&store, &account, &keys, key).await? else {
                     bail!(
-                        "account {name:?} has no key {key:?}: give a key's id, its first \
+                        "account {name:?} has no key {}: give a key's id, its first \
                          characters as `hookline account keys` shows them, or the whole key; \
-                         nothing was changed"
+                         nothing was changed",
+                        shown_key(key)
                     );
                 };
                 if let Some(at) = &one.revoked_at {
@@ -492,50 +494,48 @@ fn main() -> anyhow::Result<()> {
 
 /// Which of `keys` (an account's) `given` names: its id (`key_…`), its shown first
 /// characters exactly (as `account keys` lists them, with or without the trailing `…`), or
-/// the whole key, which must hash to a live key of the account. Several keys sharing the
-/// first characters must be named by id. `None`: no key of the account.
+/// the whole key, found by its hash (live or revoked). Several keys sharing the first
+/// characters must be named by id or whole. `None`: no key of the account.
 async fn key_to_revoke<'k>(
     store: &Store,
     account: &hookline::model::Account,
     keys: &'k [hookline::model::ApiKey],
     given: &str,
 ) -> anyhow::Result<Option<&'k hookline::model::ApiKey>> {
-    let given = given.trim();
     if let Some(k) = keys.iter().find(|k| k.id == given) {
         return Ok(Some(k));
     }
     let shown = given.trim_end_matches('…').trim_end_matches("...");
     let by_prefix: Vec<_> = keys.iter().filter(|k| k.prefix == shown).collect();
-    if !by_prefix.is_empty() {
-        return match by_prefix.as_slice() {
-            [one] => Ok(Some(one)),
-            _ => bail!(
-                "{given:?} starts several keys of {:?}; give the key's id",
-                account.name
-            ),
-        };
+    match by_prefix.as_slice() {
+        [] => {}
+        [one] => return Ok(Some(one)),
+        _ => bail!(
+            "{} starts several keys of {:?}; give the key's id",
+            shown_key(given),
+            account.name
+        ),
     }
-    // The whole key: its first characters pick the record, its hash proves it (only a live
-    // key's hash can be looked up; a key revoked already is only reported as such).
-    let (live, revoked): (Vec<_>, Vec<_>) = keys
-        .iter()
-        .filter(|k| given.len() > k.prefix.len() && given.starts_with(&k.prefix))
-        .partition(|k| k.revoked_at.is_none());
-    let [one] = live.as_slice() else {
-        return match (live.len(), revoked.as_slice()) {
-            (0, [gone]) => Ok(Some(gone)),
-            (0, _) => Ok(None),
-            _ => bail!(
-                "{:?} has several keys starting alike; give the key's id",
-                account.name
-            ),
-        };
-    };
-    let owner = store
-        .account_by_key_hash(hookline::accounts::hash_api_key(given))
+    // Longer than what is shown of a key: the whole key, or nothing.
+    if !keys.iter().any(|k| given.len() > k.prefix.len()) {
+        return Ok(None);
+    }
+    let found = store
+        .api_key_by_hash(account.id.clone(), hookline::accounts::hash_api_key(given))
         .await
         .context("looking up the key")?;
-    Ok(owner.filter(|a| a.id == account.id).map(|_| *one))
+    Ok(found.and_then(|f| keys.iter().find(|k| k.id == f.id)))
+}
+
+/// What the CLI may print of something given as a key: its first characters only (a whole
+/// key, or a near miss, does not belong in a terminal's scrollback or a CI log).
+fn shown_key(given: &str) -> String {
+    let head: String = given.chars().take(10).collect();
+    if head.len() < given.len() {
+        format!("{head:?}…")
+    } else {
+        format!("{head:?}")
+    }
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {

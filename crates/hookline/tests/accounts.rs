@@ -133,6 +133,26 @@ async fn commands_on_existing_data_refuse_a_place_without_it(engine: Engine) {
     let (ok, out, err) = cli(&keys, &[]);
     assert!(ok, "{out}{err}");
     assert_eq!(out.lines().count(), 1, "one key: {out}");
+
+    // PostgreSQL: a search path whose first schema is empty names that schema (where the
+    // migrations would write), even with Hookline's tables further along the path.
+    if let (Location::Postgres(with_data), Engine::Postgres(_)) = (&data.location, &engine) {
+        let empty = Data::fresh(&engine).await;
+        let Location::Postgres(empty_url) = &empty.location else {
+            unreachable!()
+        };
+        let (_, data_schema) = with_data.rsplit_once('=').unwrap();
+        let both = Location::Postgres(format!("{empty_url},{data_schema}"));
+        let args = [
+            vec!["account".into(), "keys".into(), "acme".into()],
+            storage_args(&both),
+        ]
+        .concat();
+        let (ok, out, err) = cli(&args, &[]);
+        assert!(!ok, "an empty first schema was taken for the data's: {out}");
+        assert!(err.contains("there is no Hookline database at"), "{err}");
+        assert!(!Store::exists(&empty.location).await.unwrap());
+    }
 }
 
 on_both_engines!(

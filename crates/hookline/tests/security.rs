@@ -292,13 +292,16 @@ async fn api_keys_are_stored_as_hashes_and_revocable(engine: Engine) {
         cli(&args, &[])
     };
     let forged = format!("{}{}", &k2[..12], "x".repeat(34));
-    for not_a_key in [&k2[..12], &forged[..], &k2[..9]] {
+    // (Another account's whole key is not a key of this one.)
+    for not_a_key in [&k2[..12], &forged[..], &k2[..9], &other[..]] {
         let (ok, out, err) = revoke(not_a_key, &[]);
         assert!(!ok, "{not_a_key:?} revoked a key: {out}");
         assert!(
             err.contains("has no key") && err.contains("nothing was changed"),
             "{err}"
         );
+        // What was given as a key is not printed whole.
+        assert!(not_a_key.len() <= 10 || !err.contains(not_a_key), "{err}");
     }
     // By the whole key.
     let (ok, out, err) = revoke(&k2, &[]);

@@ -278,6 +278,16 @@ impl Store {
         }
     }
 
+    /// The key of `account_id` whose hash is `key_hash`, live or revoked (the CLI names a
+    /// key by the key itself).
+    pub async fn api_key_by_hash(
+        &self,
+        account_id: String,
+        key_hash: String,
+    ) -> Result<Option<ApiKey>, StoreError> {
+        on_engine!(self, s => s.api_key_by_hash(account_id, key_hash).await)
+    }
+
     pub async fn account_by_key_hash(
         &self,
         key_hash: String,

@@ -362,10 +362,16 @@ impl PgStore {
         const CTX: &str = "connecting to PostgreSQL";
         let options = PgConnectOptions::from_str(url).ctx("reading the database URL")?;
         let mut conn = PgConnection::connect_with(&options).await.ctx(CTX)?;
-        let found: bool = sqlx::query_scalar("SELECT to_regclass('hookline_schema') IS NOT NULL")
-            .fetch_one(&mut conn)
-            .await
-            .ctx("looking for the schema version table")?;
+        // In the schema the migrations write to (the first of the search path that exists),
+        // not anywhere on the path: another schema's tables further along it are not this
+        // location's.
+        let found: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_tables
+                            WHERE schemaname = current_schema() AND tablename = 'hookline_schema')",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .ctx("looking for the schema version table")?;
         conn.close().await.ctx(CTX)?;
         Ok(found)
     }
@@ -846,6 +852,26 @@ impl PgStore {
                 .ctx("rewriting the endpoints table")?;
         }
         Ok(rewritten)
+    }
+
+    /// The key of `account_id` whose hash is `key_hash`, live or revoked.
+    pub async fn api_key_by_hash(
+        &self,
+        account_id: String,
+        key_hash: String,
+    ) -> Result<Option<ApiKey>, StoreError> {
+        sqlx::query(
+            "SELECT id, prefix, created_at, revoked_at FROM api_keys
+             WHERE account_id = $1 AND key_hash = $2",
+        )
+        .bind(account_id)
+        .bind(key_hash)
+        .fetch_optional(&self.pool)
+        .await
+        .ctx("looking up an API key")?
+        .as_ref()
+        .map(api_key_from_row)
+        .transpose()
     }
 
     pub async fn account_by_key_hash(

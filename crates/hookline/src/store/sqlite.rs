@@ -1100,6 +1100,25 @@ impl SqliteStore {
         Ok(rewritten)
     }
 
+    /// The key of `account_id` whose hash is `key_hash`, live or revoked.
+    pub async fn api_key_by_hash(
+        &self,
+        account_id: String,
+        key_hash: String,
+    ) -> Result<Option<ApiKey>, StoreError> {
+        self.read(move |c| {
+            c.query_row(
+                "SELECT id, prefix, created_at, revoked_at FROM api_keys
+                 WHERE account_id = ?1 AND key_hash = ?2",
+                params![account_id, key_hash],
+                api_key_from_row,
+            )
+            .optional()
+            .ctx("looking up an API key")
+        })
+        .await
+    }
+
     /// The account whose live key hashes to `key_hash`.
     pub async fn account_by_key_hash(
         &self,
