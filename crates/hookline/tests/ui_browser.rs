@@ -371,7 +371,7 @@ async fn the_dashboard_keeps_its_place_and_shows_secrets_on_request() {
     assert_eq!(
         js(
             &c,
-            r##"return document.querySelector("#plan-note").hidden"##
+            r##"return document.querySelector("#endpoints .plan-note").hidden"##
         )
         .await,
         json!(true),
@@ -483,6 +483,16 @@ async fn the_dashboard_keeps_its_place_and_shows_secrets_on_request() {
             && document.querySelectorAll("#endpoints tbody tr").length === 1"##,
     )
     .await;
+    assert_eq!(js(&c, "return location.hash").await, "#endpoints");
+    // That address was replaced, not followed by another entry: Back leaves it for the
+    // view before (an entry pushed again would hold Back on the endpoints for good).
+    c.back().await.unwrap();
+    until(
+        &c,
+        "the view before the unknown address",
+        r##"!document.querySelector("#delivery").hidden && !document.querySelector("#retry").hidden"##,
+    )
+    .await;
 
     // The secret: shown on request, hidden again; rotated only by a second click.
     js(&c, &format!(r##"endpoint("{ep_id}"); return null"##)).await;
@@ -557,6 +567,14 @@ async fn the_dashboard_keeps_its_place_and_shows_secrets_on_request() {
     assert!(after["previous_secret_expires_at"].is_string(), "{after}");
     // Leaving the endpoint takes its secret off the page.
     click(&c, r##"#tabs button[data-tab="events"]"##).await;
+    let page = js(&c, "return document.body.textContent").await;
+    assert!(
+        !page
+            .as_str()
+            .unwrap()
+            .contains(now["secret"].as_str().unwrap()),
+        "the secret stayed in the page"
+    );
     js(&c, &format!(r##"endpoint("{ep_id}"); return null"##)).await;
     until(
         &c,
@@ -589,17 +607,26 @@ async fn the_dashboard_keeps_its_place_and_shows_secrets_on_request() {
     until(
         &c,
         "the plan's note",
-        r##"!document.querySelector("#plan-note").hidden"##,
+        r##"!document.querySelector("#endpoints .plan-note").hidden"##,
     )
     .await;
     let note = js(
         &c,
-        r##"return document.querySelector("#plan-note").textContent"##,
+        r##"return document.querySelector("#endpoints .plan-note").textContent"##,
     )
     .await;
     assert!(
         note.as_str().unwrap().contains("(free) has no webhooks"),
         "{note}"
     );
+    // The note says why the list is empty, in place of "Nothing here yet." (once the
+    // empty page is in).
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let said = js(
+        &c,
+        r##"return document.querySelector("#status").textContent"##,
+    )
+    .await;
+    assert_eq!(said, "", "beside the note");
     c.close().await.unwrap();
 }

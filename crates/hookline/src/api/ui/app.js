@@ -56,9 +56,13 @@ function facts(dl, pairs) {
 }
 
 // The browser's history follows the views: Back and Forward move between them, and a
-// reload opens the same one. A view shown by following the history adds no entry.
+// reload opens the same one. A view shown by following the history (or an address that
+// names nothing) adds no entry, it only puts its own address in place: else Back onto an
+// address that leads elsewhere would push an entry again, and never leave the page.
+let following = false;
 function remember(hash) {
-  if (location.hash !== hash) history.pushState(null, "", hash);
+  if (location.hash === hash) return;
+  if (following) history.replaceState(null, "", hash); else history.pushState(null, "", hash);
 }
 
 const routes = {
@@ -73,14 +77,24 @@ function follow() {
     [name, id = ""] = location.hash.slice(1).split("/").map(decodeURIComponent);
   } catch (_) { name = ""; }
   const needsId = ["endpoint", "delivery", "event"].includes(name);
-  if (!Object.hasOwn(routes, name) || (needsId && !id)) return endpoints();
-  return routes[name](id);
+  // Each view takes its address before its first wait, so the flag covers exactly that.
+  following = true;
+  try {
+    if (!Object.hasOwn(routes, name) || (needsId && !id)) return endpoints();
+    return routes[name](id);
+  } finally {
+    following = false;
+  }
 }
 
 // Every view change gets a number; an answer for an older view is dropped, so a slow reply
 // never paints over what the user moved on to (or steers a button to another endpoint).
 function show(tab) {
   state.view += 1;
+  // A secret shown leaves the page with its endpoint; a rotation armed is disarmed.
+  for (const box of document.querySelectorAll(".secret")) { box.hidden = true; box.textContent = ""; }
+  $("#show-secret").textContent = "Show secret";
+  disarm();
   for (const s of document.querySelectorAll(".tab")) s.hidden = s.id !== tab;
   for (const b of document.querySelectorAll("#tabs button")) b.classList.toggle("active", b.dataset.tab === tab);
   say("");
@@ -95,8 +109,6 @@ function blank(section) {
   for (const tbody of section.querySelectorAll("tbody")) tbody.replaceChildren();
   for (const more of section.querySelectorAll(".more")) more.hidden = true;
   for (const a of section.querySelectorAll(".needs-object")) a.hidden = true;
-  // A secret shown for the object before is gone with it.
-  for (const box of section.querySelectorAll(".secret")) { box.hidden = true; box.textContent = ""; }
 }
 
 function reveal(section) {
@@ -130,7 +142,9 @@ function paged(section, path, render) {
       more.hidden = !page.next_cursor;
       more.disabled = false;
       more.onclick = () => load(page.next_cursor);
-      if (!page.data.length && !cursor) say(NOTHING);
+      // (A plan's note says why a list is empty, in place of this.)
+      const note = $(".plan-note", section);
+      if (!page.data.length && !cursor && !(note && !note.hidden)) say(NOTHING);
     } catch (e) {
       if (!current()) return;
       say(e.message, true);
@@ -144,7 +158,7 @@ function paged(section, path, render) {
 function endpoints() {
   show("endpoints");
   remember("#endpoints");
-  const plan = $("#plan-note");
+  const plan = $("#endpoints .plan-note");
   plan.hidden = !state.account || state.account.webhooks;
   if (!plan.hidden) {
     plan.textContent = "This account's plan (" + state.account.plan + ") has no webhooks: its events are kept for the pull API (the Events tab). Endpoints need the Pro or Business plan.";
@@ -168,8 +182,6 @@ async function endpoint(id) {
   const section = $("#endpoint");
   const view = state.view;
   blank(section);
-  disarm();
-  $("#show-secret").textContent = "Show secret";
   try {
     const ep = await api("GET", "/v1/endpoints/" + encodeURIComponent(state.endpoint));
     if (view !== state.view) return;
@@ -346,7 +358,8 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   $("#logout").addEventListener("click", () => {
     sessionStorage.removeItem("hookline-key");
-    location.reload();
+    // Without the address: the next key is another account's, where it names nothing.
+    location.replace(location.pathname);
   });
   for (const b of document.querySelectorAll("#tabs button, .back")) {
     b.addEventListener("click", () => tabs[b.dataset.tab]());
