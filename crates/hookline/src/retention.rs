@@ -30,12 +30,19 @@ pub struct RetentionConfig {
 
 /// Sweeps every `config.every` until `shutdown`.
 pub async fn run(store: Store, config: RetentionConfig, shutdown: CancellationToken) {
+    // The metrics exist from the start, so that sweeps that never complete show as a last
+    // sweep that stays at the node's start, not as no metric at all.
+    crate::telemetry::retention_started();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(config.every) => {}
         }
         let outcome = sweep(&store, &config, &shutdown).await;
+        if shutdown.is_cancelled() {
+            // Cut short: neither completed nor failed.
+            return;
+        }
         crate::telemetry::retention_sweep(outcome.is_ok());
         match outcome {
             Ok(0) => {}

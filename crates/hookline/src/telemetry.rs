@@ -18,7 +18,7 @@
 //! | `hookline_sqlite_group_commit_jobs` | histogram | (write jobs per group commit) |
 //! | `hookline_retention_events_removed_total` | counter | (expired events removed, with their deliveries and attempts) |
 //! | `hookline_retention_sweeps_total` | counter | `outcome`: `completed`, `failed` |
-//! | `hookline_retention_last_sweep_timestamp_seconds` | gauge | (Unix time of this node's last completed sweep; alert when it lags) |
+//! | `hookline_retention_last_sweep_timestamp_seconds` | gauge | (Unix time of this node's last completed sweep, its start before the first; alert when it lags) |
 //!
 //! The `hookline_sqlite_*` ones are recorded by the SQLite writer thread through the
 //! `metrics` facade (the store knows nothing of this module); a node on PostgreSQL has none.
@@ -233,22 +233,37 @@ pub fn attempt(outcome: &'static str, seconds: f64) {
         .record(seconds);
 }
 
-/// One retention sweep, completed or failed (what a failed one removed before it failed is
-/// counted all the same, batch by batch, by [`retention_removed`]).
-pub fn retention_sweep(completed: bool) {
+/// Retention starts on this node: its counters at zero, and its last sweep at the start.
+pub fn retention_started() {
+    retention_removed(0);
+    retention_counts();
+    set_last_sweep();
+}
+
+fn retention_counts() -> &'static [Counter; 2] {
     static SWEEPS: OnceLock<[Counter; 2]> = OnceLock::new();
-    let [done, failed] = SWEEPS.get_or_init(|| {
+    SWEEPS.get_or_init(|| {
         registered(|| {
             ["completed", "failed"]
                 .map(|o| metrics::counter!("hookline_retention_sweeps_total", "outcome" => o))
         })
-    });
+    })
+}
+
+fn set_last_sweep() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    metrics::gauge!("hookline_retention_last_sweep_timestamp_seconds").set(now);
+}
+
+/// One retention sweep, completed or failed (what a failed one removed before it failed is
+/// counted all the same, batch by batch, by [`retention_removed`]).
+pub fn retention_sweep(completed: bool) {
+    let [done, failed] = retention_counts();
     if completed {
         done.increment(1);
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64());
-        metrics::gauge!("hookline_retention_last_sweep_timestamp_seconds").set(now);
+        set_last_sweep();
     } else {
         failed.increment(1);
     }

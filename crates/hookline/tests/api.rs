@@ -819,7 +819,8 @@ async fn answers_match_the_documents_schemas(engine: Engine) {
         .await;
     conforms(&doc, "RotatedSecret", &rotated);
 
-    let (_, account) = s.get("/v1/account").await;
+    let (status, account) = s.get("/v1/account").await;
+    assert_eq!(status, 200, "{account}");
     conforms(&doc, "AccountView", &account);
 
     let (status, error) = s.get("/v1/deliveries/dlv_01ARZ3NDEKTSV4RRFFQ69G5FAV").await;
