@@ -314,7 +314,37 @@ fn variables(cmd: &clap::Command, path: &str, vars: &mut Vec<Variable>) {
     }
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", report(&e));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// An error and its causes on one line, each cause once: a cause whose text the line holds
+/// already is left out, and a store's error ends the line (its message says what its own
+/// source is, in the words of a person rather than of a driver).
+fn report(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+        if cause.is::<hookline::store::StoreError>() {
+            break;
+        }
+    }
+    line
+}
+
+fn run() -> anyhow::Result<()> {
     let cli = {
         use clap::FromArgMatches as _;
         let mut cmd = command_line();

@@ -433,3 +433,56 @@ async fn migrations_wait_for_no_server_and_newer_databases_are_refused() {
     let (ok, out, err) = other_account();
     assert!(ok, "{out}{err}");
 }
+
+/// A command that fails says so on one line, each cause once, in words rather than a
+/// driver's: an unreachable PostgreSQL, a database that is not there (without the line of
+/// PostgreSQL's own source the driver appends), a mistyped data directory.
+#[test]
+fn errors_are_one_line_with_each_cause_once() {
+    let run = |args: &[&str]| {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let (ok, out, err) = cli(&args, &[]);
+        assert!(!ok, "{args:?} succeeded: {out}");
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+        assert!(err.starts_with("error: "), "{err}");
+        err
+    };
+    let refused = run(&[
+        "account",
+        "keys",
+        "acme",
+        "--database-url",
+        "postgres://nobody@127.0.0.1:1/none",
+    ]);
+    assert_eq!(
+        refused.matches("Connection refused").count(),
+        1,
+        "{refused}"
+    );
+    assert!(refused.contains("connecting to PostgreSQL"), "{refused}");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("mistyped");
+    let dir = missing.display().to_string();
+    let err = run(&["account", "keys", "acme", "--data-dir", &dir]);
+    assert!(err.contains("there is no Hookline database at"), "{err}");
+
+    // A database that does not exist, on the test server when there is one.
+    let Some(url) = std::env::var("HOOKLINE_TEST_DATABASE_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    else {
+        return;
+    };
+    let (server, _) = url.rsplit_once('/').unwrap();
+    let err = run(&[
+        "account",
+        "keys",
+        "acme",
+        "--database-url",
+        &format!("{server}/hookline_no_such_database"),
+    ]);
+    assert_eq!(err.matches("does not exist").count(), 1, "{err}");
+    assert!(err.contains("(SQLSTATE 3D000)"), "{err}");
+    assert!(!err.contains(" at line "), "{err}");
+}

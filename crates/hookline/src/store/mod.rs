@@ -793,7 +793,7 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
-    #[error("PostgreSQL error while {context}: {source}")]
+    #[error("PostgreSQL error while {context}: {}", postgres::describe(.source))]
     Pg {
         context: &'static str,
         #[source]

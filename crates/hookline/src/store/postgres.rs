@@ -326,6 +326,18 @@ const DB_NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint"
 pub const DUE_CHANNEL: &str = "hookline_due";
 pub const ENDPOINT_CHANNEL: &str = "hookline_endpoint";
 
+/// An error for people: the server's own message and its SQLSTATE code, without the line
+/// of PostgreSQL's source that sqlx appends.
+pub fn describe(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Database(db) => match db.code() {
+            Some(code) => format!("{} (SQLSTATE {code})", db.message()),
+            None => db.message().to_owned(),
+        },
+        e => e.to_string(),
+    }
+}
+
 /// PostgreSQL errors worth a retry: the database cannot be reached, is restarting, or
 /// aborted the transaction to break a deadlock or a serialization conflict.
 pub fn is_transient(e: &sqlx::Error) -> bool {
