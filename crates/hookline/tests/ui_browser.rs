@@ -3,8 +3,8 @@
 //! whose load failed shows no action), recover reads its time as UTC whatever the browser's
 //! zone, an event opens with its deliveries, and no view is wider than a 400 px screen.
 //! Back, Forward and a reload keep to the views; a secret is shown on request and rotated
-//! on a second click; header values stay off screen; a Free account is told why it has no
-//! endpoints.
+//! on a second click; header values stay off screen; events narrow by type and by a UTC
+//! time to start from; a Free account is told why it has no endpoints.
 //!
 //! `.ci/run` installs chromium and chromedriver; without chromedriver on the `PATH` the test
 //! says it was skipped and passes, as the PostgreSQL half of the suite does without its
@@ -592,6 +592,57 @@ async fn the_dashboard_keeps_its_place_and_shows_secrets_on_request() {
         json!(true)
     );
 
+    // Events, narrowed by type and by a time to start from.
+    let opened = s.event("open", json!({})).await;
+    click(&c, r##"#tabs button[data-tab="events"]"##).await;
+    until(
+        &c,
+        "both events, and the type filter's choices",
+        r##"document.querySelectorAll("#events tbody tr").length === 2
+            && document.querySelector("#ev-filter option[value='open']") !== null"##,
+    )
+    .await;
+    js(
+        &c,
+        r##"document.querySelector("#ev-filter select").value = "open"; return null"##,
+    )
+    .await;
+    click(&c, r##"#ev-filter button[type=submit]"##).await;
+    until(
+        &c,
+        "the open event alone",
+        r##"document.querySelectorAll("#events tbody tr").length === 1"##,
+    )
+    .await;
+    let first = js(
+        &c,
+        r##"return document.querySelector("#events tbody td").textContent"##,
+    )
+    .await;
+    assert_eq!(first, opened["id"]);
+    // Since a minute from now (typed as UTC, in this New York browser): none yet.
+    let later = utc_in(60)[..19].to_owned();
+    js(
+        &c,
+        &format!(r##"document.querySelector("#ev-filter input").value = "{later}"; return null"##),
+    )
+    .await;
+    click(&c, r##"#ev-filter button[type=submit]"##).await;
+    until(
+        &c,
+        "no event since a minute from now",
+        r##"document.querySelector("#status").textContent === "Nothing here yet."
+            && document.querySelectorAll("#events tbody tr").length === 0"##,
+    )
+    .await;
+    click(&c, "#ev-last-hour").await;
+    until(
+        &c,
+        "the open event of the last hour",
+        r##"document.querySelectorAll("#events tbody tr").length === 1"##,
+    )
+    .await;
+
     // A Free account is told why it has no endpoints.
     let (status, free) = s
         .call_as(
@@ -629,4 +680,10 @@ async fn the_dashboard_keeps_its_place_and_shows_secrets_on_request() {
     .await;
     assert_eq!(said, "", "beside the note");
     c.close().await.unwrap();
+}
+
+/// The UTC time `seconds` from now, as RFC 3339 (`YYYY-MM-DDTHH:MM:SS…Z`).
+fn utc_in(seconds: i64) -> String {
+    let now = hookline::model::Timestamp::now();
+    hookline::model::Timestamp(now.0 + seconds * 1000).to_string()
 }

@@ -4,7 +4,7 @@
 // page's fragment (`#endpoint/ep_…`): ids only, never the key.
 "use strict";
 
-const state = { key: sessionStorage.getItem("hookline-key") || "", endpoint: null, delivery: null, view: 0, list: 0, account: null };
+const state = { key: sessionStorage.getItem("hookline-key") || "", endpoint: null, delivery: null, view: 0, list: 0, account: null, types: false };
 const $ = (sel, root = document) => root.querySelector(sel);
 
 function say(text, isError) {
@@ -259,10 +259,45 @@ async function delivery(id, message) {
   }
 }
 
+// A time typed in a datetime-local field, read as UTC (every time on screen is UTC): a
+// Date, null for an empty field, undefined for one that cannot be read.
+function utcField(value) {
+  if (!value) return null;
+  const at = new Date(value + (value.length === 16 ? ":00Z" : "Z"));
+  return Number.isNaN(at.getTime()) ? undefined : at;
+}
+
+// The type filter's choices, the account's catalogue, read once.
+async function fillTypes() {
+  if (state.types) return;
+  state.types = true;
+  try {
+    const page = await api("GET", "/v1/event-types?limit=1000");
+    const select = $("#ev-filter select");
+    for (const t of page.data) {
+      const o = document.createElement("option");
+      o.value = t.name; o.textContent = t.name;
+      select.appendChild(o);
+    }
+  } catch (_) {
+    state.types = false;
+  }
+}
+
+// The pull API, oldest first, narrowed by type and by a time to start from ("Last hour"
+// gets to the newest quickly).
 function events() {
   show("events");
   remember("#events");
-  return paged($("#events"), "/v1/events", (ev) => {
+  fillTypes();
+  const form = $("#ev-filter");
+  const query = new URLSearchParams();
+  if (form.elements.type.value) query.set("type", form.elements.type.value);
+  const since = utcField(form.elements.since.value);
+  if (since === undefined) { say("That time cannot be read.", true); return; }
+  if (since) query.set("since", since.toISOString());
+  const path = "/v1/events" + (query.toString() ? "?" + query.toString() : "");
+  return paged($("#events"), path, (ev) => {
     const tr = document.createElement("tr");
     cell(tr, link(ev.id, () => event(ev.id))); cell(tr, ev.type); cell(tr, ev.created_at);
     const pre = document.createElement("pre"); pre.textContent = JSON.stringify(ev.data);
@@ -365,6 +400,12 @@ document.addEventListener("DOMContentLoaded", () => {
     b.addEventListener("click", () => tabs[b.dataset.tab]());
   }
   $("#dlv-status").addEventListener("change", deliveries);
+  $("#ev-filter").addEventListener("submit", (e) => { e.preventDefault(); events(); });
+  $("#ev-last-hour").addEventListener("click", () => {
+    // datetime-local takes "YYYY-MM-DDTHH:MM:SS", here in UTC.
+    $("#ev-filter").elements.since.value = new Date(Date.now() - 3600e3).toISOString().slice(0, 19);
+    events();
+  });
   window.addEventListener("popstate", () => { if (!$("#tabs").hidden) follow(); });
   $("#show-secret").addEventListener("click", async (e) => {
     const button = e.currentTarget;
@@ -439,9 +480,8 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#recover").addEventListener("submit", async (e) => {
     e.preventDefault();
     // Every time on screen is UTC, as the API gives it: the field is read as UTC too.
-    const value = e.target.elements.since.value;
-    const at = new Date(value + (value.length === 16 ? ":00Z" : "Z"));
-    if (Number.isNaN(at.getTime())) { say("That time cannot be read.", true); return; }
+    const at = utcField(e.target.elements.since.value);
+    if (!at) { say("That time cannot be read.", true); return; }
     const view = state.view;
     const button = $("button[type=submit]", e.target);
     button.disabled = true;
