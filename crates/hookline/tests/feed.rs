@@ -123,8 +123,12 @@ async fn a_reader_paging_while_writers_ingest_sees_every_event_once(engine: Engi
         assert!(message.contains("(5000 bytes)"), "{message}");
         assert!(message.len() < 400, "{message}");
     }
-    let (status, _) = s.get("/v1/events?after=evt_unknown").await;
+    let (status, body) = s.get("/v1/events?after=evt_unknown").await;
     assert_eq!(status, 404);
+    assert_eq!(
+        body["error"]["message"], "after: no event \"evt_unknown\"",
+        "no time to tell for an id that holds none"
+    );
     // What is not even shaped like an event id is malformed, as a bad cursor is.
     for bad in ["garbage", "ep_01J0000000000000000000000", ""] {
         let (status, body) = s.get(&format!("/v1/events?after={bad}")).await;

@@ -56,6 +56,18 @@ async fn expired_events_go_and_open_ones_stay(engine: Engine) {
     .await;
     let (status, _) = s.get(&format!("/v1/deliveries/{done_delivery}")).await;
     assert_eq!(status, 404, "its delivery (and attempts) went with it");
+    // A consumer that resumes after it is told how to go on, and from when.
+    let (status, b) = s.get(&format!("/v1/events?after={done_id}")).await;
+    assert_eq!(status, 404, "{b}");
+    let made = ulid::Ulid::from_string(&done_id["evt_".len()..])
+        .unwrap()
+        .timestamp_ms();
+    let made = hookline::model::Timestamp(made as i64).to_string();
+    let message = b["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("resume from a time with ?since=") && message.contains(&made),
+        "{message}"
+    );
     // `/metrics` tells what retention did, and when it last went through.
     let base = s.url("");
     let removed = common::metric(&s.http, &base, "hookline_retention_events_removed_total").await;

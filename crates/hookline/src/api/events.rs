@@ -420,7 +420,7 @@ pub async fn list(
                 .store
                 .feed_position(account.id.clone(), id.clone())
                 .await?
-                .ok_or_else(|| ApiError::not_found("event"))?,
+                .ok_or_else(|| after_not_found(id))?,
         ),
         (None, None) => None,
     };
@@ -432,6 +432,29 @@ pub async fn list(
         data: events,
         next_cursor: next.map(encode_feed_cursor),
     }))
+}
+
+/// `?after=` names no event of the account: a typo, another account's, or one retention
+/// has removed since the consumer saw it. The last is a consumer that was caught up on a
+/// quiet feed; the answer says how to go on (from a time; the id's own time is when the
+/// event was made, by the clock of the node that took it).
+fn after_not_found(id: &str) -> ApiError {
+    let made = id
+        .strip_prefix("evt_")
+        .and_then(|u| ulid::Ulid::from_string(u).ok())
+        .map(|u| Timestamp(u.timestamp_ms() as i64));
+    let hint = match made {
+        Some(t) => format!(
+            " (an event removed by retention is not found either: resume from a time with \
+             ?since=; its id says it was made at {t})"
+        ),
+        None => String::new(),
+    };
+    ApiError::new(
+        axum::http::StatusCode::NOT_FOUND,
+        "not_found",
+        format!("after: no event {}{hint}", quoted(id)),
+    )
 }
 
 /// Reads one event.
