@@ -88,7 +88,9 @@ pub async fn retry(
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 "endpoint_disabled",
-                "the delivery's endpoint is removed or disabled; enable it first",
+                "the delivery's endpoint is disabled or was removed: a disabled endpoint can \
+                 be enabled again (PATCH enabled=true), a removed one's deliveries cannot be \
+                 retried",
             ));
         }
     }

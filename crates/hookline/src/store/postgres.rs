@@ -3348,7 +3348,7 @@ async fn fail_open_deliveries(
 /// (`deliveries_pending_by_age`), about those it ends.
 pub const FAIL_STALE: &str = "UPDATE deliveries SET status = 'failed', next_attempt_at = NULL,
         updated_at = $3,
-        last_error = COALESCE(last_error, 'not attempted: the endpoint kept failing, its circuit breaker open, for the whole retry schedule')
+        last_error = COALESCE(last_error, 'not attempted: the endpoint was held back for the whole retry schedule (it kept failing, or asked to wait with Retry-After)')
      WHERE endpoint_id = $1 AND status = 'pending' AND created_at < $2 AND updated_at < $2";
 
 /// [`FAIL_STALE`] for the rows also due before `$2`: a range of the index of pending rows by
@@ -3357,7 +3357,7 @@ pub const FAIL_STALE: &str = "UPDATE deliveries SET status = 'failed', next_atte
 /// its attempt (so after its last change).
 pub const FAIL_STALE_DUE: &str = "UPDATE deliveries SET status = 'failed',
         next_attempt_at = NULL, updated_at = $3,
-        last_error = COALESCE(last_error, 'not attempted: the endpoint kept failing, its circuit breaker open, for the whole retry schedule')
+        last_error = COALESCE(last_error, 'not attempted: the endpoint was held back for the whole retry schedule (it kept failing, or asked to wait with Retry-After)')
      WHERE endpoint_id = $1 AND status = 'pending' AND next_attempt_at < $2
        AND created_at < $2 AND updated_at < $2";
 

@@ -3016,7 +3016,7 @@ const DUE_SCAN: &str =
 const FAIL_STALE_DUE: &str = "UPDATE deliveries SET status = 'failed', next_attempt_at = NULL,
         updated_at = ?3,
         last_error = COALESCE(last_error,
-            'not attempted: the endpoint kept failing, its circuit breaker open, for the whole retry schedule')
+            'not attempted: the endpoint was held back for the whole retry schedule (it kept failing, or asked to wait with Retry-After)')
      WHERE endpoint_id = ?1 AND status = 'pending' AND next_attempt_at IS NOT NULL
        AND created_at < ?2 AND updated_at < ?2";
 
@@ -3024,7 +3024,7 @@ const FAIL_STALE_DUE: &str = "UPDATE deliveries SET status = 'failed', next_atte
 /// row `?4`: the stretch one job of the sweep walked ([`fail_stale_rows`]).
 const FAIL_STALE_WAITING: &str = "UPDATE deliveries SET status = 'failed', updated_at = ?3,
         last_error = COALESCE(last_error,
-            'not attempted: the endpoint kept failing, its circuit breaker open, for the whole retry schedule')
+            'not attempted: the endpoint was held back for the whole retry schedule (it kept failing, or asked to wait with Retry-After)')
      WHERE endpoint_id = ?1 AND status = 'pending' AND next_attempt_at IS NULL
        AND seq >= MAX(?5, (SELECT waiting_from FROM endpoints WHERE id = ?1)) AND seq < ?4
        AND created_at < ?2 AND updated_at < ?2";
