@@ -377,6 +377,68 @@ async fn a_late_410_from_before_a_change_leaves_the_endpoint_on(engine: Engine) 
     assert!(store.claim_due(later, |_| 10).await.unwrap().is_empty());
 }
 
+/// Attempts of one delivery made at once (manual retries beside an attempt in flight) are
+/// each recorded, even when they started in the same millisecond and took as long to the
+/// millisecond: an attempt is known by the claim it was made under. The same outcome
+/// written twice is still one attempt.
+async fn attempts_made_at_once_are_each_recorded(engine: Engine) {
+    let data = Data::fresh(&engine).await;
+    let store = Store::open(&data.location).await.unwrap();
+    let account = store.create_account("a".into(), Plan::Pro).await.unwrap();
+    store
+        .insert_endpoint(endpoint_of(&account.id, "https://example.com/hook"), 100)
+        .await
+        .unwrap();
+    store
+        .insert_events(account.id.clone(), vec![click()], |_| false, |_| {})
+        .await
+        .unwrap();
+    let later = Timestamp(Timestamp::now().0 + 60_000);
+    let scheduled = store.claim_due(later, |_| 10).await.unwrap();
+    assert_eq!(scheduled.len(), 1);
+    let id = scheduled[0].delivery_id.clone();
+    // Two manual retries while the first attempt is out: three claims, three attempts.
+    let mut dues = vec![scheduled[0].clone()];
+    for _ in 0..2 {
+        let taken = store
+            .claim_for_retry(account.id.clone(), id.clone())
+            .await
+            .unwrap()
+            .unwrap_or_else(|r| panic!("refused: {r:?}"));
+        dues.push(taken.due);
+    }
+    let started = Timestamp::now();
+    let record = |due: &DueDelivery| AttemptRecord {
+        delivery_id: due.delivery_id.clone(),
+        row: due.row,
+        claim: due.claim,
+        endpoint_version: due.endpoint.updated_at.0,
+        endpoint_id: due.endpoint.id.clone(),
+        attempt: Some(Attempt {
+            attempt: due.attempts + 1,
+            started_at: started,
+            duration_ms: 1000,
+            status_code: Some(200),
+            error: None,
+            response_body: Some("ok".into()),
+        }),
+        outcome: Outcome::Succeeded,
+    };
+    // The outcomes come back in another order than the claims, one of them twice.
+    for due in [&dues[1], &dues[0], &dues[2], &dues[1]] {
+        store.record_attempts(vec![record(due)]).await.unwrap();
+    }
+    let (delivery, attempts) = store
+        .get_delivery(account.id.clone(), id.clone())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(delivery.status, DeliveryStatus::Succeeded);
+    let numbers: Vec<u32> = attempts.iter().map(|a| a.attempt).collect();
+    assert_eq!(numbers, vec![1, 2, 3], "{attempts:?}");
+    assert_eq!(delivery.attempt_count, 3, "{delivery:?}");
+}
+
 async fn retries_exhausted_end_as_failed_and_manual_retry_sends_again(engine: Engine) {
     let rx = Receiver::start().await;
     rx.always("down", Reply::Status(503));
@@ -1017,6 +1079,7 @@ on_both_engines!(
     a_manual_retry_goes_before_the_endpoints_queue,
     a_manual_retry_of_a_queued_delivery_goes_first_and_once,
     a_manual_retry_beside_an_attempt_in_flight_keeps_both_attempts,
+    attempts_made_at_once_are_each_recorded,
     an_endpoint_turned_back_on_gets_new_deliveries_again,
 );
 

@@ -229,6 +229,13 @@ BEGIN
     END IF;
 END $$;
 "#,
+    // An attempt is known by the claim it was made under (one attempt a claim): two made at
+    // once (manual retries beside one in flight) can share their start and duration to the
+    // millisecond, which is how an attempt was known before. Rows written before keep no
+    // claim and are still known that way.
+    r#"
+ALTER TABLE attempts ADD COLUMN IF NOT EXISTS claim BIGINT;
+"#,
 ];
 
 /// The PostgreSQL store. Cheap to clone.
@@ -1926,13 +1933,13 @@ impl PgStore {
         }
         for round in rounds {
             let mut releases: Vec<(i64, i64)> = Vec::new();
-            let mut attempts: Vec<(&str, u32, &Attempt)> = Vec::new();
+            let mut attempts: Vec<(&str, u32, &Attempt, i64)> = Vec::new();
             let mut updates: Vec<(i64, &AttemptRecord, &Attempt)> = Vec::new();
             for rec in round {
                 match &rec.attempt {
                     None => releases.push((rec.row, rec.claim)),
                     Some(a) => {
-                        attempts.push((rec.delivery_id.as_str(), a.attempt, a));
+                        attempts.push((rec.delivery_id.as_str(), a.attempt, a, rec.claim));
                         updates.push((rec.row, rec, a));
                     }
                 }
@@ -1955,8 +1962,9 @@ impl PgStore {
             let mut renumbered: HashMap<&str, u32> = HashMap::new();
             if !attempts.is_empty() {
                 let mut c = AttemptColumns::default();
-                for (delivery_id, number, a) in &attempts {
+                for (delivery_id, number, a, claim) in &attempts {
                     c.delivery_id.push(delivery_id);
+                    c.claim.push(*claim);
                     c.attempt.push(i64::from(*number));
                     c.started_at.push(a.started_at.0);
                     c.duration_ms.push(a.duration_ms as i64);
@@ -1964,20 +1972,23 @@ impl PgStore {
                     c.error.push(a.error.as_deref());
                     c.response_body.push(a.response_body.as_deref());
                 }
-                // The same attempt written again (known by its start and duration, ms)
-                // replaces itself; another attempt of the same number (a manual retry made
-                // beside an attempt in flight, each claim counting from the same recorded
-                // attempts) is not replaced.
+                // The same attempt written again (known by its claim; one written before
+                // claims were, by its start and duration, ms) replaces itself; another
+                // attempt of the same number (a manual retry made beside an attempt in
+                // flight, each claim counting from the same recorded attempts) is not
+                // replaced.
                 let written = sqlx::query(
                 "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code,
-                    error, response_body)
+                    error, response_body, claim)
                  SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::bigint[],
-                                      $5::bigint[], $6::text[], $7::text[])
+                                      $5::bigint[], $6::text[], $7::text[], $8::bigint[])
                  ON CONFLICT (delivery_id, attempt) DO UPDATE SET started_at = EXCLUDED.started_at,
                     duration_ms = EXCLUDED.duration_ms, status_code = EXCLUDED.status_code,
-                    error = EXCLUDED.error, response_body = EXCLUDED.response_body
-                 WHERE attempts.started_at = EXCLUDED.started_at
-                   AND attempts.duration_ms = EXCLUDED.duration_ms",
+                    error = EXCLUDED.error, response_body = EXCLUDED.response_body,
+                    claim = EXCLUDED.claim
+                 WHERE COALESCE(attempts.claim = EXCLUDED.claim,
+                                attempts.started_at = EXCLUDED.started_at
+                                AND attempts.duration_ms = EXCLUDED.duration_ms)",
             )
             .bind(&c.delivery_id)
             .bind(&c.attempt)
@@ -1986,6 +1997,7 @@ impl PgStore {
             .bind(&c.status_code)
             .bind(&c.error)
             .bind(&c.response_body)
+            .bind(&c.claim)
             .execute(&mut *tx)
             .await
             .ctx("inserting attempts")?
@@ -1995,24 +2007,27 @@ impl PgStore {
                 if written < c.delivery_id.len() as u64 {
                     let left: Vec<String> = sqlx::query_scalar(
                         "SELECT t.delivery_id
-                         FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::bigint[])
-                              AS t(delivery_id, attempt, started_at, duration_ms)
+                         FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::bigint[],
+                                     $5::bigint[])
+                              AS t(delivery_id, attempt, started_at, duration_ms, claim)
                          WHERE NOT EXISTS (SELECT 1 FROM attempts a
                                            WHERE a.delivery_id = t.delivery_id
                                              AND a.attempt = t.attempt
-                                             AND a.started_at = t.started_at
-                                             AND a.duration_ms = t.duration_ms)",
+                                             AND COALESCE(a.claim = t.claim,
+                                                 a.started_at = t.started_at
+                                                 AND a.duration_ms = t.duration_ms))",
                     )
                     .bind(&c.delivery_id)
                     .bind(&c.attempt)
                     .bind(&c.started_at)
                     .bind(&c.duration_ms)
+                    .bind(&c.claim)
                     .fetch_all(&mut *tx)
                     .await
                     .ctx("finding attempts whose number was taken")?;
-                    for (delivery_id, _, a) in &attempts {
+                    for (delivery_id, _, a, claim) in &attempts {
                         if left.iter().any(|l| l == delivery_id) {
-                            let number = record_renumbered(&mut tx, delivery_id, a).await?;
+                            let number = record_renumbered(&mut tx, delivery_id, a, *claim).await?;
                             renumbered.insert(*delivery_id, number);
                         }
                     }
@@ -2373,6 +2388,8 @@ impl PgStore {
 #[derive(Default)]
 struct AttemptColumns<'a> {
     delivery_id: Vec<&'a str>,
+    /// The claim each attempt was made under: what it is known by.
+    claim: Vec<i64>,
     attempt: Vec<i64>,
     started_at: Vec<i64>,
     duration_ms: Vec<i64>,
@@ -3261,14 +3278,17 @@ async fn record_renumbered(
     c: &mut PgConnection,
     delivery_id: &str,
     a: &Attempt,
+    claim: i64,
 ) -> Result<u32, StoreError> {
     let before: Option<i64> = sqlx::query_scalar(
         "SELECT attempt FROM attempts
-         WHERE delivery_id = $1 AND started_at = $2 AND duration_ms = $3 LIMIT 1",
+         WHERE delivery_id = $1
+           AND COALESCE(claim = $4, started_at = $2 AND duration_ms = $3) LIMIT 1",
     )
     .bind(delivery_id)
     .bind(a.started_at.0)
     .bind(a.duration_ms as i64)
+    .bind(claim)
     .fetch_optional(&mut *c)
     .await
     .ctx("looking for an attempt recorded before")?;
@@ -3279,10 +3299,10 @@ async fn record_renumbered(
     let number: i64 = sqlx::query_scalar(
         "WITH d AS (SELECT attempts FROM deliveries WHERE id = $1 FOR NO KEY UPDATE)
          INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code,
-             error, response_body)
+             error, response_body, claim)
          SELECT $1, GREATEST((SELECT attempts FROM d),
                              (SELECT MAX(attempt) FROM attempts WHERE delivery_id = $1), 0) + 1,
-                $2, $3, $4, $5, $6
+                $2, $3, $4, $5, $6, $7
          RETURNING attempt",
     )
     .bind(delivery_id)
@@ -3291,6 +3311,7 @@ async fn record_renumbered(
     .bind(a.status_code.map(i64::from))
     .bind(a.error.as_deref())
     .bind(a.response_body.as_deref())
+    .bind(claim)
     .fetch_one(&mut *c)
     .await
     .ctx("recording an attempt under the next number")?;

@@ -414,6 +414,14 @@ UPDATE deliveries
   FROM (SELECT delivery_id, MAX(attempt) AS top FROM attempts GROUP BY delivery_id) AS held
  WHERE deliveries.id = held.delivery_id AND deliveries.attempts < held.top;
 "#,
+    // An attempt is known by the claim it was made under (one attempt a claim): two made at
+    // once (manual retries beside one in flight) can share their start and duration to the
+    // millisecond, which is how an attempt was known before. Rows written before keep no
+    // claim and are still known that way.
+    r#"
+ALTER TABLE attempts ADD COLUMN claim INTEGER;
+ALTER TABLE deliveries ADD COLUMN kept_claim INTEGER;
+"#,
 ];
 
 /// How many row numbers one stretch of `event_type_stretches` covers (the migration that made
@@ -2134,17 +2142,17 @@ impl SqliteStore {
             let mut insert = c
                 .prepare_cached(
                     "INSERT OR REPLACE INTO attempts (delivery_id, attempt, started_at,
-                        duration_ms, status_code, error, response_body)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                        duration_ms, status_code, error, response_body, claim)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 )
                 .ctx("preparing the attempt insert")?;
             // The kept attempt moves out only if the update below will apply (same guard).
             let mut move_kept = c
                 .prepare_cached(
                     "INSERT OR REPLACE INTO attempts (delivery_id, attempt, started_at,
-                        duration_ms, status_code, error, response_body)
+                        duration_ms, status_code, error, response_body, claim)
                      SELECT id, kept_attempt, kept_started_at, kept_duration_ms,
-                        kept_status_code, kept_error, kept_response_body
+                        kept_status_code, kept_error, kept_response_body, kept_claim
                      FROM deliveries
                      WHERE seq = ?1 AND kept_attempt IS NOT NULL AND kept_attempt <> ?2
                        AND (?3 = 0 OR (status = 'delivering' AND claim = ?4))
@@ -2229,7 +2237,7 @@ impl SqliteStore {
                     // Not written: the outcome does not move the row on, or the number was not
                     // surely free (see `FRESH_NUMBER`). If another attempt holds it, this one
                     // takes the next; if not, it is written under its own, unchecked.
-                    updated = match number_taken(c, rec.row, &rec.delivery_id, number, a)? {
+                    updated = match number_taken(c, rec, number, a)? {
                         Numbered::Taken(next_free) => {
                             number = next_free;
                             Some(write(number, true)?)
@@ -2247,7 +2255,8 @@ impl SqliteStore {
                             a.duration_ms as i64,
                             a.status_code,
                             a.error,
-                            a.response_body
+                            a.response_body,
+                            rec.claim
                         ])
                         .ctx("inserting an attempt")?;
                     // The row counts every attempt it holds, this one too.
@@ -3420,29 +3429,34 @@ enum Numbered {
     Written,
 }
 
-/// Whether attempt number `number` of delivery `row` (`delivery_id`) is another attempt's
-/// than `attempt` (see [`Numbered`]). A number past every one held
+/// Whether attempt number `number` of `rec`'s delivery is another attempt's than `attempt`
+/// (see [`Numbered`]). A number past every one held
 /// counts the `attempts` rows too, not only the row's count of them: a fenced outcome
 /// written before that count was kept up with them did not raise it.
 fn number_taken(
     c: &Connection,
-    row: i64,
-    delivery_id: &str,
+    rec: &AttemptRecord,
     number: u32,
     attempt: &Attempt,
 ) -> Result<Numbered, StoreError> {
-    // An attempt is known by its start and its duration (ms): `?3`, `?5`.
+    // An attempt is known by its claim (`?6`); one recorded before claims were, by its
+    // start and its duration (ms): `?3`, `?5`.
     let found: Option<(bool, bool, u32)> = c
         .prepare_cached(
             "SELECT
                 IFNULL(kept_attempt = ?2
-                       AND NOT (kept_started_at = ?3 AND kept_duration_ms = ?5), 0)
+                       AND NOT COALESCE(kept_claim = ?6,
+                                        kept_started_at = ?3 AND kept_duration_ms = ?5), 0)
                 OR EXISTS (SELECT 1 FROM attempts
                            WHERE delivery_id = ?4 AND attempt = ?2
-                             AND NOT (started_at = ?3 AND duration_ms = ?5)),
-                IFNULL(kept_started_at = ?3 AND kept_duration_ms = ?5, 0)
+                             AND NOT COALESCE(claim = ?6,
+                                              started_at = ?3 AND duration_ms = ?5)),
+                IFNULL(kept_attempt IS NOT NULL
+                       AND COALESCE(kept_claim = ?6,
+                                    kept_started_at = ?3 AND kept_duration_ms = ?5), 0)
                 OR EXISTS (SELECT 1 FROM attempts
-                           WHERE delivery_id = ?4 AND started_at = ?3 AND duration_ms = ?5),
+                           WHERE delivery_id = ?4
+                             AND COALESCE(claim = ?6, started_at = ?3 AND duration_ms = ?5)),
                 MAX(attempts, IFNULL(kept_attempt, 0),
                     IFNULL((SELECT MAX(attempt) FROM attempts WHERE delivery_id = ?4), 0))
              FROM deliveries WHERE seq = ?1",
@@ -3450,11 +3464,12 @@ fn number_taken(
         .and_then(|mut st| {
             st.query_row(
                 params![
-                    row,
+                    rec.row,
                     number,
                     attempt.started_at.0,
-                    delivery_id,
-                    attempt.duration_ms as i64
+                    rec.delivery_id,
+                    attempt.duration_ms as i64,
+                    rec.claim
                 ],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
@@ -3501,7 +3516,7 @@ static RECORD: LazyLock<String> = LazyLock::new(|| {
                 THEN COALESCE(?7, '{ENDPOINT_GONE}') ELSE ?7 END,
             updated_at = ?8,
             kept_attempt = ?3, kept_started_at = ?5, kept_duration_ms = ?11,
-            kept_status_code = ?6, kept_error = ?7, kept_response_body = ?12
+            kept_status_code = ?6, kept_error = ?7, kept_response_body = ?12, kept_claim = ?10
          WHERE seq = ?1 AND (?9 = 0 OR (status = 'delivering' AND claim = ?10))
            AND (?13 = 0 OR {FRESH_NUMBER})"
     )
@@ -3515,16 +3530,18 @@ static RECORD_FRESH: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// Whether attempt number `?3` (started at `?5`, lasting `?11` ms) is surely the row's to
-/// write, checked unless `?13` is 0: a number past every one it holds (`attempts` is never
-/// less than any of them), or the very attempt it keeps (the same record written again: an
-/// attempt is known by its start and its duration, in ms). Two attempts of
-/// one number can be made, a manual retry beside an attempt in flight, each claim counting
-/// from the same recorded attempts; the one recorded second then takes the next number
-/// (`record_attempts`, which writes without the check once it has found the number is no
-/// other attempt's), rather than replace the other.
+/// Whether attempt number `?3` (made under claim `?10`) is surely the row's to write,
+/// checked unless `?13` is 0: a number past every one it holds (`attempts` is never less
+/// than any of them), or the very attempt it keeps (the same record written again: an
+/// attempt is known by its claim; one kept before claims were, by its start `?5` and its
+/// duration `?11`, in ms). Two attempts of one number can be made, a manual retry beside
+/// an attempt in flight, each claim counting from the same recorded attempts; the one
+/// recorded second then takes the next number (`record_attempts`, which writes without the
+/// check once it has found the number is no other attempt's), rather than replace the
+/// other.
 const FRESH_NUMBER: &str = "(attempts < ?3
-    OR (kept_attempt = ?3 AND kept_started_at = ?5 AND kept_duration_ms = ?11))";
+    OR (kept_attempt = ?3
+        AND COALESCE(kept_claim = ?10, kept_started_at = ?5 AND kept_duration_ms = ?11)))";
 
 /// A delivery given back unsent: due now, or ended when its endpoint was turned off or
 /// removed meanwhile.
@@ -4066,6 +4083,8 @@ pub(crate) mod tests {
             "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code)
                 VALUES ('{id}', 1, 1000, 5, 500), ('{id}', 2, 2000, 5, 500);
              UPDATE deliveries SET status = 'pending', attempts = 1 WHERE id = '{id}';
+             ALTER TABLE attempts DROP COLUMN claim;
+             ALTER TABLE deliveries DROP COLUMN kept_claim;
              PRAGMA user_version = {before};",
             id = d.id
         ))
@@ -4127,6 +4146,8 @@ pub(crate) mod tests {
              UPDATE endpoints SET previous_secret = previous_secrets ->> '$[0].secret',
                                   previous_secret_until = previous_secrets ->> '$[0].until';
              ALTER TABLE endpoints DROP COLUMN previous_secrets;
+             ALTER TABLE attempts DROP COLUMN claim;
+             ALTER TABLE deliveries DROP COLUMN kept_claim;
              PRAGMA user_version = {before};"
         ))
         .unwrap();
@@ -4736,8 +4757,9 @@ pub(crate) mod tests {
         assert_eq!(attempt_rows(dir.path(), &retried.id), 2);
 
         // A late outcome of an old claim does not move the delivery on, but its attempt is
-        // still logged, beside the kept one.
-        let mut late = answered(retried, 1, 4, Some(500));
+        // still logged, beside the kept one. (Each attempt is made under a claim of its own:
+        // these old ones are numbers the delivery no longer holds.)
+        let mut late = answered(retried, -4, 4, Some(500));
         late.outcome = Outcome::Failed;
         store.record_attempts(vec![late]).await.unwrap();
         let (status, _, seen) = listed(retried.id.clone()).await;
@@ -4756,7 +4778,7 @@ pub(crate) mod tests {
         // Another attempt of a number the delivery holds (a manual retry's beside one in
         // flight, both numbered from the same count) takes the next number, and is counted;
         // written again (a commit whose answer was lost), it changes nothing.
-        let mut beside = answered(retried, 1, 3, Some(502));
+        let mut beside = answered(retried, -3, 3, Some(502));
         beside.outcome = Outcome::Failed;
         if let Some(a) = beside.attempt.as_mut() {
             a.started_at = Timestamp(3_500);
@@ -5005,6 +5027,8 @@ pub(crate) mod tests {
              ALTER TABLE events DROP COLUMN deliveries_until;
              CREATE INDEX deliveries_by_event ON deliveries (event_id);
              {UNDO_PREVIOUS_SECRETS}
+             ALTER TABLE attempts DROP COLUMN claim;
+             ALTER TABLE deliveries DROP COLUMN kept_claim;
              PRAGMA user_version = {before};"
         ))
         .unwrap();
@@ -5490,6 +5514,8 @@ pub(crate) mod tests {
         let db = Connection::open(dir.path().join("hookline.db")).unwrap();
         db.execute_batch(&format!(
             "DROP TABLE event_type_stretches; {UNDO_PREVIOUS_SECRETS}
+             ALTER TABLE attempts DROP COLUMN claim;
+             ALTER TABLE deliveries DROP COLUMN kept_claim;
              PRAGMA user_version = {before};"
         ))
         .unwrap();
@@ -5845,6 +5871,8 @@ pub(crate) mod tests {
              ALTER TABLE events DROP COLUMN deliveries_from;
              ALTER TABLE events DROP COLUMN deliveries_until;
              {UNDO_PREVIOUS_SECRETS}
+             ALTER TABLE attempts DROP COLUMN claim;
+             ALTER TABLE deliveries DROP COLUMN kept_claim;
              PRAGMA user_version = {before};"
         ))
         .unwrap();
