@@ -3421,7 +3421,7 @@ fn insert_rows(
 enum Numbered {
     /// No other attempt holds it: the attempt is written under it.
     Free,
-    /// Another attempt (one of another start or duration) holds it: the attempt takes this one,
+    /// Another attempt (one made under another claim) holds it: the attempt takes this one,
     /// past every number the delivery holds.
     Taken(u32),
     /// Another attempt holds it, and this very attempt is recorded already under another
