@@ -119,6 +119,22 @@ async fn sign_in(c: &Client, s: &TestServer, path: &str, key: &str) {
     click(c, "#login button[type=submit]").await;
 }
 
+/// The delivery view, loaded (its actions shown only once its object is in).
+const DELIVERY_SHOWN: &str =
+    r##"!document.querySelector("#delivery").hidden && !document.querySelector("#retry").hidden"##;
+/// The endpoint view, loaded.
+const ENDPOINT_SHOWN: &str = r##"!document.querySelector("#endpoint").hidden
+    && !document.querySelector("#endpoint .actions").hidden"##;
+
+/// The text of the first element `css` selects.
+async fn text(c: &Client, css: &str) -> Value {
+    js(
+        c,
+        &format!("return document.querySelector({css:?}).textContent"),
+    )
+    .await
+}
+
 /// Which view is on screen.
 async fn on_screen(c: &Client) -> Value {
     js(
@@ -404,12 +420,7 @@ async fn the_dashboard_keeps_its_place_and_shows_secrets_on_request() {
         "a header value is on screen"
     );
     click(&c, "#endpoint tbody tr a").await;
-    until(
-        &c,
-        "the delivery",
-        r##"!document.querySelector("#delivery").hidden && !document.querySelector("#retry").hidden"##,
-    )
-    .await;
+    until(&c, "the delivery", DELIVERY_SHOWN).await;
     assert_eq!(
         js(&c, "return location.hash").await,
         format!("#delivery/{dlv}")
@@ -427,52 +438,17 @@ async fn the_dashboard_keeps_its_place_and_shows_secrets_on_request() {
         format!("#event/{ev_id}")
     );
     c.back().await.unwrap();
-    until(
-        &c,
-        "the delivery again",
-        r##"!document.querySelector("#delivery").hidden && !document.querySelector("#retry").hidden"##,
-    )
-    .await;
+    until(&c, "the delivery again", DELIVERY_SHOWN).await;
     assert_eq!(on_screen(&c).await, "delivery");
     c.back().await.unwrap();
-    until(
-        &c,
-        "the endpoint again",
-        r##"!document.querySelector("#endpoint").hidden
-            && !document.querySelector("#endpoint .actions").hidden"##,
-    )
-    .await;
-    assert_eq!(
-        js(
-            &c,
-            r##"return document.querySelector("#endpoint .title").textContent"##
-        )
-        .await,
-        ep["url"]
-    );
+    until(&c, "the endpoint again", ENDPOINT_SHOWN).await;
+    assert_eq!(text(&c, "#endpoint .title").await, ep["url"]);
     c.forward().await.unwrap();
-    until(
-        &c,
-        "the delivery once more",
-        r##"!document.querySelector("#delivery").hidden && !document.querySelector("#retry").hidden"##,
-    )
-    .await;
-    assert_eq!(
-        js(
-            &c,
-            r##"return document.querySelector("#delivery .title").textContent"##
-        )
-        .await,
-        json!(dlv)
-    );
+    until(&c, "the delivery once more", DELIVERY_SHOWN).await;
+    assert_eq!(text(&c, "#delivery .title").await, json!(dlv));
     // A reload opens the same view (the key is kept for the tab).
     c.refresh().await.unwrap();
-    until(
-        &c,
-        "the delivery after a reload",
-        r##"!document.querySelector("#delivery").hidden && !document.querySelector("#retry").hidden"##,
-    )
-    .await;
+    until(&c, "the delivery after a reload", DELIVERY_SHOWN).await;
     assert_eq!(on_screen(&c).await, "delivery");
     // A fragment that names nothing opens the endpoints.
     js(&c, r##"location.hash = "#nothing/x"; return null"##).await;
@@ -487,22 +463,11 @@ async fn the_dashboard_keeps_its_place_and_shows_secrets_on_request() {
     // That address was replaced, not followed by another entry: Back leaves it for the
     // view before (an entry pushed again would hold Back on the endpoints for good).
     c.back().await.unwrap();
-    until(
-        &c,
-        "the view before the unknown address",
-        r##"!document.querySelector("#delivery").hidden && !document.querySelector("#retry").hidden"##,
-    )
-    .await;
+    until(&c, "the view before the unknown address", DELIVERY_SHOWN).await;
 
     // The secret: shown on request, hidden again; rotated only by a second click.
     js(&c, &format!(r##"endpoint("{ep_id}"); return null"##)).await;
-    until(
-        &c,
-        "the endpoint's actions",
-        r##"!document.querySelector("#endpoint").hidden
-            && !document.querySelector("#endpoint .actions").hidden"##,
-    )
-    .await;
+    until(&c, "the endpoint's actions", ENDPOINT_SHOWN).await;
     let secret = s.get(&format!("/v1/endpoints/{ep_id}/secret")).await.1["secret"].clone();
     click(&c, "#show-secret").await;
     until(
@@ -511,34 +476,19 @@ async fn the_dashboard_keeps_its_place_and_shows_secrets_on_request() {
         r##"!document.querySelector("#endpoint .secret").hidden"##,
     )
     .await;
-    let shown = js(
-        &c,
-        r##"return document.querySelector("#endpoint .secret").textContent"##,
-    )
-    .await;
+    let shown = text(&c, "#endpoint .secret").await;
     assert_eq!(
         shown,
         json!(format!("Signing secret: {}", secret.as_str().unwrap()))
     );
     click(&c, "#show-secret").await;
     assert_eq!(
-        js(
-            &c,
-            r##"return document.querySelector("#endpoint .secret").textContent"##
-        )
-        .await,
+        text(&c, "#endpoint .secret").await,
         json!(""),
         "hidden again"
     );
     click(&c, "#rotate").await;
-    assert_eq!(
-        js(
-            &c,
-            r##"return document.querySelector("#rotate").textContent"##
-        )
-        .await,
-        "Click again to rotate"
-    );
+    assert_eq!(text(&c, "#rotate").await, "Click again to rotate");
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let (_, unchanged) = s.get(&format!("/v1/endpoints/{ep_id}/secret")).await;
     assert_eq!(unchanged["secret"], secret, "one click rotates nothing");
@@ -551,11 +501,7 @@ async fn the_dashboard_keeps_its_place_and_shows_secrets_on_request() {
     .await;
     let (_, now) = s.get(&format!("/v1/endpoints/{ep_id}/secret")).await;
     assert_ne!(now["secret"], secret);
-    let shown = js(
-        &c,
-        r##"return document.querySelector("#endpoint .secret").textContent"##,
-    )
-    .await;
+    let shown = text(&c, "#endpoint .secret").await;
     assert!(
         shown.as_str().unwrap().starts_with(&format!(
             "New signing secret: {} ",
@@ -576,13 +522,7 @@ async fn the_dashboard_keeps_its_place_and_shows_secrets_on_request() {
         "the secret stayed in the page"
     );
     js(&c, &format!(r##"endpoint("{ep_id}"); return null"##)).await;
-    until(
-        &c,
-        "the endpoint without its secret",
-        r##"!document.querySelector("#endpoint").hidden
-            && !document.querySelector("#endpoint .actions").hidden"##,
-    )
-    .await;
+    until(&c, "the endpoint without its secret", ENDPOINT_SHOWN).await;
     assert_eq!(
         js(
             &c,
@@ -614,11 +554,7 @@ async fn the_dashboard_keeps_its_place_and_shows_secrets_on_request() {
         r##"document.querySelectorAll("#events tbody tr").length === 1"##,
     )
     .await;
-    let first = js(
-        &c,
-        r##"return document.querySelector("#events tbody td").textContent"##,
-    )
-    .await;
+    let first = text(&c, "#events tbody td").await;
     assert_eq!(first, opened["id"]);
     // Since a minute from now (typed as UTC, in this New York browser): none yet.
     let later = utc_in(60)[..19].to_owned();
@@ -661,11 +597,7 @@ async fn the_dashboard_keeps_its_place_and_shows_secrets_on_request() {
         r##"!document.querySelector("#endpoints .plan-note").hidden"##,
     )
     .await;
-    let note = js(
-        &c,
-        r##"return document.querySelector("#endpoints .plan-note").textContent"##,
-    )
-    .await;
+    let note = text(&c, "#endpoints .plan-note").await;
     assert!(
         note.as_str().unwrap().contains("(free) has no webhooks"),
         "{note}"
@@ -673,11 +605,7 @@ async fn the_dashboard_keeps_its_place_and_shows_secrets_on_request() {
     // The note says why the list is empty, in place of "Nothing here yet." (once the
     // empty page is in).
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    let said = js(
-        &c,
-        r##"return document.querySelector("#status").textContent"##,
-    )
-    .await;
+    let said = text(&c, "#status").await;
     assert_eq!(said, "", "beside the note");
     c.close().await.unwrap();
 }
