@@ -803,7 +803,8 @@ async fn answers_match_the_documents_schemas(engine: Engine) {
     conforms(&doc, "CreatedEndpoint", &created);
     let ep = created["id"].as_str().unwrap().to_owned();
     let (_, one) = s.get(&format!("/v1/endpoints/{ep}")).await;
-    conforms(&doc, "Endpoint", &one);
+    conforms(&doc, "EndpointDetail", &one);
+    assert!(one["held_back_until"].is_null(), "{one}");
 
     let accepted = s.event("click", json!({})).await;
     conforms(&doc, "Accepted", &accepted);

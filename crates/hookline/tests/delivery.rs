@@ -500,11 +500,24 @@ async fn a_long_retry_after_holds_the_whole_endpoint(engine: Engine) {
         1,
         "nothing went to the endpoint while it asked to wait"
     );
+    // The endpoint says so, and until when.
+    let ep_id = first["deliveries"][0]["endpoint_id"].as_str().unwrap();
+    let (_, ep) = s.get(&format!("/v1/endpoints/{ep_id}")).await;
+    let until = hookline::model::Timestamp::parse(ep["held_back_until"].as_str().unwrap())
+        .unwrap_or_else(|| panic!("{ep}"));
+    // (The 503 asked for 3 s, more than 1.2 s ago: nothing has gone since, as above.)
+    let now = hookline::model::Timestamp::now().0;
+    assert!(
+        (now - 500..=now + 1800 + 500).contains(&until.0),
+        "held back until {until}: {ep}"
+    );
     for id in later.iter().chain([&first_dlv]) {
         s.wait_delivery(id, "succeeded").await;
     }
     let got = rx.got("busy");
     assert_eq!(got.len(), 7, "the 503, then each of the six once");
+    let (_, ep) = s.get(&format!("/v1/endpoints/{ep_id}")).await;
+    assert!(ep["held_back_until"].is_null(), "going as usual: {ep}");
     for r in &got[1..] {
         let after = r.at - got[0].at;
         assert!(

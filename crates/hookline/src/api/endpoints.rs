@@ -166,17 +166,38 @@ pub async fn list(
     Ok(Json(List::from_page(items)))
 }
 
+/// An endpoint read alone: with whether its deliveries are held back.
+#[derive(Serialize, ToSchema)]
+pub struct EndpointDetail {
+    #[serde(flatten)]
+    pub endpoint: Endpoint,
+    /// Set while the endpoint's deliveries are held back, because it kept failing (its
+    /// circuit breaker is open) or asked to wait (`Retry-After` on a `429` or `503`): when
+    /// the next attempt, a probe, may go (in the past when that probe is due and waits for a
+    /// delivery). Meanwhile its deliveries show `pending`, due as their schedule says.
+    /// `null` while they go as usual. Each node of a cluster holds back on its own: this is
+    /// the answering node's.
+    pub held_back_until: Option<Timestamp>,
+}
+
 /// Reads one endpoint.
 #[utoipa::path(get, path = "/v1/endpoints/{id}", operation_id = "getEndpoint", tag = "endpoints",
     params(("id" = String, Path, description = "ep_…")), security(("api_key" = [])),
-    responses((status = 200, body = Endpoint), (status = 404, body = super::error::ErrorBody)))]
+    responses((status = 200, body = EndpointDetail), (status = 404, body = super::error::ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
     Auth(account): Auth,
     ApiPath(id): ApiPath<String>,
-) -> Result<Json<Endpoint>, ApiError> {
-    let ep = state.store.get_endpoint(account.id, id).await?;
-    ep.map(Json).ok_or_else(|| ApiError::not_found("endpoint"))
+) -> Result<Json<EndpointDetail>, ApiError> {
+    let endpoint = state
+        .store
+        .get_endpoint(account.id, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("endpoint"))?;
+    Ok(Json(EndpointDetail {
+        held_back_until: state.dispatcher.held_back_until(&endpoint.id),
+        endpoint,
+    }))
 }
 
 /// Changes an endpoint (`403` when the account's plan does not include webhooks). Disabling

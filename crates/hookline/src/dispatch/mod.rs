@@ -558,6 +558,18 @@ impl Dispatcher {
         .map_err(|e| StoreError::Commit(format!("retry task failed: {e}")))?
     }
 
+    /// Until when this node holds `endpoint_id`'s deliveries back, its breaker open (the
+    /// endpoint kept failing, or asked to wait with `Retry-After`): the time of the next
+    /// attempt, a probe (past when the probe is due and waits for a delivery to make it
+    /// with). `None` while its deliveries go as usual.
+    pub fn held_back_until(&self, endpoint_id: &str) -> Option<Timestamp> {
+        let a = self.inner.admission();
+        a.breakers
+            .get(endpoint_id)
+            .filter(|b| b.open)
+            .map(|b| Timestamp(b.next_probe))
+    }
+
     /// Forgets the endpoint's run of failures (its deliveries were queued again by hand).
     pub fn reset_breaker(&self, endpoint_id: &str) {
         self.start_afresh(endpoint_id);

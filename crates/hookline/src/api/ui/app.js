@@ -189,6 +189,10 @@ async function endpoint(id) {
     facts($(".facts", section), [
       ["Id", ep.id], ["Types", ep.event_types.join(", ")], ["Description", ep.description],
       ["State", ep.enabled ? "enabled" : "disabled" + (ep.disabled_reason ? ": " + ep.disabled_reason : "")],
+      ["Deliveries", !ep.enabled ? "none while it is disabled"
+        : ep.held_back_until
+          ? "held back (it kept failing, or asked to wait): next try " + ep.held_back_until
+          : "going as usual"],
       ["Rate limit", ep.rate_limit_per_sec ? ep.rate_limit_per_sec + "/s" : "none"],
       // Header values may be credentials of the receiver's: their names only.
       ["Headers", Object.keys(ep.headers || {}).length
