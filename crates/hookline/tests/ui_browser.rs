@@ -176,20 +176,7 @@ async fn the_dashboard_acts_only_on_what_it_shows() {
         s.wait_delivery(id, want).await;
     }
 
-    c.goto(&s.url("/ui/")).await.unwrap();
-    until(
-        &c,
-        "the key prompt",
-        r##"document.querySelector("#status").textContent.includes("Enter an API key")"##,
-    )
-    .await;
-    c.find(Locator::Css("#key"))
-        .await
-        .unwrap()
-        .send_keys(&s.key)
-        .await
-        .unwrap();
-    click(&c, "#login button[type=submit]").await;
+    sign_in(&c, &s, "/ui/", &s.key).await;
     until(
         &c,
         "the endpoints",
@@ -212,11 +199,7 @@ async fn the_dashboard_acts_only_on_what_it_shows() {
         r##"document.querySelectorAll("#event tbody tr").length === 2"##,
     )
     .await;
-    let title = js(
-        &c,
-        r##"return document.querySelector("#event .title").textContent"##,
-    )
-    .await;
+    let title = text(&c, "#event .title").await;
     assert_eq!(title, accepted["id"]);
 
     // A delivery, then one that cannot be loaded: nothing of the first stays on screen, and
@@ -302,11 +285,7 @@ async fn the_dashboard_acts_only_on_what_it_shows() {
         r##"document.querySelector("#status").textContent.includes("queued again")"##,
     )
     .await;
-    let said = js(
-        &c,
-        r##"return document.querySelector("#status").textContent"##,
-    )
-    .await;
+    let said = text(&c, "#status").await;
     assert_eq!(said, "1 deliveries queued again.", "since {minute} UTC");
 
     // A narrow screen: the page never scrolls sideways, whatever the view, once the view
