@@ -428,6 +428,9 @@ pub struct Delivery {
     pub status: DeliveryStatus,
     /// Attempts made so far.
     pub attempt_count: u32,
+    /// When a `pending` delivery is due: its retry schedule's time, or, while its endpoint
+    /// is held back (it kept failing, or asked to wait with `Retry-After`), the hold's end
+    /// if that is later (the answering node's hold; each node of a cluster keeps its own).
     pub next_attempt_at: Option<Timestamp>,
     pub last_attempt_at: Option<Timestamp>,
     pub last_status_code: Option<u16>,

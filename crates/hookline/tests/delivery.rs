@@ -511,6 +511,30 @@ async fn a_long_retry_after_holds_the_whole_endpoint(engine: Engine) {
         (now - 500..=now + 1800 + 500).contains(&until.0),
         "held back until {until}: {ep}"
     );
+    // Its pending deliveries are due no sooner than that, read alone or listed.
+    let due = |d: &Value| {
+        hookline::model::Timestamp::parse(d["next_attempt_at"].as_str().unwrap_or(""))
+            .unwrap_or_else(|| panic!("no next_attempt_at: {d}"))
+    };
+    let mut pending = 0;
+    for id in &later {
+        let (_, d) = s.get(&format!("/v1/deliveries/{id}")).await;
+        if d["status"] == "pending" {
+            pending += 1;
+            assert!(due(&d) >= until, "due before the hold ends ({until}): {d}");
+        }
+    }
+    let (_, listed) = s
+        .get(&format!("/v1/endpoints/{ep_id}/deliveries?status=pending"))
+        .await;
+    for d in listed["data"].as_array().unwrap() {
+        assert!(due(d) >= until, "listed due before {until}: {d}");
+    }
+    let (_, ep) = s.get(&format!("/v1/endpoints/{ep_id}")).await;
+    assert!(
+        pending > 0 || ep["held_back_until"].is_null(),
+        "the hold lasts, and none of its deliveries was pending: {ep}"
+    );
     for id in later.iter().chain([&first_dlv]) {
         s.wait_delivery(id, "succeeded").await;
     }

@@ -4,7 +4,8 @@ use super::endpoints::DeliveryQuery;
 use super::error::ApiError;
 use super::extract::{ApiPath, Auth};
 use super::{AppState, List};
-use crate::model::{Attempt, Delivery};
+use crate::dispatch::Dispatcher;
+use crate::model::{Attempt, Delivery, DeliveryStatus, Timestamp};
 use crate::store::{DeliveryFilter, RetryRefusal};
 use axum::Json;
 use axum::extract::State;
@@ -23,11 +24,52 @@ pub(super) async fn list(
     let page = q.page();
     let (pos, limit) = (page.position()?, page.limit()?);
     filter.status = q.status;
-    let items = state
+    let mut items = state
         .store
         .list_deliveries(account_id, filter, pos, limit)
         .await?;
+    let mut holds = Holds::new(&state.dispatcher);
+    for d in &mut items.items {
+        holds.apply(d);
+    }
     Ok(Json(List::from_page(items)))
+}
+
+/// Pending deliveries as this node will take them: one whose endpoint it holds back (an
+/// open circuit breaker, or a `Retry-After` it honours) is due no sooner than the hold
+/// ends. The store keeps each delivery's own schedule; the hold lives in the dispatcher,
+/// one lookup an endpoint.
+struct Holds<'a> {
+    dispatcher: &'a Dispatcher,
+    seen: Vec<(String, Option<Timestamp>)>,
+}
+
+impl<'a> Holds<'a> {
+    fn new(dispatcher: &'a Dispatcher) -> Self {
+        Holds {
+            dispatcher,
+            seen: Vec::new(),
+        }
+    }
+
+    fn apply(&mut self, d: &mut Delivery) {
+        if d.status != DeliveryStatus::Pending {
+            return;
+        }
+        let until = match self.seen.iter().find(|(id, _)| *id == d.endpoint_id) {
+            Some((_, until)) => *until,
+            None => {
+                let until = self.dispatcher.held_back_until(&d.endpoint_id);
+                self.seen.push((d.endpoint_id.clone(), until));
+                until
+            }
+        };
+        if let Some(until) = until
+            && d.next_attempt_at.is_none_or(|at| at < until)
+        {
+            d.next_attempt_at = Some(until);
+        }
+    }
 }
 
 /// A delivery with every attempt, oldest first.
@@ -47,11 +89,12 @@ pub async fn get(
     Auth(account): Auth,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<DeliveryDetail>, ApiError> {
-    let (delivery, attempts) = state
+    let (mut delivery, attempts) = state
         .store
         .get_delivery(account.id, id)
         .await?
         .ok_or_else(|| ApiError::not_found("delivery"))?;
+    Holds::new(&state.dispatcher).apply(&mut delivery);
     Ok(Json(DeliveryDetail { delivery, attempts }))
 }
 
@@ -94,11 +137,12 @@ pub async fn retry(
             ));
         }
     }
-    let (delivery, attempts) = state
+    let (mut delivery, attempts) = state
         .store
         .get_delivery(account.id, id)
         .await?
         .ok_or_else(|| ApiError::not_found("delivery"))?;
+    Holds::new(&state.dispatcher).apply(&mut delivery);
     Ok((
         StatusCode::ACCEPTED,
         Json(DeliveryDetail { delivery, attempts }),

@@ -174,8 +174,8 @@ pub struct EndpointDetail {
     /// Set while the endpoint's deliveries are held back, because it kept failing (its
     /// circuit breaker is open) or asked to wait (`Retry-After` on a `429` or `503`): when
     /// the next attempt, a probe, may go (in the past when that probe is due and waits for a
-    /// delivery). Meanwhile its deliveries show `pending`, due as their schedule says.
-    /// `null` while they go as usual. Each node of a cluster holds back on its own: this is
+    /// delivery). Meanwhile its `pending` deliveries are due no sooner than this
+    /// (`next_attempt_at`). `null` while they go as usual. Each node of a cluster holds back on its own: this is
     /// the answering node's.
     pub held_back_until: Option<Timestamp>,
 }
