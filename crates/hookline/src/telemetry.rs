@@ -16,6 +16,7 @@
 //! | `hookline_sqlite_group_commit_duration_seconds` | histogram | (the SQLite writer's time on each group commit, its own checkpoint included) |
 //! | `hookline_sqlite_commit_duration_seconds` | histogram | (each successful `COMMIT` of a group: WAL frames written and fsynced) |
 //! | `hookline_sqlite_group_commit_jobs` | histogram | (write jobs per group commit) |
+//! | `hookline_sqlite_group_failures_total` | counter | `reason`: `storage_full` (the disk is full: writes answer `503 storage_full` until room is made), `other` |
 //! | `hookline_retention_events_removed_total` | counter | (expired events removed, with their deliveries and attempts) |
 //! | `hookline_retention_sweeps_total` | counter | `outcome`: `completed`, `failed` |
 //! | `hookline_retention_last_sweep_timestamp_seconds` | gauge | (Unix time of this node's last completed sweep, its start before the first; alert when it lags) |

@@ -161,6 +161,17 @@ impl From<StoreError> for ApiError {
                      accepted"
                 ),
             ),
+            full if full.is_full() => {
+                tracing::error!(error = %full, "store full");
+                let mut err = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "storage_full",
+                    "the server's storage is full; the request was not accepted: try again \
+                     later",
+                );
+                err.retry_after_secs = Some(STORAGE_FULL_RETRY_SECS);
+                err
+            }
             StoreError::WriterGone => unavailable(
                 &e,
                 "the server is shutting down; the request was not accepted",
@@ -184,6 +195,9 @@ impl From<StoreError> for ApiError {
         }
     }
 }
+
+/// The wait a `503 storage_full` asks for: room is made by an operator, not in a moment.
+const STORAGE_FULL_RETRY_SECS: u64 = 30;
 
 const DB_UNAVAILABLE: &str =
     "the database is unavailable for a moment; the request was not accepted";

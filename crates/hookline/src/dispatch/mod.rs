@@ -1561,6 +1561,12 @@ async fn write_outcomes(inner: &Arc<Inner>, batch: &[AttemptRecord], stopping: b
                         break;
                     }
                     if (stopping || inner.recorder_stop.is_cancelled()) && tries >= 3 {
+                        tracing::warn!(
+                            count = records.len(), error = %e,
+                            "stopping with attempt outcomes the database would not take: \
+                             their deliveries stay `delivering` and are attempted again at the \
+                             next start, so their receivers may get them twice"
+                        );
                         break;
                     }
                     tokio::time::sleep(wait).await;

@@ -815,6 +815,10 @@ pub enum StoreError {
     /// The database is unreachable or asked for a retry (deadlock, restart): try again.
     #[error("the database is unavailable for a moment: {0}")]
     Unavailable(String),
+    /// The database's storage is full: nothing was written. Writes succeed again once
+    /// room is made, without a restart.
+    #[error("the database's storage is full: {0}")]
+    Full(String),
     /// A write's answer was lost with its connection, and the database could not say in
     /// time whether it committed: its caller must be told neither that it was nor that it
     /// was not (the API closes the connection without an answer).
@@ -872,9 +876,28 @@ impl StoreError {
         }
     }
 
+    /// Whether the database's storage is full (SQLite's `SQLITE_FULL`, PostgreSQL's
+    /// `53100 disk_full`): the write was not made, and will be once room is made.
+    pub fn is_full(&self) -> bool {
+        match self {
+            StoreError::Full(_) => true,
+            StoreError::Db {
+                source: rusqlite::Error::SqliteFailure(f, _),
+                ..
+            } => f.code == rusqlite::ErrorCode::DiskFull,
+            StoreError::Pg {
+                source: sqlx::Error::Database(db),
+                ..
+            } => db.code().as_deref() == Some("53100"),
+            _ => false,
+        }
+    }
+
     /// The same failure, for one of several callers that shared the work that failed.
     pub fn for_each_caller(&self) -> StoreError {
         match self {
+            StoreError::Full(m) => StoreError::Full(m.clone()),
+            full if full.is_full() => StoreError::Full(full.to_string()),
             StoreError::Pg { source, .. } if postgres::is_transient(source) => {
                 StoreError::Unavailable(self.to_string())
             }

@@ -2610,6 +2610,9 @@ fn take_turn(turn: &Mutex<()>) -> std::sync::MutexGuard<'_, ()> {
     turn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// How often a run of failing checkpoints is logged again.
+const CHECKPOINT_FAILURE_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Folds the WAL back into the database every [`CHECKPOINT_EVERY`], and whenever the
 /// writer nudges it (passive: it never waits for readers or the writer's transactions, only
 /// for its turn while another checkpoint runs), until the store and its writer thread are
@@ -2626,12 +2629,32 @@ fn start_checkpointer(path: &Path) -> Result<Checkpointer, StoreError> {
     std::thread::Builder::new()
         .name(CHECKPOINT_THREAD.into())
         .spawn(move || {
+            // A checkpoint that fails goes on failing while its cause lasts (a full disk):
+            // said at once, then once a minute with the count, and when it ends.
+            let mut failing: Option<(u64, std::time::Instant)> = None;
             while let Ok(()) | Err(RecvTimeoutError::Timeout) =
                 nudged.recv_timeout(CHECKPOINT_EVERY)
             {
                 let _turn = take_turn(&turn);
-                if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)") {
-                    tracing::warn!(error = %e, "WAL checkpoint failed");
+                match conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)") {
+                    Err(e) => match &mut failing {
+                        None => {
+                            tracing::warn!(error = %e, "WAL checkpoint failed");
+                            failing = Some((1, std::time::Instant::now()));
+                        }
+                        Some((failures, said)) => {
+                            *failures += 1;
+                            if said.elapsed() >= CHECKPOINT_FAILURE_LOG_EVERY {
+                                tracing::warn!(error = %e, failures = *failures, "WAL checkpoints still failing");
+                                *said = std::time::Instant::now();
+                            }
+                        }
+                    },
+                    Ok(()) => {
+                        if let Some((failures, _)) = failing.take() {
+                            tracing::info!(failures, "WAL checkpoints succeed again");
+                        }
+                    }
                 }
             }
         })
@@ -2691,6 +2714,11 @@ where
                 false,
             ),
         };
+        if let Err(e) = &result
+            && e.is_full()
+        {
+            GROUP_FULL.with(|f| f.set(true));
+        }
         let done: Completion = Box::new(move |commit: Result<(), StoreError>| {
             // A job shares the commit's fate, unless it failed on its own (then it says
             // why) or took the group down (then its own failure is the reason). A job
@@ -2761,6 +2789,7 @@ fn writer_loop(
                 tracing::error!(error = %e, "rolling back a transaction left open failed");
             }
         }
+        GROUP_FULL.with(|f| f.set(false));
         let began = conn.execute_batch("BEGIN IMMEDIATE");
         let mut open = began.is_ok();
         // The group was rolled back for one job's failure: the others may simply retry.
@@ -2812,6 +2841,7 @@ fn writer_loop(
                     Ok(())
                 }
                 (Err(e), _) => {
+                    note_full(&e);
                     tracing::error!(error = %e, "group commit failed");
                     let _ = conn.execute_batch("ROLLBACK");
                     on_rollback();
@@ -2819,6 +2849,7 @@ fn writer_loop(
                 }
             },
             Err(e) => {
+                note_full(&e);
                 tracing::error!(error = %e, "could not begin a write transaction");
                 Err(e.to_string())
             }
@@ -2833,7 +2864,17 @@ fn writer_loop(
                 "group commit over 10 ms"
             );
         }
-        let failure = if spoiled_group {
+        // A full disk is said as such, whichever write met it: the callers answer `503`,
+        // and a caller that retries succeeds once room is made.
+        let full = GROUP_FULL.with(|f| f.replace(false));
+        if committed.is_err() {
+            let reason = if full { "storage_full" } else { "other" };
+            metrics::counter!("hookline_sqlite_group_failures_total", "reason" => reason)
+                .increment(1);
+        }
+        let failure = if full {
+            StoreError::Full
+        } else if spoiled_group {
             StoreError::Unavailable
         } else {
             StoreError::Commit
@@ -2869,6 +2910,18 @@ thread_local! {
     /// Frames in the WAL after the writer thread's last commit, as SQLite's WAL hook reports
     /// them (it runs on the committing thread; only the writer thread commits).
     static WAL_FRAMES: std::cell::Cell<i32> = const { std::cell::Cell::new(0) };
+    /// Whether a write of the writer thread's current group met a full disk (its jobs run
+    /// on that thread).
+    static GROUP_FULL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Notes a statement of the writer's current group that met a full disk.
+fn note_full(e: &rusqlite::Error) {
+    if let rusqlite::Error::SqliteFailure(f, _) = e
+        && f.code == rusqlite::ErrorCode::DiskFull
+    {
+        GROUP_FULL.with(|g| g.set(true));
+    }
 }
 
 fn note_wal_frames(_wal: &rusqlite::hooks::Wal, frames: std::ffi::c_int) -> rusqlite::Result<()> {
