@@ -649,6 +649,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         wait_for_signal().await;
         tracing::info!("shutting down");
         trigger.cancel();
+        // A second signal does not cut the shutdown short (what it waits for is bounded);
+        // it is answered, so that nobody takes the silence for a hang.
+        loop {
+            wait_for_signal().await;
+            tracing::warn!(
+                "already shutting down: waiting for the requests and attempts in progress \
+                 (at most --write-timeout, then the attempt timeout); SIGKILL stops at once \
+                 and loses nothing acknowledged"
+            );
+        }
     });
     server::run(config, listener, shutdown).await
 }

@@ -237,7 +237,22 @@ pub async fn run(
     } else {
         config.shutdown_grace
     };
+    let in_flight = dispatcher.attempts_in_flight();
+    if in_flight > 0 {
+        tracing::info!(
+            attempts = in_flight,
+            grace_secs = grace.as_secs(),
+            "waiting for the attempts in flight to end"
+        );
+    }
     let drained = dispatcher.drain(grace).await;
+    if !drained && !store.is_shared() {
+        tracing::warn!(
+            attempts = dispatcher.attempts_in_flight(),
+            "attempts still running at shutdown were cut: their deliveries are sent again at \
+             the next start, so their receivers may get them twice"
+        );
+    }
     if lost.is_cancelled() {
         lock.release();
         anyhow::bail!("this node lost its lease to the other nodes; restart it to rejoin");

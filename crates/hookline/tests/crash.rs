@@ -6,7 +6,8 @@ mod common;
 
 use common::process::{Serve, cli_account, free_port, post_endpoint, wait_healthy};
 use common::{
-    Data, Engine, Receiver, Reply, eventually_within, valid, verify_with_standardwebhooks,
+    Data, Engine, Receiver, Reply, eventually, eventually_within, valid,
+    verify_with_standardwebhooks,
 };
 use hookline::store::Location;
 use serde_json::{Value, json};
@@ -201,3 +202,89 @@ async fn every_acknowledged_event_is_delivered_after_sigkill(engine: Engine) {
 }
 
 on_both_engines!(every_acknowledged_event_is_delivered_after_sigkill);
+
+/// Sends `signal` (`TERM`, `INT`) to the process this test started.
+fn signal(child: &Serve, signal: &str) {
+    let sent = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+}
+
+/// A shutdown with an attempt hanging: it says what it waits for, answers a second signal,
+/// says that it cut the attempt, and the next start sends that delivery again.
+#[tokio::test]
+async fn a_shutdown_says_what_it_waits_for_and_what_it_cut() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let location = Location::Sqlite(dir.join("data"));
+    let key = cli_account(&["--data-dir", &dir.join("data").display().to_string()]);
+    let rx = Receiver::start().await;
+    rx.always("stuck", Reply::Hang);
+    let http = reqwest::Client::new();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut child = spawn_serve(&location, dir, port, "serve-1.log");
+    wait_healthy(&http, &base).await;
+    let (status, ep) = post_endpoint(&http, &base, &key, &rx.url("stuck"), &["*"]).await;
+    assert_eq!(status, 201, "{ep}");
+    let resp = http
+        .post(format!("{base}/v1/events"))
+        .bearer_auth(&key)
+        .json(&json!({"type": "open", "data": valid("open", json!({}))}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let ev: Value = resp.json().await.unwrap();
+    let dlv = ev["deliveries"][0]["id"].as_str().unwrap().to_owned();
+    rx.wait_for("stuck", 1).await;
+
+    signal(&child, "TERM");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    signal(&child, "INT");
+    // Bounded: the API's requests (none here), then the 5-s grace for attempts.
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(started.elapsed() < LOAD_PATIENCE, "the server did not stop");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status}");
+    let log = std::fs::read_to_string(dir.join("serve-1.log")).unwrap();
+    for said in [
+        "waiting for the attempts in flight to end attempts=1",
+        "already shutting down",
+        "attempts still running at shutdown were cut",
+    ] {
+        assert!(log.contains(said), "{said:?} not in:\n{log}");
+    }
+
+    // The next start sends the cut attempt's delivery again.
+    rx.always("stuck", Reply::Status(204));
+    let _child = spawn_serve(&location, dir, port, "serve-2.log");
+    wait_healthy(&http, &base).await;
+    eventually("the cut delivery sent again", || async {
+        let d: Value = http
+            .get(format!("{base}/v1/deliveries/{dlv}"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        (d["status"] == "succeeded").then_some(())
+    })
+    .await;
+    let (got, ids) = rx.got_ids("stuck");
+    assert_eq!(
+        got.len(),
+        2,
+        "the cut attempt, then the one after the start"
+    );
+    assert_eq!(ids.len(), 1, "the same event both times");
+}

@@ -613,6 +613,16 @@ impl Dispatcher {
         self.start_afresh(&ep.id);
     }
 
+    /// Attempts of this node under way now, over all endpoints.
+    pub fn attempts_in_flight(&self) -> usize {
+        self.inner
+            .admission()
+            .flights
+            .values()
+            .map(|f| f.in_flight)
+            .sum()
+    }
+
     /// Waits (at most `grace`) for the attempts in flight to finish after shutdown began,
     /// then lets the recorder write what it holds.
     /// Returns whether every attempt finished (`false`: some were still running at `grace`).
