@@ -654,9 +654,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         loop {
             wait_for_signal().await;
             tracing::warn!(
-                "already shutting down: waiting for the requests and attempts in progress \
-                 (at most --write-timeout, then the attempt timeout); SIGKILL stops at once \
-                 and loses nothing acknowledged"
+                "already shutting down: waiting for the requests in progress (at most \
+                 --write-timeout), then for the attempts in flight (a grace of 5 s on SQLite, \
+                 the attempt timeout on PostgreSQL); SIGKILL stops at once and loses nothing \
+                 acknowledged"
             );
         }
     });

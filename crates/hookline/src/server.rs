@@ -245,10 +245,10 @@ pub async fn run(
             "waiting for the attempts in flight to end"
         );
     }
-    let drained = dispatcher.drain(grace).await;
-    if !drained && !store.is_shared() {
+    let (drained, cut) = dispatcher.drain(grace).await;
+    if cut > 0 && !store.is_shared() {
         tracing::warn!(
-            attempts = dispatcher.attempts_in_flight(),
+            attempts = cut,
             "attempts still running at shutdown were cut: their deliveries are sent again at \
              the next start, so their receivers may get them twice"
         );

@@ -53,6 +53,8 @@ fn spawn_serve(location: &Location, logs: &Path, port: u16, log: &str) -> Serve 
         ])
         .env_remove("HOOKLINE_DATABASE_URL")
         .env_remove("HOOKLINE_DATA_DIR")
+        // Some tests read what it logs at `info`.
+        .env("HOOKLINE_LOG", "info")
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()

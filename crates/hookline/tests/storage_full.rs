@@ -22,7 +22,7 @@ use std::time::Duration;
 fn can_mount() -> bool {
     Command::new("unshare")
         .args(["--mount", "--propagation", "private", "sh", "-c"])
-        .arg("d=$(mktemp -d) && mount -t tmpfs -o size=1m t \"$d\"; r=$?; rmdir \"$d\" 2>/dev/null; exit $r")
+        .arg("d=$(mktemp -d) && mount -t tmpfs -o size=1m t \"$d\"; r=$?; umount \"$d\" 2>/dev/null; rmdir \"$d\"; exit $r")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
@@ -283,12 +283,27 @@ async fn a_full_disk_refuses_writes_with_503_and_ingest_resumes_once_room_is_mad
     let (_, ids) = rx.got_ids("sink");
     assert!(ids.is_subset(&acked), "only acknowledged events are sent");
 
-    // A checkpoint that keeps failing is logged once, not every half second.
+    // A checkpoint that keeps failing is logged once, not every half second, and its
+    // recovery once room is made.
+    let read = || std::fs::read_to_string(&log_file).unwrap();
+    let log = if read().contains("WAL checkpoint failed") {
+        eventually("the checkpoints' recovery logged", || async {
+            let log = read();
+            log.contains("WAL checkpoints succeed again").then_some(log)
+        })
+        .await
+    } else {
+        read()
+    };
     drop(child);
-    let log = std::fs::read_to_string(&log_file).unwrap();
     let failures = log.matches("WAL checkpoint failed").count();
     assert!(
         failures <= 1,
         "{failures} lines of failed checkpoints:\n{log}"
     );
+    // The refused groups are said once (within a minute), and the end of it too.
+    let said = log.matches("the disk under the database is full").count();
+    assert_eq!(said, 1, "{log}");
+    assert!(log.contains("the database takes writes again"), "{log}");
+    assert!(!log.contains("group commit failed"), "{log}");
 }

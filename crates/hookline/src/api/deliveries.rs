@@ -11,6 +11,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Serialize;
+use std::collections::HashMap;
 use utoipa::ToSchema;
 
 /// One page of `account_id`'s deliveries matching `filter` and the query's `?status=`,
@@ -41,14 +42,14 @@ pub(super) async fn list(
 /// one lookup an endpoint.
 struct Holds<'a> {
     dispatcher: &'a Dispatcher,
-    seen: Vec<(String, Option<Timestamp>)>,
+    seen: HashMap<String, Option<Timestamp>>,
 }
 
 impl<'a> Holds<'a> {
     fn new(dispatcher: &'a Dispatcher) -> Self {
         Holds {
             dispatcher,
-            seen: Vec::new(),
+            seen: HashMap::new(),
         }
     }
 
@@ -56,11 +57,11 @@ impl<'a> Holds<'a> {
         if d.status != DeliveryStatus::Pending {
             return;
         }
-        let until = match self.seen.iter().find(|(id, _)| *id == d.endpoint_id) {
-            Some((_, until)) => *until,
+        let until = match self.seen.get(&d.endpoint_id) {
+            Some(until) => *until,
             None => {
                 let until = self.dispatcher.held_back_until(&d.endpoint_id);
-                self.seen.push((d.endpoint_id.clone(), until));
+                self.seen.insert(d.endpoint_id.clone(), until);
                 until
             }
         };

@@ -162,7 +162,7 @@ impl From<StoreError> for ApiError {
                 ),
             ),
             full if full.is_full() => {
-                tracing::error!(error = %full, "store full");
+                log_full(&full);
                 let mut err = ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "storage_full",
@@ -196,6 +196,24 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// Logs a write refused for a full disk, at most every 10 s (with how many went unlogged
+/// since): every request meets it while it lasts, and the log may be on the same disk.
+fn log_full(e: &StoreError) {
+    use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+    static LAST: AtomicI64 = AtomicI64::new(i64::MIN);
+    static UNLOGGED: AtomicU64 = AtomicU64::new(0);
+    let now = crate::model::Timestamp::now().0;
+    let last = LAST.load(Relaxed);
+    if now.saturating_sub(last) >= 10_000
+        && LAST.compare_exchange(last, now, Relaxed, Relaxed).is_ok()
+    {
+        let unlogged = UNLOGGED.swap(0, Relaxed);
+        tracing::error!(error = %e, refused_unlogged = unlogged, "a write refused: the database's storage is full");
+    } else {
+        UNLOGGED.fetch_add(1, Relaxed);
+    }
+}
+
 /// The wait a `503 storage_full` asks for: room is made by an operator, not in a moment.
 const STORAGE_FULL_RETRY_SECS: u64 = 30;
 
@@ -220,5 +238,39 @@ impl From<IngestError> for ApiError {
             }
             IngestError::Store(e) => e.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sqlite_failure(code: std::ffi::c_int) -> StoreError {
+        StoreError::Db {
+            context: "inserting an event",
+            source: rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None),
+        }
+    }
+
+    #[test]
+    fn a_full_disk_is_a_503_storage_full_also_for_every_caller_of_a_shared_write() {
+        for e in [
+            sqlite_failure(rusqlite::ffi::SQLITE_FULL),
+            sqlite_failure(rusqlite::ffi::SQLITE_FULL).for_each_caller(),
+        ] {
+            assert!(e.is_full(), "{e}");
+            let answer = ApiError::from(e);
+            assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(answer.code, "storage_full");
+            assert_eq!(answer.retry_after_secs, Some(STORAGE_FULL_RETRY_SECS));
+        }
+        // Another database error is no full disk.
+        let other = sqlite_failure(rusqlite::ffi::SQLITE_CORRUPT);
+        assert!(!other.is_full());
+        assert!(!other.for_each_caller().is_full());
+        assert_eq!(
+            ApiError::from(other).status,
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
     }
 }

@@ -221,8 +221,9 @@ fn with_common_answers(doc: &utoipa::openapi::OpenApi) -> serde_json::Value {
                     ("500", "An internal error; the request was not accepted."),
                     (
                         "503",
-                        "The database is unavailable, or the server is shutting down; the \
-                         request was not accepted (`Retry-After`).",
+                        "The database is unavailable or its storage is full \
+                         (`storage_full`), or the server is shutting down; the request was \
+                         not accepted (`Retry-After`).",
                     ),
                 ]);
             }

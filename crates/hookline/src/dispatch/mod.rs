@@ -625,18 +625,24 @@ impl Dispatcher {
 
     /// Waits (at most `grace`) for the attempts in flight to finish after shutdown began,
     /// then lets the recorder write what it holds.
-    /// Returns whether every attempt finished (`false`: some were still running at `grace`).
-    pub async fn drain(&self, grace: Duration) -> bool {
+    /// Returns whether every task finished, and how many attempts were still running when
+    /// `grace` ran out (0 when everything finished).
+    pub async fn drain(&self, grace: Duration) -> (bool, usize) {
         self.inner.tasks.close();
         let finished = tokio::time::timeout(grace, self.inner.tasks.wait())
             .await
             .is_ok();
+        let cut = if finished {
+            0
+        } else {
+            self.attempts_in_flight()
+        };
         self.inner.recorder_stop.cancel();
         let handle = self.inner.recorder.lock().ok().and_then(|mut h| h.take());
         if let Some(handle) = handle {
             let _ = tokio::time::timeout(Duration::from_secs(5), handle).await;
         }
-        finished
+        (finished, cut)
     }
 }
 

@@ -2768,6 +2768,8 @@ fn writer_loop(
     on_rollback: impl Fn(),
 ) {
     let mut batch: Vec<WriteJob> = Vec::with_capacity(MAX_GROUP);
+    // While the disk stays full every group fails alike: said once a minute, with a count.
+    let mut full_state = FullDisk::default();
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
         while batch.len() < MAX_GROUP {
@@ -2820,7 +2822,9 @@ fn writer_loop(
             // SQLite itself may roll the whole transaction back (disk full, I/O error): the
             // jobs after that must not run in autocommit mode, each committing on its own.
             if open && conn.is_autocommit() {
-                tracing::error!("SQLite rolled the group transaction back");
+                if !group_full() {
+                    tracing::error!("SQLite rolled the group transaction back");
+                }
                 open = false;
             }
         }
@@ -2842,7 +2846,9 @@ fn writer_loop(
                 }
                 (Err(e), _) => {
                     note_full(&e);
-                    tracing::error!(error = %e, "group commit failed");
+                    if !group_full() {
+                        tracing::error!(error = %e, "group commit failed");
+                    }
                     let _ = conn.execute_batch("ROLLBACK");
                     on_rollback();
                     Err(e.to_string())
@@ -2850,7 +2856,9 @@ fn writer_loop(
             },
             Err(e) => {
                 note_full(&e);
-                tracing::error!(error = %e, "could not begin a write transaction");
+                if !group_full() {
+                    tracing::error!(error = %e, "could not begin a write transaction");
+                }
                 Err(e.to_string())
             }
         };
@@ -2867,6 +2875,32 @@ fn writer_loop(
         // A full disk is said as such, whichever write met it: the callers answer `503`,
         // and a caller that retries succeeds once room is made.
         let full = GROUP_FULL.with(|f| f.replace(false));
+        if full && committed.is_err() {
+            full_state.refused += 1;
+            if full_state
+                .said_full
+                .is_none_or(|t| t.elapsed() >= FULL_LOG_EVERY)
+            {
+                tracing::error!(
+                    groups_refused = full_state.refused,
+                    "the disk under the database is full: writes are refused (503 \
+                     storage_full) until room is made"
+                );
+                full_state.said_full = Some(std::time::Instant::now());
+                full_state.refused = 0;
+            }
+            full_state.full = true;
+        } else if committed.is_ok() && full_state.full {
+            // A small write may fit where a larger one did not: said once a minute too.
+            full_state.full = false;
+            if full_state
+                .said_back
+                .is_none_or(|t| t.elapsed() >= FULL_LOG_EVERY)
+            {
+                tracing::info!("the database takes writes again");
+                full_state.said_back = Some(std::time::Instant::now());
+            }
+        }
         if committed.is_err() {
             let reason = if full { "storage_full" } else { "other" };
             metrics::counter!("hookline_sqlite_group_failures_total", "reason" => reason)
@@ -2914,6 +2948,25 @@ thread_local! {
     /// on that thread).
     static GROUP_FULL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
+
+/// Whether a write of the writer's current group met a full disk (see [`GROUP_FULL`]).
+fn group_full() -> bool {
+    GROUP_FULL.with(|f| f.get())
+}
+
+/// What the writer last said of a full disk (see `writer_loop`).
+#[derive(Default)]
+struct FullDisk {
+    /// The last group met a full disk.
+    full: bool,
+    /// Groups refused since it was last said.
+    refused: u64,
+    said_full: Option<std::time::Instant>,
+    said_back: Option<std::time::Instant>,
+}
+
+/// How often a full disk that goes on refusing the writer's groups is logged again.
+const FULL_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Notes a statement of the writer's current group that met a full disk.
 fn note_full(e: &rusqlite::Error) {
