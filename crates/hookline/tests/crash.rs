@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::process::{Serve, cli_account, free_port, post_endpoint, wait_healthy};
+use common::process::{Serve, cli_account, free_port, get_json, post_endpoint, wait_healthy};
 use common::{
     Data, Engine, Receiver, Reply, eventually, eventually_within, valid,
     verify_with_standardwebhooks,
@@ -270,15 +270,7 @@ async fn a_shutdown_says_what_it_waits_for_and_what_it_cut() {
     let _child = spawn_serve(&location, dir, port, "serve-2.log");
     wait_healthy(&http, &base).await;
     eventually("the cut delivery sent again", || async {
-        let d: Value = http
-            .get(format!("{base}/v1/deliveries/{dlv}"))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let d = get_json(&http, format!("{base}/v1/deliveries/{dlv}"), &key).await;
         (d["status"] == "succeeded").then_some(())
     })
     .await;

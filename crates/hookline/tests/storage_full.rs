@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::process::{BIN, Serve, free_port, post_endpoint, wait_healthy};
+use common::process::{BIN, Serve, free_port, get_json, post_endpoint, wait_healthy};
 use common::{PATIENCE, Receiver, Reply, eventually, eventually_within, valid};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
@@ -81,15 +81,7 @@ async fn stored_ids(http: &reqwest::Client, base: &str, key: &str) -> BTreeSet<S
         if let Some(c) = &cursor {
             url.push_str(&format!("&cursor={c}"));
         }
-        let page: Value = http
-            .get(url)
-            .bearer_auth(key)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let page = get_json(http, url, key).await;
         for e in page["data"].as_array().unwrap() {
             ids.insert(e["id"].as_str().unwrap().to_owned());
         }

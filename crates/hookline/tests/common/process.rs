@@ -140,3 +140,15 @@ pub fn cli(args: &[String], env: &[(&str, &str)]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// `GET url` with API key `key`: the JSON body, whatever the status.
+pub async fn get_json(http: &reqwest::Client, url: String, key: &str) -> serde_json::Value {
+    http.get(url)
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
