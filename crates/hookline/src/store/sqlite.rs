@@ -2610,8 +2610,52 @@ fn take_turn(turn: &Mutex<()>) -> std::sync::MutexGuard<'_, ()> {
     turn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// How often a run of failing checkpoints is logged again.
-const CHECKPOINT_FAILURE_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+/// A failure that repeats while its cause lasts (a full disk): said at its first
+/// occurrence, then at most once every [`REPEAT_SAID_EVERY`] with how many came since, and
+/// its end at most as often (a small write may fit where a larger one did not, so a run
+/// can end and start again many times a minute).
+#[derive(Default)]
+struct Repeating {
+    failing: bool,
+    /// Failures since it was last said.
+    unsaid: u64,
+    said_failing: Option<std::time::Instant>,
+    said_over: Option<std::time::Instant>,
+}
+
+/// How often a [`Repeating`] failure, or its end, is said again.
+const REPEAT_SAID_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl Repeating {
+    /// One more failure: `Some(failures since it was last said, this one included)` when
+    /// it is to be said.
+    fn failed(&mut self) -> Option<u64> {
+        self.failing = true;
+        self.unsaid += 1;
+        if self
+            .said_failing
+            .is_none_or(|t| t.elapsed() >= REPEAT_SAID_EVERY)
+        {
+            self.said_failing = Some(std::time::Instant::now());
+            return Some(std::mem::take(&mut self.unsaid));
+        }
+        None
+    }
+
+    /// A success: whether the end of a run of failures is to be said.
+    fn succeeded(&mut self) -> bool {
+        if !std::mem::take(&mut self.failing) {
+            return false;
+        }
+        let say = self
+            .said_over
+            .is_none_or(|t| t.elapsed() >= REPEAT_SAID_EVERY);
+        if say {
+            self.said_over = Some(std::time::Instant::now());
+        }
+        say
+    }
+}
 
 /// Folds the WAL back into the database every [`CHECKPOINT_EVERY`], and whenever the
 /// writer nudges it (passive: it never waits for readers or the writer's transactions, only
@@ -2629,30 +2673,21 @@ fn start_checkpointer(path: &Path) -> Result<Checkpointer, StoreError> {
     std::thread::Builder::new()
         .name(CHECKPOINT_THREAD.into())
         .spawn(move || {
-            // A checkpoint that fails goes on failing while its cause lasts (a full disk):
-            // said at once, then once a minute with the count, and when it ends.
-            let mut failing: Option<(u64, std::time::Instant)> = None;
+            // A checkpoint that fails goes on failing while its cause lasts (a full disk).
+            let mut failing = Repeating::default();
             while let Ok(()) | Err(RecvTimeoutError::Timeout) =
                 nudged.recv_timeout(CHECKPOINT_EVERY)
             {
                 let _turn = take_turn(&turn);
                 match conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)") {
-                    Err(e) => match &mut failing {
-                        None => {
-                            tracing::warn!(error = %e, "WAL checkpoint failed");
-                            failing = Some((1, std::time::Instant::now()));
+                    Err(e) => {
+                        if let Some(failures) = failing.failed() {
+                            tracing::warn!(error = %e, failures, "WAL checkpoint failed");
                         }
-                        Some((failures, said)) => {
-                            *failures += 1;
-                            if said.elapsed() >= CHECKPOINT_FAILURE_LOG_EVERY {
-                                tracing::warn!(error = %e, failures = *failures, "WAL checkpoints still failing");
-                                *said = std::time::Instant::now();
-                            }
-                        }
-                    },
+                    }
                     Ok(()) => {
-                        if let Some((failures, _)) = failing.take() {
-                            tracing::info!(failures, "WAL checkpoints succeed again");
+                        if failing.succeeded() {
+                            tracing::info!("WAL checkpoints succeed again");
                         }
                     }
                 }
@@ -2768,8 +2803,8 @@ fn writer_loop(
     on_rollback: impl Fn(),
 ) {
     let mut batch: Vec<WriteJob> = Vec::with_capacity(MAX_GROUP);
-    // While the disk stays full every group fails alike: said once a minute, with a count.
-    let mut full_state = FullDisk::default();
+    // While the disk stays full every group fails alike.
+    let mut full_disk = Repeating::default();
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
         while batch.len() < MAX_GROUP {
@@ -2875,36 +2910,21 @@ fn writer_loop(
         // A full disk is said as such, whichever write met it: the callers answer `503`,
         // and a caller that retries succeeds once room is made.
         let full = GROUP_FULL.with(|f| f.replace(false));
-        if full && committed.is_err() {
-            full_state.refused += 1;
-            if full_state
-                .said_full
-                .is_none_or(|t| t.elapsed() >= FULL_LOG_EVERY)
-            {
-                tracing::error!(
-                    groups_refused = full_state.refused,
-                    "the disk under the database is full: writes are refused (503 \
-                     storage_full) until room is made"
-                );
-                full_state.said_full = Some(std::time::Instant::now());
-                full_state.refused = 0;
-            }
-            full_state.full = true;
-        } else if committed.is_ok() && full_state.full {
-            // A small write may fit where a larger one did not: said once a minute too.
-            full_state.full = false;
-            if full_state
-                .said_back
-                .is_none_or(|t| t.elapsed() >= FULL_LOG_EVERY)
-            {
-                tracing::info!("the database takes writes again");
-                full_state.said_back = Some(std::time::Instant::now());
-            }
-        }
         if committed.is_err() {
             let reason = if full { "storage_full" } else { "other" };
             metrics::counter!("hookline_sqlite_group_failures_total", "reason" => reason)
                 .increment(1);
+        }
+        if full && committed.is_err() {
+            if let Some(groups_refused) = full_disk.failed() {
+                tracing::error!(
+                    groups_refused,
+                    "the disk under the database is full: writes are refused (503 \
+                     storage_full) until room is made"
+                );
+            }
+        } else if committed.is_ok() && full_disk.succeeded() {
+            tracing::info!("the database takes writes again");
         }
         let failure = if full {
             StoreError::Full
@@ -2953,20 +2973,6 @@ thread_local! {
 fn group_full() -> bool {
     GROUP_FULL.with(|f| f.get())
 }
-
-/// What the writer last said of a full disk (see `writer_loop`).
-#[derive(Default)]
-struct FullDisk {
-    /// The last group met a full disk.
-    full: bool,
-    /// Groups refused since it was last said.
-    refused: u64,
-    said_full: Option<std::time::Instant>,
-    said_back: Option<std::time::Instant>,
-}
-
-/// How often a full disk that goes on refusing the writer's groups is logged again.
-const FULL_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Notes a statement of the writer's current group that met a full disk.
 fn note_full(e: &rusqlite::Error) {
@@ -4076,6 +4082,19 @@ fn delivery_from_row(r: &Row<'_>) -> rusqlite::Result<Delivery> {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    #[test]
+    fn a_repeating_failure_is_said_once_a_minute_and_its_end_too() {
+        let mut r = Repeating::default();
+        assert!(!r.succeeded(), "no run of failures to end");
+        assert_eq!(r.failed(), Some(1), "the first failure is said");
+        assert_eq!(r.failed(), None);
+        assert!(r.succeeded(), "its end is said");
+        // A run that starts again within the minute is counted, not said; nor its end.
+        assert_eq!(r.failed(), None);
+        assert!(!r.succeeded());
+        assert!(!r.succeeded());
+    }
+
     use super::*;
     use crate::model::DeliveryStatus;
     use std::collections::BTreeMap;
