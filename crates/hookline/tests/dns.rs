@@ -15,7 +15,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 
 /// A name server on 127.0.0.1 that knows a few names (IPv4 only; other names do not exist)
@@ -32,18 +32,24 @@ type Questions = HashMap<(String, RecordType), HashSet<u16>>;
 impl NameServer {
     /// Answers `names` (each with its address and TTL in seconds).
     async fn start(names: &[(&str, Ipv4Addr, u32)]) -> Self {
-        Self::run(Some(Self::table(names)), false).await
+        Self::run(Some(Self::table(names)), false, Duration::ZERO).await
+    }
+
+    /// Answers `names` like [`Self::start`], but only the questions that come once `deaf_for`
+    /// has passed.
+    async fn deaf_at_first(names: &[(&str, Ipv4Addr, u32)], deaf_for: Duration) -> Self {
+        Self::run(Some(Self::table(names)), false, deaf_for).await
     }
 
     /// Takes every question and answers none.
     async fn silent() -> Self {
-        Self::run(None, false).await
+        Self::run(None, false, Duration::ZERO).await
     }
 
     /// Answers `names` like [`Self::start`], but never a question for IPv6 addresses, as
     /// some name servers and middleboxes do.
     async fn without_aaaa(names: &[(&str, Ipv4Addr, u32)]) -> Self {
-        Self::run(Some(Self::table(names)), true).await
+        Self::run(Some(Self::table(names)), true, Duration::ZERO).await
     }
 
     fn table(names: &[(&str, Ipv4Addr, u32)]) -> HashMap<String, (Ipv4Addr, u32)> {
@@ -53,7 +59,12 @@ impl NameServer {
             .collect()
     }
 
-    async fn run(names: Option<HashMap<String, (Ipv4Addr, u32)>>, drop_aaaa: bool) -> Self {
+    async fn run(
+        names: Option<HashMap<String, (Ipv4Addr, u32)>>,
+        drop_aaaa: bool,
+        deaf_for: Duration,
+    ) -> Self {
+        let deaf_until = Instant::now() + deaf_for;
         let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let addr = socket.local_addr().unwrap();
         let asked: Arc<Mutex<Questions>> = Arc::default();
@@ -76,6 +87,9 @@ impl NameServer {
                         .insert(question.metadata.id);
                 }
                 let Some(names) = &names else { continue };
+                if Instant::now() < deaf_until {
+                    continue;
+                }
                 if drop_aaaa
                     && question
                         .queries
@@ -172,6 +186,70 @@ async fn answers_are_kept_for_their_ttl_and_shared_in_flight() {
     assert_eq!(
         e.to_string(),
         "resolving \"nowhere.example.test\": no such name"
+    );
+}
+
+/// Lookups from tasks on both worker threads, arriving while an answer comes back, ask
+/// once: the moment between a query leaving the resolver's pool and its answer reaching
+/// the cache is covered. Many names, so that the moment comes many times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookups_arriving_as_an_answer_lands_ask_no_second_time() {
+    const NAMES: usize = 500;
+    let names: Vec<String> = (0..NAMES).map(|i| format!("n{i}.example.test")).collect();
+    let table: Vec<(&str, Ipv4Addr, u32)> = names
+        .iter()
+        .map(|n| (n.as_str(), Ipv4Addr::new(192, 0, 2, 30), 300))
+        .collect();
+    let ns = NameServer::start(&table).await;
+    let resolver = SystemResolver::with_servers(vec![ns.addr], PATIENT);
+    for name in &names {
+        // Lookups begin one after another, on either thread, before and after the answer.
+        let mut lookups = Vec::new();
+        for _ in 0..48 {
+            let resolver = resolver.clone();
+            let name = name.clone();
+            lookups.push(tokio::spawn(async move { resolver.resolve(&name).await }));
+            tokio::task::yield_now().await;
+        }
+        for l in lookups {
+            assert_eq!(
+                l.await.unwrap().unwrap(),
+                vec![IpAddr::from([192, 0, 2, 30])]
+            );
+        }
+    }
+    let asked_again: Vec<_> = names.iter().filter(|n| ns.asked_a(n) != 1).collect();
+    assert!(
+        asked_again.is_empty(),
+        "asked more than once (or never): {asked_again:?}"
+    );
+}
+
+/// A lookup given up on (the attempt that needed it ended first) still ends within the
+/// resolver's timeout, so a later lookup of the name asks afresh and is not handed what is
+/// left of it.
+#[tokio::test]
+async fn a_lookup_given_up_on_leaves_nothing_stale() {
+    let ns = NameServer::deaf_at_first(
+        &[("late.example.test", Ipv4Addr::new(192, 0, 2, 40), 300)],
+        Duration::from_millis(1_500),
+    )
+    .await;
+    let resolver = SystemResolver::with_servers(vec![ns.addr], Duration::from_millis(1_200));
+    let given_up = tokio::time::timeout(
+        Duration::from_millis(100),
+        resolver.resolve("late.example.test"),
+    )
+    .await;
+    assert!(
+        given_up.is_err(),
+        "the name server was to be deaf: {given_up:?}"
+    );
+    // Past the first lookup's timeout, and the name server answers now.
+    tokio::time::sleep(Duration::from_millis(1_700)).await;
+    assert_eq!(
+        resolver.resolve("late.example.test").await.unwrap(),
+        vec![IpAddr::from([192, 0, 2, 40])]
     );
 }
 

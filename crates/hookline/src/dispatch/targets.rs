@@ -19,6 +19,8 @@
 //! [`SystemResolver`], an asynchronous DNS resolver with the system's configuration and a
 //! cache; in tests, one that asks a name server on this machine, or none.
 
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Shared};
 use hickory_resolver::config::{
     LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
 };
@@ -27,10 +29,11 @@ use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::op::Query;
 use hickory_resolver::proto::rr::{Name, RecordType};
 use hickory_resolver::{Hosts, TokioResolver};
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 use std::{fmt, io};
 
@@ -58,6 +61,9 @@ pub trait Resolve: fmt::Debug + Send + Sync + 'static {
 /// - **Answers are kept for their TTL** (at most [`Self::MAX_TTL`], a name that does not
 ///   exist at most [`Self::MAX_NEGATIVE_TTL`]), and lookups of a name already in flight
 ///   share its query, so the lanes of an endpoint that open connections together ask once.
+///   The sharing is this resolver's own, held until the answer is in the cache: the
+///   resolver's pool forgets a query in flight a moment before its cache holds the answer,
+///   and a lookup on another thread in that moment asked again.
 ///   Every answer, kept or fresh, is still screened by [`Guard`] for each new connection.
 /// - **A lookup is bounded as a whole** by the timeout given (5 s by default, as long as a
 ///   connection may take). Each query gets at most a third of it and one retry, so that
@@ -88,6 +94,34 @@ struct ResolverState {
     /// Built at the first lookup (reading the system's files waits until a name needs
     /// them), and again when they change.
     current: Mutex<Option<Built>>,
+    /// The lookups in flight, by name: a lookup of a name already here waits for its answer.
+    /// An entry leaves when its lookup has ended, once the answer is in the cache.
+    in_flight: Mutex<HashMap<String, Flight>>,
+}
+
+/// A lookup in flight, which any number of lookups of the same name await.
+type Flight = Shared<BoxFuture<'static, Result<Vec<IpAddr>, Failed>>>;
+
+/// A lookup's failure as every lookup that shared it gets it (an `io::Error` is not `Clone`).
+#[derive(Clone, Debug)]
+struct Failed {
+    kind: io::ErrorKind,
+    message: String,
+}
+
+impl From<io::Error> for Failed {
+    fn from(e: io::Error) -> Self {
+        Failed {
+            kind: e.kind(),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<Failed> for io::Error {
+    fn from(f: Failed) -> Self {
+        io::Error::new(f.kind, f.message)
+    }
 }
 
 /// A resolver as built from the files as they were.
@@ -195,6 +229,7 @@ impl SystemResolver {
                 servers,
                 timeout,
                 current: Mutex::new(None),
+                in_flight: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -324,7 +359,7 @@ impl Default for SystemResolver {
 impl Resolve for SystemResolver {
     fn resolve(&self, host: &str) -> Lookup {
         let current = self.current();
-        let timeout = self.inner.timeout;
+        let state = self.inner.clone();
         let host = host.to_owned();
         Box::pin(async move {
             let (resolver, hosts) =
@@ -332,40 +367,92 @@ impl Resolve for SystemResolver {
             if let Some(ips) = from_hosts(&hosts, &host) {
                 return Ok(ips);
             }
-            let started = Instant::now();
-            let no_answer = || {
-                io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!(
-                        "resolving {host:?}: no answer within {} ms",
-                        started.elapsed().as_millis()
-                    ),
-                )
-            };
-            match tokio::time::timeout(timeout, resolver.lookup_ip(host.as_str())).await {
-                Ok(Ok(found)) => {
-                    let mut ips: Vec<IpAddr> = Vec::new();
-                    for ip in found.iter() {
-                        if !ips.contains(&ip) {
-                            ips.push(ip);
+            let flight = {
+                let mut flights = state
+                    .in_flight
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                match flights.get(&host) {
+                    Some(flight) => flight.clone(),
+                    None => {
+                        // Its own task: a flight ends within the timeout even when every
+                        // lookup awaiting it was dropped (an attempt that gave up), so the
+                        // next lookup never finds a stale one.
+                        let asking = tokio::spawn(ask(resolver, host.clone(), state.clone()));
+                        let name = host.clone();
+                        let flight = async move {
+                            asking.await.unwrap_or_else(|e| {
+                                Err(Failed::from(io::Error::other(format!(
+                                    "resolving {name:?}: the lookup ended early: {e}"
+                                ))))
+                            })
                         }
+                        .boxed()
+                        .shared();
+                        flights.insert(host, flight.clone());
+                        flight
                     }
-                    Ok(ips)
                 }
-                // The name servers' own timeouts (each query's, its attempts spent) end the
-                // same way as the lookup's.
-                Ok(Err(NetError::Timeout)) | Err(_) => Err(no_answer()),
-                Ok(Err(e)) if e.is_nx_domain() => Err(io::Error::new(
-                    io::ErrorKind::NotFound,
-                    format!("resolving {host:?}: no such name"),
-                )),
-                Ok(Err(e)) if e.is_no_records_found() => Err(io::Error::new(
-                    io::ErrorKind::NotFound,
-                    format!("resolving {host:?}: the name has no addresses"),
-                )),
-                Ok(Err(e)) => Err(io::Error::other(format!("resolving {host:?}: {e}"))),
-            }
+            };
+            Ok(flight.await?)
         })
+    }
+}
+
+/// Asks the name servers for `host`'s addresses (within the resolver's timeout), then lets
+/// the next lookup of the name ask again (the cache answers it if the answer may be kept).
+async fn ask(
+    resolver: TokioResolver,
+    host: String,
+    state: Arc<ResolverState>,
+) -> Result<Vec<IpAddr>, Failed> {
+    let found = lookup(&resolver, &host, state.timeout).await;
+    state
+        .in_flight
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .remove(&host);
+    found.map_err(Failed::from)
+}
+
+/// One lookup of `host` by the resolver, its errors named for the attempt's record.
+async fn lookup(
+    resolver: &TokioResolver,
+    host: &str,
+    timeout: Duration,
+) -> io::Result<Vec<IpAddr>> {
+    let started = Instant::now();
+    let no_answer = || {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "resolving {host:?}: no answer within {} ms",
+                started.elapsed().as_millis()
+            ),
+        )
+    };
+    match tokio::time::timeout(timeout, resolver.lookup_ip(host)).await {
+        Ok(Ok(found)) => {
+            let mut ips: Vec<IpAddr> = Vec::new();
+            for ip in found.iter() {
+                if !ips.contains(&ip) {
+                    ips.push(ip);
+                }
+            }
+            Ok(ips)
+        }
+        // The name servers' own timeouts (each query's, its attempts spent) end the
+        // same way as the lookup's.
+        Ok(Err(NetError::Timeout)) | Err(_) => Err(no_answer()),
+        Ok(Err(e)) if e.is_nx_domain() => Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("resolving {host:?}: no such name"),
+        )),
+        Ok(Err(e)) if e.is_no_records_found() => Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("resolving {host:?}: the name has no addresses"),
+        )),
+        Ok(Err(e)) => Err(io::Error::other(format!("resolving {host:?}: {e}"))),
     }
 }
 
