@@ -17,11 +17,20 @@ use tokio::net::TcpStream;
 const PATIENCE: Duration = Duration::from_secs(20);
 
 async fn server(header: Duration, body: Duration) -> TestServer {
-    TestServer::start_with(&Engine::Sqlite, |c| {
+    let mut s = TestServer::start_with(&Engine::Sqlite, |c| {
         c.header_read_timeout = header;
         c.body_read_timeout = body;
     })
-    .await
+    .await;
+    // The tests' own requests each on a new connection: with header times this short, a
+    // pooled connection left idle is closed by the server while the tests wait, and a
+    // request sent on it just as it closes fails (as it would for any client; the default
+    // time, 75 s, outlasts common clients' idle pools).
+    s.http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    s
 }
 
 /// The head of a single-event request with `key`, for a body of `len` bytes.
