@@ -446,7 +446,10 @@ pub struct Attempt {
     pub attempt: u32,
     pub started_at: Timestamp,
     pub duration_ms: u64,
+    /// The answer's status, when one arrived.
     pub status_code: Option<u16>,
+    /// Why the attempt failed when no status arrived (connecting, the timeout, a refused
+    /// target); beside a redirect's status, where it pointed (redirects are not followed).
     pub error: Option<String>,
     /// The first 4 KiB of the response body (lossy UTF-8: bytes that are not UTF-8, and NUL
     /// characters, read as U+FFFD).

@@ -321,7 +321,16 @@ async fn redirects_are_not_followed(engine: Engine) {
     let d = s
         .wait_delivery(ev["deliveries"][0]["id"].as_str().unwrap(), "failed")
         .await;
-    assert_eq!(attempts(&d), vec![(json!(302), Value::Null); 4], "{d}");
+    // Each attempt says where the receiver pointed, and that it was not followed; so does
+    // the delivery.
+    let said = format!(
+        "redirected to {:?}, which is not followed: a webhook goes only to its endpoint's URL \
+         (change the endpoint's URL if the receiver moved)",
+        rx.url("landing")
+    );
+    assert_eq!(attempts(&d), vec![(json!(302), json!(said)); 4], "{d}");
+    assert_eq!(d["last_status_code"], 302, "{d}");
+    assert_eq!(d["last_error"], json!(said), "{d}");
     assert_eq!(rx.got("hop").len(), 4);
     assert!(rx.got("landing").is_empty(), "the redirect was followed");
 }

@@ -192,8 +192,9 @@ impl std::fmt::Debug for Target {
 pub struct SendResult {
     pub status: Option<StatusCode>,
     /// Set when no answer's status arrived (connect, DNS, TLS, a refused target, the
-    /// timeout). A body that then broke off or ran out of time sets nothing: the status
-    /// stands.
+    /// timeout), and beside the status of a redirect, which is not followed: it says where
+    /// the receiver pointed. A body that then broke off or ran out of time sets nothing:
+    /// the status stands.
     pub error: Option<String>,
     pub body: Option<String>,
     pub retry_after: Option<Duration>,
@@ -312,9 +313,9 @@ impl Sender {
         let outcome = self.exchange(target, msg_id, payload, deadline).await;
         let duration = started.elapsed();
         match outcome {
-            Ok((status, body, retry_after)) => SendResult {
+            Ok((status, body, retry_after, redirect)) => SendResult {
                 status: Some(status),
-                error: None,
+                error: redirect,
                 body,
                 retry_after,
                 duration,
@@ -356,7 +357,10 @@ impl Sender {
         msg_id: &str,
         payload: Bytes,
         deadline: tokio::time::Instant,
-    ) -> Result<(StatusCode, Option<String>, Option<Duration>), (Option<StatusCode>, String)> {
+    ) -> Result<
+        (StatusCode, Option<String>, Option<Duration>, Option<String>),
+        (Option<StatusCode>, String),
+    > {
         self.guard
             .check_scheme(target.uri.scheme_str())
             .map_err(|refused| (None, refused.to_string()))?;
@@ -406,6 +410,7 @@ impl Sender {
         } else {
             None
         };
+        let redirect = not_followed(status, resp.headers().get(http::header::LOCATION));
         // The body, within what is left of the timeout. The status stands whatever happens
         // to it; a body cut short only loses its connection (and the rest of its text).
         let mut body = resp.into_body();
@@ -454,7 +459,7 @@ impl Sender {
         }
         // Cut: more came than was kept, or the read stopped before the body's end.
         let body = (!kept.is_empty()).then(|| kept_text(&kept, read > kept.len() || !ended));
-        Ok((status, body, retry_after))
+        Ok((status, body, retry_after, redirect))
     }
 
     /// Sends `req` to `target` on an idle connection or a new one, and waits for the
@@ -553,6 +558,29 @@ fn unfinished_tail(b: &[u8]) -> usize {
     0
 }
 
+/// The most of a redirect's `Location` an attempt's record keeps.
+const KEPT_LOCATION_CHARS: usize = 512;
+
+/// What a redirect (a `3xx` with a `Location`) did not do, for the attempt's record: it is
+/// not followed (a receiver may not send Hookline anywhere but the endpoint's own URL), and
+/// the usual cause is a URL that moved (`http` to `https`, a trailing slash). `None` for
+/// every other answer.
+fn not_followed(status: StatusCode, location: Option<&HeaderValue>) -> Option<String> {
+    if !status.is_redirection() {
+        return None;
+    }
+    let location = location?;
+    let text: String = String::from_utf8_lossy(location.as_bytes())
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(KEPT_LOCATION_CHARS)
+        .collect();
+    Some(format!(
+        "redirected to {text:?}, which is not followed: a webhook goes only to its \
+         endpoint's URL (change the endpoint's URL if the receiver moved)"
+    ))
+}
+
 /// `Retry-After` as seconds or as an HTTP date; capped at one day.
 fn parse_retry_after(v: &str) -> Option<Duration> {
     let v = v.trim();
@@ -606,6 +634,41 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_redirect_says_where_it_pointed_and_nothing_else_does() {
+        let at = |v: &'static [u8]| HeaderValue::from_bytes(v).unwrap();
+        let said = not_followed(
+            StatusCode::MOVED_PERMANENTLY,
+            Some(&at(b"https://x.test/h")),
+        );
+        assert_eq!(
+            said.as_deref(),
+            Some(
+                "redirected to \"https://x.test/h\", which is not followed: a webhook goes only \
+                 to its endpoint's URL (change the endpoint's URL if the receiver moved)"
+            )
+        );
+        // What the receiver wrote is kept as text, bounded, without control characters.
+        let long = format!("/{}", "a".repeat(2_000));
+        let said = not_followed(
+            StatusCode::TEMPORARY_REDIRECT,
+            Some(&HeaderValue::from_str(&long).unwrap()),
+        )
+        .unwrap();
+        assert!(said.contains(&format!("\"/{}\"", "a".repeat(KEPT_LOCATION_CHARS - 1))));
+        let tabbed = not_followed(StatusCode::SEE_OTHER, Some(&at(b"/a\tb"))).unwrap();
+        assert!(tabbed.starts_with("redirected to \"/ab\""), "{tabbed}");
+        let raw = not_followed(StatusCode::FOUND, Some(&at(b"/x\xff\xfey"))).unwrap();
+        assert!(
+            raw.starts_with("redirected to \"/x\u{FFFD}\u{FFFD}y\""),
+            "{raw}"
+        );
+        // No `Location`, or not a redirect: nothing to say beside the status.
+        assert_eq!(not_followed(StatusCode::NOT_MODIFIED, None), None);
+        assert_eq!(not_followed(StatusCode::OK, Some(&at(b"/x"))), None);
+        assert_eq!(not_followed(StatusCode::CREATED, Some(&at(b"/x"))), None);
+    }
 
     #[test]
     fn retry_after_forms() {
