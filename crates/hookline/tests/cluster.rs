@@ -25,6 +25,13 @@ const NODES: usize = 3;
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn spawn_node(url: &str, port: u16, log: &Path) -> Serve {
+    // A short lease, so that the takeover happens within the test: attempts of at most 2 s,
+    // heartbeats every 750 ms.
+    spawn_node_with(url, port, log, "2s", "6s")
+}
+
+/// A node with this attempt timeout and lease.
+fn spawn_node_with(url: &str, port: u16, log: &Path, timeout: &str, lease: &str) -> Serve {
     let log = std::fs::File::create(log).unwrap();
     common::process::hookline()
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
@@ -37,12 +44,10 @@ fn spawn_node(url: &str, port: u16, log: &Path) -> Serve {
             "ingest=none",
             "--retry-schedule",
             "200ms,500ms,1s,1s,1s",
-            // A short lease, so that the takeover happens within the test: attempts of at
-            // most 2 s, heartbeats every 750 ms.
             "--timeout",
-            "2s",
+            timeout,
             "--lease",
-            "6s",
+            lease,
             "--endpoint-concurrency",
             "16",
         ])
@@ -262,6 +267,84 @@ async fn three_nodes_share_the_work_and_a_killed_one_loses_nothing() {
     for mut node in nodes {
         node.sigkill();
     }
+}
+
+/// A server restarted after a crash is a new node: what its previous life held waits for
+/// that life's lease to run out. The new node says so at start: which node, how many
+/// deliveries, and the most it will take.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_says_what_waits_for_its_previous_life_and_how_long() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let Some(engine) =
+        postgres_or_skip("a_restarted_node_says_what_waits_for_its_previous_life_and_how_long")
+    else {
+        return;
+    };
+    let data = Data::fresh(&engine).await;
+    let Location::Postgres(url) = data.location.clone() else {
+        unreachable!("a PostgreSQL engine gives a PostgreSQL location")
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let out = common::process::hookline()
+        .args(["migrate", "--database-url", &url])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = cli_account(&["--database-url", &url]);
+    let rx = Receiver::start().await;
+    rx.always("stuck", Reply::Hang);
+    let http = reqwest::Client::new();
+
+    // Attempts that hang for their whole 10 s: the deliveries stay held meanwhile.
+    let (first_log, second_log) = (tmp.path().join("first.log"), tmp.path().join("second.log"));
+    let port = free_port();
+    let mut first = spawn_node_with(&url, port, &first_log, "10s", "30s");
+    let base = format!("http://127.0.0.1:{port}");
+    wait_healthy(&http, &base).await;
+    let (status, ep) = post_endpoint(&http, &base, &key, &rx.url("stuck"), &["*"]).await;
+    assert_eq!(status, 201, "{ep}");
+    for _ in 0..5 {
+        assert_eq!(post_click(&http, &base, &key).await, 202);
+    }
+    let db = sqlx::PgPool::connect(&url).await.unwrap();
+    let held = "SELECT count(*) FROM deliveries WHERE status = 'delivering' AND node IS NOT NULL";
+    eventually("the first node to hold all five deliveries", || async {
+        let n: i64 = sqlx::query_scalar(held).fetch_one(&db).await.ok()?;
+        (n == 5).then_some(())
+    })
+    .await;
+    first.sigkill();
+    let node: String =
+        sqlx::query_scalar("SELECT node FROM deliveries WHERE status = 'delivering' LIMIT 1")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+
+    let port = free_port();
+    let mut second = spawn_node_with(&url, port, &second_log, "10s", "30s");
+    wait_healthy(&http, &format!("http://127.0.0.1:{port}")).await;
+    let said = eventually("the new node to say what waits", || async {
+        std::fs::read_to_string(&second_log)
+            .ok()?
+            .lines()
+            .find(|l| l.contains("a silent node holds deliveries"))
+            .map(str::to_owned)
+    })
+    .await;
+    assert!(said.contains(&format!("node={node}")), "{said}");
+    assert!(said.contains("deliveries=5"), "{said}");
+    assert!(
+        said.contains("silent for the whole lease (30 s), in at most "),
+        "{said}"
+    );
+    // Not taken over yet: the lease has not run out.
+    let n: i64 = sqlx::query_scalar(held).fetch_one(&db).await.unwrap();
+    assert_eq!(n, 5);
+    second.sigkill();
 }
 
 /// A TCP forwarder to PostgreSQL that can cut a node off from the database: `cut` drops every

@@ -10,7 +10,10 @@
 //!   by two live nodes at once.
 //! - **Takeover.** Each heartbeat round also declares dead the nodes silent for a whole lease
 //!   and puts their deliveries back to `pending` with a new claim number (so their late
-//!   failures cannot move them; a late success is still recorded — at-least-once).
+//!   failures cannot move them; a late success is still recorded — at-least-once). Before
+//!   that, a node silent for two heartbeats that still holds deliveries is named in a
+//!   warning, once: how many it holds and the most they will wait (a crashed server that
+//!   restarts is a new node, and its previous life's deliveries wait so).
 //! - **A dead node stops.** A heartbeat that finds its node declared dead means the others
 //!   own its deliveries now: the node shuts down (its in-memory queues are stale), and is
 //!   restarted by its supervisor as a new node.
@@ -21,6 +24,7 @@
 
 use super::{Dispatcher, Inner};
 use crate::store::Notice;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -104,6 +108,7 @@ pub(super) async fn heartbeat_loop(inner: Arc<Inner>) {
 /// from the heartbeat, so that a slow takeover never delays a renewal.
 pub(super) async fn reap_loop(inner: Arc<Inner>) {
     let every = heartbeat_every(inner.config.lease);
+    let mut told = HashSet::new();
     loop {
         tokio::select! {
             _ = inner.shutdown.cancelled() => return,
@@ -120,6 +125,41 @@ pub(super) async fn reap_loop(inner: Arc<Inner>) {
             }
             Err(e) => tracing::warn!(error = %e, "looking for dead nodes failed"),
         }
+        say_what_silent_nodes_hold(&inner, every, &mut told).await;
+    }
+}
+
+/// Says, once for each, which silent nodes hold deliveries that wait for their lease to run
+/// out, and for how long at most (`told`: the nodes said so far, still silent). A node that
+/// crashed and restarts is a new node, so what its previous life held waits too: without a
+/// word, a restarted server that sends none of it for up to a lease looks stuck.
+async fn say_what_silent_nodes_hold(inner: &Inner, every: Duration, told: &mut HashSet<String>) {
+    let lease = inner.config.lease;
+    // Two heartbeats missed: a node alive renews well within them.
+    let holders = match inner.store.silent_holders(2 * every).await {
+        Ok(holders) => holders,
+        Err(e) => {
+            tracing::warn!(error = %e, "looking for silent nodes' deliveries failed");
+            return;
+        }
+    };
+    told.retain(|node| holders.iter().any(|h| &h.node == node));
+    for h in holders {
+        if told.contains(&h.node) {
+            continue;
+        }
+        tracing::warn!(
+            node = %h.node,
+            deliveries = h.holds,
+            silent_ms = h.silent.as_millis() as u64,
+            "a silent node holds deliveries: they are taken over once it has been silent for \
+             the whole lease ({} s), in at most {} s (a server restarted after a crash is a new \
+             node: its previous life's deliveries wait so too)",
+            lease.as_secs(),
+            // The first look for dead nodes after that, on some node.
+            (lease.saturating_sub(h.silent) + every).as_secs_f64().ceil()
+        );
+        told.insert(h.node);
     }
 }
 

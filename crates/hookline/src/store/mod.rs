@@ -66,6 +66,17 @@ pub struct SchemaVersions {
     pub after: usize,
 }
 
+/// A node of a shared store that has gone silent but is not yet declared dead, and the
+/// deliveries it still holds: they wait until its lease runs out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SilentHolder {
+    pub node: String,
+    /// Since its last heartbeat, by the database's clock.
+    pub silent: std::time::Duration,
+    /// Its deliveries still `delivering`.
+    pub holds: u64,
+}
+
 /// Held while `hookline serve` runs. One SQLite data directory has one serving process;
 /// PostgreSQL is shared by any number of nodes (leases decide who holds what).
 pub enum ServeLock {
@@ -587,6 +598,18 @@ impl Store {
         match self {
             Store::Sqlite(s) => s.settle().await,
             Store::Postgres(_) => Ok(()),
+        }
+    }
+
+    /// Other nodes silent for longer than `silent`, not yet declared dead, that still hold
+    /// deliveries (none on SQLite: one node, whose previous life's are released at start).
+    pub async fn silent_holders(
+        &self,
+        silent: std::time::Duration,
+    ) -> Result<Vec<SilentHolder>, StoreError> {
+        match self {
+            Store::Sqlite(_) => Ok(Vec::new()),
+            Store::Postgres(s) => s.silent_holders(silent).await,
         }
     }
 

@@ -1674,6 +1674,39 @@ impl PgStore {
         Ok(freed)
     }
 
+    /// The other nodes silent for longer than `silent` but not yet declared dead that still
+    /// hold deliveries: each with how long it has been silent (by the database's clock) and
+    /// how many it holds, the longest silent first.
+    pub async fn silent_holders(
+        &self,
+        silent: std::time::Duration,
+    ) -> Result<Vec<super::SilentHolder>, StoreError> {
+        const CTX: &str = "looking for silent nodes that hold deliveries";
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT n.id, {DB_NOW_MS} - n.heartbeat_at, COUNT(*)
+             FROM nodes n JOIN deliveries d ON d.node = n.id AND d.status = 'delivering'
+             WHERE NOT n.dead AND n.id <> $1 AND n.heartbeat_at < {DB_NOW_MS} - $2
+             GROUP BY n.id, n.heartbeat_at
+             ORDER BY n.heartbeat_at"
+        )))
+        .bind(&*self.node)
+        .bind(silent.as_millis() as i64)
+        .fetch_all(&self.pool)
+        .await
+        .ctx(CTX)?;
+        rows.iter()
+            .map(|r| {
+                let silent_ms: i64 = r.try_get(1).ctx(CTX)?;
+                let holds: i64 = r.try_get(2).ctx(CTX)?;
+                Ok(super::SilentHolder {
+                    node: r.try_get(0).ctx(CTX)?,
+                    silent: std::time::Duration::from_millis(silent_ms.max(0) as u64),
+                    holds: holds.max(0) as u64,
+                })
+            })
+            .collect()
+    }
+
     /// Leaves the cluster at shutdown: the deliveries this node still holds go back to
     /// `pending`, due now, for the others.
     pub async fn leave(&self) -> Result<usize, StoreError> {
