@@ -1553,12 +1553,24 @@ async fn write_outcomes(inner: &Arc<Inner>, batch: &[AttemptRecord], stopping: b
         loop {
             match inner.store.record_attempts(records.clone()).await {
                 Ok(()) => {
+                    if tries >= SAY_RECORDING_EVERY {
+                        // Its failure was said more than once: say that it is over, too.
+                        tracing::info!(
+                            count = records.len(),
+                            tries,
+                            "recorded attempts after failures"
+                        );
+                    }
                     written[part.clone()].fill(true);
                     break;
                 }
                 Err(e) => {
                     tries += 1;
-                    tracing::error!(count = records.len(), tries, error = %e, "recording attempts failed");
+                    // The first failure, then about once a minute while it lasts (a full
+                    // disk): not at every try.
+                    if tries == 1 || tries % SAY_RECORDING_EVERY == 0 {
+                        tracing::error!(count = records.len(), tries, error = %e, "recording attempts failed");
+                    }
                     refusals = if e.is_refusal() { refusals + 1 } else { 0 };
                     if refusals >= REFUSALS_BEFORE_CUTTING {
                         if part.len() > 1 {
@@ -1593,6 +1605,10 @@ async fn write_outcomes(inner: &Arc<Inner>, batch: &[AttemptRecord], stopping: b
     }
     written
 }
+
+/// Every how many tries a failure to record outcomes is said again: about once a minute,
+/// once the waits between tries have grown to 5 s.
+const SAY_RECORDING_EVERY: u32 = 12;
 
 /// The longest the poller sleeps without being asked.
 const POLL_MAX_SLEEP: Duration = Duration::from_secs(5);
