@@ -551,6 +551,40 @@ async fn a_long_retry_after_holds_the_whole_endpoint(engine: Engine) {
     }
 }
 
+/// Once a hold has run out and nothing is left to send, the endpoint holds nothing back:
+/// `held_back_until` is `null`, not a time gone by (its next delivery goes at once, as the
+/// probe).
+async fn a_hold_run_out_with_nothing_to_send_reads_null(engine: Engine) {
+    let rx = Receiver::start().await;
+    // Two seconds: the shortest wait that holds the whole endpoint.
+    rx.always("busy", Reply::RetryAfter(429, 2));
+    let s = TestServer::start(&engine).await;
+    let ep = s.endpoint(&rx.url("busy"), &["*"]).await;
+    let ep_id = ep["id"].as_str().unwrap();
+    let ev = s.event("click", json!({})).await;
+    let d = s
+        .wait_delivery(ev["deliveries"][0]["id"].as_str().unwrap(), "failed")
+        .await;
+    assert_eq!(d["attempts"][0]["status_code"], 429, "{d}");
+    let (_, held) = s.get(&format!("/v1/endpoints/{ep_id}")).await;
+    // The last 429 asked for two seconds more, at most: once over, nothing is held.
+    let seen = common::eventually("the hold to end", || async {
+        let (_, ep) = s.get(&format!("/v1/endpoints/{ep_id}")).await;
+        ep["held_back_until"].is_null().then_some(ep)
+    })
+    .await;
+    let now = hookline::model::Timestamp::now().0;
+    if let Some(until) = held["held_back_until"].as_str() {
+        let until = hookline::model::Timestamp::parse(until).unwrap();
+        assert!(until.0 <= now + 2_500, "held too long: {held}");
+    }
+    // And it stays so: a time gone by never shows.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, ep) = s.get(&format!("/v1/endpoints/{ep_id}")).await;
+    assert!(ep["held_back_until"].is_null(), "{ep} (after {seen})");
+    s.stop().await;
+}
+
 async fn gone_disables_the_endpoint_and_ends_its_deliveries(engine: Engine) {
     let rx = Receiver::start().await;
     rx.always("gone", Reply::Status(410));
@@ -1106,6 +1140,7 @@ on_both_engines!(
     retries_exhausted_end_as_failed_and_manual_retry_sends_again,
     retry_after_on_429_is_honoured,
     a_long_retry_after_holds_the_whole_endpoint,
+    a_hold_run_out_with_nothing_to_send_reads_null,
     gone_disables_the_endpoint_and_ends_its_deliveries,
     a_hanging_endpoint_does_not_delay_another,
     a_stalled_endpoint_s_deliveries_wait_in_the_database_until_it_answers,

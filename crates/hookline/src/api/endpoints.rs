@@ -173,10 +173,10 @@ pub struct EndpointDetail {
     pub endpoint: Endpoint,
     /// Set while the endpoint's deliveries are held back, because it kept failing (its
     /// circuit breaker is open) or asked to wait (`Retry-After` on a `429` or `503`): when
-    /// the next attempt, a probe, may go (in the past when that probe is due and waits for a
-    /// delivery). Meanwhile its `pending` deliveries are due no sooner than this
-    /// (`next_attempt_at`). `null` while they go as usual. Each node of a cluster holds back on its own: this is
-    /// the answering node's.
+    /// the next attempt, a probe, may go. Meanwhile its `pending` deliveries are due no
+    /// sooner than this (`next_attempt_at`). `null` while they go as usual, and once that
+    /// time has come (the next delivery goes at once, as the probe). Each node of a cluster
+    /// holds back on its own: this is the answering node's.
     pub held_back_until: Option<Timestamp>,
 }
 

@@ -560,13 +560,15 @@ impl Dispatcher {
 
     /// Until when this node holds `endpoint_id`'s deliveries back, its breaker open (the
     /// endpoint kept failing, or asked to wait with `Retry-After`): the time of the next
-    /// attempt, a probe (past when the probe is due and waits for a delivery to make it
-    /// with). `None` while its deliveries go as usual.
+    /// attempt, a probe. `None` while its deliveries go as usual, and once that time has
+    /// come: a probe that is due goes with the next delivery at once (the breaker stays open
+    /// until it answers, but nothing is held back).
     pub fn held_back_until(&self, endpoint_id: &str) -> Option<Timestamp> {
+        let now = Timestamp::now().0;
         let a = self.inner.admission();
         a.breakers
             .get(endpoint_id)
-            .filter(|b| b.open)
+            .filter(|b| b.open && b.next_probe > now)
             .map(|b| Timestamp(b.next_probe))
     }
 
