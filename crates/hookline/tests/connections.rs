@@ -1,6 +1,7 @@
 //! The delivery client's connections, as a receiver sees them: one keep-alive connection
-//! carries a run of deliveries; a connection the receiver closed, said so or not, never costs
-//! a failed attempt; the request line and `Host` are what an origin server expects.
+//! carries a run of deliveries; a connection the receiver closed, said so or not, or dropped
+//! with a request unanswered, never costs a failed attempt; the request line and `Host` are
+//! what an origin server expects.
 //!
 //! The receiver here is a plain TCP server speaking just enough HTTP/1.1, so that it can
 //! count connections and close them behind the sender's back.
@@ -27,6 +28,9 @@ enum Close {
     StallsMidBody,
     /// Sends `200` and the start of a longer body, then closes the connection.
     CutsMidBody,
+    /// Keeps the connection after its first answer, then reads the next request on it and
+    /// closes with no answer (its idle time ran out as the request came).
+    DropsTheNext,
 }
 
 /// One request as the receiver read it.
@@ -35,6 +39,9 @@ struct Seen {
     connection: usize,
     request_line: String,
     host: String,
+    id: String,
+    timestamp: String,
+    signature: String,
     body: String,
 }
 
@@ -73,7 +80,7 @@ impl RawReceiver {
 
     async fn serve(&self, mut stream: TcpStream, connection: usize, close: Close) {
         let mut buf = Vec::new();
-        loop {
+        for exchange in 0.. {
             // The head, then a body of `content-length`.
             let head_end = loop {
                 if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -110,8 +117,14 @@ impl RawReceiver {
                 connection,
                 request_line,
                 host: header("host").unwrap_or_default(),
+                id: header("webhook-id").unwrap_or_default(),
+                timestamp: header("webhook-timestamp").unwrap_or_default(),
+                signature: header("webhook-signature").unwrap_or_default(),
                 body,
             });
+            if matches!(close, Close::DropsTheNext) && exchange > 0 {
+                return;
+            }
             let answer: &[u8] = match close {
                 Close::Announced => {
                     b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
@@ -125,7 +138,7 @@ impl RawReceiver {
                 return;
             }
             match close {
-                Close::Never => {}
+                Close::Never | Close::DropsTheNext => {}
                 Close::Announced => return,
                 Close::Silently => {
                     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -224,6 +237,51 @@ async fn a_connection_closed_by_the_receiver_is_not_a_failed_attempt() {
         let conns: std::collections::BTreeSet<usize> = seen.iter().map(|r| r.connection).collect();
         assert_eq!(conns.len(), 4, "{seen:?}");
         assert!(seen.iter().all(|r| r.request_line == "POST / HTTP/1.1"));
+    }
+}
+
+/// A request that went on a kept connection which the receiver then closed without an
+/// answer (its idle time ran out just as the request came) goes once more on a new one,
+/// within the same attempt: no failed attempt for a request the receiver never answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_a_kept_connection_dropped_unanswered_goes_again_on_a_new_one() {
+    let rx = RawReceiver::start("127.0.0.1:0", Close::DropsTheNext).await;
+    let s = TestServer::start(&Engine::Sqlite).await;
+    let ep = s.endpoint(&format!("http://{}/", rx.addr), &["*"]).await;
+    let secret = ep["secret"].as_str().unwrap();
+    let mut ids = Vec::new();
+    for n in 1..=3 {
+        let ev = s.event("open", json!({})).await;
+        ids.push(ev["deliveries"][0]["id"].as_str().unwrap().to_owned());
+        // The first event opens a connection; each next one goes on it, is dropped, and
+        // goes again on a new connection, which it is then the first on.
+        rx.wait_for(2 * n - 1).await;
+    }
+    for id in &ids {
+        let d = s.wait_delivery(id, "succeeded").await;
+        assert_eq!(d["attempt_count"], 1, "{d}");
+        assert_eq!(d["attempts"][0]["status_code"], 200, "{d}");
+        assert!(d["attempts"][0]["error"].is_null(), "{d}");
+    }
+    let seen = rx.seen();
+    assert_eq!(seen.len(), 5, "{seen:?}");
+    assert_eq!(rx.connections(), 3, "{seen:?}");
+    // The one dropped and the one sent again are the same request, signed alike.
+    for pair in [(1, 2), (3, 4)] {
+        let (dropped, again) = (&seen[pair.0], &seen[pair.1]);
+        assert_eq!(dropped.body, again.body);
+        assert_ne!(dropped.connection, again.connection);
+        assert_eq!(dropped.signature, again.signature);
+        let wh = standardwebhooks::Webhook::new(secret).unwrap();
+        let mut headers = http::HeaderMap::new();
+        for (k, v) in [
+            ("webhook-id", &again.id),
+            ("webhook-timestamp", &again.timestamp),
+            ("webhook-signature", &again.signature),
+        ] {
+            headers.insert(k, v.parse().unwrap());
+        }
+        wh.verify(again.body.as_bytes(), &headers).unwrap();
     }
 }
 

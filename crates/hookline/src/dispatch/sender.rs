@@ -5,8 +5,9 @@
 //! shared pool to look up, and no second task per connection to hand the request to and the
 //! response back from. `TCP_NODELAY` is set; HTTPS goes through rustls. A connection idle for
 //! more than [`IDLE_KEEP`] is closed instead of reused, and a request that a reused
-//! connection never took (the receiver had closed it meanwhile) goes once on a new one.
-//! Redirects are never followed: a 3xx is a failed attempt like any other non-2xx.
+//! connection never took (the receiver had closed it meanwhile), or dropped unanswered,
+//! goes once more on a new one. Redirects are never followed: a 3xx is a failed attempt
+//! like any other non-2xx, whose error says where it pointed.
 //!
 //! The connector resolves names through the server's [`Guard`] (see [`super::targets`]), not
 //! the system directly: every new connection goes to an address the SSRF rules were checked
@@ -374,19 +375,24 @@ impl Sender {
         let now = now_ms.div_euclid(1000);
         let signature =
             hookline_signing::sign(target.signing_secrets(now_ms), msg_id, now, &payload);
-        let mut req = Request::post(target.path.clone())
-            .body(Full::new(payload))
-            .map_err(|e| (None, format!("building the request: {e}")))?;
-        let h = req.headers_mut();
-        h.clone_from(&target.headers);
-        let header = |s: &str| HeaderValue::from_str(s).map_err(|e| (None, format!("header: {e}")));
-        h.insert("webhook-id", header(msg_id)?);
-        h.insert("webhook-timestamp", HeaderValue::from(now));
-        h.insert("webhook-signature", header(&signature)?);
+        let header = |s: &str| HeaderValue::from_str(s).map_err(|e| format!("header: {e}"));
+        let (id, signature) = (header(msg_id), header(&signature));
+        // The request, made again (alike) if it has to go once more on a new connection.
+        let build = || -> Result<Request<Full<Bytes>>, String> {
+            let mut req = Request::post(target.path.clone())
+                .body(Full::new(payload.clone()))
+                .map_err(|e| format!("building the request: {e}"))?;
+            let h = req.headers_mut();
+            h.clone_from(&target.headers);
+            h.insert("webhook-id", id.clone()?);
+            h.insert("webhook-timestamp", HeaderValue::from(now));
+            h.insert("webhook-signature", signature.clone()?);
+            Ok(req)
+        };
 
         // Up to the answer's head: connecting, sending, waiting for the status.
         let head = async {
-            self.request(target, req)
+            self.request(target, &build)
                 .await
                 .map_err(|why| (None::<StatusCode>, why))
         };
@@ -462,14 +468,18 @@ impl Sender {
         Ok((status, body, retry_after, redirect))
     }
 
-    /// Sends `req` to `target` on an idle connection or a new one, and waits for the
-    /// answer's head. A reused connection the receiver closed meanwhile gives the request
-    /// back untaken: it then goes on a new connection, once.
+    /// Sends the request `build` makes to `target` on an idle connection or a new one, and
+    /// waits for the answer's head. A reused connection the receiver closed meanwhile gives
+    /// the request back untaken; one it closed (or reset) after the request went, with no
+    /// answer begun, leaves the request unanswered (a receiver whose idle time ran out as it
+    /// came, as many do). Either way it goes once more, on a new connection: the receiver
+    /// may have read it, and dedupes by `webhook-id`.
     async fn request(
         &self,
         target: &Target,
-        mut req: Request<Full<Bytes>>,
+        build: &(dyn Fn() -> Result<Request<Full<Bytes>>, String> + Sync),
     ) -> Result<(Conn, http::Response<hyper::body::Incoming>), String> {
+        let mut req = build()?;
         let (mut conn, mut reused) = match target.take_idle() {
             Some(c) => (c, true),
             None => (Box::pin(self.connect(&target.uri)).await?, false),
@@ -507,12 +517,36 @@ impl Sender {
                         conn = Box::pin(self.connect(&target.uri)).await?;
                         reused = false;
                     }
+                    None if reused && closed_unanswered(e.error()) => {
+                        req = build()?;
+                        conn = Box::pin(self.connect(&target.uri)).await?;
+                        reused = false;
+                    }
                     _ => return Err(error_chain(&e.into_error())),
                 },
             }
         };
         Ok((conn, resp))
     }
+}
+
+/// Whether a request's connection ended with no answer begun: closed before a byte of one
+/// came, or reset.
+fn closed_unanswered(e: &hyper::Error) -> bool {
+    if e.is_incomplete_message() {
+        return true;
+    }
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            );
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// The kept start of a response body as text to store, at most [`KEPT_BODY_BYTES`] bytes of
