@@ -276,6 +276,97 @@ async fn an_outcome_the_database_refuses_holds_up_no_other(engine: Engine) {
     }
 }
 
+/// Deliveries ended because their endpoint was held back (an open breaker, a long
+/// `Retry-After`) until their schedule ran out say so in words that fit their attempts: never
+/// attempted, or ended early after some, with what the last one got (a status or an error).
+async fn a_delivery_ended_by_a_hold_says_what_its_attempts_got(engine: Engine) {
+    let data = Data::fresh(&engine).await;
+    let store = Store::open(&data.location).await.unwrap();
+    let account = store.create_account("a".into(), Plan::Pro).await.unwrap();
+    let ep = store
+        .insert_endpoint(endpoint_of(&account.id, "https://example.com/down"), 100)
+        .await
+        .unwrap();
+    store
+        .insert_events(
+            account.id.clone(),
+            vec![click(), click(), click()],
+            |_| false,
+            |_| {},
+        )
+        .await
+        .unwrap();
+    let later = Timestamp(Timestamp::now().0 + 60_000);
+    let mut due = store.claim_due(later, |_| 10).await.unwrap();
+    assert_eq!(due.len(), 3);
+    due.sort_by_key(|d| d.row);
+    let soon = Timestamp(Timestamp::now().0 + 1);
+    let failed = |d: &DueDelivery, status_code: Option<u16>, error: Option<&str>| AttemptRecord {
+        delivery_id: d.delivery_id.clone(),
+        row: d.row,
+        claim: d.claim,
+        endpoint_version: d.endpoint.updated_at.0,
+        endpoint_id: d.endpoint.id.clone(),
+        attempt: Some(Attempt {
+            attempt: 1,
+            started_at: Timestamp::now(),
+            duration_ms: 3,
+            status_code,
+            error: error.map(str::to_owned),
+            response_body: None,
+        }),
+        outcome: Outcome::RetryAt(soon),
+    };
+    let released = AttemptRecord {
+        attempt: None,
+        outcome: Outcome::Released,
+        ..failed(&due[2], None, None)
+    };
+    store
+        .record_attempts(vec![
+            failed(&due[0], Some(500), None),
+            failed(&due[1], None, Some("timed out after 3000 ms")),
+            released,
+        ])
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let ended = store
+        .fail_stale(ep.id.clone(), Timestamp::now(), true)
+        .await
+        .unwrap();
+    assert_eq!(ended, 3);
+    let held = "the endpoint was held back for the rest of the retry schedule (it kept \
+                failing, or asked to wait with Retry-After); the last attempt: ";
+    let expected = [
+        (Some(500), format!("ended after 1 attempt: {held}HTTP 500")),
+        (
+            None,
+            format!("ended after 1 attempt: {held}timed out after 3000 ms"),
+        ),
+        (
+            None,
+            "not attempted: the endpoint was held back for the whole retry schedule (it kept \
+             failing, or asked to wait with Retry-After)"
+                .to_owned(),
+        ),
+    ];
+    for (d, (code, reason)) in due.iter().zip(expected) {
+        let (seen, _) = store
+            .get_delivery(account.id.clone(), d.delivery_id.clone())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(seen.status, DeliveryStatus::Failed, "{seen:?}");
+        assert_eq!(seen.last_status_code, code, "{seen:?}");
+        assert_eq!(
+            seen.last_error.as_deref(),
+            Some(reason.as_str()),
+            "{seen:?}"
+        );
+    }
+}
+
 /// A 410 disables the endpoint as it was when asked. One that comes back from an attempt made
 /// before the endpoint changed (moved to a new URL while the attempt was out) leaves the
 /// endpoint on and its other deliveries open, and its own delivery is tried again at the new
@@ -1141,6 +1232,7 @@ on_both_engines!(
     retry_after_on_429_is_honoured,
     a_long_retry_after_holds_the_whole_endpoint,
     a_hold_run_out_with_nothing_to_send_reads_null,
+    a_delivery_ended_by_a_hold_says_what_its_attempts_got,
     gone_disables_the_endpoint_and_ends_its_deliveries,
     a_hanging_endpoint_does_not_delay_another,
     a_stalled_endpoint_s_deliveries_wait_in_the_database_until_it_answers,

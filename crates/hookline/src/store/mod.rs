@@ -9,6 +9,22 @@
 //! other operations a transaction each; several nodes may share it). Both answer a write
 //! only once its commit is durable, and both keep the same rules (see ARCHITECTURE.md).
 
+/// The reason a `pending` delivery ends with when its endpoint was held back (an open
+/// breaker, a long `Retry-After`) until its retry schedule ran out, as an SQL expression
+/// over its row, the same on both engines: never attempted, or ended early after its
+/// attempts, with what the last one got.
+macro_rules! held_back_reason_sql {
+    () => {
+        "CASE WHEN attempts = 0 THEN
+            'not attempted: the endpoint was held back for the whole retry schedule (it kept failing, or asked to wait with Retry-After)'
+         ELSE 'ended after ' || CAST(attempts AS TEXT)
+            || CASE WHEN attempts = 1 THEN ' attempt' ELSE ' attempts' END
+            || ': the endpoint was held back for the rest of the retry schedule (it kept failing, or asked to wait with Retry-After); the last attempt: '
+            || COALESCE(last_error, 'HTTP ' || CAST(last_status_code AS TEXT), 'no answer')
+         END"
+    };
+}
+
 pub mod postgres;
 pub mod sealing;
 pub mod sqlite;

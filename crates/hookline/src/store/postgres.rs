@@ -3400,20 +3400,26 @@ async fn fail_open_deliveries(
 /// Ends as `failed` endpoint `$1`'s `pending` deliveries created, and last changed, before
 /// `$2` (`$3` now): the rows read are the endpoint's pending ones created before `$2`
 /// (`deliveries_pending_by_age`), about those it ends.
-pub const FAIL_STALE: &str = "UPDATE deliveries SET status = 'failed', next_attempt_at = NULL,
-        updated_at = $3,
-        last_error = COALESCE(last_error, 'not attempted: the endpoint was held back for the whole retry schedule (it kept failing, or asked to wait with Retry-After)')
-     WHERE endpoint_id = $1 AND status = 'pending' AND created_at < $2 AND updated_at < $2";
+pub const FAIL_STALE: &str = concat!(
+    "UPDATE deliveries SET status = 'failed', next_attempt_at = NULL, updated_at = $3,
+        last_error = ",
+    held_back_reason_sql!(),
+    "
+     WHERE endpoint_id = $1 AND status = 'pending' AND created_at < $2 AND updated_at < $2"
+);
 
 /// [`FAIL_STALE`] for the rows also due before `$2`: a range of the index of pending rows by
 /// due time, so the rows read are about those ended. Rows made at ingest are due from their
 /// write (by the writing node's clock, within its skew of their stamp); a retry is due after
 /// its attempt (so after its last change).
-pub const FAIL_STALE_DUE: &str = "UPDATE deliveries SET status = 'failed',
-        next_attempt_at = NULL, updated_at = $3,
-        last_error = COALESCE(last_error, 'not attempted: the endpoint was held back for the whole retry schedule (it kept failing, or asked to wait with Retry-After)')
+pub const FAIL_STALE_DUE: &str = concat!(
+    "UPDATE deliveries SET status = 'failed', next_attempt_at = NULL, updated_at = $3,
+        last_error = ",
+    held_back_reason_sql!(),
+    "
      WHERE endpoint_id = $1 AND status = 'pending' AND next_attempt_at < $2
-       AND created_at < $2 AND updated_at < $2";
+       AND created_at < $2 AND updated_at < $2"
+);
 
 /// Ends endpoint `$1`'s `pending` deliveries (`$2` the reason, `$3` now). Its status matches
 /// the predicate of the partial indexes of pending rows (`deliveries_due_by_endpoint`,

@@ -3134,21 +3134,26 @@ const DUE_SCAN: &str =
 
 /// Ends as `failed` the due deliveries of endpoint `?1` created, and last changed, before
 /// `?2` (at `?3`).
-const FAIL_STALE_DUE: &str = "UPDATE deliveries SET status = 'failed', next_attempt_at = NULL,
-        updated_at = ?3,
-        last_error = COALESCE(last_error,
-            'not attempted: the endpoint was held back for the whole retry schedule (it kept failing, or asked to wait with Retry-After)')
+const FAIL_STALE_DUE: &str = concat!(
+    "UPDATE deliveries SET status = 'failed', next_attempt_at = NULL, updated_at = ?3,
+        last_error = ",
+    held_back_reason_sql!(),
+    "
      WHERE endpoint_id = ?1 AND status = 'pending' AND next_attempt_at IS NOT NULL
-       AND created_at < ?2 AND updated_at < ?2";
+       AND created_at < ?2 AND updated_at < ?2"
+);
 
 /// The same for its deliveries waiting for room, from its mark (or row `?5`, if later) up to
 /// row `?4`: the stretch one job of the sweep walked ([`fail_stale_rows`]).
-const FAIL_STALE_WAITING: &str = "UPDATE deliveries SET status = 'failed', updated_at = ?3,
-        last_error = COALESCE(last_error,
-            'not attempted: the endpoint was held back for the whole retry schedule (it kept failing, or asked to wait with Retry-After)')
+const FAIL_STALE_WAITING: &str = concat!(
+    "UPDATE deliveries SET status = 'failed', updated_at = ?3,
+        last_error = ",
+    held_back_reason_sql!(),
+    "
      WHERE endpoint_id = ?1 AND status = 'pending' AND next_attempt_at IS NULL
        AND seq >= MAX(?5, (SELECT waiting_from FROM endpoints WHERE id = ?1)) AND seq < ?4
-       AND created_at < ?2 AND updated_at < ?2";
+       AND created_at < ?2 AND updated_at < ?2"
+);
 
 /// Moves endpoint `?1`'s waiting mark to its first delivery still waiting (`NULL` if none).
 const MARK_FIRST_WAITING: &str = "UPDATE endpoints SET
