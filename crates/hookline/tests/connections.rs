@@ -50,6 +50,8 @@ struct RawReceiver {
     addr: std::net::SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
     connections: Arc<Mutex<usize>>,
+    /// Answers written (whole, or as far as the behaviour goes).
+    answered: Arc<Mutex<usize>>,
 }
 
 impl RawReceiver {
@@ -59,6 +61,7 @@ impl RawReceiver {
             addr: listener.local_addr().unwrap(),
             seen: Arc::default(),
             connections: Arc::default(),
+            answered: Arc::default(),
         };
         let me = rx.clone();
         tokio::spawn(async move {
@@ -137,6 +140,7 @@ impl RawReceiver {
             if stream.write_all(answer).await.is_err() {
                 return;
             }
+            *self.answered.lock().unwrap() += 1;
             match close {
                 Close::Never | Close::DropsTheNext => {}
                 Close::Announced => return,
@@ -310,6 +314,41 @@ async fn a_2xx_whose_body_stalls_or_breaks_off_is_a_success() {
         assert_eq!(rx.seen().len(), 2, "{:?}", rx.seen());
         assert_eq!(rx.connections(), 2, "a connection of its own each");
     }
+}
+
+/// A shutdown does not wait out the body of an answer whose `2xx` has come: the attempt is
+/// a success, recorded before the server stops, and the delivery is not sent again at the
+/// next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_records_a_2xx_whose_body_is_still_coming() {
+    let rx = RawReceiver::start("127.0.0.1:0", Close::StallsMidBody).await;
+    // Far longer than the shutdown's grace (200 ms in tests): the body would still be read.
+    let s = TestServer::start_with(&Engine::Sqlite, |c| {
+        c.dispatch.timeout = Duration::from_secs(30)
+    })
+    .await;
+    s.endpoint(&format!("http://{}/", rx.addr), &["*"]).await;
+    let ev = s.event("open", json!({})).await;
+    let id = ev["deliveries"][0]["id"].as_str().unwrap().to_owned();
+    // The head and the start of the body are on their way (the sender, once it has read the
+    // head, within the grace at the latest, waits for the rest).
+    eventually("the answer to be written", || async {
+        (*rx.answered.lock().unwrap() == 1).then_some(())
+    })
+    .await;
+    let key = s.key.clone();
+    let data = s.stop().await.unwrap();
+
+    let s = TestServer::launch(common::test_config(&data.location), key).await;
+    let (_, d) = s.get(&format!("/v1/deliveries/{id}")).await;
+    assert_eq!(d["status"], "succeeded", "{d}");
+    assert_eq!(d["attempt_count"], 1, "{d}");
+    assert_eq!(d["attempts"][0]["status_code"], 200, "{d}");
+    assert_eq!(d["attempts"][0]["response_body"], "received, now", "{d}");
+    // Nothing went again after the restart.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(rx.seen().len(), 1, "{:?}", rx.seen());
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

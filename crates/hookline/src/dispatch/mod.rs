@@ -659,7 +659,12 @@ impl Inner {
         lease: cluster::Lease,
         records: mpsc::Sender<AttemptRecord>,
     ) -> Inner {
-        let sender = Sender::new(config.connect_timeout, config.timeout, guard);
+        let sender = Sender::new(
+            config.connect_timeout,
+            config.timeout,
+            guard,
+            shutdown.clone(),
+        );
         Inner {
             store,
             config,

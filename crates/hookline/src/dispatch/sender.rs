@@ -31,6 +31,7 @@ use std::pin::Pin;
 use std::sync::Mutex;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 /// How much of a response body is kept in the attempt log.
 pub const KEPT_BODY_BYTES: usize = 4096;
@@ -283,11 +284,21 @@ pub struct Sender {
     connector: Connector,
     guard: Guard,
     timeout: Duration,
+    /// Cancelled when the server begins to shut down: an answer whose status has come is
+    /// not read further (its outcome is known; the rest of its body is only for the record),
+    /// so the attempt ends and is recorded within the shutdown's grace.
+    stopping: CancellationToken,
 }
 
 impl Sender {
-    /// `guard` resolves every host connected to and applies the SSRF rules.
-    pub fn new(connect_timeout: Duration, timeout: Duration, guard: Guard) -> Self {
+    /// `guard` resolves every host connected to and applies the SSRF rules; `stopping` is
+    /// the server's shutdown.
+    pub fn new(
+        connect_timeout: Duration,
+        timeout: Duration,
+        guard: Guard,
+        stopping: CancellationToken,
+    ) -> Self {
         let mut http = HttpConnector::new_with_resolver(ScreenedResolver(guard.clone()));
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -302,6 +313,7 @@ impl Sender {
             connector,
             guard,
             timeout,
+            stopping,
         }
     }
 
@@ -443,14 +455,15 @@ impl Sender {
             }
             None
         };
-        let cut_short = tokio::time::timeout_at(deadline, reading)
-            .await
-            .unwrap_or_else(|_| {
+        let cut_short = tokio::select! {
+            read = tokio::time::timeout_at(deadline, reading) => read.unwrap_or_else(|_| {
                 Some(format!(
                     "it had not ended {} ms after the request began",
                     self.timeout.as_millis()
                 ))
-            });
+            }),
+            () = self.stopping.cancelled() => Some("the server began to shut down".to_owned()),
+        };
         if let Some(why) = cut_short {
             tracing::debug!(
                 endpoint = %target.endpoint_id, %status,
