@@ -147,6 +147,11 @@ pub async fn run(
             "deliveries a previous process held: resumed, or ended if their endpoint is off"
         );
     }
+    // Endpoints that asked to be left alone (a long `Retry-After`) before a restart are, still.
+    let holds = store
+        .endpoint_holds(crate::model::Timestamp::now())
+        .await
+        .context("reading the endpoints' Retry-After holds")?;
     let dispatcher = Dispatcher::start(
         store.clone(),
         config.dispatch.clone(),
@@ -157,6 +162,7 @@ pub async fn run(
         ),
         shutdown.child_token(),
         joined,
+        holds,
     );
     let sweeper = tokio::spawn(crate::retention::run(
         store.clone(),

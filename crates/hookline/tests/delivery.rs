@@ -642,6 +642,53 @@ async fn a_long_retry_after_holds_the_whole_endpoint(engine: Engine) {
     }
 }
 
+/// A `Retry-After` outlives a restart: an endpoint that asked to be left alone is not hit
+/// again as the server comes back (the time is kept in the database). Once it answers again
+/// (here a manual retry) the hold is forgotten there too, so the next restart holds nothing.
+async fn a_retry_after_outlives_a_restart(engine: Engine) {
+    let rx = Receiver::start().await;
+    rx.script("busy", vec![Reply::RetryAfter(503, 60)]);
+    let s = TestServer::start(&engine).await;
+    let ep = s.endpoint(&rx.url("busy"), &["*"]).await;
+    let ep_id = ep["id"].as_str().unwrap().to_owned();
+    let ev = s.event("click", json!({})).await;
+    let id = ev["deliveries"][0]["id"].as_str().unwrap().to_owned();
+    eventually("the 503 recorded", || async {
+        let (_, d) = s.get(&format!("/v1/deliveries/{id}")).await;
+        (d["attempt_count"] == 1).then_some(())
+    })
+    .await;
+    let (_, held) = s.get(&format!("/v1/endpoints/{ep_id}")).await;
+    let until = held["held_back_until"].clone();
+    assert!(until.is_string(), "{held}");
+    let key = s.key.clone();
+    let data = s.stop().await.unwrap();
+
+    // Back up: still held, until the same time, and nothing went.
+    let s = TestServer::launch(common::test_config(&data.location), key.clone()).await;
+    let (_, again) = s.get(&format!("/v1/endpoints/{ep_id}")).await;
+    assert_eq!(again["held_back_until"], until, "the hold, kept: {again}");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(rx.got("busy").len(), 1, "hit again at the restart");
+    let (_, d) = s.get(&format!("/v1/deliveries/{id}")).await;
+    assert_eq!(d["status"], "pending", "{d}");
+
+    // A manual retry goes at once, and its success ends the hold, in the database too.
+    let (status, body) = s
+        .post(&format!("/v1/deliveries/{id}/retry"), json!({}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    s.wait_delivery(&id, "succeeded").await;
+    let (_, ep_now) = s.get(&format!("/v1/endpoints/{ep_id}")).await;
+    assert!(ep_now["held_back_until"].is_null(), "{ep_now}");
+    s.stop().await;
+    let s = TestServer::launch(common::test_config(&data.location), key).await;
+    let (_, ep_now) = s.get(&format!("/v1/endpoints/{ep_id}")).await;
+    assert!(ep_now["held_back_until"].is_null(), "held again: {ep_now}");
+    s.stop().await;
+    drop(data);
+}
+
 /// Once a hold has run out and nothing is left to send, the endpoint holds nothing back:
 /// `held_back_until` is `null`, not a time gone by (its next delivery goes at once, as the
 /// probe).
@@ -1232,6 +1279,7 @@ on_both_engines!(
     retry_after_on_429_is_honoured,
     a_long_retry_after_holds_the_whole_endpoint,
     a_hold_run_out_with_nothing_to_send_reads_null,
+    a_retry_after_outlives_a_restart,
     a_delivery_ended_by_a_hold_says_what_its_attempts_got,
     gone_disables_the_endpoint_and_ends_its_deliveries,
     a_hanging_endpoint_does_not_delay_another,

@@ -176,7 +176,8 @@ pub struct EndpointDetail {
     /// the next attempt, a probe, may go. Meanwhile its `pending` deliveries are due no
     /// sooner than this (`next_attempt_at`). `null` while they go as usual, and once that
     /// time has come (the next delivery goes at once, as the probe). Each node of a cluster
-    /// holds back on its own: this is the answering node's.
+    /// holds back on its own: this is the answering node's. A `Retry-After`'s end is kept
+    /// in the database, so a node that restarts holds the endpoint back as before.
     pub held_back_until: Option<Timestamp>,
 }
 

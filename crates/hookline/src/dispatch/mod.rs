@@ -42,7 +42,7 @@ use futures_util::FutureExt;
 use retry::RetrySchedule;
 use sender::{Sender, Target};
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
@@ -128,6 +128,11 @@ struct Inner {
     lease: cluster::Lease,
     /// Cancelled when the other nodes declared this one dead: the server must stop.
     lease_lost: CancellationToken,
+    /// Endpoints' `Retry-After` holds to keep in the database (`None`: to forget), sent
+    /// under the admission lock, so that they are written in the order they were decided.
+    asked: mpsc::UnboundedSender<(String, Option<Timestamp>)>,
+    /// How many of those are not written yet (a shutdown waits for them, briefly).
+    asked_unwritten: Arc<AtomicUsize>,
 }
 
 /// Maps keyed by endpoint id, looked up several times per delivery: ids are Hookline's own,
@@ -266,6 +271,9 @@ struct Breaker {
     backoff_ms: i64,
     /// The probe out, while one is.
     probing: Option<ProbeId>,
+    /// Until when the endpoint asked to be left alone (a long `Retry-After`), as kept in the
+    /// database for the next start: forgotten there too when the breaker closes.
+    asked_until: Option<i64>,
 }
 
 impl Breaker {
@@ -277,6 +285,7 @@ impl Breaker {
             next_probe: 0,
             backoff_ms: FIRST_PROBE_MS,
             probing: None,
+            asked_until: None,
         }
     }
 }
@@ -402,11 +411,16 @@ impl Dispatcher {
         guard: targets::Guard,
         shutdown: CancellationToken,
         joined: std::time::Instant,
+        holds: Vec<(String, Timestamp)>,
     ) -> Self {
         let (records, records_rx) = mpsc::channel(RECORD_QUEUE);
         let shared = store.is_shared();
         let lease = cluster::Lease::new(shared, config.lease, joined);
         let inner = Arc::new(Inner::new(store, config, guard, shutdown, lease, records));
+        // Before anything is claimed or admitted: what endpoints asked for before a restart.
+        for (endpoint_id, until) in holds {
+            inner.hold(&endpoint_id, until.0, true);
+        }
         let poller = inner.clone();
         inner.tasks.spawn(async move { poll_loop(poller).await });
         let ender = inner.clone();
@@ -584,8 +598,9 @@ impl Dispatcher {
         let held_back = {
             let mut a = self.inner.admission();
             let was_stalled = a.stall_over(endpoint_id);
-            let was_open = a.breakers.remove(endpoint_id).is_some_and(|b| b.open);
-            was_stalled || was_open
+            let was = a.breakers.remove(endpoint_id);
+            self.inner.forget_asked(&a, endpoint_id, was.as_ref());
+            was_stalled || was.is_some_and(|b| b.open)
         };
         if held_back {
             self.due_now();
@@ -644,6 +659,13 @@ impl Dispatcher {
         if let Some(handle) = handle {
             let _ = tokio::time::timeout(Duration::from_secs(5), handle).await;
         }
+        // The endpoints' Retry-After holds decided last, for the next start (a second at most).
+        for _ in 0..100 {
+            if self.inner.asked_unwritten.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         (finished, cut)
     }
 }
@@ -665,6 +687,9 @@ impl Inner {
             guard,
             shutdown.clone(),
         );
+        let (asked, to_keep) = mpsc::unbounded_channel();
+        let asked_unwritten = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(keep_asked(store.clone(), to_keep, asked_unwritten.clone()));
         Inner {
             store,
             config,
@@ -682,6 +707,8 @@ impl Inner {
             runtime: tokio::runtime::Handle::current(),
             lease,
             lease_lost: CancellationToken::new(),
+            asked,
+            asked_unwritten,
         }
     }
 
@@ -784,7 +811,9 @@ impl Inner {
             // Its pending deliveries are taken at the release that follows (the endpoint is
             // marked starved while stalled and holding its fill).
             a.stall_over(endpoint_id);
-            return a.breakers.remove(endpoint_id).is_some_and(|b| b.open);
+            let was = a.breakers.remove(endpoint_id);
+            self.forget_asked(&a, endpoint_id, was.as_ref());
+            return was.is_some_and(|b| b.open);
         }
         let now = Timestamp::now().0;
         let max_ms = self.config.breaker_probe_max.as_millis() as i64;
@@ -820,7 +849,10 @@ impl Inner {
     /// or `503`): its breaker opens, if it was not open, and sends its next probe no sooner.
     /// Its queued deliveries are then given back and no more are taken for it until the
     /// probe, as for any open breaker, and the probe's success brings its backlog back.
-    fn hold(&self, endpoint_id: &str, until: i64) {
+    ///
+    /// The time is also kept in the database (`Store::set_endpoint_hold`, written in order by
+    /// [`keep_asked`]), so that a restart keeps to it; `kept`: it came from there at start.
+    fn hold(&self, endpoint_id: &str, until: i64, kept: bool) {
         let mut a = self.admission();
         let b = a
             .breakers
@@ -830,6 +862,10 @@ impl Inner {
         b.open = true;
         b.next_probe = b.next_probe.max(until);
         let at = b.next_probe;
+        if !kept && b.asked_until.is_none_or(|t| t < until) {
+            self.keep_asked(endpoint_id, Some(Timestamp(until)));
+        }
+        b.asked_until = Some(b.asked_until.unwrap_or(until).max(until));
         drop(a);
         if !was_open {
             tracing::info!(
@@ -838,6 +874,23 @@ impl Inner {
             );
         }
         self.note_due(Timestamp(at));
+    }
+
+    /// Forgets in the database the Retry-After that `was` (the endpoint's breaker, just
+    /// removed under the admission lock `_held`) kept there, if any.
+    fn forget_asked(&self, _held: &Admission, endpoint_id: &str, was: Option<&Breaker>) {
+        if was.is_some_and(|b| b.asked_until.is_some()) {
+            self.keep_asked(endpoint_id, None);
+        }
+    }
+
+    /// Hands an endpoint's hold (or its end) to [`keep_asked`].
+    fn keep_asked(&self, endpoint_id: &str, until: Option<Timestamp>) {
+        self.asked_unwritten.fetch_add(1, Ordering::AcqRel);
+        if self.asked.send((endpoint_id.to_owned(), until)).is_err() {
+            // The writer is gone with the dispatcher, and the hold with it.
+            self.asked_unwritten.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 
     /// The earliest probe of an open breaker that fell due after `looked` (when the poller's
@@ -1322,6 +1375,7 @@ async fn attempt(
         inner.hold(
             &target.endpoint_id,
             Timestamp::now().0.saturating_add(wait_ms),
+            false,
         );
     }
 
@@ -1617,6 +1671,25 @@ async fn write_outcomes(inner: &Arc<Inner>, batch: &[AttemptRecord], stopping: b
 /// once the waits between tries have grown to 5 s.
 const SAY_RECORDING_EVERY: u32 = 12;
 
+/// Writes the endpoints' `Retry-After` holds, and their ends, in the order they were
+/// decided, until the dispatcher is gone. A failed write is logged: a restart then keeps to
+/// the hold before it (or none), as it did before holds were kept.
+async fn keep_asked(
+    store: Store,
+    mut asked: mpsc::UnboundedReceiver<(String, Option<Timestamp>)>,
+    unwritten: Arc<AtomicUsize>,
+) {
+    while let Some((endpoint_id, until)) = asked.recv().await {
+        if let Err(e) = store.set_endpoint_hold(endpoint_id.clone(), until).await {
+            tracing::warn!(
+                endpoint = %endpoint_id, error = %e,
+                "keeping the endpoint's Retry-After for a restart failed"
+            );
+        }
+        unwritten.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// The longest the poller sleeps without being asked.
 const POLL_MAX_SLEEP: Duration = Duration::from_secs(5);
 /// The pause between two polls after a claim of fewer than [`BIG_CLAIM`] deliveries: room
@@ -1851,6 +1924,7 @@ mod tests {
             next_probe,
             backoff_ms: 1_000,
             probing: None,
+            asked_until: None,
         };
         let mut a = Admission::default();
         a.breakers.insert("ep".into(), failing(true, 1_000));
@@ -1985,6 +2059,7 @@ mod tests {
             next_probe,
             backoff_ms: 1_000,
             probing,
+            asked_until: None,
         }
     }
 
@@ -2160,6 +2235,7 @@ mod tests {
             guard,
             CancellationToken::new(),
             std::time::Instant::now(),
+            Vec::new(),
         );
         assert!(
             until_all_ended(before).await,

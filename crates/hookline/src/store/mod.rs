@@ -676,6 +676,24 @@ impl Store {
         on_engine!(self, s => s.record_attempts(records).await)
     }
 
+    /// Keeps (or with `None` forgets) until when an endpoint asked to be left alone (a long
+    /// `Retry-After`), so that a restart keeps to it.
+    pub async fn set_endpoint_hold(
+        &self,
+        endpoint_id: String,
+        until: Option<Timestamp>,
+    ) -> Result<(), StoreError> {
+        on_engine!(self, s => s.set_endpoint_hold(endpoint_id, until).await)
+    }
+
+    /// The enabled endpoints that asked to be left alone until after `now`, and until when.
+    pub async fn endpoint_holds(
+        &self,
+        now: Timestamp,
+    ) -> Result<Vec<(String, Timestamp)>, StoreError> {
+        on_engine!(self, s => s.endpoint_holds(now).await)
+    }
+
     /// Makes every `pending` delivery of an endpoint due now (the endpoint is back).
     pub async fn pull_forward(&self, endpoint_id: String) -> Result<usize, StoreError> {
         on_engine!(self, s => s.pull_forward(endpoint_id).await)

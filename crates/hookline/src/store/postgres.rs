@@ -236,6 +236,11 @@ END $$;
     r#"
 ALTER TABLE attempts ADD COLUMN IF NOT EXISTS claim BIGINT;
 "#,
+    // Until when an endpoint asked to be left alone (a long `Retry-After`), ms: a restart
+    // keeps to it.
+    r#"
+ALTER TABLE endpoints ADD COLUMN IF NOT EXISTS held_until BIGINT;
+"#,
 ];
 
 /// The PostgreSQL store. Cheap to clone.
@@ -2291,6 +2296,41 @@ impl PgStore {
         }
         tx.commit().await.ctx("committing a recovery")?;
         Ok(Ok((n, next)))
+    }
+
+    /// Keeps (or with `None` forgets) until when an endpoint asked to be left alone.
+    pub async fn set_endpoint_hold(
+        &self,
+        endpoint_id: String,
+        until: Option<Timestamp>,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE endpoints SET held_until = $2 WHERE id = $1")
+            .bind(endpoint_id)
+            .bind(until.map(|t| t.0))
+            .execute(&self.pool)
+            .await
+            .ctx("keeping an endpoint's hold")?;
+        Ok(())
+    }
+
+    /// The endpoints (enabled, not removed) that asked to be left alone until after `now`,
+    /// and until when.
+    pub async fn endpoint_holds(
+        &self,
+        now: Timestamp,
+    ) -> Result<Vec<(String, Timestamp)>, StoreError> {
+        const CTX: &str = "reading the endpoints' holds";
+        sqlx::query(
+            "SELECT id, held_until FROM endpoints
+             WHERE held_until > $1 AND enabled AND deleted_at IS NULL",
+        )
+        .bind(now.0)
+        .fetch_all(&self.pool)
+        .await
+        .ctx(CTX)?
+        .iter()
+        .map(|r| Ok((r.try_get(0).ctx(CTX)?, Timestamp(r.try_get(1).ctx(CTX)?))))
+        .collect()
     }
 
     /// Makes every `pending` delivery of an endpoint due now (the endpoint is back).

@@ -422,6 +422,11 @@ UPDATE deliveries
 ALTER TABLE attempts ADD COLUMN claim INTEGER;
 ALTER TABLE deliveries ADD COLUMN kept_claim INTEGER;
 "#,
+    // Until when an endpoint asked to be left alone (a long `Retry-After`), ms: a restart
+    // keeps to it.
+    r#"
+ALTER TABLE endpoints ADD COLUMN held_until INTEGER;
+"#,
 ];
 
 /// How many row numbers one stretch of `event_type_stretches` covers (the migration that made
@@ -2388,6 +2393,42 @@ impl SqliteStore {
         .await
     }
 
+    /// Keeps (or with `None` forgets) until when an endpoint asked to be left alone.
+    pub async fn set_endpoint_hold(
+        &self,
+        endpoint_id: String,
+        until: Option<Timestamp>,
+    ) -> Result<(), StoreError> {
+        self.write(move |c| {
+            c.prepare_cached("UPDATE endpoints SET held_until = ?2 WHERE id = ?1")
+                .ctx("preparing an endpoint's hold")?
+                .execute(params![endpoint_id, until.map(|t| t.0)])
+                .ctx("keeping an endpoint's hold")?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The endpoints (enabled, not removed) that asked to be left alone until after `now`,
+    /// and until when.
+    pub async fn endpoint_holds(
+        &self,
+        now: Timestamp,
+    ) -> Result<Vec<(String, Timestamp)>, StoreError> {
+        self.read(move |c| {
+            c.prepare_cached(
+                "SELECT id, held_until FROM endpoints
+                 WHERE held_until > ?1 AND enabled = 1 AND deleted_at IS NULL",
+            )
+            .ctx("preparing the endpoints' holds")?
+            .query_map([now.0], |r| Ok((r.get(0)?, Timestamp(r.get(1)?))))
+            .ctx("reading the endpoints' holds")?
+            .collect::<Result<_, _>>()
+            .ctx("reading the endpoints' holds")
+        })
+        .await
+    }
+
     /// Makes every `pending` delivery of an endpoint due now (the endpoint is back).
     pub async fn pull_forward(&self, endpoint_id: String) -> Result<usize, StoreError> {
         self.write(move |c| {
@@ -4215,6 +4256,7 @@ pub(crate) mod tests {
              UPDATE deliveries SET status = 'pending', attempts = 1 WHERE id = '{id}';
              ALTER TABLE attempts DROP COLUMN claim;
              ALTER TABLE deliveries DROP COLUMN kept_claim;
+             ALTER TABLE endpoints DROP COLUMN held_until;
              PRAGMA user_version = {before};",
             id = d.id
         ))
@@ -4278,6 +4320,7 @@ pub(crate) mod tests {
              ALTER TABLE endpoints DROP COLUMN previous_secrets;
              ALTER TABLE attempts DROP COLUMN claim;
              ALTER TABLE deliveries DROP COLUMN kept_claim;
+             ALTER TABLE endpoints DROP COLUMN held_until;
              PRAGMA user_version = {before};"
         ))
         .unwrap();
@@ -5159,6 +5202,7 @@ pub(crate) mod tests {
              {UNDO_PREVIOUS_SECRETS}
              ALTER TABLE attempts DROP COLUMN claim;
              ALTER TABLE deliveries DROP COLUMN kept_claim;
+             ALTER TABLE endpoints DROP COLUMN held_until;
              PRAGMA user_version = {before};"
         ))
         .unwrap();
@@ -5646,6 +5690,7 @@ pub(crate) mod tests {
             "DROP TABLE event_type_stretches; {UNDO_PREVIOUS_SECRETS}
              ALTER TABLE attempts DROP COLUMN claim;
              ALTER TABLE deliveries DROP COLUMN kept_claim;
+             ALTER TABLE endpoints DROP COLUMN held_until;
              PRAGMA user_version = {before};"
         ))
         .unwrap();
@@ -6003,6 +6048,7 @@ pub(crate) mod tests {
              {UNDO_PREVIOUS_SECRETS}
              ALTER TABLE attempts DROP COLUMN claim;
              ALTER TABLE deliveries DROP COLUMN kept_claim;
+             ALTER TABLE endpoints DROP COLUMN held_until;
              PRAGMA user_version = {before};"
         ))
         .unwrap();
