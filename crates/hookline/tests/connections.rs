@@ -256,10 +256,13 @@ async fn a_request_a_kept_connection_dropped_unanswered_goes_again_on_a_new_one(
     let mut ids = Vec::new();
     for n in 1..=3 {
         let ev = s.event("open", json!({})).await;
-        ids.push(ev["deliveries"][0]["id"].as_str().unwrap().to_owned());
+        let id = ev["deliveries"][0]["id"].as_str().unwrap().to_owned();
         // The first event opens a connection; each next one goes on it, is dropped, and
-        // goes again on a new connection, which it is then the first on.
+        // goes again on a new connection, which it is then the first on. (Its success is
+        // recorded once its connection is back among the idle ones.)
         rx.wait_for(2 * n - 1).await;
+        s.wait_delivery(&id, "succeeded").await;
+        ids.push(id);
     }
     for id in &ids {
         let d = s.wait_delivery(id, "succeeded").await;

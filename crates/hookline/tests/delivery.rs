@@ -661,17 +661,24 @@ async fn a_retry_after_outlives_a_restart(engine: Engine) {
     let (_, held) = s.get(&format!("/v1/endpoints/{ep_id}")).await;
     let until = held["held_back_until"].clone();
     assert!(until.is_string(), "{held}");
+    // Another event meanwhile: its delivery is due now, and held with the endpoint.
+    let other = s.event("click", json!({})).await;
+    let other_id = other["deliveries"][0]["id"].as_str().unwrap().to_owned();
     let key = s.key.clone();
     let data = s.stop().await.unwrap();
 
-    // Back up: still held, until the same time, and nothing went.
+    // Back up: still held, until the same time, and nothing went, not even the delivery
+    // that was due.
     let s = TestServer::launch(common::test_config(&data.location), key.clone()).await;
     let (_, again) = s.get(&format!("/v1/endpoints/{ep_id}")).await;
     assert_eq!(again["held_back_until"], until, "the hold, kept: {again}");
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(rx.got("busy").len(), 1, "hit again at the restart");
-    let (_, d) = s.get(&format!("/v1/deliveries/{id}")).await;
-    assert_eq!(d["status"], "pending", "{d}");
+    for held in [&id, &other_id] {
+        let (_, d) = s.get(&format!("/v1/deliveries/{held}")).await;
+        assert_eq!(d["status"], "pending", "{d}");
+        assert_eq!(d["next_attempt_at"], until, "{d}");
+    }
 
     // A manual retry goes at once, and its success ends the hold, in the database too.
     let (status, body) = s
@@ -679,6 +686,7 @@ async fn a_retry_after_outlives_a_restart(engine: Engine) {
         .await;
     assert_eq!(status, 202, "{body}");
     s.wait_delivery(&id, "succeeded").await;
+    s.wait_delivery(&other_id, "succeeded").await;
     let (_, ep_now) = s.get(&format!("/v1/endpoints/{ep_id}")).await;
     assert!(ep_now["held_back_until"].is_null(), "{ep_now}");
     s.stop().await;

@@ -175,9 +175,10 @@ pub struct EndpointDetail {
     /// circuit breaker is open) or asked to wait (`Retry-After` on a `429` or `503`): when
     /// the next attempt, a probe, may go. Meanwhile its `pending` deliveries are due no
     /// sooner than this (`next_attempt_at`). `null` while they go as usual, and once that
-    /// time has come (the next delivery goes at once, as the probe). Each node of a cluster
-    /// holds back on its own: this is the answering node's. A `Retry-After`'s end is kept
-    /// in the database, so a node that restarts holds the endpoint back as before.
+    /// time has come: the next delivery goes at once, as the probe, and while it is out the
+    /// others wait for its answer. Each node of a cluster holds back on its own: this is the
+    /// answering node's. A `Retry-After`'s end is kept in the database (the latest any node
+    /// was asked for), so a node that starts holds the endpoint back until then.
     pub held_back_until: Option<Timestamp>,
 }
 

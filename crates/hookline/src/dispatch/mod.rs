@@ -128,9 +128,10 @@ struct Inner {
     lease: cluster::Lease,
     /// Cancelled when the other nodes declared this one dead: the server must stop.
     lease_lost: CancellationToken,
-    /// Endpoints' `Retry-After` holds to keep in the database (`None`: to forget), sent
-    /// under the admission lock, so that they are written in the order they were decided.
-    asked: mpsc::UnboundedSender<(String, Option<Timestamp>)>,
+    /// Endpoints' `Retry-After` holds to keep in the database (`true`: to forget, up to that
+    /// time), sent under the admission lock, so that they are written in the order they were
+    /// decided.
+    asked: mpsc::UnboundedSender<(String, Timestamp, bool)>,
     /// How many of those are not written yet (a shutdown waits for them, briefly).
     asked_unwritten: Arc<AtomicUsize>,
 }
@@ -576,7 +577,7 @@ impl Dispatcher {
     /// endpoint kept failing, or asked to wait with `Retry-After`): the time of the next
     /// attempt, a probe. `None` while its deliveries go as usual, and once that time has
     /// come: a probe that is due goes with the next delivery at once (the breaker stays open
-    /// until it answers, but nothing is held back).
+    /// until it answers, and while it is out the others wait for that answer).
     pub fn held_back_until(&self, endpoint_id: &str) -> Option<Timestamp> {
         let now = Timestamp::now().0;
         let a = self.inner.admission();
@@ -850,7 +851,7 @@ impl Inner {
     /// Its queued deliveries are then given back and no more are taken for it until the
     /// probe, as for any open breaker, and the probe's success brings its backlog back.
     ///
-    /// The time is also kept in the database (`Store::set_endpoint_hold`, written in order by
+    /// The time is also kept in the database (`Store::endpoint_hold`, written in order by
     /// [`keep_asked`]), so that a restart keeps to it; `kept`: it came from there at start.
     fn hold(&self, endpoint_id: &str, until: i64, kept: bool) {
         let mut a = self.admission();
@@ -863,7 +864,7 @@ impl Inner {
         b.next_probe = b.next_probe.max(until);
         let at = b.next_probe;
         if !kept && b.asked_until.is_none_or(|t| t < until) {
-            self.keep_asked(endpoint_id, Some(Timestamp(until)));
+            self.keep_asked(endpoint_id, Timestamp(until), false);
         }
         b.asked_until = Some(b.asked_until.unwrap_or(until).max(until));
         drop(a);
@@ -879,15 +880,19 @@ impl Inner {
     /// Forgets in the database the Retry-After that `was` (the endpoint's breaker, just
     /// removed under the admission lock `_held`) kept there, if any.
     fn forget_asked(&self, _held: &Admission, endpoint_id: &str, was: Option<&Breaker>) {
-        if was.is_some_and(|b| b.asked_until.is_some()) {
-            self.keep_asked(endpoint_id, None);
+        if let Some(until) = was.and_then(|b| b.asked_until) {
+            self.keep_asked(endpoint_id, Timestamp(until), true);
         }
     }
 
-    /// Hands an endpoint's hold (or its end) to [`keep_asked`].
-    fn keep_asked(&self, endpoint_id: &str, until: Option<Timestamp>) {
+    /// Hands an endpoint's hold (or with `forget`, its end) to [`keep_asked`].
+    fn keep_asked(&self, endpoint_id: &str, until: Timestamp, forget: bool) {
         self.asked_unwritten.fetch_add(1, Ordering::AcqRel);
-        if self.asked.send((endpoint_id.to_owned(), until)).is_err() {
+        if self
+            .asked
+            .send((endpoint_id.to_owned(), until, forget))
+            .is_err()
+        {
             // The writer is gone with the dispatcher, and the hold with it.
             self.asked_unwritten.fetch_sub(1, Ordering::AcqRel);
         }
@@ -1564,7 +1569,11 @@ async fn record(inner: &Arc<Inner>, batch: Vec<AttemptRecord>, stopping: bool) {
                     "the endpoint answered 410 Gone: turned off with its open deliveries (unless it changed since the attempt began)"
                 );
             }
-            inner.admission().breakers.remove(&rec.endpoint_id);
+            {
+                let mut a = inner.admission();
+                let was = a.breakers.remove(&rec.endpoint_id);
+                inner.forget_asked(&a, &rec.endpoint_id, was.as_ref());
+            }
             inner.ended.notify_one();
         }
         inner.release(&rec.endpoint_id);
@@ -1676,11 +1685,14 @@ const SAY_RECORDING_EVERY: u32 = 12;
 /// the hold before it (or none), as it did before holds were kept.
 async fn keep_asked(
     store: Store,
-    mut asked: mpsc::UnboundedReceiver<(String, Option<Timestamp>)>,
+    mut asked: mpsc::UnboundedReceiver<(String, Timestamp, bool)>,
     unwritten: Arc<AtomicUsize>,
 ) {
-    while let Some((endpoint_id, until)) = asked.recv().await {
-        if let Err(e) = store.set_endpoint_hold(endpoint_id.clone(), until).await {
+    while let Some((endpoint_id, until, forget)) = asked.recv().await {
+        if let Err(e) = store
+            .endpoint_hold(endpoint_id.clone(), until, forget)
+            .await
+        {
             tracing::warn!(
                 endpoint = %endpoint_id, error = %e,
                 "keeping the endpoint's Retry-After for a restart failed"

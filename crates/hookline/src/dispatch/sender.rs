@@ -456,6 +456,8 @@ impl Sender {
             None
         };
         let cut_short = tokio::select! {
+            // What has come is read first: a shutdown cuts only the wait for more.
+            biased;
             read = tokio::time::timeout_at(deadline, reading) => read.unwrap_or_else(|_| {
                 Some(format!(
                     "it had not ended {} ms after the request began",
@@ -483,10 +485,10 @@ impl Sender {
 
     /// Sends the request `build` makes to `target` on an idle connection or a new one, and
     /// waits for the answer's head. A reused connection the receiver closed meanwhile gives
-    /// the request back untaken; one it closed (or reset) after the request went, with no
-    /// answer begun, leaves the request unanswered (a receiver whose idle time ran out as it
-    /// came, as many do). Either way it goes once more, on a new connection: the receiver
-    /// may have read it, and dedupes by `webhook-id`.
+    /// the request back untaken; one it closed (or reset) after the request went, before an
+    /// answer's head had come whole, leaves the request unanswered (most often a receiver
+    /// whose idle time ran out as it came). Either way it goes once more, on a new
+    /// connection: the receiver may have read it, and dedupes by `webhook-id`.
     async fn request(
         &self,
         target: &Target,
@@ -543,8 +545,8 @@ impl Sender {
     }
 }
 
-/// Whether a request's connection ended with no answer begun: closed before a byte of one
-/// came, or reset.
+/// Whether a request's connection ended before an answer's head had come whole: closed
+/// (also without TLS's `close_notify`), or reset.
 fn closed_unanswered(e: &hyper::Error) -> bool {
     if e.is_incomplete_message() {
         return true;
@@ -554,7 +556,9 @@ fn closed_unanswered(e: &hyper::Error) -> bool {
         if let Some(io) = c.downcast_ref::<std::io::Error>() {
             return matches!(
                 io.kind(),
-                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
             );
         }
         cause = c.source();

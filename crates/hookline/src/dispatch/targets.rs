@@ -406,13 +406,31 @@ async fn ask(
     host: String,
     state: Arc<ResolverState>,
 ) -> Result<Vec<IpAddr>, Failed> {
-    let found = lookup(&resolver, &host, state.timeout).await;
-    state
-        .in_flight
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .remove(&host);
-    found.map_err(Failed::from)
+    // Its entry goes when the lookup ends, or is dropped unfinished (a panic, a runtime
+    // shutting down): a flight that can never end must not answer every later lookup.
+    let _landed = Landed {
+        state: state.clone(),
+        host: &host,
+    };
+    lookup(&resolver, &host, state.timeout)
+        .await
+        .map_err(Failed::from)
+}
+
+/// Removes a flight's entry when dropped.
+struct Landed<'a> {
+    state: Arc<ResolverState>,
+    host: &'a str,
+}
+
+impl Drop for Landed<'_> {
+    fn drop(&mut self) {
+        self.state
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(self.host);
+    }
 }
 
 /// One lookup of `host` by the resolver, its errors named for the attempt's record.

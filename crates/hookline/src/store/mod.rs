@@ -676,14 +676,16 @@ impl Store {
         on_engine!(self, s => s.record_attempts(records).await)
     }
 
-    /// Keeps (or with `None` forgets) until when an endpoint asked to be left alone (a long
-    /// `Retry-After`), so that a restart keeps to it.
-    pub async fn set_endpoint_hold(
+    /// Keeps until when an endpoint asked to be left alone (a long `Retry-After`), so that a
+    /// restart keeps to it: the later of `until` and what is kept. With `forget`, forgets it
+    /// if it is no later than `until` (what this node kept: a later one stays).
+    pub async fn endpoint_hold(
         &self,
         endpoint_id: String,
-        until: Option<Timestamp>,
+        until: Timestamp,
+        forget: bool,
     ) -> Result<(), StoreError> {
-        on_engine!(self, s => s.set_endpoint_hold(endpoint_id, until).await)
+        on_engine!(self, s => s.endpoint_hold(endpoint_id, until, forget).await)
     }
 
     /// The enabled endpoints that asked to be left alone until after `now`, and until when.

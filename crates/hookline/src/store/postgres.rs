@@ -1038,7 +1038,7 @@ impl PgStore {
         sqlx::query(
             "UPDATE endpoints SET url = $2, description = $3, event_types = $4, headers = $5,
                 secret = $6, rate_limit_per_sec = $7, enabled = $8, disabled_reason = $9,
-                updated_at = $10, previous_secrets = $11
+                updated_at = $10, previous_secrets = $11, held_until = NULL
              WHERE id = $1",
         )
         .bind(&ep.id)
@@ -2154,7 +2154,7 @@ impl PgStore {
             // clock is behind the last writer's.
             let disabled = sqlx::query(
                 "UPDATE endpoints SET enabled = FALSE, disabled_reason = $2,
-                    updated_at = GREATEST(updated_at + 1, $3)
+                    updated_at = GREATEST(updated_at + 1, $3), held_until = NULL
                  WHERE id = $1 AND updated_at = $4 AND deleted_at IS NULL",
             )
             .bind(endpoint_id)
@@ -2298,18 +2298,25 @@ impl PgStore {
         Ok(Ok((n, next)))
     }
 
-    /// Keeps (or with `None` forgets) until when an endpoint asked to be left alone.
-    pub async fn set_endpoint_hold(
+    /// Keeps until when an endpoint asked to be left alone (the later of this and what is
+    /// kept: several nodes may each hold it), or with `forget` forgets it if it is no later
+    /// than `until` (a later one another node kept stays).
+    pub async fn endpoint_hold(
         &self,
         endpoint_id: String,
-        until: Option<Timestamp>,
+        until: Timestamp,
+        forget: bool,
     ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE endpoints SET held_until = $2 WHERE id = $1")
-            .bind(endpoint_id)
-            .bind(until.map(|t| t.0))
-            .execute(&self.pool)
-            .await
-            .ctx("keeping an endpoint's hold")?;
+        sqlx::query(if forget {
+            "UPDATE endpoints SET held_until = NULL WHERE id = $1 AND held_until <= $2"
+        } else {
+            "UPDATE endpoints SET held_until = GREATEST(COALESCE(held_until, 0), $2) WHERE id = $1"
+        })
+        .bind(endpoint_id)
+        .bind(until.0)
+        .execute(&self.pool)
+        .await
+        .ctx("keeping an endpoint's hold")?;
         Ok(())
     }
 

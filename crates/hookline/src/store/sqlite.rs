@@ -1285,7 +1285,7 @@ impl SqliteStore {
             c.execute(
                 "UPDATE endpoints SET url = ?2, description = ?3, event_types = ?4, headers = ?5,
                     secret = ?6, rate_limit_per_sec = ?7, enabled = ?8, disabled_reason = ?9,
-                    updated_at = ?10, previous_secrets = ?11
+                    updated_at = ?10, previous_secrets = ?11, held_until = NULL
                  WHERE id = ?1",
                 params![
                     ep.id,
@@ -2277,7 +2277,7 @@ impl SqliteStore {
                 if matches!(outcome, Outcome::Gone)
                     && c.execute(
                         "UPDATE endpoints SET enabled = 0, disabled_reason = ?2,
-                            updated_at = MAX(updated_at + 1, ?3)
+                            updated_at = MAX(updated_at + 1, ?3), held_until = NULL
                          WHERE id = ?1 AND updated_at = ?4 AND deleted_at IS NULL",
                         params![rec.endpoint_id, GONE_REASON, now, rec.endpoint_version],
                     )
@@ -2393,16 +2393,23 @@ impl SqliteStore {
         .await
     }
 
-    /// Keeps (or with `None` forgets) until when an endpoint asked to be left alone.
-    pub async fn set_endpoint_hold(
+    /// Keeps until when an endpoint asked to be left alone (the later of this and what is
+    /// kept), or with `forget` forgets it if it is no later than `until`.
+    pub async fn endpoint_hold(
         &self,
         endpoint_id: String,
-        until: Option<Timestamp>,
+        until: Timestamp,
+        forget: bool,
     ) -> Result<(), StoreError> {
         self.write(move |c| {
-            c.prepare_cached("UPDATE endpoints SET held_until = ?2 WHERE id = ?1")
+            let sql = if forget {
+                "UPDATE endpoints SET held_until = NULL WHERE id = ?1 AND held_until <= ?2"
+            } else {
+                "UPDATE endpoints SET held_until = MAX(COALESCE(held_until, 0), ?2) WHERE id = ?1"
+            };
+            c.prepare_cached(sql)
                 .ctx("preparing an endpoint's hold")?
-                .execute(params![endpoint_id, until.map(|t| t.0)])
+                .execute(params![endpoint_id, until.0])
                 .ctx("keeping an endpoint's hold")?;
             Ok(())
         })
