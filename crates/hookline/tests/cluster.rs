@@ -90,21 +90,13 @@ fn taken_over(logs: &[&Path]) -> usize {
         .sum()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_nodes_share_the_work_and_a_killed_one_loses_nothing() {
-    let _serial = ONE_AT_A_TIME.lock().await;
-    let Some(engine) =
-        postgres_or_skip("three_nodes_share_the_work_and_a_killed_one_loses_nothing")
-    else {
-        return;
-    };
-    let data = Data::fresh(&engine).await;
+/// A fresh PostgreSQL database whose schema and account come from the real CLI: the data
+/// (to keep), its URL, and the account's key.
+async fn migrated(engine: &Engine) -> (Data, String, String) {
+    let data = Data::fresh(engine).await;
     let Location::Postgres(url) = data.location.clone() else {
         unreachable!("a PostgreSQL engine gives a PostgreSQL location")
     };
-    let tmp = tempfile::tempdir().unwrap();
-
-    // The schema and the account come from the real CLI.
     let out = common::process::hookline()
         .args(["migrate", "--database-url", &url])
         .output()
@@ -115,6 +107,19 @@ async fn three_nodes_share_the_work_and_a_killed_one_loses_nothing() {
         String::from_utf8_lossy(&out.stderr)
     );
     let key = cli_account(&["--database-url", &url]);
+    (data, url, key)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_share_the_work_and_a_killed_one_loses_nothing() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let Some(engine) =
+        postgres_or_skip("three_nodes_share_the_work_and_a_killed_one_loses_nothing")
+    else {
+        return;
+    };
+    let (_data, url, key) = migrated(&engine).await;
+    let tmp = tempfile::tempdir().unwrap();
 
     let rx = Receiver::start().await;
     rx.always("sink", Reply::SlowOk(Duration::from_millis(5)));
@@ -280,21 +285,8 @@ async fn a_restarted_node_says_what_waits_for_its_previous_life_and_how_long() {
     else {
         return;
     };
-    let data = Data::fresh(&engine).await;
-    let Location::Postgres(url) = data.location.clone() else {
-        unreachable!("a PostgreSQL engine gives a PostgreSQL location")
-    };
+    let (_data, url, key) = migrated(&engine).await;
     let tmp = tempfile::tempdir().unwrap();
-    let out = common::process::hookline()
-        .args(["migrate", "--database-url", &url])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let key = cli_account(&["--database-url", &url]);
     let rx = Receiver::start().await;
     rx.always("stuck", Reply::Hang);
     let http = reqwest::Client::new();
