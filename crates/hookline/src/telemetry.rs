@@ -1,4 +1,5 @@
-//! Prometheus metrics: what Hookline counts, and the text served at `GET /metrics`.
+//! Prometheus metrics: what Hookline counts, and the text served at `GET /metrics`; and
+//! [`Repeating`], how a failure that lasts is said in the log.
 //!
 //! The `metrics` facade has one recorder per process; every server in the process reports
 //! into it (tests run several). What is counted:
@@ -288,5 +289,70 @@ pub fn dispatcher(in_memory: usize, breakers_open: usize) {
 pub fn upkeep() {
     if let Ok(h) = handle() {
         h.run_upkeep();
+    }
+}
+
+/// A failure that repeats while its cause lasts (a full disk), for the log: said at its first
+/// occurrence, then at most once every [`REPEAT_SAID_EVERY`] with how many came since, and
+/// its end at most as often (a small write may fit where a larger one did not, so a run
+/// can end and start again many times a minute).
+#[derive(Default)]
+pub(crate) struct Repeating {
+    failing: bool,
+    /// Failures since it was last said.
+    unsaid: u64,
+    said_failing: Option<std::time::Instant>,
+    said_over: Option<std::time::Instant>,
+}
+
+/// How often a [`Repeating`] failure, or its end, is said again.
+const REPEAT_SAID_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl Repeating {
+    /// One more failure: `Some(failures since it was last said, this one included)` when
+    /// it is to be said.
+    pub(crate) fn failed(&mut self) -> Option<u64> {
+        self.failing = true;
+        self.unsaid += 1;
+        if self
+            .said_failing
+            .is_none_or(|t| t.elapsed() >= REPEAT_SAID_EVERY)
+        {
+            self.said_failing = Some(std::time::Instant::now());
+            return Some(std::mem::take(&mut self.unsaid));
+        }
+        None
+    }
+
+    /// A success: whether the end of a run of failures is to be said.
+    pub(crate) fn succeeded(&mut self) -> bool {
+        if !std::mem::take(&mut self.failing) {
+            return false;
+        }
+        let say = self
+            .said_over
+            .is_none_or(|t| t.elapsed() >= REPEAT_SAID_EVERY);
+        if say {
+            self.said_over = Some(std::time::Instant::now());
+        }
+        say
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repeating_failure_is_said_once_a_minute_and_its_end_too() {
+        let mut r = Repeating::default();
+        assert!(!r.succeeded(), "no run of failures to end");
+        assert_eq!(r.failed(), Some(1), "the first failure is said");
+        assert_eq!(r.failed(), None);
+        assert!(r.succeeded(), "its end is said");
+        // A run that starts again within the minute is counted, not said; nor its end.
+        assert_eq!(r.failed(), None);
+        assert!(!r.succeeded());
+        assert!(!r.succeeded());
     }
 }

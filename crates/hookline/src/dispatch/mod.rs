@@ -1620,11 +1620,12 @@ async fn write_outcomes(inner: &Arc<Inner>, batch: &[AttemptRecord], stopping: b
             .collect();
         let mut wait = Duration::from_millis(50);
         let (mut tries, mut refusals) = (0, 0);
+        // The first failure, then once a minute while it lasts (a full disk), and its end.
+        let mut failing = crate::telemetry::Repeating::default();
         loop {
             match inner.store.record_attempts(records.clone()).await {
                 Ok(()) => {
-                    if tries >= SAY_RECORDING_EVERY {
-                        // Its failure was said more than once: say that it is over, too.
+                    if failing.succeeded() {
                         tracing::info!(
                             count = records.len(),
                             tries,
@@ -1636,10 +1637,8 @@ async fn write_outcomes(inner: &Arc<Inner>, batch: &[AttemptRecord], stopping: b
                 }
                 Err(e) => {
                     tries += 1;
-                    // The first failure, then about once a minute while it lasts (a full
-                    // disk): not at every try.
-                    if tries == 1 || tries % SAY_RECORDING_EVERY == 0 {
-                        tracing::error!(count = records.len(), tries, error = %e, "recording attempts failed");
+                    if let Some(unsaid) = failing.failed() {
+                        tracing::error!(count = records.len(), tries, unsaid, error = %e, "recording attempts failed");
                     }
                     refusals = if e.is_refusal() { refusals + 1 } else { 0 };
                     if refusals >= REFUSALS_BEFORE_CUTTING {
@@ -1675,10 +1674,6 @@ async fn write_outcomes(inner: &Arc<Inner>, batch: &[AttemptRecord], stopping: b
     }
     written
 }
-
-/// Every how many tries a failure to record outcomes is said again: about once a minute,
-/// once the waits between tries have grown to 5 s.
-const SAY_RECORDING_EVERY: u32 = 12;
 
 /// Writes the endpoints' `Retry-After` holds, and their ends, in the order they were
 /// decided, until the dispatcher is gone. A failed write is logged: a restart then keeps to

@@ -2658,53 +2658,6 @@ fn take_turn(turn: &Mutex<()>) -> std::sync::MutexGuard<'_, ()> {
     turn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// A failure that repeats while its cause lasts (a full disk): said at its first
-/// occurrence, then at most once every [`REPEAT_SAID_EVERY`] with how many came since, and
-/// its end at most as often (a small write may fit where a larger one did not, so a run
-/// can end and start again many times a minute).
-#[derive(Default)]
-struct Repeating {
-    failing: bool,
-    /// Failures since it was last said.
-    unsaid: u64,
-    said_failing: Option<std::time::Instant>,
-    said_over: Option<std::time::Instant>,
-}
-
-/// How often a [`Repeating`] failure, or its end, is said again.
-const REPEAT_SAID_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
-
-impl Repeating {
-    /// One more failure: `Some(failures since it was last said, this one included)` when
-    /// it is to be said.
-    fn failed(&mut self) -> Option<u64> {
-        self.failing = true;
-        self.unsaid += 1;
-        if self
-            .said_failing
-            .is_none_or(|t| t.elapsed() >= REPEAT_SAID_EVERY)
-        {
-            self.said_failing = Some(std::time::Instant::now());
-            return Some(std::mem::take(&mut self.unsaid));
-        }
-        None
-    }
-
-    /// A success: whether the end of a run of failures is to be said.
-    fn succeeded(&mut self) -> bool {
-        if !std::mem::take(&mut self.failing) {
-            return false;
-        }
-        let say = self
-            .said_over
-            .is_none_or(|t| t.elapsed() >= REPEAT_SAID_EVERY);
-        if say {
-            self.said_over = Some(std::time::Instant::now());
-        }
-        say
-    }
-}
-
 /// Folds the WAL back into the database every [`CHECKPOINT_EVERY`], and whenever the
 /// writer nudges it (passive: it never waits for readers or the writer's transactions, only
 /// for its turn while another checkpoint runs), until the store and its writer thread are
@@ -2722,7 +2675,7 @@ fn start_checkpointer(path: &Path) -> Result<Checkpointer, StoreError> {
         .name(CHECKPOINT_THREAD.into())
         .spawn(move || {
             // A checkpoint that fails goes on failing while its cause lasts (a full disk).
-            let mut failing = Repeating::default();
+            let mut failing = crate::telemetry::Repeating::default();
             while let Ok(()) | Err(RecvTimeoutError::Timeout) =
                 nudged.recv_timeout(CHECKPOINT_EVERY)
             {
@@ -2852,7 +2805,7 @@ fn writer_loop(
 ) {
     let mut batch: Vec<WriteJob> = Vec::with_capacity(MAX_GROUP);
     // While the disk stays full every group fails alike.
-    let mut full_disk = Repeating::default();
+    let mut full_disk = crate::telemetry::Repeating::default();
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
         while batch.len() < MAX_GROUP {
@@ -4135,19 +4088,6 @@ fn delivery_from_row(r: &Row<'_>) -> rusqlite::Result<Delivery> {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    #[test]
-    fn a_repeating_failure_is_said_once_a_minute_and_its_end_too() {
-        let mut r = Repeating::default();
-        assert!(!r.succeeded(), "no run of failures to end");
-        assert_eq!(r.failed(), Some(1), "the first failure is said");
-        assert_eq!(r.failed(), None);
-        assert!(r.succeeded(), "its end is said");
-        // A run that starts again within the minute is counted, not said; nor its end.
-        assert_eq!(r.failed(), None);
-        assert!(!r.succeeded());
-        assert!(!r.succeeded());
-    }
-
     use super::*;
     use crate::model::DeliveryStatus;
     use std::collections::BTreeMap;
