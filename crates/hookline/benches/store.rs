@@ -187,7 +187,7 @@ fn store_ops(c: &mut Criterion) {
     group.bench_function("next_due_at", |b| {
         b.to_async(&rt).iter(|| {
             let store = store.clone();
-            async move { assert_eq!(store.next_due_at().await.unwrap(), None) }
+            async move { assert_eq!(store.next_due_at(Timestamp::now()).await.unwrap(), None) }
         })
     });
     group.finish();

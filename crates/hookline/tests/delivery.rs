@@ -1274,7 +1274,55 @@ async fn a_delivery_waiting_for_a_slot_is_not_sent_once_its_endpoint_is_off(engi
     assert_eq!(rx.got("slow").len(), 1);
 }
 
+/// A retry goes at its time while another endpoint's deliveries are due but held back (a
+/// long `Retry-After`). The poller used to take the earliest due time of all, which such a
+/// delivery holds in the past, and then slept its whole cap (5 s): a retry of 300 ms went
+/// up to 5 s late, for as long as any endpoint was held.
+async fn a_retry_is_not_put_off_by_deliveries_held_back_elsewhere(engine: Engine) {
+    let rx = Receiver::start().await;
+    rx.always("held", Reply::RetryAfter(503, 3600));
+    let s = TestServer::start_with(&engine, |c| {
+        c.dispatch.retry =
+            hookline::dispatch::retry::RetrySchedule::parse("300ms,300ms,300ms").unwrap();
+    })
+    .await;
+    s.endpoint(&rx.url("held"), &["complaint"]).await;
+    s.endpoint(&rx.url("flaky"), &["click"]).await;
+    // The first is attempted and holds the endpoint for an hour; the next ones wait, due.
+    s.event("complaint", json!({})).await;
+    rx.wait_for("held", 1).await;
+    let held: Vec<String> = {
+        let mut ids = Vec::new();
+        for _ in 0..2 {
+            let ev = s.event("complaint", json!({})).await;
+            ids.push(ev["deliveries"][0]["id"].as_str().unwrap().to_owned());
+        }
+        ids
+    };
+    // A failure, then its retry, three times over: each retry comes about 300 ms after.
+    for round in 1..=3 {
+        rx.script("flaky", vec![Reply::Status(500)]);
+        let ev = s.event("click", json!({})).await;
+        let dlv = ev["deliveries"][0]["id"].as_str().unwrap().to_owned();
+        s.wait_delivery(&dlv, "succeeded").await;
+        let got = rx.got("flaky");
+        assert_eq!(got.len(), 2 * round);
+        let gap = got[2 * round - 1].at - got[2 * round - 2].at;
+        assert!(
+            gap < Duration::from_millis(2_000),
+            "round {round}: the retry came {gap:?} after the failure (300 ms due)"
+        );
+    }
+    // The held ones were still held: sent nothing, and due.
+    assert_eq!(rx.got("held").len(), 1);
+    for id in held {
+        let (_, d) = s.get(&format!("/v1/deliveries/{id}")).await;
+        assert_eq!(d["status"], "pending", "{d}");
+    }
+}
+
 on_both_engines!(
+    a_retry_is_not_put_off_by_deliveries_held_back_elsewhere,
     a_delivery_waiting_for_a_slot_is_not_sent_once_its_endpoint_is_off,
     subscriptions_filter_by_exact_type_and_star,
     envelope_headers_and_signature_follow_standard_webhooks,

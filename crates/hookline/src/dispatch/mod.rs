@@ -1830,24 +1830,22 @@ async fn poll_loop(inner: Arc<Inner>) {
         // the read below looked would otherwise be compared with the old plan, and could
         // wait for the cap (5 s) instead of its time.
         inner.planned_wake.store(i64::MAX, Ordering::SeqCst);
-        let next = match inner.store.next_due_at().await {
+        // Work due when the claim looked, yet not taken, had no room (full queues or open
+        // breakers): a release of a starved endpoint, a probe's time or the cap wakes the
+        // poller for it. So the wake is the first time after the claim looked, and work
+        // behind a held endpoint never puts off another endpoint's retry. (Work that fell
+        // due since the claim looked is taken right away.)
+        let claimed_at = now;
+        let next = match inner.store.next_due_at(claimed_at).await {
             Ok(n) => n,
             Err(e) => {
                 tracing::error!(error = %e, "finding the next due delivery failed");
                 None
             }
         };
-        let claimed_at = now;
         let now = Timestamp::now();
         let cap = now.0 + POLL_MAX_SLEEP.as_millis() as i64;
-        let wake = match next {
-            // Due when the claim looked, yet not taken: no room (full queues or open
-            // breakers). A release of a starved endpoint, a probe's time or the cap wakes
-            // the poller. (Work that fell due since the claim looked is taken right away.)
-            Some(t) if t.0 <= claimed_at.0 => cap,
-            Some(t) => t.0.min(cap),
-            None => cap,
-        };
+        let wake = next.map_or(cap, |t| t.0.min(cap));
         let wake = match inner.next_probe(claimed_at.0) {
             Some(p) => wake.min(p.max(now.0)),
             None => wake,

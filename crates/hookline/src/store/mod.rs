@@ -666,9 +666,12 @@ impl Store {
         on_engine!(self, s => s.claim_due(now, room).await)
     }
 
-    /// When the earliest `pending` delivery is due.
-    pub async fn next_due_at(&self) -> Result<Option<Timestamp>, StoreError> {
-        on_engine!(self, s => s.next_due_at().await)
+    /// When the earliest `pending` delivery falls due after `after` (the dispatcher's last
+    /// claim: what was due then and not taken waits for room, not for a time). On SQLite,
+    /// of enabled endpoints only, and an endpoint's deliveries waiting for room count as
+    /// due from when they began to wait.
+    pub async fn next_due_at(&self, after: Timestamp) -> Result<Option<Timestamp>, StoreError> {
+        on_engine!(self, s => s.next_due_at(after).await)
     }
 
     /// Records attempts and moves their deliveries on, in one transaction.

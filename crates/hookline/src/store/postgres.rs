@@ -1908,10 +1908,12 @@ impl PgStore {
     }
 
     /// When the earliest `pending` delivery is due.
-    pub async fn next_due_at(&self) -> Result<Option<Timestamp>, StoreError> {
+    pub async fn next_due_at(&self, after: Timestamp) -> Result<Option<Timestamp>, StoreError> {
         let t: Option<i64> = sqlx::query_scalar(
-            "SELECT MIN(next_attempt_at) FROM deliveries WHERE status = 'pending'",
+            "SELECT MIN(next_attempt_at) FROM deliveries
+             WHERE status = 'pending' AND next_attempt_at > $1",
         )
+        .bind(after.0)
         .fetch_one(&self.pool)
         .await
         .ctx("finding the next due delivery")?;

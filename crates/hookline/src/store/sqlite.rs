@@ -2119,14 +2119,14 @@ impl SqliteStore {
     }
 
     /// When the earliest `pending` delivery is due.
-    pub async fn next_due_at(&self) -> Result<Option<Timestamp>, StoreError> {
+    pub async fn next_due_at(&self, after: Timestamp) -> Result<Option<Timestamp>, StoreError> {
         // One seek into `deliveries_due_by_endpoint` per endpoint the claim looks at (turning
         // an endpoint off or removing it ends its due deliveries in the same write, and the
         // ones it held as their outcomes come, so no other endpoint has due ones; what it left
         // waiting, the ender ends); rows waiting for room are due since their endpoint's
         // `waiting_since`.
-        self.read(|c| {
-            c.query_row(NEXT_DUE, [], |r| r.get::<_, Option<i64>>(0))
+        self.read(move |c| {
+            c.query_row(NEXT_DUE, [after.0], |r| r.get::<_, Option<i64>>(0))
                 .ctx("finding the next due delivery")
                 .map(|t| t.map(Timestamp))
         })
@@ -3295,11 +3295,14 @@ fn fail_stale_rows(
     Ok((ended, next))
 }
 
-/// The earliest due time of any enabled endpoint's pending deliveries (`NULL` if none).
-const NEXT_DUE: &str = "SELECT NULLIF(MIN(MIN(COALESCE(e.waiting_since, 9223372036854775807),
+/// The earliest due time after `?1` of any enabled endpoint's pending deliveries (`NULL` if
+/// none).
+const NEXT_DUE: &str = "SELECT NULLIF(MIN(MIN(
+                      CASE WHEN e.waiting_since > ?1 THEN e.waiting_since
+                           ELSE 9223372036854775807 END,
                       COALESCE((SELECT MIN(d.next_attempt_at) FROM deliveries d
                                 WHERE d.endpoint_id = e.id AND d.status = 'pending'
-                                  AND d.next_attempt_at IS NOT NULL),
+                                  AND d.next_attempt_at > ?1),
                                9223372036854775807))), 9223372036854775807)
      FROM endpoints e WHERE e.enabled = 1 AND e.deleted_at IS NULL";
 
@@ -5089,7 +5092,7 @@ pub(crate) mod tests {
     async fn the_next_due_time_is_the_earliest_over_all_endpoints() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path(), Sealer::none()).unwrap();
-        assert_eq!(store.next_due_at().await.unwrap(), None);
+        assert_eq!(store.next_due_at(Timestamp(i64::MIN)).await.unwrap(), None);
         let account = store.create_account("a".into(), Plan::Pro).await.unwrap();
         for _ in 0..3 {
             store
@@ -5105,7 +5108,11 @@ pub(crate) mod tests {
         // Due from their write (by the clock that judges due times): after the events were
         // stamped, and by the time the write was answered.
         let stamped = accepted.iter().map(|ev| ev.event.created_at.0).min();
-        let due = store.next_due_at().await.unwrap().map(|t| t.0);
+        let due = store
+            .next_due_at(Timestamp(i64::MIN))
+            .await
+            .unwrap()
+            .map(|t| t.0);
         assert!(
             due.zip(stamped)
                 .is_some_and(|(due, stamped)| stamped <= due && due <= written.0),
@@ -5114,16 +5121,23 @@ pub(crate) mod tests {
 
         let claimed = store.claim_due(Timestamp::now(), |_| 10).await.unwrap();
         assert_eq!(claimed.len(), 6);
-        assert_eq!(store.next_due_at().await.unwrap(), None);
+        assert_eq!(store.next_due_at(Timestamp(i64::MIN)).await.unwrap(), None);
         // Two fail, to be retried a minute apart; the earlier one is next.
         let mut later = failure(&claimed[4], 1);
-        later.outcome = Outcome::RetryAt(Timestamp(Timestamp::now().0 + 120_000));
+        let later_at = Timestamp(Timestamp::now().0 + 120_000);
+        later.outcome = Outcome::RetryAt(later_at);
         let sooner = failure(&claimed[1], 1);
         let Outcome::RetryAt(at) = sooner.outcome else {
             unreachable!("a retry")
         };
         store.record_attempts(vec![later, sooner]).await.unwrap();
-        assert_eq!(store.next_due_at().await.unwrap(), Some(at));
+        assert_eq!(
+            store.next_due_at(Timestamp(i64::MIN)).await.unwrap(),
+            Some(at)
+        );
+        // After that time only the later one is still to come: what fell due by a claim and
+        // was not taken waits for room, not for a time.
+        assert_eq!(store.next_due_at(at).await.unwrap(), Some(later_at));
         drop(store);
 
         // A database from before the migration that drops the index still has it (and none
@@ -5155,7 +5169,10 @@ pub(crate) mod tests {
         .unwrap();
         drop(db);
         let store = SqliteStore::open(dir.path(), Sealer::none()).unwrap();
-        assert_eq!(store.next_due_at().await.unwrap(), Some(at));
+        assert_eq!(
+            store.next_due_at(Timestamp(i64::MIN)).await.unwrap(),
+            Some(at)
+        );
         let db = Connection::open(dir.path().join("hookline.db")).unwrap();
         let (indexes, version): (i64, i64) = db
             .query_row(
@@ -5251,7 +5268,10 @@ pub(crate) mod tests {
             .0;
         assert_eq!(seen.status, DeliveryStatus::Pending);
         assert_eq!(seen.next_attempt_at, Some(accepted[1].event.created_at));
-        assert_eq!(store.next_due_at().await.unwrap(), Some(Timestamp(since)));
+        assert_eq!(
+            store.next_due_at(Timestamp(i64::MIN)).await.unwrap(),
+            Some(Timestamp(since))
+        );
 
         // Room for two: the two oldest, and the mark moves past them.
         let claimed = store.claim_due(Timestamp::now(), |_| 2).await.unwrap();
@@ -5292,7 +5312,7 @@ pub(crate) mod tests {
         all.sort_unstable();
         assert_eq!(ids, all);
         assert_eq!(mark(&db, &down.id), (None, None));
-        assert_eq!(store.next_due_at().await.unwrap(), None);
+        assert_eq!(store.next_due_at(Timestamp(i64::MIN)).await.unwrap(), None);
 
         // The sweep of deliveries that waited out the schedule ends waiting ones too, and
         // moves the mark to the first one still waiting.
