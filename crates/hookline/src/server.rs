@@ -147,6 +147,7 @@ pub async fn run(
             "deliveries a previous process held: resumed, or ended if their endpoint is off"
         );
     }
+    crate::telemetry::deliveries_ended_started();
     // Endpoints that asked to be left alone (a long `Retry-After`) before a restart are, still.
     let holds = store
         .endpoint_holds(crate::model::Timestamp::now())

@@ -12,6 +12,7 @@
 //! | `hookline_events_accepted_total` | counter | |
 //! | `hookline_attempts_total` | counter | `outcome`: `succeeded`, `retry`, `failed`, `gone` |
 //! | `hookline_attempt_duration_seconds` | histogram | |
+//! | `hookline_deliveries_ended_total` | counter | `status`, `reason`: `succeeded`/`delivered`, `failed`/`attempt_failed`, `failed`/`held_back` (waited out the schedule behind a hold, mostly unattempted), `failed`/`endpoint_off` (disabled, removed, gone, or the plan lost webhooks; see `store::Ended`) |
 //! | `hookline_deliveries_in_memory` | gauge | (this node's dispatcher) |
 //! | `hookline_breakers_open` | gauge | (endpoints this node is not sending to) |
 //! | `hookline_sqlite_group_commit_duration_seconds` | histogram | (the SQLite writer's time on each group commit, its own checkpoint included) |
@@ -24,6 +25,9 @@
 //!
 //! The `hookline_sqlite_*` ones are recorded by the SQLite writer thread through the
 //! `metrics` facade (the store knows nothing of this module); a node on PostgreSQL has none.
+//! So is `hookline_deliveries_ended_total`, by either engine, once the write that ended the
+//! deliveries is committed, on the node that wrote it; a delivery that ends again (a manual
+//! retry of an ended one) counts again.
 //! The sum of the group commits' time over an interval is the time the one writer was busy:
 //! near the whole interval, every write waits behind it.
 //!
@@ -233,6 +237,18 @@ pub fn attempt(outcome: &'static str, seconds: f64) {
     DURATION
         .get_or_init(|| registered(|| metrics::histogram!("hookline_attempt_duration_seconds")))
         .record(seconds);
+}
+
+/// The store's counts of ended deliveries, at zero from the start (an alert on a rate of
+/// failures needs the series before the first one).
+pub fn deliveries_ended_started() {
+    registered(|| {
+        for why in crate::store::Ended::ALL {
+            let (status, reason) = why.labels();
+            metrics::counter!("hookline_deliveries_ended_total", "status" => status, "reason" => reason)
+                .increment(0);
+        }
+    });
 }
 
 /// Retention starts on this node: its counters at zero, and its last sweep at the start.

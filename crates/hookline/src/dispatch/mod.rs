@@ -69,6 +69,9 @@ pub struct DispatchConfig {
     /// others take them over. Must exceed the attempt timeout by a few heartbeats
     /// ([`cluster::min_lease`]).
     pub lease: Duration,
+    /// How often deliveries waiting behind open breakers are checked for having waited out
+    /// the retry schedule (ended `failed`). A minute; tests set it shorter.
+    pub stale_sweep: Duration,
 }
 
 impl Default for DispatchConfig {
@@ -93,6 +96,7 @@ impl Default for DispatchConfig {
             // deliveries the poller's way.
             stall_after: Duration::from_millis(250),
             lease: Duration::from_secs(30),
+            stale_sweep: Duration::from_secs(60),
         }
     }
 }
@@ -426,6 +430,8 @@ impl Dispatcher {
         inner.tasks.spawn(async move { poll_loop(poller).await });
         let ender = inner.clone();
         inner.tasks.spawn(async move { end_loop(ender).await });
+        let sweeper = inner.clone();
+        inner.tasks.spawn(async move { sweep_loop(sweeper).await });
         if shared {
             let heart = inner.clone();
             inner
@@ -1708,9 +1714,6 @@ const POLL_BUSY_GAP: Duration = Duration::from_millis(1);
 /// A claim at least this big is followed by [`POLL_BUSY_GAP`] instead of [`POLL_MIN_GAP`].
 const BIG_CLAIM: usize = 256;
 
-/// How often deliveries waiting behind open breakers are checked for expiry.
-const STALE_SWEEP: Duration = Duration::from_secs(60);
-
 /// How often the ender looks for deliveries that turned-off endpoints left waiting, unasked
 /// (it is woken when an endpoint is turned off, and looks once at start).
 const END_RECHECK: Duration = Duration::from_secs(60);
@@ -1742,9 +1745,29 @@ async fn end_loop(inner: Arc<Inner>) {
 /// `Store::fail_stale`): an hour's sweeps.
 const WHOLE_SWEEP_EVERY: u64 = 60;
 
-/// Ends the deliveries behind open breakers that waited out the retry schedule. It runs as a
-/// task of its own: a sweep through a long outage's backlog takes many write jobs, and the
-/// poller goes on claiming meanwhile. `whole`: see `Store::fail_stale`.
+/// Sweeps every [`DispatchConfig::stale_sweep`] ([`sweep_stale`]): the first sweep after a
+/// start is whole, then one in [`WHOLE_SWEEP_EVERY`]. A task of its own, on a clock of its
+/// own: a sweep through a long outage's backlog takes many write jobs, and the poller goes
+/// on claiming meanwhile (and sleeps as long as nothing falls due, which must not put the
+/// sweeps off). Shutdown stops it between write jobs (each one whole).
+async fn sweep_loop(inner: Arc<Inner>) {
+    let mut sweeps: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = inner.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(inner.config.stale_sweep) => {}
+        }
+        let whole = sweeps.is_multiple_of(WHOLE_SWEEP_EVERY);
+        sweeps += 1;
+        tokio::select! {
+            _ = inner.shutdown.cancelled() => return,
+            _ = sweep_stale(&inner, whole) => {}
+        }
+    }
+}
+
+/// Ends the deliveries behind open breakers that waited out the retry schedule.
+/// `whole`: see `Store::fail_stale`.
 async fn sweep_stale(inner: &Inner, whole: bool) {
     let before = Timestamp(Timestamp::now().0 - inner.config.retry.total().as_millis() as i64);
     for ep in inner.open_breakers() {
@@ -1759,27 +1782,9 @@ async fn sweep_stale(inner: &Inner, whole: bool) {
 }
 
 async fn poll_loop(inner: Arc<Inner>) {
-    let mut last_sweep = tokio::time::Instant::now();
-    let mut sweeps: u64 = 0;
-    let sweeping = Arc::new(AtomicBool::new(false));
     loop {
         if inner.shutdown.is_cancelled() {
             return;
-        }
-        if last_sweep.elapsed() >= STALE_SWEEP && !sweeping.swap(true, Ordering::AcqRel) {
-            last_sweep = tokio::time::Instant::now();
-            // The first after a start is whole, then one an hour.
-            let whole = sweeps.is_multiple_of(WHOLE_SWEEP_EVERY);
-            sweeps += 1;
-            let (sweeper, done) = (inner.clone(), sweeping.clone());
-            inner.tasks.spawn(async move {
-                // Shutdown stops it between write jobs (each one whole).
-                tokio::select! {
-                    _ = sweeper.shutdown.cancelled() => {}
-                    _ = sweep_stale(&sweeper, whole) => {}
-                }
-                done.store(false, Ordering::Release);
-            });
         }
         let now = Timestamp::now();
         let room_of = inner.clone();

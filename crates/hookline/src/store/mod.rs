@@ -36,6 +36,85 @@ use crate::model::{
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// Why deliveries ended, as `hookline_deliveries_ended_total` counts them. The store counts
+/// each ending once the write that made it is committed, on the node that wrote it, through
+/// the `metrics` facade (as the SQLite writer's own metrics are; the names are listed in
+/// `telemetry`). Endings that no attempt made (a hold, a turning off) show nowhere else.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// An attempt got a `2xx`.
+    Delivered,
+    /// A failed attempt ended it: its retry schedule was spent, its endpoint answered `410`,
+    /// or it was a manual retry of an ended delivery.
+    AttemptFailed,
+    /// Its endpoint was held back (an open breaker, a long `Retry-After`) for the rest of its
+    /// retry schedule.
+    HeldBack,
+    /// Its endpoint was turned off while it waited: disabled, removed, gone (another
+    /// delivery's attempt got `410`), or its account's plan lost webhooks.
+    EndpointOff,
+}
+
+impl Ended {
+    pub const ALL: [Ended; 4] = [
+        Ended::Delivered,
+        Ended::AttemptFailed,
+        Ended::HeldBack,
+        Ended::EndpointOff,
+    ];
+
+    /// The `status` and `reason` labels.
+    pub fn labels(self) -> (&'static str, &'static str) {
+        match self {
+            Ended::Delivered => ("succeeded", "delivered"),
+            Ended::AttemptFailed => ("failed", "attempt_failed"),
+            Ended::HeldBack => ("failed", "held_back"),
+            Ended::EndpointOff => ("failed", "endpoint_off"),
+        }
+    }
+}
+
+/// Counts `n` deliveries ended for `why`.
+fn count_ended(why: Ended, n: usize) {
+    if n > 0 {
+        let (status, reason) = why.labels();
+        metrics::counter!("hookline_deliveries_ended_total", "status" => status, "reason" => reason)
+            .increment(n as u64);
+    }
+}
+
+/// Counts what a write that answers `(out, ended by turning endpoints off)` ended, and
+/// gives `out`.
+fn count_ended_off<T>((out, ended): (T, usize)) -> T {
+    count_ended(Ended::EndpointOff, ended);
+    out
+}
+
+/// The endings of one write, counted once it is committed.
+#[derive(Default)]
+struct EndedTally([usize; 4]);
+
+impl EndedTally {
+    fn add(&mut self, why: Ended, n: usize) {
+        self.0[why as usize] += n;
+    }
+
+    /// An attempt's outcome that moved its delivery on.
+    fn outcome(&mut self, outcome: &Outcome) {
+        match outcome {
+            Outcome::Succeeded => self.add(Ended::Delivered, 1),
+            Outcome::Failed | Outcome::Gone => self.add(Ended::AttemptFailed, 1),
+            Outcome::RetryAt(_) | Outcome::Released => {}
+        }
+    }
+
+    fn count(self) {
+        for why in Ended::ALL {
+            count_ended(why, self.0[why as usize]);
+        }
+    }
+}
+
 pub use postgres::PgStore;
 pub use sealing::Sealer;
 pub use sqlite::SqliteStore;

@@ -630,6 +630,7 @@ impl PgStore {
             return Ok(None);
         };
         let mut disabled = Vec::new();
+        let mut ended = 0;
         if !plan.includes_webhooks() {
             // Lock the endpoints `FOR UPDATE` in `seq` order, as every endpoint change does:
             // ingest's key-share locks wait, so no delivery is created for one of them once
@@ -655,7 +656,7 @@ impl PgStore {
             .await
             .ctx("disabling an account's endpoints")?;
             for ep_id in ids {
-                fail_open_deliveries(&mut tx, &ep_id, super::PLAN_DISABLED).await?;
+                ended += fail_open_deliveries(&mut tx, &ep_id, super::PLAN_DISABLED).await?;
                 notify(&mut tx, ENDPOINT_CHANNEL, &ep_id).await?;
                 if let Some(ep) =
                     load_endpoint(&mut tx, &self.sealer, Some(&id), &ep_id, false).await?
@@ -665,6 +666,7 @@ impl PgStore {
             }
         }
         tx.commit().await.ctx("committing a plan change")?;
+        super::count_ended(super::Ended::EndpointOff, ended);
         Ok(Some((account, disabled)))
     }
 
@@ -1055,11 +1057,14 @@ impl PgStore {
         .execute(&mut *tx)
         .await
         .ctx("updating an endpoint")?;
-        if was_enabled && !ep.enabled {
-            fail_open_deliveries(&mut tx, &ep.id, super::OFF_DISABLED).await?;
-        }
+        let ended = if was_enabled && !ep.enabled {
+            fail_open_deliveries(&mut tx, &ep.id, super::OFF_DISABLED).await?
+        } else {
+            0
+        };
         notify(&mut tx, ENDPOINT_CHANNEL, &ep.id).await?;
         tx.commit().await.ctx("committing an endpoint change")?;
+        super::count_ended(super::Ended::EndpointOff, ended);
         Ok(Some(ep))
     }
 
@@ -1084,9 +1089,10 @@ impl PgStore {
         .execute(&mut *tx)
         .await
         .ctx("deleting an endpoint")?;
-        fail_open_deliveries(&mut tx, &id, super::OFF_REMOVED).await?;
+        let ended = fail_open_deliveries(&mut tx, &id, super::OFF_REMOVED).await?;
         notify(&mut tx, ENDPOINT_CHANNEL, &id).await?;
         tx.commit().await.ctx("committing an endpoint removal")?;
+        super::count_ended(super::Ended::EndpointOff, ended);
         ep.enabled = false;
         ep.updated_at = now;
         Ok(Some(ep))
@@ -1963,6 +1969,7 @@ impl PgStore {
         // order, one per round, exactly as one statement per record would.
         let mut rounds: Vec<Vec<&AttemptRecord>> = Vec::new();
         let mut seen: HashMap<i64, usize> = HashMap::new();
+        let mut ended = super::EndedTally::default();
         for rec in &records {
             let n = seen.entry(rec.row).or_default();
             if rounds.len() <= *n {
@@ -2098,7 +2105,7 @@ impl PgStore {
                     u.fenced.push(fenced);
                     u.claim.push(rec.claim);
                 }
-                let moved = sqlx::query(
+                let moved: Vec<i64> = sqlx::query_scalar(
                     "UPDATE deliveries d SET status = t.status,
                     attempts = GREATEST(d.attempts, t.attempt), next_attempt_at = t.next,
                     last_attempt_at = t.started_at, last_status_code = t.status_code,
@@ -2108,7 +2115,8 @@ impl PgStore {
                       AS t(seq, status, attempt, next, started_at, status_code, error, fenced,
                            claim)
                  WHERE d.seq = t.seq
-                   AND (NOT t.fenced OR (d.status = 'delivering' AND d.claim = t.claim))",
+                   AND (NOT t.fenced OR (d.status = 'delivering' AND d.claim = t.claim))
+                 RETURNING d.seq",
                 )
                 .bind(&u.seq)
                 .bind(&u.status)
@@ -2120,10 +2128,17 @@ impl PgStore {
                 .bind(&u.fenced)
                 .bind(&u.claim)
                 .bind(now)
-                .execute(&mut *tx)
+                .fetch_all(&mut *tx)
                 .await
-                .ctx("updating deliveries")?
-                .rows_affected();
+                .ctx("updating deliveries")?;
+                // A round holds a delivery once: the rows moved on are these records'.
+                let moved_rows: std::collections::HashSet<i64> = moved.iter().copied().collect();
+                for (row, rec, _) in &updates {
+                    if moved_rows.contains(row) {
+                        ended.outcome(&rec.outcome);
+                    }
+                }
+                let moved = moved.len() as u64;
                 // An outcome that does not move its delivery on (an old claim's, rarely) is
                 // still an attempt made: the delivery counts it, as SQLite's does. (For the
                 // rows just updated this changes nothing.)
@@ -2168,7 +2183,8 @@ impl PgStore {
             .ctx("disabling a gone endpoint")?
             .rows_affected();
             if disabled > 0 {
-                fail_open_deliveries(&mut tx, endpoint_id, super::OFF_GONE).await?;
+                let off = fail_open_deliveries(&mut tx, endpoint_id, super::OFF_GONE).await?;
+                ended.add(super::Ended::EndpointOff, off);
                 notify(&mut tx, ENDPOINT_CHANNEL, endpoint_id).await?;
             }
         }
@@ -2185,6 +2201,7 @@ impl PgStore {
             notify(&mut tx, DUE_CHANNEL, &at.to_string()).await?;
         }
         tx.commit().await.ctx("committing attempts")?;
+        ended.count();
         Ok(())
     }
 
@@ -2373,7 +2390,9 @@ impl PgStore {
             .execute(&self.pool)
             .await
             .ctx("ending deliveries that waited out the schedule")?;
-        Ok(done.rows_affected() as usize)
+        let ended = done.rows_affected() as usize;
+        super::count_ended(super::Ended::HeldBack, ended);
+        Ok(ended)
     }
 
     /// Takes one delivery for a manual retry, whatever its state.

@@ -925,6 +925,7 @@ impl SqliteStore {
                 params![id, plan.as_str()],
             )
             .ctx("changing a plan")?;
+            let mut ended = 0;
             let Some(account) = c
                 .query_row(
                     "SELECT id, name, plan, created_at FROM accounts WHERE id = ?1",
@@ -934,7 +935,7 @@ impl SqliteStore {
                 .optional()
                 .ctx("reading an account")?
             else {
-                return Ok(None);
+                return Ok((None, 0));
             };
             let mut disabled = Vec::new();
             if !plan.includes_webhooks() {
@@ -961,15 +962,16 @@ impl SqliteStore {
                         params![ep_id, super::PLAN_DISABLED, now],
                     )
                     .ctx("disabling an endpoint")?;
-                    fail_open_deliveries(c, &ep_id, super::PLAN_DISABLED, share)?;
+                    ended += fail_open_deliveries(c, &ep_id, super::PLAN_DISABLED, share)?.0;
                     if let Some(ep) = load_endpoint(c, &sealer, Some(&id), &ep_id)? {
                         disabled.push(ep);
                     }
                 }
             }
-            Ok(Some((account, disabled)))
+            Ok((Some((account, disabled)), ended))
         })
         .await
+        .map(super::count_ended_off)
     }
 
     /// Stores the hash of a new API key for `account_id`.
@@ -1260,7 +1262,7 @@ impl SqliteStore {
         self.write(move |c| {
             subscribers.forget(&account_id);
             let Some(mut ep) = load_endpoint(c, &sealer, Some(&account_id), &id)? else {
-                return Ok(None);
+                return Ok((None, 0));
             };
             let was_enabled = ep.enabled;
             change(&mut ep);
@@ -1302,12 +1304,15 @@ impl SqliteStore {
                 ],
             )
             .ctx("updating an endpoint")?;
-            if was_enabled && !ep.enabled {
-                fail_open_deliveries(c, &ep.id, OFF_DISABLED, batch)?;
-            }
-            Ok(Some(ep))
+            let ended = if was_enabled && !ep.enabled {
+                fail_open_deliveries(c, &ep.id, OFF_DISABLED, batch)?.0
+            } else {
+                0
+            };
+            Ok((Some(ep), ended))
         })
         .await
+        .map(super::count_ended_off)
     }
 
     /// Removes an endpoint (kept, marked deleted, so its delivery history stays readable) and
@@ -1323,7 +1328,7 @@ impl SqliteStore {
         let batch = self.end_batch;
         self.write(move |c| {
             let Some(mut ep) = load_endpoint(c, &sealer, Some(&account_id), &id)? else {
-                return Ok(None);
+                return Ok((None, 0));
             };
             subscribers.forget(&account_id);
             let now = Timestamp(Timestamp::now().0.max(ep.updated_at.0 + 1));
@@ -1332,12 +1337,13 @@ impl SqliteStore {
                 params![id, now.0],
             )
             .ctx("deleting an endpoint")?;
-            fail_open_deliveries(c, &id, OFF_REMOVED, batch)?;
+            let (ended, _) = fail_open_deliveries(c, &id, OFF_REMOVED, batch)?;
             ep.enabled = false;
             ep.updated_at = now;
-            Ok(Some(ep))
+            Ok((Some(ep), ended))
         })
         .await
+        .map(super::count_ended_off)
     }
 
     // ---- events --------------------------------------------------------------------------
@@ -2143,25 +2149,26 @@ impl SqliteStore {
     pub async fn record_attempts(&self, records: Vec<AttemptRecord>) -> Result<(), StoreError> {
         let subscribers = self.subscribers.clone();
         let batch = self.end_batch;
-        self.write_riding(move |c| {
+        let job = move |c: &Connection| {
+            let mut ended = super::EndedTally::default();
             let mut insert = c
                 .prepare_cached(
                     "INSERT OR REPLACE INTO attempts (delivery_id, attempt, started_at,
-                        duration_ms, status_code, error, response_body, claim)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    duration_ms, status_code, error, response_body, claim)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 )
                 .ctx("preparing the attempt insert")?;
             // The kept attempt moves out only if the update below will apply (same guard).
             let mut move_kept = c
                 .prepare_cached(
                     "INSERT OR REPLACE INTO attempts (delivery_id, attempt, started_at,
-                        duration_ms, status_code, error, response_body, claim)
-                     SELECT id, kept_attempt, kept_started_at, kept_duration_ms,
-                        kept_status_code, kept_error, kept_response_body, kept_claim
-                     FROM deliveries
-                     WHERE seq = ?1 AND kept_attempt IS NOT NULL AND kept_attempt <> ?2
-                       AND (?3 = 0 OR (status = 'delivering' AND claim = ?4))
-                       AND (?5 = 0 OR attempts < ?2)",
+                    duration_ms, status_code, error, response_body, claim)
+                 SELECT id, kept_attempt, kept_started_at, kept_duration_ms,
+                    kept_status_code, kept_error, kept_response_body, kept_claim
+                 FROM deliveries
+                 WHERE seq = ?1 AND kept_attempt IS NOT NULL AND kept_attempt <> ?2
+                   AND (?3 = 0 OR (status = 'delivering' AND claim = ?4))
+                   AND (?5 = 0 OR attempts < ?2)",
                 )
                 .ctx("preparing the kept attempt's move")?;
             // The usual case, in one statement: the row keeps no other attempt.
@@ -2173,14 +2180,20 @@ impl SqliteStore {
                 .ctx("preparing the delivery update")?;
             let mut release = c.prepare_cached(&RELEASE).ctx("preparing the release")?;
             let now = Timestamp::now().0;
+            // Whether each endpoint is on, read once a job, for what an outcome that leaves
+            // its delivery `pending` does when it is not: ends it (`RECORD`, `RELEASE`).
+            let mut live: HashMap<String, bool> = HashMap::new();
             for rec in &records {
                 // Given back unsent: due now. (Not a waiting row: it may be old, a retry or a
                 // row of a drained backlog, and a mark that far back would send the next
                 // claims through every row of the endpoint since.)
                 let Some(a) = &rec.attempt else {
-                    release
+                    let released = release
                         .execute(params![rec.row, now, rec.claim])
                         .ctx("releasing a delivery")?;
+                    if released > 0 && !endpoint_on(c, &mut live, &rec.endpoint_id)? {
+                        ended.add(super::Ended::EndpointOff, 1);
+                    }
                     continue;
                 };
                 // A 410 from a version of the endpoint since changed (a new URL, turned off
@@ -2251,6 +2264,13 @@ impl SqliteStore {
                         Numbered::Written => None,
                     };
                 }
+                if updated.is_some_and(|n| n > 0) {
+                    if status != "pending" {
+                        ended.outcome(&outcome);
+                    } else if !endpoint_on(c, &mut live, &rec.endpoint_id)? {
+                        ended.add(super::Ended::EndpointOff, 1);
+                    }
+                }
                 if updated == Some(0) {
                     insert
                         .execute(params![
@@ -2277,20 +2297,23 @@ impl SqliteStore {
                 if matches!(outcome, Outcome::Gone)
                     && c.execute(
                         "UPDATE endpoints SET enabled = 0, disabled_reason = ?2,
-                            updated_at = MAX(updated_at + 1, ?3), held_until = NULL
-                         WHERE id = ?1 AND updated_at = ?4 AND deleted_at IS NULL",
+                        updated_at = MAX(updated_at + 1, ?3), held_until = NULL
+                     WHERE id = ?1 AND updated_at = ?4 AND deleted_at IS NULL",
                         params![rec.endpoint_id, GONE_REASON, now, rec.endpoint_version],
                     )
                     .ctx("disabling a gone endpoint")?
                         > 0
                 {
-                    fail_open_deliveries(c, &rec.endpoint_id, OFF_GONE, batch)?;
+                    let (off, _) = fail_open_deliveries(c, &rec.endpoint_id, OFF_GONE, batch)?;
+                    ended.add(super::Ended::EndpointOff, off);
+                    live.insert(rec.endpoint_id.clone(), false);
                     subscribers.forget_all();
                 }
             }
-            Ok(())
-        })
-        .await
+            Ok(ended)
+        };
+        self.write_riding(job).await?.count();
+        Ok(())
     }
 
     /// A step of a recovery (see [`super::Store::recover`]).
@@ -2500,6 +2523,7 @@ impl SqliteStore {
                     return Err(e);
                 }
             };
+            super::count_ended(super::Ended::HeldBack, n);
             ended += n;
             match next {
                 Some(w) => walk = Some(w),
@@ -2544,6 +2568,7 @@ impl SqliteStore {
                     Some(why) => end_waiting_rows(c, &id, why, Timestamp::now().0, batch),
                 })
                 .await?;
+            super::count_ended(super::Ended::EndpointOff, n);
             ended += n;
             if !more {
                 return Ok(ended);
@@ -3663,6 +3688,27 @@ static RECORD_FRESH: LazyLock<String> = LazyLock::new(|| {
 const FRESH_NUMBER: &str = "(attempts < ?3
     OR (kept_attempt = ?3
         AND COALESCE(kept_claim = ?10, kept_started_at = ?5 AND kept_duration_ms = ?11)))";
+
+/// Whether endpoint `id` is on (enabled, not removed), as [`ENDPOINT_LIVE`] reads it for a
+/// delivery's row, remembered in `known` for the rest of the job.
+fn endpoint_on(
+    c: &Connection,
+    known: &mut HashMap<String, bool>,
+    id: &str,
+) -> Result<bool, StoreError> {
+    if let Some(on) = known.get(id) {
+        return Ok(*on);
+    }
+    let on = c
+        .prepare_cached(
+            "SELECT COALESCE((SELECT enabled = 1 AND deleted_at IS NULL
+                              FROM endpoints WHERE id = ?1), 0)",
+        )
+        .and_then(|mut st| st.query_row([id], |r| r.get(0)))
+        .ctx("reading whether an endpoint is on")?;
+    known.insert(id.to_owned(), on);
+    Ok(on)
+}
 
 /// A delivery given back unsent: due now, or ended when its endpoint was turned off or
 /// removed meanwhile.
