@@ -137,6 +137,8 @@ pub async fn run(
             "sealed endpoint secrets stored in clear"
         );
     }
+    // Before the first write that may end deliveries: the store counts them.
+    crate::telemetry::deliveries_ended_started();
     let released = store
         .release_all_claims(config.dispatch.lease)
         .await
@@ -147,7 +149,6 @@ pub async fn run(
             "deliveries a previous process held: resumed, or ended if their endpoint is off"
         );
     }
-    crate::telemetry::deliveries_ended_started();
     // Endpoints that asked to be left alone (a long `Retry-After`) before a restart are, still.
     let holds = store
         .endpoint_holds(crate::model::Timestamp::now())

@@ -15,6 +15,7 @@
 //! | `hookline_deliveries_ended_total` | counter | `status`, `reason`: `succeeded`/`delivered`, `failed`/`attempt_failed`, `failed`/`held_back` (waited out the schedule behind a hold, mostly unattempted), `failed`/`endpoint_off` (disabled, removed, gone, or the plan lost webhooks; see `store::Ended`) |
 //! | `hookline_deliveries_in_memory` | gauge | (this node's dispatcher) |
 //! | `hookline_breakers_open` | gauge | (endpoints this node is not sending to) |
+//! | `hookline_dispatch_polls_total` | counter | (the poller's looks for due deliveries: a few a second at most when nothing is due) |
 //! | `hookline_sqlite_group_commit_duration_seconds` | histogram | (the SQLite writer's time on each group commit, its own checkpoint included) |
 //! | `hookline_sqlite_commit_duration_seconds` | histogram | (each successful `COMMIT` of a group: WAL frames written and fsynced) |
 //! | `hookline_sqlite_group_commit_jobs` | histogram | (write jobs per group commit) |
@@ -25,11 +26,15 @@
 //!
 //! The `hookline_sqlite_*` ones are recorded by the SQLite writer thread through the
 //! `metrics` facade (the store knows nothing of this module); a node on PostgreSQL has none.
-//! So is `hookline_deliveries_ended_total`, by either engine, once the write that ended the
-//! deliveries is committed, on the node that wrote it; a delivery that ends again (a manual
-//! retry of an ended one) counts again.
 //! The sum of the group commits' time over an interval is the time the one writer was busy:
 //! near the whole interval, every write waits behind it.
+//!
+//! `hookline_deliveries_ended_total` is recorded through the facade too, by either engine's
+//! store, once the write that ended the deliveries is committed, on the node that wrote it
+//! (on SQLite even if the request that made the write went away meanwhile). It counts
+//! endings, not deliveries: one that ends again counts again (a manual retry of an ended
+//! one; on PostgreSQL, an attempt in flight when its endpoint was turned off that then
+//! succeeds).
 //!
 //! Labels are bounded: no account, endpoint or event ids.
 
@@ -206,6 +211,14 @@ pub async fn render() -> Response {
 pub fn write_timed_out() {
     static CUT: OnceLock<Counter> = OnceLock::new();
     CUT.get_or_init(|| registered(|| metrics::counter!("hookline_http_write_timeouts_total")))
+        .increment(1);
+}
+
+/// One look of the poller for due deliveries.
+pub fn poll() {
+    static POLLS: OnceLock<Counter> = OnceLock::new();
+    POLLS
+        .get_or_init(|| registered(|| metrics::counter!("hookline_dispatch_polls_total")))
         .increment(1);
 }
 

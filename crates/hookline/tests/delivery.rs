@@ -1288,9 +1288,15 @@ async fn a_retry_is_not_put_off_by_deliveries_held_back_elsewhere(engine: Engine
     .await;
     s.endpoint(&rx.url("held"), &["complaint"]).await;
     s.endpoint(&rx.url("flaky"), &["click"]).await;
-    // The first is attempted and holds the endpoint for an hour; the next ones wait, due.
-    s.event("complaint", json!({})).await;
-    rx.wait_for("held", 1).await;
+    // The first is attempted and holds the endpoint for an hour (once its attempt is
+    // recorded, the hold is on); the next ones wait, due.
+    let first = s.event("complaint", json!({})).await;
+    let first = first["deliveries"][0]["id"].as_str().unwrap().to_owned();
+    eventually("the first attempt to be recorded", || async {
+        let (_, d) = s.get(&format!("/v1/deliveries/{first}")).await;
+        (d["attempt_count"] == 1).then_some(())
+    })
+    .await;
     let held: Vec<String> = {
         let mut ids = Vec::new();
         for _ in 0..2 {

@@ -97,12 +97,22 @@ async fn ended_counts(s: &TestServer) -> BTreeMap<String, f64> {
             continue;
         };
         let (labels, value) = rest.split_once("} ").unwrap();
-        let reason = labels
-            .split(',')
-            .find_map(|l| l.strip_prefix("reason=\""))
-            .unwrap()
-            .trim_end_matches('"');
-        counts.insert(reason.to_owned(), value.trim().parse().unwrap());
+        let label = |name: &str| {
+            labels
+                .split(',')
+                .find_map(|l| l.strip_prefix(&format!("{name}=\"")))
+                .unwrap()
+                .trim_end_matches('"')
+                .to_owned()
+        };
+        let (status, reason) = (label("status"), label("reason"));
+        let expected = if reason == "delivered" {
+            "succeeded"
+        } else {
+            "failed"
+        };
+        assert_eq!(status, expected, "{line}");
+        counts.insert(reason, value.trim().parse().unwrap());
     }
     counts
 }
@@ -136,6 +146,76 @@ async fn deliveries_ended_are_counted_by_why() {
     for engine in engines {
         ended_by_attempts_and_holds(&engine).await;
         ended_by_turning_off(&engine).await;
+    }
+}
+
+/// While events keep coming for an endpoint held back (a `Retry-After` of an hour), the
+/// poller does not look for due work at each of them: they have no room, and it rests
+/// until the next time something falls due (or its cap of 5 s). On PostgreSQL ingest
+/// writes them `pending`, due at once: a poller that looked again at once for work that
+/// fell due since its claim looked went on looking, every few milliseconds, for as long
+/// as they came. (In this binary because the count of looks is the process's: the other
+/// test here adds an idle server's few.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_poller_rests_while_a_held_endpoint_s_events_keep_coming() {
+    let mut engines = vec![Engine::Sqlite];
+    engines.extend(Engine::postgres());
+    for engine in engines {
+        let rx = Receiver::start().await;
+        rx.always("held", Reply::RetryAfter(503, 3600));
+        let s = TestServer::start(&engine).await;
+        s.endpoint(&rx.url("held"), &["complaint"]).await;
+        let first = deliveries_of(&s, "complaint", 1).await;
+        // Its attempt recorded: the hold is on.
+        eventually("the first attempt to be recorded", || async {
+            let (_, d) = s.get(&format!("/v1/deliveries/{}", first[0])).await;
+            (d["attempt_count"] == 1).then_some(())
+        })
+        .await;
+        let base = s.url("");
+        let polls = || common::metric(&s.http, &base, "hookline_dispatch_polls_total");
+        let before = polls().await.unwrap();
+        // Eight senders for 4 s: an event every few milliseconds, so that a look is likely
+        // to find one that fell due since its claim looked. (This machine did not make the
+        // poller go on without the rest it now takes after a second look that took
+        // nothing: 2 looks in 6 s with 13,000 events on PostgreSQL. Its commits come too
+        // late for the window; a faster disk's would not.)
+        let started = std::time::Instant::now();
+        let mut senders = tokio::task::JoinSet::new();
+        let body = json!({"type": "complaint", "data": common::valid("complaint", json!({}))});
+        for _ in 0..8 {
+            let (http, url, key) = (s.http.clone(), s.url("/v1/events"), s.key.clone());
+            let body = body.clone();
+            senders.spawn(async move {
+                let mut sent = 0;
+                while started.elapsed() < Duration::from_secs(4) {
+                    let resp = http
+                        .post(&url)
+                        .bearer_auth(&key)
+                        .json(&body)
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(resp.status(), 202);
+                    sent += 1;
+                }
+                sent
+            });
+        }
+        let mut sent = 0;
+        while let Some(n) = senders.join_next().await {
+            sent += n.unwrap();
+        }
+        let after = polls().await.unwrap();
+        assert_eq!(rx.got("held").len(), 1, "{engine:?}: the hold was not kept");
+        // A few looks (one or two per cap of 5 s, and the other test's idle server), not one
+        // every few milliseconds.
+        assert!(
+            after - before < 40.0,
+            "{engine:?}: {} looks for due work in {:?} while {sent} held events came",
+            after - before,
+            started.elapsed()
+        );
     }
 }
 

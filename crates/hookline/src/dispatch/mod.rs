@@ -1782,10 +1782,13 @@ async fn sweep_stale(inner: &Inner, whole: bool) {
 }
 
 async fn poll_loop(inner: Arc<Inner>) {
+    // The last look went again at once, for work that fell due since its claim looked.
+    let mut looked_again = false;
     loop {
         if inner.shutdown.is_cancelled() {
             return;
         }
+        crate::telemetry::poll();
         let now = Timestamp::now();
         let room_of = inner.clone();
         let offered: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
@@ -1850,12 +1853,26 @@ async fn poll_loop(inner: Arc<Inner>) {
         };
         let now = Timestamp::now();
         let cap = now.0 + POLL_MAX_SLEEP.as_millis() as i64;
-        let wake = next.map_or(cap, |t| t.0.min(cap));
+        let mut wake = next.map_or(cap, |t| t.0.min(cap));
+        if wake <= now.0 && looked_again && claimed == 0 {
+            // Looked again at once for such work, and took nothing: it has no room either.
+            // (Ingest writes the deliveries of an endpoint held back or full `pending`, due
+            // at once, on PostgreSQL: looking again at each would keep the poller going for
+            // as long as its events come.) The wake is the first time still to come.
+            wake = match inner.store.next_due_at(now).await {
+                Ok(n) => n.map_or(cap, |t| t.0.min(cap)),
+                Err(e) => {
+                    tracing::error!(error = %e, "finding the next due delivery failed");
+                    cap
+                }
+            };
+        }
         let wake = match inner.next_probe(claimed_at.0) {
             Some(p) => wake.min(p.max(now.0)),
             None => wake,
         };
         inner.planned_wake.store(wake, Ordering::Release);
+        looked_again = wake <= now.0;
         // A claim that hit its cap left due work behind: come back right away.
         let sleep = if claimed >= crate::store::sqlite::MAX_CLAIM {
             Duration::ZERO

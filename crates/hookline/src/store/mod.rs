@@ -83,11 +83,12 @@ fn count_ended(why: Ended, n: usize) {
     }
 }
 
-/// Counts what a write that answers `(out, ended by turning endpoints off)` ended, and
-/// gives `out`.
-fn count_ended_off<T>((out, ended): (T, usize)) -> T {
-    count_ended(Ended::EndpointOff, ended);
-    out
+/// Counts what a committed write that answers `(out, ended by turning endpoints off)`
+/// ended (SQLite's `on_done`, which runs even if the caller stopped waiting).
+fn count_ended_off<T>(done: Result<&(T, usize), &StoreError>) {
+    if let Ok((_, ended)) = done {
+        count_ended(Ended::EndpointOff, *ended);
+    }
 }
 
 /// The endings of one write, counted once it is committed.
@@ -108,7 +109,7 @@ impl EndedTally {
         }
     }
 
-    fn count(self) {
+    fn count(&self) {
         for why in Ended::ALL {
             count_ended(why, self.0[why as usize]);
         }

@@ -769,15 +769,17 @@ impl SqliteStore {
 
     /// Like `write`, as a rider: the job joins the next group that commits anyway, and asks
     /// for a commit of its own only if none has taken it after `rider_wait`.
-    async fn write_riding<T, F>(&self, f: F) -> Result<T, StoreError>
+    /// `on_done` as for [`Self::write_then`].
+    async fn write_riding<T, F, D>(&self, f: F, on_done: D) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        D: FnOnce(Result<&T, &StoreError>) + Send + 'static,
     {
         if self.writer.is_closed() {
             return Err(StoreError::WriterGone); // nothing would ever take it
         }
-        let (job, mut rx) = write_job(Isolation::Savepoint, f, |_| {});
+        let (job, mut rx) = write_job(Isolation::Savepoint, f, on_done);
         self.riders.slot().push(job);
         if let Ok(done) = tokio::time::timeout(self.rider_wait, &mut rx).await {
             return done.map_err(|_| StoreError::WriterGone)?;
@@ -919,59 +921,62 @@ impl SqliteStore {
     ) -> Result<Option<(Account, Vec<Endpoint>)>, StoreError> {
         let (subscribers, sealer) = (self.subscribers.clone(), self.sealer.clone());
         let batch = self.end_batch;
-        self.write(move |c| {
-            c.execute(
-                "UPDATE accounts SET plan = ?2 WHERE id = ?1",
-                params![id, plan.as_str()],
-            )
-            .ctx("changing a plan")?;
-            let mut ended = 0;
-            let Some(account) = c
-                .query_row(
-                    "SELECT id, name, plan, created_at FROM accounts WHERE id = ?1",
-                    [&id],
-                    account_from_row,
+        self.write_then(
+            move |c| {
+                c.execute(
+                    "UPDATE accounts SET plan = ?2 WHERE id = ?1",
+                    params![id, plan.as_str()],
                 )
-                .optional()
-                .ctx("reading an account")?
-            else {
-                return Ok((None, 0));
-            };
-            let mut disabled = Vec::new();
-            if !plan.includes_webhooks() {
-                subscribers.forget(&id);
-                let ids: Vec<String> = c
-                    .prepare(
-                        "SELECT id FROM endpoints
-                         WHERE account_id = ?1 AND enabled = 1 AND deleted_at IS NULL",
+                .ctx("changing a plan")?;
+                let mut ended = 0;
+                let Some(account) = c
+                    .query_row(
+                        "SELECT id, name, plan, created_at FROM accounts WHERE id = ?1",
+                        [&id],
+                        account_from_row,
                     )
-                    .ctx("preparing the endpoint scan")?
-                    .query_map([&id], |r| r.get(0))
-                    .ctx("finding enabled endpoints")?
-                    .collect::<Result<Vec<String>, _>>()
-                    .ctx("finding enabled endpoints")?;
-                // One batch of waiting rows for the job, shared by the endpoints; the ender
-                // ends the rest.
-                let share = (batch / ids.len().max(1)).max(1);
-                for ep_id in ids {
-                    let now = Timestamp::now().0;
-                    c.execute(
-                        "UPDATE endpoints SET enabled = 0, disabled_reason = ?2,
+                    .optional()
+                    .ctx("reading an account")?
+                else {
+                    return Ok((None, 0));
+                };
+                let mut disabled = Vec::new();
+                if !plan.includes_webhooks() {
+                    subscribers.forget(&id);
+                    let ids: Vec<String> = c
+                        .prepare(
+                            "SELECT id FROM endpoints
+                         WHERE account_id = ?1 AND enabled = 1 AND deleted_at IS NULL",
+                        )
+                        .ctx("preparing the endpoint scan")?
+                        .query_map([&id], |r| r.get(0))
+                        .ctx("finding enabled endpoints")?
+                        .collect::<Result<Vec<String>, _>>()
+                        .ctx("finding enabled endpoints")?;
+                    // One batch of waiting rows for the job, shared by the endpoints; the ender
+                    // ends the rest.
+                    let share = (batch / ids.len().max(1)).max(1);
+                    for ep_id in ids {
+                        let now = Timestamp::now().0;
+                        c.execute(
+                            "UPDATE endpoints SET enabled = 0, disabled_reason = ?2,
                             updated_at = MAX(updated_at + 1, ?3)
                          WHERE id = ?1",
-                        params![ep_id, super::PLAN_DISABLED, now],
-                    )
-                    .ctx("disabling an endpoint")?;
-                    ended += fail_open_deliveries(c, &ep_id, super::PLAN_DISABLED, share)?.0;
-                    if let Some(ep) = load_endpoint(c, &sealer, Some(&id), &ep_id)? {
-                        disabled.push(ep);
+                            params![ep_id, super::PLAN_DISABLED, now],
+                        )
+                        .ctx("disabling an endpoint")?;
+                        ended += fail_open_deliveries(c, &ep_id, super::PLAN_DISABLED, share)?.0;
+                        if let Some(ep) = load_endpoint(c, &sealer, Some(&id), &ep_id)? {
+                            disabled.push(ep);
+                        }
                     }
                 }
-            }
-            Ok((Some((account, disabled)), ended))
-        })
+                Ok((Some((account, disabled)), ended))
+            },
+            super::count_ended_off,
+        )
         .await
-        .map(super::count_ended_off)
+        .map(|(out, _)| out)
     }
 
     /// Stores the hash of a new API key for `account_id`.
@@ -1259,32 +1264,33 @@ impl SqliteStore {
         let subscribers = self.subscribers.clone();
         let sealer = self.sealer.clone();
         let batch = self.end_batch;
-        self.write(move |c| {
-            subscribers.forget(&account_id);
-            let Some(mut ep) = load_endpoint(c, &sealer, Some(&account_id), &id)? else {
-                return Ok((None, 0));
-            };
-            let was_enabled = ep.enabled;
-            change(&mut ep);
-            if ep.enabled && !was_enabled {
-                require_webhooks(c, &account_id)?;
-                // What its turning off left waiting ends before it is on again, or it would be
-                // delivered: the last of it here, a longer backlog by the ender first (then
-                // the job, and what it ended, is undone).
-                if let Some(why) = turned_off_reason(c, &ep.id)?
-                    && end_waiting_rows(c, &ep.id, why, Timestamp::now().0, batch)?.1
-                {
-                    return Err(StoreError::Conflict(
+        self.write_then(
+            move |c| {
+                subscribers.forget(&account_id);
+                let Some(mut ep) = load_endpoint(c, &sealer, Some(&account_id), &id)? else {
+                    return Ok((None, 0));
+                };
+                let was_enabled = ep.enabled;
+                change(&mut ep);
+                if ep.enabled && !was_enabled {
+                    require_webhooks(c, &account_id)?;
+                    // What its turning off left waiting ends before it is on again, or it would be
+                    // delivered: the last of it here, a longer backlog by the ender first (then
+                    // the job, and what it ended, is undone).
+                    if let Some(why) = turned_off_reason(c, &ep.id)?
+                        && end_waiting_rows(c, &ep.id, why, Timestamp::now().0, batch)?.1
+                    {
+                        return Err(StoreError::Conflict(
                         "the endpoint is still ending the deliveries that waited for it when it \
                          was turned off (a long backlog ends a few thousand at a time); turn it \
                          on again in a moment"
                             .into(),
                     ));
+                    }
+                    ep.disabled_reason = None;
                 }
-                ep.disabled_reason = None;
-            }
-            ep.updated_at = Timestamp(Timestamp::now().0.max(ep.updated_at.0 + 1));
-            c.execute(
+                ep.updated_at = Timestamp(Timestamp::now().0.max(ep.updated_at.0 + 1));
+                c.execute(
                 "UPDATE endpoints SET url = ?2, description = ?3, event_types = ?4, headers = ?5,
                     secret = ?6, rate_limit_per_sec = ?7, enabled = ?8, disabled_reason = ?9,
                     updated_at = ?10, previous_secrets = ?11, held_until = NULL
@@ -1304,15 +1310,17 @@ impl SqliteStore {
                 ],
             )
             .ctx("updating an endpoint")?;
-            let ended = if was_enabled && !ep.enabled {
-                fail_open_deliveries(c, &ep.id, OFF_DISABLED, batch)?.0
-            } else {
-                0
-            };
-            Ok((Some(ep), ended))
-        })
+                let ended = if was_enabled && !ep.enabled {
+                    fail_open_deliveries(c, &ep.id, OFF_DISABLED, batch)?.0
+                } else {
+                    0
+                };
+                Ok((Some(ep), ended))
+            },
+            super::count_ended_off,
+        )
         .await
-        .map(super::count_ended_off)
+        .map(|(out, _)| out)
     }
 
     /// Removes an endpoint (kept, marked deleted, so its delivery history stays readable) and
@@ -1326,24 +1334,27 @@ impl SqliteStore {
         let subscribers = self.subscribers.clone();
         let sealer = self.sealer.clone();
         let batch = self.end_batch;
-        self.write(move |c| {
-            let Some(mut ep) = load_endpoint(c, &sealer, Some(&account_id), &id)? else {
-                return Ok((None, 0));
-            };
-            subscribers.forget(&account_id);
-            let now = Timestamp(Timestamp::now().0.max(ep.updated_at.0 + 1));
-            c.execute(
+        self.write_then(
+            move |c| {
+                let Some(mut ep) = load_endpoint(c, &sealer, Some(&account_id), &id)? else {
+                    return Ok((None, 0));
+                };
+                subscribers.forget(&account_id);
+                let now = Timestamp(Timestamp::now().0.max(ep.updated_at.0 + 1));
+                c.execute(
                 "UPDATE endpoints SET deleted_at = ?2, enabled = 0, updated_at = ?2 WHERE id = ?1",
                 params![id, now.0],
             )
             .ctx("deleting an endpoint")?;
-            let (ended, _) = fail_open_deliveries(c, &id, OFF_REMOVED, batch)?;
-            ep.enabled = false;
-            ep.updated_at = now;
-            Ok((Some(ep), ended))
-        })
+                let (ended, _) = fail_open_deliveries(c, &id, OFF_REMOVED, batch)?;
+                ep.enabled = false;
+                ep.updated_at = now;
+                Ok((Some(ep), ended))
+            },
+            super::count_ended_off,
+        )
         .await
-        .map(super::count_ended_off)
+        .map(|(out, _)| out)
     }
 
     // ---- events --------------------------------------------------------------------------
@@ -1973,24 +1984,37 @@ impl SqliteStore {
     /// At start: deliveries a previous process had taken go back to `pending`, due now (or
     /// end `failed`, their endpoint turned off or removed meanwhile). Returns how many.
     pub async fn release_all_claims(&self) -> Result<usize, StoreError> {
-        self.write(|c| {
-            // Those of an endpoint turned off or removed meanwhile end (see
-            // `fail_open_deliveries`).
-            c.execute(
-                &format!(
-                    "UPDATE deliveries SET
+        self.write_then(
+            |c| {
+                // Those of an endpoint turned off or removed meanwhile end (see
+                // `fail_open_deliveries`).
+                let ended: i64 = c
+                    .prepare_cached(&format!(
+                        "SELECT COUNT(*) FROM deliveries
+                     WHERE status = 'delivering' AND NOT {ENDPOINT_LIVE}"
+                    ))
+                    .and_then(|mut st| st.query_row([], |r| r.get(0)))
+                    .ctx("counting claims whose endpoint was turned off")?;
+                let released = c
+                    .execute(
+                        &format!(
+                            "UPDATE deliveries SET
                         status = CASE WHEN {ENDPOINT_LIVE} THEN 'pending' ELSE 'failed' END,
                         last_error = CASE WHEN {ENDPOINT_LIVE} THEN last_error
                             ELSE COALESCE(last_error, ?2) END,
                         next_attempt_at = CASE WHEN {ENDPOINT_LIVE}
                             THEN COALESCE(next_attempt_at, ?1) END
                      WHERE status = 'delivering'"
-                ),
-                params![Timestamp::now().0, ENDPOINT_GONE],
-            )
-            .ctx("releasing claims of a previous process")
-        })
+                        ),
+                        params![Timestamp::now().0, ENDPOINT_GONE],
+                    )
+                    .ctx("releasing claims of a previous process")?;
+                Ok((released, usize::try_from(ended).unwrap_or(0)))
+            },
+            super::count_ended_off,
+        )
         .await
+        .map(|(released, _)| released)
     }
 
     /// Takes up to `room(endpoint_id)` due deliveries of each enabled endpoint, and at most
@@ -2312,7 +2336,12 @@ impl SqliteStore {
             }
             Ok(ended)
         };
-        self.write_riding(job).await?.count();
+        self.write_riding(job, |done| {
+            if let Ok(ended) = done {
+                ended.count();
+            }
+        })
+        .await?;
         Ok(())
     }
 
@@ -2496,22 +2525,29 @@ impl SqliteStore {
         loop {
             let id = endpoint_id.clone();
             let done = self
-                .write(move |c| {
-                    let walk = match walk {
-                        Some(w) => w,
-                        None => SweepWalk {
-                            from: i64::MIN,
-                            until: c
-                                .prepare_cached(
-                                    "SELECT COALESCE(MAX(seq), 0) FROM deliveries
+                .write_then(
+                    move |c| {
+                        let walk = match walk {
+                            Some(w) => w,
+                            None => SweepWalk {
+                                from: i64::MIN,
+                                until: c
+                                    .prepare_cached(
+                                        "SELECT COALESCE(MAX(seq), 0) FROM deliveries
                                      WHERE endpoint_id = ?1",
-                                )
-                                .and_then(|mut st| st.query_row([&id], |r| r.get(0)))
-                                .ctx("finding an endpoint's last delivery")?,
-                        },
-                    };
-                    fail_stale_rows(c, &id, before, Timestamp::now(), walk, batch)
-                })
+                                    )
+                                    .and_then(|mut st| st.query_row([&id], |r| r.get(0)))
+                                    .ctx("finding an endpoint's last delivery")?,
+                            },
+                        };
+                        fail_stale_rows(c, &id, before, Timestamp::now(), walk, batch)
+                    },
+                    |done: Result<&(usize, Option<SweepWalk>), &StoreError>| {
+                        if let Ok((n, _)) = done {
+                            super::count_ended(super::Ended::HeldBack, *n);
+                        }
+                    },
+                )
                 .await;
             let (n, next) = match done {
                 Ok(done) => done,
@@ -2523,7 +2559,6 @@ impl SqliteStore {
                     return Err(e);
                 }
             };
-            super::count_ended(super::Ended::HeldBack, n);
             ended += n;
             match next {
                 Some(w) => walk = Some(w),
@@ -2563,12 +2598,18 @@ impl SqliteStore {
         loop {
             let id = endpoint_id.clone();
             let (n, more) = self
-                .write(move |c| match turned_off_reason(c, &id)? {
-                    None => Ok((0, false)),
-                    Some(why) => end_waiting_rows(c, &id, why, Timestamp::now().0, batch),
-                })
+                .write_then(
+                    move |c| match turned_off_reason(c, &id)? {
+                        None => Ok((0, false)),
+                        Some(why) => end_waiting_rows(c, &id, why, Timestamp::now().0, batch),
+                    },
+                    |done| {
+                        if let Ok((n, _)) = done {
+                            super::count_ended(super::Ended::EndpointOff, *n);
+                        }
+                    },
+                )
                 .await?;
-            super::count_ended(super::Ended::EndpointOff, n);
             ended += n;
             if !more {
                 return Ok(ended);
