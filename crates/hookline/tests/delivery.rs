@@ -190,6 +190,29 @@ async fn a_response_body_of_any_bytes_is_recorded_and_holds_up_no_outcome(engine
         .await;
 }
 
+/// An answer whose head is longer than a connection's read buffer (4 KiB) is read whole, and
+/// its connection serves the next request.
+async fn an_answer_with_a_long_head_is_read_whole(engine: Engine) {
+    let rx = Receiver::start().await;
+    let long = "x".repeat(12 * 1024);
+    rx.script(
+        "long",
+        vec![
+            Reply::WithHeader(200, "x-padding", long.clone(), bytes::Bytes::from("first")),
+            Reply::WithHeader(200, "x-padding", long, bytes::Bytes::from("second")),
+        ],
+    );
+    let s = TestServer::start(&engine).await;
+    s.endpoint(&rx.url("long"), &["*"]).await;
+    for body in ["first", "second"] {
+        let ev = s.event("open", json!({})).await;
+        let d = s
+            .wait_delivery(ev["deliveries"][0]["id"].as_str().unwrap(), "succeeded")
+            .await;
+        assert_eq!(d["attempts"][0]["response_body"], body, "{d}");
+    }
+}
+
 /// Only the first 4 KiB of a response body is kept, and a character the cut splits is left
 /// out whole: it is not shown as a character the receiver never sent, nor does it take the
 /// kept text past 4 KiB.
@@ -1328,6 +1351,7 @@ async fn a_retry_is_not_put_off_by_deliveries_held_back_elsewhere(engine: Engine
 }
 
 on_both_engines!(
+    an_answer_with_a_long_head_is_read_whole,
     a_retry_is_not_put_off_by_deliveries_held_back_elsewhere,
     a_delivery_waiting_for_a_slot_is_not_sent_once_its_endpoint_is_off,
     subscriptions_filter_by_exact_type_and_star,

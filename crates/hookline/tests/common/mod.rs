@@ -70,6 +70,8 @@ pub enum Reply {
     Redirect(String),
     /// This status with this body (any bytes).
     Body(u16, Bytes),
+    /// This status with a header of this name and value, and this body.
+    WithHeader(u16, &'static str, String, Bytes),
 }
 
 /// One request the receiver got.
@@ -266,6 +268,9 @@ async fn receive(
         }
         Reply::Redirect(to) => (StatusCode::FOUND, [("location", to)]).into_response(),
         Reply::Body(code, body) => (StatusCode::from_u16(code).unwrap(), body).into_response(),
+        Reply::WithHeader(code, name, value, body) => {
+            (StatusCode::from_u16(code).unwrap(), [(name, value)], body).into_response()
+        }
     }
 }
 
