@@ -82,15 +82,7 @@ on_both_engines!(metrics_count_requests_events_and_attempts);
 /// `hookline_deliveries_ended_total{status,reason}`, read from `GET /metrics`: each series'
 /// value (0 for one not shown).
 async fn ended_counts(s: &TestServer) -> BTreeMap<String, f64> {
-    let text = s
-        .http
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = common::metrics_text(&s.http, &s.url("")).await;
     let mut counts = BTreeMap::new();
     for line in text.lines() {
         let Some(rest) = line.strip_prefix("hookline_deliveries_ended_total{") else {

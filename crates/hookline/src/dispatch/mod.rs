@@ -2529,10 +2529,31 @@ mod tests {
         );
     }
 
+    /// An endpoint `id` of the tests' account, on, nothing listening at its address.
+    fn an_endpoint(id: &str) -> Arc<crate::model::Endpoint> {
+        Arc::new(crate::model::Endpoint {
+            id: id.into(),
+            account_id: "acc_1".into(),
+            url: "http://127.0.0.1:9/hooks".into(),
+            description: String::new(),
+            event_types: vec!["*".into()],
+            headers: Default::default(),
+            rate_limit_per_sec: None,
+            enabled: true,
+            disabled_reason: None,
+            created_at: crate::model::Timestamp(1),
+            updated_at: crate::model::Timestamp(1),
+            secret: hookline_signing::Secret::from_bytes(&[7; 32])
+                .unwrap()
+                .to_string(),
+            previous_secrets: Vec::new(),
+            previous_secret_expires_at: None,
+        })
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_probe_the_lease_stops_goes_back_unsent_and_the_next_probe_may_go() {
         use super::{Gate, Job, Lanes, Target, cluster};
-        use crate::model::{Endpoint, Timestamp};
         use crate::store::{DueDelivery, Outcome};
 
         // A shared store's lease that no attempt fits in: as on a node whose heartbeat
@@ -2542,24 +2563,7 @@ mod tests {
             inner_on_sqlite(super::DispatchConfig::default(), lease).await;
 
         // An endpoint whose breaker is open, its probe due.
-        let ep = Arc::new(Endpoint {
-            id: "ep_probe".into(),
-            account_id: "acc_1".into(),
-            url: "http://127.0.0.1:9/hooks".into(),
-            description: String::new(),
-            event_types: vec!["*".into()],
-            headers: Default::default(),
-            rate_limit_per_sec: None,
-            enabled: true,
-            disabled_reason: None,
-            created_at: Timestamp(1),
-            updated_at: Timestamp(1),
-            secret: hookline_signing::Secret::from_bytes(&[7; 32])
-                .unwrap()
-                .to_string(),
-            previous_secrets: Vec::new(),
-            previous_secret_expires_at: None,
-        });
+        let ep = an_endpoint("ep_probe");
         inner
             .admission()
             .breakers
@@ -2640,7 +2644,6 @@ mod tests {
     #[tokio::test]
     async fn lanes_a_burst_started_leave_on_a_trim_and_come_back_as_needed() {
         use super::{Job, Lanes, Target, cluster};
-        use crate::model::{Endpoint, Timestamp};
         use crate::store::DueDelivery;
         use std::sync::atomic::Ordering;
 
@@ -2648,24 +2651,7 @@ mod tests {
         let lease = cluster::Lease::new(true, Duration::ZERO, std::time::Instant::now());
         let (inner, mut recorded, _dir) =
             inner_on_sqlite(super::DispatchConfig::default(), lease).await;
-        let ep = Arc::new(Endpoint {
-            id: "ep_lanes".into(),
-            account_id: "acc_1".into(),
-            url: "http://127.0.0.1:9/hooks".into(),
-            description: String::new(),
-            event_types: vec!["*".into()],
-            headers: Default::default(),
-            rate_limit_per_sec: None,
-            enabled: true,
-            disabled_reason: None,
-            created_at: Timestamp(1),
-            updated_at: Timestamp(1),
-            secret: hookline_signing::Secret::from_bytes(&[7; 32])
-                .unwrap()
-                .to_string(),
-            previous_secrets: Vec::new(),
-            previous_secret_expires_at: None,
-        });
+        let ep = an_endpoint("ep_lanes");
         let target = Arc::new(Target::from_endpoint(&ep).unwrap());
         let slots = Arc::new(tokio::sync::Semaphore::new(64));
         let mut lanes = Lanes::new(4);

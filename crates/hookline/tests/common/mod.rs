@@ -675,16 +675,20 @@ pub fn contains(haystack: &[u8], needle: &str) -> bool {
         .any(|w| w == needle.as_bytes())
 }
 
-/// The value of the metric `name` (one without labels) in `GET {base}/metrics`, if shown.
-pub async fn metric(http: &reqwest::Client, base: &str, name: &str) -> Option<f64> {
-    let text = http
-        .get(format!("{base}/metrics"))
+/// The text of `GET {base}/metrics`.
+pub async fn metrics_text(http: &reqwest::Client, base: &str) -> String {
+    http.get(format!("{base}/metrics"))
         .send()
         .await
         .unwrap()
         .text()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// The value of the metric `name` (one without labels) in `GET {base}/metrics`, if shown.
+pub async fn metric(http: &reqwest::Client, base: &str, name: &str) -> Option<f64> {
+    let text = metrics_text(http, base).await;
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
